@@ -1,0 +1,366 @@
+//! The openraft side of the in-process benchmark.
+//!
+//! Three [`openraft::Raft`] nodes (openraft `0.10.0-alpha.37`) run in the current tokio runtime,
+//! each backed by `openraft-memstore` (in-memory log store and state machine). They talk through
+//! [`InProcessNetwork`], which delivers every RPC by calling the target node's `Raft` handle
+//! directly: no sockets, no serialization, messages are moved between nodes as Rust values.
+//!
+//! The Raft configuration follows openraft's own `benchmarks/minimal` setup (heartbeat 50 ms,
+//! election timeout 200..2000 ms, `max_payload_entries` and `purge_batch_size` of 1024, every
+//! other knob at openraft's default).
+//!
+//! The network implements the unary RPCs of [`RaftNetworkV2`] and keeps openraft's default
+//! `stream_append`, which sends `AppendEntries` to a follower one at a time (request, wait for the
+//! response, next request), just as `benchmarks/minimal` does through its v1 adapter.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::Config;
+use openraft::OptionalSend;
+use openraft::Raft;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::ServerState;
+use openraft_memstore::ClientRequest;
+use openraft_memstore::MemNodeId;
+use openraft_memstore::MemStateMachine;
+use openraft_memstore::TypeConfig;
+
+use crate::BenchReport;
+
+/// The type configuration declared by `openraft-memstore` (`D = ClientRequest`, `Node = ()`,
+/// `NodeId = u64`, tokio runtime).
+type C = TypeConfig;
+
+/// A handle to one openraft node whose state machine is a memstore state machine.
+type MemRaft = Raft<C, Arc<MemStateMachine>>;
+
+/// Number of voters in the benchmark cluster.
+const CLUSTER_SIZE: u64 = 3;
+
+/// Upper bound on every wait for cluster state during setup and completion.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Length in bytes of the value carried by each proposal.
+const VALUE_LEN: usize = 16;
+
+/// The Raft configuration used by the benchmark.
+///
+/// Mirrors openraft's `benchmarks/minimal`: election timeout 200..2000 ms, 1024 entries per
+/// `AppendEntries` and per purge batch; heartbeat stays at openraft's default of 50 ms (set
+/// explicitly here so that a change of default does not silently change the benchmark).
+fn bench_config() -> anyhow::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: "raft-bench".to_string(),
+        heartbeat_interval: 50,
+        election_timeout_min: 200,
+        election_timeout_max: 2000,
+        max_payload_entries: 1024,
+        purge_batch_size: 1024,
+        ..Default::default()
+    }
+    .validate()
+    .context("invalid openraft config")?;
+    Ok(Arc::new(config))
+}
+
+/// The registry of every node in the process, shared by all nodes' networks.
+///
+/// It is also the [`RaftNetworkFactory`] given to each node: every client it hands out resolves
+/// its target in this table.
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<RwLock<BTreeMap<MemNodeId, MemRaft>>>,
+}
+
+impl Router {
+    /// Registers `raft` as the node `id`.
+    fn register(&self, id: MemNodeId, raft: MemRaft) -> anyhow::Result<()> {
+        let mut nodes = self.nodes.write().map_err(|_| anyhow::anyhow!("router table lock poisoned"))?;
+        nodes.insert(id, raft);
+        Ok(())
+    }
+
+    /// Returns the handle of node `id`, if registered.
+    fn get(&self, id: MemNodeId) -> Option<MemRaft> {
+        let nodes = self.nodes.read().ok()?;
+        nodes.get(&id).cloned()
+    }
+}
+
+impl RaftNetworkFactory<C> for Router {
+    type Network = InProcessNetwork;
+
+    async fn new_client(&mut self, target: MemNodeId, _node: &()) -> Self::Network {
+        InProcessNetwork { target, router: self.clone(), target_raft: None }
+    }
+}
+
+/// A connection from one node to `target`, delivering RPCs by direct calls on its `Raft` handle.
+struct InProcessNetwork {
+    target: MemNodeId,
+    router: Router,
+    /// The target's handle, looked up in the router on first use.
+    target_raft: Option<MemRaft>,
+}
+
+impl InProcessNetwork {
+    /// Returns the target's `Raft` handle, or `Unreachable` if it is not registered.
+    fn target_raft(&mut self) -> Result<&MemRaft, Unreachable<C>> {
+        if self.target_raft.is_none() {
+            self.target_raft = self.router.get(self.target);
+        }
+        self.target_raft
+            .as_ref()
+            .ok_or_else(|| Unreachable::from_string(format!("node {} is not registered", self.target)))
+    }
+}
+
+/// Maps an error returned by the target node (it has stopped) to an `Unreachable` RPC error.
+fn unreachable<E: std::error::Error + 'static>(e: E) -> RPCError<C> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+impl RaftNetworkV2<C> for InProcessNetwork {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let raft = self.target_raft()?;
+        raft.append_entries(rpc).await.map_err(unreachable)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        let raft = self.target_raft()?;
+        raft.vote(rpc).await.map_err(unreachable)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        let raft = self.target_raft()?;
+        raft.pre_vote(rpc).await.map_err(unreachable)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let raft = self.target_raft()?;
+        tokio::select! {
+            res = raft.install_full_snapshot(vote, snapshot) => {
+                res.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+            }
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        let raft = self.target_raft()?;
+        raft.handle_transfer_leader(req).await.map_err(unreachable)
+    }
+}
+
+/// Runs `total` small proposals (16-byte values) through a 3-node openraft cluster in one process
+/// (openraft-memstore storage, an in-process network that calls the target node's Raft handle
+/// directly, no serialization), with `proposers` concurrent tasks each issuing `client_write`
+/// sequentially until `total` are done; returns after the leader has applied all of them.
+///
+/// Must be called from within a tokio runtime (the proposers are spawned tasks). Every node is
+/// shut down before returning, so consecutive runs do not share background work.
+///
+/// `elapsed` in the report spans from the first proposal to the leader having applied the last;
+/// cluster setup and leader election are not included. `latencies_us` holds one entry per
+/// proposal, the time from calling `client_write` to its return, in the order the proposers
+/// finished (not sorted).
+///
+/// # Errors
+///
+/// Fails if `proposers` is 0, if a node cannot be started, initialized or shut down, if no
+/// leader is established within 30 s, or if any `client_write` fails (e.g. the leadership moves
+/// during the run: proposals are not retried).
+pub async fn run(proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(proposers > 0, "at least one proposer is needed");
+
+    let router = Router::default();
+    let config = bench_config()?;
+
+    let mut nodes = Vec::new();
+    for id in 0..CLUSTER_SIZE {
+        let (log_store, state_machine) = openraft_memstore::new_mem_store();
+        let raft = Raft::new(id, config.clone(), router.clone(), log_store, state_machine)
+            .await
+            .with_context(|| format!("starting openraft node {id}"))?;
+        router.register(id, raft.clone())?;
+        nodes.push(raft);
+    }
+
+    let result = bench_on_cluster(&nodes, proposers, total).await;
+
+    for raft in &nodes {
+        raft.shutdown().await.context("shutting down openraft node")?;
+    }
+    result
+}
+
+/// Initializes the started (pristine) `nodes` as one cluster and runs the workload on its leader.
+async fn bench_on_cluster(nodes: &[MemRaft], proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
+    let first = nodes.first().context("no node started")?;
+    let members: BTreeSet<MemNodeId> = (0..CLUSTER_SIZE).collect();
+    first.initialize(members).await.context("initializing the cluster")?;
+
+    let metrics = first
+        .wait(Some(WAIT_TIMEOUT))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await
+        .context("waiting for a leader")?;
+    let leader_id = metrics.current_leader.context("no leader after waiting for one")?;
+    let leader = nodes
+        .iter()
+        .find(|n| *n.node_id() == leader_id)
+        .context("the leader is not one of the started nodes")?
+        .clone();
+    leader
+        .wait(Some(WAIT_TIMEOUT))
+        .state(ServerState::Leader, "leader established")
+        .await
+        .context("waiting for the leader to take office")?;
+    // Log 0 is the initial membership, log 1 the new leader's blank entry: once every node has
+    // applied it, the cluster is fully formed and replication is running to every follower.
+    for n in nodes {
+        n.wait(Some(WAIT_TIMEOUT))
+            .applied_index_at_least(Some(1), "initial logs applied")
+            .await
+            .context("waiting for the initial logs to be applied")?;
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+
+    let mut tasks = Vec::with_capacity(proposers);
+    for p in 0..proposers {
+        let leader = leader.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(propose_loop(leader, p, proposers, next, total)));
+    }
+
+    let mut latencies_us = Vec::with_capacity(total);
+    let mut last_index = None;
+    let mut first_err = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(out)) => {
+                latencies_us.extend(out.latencies_us);
+                last_index = last_index.max(out.last_index);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(join) => {
+                first_err.get_or_insert(anyhow::Error::new(join).context("proposer task failed"));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    // `client_write` returns once the entry is applied on the leader, so this holds already; the
+    // wait makes the guarantee explicit rather than relying on that detail.
+    leader
+        .wait(Some(WAIT_TIMEOUT))
+        .applied_index_at_least(last_index, "all proposals applied")
+        .await
+        .context("waiting for the leader to apply every proposal")?;
+    let elapsed = start.elapsed();
+
+    Ok(BenchReport { ops: latencies_us.len(), elapsed, latencies_us })
+}
+
+/// What one proposer task reports back.
+struct ProposerOutput {
+    latencies_us: Vec<u64>,
+    /// Highest log index among this proposer's applied writes.
+    last_index: Option<u64>,
+}
+
+/// Proposer `proposer` of `proposers`: issues `client_write`s one after the other, each claiming the next of `total` slots from
+/// `next`, until all slots are claimed. On error, stops the other proposers and returns it.
+async fn propose_loop(
+    leader: MemRaft,
+    proposer: usize,
+    proposers: usize,
+    next: Arc<AtomicUsize>,
+    total: usize,
+) -> anyhow::Result<ProposerOutput> {
+    // One key per proposer, so the state machine stays small and its snapshots cheap.
+    let client = format!("proposer-{proposer}");
+    let mut out =
+        ProposerOutput { latencies_us: Vec::with_capacity(total.div_ceil(proposers)), last_index: None };
+    loop {
+        let serial = next.fetch_add(1, Ordering::Relaxed);
+        if serial >= total {
+            return Ok(out);
+        }
+        let request = ClientRequest {
+            client: client.clone(),
+            serial: serial as u64,
+            status: format!("{serial:0VALUE_LEN$x}"),
+        };
+
+        let t0 = Instant::now();
+        let res = leader.client_write(request).await;
+        let latency = t0.elapsed();
+
+        match res {
+            Ok(resp) => {
+                out.latencies_us.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                out.last_index = out.last_index.max(Some(resp.log_id.index()));
+            }
+            Err(e) => {
+                next.store(total, Ordering::Relaxed);
+                return Err(anyhow::Error::new(e).context(format!("client_write #{serial} failed")));
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Messages exchanged between nodes. Every message carries the sender's term.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, Index, LogId, NodeId, Term};
+
+/// A message from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's current term (for a granted pre-vote: the term the pre-candidate asked for).
+    pub term: Term,
+    /// What the message says.
+    pub payload: Payload,
+}
+
+/// Identifies a proposal made on one node; unique per originating node.
+pub type ProposalId = u64;
+
+/// The body of a [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// RequestVote (or a pre-vote, which changes nothing on the receiver).
+    RequestVote {
+        /// `true` for a pre-vote: `term` is the term the sender would campaign in.
+        pre_vote: bool,
+        /// The sender's last log entry, for the up-to-date check.
+        last_log_id: LogId,
+    },
+    /// The answer to [`Payload::RequestVote`].
+    RequestVoteResponse {
+        /// Whether this answers a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// AppendEntries: replicates entries and serves as heartbeat.
+    AppendEntries {
+        /// The entry just before `entries`, which the receiver must have.
+        prev_log_id: LogId,
+        /// Entries to store; empty for a heartbeat.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit: Index,
+    },
+    /// The answer to [`Payload::AppendEntries`].
+    AppendEntriesResponse(AppendResult),
+    /// A proposal made on a follower, forwarded to the leader (auto-forward).
+    ForwardProposal {
+        /// The id the originating node gave the proposal.
+        id: ProposalId,
+        /// The command.
+        command: Bytes,
+    },
+    /// The leader's answer to [`Payload::ForwardProposal`].
+    ForwardProposalResponse {
+        /// The id from the request.
+        id: ProposalId,
+        /// Where the leader appended the command, or why it did not.
+        result: Result<LogId, ForwardRejection>,
+    },
+}
+
+/// The outcome of an AppendEntries on the follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendResult {
+    /// The follower's log matches the leader's up to `match_index`, and that prefix is durable.
+    Success {
+        /// The last index known to match the leader's log.
+        match_index: Index,
+    },
+    /// The consistency check failed at `rejected_prev_index`.
+    Reject {
+        /// The `prev_log_id.index` of the rejected request.
+        rejected_prev_index: Index,
+        /// Where the leader should try next.
+        hint: ConflictHint,
+    },
+}
+
+/// The follower's hint for fast back-off after a rejected AppendEntries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictHint {
+    /// The term of the follower's entry at the rejected index, if it has one there.
+    pub conflict_term: Option<Term>,
+    /// With `conflict_term`: the first index of that term in the follower's log.
+    /// Without: the follower's last log index.
+    pub index: Index,
+}
+
+/// Why a forwarded proposal was not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRejection {
+    /// The receiver is not the leader; it may know who is.
+    NotLeader {
+        /// The leader the receiver knows of.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader has too many proposals in flight.
+    Busy,
+}
+
+impl Message {
+    /// A short name of the message's kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match &self.payload {
+            Payload::RequestVote { pre_vote: true, .. } => "pre_vote",
+            Payload::RequestVote { pre_vote: false, .. } => "request_vote",
+            Payload::RequestVoteResponse { pre_vote: true, .. } => "pre_vote_response",
+            Payload::RequestVoteResponse { pre_vote: false, .. } => "request_vote_response",
+            Payload::AppendEntries { .. } => "append_entries",
+            Payload::AppendEntriesResponse(_) => "append_entries_response",
+            Payload::ForwardProposal { .. } => "forward_proposal",
+            Payload::ForwardProposalResponse { .. } => "forward_proposal_response",
+        }
+    }
+}

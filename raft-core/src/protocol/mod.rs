@@ -1,0 +1,891 @@
+//! The Raft protocol as a deterministic state machine: inputs in ([`Event`]s with the current
+//! time), work out ([`Ready`]). No IO, no clock, no OS randomness: the same inputs and seed
+//! always give the same outputs.
+//!
+//! Architecture invariant: nothing in this module reads a clock, touches a socket or a file,
+//! or spawns a task; `cargo xtask tidy` checks it.
+
+mod log;
+mod progress;
+mod ready;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+pub use progress::ReplicationMode;
+pub use ready::{ProposalOutcome, ProposalRejection, Ready};
+
+use crate::config::{Config, ConfigError};
+use crate::membership::Membership;
+use crate::message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId};
+use crate::rng::SeededRng;
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};
+use log::RaftLog;
+use progress::Progress;
+
+/// An input to the protocol.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Time passed; fire whatever timers are due.
+    Tick,
+    /// A message arrived from a peer.
+    Message(Message),
+    /// A client proposes a command on this node.
+    Propose {
+        /// The driver's id for the proposal, echoed in its [`ProposalOutcome`].
+        id: ProposalId,
+        /// The command.
+        command: Bytes,
+        /// On a follower: forward to the leader instead of refusing.
+        forward: bool,
+    },
+}
+
+/// What a node restores from storage when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredState {
+    /// The persisted term and vote.
+    pub hard_state: HardState,
+    /// The last entry covered by the latest snapshot (default: none).
+    pub snapshot_last: LogId,
+    /// The durable entries after the snapshot, in order.
+    pub entries: Vec<Entry>,
+    /// The membership in force.
+    pub membership: Membership,
+}
+
+/// A snapshot of one follower's replication state, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub id: NodeId,
+    /// The next index the leader will send.
+    pub next_index: Index,
+    /// The highest index known to be replicated on the follower.
+    pub match_index: Index,
+    /// Probe or pipelined replication.
+    pub mode: ReplicationMode,
+}
+
+/// A node's observable protocol state (the paper's `GetState` and more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Current term.
+    pub term: Term,
+    /// Current role.
+    pub role: Role,
+    /// The leader this node follows (itself when leader).
+    pub leader: Option<NodeId>,
+    /// Highest committed index known.
+    pub commit_index: Index,
+    /// Last index handed to the state machine.
+    pub applied_index: Index,
+    /// Last index that is durable locally.
+    pub persisted_index: Index,
+    /// Last entry of the log.
+    pub last_log_id: LogId,
+    /// The membership in force.
+    pub membership: Membership,
+    /// Per-follower replication state (leader only).
+    pub followers: Vec<FollowerStatus>,
+}
+
+/// The Raft state machine of one node.
+#[derive(Debug)]
+pub struct Raft {
+    id: NodeId,
+    config: Config,
+    rng: SeededRng,
+    now: Millis,
+
+    hard_state: HardState,
+    hard_state_dirty: bool,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    membership: Membership,
+
+    election_deadline: Millis,
+    heartbeat_deadline: Millis,
+    check_quorum_deadline: Millis,
+    /// When this node last heard from a leader of its term (for the pre-vote and vote leases).
+    leader_contact: Option<Millis>,
+    /// Votes received in the current (pre-)election.
+    votes: BTreeMap<NodeId, bool>,
+    /// The leader's per-follower state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Proposals forwarded to the leader, with their deadlines.
+    forwards: BTreeMap<ProposalId, Millis>,
+
+    out: Ready,
+    /// The lowest index truncated since the last `take_ready`.
+    truncated_from: Option<Index>,
+    /// The first entry appended since the last `take_ready`.
+    unsaved_from: Option<Index>,
+    /// Set between `take_ready` and `advance`.
+    awaiting_advance: bool,
+}
+
+impl Raft {
+    /// Creates a node from its restored state. `seed` drives every random choice (election
+    /// timeouts); `now` is the current time.
+    pub fn new(
+        id: NodeId,
+        config: Config,
+        restored: RestoredState,
+        seed: u64,
+        now: Millis,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let log = RaftLog::restore(restored.snapshot_last, restored.entries);
+        let mut raft = Self {
+            id,
+            config,
+            rng: SeededRng::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            now,
+            hard_state: restored.hard_state,
+            hard_state_dirty: false,
+            role: Role::Follower,
+            leader: None,
+            log,
+            membership: restored.membership,
+            election_deadline: now,
+            heartbeat_deadline: now,
+            check_quorum_deadline: now,
+            leader_contact: None,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            forwards: BTreeMap::new(),
+            out: Ready::default(),
+            truncated_from: None,
+            unsaved_from: None,
+            awaiting_advance: false,
+        };
+        raft.reset_election_timer();
+        Ok(raft)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// `(current_term, is_leader)`, as the paper's `GetState`.
+    pub fn state(&self) -> (Term, bool) {
+        (self.hard_state.current_term, self.role == Role::Leader)
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.hard_state.current_term
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest committed index known to this node.
+    pub fn commit_index(&self) -> Index {
+        self.log.committed
+    }
+
+    /// The last entry of the log.
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last_log_id()
+    }
+
+    /// The entry at `index`, if the in-memory log holds it.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.get(index)
+    }
+
+    /// The hard state as it is now (it may not be durable yet).
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The membership in force.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// A full status snapshot.
+    pub fn status(&self) -> ProtocolStatus {
+        ProtocolStatus {
+            id: self.id,
+            term: self.hard_state.current_term,
+            role: self.role,
+            leader: self.leader,
+            commit_index: self.log.committed,
+            applied_index: self.log.applied,
+            persisted_index: self.log.persisted,
+            last_log_id: self.log.last_log_id(),
+            membership: self.membership.clone(),
+            followers: self
+                .progress
+                .iter()
+                .map(|(id, p)| FollowerStatus {
+                    id: *id,
+                    next_index: p.next_index,
+                    match_index: p.match_index,
+                    mode: p.mode,
+                })
+                .collect(),
+        }
+    }
+
+    /// The earliest time at which [`Event::Tick`] has something to do.
+    pub fn next_deadline(&self) -> Millis {
+        let mut deadline = match self.role {
+            Role::Leader => {
+                let mut d = self.heartbeat_deadline;
+                if self.config.check_quorum {
+                    d = d.min(self.check_quorum_deadline);
+                }
+                d
+            }
+            _ => self.election_deadline,
+        };
+        if let Some(d) = self.forwards.values().min() {
+            deadline = deadline.min(*d);
+        }
+        deadline
+    }
+
+    /// Feeds one input. `now` must not go backwards.
+    pub fn step(&mut self, now: Millis, event: Event) {
+        debug_assert!(!self.awaiting_advance, "step between take_ready and advance");
+        self.now = self.now.max(now);
+        match event {
+            Event::Tick => self.tick(),
+            Event::Message(m) => self.handle_message(m),
+            Event::Propose { id, command, forward } => self.propose(id, command, forward),
+        }
+    }
+
+    /// Whether [`take_ready`](Self::take_ready) has work.
+    pub fn has_ready(&self) -> bool {
+        !self.out.is_empty()
+            || self.hard_state_dirty
+            || self.unsaved_from.is_some()
+            || self.truncated_from.is_some()
+            || self.log.applied < self.log.committed.min(self.log.persisted)
+            || (self.role == Role::Leader && self.leader_has_sends())
+    }
+
+    /// Collects the work produced since the last call; see [`Ready`] for the order in which
+    /// the driver must carry it out, then call [`advance`](Self::advance).
+    pub fn take_ready(&mut self) -> Ready {
+        debug_assert!(!self.awaiting_advance, "take_ready twice without advance");
+        if self.role == Role::Leader {
+            self.flush_appends();
+        }
+        let mut ready = std::mem::take(&mut self.out);
+        if self.hard_state_dirty {
+            ready.hard_state = Some(self.hard_state);
+            self.hard_state_dirty = false;
+        }
+        ready.truncate_from = self.truncated_from.take();
+        if let Some(from) = self.unsaved_from.take() {
+            ready.entries = self.log.range(from, self.log.last_index());
+        }
+        let apply_to = self.log.committed.min(self.log.persisted);
+        if apply_to > self.log.applied {
+            ready.committed = self.log.range(self.log.applied + 1, apply_to);
+            self.log.applied = apply_to;
+        }
+        self.awaiting_advance = true;
+        ready
+    }
+
+    /// Tells the protocol that everything in the last [`Ready`] was carried out: its writes are
+    /// durable and its committed entries applied.
+    pub fn advance(&mut self) {
+        self.awaiting_advance = false;
+        self.log.persisted = self.log.last_index();
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    // ---- timers ----
+
+    fn tick(&mut self) {
+        self.expire_forwards();
+        match self.role {
+            Role::Leader => {
+                if self.config.check_quorum && self.now >= self.check_quorum_deadline {
+                    self.check_quorum();
+                    if self.role != Role::Leader {
+                        return;
+                    }
+                }
+                if self.now >= self.heartbeat_deadline {
+                    self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
+                    self.broadcast_heartbeat();
+                }
+            }
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                if self.now >= self.election_deadline {
+                    self.on_election_timeout();
+                }
+            }
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        let timeout =
+            self.rng.range(self.config.election_timeout_min_ms, self.config.election_timeout_max_ms);
+        self.election_deadline = self.now + timeout;
+    }
+
+    fn expire_forwards(&mut self) {
+        let now = self.now;
+        let expired: Vec<ProposalId> =
+            self.forwards.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.forwards.remove(&id);
+            self.out.proposals.push(ProposalOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
+        }
+    }
+
+    fn check_quorum(&mut self) {
+        let id = self.id;
+        let progress = &self.progress;
+        let active =
+            self.membership.is_quorum(|n| n == id || progress.get(&n).is_some_and(|p| p.recent_active));
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        self.check_quorum_deadline = self.now + self.config.election_timeout_min_ms;
+        if !active {
+            tracing::info!(node = self.id, term = self.term(), "lost contact with a quorum; stepping down");
+            let term = self.term();
+            self.become_follower(term, None);
+        }
+    }
+
+    // ---- elections ----
+
+    fn on_election_timeout(&mut self) {
+        if !self.membership.is_voter(self.id) {
+            // Learners and removed nodes never campaign.
+            self.reset_election_timer();
+            return;
+        }
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        tracing::debug!(node = self.id, term = self.term(), "starting pre-vote");
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_contact = None;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_timer();
+        self.record_vote(self.id, true);
+        let term = self.term() + 1;
+        self.request_votes(true, term);
+    }
+
+    fn become_candidate(&mut self) {
+        self.role = Role::Candidate;
+        self.hard_state.current_term += 1;
+        self.hard_state.voted_for = Some(self.id);
+        self.hard_state_dirty = true;
+        tracing::debug!(node = self.id, term = self.term(), "starting election");
+        self.leader = None;
+        self.leader_contact = None;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_timer();
+        self.record_vote(self.id, true);
+        let term = self.term();
+        self.request_votes(false, term);
+    }
+
+    fn request_votes(&mut self, pre_vote: bool, term: Term) {
+        let last_log_id = self.log.last_log_id();
+        let peers: Vec<NodeId> = self
+            .membership
+            .voters
+            .iter()
+            .chain(self.membership.outgoing_voters.iter())
+            .copied()
+            .filter(|n| *n != self.id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for to in peers {
+            self.send(to, term, Payload::RequestVote { pre_vote, last_log_id });
+        }
+        self.tally_votes();
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.entry(from).or_insert(granted);
+    }
+
+    fn tally_votes(&mut self) {
+        let votes = &self.votes;
+        let won = self.membership.is_quorum(|n| votes.get(&n) == Some(&true));
+        let lost = !self.membership.is_quorum(|n| votes.get(&n) != Some(&false));
+        if won {
+            match self.role {
+                Role::PreCandidate => self.become_candidate(),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            }
+        } else if lost {
+            let term = self.term();
+            self.become_follower(term, None);
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hard_state.current_term {
+            self.hard_state.current_term = term;
+            self.hard_state.voted_for = None;
+            self.hard_state_dirty = true;
+        }
+        if self.role != Role::Follower {
+            // A node that stops leading or campaigning needs a fresh election timer.
+            self.reset_election_timer();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+    }
+
+    fn become_leader(&mut self) {
+        tracing::info!(node = self.id, term = self.term(), "became leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+        let next = self.log.last_index() + 1;
+        self.progress = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|n| *n != self.id)
+            .map(|n| (n, Progress::new(next)))
+            .collect();
+        self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
+        self.check_quorum_deadline = self.now + self.config.election_timeout_min_ms;
+        let entry = Entry { term: self.term(), index: next, payload: EntryPayload::Blank };
+        self.append_local(entry);
+        // A leader with no peers commits on its own write.
+        self.maybe_commit();
+    }
+
+    /// Whether this node heard from a leader recently enough to ignore vote requests.
+    fn in_leader_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => self.config.check_quorum,
+            _ => self
+                .leader_contact
+                .is_some_and(|t| self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms),
+        }
+    }
+
+    // ---- messages ----
+
+    fn send(&mut self, to: NodeId, term: Term, payload: Payload) {
+        let message = Message { from: self.id, to, term, payload };
+        let immediate = self.role == Role::Leader && matches!(message.payload, Payload::AppendEntries { .. });
+        if immediate {
+            self.out.messages.push(message);
+        } else {
+            self.out.persisted_messages.push(message);
+        }
+    }
+
+    fn handle_message(&mut self, m: Message) {
+        if m.to != self.id || m.from == self.id {
+            tracing::warn!(node = self.id, from = m.from, to = m.to, "dropping misaddressed message");
+            return;
+        }
+        let term = self.term();
+        if m.term > term {
+            match &m.payload {
+                Payload::RequestVote { pre_vote, .. } => {
+                    if self.in_leader_lease() {
+                        tracing::debug!(
+                            node = self.id,
+                            from = m.from,
+                            "ignoring vote request: leader is active"
+                        );
+                        return;
+                    }
+                    if !pre_vote {
+                        self.become_follower(m.term, None);
+                    }
+                }
+                Payload::RequestVoteResponse { pre_vote: true, granted: true } => {}
+                Payload::AppendEntries { .. } => self.become_follower(m.term, Some(m.from)),
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < term {
+            match &m.payload {
+                Payload::AppendEntries { .. } => {
+                    // A stale leader: tell it the new term so it steps down.
+                    let hint = ConflictHint { conflict_term: None, index: self.log.last_index() };
+                    let rejected_prev_index = match &m.payload {
+                        Payload::AppendEntries { prev_log_id, .. } => prev_log_id.index,
+                        _ => 0,
+                    };
+                    self.send(
+                        m.from,
+                        term,
+                        Payload::AppendEntriesResponse(AppendResult::Reject { rejected_prev_index, hint }),
+                    );
+                    return;
+                }
+                Payload::RequestVote { pre_vote, .. } => {
+                    let pre_vote = *pre_vote;
+                    self.send(m.from, term, Payload::RequestVoteResponse { pre_vote, granted: false });
+                    return;
+                }
+                Payload::ForwardProposal { .. } | Payload::ForwardProposalResponse { .. } => {}
+                _ => return,
+            }
+        }
+
+        match m.payload {
+            Payload::RequestVote { pre_vote, last_log_id } => {
+                self.handle_vote_request(m.from, m.term, pre_vote, last_log_id)
+            }
+            Payload::RequestVoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(m.from, m.term, pre_vote, granted)
+            }
+            Payload::AppendEntries { prev_log_id, entries, leader_commit } => {
+                self.handle_append(m.from, prev_log_id, entries, leader_commit)
+            }
+            Payload::AppendEntriesResponse(result) => self.handle_append_response(m.from, result),
+            Payload::ForwardProposal { id, command } => self.handle_forward(m.from, id, command),
+            Payload::ForwardProposalResponse { id, result } => {
+                if self.forwards.remove(&id).is_some() {
+                    let result = result.map_err(|r| match r {
+                        ForwardRejection::NotLeader { leader_hint } => {
+                            ProposalRejection::NotLeader { leader_hint }
+                        }
+                        ForwardRejection::Busy => ProposalRejection::Busy,
+                    });
+                    self.out.proposals.push(ProposalOutcome { id, result });
+                }
+            }
+        }
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, last: LogId) {
+        let term = self.term();
+        let up_to_date = last >= self.log.last_log_id();
+        let granted = if pre_vote {
+            // A pre-vote changes nothing here; it is granted only to a node with a log at least
+            // as new, for a higher term, when this node has not heard from a leader lately.
+            msg_term > term && up_to_date && !self.heard_from_leader_recently()
+        } else {
+            let can_vote = self.hard_state.voted_for == Some(from)
+                || (self.hard_state.voted_for.is_none() && self.leader.is_none());
+            can_vote && up_to_date
+        };
+        if granted && !pre_vote {
+            self.hard_state.voted_for = Some(from);
+            self.hard_state_dirty = true;
+            self.reset_election_timer();
+        }
+        let reply_term = if granted && pre_vote { msg_term } else { term };
+        tracing::debug!(node = self.id, from, pre_vote, granted, term = reply_term, "vote request");
+        self.send(from, reply_term, Payload::RequestVoteResponse { pre_vote, granted });
+    }
+
+    fn heard_from_leader_recently(&self) -> bool {
+        self.role == Role::Leader
+            || self
+                .leader_contact
+                .is_some_and(|t| self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms)
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, granted: bool) {
+        let expected = match (self.role, pre_vote) {
+            (Role::PreCandidate, true) => self.term() + 1,
+            (Role::Candidate, false) => self.term(),
+            _ => return,
+        };
+        // A rejected pre-vote carries the voter's term, which may equal ours: count it.
+        let rejected_pre_vote = pre_vote && !granted;
+        if msg_term != expected && !rejected_pre_vote {
+            return;
+        }
+        self.record_vote(from, granted);
+        self.tally_votes();
+    }
+
+    fn handle_append(&mut self, from: NodeId, prev: LogId, entries: Vec<Entry>, leader_commit: Index) {
+        let term = self.term();
+        if self.role != Role::Follower {
+            self.become_follower(term, Some(from));
+        }
+        self.leader = Some(from);
+        self.leader_contact = Some(self.now);
+        self.reset_election_timer();
+
+        let reply = |result| Payload::AppendEntriesResponse(result);
+        if prev.index < self.log.committed {
+            // Everything up to the commit index matches every leader's log; answer with it
+            // rather than re-checking a prefix that may have been compacted.
+            let match_index = self.log.committed;
+            self.send(from, term, reply(AppendResult::Success { match_index }));
+            return;
+        }
+        if !self.log.matches(prev) {
+            let hint = match self.log.term_at(prev.index) {
+                Some(t) => ConflictHint {
+                    conflict_term: Some(t),
+                    index: self.log.first_index_of_term_at(prev.index).max(self.log.committed + 1),
+                },
+                None => ConflictHint { conflict_term: None, index: self.log.last_index() },
+            };
+            self.send(from, term, reply(AppendResult::Reject { rejected_prev_index: prev.index, hint }));
+            return;
+        }
+        let last_new = prev.index + entries.len() as Index;
+        for entry in entries {
+            match self.log.term_at(entry.index) {
+                Some(t) if t == entry.term => continue,
+                Some(_) => {
+                    assert!(
+                        entry.index > self.log.committed,
+                        "node {}: leader {} conflicts with committed entry {}",
+                        self.id,
+                        from,
+                        entry.index
+                    );
+                    self.truncate_local(entry.index);
+                    self.append_local(entry);
+                }
+                None => self.append_local(entry),
+            }
+        }
+        let new_commit = leader_commit.min(last_new);
+        if new_commit > self.log.committed {
+            self.log.committed = new_commit;
+        }
+        self.send(from, term, reply(AppendResult::Success { match_index: last_new }));
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&from) else { return };
+        p.recent_active = true;
+        match result {
+            AppendResult::Success { match_index } => {
+                if match_index > self.log.last_index() {
+                    tracing::warn!(
+                        node = self.id,
+                        from,
+                        match_index,
+                        "follower claims entries we never sent"
+                    );
+                    return;
+                }
+                if p.on_success(match_index) {
+                    self.maybe_commit();
+                }
+            }
+            AppendResult::Reject { rejected_prev_index, hint } => {
+                let next = match hint.conflict_term {
+                    Some(t) => match self.log.last_index_of_term(t, rejected_prev_index) {
+                        Some(i) => i + 1,
+                        None => hint.index,
+                    },
+                    None => hint.index + 1,
+                };
+                if p.on_reject(rejected_prev_index, next) {
+                    tracing::debug!(node = self.id, from, next = p.next_index, "append rejected; probing");
+                }
+            }
+        }
+    }
+
+    fn handle_forward(&mut self, from: NodeId, id: ProposalId, command: Bytes) {
+        let term = self.term();
+        let result = match self.append_proposal(command) {
+            Ok(log_id) => Ok(log_id),
+            Err(ProposalRejection::Busy) => Err(ForwardRejection::Busy),
+            Err(_) => Err(ForwardRejection::NotLeader { leader_hint: self.leader }),
+        };
+        self.send(from, term, Payload::ForwardProposalResponse { id, result });
+    }
+
+    // ---- proposals ----
+
+    fn propose(&mut self, id: ProposalId, command: Bytes, forward: bool) {
+        match self.append_proposal(command.clone()) {
+            Ok(log_id) => self.out.proposals.push(ProposalOutcome { id, result: Ok(log_id) }),
+            Err(ProposalRejection::NotLeader { leader_hint: Some(leader) })
+                if forward && self.forwards.len() < self.config.max_pending_forwards =>
+            {
+                self.forwards.insert(id, self.now + self.config.rpc_timeout_ms);
+                let term = self.term();
+                self.send(leader, term, Payload::ForwardProposal { id, command });
+            }
+            Err(ProposalRejection::NotLeader { leader_hint: Some(_) }) if forward => {
+                self.out.proposals.push(ProposalOutcome { id, result: Err(ProposalRejection::Busy) })
+            }
+            Err(e) => self.out.proposals.push(ProposalOutcome { id, result: Err(e) }),
+        }
+    }
+
+    fn append_proposal(&mut self, command: Bytes) -> Result<LogId, ProposalRejection> {
+        if self.role != Role::Leader {
+            return Err(ProposalRejection::NotLeader { leader_hint: self.leader });
+        }
+        if self.log.len_after(self.log.committed) >= self.config.max_uncommitted_entries as u64 {
+            return Err(ProposalRejection::Busy);
+        }
+        let log_id = LogId::new(self.term(), self.log.last_index() + 1);
+        self.append_local(Entry {
+            term: log_id.term,
+            index: log_id.index,
+            payload: EntryPayload::Command(command),
+        });
+        Ok(log_id)
+    }
+
+    // ---- replication (leader) ----
+
+    fn append_local(&mut self, entry: Entry) {
+        let index = entry.index;
+        self.log.push(entry);
+        if self.unsaved_from.is_none() {
+            self.unsaved_from = Some(index);
+        }
+    }
+
+    fn truncate_local(&mut self, from: Index) {
+        self.log.truncate_from(from);
+        self.truncated_from = Some(self.truncated_from.map_or(from, |t| t.min(from)));
+        self.unsaved_from = Some(self.unsaved_from.map_or(from, |u| u.min(from)));
+    }
+
+    fn maybe_commit(&mut self) {
+        let id = self.id;
+        let persisted = self.log.persisted;
+        let progress = &self.progress;
+        let quorum = self.membership.quorum_index(|n| {
+            if n == id {
+                persisted
+            } else {
+                progress.get(&n).map_or(0, |p| p.match_index)
+            }
+        });
+        // Figure 8: only an entry of the current term commits by counting replicas.
+        if quorum > self.log.committed && self.log.term_at(quorum) == Some(self.term()) {
+            self.log.committed = quorum;
+        }
+    }
+
+    fn leader_has_sends(&self) -> bool {
+        self.progress.keys().any(|to| self.wants_send(*to))
+    }
+
+    /// Whether the follower `to` should get an AppendEntries now: it lacks entries or the
+    /// commit index, or a probe is due, and its flow control allows one more message.
+    fn wants_send(&self, to: NodeId) -> bool {
+        let Some(p) = self.progress.get(&to) else { return false };
+        p.can_send(self.config.max_in_flight_appends)
+            && (p.next_index <= self.log.last_index()
+                || p.mode == ReplicationMode::Probe
+                || p.commit_sent < self.log.committed.min(p.next_index - 1))
+    }
+
+    /// Sends every follower what it lacks, within its window.
+    fn flush_appends(&mut self) {
+        let ids: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in ids {
+            self.send_appends_to(to);
+        }
+    }
+
+    fn send_appends_to(&mut self, to: NodeId) {
+        while self.wants_send(to) {
+            let probe = self.progress.get(&to).is_some_and(|p| p.mode == ReplicationMode::Probe);
+            if !self.send_append(to, true) || probe {
+                return;
+            }
+        }
+    }
+
+    /// Sends one AppendEntries at the follower's `next_index`, with entries if `with_entries`.
+    /// Returns `false` if nothing could be sent.
+    fn send_append(&mut self, to: NodeId, with_entries: bool) -> bool {
+        let term = self.term();
+        let committed = self.log.committed;
+        let Some(p) = self.progress.get(&to) else { return false };
+        let prev_index = p.next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            // Needs a snapshot; snapshots are not implemented in this version.
+            tracing::warn!(node = self.id, to, prev_index, "follower needs entries that were compacted");
+            return false;
+        };
+        let entries = if with_entries {
+            self.log.slice(p.next_index, self.config.max_entries_per_append, self.config.max_bytes_per_append)
+        } else {
+            Vec::new()
+        };
+        let last_sent = entries.last().map(|e| e.index);
+        let leader_commit = committed.min(last_sent.unwrap_or(prev_index));
+        if let Some(p) = self.progress.get_mut(&to) {
+            p.on_sent(last_sent);
+            p.commit_sent = p.commit_sent.max(leader_commit);
+        }
+        self.send(
+            to,
+            term,
+            Payload::AppendEntries { prev_log_id: LogId::new(prev_term, prev_index), entries, leader_commit },
+        );
+        true
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let ids: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in ids {
+            let Some(p) = self.progress.get_mut(&to) else { continue };
+            match p.mode {
+                // Re-send the probe: the last one may have been lost.
+                ReplicationMode::Probe => p.probe_sent = false,
+                ReplicationMode::Replicate => {
+                    // An empty AppendEntries at the tip: carries the commit index, and a
+                    // rejection reveals lost in-flight messages.
+                    let _sent = self.send_append(to, false);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! The leader's view of one follower: `next_index`, `match_index`, and the flow control of the
+//! AppendEntries sent to it (probe, or a pipelined window).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Index;
+
+/// How the leader sends to a follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationMode {
+    /// One AppendEntries at a time until the follower's position is known (after election or a
+    /// rejection).
+    Probe,
+    /// Pipelined: up to the in-flight window of AppendEntries without waiting for answers.
+    Replicate,
+}
+
+/// Replication state of one follower.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    pub(crate) next_index: Index,
+    pub(crate) match_index: Index,
+    pub(crate) mode: ReplicationMode,
+    /// In probe mode: a probe is outstanding; cleared by its answer or the next heartbeat.
+    pub(crate) probe_sent: bool,
+    /// Last index of each AppendEntries in flight (replicate mode).
+    pub(crate) in_flight: VecDeque<Index>,
+    /// Whether the follower answered since the last check-quorum round.
+    pub(crate) recent_active: bool,
+    /// The commit index last sent to the follower.
+    pub(crate) commit_sent: Index,
+}
+
+impl Progress {
+    pub(crate) fn new(next_index: Index) -> Self {
+        Self {
+            next_index,
+            match_index: 0,
+            mode: ReplicationMode::Probe,
+            probe_sent: false,
+            in_flight: VecDeque::new(),
+            recent_active: false,
+            commit_sent: 0,
+        }
+    }
+
+    /// Whether another AppendEntries may be sent now.
+    pub(crate) fn can_send(&self, window: usize) -> bool {
+        match self.mode {
+            ReplicationMode::Probe => !self.probe_sent,
+            ReplicationMode::Replicate => self.in_flight.len() < window,
+        }
+    }
+
+    /// Records an AppendEntries whose last entry is `last_sent` (`None` when empty).
+    pub(crate) fn on_sent(&mut self, last_sent: Option<Index>) {
+        match self.mode {
+            ReplicationMode::Probe => self.probe_sent = true,
+            ReplicationMode::Replicate => {
+                if let Some(last) = last_sent {
+                    self.next_index = last + 1;
+                    self.in_flight.push_back(last);
+                }
+            }
+        }
+    }
+
+    /// A success up to `match_index`. Returns whether the match index advanced.
+    pub(crate) fn on_success(&mut self, match_index: Index) -> bool {
+        let advanced = match_index > self.match_index;
+        if advanced {
+            self.match_index = match_index;
+        }
+        if self.next_index <= match_index {
+            self.next_index = match_index + 1;
+        }
+        while self.in_flight.front().is_some_and(|last| *last <= match_index) {
+            self.in_flight.pop_front();
+        }
+        if self.mode == ReplicationMode::Probe {
+            self.become_replicate();
+        }
+        advanced
+    }
+
+    /// A rejection of the AppendEntries whose `prev_log_index` was `rejected`; `next` is the
+    /// leader's new guess. Returns `false` when the rejection is stale and was ignored.
+    pub(crate) fn on_reject(&mut self, rejected: Index, next: Index) -> bool {
+        match self.mode {
+            ReplicationMode::Replicate => {
+                if rejected <= self.match_index {
+                    return false;
+                }
+            }
+            ReplicationMode::Probe => {
+                if rejected + 1 != self.next_index {
+                    return false;
+                }
+            }
+        }
+        let upper = rejected.max(self.match_index + 1);
+        self.next_index = next.min(upper).max(self.match_index + 1).max(1);
+        self.become_probe();
+        true
+    }
+
+    pub(crate) fn become_probe(&mut self) {
+        self.mode = ReplicationMode::Probe;
+        self.probe_sent = false;
+        self.in_flight.clear();
+    }
+
+    fn become_replicate(&mut self) {
+        self.mode = ReplicationMode::Replicate;
+        self.probe_sent = false;
+        self.in_flight.clear();
+        self.next_index = self.match_index + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sends_one_at_a_time() {
+        let mut p = Progress::new(11);
+        assert!(p.can_send(4));
+        p.on_sent(Some(10));
+        assert!(!p.can_send(4));
+        assert_eq!(p.next_index, 11, "probe does not advance next optimistically");
+    }
+
+    #[test]
+    fn success_switches_to_pipelining() {
+        let mut p = Progress::new(11);
+        p.on_sent(Some(10));
+        assert!(p.on_success(10));
+        assert_eq!(p.mode, ReplicationMode::Replicate);
+        p.on_sent(Some(15));
+        p.on_sent(Some(20));
+        assert_eq!(p.next_index, 21);
+        assert_eq!(p.in_flight.len(), 2);
+        assert!(!p.can_send(2));
+        p.on_success(15);
+        assert!(p.can_send(2));
+        assert_eq!(p.match_index, 15);
+    }
+
+    #[test]
+    fn match_index_never_decreases() {
+        let mut p = Progress::new(1);
+        p.on_success(10);
+        assert!(!p.on_success(5));
+        assert_eq!(p.match_index, 10);
+    }
+
+    #[test]
+    fn stale_rejection_does_not_rewind_below_a_later_success() {
+        let mut p = Progress::new(1);
+        p.on_success(10);
+        p.on_sent(Some(20));
+        // A rejection of an older request (prev 5 < match 10) is stale.
+        assert!(!p.on_reject(5, 3));
+        assert_eq!(p.next_index, 21);
+        // A real rejection goes back to probing but never below match + 1.
+        assert!(p.on_reject(20, 2));
+        assert_eq!(p.mode, ReplicationMode::Probe);
+        assert_eq!(p.next_index, 11);
+    }
+
+    #[test]
+    fn probe_ignores_rejections_of_other_probes() {
+        let mut p = Progress::new(50);
+        p.on_sent(None);
+        assert!(!p.on_reject(30, 10));
+        assert!(p.on_reject(49, 10));
+        assert_eq!(p.next_index, 10);
+    }
+}

@@ -1,0 +1,6 @@
+//! Testing kit: conformance suites that every [`Storage`](crate::Storage) implementation runs,
+//! and a deterministic cluster simulator that drives many [`Raft`](crate::Raft) nodes through a
+//! simulated clock, network and disk from one seed.
+
+pub mod sim;
+pub mod storage_suite;

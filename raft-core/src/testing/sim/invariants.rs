@@ -1,0 +1,216 @@
+//! The safety properties the simulator checks after every step, each with the rule of the Raft
+//! paper it comes from.
+//!
+//! - **Election safety** (§5.2, Figure 3): at most one leader per term.
+//! - **Log matching** (§5.3): two entries with the same index and term have the same command and
+//!   the same preceding entry (checked on every append: by induction the logs are identical up
+//!   to there).
+//! - **Leader completeness** (§5.4): a leader's log holds every committed entry.
+//! - **State-machine safety** (§5.4.3): no two nodes apply different entries at one index.
+//! - **Durable commitment**: when an entry is first known committed, a majority holds it on
+//!   disk (acknowledgements wait for durability; a crash cannot un-commit it).
+//! - **Persistent term and vote** (Figure 2, "updated on stable storage before responding"): a
+//!   node never restarts with a term below one it sent, nor votes for two candidates in a term.
+//! - **Commit and apply order**: commit indexes never go back while a node runs; entries are
+//!   applied in order, each once (checked by the simulator).
+
+use std::collections::BTreeMap;
+
+use crate::message::{Message, Payload};
+use crate::protocol::{Raft, Ready};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, Role, Term};
+
+use super::disk::Disk;
+
+/// What the simulator remembers of the whole run to check the invariants.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    /// The leader of each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// For each (index, term) ever appended anywhere: the payload and the previous entry's term.
+    entries: BTreeMap<LogId, (EntryPayload, Term)>,
+    /// Committed entries (index → term, payload).
+    committed: BTreeMap<Index, (Term, EntryPayload)>,
+    /// Highest index each running node has had checked as committed.
+    commit_checked: BTreeMap<NodeId, Index>,
+    /// Highest term each node put on a message that left it.
+    max_sent_term: BTreeMap<NodeId, Term>,
+    /// The candidate each node granted its vote to, per term.
+    votes: BTreeMap<(NodeId, Term), NodeId>,
+    pending_violation: Option<String>,
+}
+
+impl History {
+    pub(crate) fn violation(&mut self, what: String) {
+        self.pending_violation.get_or_insert(what);
+    }
+
+    pub(crate) fn take_violation(&mut self) -> Option<String> {
+        self.pending_violation.take()
+    }
+
+    /// A node (re)started with `hard_state` from its disk.
+    pub(crate) fn on_start(&mut self, id: NodeId, hard_state: HardState) -> Result<(), String> {
+        let sent = self.max_sent_term.get(&id).copied().unwrap_or(0);
+        if hard_state.current_term < sent {
+            return Err(format!(
+                "node {id} restarted with term {} but had sent messages in term {sent}: term not persisted before sending",
+                hard_state.current_term
+            ));
+        }
+        Ok(())
+    }
+
+    /// A node crashed: its commit index starts again from zero.
+    pub(crate) fn on_restart(&mut self, id: NodeId) {
+        self.commit_checked.remove(&id);
+    }
+
+    /// A node produced a [`Ready`]; check the entries it appends (log matching).
+    pub(crate) fn on_ready(
+        &mut self,
+        id: NodeId,
+        ready: &Ready,
+        raft: Option<&Raft>,
+        disk: &Disk,
+    ) -> Result<(), String> {
+        let Some(raft) = raft else { return Ok(()) };
+        for e in &ready.entries {
+            let prev_term = if e.index == 1 {
+                0
+            } else {
+                match raft.entry(e.index - 1) {
+                    Some(p) => p.term,
+                    None => disk.get(e.index - 1).map_or(0, |p| p.term),
+                }
+            };
+            match self.entries.get(&e.log_id()) {
+                Some((payload, prev)) => {
+                    if *payload != e.payload || *prev != prev_term {
+                        return Err(format!(
+                            "log matching violated on node {id}: entry {} differs from the one another node holds",
+                            e.log_id()
+                        ));
+                    }
+                }
+                None => {
+                    self.entries.insert(e.log_id(), (e.payload.clone(), prev_term));
+                }
+            }
+        }
+        for m in &ready.messages {
+            self.on_send(m)?;
+        }
+        Ok(())
+    }
+
+    /// A message leaves a node (after its writes, for the persisted ones).
+    pub(crate) fn on_send(&mut self, m: &Message) -> Result<(), String> {
+        let pre_vote_grant = matches!(
+            m.payload,
+            Payload::RequestVoteResponse { pre_vote: true, .. } | Payload::RequestVote { pre_vote: true, .. }
+        );
+        if !pre_vote_grant {
+            let t = self.max_sent_term.entry(m.from).or_default();
+            *t = (*t).max(m.term);
+        }
+        if let Payload::RequestVoteResponse { pre_vote: false, granted: true } = m.payload {
+            if let Some(previous) = self.votes.insert((m.from, m.term), m.to) {
+                if previous != m.to {
+                    return Err(format!(
+                        "node {} voted for {previous} and for {} in term {}",
+                        m.from, m.to, m.term
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node applies `entry`; `disks` are every node's disk.
+    pub(crate) fn on_apply(&mut self, id: NodeId, entry: &Entry, disks: &[&Disk]) -> Result<(), String> {
+        self.record_committed(id, entry.index, entry.term, &entry.payload, disks)
+    }
+
+    fn record_committed(
+        &mut self,
+        id: NodeId,
+        index: Index,
+        term: Term,
+        payload: &EntryPayload,
+        disks: &[&Disk],
+    ) -> Result<(), String> {
+        match self.committed.get(&index) {
+            Some((t, p)) => {
+                if *t != term || p != payload {
+                    return Err(format!(
+                        "state machine safety violated: node {id} has {index}@{term} committed, but {index}@{t} was committed before"
+                    ));
+                }
+            }
+            None => {
+                // First time this index is known committed: a majority must hold it durably.
+                let holders = disks.iter().filter(|d| d.get(index).is_some_and(|e| e.term == term)).count();
+                if holders <= disks.len() / 2 {
+                    return Err(format!(
+                        "entry {index}@{term} is committed (seen on node {id}) but only {holders} of {} nodes hold it durably",
+                        disks.len()
+                    ));
+                }
+                self.committed.insert(index, (term, payload.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the running nodes after a step.
+    pub(crate) fn check_cluster<'a>(
+        &mut self,
+        nodes: impl Iterator<Item = &'a Raft>,
+        disks: &[&Disk],
+    ) -> Result<(), String> {
+        for raft in nodes {
+            let id = raft.id();
+            if raft.role() == Role::Leader {
+                let term = raft.term();
+                match self.leaders.insert(term, id) {
+                    Some(other) if other != id => {
+                        return Err(format!(
+                            "election safety violated: nodes {other} and {id} both lead term {term}"
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        // A new leader: it must hold every committed entry (leader completeness).
+                        for (index, (t, _)) in &self.committed {
+                            match raft.entry(*index) {
+                                Some(e) if e.term == *t => {}
+                                _ => {
+                                    return Err(format!(
+                                        "leader completeness violated: node {id}, leader of term {term}, lacks committed entry {index}@{t}"
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Entries the node knows committed (it may not have applied them yet).
+            let checked = self.commit_checked.get(&id).copied().unwrap_or(0);
+            let commit = raft.commit_index();
+            if commit > checked {
+                for index in checked + 1..=commit {
+                    let Some(e) = raft.entry(index) else {
+                        return Err(format!("node {id} has commit index {commit} but no entry {index}"));
+                    };
+                    let (term, payload) = (e.term, e.payload.clone());
+                    self.record_committed(id, index, term, &payload, disks)?;
+                }
+                self.commit_checked.insert(id, commit);
+            } else if commit < checked {
+                return Err(format!("node {id}: commit index went back from {checked} to {commit}"));
+            }
+        }
+        Ok(())
+    }
+}

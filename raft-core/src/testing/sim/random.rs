@@ -1,0 +1,249 @@
+//! Randomized runs: one seed picks the cluster size, the protocol options and a schedule of
+//! faults (crashes with torn writes, restarts, partitions of any shape, one-way links, loss,
+//! duplication, reordering, long delays) mixed with client proposals. After the faults heal the
+//! cluster must make progress again (liveness), and every acknowledged proposal must be
+//! committed (no acknowledged write is lost).
+
+use crate::config::Config;
+use crate::rng::SeededRng;
+use crate::types::{EntryPayload, Millis, NodeId};
+
+use super::{Cluster, NetworkFaults, ProposalState};
+
+/// Knobs of a randomized run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomRunOptions {
+    /// Simulated time of the fault phase.
+    pub chaos_ms: Millis,
+    /// After healing, the time within which a leader must be elected and a proposal applied on
+    /// every node.
+    pub liveness_ms: Millis,
+}
+
+impl Default for RandomRunOptions {
+    fn default() -> Self {
+        Self { chaos_ms: 6_000, liveness_ms: 10_000 }
+    }
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RandomRunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Inputs fed to nodes.
+    pub steps: u64,
+    /// Proposals acknowledged to clients.
+    pub acknowledged: usize,
+    /// Highest index applied on every node at the end.
+    pub final_index: u64,
+}
+
+/// The course lab's Figure 8 schedule: propose on every node, wait a little, crash the leader,
+/// keep a majority up by restarting others. Old-term entries end up on a majority while their
+/// leaders die, which is where counting replicas of an older term goes wrong.
+fn leader_churn(cluster: &mut Cluster, rng: &mut SeededRng, end: Millis, counter: &mut u64) {
+    let ids = cluster.ids();
+    let n = ids.len();
+    if rng.chance(1, 2) {
+        cluster.set_network_faults(NetworkFaults::UNRELIABLE);
+    }
+    let mut up = ids.iter().filter(|id| cluster.node_is_up(**id)).count();
+    while cluster.now() < end {
+        let mut leader = None;
+        for id in &ids {
+            *counter += 1;
+            let command = format!("f{counter}");
+            if let Some(handle) = cluster.propose(*id, command.as_bytes(), false) {
+                cluster.run_for(0);
+                if matches!(cluster.proposal(handle), ProposalState::Appended(_)) {
+                    leader = Some(*id);
+                }
+            }
+        }
+        let election_min = cluster.config().election_timeout_min_ms;
+        let wait = if rng.chance(1, 10) { rng.range(0, election_min / 2) } else { rng.range(0, 13) };
+        cluster.run_for(wait);
+        if let Some(l) = leader {
+            if cluster.node_is_up(l) {
+                cluster.crash(l);
+                up -= 1;
+            }
+        }
+        if up < n / 2 + 1 {
+            let id = ids[rng.range(0, n as u64) as usize];
+            if !cluster.node_is_up(id) {
+                cluster.restart(id);
+                up += 1;
+            }
+        }
+    }
+    cluster.set_network_faults(NetworkFaults::RELIABLE);
+}
+
+/// Runs one randomized simulation. Panics (with the seed) on any invariant violation or when
+/// the healed cluster makes no progress.
+pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
+    let mut rng = SeededRng::new(seed ^ 0xA5A5_5A5A_DEAD_BEEF);
+    let nodes = [3usize, 3, 5, 5, 7][rng.range(0, 5) as usize];
+    let min = rng.range(100, 200);
+    let config = Config {
+        election_timeout_min_ms: min,
+        election_timeout_max_ms: min + rng.range(50, 200),
+        heartbeat_interval_ms: rng.range(10, min / 3),
+        pre_vote: rng.chance(3, 4),
+        check_quorum: rng.chance(3, 4),
+        max_entries_per_append: if rng.chance(1, 2) { rng.range(1, 4) } else { rng.range(4, 64) } as usize,
+        max_in_flight_appends: rng.range(1, 8) as usize,
+        max_uncommitted_entries: rng.range(4, 1_000) as usize,
+        rpc_timeout_ms: 500,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::with_config(nodes, seed, config);
+    cluster.disk_latency_max_ms = rng.range(0, 5);
+    let ids = cluster.ids();
+    let mut counter = 0u64;
+    let end = cluster.now() + options.chaos_ms;
+    if rng.chance(1, 3) {
+        leader_churn(&mut cluster, &mut rng, end, &mut counter);
+    }
+
+    while cluster.now() < end {
+        let wait = rng.range(1, 60);
+        cluster.run_for(wait);
+        match rng.range(0, 100) {
+            0..=49 => {
+                let id = ids[rng.range(0, nodes as u64) as usize];
+                counter += 1;
+                let command = format!("c{counter}");
+                cluster.propose(id, command.as_bytes(), rng.chance(1, 2));
+            }
+            50..=55 => {
+                let id = ids[rng.range(0, nodes as u64) as usize];
+                cluster.crash(id);
+            }
+            56..=63 => {
+                let id = ids[rng.range(0, nodes as u64) as usize];
+                cluster.restart(id);
+            }
+            64..=67 => {
+                // A random split into two groups.
+                let mut a: Vec<NodeId> = Vec::new();
+                let mut b: Vec<NodeId> = Vec::new();
+                for id in &ids {
+                    if rng.chance(1, 2) {
+                        a.push(*id);
+                    } else {
+                        b.push(*id);
+                    }
+                }
+                cluster.partition(&[&a, &b]);
+            }
+            68..=70 => {
+                let from = ids[rng.range(0, nodes as u64) as usize];
+                let to = ids[rng.range(0, nodes as u64) as usize];
+                if from != to {
+                    cluster.block_link(from, to);
+                }
+            }
+            71..=73 => {
+                let id = ids[rng.range(0, nodes as u64) as usize];
+                cluster.disconnect(id);
+            }
+            74..=80 => cluster.heal(),
+            81..=84 => {
+                let faults = match rng.range(0, 3) {
+                    0 => NetworkFaults::RELIABLE,
+                    1 => NetworkFaults::UNRELIABLE,
+                    _ => NetworkFaults::LONG_REORDER,
+                };
+                cluster.set_network_faults(faults);
+            }
+            85..=86 => {
+                // Crash the leader, if there is one.
+                if let Some((leader, _)) = cluster.leaders().into_iter().max_by_key(|(_, t)| *t) {
+                    cluster.crash(leader);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Heal everything and check liveness.
+    cluster.heal();
+    cluster.set_network_faults(NetworkFaults::RELIABLE);
+    for id in &ids {
+        cluster.restart(*id);
+    }
+    let deadline = cluster.now() + options.liveness_ms;
+    let final_command = b"final".to_vec();
+    let mut final_index = None;
+    while cluster.now() < deadline && final_index.is_none() {
+        let leader = cluster.leaders().into_iter().max_by_key(|(_, t)| *t).map(|(id, _)| id);
+        if let Some(leader) = leader {
+            if let Some(handle) = cluster.propose(leader, &final_command, false) {
+                let settled = |c: &Cluster| {
+                    matches!(
+                        c.proposal(handle),
+                        ProposalState::Applied(_) | ProposalState::Failed(_) | ProposalState::Unknown
+                    )
+                };
+                cluster.run_until(2_000, settled);
+                if let ProposalState::Applied(log_id) = cluster.proposal(handle) {
+                    let all = nodes;
+                    let left = deadline.saturating_sub(cluster.now());
+                    if cluster.run_until(left, |c| c.n_committed(log_id.index).0 >= all) {
+                        final_index = Some(log_id.index);
+                    }
+                } else {
+                    // Refused (busy, or leadership changed): try again a little later.
+                    cluster.run_for(20);
+                }
+            } else {
+                cluster.run_for(20);
+            }
+        } else {
+            cluster.run_for(50);
+        }
+    }
+    let Some(final_index) = final_index else {
+        let statuses: Vec<String> = ids
+            .iter()
+            .filter_map(|id| cluster.raft(*id))
+            .map(|r| format!("\n    {:?}", r.status()))
+            .collect();
+        cluster.fail(&format!(
+            "liveness: no proposal was applied on all {nodes} nodes within {}ms after healing; nodes:{}",
+            options.liveness_ms,
+            statuses.concat()
+        ))
+    };
+
+    // Every acknowledged write is in the final log, at the position it was acknowledged at.
+    let applied = cluster.applied(ids[0]);
+    for (log_id, command) in cluster.acknowledged() {
+        let Some(e) = applied.get(log_id.index as usize - 1) else {
+            cluster.fail(&format!("acknowledged entry {log_id} is missing from the final log"));
+        };
+        if e.log_id() != log_id || e.payload != EntryPayload::Command(command) {
+            cluster.fail(&format!("acknowledged entry {log_id} was replaced by {}", e.log_id()));
+        }
+    }
+    // Every node applied the same prefix.
+    for id in &ids[1..] {
+        let other = cluster.applied(*id);
+        let n = other.len().min(applied.len());
+        if other[..n] != applied[..n] {
+            cluster.fail(&format!("nodes {} and {id} applied different logs", ids[0]));
+        }
+    }
+    RandomRunReport {
+        seed,
+        nodes,
+        steps: cluster.steps(),
+        acknowledged: cluster.acknowledged().len(),
+        final_index,
+    }
+}

@@ -1,0 +1,202 @@
+//! The conformance suite every [`Storage`] implementation runs with one call:
+//! `raft_core::testing::storage_suite::run_all(|| async { MyStorage::new() }).await`.
+//!
+//! Each case gets a fresh store from the builder. A failing case panics with the case's name
+//! and what was wrong.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::membership::Membership;
+use crate::storage::{Snapshot, SnapshotMeta, Storage, StorageError};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Term};
+
+/// Runs every case of the suite against stores made by `build`.
+pub async fn run_all<S, F, Fut>(build: F)
+where
+    S: Storage,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    empty_store(&build().await).await;
+    hard_state_round_trip(&build().await).await;
+    append_and_read(&build().await).await;
+    append_refuses_holes(&build().await).await;
+    append_replaces_suffix(&build().await).await;
+    truncate_removes_suffix(&build().await).await;
+    reads_out_of_range(&build().await).await;
+    snapshot_with_matching_log_keeps_it(&build().await).await;
+    snapshot_past_the_log_discards_it(&build().await).await;
+    snapshot_with_conflicting_log_discards_it(&build().await).await;
+    older_snapshot_is_ignored(&build().await).await;
+    compact_removes_prefix(&build().await).await;
+    compact_past_snapshot_is_refused(&build().await).await;
+    large_entries_round_trip(&build().await).await;
+}
+
+fn entry(term: Term, index: Index) -> Entry {
+    Entry { term, index, payload: EntryPayload::Command(Bytes::from(format!("cmd-{index}-{term}"))) }
+}
+
+fn entries(term: Term, from: Index, to: Index) -> Vec<Entry> {
+    (from..=to).map(|i| entry(term, i)).collect()
+}
+
+fn snapshot(term: Term, index: Index) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: LogId::new(term, index),
+            membership: Membership::with_voters([1, 2, 3]),
+        },
+        data: Bytes::from(format!("state@{index}")),
+    }
+}
+
+async fn bounds(s: &impl Storage) -> (Index, Index) {
+    let st = s.initial_state().await.expect("initial_state");
+    (st.first_index, st.last_index)
+}
+
+async fn empty_store(s: &impl Storage) {
+    let st = s.initial_state().await.expect("empty_store: initial_state");
+    assert_eq!(st.hard_state, HardState::default(), "empty_store: hard state");
+    assert_eq!(st.snapshot, None, "empty_store: snapshot");
+    assert_eq!((st.first_index, st.last_index), (1, 0), "empty_store: bounds");
+    assert_eq!(s.term(0).await, Ok(0), "empty_store: term(0) is 0");
+    assert_eq!(s.entries(1, 1).await, Ok(vec![]), "empty_store: empty range");
+    assert!(s.load_snapshot().await.expect("empty_store: load_snapshot").is_none());
+}
+
+async fn hard_state_round_trip(s: &impl Storage) {
+    for hs in [
+        HardState { current_term: 1, voted_for: Some(2) },
+        HardState { current_term: 5, voted_for: None },
+        HardState { current_term: u64::MAX, voted_for: Some(u64::MAX) },
+    ] {
+        s.save_hard_state(hs).await.expect("hard_state_round_trip: save");
+        let got = s.initial_state().await.expect("hard_state_round_trip: load").hard_state;
+        assert_eq!(got, hs, "hard_state_round_trip");
+    }
+}
+
+async fn append_and_read(s: &impl Storage) {
+    s.append(&entries(1, 1, 3)).await.expect("append_and_read: append 1..=3");
+    s.append(&entries(2, 4, 10)).await.expect("append_and_read: append 4..=10");
+    assert_eq!(bounds(s).await, (1, 10), "append_and_read: bounds");
+    assert_eq!(s.entries(1, 11).await.expect("append_and_read: read all").len(), 10);
+    assert_eq!(s.entries(3, 5).await, Ok(vec![entry(1, 3), entry(2, 4)]), "append_and_read: range");
+    assert_eq!(s.term(3).await, Ok(1), "append_and_read: term(3)");
+    assert_eq!(s.term(10).await, Ok(2), "append_and_read: term(10)");
+    s.append(&[]).await.expect("append_and_read: empty append is a no-op");
+    assert_eq!(bounds(s).await, (1, 10), "append_and_read: bounds after empty append");
+}
+
+async fn append_refuses_holes(s: &impl Storage) {
+    s.append(&entries(1, 1, 3)).await.expect("append_refuses_holes: append");
+    let err = s.append(&entries(1, 5, 6)).await;
+    assert!(matches!(err, Err(StorageError::NotContiguous { .. })), "append_refuses_holes: got {err:?}");
+    let mut gappy = entries(1, 4, 4);
+    gappy.push(entry(1, 6));
+    let err = s.append(&gappy).await;
+    assert!(
+        matches!(err, Err(StorageError::NotContiguous { .. })),
+        "append_refuses_holes: inner gap {err:?}"
+    );
+    assert_eq!(bounds(s).await, (1, 3), "append_refuses_holes: nothing written");
+}
+
+async fn append_replaces_suffix(s: &impl Storage) {
+    s.append(&entries(1, 1, 5)).await.expect("append_replaces_suffix: append");
+    s.append(&entries(2, 3, 4)).await.expect("append_replaces_suffix: overwrite");
+    assert_eq!(bounds(s).await, (1, 4), "append_replaces_suffix: old tail removed");
+    assert_eq!(s.term(2).await, Ok(1));
+    assert_eq!(s.term(3).await, Ok(2));
+    assert_eq!(s.entries(3, 5).await, Ok(entries(2, 3, 4)));
+}
+
+async fn truncate_removes_suffix(s: &impl Storage) {
+    s.append(&entries(1, 1, 5)).await.expect("truncate_removes_suffix: append");
+    s.truncate(4).await.expect("truncate_removes_suffix: truncate");
+    assert_eq!(bounds(s).await, (1, 3), "truncate_removes_suffix: bounds");
+    s.truncate(10).await.expect("truncate_removes_suffix: past the end is a no-op");
+    assert_eq!(bounds(s).await, (1, 3));
+    s.append(&entries(3, 4, 4)).await.expect("truncate_removes_suffix: append after truncate");
+    assert_eq!(s.term(4).await, Ok(3));
+}
+
+async fn reads_out_of_range(s: &impl Storage) {
+    s.append(&entries(1, 1, 3)).await.expect("reads_out_of_range: append");
+    for (from, to) in [(0, 2), (2, 5), (4, 5), (3, 2)] {
+        let r = s.entries(from, to).await;
+        assert!(
+            matches!(r, Err(StorageError::OutOfRange { .. })),
+            "reads_out_of_range: {from}..{to} gave {r:?}"
+        );
+    }
+    let r = s.term(4).await;
+    assert!(matches!(r, Err(StorageError::OutOfRange { .. })), "reads_out_of_range: term(4) gave {r:?}");
+}
+
+async fn snapshot_with_matching_log_keeps_it(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("snapshot_keeps: append");
+    s.save_snapshot(snapshot(1, 5)).await.expect("snapshot_keeps: save");
+    assert_eq!(s.load_snapshot().await, Ok(Some(snapshot(1, 5))), "snapshot_keeps: load");
+    let st = s.initial_state().await.expect("snapshot_keeps: initial_state");
+    assert_eq!(st.snapshot, Some(snapshot(1, 5).meta));
+    assert_eq!(st.last_index, 10, "snapshot_keeps: matching log kept");
+    assert_eq!(s.entries(6, 11).await, Ok(entries(1, 6, 10)));
+    assert_eq!(s.term(5).await, Ok(1));
+}
+
+async fn snapshot_past_the_log_discards_it(s: &impl Storage) {
+    s.append(&entries(1, 1, 3)).await.expect("snapshot_past: append");
+    s.save_snapshot(snapshot(2, 20)).await.expect("snapshot_past: save");
+    let st = s.initial_state().await.expect("snapshot_past: initial_state");
+    assert_eq!((st.first_index, st.last_index), (21, 20), "snapshot_past: log restarts after it");
+    assert_eq!(s.term(20).await, Ok(2), "snapshot_past: term at the snapshot index");
+    s.append(&entries(2, 21, 22)).await.expect("snapshot_past: append after snapshot");
+    let err = s.append(&entries(2, 20, 20)).await;
+    assert!(matches!(err, Err(StorageError::NotContiguous { .. })), "snapshot_past: covered index {err:?}");
+}
+
+async fn snapshot_with_conflicting_log_discards_it(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("snapshot_conflict: append");
+    s.save_snapshot(snapshot(3, 5)).await.expect("snapshot_conflict: save");
+    let st = s.initial_state().await.expect("snapshot_conflict: initial_state");
+    assert_eq!((st.first_index, st.last_index), (6, 5), "snapshot_conflict: log discarded");
+    assert_eq!(s.term(5).await, Ok(3));
+}
+
+async fn older_snapshot_is_ignored(s: &impl Storage) {
+    s.save_snapshot(snapshot(2, 20)).await.expect("older_snapshot: save new");
+    s.save_snapshot(snapshot(1, 10)).await.expect("older_snapshot: save old");
+    assert_eq!(s.load_snapshot().await, Ok(Some(snapshot(2, 20))), "older_snapshot: newest kept");
+}
+
+async fn compact_removes_prefix(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("compact: append");
+    s.save_snapshot(snapshot(1, 6)).await.expect("compact: snapshot");
+    s.compact(4).await.expect("compact: compact");
+    assert_eq!(bounds(s).await, (5, 10), "compact: bounds");
+    let r = s.entries(4, 6).await;
+    assert!(matches!(r, Err(StorageError::OutOfRange { .. })), "compact: compacted read gave {r:?}");
+    assert_eq!(s.entries(5, 11).await.map(|e| e.len()), Ok(6));
+    s.compact(6).await.expect("compact: up to the snapshot");
+    assert_eq!(bounds(s).await, (7, 10));
+    assert_eq!(s.term(6).await, Ok(1), "compact: term at the snapshot index stays known");
+}
+
+async fn compact_past_snapshot_is_refused(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("compact_past: append");
+    s.save_snapshot(snapshot(1, 3)).await.expect("compact_past: snapshot");
+    let r = s.compact(5).await;
+    assert!(matches!(r, Err(StorageError::OutOfRange { .. })), "compact_past: gave {r:?}");
+    assert_eq!(bounds(s).await, (1, 10), "compact_past: nothing removed");
+}
+
+async fn large_entries_round_trip(s: &impl Storage) {
+    let big = Entry { term: 1, index: 1, payload: EntryPayload::Command(Bytes::from(vec![0xAB; 4 << 20])) };
+    s.append(std::slice::from_ref(&big)).await.expect("large_entries: append");
+    assert_eq!(s.entries(1, 2).await, Ok(vec![big]), "large_entries: read back");
+}

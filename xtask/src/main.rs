@@ -1,0 +1,143 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `sim --seeds N [--start S]`: N randomized cluster simulations from seed S (default 0).
+//! - `sim --seed S`: replays one seed.
+//! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
+//! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
+//!   simulation seeds.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use raft_core::testing::sim::random::{self, RandomRunOptions};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("sim") => sim(&args[1..]),
+        Some("tidy") => tidy(),
+        Some("test") => test_all(),
+        _ => bail!("usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test"),
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    println!("$ cargo {}", args.join(" "));
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test_all() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    tidy()?;
+    cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
+    cargo(&["test", "--workspace", "--doc"])?;
+    sim(&["--seeds".to_string(), "2000".to_string()])
+}
+
+fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => {
+            let v = args.get(i + 1).with_context(|| format!("{name} needs a value"))?;
+            Ok(Some(v.parse().with_context(|| format!("{name}: not a number: {v}"))?))
+        }
+    }
+}
+
+fn sim(args: &[String]) -> Result<()> {
+    let (start, count) = match (flag(args, "--seed")?, flag(args, "--seeds")?) {
+        (Some(seed), _) => (seed, 1),
+        (None, Some(n)) => (flag(args, "--start")?.unwrap_or(0), n),
+        (None, None) => (0, 500),
+    };
+    let options = RandomRunOptions::default();
+    let began = Instant::now();
+    let mut steps = 0u64;
+    let mut failed = Vec::new();
+    for seed in start..start + count {
+        match std::panic::catch_unwind(|| random::run(seed, options)) {
+            Ok(report) => {
+                steps += report.steps;
+                if count == 1 {
+                    println!("{report:?}");
+                }
+            }
+            Err(_) => {
+                eprintln!("seed {seed} FAILED; replay with: cargo xtask sim --seed {seed}");
+                failed.push(seed);
+            }
+        }
+    }
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "{} passed, {} failed: {count} seeds from {start} in {secs:.1}s, {steps} simulated steps ({:.0} steps/s)",
+        count as usize - failed.len(),
+        failed.len(),
+        steps as f64 / secs.max(1e-9)
+    );
+    if !failed.is_empty() {
+        bail!("failing seeds: {failed:?}");
+    }
+    Ok(())
+}
+
+/// Words that must not appear in the protocol module: it is a pure state machine.
+const PROTOCOL_FORBIDDEN: &[&str] =
+    &["tokio", "std::time", "Instant::now", "SystemTime", "std::fs", "std::net", "std::thread", "thread_rng"];
+
+fn tidy() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("no workspace root")?.to_path_buf();
+    let mut problems = Vec::new();
+    for file in rust_files(&root.join("raft-core/src/protocol"))? {
+        let text = std::fs::read_to_string(&file)?;
+        for (n, line) in text.lines().enumerate() {
+            for word in PROTOCOL_FORBIDDEN {
+                if line.contains(word) && !line.trim_start().starts_with("//") {
+                    problems.push(format!("{}:{}: protocol must not use `{word}`", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("tidy: ok");
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!("tidy found {} problem(s)", problems.len())
+    }
+}
+
+fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
