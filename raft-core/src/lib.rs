@@ -22,6 +22,7 @@
 //! ```
 
 mod config;
+mod driver;
 mod fsm;
 mod membership;
 mod message;
@@ -33,6 +34,7 @@ mod transport;
 mod types;
 
 pub use config::{Config, ConfigError};
+pub use driver::{Applied, CommittedEntry, NodeStatus, RaftError, RaftNode};
 pub use fsm::{Fsm, FsmError};
 pub use membership::Membership;
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId};

@@ -2,5 +2,6 @@
 //! and a deterministic cluster simulator that drives many [`Raft`](crate::Raft) nodes through a
 //! simulated clock, network and disk from one seed.
 
+pub mod local_transport;
 pub mod sim;
 pub mod storage_suite;
