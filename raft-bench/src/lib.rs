@@ -1,6 +1,8 @@
 //! In-process benchmarks: raft-core and openraft side by side on the same workload.
 
+pub mod core_cluster;
 pub mod openraft_cluster;
+pub mod report;
 
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 //! - `sim --seeds N [--start S]`: N randomized cluster simulations from seed S (default 0).
 //! - `sim --seed S`: replays one seed.
 //! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
+//! - `bench`: raft-core against openraft on the same workload, same run (release build).
 //! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
 //!   simulation seeds.
 
@@ -29,7 +30,8 @@ fn run() -> Result<()> {
         Some("sim") => sim(&args[1..]),
         Some("tidy") => tidy(),
         Some("test") => test_all(),
-        _ => bail!("usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test"),
+        Some("bench") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
+        _ => bail!("usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench"),
     }
 }
 
