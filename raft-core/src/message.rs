@@ -119,3 +119,55 @@ impl Message {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn payload() -> impl Strategy<Value = Payload> {
+        let entry = (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+            |(term, index, bytes)| Entry { term, index, payload: EntryPayload::Command(Bytes::from(bytes)) },
+        );
+        prop_oneof![
+            (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(pre_vote, t, i)| Payload::RequestVote {
+                pre_vote,
+                last_log_id: LogId::new(t, i)
+            }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(pre_vote, granted)| Payload::RequestVoteResponse { pre_vote, granted }),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..8), any::<u64>()).prop_map(
+                |(t, i, entries, leader_commit)| Payload::AppendEntries {
+                    prev_log_id: LogId::new(t, i),
+                    entries,
+                    leader_commit
+                }
+            ),
+            (any::<u64>(), proptest::option::of(any::<u64>()), any::<u64>()).prop_map(|(r, t, i)| {
+                Payload::AppendEntriesResponse(AppendResult::Reject {
+                    rejected_prev_index: r,
+                    hint: ConflictHint { conflict_term: t, index: i },
+                })
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Every message survives a postcard round trip unchanged.
+        #[test]
+        fn postcard_round_trip(from in any::<u64>(), to in any::<u64>(), term in any::<u64>(), payload in payload()) {
+            let m = Message { from, to, term, payload };
+            let bytes = postcard::to_stdvec(&m).expect("encode");
+            let back: Message = postcard::from_bytes(&bytes).expect("decode");
+            prop_assert_eq!(back, m);
+        }
+
+        /// Decoding random bytes returns an error or a message; it never panics.
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = postcard::from_bytes::<Message>(&bytes);
+        }
+    }
+}

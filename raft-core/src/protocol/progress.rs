@@ -180,3 +180,55 @@ mod tests {
         assert_eq!(p.next_index, 10);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Sent(Option<Index>),
+        Success(Index),
+        Reject(Index, Index),
+        Probe,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            proptest::option::of(0u64..200).prop_map(Op::Sent),
+            (0u64..200).prop_map(Op::Success),
+            (0u64..200, 0u64..200).prop_map(|(r, n)| Op::Reject(r, n)),
+            Just(Op::Probe),
+        ]
+    }
+
+    proptest! {
+        /// Whatever answers arrive, in whatever order: `match_index` never decreases,
+        /// `next_index` stays above it, and the window never exceeds its bound.
+        #[test]
+        fn flow_control_invariants_hold(start in 1u64..100, ops in proptest::collection::vec(op(), 0..200)) {
+            let window = 4;
+            let mut p = Progress::new(start);
+            for op in ops {
+                let before = p.match_index;
+                match op {
+                    Op::Sent(last) => {
+                        if p.can_send(window) {
+                            // The leader only sends entries at or after next_index.
+                            let last = last.map(|l| l.max(p.next_index));
+                            p.on_sent(last);
+                        }
+                    }
+                    Op::Success(m) => { p.on_success(m); }
+                    Op::Reject(r, n) => { p.on_reject(r, n); }
+                    Op::Probe => p.become_probe(),
+                }
+                prop_assert!(p.match_index >= before, "match_index went back");
+                prop_assert!(p.next_index > p.match_index, "next {} <= match {}", p.next_index, p.match_index);
+                prop_assert!(p.in_flight.len() <= window);
+            }
+        }
+    }
+}
