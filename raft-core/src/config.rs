@@ -33,6 +33,27 @@ pub struct Config {
     pub check_quorum: bool,
     /// A proposal made on a follower is forwarded to the leader.
     pub auto_forward: bool,
+    /// The driver snapshots the state machine and compacts the log once this many entries were
+    /// applied since the last snapshot; 0 turns automatic snapshots off.
+    pub snapshot_threshold_entries: u64,
+    /// Entries kept in the log behind a snapshot, so that a follower slightly behind catches up
+    /// from the log instead of receiving the whole snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Most snapshot bytes in one InstallSnapshot message (keep it under the transport's frame
+    /// limit).
+    pub snapshot_chunk_bytes: usize,
+    /// Serve [`lease reads`](crate::ReadMode::Lease): while a quorum answered a heartbeat round
+    /// sent less than `election_timeout_min_ms × (1 − max_clock_drift_percent / 100)` ago, the
+    /// leader answers reads without a new round. Needs `check_quorum`. Assumes clocks run at
+    /// rates within `max_clock_drift_percent` of each other and that the leader process is not
+    /// paused (SIGSTOP, swap) longer than the lease's slack; keep it off unless reads must skip
+    /// the round trip.
+    pub lease_read: bool,
+    /// The bound on clock-rate differences between nodes that lease reads assume, in percent.
+    pub max_clock_drift_percent: u64,
+    /// Most linearizable reads a node waits on at once (its own and, on the leader, those
+    /// forwarded by followers); more are refused with `Busy`.
+    pub max_pending_reads: usize,
 }
 
 impl Default for Config {
@@ -50,6 +71,12 @@ impl Default for Config {
             pre_vote: true,
             check_quorum: true,
             auto_forward: true,
+            snapshot_threshold_entries: 10_000,
+            snapshot_keep_entries: 1_000,
+            snapshot_chunk_bytes: 512 * 1024,
+            lease_read: false,
+            max_clock_drift_percent: 10,
+            max_pending_reads: 10_000,
         }
     }
 }
@@ -79,13 +106,21 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
+    /// Lease reads are only safe when voters refuse elections while they hear from a leader.
+    #[error("lease_read needs check_quorum")]
+    LeaseNeedsCheckQuorum,
+    /// The assumed clock drift leaves no lease.
+    #[error("max_clock_drift_percent ({0}) must be below 100")]
+    DriftTooLarge(u64),
 }
 
 impl Config {
     /// Checks the fields together: `0 < heartbeat < election min < election max`, and every
     /// limit positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
+            ("max_pending_reads", self.max_pending_reads as u64),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("rpc_timeout_ms", self.rpc_timeout_ms),
             ("max_entries_per_append", self.max_entries_per_append as u64),
@@ -110,7 +145,18 @@ impl Config {
                 max: self.election_timeout_max_ms,
             });
         }
+        if self.lease_read && !self.check_quorum {
+            return Err(ConfigError::LeaseNeedsCheckQuorum);
+        }
+        if self.max_clock_drift_percent >= 100 {
+            return Err(ConfigError::DriftTooLarge(self.max_clock_drift_percent));
+        }
         Ok(())
+    }
+
+    /// How long a quorum-confirmed heartbeat round lets the leader serve lease reads.
+    pub fn lease_ms(&self) -> u64 {
+        self.election_timeout_min_ms * (100 - self.max_clock_drift_percent.min(99)) / 100
     }
 }
 
@@ -133,6 +179,15 @@ mod tests {
     fn election_range_must_not_be_empty() {
         let c = Config { election_timeout_max_ms: 150, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::ElectionRangeEmpty { .. })));
+    }
+
+    #[test]
+    fn lease_reads_need_check_quorum() {
+        let c = Config { lease_read: true, check_quorum: false, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::LeaseNeedsCheckQuorum));
+        let c = Config { max_clock_drift_percent: 100, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::DriftTooLarge(100)));
+        assert_eq!(Config::default().lease_ms(), 135);
     }
 
     #[test]

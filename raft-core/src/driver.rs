@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::fsm::{Fsm, FsmError};
 use crate::membership::Membership;
 use crate::message::{Message, ProposalId};
-use crate::protocol::{Event, ProposalRejection, ProtocolStatus, Raft, RestoredState};
+use crate::protocol::{Event, ProposalRejection, ProtocolStatus, Raft, RestoreError, RestoredState};
 use crate::storage::{Storage, StorageError};
 use crate::transport::Transport;
 use crate::types::{EntryPayload, Index, LogId, NodeId, Term};
@@ -51,6 +51,9 @@ pub enum RaftError {
     /// The config is invalid.
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
+    /// The stored state cannot be restored (the config is invalid or storage is inconsistent).
+    #[error("cannot restore the node: {0}")]
+    Restore(#[from] RestoreError),
     /// The node was shut down (or stopped after a fatal error).
     #[error("the node is shut down")]
     AlreadyShutdown,
@@ -114,7 +117,7 @@ impl RaftNode {
         initial_membership: Membership,
         storage: Arc<dyn Storage>,
         transport: Arc<dyn Transport>,
-        fsm: Box<dyn Fsm>,
+        mut fsm: Box<dyn Fsm>,
         seed: u64,
     ) -> Result<Self, RaftError> {
         config.validate()?;
@@ -124,11 +127,15 @@ impl RaftNode {
         } else {
             Vec::new()
         };
+        let snapshot = storage.load_snapshot().await?;
+        if let Some(s) = &snapshot {
+            fsm.restore(&s.data).await?;
+        }
         let restored = RestoredState {
             hard_state: initial.hard_state,
-            snapshot_last: LogId::default(),
+            snapshot,
             entries,
-            membership: initial.snapshot.map_or(initial_membership, |s| s.membership),
+            membership: initial_membership,
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
         let (requests, rx) = mpsc::channel(REQUEST_QUEUE_MAX);
@@ -302,6 +309,9 @@ impl Driver {
             if let Some(hs) = ready.hard_state {
                 self.storage.save_hard_state(hs).await?;
             }
+            if let Some(snapshot) = &ready.snapshot {
+                self.storage.save_snapshot(snapshot.clone()).await?;
+            }
             if let Some(from) = ready.truncate_from {
                 self.storage.truncate(from).await?;
             }
@@ -324,6 +334,10 @@ impl Driver {
                         let _ = reply.send(Err(e.into()));
                     }
                 }
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.fsm.restore(&snapshot.data).await?;
+                self.applied = snapshot.meta.last_log_id.index;
             }
             if !ready.committed.is_empty() {
                 let responses = self.fsm.apply(&ready.committed).await?;

@@ -36,11 +36,11 @@ mod types;
 pub use config::{Config, ConfigError};
 pub use driver::{Applied, CommittedEntry, NodeStatus, RaftError, RaftNode};
 pub use fsm::{Fsm, FsmError};
-pub use membership::Membership;
-pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId};
+pub use membership::{InvalidChange, Membership, MembershipChange};
+pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 pub use protocol::{
-    Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, Ready, ReplicationMode,
-    RestoredState,
+    Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
+    Ready, ReplicationMode, RestoreError, RestoredState, TransferError,
 };
 pub use rng::SeededRng;
 pub use storage::{InitialState, Snapshot, SnapshotMeta, Storage, StorageError};

@@ -20,7 +20,114 @@ pub struct Membership {
     pub learners: BTreeSet<NodeId>,
 }
 
+/// A change of the cluster's membership, proposed on the leader. Voter changes go through a
+/// joint configuration (C_old,new, then C_new); learner changes take one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds a non-voting member that receives the log.
+    AddLearner(NodeId),
+    /// Makes a learner a voter.
+    PromoteLearner(NodeId),
+    /// Removes a voter or a learner.
+    RemoveNode(NodeId),
+    /// Replaces the voter set: nodes not in it stop voting and leave the cluster; learners in
+    /// it are promoted; other new nodes join as voters at once (prefer adding them as learners
+    /// first, so that the joint configuration does not wait for them to catch up).
+    SetVoters(BTreeSet<NodeId>),
+}
+
+/// Why a [`MembershipChange`] is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum InvalidChange {
+    /// The node is already a member.
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    /// The node is not a member.
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    /// The node is not a learner.
+    #[error("node {0} is not a learner")]
+    NotALearner(NodeId),
+    /// The change would leave no voter.
+    #[error("a cluster needs at least one voter")]
+    NoVoters,
+    /// Node id 0 is reserved.
+    #[error("node id 0 is reserved")]
+    ReservedId,
+}
+
 impl Membership {
+    /// Whether this is a joint configuration (C_old,new).
+    pub fn is_joint(&self) -> bool {
+        !self.outgoing_voters.is_empty()
+    }
+
+    /// The configuration a change leads to (never joint), or why it is invalid. Must be called
+    /// on a non-joint configuration.
+    pub fn target(&self, change: &MembershipChange) -> Result<Membership, InvalidChange> {
+        let mut next = Membership {
+            voters: self.voters.clone(),
+            outgoing_voters: BTreeSet::new(),
+            learners: self.learners.clone(),
+        };
+        match change {
+            MembershipChange::AddLearner(id) => {
+                if *id == 0 {
+                    return Err(InvalidChange::ReservedId);
+                }
+                if self.contains(*id) {
+                    return Err(InvalidChange::AlreadyMember(*id));
+                }
+                next.learners.insert(*id);
+            }
+            MembershipChange::PromoteLearner(id) => {
+                if !next.learners.remove(id) {
+                    return Err(InvalidChange::NotALearner(*id));
+                }
+                next.voters.insert(*id);
+            }
+            MembershipChange::RemoveNode(id) => {
+                if !next.learners.remove(id) && !next.voters.remove(id) {
+                    return Err(InvalidChange::NotAMember(*id));
+                }
+            }
+            MembershipChange::SetVoters(voters) => {
+                if voters.contains(&0) {
+                    return Err(InvalidChange::ReservedId);
+                }
+                next.voters = voters.clone();
+                next.learners.retain(|l| !voters.contains(l));
+            }
+        }
+        if next.voters.is_empty() {
+            return Err(InvalidChange::NoVoters);
+        }
+        Ok(next)
+    }
+
+    /// The configuration to append for moving from `self` (not joint) to `target`: `target`
+    /// itself when the voters stay the same, else the joint configuration C_old,new.
+    pub fn transition_to(&self, target: &Membership) -> Membership {
+        if target.voters == self.voters {
+            target.clone()
+        } else {
+            Membership {
+                voters: target.voters.clone(),
+                outgoing_voters: self.voters.clone(),
+                learners: target.learners.clone(),
+            }
+        }
+    }
+
+    /// The configuration that ends a joint one: the incoming voters alone.
+    pub fn leave_joint(&self) -> Membership {
+        Membership {
+            voters: self.voters.clone(),
+            outgoing_voters: BTreeSet::new(),
+            learners: self.learners.clone(),
+        }
+    }
+
     /// A configuration of the given voters and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
         Self { voters: voters.into_iter().collect(), ..Self::default() }
@@ -89,6 +196,28 @@ mod tests {
         assert_eq!(m.quorum_index(|id| [0, 10, 7, 3][id as usize]), 7);
         let m = Membership::with_voters([1, 2, 3, 4]);
         assert_eq!(m.quorum_index(|id| [0, 10, 7, 3, 1][id as usize]), 3);
+    }
+
+    #[test]
+    fn changes_lead_to_valid_targets() {
+        let m = Membership::with_voters([1, 2, 3]);
+        let with_learner = m.target(&MembershipChange::AddLearner(4)).unwrap();
+        assert_eq!(m.transition_to(&with_learner), with_learner, "a learner joins in one step");
+        assert_eq!(m.target(&MembershipChange::AddLearner(3)), Err(InvalidChange::AlreadyMember(3)));
+        assert_eq!(m.target(&MembershipChange::AddLearner(0)), Err(InvalidChange::ReservedId));
+        let promoted = with_learner.target(&MembershipChange::PromoteLearner(4)).unwrap();
+        assert_eq!(promoted.voters, [1, 2, 3, 4].into());
+        assert!(promoted.learners.is_empty());
+        let joint = with_learner.transition_to(&promoted);
+        assert!(joint.is_joint());
+        assert_eq!(joint.outgoing_voters, [1, 2, 3].into());
+        assert_eq!(joint.leave_joint(), promoted);
+        assert_eq!(m.target(&MembershipChange::PromoteLearner(2)), Err(InvalidChange::NotALearner(2)));
+        assert_eq!(m.target(&MembershipChange::RemoveNode(9)), Err(InvalidChange::NotAMember(9)));
+        let one = Membership::with_voters([1]);
+        assert_eq!(one.target(&MembershipChange::RemoveNode(1)), Err(InvalidChange::NoVoters));
+        let replaced = m.target(&MembershipChange::SetVoters([4, 5, 6].into())).unwrap();
+        assert_eq!(m.transition_to(&replaced).outgoing_voters, [1, 2, 3].into());
     }
 
     #[test]

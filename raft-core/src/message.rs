@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::storage::SnapshotMeta;
 use crate::types::{Entry, Index, LogId, NodeId, Term};
 
 /// A message from one node to another.
@@ -21,6 +22,9 @@ pub struct Message {
 /// Identifies a proposal made on one node; unique per originating node.
 pub type ProposalId = u64;
 
+/// Identifies a linearizable read made on one node; unique per originating node.
+pub type ReadId = u64;
+
 /// The body of a [`Message`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
@@ -30,6 +34,9 @@ pub enum Payload {
         pre_vote: bool,
         /// The sender's last log entry, for the up-to-date check.
         last_log_id: LogId,
+        /// The election was started by the leader's [`Payload::TimeoutNow`] (leadership
+        /// transfer): voters answer even while they hear from that leader.
+        leadership_transfer: bool,
     },
     /// The answer to [`Payload::RequestVote`].
     RequestVoteResponse {
@@ -46,9 +53,54 @@ pub enum Payload {
         entries: Vec<Entry>,
         /// The leader's commit index.
         leader_commit: Index,
+        /// The leader's heartbeat round (for ReadIndex and leases), echoed in the answer; 0
+        /// when the message is not part of a round.
+        read_seq: u64,
     },
     /// The answer to [`Payload::AppendEntries`].
-    AppendEntriesResponse(AppendResult),
+    AppendEntriesResponse {
+        /// Success or the rejection with its back-off hint.
+        result: AppendResult,
+        /// The `read_seq` of the request answered.
+        read_seq: u64,
+    },
+    /// One chunk of the leader's snapshot, for a follower that needs entries the leader has
+    /// compacted. Chunks are sent in order, one at a time.
+    InstallSnapshot {
+        /// What the whole snapshot covers.
+        meta: SnapshotMeta,
+        /// Byte offset of `data` in the snapshot.
+        offset: u64,
+        /// The chunk (at most `snapshot_chunk_bytes`).
+        data: Bytes,
+        /// Whether this is the last chunk.
+        done: bool,
+    },
+    /// The answer to [`Payload::InstallSnapshot`].
+    InstallSnapshotResponse {
+        /// The snapshot this answers (its last included entry).
+        snapshot: LogId,
+        /// The offset the follower expects next (resumes an interrupted transfer).
+        next_offset: u64,
+        /// The follower holds the snapshot (installed now or covered by its commit index); the
+        /// leader continues with entries after it.
+        done: bool,
+    },
+    /// Sent by a leader handing over leadership: the receiver starts an election at once.
+    TimeoutNow,
+    /// A follower asks the leader for a read index (ReadIndex on a follower).
+    ReadIndexRequest {
+        /// The follower's id for the read.
+        id: ReadId,
+    },
+    /// The leader's answer to [`Payload::ReadIndexRequest`], after it confirmed its
+    /// leadership with a quorum.
+    ReadIndexResponse {
+        /// The id from the request.
+        id: ReadId,
+        /// The index the follower must have applied before reading, or why there is none.
+        result: Result<Index, ForwardRejection>,
+    },
     /// A proposal made on a follower, forwarded to the leader (auto-forward).
     ForwardProposal {
         /// The id the originating node gave the proposal.
@@ -113,7 +165,12 @@ impl Message {
             Payload::RequestVoteResponse { pre_vote: true, .. } => "pre_vote_response",
             Payload::RequestVoteResponse { pre_vote: false, .. } => "request_vote_response",
             Payload::AppendEntries { .. } => "append_entries",
-            Payload::AppendEntriesResponse(_) => "append_entries_response",
+            Payload::AppendEntriesResponse { .. } => "append_entries_response",
+            Payload::InstallSnapshot { .. } => "install_snapshot",
+            Payload::InstallSnapshotResponse { .. } => "install_snapshot_response",
+            Payload::TimeoutNow => "timeout_now",
+            Payload::ReadIndexRequest { .. } => "read_index_request",
+            Payload::ReadIndexResponse { .. } => "read_index_response",
             Payload::ForwardProposal { .. } => "forward_proposal",
             Payload::ForwardProposalResponse { .. } => "forward_proposal_response",
         }
@@ -132,25 +189,45 @@ mod properties {
             |(term, index, bytes)| Entry { term, index, payload: EntryPayload::Command(Bytes::from(bytes)) },
         );
         prop_oneof![
-            (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(pre_vote, t, i)| Payload::RequestVote {
-                pre_vote,
-                last_log_id: LogId::new(t, i)
+            (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(pre_vote, t, i, lt)| {
+                Payload::RequestVote { pre_vote, last_log_id: LogId::new(t, i), leadership_transfer: lt }
             }),
             (any::<bool>(), any::<bool>())
                 .prop_map(|(pre_vote, granted)| Payload::RequestVoteResponse { pre_vote, granted }),
-            (any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..8), any::<u64>()).prop_map(
-                |(t, i, entries, leader_commit)| Payload::AppendEntries {
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..8), any::<u64>(), any::<u64>())
+                .prop_map(|(t, i, entries, leader_commit, read_seq)| Payload::AppendEntries {
                     prev_log_id: LogId::new(t, i),
                     entries,
-                    leader_commit
+                    leader_commit,
+                    read_seq,
+                }),
+            (any::<u64>(), proptest::option::of(any::<u64>()), any::<u64>(), any::<u64>()).prop_map(
+                |(r, t, i, read_seq)| Payload::AppendEntriesResponse {
+                    result: AppendResult::Reject {
+                        rejected_prev_index: r,
+                        hint: ConflictHint { conflict_term: t, index: i },
+                    },
+                    read_seq,
                 }
             ),
-            (any::<u64>(), proptest::option::of(any::<u64>()), any::<u64>()).prop_map(|(r, t, i)| {
-                Payload::AppendEntriesResponse(AppendResult::Reject {
-                    rejected_prev_index: r,
-                    hint: ConflictHint { conflict_term: t, index: i },
-                })
-            }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<bool>(),
+                proptest::collection::btree_set(any::<u64>(), 0..5)
+            )
+                .prop_map(|(t, offset, data, done, voters)| Payload::InstallSnapshot {
+                    meta: SnapshotMeta {
+                        last_log_id: LogId::new(t, offset),
+                        membership: crate::membership::Membership { voters, ..Default::default() },
+                    },
+                    offset,
+                    data: Bytes::from(data),
+                    done,
+                }),
+            Just(Payload::TimeoutNow),
+            (any::<u64>(), any::<u64>()).prop_map(|(id, i)| Payload::ReadIndexResponse { id, result: Ok(i) }),
         ]
     }
 

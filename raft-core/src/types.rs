@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
+
 /// Identifies a node of the cluster. Unique within a cluster; never reused for another node.
 pub type NodeId = u64;
 /// A Raft term. Terms start at 0 (no leader yet) and only grow.
@@ -42,6 +44,9 @@ pub enum EntryPayload {
     Blank,
     /// An opaque client command, applied by the [`Fsm`](crate::Fsm).
     Command(Bytes),
+    /// A cluster configuration. It takes effect on a node as soon as it is appended to that
+    /// node's log (Raft §4.1), committed or not.
+    Membership(Membership),
 }
 
 /// One entry of the replicated log.
@@ -68,6 +73,7 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Blank => 0,
                 EntryPayload::Command(c) => c.len(),
+                EntryPayload::Membership(m) => 8 * m.members().len() + 8,
             }
     }
 }

@@ -25,7 +25,7 @@ impl Fsm for Counter {
                     self.count += 1;
                     Bytes::from(self.count.to_string())
                 }
-                EntryPayload::Blank => Bytes::new(),
+                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
             })
             .collect())
     }

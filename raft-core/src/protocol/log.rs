@@ -1,8 +1,9 @@
-//! The protocol's view of the log: every entry after the last snapshot, in memory, with the
+//! The protocol's view of the log: every entry after the compaction point, in memory, with the
 //! durable, committed and handed-to-apply positions.
 //!
-//! Architecture invariant: `applied <= committed`, `applied <= persisted`, and every index in
-//! `(snapshot.index, last_index]` is present exactly once.
+//! Architecture invariant: `applied <= committed`, and every index in `(base.index,
+//! last_index]` is present exactly once. `base` is the last compacted entry (at or before the
+//! latest snapshot's last entry); its term is still known for the consistency check.
 
 use std::collections::VecDeque;
 
@@ -11,9 +12,9 @@ use crate::types::{Entry, Index, LogId, Term};
 /// The in-memory log of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct RaftLog {
-    /// The last entry covered by the snapshot (index 0, term 0 when there is none).
-    snapshot: LogId,
-    /// Entries `snapshot.index + 1 ..= last_index`.
+    /// The entry just before the first one held (index 0, term 0 when nothing was compacted).
+    base: LogId,
+    /// Entries `base.index + 1 ..= last_index`.
     entries: VecDeque<Entry>,
     /// The last index that storage has made durable.
     pub(crate) persisted: Index,
@@ -24,37 +25,72 @@ pub(crate) struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log restored from storage: the snapshot boundary and the (durable) entries after it.
-    pub(crate) fn restore(snapshot: LogId, entries: Vec<Entry>) -> Self {
-        for (expected, e) in (snapshot.index + 1..).zip(entries.iter()) {
+    /// A log restored from storage: the entry before the first one held, the (durable) entries
+    /// after it, and the last index the state machine already holds (the snapshot's).
+    pub(crate) fn restore(base: LogId, entries: Vec<Entry>, snapshot_index: Index) -> Self {
+        for (expected, e) in (base.index + 1..).zip(entries.iter()) {
             assert_eq!(e.index, expected, "restored log has a hole or is out of order");
         }
         let entries: VecDeque<Entry> = entries.into();
-        let last = entries.back().map_or(snapshot.index, |e| e.index);
-        Self { snapshot, entries, persisted: last, committed: snapshot.index, applied: snapshot.index }
+        let last = entries.back().map_or(base.index, |e| e.index);
+        let start = snapshot_index.max(base.index);
+        Self { base, entries, persisted: last.max(start), committed: start, applied: start }
+    }
+
+    /// The entry before the first one held.
+    pub(crate) fn base(&self) -> LogId {
+        self.base
+    }
+
+    /// Drops the entries up to and including `index` (they are in a snapshot). Keeps the
+    /// term of `index` for the consistency check.
+    pub(crate) fn compact_to(&mut self, index: Index) {
+        if index <= self.base.index {
+            return;
+        }
+        assert!(index <= self.applied, "compacting past the applied index {}", self.applied);
+        let Some(term) = self.term_at(index) else { return };
+        let drop = (index - self.base.index) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.base = LogId::new(term, index);
+    }
+
+    /// A snapshot ending at `last` was installed: entries after it are kept if the log holds
+    /// `last` itself (they extend the snapshot), else the whole log is replaced by it.
+    pub(crate) fn install_snapshot(&mut self, last: LogId) {
+        if self.matches(last) && last.index >= self.base.index {
+            let drop = (last.index - self.base.index) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.base = last;
+        self.committed = self.committed.max(last.index);
+        self.applied = self.applied.max(last.index);
+        self.persisted = self.persisted.max(last.index);
     }
 
     pub(crate) fn last_index(&self) -> Index {
-        self.entries.back().map_or(self.snapshot.index, |e| e.index)
+        self.entries.back().map_or(self.base.index, |e| e.index)
     }
 
     pub(crate) fn last_log_id(&self) -> LogId {
-        self.entries.back().map_or(self.snapshot, Entry::log_id)
+        self.entries.back().map_or(self.base, Entry::log_id)
     }
 
     /// The term of the entry at `index`, if the log knows it (the snapshot boundary counts).
     pub(crate) fn term_at(&self, index: Index) -> Option<Term> {
-        if index == self.snapshot.index {
-            return Some(self.snapshot.term);
+        if index == self.base.index {
+            return Some(self.base.term);
         }
         self.get(index).map(|e| e.term)
     }
 
     pub(crate) fn get(&self, index: Index) -> Option<&Entry> {
-        if index <= self.snapshot.index {
+        if index <= self.base.index {
             return None;
         }
-        self.entries.get((index - self.snapshot.index - 1) as usize)
+        self.entries.get((index - self.base.index - 1) as usize)
     }
 
     /// Whether the log has an entry `id` (same index, same term).
@@ -66,7 +102,7 @@ impl RaftLog {
     pub(crate) fn first_index_of_term_at(&self, index: Index) -> Index {
         let Some(term) = self.term_at(index) else { return index };
         let mut first = index;
-        while first > self.snapshot.index + 1 && self.term_at(first - 1) == Some(term) {
+        while first > self.base.index + 1 && self.term_at(first - 1) == Some(term) {
             first -= 1;
         }
         first
@@ -75,7 +111,7 @@ impl RaftLog {
     /// The last index at or before `limit` whose entry has `term`, if any.
     pub(crate) fn last_index_of_term(&self, term: Term, limit: Index) -> Option<Index> {
         let mut i = limit.min(self.last_index());
-        while i > self.snapshot.index {
+        while i > self.base.index {
             match self.term_at(i) {
                 Some(t) if t == term => return Some(i),
                 Some(t) if t < term => return None,
@@ -99,7 +135,7 @@ impl RaftLog {
             "refusing to truncate committed entry {index} (committed {})",
             self.committed
         );
-        let keep = index.saturating_sub(self.snapshot.index + 1) as usize;
+        let keep = index.saturating_sub(self.base.index + 1) as usize;
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
     }
@@ -144,7 +180,7 @@ mod tests {
 
     fn log_of(terms: &[Term]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| entry(*t, i as Index + 1)).collect();
-        RaftLog::restore(LogId::default(), entries)
+        RaftLog::restore(LogId::default(), entries, 0)
     }
 
     #[test]
@@ -181,6 +217,31 @@ mod tests {
         assert_eq!(log.slice(2, 2, usize::MAX).len(), 2);
         assert_eq!(log.slice(2, 100, 1).len(), 1, "at least one entry");
         assert_eq!(log.slice(6, 100, 100).len(), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_the_boundary_term() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.committed = 3;
+        log.applied = 3;
+        log.compact_to(3);
+        assert_eq!(log.base(), LogId::new(2, 3));
+        assert_eq!(log.term_at(3), Some(2));
+        assert!(log.get(3).is_none());
+        assert_eq!(log.get(4).map(|e| e.index), Some(4));
+        assert_eq!(log.first_index_of_term_at(4), 4);
+    }
+
+    #[test]
+    fn installing_a_snapshot_keeps_a_matching_suffix() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.install_snapshot(LogId::new(1, 2));
+        assert_eq!(log.last_log_id(), LogId::new(2, 4), "entries after a matching snapshot stay");
+        assert_eq!((log.committed, log.applied), (2, 2));
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.install_snapshot(LogId::new(3, 3));
+        assert_eq!(log.last_log_id(), LogId::new(3, 3), "a conflicting log is replaced");
+        assert!(log.get(4).is_none());
     }
 
     #[test]

@@ -7,22 +7,30 @@
 
 mod log;
 mod progress;
+mod reads;
 mod ready;
+mod reconfig;
+mod snapshots;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
 pub use progress::ReplicationMode;
-pub use ready::{ProposalOutcome, ProposalRejection, Ready};
+pub use reads::ReadMode;
+pub use ready::{ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, TransferError};
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::membership::Membership;
-use crate::message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId};
+use crate::message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 use crate::rng::SeededRng;
+use crate::storage::Snapshot;
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};
 use log::RaftLog;
 use progress::Progress;
+use reads::PendingRead;
+use reconfig::Transfer;
+use snapshots::IncomingSnapshot;
 
 /// An input to the protocol.
 #[derive(Debug, Clone)]
@@ -40,6 +48,14 @@ pub enum Event {
         /// On a follower: forward to the leader instead of refusing.
         forward: bool,
     },
+    /// A client asks for a linearizable read; the answer ([`ReadOutcome`]) is the index the
+    /// local state machine must have applied before the read is served.
+    Read {
+        /// The driver's id for the read, echoed in its outcome.
+        id: ReadId,
+        /// ReadIndex (a heartbeat round) or a lease read.
+        mode: ReadMode,
+    },
 }
 
 /// What a node restores from storage when it starts.
@@ -47,11 +63,13 @@ pub enum Event {
 pub struct RestoredState {
     /// The persisted term and vote.
     pub hard_state: HardState,
-    /// The last entry covered by the latest snapshot (default: none).
-    pub snapshot_last: LogId,
-    /// The durable entries after the snapshot, in order.
+    /// The latest snapshot, if any; the state machine must already hold its state.
+    pub snapshot: Option<Snapshot>,
+    /// The durable log entries, in order, from the first one storage keeps (it may start at or
+    /// before the snapshot's last entry).
     pub entries: Vec<Entry>,
-    /// The membership in force.
+    /// The membership of a new cluster, used when there is no snapshot (configuration entries
+    /// in the log override it).
     pub membership: Membership,
 }
 
@@ -87,10 +105,16 @@ pub struct ProtocolStatus {
     pub persisted_index: Index,
     /// Last entry of the log.
     pub last_log_id: LogId,
-    /// The membership in force.
+    /// The membership in force (the latest configuration in the log, committed or not).
     pub membership: Membership,
     /// Per-follower replication state (leader only).
     pub followers: Vec<FollowerStatus>,
+    /// The last entry covered by the latest snapshot (index 0 when there is none).
+    pub snapshot: LogId,
+    /// The first index the in-memory log still holds.
+    pub first_log_index: Index,
+    /// The target of a leadership transfer in progress (leader only).
+    pub leadership_transfer: Option<NodeId>,
 }
 
 /// The Raft state machine of one node.
@@ -106,7 +130,30 @@ pub struct Raft {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog,
+    /// The membership in force: the latest configuration in `configs`.
     membership: Membership,
+    /// Every configuration in the log by the index of its entry, plus the one in force at the
+    /// log's start (at the snapshot index, or 0).
+    configs: BTreeMap<Index, Membership>,
+    /// The latest snapshot (taken here or installed), kept to send to lagging followers.
+    snapshot: Option<Snapshot>,
+    /// A snapshot being received from the leader.
+    incoming: Option<IncomingSnapshot>,
+    /// A leadership transfer in progress (leader only).
+    transfer: Option<Transfer>,
+    /// The leader's heartbeat round counter (ReadIndex and leases).
+    read_seq: u64,
+    /// When each recent round was sent, oldest first (bounded).
+    read_seq_sent_at: VecDeque<(u64, Millis)>,
+    /// A read arrived: the next `take_ready` starts a heartbeat round.
+    read_round_needed: bool,
+    /// Reads waiting for a heartbeat round (leader), in arrival order.
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads sent to the leader by this follower, with their deadlines.
+    remote_reads: BTreeMap<ReadId, Millis>,
+    /// Until this time the node grants no vote and no pre-vote to a disruptor: a node that just
+    /// started may have been following a leader whose lease still runs.
+    boot_quiet_until: Millis,
 
     election_deadline: Millis,
     heartbeat_deadline: Millis,
@@ -138,20 +185,69 @@ impl Raft {
         restored: RestoredState,
         seed: u64,
         now: Millis,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, RestoreError> {
         config.validate()?;
-        let log = RaftLog::restore(restored.snapshot_last, restored.entries);
+        let (snapshot_last, base_membership) = match &restored.snapshot {
+            Some(s) => (s.meta.last_log_id, s.meta.membership.clone()),
+            None => (LogId::default(), restored.membership.clone()),
+        };
+        let mut entries = restored.entries;
+        let base = match entries.first() {
+            None => snapshot_last,
+            Some(first) if first.index == snapshot_last.index + 1 => snapshot_last,
+            Some(first) if first.index == 1 => LogId::default(),
+            Some(first) if first.index <= snapshot_last.index => {
+                // The log keeps entries the snapshot covers: the first one becomes the base.
+                let base = first.log_id();
+                entries.remove(0);
+                base
+            }
+            Some(first) => {
+                return Err(RestoreError::Inconsistent(format!(
+                    "the log starts at index {} but the snapshot ends at {}: entries are missing",
+                    first.index, snapshot_last.index
+                )))
+            }
+        };
+        if let Some(pair) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+            return Err(RestoreError::Inconsistent(format!(
+                "the log has a hole after index {}",
+                pair[0].index
+            )));
+        }
+        let mut configs = BTreeMap::new();
+        configs.insert(snapshot_last.index, base_membership);
+        for e in &entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                if e.index > snapshot_last.index {
+                    configs.insert(e.index, m.clone());
+                }
+            }
+        }
+        let membership = configs.values().next_back().cloned().unwrap_or_default();
+        let log = RaftLog::restore(base, entries, snapshot_last.index);
+        let boot_quiet_until = now + config.election_timeout_min_ms;
         let mut raft = Self {
             id,
-            config,
             rng: SeededRng::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             now,
+            config,
             hard_state: restored.hard_state,
             hard_state_dirty: false,
             role: Role::Follower,
             leader: None,
             log,
-            membership: restored.membership,
+            membership,
+            configs,
+            snapshot: restored.snapshot,
+            incoming: None,
+            transfer: None,
+            read_seq: 0,
+            read_seq_sent_at: VecDeque::new(),
+            read_round_needed: false,
+            pending_reads: VecDeque::new(),
+            remote_reads: BTreeMap::new(),
+            boot_quiet_until,
             election_deadline: now,
             heartbeat_deadline: now,
             check_quorum_deadline: now,
@@ -245,6 +341,9 @@ impl Raft {
                     mode: p.mode,
                 })
                 .collect(),
+            snapshot: self.snapshot_last(),
+            first_log_index: self.log.base().index + 1,
+            leadership_transfer: self.transfer.as_ref().map(|t| t.target),
         }
     }
 
@@ -260,8 +359,11 @@ impl Raft {
             }
             _ => self.election_deadline,
         };
-        if let Some(d) = self.forwards.values().min() {
+        if let Some(d) = self.forwards.values().chain(self.remote_reads.values()).min() {
             deadline = deadline.min(*d);
+        }
+        if let Some(t) = &self.transfer {
+            deadline = deadline.min(t.deadline);
         }
         deadline
     }
@@ -274,6 +376,7 @@ impl Raft {
             Event::Tick => self.tick(),
             Event::Message(m) => self.handle_message(m),
             Event::Propose { id, command, forward } => self.propose(id, command, forward),
+            Event::Read { id, mode } => self.read(id, mode),
         }
     }
 
@@ -284,7 +387,7 @@ impl Raft {
             || self.unsaved_from.is_some()
             || self.truncated_from.is_some()
             || self.log.applied < self.log.committed.min(self.log.persisted)
-            || (self.role == Role::Leader && self.leader_has_sends())
+            || (self.role == Role::Leader && (self.read_round_needed || self.leader_has_sends()))
     }
 
     /// Collects the work produced since the last call; see [`Ready`] for the order in which
@@ -292,6 +395,10 @@ impl Raft {
     pub fn take_ready(&mut self) -> Ready {
         debug_assert!(!self.awaiting_advance, "take_ready twice without advance");
         if self.role == Role::Leader {
+            if self.read_round_needed {
+                self.read_round_needed = false;
+                self.broadcast_heartbeat();
+            }
             self.flush_appends();
         }
         let mut ready = std::mem::take(&mut self.out);
@@ -326,8 +433,10 @@ impl Raft {
 
     fn tick(&mut self) {
         self.expire_forwards();
+        self.expire_remote_reads();
         match self.role {
             Role::Leader => {
+                self.expire_transfer();
                 if self.config.check_quorum && self.now >= self.check_quorum_deadline {
                     self.check_quorum();
                     if self.role != Role::Leader {
@@ -335,7 +444,6 @@ impl Raft {
                     }
                 }
                 if self.now >= self.heartbeat_deadline {
-                    self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
                     self.broadcast_heartbeat();
                 }
             }
@@ -390,7 +498,7 @@ impl Raft {
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -404,10 +512,11 @@ impl Raft {
         self.reset_election_timer();
         self.record_vote(self.id, true);
         let term = self.term() + 1;
-        self.request_votes(true, term);
+        self.request_votes(true, term, false);
     }
 
-    fn become_candidate(&mut self) {
+    /// Starts an election; `leadership_transfer` when the leader asked for it (TimeoutNow).
+    fn become_candidate(&mut self, leadership_transfer: bool) {
         self.role = Role::Candidate;
         self.hard_state.current_term += 1;
         self.hard_state.voted_for = Some(self.id);
@@ -420,10 +529,10 @@ impl Raft {
         self.reset_election_timer();
         self.record_vote(self.id, true);
         let term = self.term();
-        self.request_votes(false, term);
+        self.request_votes(false, term, leadership_transfer);
     }
 
-    fn request_votes(&mut self, pre_vote: bool, term: Term) {
+    fn request_votes(&mut self, pre_vote: bool, term: Term, leadership_transfer: bool) {
         let last_log_id = self.log.last_log_id();
         let peers: Vec<NodeId> = self
             .membership
@@ -436,7 +545,7 @@ impl Raft {
             .into_iter()
             .collect();
         for to in peers {
-            self.send(to, term, Payload::RequestVote { pre_vote, last_log_id });
+            self.send(to, term, Payload::RequestVote { pre_vote, last_log_id, leadership_transfer });
         }
         self.tally_votes();
     }
@@ -451,7 +560,7 @@ impl Raft {
         let lost = !self.membership.is_quorum(|n| votes.get(&n) != Some(&false));
         if won {
             match self.role {
-                Role::PreCandidate => self.become_candidate(),
+                Role::PreCandidate => self.become_candidate(false),
                 Role::Candidate => self.become_leader(),
                 _ => {}
             }
@@ -470,6 +579,10 @@ impl Raft {
         if self.role != Role::Follower {
             // A node that stops leading or campaigning needs a fresh election timer.
             self.reset_election_timer();
+        }
+        if self.role == Role::Leader {
+            self.fail_pending_reads(leader);
+            self.transfer = None;
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -492,19 +605,24 @@ impl Raft {
             .collect();
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
         self.check_quorum_deadline = self.now + self.config.election_timeout_min_ms;
+        self.read_seq_sent_at.clear();
         let entry = Entry { term: self.term(), index: next, payload: EntryPayload::Blank };
         self.append_local(entry);
         // A leader with no peers commits on its own write.
         self.maybe_commit();
     }
 
-    /// Whether this node heard from a leader recently enough to ignore vote requests.
+    /// Whether this node heard from a leader recently enough to ignore vote requests (or just
+    /// started, and may have been following a leader whose lease still runs).
     fn in_leader_lease(&self) -> bool {
         match self.role {
             Role::Leader => self.config.check_quorum,
-            _ => self
-                .leader_contact
-                .is_some_and(|t| self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms),
+            _ => {
+                self.now < self.boot_quiet_until
+                    || self.leader_contact.is_some_and(|t| {
+                        self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms
+                    })
+            }
         }
     }
 
@@ -512,7 +630,8 @@ impl Raft {
 
     fn send(&mut self, to: NodeId, term: Term, payload: Payload) {
         let message = Message { from: self.id, to, term, payload };
-        let immediate = self.role == Role::Leader && matches!(message.payload, Payload::AppendEntries { .. });
+        let immediate = self.role == Role::Leader
+            && matches!(message.payload, Payload::AppendEntries { .. } | Payload::InstallSnapshot { .. });
         if immediate {
             self.out.messages.push(message);
         } else {
@@ -528,8 +647,8 @@ impl Raft {
         let term = self.term();
         if m.term > term {
             match &m.payload {
-                Payload::RequestVote { pre_vote, .. } => {
-                    if self.in_leader_lease() {
+                Payload::RequestVote { pre_vote, leadership_transfer, .. } => {
+                    if self.in_leader_lease() && !leadership_transfer {
                         tracing::debug!(
                             node = self.id,
                             from = m.from,
@@ -542,22 +661,27 @@ impl Raft {
                     }
                 }
                 Payload::RequestVoteResponse { pre_vote: true, granted: true } => {}
-                Payload::AppendEntries { .. } => self.become_follower(m.term, Some(m.from)),
+                Payload::AppendEntries { .. } | Payload::InstallSnapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from))
+                }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < term {
             match &m.payload {
-                Payload::AppendEntries { .. } => {
+                Payload::AppendEntries { prev_log_id, read_seq, .. } => {
                     // A stale leader: tell it the new term so it steps down.
                     let hint = ConflictHint { conflict_term: None, index: self.log.last_index() };
-                    let rejected_prev_index = match &m.payload {
-                        Payload::AppendEntries { prev_log_id, .. } => prev_log_id.index,
-                        _ => 0,
-                    };
+                    let result = AppendResult::Reject { rejected_prev_index: prev_log_id.index, hint };
+                    let read_seq = *read_seq;
+                    self.send(m.from, term, Payload::AppendEntriesResponse { result, read_seq });
+                    return;
+                }
+                Payload::InstallSnapshot { meta, .. } => {
+                    let snapshot = meta.last_log_id;
                     self.send(
                         m.from,
                         term,
-                        Payload::AppendEntriesResponse(AppendResult::Reject { rejected_prev_index, hint }),
+                        Payload::InstallSnapshotResponse { snapshot, next_offset: 0, done: false },
                     );
                     return;
                 }
@@ -566,31 +690,40 @@ impl Raft {
                     self.send(m.from, term, Payload::RequestVoteResponse { pre_vote, granted: false });
                     return;
                 }
-                Payload::ForwardProposal { .. } | Payload::ForwardProposalResponse { .. } => {}
+                Payload::ForwardProposal { .. }
+                | Payload::ForwardProposalResponse { .. }
+                | Payload::ReadIndexRequest { .. }
+                | Payload::ReadIndexResponse { .. } => {}
                 _ => return,
             }
         }
 
         match m.payload {
-            Payload::RequestVote { pre_vote, last_log_id } => {
+            Payload::RequestVote { pre_vote, last_log_id, .. } => {
                 self.handle_vote_request(m.from, m.term, pre_vote, last_log_id)
             }
             Payload::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(m.from, m.term, pre_vote, granted)
             }
-            Payload::AppendEntries { prev_log_id, entries, leader_commit } => {
-                self.handle_append(m.from, prev_log_id, entries, leader_commit)
+            Payload::AppendEntries { prev_log_id, entries, leader_commit, read_seq } => {
+                self.handle_append(m.from, prev_log_id, entries, leader_commit, read_seq)
             }
-            Payload::AppendEntriesResponse(result) => self.handle_append_response(m.from, result),
+            Payload::AppendEntriesResponse { result, read_seq } => {
+                self.handle_append_response(m.from, result, read_seq)
+            }
+            Payload::InstallSnapshot { meta, offset, data, done } => {
+                self.handle_install_snapshot(m.from, meta, offset, data, done)
+            }
+            Payload::InstallSnapshotResponse { snapshot, next_offset, done } => {
+                self.handle_install_snapshot_response(m.from, snapshot, next_offset, done)
+            }
+            Payload::TimeoutNow => self.handle_timeout_now(m.from),
+            Payload::ReadIndexRequest { id } => self.handle_read_index_request(m.from, id),
+            Payload::ReadIndexResponse { id, result } => self.handle_read_index_response(id, result),
             Payload::ForwardProposal { id, command } => self.handle_forward(m.from, id, command),
             Payload::ForwardProposalResponse { id, result } => {
                 if self.forwards.remove(&id).is_some() {
-                    let result = result.map_err(|r| match r {
-                        ForwardRejection::NotLeader { leader_hint } => {
-                            ProposalRejection::NotLeader { leader_hint }
-                        }
-                        ForwardRejection::Busy => ProposalRejection::Busy,
-                    });
+                    let result = result.map_err(ProposalRejection::from);
                     self.out.proposals.push(ProposalOutcome { id, result });
                 }
             }
@@ -621,6 +754,7 @@ impl Raft {
 
     fn heard_from_leader_recently(&self) -> bool {
         self.role == Role::Leader
+            || self.now < self.boot_quiet_until
             || self
                 .leader_contact
                 .is_some_and(|t| self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms)
@@ -641,16 +775,17 @@ impl Raft {
         self.tally_votes();
     }
 
-    fn handle_append(&mut self, from: NodeId, prev: LogId, entries: Vec<Entry>, leader_commit: Index) {
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev: LogId,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+        read_seq: u64,
+    ) {
         let term = self.term();
-        if self.role != Role::Follower {
-            self.become_follower(term, Some(from));
-        }
-        self.leader = Some(from);
-        self.leader_contact = Some(self.now);
-        self.reset_election_timer();
-
-        let reply = |result| Payload::AppendEntriesResponse(result);
+        self.accept_leader(from);
+        let reply = |result| Payload::AppendEntriesResponse { result, read_seq };
         if prev.index < self.log.committed {
             // Everything up to the commit index matches every leader's log; answer with it
             // rather than re-checking a prefix that may have been compacted.
@@ -694,12 +829,28 @@ impl Raft {
         self.send(from, term, reply(AppendResult::Success { match_index: last_new }));
     }
 
-    fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+    /// A valid AppendEntries or InstallSnapshot from `from`, the leader of this term.
+    fn accept_leader(&mut self, from: NodeId) {
+        let term = self.term();
+        if self.role != Role::Follower {
+            self.become_follower(term, Some(from));
+        }
+        self.leader = Some(from);
+        self.leader_contact = Some(self.now);
+        self.reset_election_timer();
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, result: AppendResult, read_seq: u64) {
         if self.role != Role::Leader {
             return;
         }
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
+        if read_seq > p.acked_read_seq {
+            p.acked_read_seq = read_seq;
+            self.advance_reads();
+        }
+        let Some(p) = self.progress.get_mut(&from) else { return };
         match result {
             AppendResult::Success { match_index } => {
                 if match_index > self.log.last_index() {
@@ -714,6 +865,7 @@ impl Raft {
                 if p.on_success(match_index) {
                     self.maybe_commit();
                 }
+                self.maybe_send_timeout_now();
             }
             AppendResult::Reject { rejected_prev_index, hint } => {
                 let next = match hint.conflict_term {
@@ -734,8 +886,10 @@ impl Raft {
         let term = self.term();
         let result = match self.append_proposal(command) {
             Ok(log_id) => Ok(log_id),
-            Err(ProposalRejection::Busy) => Err(ForwardRejection::Busy),
-            Err(_) => Err(ForwardRejection::NotLeader { leader_hint: self.leader }),
+            Err(ProposalRejection::NotLeader { .. }) => {
+                Err(ForwardRejection::NotLeader { leader_hint: self.leader })
+            }
+            Err(_) => Err(ForwardRejection::Busy),
         };
         self.send(from, term, Payload::ForwardProposalResponse { id, result });
     }
@@ -763,6 +917,9 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(ProposalRejection::NotLeader { leader_hint: self.leader });
         }
+        if self.transfer.is_some() {
+            return Err(ProposalRejection::LeadershipTransferInProgress);
+        }
         if self.log.len_after(self.log.committed) >= self.config.max_uncommitted_entries as u64 {
             return Err(ProposalRejection::Busy);
         }
@@ -779,9 +936,18 @@ impl Raft {
 
     fn append_local(&mut self, entry: Entry) {
         let index = entry.index;
+        let config = match &entry.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        };
         self.log.push(entry);
         if self.unsaved_from.is_none() {
             self.unsaved_from = Some(index);
+        }
+        if let Some(m) = config {
+            // A configuration takes effect when it is appended, not when it commits.
+            self.configs.insert(index, m);
+            self.on_membership_changed();
         }
     }
 
@@ -789,6 +955,11 @@ impl Raft {
         self.log.truncate_from(from);
         self.truncated_from = Some(self.truncated_from.map_or(from, |t| t.min(from)));
         self.unsaved_from = Some(self.unsaved_from.map_or(from, |u| u.min(from)));
+        if self.configs.range(from..).next().is_some() {
+            // The removed suffix held configurations: the previous one is in force again.
+            self.configs.split_off(&from);
+            self.on_membership_changed();
+        }
     }
 
     fn maybe_commit(&mut self) {
@@ -805,6 +976,7 @@ impl Raft {
         // Figure 8: only an entry of the current term commits by counting replicas.
         if quorum > self.log.committed && self.log.term_at(quorum) == Some(self.term()) {
             self.log.committed = quorum;
+            self.on_leader_commit();
         }
     }
 
@@ -832,23 +1004,35 @@ impl Raft {
 
     fn send_appends_to(&mut self, to: NodeId) {
         while self.wants_send(to) {
-            let probe = self.progress.get(&to).is_some_and(|p| p.mode == ReplicationMode::Probe);
-            if !self.send_append(to, true) || probe {
-                return;
+            let Some(mode) = self.progress.get(&to).map(|p| p.mode) else { return };
+            match mode {
+                ReplicationMode::Snapshot => {
+                    self.send_snapshot_chunk(to);
+                    return;
+                }
+                ReplicationMode::Probe => {
+                    self.send_append(to, true);
+                    return;
+                }
+                ReplicationMode::Replicate => {
+                    if !self.send_append(to, true) {
+                        return;
+                    }
+                }
             }
         }
     }
 
     /// Sends one AppendEntries at the follower's `next_index`, with entries if `with_entries`.
-    /// Returns `false` if nothing could be sent.
+    /// Returns `false` if nothing could be sent (the follower needs a snapshot instead).
     fn send_append(&mut self, to: NodeId, with_entries: bool) -> bool {
         let term = self.term();
         let committed = self.log.committed;
         let Some(p) = self.progress.get(&to) else { return false };
         let prev_index = p.next_index - 1;
         let Some(prev_term) = self.log.term_at(prev_index) else {
-            // Needs a snapshot; snapshots are not implemented in this version.
-            tracing::warn!(node = self.id, to, prev_index, "follower needs entries that were compacted");
+            // The entries it needs were compacted: send the snapshot.
+            self.start_snapshot_transfer(to);
             return false;
         };
         let entries = if with_entries {
@@ -862,28 +1046,68 @@ impl Raft {
             p.on_sent(last_sent);
             p.commit_sent = p.commit_sent.max(leader_commit);
         }
+        let read_seq = self.read_seq;
         self.send(
             to,
             term,
-            Payload::AppendEntries { prev_log_id: LogId::new(prev_term, prev_index), entries, leader_commit },
+            Payload::AppendEntries {
+                prev_log_id: LogId::new(prev_term, prev_index),
+                entries,
+                leader_commit,
+                read_seq,
+            },
         );
         true
     }
 
+    /// Starts a heartbeat round: every follower gets a message that carries the new
+    /// `read_seq`, whatever its flow control (an answer confirms this leader to pending reads
+    /// and extends the lease).
     fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
+        self.read_seq += 1;
+        self.read_seq_sent_at.push_back((self.read_seq, self.now));
+        while self.read_seq_sent_at.len() > reads::ROUNDS_REMEMBERED {
+            self.read_seq_sent_at.pop_front();
+        }
         let ids: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in ids {
             let Some(p) = self.progress.get_mut(&to) else { continue };
             match p.mode {
-                // Re-send the probe: the last one may have been lost.
+                // Re-send the probe (the last one may have been lost); it carries the round.
                 ReplicationMode::Probe => p.probe_sent = false,
                 ReplicationMode::Replicate => {
                     // An empty AppendEntries at the tip: carries the commit index, and a
                     // rejection reveals lost in-flight messages.
                     let _sent = self.send_append(to, false);
                 }
+                ReplicationMode::Snapshot => {
+                    if let Some(t) = p.snapshot.as_mut() {
+                        // A chunk unanswered for an election timeout was lost: send it again.
+                        if t.in_flight && self.now >= t.sent_at + self.config.election_timeout_min_ms {
+                            t.in_flight = false;
+                        }
+                    }
+                    self.send_heartbeat_only(to);
+                }
             }
         }
+        // A single voter confirms its own rounds.
+        self.advance_reads();
+    }
+
+    /// An empty AppendEntries that only carries the round (for a follower being sent a
+    /// snapshot): its `prev_log_id` is the log's base, which the leader still knows.
+    fn send_heartbeat_only(&mut self, to: NodeId) {
+        let term = self.term();
+        let base = self.log.base();
+        let read_seq = self.read_seq;
+        let leader_commit = self.log.committed.min(base.index);
+        self.send(
+            to,
+            term,
+            Payload::AppendEntries { prev_log_id: base, entries: Vec::new(), leader_commit, read_seq },
+        );
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::Index;
+use crate::types::{Index, LogId, Millis};
 
 /// How the leader sends to a follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +15,23 @@ pub enum ReplicationMode {
     Probe,
     /// Pipelined: up to the in-flight window of AppendEntries without waiting for answers.
     Replicate,
+    /// The follower needs entries the leader compacted: the leader streams its snapshot, one
+    /// chunk in flight at a time.
+    Snapshot,
+}
+
+/// A snapshot transfer in progress to one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotTransfer {
+    /// The last entry the snapshot covers.
+    pub(crate) last: LogId,
+    /// The offset of the next chunk to send.
+    pub(crate) offset: u64,
+    /// A chunk is outstanding; cleared by its answer, or by a heartbeat an election timeout
+    /// after it was sent (a resend).
+    pub(crate) in_flight: bool,
+    /// When the outstanding chunk was sent.
+    pub(crate) sent_at: Millis,
 }
 
 /// Replication state of one follower.
@@ -31,6 +48,10 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// The commit index last sent to the follower.
     pub(crate) commit_sent: Index,
+    /// The snapshot being sent (snapshot mode).
+    pub(crate) snapshot: Option<SnapshotTransfer>,
+    /// The highest heartbeat round (`read_seq`) the follower answered in this term.
+    pub(crate) acked_read_seq: u64,
 }
 
 impl Progress {
@@ -43,6 +64,8 @@ impl Progress {
             in_flight: VecDeque::new(),
             recent_active: false,
             commit_sent: 0,
+            snapshot: None,
+            acked_read_seq: 0,
         }
     }
 
@@ -51,6 +74,7 @@ impl Progress {
         match self.mode {
             ReplicationMode::Probe => !self.probe_sent,
             ReplicationMode::Replicate => self.in_flight.len() < window,
+            ReplicationMode::Snapshot => self.snapshot.is_some_and(|s| !s.in_flight),
         }
     }
 
@@ -58,6 +82,7 @@ impl Progress {
     pub(crate) fn on_sent(&mut self, last_sent: Option<Index>) {
         match self.mode {
             ReplicationMode::Probe => self.probe_sent = true,
+            ReplicationMode::Snapshot => {}
             ReplicationMode::Replicate => {
                 if let Some(last) = last_sent {
                     self.next_index = last + 1;
@@ -79,10 +104,32 @@ impl Progress {
         while self.in_flight.front().is_some_and(|last| *last <= match_index) {
             self.in_flight.pop_front();
         }
-        if self.mode == ReplicationMode::Probe {
-            self.become_replicate();
+        match self.mode {
+            ReplicationMode::Probe => self.become_replicate(),
+            ReplicationMode::Snapshot => {
+                // A late answer to an AppendEntries sent before the transfer started: keep
+                // sending the snapshot unless the follower already has everything it covers.
+                if self.snapshot.is_none_or(|s| match_index >= s.last.index) {
+                    self.become_replicate();
+                }
+            }
+            ReplicationMode::Replicate => {}
         }
         advanced
+    }
+
+    /// Starts sending the snapshot that ends at `last`.
+    pub(crate) fn become_snapshot(&mut self, last: LogId) {
+        self.mode = ReplicationMode::Snapshot;
+        self.probe_sent = false;
+        self.in_flight.clear();
+        self.snapshot = Some(SnapshotTransfer { last, offset: 0, in_flight: false, sent_at: 0 });
+    }
+
+    /// The follower holds the snapshot ending at `index`: continue with the entries after it.
+    pub(crate) fn on_snapshot_installed(&mut self, index: Index) {
+        self.match_index = self.match_index.max(index);
+        self.become_replicate();
     }
 
     /// A rejection of the AppendEntries whose `prev_log_index` was `rejected`; `next` is the
@@ -99,6 +146,7 @@ impl Progress {
                     return false;
                 }
             }
+            ReplicationMode::Snapshot => return false,
         }
         let upper = rejected.max(self.match_index + 1);
         self.next_index = next.min(upper).max(self.match_index + 1).max(1);
@@ -110,12 +158,14 @@ impl Progress {
         self.mode = ReplicationMode::Probe;
         self.probe_sent = false;
         self.in_flight.clear();
+        self.snapshot = None;
     }
 
     fn become_replicate(&mut self) {
         self.mode = ReplicationMode::Replicate;
         self.probe_sent = false;
         self.in_flight.clear();
+        self.snapshot = None;
         self.next_index = self.match_index + 1;
     }
 }
@@ -169,6 +219,22 @@ mod tests {
         assert!(p.on_reject(20, 2));
         assert_eq!(p.mode, ReplicationMode::Probe);
         assert_eq!(p.next_index, 11);
+    }
+
+    #[test]
+    fn snapshot_mode_sends_one_chunk_and_ends_when_installed() {
+        let mut p = Progress::new(5);
+        p.become_snapshot(LogId::new(2, 40));
+        assert!(p.can_send(4));
+        if let Some(s) = p.snapshot.as_mut() {
+            s.in_flight = true;
+        }
+        assert!(!p.can_send(4), "one chunk at a time");
+        assert!(!p.on_reject(4, 1), "rejections of older appends are ignored");
+        p.on_success(10);
+        assert_eq!(p.mode, ReplicationMode::Snapshot, "a late ack below the snapshot keeps the transfer");
+        p.on_snapshot_installed(40);
+        assert_eq!((p.mode, p.match_index, p.next_index), (ReplicationMode::Replicate, 40, 41));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! What the protocol asks its driver to do after a batch of inputs.
 
-use crate::message::{Message, ProposalId};
+use crate::config::ConfigError;
+use crate::membership::InvalidChange;
+use crate::message::{ForwardRejection, Message, ProposalId, ReadId};
+use crate::storage::Snapshot;
 use crate::types::{Entry, HardState, Index, LogId, NodeId};
 
 /// The work one [`Raft::take_ready`](crate::Raft::take_ready) hands to the driver. The driver
 /// carries it out in this order:
 ///
 /// 1. send `messages` (the leader's AppendEntries may go out before its own write);
-/// 2. persist: `hard_state` first, then truncate the log from `truncate_from`, then append
-///    `entries` (all durable before step 3);
+/// 2. persist: `hard_state` first, then the received `snapshot` (storage drops the log it
+///    replaces), then truncate the log from `truncate_from`, then append `entries` (all
+///    durable before step 3);
 /// 3. send `persisted_messages` (votes and acknowledgements that promise durable state);
-/// 4. apply `committed` in order and answer `proposals`;
+/// 4. restore the state machine from `snapshot`, if any; apply `committed` in order; answer
+///    `proposals`; serve `reads` once the state machine has applied their index;
 /// 5. call [`Raft::advance`](crate::Raft::advance).
 ///
 /// No other input may be given to the protocol between `take_ready` and `advance`.
@@ -20,6 +25,8 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// New hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: store it, then restore the state machine from it.
+    pub snapshot: Option<Snapshot>,
     /// Remove every log entry at or after this index (a conflicting suffix).
     pub truncate_from: Option<Index>,
     /// Entries to append after the truncation.
@@ -30,12 +37,17 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// Outcomes of proposals made on this node.
     pub proposals: Vec<ProposalOutcome>,
+    /// Outcomes of linearizable reads made on this node.
+    pub reads: Vec<ReadOutcome>,
 }
 
 impl Ready {
     /// Whether there is anything to persist.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || self.truncate_from.is_some() || !self.entries.is_empty()
+        self.hard_state.is_some()
+            || self.snapshot.is_some()
+            || self.truncate_from.is_some()
+            || !self.entries.is_empty()
     }
 
     /// Whether the ready is empty.
@@ -45,6 +57,7 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.committed.is_empty()
             && self.proposals.is_empty()
+            && self.reads.is_empty()
     }
 }
 
@@ -57,7 +70,17 @@ pub struct ProposalOutcome {
     pub result: Result<LogId, ProposalRejection>,
 }
 
-/// Why a proposal was not appended.
+/// What became of a linearizable read made on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// The id the driver gave the read.
+    pub id: ReadId,
+    /// The read index: serve the read once the state machine has applied it. Or why no
+    /// index could be confirmed.
+    pub result: Result<Index, ProposalRejection>,
+}
+
+/// Why a proposal, a read or a membership change was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProposalRejection {
     /// This node is not the leader and did not (or could not) forward.
@@ -70,6 +93,58 @@ pub enum ProposalRejection {
     #[error("too many proposals in flight")]
     Busy,
     /// A forwarded proposal got no answer from the leader in time; its outcome is unknown.
-    #[error("the leader did not answer the forwarded proposal in time (outcome unknown)")]
+    #[error("the leader did not answer the forwarded request in time (outcome unknown)")]
     ForwardTimeout,
+    /// The leader is handing over leadership; retry on the new leader.
+    #[error("a leadership transfer is in progress")]
+    LeadershipTransferInProgress,
+    /// A membership change is still in progress (one change at a time).
+    #[error("a membership change is already in progress")]
+    MembershipChangeInProgress,
+    /// The membership change is not valid for the current membership.
+    #[error("invalid membership change: {0}")]
+    InvalidMembershipChange(InvalidChange),
+}
+
+impl From<ForwardRejection> for ProposalRejection {
+    fn from(r: ForwardRejection) -> Self {
+        match r {
+            ForwardRejection::NotLeader { leader_hint } => ProposalRejection::NotLeader { leader_hint },
+            ForwardRejection::Busy => ProposalRejection::Busy,
+        }
+    }
+}
+
+/// Why a leadership transfer could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only the leader can hand over leadership.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader_hint: Option<NodeId>,
+    },
+    /// The target does not vote in the current configuration.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+    /// No other voter exists.
+    #[error("no other voter can take over")]
+    NoCandidate,
+    /// A transfer is already in progress.
+    #[error("a leadership transfer to node {0} is already in progress")]
+    InProgress(NodeId),
+    /// The transfer did not complete within an election timeout and was abandoned.
+    #[error("the leadership transfer to node {0} timed out")]
+    TimedOut(NodeId),
+}
+
+/// Why a node cannot start from its restored state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// The restored log and snapshot do not fit together (storage is damaged).
+    #[error("restored state is inconsistent: {0}")]
+    Inconsistent(String),
 }

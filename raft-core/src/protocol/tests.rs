@@ -20,7 +20,10 @@ fn node(id: NodeId, term: Term, voted_for: Option<NodeId>, terms: &[Term]) -> Ra
         membership: Membership::with_voters([1, 2, 3]),
         ..RestoredState::default()
     };
-    Raft::new(id, Config::default(), restored, 1, 0).expect("valid config")
+    let mut raft = Raft::new(id, Config::default(), restored, 1, 0).expect("valid config");
+    // These tests are about a node that has been up for a while.
+    raft.boot_quiet_until = 0;
+    raft
 }
 
 fn msg(from: NodeId, to: NodeId, term: Term, payload: Payload) -> Message {
@@ -37,7 +40,12 @@ fn deliver(raft: &mut Raft, m: Message) -> Ready {
 }
 
 fn append(prev: (Term, Index), entries: Vec<Entry>, commit: Index) -> Payload {
-    Payload::AppendEntries { prev_log_id: LogId::new(prev.0, prev.1), entries, leader_commit: commit }
+    Payload::AppendEntries {
+        prev_log_id: LogId::new(prev.0, prev.1),
+        entries,
+        leader_commit: commit,
+        read_seq: 0,
+    }
 }
 
 fn only_response(ready: &Ready) -> &Message {
@@ -64,7 +72,7 @@ fn stale_append_entries_is_rejected_with_the_current_term() {
     let ready = deliver(&mut n, msg(1, 2, 3, append((1, 2), vec![entry(3, 3)], 2)));
     let r = only_response(&ready);
     assert_eq!(r.term, 5);
-    assert!(matches!(r.payload, Payload::AppendEntriesResponse(AppendResult::Reject { .. })));
+    assert!(matches!(r.payload, Payload::AppendEntriesResponse { result: AppendResult::Reject { .. }, .. }));
     assert_eq!(n.last_log_id(), LogId::new(1, 2), "stale leader changed the log");
     assert!(ready.hard_state.is_none());
 }
@@ -80,7 +88,11 @@ fn a_higher_term_makes_a_follower_and_clears_the_vote_before_anything_else() {
 #[test]
 fn one_vote_per_term_persisted_before_the_answer() {
     let mut n = node(1, 1, None, &[1]);
-    let req = |_from: NodeId| Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(1, 1) };
+    let req = |_from: NodeId| Payload::RequestVote {
+        pre_vote: false,
+        last_log_id: LogId::new(1, 1),
+        leadership_transfer: false,
+    };
     let ready = deliver(&mut n, msg(2, 1, 2, req(2)));
     assert_eq!(ready.hard_state, Some(HardState { current_term: 2, voted_for: Some(2) }));
     assert!(ready.messages.is_empty(), "a vote must wait for the hard state to be durable");
@@ -105,7 +117,8 @@ fn one_vote_per_term_persisted_before_the_answer() {
 fn a_restarted_node_remembers_its_vote() {
     // The node voted for 2 in term 2 and restarted (hard state restored from storage).
     let mut n = node(1, 2, Some(2), &[1]);
-    let req = Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(1, 1) };
+    let req =
+        Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(1, 1), leadership_transfer: false };
     let ready = deliver(&mut n, msg(3, 1, 2, req));
     assert_eq!(
         only_response(&ready).payload,
@@ -118,7 +131,11 @@ fn up_to_date_check_compares_last_term_then_last_index() {
     let cases = [((1, 10), false), ((2, 2), false), ((2, 3), true), ((3, 1), true)];
     for ((term, index), granted) in cases {
         let mut n = node(1, 2, None, &[1, 2, 2]);
-        let req = Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(term, index) };
+        let req = Payload::RequestVote {
+            pre_vote: false,
+            last_log_id: LogId::new(term, index),
+            leadership_transfer: false,
+        };
         let ready = deliver(&mut n, msg(2, 1, 3, req));
         assert_eq!(
             only_response(&ready).payload,
@@ -131,7 +148,8 @@ fn up_to_date_check_compares_last_term_then_last_index() {
 #[test]
 fn pre_vote_changes_neither_term_nor_vote() {
     let mut n = node(1, 3, Some(1), &[1]);
-    let req = Payload::RequestVote { pre_vote: true, last_log_id: LogId::new(1, 1) };
+    let req =
+        Payload::RequestVote { pre_vote: true, last_log_id: LogId::new(1, 1), leadership_transfer: false };
     let ready = deliver(&mut n, msg(2, 1, 4, req));
     assert!(ready.hard_state.is_none());
     assert_eq!(n.hard_state(), HardState { current_term: 3, voted_for: Some(1) });
@@ -144,7 +162,8 @@ fn pre_vote_changes_neither_term_nor_vote() {
 fn pre_vote_is_refused_while_a_leader_is_heard() {
     let mut n = node(1, 3, None, &[1]);
     deliver(&mut n, msg(3, 1, 3, append((1, 1), vec![], 1)));
-    let req = Payload::RequestVote { pre_vote: true, last_log_id: LogId::new(1, 1) };
+    let req =
+        Payload::RequestVote { pre_vote: true, last_log_id: LogId::new(1, 1), leadership_transfer: false };
     let ready = deliver(&mut n, msg(2, 1, 4, req));
     // Ignored entirely (check-quorum lease) or refused; never granted.
     let granted = ready
@@ -162,19 +181,25 @@ fn consistency_check_rejects_with_a_conflict_hint() {
     let ready = deliver(&mut n, msg(1, 2, 3, append((3, 4), vec![], 0)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::AppendEntriesResponse(AppendResult::Reject {
-            rejected_prev_index: 4,
-            hint: ConflictHint { conflict_term: Some(2), index: 3 }
-        })
+        Payload::AppendEntriesResponse {
+            result: AppendResult::Reject {
+                rejected_prev_index: 4,
+                hint: ConflictHint { conflict_term: Some(2), index: 3 }
+            },
+            read_seq: 0
+        }
     );
     // Prev entry past the end: hint is the last index.
     let ready = deliver(&mut n, msg(1, 2, 3, append((3, 9), vec![], 0)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::AppendEntriesResponse(AppendResult::Reject {
-            rejected_prev_index: 9,
-            hint: ConflictHint { conflict_term: None, index: 4 }
-        })
+        Payload::AppendEntriesResponse {
+            result: AppendResult::Reject {
+                rejected_prev_index: 9,
+                hint: ConflictHint { conflict_term: None, index: 4 }
+            },
+            read_seq: 0
+        }
     );
 }
 
@@ -187,7 +212,7 @@ fn a_stale_prefix_does_not_truncate_later_entries() {
     assert_eq!(n.last_log_id(), LogId::new(1, 4));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::AppendEntriesResponse(AppendResult::Success { match_index: 3 })
+        Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 3 }, read_seq: 0 }
     );
 }
 
@@ -236,7 +261,8 @@ fn leader_commits_old_term_entries_only_through_a_current_term_entry() {
     // The no-op of the new term is at index 3.
     let _ = n.take_ready();
     n.advance();
-    let ack = |m| Payload::AppendEntriesResponse(AppendResult::Success { match_index: m });
+    let ack =
+        |m| Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: m }, read_seq: 0 };
     deliver(&mut n, msg(2, 1, term, ack(2)));
     assert_eq!(n.commit_index(), 0, "Figure 8: old-term entries must not commit by counting");
     deliver(&mut n, msg(2, 1, term, ack(3)));
@@ -254,7 +280,8 @@ fn leader_counts_itself_only_after_its_own_write() {
     assert_eq!(ready.proposals[0].result, Ok(LogId::new(term, 2)));
     // Before advance (own write not durable), a follower's ack alone is not a majority of 3.
     n.awaiting_advance = false;
-    let ack = Payload::AppendEntriesResponse(AppendResult::Success { match_index: 2 });
+    let ack =
+        Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 2 }, read_seq: 0 };
     n.step(now, Event::Message(msg(2, 1, term, ack)));
     assert!(n.commit_index() < 2, "committed before the leader's own write was durable");
     let _ = n.take_ready();

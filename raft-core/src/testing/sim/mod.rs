@@ -243,7 +243,7 @@ impl Cluster {
         let node = self.node_mut(id);
         let restored = RestoredState {
             hard_state: node.disk.hard_state,
-            snapshot_last: LogId::default(),
+            snapshot: None,
             entries: node.disk.entries.clone(),
             membership,
         };
@@ -686,7 +686,7 @@ impl Cluster {
             let Some(e) = n.applied.get(index as usize - 1) else { continue };
             let c = match &e.payload {
                 EntryPayload::Command(c) => c.clone(),
-                EntryPayload::Blank => Bytes::new(),
+                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
             };
             if let Some(prev) = &command {
                 if *prev != c {

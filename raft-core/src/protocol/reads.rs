@@ -1,0 +1,203 @@
+//! Linearizable reads: ReadIndex and leases (Raft dissertation §6.4).
+//!
+//! ReadIndex: the leader records its commit index when the read arrives (or, before it has
+//! committed an entry of its term, the commit index once it has), starts a heartbeat round,
+//! and answers once a quorum has answered that round or a later one: no other leader can
+//! have been elected before the round was sent, so the recorded index covers every write
+//! acknowledged before the read began. The caller then waits until its state machine has
+//! applied that index. A follower asks the leader for the index and waits the same way.
+//!
+//! Lease: while a quorum answered a round sent less than [`Config::lease_ms`] ago, no voter
+//! of that quorum grants a vote to anyone else (check-quorum's vote lease), so the leader
+//! answers at once. Off unless [`Config::lease_read`] is set; see its clock assumptions.
+//!
+//! [`Config::lease_ms`]: crate::Config::lease_ms
+//! [`Config::lease_read`]: crate::Config::lease_read
+
+use serde::{Deserialize, Serialize};
+
+use super::{ProposalRejection, Raft, ReadOutcome};
+use crate::message::{ForwardRejection, Payload, ReadId};
+use crate::types::{Index, NodeId, Role};
+
+/// How many recent heartbeat rounds the leader remembers the send time of (for leases).
+pub(crate) const ROUNDS_REMEMBERED: usize = 256;
+
+/// How a linearizable read is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ReadMode {
+    /// A heartbeat round confirms the leader (one round trip to a quorum).
+    #[default]
+    ReadIndex,
+    /// Answer at once while the leader's lease holds (falls back to ReadIndex when it does not,
+    /// or when `lease_read` is off).
+    Lease,
+}
+
+/// Who asked for a read the leader is confirming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOrigin {
+    /// A read made on this node.
+    Local(ReadId),
+    /// A read a follower asked for.
+    Remote(NodeId, ReadId),
+}
+
+/// A read waiting for the leader's heartbeat round.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRead {
+    origin: ReadOrigin,
+    /// The round whose quorum answer confirms the read.
+    required_seq: u64,
+    /// The read index; `None` until the leader committed an entry of its term.
+    index: Option<Index>,
+}
+
+impl Raft {
+    pub(super) fn read(&mut self, id: ReadId, mode: ReadMode) {
+        if self.role == Role::Leader {
+            self.leader_read(ReadOrigin::Local(id), mode);
+            return;
+        }
+        let Some(leader) = self.leader else {
+            let result = Err(ProposalRejection::NotLeader { leader_hint: None });
+            self.out.reads.push(ReadOutcome { id, result });
+            return;
+        };
+        if self.remote_reads.len() >= self.config.max_pending_reads {
+            self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::Busy) });
+            return;
+        }
+        self.remote_reads.insert(id, self.now + self.config.rpc_timeout_ms);
+        let term = self.term();
+        self.send(leader, term, Payload::ReadIndexRequest { id });
+    }
+
+    /// Whether the leader has committed an entry of its own term (before that, its commit
+    /// index may lag behind writes acknowledged by the previous leader).
+    pub(super) fn committed_in_current_term(&self) -> bool {
+        self.log.term_at(self.log.committed) == Some(self.term())
+    }
+
+    fn leader_read(&mut self, origin: ReadOrigin, mode: ReadMode) {
+        if self.pending_reads.len() >= self.config.max_pending_reads {
+            self.finish_read(origin, Err(ProposalRejection::Busy));
+            return;
+        }
+        let ready = self.committed_in_current_term();
+        if mode == ReadMode::Lease && self.config.lease_read && ready && self.lease_valid() {
+            let index = self.log.committed;
+            self.finish_read(origin, Ok(index));
+            return;
+        }
+        let index = ready.then_some(self.log.committed);
+        self.pending_reads.push_back(PendingRead { origin, required_seq: self.read_seq + 1, index });
+        self.read_round_needed = true;
+    }
+
+    /// Whether the leader's lease holds now: a quorum answered a round sent less than the
+    /// lease ago, and no leadership transfer is under way (the transfer target may be elected
+    /// at any moment).
+    pub fn lease_valid(&self) -> bool {
+        if self.role != Role::Leader || self.transfer.is_some() || !self.config.check_quorum {
+            return false;
+        }
+        let seq = self.quorum_read_seq();
+        let lease = self.config.lease_ms();
+        self.read_seq_sent_at.iter().find(|(s, _)| *s == seq).is_some_and(|(_, sent)| self.now < sent + lease)
+    }
+
+    /// The highest round a quorum has answered (the leader answers its own rounds).
+    fn quorum_read_seq(&self) -> u64 {
+        let id = self.id;
+        let own = self.read_seq;
+        let progress = &self.progress;
+        self.membership.quorum_index(|n| {
+            if n == id {
+                own
+            } else {
+                progress.get(&n).map_or(0, |p| p.acked_read_seq)
+            }
+        })
+    }
+
+    /// Answers every pending read whose round a quorum confirmed.
+    pub(super) fn advance_reads(&mut self) {
+        if self.role != Role::Leader || self.pending_reads.is_empty() {
+            return;
+        }
+        let confirmed = self.quorum_read_seq();
+        while let Some(front) = self.pending_reads.front() {
+            let Some(index) = front.index else { break };
+            if front.required_seq > confirmed {
+                break;
+            }
+            let origin = front.origin;
+            self.pending_reads.pop_front();
+            self.finish_read(origin, Ok(index));
+        }
+    }
+
+    /// The leader's commit index advanced: reads that waited for the first commit of the term
+    /// get it as their index.
+    pub(super) fn on_commit_for_reads(&mut self) {
+        if !self.committed_in_current_term() {
+            return;
+        }
+        let committed = self.log.committed;
+        for read in self.pending_reads.iter_mut() {
+            read.index.get_or_insert(committed);
+        }
+        self.advance_reads();
+    }
+
+    fn finish_read(&mut self, origin: ReadOrigin, result: Result<Index, ProposalRejection>) {
+        match origin {
+            ReadOrigin::Local(id) => self.out.reads.push(ReadOutcome { id, result }),
+            ReadOrigin::Remote(node, id) => {
+                let result = result.map_err(|e| match e {
+                    ProposalRejection::NotLeader { leader_hint } => {
+                        ForwardRejection::NotLeader { leader_hint }
+                    }
+                    _ => ForwardRejection::Busy,
+                });
+                let term = self.term();
+                self.send(node, term, Payload::ReadIndexResponse { id, result });
+            }
+        }
+    }
+
+    /// The leader steps down: every read it was confirming fails.
+    pub(super) fn fail_pending_reads(&mut self, leader_hint: Option<NodeId>) {
+        self.read_round_needed = false;
+        for read in std::mem::take(&mut self.pending_reads) {
+            self.finish_read(read.origin, Err(ProposalRejection::NotLeader { leader_hint }));
+        }
+    }
+
+    pub(super) fn handle_read_index_request(&mut self, from: NodeId, id: ReadId) {
+        if self.role == Role::Leader {
+            self.leader_read(ReadOrigin::Remote(from, id), ReadMode::ReadIndex);
+        } else {
+            let term = self.term();
+            let result = Err(ForwardRejection::NotLeader { leader_hint: self.leader });
+            self.send(from, term, Payload::ReadIndexResponse { id, result });
+        }
+    }
+
+    pub(super) fn handle_read_index_response(&mut self, id: ReadId, result: Result<Index, ForwardRejection>) {
+        if self.remote_reads.remove(&id).is_some() {
+            self.out.reads.push(ReadOutcome { id, result: result.map_err(ProposalRejection::from) });
+        }
+    }
+
+    pub(super) fn expire_remote_reads(&mut self) {
+        let now = self.now;
+        let expired: Vec<ReadId> =
+            self.remote_reads.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.remote_reads.remove(&id);
+            self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Snapshots: compaction after the driver stored one, streaming the leader's snapshot to a
+//! follower that needs compacted entries, and installing a received one.
+//!
+//! The leader sends a snapshot in chunks of at most `snapshot_chunk_bytes`, one chunk in
+//! flight; the follower answers each with the offset it expects next, so a duplicate or stale
+//! chunk is answered without effect and an interrupted transfer resumes where the follower
+//! stands (or restarts from 0 when the leader, its term or the snapshot changed). The last
+//! chunk installs the snapshot: it replaces the log unless the log holds the snapshot's last
+//! entry, in which case the entries after it are kept.
+
+use bytes::Bytes;
+
+use super::progress::SnapshotTransfer;
+use super::{Raft, ReplicationMode};
+use crate::message::Payload;
+use crate::storage::{Snapshot, SnapshotMeta};
+use crate::types::{Index, LogId, NodeId, Role, Term};
+
+/// A snapshot being received.
+#[derive(Debug, Clone)]
+pub(crate) struct IncomingSnapshot {
+    /// The term of the leader sending it.
+    term: Term,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl Raft {
+    /// The last entry covered by the latest snapshot (index 0 when there is none).
+    pub fn snapshot_last(&self) -> LogId {
+        self.snapshot.as_ref().map_or(LogId::default(), |s| s.meta.last_log_id)
+    }
+
+    /// The latest snapshot this node holds.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// The last index handed to the state machine.
+    pub fn applied_index(&self) -> Index {
+        self.log.applied
+    }
+
+    /// The driver durably stored `snapshot` (the state machine's state at its last index, which
+    /// must be applied already) and compacted the stored log up to `compacted_to`. The
+    /// protocol keeps the snapshot to send to followers and drops the same log prefix from
+    /// memory. An older snapshot than the current one is ignored.
+    pub fn on_snapshot_saved(&mut self, snapshot: Snapshot, compacted_to: Index) {
+        debug_assert!(!self.awaiting_advance, "call between take_ready and advance");
+        let last = snapshot.meta.last_log_id;
+        if last.index <= self.snapshot_last().index {
+            return;
+        }
+        let term_ok = self.log.term_at(last.index).is_none_or(|t| t == last.term);
+        if last.index > self.log.applied || !term_ok {
+            tracing::error!(node = self.id, snapshot = %last, applied = self.log.applied, "ignoring a snapshot that does not match the applied log");
+            return;
+        }
+        self.snapshot = Some(snapshot);
+        self.log.compact_to(compacted_to.min(last.index));
+        // Keep the configuration in force at the snapshot and every later one.
+        if let Some(in_force) = self.configs.range(..=last.index).next_back().map(|(k, _)| *k) {
+            self.configs = self.configs.split_off(&in_force);
+        }
+    }
+
+    /// The follower `to` needs entries before the log's base: switch it to snapshot mode.
+    pub(super) fn start_snapshot_transfer(&mut self, to: NodeId) {
+        let last = self.snapshot_last();
+        if self.snapshot.is_none() {
+            tracing::error!(node = self.id, to, "follower needs compacted entries but there is no snapshot");
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(&to) {
+            if p.mode != ReplicationMode::Snapshot {
+                tracing::info!(node = self.id, to, snapshot = %last, "sending snapshot");
+                p.become_snapshot(last);
+            }
+        }
+    }
+
+    /// Sends the next chunk of the snapshot to `to`.
+    pub(super) fn send_snapshot_chunk(&mut self, to: NodeId) {
+        let Some(snapshot) = &self.snapshot else { return };
+        let meta = snapshot.meta.clone();
+        let data = snapshot.data.clone();
+        let Some(p) = self.progress.get_mut(&to) else { return };
+        let Some(mut t) = p.snapshot else { return };
+        if t.last != meta.last_log_id {
+            // A newer snapshot replaced the one being sent: start over with it.
+            t = SnapshotTransfer { last: meta.last_log_id, offset: 0, in_flight: false, sent_at: 0 };
+        }
+        let len = data.len() as u64;
+        let offset = t.offset.min(len);
+        let end = (offset + self.config.snapshot_chunk_bytes as u64).min(len);
+        let chunk = data.slice(offset as usize..end as usize);
+        let done = end == len;
+        t.offset = offset;
+        t.in_flight = true;
+        t.sent_at = self.now;
+        p.snapshot = Some(t);
+        let term = self.term();
+        self.send(to, term, Payload::InstallSnapshot { meta, offset, data: chunk, done });
+    }
+
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    ) {
+        let term = self.term();
+        self.accept_leader(from);
+        let last = meta.last_log_id;
+        let reply = |next_offset: u64, done: bool| Payload::InstallSnapshotResponse {
+            snapshot: last,
+            next_offset,
+            done,
+        };
+        if last.index <= self.log.committed {
+            // Everything it covers is committed here already.
+            self.incoming = None;
+            self.send(from, term, reply(0, true));
+            return;
+        }
+        let same = self.incoming.as_ref().is_some_and(|i| i.term == term && i.meta == meta);
+        if !same {
+            if offset != 0 {
+                self.send(from, term, reply(0, false));
+                return;
+            }
+            self.incoming = Some(IncomingSnapshot { term, meta: meta.clone(), data: Vec::new() });
+        }
+        let Some(incoming) = self.incoming.as_mut() else { return };
+        let have = incoming.data.len() as u64;
+        if offset != have {
+            // A duplicate, a stale or an out-of-order chunk: say where we stand.
+            self.send(from, term, reply(have, false));
+            return;
+        }
+        incoming.data.extend_from_slice(&data);
+        let have = incoming.data.len() as u64;
+        if !done {
+            self.send(from, term, reply(have, false));
+            return;
+        }
+        let data = self.incoming.take().map(|i| Bytes::from(i.data)).unwrap_or_default();
+        self.install_snapshot(Snapshot { meta, data });
+        self.send(from, term, reply(have, true));
+    }
+
+    /// Installs a complete snapshot from the leader; the driver stores it and restores the
+    /// state machine from it (see [`Ready::snapshot`](crate::Ready::snapshot)).
+    fn install_snapshot(&mut self, snapshot: Snapshot) {
+        let last = snapshot.meta.last_log_id;
+        tracing::info!(node = self.id, snapshot = %last, "installing snapshot");
+        // Storage first stores the snapshot (dropping a log that does not hold `last`), then
+        // carries out the pending truncation and appends, which must all lie after it.
+        if let Some(t) = self.truncated_from {
+            if t <= last.index {
+                self.truncated_from = Some(last.index + 1);
+            }
+        }
+        self.log.install_snapshot(last);
+        let last_index = self.log.last_index();
+        self.unsaved_from = self.unsaved_from.map(|u| u.max(last.index + 1)).filter(|u| *u <= last_index);
+        self.configs.retain(|k, _| *k > last.index && *k <= last_index);
+        self.configs.insert(last.index, snapshot.meta.membership.clone());
+        self.on_membership_changed();
+        self.snapshot = Some(snapshot.clone());
+        self.out.snapshot = Some(snapshot);
+    }
+
+    pub(super) fn handle_install_snapshot_response(
+        &mut self,
+        from: NodeId,
+        snapshot: LogId,
+        next_offset: u64,
+        done: bool,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&from) else { return };
+        p.recent_active = true;
+        let Some(mut t) = p.snapshot.filter(|t| t.last == snapshot && p.mode == ReplicationMode::Snapshot)
+        else {
+            return;
+        };
+        if done {
+            tracing::info!(node = self.id, to = from, snapshot = %snapshot, "follower holds the snapshot");
+            p.on_snapshot_installed(snapshot.index);
+            self.maybe_commit();
+            self.maybe_send_timeout_now();
+        } else {
+            t.offset = next_offset;
+            t.in_flight = false;
+            p.snapshot = Some(t);
+        }
+    }
+}
