@@ -309,6 +309,11 @@ impl Raft {
         self.log.get(index)
     }
 
+    /// The term of the entry at `index`, if the log knows it (the compaction point included).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
     /// The hard state as it is now (it may not be durable yet).
     pub fn hard_state(&self) -> HardState {
         self.hard_state

@@ -36,6 +36,11 @@ impl Raft {
         self.snapshot.as_ref()
     }
 
+    /// The first index the in-memory log holds (entries before it are compacted).
+    pub fn first_log_index(&self) -> Index {
+        self.log.base().index + 1
+    }
+
     /// The last index handed to the state machine.
     pub fn applied_index(&self) -> Index {
         self.log.applied

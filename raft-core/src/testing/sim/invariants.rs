@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::membership::Membership;
 use crate::message::{Message, Payload};
 use crate::protocol::{Raft, Ready};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, Role, Term};
@@ -37,6 +38,9 @@ pub(crate) struct History {
     max_sent_term: BTreeMap<NodeId, Term>,
     /// The candidate each node granted its vote to, per term.
     votes: BTreeMap<(NodeId, Term), NodeId>,
+    /// The digest of the state machine after applying each index (the first node to get
+    /// there sets it; every other node, by applying or by restoring a snapshot, must match).
+    fsm_digests: BTreeMap<Index, u64>,
     pending_violation: Option<String>,
 }
 
@@ -79,8 +83,8 @@ impl History {
             let prev_term = if e.index == 1 {
                 0
             } else {
-                match raft.entry(e.index - 1) {
-                    Some(p) => p.term,
+                match raft.term_at(e.index - 1) {
+                    Some(t) => t,
                     None => disk.get(e.index - 1).map_or(0, |p| p.term),
                 }
             };
@@ -127,9 +131,44 @@ impl History {
         Ok(())
     }
 
-    /// A node applies `entry`; `disks` are every node's disk.
-    pub(crate) fn on_apply(&mut self, id: NodeId, entry: &Entry, disks: &[&Disk]) -> Result<(), String> {
-        self.record_committed(id, entry.index, entry.term, &entry.payload, disks)
+    /// A node applies `entry`; `disks` are every node's disk (by id - 1), `membership` the
+    /// configuration in force on the node.
+    pub(crate) fn on_apply(
+        &mut self,
+        id: NodeId,
+        entry: &Entry,
+        disks: &[&Disk],
+        membership: &Membership,
+    ) -> Result<(), String> {
+        self.record_committed(id, entry.index, entry.term, &entry.payload, disks, membership)
+    }
+
+    /// A node's state machine reached `index` with `digest` (by applying or restoring).
+    pub(crate) fn on_fsm_state(
+        &mut self,
+        id: NodeId,
+        index: Index,
+        digest: u64,
+        how: &str,
+    ) -> Result<(), String> {
+        match self.fsm_digests.get(&index) {
+            Some(d) if *d != digest => Err(format!(
+                "state machine divergence: node {id} {how} index {index} and its state differs from another node's at that index"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.fsm_digests.insert(index, digest);
+                Ok(())
+            }
+        }
+    }
+
+    /// The committed entries `1..=up_to`, as far as the run has seen them.
+    pub(crate) fn committed_prefix(&self, up_to: Index) -> Vec<Entry> {
+        self.committed
+            .range(1..=up_to)
+            .map(|(index, (term, payload))| Entry { term: *term, index: *index, payload: payload.clone() })
+            .collect()
     }
 
     fn record_committed(
@@ -139,6 +178,7 @@ impl History {
         term: Term,
         payload: &EntryPayload,
         disks: &[&Disk],
+        membership: &Membership,
     ) -> Result<(), String> {
         match self.committed.get(&index) {
             Some((t, p)) => {
@@ -149,12 +189,13 @@ impl History {
                 }
             }
             None => {
-                // First time this index is known committed: a majority must hold it durably.
-                let holders = disks.iter().filter(|d| d.get(index).is_some_and(|e| e.term == term)).count();
-                if holders <= disks.len() / 2 {
+                // First time this index is known committed: a quorum of the configuration in
+                // force on the node that knows it must hold it durably.
+                let holds = |n: NodeId| disks.get(n as usize - 1).is_some_and(|d| d.holds(index, term));
+                if !membership.is_quorum(holds) {
+                    let holders: Vec<NodeId> = (1..=disks.len() as NodeId).filter(|n| holds(*n)).collect();
                     return Err(format!(
-                        "entry {index}@{term} is committed (seen on node {id}) but only {holders} of {} nodes hold it durably",
-                        disks.len()
+                        "entry {index}@{term} is committed (seen on node {id}) but only nodes {holders:?} hold it durably; membership {membership:?}"
                     ));
                 }
                 self.committed.insert(index, (term, payload.clone()));
@@ -181,8 +222,10 @@ impl History {
                     }
                     Some(_) => {}
                     None => {
-                        // A new leader: it must hold every committed entry (leader completeness).
-                        for (index, (t, _)) in &self.committed {
+                        // A new leader: it must hold every committed entry (leader completeness;
+                        // entries it compacted are in its snapshot).
+                        let first = raft.first_log_index();
+                        for (index, (t, _)) in self.committed.range(first..) {
                             match raft.entry(*index) {
                                 Some(e) if e.term == *t => {}
                                 _ => {
@@ -199,12 +242,14 @@ impl History {
             let checked = self.commit_checked.get(&id).copied().unwrap_or(0);
             let commit = raft.commit_index();
             if commit > checked {
-                for index in checked + 1..=commit {
+                let first = raft.first_log_index();
+                let membership = raft.membership().clone();
+                for index in checked.max(first - 1) + 1..=commit {
                     let Some(e) = raft.entry(index) else {
                         return Err(format!("node {id} has commit index {commit} but no entry {index}"));
                     };
                     let (term, payload) = (e.term, e.payload.clone());
-                    self.record_committed(id, index, term, &payload, disks)?;
+                    self.record_committed(id, index, term, &payload, disks, &membership)?;
                 }
                 self.commit_checked.insert(id, commit);
             } else if commit < checked {

@@ -20,6 +20,7 @@
 //! ```
 
 mod disk;
+mod fsm;
 pub mod invariants;
 mod network;
 pub mod random;
@@ -31,12 +32,14 @@ use bytes::Bytes;
 pub use network::NetworkFaults;
 
 use crate::config::Config;
-use crate::membership::Membership;
-use crate::message::{Message, ProposalId};
-use crate::protocol::{Event, Raft, RestoredState};
+use crate::membership::{Membership, MembershipChange};
+use crate::message::{Message, ProposalId, ReadId};
+use crate::protocol::{Event, Raft, ReadMode, RestoredState, TransferError};
 use crate::rng::SeededRng;
+use crate::storage::{Snapshot, SnapshotMeta};
 use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
 use disk::{CrashCut, Disk, PendingWrite};
+use fsm::SimFsm;
 use invariants::History;
 use network::Network;
 
@@ -55,6 +58,42 @@ pub enum ProposalState {
     Unknown,
 }
 
+/// What became of a linearizable read submitted through the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadState {
+    /// Waiting for the read index.
+    Pending,
+    /// The read index is known; waiting for the node to apply it.
+    Confirmed(Index),
+    /// Served: the value of the key (if set) in the state at `index` (at least the read index).
+    Served {
+        /// The read index the protocol confirmed.
+        read_index: Index,
+        /// The value read.
+        value: Option<Bytes>,
+    },
+    /// Refused, timed out, or the node crashed.
+    Failed(String),
+}
+
+/// A read and what the simulator checks it against.
+#[derive(Debug, Clone)]
+struct ReadRecord {
+    key: Bytes,
+    /// The highest index of a write acknowledged before the read began: the read must see it.
+    must_see: Index,
+    state: ReadState,
+}
+
+/// When a node snapshots its state machine and compacts its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot once this many entries were applied since the last snapshot.
+    pub threshold: u64,
+    /// Entries kept in the log behind the snapshot.
+    pub keep: u64,
+}
+
 /// A node's volatile state plus its durable disk.
 #[derive(Debug)]
 struct SimNode {
@@ -65,8 +104,11 @@ struct SimNode {
     in_progress: Option<InProgress>,
     /// Messages and proposals that arrived while a write was in progress.
     inbox: VecDeque<Event>,
-    /// Entries applied since the last restart (the state machine), from index 1.
+    /// The committed log as this node's state machine has it, from index 1 (entries a
+    /// snapshot covers are filled in from the run's history: bookkeeping for the checks).
     applied: Vec<Entry>,
+    /// The state machine.
+    fsm: SimFsm,
     next_proposal: ProposalId,
 }
 
@@ -75,6 +117,7 @@ struct InProgress {
     write: PendingWrite,
     done_at: Millis,
     persisted_messages: Vec<Message>,
+    snapshot: Option<Snapshot>,
     committed: Vec<Entry>,
 }
 
@@ -92,6 +135,11 @@ pub struct Cluster {
     pub disk_latency_max_ms: Millis,
     history: History,
     proposals: BTreeMap<(NodeId, ProposalId), (Bytes, ProposalState)>,
+    reads: BTreeMap<(NodeId, ReadId), ReadRecord>,
+    /// When nodes snapshot (`None`: never).
+    pub snapshot_policy: Option<SnapshotPolicy>,
+    /// Reads served (for reports).
+    pub reads_served: u64,
     steps: u64,
 }
 
@@ -103,8 +151,14 @@ impl Cluster {
 
     /// A cluster of `n` voters with the given protocol config.
     pub fn with_config(n: usize, seed: u64, config: Config) -> Self {
-        let ids: Vec<NodeId> = (1..=n as NodeId).collect();
-        let membership = Membership::with_voters(ids.iter().copied());
+        Self::with_spares(n, 0, seed, config)
+    }
+
+    /// A cluster of `voters` voters (ids `1..=voters`) and `spares` more nodes (the next ids)
+    /// that run but are not members until a membership change adds them.
+    pub fn with_spares(voters: usize, spares: usize, seed: u64, config: Config) -> Self {
+        let ids: Vec<NodeId> = (1..=(voters + spares) as NodeId).collect();
+        let membership = Membership::with_voters(1..=voters as NodeId);
         let mut cluster = Self {
             seed,
             now: 0,
@@ -116,6 +170,9 @@ impl Cluster {
             disk_latency_max_ms: 2,
             history: History::default(),
             proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            snapshot_policy: None,
+            reads_served: 0,
             steps: 0,
         };
         for id in ids {
@@ -126,6 +183,7 @@ impl Cluster {
                 in_progress: None,
                 inbox: VecDeque::new(),
                 applied: Vec::new(),
+                fsm: SimFsm::default(),
                 next_proposal: 1,
             });
             cluster.start_node(id);
@@ -219,9 +277,15 @@ impl Cluster {
         }
         node.inbox.clear();
         node.applied.clear();
+        node.fsm = SimFsm::default();
         for ((from, _), (_, state)) in self.proposals.iter_mut() {
             if *from == id && matches!(state, ProposalState::Pending | ProposalState::Appended(_)) {
                 *state = ProposalState::Unknown;
+            }
+        }
+        for ((from, _), read) in self.reads.iter_mut() {
+            if *from == id && matches!(read.state, ReadState::Pending | ReadState::Confirmed(_)) {
+                read.state = ReadState::Failed("the node crashed".into());
             }
         }
         self.history.on_restart(id);
@@ -241,9 +305,10 @@ impl Cluster {
         let config = self.config.clone();
         let membership = self.membership.clone();
         let node = self.node_mut(id);
+        let snapshot = node.disk.snapshot.clone();
         let restored = RestoredState {
             hard_state: node.disk.hard_state,
-            snapshot: None,
+            snapshot: snapshot.clone(),
             entries: node.disk.entries.clone(),
             membership,
         };
@@ -256,6 +321,32 @@ impl Cluster {
         if let Err(v) = self.history.on_start(id, hs) {
             self.fail(&v);
         }
+        if let Some(s) = snapshot {
+            self.restore_fsm(id, &s, "restarted from a snapshot at");
+        }
+    }
+
+    /// Replaces the node's state machine with the snapshot's and checks it against the state
+    /// other nodes had at that index.
+    fn restore_fsm(&mut self, id: NodeId, snapshot: &Snapshot, how: &str) {
+        let fsm = match SimFsm::decode(&snapshot.data) {
+            Ok(f) => f,
+            Err(e) => self.fail(&format!("node {id}: snapshot does not decode: {e}")),
+        };
+        let index = snapshot.meta.last_log_id.index;
+        if fsm.index != index {
+            self.fail(&format!("node {id}: snapshot at {index} holds a state machine at {}", fsm.index));
+        }
+        if let Err(v) = self.history.on_fsm_state(id, index, fsm.digest(), how) {
+            self.fail(&v);
+        }
+        let prefix = self.history.committed_prefix(index);
+        if prefix.len() as Index != index {
+            self.fail(&format!("node {id}: snapshot at {index} covers entries the run never saw committed"));
+        }
+        let node = self.node_mut(id);
+        node.fsm = fsm;
+        node.applied = prefix;
     }
 
     /// Cuts a node off from every other node, both ways.
@@ -364,6 +455,105 @@ impl Cluster {
             .collect()
     }
 
+    /// Starts a linearizable read of `key` on node `id`. The simulator checks that the read
+    /// index it gets covers every write acknowledged before now. `None` if the node is down.
+    pub fn read(&mut self, id: NodeId, key: &[u8], mode: ReadMode) -> Option<(NodeId, ReadId)> {
+        let now = self.now;
+        let must_see = self.acknowledged().iter().map(|(l, _)| l.index).max().unwrap_or(0);
+        let node = self.node_mut(id);
+        node.raft.as_ref()?;
+        let rid = node.next_proposal;
+        node.next_proposal += 1;
+        let record = ReadRecord { key: Bytes::copy_from_slice(key), must_see, state: ReadState::Pending };
+        self.reads.insert((id, rid), record);
+        self.feed(id, now, Event::Read { id: rid, mode });
+        Some((id, rid))
+    }
+
+    /// The state of a read made with [`read`](Self::read).
+    pub fn read_state(&self, handle: (NodeId, ReadId)) -> ReadState {
+        self.reads.get(&handle).map_or(ReadState::Failed("unknown read".into()), |r| r.state.clone())
+    }
+
+    /// Serves the confirmed reads of node `id` whose index its state machine has applied.
+    fn serve_reads(&mut self, id: NodeId) {
+        let node = &self.nodes[id as usize - 1];
+        let applied = node.fsm.index;
+        let mut served = 0;
+        for ((from, _), read) in self.reads.iter_mut() {
+            if *from != id {
+                continue;
+            }
+            if let ReadState::Confirmed(index) = read.state {
+                if applied >= index {
+                    let value = node.fsm.kv.get(&read.key).cloned();
+                    read.state = ReadState::Served { read_index: index, value };
+                    served += 1;
+                }
+            }
+        }
+        self.reads_served += served;
+    }
+
+    /// Proposes a membership change on node `id` (which must lead). `Err` carries the refusal.
+    pub fn change_membership(&mut self, id: NodeId, change: &MembershipChange) -> Result<LogId, String> {
+        let now = self.now;
+        let node = self.node_mut(id);
+        if node.in_progress.is_some() {
+            return Err("the node is writing".into());
+        }
+        let raft = node.raft.as_mut().ok_or("the node is down")?;
+        let result = raft.propose_membership_change(now, change).map_err(|e| e.to_string());
+        self.steps += 1;
+        self.pump(id);
+        result
+    }
+
+    /// Asks node `id` (which must lead) to hand leadership to `to` (or the best voter).
+    pub fn transfer_leadership(&mut self, id: NodeId, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let now = self.now;
+        let node = self.node_mut(id);
+        let not_leader = TransferError::NotLeader { leader_hint: None };
+        if node.in_progress.is_some() {
+            return Err(not_leader);
+        }
+        let raft = node.raft.as_mut().ok_or(not_leader)?;
+        let result = raft.transfer_leadership(now, to);
+        self.steps += 1;
+        self.pump(id);
+        result
+    }
+
+    /// Takes a snapshot of node `id`'s state machine if the policy says so; it is durable at
+    /// once and the log is compacted behind it.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let Some(policy) = self.snapshot_policy else { return };
+        let node = self.node(id);
+        if node.in_progress.is_some() {
+            return;
+        }
+        let Some(raft) = node.raft.as_ref() else { return };
+        let applied = node.fsm.index;
+        if applied < raft.snapshot_last().index + policy.threshold.max(1) {
+            return;
+        }
+        let Some(term) = raft.term_at(applied) else { return };
+        let meta =
+            SnapshotMeta { last_log_id: LogId::new(term, applied), membership: raft.membership_at(applied) };
+        let snapshot = Snapshot { meta, data: node.fsm.encode() };
+        let up_to = applied.saturating_sub(policy.keep);
+        let node = self.node_mut(id);
+        node.disk.save_local_snapshot(snapshot.clone(), up_to);
+        if let Some(raft) = node.raft.as_mut() {
+            raft.on_snapshot_saved(snapshot, up_to);
+        }
+    }
+
+    /// The membership in force on node `id`, if it runs.
+    pub fn membership_of(&self, id: NodeId) -> Option<Membership> {
+        self.raft(id).map(|r| r.membership().clone())
+    }
+
     // ---- running ----
 
     /// Feeds one event to a running node (queued if a write is in progress) and lets it work.
@@ -424,6 +614,22 @@ impl Cluster {
                     *s = state;
                 }
             }
+            for outcome in &ready.reads {
+                let Some(read) = self.reads.get_mut(&(id, outcome.id)) else { continue };
+                match outcome.result {
+                    Ok(index) => {
+                        if index < read.must_see {
+                            let msg = format!(
+                                "linearizability violated: a read on node {id} got read index {index}, but a write at index {} was acknowledged before the read began",
+                                read.must_see
+                            );
+                            self.fail(&msg);
+                        }
+                        read.state = ReadState::Confirmed(index);
+                    }
+                    Err(e) => read.state = ReadState::Failed(e.to_string()),
+                }
+            }
             for m in ready.messages.iter().cloned() {
                 self.network.send(now, m, &mut self.rng);
             }
@@ -433,6 +639,7 @@ impl Cluster {
                 write: PendingWrite::from_ready(&ready),
                 done_at: now + latency,
                 persisted_messages: ready.persisted_messages,
+                snapshot: ready.snapshot,
                 committed: ready.committed,
             };
             self.node_mut(id).in_progress = Some(progress);
@@ -458,12 +665,17 @@ impl Cluster {
             }
             self.network.send(now, m, &mut self.rng);
         }
+        if let Some(snapshot) = &p.snapshot {
+            self.restore_fsm(id, snapshot, "installed a snapshot at");
+        }
         for e in p.committed {
             self.apply_entry(id, e);
         }
+        self.serve_reads(id);
         if let Some(raft) = self.node_mut(id).raft.as_mut() {
             raft.advance();
         }
+        self.maybe_snapshot(id);
         // Inputs that arrived meanwhile.
         let inbox: Vec<Event> = self.node_mut(id).inbox.drain(..).collect();
         let stepped = inbox.len() as u64;
@@ -481,8 +693,15 @@ impl Cluster {
         if entry.index != expected {
             self.fail(&format!("node {id} applied index {} but expected {expected}", entry.index));
         }
+        let membership = self.node(id).raft.as_ref().map(|r| r.membership().clone()).unwrap_or_default();
         let disks: Vec<&Disk> = self.nodes.iter().map(|n| &n.disk).collect();
-        if let Err(v) = self.history.on_apply(id, &entry, &disks) {
+        if let Err(v) = self.history.on_apply(id, &entry, &disks, &membership) {
+            self.fail(&v);
+        }
+        let node = self.node_mut(id);
+        node.fsm.apply(&entry);
+        let digest = node.fsm.digest();
+        if let Err(v) = self.history.on_fsm_state(id, entry.index, digest, "applied") {
             self.fail(&v);
         }
         for ((from, _), (command, state)) in self.proposals.iter_mut() {
