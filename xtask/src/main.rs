@@ -75,11 +75,16 @@ fn sim(args: &[String]) -> Result<()> {
     let options = RandomRunOptions::default();
     let began = Instant::now();
     let mut steps = 0u64;
+    let (mut acked, mut reads, mut changes, mut installs) = (0usize, 0u64, 0u64, 0u64);
     let mut failed = Vec::new();
     for seed in start..start + count {
         match std::panic::catch_unwind(|| random::run(seed, options)) {
             Ok(report) => {
                 steps += report.steps;
+                acked += report.acknowledged;
+                reads += report.reads_served;
+                changes += report.membership_changes;
+                installs += report.snapshots_installed;
                 if count == 1 {
                     println!("{report:?}");
                 }
@@ -96,6 +101,9 @@ fn sim(args: &[String]) -> Result<()> {
         count as usize - failed.len(),
         failed.len(),
         steps as f64 / secs.max(1e-9)
+    );
+    println!(
+        "  acknowledged writes {acked}, linearizable reads served {reads}, membership changes {changes}, snapshots installed from a leader {installs}"
     );
     if !failed.is_empty() {
         bail!("failing seeds: {failed:?}");

@@ -141,6 +141,9 @@ pub struct Raft {
     incoming: Option<IncomingSnapshot>,
     /// A leadership transfer in progress (leader only).
     transfer: Option<Transfer>,
+    /// This leader sent `TimeoutNow` in its term: the target may be elected at any moment
+    /// (even after the transfer was abandoned, if the message was delayed), so no more leases.
+    lease_revoked: bool,
     /// The leader's heartbeat round counter (ReadIndex and leases).
     read_seq: u64,
     /// When each recent round was sent, oldest first (bounded).
@@ -242,6 +245,7 @@ impl Raft {
             snapshot: restored.snapshot,
             incoming: None,
             transfer: None,
+            lease_revoked: false,
             read_seq: 0,
             read_seq_sent_at: VecDeque::new(),
             read_round_needed: false,
@@ -611,6 +615,7 @@ impl Raft {
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
         self.check_quorum_deadline = self.now + self.config.election_timeout_min_ms;
         self.read_seq_sent_at.clear();
+        self.lease_revoked = false;
         let entry = Entry { term: self.term(), index: next, payload: EntryPayload::Blank };
         self.append_local(entry);
         // A leader with no peers commits on its own write.
@@ -1010,20 +1015,18 @@ impl Raft {
     fn send_appends_to(&mut self, to: NodeId) {
         while self.wants_send(to) {
             let Some(mode) = self.progress.get(&to).map(|p| p.mode) else { return };
-            match mode {
-                ReplicationMode::Snapshot => {
-                    self.send_snapshot_chunk(to);
-                    return;
-                }
-                ReplicationMode::Probe => {
-                    self.send_append(to, true);
-                    return;
-                }
-                ReplicationMode::Replicate => {
-                    if !self.send_append(to, true) {
-                        return;
-                    }
-                }
+            if mode == ReplicationMode::Snapshot {
+                self.send_snapshot_chunk(to);
+                return;
+            }
+            let sent = self.send_append(to, true);
+            let switched = self.progress.get(&to).is_some_and(|p| p.mode == ReplicationMode::Snapshot);
+            if switched {
+                // It needs compacted entries: send the snapshot's first chunk instead.
+                continue;
+            }
+            if !sent || mode == ReplicationMode::Probe {
+                return;
             }
         }
     }

@@ -92,14 +92,25 @@ impl Raft {
         }
         let index = ready.then_some(self.log.committed);
         self.pending_reads.push_back(PendingRead { origin, required_seq: self.read_seq + 1, index });
-        self.read_round_needed = true;
+        if self.progress.is_empty() {
+            // No one else to ask: the round is this node's own.
+            self.read_seq += 1;
+            self.read_seq_sent_at.push_back((self.read_seq, self.now));
+            self.advance_reads();
+        } else {
+            self.read_round_needed = true;
+        }
     }
 
     /// Whether the leader's lease holds now: a quorum answered a round sent less than the
     /// lease ago, and no leadership transfer is under way (the transfer target may be elected
     /// at any moment).
     pub fn lease_valid(&self) -> bool {
-        if self.role != Role::Leader || self.transfer.is_some() || !self.config.check_quorum {
+        if self.role != Role::Leader
+            || self.transfer.is_some()
+            || self.lease_revoked
+            || !self.config.check_quorum
+        {
             return false;
         }
         let seq = self.quorum_read_seq();

@@ -127,6 +127,7 @@ impl Raft {
             if let Some(to) = successor {
                 let term = self.term();
                 self.send(to, term, Payload::TimeoutNow);
+                self.lease_revoked = true;
             }
             let term = self.term();
             self.become_follower(term, None);
@@ -178,6 +179,7 @@ impl Raft {
             let term = self.term();
             self.send(t.target, term, Payload::TimeoutNow);
             self.transfer = Some(Transfer { timeout_now_sent: true, ..t });
+            self.lease_revoked = true;
         }
     }
 

@@ -140,6 +140,8 @@ pub struct Cluster {
     pub snapshot_policy: Option<SnapshotPolicy>,
     /// Reads served (for reports).
     pub reads_served: u64,
+    /// Snapshots installed from a leader (for reports).
+    pub snapshots_installed: u64,
     steps: u64,
 }
 
@@ -173,6 +175,7 @@ impl Cluster {
             reads: BTreeMap::new(),
             snapshot_policy: None,
             reads_served: 0,
+            snapshots_installed: 0,
             steps: 0,
         };
         for id in ids {
@@ -593,7 +596,8 @@ impl Cluster {
             }
             let ready = raft.take_ready();
             if ready.is_empty() {
-                self.fail(&format!("node {id}: has_ready() was true but the ready is empty"));
+                let status = self.node(id).raft.as_ref().map(|r| r.status());
+                self.fail(&format!("node {id}: has_ready() was true but the ready is empty: {status:?}"));
             }
             let node = &self.nodes[id as usize - 1];
             if let Err(v) = self.history.on_ready(id, &ready, node.raft.as_ref(), &node.disk) {
@@ -667,6 +671,7 @@ impl Cluster {
         }
         if let Some(snapshot) = &p.snapshot {
             self.restore_fsm(id, snapshot, "installed a snapshot at");
+            self.snapshots_installed += 1;
         }
         for e in p.committed {
             self.apply_entry(id, e);
@@ -1003,6 +1008,11 @@ impl Cluster {
     /// The last durable log entry of a node.
     pub fn durable_last(&self, id: NodeId) -> LogId {
         self.node(id).disk.last_log_id()
+    }
+
+    /// How many entries node `id` has applied (its state machine's index).
+    pub fn applied_len(&self, id: NodeId) -> usize {
+        self.node(id).applied.len()
     }
 
     /// Commands applied on node `id` since its last restart, in order.

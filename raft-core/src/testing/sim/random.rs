@@ -1,14 +1,20 @@
 //! Randomized runs: one seed picks the cluster size, the protocol options and a schedule of
 //! faults (crashes with torn writes, restarts, partitions of any shape, one-way links, loss,
-//! duplication, reordering, long delays) mixed with client proposals. After the faults heal the
-//! cluster must make progress again (liveness), and every acknowledged proposal must be
-//! committed (no acknowledged write is lost).
+//! duplication, reordering, long delays) mixed with client proposals, linearizable reads
+//! (ReadIndex and lease), snapshots at random thresholds (streamed in small chunks),
+//! membership changes (learners, promotions, removals, joint voter changes) and leadership
+//! transfers. After the faults heal the cluster must make progress again (liveness), and every
+//! acknowledged proposal must be committed (no acknowledged write is lost).
+
+use std::collections::BTreeSet;
 
 use crate::config::Config;
+use crate::membership::MembershipChange;
+use crate::protocol::ReadMode;
 use crate::rng::SeededRng;
 use crate::types::{EntryPayload, Millis, NodeId};
 
-use super::{Cluster, NetworkFaults, ProposalState};
+use super::{Cluster, NetworkFaults, ProposalState, ReadState, SnapshotPolicy};
 
 /// Knobs of a randomized run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +43,44 @@ pub struct RandomRunReport {
     pub steps: u64,
     /// Proposals acknowledged to clients.
     pub acknowledged: usize,
-    /// Highest index applied on every node at the end.
+    /// Highest index applied on every member at the end.
     pub final_index: u64,
+    /// Linearizable reads served.
+    pub reads_served: u64,
+    /// Membership changes accepted.
+    pub membership_changes: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+}
+
+/// The leader of the highest term among running nodes.
+fn current_leader(cluster: &Cluster) -> Option<NodeId> {
+    cluster.leaders().into_iter().max_by_key(|(_, t)| *t).map(|(id, _)| id)
+}
+
+/// A random membership change proposed on the current leader; returns whether it was accepted.
+fn change_membership(cluster: &mut Cluster, rng: &mut SeededRng) -> bool {
+    let Some(leader) = current_leader(cluster) else { return false };
+    let Some(m) = cluster.membership_of(leader) else { return false };
+    let ids = cluster.ids();
+    let outsiders: Vec<NodeId> = ids.iter().copied().filter(|id| !m.contains(*id)).collect();
+    let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+    let members: Vec<NodeId> = m.members().into_iter().collect();
+    let pick = |rng: &mut SeededRng, from: &[NodeId]| from[rng.range(0, from.len() as u64) as usize];
+    let change = match rng.range(0, 4) {
+        0 if !outsiders.is_empty() => MembershipChange::AddLearner(pick(rng, &outsiders)),
+        1 if !learners.is_empty() => MembershipChange::PromoteLearner(pick(rng, &learners)),
+        2 if members.len() > 1 => MembershipChange::RemoveNode(pick(rng, &members)),
+        _ => {
+            let size = rng.range(1, ids.len().min(5) as u64 + 1);
+            let mut voters = BTreeSet::new();
+            while (voters.len() as u64) < size {
+                voters.insert(pick(rng, &ids));
+            }
+            MembershipChange::SetVoters(voters)
+        }
+    };
+    cluster.change_membership(leader, &change).is_ok()
 }
 
 /// The course lab's Figure 8 schedule: propose on every node, wait a little, crash the leader,
@@ -87,22 +129,32 @@ fn leader_churn(cluster: &mut Cluster, rng: &mut SeededRng, end: Millis, counter
 /// the healed cluster makes no progress.
 pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
     let mut rng = SeededRng::new(seed ^ 0xA5A5_5A5A_DEAD_BEEF);
-    let nodes = [3usize, 3, 5, 5, 7][rng.range(0, 5) as usize];
+    let voters = [3usize, 3, 5, 5, 7][rng.range(0, 5) as usize];
+    let spares = if voters < 7 { rng.range(0, 3) as usize } else { 0 };
+    let nodes = voters + spares;
     let min = rng.range(100, 200);
+    let check_quorum = rng.chance(3, 4);
     let config = Config {
         election_timeout_min_ms: min,
         election_timeout_max_ms: min + rng.range(50, 200),
         heartbeat_interval_ms: rng.range(10, min / 3),
         pre_vote: rng.chance(3, 4),
-        check_quorum: rng.chance(3, 4),
+        check_quorum,
+        lease_read: check_quorum && rng.chance(1, 2),
+        snapshot_chunk_bytes: rng.range(8, 256) as usize,
         max_entries_per_append: if rng.chance(1, 2) { rng.range(1, 4) } else { rng.range(4, 64) } as usize,
         max_in_flight_appends: rng.range(1, 8) as usize,
         max_uncommitted_entries: rng.range(4, 1_000) as usize,
         rpc_timeout_ms: 500,
         ..Config::default()
     };
-    let mut cluster = Cluster::with_config(nodes, seed, config);
+    let mut cluster = Cluster::with_spares(voters, spares, seed, config);
     cluster.disk_latency_max_ms = rng.range(0, 5);
+    if rng.chance(2, 3) {
+        cluster.snapshot_policy = Some(SnapshotPolicy { threshold: rng.range(3, 60), keep: rng.range(0, 8) });
+    }
+    let reconfigure = rng.chance(1, 2);
+    let mut membership_changes = 0u64;
     let ids = cluster.ids();
     let mut counter = 0u64;
     let end = cluster.now() + options.chaos_ms;
@@ -114,11 +166,17 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
         let wait = rng.range(1, 60);
         cluster.run_for(wait);
         match rng.range(0, 100) {
-            0..=49 => {
+            0..=41 => {
                 let id = ids[rng.range(0, nodes as u64) as usize];
                 counter += 1;
-                let command = format!("c{counter}");
+                let command = format!("k{}={counter}", rng.range(0, 5));
                 cluster.propose(id, command.as_bytes(), rng.chance(1, 2));
+            }
+            42..=49 => {
+                let id = ids[rng.range(0, nodes as u64) as usize];
+                let key = format!("k{}", rng.range(0, 5));
+                let mode = if rng.chance(1, 2) { ReadMode::Lease } else { ReadMode::ReadIndex };
+                cluster.read(id, key.as_bytes(), mode);
             }
             50..=55 => {
                 let id = ids[rng.range(0, nodes as u64) as usize];
@@ -163,8 +221,27 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
             }
             85..=86 => {
                 // Crash the leader, if there is one.
-                if let Some((leader, _)) = cluster.leaders().into_iter().max_by_key(|(_, t)| *t) {
+                if let Some(leader) = current_leader(&cluster) {
                     cluster.crash(leader);
+                }
+            }
+            87..=91 if reconfigure && change_membership(&mut cluster, &mut rng) => {
+                membership_changes += 1;
+            }
+            94..=96 => {
+                // Read on every node that believes it leads: a deposed leader cut off from
+                // the others must not answer from its stale state.
+                let key = format!("k{}", rng.range(0, 5));
+                let mode = if rng.chance(1, 2) { ReadMode::Lease } else { ReadMode::ReadIndex };
+                for (leader, _) in cluster.leaders() {
+                    cluster.read(leader, key.as_bytes(), mode);
+                }
+            }
+            92..=93 => {
+                if let Some(leader) = current_leader(&cluster) {
+                    let to =
+                        if rng.chance(1, 2) { Some(ids[rng.range(0, nodes as u64) as usize]) } else { None };
+                    let _ = cluster.transfer_leadership(leader, to);
                 }
             }
             _ => {}
@@ -192,9 +269,11 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
                 };
                 cluster.run_until(2_000, settled);
                 if let ProposalState::Applied(log_id) = cluster.proposal(handle) {
-                    let all = nodes;
+                    let members = cluster.membership_of(leader).map(|m| m.members()).unwrap_or_default();
                     let left = deadline.saturating_sub(cluster.now());
-                    if cluster.run_until(left, |c| c.n_committed(log_id.index).0 >= all) {
+                    let all_applied =
+                        |c: &Cluster| members.iter().all(|m| c.applied_len(*m) >= log_id.index as usize);
+                    if cluster.run_until(left, all_applied) {
                         final_index = Some(log_id.index);
                     }
                 } else {
@@ -215,7 +294,7 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
             .map(|r| format!("\n    {:?}", r.status()))
             .collect();
         cluster.fail(&format!(
-            "liveness: no proposal was applied on all {nodes} nodes within {}ms after healing; nodes:{}",
+            "liveness: no proposal was applied on every member within {}ms after healing; nodes:{}",
             options.liveness_ms,
             statuses.concat()
         ))
@@ -246,11 +325,34 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
             cluster.fail(&format!("nodes {reference} and {id} applied different logs"));
         }
     }
+    // A final linearizable read on the leader sees the last write of its key in the final log.
+    if let Some(leader) = current_leader(&cluster) {
+        if let Some(handle) = cluster.read(leader, b"k0", ReadMode::ReadIndex) {
+            cluster.run_until(2_000, |c| {
+                !matches!(c.read_state(handle), ReadState::Pending | ReadState::Confirmed(_))
+            });
+            if let ReadState::Served { read_index, value } = cluster.read_state(handle) {
+                let expected =
+                    applied[..(read_index as usize).min(applied.len())].iter().rev().find_map(|e| {
+                        match &e.payload {
+                            EntryPayload::Command(c) if c.starts_with(b"k0=") => Some(c.slice(3..)),
+                            _ => None,
+                        }
+                    });
+                if value != expected {
+                    cluster.fail(&format!("final read of k0 at index {read_index} returned {value:?}, the log says {expected:?}"));
+                }
+            }
+        }
+    }
     RandomRunReport {
         seed,
         nodes,
         steps: cluster.steps(),
         acknowledged: cluster.acknowledged().len(),
         final_index,
+        reads_served: cluster.reads_served,
+        membership_changes,
+        snapshots_installed: cluster.snapshots_installed,
     }
 }
