@@ -500,6 +500,7 @@ impl Cluster {
 
     /// Proposes a membership change on node `id` (which must lead). `Err` carries the refusal.
     pub fn change_membership(&mut self, id: NodeId, change: &MembershipChange) -> Result<LogId, String> {
+        self.wait_idle(id);
         let now = self.now;
         let node = self.node_mut(id);
         if node.in_progress.is_some() {
@@ -514,6 +515,7 @@ impl Cluster {
 
     /// Asks node `id` (which must lead) to hand leadership to `to` (or the best voter).
     pub fn transfer_leadership(&mut self, id: NodeId, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        self.wait_idle(id);
         let now = self.now;
         let node = self.node_mut(id);
         let not_leader = TransferError::NotLeader { leader_hint: None };
@@ -525,6 +527,13 @@ impl Cluster {
         self.steps += 1;
         self.pump(id);
         result
+    }
+
+    /// Lets the cluster run until node `id` has no write in progress (direct calls into the
+    /// protocol must not come between `take_ready` and `advance`); at most a few simulated ms.
+    fn wait_idle(&mut self, id: NodeId) {
+        let limit = self.disk_latency_max_ms + 1;
+        self.run_until(limit, |c| c.node(id).in_progress.is_none());
     }
 
     /// Takes a snapshot of node `id`'s state machine if the policy says so; it is durable at
@@ -856,11 +865,11 @@ impl Cluster {
             }
             match by_term.iter().next_back() {
                 Some((_, ids)) if ids.len() == 1 => {
-                    // The leader must be in contact with a majority to count.
+                    // The leader must be in contact with a majority of its voters to count.
                     let leader = ids[0];
-                    let peers =
-                        c.ids().into_iter().filter(|o| *o == leader || c.connected(leader, *o)).count();
-                    if peers > c.nodes.len() / 2 {
+                    let voters = c.membership_of(leader).map(|m| m.voters).unwrap_or_default();
+                    let peers = voters.iter().filter(|o| **o == leader || c.connected(leader, **o)).count();
+                    if peers > voters.len() / 2 {
                         found = Some(leader);
                         return true;
                     }
