@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::membership::MembershipChange;
 
 fn entry(term: Term, index: Index) -> Entry {
     Entry { term, index, payload: EntryPayload::Command(Bytes::from(format!("c{index}"))) }
@@ -320,4 +321,262 @@ fn leader_refuses_proposals_past_the_uncommitted_limit() {
     n.advance();
     let refused = ready.proposals.iter().filter(|p| p.result == Err(ProposalRejection::Busy)).count();
     assert_eq!(refused, 1, "no-op + 2 proposals fill the limit of 3");
+}
+
+// ---- snapshots, membership, leadership transfer, reads ----
+
+fn ack(match_index: Index, read_seq: u64) -> Payload {
+    Payload::AppendEntriesResponse { result: AppendResult::Success { match_index }, read_seq }
+}
+
+/// The `read_seq` of the AppendEntries the leader sent to `to` in `ready`.
+fn round_sent_to(ready: &Ready, to: NodeId) -> Option<u64> {
+    ready.messages.iter().chain(ready.persisted_messages.iter()).find_map(|m| match m.payload {
+        Payload::AppendEntries { read_seq, .. } if m.to == to => Some(read_seq),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_read_needs_a_quorum_round_sent_after_it_and_a_commit_of_the_term() {
+    let mut n = node(1, 1, None, &[1, 1]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let old_round = n.read_seq;
+    let now = n.now;
+    n.step(now, Event::Read { id: 9, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(ready.reads.is_empty(), "no answer before a heartbeat round");
+    let round = round_sent_to(&ready, 2).expect("a heartbeat round started");
+    assert!(round > old_round);
+    // An answer to a round sent before the read arrived proves nothing.
+    let ready = deliver(&mut n, msg(2, 1, term, ack(3, old_round)));
+    assert!(ready.reads.is_empty(), "confirmed by an older round");
+    assert_eq!(n.commit_index(), 3, "the no-op of the term committed");
+    // The new round, answered by a quorum: the read index is the commit index.
+    let ready = deliver(&mut n, msg(3, 1, term, ack(0, round)));
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 9, result: Ok(3) }]);
+}
+
+#[test]
+fn a_new_leader_answers_reads_only_after_committing_an_entry_of_its_term() {
+    let mut n = node(1, 1, None, &[1, 1]);
+    elect(&mut n);
+    let term = n.term();
+    let now = n.now;
+    n.step(now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    let round = round_sent_to(&ready, 2).expect("round");
+    // Quorum confirms the round, but the no-op (index 3) is not committed yet.
+    let ready = deliver(&mut n, msg(2, 1, term, ack(2, round)));
+    assert!(ready.reads.is_empty(), "answered before the term's first commit");
+    let ready = deliver(&mut n, msg(2, 1, term, ack(3, round)));
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 1, result: Ok(3) }]);
+}
+
+#[test]
+fn pending_reads_fail_when_the_leader_steps_down() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let now = n.now;
+    n.step(now, Event::Read { id: 4, mode: ReadMode::ReadIndex });
+    let _ = n.take_ready();
+    n.advance();
+    let term = n.term();
+    let ready = deliver(&mut n, msg(2, 1, term + 1, append((0, 0), vec![], 0)));
+    assert_eq!(
+        ready.reads,
+        vec![ReadOutcome { id: 4, result: Err(ProposalRejection::NotLeader { leader_hint: Some(2) }) }]
+    );
+}
+
+#[test]
+fn timeout_now_from_the_leader_starts_an_election_at_once() {
+    let mut n = node(2, 3, None, &[1]);
+    deliver(&mut n, msg(1, 2, 3, append((1, 1), vec![], 1)));
+    // From a node that is not its leader: ignored.
+    deliver(&mut n, msg(3, 2, 3, Payload::TimeoutNow));
+    assert_eq!(n.role(), Role::Follower);
+    let ready = deliver(&mut n, msg(1, 2, 3, Payload::TimeoutNow));
+    assert_eq!(n.role(), Role::Candidate, "no pre-vote, no waiting for the timer");
+    assert_eq!(n.term(), 4);
+    let requests: Vec<_> = ready.persisted_messages.iter().map(|m| &m.payload).collect();
+    assert!(requests
+        .iter()
+        .all(|p| matches!(p, Payload::RequestVote { pre_vote: false, leadership_transfer: true, .. })));
+    assert_eq!(requests.len(), 2);
+}
+
+#[test]
+fn voters_answer_a_transfer_election_even_while_they_hear_from_the_leader() {
+    let vote = |transfer| Payload::RequestVote {
+        pre_vote: false,
+        last_log_id: LogId::new(1, 1),
+        leadership_transfer: transfer,
+    };
+    let mut n = node(3, 3, None, &[1]);
+    deliver(&mut n, msg(1, 3, 3, append((1, 1), vec![], 1)));
+    let ready = deliver(&mut n, msg(2, 3, 4, vote(false)));
+    assert!(ready.persisted_messages.is_empty() && n.term() == 3, "a disruptive candidate is ignored");
+    let ready = deliver(&mut n, msg(2, 3, 4, vote(true)));
+    assert_eq!(
+        only_response(&ready).payload,
+        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+    );
+}
+
+#[test]
+fn a_transfer_refuses_proposals_and_sends_timeout_now_when_the_target_caught_up() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let now = n.now;
+    assert_eq!(n.transfer_leadership(now, Some(7)), Err(TransferError::NotAVoter(7)));
+    assert_eq!(n.transfer_leadership(now, Some(2)), Ok(2));
+    assert_eq!(n.transfer_leadership(now, None), Err(TransferError::InProgress(2)));
+    n.step(now, Event::Propose { id: 1, command: Bytes::from_static(b"x"), forward: false });
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(ready.proposals[0].result, Err(ProposalRejection::LeadershipTransferInProgress));
+    let ready = deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    assert!(
+        ready.persisted_messages.iter().any(|m| m.to == 2 && m.payload == Payload::TimeoutNow),
+        "target holds the whole log: hand over"
+    );
+    // Nobody took over: after an election timeout the transfer is abandoned.
+    let later = now + n.config.election_timeout_max_ms + 1;
+    n.step(later, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.status().leadership_transfer, None);
+    n.step(later, Event::Propose { id: 2, command: Bytes::from_static(b"y"), forward: false });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(ready.proposals[0].result.is_ok(), "proposals are accepted again");
+}
+
+fn install(meta: &crate::storage::SnapshotMeta, offset: u64, data: &'static [u8], done: bool) -> Payload {
+    Payload::InstallSnapshot { meta: meta.clone(), offset, data: Bytes::from_static(data), done }
+}
+
+#[test]
+fn snapshot_chunks_are_taken_in_order_and_duplicates_change_nothing() {
+    let mut n = node(2, 2, None, &[1]);
+    let meta = crate::storage::SnapshotMeta {
+        last_log_id: LogId::new(2, 10),
+        membership: Membership::with_voters([1, 2, 3]),
+    };
+    let expect = |offset, done| Payload::InstallSnapshotResponse {
+        snapshot: meta.last_log_id,
+        next_offset: offset,
+        done,
+    };
+    let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 0, b"abc", false)));
+    assert_eq!(only_response(&ready).payload, expect(3, false));
+    let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 0, b"abc", false)));
+    assert_eq!(only_response(&ready).payload, expect(3, false), "a duplicate is answered, not appended");
+    let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 6, b"ghi", true)));
+    assert_eq!(only_response(&ready).payload, expect(3, false), "a gap asks for the missing offset");
+    assert!(ready.snapshot.is_none());
+    let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 3, b"def", true)));
+    assert_eq!(only_response(&ready).payload, expect(6, true));
+    let installed = ready.snapshot.expect("installed");
+    assert_eq!(&installed.data[..], b"abcdef");
+    assert!(ready.committed.is_empty(), "nothing to apply: the state machine restores the snapshot");
+    assert_eq!((n.commit_index(), n.applied_index()), (10, 10));
+    assert_eq!(n.last_log_id(), LogId::new(2, 10), "the conflicting log was replaced");
+    assert_eq!(n.snapshot_last(), LogId::new(2, 10));
+}
+
+#[test]
+fn a_snapshot_covered_by_the_commit_index_is_acknowledged_without_installing() {
+    let mut n = node(2, 2, None, &[1, 1, 1]);
+    deliver(&mut n, msg(1, 2, 2, append((1, 3), vec![], 3)));
+    let meta =
+        crate::storage::SnapshotMeta { last_log_id: LogId::new(1, 2), membership: Membership::default() };
+    let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 0, b"old", true)));
+    assert!(ready.snapshot.is_none());
+    assert_eq!(
+        only_response(&ready).payload,
+        Payload::InstallSnapshotResponse { snapshot: meta.last_log_id, next_offset: 0, done: true }
+    );
+    assert_eq!(n.last_log_id(), LogId::new(1, 3));
+}
+
+#[test]
+fn a_configuration_takes_effect_when_appended_and_reverts_when_truncated() {
+    let mut n = node(2, 1, None, &[1]);
+    let joint = Membership {
+        voters: [1, 2, 4].into(),
+        outgoing_voters: [1, 2, 3].into(),
+        learners: Default::default(),
+    };
+    let config = Entry { term: 1, index: 2, payload: EntryPayload::Membership(joint.clone()) };
+    deliver(&mut n, msg(1, 2, 1, append((1, 1), vec![config], 1)));
+    assert_eq!(n.membership(), &joint, "in force before it commits");
+    // A new leader overwrites the uncommitted configuration.
+    deliver(&mut n, msg(3, 2, 2, append((1, 1), vec![entry(2, 2)], 1)));
+    assert_eq!(n.membership(), &Membership::with_voters([1, 2, 3]), "the previous configuration is back");
+}
+
+#[test]
+fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    assert_eq!(n.commit_index(), 1);
+    let now = n.now;
+    let change = MembershipChange::SetVoters([1, 4, 5].into());
+    let at = n.propose_membership_change(now, &change).expect("accepted");
+    assert!(n.membership().is_joint());
+    assert_eq!(
+        n.propose_membership_change(now, &MembershipChange::AddLearner(9)),
+        Err(ProposalRejection::MembershipChangeInProgress)
+    );
+    let _ = n.take_ready();
+    n.advance();
+    // The old majority alone (1, 2, 3) does not commit the joint entry.
+    deliver(&mut n, msg(2, 1, term, ack(at.index, 0)));
+    deliver(&mut n, msg(3, 1, term, ack(at.index, 0)));
+    assert_eq!(n.commit_index(), 1, "committed without a majority of the new voters");
+    // 1 and 4 are a majority of {1, 4, 5}: committed; the leader appends C_new at once.
+    let ready = deliver(&mut n, msg(4, 1, term, ack(at.index, 0)));
+    assert_eq!(n.commit_index(), at.index);
+    assert_eq!(n.membership(), &Membership::with_voters([1, 4, 5]));
+    assert!(ready
+        .entries
+        .iter()
+        .any(|e| e.payload == EntryPayload::Membership(Membership::with_voters([1, 4, 5]))));
+}
+
+#[test]
+fn a_leader_not_in_the_new_configuration_steps_down_once_it_commits() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    let now = n.now;
+    let joint = n.propose_membership_change(now, &MembershipChange::RemoveNode(1)).expect("accepted");
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(joint.index, 0)));
+    deliver(&mut n, msg(3, 1, term, ack(joint.index, 0)));
+    assert_eq!(n.role(), Role::Leader, "still leads C_new until it commits");
+    assert!(!n.membership().is_voter(1));
+    deliver(&mut n, msg(2, 1, term, ack(joint.index + 1, 0)));
+    assert_eq!(n.role(), Role::Leader, "C_new needs both remaining voters");
+    let ready = deliver(&mut n, msg(3, 1, term, ack(joint.index + 1, 0)));
+    assert_eq!(n.role(), Role::Follower, "stepped down once C_new committed");
+    assert!(ready.persisted_messages.iter().any(|m| m.to == 2 && m.payload == Payload::TimeoutNow));
 }
