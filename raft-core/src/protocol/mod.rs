@@ -471,11 +471,7 @@ impl Raft {
     }
 
     fn expire_forwards(&mut self) {
-        let now = self.now;
-        let expired: Vec<ProposalId> =
-            self.forwards.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            self.forwards.remove(&id);
+        for id in take_expired(&mut self.forwards, self.now) {
             self.out.proposals.push(ProposalOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
         }
     }
@@ -1117,6 +1113,15 @@ impl Raft {
             Payload::AppendEntries { prev_log_id: base, entries: Vec::new(), leader_commit, read_seq },
         );
     }
+}
+
+/// Removes and returns the ids whose deadline has passed.
+fn take_expired(deadlines: &mut BTreeMap<u64, Millis>, now: Millis) -> Vec<u64> {
+    let expired: Vec<u64> = deadlines.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+    for id in &expired {
+        deadlines.remove(id);
+    }
+    expired
 }
 
 #[cfg(test)]

@@ -203,11 +203,7 @@ impl Raft {
     }
 
     pub(super) fn expire_remote_reads(&mut self) {
-        let now = self.now;
-        let expired: Vec<ReadId> =
-            self.remote_reads.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            self.remote_reads.remove(&id);
+        for id in super::take_expired(&mut self.remote_reads, self.now) {
             self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
         }
     }

@@ -525,14 +525,20 @@ fn a_configuration_takes_effect_when_appended_and_reverts_when_truncated() {
     assert_eq!(n.membership(), &Membership::with_voters([1, 2, 3]), "the previous configuration is back");
 }
 
-#[test]
-fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it() {
+/// Node 1 (voters 1, 2, 3) leads with its no-op (index 1) committed; returns it and its term.
+fn leader_with_a_commit() -> (Raft, Term) {
     let mut n = node(1, 1, None, &[]);
     elect(&mut n);
     let term = n.term();
     let _ = n.take_ready();
     n.advance();
     deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    (n, term)
+}
+
+#[test]
+fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it() {
+    let (mut n, term) = leader_with_a_commit();
     assert_eq!(n.commit_index(), 1);
     let now = n.now;
     let change = MembershipChange::SetVoters([1, 4, 5].into());
@@ -560,12 +566,7 @@ fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it(
 
 #[test]
 fn a_leader_not_in_the_new_configuration_steps_down_once_it_commits() {
-    let mut n = node(1, 1, None, &[]);
-    elect(&mut n);
-    let term = n.term();
-    let _ = n.take_ready();
-    n.advance();
-    deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    let (mut n, term) = leader_with_a_commit();
     let now = n.now;
     let joint = n.propose_membership_change(now, &MembershipChange::RemoveNode(1)).expect("accepted");
     let _ = n.take_ready();
