@@ -163,8 +163,9 @@ impl Driver {
             leader: status.leader,
             transfer: status.leadership_transfer,
         };
-        self.waiters.on_step(node, self.config.rpc_timeout_ms);
+        // Publish first: a caller answered below sees a status at least as new as the answer.
         let _ = self.status.send(NodeStatus { protocol: status, fatal: None });
+        self.waiters.on_step(node, self.config.rpc_timeout_ms);
         Ok(())
     }
 

@@ -226,7 +226,8 @@ impl RaftNode {
         self.call(|reply| Request::TransferLeadership { to, reply }).await
     }
 
-    /// The node's current status.
+    /// The node's current status, published after every step (an answer given while the
+    /// step's `Ready` is carried out may be ahead of it).
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
     }
