@@ -295,3 +295,129 @@ impl Waiters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProposalRejection;
+
+    fn config_entry(term: Term, index: Index, membership: Membership) -> Entry {
+        Entry { term, index, payload: EntryPayload::Membership(membership) }
+    }
+
+    fn joint() -> Membership {
+        Membership { outgoing_voters: [1, 2, 3].into(), ..Membership::with_voters([1, 2, 3, 4]) }
+    }
+
+    fn view(role: Role, leader: Option<NodeId>, now: Millis) -> NodeView {
+        NodeView { id: 1, now, role, leader, transfer: None }
+    }
+
+    #[test]
+    fn a_voter_change_completes_when_the_configuration_leaving_the_joint_one_is_applied() {
+        let mut w = Waiters::default();
+        let (reply, mut rx) = oneshot::channel();
+        w.add_membership(LogId::new(2, 10), true, reply);
+        w.on_applied(&config_entry(2, 10, joint()), Bytes::new());
+        assert!(rx.try_recv().is_err(), "the joint configuration alone does not complete it");
+        w.on_applied(&Entry { term: 2, index: 11, payload: EntryPayload::Blank }, Bytes::new());
+        w.on_applied(&config_entry(2, 12, Membership::with_voters([1, 2, 3, 4])), Bytes::new());
+        assert_eq!(rx.try_recv().unwrap(), Ok(Membership::with_voters([1, 2, 3, 4])));
+    }
+
+    #[test]
+    fn a_change_replaced_by_another_leader_is_dropped_and_one_lost_with_leadership_times_out() {
+        let mut w = Waiters::default();
+        let (reply, mut dropped) = oneshot::channel();
+        w.add_membership(LogId::new(2, 10), true, reply);
+        w.on_applied(&Entry { term: 3, index: 10, payload: EntryPayload::Blank }, Bytes::new());
+        assert_eq!(dropped.try_recv().unwrap(), Err(RaftError::ProposalDropped));
+
+        let (reply, mut unknown) = oneshot::channel();
+        w.add_membership(LogId::new(3, 20), false, reply);
+        w.on_step(view(Role::Leader, Some(1), 0), 100);
+        w.on_step(view(Role::Follower, None, 50), 100);
+        assert_eq!(w.next_deadline(), Some(150));
+        w.on_step(view(Role::Follower, Some(2), 149), 100);
+        assert!(unknown.try_recv().is_err());
+        w.on_step(view(Role::Follower, Some(2), 150), 100);
+        assert_eq!(unknown.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+    }
+
+    #[test]
+    fn a_new_entry_at_a_waiting_index_drops_the_earlier_proposal() {
+        let mut w = Waiters::default();
+        let (first, mut first_rx) = oneshot::channel();
+        let (second, mut second_rx) = oneshot::channel();
+        w.add_proposal(1, first);
+        w.add_proposal(2, second);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0);
+        assert_eq!(first_rx.try_recv().unwrap(), Err(RaftError::ProposalDropped));
+        w.on_applied(&Entry { term: 3, index: 5, payload: EntryPayload::Blank }, Bytes::from_static(b"ok"));
+        let applied = second_rx.try_recv().unwrap().unwrap();
+        assert_eq!(applied.log_id, LogId::new(3, 5));
+    }
+
+    #[test]
+    fn a_snapshot_answers_covered_proposals_unknown_and_serves_covered_reads() {
+        let mut w = Waiters::default();
+        let (covered, mut covered_rx) = oneshot::channel();
+        let (later, mut later_rx) = oneshot::channel();
+        w.add_proposal(1, covered);
+        w.add_proposal(2, later);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 9)) }, 0);
+        let (read, mut read_rx) = oneshot::channel();
+        w.add_read(1, read);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Ok(7) }, 0);
+        assert_eq!(w.pending_reads(), 1);
+        w.on_snapshot_installed(LogId::new(2, 8), &Membership::with_voters([1]));
+        assert_eq!(covered_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert!(later_rx.try_recv().is_err(), "index 9 is applied from the log later");
+        assert_eq!(read_rx.try_recv().unwrap(), Ok(7));
+        assert_eq!(w.pending_reads(), 0);
+    }
+
+    #[test]
+    fn reads_wait_until_their_index_is_applied() {
+        let mut w = Waiters::default();
+        let (refused, mut refused_rx) = oneshot::channel();
+        w.add_read(1, refused);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Err(ProposalRejection::Busy) }, 0);
+        assert_eq!(refused_rx.try_recv().unwrap(), Err(RaftError::Rejected(ProposalRejection::Busy)));
+        let (read, mut rx) = oneshot::channel();
+        w.add_read(2, read);
+        w.on_read_outcome(ReadOutcome { id: 2, result: Ok(4) }, 3);
+        w.release_reads(3);
+        assert!(rx.try_recv().is_err());
+        w.release_reads(4);
+        assert_eq!(rx.try_recv().unwrap(), Ok(4));
+    }
+
+    #[test]
+    fn a_transfer_succeeds_when_another_node_leads_and_fails_when_abandoned() {
+        let mut w = Waiters::default();
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(NodeView { transfer: Some(2), ..view(Role::Leader, Some(1), 10) }, 100);
+        w.on_step(view(Role::Follower, None, 20), 100);
+        assert!(rx.try_recv().is_err(), "stepped down, no leader known yet");
+        w.on_step(view(Role::Follower, Some(3), 30), 100);
+        assert_eq!(rx.try_recv().unwrap(), Ok(3));
+
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(view(Role::Leader, Some(1), 40), 100);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::Transfer(TransferError::TimedOut(2))));
+
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(view(Role::Candidate, None, 1_000), 100);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::Transfer(TransferError::TimedOut(2))));
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.fail_all(&RaftError::AlreadyShutdown);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::AlreadyShutdown));
+    }
+}
