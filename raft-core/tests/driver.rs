@@ -1,18 +1,40 @@
-//! The async driver on a 3-node in-process cluster (in-memory storage, local transport).
+//! The async driver on an in-process cluster (in-memory storage, local transport): proposals,
+//! snapshots and compaction, restarts, linearizable reads, membership changes and leadership
+//! transfer.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::testing::local_transport::LocalNetwork;
-use raft_core::{Config, Entry, EntryPayload, Fsm, FsmError, Membership, RaftError, RaftNode, Role};
+use raft_core::{
+    Config, Entry, EntryPayload, Fsm, FsmError, Index, InvalidChange, Membership, NodeId, ProposalRejection,
+    RaftError, RaftNode, ReadMode, Role, Storage, TransferError,
+};
 use raft_storage_mem::MemStorage;
 
-/// Counts applied commands; answers each with the count so far.
-#[derive(Default)]
+/// How long a test waits for a condition before failing.
+const WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Counts applied commands; answers each with the count so far. The counters are shared with
+/// the test, which reads them to check the state machine.
+#[derive(Default, Clone)]
 struct Counter {
-    count: u64,
+    /// The state: commands applied, including those covered by a restored snapshot.
+    count: Arc<AtomicU64>,
+    /// Commands this instance applied itself (not restored).
+    commands_applied: Arc<AtomicU64>,
+    /// The count of the last snapshot restored (0 when none was).
+    restored: Arc<AtomicU64>,
+}
+
+impl Counter {
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
@@ -22,8 +44,9 @@ impl Fsm for Counter {
             .iter()
             .map(|e| match e.payload {
                 EntryPayload::Command(_) => {
-                    self.count += 1;
-                    Bytes::from(self.count.to_string())
+                    self.commands_applied.fetch_add(1, Ordering::SeqCst);
+                    let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+                    Bytes::from(count.to_string())
                 }
                 EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
             })
@@ -31,111 +54,426 @@ impl Fsm for Counter {
     }
 
     async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count.to_string()))
+        Ok(Bytes::from(self.count().to_string()))
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
         let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        self.count =
+        let count: u64 =
             text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
+        self.count.store(count, Ordering::SeqCst);
+        self.restored.store(count, Ordering::SeqCst);
         Ok(())
     }
 }
 
-async fn cluster(n: u64) -> Vec<RaftNode> {
-    let network = LocalNetwork::default();
-    let members = Membership::with_voters(1..=n);
-    let mut nodes = Vec::new();
-    for id in 1..=n {
-        let node = RaftNode::start(
+/// A running node and a probe of its state machine.
+struct Node {
+    raft: Arc<RaftNode>,
+    fsm: Counter,
+}
+
+/// An in-process cluster whose nodes can be stopped and restarted with their storage.
+struct Cluster {
+    network: LocalNetwork,
+    config: Config,
+    /// The membership nodes start with (the initial voters).
+    initial: Membership,
+    storages: BTreeMap<NodeId, Arc<MemStorage>>,
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+impl Cluster {
+    /// Starts voters `1..=n` with fresh storage.
+    async fn new(n: u64, config: Config) -> Self {
+        let mut cluster = Self {
+            network: LocalNetwork::default(),
+            config,
+            initial: Membership::with_voters(1..=n),
+            storages: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.start(id, Arc::new(MemStorage::default())).await;
+        }
+        cluster
+    }
+
+    /// Starts node `id` on `storage` with a fresh state machine (restored from the snapshot in
+    /// storage, if any).
+    async fn start(&mut self, id: NodeId, storage: Arc<MemStorage>) {
+        assert!(!self.nodes.contains_key(&id), "node {id} is running");
+        let fsm = Counter::default();
+        let raft = RaftNode::start(
             id,
-            Config::default(),
-            members.clone(),
-            Arc::new(MemStorage::default()),
-            Arc::new(network.transport(id, 4_096)),
-            Box::new(Counter::default()),
+            self.config.clone(),
+            self.initial.clone(),
+            storage.clone(),
+            Arc::new(self.network.transport(id, 4_096)),
+            Box::new(fsm.clone()),
             id,
         )
         .await
         .expect("node starts");
-        nodes.push(node);
+        self.storages.insert(id, storage);
+        self.nodes.insert(id, Node { raft: Arc::new(raft), fsm });
     }
-    nodes
+
+    /// Stops node `id`, keeping its storage.
+    async fn stop(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node is running");
+        node.raft.shutdown().await.expect("shutdown");
+    }
+
+    /// Starts node `id` again on the storage it had.
+    async fn restart(&mut self, id: NodeId) {
+        let storage = self.storages[&id].clone();
+        self.start(id, storage).await;
+    }
+
+    fn node(&self, id: NodeId) -> &RaftNode {
+        &self.nodes[&id].raft
+    }
+
+    fn fsm(&self, id: NodeId) -> &Counter {
+        &self.nodes[&id].fsm
+    }
+
+    fn storage(&self, id: NodeId) -> &MemStorage {
+        &self.storages[&id]
+    }
+
+    fn running(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// A running node other than `not`.
+    fn other_than(&self, not: NodeId) -> NodeId {
+        self.running().into_iter().find(|id| *id != not).expect("another node runs")
+    }
+
+    /// Waits for a leader among the running nodes (the one of the highest term if two think
+    /// they lead) that every running voter follows.
+    async fn wait_for_leader(&self) -> NodeId {
+        self.wait_for_leader_other_than(None).await
+    }
+
+    async fn wait_for_leader_other_than(&self, not: Option<NodeId>) -> NodeId {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let statuses: Vec<_> = self.nodes.values().map(|n| n.raft.status().protocol).collect();
+            let leader = statuses
+                .iter()
+                .filter(|s| s.role == Role::Leader && Some(s.id) != not)
+                .max_by_key(|s| s.term)
+                .map(|s| s.id);
+            if let Some(leader) = leader {
+                let followed =
+                    statuses.iter().filter(|s| s.membership.is_voter(s.id)).all(|s| s.leader == Some(leader));
+                if followed {
+                    return leader;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader elected within {WAIT_MAX:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    async fn wait_applied(&self, index: Index) {
+        for id in self.running() {
+            let node = self.node(id);
+            wait_until(&format!("node {id} applies {index}"), || {
+                node.status().protocol.applied_index >= index
+            })
+            .await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
 }
 
-async fn wait_for_leader(nodes: &[RaftNode]) -> usize {
-    for _ in 0..500 {
-        if let Some(i) = nodes.iter().position(|n| n.status().protocol.role == Role::Leader) {
-            return i;
-        }
+/// Polls `condition` until it holds; fails the test after [`WAIT_MAX`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no leader elected within 5 s");
+}
+
+/// Proposes `n` commands on `node`; returns where the last one was applied.
+async fn propose_many(node: &RaftNode, n: u64) -> Index {
+    let mut last = 0;
+    for i in 0..n {
+        last = node.propose(Bytes::from(format!("cmd{i}"))).await.expect("applied").log_id.index;
+    }
+    last
+}
+
+fn snapshot_config() -> Config {
+    Config { snapshot_threshold_entries: 50, snapshot_keep_entries: 10, ..Config::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_are_applied_in_order_on_every_node() {
-    let nodes = cluster(3).await;
-    let mut streams: Vec<_> = nodes.iter().map(|n| n.subscribe_committed()).collect();
-    let leader = wait_for_leader(&nodes).await;
+    let mut c = Cluster::new(3, Config::default()).await;
+    let mut streams: Vec<_> = c.running().iter().map(|id| c.node(*id).subscribe_committed()).collect();
+    let leader = c.wait_for_leader().await;
     for i in 1..=100u64 {
-        let applied = nodes[leader].propose(Bytes::from(format!("cmd{i}"))).await.expect("applied");
+        let applied = c.node(leader).propose(Bytes::from(format!("cmd{i}"))).await.expect("applied");
         assert_eq!(applied.response, Bytes::from(i.to_string()), "responses come from the Fsm in order");
     }
     for stream in &mut streams {
         for i in 1..=100u64 {
-            let e = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            let e = tokio::time::timeout(WAIT_MAX, stream.recv())
                 .await
                 .expect("committed entry in time")
                 .expect("stream open");
             assert_eq!(e.command, Bytes::from(format!("cmd{i}")));
         }
     }
-    for n in &nodes {
-        n.shutdown().await.expect("first shutdown");
+    let nodes: Vec<_> = c.nodes.values().map(|n| n.raft.clone()).collect();
+    c.shutdown().await;
+    for n in nodes {
         assert_eq!(n.shutdown().await, Err(RaftError::AlreadyShutdown));
         assert_eq!(n.propose(Bytes::from_static(b"late")).await, Err(RaftError::AlreadyShutdown));
+        assert_eq!(n.read_index(ReadMode::ReadIndex).await, Err(RaftError::AlreadyShutdown));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_proposals_to_the_leader() {
-    let nodes = cluster(3).await;
-    let leader = wait_for_leader(&nodes).await;
-    let follower = (leader + 1) % 3;
-    // The follower learns of the leader from its first AppendEntries.
-    for _ in 0..200 {
-        if nodes[follower].status().protocol.leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let applied = nodes[follower].propose(Bytes::from_static(b"forwarded")).await.expect("applied");
+    let mut c = Cluster::new(3, Config::default()).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    let applied = c.node(follower).propose(Bytes::from_static(b"forwarded")).await.expect("applied");
     assert_eq!(applied.response, Bytes::from_static(b"1"));
-    for n in &nodes {
-        n.shutdown().await.expect("shutdown");
-    }
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_are_batched_and_all_applied() {
-    let nodes = Arc::new(cluster(3).await);
-    let leader = wait_for_leader(&nodes).await;
+    let mut c = Cluster::new(3, Config::default()).await;
+    let leader = c.wait_for_leader().await;
     let mut tasks = Vec::new();
     for t in 0..64 {
-        let nodes = nodes.clone();
+        let node = c.nodes[&leader].raft.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                nodes[leader].propose(Bytes::from(format!("{t}-{i}"))).await.expect("applied");
+                node.propose(Bytes::from(format!("{t}-{i}"))).await.expect("applied");
             }
         }));
     }
     for t in tasks {
         t.await.expect("task");
     }
-    let status = nodes[leader].status().protocol;
+    let status = c.node(leader).status().protocol;
     assert!(status.commit_index > 64 * 50, "no-op plus every proposal committed");
-    for n in nodes.iter() {
-        n.shutdown().await.expect("shutdown");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compact_storage_and_a_restarted_cluster_does_not_reapply() {
+    let mut c = Cluster::new(3, snapshot_config()).await;
+    let leader = c.wait_for_leader().await;
+    let last = propose_many(c.node(leader), 120).await;
+    c.wait_applied(last).await;
+
+    let mut snapshot_counts = BTreeMap::new();
+    for id in c.running() {
+        let snapshot = c.storage(id).load_snapshot().await.expect("load").expect("a snapshot was taken");
+        let snapshot_index = snapshot.meta.last_log_id.index;
+        assert!(snapshot_index >= 50, "node {id}: snapshot at {snapshot_index}");
+        assert_eq!(snapshot.meta.membership, Membership::with_voters(1..=3));
+        let initial = c.storage(id).initial_state().await.expect("initial state");
+        assert_eq!(initial.first_index, snapshot_index - 10 + 1, "node {id}: compacted, keeping 10 entries");
+        assert_eq!(initial.snapshot.map(|m| m.last_log_id), Some(snapshot.meta.last_log_id));
+        let count: u64 = std::str::from_utf8(&snapshot.data).expect("utf-8").parse().expect("a count");
+        snapshot_counts.insert(id, (snapshot_index, count));
     }
+
+    c.shutdown().await;
+    for id in 1..=3 {
+        c.restart(id).await;
+        let (snapshot_index, count) = snapshot_counts[&id];
+        assert_eq!(
+            c.node(id).status().protocol.applied_index,
+            snapshot_index,
+            "applied starts at the snapshot"
+        );
+        assert_eq!(c.fsm(id).count(), count, "the state machine is restored from the snapshot");
+    }
+    let leader = c.wait_for_leader().await;
+    let applied = c.node(leader).propose(Bytes::from_static(b"after restart")).await.expect("applied");
+    assert_eq!(applied.response, Bytes::from_static(b"121"), "the count continues where it stopped");
+    c.wait_applied(applied.log_id.index).await;
+    for id in c.running() {
+        let fsm = c.fsm(id);
+        assert_eq!(fsm.count(), 121, "node {id}");
+        assert_eq!(
+            fsm.restored.load(Ordering::SeqCst) + fsm.commands_applied.load(Ordering::SeqCst),
+            121,
+            "node {id}: entries covered by the snapshot are not applied again"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_catches_up_by_snapshot_with_old_or_fresh_storage() {
+    let mut c = Cluster::new(3, snapshot_config()).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    c.wait_applied(propose_many(c.node(leader), 1).await).await;
+    c.stop(follower).await;
+    let follower_last = c.storage(follower).initial_state().await.expect("initial state").last_index;
+
+    for round in ["old storage", "fresh storage"] {
+        let last = propose_many(c.node(leader), 120).await;
+        let leader_first = c.storage(leader).initial_state().await.expect("initial state").first_index;
+        assert!(leader_first > follower_last + 1, "{round}: the leader compacted what the follower lacks");
+        if round == "fresh storage" {
+            c.start(follower, Arc::new(MemStorage::default())).await;
+        } else {
+            c.restart(follower).await;
+        }
+        c.wait_applied(last).await;
+        let expected = c.fsm(leader).count();
+        let fsm = c.fsm(follower);
+        wait_until(&format!("{round}: the follower's count reaches {expected}"), || fsm.count() == expected)
+            .await;
+        assert!(fsm.restored.load(Ordering::SeqCst) > 0, "{round}: the follower installed a snapshot");
+        let stored = c.storage(follower).load_snapshot().await.expect("load");
+        assert!(stored.is_some(), "{round}: the follower stored the snapshot");
+        // The follower keeps working as part of the cluster.
+        let applied = c.node(follower).propose(Bytes::from_static(b"via follower")).await.expect("applied");
+        assert_eq!(applied.response, Bytes::from((expected + 1).to_string()));
+        c.stop(follower).await;
+    }
+    c.shutdown().await;
+}
+
+/// Writes on the leader, then reads on the leader and on a follower: each read index covers
+/// the acknowledged write and the local state machine has applied it.
+async fn check_reads(config: Config, mode: ReadMode) {
+    let mut c = Cluster::new(3, config).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    for i in 1..=20u64 {
+        let write = c.node(leader).propose(Bytes::from(format!("w{i}"))).await.expect("applied");
+        for id in [leader, follower] {
+            let index = c.node(id).read_index(mode).await.expect("read confirmed");
+            assert!(index >= write.log_id.index, "node {id}: read index {index} < write {}", write.log_id);
+            assert!(c.fsm(id).count() >= i, "node {id}: the state machine has applied the write");
+        }
+    }
+    let write = c.node(follower).propose(Bytes::from_static(b"via follower")).await.expect("applied");
+    let index = c.node(leader).read_index(mode).await.expect("read confirmed");
+    assert!(index >= write.log_id.index);
+    assert_eq!(c.fsm(leader).count(), 21);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_on_leader_and_follower_covers_acknowledged_writes() {
+    check_reads(Config::default(), ReadMode::ReadIndex).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_on_leader_and_follower_cover_acknowledged_writes() {
+    check_reads(Config { lease_read: true, ..Config::default() }, ReadMode::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_without_a_leader_are_refused() {
+    let config =
+        Config { election_timeout_min_ms: 10_000, election_timeout_max_ms: 20_000, ..Config::default() };
+    let mut c = Cluster::new(1, config).await;
+    let refused = c.node(1).read_index(ReadMode::ReadIndex).await;
+    assert_eq!(refused, Err(RaftError::Rejected(ProposalRejection::NotLeader { leader_hint: None })));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_is_promoted_and_the_leader_can_be_removed() {
+    let mut c = Cluster::new(3, Config::default()).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    c.wait_applied(propose_many(c.node(leader), 20).await).await;
+
+    // Node 4 starts with the voters' membership, in which it does not vote: it never campaigns.
+    c.start(4, Arc::new(MemStorage::default())).await;
+    let refused = c.node(follower).add_learner(4).await;
+    assert!(matches!(
+        refused,
+        Err(RaftError::Rejected(ProposalRejection::NotLeader { leader_hint: Some(_) }))
+    ));
+    let m = c.node(leader).add_learner(4).await.expect("learner added");
+    assert_eq!(m.voters, [1, 2, 3].into());
+    assert_eq!(m.learners, [4].into());
+    let again = c.node(leader).add_learner(4).await;
+    assert_eq!(
+        again,
+        Err(RaftError::Rejected(ProposalRejection::InvalidMembershipChange(InvalidChange::AlreadyMember(4))))
+    );
+    let learner = c.fsm(4);
+    wait_until("the learner catches up", || learner.count() == 20).await;
+    assert_ne!(c.node(4).status().protocol.role, Role::Leader);
+
+    let m = c.node(leader).promote_learner(4).await.expect("learner promoted");
+    assert_eq!(m, Membership::with_voters([1, 2, 3, 4]));
+    for id in c.running() {
+        let node = c.node(id);
+        wait_until(&format!("node {id} sees the promotion"), || node.membership() == m).await;
+    }
+
+    let m = c.node(leader).remove_node(leader).await.expect("leader removed");
+    let rest: Vec<NodeId> = (1..=4).filter(|id| *id != leader).collect();
+    assert_eq!(m, Membership::with_voters(rest.clone()));
+    let removed = c.node(leader);
+    wait_until("the removed leader steps down", || removed.status().protocol.role != Role::Leader).await;
+    c.stop(leader).await;
+    let new_leader = c.wait_for_leader().await;
+    assert!(rest.contains(&new_leader));
+    let applied = c.node(new_leader).propose(Bytes::from_static(b"after removal")).await.expect("applied");
+    assert_eq!(applied.response, Bytes::from_static(b"21"));
+    c.wait_applied(applied.log_id.index).await;
+    for id in rest {
+        assert_eq!(c.fsm(id).count(), 21, "node {id}");
+        assert_eq!(c.node(id).membership(), m, "node {id}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_a_named_follower_or_any_and_times_out_towards_a_stopped_node() {
+    let mut c = Cluster::new(3, Config::default()).await;
+    let leader = c.wait_for_leader().await;
+    let target = c.other_than(leader);
+    c.wait_applied(propose_many(c.node(leader), 5).await).await;
+
+    assert_eq!(c.node(leader).transfer_leadership(Some(leader)).await, Ok(leader));
+    let refused = c.node(target).transfer_leadership(None).await;
+    assert!(matches!(refused, Err(RaftError::Transfer(TransferError::NotLeader { .. }))), "{refused:?}");
+
+    assert_eq!(c.node(leader).transfer_leadership(Some(target)).await, Ok(target));
+    assert_eq!(c.wait_for_leader().await, target);
+
+    let next = c.node(target).transfer_leadership(None).await.expect("transferred");
+    assert_ne!(next, target);
+    assert_eq!(c.wait_for_leader().await, next);
+
+    let stopped = c.other_than(next);
+    c.stop(stopped).await;
+    let timed_out = c.node(next).transfer_leadership(Some(stopped)).await;
+    assert_eq!(timed_out, Err(RaftError::Transfer(TransferError::TimedOut(stopped))));
+    assert_eq!(c.node(next).status().protocol.role, Role::Leader, "still the leader");
+    let applied = c.node(next).propose(Bytes::from_static(b"after")).await.expect("applied");
+    assert_eq!(applied.response, Bytes::from_static(b"6"));
+    c.shutdown().await;
 }

@@ -1,0 +1,306 @@
+//! The driver task: waits for client requests, inbound messages and timers, steps the
+//! protocol, and carries out every `Ready` in the order [`Ready`](crate::Ready) documents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::waiters::{NodeView, Reply, Waiters};
+use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
+use crate::config::Config;
+use crate::fsm::{Fsm, FsmError};
+use crate::membership::{Membership, MembershipChange};
+use crate::message::{Message, ProposalId, ReadId};
+use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
+use crate::storage::Storage;
+use crate::transport::Transport;
+use crate::types::{EntryPayload, Index, LogId, Millis, NodeId};
+
+/// How many maximum election timeouts a leadership transfer may take, from its start until
+/// this node sees a new leader, before the caller is told it timed out.
+const TRANSFER_WAIT_ELECTIONS: u64 = 3;
+
+/// What the driver works with besides the protocol.
+pub(super) struct Parts {
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) fsm: Box<dyn Fsm>,
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) committed: broadcast::Sender<CommittedEntry>,
+}
+
+/// The state of the driver task.
+pub(super) struct Driver {
+    pub(super) raft: Raft,
+    pub(super) config: Config,
+    pub(super) storage: Arc<dyn Storage>,
+    transport: Arc<dyn Transport>,
+    pub(super) fsm: Box<dyn Fsm>,
+    requests: mpsc::Receiver<Request>,
+    status: watch::Sender<NodeStatus>,
+    committed: broadcast::Sender<CommittedEntry>,
+    started: Instant,
+    next_proposal_id: ProposalId,
+    next_read_id: ReadId,
+    pub(super) waiters: Waiters,
+    /// The last entry applied to the state machine (or the snapshot it was restored from).
+    pub(super) applied: LogId,
+}
+
+impl Driver {
+    /// Restores the protocol and the state machine from storage. Returns the driver and the
+    /// status watch it publishes to.
+    pub(super) async fn restore(
+        id: NodeId,
+        config: Config,
+        initial_membership: Membership,
+        mut parts: Parts,
+        seed: u64,
+    ) -> Result<(Self, watch::Receiver<NodeStatus>), RaftError> {
+        config.validate()?;
+        let initial = parts.storage.initial_state().await?;
+        let entries = if initial.last_index >= initial.first_index {
+            parts.storage.entries(initial.first_index, initial.last_index + 1).await?
+        } else {
+            Vec::new()
+        };
+        let snapshot = parts.storage.load_snapshot().await?;
+        let mut applied = LogId::default();
+        if let Some(s) = &snapshot {
+            parts.fsm.restore(&s.data).await?;
+            applied = s.meta.last_log_id;
+        }
+        let restored = RestoredState {
+            hard_state: initial.hard_state,
+            snapshot,
+            entries,
+            membership: initial_membership,
+        };
+        let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
+        debug_assert_eq!(raft.applied_index(), applied.index, "the protocol starts at the snapshot");
+        let (status_tx, status) = watch::channel(NodeStatus { protocol: raft.status(), fatal: None });
+        let driver = Self {
+            raft,
+            config,
+            storage: parts.storage,
+            transport: parts.transport,
+            fsm: parts.fsm,
+            requests: parts.requests,
+            status: status_tx,
+            committed: parts.committed,
+            started: Instant::now(),
+            next_proposal_id: 0,
+            next_read_id: 0,
+            waiters: Waiters::default(),
+            applied,
+        };
+        Ok((driver, status))
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// The driver task's body: runs until shutdown, a closed transport or a fatal error.
+    pub(super) async fn run(mut self) {
+        let mut inbound: Vec<Message> = Vec::with_capacity(INBOUND_BATCH_MAX);
+        let mut shutdown_reply = None;
+        let fatal = loop {
+            let mut deadline_ms = self.raft.next_deadline();
+            if let Some(d) = self.waiters.next_deadline() {
+                deadline_ms = deadline_ms.min(d);
+            }
+            let deadline = self.started + Duration::from_millis(deadline_ms);
+            tokio::select! {
+                request = self.requests.recv() => {
+                    let Some(request) = request else { break None };
+                    if let Some(reply) = self.handle_requests(request) {
+                        shutdown_reply = Some(reply);
+                        break None;
+                    }
+                }
+                received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => {
+                    if received.is_err() { break None; }
+                    let now = self.now_ms();
+                    for m in inbound.drain(..) {
+                        self.raft.step(now, Event::Message(m));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = self.now_ms();
+                    self.raft.step(now, Event::Tick);
+                }
+            }
+            if let Err(e) = self.after_step().await {
+                break Some(e);
+            }
+        };
+        if let Some(e) = &fatal {
+            tracing::error!(error = %e, "node stopped after a fatal error");
+            let _ = self.status.send(NodeStatus { protocol: self.raft.status(), fatal: Some(e.to_string()) });
+        }
+        let error = fatal.unwrap_or(RaftError::AlreadyShutdown);
+        self.waiters.fail_all(&error);
+        self.transport.shutdown().await;
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Carries out the readies, takes a snapshot if one is due, resolves waiters that depend
+    /// on the node's role and publishes the status.
+    async fn after_step(&mut self) -> Result<(), RaftError> {
+        self.process_ready().await?;
+        self.maybe_snapshot().await?;
+        let status = self.raft.status();
+        let node = NodeView {
+            id: status.id,
+            now: self.now_ms(),
+            role: status.role,
+            leader: status.leader,
+            transfer: status.leadership_transfer,
+        };
+        // Publish first: a caller answered below sees a status at least as new as the answer.
+        let _ = self.status.send(NodeStatus { protocol: status, fatal: None });
+        self.waiters.on_step(node, self.config.rpc_timeout_ms);
+        Ok(())
+    }
+
+    /// Handles `first` and whatever else is queued (batched into one step). Returns the reply
+    /// of a shutdown request, which ends the batch.
+    fn handle_requests(&mut self, first: Request) -> Option<oneshot::Sender<()>> {
+        let mut next = Some(first);
+        for _ in 0..REQUEST_QUEUE_MAX {
+            let Some(request) = next.take().or_else(|| self.requests.try_recv().ok()) else { break };
+            match request {
+                Request::Propose { command, reply } => self.propose(command, reply),
+                Request::Read { mode, reply } => self.read(mode, reply),
+                Request::ChangeMembership { change, reply } => self.change_membership(&change, reply),
+                Request::TransferLeadership { to, reply } => self.transfer_leadership(to, reply),
+                Request::Shutdown { reply } => return Some(reply),
+            }
+        }
+        None
+    }
+
+    fn propose(&mut self, command: Bytes, reply: Reply<Applied>) {
+        self.next_proposal_id += 1;
+        let id = self.next_proposal_id;
+        self.waiters.add_proposal(id, reply);
+        let now = self.now_ms();
+        self.raft.step(now, Event::Propose { id, command, forward: self.config.auto_forward });
+    }
+
+    fn read(&mut self, mode: ReadMode, reply: Reply<Index>) {
+        if self.waiters.pending_reads() >= self.config.max_pending_reads {
+            let _ = reply.send(Err(ProposalRejection::Busy.into()));
+            return;
+        }
+        self.next_read_id += 1;
+        let id = self.next_read_id;
+        self.waiters.add_read(id, reply);
+        let now = self.now_ms();
+        self.raft.step(now, Event::Read { id, mode });
+    }
+
+    fn change_membership(&mut self, change: &MembershipChange, reply: Reply<Membership>) {
+        let now = self.now_ms();
+        match self.raft.propose_membership_change(now, change) {
+            Ok(log_id) => {
+                let joint = match self.raft.entry(log_id.index).map(|e| &e.payload) {
+                    Some(EntryPayload::Membership(m)) => m.is_joint(),
+                    _ => {
+                        debug_assert!(false, "no configuration entry at {log_id}");
+                        false
+                    }
+                };
+                self.waiters.add_membership(log_id, joint, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn transfer_leadership(&mut self, to: Option<NodeId>, reply: Reply<NodeId>) {
+        let now = self.now_ms();
+        match self.raft.transfer_leadership(now, to) {
+            Ok(target) if target == self.raft.id() => {
+                let _ = reply.send(Ok(target));
+            }
+            Ok(target) => {
+                let wait_ms = TRANSFER_WAIT_ELECTIONS * self.config.election_timeout_max_ms;
+                self.waiters.add_transfer(target, now + wait_ms, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn send(&self, message: Message) {
+        if let Err(e) = self.transport.send(message) {
+            tracing::debug!(error = %e, "message not sent");
+        }
+    }
+
+    /// Carries out every pending `Ready` in the order the protocol requires.
+    async fn process_ready(&mut self) -> Result<(), RaftError> {
+        while self.raft.has_ready() {
+            let ready = self.raft.take_ready();
+            for m in ready.messages {
+                self.send(m);
+            }
+            if let Some(hs) = ready.hard_state {
+                self.storage.save_hard_state(hs).await?;
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.store_received_snapshot(snapshot).await?;
+            }
+            if let Some(from) = ready.truncate_from {
+                self.storage.truncate(from).await?;
+            }
+            if !ready.entries.is_empty() {
+                self.storage.append(&ready.entries).await?;
+            }
+            for m in ready.persisted_messages {
+                self.send(m);
+            }
+            // Placed proposals wait before this ready's entries are applied.
+            for outcome in ready.proposals {
+                self.waiters.on_proposal_outcome(outcome, self.applied.index);
+            }
+            if let Some(snapshot) = ready.snapshot {
+                self.restore_received_snapshot(snapshot).await?;
+            }
+            if !ready.committed.is_empty() {
+                let responses = self.fsm.apply(&ready.committed).await?;
+                if responses.len() != ready.committed.len() {
+                    return Err(
+                        FsmError::Failed("apply returned the wrong number of responses".into()).into()
+                    );
+                }
+                for (entry, response) in ready.committed.iter().zip(responses) {
+                    self.applied = entry.log_id();
+                    if let EntryPayload::Command(command) = &entry.payload {
+                        let _ = self.committed.send(CommittedEntry {
+                            index: entry.index,
+                            term: entry.term,
+                            command: command.clone(),
+                        });
+                    }
+                    self.waiters.on_applied(entry, response);
+                }
+            }
+            for outcome in ready.reads {
+                self.waiters.on_read_outcome(outcome, self.applied.index);
+            }
+            self.waiters.release_reads(self.applied.index);
+            self.raft.advance();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! The async driver: a [`RaftNode`] owns a [`Raft`](crate::Raft) and its
+//! [`Storage`], [`Transport`] and [`Fsm`], feeds it events (client requests, messages, timer
+//! ticks) and carries out each [`Ready`](crate::Ready) in the required order.
+//!
+//! Requests that arrive while a `Ready` is being persisted are batched into the next step, so
+//! many proposals share one append and one sync (group commit).
+//!
+//! - `event_loop.rs`: the driver task (requests, messages, timers, carrying out readies);
+//! - `snapshots.rs`: automatic snapshots and compaction, installing the leader's snapshot;
+//! - `waiters.rs`: callers parked until their request completes (proposals, reads,
+//!   membership changes, leadership transfers).
+
+mod event_loop;
+mod snapshots;
+mod waiters;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::fsm::{Fsm, FsmError};
+use crate::membership::{Membership, MembershipChange};
+use crate::protocol::{ProposalRejection, ProtocolStatus, ReadMode, RestoreError, TransferError};
+use crate::storage::{Storage, StorageError};
+use crate::transport::Transport;
+use crate::types::{Index, LogId, NodeId, Term};
+use event_loop::Driver;
+use waiters::Reply;
+
+/// Most client requests queued for the driver; further calls wait (back-pressure).
+const REQUEST_QUEUE_MAX: usize = 4_096;
+/// Most inbound messages taken from the transport per step.
+const INBOUND_BATCH_MAX: usize = 1_024;
+/// Capacity of the committed-entry stream; a slower subscriber skips ahead (`Lagged`).
+const COMMITTED_STREAM_MAX: usize = 4_096;
+
+/// An error of a [`RaftNode`] call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    /// The request was refused (not leader, busy, forward timed out, membership change in
+    /// progress or invalid).
+    #[error(transparent)]
+    Rejected(#[from] ProposalRejection),
+    /// The leadership transfer was refused or did not complete.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// Another entry was committed at the proposal's position: it was not applied.
+    #[error("leadership changed and the proposal was dropped; it was not applied")]
+    ProposalDropped,
+    /// The outcome cannot be known (the entry's position was covered by a snapshot, or the
+    /// node lost leadership and did not learn the outcome in time).
+    #[error("outcome unknown")]
+    OutcomeUnknown,
+    /// Storage failed; the node stopped (it acknowledges nothing it could not persist).
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// The state machine failed; the node stopped.
+    #[error("state machine failed: {0}")]
+    Fsm(#[from] FsmError),
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// The stored state cannot be restored (the config is invalid or storage is inconsistent).
+    #[error("cannot restore the node: {0}")]
+    Restore(#[from] RestoreError),
+    /// The node was shut down (or stopped after a fatal error).
+    #[error("the node is shut down")]
+    AlreadyShutdown,
+}
+
+/// A proposal that was committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Where the entry was committed.
+    pub log_id: LogId,
+    /// The state machine's response.
+    pub response: Bytes,
+}
+
+/// A committed command, as published on [`RaftNode::subscribe_committed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// Index of the entry.
+    pub index: Index,
+    /// Term of the entry.
+    pub term: Term,
+    /// The command.
+    pub command: Bytes,
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The protocol's view (term, role, leader, commit/applied index, followers' progress).
+    pub protocol: ProtocolStatus,
+    /// The fatal error that stopped the node, if any.
+    pub fatal: Option<String>,
+}
+
+/// A client request to the driver task.
+enum Request {
+    Propose { command: Bytes, reply: Reply<Applied> },
+    Read { mode: ReadMode, reply: Reply<Index> },
+    ChangeMembership { change: MembershipChange, reply: Reply<Membership> },
+    TransferLeadership { to: Option<NodeId>, reply: Reply<NodeId> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A running Raft node: a handle to the driver task. Cheap calls; clone the `Arc` to share.
+pub struct RaftNode {
+    id: NodeId,
+    requests: mpsc::Sender<Request>,
+    status: watch::Receiver<NodeStatus>,
+    committed: broadcast::Sender<CommittedEntry>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl RaftNode {
+    /// Restores the node from `storage` and starts its driver task. `initial_membership` is
+    /// used when storage holds no snapshot (a new cluster); `seed` drives election jitter.
+    ///
+    /// When storage holds a snapshot, `fsm` is restored from it and entries at or below its
+    /// index are not applied again.
+    pub async fn start(
+        id: NodeId,
+        config: Config,
+        initial_membership: Membership,
+        storage: Arc<dyn Storage>,
+        transport: Arc<dyn Transport>,
+        fsm: Box<dyn Fsm>,
+        seed: u64,
+    ) -> Result<Self, RaftError> {
+        let (requests, rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let (committed, _) = broadcast::channel(COMMITTED_STREAM_MAX);
+        let parts = event_loop::Parts { storage, transport, fsm, requests: rx, committed: committed.clone() };
+        let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
+        let span = tracing::info_span!("raft", node = id);
+        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)) })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes a command; resolves once it is applied on this node, with the state machine's
+    /// response. On a follower it is forwarded to the leader when `auto_forward` is on.
+    pub async fn propose(&self, command: Bytes) -> Result<Applied, RaftError> {
+        self.call(|reply| Request::Propose { command, reply }).await
+    }
+
+    /// Confirms a linearizable read: resolves with a read index once this node's state machine
+    /// has applied at least that index. The caller then reads its own state machine, which
+    /// reflects every write acknowledged (anywhere) before this call began.
+    ///
+    /// Works on the leader and on followers (which ask the leader for the index).
+    /// [`ReadMode::Lease`] skips the heartbeat round while the leader's lease holds (needs
+    /// `lease_read`). Fails with `Rejected(Busy)` past `max_pending_reads` waiting reads, and
+    /// with `Rejected(NotLeader)` or `Rejected(ForwardTimeout)` when no leader confirms it.
+    pub async fn read_index(&self, mode: ReadMode) -> Result<Index, RaftError> {
+        self.call(|reply| Request::Read { mode, reply }).await
+    }
+
+    /// Changes the cluster's membership (on the leader). Resolves once the change is complete
+    /// on this node, with the configuration it led to: for a voter change, once the final
+    /// (non-joint) configuration after the joint one is applied here; for a learner change,
+    /// once its entry is applied.
+    ///
+    /// Fails with `Rejected` when refused (not the leader, another change in progress, an
+    /// invalid change), `ProposalDropped` when the change was lost with this node's
+    /// leadership, and `OutcomeUnknown` when this node lost leadership and did not see the
+    /// change complete within `rpc_timeout_ms` (it may still complete).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership, RaftError> {
+        self.call(|reply| Request::ChangeMembership { change, reply }).await
+    }
+
+    /// Adds a learner: a member that receives the log but does not vote.
+    pub async fn add_learner(&self, id: NodeId) -> Result<Membership, RaftError> {
+        self.change_membership(MembershipChange::AddLearner(id)).await
+    }
+
+    /// Makes a learner a voter (through a joint configuration).
+    pub async fn promote_learner(&self, id: NodeId) -> Result<Membership, RaftError> {
+        self.change_membership(MembershipChange::PromoteLearner(id)).await
+    }
+
+    /// Removes a voter or a learner; removing the leader makes it step down once the change
+    /// commits.
+    pub async fn remove_node(&self, id: NodeId) -> Result<Membership, RaftError> {
+        self.change_membership(MembershipChange::RemoveNode(id)).await
+    }
+
+    /// Replaces the voter set (see [`MembershipChange::SetVoters`]).
+    pub async fn set_voters(
+        &self,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<Membership, RaftError> {
+        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        self.change_membership(MembershipChange::SetVoters(voters)).await
+    }
+
+    /// The membership in force on this node (the latest configuration in its log).
+    pub fn membership(&self) -> Membership {
+        self.status.borrow().protocol.membership.clone()
+    }
+
+    /// Hands leadership over to `to`, or to the most caught-up voter when `None` (on the
+    /// leader). Resolves with the new leader once this node sees another node lead; with this
+    /// node's id at once when `to` is this node (and it leads).
+    ///
+    /// Fails with `Transfer(e)` when refused at once (not the leader, not a voter, a transfer
+    /// in progress) and with `Transfer(TimedOut(target))` when the transfer was abandoned
+    /// (after `election_timeout_max_ms`) or no new leader showed up in time.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, RaftError> {
+        self.call(|reply| Request::TransferLeadership { to, reply }).await
+    }
+
+    /// The node's current status, published after every step (an answer given while the
+    /// step's `Ready` is carried out may be ahead of it).
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A watch on the status, updated after every step.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// A stream of committed commands `(index, term, command)`, in order.
+    pub fn subscribe_committed(&self) -> broadcast::Receiver<CommittedEntry> {
+        self.committed.subscribe()
+    }
+
+    /// Stops the node gracefully: pending requests fail with `AlreadyShutdown`, the transport
+    /// is closed. A second call returns `AlreadyShutdown`.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        let Some(task) = self.task.lock().await.take() else { return Err(RaftError::AlreadyShutdown) };
+        let (reply, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// Queues a request and waits for its answer.
+    async fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(request(reply)).await.map_err(|_| RaftError::AlreadyShutdown)?;
+        rx.await.map_err(|_| RaftError::AlreadyShutdown)?
+    }
+}

@@ -1,0 +1,423 @@
+//! Callers parked until their request completes: proposals until applied, reads until the
+//! state machine caught up with their index, membership changes until the final
+//! configuration is applied, leadership transfers until another node leads.
+//!
+//! Every waiter is resolved exactly once: by an outcome, an apply, a snapshot, a deadline, or
+//! [`Waiters::fail_all`] when the driver stops. Their number is bounded by the request queue
+//! and the protocol's limits (`max_uncommitted_entries`, `max_pending_forwards`,
+//! `max_pending_reads`, one membership change and one transfer at a time).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{Applied, RaftError};
+use crate::membership::Membership;
+use crate::message::{ProposalId, ReadId};
+use crate::protocol::{ProposalOutcome, ReadOutcome, TransferError};
+use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
+
+/// Where the answer to a request goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+/// A membership change proposed on this node.
+struct MembershipWaiter {
+    /// Where its first configuration entry was appended.
+    log_id: LogId,
+    /// That entry is a joint configuration (a voter change): the change completes when the
+    /// configuration that leaves it is applied.
+    joint: bool,
+    /// The joint entry was applied (committed).
+    joint_applied: bool,
+    /// Set while this node is not the leader: past it, the outcome is reported unknown.
+    deadline: Option<Millis>,
+    reply: Reply<Membership>,
+}
+
+/// A leadership transfer started on this node.
+struct TransferWaiter {
+    target: NodeId,
+    /// Past it, the transfer is reported timed out even if this node knows no leader yet.
+    deadline: Millis,
+    reply: Reply<NodeId>,
+}
+
+/// What the driver's node looks like after a step, for resolving waiters that depend on it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NodeView {
+    pub(super) id: NodeId,
+    pub(super) now: Millis,
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+    /// The target of the protocol's leadership transfer in progress.
+    pub(super) transfer: Option<NodeId>,
+}
+
+/// Every caller the driver owes an answer.
+#[derive(Default)]
+pub(super) struct Waiters {
+    /// Proposals waiting for the protocol to place them.
+    outcomes: BTreeMap<ProposalId, Reply<Applied>>,
+    /// Placed proposals waiting to be applied, by index.
+    applies: BTreeMap<Index, (Term, Reply<Applied>)>,
+    /// Reads waiting for the protocol's read index.
+    reads: BTreeMap<ReadId, Reply<Index>>,
+    /// Reads with a read index, waiting for the state machine to apply it.
+    parked_reads: BTreeMap<Index, Vec<Reply<Index>>>,
+    parked_reads_len: usize,
+    memberships: Vec<MembershipWaiter>,
+    transfers: Vec<TransferWaiter>,
+}
+
+impl Waiters {
+    /// A proposal was stepped into the protocol as `id`.
+    pub(super) fn add_proposal(&mut self, id: ProposalId, reply: Reply<Applied>) {
+        self.outcomes.insert(id, reply);
+    }
+
+    /// The protocol placed or refused a proposal; `applied` is the last index applied here.
+    pub(super) fn on_proposal_outcome(&mut self, outcome: ProposalOutcome, applied: Index) {
+        let Some(reply) = self.outcomes.remove(&outcome.id) else { return };
+        match outcome.result {
+            Ok(log_id) if log_id.index <= applied => {
+                let _ = reply.send(Err(RaftError::OutcomeUnknown));
+            }
+            Ok(log_id) => {
+                if let Some((_, earlier)) = self.applies.insert(log_id.index, (log_id.term, reply)) {
+                    // A leader placed a new entry at this index: the earlier proposal there
+                    // was truncated from that leader's log, so it never commits.
+                    let _ = earlier.send(Err(RaftError::ProposalDropped));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// How many reads are waiting (for an index or for the state machine).
+    pub(super) fn pending_reads(&self) -> usize {
+        self.reads.len() + self.parked_reads_len
+    }
+
+    /// A read was stepped into the protocol as `id`.
+    pub(super) fn add_read(&mut self, id: ReadId, reply: Reply<Index>) {
+        self.reads.insert(id, reply);
+    }
+
+    /// The protocol confirmed or refused a read; `applied` is the last index applied here.
+    pub(super) fn on_read_outcome(&mut self, outcome: ReadOutcome, applied: Index) {
+        let Some(reply) = self.reads.remove(&outcome.id) else { return };
+        match outcome.result {
+            Ok(index) if index <= applied => {
+                let _ = reply.send(Ok(index));
+            }
+            Ok(index) => {
+                self.parked_reads.entry(index).or_default().push(reply);
+                self.parked_reads_len += 1;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// The state machine has applied everything up to `applied`: serve the reads it covers.
+    pub(super) fn release_reads(&mut self, applied: Index) {
+        let waiting = self.parked_reads.split_off(&(applied + 1));
+        for (index, replies) in std::mem::replace(&mut self.parked_reads, waiting) {
+            self.parked_reads_len -= replies.len();
+            for reply in replies {
+                let _ = reply.send(Ok(index));
+            }
+        }
+    }
+
+    /// A membership change was appended at `log_id`; `joint` when it is a joint configuration.
+    pub(super) fn add_membership(&mut self, log_id: LogId, joint: bool, reply: Reply<Membership>) {
+        self.memberships.push(MembershipWaiter {
+            log_id,
+            joint,
+            joint_applied: false,
+            deadline: None,
+            reply,
+        });
+    }
+
+    /// A leadership transfer to `target` started.
+    pub(super) fn add_transfer(&mut self, target: NodeId, deadline: Millis, reply: Reply<NodeId>) {
+        self.transfers.push(TransferWaiter { target, deadline, reply });
+    }
+
+    /// `entry` was applied with `response`: answer the proposal and the membership change
+    /// waiting on it.
+    pub(super) fn on_applied(&mut self, entry: &Entry, response: Bytes) {
+        if let Some((term, reply)) = self.applies.remove(&entry.index) {
+            let result = if term == entry.term {
+                Ok(Applied { log_id: entry.log_id(), response })
+            } else {
+                Err(RaftError::ProposalDropped)
+            };
+            let _ = reply.send(result);
+        }
+        if self.memberships.is_empty() {
+            return;
+        }
+        let config = match &entry.payload {
+            EntryPayload::Membership(m) => Some(m),
+            _ => None,
+        };
+        let mut i = 0;
+        while i < self.memberships.len() {
+            let w = &mut self.memberships[i];
+            let result = if entry.index == w.log_id.index {
+                match config {
+                    _ if entry.term != w.log_id.term => Some(Err(RaftError::ProposalDropped)),
+                    Some(m) if !w.joint => Some(Ok(m.clone())),
+                    _ => {
+                        w.joint_applied = true;
+                        None
+                    }
+                }
+            } else if entry.index > w.log_id.index && w.joint_applied {
+                // After a committed joint configuration, the next one is the one leaving it.
+                config.filter(|m| !m.is_joint()).map(|m| Ok(m.clone()))
+            } else {
+                None
+            };
+            match result {
+                Some(result) => {
+                    let w = self.memberships.swap_remove(i);
+                    let _ = w.reply.send(result);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// A snapshot from the leader ending at `last` with `membership` replaced the state
+    /// machine: entries at or below `last` will not be applied here.
+    pub(super) fn on_snapshot_installed(&mut self, last: LogId, membership: &Membership) {
+        let waiting = self.applies.split_off(&(last.index + 1));
+        for (_, (_, reply)) in std::mem::replace(&mut self.applies, waiting) {
+            let _ = reply.send(Err(RaftError::OutcomeUnknown));
+        }
+        let mut i = 0;
+        while i < self.memberships.len() {
+            let w = &self.memberships[i];
+            let result = if last.index < w.log_id.index {
+                None
+            } else if !w.joint_applied {
+                Some(Err(RaftError::OutcomeUnknown))
+            } else if !membership.is_joint() {
+                Some(Ok(membership.clone()))
+            } else {
+                None
+            };
+            match result {
+                Some(result) => {
+                    let w = self.memberships.swap_remove(i);
+                    let _ = w.reply.send(result);
+                }
+                None => i += 1,
+            }
+        }
+        self.release_reads(last.index);
+    }
+
+    /// Resolves what depends on the node's role and leader: finished or abandoned transfers,
+    /// and membership changes whose proposer lost leadership for longer than `grace_ms`.
+    pub(super) fn on_step(&mut self, node: NodeView, grace_ms: Millis) {
+        let mut i = 0;
+        while i < self.transfers.len() {
+            let t = &self.transfers[i];
+            let result = match (node.role, node.leader) {
+                (Role::Leader, _) if node.transfer != Some(t.target) => {
+                    Some(Err(TransferError::TimedOut(t.target).into()))
+                }
+                (role, Some(leader)) if role != Role::Leader && leader != node.id => Some(Ok(leader)),
+                _ if node.now >= t.deadline => Some(Err(TransferError::TimedOut(t.target).into())),
+                _ => None,
+            };
+            match result {
+                Some(result) => {
+                    let t = self.transfers.swap_remove(i);
+                    let _ = t.reply.send(result);
+                }
+                None => i += 1,
+            }
+        }
+        let mut i = 0;
+        while i < self.memberships.len() {
+            let w = &mut self.memberships[i];
+            if node.role == Role::Leader {
+                w.deadline = None;
+            } else {
+                let deadline = *w.deadline.get_or_insert(node.now + grace_ms);
+                if node.now >= deadline {
+                    let w = self.memberships.swap_remove(i);
+                    let _ = w.reply.send(Err(RaftError::OutcomeUnknown));
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// The earliest deadline of a waiter, if any.
+    pub(super) fn next_deadline(&self) -> Option<Millis> {
+        let transfers = self.transfers.iter().map(|t| t.deadline);
+        let memberships = self.memberships.iter().filter_map(|w| w.deadline);
+        transfers.chain(memberships).min()
+    }
+
+    /// The driver stops: every waiter gets `error`.
+    pub(super) fn fail_all(&mut self, error: &RaftError) {
+        for (_, reply) in std::mem::take(&mut self.outcomes) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.applies) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for (_, reply) in std::mem::take(&mut self.reads) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for reply in std::mem::take(&mut self.parked_reads).into_values().flatten() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        self.parked_reads_len = 0;
+        for w in std::mem::take(&mut self.memberships) {
+            let _ = w.reply.send(Err(error.clone()));
+        }
+        for t in std::mem::take(&mut self.transfers) {
+            let _ = t.reply.send(Err(error.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProposalRejection;
+
+    fn config_entry(term: Term, index: Index, membership: Membership) -> Entry {
+        Entry { term, index, payload: EntryPayload::Membership(membership) }
+    }
+
+    fn joint() -> Membership {
+        Membership { outgoing_voters: [1, 2, 3].into(), ..Membership::with_voters([1, 2, 3, 4]) }
+    }
+
+    fn view(role: Role, leader: Option<NodeId>, now: Millis) -> NodeView {
+        NodeView { id: 1, now, role, leader, transfer: None }
+    }
+
+    #[test]
+    fn a_voter_change_completes_when_the_configuration_leaving_the_joint_one_is_applied() {
+        let mut w = Waiters::default();
+        let (reply, mut rx) = oneshot::channel();
+        w.add_membership(LogId::new(2, 10), true, reply);
+        w.on_applied(&config_entry(2, 10, joint()), Bytes::new());
+        assert!(rx.try_recv().is_err(), "the joint configuration alone does not complete it");
+        w.on_applied(&Entry { term: 2, index: 11, payload: EntryPayload::Blank }, Bytes::new());
+        w.on_applied(&config_entry(2, 12, Membership::with_voters([1, 2, 3, 4])), Bytes::new());
+        assert_eq!(rx.try_recv().unwrap(), Ok(Membership::with_voters([1, 2, 3, 4])));
+    }
+
+    #[test]
+    fn a_change_replaced_by_another_leader_is_dropped_and_one_lost_with_leadership_times_out() {
+        let mut w = Waiters::default();
+        let (reply, mut dropped) = oneshot::channel();
+        w.add_membership(LogId::new(2, 10), true, reply);
+        w.on_applied(&Entry { term: 3, index: 10, payload: EntryPayload::Blank }, Bytes::new());
+        assert_eq!(dropped.try_recv().unwrap(), Err(RaftError::ProposalDropped));
+
+        let (reply, mut unknown) = oneshot::channel();
+        w.add_membership(LogId::new(3, 20), false, reply);
+        w.on_step(view(Role::Leader, Some(1), 0), 100);
+        w.on_step(view(Role::Follower, None, 50), 100);
+        assert_eq!(w.next_deadline(), Some(150));
+        w.on_step(view(Role::Follower, Some(2), 149), 100);
+        assert!(unknown.try_recv().is_err());
+        w.on_step(view(Role::Follower, Some(2), 150), 100);
+        assert_eq!(unknown.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+    }
+
+    #[test]
+    fn a_new_entry_at_a_waiting_index_drops_the_earlier_proposal() {
+        let mut w = Waiters::default();
+        let (first, mut first_rx) = oneshot::channel();
+        let (second, mut second_rx) = oneshot::channel();
+        w.add_proposal(1, first);
+        w.add_proposal(2, second);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0);
+        assert_eq!(first_rx.try_recv().unwrap(), Err(RaftError::ProposalDropped));
+        w.on_applied(&Entry { term: 3, index: 5, payload: EntryPayload::Blank }, Bytes::from_static(b"ok"));
+        let applied = second_rx.try_recv().unwrap().unwrap();
+        assert_eq!(applied.log_id, LogId::new(3, 5));
+    }
+
+    #[test]
+    fn a_snapshot_answers_covered_proposals_unknown_and_serves_covered_reads() {
+        let mut w = Waiters::default();
+        let (covered, mut covered_rx) = oneshot::channel();
+        let (later, mut later_rx) = oneshot::channel();
+        w.add_proposal(1, covered);
+        w.add_proposal(2, later);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 9)) }, 0);
+        let (read, mut read_rx) = oneshot::channel();
+        w.add_read(1, read);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Ok(7) }, 0);
+        assert_eq!(w.pending_reads(), 1);
+        w.on_snapshot_installed(LogId::new(2, 8), &Membership::with_voters([1]));
+        assert_eq!(covered_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert!(later_rx.try_recv().is_err(), "index 9 is applied from the log later");
+        assert_eq!(read_rx.try_recv().unwrap(), Ok(7));
+        assert_eq!(w.pending_reads(), 0);
+    }
+
+    #[test]
+    fn reads_wait_until_their_index_is_applied() {
+        let mut w = Waiters::default();
+        let (refused, mut refused_rx) = oneshot::channel();
+        w.add_read(1, refused);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Err(ProposalRejection::Busy) }, 0);
+        assert_eq!(refused_rx.try_recv().unwrap(), Err(RaftError::Rejected(ProposalRejection::Busy)));
+        let (read, mut rx) = oneshot::channel();
+        w.add_read(2, read);
+        w.on_read_outcome(ReadOutcome { id: 2, result: Ok(4) }, 3);
+        w.release_reads(3);
+        assert!(rx.try_recv().is_err());
+        w.release_reads(4);
+        assert_eq!(rx.try_recv().unwrap(), Ok(4));
+    }
+
+    #[test]
+    fn a_transfer_succeeds_when_another_node_leads_and_fails_when_abandoned() {
+        let mut w = Waiters::default();
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(NodeView { transfer: Some(2), ..view(Role::Leader, Some(1), 10) }, 100);
+        w.on_step(view(Role::Follower, None, 20), 100);
+        assert!(rx.try_recv().is_err(), "stepped down, no leader known yet");
+        w.on_step(view(Role::Follower, Some(3), 30), 100);
+        assert_eq!(rx.try_recv().unwrap(), Ok(3));
+
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(view(Role::Leader, Some(1), 40), 100);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::Transfer(TransferError::TimedOut(2))));
+
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.on_step(view(Role::Candidate, None, 1_000), 100);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::Transfer(TransferError::TimedOut(2))));
+        let (reply, mut rx) = oneshot::channel();
+        w.add_transfer(2, 1_000, reply);
+        w.fail_all(&RaftError::AlreadyShutdown);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::AlreadyShutdown));
+    }
+}
