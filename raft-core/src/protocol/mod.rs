@@ -374,6 +374,9 @@ impl Raft {
         if let Some(t) = &self.transfer {
             deadline = deadline.min(t.deadline);
         }
+        if let Some(d) = self.next_read_deadline() {
+            deadline = deadline.min(d);
+        }
         deadline
     }
 
@@ -446,6 +449,7 @@ impl Raft {
         match self.role {
             Role::Leader => {
                 self.expire_transfer();
+                self.expire_pending_reads();
                 if self.config.check_quorum && self.now >= self.check_quorum_deadline {
                     self.check_quorum();
                     if self.role != Role::Leader {
@@ -792,13 +796,19 @@ impl Raft {
         let term = self.term();
         self.accept_leader(from);
         let reply = |result| Payload::AppendEntriesResponse { result, read_seq };
-        if prev.index < self.log.committed {
-            // Everything up to the commit index matches every leader's log; answer with it
-            // rather than re-checking a prefix that may have been compacted.
-            let match_index = self.log.committed;
-            self.send(from, term, reply(AppendResult::Success { match_index }));
-            return;
-        }
+        let (prev, entries) = if prev.index < self.log.committed {
+            // Everything up to the commit index matches every leader's log (it may be compacted
+            // here): continue from the commit index with the entries after it.
+            let committed = self.log.committed;
+            let Some(committed_term) = self.log.term_at(committed) else {
+                tracing::error!(node = self.id, committed, "commit index is not in the log");
+                return;
+            };
+            let rest: Vec<Entry> = entries.into_iter().filter(|e| e.index > committed).collect();
+            (LogId::new(committed_term, committed), rest)
+        } else {
+            (prev, entries)
+        };
         if !self.log.matches(prev) {
             let hint = match self.log.term_at(prev.index) {
                 Some(t) => ConflictHint {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ProposalRejection, Raft, ReadOutcome};
 use crate::message::{ForwardRejection, Payload, ReadId};
-use crate::types::{Index, NodeId, Role};
+use crate::types::{Index, Millis, NodeId, Role};
 
 /// How many recent heartbeat rounds the leader remembers the send time of (for leases).
 pub(crate) const ROUNDS_REMEMBERED: usize = 256;
@@ -51,6 +51,8 @@ pub(crate) struct PendingRead {
     required_seq: u64,
     /// The read index; `None` until the leader committed an entry of its term.
     index: Option<Index>,
+    /// When the read fails with `Timeout` if still unconfirmed.
+    deadline: Millis,
 }
 
 impl Raft {
@@ -91,7 +93,13 @@ impl Raft {
             return;
         }
         let index = ready.then_some(self.log.committed);
-        self.pending_reads.push_back(PendingRead { origin, required_seq: self.read_seq + 1, index });
+        let deadline = self.now + self.config.rpc_timeout_ms;
+        self.pending_reads.push_back(PendingRead {
+            origin,
+            required_seq: self.read_seq + 1,
+            index,
+            deadline,
+        });
         if self.progress.is_empty() {
             // No one else to ask: the round is this node's own.
             self.read_seq += 1;
@@ -174,6 +182,20 @@ impl Raft {
                 });
                 let term = self.term();
                 self.send(node, term, Payload::ReadIndexResponse { id, result });
+            }
+        }
+    }
+
+    /// When the oldest pending read times out (reads are queued in deadline order).
+    pub(super) fn next_read_deadline(&self) -> Option<Millis> {
+        self.pending_reads.front().map(|r| r.deadline)
+    }
+
+    /// Fails the reads the leader could not confirm in time.
+    pub(super) fn expire_pending_reads(&mut self) {
+        while self.pending_reads.front().is_some_and(|r| r.deadline <= self.now) {
+            if let Some(read) = self.pending_reads.pop_front() {
+                self.finish_read(read.origin, Err(ProposalRejection::Timeout));
             }
         }
     }

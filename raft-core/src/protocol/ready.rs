@@ -95,6 +95,10 @@ pub enum ProposalRejection {
     /// A forwarded proposal got no answer from the leader in time; its outcome is unknown.
     #[error("the leader did not answer the forwarded request in time (outcome unknown)")]
     ForwardTimeout,
+    /// The leader could not confirm the request with a quorum in time (`rpc_timeout_ms`); it
+    /// may be cut off from the others.
+    #[error("no quorum confirmed the request in time")]
+    Timeout,
     /// The leader is handing over leadership; retry on the new leader.
     #[error("a leadership transfer is in progress")]
     LeadershipTransferInProgress,

@@ -581,3 +581,37 @@ fn a_leader_not_in_the_new_configuration_steps_down_once_it_commits() {
     assert_eq!(n.role(), Role::Follower, "stepped down once C_new committed");
     assert!(ready.persisted_messages.iter().any(|m| m.to == 2 && m.payload == Payload::TimeoutNow));
 }
+
+#[test]
+fn entries_past_the_commit_index_are_kept_when_prev_is_below_it() {
+    let mut n = node(2, 1, None, &[1, 1, 1]);
+    deliver(&mut n, msg(1, 2, 1, append((1, 3), vec![], 3)));
+    // A delayed message from before the commit: its new entries 4 and 5 still count.
+    let ready = deliver(&mut n, msg(1, 2, 1, append((1, 1), log_of(&[1, 1, 1, 1, 1])[1..].to_vec(), 3)));
+    assert_eq!(n.last_log_id(), LogId::new(1, 5));
+    assert_eq!(ready.entries, log_of(&[1, 1, 1, 1, 1])[3..].to_vec());
+    assert_eq!(
+        only_response(&ready).payload,
+        Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 5 }, read_seq: 0 }
+    );
+}
+
+#[test]
+fn a_read_the_leader_cannot_confirm_times_out() {
+    let config = Config { check_quorum: false, ..Config::default() };
+    let restored =
+        RestoredState { membership: Membership::with_voters([1, 2, 3]), ..RestoredState::default() };
+    let mut n = Raft::new(1, config, restored, 1, 0).expect("valid");
+    n.boot_quiet_until = 0;
+    elect(&mut n);
+    let now = n.now;
+    n.step(now, Event::Read { id: 3, mode: ReadMode::ReadIndex });
+    let _ = n.take_ready();
+    n.advance();
+    let later = now + n.config.rpc_timeout_ms;
+    assert!(n.next_deadline() <= later, "the read's deadline is a timer");
+    n.step(later, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 3, result: Err(ProposalRejection::Timeout) }]);
+}
