@@ -1,15 +1,17 @@
 //! The raft-core side of the benchmark: a 3-node cluster of [`RaftNode`]s in one process,
 //! in-memory storage, messages delivered through in-process channels (no serialization).
+//! Proposals, linearizable reads (ReadIndex and lease), and the catch-up of a follower that is
+//! far behind (by snapshot, or by log replay when snapshots are off).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::testing::local_transport::LocalNetwork;
-use raft_core::{Config, Entry, Fsm, FsmError, Membership, RaftNode, Role};
+use raft_core::{Config, Entry, EntryPayload, Fsm, FsmError, Membership, NodeId, RaftNode, ReadMode, Role};
 use raft_storage_mem::MemStorage;
 
 use crate::BenchReport;
@@ -38,34 +40,90 @@ impl Fsm for CountingFsm {
     }
 }
 
+/// A state machine that keeps every command it applied (16 bytes each), so that its snapshot
+/// has a realistic size for the catch-up benchmark.
+#[derive(Default)]
+struct LogFsm {
+    state: Vec<u8>,
+}
+
+#[async_trait]
+impl Fsm for LogFsm {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
+        for e in entries {
+            if let EntryPayload::Command(c) = &e.payload {
+                self.state.extend_from_slice(c);
+            }
+        }
+        Ok(vec![Bytes::new(); entries.len()])
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
+        Ok(Bytes::copy_from_slice(&self.state))
+    }
+
+    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
+        self.state = snapshot.to_vec();
+        Ok(())
+    }
+}
+
+async fn start_node(
+    network: &LocalNetwork,
+    id: NodeId,
+    config: &Config,
+    fsm: Box<dyn Fsm>,
+) -> anyhow::Result<Arc<RaftNode>> {
+    let members = Membership::with_voters([1, 2, 3]);
+    let node = RaftNode::start(
+        id,
+        config.clone(),
+        members,
+        Arc::new(MemStorage::default()),
+        Arc::new(network.transport(id, 65_536)),
+        fsm,
+        id,
+    )
+    .await?;
+    Ok(Arc::new(node))
+}
+
+async fn wait_for_leader(nodes: &[Arc<RaftNode>]) -> anyhow::Result<Arc<RaftNode>> {
+    for _ in 0..500 {
+        if let Some(n) = nodes.iter().find(|n| n.status().protocol.role == Role::Leader) {
+            return Ok(n.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("no leader elected")
+}
+
+fn bench_config() -> Config {
+    Config { max_in_flight_appends: 16, ..Config::default() }
+}
+
 /// Runs `total` 16-byte proposals through a 3-node cluster with `proposers` concurrent tasks;
 /// returns when the leader has applied all of them (each `propose` resolves on apply).
 pub async fn run(proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
     let network = LocalNetwork::default();
-    let members = Membership::with_voters([1, 2, 3]);
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        let node = RaftNode::start(
-            id,
-            Config { max_in_flight_appends: 16, ..Config::default() },
-            members.clone(),
-            Arc::new(MemStorage::default()),
-            Arc::new(network.transport(id, 65_536)),
-            Box::new(CountingFsm::default()),
-            id,
-        )
-        .await?;
-        nodes.push(Arc::new(node));
+        nodes.push(start_node(&network, id, &bench_config(), Box::new(CountingFsm::default())).await?);
     }
-    let mut leader = None;
-    for _ in 0..500 {
-        leader = nodes.iter().find(|n| n.status().protocol.role == Role::Leader).cloned();
-        if leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let leader = wait_for_leader(&nodes).await?;
+    let report = propose_concurrently(&leader, proposers, total).await;
+    for n in &nodes {
+        n.shutdown().await?;
     }
-    let leader = leader.context("no leader elected")?;
+    report
+}
+
+/// `total` proposals from `proposers` tasks on `leader`, with each one's latency.
+async fn propose_concurrently(
+    leader: &Arc<RaftNode>,
+    proposers: usize,
+    total: usize,
+) -> anyhow::Result<BenchReport> {
     let claimed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -87,11 +145,98 @@ pub async fn run(proposers: usize, total: usize) -> anyhow::Result<BenchReport> 
         latencies_us.extend(t.await??);
     }
     let elapsed = started.elapsed();
-    for n in &nodes {
-        n.shutdown().await?;
-    }
     if latencies_us.len() != total {
         bail!("{} of {total} proposals completed", latencies_us.len());
     }
     Ok(BenchReport { ops: total, elapsed, latencies_us })
+}
+
+/// Runs `total` linearizable reads on the leader from `readers` concurrent tasks, in `mode`
+/// (leases are enabled, so `Lease` answers without a heartbeat round while the lease holds).
+pub async fn run_reads(mode: ReadMode, readers: usize, total: usize) -> anyhow::Result<BenchReport> {
+    let network = LocalNetwork::default();
+    let config = Config { lease_read: true, ..bench_config() };
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        nodes.push(start_node(&network, id, &config, Box::new(CountingFsm::default())).await?);
+    }
+    let leader = wait_for_leader(&nodes).await?;
+    leader.propose(Bytes::from_static(b"first")).await?;
+    let claimed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..readers {
+        let leader = leader.clone();
+        let claimed = claimed.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while claimed.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                leader.read_index(mode).await?;
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies_us = Vec::with_capacity(total);
+    for t in tasks {
+        latencies_us.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    for n in &nodes {
+        n.shutdown().await?;
+    }
+    if latencies_us.len() != total {
+        bail!("{} of {total} reads completed", latencies_us.len());
+    }
+    Ok(BenchReport { ops: total, elapsed, latencies_us })
+}
+
+/// What [`catch_up`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp {
+    /// From starting the empty follower until it applied everything the leader had.
+    pub elapsed: Duration,
+    /// The last index the leader's snapshot covered when the follower started (0 when
+    /// snapshots are off); the snapshot holds 16 bytes per command up to there.
+    pub snapshot_index: u64,
+}
+
+/// Two of three voters commit `behind` 16-byte entries; then the third starts with empty
+/// storage. Returns the time until it has applied all of them: by snapshot (taken every
+/// `snapshot_every` entries, a tenth of that kept behind it) or, with `snapshot_every` 0, by
+/// replaying the log.
+pub async fn catch_up(behind: usize, snapshot_every: u64) -> anyhow::Result<CatchUp> {
+    let network = LocalNetwork::default();
+    let by_snapshot = snapshot_every > 0;
+    let config = Config {
+        snapshot_threshold_entries: snapshot_every,
+        snapshot_keep_entries: snapshot_every / 10,
+        ..bench_config()
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=2u64 {
+        nodes.push(start_node(&network, id, &config, Box::new(LogFsm::default())).await?);
+    }
+    let leader = wait_for_leader(&nodes).await?;
+    propose_concurrently(&leader, 256, behind).await?;
+    let target = leader.status().protocol.applied_index;
+    let snapshot_index = leader.status().protocol.snapshot.index;
+    if by_snapshot && leader.status().protocol.first_log_index <= 1 {
+        bail!("the leader did not compact its log");
+    }
+    let started = Instant::now();
+    let follower = start_node(&network, 3, &config, Box::new(LogFsm::default())).await?;
+    let mut status = follower.watch_status();
+    while status.borrow().protocol.applied_index < target {
+        if tokio::time::timeout(Duration::from_secs(60), status.changed()).await.is_err() {
+            bail!("the follower did not catch up within 60 s");
+        }
+    }
+    let elapsed = started.elapsed();
+    nodes.push(follower);
+    for n in &nodes {
+        n.shutdown().await?;
+    }
+    Ok(CatchUp { elapsed, snapshot_index })
 }

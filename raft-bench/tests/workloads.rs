@@ -1,0 +1,23 @@
+//! The benchmark workloads run end to end at a small size (correctness only; speed is measured
+//! by `cargo xtask bench`, never asserted here).
+
+use raft_bench::core_cluster;
+use raft_core::ReadMode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_and_both_read_modes_complete() {
+    let report = core_cluster::run(8, 500).await.expect("proposals");
+    assert_eq!(report.latencies_us.len(), 500);
+    for mode in [ReadMode::ReadIndex, ReadMode::Lease] {
+        let report = core_cluster::run_reads(mode, 8, 500).await.expect("reads");
+        assert_eq!(report.latencies_us.len(), 500, "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_behind_follower_catches_up_by_snapshot_and_by_log() {
+    let by_snapshot = core_cluster::catch_up(3_000, 500).await.expect("by snapshot");
+    assert!(by_snapshot.snapshot_index >= 2_500, "the follower needed a snapshot");
+    let by_log = core_cluster::catch_up(3_000, 0).await.expect("by log");
+    assert_eq!(by_log.snapshot_index, 0);
+}
