@@ -167,7 +167,9 @@ impl RaftNode {
     /// Works on the leader and on followers (which ask the leader for the index).
     /// [`ReadMode::Lease`] skips the heartbeat round while the leader's lease holds (needs
     /// `lease_read`). Fails with `Rejected(Busy)` past `max_pending_reads` waiting reads, and
-    /// with `Rejected(NotLeader)` or `Rejected(ForwardTimeout)` when no leader confirms it.
+    /// with `Rejected(NotLeader)`, `Rejected(Timeout)` (a leader that cannot reach a quorum)
+    /// or `Rejected(ForwardTimeout)` (a follower whose leader does not answer) when no leader
+    /// confirms it within `rpc_timeout_ms`.
     pub async fn read_index(&self, mode: ReadMode) -> Result<Index, RaftError> {
         self.call(|reply| Request::Read { mode, reply }).await
     }
