@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| follower behind by | by snapshot (ms) | snapshot bytes | by log replay (ms) | snapshot / log |"
+        "| follower behind by | by snapshot (ms) | snapshot covers up to | by log replay (ms) | snapshot / log |"
     );
     println!("|---|---|---|---|---|");
     let behind = 100_000;

@@ -228,12 +228,19 @@ pub async fn catch_up(behind: usize, snapshot_every: u64) -> anyhow::Result<Catc
     let started = Instant::now();
     let follower = start_node(&network, 3, &config, Box::new(LogFsm::default())).await?;
     let mut status = follower.watch_status();
+    let mut installed_at = None;
     while status.borrow().protocol.applied_index < target {
+        if installed_at.is_none() && status.borrow().protocol.snapshot.index > 0 {
+            installed_at = Some(started.elapsed());
+        }
         if tokio::time::timeout(Duration::from_secs(60), status.changed()).await.is_err() {
             bail!("the follower did not catch up within 60 s");
         }
     }
     let elapsed = started.elapsed();
+    if std::env::var_os("CATCH_UP_DEBUG").is_some() {
+        eprintln!("catch-up: snapshot installed after {installed_at:?}, caught up after {elapsed:?}");
+    }
     nodes.push(follower);
     for n in &nodes {
         n.shutdown().await?;

@@ -866,7 +866,15 @@ impl Raft {
             p.acked_read_seq = read_seq;
             self.advance_reads();
         }
+        let round_sent = self.read_seq_sent_at.iter().find(|(s, _)| *s == read_seq).map(|(_, at)| *at);
         let Some(p) = self.progress.get_mut(&from) else { return };
+        if let Some(t) = p.snapshot.as_mut() {
+            // The follower answered a round sent after the outstanding chunk but not the chunk:
+            // the chunk was most likely lost (the follower was down, or the link dropped it).
+            if t.in_flight && round_sent.is_some_and(|at| at > t.sent_at) {
+                t.in_flight = false;
+            }
+        }
         match result {
             AppendResult::Success { match_index } => {
                 if match_index > self.log.last_index() {

@@ -615,3 +615,47 @@ fn a_read_the_leader_cannot_confirm_times_out() {
     n.advance();
     assert_eq!(ready.reads, vec![ReadOutcome { id: 3, result: Err(ProposalRejection::Timeout) }]);
 }
+
+#[test]
+fn a_lost_snapshot_chunk_is_resent_once_the_follower_answers_a_later_round() {
+    let snapshot = crate::storage::Snapshot {
+        meta: crate::storage::SnapshotMeta {
+            last_log_id: LogId::new(1, 5),
+            membership: Membership::with_voters([1, 2, 3]),
+        },
+        data: Bytes::from_static(b"state"),
+    };
+    let restored = RestoredState { snapshot: Some(snapshot), ..RestoredState::default() };
+    let mut n = Raft::new(1, Config::default(), restored, 1, 0).expect("valid");
+    n.boot_quiet_until = 0;
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let chunks = |ready: &Ready| {
+        ready
+            .messages
+            .iter()
+            .filter(|m| m.to == 2 && matches!(m.payload, Payload::InstallSnapshot { .. }))
+            .count()
+    };
+    // Follower 2 has nothing: it needs the snapshot.
+    let reject = |read_seq| Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 5,
+            hint: ConflictHint { conflict_term: None, index: 0 },
+        },
+        read_seq,
+    };
+    let ready = deliver(&mut n, msg(2, 1, term, reject(0)));
+    assert_eq!(chunks(&ready), 1, "the first chunk goes out");
+    // A heartbeat round later, the follower answers the round but never the chunk.
+    let later = n.now + n.config.heartbeat_interval_ms;
+    n.step(later, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(chunks(&ready), 0, "one chunk in flight");
+    let round = round_sent_to(&ready, 2).expect("a heartbeat to 2");
+    let ready = deliver(&mut n, msg(2, 1, term, reject(round)));
+    assert_eq!(chunks(&ready), 1, "the lost chunk is sent again");
+}
