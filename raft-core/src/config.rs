@@ -36,6 +36,9 @@ pub struct Config {
     /// The driver snapshots the state machine and compacts the log once this many entries were
     /// applied since the last snapshot; 0 turns automatic snapshots off.
     pub snapshot_threshold_entries: u64,
+    /// The driver also snapshots once this many payload bytes were applied since the last
+    /// snapshot (counted from the node's start); 0 turns the byte threshold off.
+    pub snapshot_threshold_bytes: u64,
     /// Entries kept in the log behind a snapshot, so that a follower slightly behind catches up
     /// from the log instead of receiving the whole snapshot.
     pub snapshot_keep_entries: u64,
@@ -72,6 +75,7 @@ impl Default for Config {
             check_quorum: true,
             auto_forward: true,
             snapshot_threshold_entries: 10_000,
+            snapshot_threshold_bytes: 64 * 1024 * 1024,
             snapshot_keep_entries: 1_000,
             snapshot_chunk_bytes: 512 * 1024,
             lease_read: false,

@@ -496,3 +496,46 @@ async fn leadership_moves_to_a_named_follower_or_any_and_times_out_towards_a_sto
     assert_eq!(applied.response, Bytes::from_static(b"6"));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_threshold_triggers_snapshots_too() {
+    // No entry threshold: only the bytes applied count. Each entry weighs about 24 bytes of
+    // header plus its payload.
+    let config = Config {
+        snapshot_threshold_entries: 0,
+        snapshot_threshold_bytes: 2_000,
+        snapshot_keep_entries: 0,
+        ..Config::default()
+    };
+    let mut c = Cluster::new(3, config).await;
+    let leader = c.wait_for_leader().await;
+    let mut last = 0;
+    for i in 0..10u64 {
+        let command = Bytes::from(vec![b'x'; 90 + i as usize]);
+        last = c.node(leader).propose(command).await.expect("applied").log_id.index;
+    }
+    c.wait_applied(last).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in c.running() {
+        assert!(c.storage(id).load_snapshot().await.expect("load").is_none(), "node {id}: under 2000 bytes");
+    }
+    for i in 0..20u64 {
+        last = c
+            .node(leader)
+            .propose(Bytes::from(vec![b'y'; 100 + i as usize]))
+            .await
+            .expect("applied")
+            .log_id
+            .index;
+    }
+    c.wait_applied(last).await;
+    let ids = c.running();
+    wait_until("every node snapshots past 2000 bytes", || {
+        ids.iter().all(|id| c.node(*id).status().protocol.snapshot.index > 0)
+    })
+    .await;
+    for id in c.running() {
+        assert!(c.storage(id).load_snapshot().await.expect("load").is_some(), "node {id}: stored");
+    }
+    c.shutdown().await;
+}

@@ -48,6 +48,8 @@ pub(super) struct Driver {
     pub(super) waiters: Waiters,
     /// The last entry applied to the state machine (or the snapshot it was restored from).
     pub(super) applied: LogId,
+    /// Payload bytes applied since the latest snapshot (counted from this start).
+    pub(super) applied_bytes_since_snapshot: u64,
 }
 
 impl Driver {
@@ -96,6 +98,7 @@ impl Driver {
             next_read_id: 0,
             waiters: Waiters::default(),
             applied,
+            applied_bytes_since_snapshot: 0,
         };
         Ok((driver, status))
     }
@@ -285,6 +288,7 @@ impl Driver {
                 }
                 for (entry, response) in ready.committed.iter().zip(responses) {
                     self.applied = entry.log_id();
+                    self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
                     if let EntryPayload::Command(command) = &entry.payload {
                         let _ = self.committed.send(CommittedEntry {
                             index: entry.index,

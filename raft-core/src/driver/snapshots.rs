@@ -1,6 +1,6 @@
 //! Snapshots in the driver: taking one automatically once `snapshot_threshold_entries` entries
-//! were applied since the last, compacting storage behind it, and storing and restoring a
-//! snapshot received from the leader.
+//! or `snapshot_threshold_bytes` bytes were applied since the last, compacting storage behind
+//! it, and storing and restoring a snapshot received from the leader.
 
 use super::event_loop::Driver;
 use super::RaftError;
@@ -11,9 +11,11 @@ impl Driver {
     /// Snapshots the state machine and compacts the log when enough entries were applied
     /// since the latest snapshot. Called between readies only.
     pub(super) async fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        let threshold = self.config.snapshot_threshold_entries;
+        let (entries, bytes) = (self.config.snapshot_threshold_entries, self.config.snapshot_threshold_bytes);
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
-        if threshold == 0 || since < threshold {
+        let due =
+            (entries > 0 && since >= entries) || (bytes > 0 && self.applied_bytes_since_snapshot >= bytes);
+        if !due || since == 0 {
             return Ok(());
         }
         let last = self.applied;
@@ -26,6 +28,7 @@ impl Driver {
         let compacted_to = self.compact_storage(up_to).await?;
         tracing::info!(snapshot = %last, compacted_to, "snapshot taken");
         self.raft.on_snapshot_saved(snapshot, compacted_to);
+        self.applied_bytes_since_snapshot = 0;
         Ok(())
     }
 
@@ -56,6 +59,7 @@ impl Driver {
         self.fsm.restore(&snapshot.data).await?;
         let last = snapshot.meta.last_log_id;
         self.applied = last;
+        self.applied_bytes_since_snapshot = 0;
         self.waiters.on_snapshot_installed(last, &snapshot.meta.membership);
         Ok(())
     }
