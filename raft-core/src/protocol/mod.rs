@@ -409,7 +409,7 @@ impl Raft {
         if self.role == Role::Leader {
             if self.read_round_needed {
                 self.read_round_needed = false;
-                self.broadcast_heartbeat();
+                self.heartbeat_round(true);
             }
             self.flush_appends();
         }
@@ -678,12 +678,13 @@ impl Raft {
             }
         } else if m.term < term {
             match &m.payload {
-                Payload::AppendEntries { prev_log_id, read_seq, .. } => {
-                    // A stale leader: tell it the new term so it steps down.
+                Payload::AppendEntries { prev_log_id, .. } => {
+                    // A stale leader: tell it the new term so it steps down. The round is not
+                    // echoed: this answer must never confirm a round of the current term (the
+                    // same node may lead it with a restarted round counter).
                     let hint = ConflictHint { conflict_term: None, index: self.log.last_index() };
                     let result = AppendResult::Reject { rejected_prev_index: prev_log_id.index, hint };
-                    let read_seq = *read_seq;
-                    self.send(m.from, term, Payload::AppendEntriesResponse { result, read_seq });
+                    self.send(m.from, term, Payload::AppendEntriesResponse { result, read_seq: 0 });
                     return;
                 }
                 Payload::InstallSnapshot { meta, .. } => {
@@ -862,7 +863,9 @@ impl Raft {
         }
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
-        if read_seq > p.acked_read_seq {
+        // A round above ours was never sent by this process (a reply to a previous
+        // incarnation): it confirms nothing.
+        if read_seq > p.acked_read_seq && read_seq <= self.read_seq {
             p.acked_read_seq = read_seq;
             self.advance_reads();
         }
@@ -886,7 +889,9 @@ impl Raft {
                     );
                     return;
                 }
-                if p.on_success(match_index) {
+                let advanced = p.on_success(match_index);
+                p.leave_snapshot_if_log_covers(self.log.base().index);
+                if advanced {
                     self.maybe_commit();
                 }
                 self.maybe_send_timeout_now();
@@ -1086,6 +1091,12 @@ impl Raft {
     /// `read_seq`, whatever its flow control (an answer confirms this leader to pending reads
     /// and extends the lease).
     fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_round(false);
+    }
+
+    /// A heartbeat round; `for_read` when it is started for pending reads (then a follower in
+    /// probe mode gets an empty AppendEntries instead of a new probe with entries).
+    fn heartbeat_round(&mut self, for_read: bool) {
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
         self.read_seq += 1;
         self.read_seq_sent_at.push_back((self.read_seq, self.now));
@@ -1097,7 +1108,8 @@ impl Raft {
             let Some(p) = self.progress.get_mut(&to) else { continue };
             match p.mode {
                 // Re-send the probe (the last one may have been lost); it carries the round.
-                ReplicationMode::Probe => p.probe_sent = false,
+                ReplicationMode::Probe if !for_read => p.probe_sent = false,
+                ReplicationMode::Probe => self.send_heartbeat_only(to),
                 ReplicationMode::Replicate => {
                     // An empty AppendEntries at the tip: carries the commit index, and a
                     // rejection reveals lost in-flight messages.

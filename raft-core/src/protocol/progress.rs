@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::Snapshot;
 use crate::types::{Index, LogId, Millis};
 
 /// How the leader sends to a follower.
@@ -20,9 +21,12 @@ pub enum ReplicationMode {
     Snapshot,
 }
 
-/// A snapshot transfer in progress to one follower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A snapshot transfer in progress to one follower. It keeps the snapshot it started with (the
+/// data is shared, not copied), so that a newer local snapshot does not restart it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SnapshotTransfer {
+    /// The snapshot being sent.
+    pub(crate) snapshot: Snapshot,
     /// The last entry the snapshot covers.
     pub(crate) last: LogId,
     /// The offset of the next chunk to send.
@@ -74,7 +78,7 @@ impl Progress {
         match self.mode {
             ReplicationMode::Probe => !self.probe_sent,
             ReplicationMode::Replicate => self.in_flight.len() < window,
-            ReplicationMode::Snapshot => self.snapshot.is_some_and(|s| !s.in_flight),
+            ReplicationMode::Snapshot => self.snapshot.as_ref().is_some_and(|s| !s.in_flight),
         }
     }
 
@@ -109,7 +113,7 @@ impl Progress {
             ReplicationMode::Snapshot => {
                 // A late answer to an AppendEntries sent before the transfer started: keep
                 // sending the snapshot unless the follower already has everything it covers.
-                if self.snapshot.is_none_or(|s| match_index >= s.last.index) {
+                if self.snapshot.as_ref().is_none_or(|s| match_index >= s.last.index) {
                     self.become_replicate();
                 }
             }
@@ -118,12 +122,21 @@ impl Progress {
         advanced
     }
 
-    /// Starts sending the snapshot that ends at `last`.
-    pub(crate) fn become_snapshot(&mut self, last: LogId) {
+    /// Starts sending `snapshot`.
+    pub(crate) fn become_snapshot(&mut self, snapshot: Snapshot) {
         self.mode = ReplicationMode::Snapshot;
         self.probe_sent = false;
         self.in_flight.clear();
-        self.snapshot = Some(SnapshotTransfer { last, offset: 0, in_flight: false, sent_at: 0 });
+        let last = snapshot.meta.last_log_id;
+        self.snapshot = Some(SnapshotTransfer { snapshot, last, offset: 0, in_flight: false, sent_at: 0 });
+    }
+
+    /// In snapshot mode, the follower matches up to an index the leader's log still holds
+    /// (`base` is the log's compaction point): replicate from the log instead.
+    pub(crate) fn leave_snapshot_if_log_covers(&mut self, base: Index) {
+        if self.mode == ReplicationMode::Snapshot && self.match_index >= base {
+            self.become_replicate();
+        }
     }
 
     /// The follower holds the snapshot ending at `index`: continue with the entries after it.
@@ -224,7 +237,9 @@ mod tests {
     #[test]
     fn snapshot_mode_sends_one_chunk_and_ends_when_installed() {
         let mut p = Progress::new(5);
-        p.become_snapshot(LogId::new(2, 40));
+        let meta =
+            crate::storage::SnapshotMeta { last_log_id: LogId::new(2, 40), membership: Default::default() };
+        p.become_snapshot(Snapshot { meta, data: bytes::Bytes::from_static(b"s") });
         assert!(p.can_send(4));
         if let Some(s) = p.snapshot.as_mut() {
             s.in_flight = true;

@@ -10,7 +10,6 @@
 
 use bytes::Bytes;
 
-use super::progress::SnapshotTransfer;
 use super::{Raft, ReplicationMode};
 use crate::message::Payload;
 use crate::storage::{Snapshot, SnapshotMeta};
@@ -71,39 +70,35 @@ impl Raft {
 
     /// The follower `to` needs entries before the log's base: switch it to snapshot mode.
     pub(super) fn start_snapshot_transfer(&mut self, to: NodeId) {
-        let last = self.snapshot_last();
-        if self.snapshot.is_none() {
+        let Some(snapshot) = self.snapshot.clone() else {
             tracing::error!(node = self.id, to, "follower needs compacted entries but there is no snapshot");
             return;
-        }
+        };
         if let Some(p) = self.progress.get_mut(&to) {
             if p.mode != ReplicationMode::Snapshot {
-                tracing::info!(node = self.id, to, snapshot = %last, "sending snapshot");
-                p.become_snapshot(last);
+                tracing::info!(node = self.id, to, snapshot = %snapshot.meta.last_log_id, "sending snapshot");
+                p.become_snapshot(snapshot);
             }
         }
     }
 
-    /// Sends the next chunk of the snapshot to `to`.
+    /// Sends the next chunk of the snapshot being sent to `to` (the one the transfer started
+    /// with: a newer local snapshot does not restart it).
     pub(super) fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let Some(snapshot) = &self.snapshot else { return };
-        let meta = snapshot.meta.clone();
-        let data = snapshot.data.clone();
+        let chunk_max = self.config.snapshot_chunk_bytes as u64;
+        let now = self.now;
         let Some(p) = self.progress.get_mut(&to) else { return };
-        let Some(mut t) = p.snapshot else { return };
-        if t.last != meta.last_log_id {
-            // A newer snapshot replaced the one being sent: start over with it.
-            t = SnapshotTransfer { last: meta.last_log_id, offset: 0, in_flight: false, sent_at: 0 };
-        }
+        let Some(t) = p.snapshot.as_mut() else { return };
+        let data = &t.snapshot.data;
         let len = data.len() as u64;
         let offset = t.offset.min(len);
-        let end = (offset + self.config.snapshot_chunk_bytes as u64).min(len);
+        let end = (offset + chunk_max).min(len);
         let chunk = data.slice(offset as usize..end as usize);
         let done = end == len;
+        let meta = t.snapshot.meta.clone();
         t.offset = offset;
         t.in_flight = true;
-        t.sent_at = self.now;
-        p.snapshot = Some(t);
+        t.sent_at = now;
         let term = self.term();
         self.send(to, term, Payload::InstallSnapshot { meta, offset, data: chunk, done });
     }
@@ -190,19 +185,19 @@ impl Raft {
         }
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
-        let Some(mut t) = p.snapshot.filter(|t| t.last == snapshot && p.mode == ReplicationMode::Snapshot)
-        else {
+        let current =
+            p.mode == ReplicationMode::Snapshot && p.snapshot.as_ref().is_some_and(|t| t.last == snapshot);
+        if !current {
             return;
-        };
+        }
         if done {
             tracing::info!(node = self.id, to = from, snapshot = %snapshot, "follower holds the snapshot");
             p.on_snapshot_installed(snapshot.index);
             self.maybe_commit();
             self.maybe_send_timeout_now();
-        } else {
+        } else if let Some(t) = p.snapshot.as_mut() {
             t.offset = next_offset;
             t.in_flight = false;
-            p.snapshot = Some(t);
         }
     }
 }

@@ -659,3 +659,54 @@ fn a_lost_snapshot_chunk_is_resent_once_the_follower_answers_a_later_round() {
     let ready = deliver(&mut n, msg(2, 1, term, reject(round)));
     assert_eq!(chunks(&ready), 1, "the lost chunk is sent again");
 }
+
+#[test]
+fn a_stale_leader_gets_no_round_echoed() {
+    let mut n = node(2, 6, None, &[1]);
+    let stale = Payload::AppendEntries {
+        prev_log_id: LogId::new(1, 1),
+        entries: vec![],
+        leader_commit: 1,
+        read_seq: 500,
+    };
+    let ready = deliver(&mut n, msg(1, 2, 5, stale));
+    assert!(matches!(
+        only_response(&ready).payload,
+        Payload::AppendEntriesResponse { result: AppendResult::Reject { .. }, read_seq: 0 }
+    ));
+}
+
+#[test]
+fn a_round_this_leader_never_sent_confirms_nothing() {
+    let (mut n, term) = leader_with_a_commit();
+    let now = n.now;
+    n.step(now, Event::Read { id: 5, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    let round = round_sent_to(&ready, 2).expect("round");
+    // An answer echoing a round from a previous incarnation of this leader (a higher counter).
+    let ready = deliver(&mut n, msg(2, 1, term, ack(1, round + 1_000)));
+    assert!(ready.reads.is_empty(), "confirmed by a round this process never sent");
+    let ready = deliver(&mut n, msg(3, 1, term, ack(1, round)));
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 5, result: Ok(1) }]);
+}
+
+#[test]
+fn a_read_round_does_not_resend_probes_with_entries() {
+    let (mut n, term) = leader_with_a_commit();
+    // Follower 3 never answered: it is still probed. Give the leader entries to send.
+    let now = n.now;
+    n.step(now, Event::Propose { id: 1, command: Bytes::from_static(b"x"), forward: false });
+    let _ = n.take_ready();
+    n.advance();
+    n.step(now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    let to_3: Vec<&Message> = ready.messages.iter().filter(|m| m.to == 3).collect();
+    assert_eq!(to_3.len(), 1, "one message carries the round to 3");
+    assert!(
+        matches!(&to_3[0].payload, Payload::AppendEntries { entries, .. } if entries.is_empty()),
+        "a read round sends no entries to a probed follower"
+    );
+    let _ = term;
+}
