@@ -158,6 +158,8 @@ impl Driver {
     async fn after_step(&mut self) -> Result<(), RaftError> {
         self.process_ready().await?;
         self.maybe_snapshot().await?;
+        // Compaction may leave work (a follower now needs the snapshot).
+        self.process_ready().await?;
         let status = self.raft.status();
         let node = NodeView {
             id: status.id,
@@ -299,8 +301,9 @@ impl Driver {
                     self.waiters.on_applied(entry, response);
                 }
             }
+            let read_deadline = self.now_ms() + self.config.rpc_timeout_ms;
             for outcome in ready.reads {
-                self.waiters.on_read_outcome(outcome, self.applied.index);
+                self.waiters.on_read_outcome(outcome, self.applied.index, read_deadline);
             }
             self.waiters.release_reads(self.applied.index);
             self.raft.advance();

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::{Applied, RaftError};
 use crate::membership::Membership;
 use crate::message::{ProposalId, ReadId};
-use crate::protocol::{ProposalOutcome, ReadOutcome, TransferError};
+use crate::protocol::{ProposalOutcome, ProposalRejection, ReadOutcome, TransferError};
 use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
 
 /// Where the answer to a request goes.
@@ -59,13 +59,18 @@ pub(super) struct NodeView {
 pub(super) struct Waiters {
     /// Proposals waiting for the protocol to place them.
     outcomes: BTreeMap<ProposalId, Reply<Applied>>,
-    /// Placed proposals waiting to be applied, by index.
-    applies: BTreeMap<Index, (Term, Reply<Applied>)>,
+    /// Placed proposals waiting to be applied, by index. Several can wait on one index after
+    /// a leadership change; the one whose term the applied entry has wins, the others were
+    /// dropped. Nothing is decided before the entry at that index is applied.
+    applies: BTreeMap<Index, Vec<(Term, Reply<Applied>)>>,
     /// Reads waiting for the protocol's read index.
     reads: BTreeMap<ReadId, Reply<Index>>,
-    /// Reads with a read index, waiting for the state machine to apply it.
-    parked_reads: BTreeMap<Index, Vec<Reply<Index>>>,
+    /// Reads with a read index, waiting for the state machine to apply it, each with the time
+    /// it fails with `Timeout` (a node cut off from the leader may never catch up).
+    parked_reads: BTreeMap<Index, Vec<(Millis, Reply<Index>)>>,
     parked_reads_len: usize,
+    /// The earliest deadline among parked reads.
+    parked_reads_deadline: Option<Millis>,
     memberships: Vec<MembershipWaiter>,
     transfers: Vec<TransferWaiter>,
 }
@@ -83,13 +88,7 @@ impl Waiters {
             Ok(log_id) if log_id.index <= applied => {
                 let _ = reply.send(Err(RaftError::OutcomeUnknown));
             }
-            Ok(log_id) => {
-                if let Some((_, earlier)) = self.applies.insert(log_id.index, (log_id.term, reply)) {
-                    // A leader placed a new entry at this index: the earlier proposal there
-                    // was truncated from that leader's log, so it never commits.
-                    let _ = earlier.send(Err(RaftError::ProposalDropped));
-                }
-            }
+            Ok(log_id) => self.applies.entry(log_id.index).or_default().push((log_id.term, reply)),
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
             }
@@ -106,16 +105,19 @@ impl Waiters {
         self.reads.insert(id, reply);
     }
 
-    /// The protocol confirmed or refused a read; `applied` is the last index applied here.
-    pub(super) fn on_read_outcome(&mut self, outcome: ReadOutcome, applied: Index) {
+    /// The protocol confirmed or refused a read; `applied` is the last index applied here. A
+    /// read that must wait for the state machine fails at `deadline` if it is still waiting.
+    pub(super) fn on_read_outcome(&mut self, outcome: ReadOutcome, applied: Index, deadline: Millis) {
         let Some(reply) = self.reads.remove(&outcome.id) else { return };
         match outcome.result {
             Ok(index) if index <= applied => {
                 let _ = reply.send(Ok(index));
             }
             Ok(index) => {
-                self.parked_reads.entry(index).or_default().push(reply);
+                self.parked_reads.entry(index).or_default().push((deadline, reply));
                 self.parked_reads_len += 1;
+                let earliest = self.parked_reads_deadline.map_or(deadline, |d| d.min(deadline));
+                self.parked_reads_deadline = Some(earliest);
             }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
@@ -128,10 +130,34 @@ impl Waiters {
         let waiting = self.parked_reads.split_off(&(applied + 1));
         for (index, replies) in std::mem::replace(&mut self.parked_reads, waiting) {
             self.parked_reads_len -= replies.len();
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Ok(index));
             }
         }
+        if self.parked_reads.is_empty() {
+            self.parked_reads_deadline = None;
+        }
+    }
+
+    /// Fails the parked reads whose deadline passed.
+    fn expire_parked_reads(&mut self, now: Millis) {
+        if self.parked_reads_deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        let mut earliest: Option<Millis> = None;
+        for replies in self.parked_reads.values_mut() {
+            for (deadline, reply) in std::mem::take(replies) {
+                if deadline <= now {
+                    let _ = reply.send(Err(ProposalRejection::Timeout.into()));
+                    self.parked_reads_len -= 1;
+                } else {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                    replies.push((deadline, reply));
+                }
+            }
+        }
+        self.parked_reads.retain(|_, replies| !replies.is_empty());
+        self.parked_reads_deadline = earliest;
     }
 
     /// A membership change was appended at `log_id`; `joint` when it is a joint configuration.
@@ -153,9 +179,9 @@ impl Waiters {
     /// `entry` was applied with `response`: answer the proposal and the membership change
     /// waiting on it.
     pub(super) fn on_applied(&mut self, entry: &Entry, response: Bytes) {
-        if let Some((term, reply)) = self.applies.remove(&entry.index) {
+        for (term, reply) in self.applies.remove(&entry.index).unwrap_or_default() {
             let result = if term == entry.term {
-                Ok(Applied { log_id: entry.log_id(), response })
+                Ok(Applied { log_id: entry.log_id(), response: response.clone() })
             } else {
                 Err(RaftError::ProposalDropped)
             };
@@ -200,7 +226,7 @@ impl Waiters {
     /// machine: entries at or below `last` will not be applied here.
     pub(super) fn on_snapshot_installed(&mut self, last: LogId, membership: &Membership) {
         let waiting = self.applies.split_off(&(last.index + 1));
-        for (_, (_, reply)) in std::mem::replace(&mut self.applies, waiting) {
+        for (_, reply) in std::mem::replace(&mut self.applies, waiting).into_values().flatten() {
             let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
         let mut i = 0;
@@ -229,6 +255,7 @@ impl Waiters {
     /// Resolves what depends on the node's role and leader: finished or abandoned transfers,
     /// and membership changes whose proposer lost leadership for longer than `grace_ms`.
     pub(super) fn on_step(&mut self, node: NodeView, grace_ms: Millis) {
+        self.expire_parked_reads(node.now);
         let mut i = 0;
         while i < self.transfers.len() {
             let t = &self.transfers[i];
@@ -269,7 +296,7 @@ impl Waiters {
     pub(super) fn next_deadline(&self) -> Option<Millis> {
         let transfers = self.transfers.iter().map(|t| t.deadline);
         let memberships = self.memberships.iter().filter_map(|w| w.deadline);
-        transfers.chain(memberships).min()
+        transfers.chain(memberships).chain(self.parked_reads_deadline).min()
     }
 
     /// The driver stops: every waiter gets `error`.
@@ -277,16 +304,17 @@ impl Waiters {
         for (_, reply) in std::mem::take(&mut self.outcomes) {
             let _ = reply.send(Err(error.clone()));
         }
-        for (_, (_, reply)) in std::mem::take(&mut self.applies) {
+        for (_, reply) in std::mem::take(&mut self.applies).into_values().flatten() {
             let _ = reply.send(Err(error.clone()));
         }
         for (_, reply) in std::mem::take(&mut self.reads) {
             let _ = reply.send(Err(error.clone()));
         }
-        for reply in std::mem::take(&mut self.parked_reads).into_values().flatten() {
+        for (_, reply) in std::mem::take(&mut self.parked_reads).into_values().flatten() {
             let _ = reply.send(Err(error.clone()));
         }
         self.parked_reads_len = 0;
+        self.parked_reads_deadline = None;
         for w in std::mem::take(&mut self.memberships) {
             let _ = w.reply.send(Err(error.clone()));
         }
@@ -345,18 +373,40 @@ mod tests {
     }
 
     #[test]
-    fn a_new_entry_at_a_waiting_index_drops_the_earlier_proposal() {
+    fn proposals_placed_at_one_index_are_decided_by_the_entry_applied_there() {
+        // The first proposal may still commit (its entry can survive on another node and be
+        // committed by a later leader): nothing is decided before the index is applied.
+        for applied_term in [2, 3] {
+            let mut w = Waiters::default();
+            let (first, mut first_rx) = oneshot::channel();
+            let (second, mut second_rx) = oneshot::channel();
+            w.add_proposal(1, first);
+            w.add_proposal(2, second);
+            w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
+            w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0);
+            assert!(first_rx.try_recv().is_err(), "undecided before index 5 is applied");
+            let entry = Entry { term: applied_term, index: 5, payload: EntryPayload::Blank };
+            w.on_applied(&entry, Bytes::from_static(b"ok"));
+            let (first, second) = (first_rx.try_recv().unwrap(), second_rx.try_recv().unwrap());
+            let (winner, loser) = if applied_term == 2 { (first, second) } else { (second, first) };
+            assert_eq!(winner.unwrap().log_id, LogId::new(applied_term, 5));
+            assert_eq!(loser, Err(RaftError::ProposalDropped));
+        }
+    }
+
+    #[test]
+    fn a_parked_read_times_out_if_the_state_machine_never_catches_up() {
         let mut w = Waiters::default();
-        let (first, mut first_rx) = oneshot::channel();
-        let (second, mut second_rx) = oneshot::channel();
-        w.add_proposal(1, first);
-        w.add_proposal(2, second);
-        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
-        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0);
-        assert_eq!(first_rx.try_recv().unwrap(), Err(RaftError::ProposalDropped));
-        w.on_applied(&Entry { term: 3, index: 5, payload: EntryPayload::Blank }, Bytes::from_static(b"ok"));
-        let applied = second_rx.try_recv().unwrap().unwrap();
-        assert_eq!(applied.log_id, LogId::new(3, 5));
+        let (read, mut rx) = oneshot::channel();
+        w.add_read(1, read);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Ok(9) }, 3, 100);
+        assert_eq!(w.next_deadline(), Some(100));
+        w.on_step(view(Role::Follower, Some(2), 99), 1_000);
+        assert!(rx.try_recv().is_err());
+        w.on_step(view(Role::Follower, Some(2), 100), 1_000);
+        assert_eq!(rx.try_recv().unwrap(), Err(RaftError::Rejected(ProposalRejection::Timeout)));
+        assert_eq!(w.pending_reads(), 0);
+        assert_eq!(w.next_deadline(), None);
     }
 
     #[test]
@@ -370,7 +420,7 @@ mod tests {
         w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 9)) }, 0);
         let (read, mut read_rx) = oneshot::channel();
         w.add_read(1, read);
-        w.on_read_outcome(ReadOutcome { id: 1, result: Ok(7) }, 0);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Ok(7) }, 0, 1_000);
         assert_eq!(w.pending_reads(), 1);
         w.on_snapshot_installed(LogId::new(2, 8), &Membership::with_voters([1]));
         assert_eq!(covered_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
@@ -384,11 +434,11 @@ mod tests {
         let mut w = Waiters::default();
         let (refused, mut refused_rx) = oneshot::channel();
         w.add_read(1, refused);
-        w.on_read_outcome(ReadOutcome { id: 1, result: Err(ProposalRejection::Busy) }, 0);
+        w.on_read_outcome(ReadOutcome { id: 1, result: Err(ProposalRejection::Busy) }, 0, 1_000);
         assert_eq!(refused_rx.try_recv().unwrap(), Err(RaftError::Rejected(ProposalRejection::Busy)));
         let (read, mut rx) = oneshot::channel();
         w.add_read(2, read);
-        w.on_read_outcome(ReadOutcome { id: 2, result: Ok(4) }, 3);
+        w.on_read_outcome(ReadOutcome { id: 2, result: Ok(4) }, 3, 1_000);
         w.release_reads(3);
         assert!(rx.try_recv().is_err());
         w.release_reads(4);
