@@ -12,7 +12,7 @@ use bytes::Bytes;
 use raft_core::testing::local_transport::LocalNetwork;
 use raft_core::{
     Config, Entry, EntryPayload, Fsm, FsmError, Index, InvalidChange, Membership, NodeId, ProposalRejection,
-    RaftError, RaftNode, ReadMode, Role, Storage, TransferError,
+    RaftError, RaftNode, ReadMode, Role, Storage, StorageError, TransferError,
 };
 use raft_storage_mem::MemStorage;
 
@@ -538,4 +538,74 @@ async fn a_byte_threshold_triggers_snapshots_too() {
         assert!(c.storage(id).load_snapshot().await.expect("load").is_some(), "node {id}: stored");
     }
     c.shutdown().await;
+}
+
+/// In-memory storage whose appends fail with `Full` while `full` is set.
+struct FillableStorage {
+    inner: MemStorage,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl raft_core::Storage for FillableStorage {
+    async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
+        self.inner.initial_state().await
+    }
+    async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs).await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(StorageError::Full);
+        }
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(from, to).await
+    }
+    async fn term(&self, index: Index) -> Result<raft_core::Term, StorageError> {
+        self.inner.term(index).await
+    }
+    async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
+        self.inner.save_snapshot(s).await
+    }
+    async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
+        self.inner.load_snapshot().await
+    }
+    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        self.inner.compact(up_to).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storage = Arc::new(FillableStorage { inner: MemStorage::default(), full: full.clone() });
+    let network = LocalNetwork::default();
+    let node = RaftNode::start(
+        1,
+        Config::default(),
+        Membership::with_voters([1]),
+        storage.clone(),
+        Arc::new(network.transport(1, 64)),
+        Box::new(Counter::default()),
+        1,
+    )
+    .await
+    .expect("starts");
+    wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+    let ok = node.propose(Bytes::from_static(b"before")).await.expect("applied");
+    full.store(true, Ordering::SeqCst);
+    let err = node.propose(Bytes::from_static(b"lost")).await.expect_err("must not be acknowledged");
+    assert_eq!(err, RaftError::Storage(StorageError::Full));
+    let status = node.status();
+    assert!(status.fatal.as_deref().is_some_and(|f| f.contains("no space")), "status reports it: {status:?}");
+    let after = node.propose(Bytes::from_static(b"later")).await.expect_err("the node stopped");
+    assert_eq!(after, RaftError::AlreadyShutdown);
+    // What was acknowledged is in storage; what failed is not.
+    let state = storage.initial_state().await.expect("state");
+    assert_eq!(state.last_index, ok.log_id.index);
 }

@@ -1,0 +1,413 @@
+//! [`RocksDb`]: one RocksDB instance holding one or more Raft logs, its identity checks, and
+//! the group-commit writer.
+//!
+//! Every write of every log goes through one writer thread. It takes a write job, then every
+//! job queued behind it (up to `max_jobs_per_batch`), puts them all in one `WriteBatch` and
+//! writes it with one synced WAL write; then it answers every job. A job is answered `Ok` only
+//! after the synced write that holds it returned `Ok`, so throughput grows with the number of
+//! concurrent writers instead of being capped at one fsync per write.
+//!
+//! After a failed write (a full disk, an IO error) the writer closes RocksDB and reopens it
+//! before the next write: RocksDB refuses writes after such an error until reopened, and a
+//! reopen replays exactly what reached the disk. A failed write is never reported as done.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use raft_core::StorageError;
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{self, CF_LOG, CF_META, COLUMN_FAMILIES, KEY_CLUSTER_ID, KEY_FORMAT_VERSION, KEY_NODE_ID};
+use crate::error::{open_error, storage_error, OpenError};
+use crate::RocksStorage;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who a data directory belongs to; checked on every open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: u64,
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RocksOptions {
+    /// Sync the WAL on every write. Turning it off breaks the durability contract (an
+    /// acknowledged write can be lost on power failure); it exists to measure the cost of
+    /// syncing and to prove that the sync-contract test notices.
+    pub sync: bool,
+    /// Most write jobs the writer puts in one synced batch.
+    pub max_jobs_per_batch: usize,
+    /// Most write jobs queued for the writer; more writers wait (back-pressure).
+    pub queue_max: usize,
+    /// Read and check every record (RocksDB block checksums and this store's own) when opening,
+    /// so that a damaged store is refused at start rather than found when a read needs it.
+    pub verify_on_open: bool,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        Self { sync: true, max_jobs_per_batch: 1_024, queue_max: 4_096, verify_on_open: true }
+    }
+}
+
+/// Which column family an operation touches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cf {
+    Log,
+    Meta,
+}
+
+/// One change inside a write job.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Deletes keys in `[from, to)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+struct Job {
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Counters of the write path, for tests and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Batches written with a synced WAL write that returned `Ok`.
+    synced_batches: AtomicU64,
+    /// Jobs answered `Ok`.
+    acked_jobs: AtomicU64,
+    /// Jobs answered `Ok` by a batch written with `sync` on.
+    acked_jobs_synced: AtomicU64,
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
+    dir: PathBuf,
+    options: RocksOptions,
+    /// The RocksDB options the instance was opened with (they hold its statistics).
+    db_options: Options,
+    /// `None` after a failed write until the writer reopened it.
+    db: RwLock<Option<DB>>,
+    counters: Counters,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer; joining it closes RocksDB before we return, so
+        // the directory can be opened again at once.
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An open store: one RocksDB instance, any number of logs ([`RocksDb::log`]). Cheap to clone;
+/// RocksDB is closed when the last clone (and every [`RocksStorage`] made from it) is dropped.
+#[derive(Clone)]
+pub struct RocksDb {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for RocksDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDb").field("dir", &self.handle.shared.dir).finish_non_exhaustive()
+    }
+}
+
+fn db_options(create: bool) -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(create);
+    o.create_missing_column_families(create);
+    // Check everything RocksDB can check, and stop on damage instead of serving around it.
+    o.set_paranoid_checks(true);
+    // A record cut off at the very end of the WAL can only come from a write that never
+    // returned (a crash mid-write): it was not acknowledged, so dropping it loses nothing.
+    // Damage anywhere else is reported as corruption.
+    o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    o.set_compression_type(rocksdb::DBCompressionType::None);
+    o.enable_statistics();
+    o
+}
+
+fn open_db(dir: &Path, options: &Options) -> Result<DB, OpenError> {
+    let shown = dir.display().to_string();
+    let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    DB::open_cf_descriptors(options, dir, cfs).map_err(|e| open_error(&shown, &e))
+}
+
+impl RocksDb {
+    /// Opens (or, in an empty or missing directory, creates) the store at `dir` for
+    /// `identity`. Refuses a directory that another process holds, that is damaged, that holds
+    /// a newer format, or that belongs to another cluster or node; see [`OpenError`].
+    pub fn open(
+        dir: impl AsRef<Path>,
+        identity: &Identity,
+        options: RocksOptions,
+    ) -> Result<Self, OpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        let shown = dir.display().to_string();
+        let exists_non_empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if exists_non_empty && !dir.join("CURRENT").exists() {
+            return Err(OpenError::MissingCurrent(shown));
+        }
+        let create = !exists_non_empty;
+        let db_opts = db_options(create);
+        let db = open_db(&dir, &db_opts)?;
+        check_identity(&db, identity, create, &shown)?;
+        if options.verify_on_open {
+            verify_all(&db)?;
+        }
+        let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
+        let shared = Arc::new(Shared {
+            dir,
+            options,
+            db_options: db_opts,
+            db: RwLock::new(Some(db)),
+            counters: Counters::default(),
+        });
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-rocks-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &mut rx))
+            .map_err(|e| OpenError::Io(format!("starting the writer thread: {e}")))?;
+        let handle = Handle { shared, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) };
+        Ok(Self { handle: Arc::new(handle) })
+    }
+
+    /// The log numbered `group` in this store (a node uses one; several Raft groups can share
+    /// one store and its group commit).
+    pub fn log(&self, group: u64) -> RocksStorage {
+        RocksStorage::new(self.clone(), group)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.handle.shared.dir
+    }
+
+    /// WAL syncs RocksDB performed (its `rocksdb.wal.synced` statistic): an independent
+    /// witness of the sync path.
+    pub fn wal_syncs(&self) -> u64 {
+        self.handle.shared.db_options.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
+    }
+
+    /// Write jobs answered `Ok`, and how many of them by a batch written with sync on.
+    pub fn acked_writes(&self) -> (u64, u64) {
+        let c = &self.handle.shared.counters;
+        (c.acked_jobs.load(Ordering::SeqCst), c.acked_jobs_synced.load(Ordering::SeqCst))
+    }
+
+    /// Batches written with a synced WAL write.
+    pub fn synced_batches(&self) -> u64 {
+        self.handle.shared.counters.synced_batches.load(Ordering::SeqCst)
+    }
+
+    /// Flushes memtables to SST files (for tests of on-disk damage and for backups).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let guard = self.read()?;
+        let db = guard.as_ref().ok_or_else(reopening)?;
+        for name in COLUMN_FAMILIES {
+            let cf = db.cf_handle(name).ok_or_else(|| missing_cf(name))?;
+            db.flush_cf(cf).map_err(|e| storage_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Read access to RocksDB, reopening it first if a failed write closed it (a reopen that
+    /// fails, e.g. on a still-full disk, is reported and tried again by the next call).
+    pub(crate) fn read(&self) -> Result<RwLockReadGuard<'_, Option<DB>>, StorageError> {
+        let shared = &self.handle.shared;
+        let closed = shared.db.read().map_err(|_| StorageError::Poisoned)?.is_none();
+        if closed {
+            reopen(shared)?;
+        }
+        shared.db.read().map_err(|_| StorageError::Poisoned)
+    }
+
+    /// Queues a write job and waits until it is durable (or failed).
+    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.handle.jobs.lock().map_err(|_| StorageError::Poisoned)?.clone();
+        let tx = tx.ok_or(StorageError::Poisoned)?;
+        // A full queue makes this writer wait (bounded back-pressure); the writer thread drains
+        // it in batches.
+        tx.send(Job { ops, reply })
+            .await
+            .map_err(|_| StorageError::Io("the writer thread stopped".into()))?;
+        rx.await.map_err(|_| StorageError::Io("the writer thread stopped".into()))?
+    }
+}
+
+pub(crate) fn reopening() -> StorageError {
+    StorageError::Io("the store is being reopened after a failed write".into())
+}
+
+pub(crate) fn missing_cf(name: &str) -> StorageError {
+    StorageError::Corrupt(format!("column family {name:?} is missing"))
+}
+
+fn check_identity(db: &DB, identity: &Identity, created: bool, dir: &str) -> Result<(), OpenError> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
+    if db.cf_handle(CF_LOG).is_none() {
+        return Err(OpenError::MissingColumnFamily(CF_LOG.into()));
+    }
+    let read = |key: &[u8]| -> Result<Option<Vec<u8>>, OpenError> {
+        db.get_cf(cf, key).map_err(|e| open_error(dir, &e))
+    };
+    let corrupt = |e: StorageError| OpenError::Corrupt(e.to_string());
+    match read(KEY_FORMAT_VERSION)? {
+        None if created => {
+            let mut batch = WriteBatch::default();
+            let put =
+                |b: &mut WriteBatch, k: &[u8], v: Result<Vec<u8>, StorageError>| -> Result<(), OpenError> {
+                    b.put_cf(cf, k, v.map_err(corrupt)?);
+                    Ok(())
+                };
+            put(&mut batch, KEY_FORMAT_VERSION, codec::encode(&FORMAT_VERSION))?;
+            put(&mut batch, KEY_CLUSTER_ID, codec::encode(&identity.cluster_id))?;
+            put(&mut batch, KEY_NODE_ID, codec::encode(&identity.node_id))?;
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.write_opt(batch, &wo).map_err(|e| open_error(dir, &e))?;
+            Ok(())
+        }
+        None => {
+            Err(OpenError::Corrupt("the store has no format version: not a raft store, or damaged".into()))
+        }
+        Some(v) => {
+            let found: u32 = codec::decode(&v, &|| "the format version".into()).map_err(corrupt)?;
+            if found != FORMAT_VERSION {
+                return Err(OpenError::FormatVersion { found, supported: FORMAT_VERSION });
+            }
+            let cluster: String = match read(KEY_CLUSTER_ID)? {
+                Some(v) => codec::decode(&v, &|| "the cluster id".into()).map_err(corrupt)?,
+                None => return Err(OpenError::Corrupt("the cluster id is missing".into())),
+            };
+            if cluster != identity.cluster_id {
+                return Err(OpenError::ClusterMismatch {
+                    expected: identity.cluster_id.clone(),
+                    found: cluster,
+                });
+            }
+            let node: u64 = match read(KEY_NODE_ID)? {
+                Some(v) => codec::decode(&v, &|| "the node id".into()).map_err(corrupt)?,
+                None => return Err(OpenError::Corrupt("the node id is missing".into())),
+            };
+            if node != identity.node_id {
+                return Err(OpenError::NodeMismatch { expected: identity.node_id, found: node });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads every record of both column families: RocksDB verifies block checksums, and every
+/// frame's own checksum is checked.
+fn verify_all(db: &DB) -> Result<(), OpenError> {
+    for name in COLUMN_FAMILIES {
+        let cf = db.cf_handle(name).ok_or_else(|| OpenError::MissingColumnFamily(name.into()))?;
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| OpenError::Corrupt(e.to_string()))?;
+            let what = || format!("record {key:?} of column family {name:?}");
+            codec::check_frame(&value, &what).map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < shared.options.max_jobs_per_batch.max(1) {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(shared, &batch);
+        let count = batch.len() as u64;
+        if result.is_ok() {
+            shared.counters.acked_jobs.fetch_add(count, Ordering::SeqCst);
+            if shared.options.sync {
+                shared.counters.synced_batches.fetch_add(1, Ordering::SeqCst);
+                shared.counters.acked_jobs_synced.fetch_add(count, Ordering::SeqCst);
+            }
+        }
+        for job in batch {
+            let _ = job.reply.send(result.clone());
+        }
+    }
+}
+
+/// Writes every job's ops as one batch with one (synced) WAL write.
+fn write_batch(shared: &Shared, jobs: &[Job]) -> Result<(), StorageError> {
+    let needs_reopen = shared.db.read().map_err(|_| StorageError::Poisoned)?.is_none();
+    if needs_reopen {
+        reopen(shared)?;
+    }
+    let guard = shared.db.read().map_err(|_| StorageError::Poisoned)?;
+    let db = guard.as_ref().ok_or_else(reopening)?;
+    let log = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
+    let meta = db.cf_handle(CF_META).ok_or_else(|| missing_cf(CF_META))?;
+    let mut batch = WriteBatch::default();
+    for job in jobs {
+        for op in &job.ops {
+            match op {
+                Op::Put(cf, k, v) => batch.put_cf(if matches!(cf, Cf::Log) { log } else { meta }, k, v),
+                Op::DeleteRange(cf, from, to) => {
+                    batch.delete_range_cf(if matches!(cf, Cf::Log) { log } else { meta }, from, to)
+                }
+            }
+        }
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(shared.options.sync);
+    match db.write_opt(batch, &wo) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let error = storage_error(&e);
+            tracing::error!(error = %e, "write failed; the store will be reopened before the next write");
+            drop(guard);
+            // RocksDB refuses writes after a failed WAL write or sync until reopened; close
+            // it now so that the next write reopens it from what is really on disk.
+            if let Ok(mut db) = shared.db.write() {
+                db.take();
+            }
+            Err(error)
+        }
+    }
+}
+
+fn reopen(shared: &Shared) -> Result<(), StorageError> {
+    let mut db = shared.db.write().map_err(|_| StorageError::Poisoned)?;
+    if db.is_some() {
+        return Ok(());
+    }
+    match open_db(&shared.dir, &db_options(false)) {
+        Ok(opened) => {
+            tracing::info!(dir = %shared.dir.display(), "store reopened after a failed write");
+            *db = Some(opened);
+            Ok(())
+        }
+        Err(OpenError::Io(m)) if crate::error::is_no_space(&m) => Err(StorageError::Full),
+        Err(e) => Err(e.into()),
+    }
+}

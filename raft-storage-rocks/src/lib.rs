@@ -1,0 +1,41 @@
+//! # raft-storage-rocks
+//!
+//! Durable [`Storage`](raft_core::Storage) for raft-core on RocksDB.
+//!
+//! - **Durability**: every write returns only after a synced WAL write; writes that arrive
+//!   while a sync is in progress share the next one (group commit, see [`RocksDb`]).
+//! - **Atomicity**: an append that replaces a suffix, a truncation, a compaction, and a
+//!   snapshot with the log it discards are each one atomic batch.
+//! - **Integrity**: every record carries a crc32c checksum; a store is opened only if its format
+//!   version, cluster id and node id match and (by default) every record reads back intact.
+//!   Damage, a foreign store, a newer format, or a second process on the same directory are
+//!   refused with a typed [`OpenError`].
+//! - **Faults**: a full disk is [`StorageError::Full`](raft_core::StorageError::Full); after any
+//!   failed write the store reopens RocksDB before the next one, so writes work again once
+//!   space is freed, and nothing acknowledged is lost.
+//!
+//! ```
+//! use raft_core::{Entry, EntryPayload, Storage};
+//! use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let identity = Identity { cluster_id: "demo".into(), node_id: 1 };
+//! let db = RocksDb::open(dir.path(), &identity, RocksOptions::default()).unwrap();
+//! let log = db.log(0);
+//! log.append(&[Entry { term: 1, index: 1, payload: EntryPayload::Blank }]).await.unwrap();
+//! assert_eq!(log.initial_state().await.unwrap().last_index, 1);
+//! # });
+//! ```
+
+mod codec;
+mod db;
+mod error;
+mod storage;
+
+pub use db::{Identity, RocksDb, RocksOptions, FORMAT_VERSION};
+pub use error::OpenError;
+pub use storage::RocksStorage;
+
+#[cfg(test)]
+mod tests;

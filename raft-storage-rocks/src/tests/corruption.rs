@@ -1,0 +1,179 @@
+//! Integrity: damaged files, a missing `CURRENT`, missing column families, a newer format and a
+//! store of another cluster or node are all refused at open with a typed error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raft_core::Storage;
+
+use super::{expected_entry, identity, open};
+use crate::codec::{self, KEY_FORMAT_VERSION};
+use crate::{Identity, OpenError, RocksDb, RocksOptions};
+
+fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Flips every byte of a window in the middle of `file`.
+fn flip_middle(file: &Path) {
+    let mut bytes = std::fs::read(file).expect("read file");
+    assert!(bytes.len() > 64, "{} is too small to damage", file.display());
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(file, bytes).expect("write file");
+}
+
+/// A store with `n` entries flushed to SST files, closed.
+async fn flushed_store(n: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let log = db.log(0);
+    let entries: Vec<_> = (1..=n).map(expected_entry).collect();
+    log.append(&entries).await.expect("append");
+    db.flush().expect("flush");
+    drop(log);
+    drop(db);
+    dir
+}
+
+/// A store whose entries are only in the WAL: a child wrote them and was killed (a clean
+/// close may flush the WAL into SST files).
+fn wal_only_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = super::child::spawn("append", dir.path(), &[]).expect("spawn");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(super::durability::sigkill(child.id()));
+    let _ = child.wait();
+    dir
+}
+
+fn open_err(dir: &Path) -> OpenError {
+    match RocksDb::open(dir, &identity(), RocksOptions::default()) {
+        Ok(_) => panic!("a damaged store at {} was opened", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn flipped_bytes_in_an_sst_file_are_refused() {
+    let dir = flushed_store(200).await;
+    let ssts = files_with(dir.path(), |n| n.ends_with(".sst"));
+    assert!(!ssts.is_empty(), "the flush wrote SST files");
+    for sst in &ssts {
+        flip_middle(sst);
+    }
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(_)));
+}
+
+#[tokio::test]
+async fn flipped_bytes_in_the_manifest_are_refused() {
+    let dir = flushed_store(20).await;
+    let manifests = files_with(dir.path(), |n| n.starts_with("MANIFEST-"));
+    assert!(!manifests.is_empty());
+    for m in &manifests {
+        flip_middle(m);
+    }
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(_)), "{:?}", open_err(dir.path()));
+}
+
+#[test]
+fn flipped_bytes_in_the_middle_of_the_wal_are_refused() {
+    let dir = wal_only_store();
+    let wals = files_with(dir.path(), |n| n.ends_with(".log"));
+    let wal = wals.iter().max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a WAL");
+    flip_middle(wal);
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(_)), "{:?}", open_err(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_wal_tail_opens_to_an_intact_prefix() {
+    // A record cut at the end of the WAL is what a crash mid-write leaves; RocksDB drops it
+    // (it was never acknowledged). The store opens, and what it holds is whole and in order.
+    let dir = wal_only_store();
+    let wals = files_with(dir.path(), |n| n.ends_with(".log"));
+    let wal = wals.iter().max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a WAL");
+    let len = std::fs::metadata(wal).expect("metadata").len();
+    let file = std::fs::OpenOptions::new().write(true).open(wal).expect("open wal");
+    file.set_len(len - len.min(37)).expect("truncate");
+    drop(file);
+    let log = open(dir.path()).log(0);
+    let state = log.initial_state().await.expect("state");
+    let entries = log.entries(state.first_index, state.last_index + 1).await.expect("entries");
+    for (e, index) in entries.iter().zip(state.first_index..) {
+        assert_eq!(e, &expected_entry(index));
+    }
+}
+
+#[tokio::test]
+async fn a_missing_current_file_is_refused_not_reinitialized() {
+    let dir = flushed_store(10).await;
+    std::fs::remove_file(dir.path().join("CURRENT")).expect("remove CURRENT");
+    assert!(matches!(open_err(dir.path()), OpenError::MissingCurrent(_)));
+}
+
+#[test]
+fn a_store_without_the_raft_column_families_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    drop(rocksdb::DB::open(&opts, dir.path()).expect("plain rocksdb"));
+    assert!(matches!(open_err(dir.path()), OpenError::MissingColumnFamily(_)), "{:?}", open_err(dir.path()));
+}
+
+#[tokio::test]
+async fn a_newer_format_and_a_foreign_store_are_refused() {
+    let dir = flushed_store(3).await;
+    let other_cluster = Identity { cluster_id: "other".into(), ..identity() };
+    assert!(matches!(
+        RocksDb::open(dir.path(), &other_cluster, RocksOptions::default()),
+        Err(OpenError::ClusterMismatch { .. })
+    ));
+    let other_node = Identity { node_id: 9, ..identity() };
+    assert!(matches!(
+        RocksDb::open(dir.path(), &other_node, RocksOptions::default()),
+        Err(OpenError::NodeMismatch { expected: 9, found: 1 })
+    ));
+    // Rewrite the format version as a future build would.
+    {
+        let db = open(dir.path());
+        let guard = db.read().expect("read");
+        let raw = guard.as_ref().expect("db");
+        let cf = raw.cf_handle(codec::CF_META).expect("meta");
+        raw.put_cf(cf, KEY_FORMAT_VERSION, codec::encode(&2u32).expect("encode")).expect("put");
+    }
+    assert_eq!(open_err(dir.path()), OpenError::FormatVersion { found: 2, supported: 1 });
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_found_when_opening() {
+    let dir = flushed_store(5).await;
+    {
+        let db = open(dir.path());
+        let guard = db.read().expect("read");
+        let raw = guard.as_ref().expect("db");
+        let cf = raw.cf_handle(codec::CF_LOG).expect("log");
+        let key = codec::log_key(0, 3);
+        let mut value = raw.get_cf(cf, key).expect("get").expect("entry 3");
+        let last = value.len() - 1;
+        value[last] ^= 1;
+        raw.put_cf(cf, key, value).expect("put damaged");
+    }
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(m) if m.contains("checksum")));
+    // Without the check at open, the read that meets it fails instead.
+    let db = RocksDb::open(
+        dir.path(),
+        &identity(),
+        RocksOptions { verify_on_open: false, ..RocksOptions::default() },
+    )
+    .expect("open unverified");
+    let err = db.log(0).entries(1, 6).await.expect_err("damaged entry");
+    assert!(matches!(err, raft_core::StorageError::Corrupt(m) if m.contains("entry 3")));
+}
