@@ -15,7 +15,7 @@ use raft_core::{
 use rocksdb::{Direction, IteratorMode, DB};
 
 use crate::codec::{self, index_of, log_key, meta_key, CF_LOG, CF_META};
-use crate::db::{missing_cf, reopening, Cf, Op, RocksDb};
+use crate::db::{missing_cf, reopening, Bounds, Cf, Op, RocksDb};
 use crate::error::storage_error;
 
 /// One Raft log stored in a [`RocksDb`]; see the [module docs](self).
@@ -23,14 +23,6 @@ use crate::error::storage_error;
 pub struct RocksStorage {
     db: RocksDb,
     group: u64,
-}
-
-/// The log's bounds as stored.
-#[derive(Debug, Clone, Copy)]
-struct Bounds {
-    first: Index,
-    last: Index,
-    snapshot: LogId,
 }
 
 impl RocksStorage {
@@ -80,6 +72,15 @@ impl RocksStorage {
     }
 
     fn bounds(&self, db: &DB) -> Result<Bounds, StorageError> {
+        if let Some(b) = self.db.cached_bounds(self.group) {
+            return Ok(b);
+        }
+        let b = self.read_bounds(db)?;
+        self.db.cache_bounds(self.group, b);
+        Ok(b)
+    }
+
+    fn read_bounds(&self, db: &DB) -> Result<Bounds, StorageError> {
         let snapshot = self.snapshot_meta(db)?.map_or(LogId::default(), |m| m.last_log_id);
         let first = self.edge(db, true)?.unwrap_or(snapshot.index + 1);
         let last = self.edge(db, false)?.unwrap_or(first - 1);
@@ -103,6 +104,21 @@ impl RocksStorage {
 
     fn out_of_range(b: Bounds, from: Index, to: Index) -> StorageError {
         StorageError::OutOfRange { from, to, first: b.first, last: b.last }
+    }
+
+    /// Carries out a write and then records the bounds it leads to; after a failure the
+    /// bounds are read again from RocksDB.
+    async fn write(&self, ops: Vec<Op>, after: Bounds) -> Result<(), StorageError> {
+        match self.db.write(ops).await {
+            Ok(()) => {
+                self.db.cache_bounds(self.group, after);
+                Ok(())
+            }
+            Err(e) => {
+                self.db.forget_bounds(self.group);
+                Err(e)
+            }
+        }
     }
 
     fn log_range(&self, from: Index) -> Op {
@@ -142,10 +158,12 @@ impl Storage for RocksStorage {
             // Replaces a suffix: in the same atomic batch as the new entries.
             ops.push(self.log_range(first.index));
         }
+        let mut last = b.last;
         for e in entries {
             ops.push(Op::Put(Cf::Log, log_key(self.group, e.index).to_vec(), codec::encode(e)?));
+            last = e.index;
         }
-        self.db.write(ops).await
+        self.write(ops, Bounds { last, ..b }).await
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {
@@ -156,7 +174,7 @@ impl Storage for RocksStorage {
         if from > b.last {
             return Ok(());
         }
-        self.db.write(vec![self.log_range(from)]).await
+        self.write(vec![self.log_range(from)], Bounds { last: from - 1, ..b }).await
     }
 
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
@@ -226,10 +244,13 @@ impl Storage for RocksStorage {
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_meta"), codec::encode(&snapshot.meta)?),
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_data"), codec::encode(&(last, &snapshot.data))?),
         ];
-        if !matches {
+        let after = if matches {
+            Bounds { snapshot: last, ..b }
+        } else {
             ops.push(self.log_range(0));
-        }
-        self.db.write(ops).await
+            Bounds { first: last.index + 1, last: last.index, snapshot: last }
+        };
+        self.write(ops, after).await
     }
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
@@ -262,6 +283,7 @@ impl Storage for RocksStorage {
             log_key(self.group, b.first).to_vec(),
             log_key(self.group, up_to + 1).to_vec(),
         );
-        self.db.write(vec![op]).await
+        let after = Bounds { first: up_to + 1, last: b.last.max(up_to), snapshot: b.snapshot };
+        self.write(vec![op], after).await
     }
 }
