@@ -1,0 +1,1 @@
+//! A TCP [`Transport`](raft_core::Transport) for raft-core.
