@@ -648,9 +648,11 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
     // Connections over the limit are closed at once; the others wait for their handshake.
     let mut closed = 0;
     let mut open = 0;
+    // One deadline for all, well before the handshake timeout closes the accepted ones.
+    let deadline = tokio::time::Instant::now() + raw.handshake_timeout / 4;
     for c in &mut conns {
         let mut scratch = [0u8; 8];
-        match tokio::time::timeout(raw.handshake_timeout / 4, c.stream.read(&mut scratch)).await {
+        match tokio::time::timeout_at(deadline, c.stream.read(&mut scratch)).await {
             Ok(_) => closed += 1,
             Err(_) => open += 1,
         }
