@@ -85,12 +85,36 @@ pub async fn run_all(factory: &impl TransportFactory) {
     }
 }
 
-/// Reserves `n` free loopback addresses for nodes `1..=n`.
-fn free_addrs(n: u64) -> BTreeMap<NodeId, SocketAddr> {
-    let listeners: Vec<_> = (1..=n)
-        .map(|id| (id, std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")))
-        .collect();
-    listeners.iter().map(|(id, l)| (*id, l.local_addr().expect("local addr"))).collect()
+/// Ports the suite picks from: below Linux's default ephemeral range (32768-60999), so that an
+/// outbound connection's local port (bound to port 0) never takes a port reserved for a node
+/// between its reservation and its transport's start.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Reserves `n` free loopback addresses for nodes `1..=n`: ports outside the ephemeral range
+/// (see [`TEST_PORTS`]), picked at random and checked free. For tests of network transports.
+pub fn free_loopback_addrs(n: u64) -> BTreeMap<NodeId, SocketAddr> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut rng = crate::rng::SeededRng::new(seed);
+    let mut held = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=n {
+        let mut attempts = 0;
+        let listener = loop {
+            attempts += 1;
+            assert!(attempts < 1_000, "no free loopback port in {TEST_PORTS:?}");
+            let port = rng.range(u64::from(TEST_PORTS.start), u64::from(TEST_PORTS.end)) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                break l;
+            }
+        };
+        addrs.insert(id, listener.local_addr().expect("local addr"));
+        held.push(listener);
+    }
+    addrs
 }
 
 /// A running cluster of transports.
@@ -101,7 +125,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(factory: &impl TransportFactory, n: u64) -> Self {
-        let addrs = free_addrs(n);
+        let addrs = free_loopback_addrs(n);
         let mut nodes = BTreeMap::new();
         for id in addrs.keys() {
             nodes.insert(*id, factory.start(*id, &addrs).await);
