@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::io::{read_frame, write_frame, ReadError};
 use crate::stats::Counters;
@@ -101,19 +101,54 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: 
             return;
         }
     }
-    debug!(peer = peer, "inbound connection established");
+    // A newer connection from the same node supersedes this one: a peer that restarted
+    // behind a half-open connection must not leave it holding a connection slot forever.
+    let Some(generations) = shared.generations.get(&peer) else {
+        return; // not a peer; `check_hello` refused it already
+    };
+    let mut generation = 0;
+    generations.send_modify(|g| {
+        *g += 1;
+        generation = *g;
+    });
+    let mut superseded = generations.subscribe();
+    debug!(peer = peer, generation, "inbound connection established");
+    let mut warned_misaddressed = false;
     loop {
-        match read_frame(&mut stream, &mut buf, &decoder, None, config.frame_timeout).await {
+        let frame = tokio::select! {
+            frame = read_frame(&mut stream, &mut buf, &decoder, None, config.frame_timeout) => frame,
+            _ = superseded.changed() => {
+                info!(peer = peer, "a newer connection from the same node replaces this one; closing");
+                return;
+            }
+        };
+        match frame {
             Ok(WireMessage::Raft(message)) => {
                 if message.from != peer || message.to != config.node_id {
                     Counters::add(&counters.dropped_misaddressed, 1);
-                    warn!(peer = peer, from = message.from, to = message.to, "misaddressed message dropped");
+                    if warned_misaddressed {
+                        debug!(
+                            peer = peer,
+                            from = message.from,
+                            to = message.to,
+                            "misaddressed message dropped"
+                        );
+                    } else {
+                        warn!(
+                            peer = peer,
+                            from = message.from,
+                            to = message.to,
+                            "misaddressed message dropped"
+                        );
+                        warned_misaddressed = true;
+                    }
                     continue;
                 }
+                // Counted first, so the counter is never behind what `recv` returned.
+                Counters::add(&counters.received, 1);
                 if inbox.send(message).await.is_err() {
                     return; // shutting down
                 }
-                Counters::add(&counters.received, 1);
             }
             Ok(other) => {
                 Counters::add(&counters.bad_frames, 1);

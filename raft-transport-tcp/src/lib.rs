@@ -37,7 +37,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use raft_core::{Message, NodeId, SendError, Transport, TransportClosed};
 use tokio::net::TcpSocket;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -70,6 +70,8 @@ pub enum TcpError {
 pub(crate) struct Shared {
     pub(crate) config: TcpConfig,
     pub(crate) counters: Counters,
+    /// Per peer, the generation of its latest inbound connection; older ones close.
+    pub(crate) generations: BTreeMap<NodeId, watch::Sender<u64>>,
 }
 
 /// A [`Transport`] over TCP. See the [crate docs](crate).
@@ -98,7 +100,8 @@ impl TcpTransport {
         let local_addr = listener.local_addr().map_err(|source| TcpError::Listen { addr: listen, source })?;
         let span = tracing::info_span!("tcp_transport", node = config.node_id, %local_addr);
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbound_queue_max);
-        let shared = Arc::new(Shared { config, counters: Counters::default() });
+        let generations = config.peers.keys().map(|&peer| (peer, watch::Sender::new(0))).collect();
+        let shared = Arc::new(Shared { config, counters: Counters::default(), generations });
         let mut tasks = Vec::new();
         let mut queues = BTreeMap::new();
         for (&peer, &addr) in &shared.config.peers {

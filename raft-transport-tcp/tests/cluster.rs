@@ -381,7 +381,8 @@ async fn messages_queued_while_the_peer_is_down_arrive_in_order_when_it_comes_up
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_record_refusals_bad_frames_misaddressed_messages_and_reconnects() {
-    let addrs = transport_suite::free_loopback_addrs(2);
+    // Node 3 does not run: raw sockets speak for it.
+    let addrs = transport_suite::free_loopback_addrs(3);
     let a = start(1, &addrs).await;
     let b = start(2, &addrs).await;
     b.send(numbered(2, 1, 1)).expect("queued");
@@ -390,7 +391,7 @@ async fn counters_record_refusals_bad_frames_misaddressed_messages_and_reconnect
     let mut raw = TcpStream::connect(addrs[&1]).await.expect("connect");
     write_frame(
         &mut raw,
-        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: "other".into(), node_id: 2 },
+        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: "other".into(), node_id: 3 },
     )
     .await;
     assert!(matches!(read_frame(&mut raw).await, Some(WireMessage::Refused { .. })));
@@ -399,12 +400,12 @@ async fn counters_record_refusals_bad_frames_misaddressed_messages_and_reconnect
     let mut raw = TcpStream::connect(addrs[&1]).await.expect("connect");
     write_frame(
         &mut raw,
-        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 2 },
+        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 3 },
     )
     .await;
     assert!(matches!(read_frame(&mut raw).await, Some(WireMessage::HelloAck { .. })));
-    write_frame(&mut raw, &WireMessage::Raft(numbered(2, 3, 1))).await;
-    write_frame(&mut raw, &WireMessage::Raft(numbered(3, 1, 1))).await;
+    write_frame(&mut raw, &WireMessage::Raft(numbered(3, 2, 1))).await;
+    write_frame(&mut raw, &WireMessage::Raft(numbered(2, 1, 1))).await;
     raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
     assert_eq!(read_frame(&mut raw).await, None, "closed after the oversized length");
     wait_until("a bad frame is counted", || a.stats().bad_frames == 1).await;
@@ -473,4 +474,21 @@ async fn shutdown_wakes_a_pending_recv_closes_the_port_and_is_idempotent() {
     assert_eq!(r, Err(TransportClosed));
     assert_eq!(a.send(numbered(1, 2, 1)), Err(SendError::Closed));
     assert!(TcpStream::connect(addrs[&1]).await.is_err(), "the listener is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_from_the_same_node_replaces_the_older_one() {
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let a = start(1, &addrs).await; // node 2 does not run: raw sockets speak for it
+    let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 2 };
+    let mut old = TcpStream::connect(addrs[&1]).await.expect("connect");
+    write_frame(&mut old, &hello).await;
+    assert!(matches!(read_frame(&mut old).await, Some(WireMessage::HelloAck { .. })));
+    let mut new = TcpStream::connect(addrs[&1]).await.expect("connect");
+    write_frame(&mut new, &hello).await;
+    assert!(matches!(read_frame(&mut new).await, Some(WireMessage::HelloAck { .. })));
+    assert_eq!(read_frame(&mut old).await, None, "the older connection is closed");
+    write_frame(&mut new, &WireMessage::Raft(numbered(2, 1, 9))).await;
+    assert_eq!(recv_exactly(&a, 1).await, vec![numbered(2, 1, 9)]);
+    a.shutdown().await;
 }

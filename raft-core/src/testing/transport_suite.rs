@@ -133,6 +133,19 @@ impl Cluster {
         Self { addrs, nodes }
     }
 
+    /// Starts nodes `1..=n` whose peers also include [`GHOST`], which does not run.
+    async fn start_with_ghost(factory: &impl TransportFactory, n: u64) -> Self {
+        let mut addrs = free_loopback_addrs(n + 1);
+        if let Some(ghost) = addrs.remove(&(n + 1)) {
+            addrs.insert(GHOST, ghost);
+        }
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, factory.start(id, &addrs).await);
+        }
+        Self { addrs, nodes }
+    }
+
     fn node(&self, id: NodeId) -> &Arc<dyn Transport> {
         &self.nodes[&id]
     }
@@ -388,6 +401,13 @@ async fn traffic_resumes_after_a_peer_restarts(factory: &impl TransportFactory) 
 
 // ---------------------------------------------------------------------------------------------
 // Raw-socket cases (TCP wire format).
+//
+// Raw sockets speak for `GHOST`, a node in every transport's peer list that does not run: a
+// transport may close a node's older connection when the node connects again, so raw sockets
+// must not pose as a running node.
+
+/// The id raw sockets claim.
+const GHOST: NodeId = 99;
 
 /// A raw client connection to a transport.
 struct Raw {
@@ -480,7 +500,7 @@ fn prompt(raw: &RawTcp) -> Duration {
 
 async fn huge_length_prefix_closes_the_connection(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "huge_length_prefix_closes_the_connection";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     // Before the handshake.
     let mut c = Raw::connect(cluster.addrs[&1]).await;
     c.write(&u32::MAX.to_be_bytes()).await;
@@ -488,7 +508,7 @@ async fn huge_length_prefix_closes_the_connection(factory: &impl TransportFactor
     // After the handshake, several times (a transport that reserved 4 GiB would not survive).
     for _ in 0..3 {
         let mut c = Raw::connect(cluster.addrs[&1]).await;
-        c.handshake(raw, 2, case).await;
+        c.handshake(raw, GHOST, case).await;
         c.write(&u32::MAX.to_be_bytes()).await;
         c.write_lenient(&[0; 1024]).await;
         c.closed_within(prompt(raw), case).await;
@@ -499,7 +519,7 @@ async fn huge_length_prefix_closes_the_connection(factory: &impl TransportFactor
 
 async fn garbage_closes_the_connection(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "garbage_closes_the_connection";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let mut garbage_frame = 16u32.to_be_bytes().to_vec();
     garbage_frame.extend_from_slice(&[0xff; 16]);
     let zero_frame = [0u8, 0, 0, 0, 0xff];
@@ -508,14 +528,14 @@ async fn garbage_closes_the_connection(factory: &impl TransportFactory, raw: &Ra
         c.write(bytes).await;
         c.closed_within(prompt(raw), &format!("{case} ({name}, before the handshake)")).await;
         let mut c = Raw::connect(cluster.addrs[&1]).await;
-        c.handshake(raw, 2, case).await;
+        c.handshake(raw, GHOST, case).await;
         c.write(bytes).await;
         c.closed_within(prompt(raw), &format!("{case} ({name}, after the handshake)")).await;
     }
     // A `HelloAck` where a `Raft` frame belongs is a protocol error too.
     let mut c = Raw::connect(cluster.addrs[&1]).await;
-    c.handshake(raw, 2, case).await;
-    c.write_frame(&WireMessage::HelloAck { version: WIRE_VERSION, node_id: 2 }).await;
+    c.handshake(raw, GHOST, case).await;
+    c.write_frame(&WireMessage::HelloAck { version: WIRE_VERSION, node_id: GHOST }).await;
     c.closed_within(prompt(raw), &format!("{case} (unexpected HelloAck)")).await;
     cluster.assert_works(case, 1, 2).await;
     cluster.shutdown().await;
@@ -523,15 +543,15 @@ async fn garbage_closes_the_connection(factory: &impl TransportFactory, raw: &Ra
 
 async fn truncated_frame_then_close(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "truncated_frame_then_close";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let mut frame = Vec::new();
-    encode_frame(&WireMessage::Raft(message(2, 1, 99)), u32::MAX, &mut frame).expect("encode");
+    encode_frame(&WireMessage::Raft(message(GHOST, 1, 99)), u32::MAX, &mut frame).expect("encode");
     let mut c = Raw::connect(cluster.addrs[&1]).await;
-    c.handshake(raw, 2, case).await;
+    c.handshake(raw, GHOST, case).await;
     c.write(&frame[..frame.len() - 1]).await;
     drop(c);
     let mut c = Raw::connect(cluster.addrs[&1]).await;
-    c.handshake(raw, 2, case).await;
+    c.handshake(raw, GHOST, case).await;
     c.write(&frame[..2]).await;
     drop(c);
     assert_nothing_arrives(cluster.node(1), Duration::from_millis(200), case).await;
@@ -541,12 +561,12 @@ async fn truncated_frame_then_close(factory: &impl TransportFactory, raw: &RawTc
 
 async fn slow_drip_sender_is_cut_off(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "slow_drip_sender_is_cut_off";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let mut frame = Vec::new();
-    encode_frame(&WireMessage::Raft(large_append(2, 1, 64)), u32::MAX, &mut frame).expect("encode");
+    encode_frame(&WireMessage::Raft(large_append(GHOST, 1, 64)), u32::MAX, &mut frame).expect("encode");
     let c = {
         let mut c = Raw::connect(cluster.addrs[&1]).await;
-        c.handshake(raw, 2, case).await;
+        c.handshake(raw, GHOST, case).await;
         c
     };
     let (mut reader, mut writer) = c.stream.into_split();
@@ -573,13 +593,13 @@ async fn slow_drip_sender_is_cut_off(factory: &impl TransportFactory, raw: &RawT
 
 async fn unfinished_handshake_is_cut_off(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "unfinished_handshake_is_cut_off";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     // Silent, and half a Hello.
     let mut silent = Raw::connect(cluster.addrs[&1]).await;
     let mut half = Raw::connect(cluster.addrs[&1]).await;
     let mut hello = Vec::new();
     encode_frame(
-        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: raw.cluster_id.clone(), node_id: 2 },
+        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: raw.cluster_id.clone(), node_id: GHOST },
         u32::MAX,
         &mut hello,
     )
@@ -611,11 +631,11 @@ async fn expect_refused(
 
 async fn wrong_cluster_is_refused(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "wrong_cluster_is_refused";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let hello = WireMessage::Hello {
         version: WIRE_VERSION,
         cluster_id: format!("{}-other", raw.cluster_id),
-        node_id: 2,
+        node_id: GHOST,
     };
     expect_refused(&cluster, raw, hello, |r| matches!(r, RefusalReason::WrongCluster { .. }), case).await;
     cluster.assert_works(case, 1, 2).await;
@@ -624,7 +644,7 @@ async fn wrong_cluster_is_refused(factory: &impl TransportFactory, raw: &RawTcp)
 
 async fn unknown_node_is_refused(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "unknown_node_is_refused";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: raw.cluster_id.clone(), node_id: 77 };
     expect_refused(&cluster, raw, hello, |r| *r == RefusalReason::UnknownNode(77), case).await;
     // A node claiming the acceptor's own id is not a peer either.
@@ -636,9 +656,9 @@ async fn unknown_node_is_refused(factory: &impl TransportFactory, raw: &RawTcp) 
 
 async fn unsupported_version_is_refused(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "unsupported_version_is_refused";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     let version = WIRE_VERSION.wrapping_add(100);
-    let hello = WireMessage::Hello { version, cluster_id: raw.cluster_id.clone(), node_id: 2 };
+    let hello = WireMessage::Hello { version, cluster_id: raw.cluster_id.clone(), node_id: GHOST };
     let check =
         |r: &RefusalReason| matches!(r, RefusalReason::UnsupportedVersion { got, .. } if *got == version);
     expect_refused(&cluster, raw, hello, check, case).await;
@@ -647,14 +667,14 @@ async fn unsupported_version_is_refused(factory: &impl TransportFactory, raw: &R
 
 async fn spoofed_sender_or_receiver_is_dropped(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "spoofed_sender_or_receiver_is_dropped";
-    let cluster = Cluster::start(factory, 3).await;
+    let cluster = Cluster::start_with_ghost(factory, 3).await;
     let mut c = Raw::connect(cluster.addrs[&1]).await;
-    c.handshake(raw, 2, case).await;
+    c.handshake(raw, GHOST, case).await;
     c.write_frame(&WireMessage::Raft(message(3, 1, 1))).await; // claims to be node 3
-    c.write_frame(&WireMessage::Raft(message(2, 3, 2))).await; // meant for node 3
-    c.write_frame(&WireMessage::Raft(message(2, 1, 3))).await; // fine
+    c.write_frame(&WireMessage::Raft(message(GHOST, 3, 2))).await; // meant for node 3
+    c.write_frame(&WireMessage::Raft(message(GHOST, 1, 3))).await; // fine
     let got = recv_n(cluster.node(1), 1, case).await;
-    assert_eq!(got[0], message(2, 1, 3), "{case}: a spoofed message was delivered");
+    assert_eq!(got[0], message(GHOST, 1, 3), "{case}: a spoofed message was delivered");
     assert_nothing_arrives(cluster.node(1), Duration::from_millis(100), case).await;
     assert_nothing_arrives(cluster.node(3), Duration::from_millis(10), case).await;
     cluster.shutdown().await;
@@ -662,7 +682,7 @@ async fn spoofed_sender_or_receiver_is_dropped(factory: &impl TransportFactory, 
 
 async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "connection_limit_holds";
-    let cluster = Cluster::start(factory, 2).await;
+    let cluster = Cluster::start_with_ghost(factory, 2).await;
     cluster.assert_works(case, 1, 2).await; // node 2's connection to node 1 uses one slot
     let limit = raw.max_inbound_connections;
     let mut conns = Vec::new();
@@ -692,7 +712,7 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
         c.write_frame(&WireMessage::Hello {
             version: WIRE_VERSION,
             cluster_id: raw.cluster_id.clone(),
-            node_id: 2,
+            node_id: GHOST,
         })
         .await;
         match c.read_frame(case).await {
