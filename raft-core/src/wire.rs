@@ -23,6 +23,10 @@ pub const WIRE_VERSION: u16 = 1;
 /// default) and large AppendEntries batches fit well under it.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
 
+/// The limit on a handshake frame's body, in bytes: before a peer is known, a connection may
+/// make the receiver buffer only this much.
+pub const HANDSHAKE_MAX_FRAME_BYTES: u32 = 4 * 1024;
+
 /// The size of a frame's length prefix, in bytes.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 

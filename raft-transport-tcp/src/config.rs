@@ -9,6 +9,9 @@ use raft_core::NodeId;
 
 use crate::TcpError;
 
+/// The longest cluster id, in bytes (it must fit in a handshake frame).
+pub const CLUSTER_ID_BYTES_MAX: usize = 256;
+
 /// The settings of a [`TcpTransport`](crate::TcpTransport). Build with [`TcpConfig::new`] and
 /// override limits with struct update syntax.
 #[derive(Debug, Clone)]
@@ -76,6 +79,9 @@ impl TcpConfig {
     /// Checks the limits together.
     pub fn validate(&self) -> Result<(), TcpError> {
         let bad = |what: &'static str| Err(TcpError::InvalidConfig(what));
+        if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
+            return bad("cluster_id must be 1 to 256 bytes long");
+        }
         if self.peers.contains_key(&self.node_id) {
             return bad("peers must not contain the node itself");
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use raft_core::wire::{FrameDecoder, RefusalReason, WireMessage, WIRE_VERSION};
+use raft_core::wire::{FrameDecoder, RefusalReason, WireMessage, HANDSHAKE_MAX_FRAME_BYTES, WIRE_VERSION};
 use raft_core::{Message, NodeId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -59,10 +59,12 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: 
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
-    let decoder = FrameDecoder::new(config.max_frame_bytes);
     let mut buf = BytesMut::with_capacity(4096);
     let deadline = Instant::now() + config.handshake_timeout;
-    let hello = read_frame(&mut stream, &mut buf, &decoder, Some(deadline), config.handshake_timeout).await;
+    // Until the peer is known, it may make us buffer only a small frame.
+    let handshake_decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
+    let hello =
+        read_frame(&mut stream, &mut buf, &handshake_decoder, Some(deadline), config.handshake_timeout).await;
     let peer = match hello {
         Ok(WireMessage::Hello { version, cluster_id, node_id }) => {
             match check_hello(shared, version, cluster_id, node_id) {
@@ -113,6 +115,7 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: 
     });
     let mut superseded = generations.subscribe();
     debug!(peer = peer, generation, "inbound connection established");
+    let decoder = FrameDecoder::new(config.max_frame_bytes);
     let mut warned_misaddressed = false;
     loop {
         let frame = tokio::select! {

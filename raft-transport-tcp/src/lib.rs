@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-pub use config::TcpConfig;
+pub use config::{TcpConfig, CLUSTER_ID_BYTES_MAX};
 pub use stats::TcpStats;
 
 use stats::Counters;

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use raft_core::wire::{encode_frame, FrameDecoder, WireError, WireMessage, WIRE_VERSION};
+use raft_core::wire::{
+    encode_frame, FrameDecoder, WireError, WireMessage, HANDSHAKE_MAX_FRAME_BYTES, WIRE_VERSION,
+};
 use raft_core::{Message, NodeId, SeededRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -140,10 +142,10 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
         cluster_id: config.cluster_id.clone(),
         node_id: config.node_id,
     };
-    tokio::time::timeout_at(deadline, write_frame(&mut stream, &hello, config.max_frame_bytes))
+    tokio::time::timeout_at(deadline, write_frame(&mut stream, &hello, HANDSHAKE_MAX_FRAME_BYTES))
         .await
         .map_err(|_| ConnectError::Timeout)??;
-    let decoder = FrameDecoder::new(config.max_frame_bytes);
+    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
     let mut buf = BytesMut::with_capacity(256);
     let reply = read_frame(&mut stream, &mut buf, &decoder, Some(deadline), config.handshake_timeout)
         .await

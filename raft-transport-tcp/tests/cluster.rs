@@ -17,7 +17,7 @@ use raft_core::{
     Role, SendError, Transport, TransportClosed,
 };
 use raft_storage_mem::MemStorage;
-use raft_transport_tcp::{TcpConfig, TcpError, TcpTransport};
+use raft_transport_tcp::{TcpConfig, TcpError, TcpTransport, CLUSTER_ID_BYTES_MAX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -445,6 +445,8 @@ async fn start_rejects_bad_configs_and_a_busy_port() {
             ..config.clone()
         },
         TcpConfig { handshake_timeout: Duration::ZERO, ..config.clone() },
+        TcpConfig { cluster_id: String::new(), ..config.clone() },
+        TcpConfig { cluster_id: "x".repeat(CLUSTER_ID_BYTES_MAX + 1), ..config.clone() },
     ] {
         assert!(matches!(TcpTransport::start(bad).await, Err(TcpError::InvalidConfig(_))));
     }
@@ -474,6 +476,21 @@ async fn shutdown_wakes_a_pending_recv_closes_the_port_and_is_idempotent() {
     assert_eq!(r, Err(TransportClosed));
     assert_eq!(a.send(numbered(1, 2, 1)), Err(SendError::Closed));
     assert!(TcpStream::connect(addrs[&1]).await.is_err(), "the listener is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_before_the_handshake_closes_the_connection() {
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let a = start(1, &addrs).await;
+    // A Hello padded past the handshake frame limit (far below max_frame_bytes).
+    let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: "x".repeat(8 * 1024), node_id: 2 };
+    let mut raw = TcpStream::connect(addrs[&1]).await.expect("connect");
+    let mut out = Vec::new();
+    encode_frame(&hello, u32::MAX, &mut out).expect("encode");
+    raw.write_all(&out[..4]).await.expect("write the length");
+    assert_eq!(read_frame(&mut raw).await, None, "closed on the length alone");
+    wait_until("a bad frame is counted", || a.stats().bad_frames == 1).await;
+    a.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
