@@ -195,11 +195,6 @@ impl FrameDecoder {
         buf.advance(frame_bytes);
         result
     }
-
-    /// Whether `buf` holds the start of a frame that is not complete yet.
-    pub fn frame_started(&self, buf: &BytesMut) -> bool {
-        !buf.is_empty()
-    }
 }
 
 impl Default for FrameDecoder {

@@ -7,8 +7,11 @@
 //! or `Refused` with a typed reason.
 //!
 //! Limits: a bounded queue per peer (`send` never blocks; a full queue drops the message), a
-//! bounded inbound channel, a hard frame size checked before allocating, a connection limit,
-//! and timeouts for connecting, handshakes, frames and writes.
+//! bounded inbound channel, a hard frame size checked before allocating (a message whose frame
+//! would exceed it is dropped by the writer and counted in [`TcpStats::dropped_oversized`]),
+//! a connection limit, and timeouts for connecting, handshakes, frames and writes. Messages
+//! queued while a peer is unreachable stay queued (up to the bound) until it is back; a batch
+//! being written when a connection breaks is lost, which Raft tolerates.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), raft_transport_tcp::TcpError> {

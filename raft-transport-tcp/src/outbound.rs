@@ -69,6 +69,10 @@ pub(crate) async fn writer(
         let mut scratch = [0u8; 64];
         loop {
             buf.clear();
+            if buf.capacity() > 4 * config.write_batch_bytes_max {
+                // A message near the frame limit grew the buffer: give the memory back.
+                buf.shrink_to(config.write_batch_bytes_max);
+            }
             let first = tokio::select! {
                 message = queue.recv() => message,
                 // The acceptor sends nothing after HelloAck: any read result means the
