@@ -32,6 +32,7 @@ mod storage;
 pub mod testing;
 mod transport;
 mod types;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use driver::{Applied, CommittedEntry, NodeStatus, RaftError, RaftNode};

@@ -1,0 +1,109 @@
+//! [`TcpConfig`]: addresses, limits and timeouts of a [`TcpTransport`](crate::TcpTransport).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use raft_core::wire::DEFAULT_MAX_FRAME_BYTES;
+use raft_core::NodeId;
+
+use crate::TcpError;
+
+/// The longest cluster id, in bytes (it must fit in a handshake frame).
+pub const CLUSTER_ID_BYTES_MAX: usize = 256;
+
+/// The settings of a [`TcpTransport`](crate::TcpTransport). Build with [`TcpConfig::new`] and
+/// override limits with struct update syntax.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The cluster's id; connections from other clusters are refused.
+    pub cluster_id: String,
+    /// The address this node listens on. Outbound connections are bound to its IP.
+    pub listen: SocketAddr,
+    /// The other nodes and their listen addresses; only they may connect.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The most messages queued for one peer; more are dropped.
+    pub queue_max: usize,
+    /// The most received messages waiting for [`recv`](raft_core::Transport::recv); when full,
+    /// connections stop reading (TCP pushes back on the senders).
+    pub inbound_queue_max: usize,
+    /// The hard limit on a frame's body, in bytes.
+    pub max_frame_bytes: u32,
+    /// The most bytes one coalesced write holds (a single larger message is written alone).
+    pub write_batch_bytes_max: usize,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long a handshake may take, on either side.
+    pub handshake_timeout: Duration,
+    /// How long a frame may take to arrive once its first byte has.
+    pub frame_timeout: Duration,
+    /// How long one coalesced write may take before the connection is dropped.
+    pub write_timeout: Duration,
+    /// The most inbound connections kept open; more are closed at once.
+    pub max_inbound_connections: usize,
+    /// The first delay before reconnecting to a peer.
+    pub backoff_min: Duration,
+    /// The longest delay between reconnection attempts.
+    pub backoff_max: Duration,
+}
+
+impl TcpConfig {
+    /// A configuration with default limits and timeouts.
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: impl Into<String>,
+        listen: SocketAddr,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        Self {
+            node_id,
+            cluster_id: cluster_id.into(),
+            listen,
+            peers,
+            queue_max: 4_096,
+            inbound_queue_max: 16_384,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            write_batch_bytes_max: 1024 * 1024,
+            connect_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(3),
+            frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_inbound_connections: 64,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    /// Checks the limits together.
+    pub fn validate(&self) -> Result<(), TcpError> {
+        let bad = |what: &'static str| Err(TcpError::InvalidConfig(what));
+        if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
+            return bad("cluster_id must be 1 to 256 bytes long");
+        }
+        if self.peers.contains_key(&self.node_id) {
+            return bad("peers must not contain the node itself");
+        }
+        if self.queue_max == 0 || self.inbound_queue_max == 0 {
+            return bad("queue_max and inbound_queue_max must be positive");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024");
+        }
+        if self.write_batch_bytes_max == 0 {
+            return bad("write_batch_bytes_max must be positive");
+        }
+        if self.max_inbound_connections == 0 {
+            return bad("max_inbound_connections must be positive");
+        }
+        let timeouts = [self.connect_timeout, self.handshake_timeout, self.frame_timeout, self.write_timeout];
+        if timeouts.iter().any(Duration::is_zero) {
+            return bad("timeouts must be positive");
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return bad("backoff_min must be positive and at most backoff_max");
+        }
+        Ok(())
+    }
+}
