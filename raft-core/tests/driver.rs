@@ -272,8 +272,9 @@ async fn concurrent_proposals_are_batched_and_all_applied() {
     for t in tasks {
         t.await.expect("task");
     }
-    let status = c.node(leader).status().protocol;
-    assert!(status.commit_index > 64 * 50, "no-op plus every proposal committed");
+    // The status is published after the step whose apply answered the proposals.
+    let node = c.node(leader);
+    wait_until("no-op plus every proposal committed", || node.status().protocol.commit_index > 64 * 50).await;
     c.shutdown().await;
 }
 
