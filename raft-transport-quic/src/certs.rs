@@ -1,0 +1,238 @@
+//! Development certificates: a cluster CA and one certificate per node, made with `rcgen`.
+//!
+//! A node's identity is the DNS subject alternative name `node-<id>.<cluster_id>` (see
+//! [`node_identity`]); its certificate is signed by the cluster CA. These are for tests and
+//! development clusters; production deployments bring their own CA and keys in the same shape.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use raft_core::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Why certificates could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// The cluster id cannot be part of a DNS name.
+    #[error("cluster id {0:?} is not a DNS name (use lowercase letters, digits, '-' and '.')")]
+    BadClusterId(String),
+    /// `rcgen` failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The identity (DNS name) a node's certificate carries: `node-<id>.<cluster_id>`.
+pub fn node_identity(cluster_id: &str, node_id: NodeId) -> String {
+    format!("node-{node_id}.{cluster_id}")
+}
+
+/// Parses an identity made by [`node_identity`] back into a node id, if it belongs to
+/// `cluster_id`.
+pub fn parse_node_identity(cluster_id: &str, name: &str) -> Option<NodeId> {
+    let rest = name.strip_prefix("node-")?;
+    let (id, cluster) = rest.split_once('.')?;
+    if cluster != cluster_id || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// Whether `cluster_id` can be the suffix of a node identity.
+pub fn is_valid_cluster_id(cluster_id: &str) -> bool {
+    !cluster_id.is_empty()
+        && cluster_id.len() <= 200
+        && cluster_id.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// A cluster CA that issues node certificates.
+pub struct DevCa {
+    cluster_id: String,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").field("cluster_id", &self.cluster_id).finish_non_exhaustive()
+    }
+}
+
+impl DevCa {
+    /// A new self-signed CA for `cluster_id`, valid for ten years.
+    pub fn new(cluster_id: &str) -> Result<Self, CertError> {
+        if !is_valid_cluster_id(cluster_id) {
+            return Err(CertError::BadClusterId(cluster_id.to_owned()));
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("raft cluster CA {cluster_id}"));
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(3650);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cluster_id: cluster_id.to_owned(), cert, key })
+    }
+
+    /// The CA certificate, PEM-encoded.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// The CA's private key, PEM-encoded (keep it off the nodes).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a certificate for `node_id`, valid from a day ago for a year: `(cert_pem, key_pem)`.
+    pub fn issue(&self, node_id: NodeId) -> Result<(String, String), CertError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_with_validity(
+            &node_identity(&self.cluster_id, node_id),
+            now - Duration::days(1),
+            now + Duration::days(365),
+        )
+    }
+
+    /// Issues a certificate for an arbitrary DNS `identity` with the given validity (tests use
+    /// it for wrong identities and expired certificates): `(cert_pem, key_pem)`.
+    pub fn issue_with_validity(
+        &self,
+        identity: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, String), CertError> {
+        let mut params = CertificateParams::new(vec![identity.to_owned()])?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, identity);
+        params.distinguished_name = name;
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Nodes are servers and clients of each other.
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// A development CA and the certificates of a cluster's nodes, all PEM-encoded.
+#[derive(Clone)]
+pub struct DevCerts {
+    /// The cluster id the identities belong to.
+    pub cluster_id: String,
+    /// The CA certificate every node trusts.
+    pub ca_cert_pem: String,
+    /// The CA's private key (to issue more node certificates later).
+    pub ca_key_pem: String,
+    /// Per node, its certificate and private key.
+    pub nodes: BTreeMap<NodeId, (String, String)>,
+}
+
+impl std::fmt::Debug for DevCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCerts")
+            .field("cluster_id", &self.cluster_id)
+            .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a dev CA for `cluster_id` and one certificate per node in `node_ids`.
+pub fn generate_dev_certs(
+    cluster_id: &str,
+    node_ids: impl IntoIterator<Item = NodeId>,
+) -> Result<DevCerts, CertError> {
+    let ca = DevCa::new(cluster_id)?;
+    let mut nodes = BTreeMap::new();
+    for id in node_ids {
+        nodes.insert(id, ca.issue(id)?);
+    }
+    Ok(DevCerts {
+        cluster_id: cluster_id.to_owned(),
+        ca_cert_pem: ca.cert_pem(),
+        ca_key_pem: ca.key_pem(),
+        nodes,
+    })
+}
+
+impl DevCerts {
+    /// Writes `ca.pem`, `ca-key.pem`, and `node-<id>.pem` / `node-<id>-key.pem` per node into
+    /// `dir` (created if missing). Key files are readable by the owner only on Unix.
+    pub fn write_dev_certs(&self, dir: &Path) -> Result<(), CertError> {
+        let write = |name: String, contents: &str, secret: bool| -> Result<(), CertError> {
+            let path = dir.join(&name);
+            let err = |source| CertError::Write { path: path.display().to_string(), source };
+            std::fs::write(&path, contents).map_err(err)?;
+            #[cfg(unix)]
+            if secret {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+            }
+            #[cfg(not(unix))]
+            let _ = secret;
+            Ok(())
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|source| CertError::Write { path: dir.display().to_string(), source })?;
+        write("ca.pem".to_owned(), &self.ca_cert_pem, false)?;
+        write("ca-key.pem".to_owned(), &self.ca_key_pem, true)?;
+        for (id, (cert, key)) in &self.nodes {
+            write(format!("node-{id}.pem"), cert, false)?;
+            write(format!("node-{id}-key.pem"), key, true)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip() {
+        assert_eq!(node_identity("prod", 7), "node-7.prod");
+        assert_eq!(parse_node_identity("prod", "node-7.prod"), Some(7));
+        assert_eq!(parse_node_identity("prod", "node-7.other"), None);
+        assert_eq!(parse_node_identity("prod", "node-x.prod"), None);
+        assert!(is_valid_cluster_id("a-b.c1"));
+        assert!(!is_valid_cluster_id("Prod"));
+        assert!(!is_valid_cluster_id(""));
+    }
+
+    #[test]
+    fn generates_and_writes() {
+        let certs = generate_dev_certs("test", [1, 2]).expect("certs");
+        assert_eq!(certs.nodes.len(), 2);
+        assert!(certs.ca_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs.write_dev_certs(dir.path()).expect("write");
+        for name in ["ca.pem", "ca-key.pem", "node-1.pem", "node-2-key.pem"] {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+    }
+}
