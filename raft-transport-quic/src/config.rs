@@ -30,11 +30,16 @@ pub struct QuicConfig {
     pub key_pem: String,
     /// The most small Raft messages queued for one peer; more are dropped.
     pub queue_max: usize,
-    /// The most `InstallSnapshot` messages queued for one peer; more are dropped.
+    /// The most `InstallSnapshot` messages queued for one peer (more are dropped), and the
+    /// most received ones waiting for `recv`.
     pub snapshot_queue_max: usize,
-    /// The most received messages waiting for [`recv`](raft_core::Transport::recv); when
-    /// full, streams stop reading (QUIC flow control pushes back on the senders).
+    /// The most received small messages waiting for [`recv`](raft_core::Transport::recv);
+    /// when full, streams stop reading (QUIC flow control pushes back on the senders).
+    /// Received `InstallSnapshot` messages wait in a queue of `snapshot_queue_max`.
     pub inbound_queue_max: usize,
+    /// The most inbound connections (including unfinished handshakes) kept at once; more are
+    /// refused.
+    pub max_inbound_connections: usize,
     /// The hard limit on a frame's body, in bytes.
     pub max_frame_bytes: u32,
     /// How often an idle connection sends a keep-alive.
@@ -62,6 +67,7 @@ impl std::fmt::Debug for QuicConfig {
             .field("queue_max", &self.queue_max)
             .field("snapshot_queue_max", &self.snapshot_queue_max)
             .field("inbound_queue_max", &self.inbound_queue_max)
+            .field("max_inbound_connections", &self.max_inbound_connections)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
@@ -95,6 +101,7 @@ impl QuicConfig {
             queue_max: 4_096,
             snapshot_queue_max: 16,
             inbound_queue_max: 16_384,
+            max_inbound_connections: 64,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
@@ -116,6 +123,9 @@ impl QuicConfig {
         }
         if self.queue_max == 0 || self.snapshot_queue_max == 0 || self.inbound_queue_max == 0 {
             return bad("queue_max, snapshot_queue_max and inbound_queue_max must be positive");
+        }
+        if self.max_inbound_connections == 0 {
+            return bad("max_inbound_connections must be positive");
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use raft_core::wire::{FrameDecoder, RefusalReason, WireMessage, HANDSHAKE_MAX_FRAME_BYTES, WIRE_VERSION};
-use raft_core::{Message, NodeId};
-use tokio::sync::mpsc;
+use raft_core::NodeId;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -14,26 +14,39 @@ use tracing::{debug, info, warn, Instrument};
 use crate::io::{read_frame, write_frame, ReadError};
 use crate::stats::Counters;
 use crate::tls::peer_node_id;
-use crate::{close_codes, Shared};
+use crate::{close_codes, InboxSenders, Shared};
 
 /// Accepts connections until the task is aborted; dropping it aborts every connection task.
-pub(crate) async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
-    inbox: mpsc::Sender<Message>,
-) {
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, inbox: InboxSenders) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_inbound_connections));
     let mut connections = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Counters::add(&shared.counters.rejected_connections, 1);
+            warn!(
+                peer_addr = %incoming.remote_address(),
+                limit = shared.config.max_inbound_connections,
+                "connection limit reached; refusing"
+            );
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         let inbox = inbox.clone();
         let span = tracing::debug_span!("inbound", peer_addr = %incoming.remote_address());
-        connections.spawn(serve(incoming, shared, inbox).instrument(span));
+        connections.spawn(
+            async move {
+                serve(incoming, shared, inbox).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
 
 /// Runs one inbound connection to its end.
-async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: mpsc::Sender<Message>) {
+async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSenders) {
     let config = &shared.config;
     let counters = &shared.counters;
     let addr = incoming.remote_address();
@@ -192,12 +205,7 @@ async fn hello(shared: &Shared, connection: &quinn::Connection, peer: NodeId, de
 }
 
 /// Reads frames from one unidirectional stream into the inbound channel until it ends.
-async fn read_stream(
-    mut stream: quinn::RecvStream,
-    shared: Arc<Shared>,
-    peer: NodeId,
-    inbox: mpsc::Sender<Message>,
-) {
+async fn read_stream(mut stream: quinn::RecvStream, shared: Arc<Shared>, peer: NodeId, inbox: InboxSenders) {
     let config = &shared.config;
     let counters = &shared.counters;
     let decoder = FrameDecoder::new(config.max_frame_bytes);
@@ -216,7 +224,7 @@ async fn read_stream(
                 }
                 // Counted first, so the counter is never behind what `recv` returned.
                 Counters::add(&counters.received, 1);
-                if inbox.send(message).await.is_err() {
+                if !inbox.send(message).await {
                     return; // shutting down
                 }
             }

@@ -107,6 +107,33 @@ struct Queues {
     snapshot: mpsc::Sender<Message>,
 }
 
+/// The receiving ends of the inbound channels: small messages and `InstallSnapshot` chunks
+/// have separate bounds, so queued chunks cannot take the memory of thousands of messages.
+#[derive(Debug)]
+struct Inbox {
+    small: mpsc::Receiver<Message>,
+    snapshot: mpsc::Receiver<Message>,
+}
+
+/// The sending ends of the inbound channels, one pair shared by every inbound stream.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxSenders {
+    pub(crate) small: mpsc::Sender<Message>,
+    pub(crate) snapshot: mpsc::Sender<Message>,
+}
+
+impl InboxSenders {
+    /// Queues a received message on its channel, waiting while it is full; false once the
+    /// transport is shutting down.
+    pub(crate) async fn send(&self, message: Message) -> bool {
+        let channel = match message.payload {
+            Payload::InstallSnapshot { .. } => &self.snapshot,
+            _ => &self.small,
+        };
+        channel.send(message).await.is_ok()
+    }
+}
+
 /// A [`Transport`] over QUIC with mutual TLS. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct QuicTransport {
@@ -114,7 +141,7 @@ pub struct QuicTransport {
     local_addr: SocketAddr,
     endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
     queues: BTreeMap<NodeId, Queues>,
-    inbox: Mutex<mpsc::Receiver<Message>>,
+    inbox: Mutex<Inbox>,
     closed: AtomicBool,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -149,7 +176,9 @@ impl QuicTransport {
         let local_addr =
             endpoint.local_addr().map_err(|source| QuicError::Listen { addr: listen, source })?;
         let span = tracing::info_span!("quic_transport", node = config.node_id, %local_addr);
-        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbound_queue_max);
+        let (small_tx, small_rx) = mpsc::channel(config.inbound_queue_max);
+        let (snapshot_tx, snapshot_rx) = mpsc::channel(config.snapshot_queue_max);
+        let inbox_tx = InboxSenders { small: small_tx, snapshot: snapshot_tx };
         let generations = config.peers.keys().map(|&peer| (peer, watch::Sender::new(0))).collect();
         let shared = Arc::new(Shared { config, counters: Counters::default(), generations });
         let mut tasks = Vec::new();
@@ -171,7 +200,7 @@ impl QuicTransport {
             local_addr,
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             queues,
-            inbox: Mutex::new(inbox_rx),
+            inbox: Mutex::new(Inbox { small: small_rx, snapshot: snapshot_rx }),
             closed: AtomicBool::new(false),
             tasks: std::sync::Mutex::new(tasks),
         })
@@ -227,9 +256,37 @@ impl Transport for QuicTransport {
 
     async fn recv(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, TransportClosed> {
         let mut inbox = self.inbox.lock().await;
-        match inbox.recv_many(buf, max.max(1)).await {
-            0 => Err(TransportClosed),
-            n => Ok(n),
+        let Inbox { small, snapshot } = &mut *inbox;
+        let max = max.max(1);
+        let start = buf.len();
+        let (mut small_open, mut snapshot_open) = (true, true);
+        let mut chunks = Vec::new();
+        loop {
+            // Both `recv_many`s are cancel-safe, so dropping the losing branch loses nothing.
+            let first_was_small = tokio::select! {
+                biased;
+                n = small.recv_many(buf, max), if small_open => {
+                    small_open = n > 0;
+                    true
+                }
+                n = snapshot.recv_many(&mut chunks, max), if snapshot_open => {
+                    snapshot_open = n > 0;
+                    buf.append(&mut chunks);
+                    false
+                }
+                else => return Err(TransportClosed),
+            };
+            if buf.len() > start {
+                // Top up from the other channel so that neither starves the other.
+                let other = if first_was_small { &mut *snapshot } else { &mut *small };
+                while buf.len() - start < max {
+                    match other.try_recv() {
+                        Ok(message) => buf.push(message),
+                        Err(_) => break,
+                    }
+                }
+                return Ok(buf.len() - start);
+            }
         }
     }
 
@@ -256,7 +313,9 @@ impl Transport for QuicTransport {
             let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         }
         // Every sender of the inbox was owned by an aborted task, so a pending `recv` returns.
-        self.inbox.lock().await.close();
+        let mut inbox = self.inbox.lock().await;
+        inbox.small.close();
+        inbox.snapshot.close();
     }
 }
 

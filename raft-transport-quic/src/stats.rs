@@ -28,6 +28,8 @@ pub struct QuicStats {
     pub connect_failures: u64,
     /// Inbound streams closed for a bad frame (too large, empty, undecodable, unexpected).
     pub bad_frames: u64,
+    /// Inbound connections refused at once because the connection limit was reached.
+    pub rejected_connections: u64,
     /// Outbound connections established after the first one to the same peer.
     pub reconnects: u64,
 }
@@ -46,6 +48,7 @@ pub(crate) struct Counters {
     pub(crate) refused_handshakes: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
+    pub(crate) rejected_connections: AtomicU64,
     pub(crate) reconnects: AtomicU64,
 }
 
@@ -70,6 +73,7 @@ impl Counters {
             refused_handshakes: get(&self.refused_handshakes),
             connect_failures: get(&self.connect_failures),
             bad_frames: get(&self.bad_frames),
+            rejected_connections: get(&self.rejected_connections),
             reconnects: get(&self.reconnects),
         }
     }

@@ -220,3 +220,29 @@ async fn bad_configs_are_rejected() {
     bad.queue_max = 0;
     assert!(QuicTransport::start(bad).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    let addrs = transport_suite::free_loopback_addrs(3);
+    let one = QuicTransport::start(QuicConfig { max_inbound_connections: 1, ..config(1, &addrs, &certs) })
+        .await
+        .expect("node 1 starts");
+    let two = QuicTransport::start(config(2, &addrs, &certs)).await.expect("node 2 starts");
+    let three = QuicTransport::start(config(3, &addrs, &certs)).await.expect("node 3 starts");
+    let mut senders = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let _ = two.send(heartbeat(2, 1));
+        let _ = three.send(heartbeat(3, 1));
+        let mut buf = Vec::new();
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), one.recv(&mut buf, 100)).await {
+            senders.extend(buf.iter().map(|m| m.from));
+        }
+    }
+    assert_eq!(senders.len(), 1, "only one peer gets a connection: {senders:?}");
+    assert!(one.stats().rejected_connections > 0, "{:?}", one.stats());
+    for t in [one, two, three] {
+        t.shutdown().await;
+    }
+}
