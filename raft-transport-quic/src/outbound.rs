@@ -73,10 +73,14 @@ pub(crate) async fn run(
             Err(error) => {
                 Counters::add(&shared.counters.connect_failures, 1);
                 match &error {
+                    // Refusals by the peer (its Hello check, its certificate checks, our check
+                    // of its certificate) are configuration problems: say so loudly.
                     ConnectError::Refused(_)
-                    | ConnectError::Connection(quinn::ConnectionError::TransportError(_)) => {
-                        warn!(peer, %addr, %error, "connection refused")
-                    }
+                    | ConnectError::Connection(
+                        quinn::ConnectionError::TransportError(_)
+                        | quinn::ConnectionError::ConnectionClosed(_)
+                        | quinn::ConnectionError::ApplicationClosed(_),
+                    ) => warn!(peer, %addr, %error, "connection refused"),
                     _ => debug!(peer, %addr, %error, ?backoff, "connect failed"),
                 }
                 let jittered = backoff.mul_f64(0.5 + rng.range(0, 1_000) as f64 / 2_000.0);
