@@ -23,6 +23,22 @@
 //! capped exponential backoff and jitter; queued messages wait (up to the bound) meanwhile.
 //!
 //! Dev certificates: [`generate_dev_certs`].
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use raft_transport_quic::{generate_dev_certs, QuicConfig, QuicTransport};
+//!
+//! let certs = generate_dev_certs("prod", [1, 2, 3])?;
+//! let (cert, key) = certs.nodes[&1].clone();
+//! let peers = BTreeMap::from([(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)]);
+//! let config = QuicConfig::new(1, "prod", "10.0.0.1:7000".parse()?, peers, &certs.ca_cert_pem, cert, key);
+//! let transport = QuicTransport::start(config).await?;
+//! // Hand `transport` to `raft_core::RaftNode::start`.
+//! # let _ = transport;
+//! # Ok(())
+//! # }
+//! ```
 
 mod certs;
 mod config;
