@@ -31,7 +31,10 @@ fn run() -> Result<()> {
         Some("tidy") => tidy(),
         Some("test") => test_all(),
         Some("bench") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
-        _ => bail!("usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench"),
+        Some("certs") => certs(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR"
+        ),
     }
 }
 
@@ -64,6 +67,23 @@ fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
             Ok(Some(v.parse().with_context(|| format!("{name}: not a number: {v}"))?))
         }
     }
+}
+
+/// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA and one certificate per node
+/// (identity `node-<id>.<cluster>`), for a secure (QUIC, mutual TLS) cluster without openssl.
+fn certs(args: &[String]) -> Result<()> {
+    let nodes: u64 = flag(args, "--nodes")?.unwrap_or(3);
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let cluster = value("--cluster").unwrap_or_else(|| "dev".to_string());
+    let out = value("--out").context("--out DIR is required")?;
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
+    let certs = raft_transport_quic::generate_dev_certs(&cluster, 1..=nodes)?;
+    certs.write_dev_certs(std::path::Path::new(&out))?;
+    println!("wrote a CA (ca.pem, ca-key.pem) and {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) for cluster {cluster:?} to {out}");
+    Ok(())
 }
 
 fn sim(args: &[String]) -> Result<()> {
