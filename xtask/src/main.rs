@@ -135,8 +135,18 @@ fn sim(args: &[String]) -> Result<()> {
 const PROTOCOL_FORBIDDEN: &[&str] =
     &["tokio", "std::time", "Instant::now", "SystemTime", "std::fs", "std::net", "std::thread", "thread_rng"];
 
+/// The workspace root. `cargo run` sets `CARGO_MANIFEST_DIR` at run time too; the value
+/// compiled in is only a fallback (a binary cached in a shared target dir may come from
+/// another clone).
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Ok(manifest_dir.parent().context("no workspace root")?.to_path_buf())
+}
+
 fn tidy() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("no workspace root")?.to_path_buf();
+    let root = workspace_root()?;
     let mut problems = Vec::new();
     for file in rust_files(&root.join("raft-core/src/protocol"))? {
         let text = std::fs::read_to_string(&file)?;
