@@ -376,6 +376,24 @@ fn state_hash_agrees_on_equal_histories_and_differs_after_one_differing_op() {
 }
 
 #[test]
+fn state_hash_covers_every_kind_of_item() {
+    // Same keys and index, but one replica also remembers a session.
+    let (mut x, mut y) = (Replica::new(), Replica::new());
+    x.session(1, 1, put("a", "1"));
+    y.op(put("a", "1"));
+    assert_eq!(x.state.list("", None, 10), y.state.list("", None, 10));
+    assert_ne!(x.hash(), y.hash(), "sessions");
+    let (mut x, mut y) = (Replica::new(), Replica::new());
+    x.op(Op::RegisterService(service("web", vec![node("a", 1)])));
+    y.op(Op::RegisterService(service("web", vec![node("a", 2)])));
+    assert_ne!(x.hash(), y.hash(), "services");
+    let (mut x, mut y) = (Replica::new(), Replica::new());
+    x.op(Op::SetMemberAddress { id: 1, raft_addr: "r".into(), client_addr: "c".into() });
+    y.op(Op::SetMemberAddress { id: 2, raft_addr: "r".into(), client_addr: "c".into() });
+    assert_ne!(x.hash(), y.hash(), "member addresses");
+}
+
+#[test]
 fn state_hash_is_stable_across_processes_and_platforms() {
     let mut r = Replica::new();
     r.op(put("a", "1"));

@@ -383,3 +383,6 @@ impl Fsm for KvFsm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
