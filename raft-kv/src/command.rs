@@ -1,5 +1,9 @@
 //! Commands (what clients propose) and responses (what applying them returns), with their
 //! postcard encoding and validation.
+//!
+//! Postcard encodes enum variants by position and struct fields in order: these types are part
+//! of the replicated log and of snapshots, so a new variant goes at the end of its enum, and
+//! no field or variant is reordered or removed.
 
 use bytes::Bytes;
 use raft_core::Index;
