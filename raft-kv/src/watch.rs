@@ -171,6 +171,8 @@ impl Watcher {
                 Some(event) => event,
                 None => match self.live.recv().await {
                     Ok(Notice::Event(event)) => event,
+                    // Nothing after this watcher's position was lost.
+                    Ok(Notice::Restored { index }) if index <= self.position => continue,
                     Ok(Notice::Restored { index }) => {
                         self.failed = Some(WatchError::Compacted { min_from_index: index });
                         continue;

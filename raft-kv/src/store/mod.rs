@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{Entry, Fsm, FsmError, Index};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::command::KeyValue;
@@ -24,7 +24,10 @@ pub const MAX_WATCH_HISTORY: usize = 1 << 24;
 /// Limits of a store. `max_sessions`, `max_keys` and `max_services` change what applying a
 /// command does, so they **must be equal on every replica** (and a snapshot holding more than a
 /// node's limit cannot be restored there); the others are local.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Deserializable from a config file; missing fields take their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KvOptions {
     /// Most client sessions kept; a new client evicts the least recently used (by log index).
     /// Memory: up to this many cached responses (each at most about one value).

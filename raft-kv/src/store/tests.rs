@@ -245,6 +245,28 @@ async fn a_restore_replaces_the_state_clears_history_and_ends_watchers() {
 }
 
 #[tokio::test]
+async fn a_watcher_ahead_of_a_restored_snapshot_goes_on() {
+    let mut source = Node::new(options());
+    source.put("a", "1").await;
+    let snapshot = source.fsm.snapshot().await.expect("snapshot");
+    let mut n = Node::new(options());
+    let mut watcher = n.store.watch(Some(1), None).expect("watch from an index not applied yet");
+    n.fsm.restore(&snapshot).await.expect("restores");
+    n.put("b", "1").await;
+    assert_eq!(watcher.recv().await.map(|e| e.index), Ok(2));
+}
+
+#[test]
+fn options_deserialize_with_defaults_for_missing_fields() {
+    use serde::de::value::{Error, MapDeserializer};
+    let fields = |f: Vec<(&'static str, usize)>| {
+        KvOptions::deserialize(MapDeserializer::<_, Error>::new(f.into_iter()))
+    };
+    assert_eq!(fields(vec![("max_sessions", 5)]), Ok(KvOptions { max_sessions: 5, ..KvOptions::default() }));
+    assert!(fields(vec![("max_session", 5)]).is_err(), "a misspelt field is refused");
+}
+
+#[tokio::test]
 async fn a_bad_snapshot_fails_restore_and_leaves_the_state_unchanged() {
     let mut n = Node::new(options());
     n.put("a", "1").await;
