@@ -54,13 +54,18 @@
 //! // A write in client session 42, first sequence number (retries reuse it).
 //! let put = Command::in_session(42, 1, Op::Put { key: "greeting".into(), value: "hello".into() });
 //! put.validate()?;
-//! let applied = loop {
-//!     // Proposals fail until the node has elected itself.
+//! let mut applied = None;
+//! for _ in 0..250 {
+//!     // Proposals fail until the node has elected itself (within a few hundred ms).
 //!     match node.propose(put.encode()).await {
-//!         Ok(applied) => break applied,
+//!         Ok(a) => applied = Some(a),
 //!         Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
 //!     }
-//! };
+//!     if applied.is_some() {
+//!         break;
+//!     }
+//! }
+//! let applied = applied.ok_or("no leader within 5 s")?;
 //! assert_eq!(Response::decode(&applied.response)?, Response::Put { version: 1, prev: None });
 //!
 //! // Compare-and-swap on the version.
