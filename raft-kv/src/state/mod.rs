@@ -1,0 +1,586 @@
+//! The replicated state and its deterministic transitions: the key-value map, the service
+//! registry, the member address book and the client session table, with an incrementally
+//! maintained state hash and the snapshot format.
+//!
+//! Everything here is a pure function of the applied entries (and the apply-affecting limits,
+//! which must be equal on every replica): no clock, no randomness, no iteration over unordered
+//! collections.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, FsmError, Index};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{check_key, check_value, Command, Expected, KeyValue, Op, Response};
+use crate::error::{InvalidCommand, SnapshotError};
+use crate::hash::StableHasher;
+use crate::service::{MemberAddress, Service, MAX_MEMBER_ADDRESSES};
+use crate::watch::{Change, ChangeEvent};
+
+/// The first byte of every snapshot this build writes.
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+/// Hash domains: one per kind of item, so equal fields of different kinds hash apart.
+const DOMAIN_KEY_VALUE: u8 = 1;
+const DOMAIN_SERVICE: u8 = 2;
+const DOMAIN_MEMBER: u8 = 3;
+const DOMAIN_SESSION: u8 = 4;
+const DOMAIN_STATE: u8 = 5;
+
+/// The limits that change what applying does. They must be equal on every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_sessions: usize,
+    pub(crate) max_keys: usize,
+    pub(crate) max_services: usize,
+}
+
+/// A key's value and bookkeeping, with the item's hash.
+#[derive(Debug, Clone)]
+struct Record {
+    value: String,
+    version: u64,
+    create_index: Index,
+    mod_index: Index,
+    hash: u64,
+}
+
+impl Record {
+    fn new(key: &str, value: String, version: u64, create_index: Index, mod_index: Index) -> Self {
+        let hash = StableHasher::new(DOMAIN_KEY_VALUE)
+            .str(key)
+            .str(&value)
+            .u64(version)
+            .u64(create_index)
+            .u64(mod_index)
+            .finish();
+        Self { value, version, create_index, mod_index, hash }
+    }
+
+    fn to_key_value(&self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: self.value.clone(),
+            version: self.version,
+            create_index: self.create_index,
+            mod_index: self.mod_index,
+        }
+    }
+}
+
+/// An item with its hash.
+#[derive(Debug, Clone)]
+struct Hashed<T> {
+    item: T,
+    hash: u64,
+}
+
+impl Hashed<Service> {
+    fn service(item: Service) -> Self {
+        let mut h = StableHasher::new(DOMAIN_SERVICE);
+        h.str(&item.name).str(&item.kind).u64(item.nodes.len() as u64);
+        for n in &item.nodes {
+            h.str(&n.id).str(&n.address).u64(u64::from(n.priority)).bool(n.down);
+            h.u64(n.attributes.len() as u64);
+            for (k, v) in &n.attributes {
+                h.str(k).str(v);
+            }
+        }
+        Self { hash: h.finish(), item }
+    }
+}
+
+impl Hashed<MemberAddress> {
+    fn member(item: MemberAddress) -> Self {
+        let hash = StableHasher::new(DOMAIN_MEMBER)
+            .u64(item.id)
+            .str(&item.raft_addr)
+            .str(&item.client_addr)
+            .finish();
+        Self { item, hash }
+    }
+}
+
+/// A client's session: its last applied write and the response to it.
+#[derive(Debug, Clone)]
+struct SessionRecord {
+    last_seq: u64,
+    /// The log index of the client's latest sessioned command (applied or answered from cache):
+    /// the least recently used session is evicted first.
+    last_index: Index,
+    response: Response,
+    hash: u64,
+}
+
+impl SessionRecord {
+    fn new(client_id: u64, last_seq: u64, last_index: Index, response: Response) -> Self {
+        let hash = StableHasher::new(DOMAIN_SESSION)
+            .u64(client_id)
+            .u64(last_seq)
+            .u64(last_index)
+            .bytes(&response.encode())
+            .finish();
+        Self { last_seq, last_index, response, hash }
+    }
+}
+
+/// The replicated state.
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    applied_index: Index,
+    kv: BTreeMap<String, Record>,
+    services: BTreeMap<String, Hashed<Service>>,
+    members: BTreeMap<u64, Hashed<MemberAddress>>,
+    sessions: BTreeMap<u64, SessionRecord>,
+    /// `(last_index, client_id)` of every session, least recently used first.
+    sessions_by_use: BTreeSet<(Index, u64)>,
+    /// The wrapping sum of every item's hash (order-independent, updated per change).
+    items_hash: u64,
+    limits: Limits,
+}
+
+/// Counts of what the state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) keys: usize,
+    pub(crate) services: usize,
+    pub(crate) members: usize,
+    pub(crate) sessions: usize,
+}
+
+type Outcome = (Response, Option<Change>);
+
+impl State {
+    /// The empty state (nothing applied).
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            applied_index: 0,
+            kv: BTreeMap::new(),
+            services: BTreeMap::new(),
+            members: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            sessions_by_use: BTreeSet::new(),
+            items_hash: 0,
+            limits,
+        }
+    }
+
+    pub(crate) fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    /// A stable hash of the whole state at the applied index. O(1).
+    pub(crate) fn state_hash(&self) -> u64 {
+        StableHasher::new(DOMAIN_STATE).u64(self.applied_index).u64(self.items_hash).finish()
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            keys: self.kv.len(),
+            services: self.services.len(),
+            members: self.members.len(),
+            sessions: self.sessions.len(),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<KeyValue> {
+        self.kv.get(key).map(|r| r.to_key_value(key))
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order, after `start_after`
+    /// when given.
+    pub(crate) fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<KeyValue> {
+        let lower = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.kv
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, r)| r.to_key_value(k))
+            .collect()
+    }
+
+    pub(crate) fn services(&self) -> Vec<Service> {
+        self.services.values().map(|s| s.item.clone()).collect()
+    }
+
+    pub(crate) fn service(&self, name: &str) -> Option<Service> {
+        self.services.get(name).map(|s| s.item.clone())
+    }
+
+    pub(crate) fn service_ref(&self, name: &str) -> Option<&Service> {
+        self.services.get(name).map(|s| &s.item)
+    }
+
+    pub(crate) fn members(&self) -> Vec<MemberAddress> {
+        self.members.values().map(|m| m.item.clone()).collect()
+    }
+
+    /// Applies the next entry: its encoded response (empty for blank and membership entries)
+    /// and the change it made, if any. Fails, changing nothing, unless `entry.index` is the
+    /// next index (entries are applied in order, each once).
+    pub(crate) fn apply(&mut self, entry: &Entry) -> Result<(Bytes, Option<ChangeEvent>), FsmError> {
+        if Some(entry.index) != self.applied_index.checked_add(1) {
+            return Err(FsmError::Failed(format!(
+                "entry {} applied after entry {}: entries must be applied in order, each once",
+                entry.index, self.applied_index
+            )));
+        }
+        let index = entry.index;
+        let (bytes, change) = match &entry.payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => (Bytes::new(), None),
+            EntryPayload::Command(bytes) => {
+                let (response, change) = match Command::decode(bytes) {
+                    Ok(command) => self.apply_command(index, command),
+                    Err(e) => (Response::Rejected(e.to_string()), None),
+                };
+                (response.encode(), change)
+            }
+        };
+        self.applied_index = index;
+        Ok((bytes, change.map(|change| ChangeEvent { index, change })))
+    }
+
+    /// Applies a command through its session, if it has one.
+    fn apply_command(&mut self, index: Index, command: Command) -> Outcome {
+        let Some(session) = command.session else { return self.apply_op(index, command.op) };
+        let client_id = session.client_id;
+        if session.seq == 0 {
+            return (Response::Rejected(InvalidCommand::ZeroSeq.to_string()), None);
+        }
+        match self.sessions.get(&client_id) {
+            Some(s) if session.seq < s.last_seq => {
+                return (Response::StaleSequence { last_seq: s.last_seq }, None);
+            }
+            Some(s) if session.seq == s.last_seq => {
+                let response = s.response.clone();
+                self.record_session(client_id, session.seq, index, response.clone());
+                return (response, None);
+            }
+            Some(_) => {}
+            None if session.seq != 1 => return (Response::SessionExpired { client_id }, None),
+            None => self.make_room_for_a_session(),
+        }
+        let (response, change) = self.apply_op(index, command.op);
+        self.record_session(client_id, session.seq, index, response.clone());
+        (response, change)
+    }
+
+    /// Evicts least recently used sessions until one more fits.
+    fn make_room_for_a_session(&mut self) {
+        while self.sessions.len() >= self.limits.max_sessions {
+            let Some((_, client_id)) = self.sessions_by_use.pop_first() else { break };
+            if let Some(old) = self.sessions.remove(&client_id) {
+                self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            }
+        }
+    }
+
+    /// Sets a client's session (creating or replacing it).
+    fn record_session(&mut self, client_id: u64, seq: u64, index: Index, response: Response) {
+        let record = SessionRecord::new(client_id, seq, index, response);
+        self.items_hash = self.items_hash.wrapping_add(record.hash);
+        if let Some(old) = self.sessions.insert(client_id, record) {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            self.sessions_by_use.remove(&(old.last_index, client_id));
+        }
+        self.sessions_by_use.insert((index, client_id));
+    }
+
+    /// Applies an operation (validated first).
+    fn apply_op(&mut self, index: Index, op: Op) -> Outcome {
+        if let Err(e) = op.validate() {
+            return (Response::Rejected(e.to_string()), None);
+        }
+        match op {
+            Op::Put { key, value } => self.put(index, key, value),
+            Op::Delete { key } => self.delete(&key),
+            Op::Cas { key, expected, value } => {
+                let current = self.kv.get(&key);
+                let holds = match (&expected, current) {
+                    (Expected::Version(0) | Expected::Value(None), current) => current.is_none(),
+                    (Expected::Version(v), Some(r)) => r.version == *v,
+                    (Expected::Value(Some(v)), Some(r)) => r.value == *v,
+                    (Expected::Version(_) | Expected::Value(Some(_)), None) => false,
+                };
+                if !holds {
+                    return (Response::CasFailed { current: self.get(&key) }, None);
+                }
+                match value {
+                    Some(value) => self.put(index, key, value),
+                    None => self.delete(&key),
+                }
+            }
+            Op::RegisterService(service) => self.register_service(service),
+            Op::RemoveService { name } => match self.services.remove(&name) {
+                Some(old) => {
+                    self.items_hash = self.items_hash.wrapping_sub(old.hash);
+                    (Response::Ok, Some(Change::ServiceRemoved { name }))
+                }
+                None => (Response::NotFound, None),
+            },
+            Op::SetServiceNodeDown { service, node, down } => self.set_node_down(service, node, down),
+            Op::SetMemberAddress { id, raft_addr, client_addr } => {
+                self.set_member(MemberAddress { id, raft_addr, client_addr })
+            }
+            Op::RemoveMemberAddress { id } => match self.members.remove(&id) {
+                Some(old) => {
+                    self.items_hash = self.items_hash.wrapping_sub(old.hash);
+                    (Response::Ok, Some(Change::MemberAddressRemoved { id }))
+                }
+                None => (Response::NotFound, None),
+            },
+        }
+    }
+
+    fn put(&mut self, index: Index, key: String, value: String) -> Outcome {
+        let (version, create_index) = match self.kv.get(&key) {
+            Some(r) => (r.version.saturating_add(1), r.create_index),
+            None if self.kv.len() >= self.limits.max_keys => {
+                let reason = format!("the store holds the maximum of {} keys", self.limits.max_keys);
+                return (Response::Rejected(reason), None);
+            }
+            None => (1, index),
+        };
+        let record = Record::new(&key, value, version, create_index, index);
+        let current = record.to_key_value(&key);
+        self.items_hash = self.items_hash.wrapping_add(record.hash);
+        let prev = self.kv.insert(key, record).map(|old| {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            // The key and create_index are the same before and after an update.
+            KeyValue { value: old.value, version: old.version, mod_index: old.mod_index, ..current.clone() }
+        });
+        (Response::Put { version, prev }, Some(Change::Put(current)))
+    }
+
+    fn delete(&mut self, key: &str) -> Outcome {
+        match self.kv.remove(key) {
+            Some(old) => {
+                self.items_hash = self.items_hash.wrapping_sub(old.hash);
+                let prev = old.to_key_value(key);
+                (Response::Deleted { prev: Some(prev.clone()) }, Some(Change::Delete(prev)))
+            }
+            None => (Response::Deleted { prev: None }, None),
+        }
+    }
+
+    fn register_service(&mut self, service: Service) -> Outcome {
+        let exists = self.services.contains_key(&service.name);
+        if !exists && self.services.len() >= self.limits.max_services {
+            let reason = format!("the registry holds the maximum of {} services", self.limits.max_services);
+            return (Response::Rejected(reason), None);
+        }
+        let record = Hashed::service(service.clone());
+        self.items_hash = self.items_hash.wrapping_add(record.hash);
+        let name = service.name.clone();
+        if let Some(old) = self.services.insert(name.clone(), record) {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+        }
+        (Response::ServiceRegistered { name, replaced: exists }, Some(Change::ServiceRegistered(service)))
+    }
+
+    fn set_node_down(&mut self, service: String, node: String, down: bool) -> Outcome {
+        let Some(record) = self.services.get(&service) else { return (Response::NotFound, None) };
+        let Some(position) = record.item.nodes.iter().position(|n| n.id == node) else {
+            return (Response::NotFound, None);
+        };
+        if record.item.nodes[position].down == down {
+            return (Response::Ok, None);
+        }
+        let mut item = record.item.clone();
+        item.nodes[position].down = down;
+        let updated = Hashed::service(item);
+        self.items_hash = self.items_hash.wrapping_add(updated.hash);
+        if let Some(old) = self.services.insert(service.clone(), updated) {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+        }
+        (Response::Ok, Some(Change::ServiceNodeDown { service, node, down }))
+    }
+
+    fn set_member(&mut self, member: MemberAddress) -> Outcome {
+        match self.members.get(&member.id) {
+            Some(old) if old.item == member => return (Response::Ok, None),
+            Some(_) => {}
+            None if self.members.len() >= MAX_MEMBER_ADDRESSES => {
+                let reason = format!("the address book holds the maximum of {MAX_MEMBER_ADDRESSES} members");
+                return (Response::Rejected(reason), None);
+            }
+            None => {}
+        }
+        let record = Hashed::member(member.clone());
+        self.items_hash = self.items_hash.wrapping_add(record.hash);
+        if let Some(old) = self.members.insert(member.id, record) {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+        }
+        (Response::Ok, Some(Change::MemberAddressSet(member)))
+    }
+
+    /// The snapshot: [`SNAPSHOT_FORMAT_VERSION`], then the postcard of the whole state and its
+    /// hash.
+    pub(crate) fn snapshot(&self) -> Bytes {
+        let body = SnapshotOut {
+            applied_index: self.applied_index,
+            state_hash: self.state_hash(),
+            kv: self
+                .kv
+                .iter()
+                .map(|(k, r)| KeyValueRef {
+                    key: k,
+                    value: &r.value,
+                    version: r.version,
+                    create_index: r.create_index,
+                    mod_index: r.mod_index,
+                })
+                .collect(),
+            services: self.services.values().map(|s| &s.item).collect(),
+            members: self.members.values().map(|m| &m.item).collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(id, s)| SessionRef {
+                    client_id: *id,
+                    last_seq: s.last_seq,
+                    last_index: s.last_index,
+                    response: &s.response,
+                })
+                .collect(),
+        };
+        // See `command::encode` for why this cannot fail.
+        let out =
+            postcard::to_extend(&body, vec![SNAPSHOT_FORMAT_VERSION]).expect("postcard encodes the state");
+        Bytes::from(out)
+    }
+
+    /// Rebuilds a state from [`snapshot`](Self::snapshot)'s output, checking every invariant
+    /// and the recorded hash. Never panics on any input.
+    pub(crate) fn restore(bytes: &[u8], limits: Limits) -> Result<Self, SnapshotError> {
+        let (&format, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
+        if format != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedFormat(format));
+        }
+        let (snap, rest): (SnapshotIn, _) =
+            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Decode(format!("{} trailing bytes", rest.len())));
+        }
+        let invalid = |what: String| SnapshotError::Invalid(what);
+        let too_many = |what: &str, count: usize, max: usize| {
+            invalid(format!("{count} {what}, more than this node's limit of {max}"))
+        };
+        if snap.kv.len() > limits.max_keys {
+            return Err(too_many("keys", snap.kv.len(), limits.max_keys));
+        }
+        if snap.services.len() > limits.max_services {
+            return Err(too_many("services", snap.services.len(), limits.max_services));
+        }
+        if snap.members.len() > MAX_MEMBER_ADDRESSES {
+            return Err(too_many("member addresses", snap.members.len(), MAX_MEMBER_ADDRESSES));
+        }
+        if snap.sessions.len() > limits.max_sessions {
+            return Err(too_many("sessions", snap.sessions.len(), limits.max_sessions));
+        }
+        let applied = snap.applied_index;
+        let mut state = State::new(limits);
+        state.applied_index = applied;
+        for kv in snap.kv {
+            check_key(&kv.key).and_then(|()| check_value(&kv.value)).map_err(|e| invalid(e.to_string()))?;
+            let indexes_ok =
+                1 <= kv.create_index && kv.create_index <= kv.mod_index && kv.mod_index <= applied;
+            if kv.version == 0 || !indexes_ok {
+                return Err(invalid(format!("bad bookkeeping for key {:?}", kv.key)));
+            }
+            let record = Record::new(&kv.key, kv.value, kv.version, kv.create_index, kv.mod_index);
+            state.items_hash = state.items_hash.wrapping_add(record.hash);
+            if state.kv.insert(kv.key.clone(), record).is_some() {
+                return Err(invalid(format!("key {:?} appears twice", kv.key)));
+            }
+        }
+        for service in snap.services {
+            service.validate().map_err(|e| invalid(e.to_string()))?;
+            let record = Hashed::service(service);
+            state.items_hash = state.items_hash.wrapping_add(record.hash);
+            let name = record.item.name.clone();
+            if state.services.insert(name.clone(), record).is_some() {
+                return Err(invalid(format!("service {name:?} appears twice")));
+            }
+        }
+        for member in snap.members {
+            member.validate().map_err(|e| invalid(e.to_string()))?;
+            let record = Hashed::member(member);
+            state.items_hash = state.items_hash.wrapping_add(record.hash);
+            let id = record.item.id;
+            if state.members.insert(id, record).is_some() {
+                return Err(invalid(format!("member {id} appears twice")));
+            }
+        }
+        for s in snap.sessions {
+            if s.last_seq == 0 || s.last_index == 0 || s.last_index > applied {
+                return Err(invalid(format!("bad session for client {}", s.client_id)));
+            }
+            if state.sessions.contains_key(&s.client_id) {
+                return Err(invalid(format!("client {} appears twice", s.client_id)));
+            }
+            state.record_session(s.client_id, s.last_seq, s.last_index, s.response);
+        }
+        let computed = state.state_hash();
+        if computed != snap.state_hash {
+            return Err(SnapshotError::HashMismatch { recorded: snap.state_hash, computed });
+        }
+        Ok(state)
+    }
+}
+
+/// The snapshot body as written (borrowing the state).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    applied_index: Index,
+    state_hash: u64,
+    kv: Vec<KeyValueRef<'a>>,
+    services: Vec<&'a Service>,
+    members: Vec<&'a MemberAddress>,
+    sessions: Vec<SessionRef<'a>>,
+}
+
+/// Encodes like [`KeyValue`].
+#[derive(Serialize)]
+struct KeyValueRef<'a> {
+    key: &'a str,
+    value: &'a str,
+    version: u64,
+    create_index: Index,
+    mod_index: Index,
+}
+
+#[derive(Serialize)]
+struct SessionRef<'a> {
+    client_id: u64,
+    last_seq: u64,
+    last_index: Index,
+    response: &'a Response,
+}
+
+/// The snapshot body as read: the same fields, in the same order, as [`SnapshotOut`].
+#[derive(Deserialize)]
+struct SnapshotIn {
+    applied_index: Index,
+    state_hash: u64,
+    kv: Vec<KeyValue>,
+    services: Vec<Service>,
+    members: Vec<MemberAddress>,
+    sessions: Vec<SessionIn>,
+}
+
+#[derive(Deserialize)]
+struct SessionIn {
+    client_id: u64,
+    last_seq: u64,
+    last_index: Index,
+    response: Response,
+}
+
+#[cfg(test)]
+mod tests;
