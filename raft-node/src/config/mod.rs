@@ -1,0 +1,411 @@
+//! The node's TOML config file: parsing, single-key overrides and validation.
+//!
+//! [`NodeConfig::load`] reads the file, applies overrides (`--set key=value` flags and
+//! `RAFT_NODE__SECTION__KEY` environment variables), deserializes it (unknown keys are errors)
+//! and validates it as a whole: every problem is reported at once, each with its key and
+//! reason, and nothing on disk is touched before the config is known to be good.
+//! `raft-node/node.example.toml` documents every key.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override config keys: `RAFT_NODE__RAFT__HEARTBEAT_INTERVAL_MS=30`
+/// sets `raft.heartbeat_interval_ms`. Sections are separated by a double underscore.
+pub const ENV_PREFIX: &str = "RAFT_NODE__";
+
+/// Which transport carries Raft messages between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// TCP, optionally with mutual TLS (`[tls]`).
+    #[default]
+    Tcp,
+    /// QUIC with mutual TLS (`[tls]` required).
+    Quic,
+}
+
+/// Where the log and hard state live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// RocksDB under `data_dir`, every acknowledged write synced.
+    #[default]
+    Rocks,
+    /// In memory: everything is lost when the process stops (tests and demos only).
+    Mem,
+}
+
+/// A member of the initial configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Node id (non-zero, unique).
+    pub id: u64,
+    /// Address of its Raft transport.
+    pub raft_addr: SocketAddr,
+    /// Address of its HTTP API.
+    pub client_addr: SocketAddr,
+}
+
+/// Certificate files for mutual TLS between nodes (PEM). `cargo xtask certs` writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA's certificate.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (identity `node-<id>.<cluster>`), signed by the CA.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Limits of the client API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a client request may take before it fails with `timeout`.
+    pub request_timeout_ms: u64,
+    /// Most keys one list request returns.
+    pub max_list: usize,
+    /// Most client requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+    /// Most watch streams open at once.
+    pub max_watchers: usize,
+    /// Most client sessions (idempotent writers) the state machine remembers.
+    pub max_sessions: usize,
+    /// Committed changes kept for watches that resume from an index.
+    pub watch_history: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout_ms: 5_000,
+            max_list: 10_000,
+            max_concurrent_requests: 4_096,
+            max_watchers: 1_024,
+            max_sessions: 100_000,
+            watch_history: 10_000,
+        }
+    }
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `raft_core=debug,info`, ... (`RUST_LOG` wins when set).
+    pub level: String,
+    /// Text or JSON lines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Transport tunables (both transports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Hard limit on one frame, in bytes (snapshot chunks must fit under it).
+    pub max_frame_bytes: u32,
+    /// Most messages queued for one peer; more are dropped (Raft retries).
+    pub peer_queue_max: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive_ms: u64,
+    /// QUIC idle timeout: a silent connection is closed after it.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { max_frame_bytes: 16 * 1024 * 1024, peer_queue_max: 4_096, keep_alive_ms: 1_000, idle_timeout_ms: 10_000 }
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The cluster's id; connections and data dirs of other clusters are refused.
+    pub cluster: String,
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// Where the Raft transport listens.
+    pub raft_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub client_addr: SocketAddr,
+    /// Where RocksDB keeps its files.
+    pub data_dir: PathBuf,
+    /// TCP or QUIC.
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// RocksDB or memory.
+    #[serde(default)]
+    pub storage: StorageKind,
+    /// The initial members of a new cluster (this node included). Leave empty and set `join`
+    /// for a node that joins a running cluster.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+    /// HTTP addresses of running members to join through (as a learner, promoted to voter
+    /// once caught up).
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Join as a voter (promoted when caught up) or stay a learner.
+    #[serde(default = "default_true")]
+    pub join_as_voter: bool,
+    /// Mutual TLS between nodes: required for QUIC, optional for TCP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Protocol tunables (elections, heartbeats, batching, snapshots, reads).
+    #[serde(default)]
+    pub raft: raft_core::Config,
+    /// Transport tunables.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Client API limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One thing wrong with a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key (dotted path) it is about; empty for the file as a whole.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or its keys and types do not match the schema.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// An override is malformed (`key=value` expected).
+    #[error("bad override {0:?}: expected key.path=value")]
+    BadOverride(String),
+    /// The config parsed but does not make sense; every problem is listed.
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {}: {}", if p.key.is_empty() { "(file)" } else { &p.key }, p.reason)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl NodeConfig {
+    /// Reads `path`, applies `overrides` (`key.path=value`, after the `RAFT_NODE__*`
+    /// environment variables) and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let env: Vec<String> = std::env::vars()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix(ENV_PREFIX)?;
+                Some(format!("{}={v}", key.to_ascii_lowercase().replace("__", ".")))
+            })
+            .collect();
+        let all: Vec<String> = env.into_iter().chain(overrides.iter().cloned()).collect();
+        Self::parse(&text, &file, &all)
+    }
+
+    /// Parses TOML `text` (named `file` in errors), applies `overrides` and validates.
+    pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse { file: file.to_string(), message };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let config: NodeConfig =
+            toml::Table::try_into(table).map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { file: file.to_string(), problems })
+        }
+    }
+
+    /// Every problem with this config (empty when it is valid).
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, reason: String| out.push(ConfigProblem { key: key.to_string(), reason });
+        if self.cluster.is_empty() || self.cluster.len() > 64 {
+            bad("cluster", "must be 1 to 64 characters".into());
+        } else if !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bad("cluster", "may hold only ASCII letters, digits and '-' (it is part of TLS identities)".into());
+        }
+        if self.id == 0 {
+            bad("id", "must be non-zero".into());
+        }
+        if self.raft_addr == self.client_addr {
+            bad("client_addr", "must differ from raft_addr".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bad("data_dir", "must not be empty".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let key = format!("members[{i}]");
+            if m.id == 0 {
+                bad(&format!("{key}.id"), "must be non-zero".into());
+            }
+            if !ids.insert(m.id) {
+                bad(&format!("{key}.id"), format!("node id {} appears twice", m.id));
+            }
+            for addr in [m.raft_addr, m.client_addr] {
+                if !addrs.insert(addr) {
+                    bad(&key, format!("address {addr} is used twice"));
+                }
+            }
+            if m.id == self.id && (m.raft_addr != self.raft_addr || m.client_addr != self.client_addr) {
+                bad(&key, "this node's entry must carry the same raft_addr and client_addr as the top level".into());
+            }
+        }
+        match (self.members.is_empty(), self.join.is_empty()) {
+            (true, true) => bad("members", "list the initial members (this node included), or set join".into()),
+            (false, false) => bad("join", "set either members (a new cluster) or join (a running one), not both".into()),
+            (false, true) if !ids.contains(&self.id) => {
+                bad("members", format!("this node (id {}) is missing from members", self.id))
+            }
+            _ => {}
+        }
+        for (i, j) in self.join.iter().enumerate() {
+            if j.trim().is_empty() {
+                bad(&format!("join[{i}]"), "must be a host:port address".into());
+            }
+        }
+        if self.transport == TransportKind::Quic && self.tls.is_none() {
+            bad("tls", "transport = \"quic\" needs [tls] (ca_cert, cert, key); `cargo xtask certs` writes them".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if let Err(e) = std::fs::File::open(path) {
+                    bad(key, format!("cannot read {}: {e}", path.display()));
+                }
+            }
+        }
+        if let Err(e) = self.raft.validate() {
+            bad("raft", e.to_string());
+        }
+        if self.raft.snapshot_chunk_bytes as u64 + 64 * 1024 > u64::from(self.network.max_frame_bytes) {
+            bad("raft.snapshot_chunk_bytes", "must be at least 64 KiB under network.max_frame_bytes".into());
+        }
+        if self.raft.max_bytes_per_append as u64 + 64 * 1024 > u64::from(self.network.max_frame_bytes) {
+            bad("raft.max_bytes_per_append", "must be at least 64 KiB under network.max_frame_bytes".into());
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 {
+            bad("limits.max_key_bytes", "must be positive".into());
+        }
+        if l.max_value_bytes == 0 || l.max_value_bytes + l.max_key_bytes + 4096 > l.max_body_bytes {
+            bad("limits.max_value_bytes", "must be positive and fit in max_body_bytes with the key".into());
+        }
+        if l.max_value_bytes + l.max_key_bytes + 4096 > self.raft.max_bytes_per_append {
+            bad("limits.max_value_bytes", "a key and value must fit in raft.max_bytes_per_append".into());
+        }
+        for (key, v) in [
+            ("limits.request_timeout_ms", l.request_timeout_ms as usize),
+            ("limits.max_list", l.max_list),
+            ("limits.max_concurrent_requests", l.max_concurrent_requests),
+            ("limits.max_watchers", l.max_watchers),
+            ("limits.max_sessions", l.max_sessions),
+        ] {
+            if v == 0 {
+                bad(key, "must be positive".into());
+            }
+        }
+        let n = &self.network;
+        if n.peer_queue_max == 0 {
+            bad("network.peer_queue_max", "must be positive".into());
+        }
+        if n.keep_alive_ms == 0 || n.keep_alive_ms >= n.idle_timeout_ms {
+            bad("network.keep_alive_ms", "must be positive and under network.idle_timeout_ms".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad("log.level", format!("not a valid filter: {e}"));
+        }
+        out
+    }
+
+    /// The other members of the initial configuration.
+    pub fn peers(&self) -> impl Iterator<Item = &MemberConfig> {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+}
+
+/// Sets `key.path=value` in `table`; the value is read as TOML (`30`, `true`, `"x"`, `[..]`)
+/// or, failing that, as a plain string.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
+    let (path, raw) = spec.split_once('=').ok_or_else(|| ConfigError::BadOverride(spec.to_string()))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::BadOverride(spec.to_string()));
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = keys.split_last().ok_or_else(|| ConfigError::BadOverride(spec.to_string()))?;
+    let mut current = table;
+    for key in parents {
+        let entry = current.entry(key.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::BadOverride(spec.to_string()))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../node.example.toml");
+
+fn problems_of(text: &str, overrides: &[&str]) -> Vec<ConfigProblem> {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    match NodeConfig::parse(text, "test.toml", &overrides) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+fn keys(problems: &[ConfigProblem]) -> Vec<&str> {
+    problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+#[test]
+fn the_shipped_example_is_valid_and_matches_the_defaults() {
+    let config = NodeConfig::parse(EXAMPLE, "node.example.toml", &[]).expect("the example is valid");
+    assert_eq!(config.id, 1);
+    assert_eq!(config.members.len(), 3);
+    assert_eq!(config.raft, raft_core::Config::default(), "the example documents the defaults");
+    assert_eq!(config.limits, LimitsConfig::default());
+    assert_eq!(config.network, NetworkConfig::default());
+    assert_eq!(config.log, LogConfig::default());
+    assert_eq!(config.peers().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn malformed_toml_names_the_file_and_line() {
+    let err = NodeConfig::parse("cluster = \"a\"\nid = = 3\n", "bad.toml", &[]).expect_err("malformed");
+    let text = err.to_string();
+    assert!(matches!(err, ConfigError::Parse { .. }));
+    assert!(text.starts_with("bad.toml:"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let text = EXAMPLE.replace("heartbeat_interval_ms = 20", "heartbeat_interval_ms = 20\nheartbeat_ms = 5");
+    let err = NodeConfig::parse(&text, "x.toml", &[]).expect_err("unknown field");
+    assert!(err.to_string().contains("heartbeat_ms"), "{err}");
+    let top = format!("colour = \"red\"\n{EXAMPLE}");
+    assert!(NodeConfig::parse(&top, "x.toml", &[]).is_err());
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = EXAMPLE
+        .replace("id = 3\n", "id = 2\n") // duplicate node id
+        .replace("heartbeat_interval_ms = 20", "heartbeat_interval_ms = 500") // heartbeat > election min
+        .replace("max_key_bytes = 4096", "max_key_bytes = 0");
+    let problems = problems_of(&text, &[]);
+    let keys = keys(&problems);
+    assert!(keys.contains(&"members[2].id"), "{problems:?}");
+    assert!(keys.contains(&"raft"), "{problems:?}");
+    assert!(keys.contains(&"limits.max_key_bytes"), "{problems:?}");
+    let err = NodeConfig::parse(&text, "x.toml", &[]).expect_err("invalid").to_string();
+    assert!(err.contains("3 problem(s)"), "{err}");
+}
+
+#[test]
+fn self_missing_from_members_is_refused() {
+    let problems = problems_of(EXAMPLE, &["id=7", "raft_addr=\"127.0.0.1:7007\"", "client_addr=\"127.0.0.1:8087\""]);
+    assert!(problems.iter().any(|p| p.key == "members" && p.reason.contains("missing")), "{problems:?}");
+}
+
+#[test]
+fn members_and_join_are_exclusive_and_one_is_needed() {
+    let problems = problems_of(EXAMPLE, &["join=[\"127.0.0.1:8082\"]"]);
+    assert!(keys(&problems).contains(&"join"), "{problems:?}");
+    let bare = "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
+    assert!(keys(&problems_of(bare, &[])).contains(&"members"));
+    let joiner = NodeConfig::parse(bare, "j.toml", &["join=[\"127.0.0.1:8081\"]".into()]).expect("a joiner is valid");
+    assert_eq!(joiner.join, vec!["127.0.0.1:8081".to_string()]);
+}
+
+#[test]
+fn own_entry_must_match_the_top_level_addresses() {
+    let problems = problems_of(EXAMPLE, &["client_addr=\"127.0.0.1:9999\""]);
+    assert!(keys(&problems).contains(&"members[0]"), "{problems:?}");
+}
+
+#[test]
+fn duplicate_addresses_and_bad_cluster_ids_are_refused() {
+    let text = EXAMPLE.replace("127.0.0.1:7003", "127.0.0.1:7002");
+    assert!(problems_of(&text, &[]).iter().any(|p| p.reason.contains("used twice")));
+    assert!(keys(&problems_of(EXAMPLE, &["cluster=\"a b\""])).contains(&"cluster"));
+    assert!(keys(&problems_of(EXAMPLE, &["cluster=\"\""])).contains(&"cluster"));
+}
+
+#[test]
+fn quic_needs_tls_and_tls_files_must_be_readable() {
+    assert!(keys(&problems_of(EXAMPLE, &["transport=\"quic\""])).contains(&"tls"));
+    let problems = problems_of(
+        EXAMPLE,
+        &["tls.ca_cert=\"/nonexistent/ca.pem\"", "tls.cert=\"/nonexistent/c.pem\"", "tls.key=\"/nonexistent/k.pem\""],
+    );
+    let keys = keys(&problems);
+    for key in ["tls.ca_cert", "tls.cert", "tls.key"] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+}
+
+#[test]
+fn overrides_set_nested_keys_and_typed_values() {
+    let config =
+        NodeConfig::parse(EXAMPLE, "x.toml", &["raft.heartbeat_interval_ms=30".into(), "log.level=debug".into()])
+            .expect("valid");
+    assert_eq!(config.raft.heartbeat_interval_ms, 30);
+    assert_eq!(config.log.level, "debug", "a bare word is taken as a string");
+    assert!(matches!(
+        NodeConfig::parse(EXAMPLE, "x.toml", &["no_equals_sign".into()]),
+        Err(ConfigError::BadOverride(_))
+    ));
+    assert!(matches!(NodeConfig::parse(EXAMPLE, "x.toml", &["id.x=1".into()]), Err(ConfigError::BadOverride(_))));
+    let err = NodeConfig::parse(EXAMPLE, "x.toml", &["id=\"one\"".into()]).expect_err("wrong type");
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+}
+
+#[test]
+fn frame_limit_must_hold_snapshot_chunks_and_appends() {
+    let problems = problems_of(EXAMPLE, &["network.max_frame_bytes=262144"]);
+    let keys = keys(&problems);
+    assert!(keys.contains(&"raft.snapshot_chunk_bytes"), "{problems:?}");
+    assert!(keys.contains(&"raft.max_bytes_per_append"), "{problems:?}");
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let err = NodeConfig::load(Path::new("/nonexistent/node.toml"), &[]).expect_err("missing");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/node.toml"));
+}

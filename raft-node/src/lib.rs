@@ -1,0 +1,6 @@
+//! `raft-node`: a replicated key-value and service-registry server built from the workspace's
+//! crates, chosen à la carte by a TOML config file.
+//!
+//! - [`config`]: the config file, overrides and validation.
+
+pub mod config;

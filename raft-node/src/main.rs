@@ -1,0 +1,3 @@
+//! The `raft-node` binary.
+
+fn main() {}
