@@ -1,4 +1,5 @@
-//! Client side of `raft-node`'s HTTP/JSON API: a [`Client`] library.
+//! Client side of `raft-node`'s HTTP/JSON API: a [`Client`] library and the `raftctl` command
+//! line ([`cli`]).
 //!
 //! - [`api`]: the request and response types of every endpoint, shared with the server.
 //! - [`Client`]: typed calls with leader discovery (`421 not_leader` hints and `307`
@@ -6,6 +7,7 @@
 //!   and idempotent write sessions (a retried write carries the same client id and sequence
 //!   number, so it is applied once).
 //! - [`WatchStream`]: committed changes as server-sent events.
+//! - [`cli`]: `raftctl`, also reachable from other binaries through [`cli::run`].
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -37,6 +39,7 @@
 //! ```
 
 pub mod api;
+pub mod cli;
 mod client;
 mod endpoint;
 mod error;

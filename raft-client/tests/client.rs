@@ -656,3 +656,56 @@ async fn a_malformed_or_oversized_event_ends_the_watch_with_a_decode_error() {
         assert!(stream.next().await.is_none());
     }
 }
+
+// ---- raftctl against a fake node ----
+
+async fn raftctl(fake: &Fake, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["raftctl".to_owned(), "--endpoints".to_owned(), fake.endpoints().join(",")];
+    full.extend(args.iter().map(|a| (*a).to_owned()));
+    let cli = <raft_client::cli::Cli as clap::Parser>::try_parse_from(full).expect("parses");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = raft_client::cli::execute(&cli, &mut out, &mut err).await.expect("runs");
+    (code, String::from_utf8(out).expect("UTF-8"), String::from_utf8(err).expect("UTF-8"))
+}
+
+#[tokio::test]
+async fn raftctl_prints_tables_json_and_errors() {
+    let fake = Fake::start(1, |_| {
+        vec![script(|s, _| match (s.method.as_str(), s.path.as_str()) {
+            ("POST", "/v1/cas/k") => Reply::Json(
+                409,
+                json!({ "code": "cas_failed", "message": "version is 4", "current": kv("k", "now", 4) }),
+            ),
+            ("GET", "/v1/kv/k") => Reply::Json(200, json!(kv("k", "now", 4))),
+            ("GET", "/v1/kv/gone") => api_error(404, "not_found", "no such key"),
+            ("GET", "/v1/kv") => Reply::Json(
+                200,
+                json!({ "items": [kv("k", "now", 4), kv("kk", "v", 1)], "truncated": true, "index": 7 }),
+            ),
+            ("PUT", "/v1/kv/k") => write_ok(12, "k", "v"),
+            _ => api_error(400, "bad_request", "unexpected"),
+        })]
+    })
+    .await;
+    let (code, out, err) = raftctl(&fake, &["cas", "k", "--expect-version", "3", "--value", "x"]).await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(err, "error: cas_failed: the key is at version 4 (modified at index 7) with value \"now\"\n");
+
+    let (code, out, _) = raftctl(&fake, &["get", "k"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "key       k\nvalue     now\nversion   4\ncreated   3\nmodified  7\n");
+    let (code, out, _) = raftctl(&fake, &["--json", "get", "k"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<KeyValue>(&out).unwrap(), kv("k", "now", 4));
+    let (code, _, err) = raftctl(&fake, &["get", "gone"]).await;
+    assert_eq!((code, err.as_str()), (1, "error: not_found: key \"gone\" does not exist\n"));
+
+    let (code, out, err) = raftctl(&fake, &["list", "k", "--limit", "2"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "KEY  VALUE  VERSION  MODIFIED\nk    now    4        7\nkk   v      1        7\n");
+    assert_eq!(err, "(more keys match; raise --limit)\n");
+    let (code, out, _) = raftctl(&fake, &["put", "k", "v"]).await;
+    assert_eq!((code, out.as_str()), (0, "OK: index 12, version 1\n"));
+    let (code, _, err) = raftctl(&fake, &["members"]).await;
+    assert_eq!((code, err.as_str()), (1, "error: bad_request: unexpected\n"));
+}
