@@ -6,7 +6,7 @@
 //!   redirects), retries with capped exponential backoff and jitter, per-attempt timeouts,
 //!   and idempotent write sessions (a retried write carries the same client id and sequence
 //!   number, so it is applied once).
-//! - [`WatchStream`]: committed changes as server-sent events.
+//! - [`WatchStream`]: committed changes as server-sent events ([`sse`] parses them).
 //! - [`cli`]: `raftctl`, also reachable from other binaries through [`cli::run`].
 //!
 //! ```no_run

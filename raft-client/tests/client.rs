@@ -221,6 +221,17 @@ fn api_code(e: &ClientError) -> Option<ErrorCode> {
     }
 }
 
+#[test]
+fn handles_can_be_shared_between_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    fn send_future<F: std::future::Future + Send>(_: F) {}
+    send_sync::<Client>();
+    send_sync::<ClientError>();
+    send::<raft_client::WatchStream>();
+    send_future(raft_client::cli::run(["raftctl", "status"]));
+}
+
 // ---- leader discovery ----
 
 #[tokio::test]
@@ -708,4 +719,80 @@ async fn raftctl_prints_tables_json_and_errors() {
     assert_eq!((code, out.as_str()), (0, "OK: index 12, version 1\n"));
     let (code, _, err) = raftctl(&fake, &["members"]).await;
     assert_eq!((code, err.as_str()), (1, "error: bad_request: unexpected\n"));
+}
+
+#[tokio::test]
+async fn raftctl_sends_the_api_bodies() {
+    let fake = Fake::start(1, |_| {
+        vec![script(|s, _| match (s.method.as_str(), s.path.as_str()) {
+            ("POST", "/v1/members") => Reply::Json(200, json!({ "members": [], "joint": true })),
+            ("POST", "/v1/transfer-leader") => {
+                Reply::Json(200, json!({ "leader": 3, "client_addr": "127.0.0.1:8083", "term": 9 }))
+            }
+            ("PUT", "/v1/services/web") | ("POST", "/v1/services/web/nodes/w1/down") => {
+                Reply::Json(200, json!({ "index": 5 }))
+            }
+            ("GET", "/v1/balance/web") => Reply::Json(
+                200,
+                json!({ "service": "web", "node": { "id": "w1", "address": "10.0.0.1:80", "priority": 2 } }),
+            ),
+            _ => api_error(400, "bad_request", "unexpected"),
+        })]
+    })
+    .await;
+    let (code, out, _) = raftctl(
+        &fake,
+        &[
+            "members",
+            "add",
+            "4",
+            "--raft-addr",
+            "127.0.0.1:9004",
+            "--client-addr",
+            "127.0.0.1:8084",
+            "--voter",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.ends_with("(joint configuration: a membership change is in progress)\n"), "{out}");
+    let (code, out, _) = raftctl(&fake, &["transfer-leader", "3"]).await;
+    assert_eq!((code, out.as_str()), (0, "leader 3 at 127.0.0.1:8083 (term 9)\n"));
+    let (code, out, _) = raftctl(
+        &fake,
+        &[
+            "services",
+            "register",
+            "web",
+            "--type",
+            "http",
+            "--node",
+            "id=w1,addr=10.0.0.1:80,priority=2,attr.zone=eu",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "OK: index 5\n"));
+    let (code, _, _) = raftctl(&fake, &["services", "up", "web", "w1"]).await;
+    assert_eq!(code, 0);
+    let (code, out, _) = raftctl(&fake, &["balance", "web", "--strategy", "random"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "ID  ADDRESS      PRIORITY  STATE  ATTRIBUTES\nw1  10.0.0.1:80  2         up\n");
+
+    let seen = fake.seen();
+    let body = |i: usize| serde_json::from_str::<Value>(&seen[i].body).expect("JSON body");
+    assert_eq!(
+        body(0),
+        json!({ "id": 4, "raft_addr": "127.0.0.1:9004", "client_addr": "127.0.0.1:8084", "role": "voter" })
+    );
+    assert_eq!(body(1), json!({ "to": 3 }));
+    assert_eq!(
+        body(2),
+        json!({ "type": "http", "nodes": [
+            { "id": "w1", "address": "10.0.0.1:80", "priority": 2, "attributes": { "zone": "eu" }, "down": false }
+        ] })
+    );
+    assert_eq!(body(3), json!({ "down": false }));
+    assert_eq!(seen[4].query, "strategy=random");
+    assert!(seen[0].seq.is_none(), "membership changes carry no session");
+    assert_eq!(seen[2].seq, Some(1));
 }
