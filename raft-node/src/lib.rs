@@ -2,5 +2,7 @@
 //! crates, chosen à la carte by a TOML config file.
 //!
 //! - [`config`]: the config file, overrides and validation.
+//! - [`metrics`]: Prometheus metrics.
 
 pub mod config;
+pub mod metrics;

@@ -112,11 +112,15 @@ impl Metrics {
         let r = &mut registry;
         r.register("term", "Current term", metrics.term.clone());
         r.register("is_leader", "1 on the leader, else 0", metrics.is_leader.clone());
-        r.register("role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader, 4 learner", metrics.role.clone());
+        r.register("role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader", metrics.role.clone());
         r.register("commit_index", "Highest committed index known", metrics.commit_index.clone());
         r.register("applied_index", "Last index applied to the state machine", metrics.applied_index.clone());
         r.register("last_log_index", "Last index in the log", metrics.last_log_index.clone());
-        r.register("snapshot_index", "Last index covered by the latest snapshot", metrics.snapshot_index.clone());
+        r.register(
+            "snapshot_index",
+            "Last index covered by the latest snapshot",
+            metrics.snapshot_index.clone(),
+        );
         r.register("snapshot_bytes", "Size of the latest snapshot", metrics.snapshot_bytes.clone());
         r.register("snapshots", "Snapshots taken or installed since start", metrics.snapshots.clone());
         r.register(
@@ -139,14 +143,22 @@ impl Metrics {
             metrics.transport_dropped_other.clone(),
         );
         r.register("transport_refused", "Connections refused", metrics.transport_refused.clone());
-        r.register("transport_bad_frames", "Connections closed for a bad frame", metrics.transport_bad_frames.clone());
+        r.register(
+            "transport_bad_frames",
+            "Connections closed for a bad frame",
+            metrics.transport_bad_frames.clone(),
+        );
         r.register(
             "proposal_seconds",
             "Time from receiving a write to its answer (committed and applied)",
             metrics.proposal_seconds.clone(),
         );
         r.register("read_seconds", "Time from receiving a read to its answer", metrics.read_seconds.clone());
-        r.register("request_errors", "Client requests answered with an error, by code", metrics.request_errors.clone());
+        r.register(
+            "request_errors",
+            "Client requests answered with an error, by code",
+            metrics.request_errors.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -212,6 +224,5 @@ fn role_number(role: Role) -> i64 {
         Role::PreCandidate => 1,
         Role::Candidate => 2,
         Role::Leader => 3,
-        Role::Learner => 4,
     }
 }

@@ -145,7 +145,12 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { max_frame_bytes: 16 * 1024 * 1024, peer_queue_max: 4_096, keep_alive_ms: 1_000, idle_timeout_ms: 10_000 }
+        Self {
+            max_frame_bytes: 16 * 1024 * 1024,
+            peer_queue_max: 4_096,
+            keep_alive_ms: 1_000,
+            idle_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -247,7 +252,8 @@ impl NodeConfig {
     /// environment variables) and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         let env: Vec<String> = std::env::vars()
             .filter_map(|(k, v)| {
                 let key = k.strip_prefix(ENV_PREFIX)?;
@@ -282,7 +288,10 @@ impl NodeConfig {
         if self.cluster.is_empty() || self.cluster.len() > 64 {
             bad("cluster", "must be 1 to 64 characters".into());
         } else if !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bad("cluster", "may hold only ASCII letters, digits and '-' (it is part of TLS identities)".into());
+            bad(
+                "cluster",
+                "may hold only ASCII letters, digits and '-' (it is part of TLS identities)".into(),
+            );
         }
         if self.id == 0 {
             bad("id", "must be non-zero".into());
@@ -309,12 +318,19 @@ impl NodeConfig {
                 }
             }
             if m.id == self.id && (m.raft_addr != self.raft_addr || m.client_addr != self.client_addr) {
-                bad(&key, "this node's entry must carry the same raft_addr and client_addr as the top level".into());
+                bad(
+                    &key,
+                    "this node's entry must carry the same raft_addr and client_addr as the top level".into(),
+                );
             }
         }
         match (self.members.is_empty(), self.join.is_empty()) {
-            (true, true) => bad("members", "list the initial members (this node included), or set join".into()),
-            (false, false) => bad("join", "set either members (a new cluster) or join (a running one), not both".into()),
+            (true, true) => {
+                bad("members", "list the initial members (this node included), or set join".into())
+            }
+            (false, false) => {
+                bad("join", "set either members (a new cluster) or join (a running one), not both".into())
+            }
             (false, true) if !ids.contains(&self.id) => {
                 bad("members", format!("this node (id {}) is missing from members", self.id))
             }
@@ -326,10 +342,15 @@ impl NodeConfig {
             }
         }
         if self.transport == TransportKind::Quic && self.tls.is_none() {
-            bad("tls", "transport = \"quic\" needs [tls] (ca_cert, cert, key); `cargo xtask certs` writes them".into());
+            bad(
+                "tls",
+                "transport = \"quic\" needs [tls] (ca_cert, cert, key); `cargo xtask certs` writes them"
+                    .into(),
+            );
         }
         if let Some(tls) = &self.tls {
-            for (key, path) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+            for (key, path) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
+            {
                 if let Err(e) = std::fs::File::open(path) {
                     bad(key, format!("cannot read {}: {e}", path.display()));
                 }
@@ -351,8 +372,13 @@ impl NodeConfig {
         if l.max_value_bytes == 0 || l.max_value_bytes + l.max_key_bytes + 4096 > l.max_body_bytes {
             bad("limits.max_value_bytes", "must be positive and fit in max_body_bytes with the key".into());
         }
-        if l.max_value_bytes + l.max_key_bytes + 4096 > self.raft.max_bytes_per_append {
-            bad("limits.max_value_bytes", "a key and value must fit in raft.max_bytes_per_append".into());
+        // An entry larger than max_bytes_per_append is sent alone, so the frame is the limit.
+        if (l.max_value_bytes + l.max_key_bytes) as u64 + 64 * 1024 > u64::from(self.network.max_frame_bytes)
+        {
+            bad(
+                "limits.max_value_bytes",
+                "a key and value must fit, with 64 KiB to spare, in network.max_frame_bytes".into(),
+            );
         }
         for (key, v) in [
             ("limits.request_timeout_ms", l.request_timeout_ms as usize),

@@ -61,7 +61,8 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn self_missing_from_members_is_refused() {
-    let problems = problems_of(EXAMPLE, &["id=7", "raft_addr=\"127.0.0.1:7007\"", "client_addr=\"127.0.0.1:8087\""]);
+    let problems =
+        problems_of(EXAMPLE, &["id=7", "raft_addr=\"127.0.0.1:7007\"", "client_addr=\"127.0.0.1:8087\""]);
     assert!(problems.iter().any(|p| p.key == "members" && p.reason.contains("missing")), "{problems:?}");
 }
 
@@ -71,7 +72,8 @@ fn members_and_join_are_exclusive_and_one_is_needed() {
     assert!(keys(&problems).contains(&"join"), "{problems:?}");
     let bare = "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
     assert!(keys(&problems_of(bare, &[])).contains(&"members"));
-    let joiner = NodeConfig::parse(bare, "j.toml", &["join=[\"127.0.0.1:8081\"]".into()]).expect("a joiner is valid");
+    let joiner =
+        NodeConfig::parse(bare, "j.toml", &["join=[\"127.0.0.1:8081\"]".into()]).expect("a joiner is valid");
     assert_eq!(joiner.join, vec!["127.0.0.1:8081".to_string()]);
 }
 
@@ -94,7 +96,11 @@ fn quic_needs_tls_and_tls_files_must_be_readable() {
     assert!(keys(&problems_of(EXAMPLE, &["transport=\"quic\""])).contains(&"tls"));
     let problems = problems_of(
         EXAMPLE,
-        &["tls.ca_cert=\"/nonexistent/ca.pem\"", "tls.cert=\"/nonexistent/c.pem\"", "tls.key=\"/nonexistent/k.pem\""],
+        &[
+            "tls.ca_cert=\"/nonexistent/ca.pem\"",
+            "tls.cert=\"/nonexistent/c.pem\"",
+            "tls.key=\"/nonexistent/k.pem\"",
+        ],
     );
     let keys = keys(&problems);
     for key in ["tls.ca_cert", "tls.cert", "tls.key"] {
@@ -104,16 +110,22 @@ fn quic_needs_tls_and_tls_files_must_be_readable() {
 
 #[test]
 fn overrides_set_nested_keys_and_typed_values() {
-    let config =
-        NodeConfig::parse(EXAMPLE, "x.toml", &["raft.heartbeat_interval_ms=30".into(), "log.level=debug".into()])
-            .expect("valid");
+    let config = NodeConfig::parse(
+        EXAMPLE,
+        "x.toml",
+        &["raft.heartbeat_interval_ms=30".into(), "log.level=debug".into()],
+    )
+    .expect("valid");
     assert_eq!(config.raft.heartbeat_interval_ms, 30);
     assert_eq!(config.log.level, "debug", "a bare word is taken as a string");
     assert!(matches!(
         NodeConfig::parse(EXAMPLE, "x.toml", &["no_equals_sign".into()]),
         Err(ConfigError::BadOverride(_))
     ));
-    assert!(matches!(NodeConfig::parse(EXAMPLE, "x.toml", &["id.x=1".into()]), Err(ConfigError::BadOverride(_))));
+    assert!(matches!(
+        NodeConfig::parse(EXAMPLE, "x.toml", &["id.x=1".into()]),
+        Err(ConfigError::BadOverride(_))
+    ));
     let err = NodeConfig::parse(EXAMPLE, "x.toml", &["id=\"one\"".into()]).expect_err("wrong type");
     assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
 }
