@@ -155,6 +155,10 @@ pub struct MemberView {
     pub raft_addr: Option<String>,
     /// Address of its HTTP API, when known.
     pub client_addr: Option<String>,
+    /// Its addresses are in the replicated address book: it has run as a member of this
+    /// cluster (a node registers itself once started).
+    #[serde(default)]
+    pub registered: bool,
     /// The leader's next index for it (only on the leader).
     pub next_index: Option<u64>,
     /// The highest index known replicated on it (only on the leader).
@@ -412,12 +416,19 @@ pub enum ErrorCode {
     Conflict,
     /// A write with this session's older sequence number (HTTP 409).
     StaleSequence,
+    /// The server no longer remembers this session (it was evicted, or the session's first
+    /// write was never applied): the write was not applied, but an earlier write of the session
+    /// may have been. Start a new session (HTTP 409).
+    SessionExpired,
     /// The watch fell behind or asked for changes no longer kept (HTTP 410).
     Compacted,
     /// The node is shutting down or stopped (HTTP 503).
     Unavailable,
     /// Anything else (HTTP 500).
     Internal,
+    /// A code this client does not know (sent by a newer server); the HTTP status tells more.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -430,9 +441,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::TooLarge => 413,
             ErrorCode::NotFound => 404,
-            ErrorCode::CasFailed | ErrorCode::Conflict | ErrorCode::StaleSequence => 409,
+            ErrorCode::CasFailed | ErrorCode::Conflict | ErrorCode::StaleSequence | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
-            ErrorCode::Internal => 500,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }
 

@@ -54,8 +54,10 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// ones with `409 stale_sequence`; to never trigger that, a client sends **one write at a
 /// time per session** (concurrent writes of one `Client`, or of its clones, wait for each
 /// other) and never reuses a number. For parallel writes, give each task its own session with
-/// [`Client::new_session`]. A call that fails with a retryable error after all retries leaves
-/// that write's outcome unknown; the next write uses the next number (numbers may have gaps).
+/// [`Client::new_session`]. A write that fails (other than with an answer the state machine
+/// gave, like `cas_failed`) may or may not have been applied; the client then continues in a
+/// new session (a new random client id, sequence numbers from 1), so numbers never have gaps
+/// and a later write can never be taken for the failed one.
 ///
 /// Membership changes and leadership transfers carry no session: a retry after an unknown
 /// outcome may answer `conflict` or `not_found` for a change that did happen.
@@ -80,10 +82,17 @@ struct Shared {
 
 #[derive(Debug)]
 struct Session {
-    client_id: u64,
-    /// The last sequence number used; held for the whole of a write, so writes of one
-    /// session go out one at a time.
-    last_seq: tokio::sync::Mutex<u64>,
+    /// `(client_id, last sequence number used)`; held for the whole of a write, so writes of
+    /// one session go out one at a time.
+    state: tokio::sync::Mutex<(u64, u64)>,
+    /// The current client id, readable without waiting for a write.
+    client_id: AtomicU64,
+}
+
+impl Session {
+    fn new(client_id: u64) -> Self {
+        Self { state: tokio::sync::Mutex::new((client_id, 0)), client_id: AtomicU64::new(client_id) }
+    }
 }
 
 /// One API request, rebuilt for every attempt.
@@ -203,7 +212,7 @@ impl Client {
         };
         Ok(Self {
             shared: Arc::new(shared),
-            session: Arc::new(Session { client_id, last_seq: tokio::sync::Mutex::new(0) }),
+            session: Arc::new(Session::new(client_id)),
         })
     }
 
@@ -213,13 +222,13 @@ impl Client {
         let client_id = nonzero_random(self.shared.next_random());
         Self {
             shared: Arc::clone(&self.shared),
-            session: Arc::new(Session { client_id, last_seq: tokio::sync::Mutex::new(0) }),
+            session: Arc::new(Session::new(client_id)),
         }
     }
 
     /// The session's client id, sent with every write.
     pub fn client_id(&self) -> u64 {
-        self.session.client_id
+        self.session.client_id.load(Ordering::Relaxed)
     }
 
     /// The endpoints, normalized, in the order they are tried.
@@ -457,10 +466,23 @@ impl Client {
     async fn session_write<T: DeserializeOwned>(&self, call: Call) -> Result<T, ClientError> {
         let mut call = call.write();
         let body = {
-            let mut last_seq = self.session.last_seq.lock().await;
-            *last_seq += 1;
-            call.session = Some((self.session.client_id, *last_seq));
-            self.shared.execute_body(&call).await?
+            let mut state = self.session.state.lock().await;
+            state.1 += 1;
+            call.session = Some(*state);
+            match self.shared.execute_body(&call).await {
+                Ok(body) => body,
+                Err(e) => {
+                    if !e.was_applied() {
+                        // The write failed or its outcome is unknown: continue in a new session,
+                        // so that the next write neither leaves a gap the server cannot tell
+                        // from an expired session nor could be taken for this one.
+                        let client_id = nonzero_random(self.shared.next_random());
+                        *state = (client_id, 0);
+                        self.session.client_id.store(client_id, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
         };
         decode(&call, &body)
     }

@@ -111,6 +111,16 @@ impl ClientError {
         }
     }
 
+    /// Whether this error is the state machine's answer to an applied write (`cas_failed`,
+    /// `not_found`): the write took its place in the log, its session number is used.
+    pub fn was_applied(&self) -> bool {
+        match self {
+            ClientError::Api { error, .. } => matches!(error.code, ErrorCode::CasFailed | ErrorCode::NotFound),
+            ClientError::CasFailed { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether the same request may be sent again (to another node or after a pause); for a
     /// write, with the same session sequence number, which the client does by itself.
     pub fn is_retryable(&self) -> bool {
@@ -139,6 +149,8 @@ pub fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Compacted => "compacted",
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::Internal => "internal",
+        ErrorCode::SessionExpired => "session_expired",
+        ErrorCode::Unknown => "unknown",
     }
 }
 
@@ -180,6 +192,8 @@ mod tests {
             ErrorCode::Compacted,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::SessionExpired,
+            ErrorCode::Unknown,
         ] {
             let wire = serde_json::to_string(&code).unwrap();
             assert_eq!(wire.trim_matches('"'), error_code_name(code));

@@ -3,6 +3,12 @@
 //!
 //! - [`config`]: the config file, overrides and validation.
 //! - [`metrics`]: Prometheus metrics.
+//! - `node`: wiring ([`Node::start`]), start-up checks, joining, the address book.
+//! - `http`: the HTTP/JSON API (paths and bodies in [`raft_client::api`]).
 
 pub mod config;
+mod http;
 pub mod metrics;
+mod node;
+
+pub use node::{Node, StartError};

@@ -227,6 +227,7 @@ mod tests {
             role,
             raft_addr: Some(format!("127.0.0.1:900{id}")),
             client_addr: Some(format!("127.0.0.1:808{id}")),
+            registered: true,
             next_index: None,
             match_index: None,
             lag: None,

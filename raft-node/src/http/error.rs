@@ -1,0 +1,92 @@
+//! Error answers: every failure becomes an [`ApiError`] JSON body with a stable code and the
+//! matching HTTP status, never a stack trace.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_client::api::{ApiError, ErrorCode, LeaderView};
+use raft_core::{ProposalRejection, RaftError, TransferError};
+
+/// An error answer, optionally a redirect to the leader.
+#[derive(Debug)]
+pub(crate) struct HttpError {
+    pub(crate) body: ApiError,
+    /// `Location` of a 307 redirect to the leader (writes on a follower with forwarding off).
+    pub(crate) redirect: Option<String>,
+}
+
+impl HttpError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { body: ApiError::new(code, message), redirect: None }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub(crate) fn timeout(what: &str) -> Self {
+        Self::new(ErrorCode::Timeout, format!("{what} did not complete in time; a write's outcome is unknown"))
+    }
+
+    /// Not the leader: the leader's address when known (or `no_leader`).
+    pub(crate) fn not_leader(leader: Option<LeaderView>) -> Self {
+        match leader {
+            Some(view) if view.leader.is_some() => {
+                let mut e = Self::new(ErrorCode::NotLeader, "this node is not the leader");
+                e.body.leader = Some(view);
+                e
+            }
+            _ => Self::new(ErrorCode::NoLeader, "no leader is known; retry shortly"),
+        }
+    }
+
+    /// Maps a driver error. `leader` is filled in for `not_leader` answers.
+    pub(crate) fn from_raft(e: RaftError, leader: impl FnOnce() -> Option<LeaderView>) -> Self {
+        let message = e.to_string();
+        match e {
+            RaftError::Rejected(r) => match r {
+                ProposalRejection::NotLeader { .. } => Self::not_leader(leader()),
+                ProposalRejection::Busy => Self::new(ErrorCode::Busy, message),
+                ProposalRejection::ForwardTimeout => Self::new(ErrorCode::Timeout, message),
+                ProposalRejection::Timeout => Self::new(ErrorCode::NoQuorum, message),
+                ProposalRejection::LeadershipTransferInProgress => Self::new(ErrorCode::NoLeader, message),
+                ProposalRejection::MembershipChangeInProgress => Self::new(ErrorCode::Conflict, message),
+                ProposalRejection::InvalidMembershipChange(c) => match c {
+                    raft_core::InvalidChange::NotAMember(_) => Self::not_found(message),
+                    raft_core::InvalidChange::AlreadyMember(_) => Self::new(ErrorCode::Conflict, message),
+                    _ => Self::bad_request(message),
+                },
+            },
+            RaftError::Transfer(t) => match t {
+                TransferError::NotLeader { .. } => Self::not_leader(leader()),
+                TransferError::NotAVoter(_) => Self::bad_request(message),
+                TransferError::NoCandidate | TransferError::InProgress(_) => Self::new(ErrorCode::Conflict, message),
+                TransferError::TimedOut(_) => Self::new(ErrorCode::Timeout, message),
+            },
+            RaftError::ProposalDropped => Self::new(ErrorCode::Unavailable, message),
+            RaftError::OutcomeUnknown => Self::new(ErrorCode::Timeout, message),
+            RaftError::AlreadyShutdown | RaftError::Storage(_) | RaftError::Fsm(_) => {
+                Self::new(ErrorCode::Unavailable, message)
+            }
+            RaftError::Config(_) | RaftError::Restore(_) => Self::new(ErrorCode::Internal, message),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        if let Some(location) = self.redirect {
+            let mut response = (StatusCode::TEMPORARY_REDIRECT, Json(self.body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return response;
+        }
+        let status = StatusCode::from_u16(self.body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,187 @@
+//! Key-value endpoints: `GET|PUT|DELETE /v1/kv/{key}`, `POST /v1/cas/{key}`, `GET /v1/kv`.
+
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Uri};
+use axum::Json;
+use raft_client::api::{CasRequest, Consistency, ErrorCode, KeyList, KeyValue, PutRequest, WriteResult};
+use raft_kv::{Expected, Op, Response as KvResponse};
+use serde::Deserialize;
+
+use super::{read_barrier, write, AppState, HttpError};
+use crate::node::Shared;
+
+/// Query of reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadQuery {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// Query of `GET /v1/kv`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+pub(crate) fn key_view(kv: raft_kv::KeyValue) -> KeyValue {
+    KeyValue { key: kv.key, value: kv.value, version: kv.version, create_index: kv.create_index, mod_index: kv.mod_index }
+}
+
+fn check_key(shared: &Shared, key: &str) -> Result<(), HttpError> {
+    let max = shared.config.limits.max_key_bytes;
+    if key.is_empty() {
+        return Err(HttpError::bad_request("the key must not be empty"));
+    }
+    if key.len() > max {
+        return Err(HttpError::new(ErrorCode::TooLarge, format!("the key is {} bytes, over the limit of {max}", key.len())));
+    }
+    Ok(())
+}
+
+fn check_value(shared: &Shared, value: &str) -> Result<(), HttpError> {
+    let max = shared.config.limits.max_value_bytes;
+    if value.len() > max {
+        return Err(HttpError::new(
+            ErrorCode::TooLarge,
+            format!("the value is {} bytes, over the limit of {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON body, with malformed JSON answered as `bad_request` and an oversized body as
+/// `too_large`.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, HttpError> {
+    use axum::extract::rejection::JsonRejection;
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(HttpError::new(ErrorCode::TooLarge, e.body_text()))
+        }
+        Err(e) => Err(HttpError::bad_request(e.body_text())),
+    }
+}
+
+/// `GET /v1/kv/{key}`.
+pub(crate) async fn get(
+    State(shared): State<AppState>,
+    Path(key): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KeyValue>, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    check_key(&shared, &key)?;
+    let started = Instant::now();
+    read_barrier(&shared, query.consistency).await?;
+    let found = shared.kv.get(&key);
+    shared.metrics.observe_read("get", started.elapsed().as_secs_f64());
+    found.map(|kv| Json(key_view(kv))).ok_or_else(|| HttpError::not_found(format!("no key {key:?}")))
+}
+
+/// `GET /v1/kv?prefix=&limit=`.
+pub(crate) async fn list(
+    State(shared): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KeyList>, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let max = shared.config.limits.max_list;
+    let limit = query.limit.unwrap_or(max).min(max);
+    let started = Instant::now();
+    read_barrier(&shared, query.consistency).await?;
+    // One more than asked tells whether the list was cut.
+    let mut items = shared.kv.list(&query.prefix, limit.saturating_add(1));
+    let index = shared.kv.applied_index();
+    let truncated = items.len() > limit;
+    items.truncate(limit);
+    shared.metrics.observe_read("list", started.elapsed().as_secs_f64());
+    Ok(Json(KeyList { items: items.into_iter().map(key_view).collect(), truncated, index }))
+}
+
+/// `PUT /v1/kv/{key}`.
+pub(crate) async fn put(
+    State(shared): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Json<PutRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<WriteResult>, HttpError> {
+    check_key(&shared, &key)?;
+    let body = json_body(body)?;
+    check_value(&shared, &body.value)?;
+    let op = Op::Put { key: key.clone(), value: body.value.clone() };
+    let (response, index) = write(&shared, &headers, &uri, "put", op).await?;
+    key_result(&key, Some(body.value), response, index)
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub(crate) async fn delete(
+    State(shared): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<WriteResult>, HttpError> {
+    check_key(&shared, &key)?;
+    let (response, index) = write(&shared, &headers, &uri, "delete", Op::Delete { key: key.clone() }).await?;
+    key_result(&key, None, response, index)
+}
+
+/// `POST /v1/cas/{key}`.
+pub(crate) async fn cas(
+    State(shared): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Json<CasRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<WriteResult>, HttpError> {
+    check_key(&shared, &key)?;
+    let body = json_body(body)?;
+    let expected = match (body.expected_version, body.expected_value) {
+        (Some(v), None) => Expected::Version(v),
+        (None, Some(v)) => {
+            if let Some(v) = &v {
+                check_value(&shared, v)?;
+            }
+            Expected::Value(v)
+        }
+        (Some(_), Some(_)) => return Err(HttpError::bad_request("give expected_version or expected_value, not both")),
+        (None, None) => return Err(HttpError::bad_request("give expected_version or expected_value")),
+    };
+    if let Some(v) = &body.value {
+        check_value(&shared, v)?;
+    }
+    let op = Op::Cas { key: key.clone(), expected, value: body.value.clone() };
+    let (response, index) = write(&shared, &headers, &uri, "cas", op).await?;
+    key_result(&key, body.value, response, index)
+}
+
+/// The answer to a key write; `written` is the value a put or swap stored.
+fn key_result(key: &str, written: Option<String>, response: KvResponse, index: u64) -> Result<Json<WriteResult>, HttpError> {
+    match response {
+        KvResponse::Put { version, prev } => {
+            let current = written.map(|value| KeyValue {
+                key: key.to_string(),
+                value,
+                version,
+                create_index: prev.as_ref().map(|p| p.create_index).unwrap_or(index),
+                mod_index: index,
+            });
+            Ok(Json(WriteResult { index, current, prev: prev.map(key_view) }))
+        }
+        KvResponse::Deleted { prev } => Ok(Json(WriteResult { index, current: None, prev: prev.map(key_view) })),
+        KvResponse::CasFailed { current } => {
+            let mut e = HttpError::new(ErrorCode::CasFailed, format!("the key {key:?} is not as expected"));
+            e.body.current = current.map(key_view);
+            Err(e)
+        }
+        other => Err(HttpError::new(ErrorCode::Internal, format!("unexpected state machine answer {other:?}"))),
+    }
+}

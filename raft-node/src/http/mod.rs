@@ -1,0 +1,202 @@
+//! The HTTP/JSON API (axum), version 1. Paths and bodies are [`raft_client::api`]'s.
+//!
+//! - `kv.rs`: get, put, delete, compare-and-swap, list by prefix;
+//! - `cluster.rs`: status, leader, members, leadership transfer, log view;
+//! - `services.rs`: the service registry and `balance`;
+//! - `watch.rs`: the commit stream as server-sent events;
+//! - `ops.rs`: `/health`, `/ready`, `/metrics`;
+//! - `error.rs`: errors as JSON with stable codes.
+//!
+//! Writes run through [`write`]: the session headers, the request timeout, forwarding or a
+//! redirect to the leader, the mapping of the state machine's answer. Reads run through
+//! [`read_barrier`]: ReadIndex (or the lease, or nothing for `local`), then wait until the
+//! state machine has applied that index.
+
+mod cluster;
+mod error;
+mod kv;
+mod ops;
+mod services;
+mod watch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use raft_client::api::{Consistency, ErrorCode, LeaderView, CLIENT_ID_HEADER, SEQ_HEADER};
+use raft_core::{Applied, ReadMode, Role};
+use raft_kv::{Command, InvalidCommand, Op, Response as KvResponse, Session};
+use tokio::sync::Semaphore;
+
+use crate::node::Shared;
+pub(crate) use error::HttpError;
+
+type AppState = Arc<Shared>;
+
+/// The API's routes over a node's shared state.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let limit = Arc::new(Semaphore::new(shared.config.limits.max_concurrent_requests));
+    let body_limit = shared.config.limits.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/cas/{*key}", post(kv::cas))
+        .route("/v1/status", get(cluster::status))
+        .route("/v1/leader", get(cluster::leader))
+        .route("/v1/members", get(cluster::members).post(cluster::add_member))
+        .route("/v1/members/{id}", axum::routing::delete(cluster::remove_member))
+        .route("/v1/members/{id}/promote", post(cluster::promote_member))
+        .route("/v1/transfer-leader", post(cluster::transfer_leader))
+        .route("/v1/log", get(cluster::log))
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{name}", get(services::get).put(services::register).delete(services::remove))
+        .route("/v1/services/{name}/nodes/{node}/down", post(services::set_down))
+        .route("/v1/balance/{name}", get(services::balance))
+        .layer(middleware::from_fn_with_state(limit, limit_concurrency));
+    Router::new()
+        .merge(api)
+        .route("/v1/watch", get(watch::watch))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { HttpError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared)
+}
+
+/// Bounds the requests served at once; more wait for a slot (back-pressure, bounded memory).
+async fn limit_concurrency(State(limit): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    match limit.acquire().await {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => axum::response::IntoResponse::into_response(HttpError::new(ErrorCode::Unavailable, "shutting down")),
+    }
+}
+
+impl Shared {
+    /// The request timeout.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
+    /// The leader as this node knows it.
+    pub(crate) fn leader_view(&self) -> LeaderView {
+        let status = self.raft.status().protocol;
+        LeaderView {
+            leader: status.leader,
+            client_addr: status.leader.and_then(|id| self.client_addr_of(id)),
+            term: status.term,
+        }
+    }
+
+    /// Whether this node leads.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.status().protocol.role == Role::Leader
+    }
+
+    /// The error for a request that only the leader serves.
+    pub(crate) fn not_leader(&self) -> HttpError {
+        HttpError::not_leader(Some(self.leader_view()))
+    }
+
+    /// Maps a driver error, filling in the leader.
+    pub(crate) fn raft_error(&self, e: raft_core::RaftError) -> HttpError {
+        HttpError::from_raft(e, || Some(self.leader_view()))
+    }
+}
+
+/// The session of a write, from the [`CLIENT_ID_HEADER`] and [`SEQ_HEADER`] headers (both or
+/// neither).
+fn session_of(headers: &HeaderMap) -> Result<Option<Session>, HttpError> {
+    let number = |name: &str| -> Result<Option<u64>, HttpError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Some)
+                .ok_or_else(|| HttpError::bad_request(format!("header {name} must be a decimal u64"))),
+        }
+    };
+    match (number(CLIENT_ID_HEADER)?, number(SEQ_HEADER)?) {
+        (None, None) => Ok(None),
+        (Some(client_id), Some(seq)) if client_id != 0 && seq != 0 => Ok(Some(Session { client_id, seq })),
+        (Some(_), Some(_)) => Err(HttpError::bad_request("client id and sequence number must be non-zero")),
+        _ => Err(HttpError::bad_request(format!("send both {CLIENT_ID_HEADER} and {SEQ_HEADER}, or neither"))),
+    }
+}
+
+/// Proposes `op` (in the request's session) and returns the state machine's answer and the
+/// entry's index. On a follower the write is forwarded to the leader when `auto_forward` is
+/// on, else answered with a redirect to the leader.
+pub(crate) async fn write(
+    shared: &Shared,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    label: &'static str,
+    op: Op,
+) -> Result<(KvResponse, u64), HttpError> {
+    let started = Instant::now();
+    let command = Command { session: session_of(headers)?, op };
+    command.validate().map_err(|e| match e {
+        InvalidCommand::TooLong { .. } | InvalidCommand::TooMany { .. } => HttpError::new(ErrorCode::TooLarge, e.to_string()),
+        _ => HttpError::bad_request(e.to_string()),
+    })?;
+    if !shared.config.raft.auto_forward && !shared.is_leader() {
+        let leader = shared.leader_view();
+        let mut e = HttpError::not_leader(Some(leader.clone()));
+        if let Some(addr) = leader.client_addr {
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            e.redirect = Some(format!("http://{addr}{path}"));
+        }
+        return Err(e);
+    }
+    let proposal = shared.raft.propose(command.encode());
+    let applied: Applied = match tokio::time::timeout(shared.request_timeout(), proposal).await {
+        Ok(Ok(applied)) => applied,
+        Ok(Err(e)) => return Err(shared.raft_error(e)),
+        Err(_) => return Err(HttpError::timeout("the write")),
+    };
+    let response = KvResponse::decode(&applied.response)
+        .map_err(|e| HttpError::new(ErrorCode::Internal, format!("undecodable state machine answer: {e}")))?;
+    shared.metrics.observe_proposal(label, started.elapsed().as_secs_f64());
+    match response {
+        KvResponse::StaleSequence { last_seq } => Err(HttpError::new(
+            ErrorCode::StaleSequence,
+            format!("this session already applied sequence number {last_seq}; send one write at a time"),
+        )),
+        KvResponse::SessionExpired { client_id } => Err(HttpError::new(
+            ErrorCode::SessionExpired,
+            format!("session {client_id} is not known (expired, or its first write was not applied); start a new one"),
+        )),
+        KvResponse::Rejected(reason) => Err(HttpError::bad_request(reason)),
+        other => Ok((other, applied.log_id.index)),
+    }
+}
+
+/// Waits until this node may serve a read of the given consistency: for `linearizable` and
+/// `lease`, until its state machine has applied the index a leader confirmed.
+pub(crate) async fn read_barrier(shared: &Shared, consistency: Consistency) -> Result<u64, HttpError> {
+    let mode = match consistency {
+        Consistency::Local => return Ok(shared.kv.applied_index()),
+        Consistency::Linearizable => ReadMode::ReadIndex,
+        Consistency::Lease => ReadMode::Lease,
+    };
+    let barrier = async {
+        let index = shared.raft.read_index(mode).await.map_err(|e| shared.raft_error(e))?;
+        shared
+            .kv
+            .wait_applied(index)
+            .await
+            .map_err(|e| HttpError::new(ErrorCode::Unavailable, format!("the state machine stopped: {e}")))
+    };
+    match tokio::time::timeout(shared.request_timeout(), barrier).await {
+        Ok(result) => result,
+        Err(_) => Err(HttpError::timeout("the read")),
+    }
+}

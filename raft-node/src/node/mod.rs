@@ -1,0 +1,325 @@
+//! Wiring: a [`Node`] builds the transport and storage the config names (as trait objects),
+//! the key-value state machine and the Raft driver, then serves the HTTP API until it is shut
+//! down.
+//!
+//! - `startup.rs`: checks before anything on disk is touched (ports), the amnesia probe of a
+//!   node with an empty data dir, joining a running cluster;
+//! - `peers.rs`: keeps the transport's peer addresses in step with the replicated address book,
+//!   and registers this node's own addresses in it.
+
+mod peers;
+mod startup;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::{Membership, NodeId, RaftError, RaftNode, Storage, Transport};
+use raft_kv::{Balancer, KvOptions, KvStore};
+use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{NodeConfig, StorageKind, TransportKind};
+use crate::metrics::{Metrics, TransportCounters};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An address is taken or cannot be bound (checked before the data dir is touched).
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which address (`client_addr`, `raft_addr`).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data dir cannot be opened: locked by another process, damaged, of another cluster
+    /// or node, or of a newer format.
+    #[error("cannot open the data dir: {0}")]
+    Storage(#[from] raft_storage_rocks::OpenError),
+    /// Reading the stored state failed.
+    #[error("cannot read the stored state: {0}")]
+    StoredState(#[from] raft_core::StorageError),
+    /// A TLS file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The transport could not start.
+    #[error("cannot start the {kind} transport: {message}")]
+    Transport {
+        /// `tcp` or `quic`.
+        kind: &'static str,
+        /// Its error.
+        message: String,
+    },
+    /// The data dir is empty but the cluster knows this node: it lost its data and must not
+    /// come back as a voter with an empty log.
+    #[error(
+        "node {id} has an empty data dir but the cluster already knows it ({evidence}): its data was lost. \
+         Remove it (`raftctl members remove {id}`) and start it with `join` to rejoin as a new member"
+    )]
+    LostData {
+        /// This node.
+        id: NodeId,
+        /// What the cluster reported.
+        evidence: String,
+    },
+    /// Joining a running cluster failed.
+    #[error("cannot join the cluster through {through}: {message}")]
+    Join {
+        /// The addresses tried.
+        through: String,
+        /// Why.
+        message: String,
+    },
+    /// The key-value options are invalid.
+    #[error("invalid key-value limits: {0}")]
+    Kv(#[from] raft_kv::KvError),
+    /// The Raft node could not start.
+    #[error("cannot start Raft: {0}")]
+    Raft(#[from] RaftError),
+}
+
+/// What the HTTP handlers and background tasks share.
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) raft: RaftNode,
+    pub(crate) kv: KvStore,
+    pub(crate) balancer: Balancer,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) transport_stats: Box<dyn Fn() -> TransportCounters + Send + Sync>,
+    pub(crate) metrics: Metrics,
+    /// Bounds the number of open watch streams.
+    pub(crate) watchers: Arc<Semaphore>,
+    /// Flips to `true` when the node starts shutting down (watch streams end).
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The client (HTTP) address of `id`: from the replicated address book, else the config.
+    pub(crate) fn client_addr_of(&self, id: NodeId) -> Option<String> {
+        self.kv
+            .member_addresses()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.client_addr)
+            .or_else(|| self.config.members.iter().find(|m| m.id == id).map(|m| m.client_addr.to_string()))
+    }
+
+    /// The Raft address of `id`: from the replicated address book, else the config.
+    pub(crate) fn raft_addr_of(&self, id: NodeId) -> Option<String> {
+        self.kv
+            .member_addresses()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.raft_addr)
+            .or_else(|| self.config.members.iter().find(|m| m.id == id).map(|m| m.raft_addr.to_string()))
+    }
+}
+
+/// A running node: Raft, its state machine and the HTTP API.
+pub struct Node {
+    shared: Arc<Shared>,
+    client_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
+    rocks: Option<RocksDb>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.shared.config.id).field("client_addr", &self.client_addr).finish()
+    }
+}
+
+impl Node {
+    /// Starts a node from a validated config: binds the client address, opens storage, starts
+    /// the transport and Raft, and serves the HTTP API.
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        // Ports first: a taken port is refused before the data dir is created or opened.
+        let http_listener = tokio::net::TcpListener::bind(config.client_addr).await.map_err(|source| {
+            StartError::Bind { what: "client_addr", addr: config.client_addr, source }
+        })?;
+        startup::check_raft_addr_free(&config)?;
+
+        let (storage, rocks): (Arc<dyn Storage>, Option<RocksDb>) = match config.storage {
+            StorageKind::Rocks => {
+                let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
+                let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())?;
+                (Arc::new(db.log(0)), Some(db))
+            }
+            StorageKind::Mem => (Arc::new(raft_storage_mem::MemStorage::default()), None),
+        };
+        let initial = storage.initial_state().await?;
+        let fresh = initial.hard_state.term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
+
+        let plan = if config.join.is_empty() {
+            if fresh {
+                startup::refuse_if_known(&config).await?;
+            }
+            let voters = config.members.iter().map(|m| m.id);
+            let peers = config.peers().map(|m| (m.id, m.raft_addr)).collect();
+            startup::Plan { membership: Membership::with_voters(voters), peers, join: false }
+        } else {
+            startup::plan_join(&config, fresh).await?
+        };
+        if fresh {
+            tracing::info!(id = config.id, cluster = %config.cluster, join = plan.join, "starting with an empty data dir");
+        }
+
+        let (transport, transport_stats) = build_transport(&config, plan.peers.clone()).await?;
+        let kv_options = KvOptions {
+            max_sessions: config.limits.max_sessions,
+            watch_history: config.limits.watch_history,
+            max_list: config.limits.max_list,
+            ..KvOptions::default()
+        };
+        let (kv, fsm) = KvStore::new(kv_options)?;
+        // Forwarding between nodes is always on; `raft.auto_forward` decides whether the HTTP
+        // API forwards a write or answers with a redirect to the leader.
+        let raft_config = raft_core::Config { auto_forward: true, ..config.raft.clone() };
+        let seed = startup::seed(config.id);
+        let raft =
+            RaftNode::start(config.id, raft_config, plan.membership, storage.clone(), transport.clone(), Box::new(fsm), seed)
+                .await?;
+
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            balancer: Balancer::new(kv.clone(), seed),
+            watchers: Arc::new(Semaphore::new(config.limits.max_watchers)),
+            config,
+            raft,
+            kv,
+            storage,
+            transport,
+            transport_stats,
+            metrics: Metrics::new(),
+            stopping,
+        });
+        let mut background = vec![
+            tokio::spawn(peers::sync_transport_peers(shared.clone(), plan.peers)),
+            tokio::spawn(peers::register_own_addresses(shared.clone())),
+            tokio::spawn(peers::track_snapshots(shared.clone())),
+        ];
+        if plan.join && fresh {
+            background.push(tokio::spawn(startup::request_membership(shared.clone())));
+        }
+
+        let client_addr = http_listener.local_addr().unwrap_or(shared.config.client_addr);
+        let router = crate::http::router(shared.clone());
+        let mut stop_rx = stop.subscribe();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(id = shared.config.id, %client_addr, raft_addr = %shared.config.raft_addr, "node started");
+        Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks })
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The Raft node (for embedding and tests).
+    pub fn raft(&self) -> &RaftNode {
+        &self.shared.raft
+    }
+
+    /// The key-value store's read side.
+    pub fn kv(&self) -> &KvStore {
+        &self.shared.kv
+    }
+
+    /// Shuts down gracefully: stops accepting requests, lets in-flight ones finish (up to the
+    /// request timeout), stops Raft and the transport, and flushes storage.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(http) = self.http.take() {
+            let grace = Duration::from_millis(self.shared.config.limits.request_timeout_ms) + Duration::from_secs(1);
+            match tokio::time::timeout(grace, http).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+                Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+            }
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.shared.raft.shutdown().await {
+            tracing::debug!(error = %e, "raft was already stopped");
+        }
+        self.shared.transport.shutdown().await;
+        if let Some(db) = self.rocks.take() {
+            if let Err(e) = db.flush() {
+                tracing::warn!(error = %e, "flushing storage failed (the WAL still holds every acknowledged write)");
+            }
+        }
+        tracing::info!(id = self.shared.config.id, "node stopped");
+    }
+}
+
+/// Builds the transport the config names, with a way to read its counters.
+async fn build_transport(
+    config: &NodeConfig,
+    peers: BTreeMap<NodeId, SocketAddr>,
+) -> Result<(Arc<dyn Transport>, Box<dyn Fn() -> TransportCounters + Send + Sync>), StartError> {
+    let tls = match &config.tls {
+        Some(tls) => Some(startup::read_tls(tls)?),
+        None => None,
+    };
+    let n = &config.network;
+    match config.transport {
+        TransportKind::Tcp => {
+            let mut tcp = raft_transport_tcp::TcpConfig::new(config.id, config.cluster.clone(), config.raft_addr, peers);
+            tcp.max_frame_bytes = n.max_frame_bytes;
+            tcp.queue_max = n.peer_queue_max;
+            tcp.tls = tls;
+            let t = raft_transport_tcp::TcpTransport::start(tcp)
+                .await
+                .map_err(|e| StartError::Transport { kind: "tcp", message: e.to_string() })?;
+            let t = Arc::new(t);
+            let stats_of = t.clone();
+            Ok((t, Box::new(move || counters(&stats_of.stats()))))
+        }
+        TransportKind::Quic => {
+            let tls = tls.ok_or_else(|| StartError::Transport { kind: "quic", message: "[tls] is required".into() })?;
+            let mut quic = raft_transport_quic::QuicConfig::new(config.id, config.cluster.clone(), config.raft_addr, peers, tls);
+            quic.max_frame_bytes = n.max_frame_bytes;
+            quic.queue_max = n.peer_queue_max;
+            quic.keep_alive = Duration::from_millis(n.keep_alive_ms);
+            quic.idle_timeout = Duration::from_millis(n.idle_timeout_ms);
+            let t = raft_transport_quic::QuicTransport::start(quic)
+                .await
+                .map_err(|e| StartError::Transport { kind: "quic", message: e.to_string() })?;
+            let t = Arc::new(t);
+            let stats_of = t.clone();
+            Ok((t, Box::new(move || counters(&stats_of.stats()))))
+        }
+    }
+}
+
+fn counters(s: &raft_transport_common::TransportStats) -> TransportCounters {
+    TransportCounters {
+        sent: s.sent,
+        received: s.received,
+        dropped_queue_full: s.dropped_queue_full,
+        dropped_other: s.dropped_oversized + s.dropped_misaddressed,
+        refused: s.refused_handshakes + s.rejected_connections,
+        bad_frames: s.bad_frames,
+    }
+}

@@ -1,0 +1,164 @@
+//! Start-up checks and joining: a taken Raft port is refused before the data dir is touched; a
+//! node with an empty data dir that the cluster already knows is refused (it lost its data);
+//! a node configured with `join` learns the cluster's members and asks to be added.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_client::api::{AddMemberRequest, MemberRole, MembersView};
+use raft_client::{Client, ClientOptions};
+use raft_core::{Membership, NodeId};
+
+use super::{Shared, StartError};
+use crate::config::{NodeConfig, TlsConfig, TransportKind};
+
+/// How a node starts: its initial membership (used only when storage is empty) and peers.
+pub(super) struct Plan {
+    pub(super) membership: Membership,
+    pub(super) peers: BTreeMap<NodeId, SocketAddr>,
+    pub(super) join: bool,
+}
+
+/// How long a fresh node asks its peers whether they know it.
+const PROBE_FOR: Duration = Duration::from_secs(2);
+/// How long a joining node tries to reach the cluster.
+const JOIN_FOR: Duration = Duration::from_secs(30);
+
+/// Refuses a Raft address that is taken (binding it for a moment).
+pub(super) fn check_raft_addr_free(config: &NodeConfig) -> Result<(), StartError> {
+    let addr = config.raft_addr;
+    let bind_err = |source| StartError::Bind { what: "raft_addr", addr, source };
+    match config.transport {
+        TransportKind::Tcp => std::net::TcpListener::bind(addr).map(drop).map_err(bind_err),
+        TransportKind::Quic => std::net::UdpSocket::bind(addr).map(drop).map_err(bind_err),
+    }
+}
+
+/// A seed for election jitter that differs between nodes and runs.
+pub(super) fn seed(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
+}
+
+fn probe_client(endpoints: Vec<String>, timeout: Duration) -> Option<Client> {
+    let options = ClientOptions { request_timeout: timeout, max_retries: 1, ..ClientOptions::default() };
+    Client::new(endpoints, options).ok()
+}
+
+/// A node of a new cluster starting with an empty data dir asks the other members whether
+/// they know it (its addresses are in the replicated address book, which a node writes once
+/// it has run). If one does, this node lost its data: it must not vote with an empty log.
+///
+/// Best effort: when no member answers within [`PROBE_FOR`] (a cluster starting for the first
+/// time), the node starts.
+pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartError> {
+    let endpoints: Vec<String> = config.peers().map(|m| m.client_addr.to_string()).collect();
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + PROBE_FOR;
+    let Some(client) = probe_client(endpoints, Duration::from_millis(500)) else { return Ok(()) };
+    while tokio::time::Instant::now() < deadline {
+        for (endpoint, status) in client.statuses().await {
+            let Ok(status) = status else { continue };
+            if status.cluster != config.cluster {
+                continue;
+            }
+            if let Some(me) = status.members.iter().find(|m| m.id == config.id && m.registered) {
+                let evidence = format!(
+                    "{endpoint} lists it as a registered {} at commit index {}",
+                    match me.role {
+                        MemberRole::Voter => "voter",
+                        MemberRole::Learner => "learner",
+                    },
+                    status.commit_index
+                );
+                return Err(StartError::LostData { id: config.id, evidence });
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::info!("no other member answered; starting as a member of a new cluster");
+    Ok(())
+}
+
+/// A node with `join` learns the members (and their addresses) from the running cluster.
+/// A fresh node that the cluster lists as a voter lost its data and is refused.
+pub(super) async fn plan_join(config: &NodeConfig, fresh: bool) -> Result<Plan, StartError> {
+    let through = config.join.join(", ");
+    let client = probe_client(config.join.clone(), Duration::from_secs(2))
+        .ok_or_else(|| StartError::Join { through: through.clone(), message: "invalid join address".into() })?;
+    let deadline = tokio::time::Instant::now() + JOIN_FOR;
+    let view: MembersView = loop {
+        match client.members().await {
+            Ok(view) => break view,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                if fresh {
+                    return Err(StartError::Join { through, message: e.to_string() });
+                }
+                tracing::warn!(error = %e, "no member answered; restarting with the stored state only");
+                return Ok(Plan { membership: Membership::default(), peers: BTreeMap::new(), join: true });
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "waiting for the cluster to answer");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    if fresh {
+        if let Some(me) = view.members.iter().find(|m| m.id == config.id && m.role == MemberRole::Voter) {
+            let evidence = format!("it is a voter (raft address {:?})", me.raft_addr);
+            return Err(StartError::LostData { id: config.id, evidence });
+        }
+    }
+    let peers = view
+        .members
+        .iter()
+        .filter(|m| m.id != config.id)
+        .filter_map(|m| Some((m.id, m.raft_addr.as_deref()?.parse().ok()?)))
+        .collect();
+    let voters = view.members.iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id);
+    Ok(Plan { membership: Membership::with_voters(voters), peers, join: true })
+}
+
+/// A freshly joined node asks the cluster to add it (as a learner, promoted once caught up
+/// when `join_as_voter`), retrying until the cluster answers.
+pub(super) async fn request_membership(shared: Arc<Shared>) {
+    let config = &shared.config;
+    let request = AddMemberRequest {
+        id: config.id,
+        raft_addr: config.raft_addr.to_string(),
+        client_addr: config.client_addr.to_string(),
+        role: if config.join_as_voter { MemberRole::Voter } else { MemberRole::Learner },
+    };
+    let Some(client) = probe_client(config.join.clone(), Duration::from_secs(60)) else { return };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match client.add_member(&request).await {
+            Ok(view) => {
+                tracing::info!(members = view.members.len(), "joined the cluster");
+                return;
+            }
+            Err(e) if !e.is_retryable() => {
+                tracing::error!(error = %e, "the cluster refused to add this node");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "asking to join again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Reads the TLS files into the transports' settings.
+pub(super) fn read_tls(tls: &TlsConfig) -> Result<raft_tls::TlsFiles, StartError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|source| StartError::TlsFile { path: path.display().to_string(), source })
+    };
+    Ok(raft_tls::TlsFiles { ca_cert_pem: read(&tls.ca_cert)?, cert_pem: read(&tls.cert)?, key_pem: read(&tls.key)? })
+}
