@@ -1,5 +1,5 @@
-//! The QUIC transport: the transport conformance suite (without the raw-TCP cases), and
-//! refusals: a certificate from another CA, a certificate naming another node, another
+//! The QUIC transport: the transport conformance suite (without the raw-TCP cases), a 3-node
+//! Raft cluster over QUIC (`cluster_suite`), and refusals: a certificate from another CA, a certificate naming another node, another
 //! cluster id, an expired certificate.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use raft_core::testing::cluster_suite;
 use raft_core::testing::transport_suite::{self, Capabilities, TransportFactory};
 use raft_core::{Message, NodeId, Payload, Transport};
 use raft_transport_quic::{generate_dev_certs, DevCa, DevCerts, QuicConfig, QuicStats, QuicTransport};
@@ -47,6 +48,13 @@ impl TransportFactory for QuicFactory {
 async fn quic_transport_passes_the_conformance_suite() {
     let certs = generate_dev_certs(CLUSTER_ID, 1..=9).expect("certs");
     transport_suite::run_all(&QuicFactory { certs }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_over_quic_and_a_restarted_node_catches_up() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    cluster_suite::run_all(&QuicFactory { certs }, |_| Arc::new(raft_storage_mem::MemStorage::default()))
+        .await;
 }
 
 fn heartbeat(from: NodeId, to: NodeId) -> Message {

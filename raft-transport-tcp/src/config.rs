@@ -27,8 +27,11 @@ pub struct TcpConfig {
     /// The most messages queued for one peer; more are dropped.
     pub queue_max: usize,
     /// The most received messages waiting for [`recv`](raft_core::Transport::recv); when full,
-    /// connections stop reading (TCP pushes back on the senders).
+    /// connections stop reading (TCP pushes back on the senders). Received `InstallSnapshot`
+    /// messages wait in a queue of `snapshot_queue_max`.
     pub inbound_queue_max: usize,
+    /// The most received `InstallSnapshot` messages waiting for `recv`.
+    pub snapshot_queue_max: usize,
     /// The hard limit on a frame's body, in bytes.
     pub max_frame_bytes: u32,
     /// The most bytes one coalesced write holds (a single larger message is written alone).
@@ -64,6 +67,7 @@ impl TcpConfig {
             peers,
             queue_max: 4_096,
             inbound_queue_max: 16_384,
+            snapshot_queue_max: 16,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             write_batch_bytes_max: 1024 * 1024,
             connect_timeout: Duration::from_secs(3),
@@ -85,8 +89,8 @@ impl TcpConfig {
         if self.peers.contains_key(&self.node_id) {
             return bad("peers must not contain the node itself");
         }
-        if self.queue_max == 0 || self.inbound_queue_max == 0 {
-            return bad("queue_max and inbound_queue_max must be positive");
+        if self.queue_max == 0 || self.inbound_queue_max == 0 || self.snapshot_queue_max == 0 {
+            return bad("queue_max, inbound_queue_max and snapshot_queue_max must be positive");
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");

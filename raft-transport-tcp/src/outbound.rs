@@ -5,19 +5,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use raft_core::wire::{
-    encode_frame, FrameDecoder, WireError, WireMessage, HANDSHAKE_MAX_FRAME_BYTES, WIRE_VERSION,
-};
-use raft_core::{Message, NodeId, SeededRng};
+use raft_core::{Message, NodeId};
+use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
+use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
+use raft_transport_common::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::io::{read_frame, write_frame};
-use crate::stats::Counters;
 use crate::Shared;
 
 /// Why a connection attempt failed.
@@ -25,54 +22,52 @@ use crate::Shared;
 enum ConnectError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("timed out")]
+    #[error("connect timed out")]
     Timeout,
-    #[error("refused by the peer: {0}")]
-    Refused(raft_core::wire::RefusalReason),
-    #[error("handshake failed: {0}")]
-    Handshake(String),
+    #[error(transparent)]
+    Hello(#[from] ConnectHelloError),
 }
 
 /// Runs the writer of `peer` until its queue closes or the task is aborted.
 pub(crate) async fn writer(
     shared: Arc<Shared>,
     peer: NodeId,
-    addr: SocketAddr,
+    mut addr: watch::Receiver<SocketAddr>,
     mut queue: mpsc::Receiver<Message>,
 ) {
     let config = &shared.config;
-    let mut rng = SeededRng::new(jitter_seed(config.node_id, peer));
-    let mut backoff = config.backoff_min;
+    let mut backoff = Backoff::new(config.node_id, peer, config.backoff_min, config.backoff_max);
     let mut connected_before = false;
     let mut buf = Vec::with_capacity(64 * 1024);
+    let batching = Batching {
+        max_frame_bytes: config.max_frame_bytes,
+        batch_bytes_max: config.write_batch_bytes_max,
+        coalesce: true,
+    };
     loop {
-        let stream = match connect(&shared, peer, addr).await {
+        let target = *addr.borrow_and_update();
+        let stream = match connect(&shared, peer, target).await {
             Ok(stream) => stream,
             Err(error) => {
-                debug!(peer, %addr, %error, ?backoff, "connect failed");
-                if let ConnectError::Refused(reason) = &error {
-                    warn!(peer, %addr, %reason, "peer refused our handshake");
+                Counters::add(&shared.counters.connect_failures, 1);
+                if let ConnectError::Hello(ConnectHelloError::Refused(reason)) = &error {
+                    warn!(peer, addr = %target, %reason, "peer refused our handshake");
+                } else {
+                    debug!(peer, addr = %target, %error, "connect failed");
                 }
-                let jittered = backoff.mul_f64(0.5 + rng.range(0, 1_000) as f64 / 2_000.0);
-                tokio::time::sleep(jittered).await;
-                backoff = (backoff * 2).min(config.backoff_max);
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
-        backoff = config.backoff_min;
+        backoff.reset();
         if connected_before {
             Counters::add(&shared.counters.reconnects, 1);
         }
         connected_before = true;
-        info!(peer, %addr, "connected");
+        info!(peer, addr = %target, "connected");
         let (mut reader, mut writer) = stream.into_split();
         let mut scratch = [0u8; 64];
         loop {
-            buf.clear();
-            if buf.capacity() > 4 * config.write_batch_bytes_max {
-                // A message near the frame limit grew the buffer: give the memory back.
-                buf.shrink_to(config.write_batch_bytes_max);
-            }
             let first = tokio::select! {
                 message = queue.recv() => message,
                 // The acceptor sends nothing after HelloAck: any read result means the
@@ -85,13 +80,7 @@ pub(crate) async fn writer(
             let Some(first) = first else {
                 return; // the transport is shutting down
             };
-            let mut batched = encode(&shared, peer, first, &mut buf);
-            while buf.len() < config.write_batch_bytes_max {
-                match queue.try_recv() {
-                    Ok(message) => batched += encode(&shared, peer, message, &mut buf),
-                    Err(_) => break,
-                }
-            }
+            let batched = fill_batch(&shared.counters, batching, peer, first, &mut queue, &mut buf);
             if buf.is_empty() {
                 continue;
             }
@@ -107,24 +96,7 @@ pub(crate) async fn writer(
                 }
             }
         }
-        // Do not reconnect in a tight loop to a peer that accepts and closes at once.
-        tokio::time::sleep(config.backoff_min).await;
-    }
-}
-
-/// Appends `message`'s frame to `buf`; returns 1, or 0 when the message was dropped.
-fn encode(shared: &Shared, peer: NodeId, message: Message, buf: &mut Vec<u8>) -> u64 {
-    match encode_frame(&WireMessage::Raft(message), shared.config.max_frame_bytes, buf) {
-        Ok(()) => 1,
-        Err(error @ WireError::FrameTooLarge { .. }) => {
-            Counters::add(&shared.counters.dropped_oversized, 1);
-            warn!(peer, %error, "message over the frame limit dropped");
-            0
-        }
-        Err(error) => {
-            warn!(peer, %error, "message could not be encoded; dropped");
-            0
-        }
+        tokio::time::sleep(backoff.min()).await;
     }
 }
 
@@ -141,31 +113,7 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let deadline = Instant::now() + config.handshake_timeout;
-    let hello = WireMessage::Hello {
-        version: WIRE_VERSION,
-        cluster_id: config.cluster_id.clone(),
-        node_id: config.node_id,
-    };
-    tokio::time::timeout_at(deadline, write_frame(&mut stream, &hello, HANDSHAKE_MAX_FRAME_BYTES))
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
-    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
-    let mut buf = BytesMut::with_capacity(256);
-    let reply = read_frame(&mut stream, &mut buf, &decoder, Some(deadline), config.handshake_timeout)
-        .await
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
-    match reply {
-        WireMessage::HelloAck { version: WIRE_VERSION, node_id } if node_id == peer => Ok(stream),
-        WireMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
-        _ => Err(ConnectError::Handshake("unexpected answer to Hello".to_owned())),
-    }
-}
-
-/// A seed for reconnection jitter that differs between nodes, peers and runs.
-fn jitter_seed(node: NodeId, peer: NodeId) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ node.rotate_left(32) ^ peer.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let (mut reader, mut writer) = stream.split();
+    connect_hello(&mut reader, &mut writer, &config.cluster_id, config.node_id, peer, deadline).await?;
+    Ok(stream)
 }

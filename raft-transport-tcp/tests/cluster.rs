@@ -4,18 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use raft_core::testing::cluster_suite;
 use raft_core::testing::transport_suite::{self, Capabilities, RawTcp, TransportFactory};
 use raft_core::wire::{encode_frame, FrameDecoder, WireMessage, WIRE_VERSION};
-use raft_core::{
-    Config, Entry, EntryPayload, Fsm, FsmError, Membership, Message, NodeId, Payload, RaftError, RaftNode,
-    Role, SendError, Transport, TransportClosed,
-};
+use raft_core::{Message, NodeId, Payload, SendError, Transport, TransportClosed};
 use raft_storage_mem::MemStorage;
 use raft_transport_tcp::{TcpConfig, TcpError, TcpTransport, CLUSTER_ID_BYTES_MAX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,206 +63,9 @@ async fn tcp_transport_passes_the_conformance_suite() {
     transport_suite::run_all(&TcpFactory).await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// A Raft cluster over TCP.
-
-/// How long the cluster test waits for a condition before failing.
-const WAIT_MAX: Duration = Duration::from_secs(30);
-
-/// Counts applied commands (shared with the test, which reads the count).
-#[derive(Default, Clone)]
-struct Counter {
-    count: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Fsm for Counter {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Ok(entries
-            .iter()
-            .map(|e| match e.payload {
-                EntryPayload::Command(_) => {
-                    let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-                    Bytes::from(count.to_string())
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
-            })
-            .collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count.load(Ordering::SeqCst).to_string()))
-    }
-
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        let count: u64 =
-            text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
-        self.count.store(count, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-struct Node {
-    raft: Arc<RaftNode>,
-    fsm: Counter,
-}
-
-/// Three nodes on loopback ports, each over its own [`TcpTransport`].
-struct TcpCluster {
-    addrs: BTreeMap<NodeId, SocketAddr>,
-    config: Config,
-    storages: BTreeMap<NodeId, Arc<MemStorage>>,
-    nodes: BTreeMap<NodeId, Node>,
-}
-
-impl TcpCluster {
-    async fn new(n: u64) -> Self {
-        let addrs = transport_suite::free_loopback_addrs(n);
-        let config = Config { snapshot_threshold_entries: 4_000, ..Config::default() };
-        let mut cluster = Self { addrs, config, storages: BTreeMap::new(), nodes: BTreeMap::new() };
-        for id in 1..=n {
-            cluster.storages.insert(id, Arc::new(MemStorage::default()));
-            cluster.start(id).await;
-        }
-        cluster
-    }
-
-    /// Starts node `id` on its storage with a new transport on its port.
-    async fn start(&mut self, id: NodeId) {
-        let peers = self.addrs.iter().filter(|(&p, _)| p != id).map(|(&p, &a)| (p, a)).collect();
-        let transport = TcpTransport::start(TcpConfig::new(id, "cluster-test", self.addrs[&id], peers))
-            .await
-            .expect("transport starts");
-        let fsm = Counter::default();
-        let raft = RaftNode::start(
-            id,
-            self.config.clone(),
-            Membership::with_voters(self.addrs.keys().copied()),
-            self.storages[&id].clone(),
-            Arc::new(transport),
-            Box::new(fsm.clone()),
-            id,
-        )
-        .await
-        .expect("node starts");
-        self.nodes.insert(id, Node { raft: Arc::new(raft), fsm });
-    }
-
-    async fn stop(&mut self, id: NodeId) {
-        let node = self.nodes.remove(&id).expect("node runs");
-        node.raft.shutdown().await.expect("shutdown");
-    }
-
-    async fn wait_for_leader(&self) -> NodeId {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let statuses: Vec<_> = self.nodes.values().map(|n| n.raft.status().protocol).collect();
-            let leader =
-                statuses.iter().filter(|s| s.role == Role::Leader).max_by_key(|s| s.term).map(|s| s.id);
-            if let Some(leader) = leader {
-                if statuses.iter().all(|s| s.leader == Some(leader)) {
-                    return leader;
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no leader within {WAIT_MAX:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Proposes `n` commands from `tasks` concurrent tasks, retrying refused proposals on the
-    /// current leader. Returns the number of proposals whose outcome is unknown.
-    async fn propose_concurrently(&self, n: u64, tasks: u64) -> u64 {
-        let nodes: Vec<Arc<RaftNode>> = self.nodes.values().map(|n| n.raft.clone()).collect();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut handles = Vec::new();
-        for _ in 0..tasks {
-            let nodes = nodes.clone();
-            let next = next.clone();
-            handles.push(tokio::spawn(async move {
-                let mut unknown = 0;
-                let deadline = tokio::time::Instant::now() + WAIT_MAX;
-                while next.fetch_add(1, Ordering::SeqCst) < n {
-                    loop {
-                        let leader = nodes
-                            .iter()
-                            .find(|node| node.status().protocol.role == Role::Leader)
-                            .unwrap_or(&nodes[0]);
-                        match leader.propose(Bytes::from_static(b"+1")).await {
-                            Ok(_) => break,
-                            Err(RaftError::OutcomeUnknown) => {
-                                unknown += 1;
-                                break;
-                            }
-                            Err(error) => {
-                                assert!(tokio::time::Instant::now() < deadline, "proposals fail: {error}");
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                        }
-                    }
-                }
-                unknown
-            }));
-        }
-        let mut unknown = 0;
-        for h in handles {
-            unknown += h.await.expect("proposer");
-        }
-        unknown
-    }
-
-    /// Waits until every node's state machine holds the same count, at least `min`.
-    async fn wait_converged(&self, min: u64) -> u64 {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let counts: Vec<u64> = self.nodes.values().map(|n| n.fsm.count.load(Ordering::SeqCst)).collect();
-            if counts[0] >= min && counts.iter().all(|&c| c == counts[0]) {
-                return counts[0];
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "state machines differ: {counts:?} (want >= {min})"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn shutdown(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.stop(id).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_over_tcp_and_a_restarted_node_catches_up() {
-    const ENTRIES: u64 = 10_000;
-    const PROPOSERS: u64 = 64;
-    let mut cluster = TcpCluster::new(3).await;
-    let leader = cluster.wait_for_leader().await;
-
-    let started = Instant::now();
-    let mut unknown = cluster.propose_concurrently(ENTRIES, PROPOSERS).await;
-    let elapsed = started.elapsed();
-    let count = cluster.wait_converged(ENTRIES).await;
-    eprintln!(
-        "{ENTRIES} proposals from {PROPOSERS} tasks in {elapsed:?}: {:.0} entries/s",
-        ENTRIES as f64 / elapsed.as_secs_f64()
-    );
-    assert!(count <= ENTRIES + unknown, "{count} applied for {ENTRIES} proposals ({unknown} unknown)");
-
-    // A follower stops; the others go on; it restarts on the same port with its storage.
-    let follower = cluster.nodes.keys().copied().find(|&id| id != leader).expect("a follower");
-    cluster.stop(follower).await;
-    unknown += cluster.propose_concurrently(1_000, 16).await;
-    cluster.start(follower).await;
-    unknown += cluster.propose_concurrently(1_000, 16).await;
-    let count = cluster.wait_converged(ENTRIES + 2_000).await;
-    assert!(count <= ENTRIES + 2_000 + unknown, "{count} applied ({unknown} unknown)");
-    let restarted = cluster.nodes[&follower].raft.status().protocol;
-    assert!(restarted.applied_index > ENTRIES, "restarted node applied only {}", restarted.applied_index);
-    cluster.shutdown().await;
+    cluster_suite::run_all(&TcpFactory, |_| Arc::new(MemStorage::default())).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,6 +75,9 @@ async fn three_nodes_replicate_over_tcp_and_a_restarted_node_catches_up() {
 fn numbered(from: NodeId, to: NodeId, seq: u64) -> Message {
     Message { from, to, term: 1, payload: Payload::ReadIndexRequest { id: seq } }
 }
+
+/// How long a test waits for a condition before failing.
+const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Receives exactly `n` messages within [`WAIT_MAX`].
 async fn recv_exactly(t: &TcpTransport, n: usize) -> Vec<Message> {
