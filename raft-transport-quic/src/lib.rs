@@ -40,7 +40,6 @@
 //! # }
 //! ```
 
-mod certs;
 mod config;
 mod inbound;
 mod outbound;
@@ -59,8 +58,11 @@ use raft_transport_common::Counters;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-pub use certs::{generate_dev_certs, node_identity, parse_node_identity, CertError, DevCa, DevCerts};
 pub use config::QuicConfig;
+pub use raft_tls::{
+    generate_dev_certs, node_identity, parse_node_identity, CertError, DevCa, DevCerts, IdentityError,
+    TlsConfig, TlsError,
+};
 pub use raft_transport_common::TransportStats;
 
 /// The counters of a [`QuicTransport`] (the shared [`TransportStats`]).
@@ -115,6 +117,12 @@ pub(crate) struct PeerOutbound {
     task: OwnedTask,
 }
 
+impl From<TlsError> for QuicError {
+    fn from(error: TlsError) -> Self {
+        Self::Tls { what: error.what, reason: error.reason }
+    }
+}
+
 /// What the tasks of a transport share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -163,8 +171,12 @@ impl QuicTransport {
             // more are tolerated while a reconnecting peer's old streams wind down).
             .max_concurrent_bidi_streams(2u32.into())
             .max_concurrent_uni_streams(8u32.into());
-        let (server, client) =
-            tls::configs(&config.ca_cert_pem, &config.cert_pem, &config.key_pem, Arc::new(transport))?;
+        let tls = TlsConfig {
+            ca_cert_pem: config.ca_cert_pem.clone(),
+            cert_pem: config.cert_pem.clone(),
+            key_pem: config.key_pem.clone(),
+        };
+        let (server, client) = tls::configs(&tls, Arc::new(transport))?;
         let listen = config.listen;
         let socket = bind(listen).await?;
         let mut endpoint = quinn::Endpoint::new(

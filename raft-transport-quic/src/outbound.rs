@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::certs::node_identity;
 use crate::{close_codes, Shared};
+use raft_tls::node_identity;
 
 /// The most bytes of small messages coalesced into one stream write.
 const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;

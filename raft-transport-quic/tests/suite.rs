@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -72,24 +72,10 @@ async fn exchange(
     let mut config2 = config(2, &addrs, certs);
     tweak2(&mut config2);
     let two = QuicTransport::start(config2).await.expect("node 2 starts");
-    let received = Arc::new(Mutex::new((0usize, 0usize)));
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let _ = one.send(heartbeat(1, 2));
-        let _ = two.send(heartbeat(2, 1));
-        let mut buf = Vec::new();
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), one.recv(&mut buf, 100)).await {
-            received.lock().expect("lock").0 += n;
-        }
-        buf.clear();
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), two.recv(&mut buf, 100)).await {
-            received.lock().expect("lock").1 += n;
-        }
-    }
+    let (got1, got2) = transport_suite::exchange_for(&one, &two, Duration::from_secs(2)).await;
     let (stats1, stats2) = (one.stats(), two.stats());
     one.shutdown().await;
     two.shutdown().await;
-    let (got1, got2) = *received.lock().expect("lock");
     (stats1, stats2, got1, got2)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use raft_core::wire::DEFAULT_MAX_FRAME_BYTES;
 use raft_core::NodeId;
+use raft_tls::TlsConfig;
 
 use crate::TcpError;
 
@@ -50,6 +51,10 @@ pub struct TcpConfig {
     pub backoff_min: Duration,
     /// The longest delay between reconnection attempts.
     pub backoff_max: Duration,
+    /// Mutual TLS (the QUIC transport's settings: a cluster CA, each node's certificate
+    /// naming `node-<id>.<cluster_id>`), or `None` for plaintext. Every node of a cluster must
+    /// use the same choice: a TLS node refuses plaintext connections and the other way round.
+    pub tls: Option<TlsConfig>,
 }
 
 impl TcpConfig {
@@ -77,6 +82,7 @@ impl TcpConfig {
             max_inbound_connections: 64,
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
+            tls: None,
         }
     }
 
@@ -85,6 +91,9 @@ impl TcpConfig {
         let bad = |what: &'static str| Err(TcpError::InvalidConfig(what));
         if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
             return bad("cluster_id must be 1 to 256 bytes long");
+        }
+        if self.tls.is_some() && !raft_tls::is_valid_cluster_id(&self.cluster_id) {
+            return bad("with TLS, cluster_id must be a DNS name: lowercase letters, digits, '-' and '.'");
         }
         if self.peers.contains_key(&self.node_id) {
             return bad("peers must not contain the node itself");

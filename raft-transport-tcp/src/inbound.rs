@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use raft_core::NodeId;
 use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPolicy};
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
 use raft_transport_common::peers::Superseded;
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::tls::{BoxStream, TlsAcceptError};
 use crate::Shared;
 
 /// Accepts connections until the task is aborted; dropping it aborts every connection task.
@@ -52,27 +54,57 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbo
 }
 
 /// Runs one inbound connection to its end.
-async fn serve(mut stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &InboxSenders) {
+async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &InboxSenders) {
     let config = &shared.config;
+    let counters = &shared.counters;
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
     let deadline = Instant::now() + config.handshake_timeout;
-    let policy = AcceptPolicy { cluster_id: &config.cluster_id, node_id: config.node_id, certified: None };
-    let (mut reader, mut writer) = stream.split();
+    let (stream, certified): (BoxStream, Option<NodeId>) = match &shared.tls {
+        None => (Box::new(stream), None),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream, &config.cluster_id)).await {
+            Ok(Ok((stream, peer))) if shared.peers.contains(peer) => (stream, Some(peer)),
+            Ok(Ok((mut stream, peer))) => {
+                Counters::add(&counters.refused_identity, 1);
+                warn!(peer_addr = %addr, peer, "certificate of a node that is not a peer; closing");
+                let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+                return;
+            }
+            Ok(Err(error @ TlsAcceptError::Identity(_))) => {
+                Counters::add(&counters.refused_identity, 1);
+                warn!(peer_addr = %addr, %error, "peer identity refused; closing");
+                return;
+            }
+            Ok(Err(error)) => {
+                Counters::add(&counters.refused_tls, 1);
+                warn!(peer_addr = %addr, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                Counters::add(&counters.refused_tls, 1);
+                warn!(peer_addr = %addr, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let policy = AcceptPolicy { cluster_id: &config.cluster_id, node_id: config.node_id, certified };
     let accepted =
         accept_hello(&mut reader, &mut writer, policy, |id| shared.peers.contains(id), deadline).await;
     let peer = match accepted {
         Ok(peer) => peer,
         Err(error) => {
-            error.count(&shared.counters);
+            error.count(counters);
             match error {
-                AcceptHelloError::Refused(_) | AcceptHelloError::NotHello(_) => {
+                AcceptHelloError::Refused(_)
+                | AcceptHelloError::IdentityMismatch { .. }
+                | AcceptHelloError::NotHello(_) => {
                     warn!(peer_addr = %addr, %error, "handshake refused; closing")
                 }
                 _ => debug!(peer_addr = %addr, %error, "handshake failed"),
             }
-            let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+            let _ = tokio::time::timeout_at(deadline, writer.shutdown()).await;
             return;
         }
     };
@@ -82,9 +114,9 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: 
         return; // removed meanwhile
     };
     debug!(peer, generation = registration.generation(), "inbound connection established");
-    let mut messages = InboundPeer::new(peer, config.node_id, &shared.counters, inbox);
+    let mut messages = InboundPeer::new(peer, config.node_id, counters, inbox);
     let end = tokio::select! {
-        end = messages.read_messages(&mut stream, config.max_frame_bytes, config.frame_timeout, None) => end,
+        end = messages.read_messages(&mut reader, config.max_frame_bytes, config.frame_timeout, None) => end,
         why = registration.superseded() => {
             match why {
                 Superseded::ByNewerConnection => info!(peer, "a newer connection from the same node replaces this one; closing"),

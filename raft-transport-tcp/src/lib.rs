@@ -6,6 +6,13 @@
 //! node sends `Hello` (wire version, cluster id, node id) and the acceptor answers `HelloAck`
 //! or `Refused` with a typed reason.
 //!
+//! **TLS (optional).** With [`TcpConfig::tls`] set, every connection is mutual TLS 1.3 (rustls
+//! with ring, ALPN [`TLS_ALPN`]) with the QUIC transport's certificate rules (see `raft-tls`):
+//! the connector verifies the acceptor as `node-<peer>.<cluster_id>` against the cluster CA;
+//! the acceptor requires a client certificate from that CA whose identity is a known peer and
+//! matches the node in `Hello`. Plaintext, untrusted, expired and wrong-identity connections
+//! are closed and counted (`refused_tls`, `refused_identity`).
+//!
 //! Limits: a bounded queue per peer (`send` never blocks; a full queue drops the message), a
 //! bounded inbound channel, a hard frame size checked before allocating (a message whose frame
 //! would exceed it is dropped by the writer and counted in [`TcpStats::dropped_oversized`]),
@@ -25,10 +32,27 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With TLS:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use raft_transport_tcp::{generate_dev_certs, TcpConfig, TcpTransport};
+//!
+//! let certs = generate_dev_certs("prod", [1, 2, 3])?;
+//! let peers = BTreeMap::from([(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)]);
+//! let config = TcpConfig { tls: certs.tls_config(1), ..TcpConfig::new(1, "prod", "10.0.0.1:7000".parse()?, peers) };
+//! let transport = TcpTransport::start(config).await?;
+//! # let _ = transport;
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 mod inbound;
 mod outbound;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +68,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use config::{TcpConfig, CLUSTER_ID_BYTES_MAX};
+pub use raft_tls::{generate_dev_certs, node_identity, DevCa, DevCerts, TlsConfig, TlsError};
 pub use raft_transport_common::TransportStats;
+pub use tls::TLS_ALPN;
 
 /// The counters of a [`TcpTransport`] (the shared [`TransportStats`]; the TLS counters stay 0
 /// without TLS, and `dropped_snapshot_queue_full` always does: TCP has one queue per peer).
@@ -59,6 +85,9 @@ pub enum TcpError {
     /// The configuration is inconsistent.
     #[error("invalid TCP transport config: {0}")]
     InvalidConfig(&'static str),
+    /// A certificate, key or TLS setting is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -82,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) config: TcpConfig,
     pub(crate) counters: Counters,
     pub(crate) peers: PeerTable<PeerOutbound>,
+    /// The TLS acceptor and connector, when TLS is on.
+    pub(crate) tls: Option<tls::Tls>,
     span: tracing::Span,
 }
 
@@ -111,6 +142,7 @@ impl TcpTransport {
     /// Binds the listen address and starts the accept loop and one writer per peer.
     pub async fn start(config: TcpConfig) -> Result<Self, TcpError> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(tls::Tls::new).transpose()?;
         let listen = config.listen;
         let listener = (|| {
             let socket = if listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -123,8 +155,13 @@ impl TcpTransport {
         let span = tracing::info_span!("tcp_transport", node = config.node_id, %local_addr);
         let (inbox_tx, inbox) = inbox(config.inbound_queue_max, config.snapshot_queue_max);
         let peers = config.peers.clone();
-        let shared =
-            Arc::new(Shared { config, counters: Counters::default(), peers: PeerTable::default(), span });
+        let shared = Arc::new(Shared {
+            config,
+            counters: Counters::default(),
+            peers: PeerTable::default(),
+            tls,
+            span,
+        });
         for (peer, addr) in peers {
             shared.set_peer(peer, addr);
         }

@@ -9,12 +9,13 @@ use raft_core::{Message, NodeId};
 use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
 use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
 use raft_transport_common::Counters;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::tls::{BoxStream, TlsConnectError};
 use crate::Shared;
 
 /// Why a connection attempt failed.
@@ -24,6 +25,8 @@ enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("connect timed out")]
     Timeout,
+    #[error(transparent)]
+    Tls(#[from] TlsConnectError),
     #[error(transparent)]
     Hello(#[from] ConnectHelloError),
 }
@@ -47,7 +50,7 @@ pub(crate) async fn writer(
     loop {
         let target = *addr.borrow_and_update();
         let stream = match connect(&shared, peer, target).await {
-            Ok(stream) => stream,
+            Ok(halves) => halves,
             Err(error) => {
                 Counters::add(&shared.counters.connect_failures, 1);
                 if let ConnectError::Hello(ConnectHelloError::Refused(reason)) = &error {
@@ -65,7 +68,7 @@ pub(crate) async fn writer(
         }
         connected_before = true;
         info!(peer, addr = %target, "connected");
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = stream;
         let mut scratch = [0u8; 64];
         loop {
             let first = tokio::select! {
@@ -84,7 +87,11 @@ pub(crate) async fn writer(
             if buf.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(config.write_timeout, writer.write_all(&buf)).await {
+            let write = async {
+                writer.write_all(&buf).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout(config.write_timeout, write).await {
                 Ok(Ok(())) => Counters::add(&shared.counters.sent, batched),
                 Ok(Err(error)) => {
                     debug!(peer, %error, dropped = batched, "write failed");
@@ -100,8 +107,12 @@ pub(crate) async fn writer(
     }
 }
 
-/// Connects to `peer` from the node's own listen IP and completes the handshake.
-async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+/// A connection's two halves.
+type Halves = (ReadHalf<BoxStream>, WriteHalf<BoxStream>);
+
+/// Connects to `peer` from the node's own listen IP and completes the TLS handshake (when on)
+/// and the `Hello` exchange.
+async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<Halves, ConnectError> {
     let config = &shared.config;
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_nodelay(true)?;
@@ -109,11 +120,17 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
         // Traffic leaves from this node's own address on a multi-homed host.
         socket.bind(SocketAddr::new(config.listen.ip(), 0))?;
     }
-    let mut stream = tokio::time::timeout(config.connect_timeout, socket.connect(addr))
+    let stream = tokio::time::timeout(config.connect_timeout, socket.connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let deadline = Instant::now() + config.handshake_timeout;
-    let (mut reader, mut writer) = stream.split();
+    let stream: BoxStream = match &shared.tls {
+        None => Box::new(stream),
+        Some(tls) => tokio::time::timeout_at(deadline, tls.connect(stream, &config.cluster_id, peer))
+            .await
+            .map_err(|_| ConnectError::Timeout)??,
+    };
+    let (mut reader, mut writer) = tokio::io::split(stream);
     connect_hello(&mut reader, &mut writer, &config.cluster_id, config.node_id, peer, deadline).await?;
-    Ok(stream)
+    Ok((reader, writer))
 }
