@@ -7,8 +7,8 @@ use std::time::Duration;
 use raft_core::wire::DEFAULT_MAX_FRAME_BYTES;
 use raft_core::NodeId;
 
-use crate::certs::is_valid_cluster_id;
 use crate::QuicError;
+use raft_tls::is_valid_cluster_id;
 
 /// The settings of a [`QuicTransport`](crate::QuicTransport). Build with [`QuicConfig::new`]
 /// and override limits with struct update syntax.

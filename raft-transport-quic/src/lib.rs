@@ -40,15 +40,11 @@
 //! # }
 //! ```
 
-mod certs;
 mod config;
 mod inbound;
-mod io;
 mod outbound;
-mod stats;
 mod tls;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,15 +52,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::{Message, NodeId, Payload, SendError, Transport, TransportClosed};
-use tokio::sync::{mpsc, watch, Mutex};
-use tokio::task::JoinHandle;
+use raft_transport_common::inbox::{inbox, Inbox};
+use raft_transport_common::peers::{OwnedTask, PeerTable};
+use raft_transport_common::Counters;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
-pub use certs::{generate_dev_certs, node_identity, parse_node_identity, CertError, DevCa, DevCerts};
 pub use config::QuicConfig;
-pub use stats::QuicStats;
+pub use raft_tls::{
+    generate_dev_certs, node_identity, parse_node_identity, CertError, DevCa, DevCerts, IdentityError,
+    TlsConfig, TlsError,
+};
+pub use raft_transport_common::TransportStats;
 
-use stats::Counters;
+/// The counters of a [`QuicTransport`] (the shared [`TransportStats`]).
+pub type QuicStats = TransportStats;
 
 /// QUIC application close codes this transport uses.
 pub mod close_codes {
@@ -107,46 +109,39 @@ pub enum QuicError {
     },
 }
 
+/// A peer's outbound side: its two queues and the task that connects and writes them.
+#[derive(Debug)]
+pub(crate) struct PeerOutbound {
+    small: mpsc::Sender<Message>,
+    snapshot: mpsc::Sender<Message>,
+    task: OwnedTask,
+}
+
+impl From<TlsError> for QuicError {
+    fn from(error: TlsError) -> Self {
+        Self::Tls { what: error.what, reason: error.reason }
+    }
+}
+
 /// What the tasks of a transport share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: QuicConfig,
     pub(crate) counters: Counters,
-    /// Per peer, the generation of its latest inbound connection; older ones close.
-    pub(crate) generations: BTreeMap<NodeId, watch::Sender<u64>>,
+    pub(crate) peers: PeerTable<PeerOutbound>,
+    span: tracing::Span,
 }
 
-/// A peer's two outbound queues.
-#[derive(Debug)]
-struct Queues {
-    small: mpsc::Sender<Message>,
-    snapshot: mpsc::Sender<Message>,
-}
-
-/// The receiving ends of the inbound channels: small messages and `InstallSnapshot` chunks
-/// have separate bounds, so queued chunks cannot take the memory of thousands of messages.
-#[derive(Debug)]
-struct Inbox {
-    small: mpsc::Receiver<Message>,
-    snapshot: mpsc::Receiver<Message>,
-}
-
-/// The sending ends of the inbound channels, one pair shared by every inbound stream.
-#[derive(Debug, Clone)]
-pub(crate) struct InboxSenders {
-    pub(crate) small: mpsc::Sender<Message>,
-    pub(crate) snapshot: mpsc::Sender<Message>,
-}
-
-impl InboxSenders {
-    /// Queues a received message on its channel, waiting while it is full; false once the
-    /// transport is shutting down.
-    pub(crate) async fn send(&self, message: Message) -> bool {
-        let channel = match message.payload {
-            Payload::InstallSnapshot { .. } => &self.snapshot,
-            _ => &self.small,
-        };
-        channel.send(message).await.is_ok()
+impl Shared {
+    /// Adds `peer` at `addr` with new queues and a connection task, or moves a known one.
+    fn set_peer(self: &Arc<Self>, endpoint: &quinn::Endpoint, peer: NodeId, addr: SocketAddr) {
+        self.peers.set(peer, addr, |addr| {
+            let (small, small_rx) = mpsc::channel(self.config.queue_max);
+            let (snapshot, snapshot_rx) = mpsc::channel(self.config.snapshot_queue_max);
+            let task = outbound::run(self.clone(), endpoint.clone(), peer, addr, small_rx, snapshot_rx);
+            let task = OwnedTask::new(tokio::spawn(task.instrument(self.span.clone())));
+            PeerOutbound { small, snapshot, task }
+        });
     }
 }
 
@@ -156,10 +151,9 @@ pub struct QuicTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
-    queues: BTreeMap<NodeId, Queues>,
-    inbox: Mutex<Inbox>,
+    inbox: Inbox,
     closed: AtomicBool,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    acceptor: std::sync::Mutex<Option<OwnedTask>>,
 }
 
 impl QuicTransport {
@@ -177,8 +171,12 @@ impl QuicTransport {
             // more are tolerated while a reconnecting peer's old streams wind down).
             .max_concurrent_bidi_streams(2u32.into())
             .max_concurrent_uni_streams(8u32.into());
-        let (server, client) =
-            tls::configs(&config.ca_cert_pem, &config.cert_pem, &config.key_pem, Arc::new(transport))?;
+        let tls = TlsConfig {
+            ca_cert_pem: config.ca_cert_pem.clone(),
+            cert_pem: config.cert_pem.clone(),
+            key_pem: config.key_pem.clone(),
+        };
+        let (server, client) = tls::configs(&tls, Arc::new(transport))?;
         let listen = config.listen;
         let socket = bind(listen).await?;
         let mut endpoint = quinn::Endpoint::new(
@@ -192,33 +190,23 @@ impl QuicTransport {
         let local_addr =
             endpoint.local_addr().map_err(|source| QuicError::Listen { addr: listen, source })?;
         let span = tracing::info_span!("quic_transport", node = config.node_id, %local_addr);
-        let (small_tx, small_rx) = mpsc::channel(config.inbound_queue_max);
-        let (snapshot_tx, snapshot_rx) = mpsc::channel(config.snapshot_queue_max);
-        let inbox_tx = InboxSenders { small: small_tx, snapshot: snapshot_tx };
-        let generations = config.peers.keys().map(|&peer| (peer, watch::Sender::new(0))).collect();
-        let shared = Arc::new(Shared { config, counters: Counters::default(), generations });
-        let mut tasks = Vec::new();
-        let mut queues = BTreeMap::new();
-        for (&peer, &addr) in &shared.config.peers {
-            let (small, small_rx) = mpsc::channel(shared.config.queue_max);
-            let (snapshot, snapshot_rx) = mpsc::channel(shared.config.snapshot_queue_max);
-            queues.insert(peer, Queues { small, snapshot });
-            tasks.push(tokio::spawn(
-                outbound::run(shared.clone(), endpoint.clone(), peer, addr, small_rx, snapshot_rx)
-                    .instrument(span.clone()),
-            ));
+        let (inbox_tx, inbox) = inbox(config.inbound_queue_max, config.snapshot_queue_max);
+        let peers = config.peers.clone();
+        let shared =
+            Arc::new(Shared { config, counters: Counters::default(), peers: PeerTable::default(), span });
+        for (peer, addr) in peers {
+            shared.set_peer(&endpoint, peer, addr);
         }
-        tasks.push(tokio::spawn(
-            inbound::accept_loop(endpoint.clone(), shared.clone(), inbox_tx).instrument(span),
-        ));
+        let acceptor = tokio::spawn(
+            inbound::accept_loop(endpoint.clone(), shared.clone(), inbox_tx).instrument(shared.span.clone()),
+        );
         Ok(Self {
             shared,
             local_addr,
             endpoint: std::sync::Mutex::new(Some(endpoint)),
-            queues,
-            inbox: Mutex::new(Inbox { small: small_rx, snapshot: snapshot_rx }),
+            inbox,
             closed: AtomicBool::new(false),
-            tasks: std::sync::Mutex::new(tasks),
+            acceptor: std::sync::Mutex::new(Some(OwnedTask::new(acceptor))),
         })
     }
 
@@ -254,94 +242,54 @@ impl Transport for QuicTransport {
             return Err(SendError::Closed);
         }
         let to = message.to;
-        let queues = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        let (queue, dropped) = match message.payload {
-            Payload::InstallSnapshot { .. } => {
-                (&queues.snapshot, &self.shared.counters.dropped_snapshot_queue_full)
+        let counters = &self.shared.counters;
+        let sent = self.shared.peers.with_outbound(to, |peer| {
+            let (queue, dropped) = match message.payload {
+                Payload::InstallSnapshot { .. } => (&peer.snapshot, &counters.dropped_snapshot_queue_full),
+                _ => (&peer.small, &counters.dropped_queue_full),
+            };
+            match queue.try_send(message) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Counters::add(dropped, 1);
+                    Err(SendError::QueueFull(to))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
             }
-            _ => (&queues.small, &self.shared.counters.dropped_queue_full),
-        };
-        queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                Counters::add(dropped, 1);
-                SendError::QueueFull(to)
-            }
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        });
+        sent.unwrap_or(Err(SendError::UnknownPeer(to)))
     }
 
     async fn recv(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, TransportClosed> {
-        let mut inbox = self.inbox.lock().await;
-        let Inbox { small, snapshot } = &mut *inbox;
-        let max = max.max(1);
-        let start = buf.len();
-        let (mut small_open, mut snapshot_open) = (true, true);
-        let mut chunks = Vec::new();
-        loop {
-            // Both `recv_many`s are cancel-safe, so dropping the losing branch loses nothing.
-            let first_was_small = tokio::select! {
-                biased;
-                n = small.recv_many(buf, max), if small_open => {
-                    small_open = n > 0;
-                    true
-                }
-                n = snapshot.recv_many(&mut chunks, max), if snapshot_open => {
-                    snapshot_open = n > 0;
-                    buf.append(&mut chunks);
-                    false
-                }
-                else => return Err(TransportClosed),
-            };
-            if buf.len() > start {
-                // Top up from the other channel so that neither starves the other.
-                let other = if first_was_small { &mut *snapshot } else { &mut *small };
-                while buf.len() - start < max {
-                    match other.try_recv() {
-                        Ok(message) => buf.push(message),
-                        Err(_) => break,
-                    }
-                }
-                return Ok(buf.len() - start);
-            }
-        }
+        self.inbox.recv(buf, max).await
     }
 
     async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        let tasks = match self.tasks.lock() {
-            Ok(mut tasks) => std::mem::take(&mut *tasks),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for task in &tasks {
-            task.abort();
+        let acceptor = self.acceptor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(acceptor) = acceptor {
+            // Aborting the accept loop drops every inbound connection task.
+            acceptor.stop().await;
         }
-        for task in tasks {
-            // Aborted tasks drop their connections; one that ended by itself has nothing left.
-            let _ = task.await;
+        for peer in self.shared.peers.drain() {
+            peer.task.stop().await;
         }
-        let endpoint = match self.endpoint.lock() {
-            Ok(mut endpoint) => endpoint.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let endpoint = self.endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(endpoint) = endpoint {
             endpoint.close(close_codes::SHUTDOWN.into(), b"shutdown");
             // Let peers learn of the close; bounded, since a peer may be gone.
             let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         }
-        // Every sender of the inbox was owned by an aborted task, so a pending `recv` returns.
-        let mut inbox = self.inbox.lock().await;
-        inbox.small.close();
-        inbox.snapshot.close();
+        // Every sender of the inbox was owned by a stopped task, so a pending `recv` returns.
+        self.inbox.close().await;
     }
 }
 
 impl Drop for QuicTransport {
     fn drop(&mut self) {
-        if let Ok(tasks) = self.tasks.get_mut() {
-            for task in tasks.iter() {
-                task.abort();
-            }
-        }
+        // Dropping the handles aborts the tasks (which hold the shared state: no cycle left).
+        drop(self.shared.peers.drain());
+        drop(self.acceptor.get_mut().map(Option::take));
         if let Ok(Some(endpoint)) = self.endpoint.get_mut().map(Option::take) {
             endpoint.close(close_codes::SHUTDOWN.into(), b"dropped");
         }

@@ -6,20 +6,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use raft_core::wire::{
-    encode_frame, FrameDecoder, RefusalReason, WireError, WireMessage, HANDSHAKE_MAX_FRAME_BYTES,
-    WIRE_VERSION,
-};
-use raft_core::{Message, NodeId, SeededRng};
-use tokio::sync::mpsc;
+use raft_core::{Message, NodeId};
+use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
+use raft_transport_common::io::ReadError;
+use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
+use raft_transport_common::Counters;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::certs::node_identity;
-use crate::io::{read_frame, write_frame};
-use crate::stats::Counters;
 use crate::{close_codes, Shared};
+use raft_tls::node_identity;
 
 /// The most bytes of small messages coalesced into one stream write.
 const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
@@ -33,15 +30,9 @@ pub(crate) enum ConnectError {
     /// The QUIC or TLS handshake failed, or the connection broke during `Hello`.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    /// Connecting took longer than `handshake_timeout`.
-    #[error("timed out")]
-    Timeout,
-    /// The peer refused our `Hello`.
-    #[error("refused by the peer: {0}")]
-    Refused(RefusalReason),
-    /// The `Hello` exchange failed.
-    #[error("handshake failed: {0}")]
-    Handshake(String),
+    /// The `Hello` exchange failed (refused, timed out, broken).
+    #[error(transparent)]
+    Hello(#[from] ConnectHelloError),
 }
 
 /// Why a connection's writers stopped.
@@ -57,47 +48,51 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     peer: NodeId,
-    addr: SocketAddr,
+    mut addr: watch::Receiver<SocketAddr>,
     mut small: mpsc::Receiver<Message>,
     mut snapshot: mpsc::Receiver<Message>,
 ) {
     let config = &shared.config;
-    let mut rng = SeededRng::new(jitter_seed(config.node_id, peer));
-    let mut backoff = config.backoff_min;
+    let mut backoff = Backoff::new(config.node_id, peer, config.backoff_min, config.backoff_max);
     let mut connected_before = false;
     let mut small_buf = Vec::with_capacity(64 * 1024);
     let mut snapshot_buf = Vec::new();
     loop {
-        let connection = match connect(&shared, &endpoint, peer, addr).await {
+        let target = *addr.borrow_and_update();
+        let connection = match connect(&shared, &endpoint, peer, target).await {
             Ok(connection) => connection,
             Err(error) => {
                 Counters::add(&shared.counters.connect_failures, 1);
                 match &error {
                     // Refusals by the peer (its Hello check, its certificate checks, our check
                     // of its certificate) are configuration problems: say so loudly.
-                    ConnectError::Refused(_)
+                    ConnectError::Hello(ConnectHelloError::Refused(_))
                     | ConnectError::Connection(
                         quinn::ConnectionError::TransportError(_)
                         | quinn::ConnectionError::ConnectionClosed(_)
                         | quinn::ConnectionError::ApplicationClosed(_),
-                    ) => warn!(peer, %addr, %error, "connection refused"),
-                    _ => debug!(peer, %addr, %error, ?backoff, "connect failed"),
+                    ) => warn!(peer, addr = %target, %error, "connection refused"),
+                    _ => debug!(peer, addr = %target, %error, "connect failed"),
                 }
-                let jittered = backoff.mul_f64(0.5 + rng.range(0, 1_000) as f64 / 2_000.0);
-                tokio::time::sleep(jittered).await;
-                backoff = (backoff * 2).min(config.backoff_max);
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
-        backoff = config.backoff_min;
+        backoff.reset();
         if connected_before {
             Counters::add(&shared.counters.reconnects, 1);
         }
         connected_before = true;
-        info!(peer, %addr, "connected");
+        info!(peer, addr = %target, "connected");
+        let small_batching = Batching {
+            max_frame_bytes: config.max_frame_bytes,
+            batch_bytes_max: WRITE_BATCH_BYTES_MAX,
+            coalesce: true,
+        };
+        let snapshot_batching = Batching { coalesce: false, ..small_batching };
         let stopped = tokio::select! {
-            stopped = write_stream(&shared, peer, &connection, &mut small, &mut small_buf, true) => stopped,
-            stopped = write_stream(&shared, peer, &connection, &mut snapshot, &mut snapshot_buf, false) => stopped,
+            stopped = write_stream(&shared, peer, &connection, &mut small, &mut small_buf, small_batching) => stopped,
+            stopped = write_stream(&shared, peer, &connection, &mut snapshot, &mut snapshot_buf, snapshot_batching) => stopped,
             error = connection.closed() => Stopped::Broken(error.to_string()),
         };
         match stopped {
@@ -108,7 +103,7 @@ pub(crate) async fn run(
             Stopped::Broken(reason) => debug!(peer, %reason, "connection lost"),
         }
         // Do not reconnect in a tight loop to a peer that accepts and closes at once.
-        tokio::time::sleep(config.backoff_min).await;
+        tokio::time::sleep(backoff.min()).await;
     }
 }
 
@@ -120,29 +115,18 @@ async fn write_stream(
     connection: &quinn::Connection,
     queue: &mut mpsc::Receiver<Message>,
     buf: &mut Vec<u8>,
-    coalesce: bool,
+    batching: Batching,
 ) -> Stopped {
     let mut stream = match connection.open_uni().await {
         Ok(stream) => stream,
         Err(error) => return Stopped::Broken(error.to_string()),
     };
     loop {
-        buf.clear();
-        if buf.capacity() > 4 * WRITE_BATCH_BYTES_MAX {
-            // A large message grew the buffer: give the memory back.
-            buf.shrink_to(WRITE_BATCH_BYTES_MAX);
-        }
         let Some(first) = queue.recv().await else {
             let _ = stream.finish();
             return Stopped::Shutdown;
         };
-        let mut batched = encode(shared, peer, first, buf);
-        while coalesce && buf.len() < WRITE_BATCH_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(message) => batched += encode(shared, peer, message, buf),
-                Err(_) => break,
-            }
-        }
+        let batched = fill_batch(&shared.counters, batching, peer, first, queue, buf);
         if buf.is_empty() {
             continue;
         }
@@ -153,22 +137,6 @@ async fn write_stream(
                 debug!(peer, %error, dropped = batched, "write failed");
                 return Stopped::Broken(error.to_string());
             }
-        }
-    }
-}
-
-/// Appends `message`'s frame to `buf`; returns 1, or 0 when the message was dropped.
-fn encode(shared: &Shared, peer: NodeId, message: Message, buf: &mut Vec<u8>) -> u64 {
-    match encode_frame(&WireMessage::Raft(message), shared.config.max_frame_bytes, buf) {
-        Ok(()) => 1,
-        Err(error @ WireError::FrameTooLarge { .. }) => {
-            Counters::add(&shared.counters.dropped_oversized, 1);
-            warn!(peer, %error, "message over the frame limit dropped");
-            0
-        }
-        Err(error) => {
-            warn!(peer, %error, "message could not be encoded; dropped");
-            0
         }
     }
 }
@@ -184,8 +152,9 @@ pub(crate) async fn connect(
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
     let connecting = endpoint.connect(addr, &node_identity(&config.cluster_id, peer))?;
-    let connection =
-        tokio::time::timeout_at(deadline, connecting).await.map_err(|_| ConnectError::Timeout)??;
+    let connection = tokio::time::timeout_at(deadline, connecting)
+        .await
+        .map_err(|_| ConnectError::Hello(ConnectHelloError::Timeout))??;
     let result = hello(shared, &connection, peer, deadline).await;
     if result.is_err() {
         connection.close(close_codes::PROTOCOL.into(), b"handshake failed");
@@ -202,37 +171,16 @@ async fn hello(
     let config = &shared.config;
     let (mut send, mut recv) = tokio::time::timeout_at(deadline, connection.open_bi())
         .await
-        .map_err(|_| ConnectError::Timeout)??;
-    let hello = WireMessage::Hello {
-        version: WIRE_VERSION,
-        cluster_id: config.cluster_id.clone(),
-        node_id: config.node_id,
-    };
-    tokio::time::timeout_at(deadline, write_frame(&mut send, &hello, HANDSHAKE_MAX_FRAME_BYTES))
-        .await
-        .map_err(|_| ConnectError::Timeout)?
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        .map_err(|_| ConnectError::Hello(ConnectHelloError::Timeout))??;
+    let result =
+        connect_hello(&mut recv, &mut send, &config.cluster_id, config.node_id, peer, deadline).await;
     let _ = send.finish();
-    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
-    let mut buf = BytesMut::with_capacity(256);
-    let reply = read_frame(&mut recv, &mut buf, &decoder, Some(deadline), config.handshake_timeout)
-        .await
-        .map_err(|e| match connection.close_reason() {
-            Some(closed) => ConnectError::Connection(closed),
-            None => ConnectError::Handshake(e.to_string()),
-        })?;
-    match reply {
-        WireMessage::HelloAck { version: WIRE_VERSION, node_id } if node_id == peer => Ok(()),
-        WireMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
-        _ => Err(ConnectError::Handshake("unexpected answer to Hello".to_owned())),
-    }
-}
-
-/// A seed for reconnection jitter that differs between nodes, peers and runs.
-fn jitter_seed(node: NodeId, peer: NodeId) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ node.rotate_left(32) ^ peer.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    result.map_err(|error| match (error, connection.close_reason()) {
+        // The peer closed the connection (say, it refused our certificate): that says more.
+        (
+            ConnectHelloError::Read(ReadError::Closed | ReadError::Truncated | ReadError::Io(_)),
+            Some(closed),
+        ) => ConnectError::Connection(closed),
+        (error, _) => ConnectError::Hello(error),
+    })
 }

@@ -1,13 +1,14 @@
-//! The QUIC transport: the transport conformance suite (without the raw-TCP cases), and
-//! refusals: a certificate from another CA, a certificate naming another node, another
+//! The QUIC transport: the transport conformance suite (without the raw-TCP cases), a 3-node
+//! Raft cluster over QUIC (`cluster_suite`), and refusals: a certificate from another CA, a certificate naming another node, another
 //! cluster id, an expired certificate.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use raft_core::testing::cluster_suite;
 use raft_core::testing::transport_suite::{self, Capabilities, TransportFactory};
 use raft_core::{Message, NodeId, Payload, Transport};
 use raft_transport_quic::{generate_dev_certs, DevCa, DevCerts, QuicConfig, QuicStats, QuicTransport};
@@ -49,6 +50,13 @@ async fn quic_transport_passes_the_conformance_suite() {
     transport_suite::run_all(&QuicFactory { certs }).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_over_quic_and_a_restarted_node_catches_up() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    cluster_suite::run_all(&QuicFactory { certs }, |_| Arc::new(raft_storage_mem::MemStorage::default()))
+        .await;
+}
+
 fn heartbeat(from: NodeId, to: NodeId) -> Message {
     Message { from, to, term: 1, payload: Payload::TimeoutNow }
 }
@@ -64,24 +72,10 @@ async fn exchange(
     let mut config2 = config(2, &addrs, certs);
     tweak2(&mut config2);
     let two = QuicTransport::start(config2).await.expect("node 2 starts");
-    let received = Arc::new(Mutex::new((0usize, 0usize)));
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let _ = one.send(heartbeat(1, 2));
-        let _ = two.send(heartbeat(2, 1));
-        let mut buf = Vec::new();
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), one.recv(&mut buf, 100)).await {
-            received.lock().expect("lock").0 += n;
-        }
-        buf.clear();
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), two.recv(&mut buf, 100)).await {
-            received.lock().expect("lock").1 += n;
-        }
-    }
+    let (got1, got2) = transport_suite::exchange_for(&one, &two, Duration::from_secs(2)).await;
     let (stats1, stats2) = (one.stats(), two.stats());
     one.shutdown().await;
     two.shutdown().await;
-    let (got1, got2) = *received.lock().expect("lock");
     (stats1, stats2, got1, got2)
 }
 

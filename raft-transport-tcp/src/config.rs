@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use raft_core::wire::DEFAULT_MAX_FRAME_BYTES;
 use raft_core::NodeId;
+use raft_tls::TlsConfig;
 
 use crate::TcpError;
 
@@ -27,8 +28,11 @@ pub struct TcpConfig {
     /// The most messages queued for one peer; more are dropped.
     pub queue_max: usize,
     /// The most received messages waiting for [`recv`](raft_core::Transport::recv); when full,
-    /// connections stop reading (TCP pushes back on the senders).
+    /// connections stop reading (TCP pushes back on the senders). Received `InstallSnapshot`
+    /// messages wait in a queue of `snapshot_queue_max`.
     pub inbound_queue_max: usize,
+    /// The most received `InstallSnapshot` messages waiting for `recv`.
+    pub snapshot_queue_max: usize,
     /// The hard limit on a frame's body, in bytes.
     pub max_frame_bytes: u32,
     /// The most bytes one coalesced write holds (a single larger message is written alone).
@@ -47,6 +51,10 @@ pub struct TcpConfig {
     pub backoff_min: Duration,
     /// The longest delay between reconnection attempts.
     pub backoff_max: Duration,
+    /// Mutual TLS (the QUIC transport's settings: a cluster CA, each node's certificate
+    /// naming `node-<id>.<cluster_id>`), or `None` for plaintext. Every node of a cluster must
+    /// use the same choice: a TLS node refuses plaintext connections and the other way round.
+    pub tls: Option<TlsConfig>,
 }
 
 impl TcpConfig {
@@ -64,6 +72,7 @@ impl TcpConfig {
             peers,
             queue_max: 4_096,
             inbound_queue_max: 16_384,
+            snapshot_queue_max: 16,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             write_batch_bytes_max: 1024 * 1024,
             connect_timeout: Duration::from_secs(3),
@@ -73,6 +82,7 @@ impl TcpConfig {
             max_inbound_connections: 64,
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
+            tls: None,
         }
     }
 
@@ -82,11 +92,14 @@ impl TcpConfig {
         if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
             return bad("cluster_id must be 1 to 256 bytes long");
         }
+        if self.tls.is_some() && !raft_tls::is_valid_cluster_id(&self.cluster_id) {
+            return bad("with TLS, cluster_id must be a DNS name: lowercase letters, digits, '-' and '.'");
+        }
         if self.peers.contains_key(&self.node_id) {
             return bad("peers must not contain the node itself");
         }
-        if self.queue_max == 0 || self.inbound_queue_max == 0 {
-            return bad("queue_max and inbound_queue_max must be positive");
+        if self.queue_max == 0 || self.inbound_queue_max == 0 || self.snapshot_queue_max == 0 {
+            return bad("queue_max, inbound_queue_max and snapshot_queue_max must be positive");
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");

@@ -6,6 +6,13 @@
 //! node sends `Hello` (wire version, cluster id, node id) and the acceptor answers `HelloAck`
 //! or `Refused` with a typed reason.
 //!
+//! **TLS (optional).** With [`TcpConfig::tls`] set, every connection is mutual TLS 1.3 (rustls
+//! with ring, ALPN [`TLS_ALPN`]) with the QUIC transport's certificate rules (see `raft-tls`):
+//! the connector verifies the acceptor as `node-<peer>.<cluster_id>` against the cluster CA;
+//! the acceptor requires a client certificate from that CA whose identity is a known peer and
+//! matches the node in `Hello`. Plaintext, untrusted, expired and wrong-identity connections
+//! are closed and counted (`refused_tls`, `refused_identity`).
+//!
 //! Limits: a bounded queue per peer (`send` never blocks; a full queue drops the message), a
 //! bounded inbound channel, a hard frame size checked before allocating (a message whose frame
 //! would exceed it is dropped by the writer and counted in [`TcpStats::dropped_oversized`]),
@@ -25,29 +32,49 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With TLS:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use raft_transport_tcp::{generate_dev_certs, TcpConfig, TcpTransport};
+//!
+//! let certs = generate_dev_certs("prod", [1, 2, 3])?;
+//! let peers = BTreeMap::from([(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)]);
+//! let config = TcpConfig { tls: certs.tls_config(1), ..TcpConfig::new(1, "prod", "10.0.0.1:7000".parse()?, peers) };
+//! let transport = TcpTransport::start(config).await?;
+//! # let _ = transport;
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 mod inbound;
-mod io;
 mod outbound;
-mod stats;
+mod tls;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use raft_core::{Message, NodeId, SendError, Transport, TransportClosed};
+use raft_transport_common::inbox::{inbox, Inbox};
+use raft_transport_common::peers::{OwnedTask, PeerTable};
+use raft_transport_common::Counters;
 use tokio::net::TcpSocket;
-use tokio::sync::{mpsc, watch, Mutex};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use config::{TcpConfig, CLUSTER_ID_BYTES_MAX};
-pub use stats::TcpStats;
+pub use raft_tls::{generate_dev_certs, node_identity, DevCa, DevCerts, TlsConfig, TlsError};
+pub use raft_transport_common::TransportStats;
+pub use tls::TLS_ALPN;
 
-use stats::Counters;
+/// The counters of a [`TcpTransport`] (the shared [`TransportStats`]; the TLS counters stay 0
+/// without TLS, and `dropped_snapshot_queue_full` always does: TCP has one queue per peer).
+pub type TcpStats = TransportStats;
 
 /// The listen backlog.
 const LISTEN_BACKLOG: u32 = 1_024;
@@ -58,6 +85,9 @@ pub enum TcpError {
     /// The configuration is inconsistent.
     #[error("invalid TCP transport config: {0}")]
     InvalidConfig(&'static str),
+    /// A certificate, key or TLS setting is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -68,13 +98,34 @@ pub enum TcpError {
     },
 }
 
+/// A peer's outbound side: its queue and the writer task that drains it.
+#[derive(Debug)]
+pub(crate) struct PeerOutbound {
+    queue: mpsc::Sender<Message>,
+    writer: OwnedTask,
+}
+
 /// What the tasks of a transport share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: TcpConfig,
     pub(crate) counters: Counters,
-    /// Per peer, the generation of its latest inbound connection; older ones close.
-    pub(crate) generations: BTreeMap<NodeId, watch::Sender<u64>>,
+    pub(crate) peers: PeerTable<PeerOutbound>,
+    /// The TLS acceptor and connector, when TLS is on.
+    pub(crate) tls: Option<tls::Tls>,
+    span: tracing::Span,
+}
+
+impl Shared {
+    /// Adds `peer` at `addr` with a new queue and writer task, or moves a known one.
+    fn set_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
+        self.peers.set(peer, addr, |addr| {
+            let (queue, rx) = mpsc::channel(self.config.queue_max);
+            let writer =
+                tokio::spawn(outbound::writer(self.clone(), peer, addr, rx).instrument(self.span.clone()));
+            PeerOutbound { queue, writer: OwnedTask::new(writer) }
+        });
+    }
 }
 
 /// A [`Transport`] over TCP. See the [crate docs](crate).
@@ -82,16 +133,16 @@ pub(crate) struct Shared {
 pub struct TcpTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    inbox: Mutex<mpsc::Receiver<Message>>,
+    inbox: Inbox,
     closed: AtomicBool,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    acceptor: std::sync::Mutex<Option<OwnedTask>>,
 }
 
 impl TcpTransport {
     /// Binds the listen address and starts the accept loop and one writer per peer.
     pub async fn start(config: TcpConfig) -> Result<Self, TcpError> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(tls::Tls::new).transpose()?;
         let listen = config.listen;
         let listener = (|| {
             let socket = if listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -102,26 +153,27 @@ impl TcpTransport {
         .map_err(|source| TcpError::Listen { addr: listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| TcpError::Listen { addr: listen, source })?;
         let span = tracing::info_span!("tcp_transport", node = config.node_id, %local_addr);
-        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbound_queue_max);
-        let generations = config.peers.keys().map(|&peer| (peer, watch::Sender::new(0))).collect();
-        let shared = Arc::new(Shared { config, counters: Counters::default(), generations });
-        let mut tasks = Vec::new();
-        let mut queues = BTreeMap::new();
-        for (&peer, &addr) in &shared.config.peers {
-            let (tx, rx) = mpsc::channel(shared.config.queue_max);
-            queues.insert(peer, tx);
-            tasks.push(tokio::spawn(
-                outbound::writer(shared.clone(), peer, addr, rx).instrument(span.clone()),
-            ));
+        let (inbox_tx, inbox) = inbox(config.inbound_queue_max, config.snapshot_queue_max);
+        let peers = config.peers.clone();
+        let shared = Arc::new(Shared {
+            config,
+            counters: Counters::default(),
+            peers: PeerTable::default(),
+            tls,
+            span,
+        });
+        for (peer, addr) in peers {
+            shared.set_peer(peer, addr);
         }
-        tasks.push(tokio::spawn(inbound::accept_loop(listener, shared.clone(), inbox_tx).instrument(span)));
+        let acceptor = tokio::spawn(
+            inbound::accept_loop(listener, shared.clone(), inbox_tx).instrument(shared.span.clone()),
+        );
         Ok(Self {
             shared,
             local_addr,
-            queues,
-            inbox: Mutex::new(inbox_rx),
+            inbox,
             closed: AtomicBool::new(false),
-            tasks: std::sync::Mutex::new(tasks),
+            acceptor: std::sync::Mutex::new(Some(OwnedTask::new(acceptor))),
         })
     }
 
@@ -143,49 +195,40 @@ impl Transport for TcpTransport {
             return Err(SendError::Closed);
         }
         let to = message.to;
-        let queue = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
+        let sent = self.shared.peers.with_outbound(to, |peer| match peer.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 Counters::add(&self.shared.counters.dropped_queue_full, 1);
-                SendError::QueueFull(to)
+                Err(SendError::QueueFull(to))
             }
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        });
+        sent.unwrap_or(Err(SendError::UnknownPeer(to)))
     }
 
     async fn recv(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, TransportClosed> {
-        let mut inbox = self.inbox.lock().await;
-        match inbox.recv_many(buf, max.max(1)).await {
-            0 => Err(TransportClosed),
-            n => Ok(n),
-        }
+        self.inbox.recv(buf, max).await
     }
 
     async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        let tasks = match self.tasks.lock() {
-            Ok(mut tasks) => std::mem::take(&mut *tasks),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for task in &tasks {
-            task.abort();
+        let acceptor = self.acceptor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(acceptor) = acceptor {
+            // Aborting the accept loop drops the listener and every inbound connection task.
+            acceptor.stop().await;
         }
-        for task in tasks {
-            // Aborted tasks drop their sockets and the listener; a task that ended by itself
-            // (or panicked) has nothing left to clean up.
-            let _ = task.await;
+        for peer in self.shared.peers.drain() {
+            peer.writer.stop().await;
         }
-        // Every sender of the inbox was owned by an aborted task, so a pending `recv` returns.
-        self.inbox.lock().await.close();
+        // Every sender of the inbox was owned by a stopped task, so a pending `recv` returns.
+        self.inbox.close().await;
     }
 }
 
 impl Drop for TcpTransport {
     fn drop(&mut self) {
-        if let Ok(tasks) = self.tasks.get_mut() {
-            for task in tasks.iter() {
-                task.abort();
-            }
-        }
+        // Dropping the handles aborts the tasks (which hold the shared state: no cycle left).
+        drop(self.shared.peers.drain());
+        drop(self.acceptor.get_mut().map(Option::take));
     }
 }

@@ -5,19 +5,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use raft_core::wire::{
-    encode_frame, FrameDecoder, WireError, WireMessage, HANDSHAKE_MAX_FRAME_BYTES, WIRE_VERSION,
-};
-use raft_core::{Message, NodeId, SeededRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use raft_core::{Message, NodeId};
+use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
+use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
+use raft_transport_common::Counters;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::io::{read_frame, write_frame};
-use crate::stats::Counters;
+use crate::tls::{BoxStream, TlsConnectError};
 use crate::Shared;
 
 /// Why a connection attempt failed.
@@ -25,54 +23,54 @@ use crate::Shared;
 enum ConnectError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("timed out")]
+    #[error("connect timed out")]
     Timeout,
-    #[error("refused by the peer: {0}")]
-    Refused(raft_core::wire::RefusalReason),
-    #[error("handshake failed: {0}")]
-    Handshake(String),
+    #[error(transparent)]
+    Tls(#[from] TlsConnectError),
+    #[error(transparent)]
+    Hello(#[from] ConnectHelloError),
 }
 
 /// Runs the writer of `peer` until its queue closes or the task is aborted.
 pub(crate) async fn writer(
     shared: Arc<Shared>,
     peer: NodeId,
-    addr: SocketAddr,
+    mut addr: watch::Receiver<SocketAddr>,
     mut queue: mpsc::Receiver<Message>,
 ) {
     let config = &shared.config;
-    let mut rng = SeededRng::new(jitter_seed(config.node_id, peer));
-    let mut backoff = config.backoff_min;
+    let mut backoff = Backoff::new(config.node_id, peer, config.backoff_min, config.backoff_max);
     let mut connected_before = false;
     let mut buf = Vec::with_capacity(64 * 1024);
+    let batching = Batching {
+        max_frame_bytes: config.max_frame_bytes,
+        batch_bytes_max: config.write_batch_bytes_max,
+        coalesce: true,
+    };
     loop {
-        let stream = match connect(&shared, peer, addr).await {
-            Ok(stream) => stream,
+        let target = *addr.borrow_and_update();
+        let stream = match connect(&shared, peer, target).await {
+            Ok(halves) => halves,
             Err(error) => {
-                debug!(peer, %addr, %error, ?backoff, "connect failed");
-                if let ConnectError::Refused(reason) = &error {
-                    warn!(peer, %addr, %reason, "peer refused our handshake");
+                Counters::add(&shared.counters.connect_failures, 1);
+                if let ConnectError::Hello(ConnectHelloError::Refused(reason)) = &error {
+                    warn!(peer, addr = %target, %reason, "peer refused our handshake");
+                } else {
+                    debug!(peer, addr = %target, %error, "connect failed");
                 }
-                let jittered = backoff.mul_f64(0.5 + rng.range(0, 1_000) as f64 / 2_000.0);
-                tokio::time::sleep(jittered).await;
-                backoff = (backoff * 2).min(config.backoff_max);
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
-        backoff = config.backoff_min;
+        backoff.reset();
         if connected_before {
             Counters::add(&shared.counters.reconnects, 1);
         }
         connected_before = true;
-        info!(peer, %addr, "connected");
-        let (mut reader, mut writer) = stream.into_split();
+        info!(peer, addr = %target, "connected");
+        let (mut reader, mut writer) = stream;
         let mut scratch = [0u8; 64];
         loop {
-            buf.clear();
-            if buf.capacity() > 4 * config.write_batch_bytes_max {
-                // A message near the frame limit grew the buffer: give the memory back.
-                buf.shrink_to(config.write_batch_bytes_max);
-            }
             let first = tokio::select! {
                 message = queue.recv() => message,
                 // The acceptor sends nothing after HelloAck: any read result means the
@@ -85,17 +83,15 @@ pub(crate) async fn writer(
             let Some(first) = first else {
                 return; // the transport is shutting down
             };
-            let mut batched = encode(&shared, peer, first, &mut buf);
-            while buf.len() < config.write_batch_bytes_max {
-                match queue.try_recv() {
-                    Ok(message) => batched += encode(&shared, peer, message, &mut buf),
-                    Err(_) => break,
-                }
-            }
+            let batched = fill_batch(&shared.counters, batching, peer, first, &mut queue, &mut buf);
             if buf.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(config.write_timeout, writer.write_all(&buf)).await {
+            let write = async {
+                writer.write_all(&buf).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout(config.write_timeout, write).await {
                 Ok(Ok(())) => Counters::add(&shared.counters.sent, batched),
                 Ok(Err(error)) => {
                     debug!(peer, %error, dropped = batched, "write failed");
@@ -107,29 +103,16 @@ pub(crate) async fn writer(
                 }
             }
         }
-        // Do not reconnect in a tight loop to a peer that accepts and closes at once.
-        tokio::time::sleep(config.backoff_min).await;
+        tokio::time::sleep(backoff.min()).await;
     }
 }
 
-/// Appends `message`'s frame to `buf`; returns 1, or 0 when the message was dropped.
-fn encode(shared: &Shared, peer: NodeId, message: Message, buf: &mut Vec<u8>) -> u64 {
-    match encode_frame(&WireMessage::Raft(message), shared.config.max_frame_bytes, buf) {
-        Ok(()) => 1,
-        Err(error @ WireError::FrameTooLarge { .. }) => {
-            Counters::add(&shared.counters.dropped_oversized, 1);
-            warn!(peer, %error, "message over the frame limit dropped");
-            0
-        }
-        Err(error) => {
-            warn!(peer, %error, "message could not be encoded; dropped");
-            0
-        }
-    }
-}
+/// A connection's two halves.
+type Halves = (ReadHalf<BoxStream>, WriteHalf<BoxStream>);
 
-/// Connects to `peer` from the node's own listen IP and completes the handshake.
-async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+/// Connects to `peer` from the node's own listen IP and completes the TLS handshake (when on)
+/// and the `Hello` exchange.
+async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<Halves, ConnectError> {
     let config = &shared.config;
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_nodelay(true)?;
@@ -137,35 +120,17 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
         // Traffic leaves from this node's own address on a multi-homed host.
         socket.bind(SocketAddr::new(config.listen.ip(), 0))?;
     }
-    let mut stream = tokio::time::timeout(config.connect_timeout, socket.connect(addr))
+    let stream = tokio::time::timeout(config.connect_timeout, socket.connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let deadline = Instant::now() + config.handshake_timeout;
-    let hello = WireMessage::Hello {
-        version: WIRE_VERSION,
-        cluster_id: config.cluster_id.clone(),
-        node_id: config.node_id,
+    let stream: BoxStream = match &shared.tls {
+        None => Box::new(stream),
+        Some(tls) => tokio::time::timeout_at(deadline, tls.connect(stream, &config.cluster_id, peer))
+            .await
+            .map_err(|_| ConnectError::Timeout)??,
     };
-    tokio::time::timeout_at(deadline, write_frame(&mut stream, &hello, HANDSHAKE_MAX_FRAME_BYTES))
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
-    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
-    let mut buf = BytesMut::with_capacity(256);
-    let reply = read_frame(&mut stream, &mut buf, &decoder, Some(deadline), config.handshake_timeout)
-        .await
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
-    match reply {
-        WireMessage::HelloAck { version: WIRE_VERSION, node_id } if node_id == peer => Ok(stream),
-        WireMessage::Refused { reason } => Err(ConnectError::Refused(reason)),
-        _ => Err(ConnectError::Handshake("unexpected answer to Hello".to_owned())),
-    }
-}
-
-/// A seed for reconnection jitter that differs between nodes, peers and runs.
-fn jitter_seed(node: NodeId, peer: NodeId) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ node.rotate_left(32) ^ peer.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    connect_hello(&mut reader, &mut writer, &config.cluster_id, config.node_id, peer, deadline).await?;
+    Ok((reader, writer))
 }

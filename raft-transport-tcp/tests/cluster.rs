@@ -4,29 +4,41 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use raft_core::testing::transport_suite::{self, Capabilities, RawTcp, TransportFactory};
-use raft_core::wire::{encode_frame, FrameDecoder, WireMessage, WIRE_VERSION};
-use raft_core::{
-    Config, Entry, EntryPayload, Fsm, FsmError, Membership, Message, NodeId, Payload, RaftError, RaftNode,
-    Role, SendError, Transport, TransportClosed,
+use bytes::BytesMut;
+use raft_core::testing::cluster_suite;
+use raft_core::testing::transport_suite::{
+    self, Capabilities, RawDialer, RawStream, RawTcp, TransportFactory,
 };
+use raft_core::wire::{encode_frame, FrameDecoder, WireMessage, WIRE_VERSION};
+use raft_core::{Message, NodeId, Payload, SendError, Transport, TransportClosed};
 use raft_storage_mem::MemStorage;
-use raft_transport_tcp::{TcpConfig, TcpError, TcpTransport, CLUSTER_ID_BYTES_MAX};
+use raft_transport_tcp::{
+    generate_dev_certs, node_identity, DevCa, DevCerts, TcpConfig, TcpError, TcpStats, TcpTransport,
+    CLUSTER_ID_BYTES_MAX, TLS_ALPN,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CLUSTER_ID: &str = "suite";
 
-/// TCP transports with short timeouts, so the timeout cases run quickly.
-struct TcpFactory;
+/// TCP transports with short timeouts, so the timeout cases run quickly; with `certs`, over
+/// mutual TLS (certificates for nodes 1 to 9 and the suite's ghost node).
+struct TcpFactory {
+    certs: Option<DevCerts>,
+}
 
 impl TcpFactory {
+    const PLAIN: Self = Self { certs: None };
+
+    fn tls() -> Self {
+        let ids = (1..=9).chain([transport_suite::GHOST]);
+        Self { certs: Some(generate_dev_certs(CLUSTER_ID, ids).expect("certs")) }
+    }
+
     fn config(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> TcpConfig {
         let peers = addrs.iter().filter(|(&p, _)| p != id).map(|(&p, &a)| (p, a)).collect();
         TcpConfig {
@@ -39,12 +51,49 @@ impl TcpFactory {
             ..TcpConfig::new(id, CLUSTER_ID, addrs[&id], peers)
         }
     }
+
+    fn config_for(&self, id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> TcpConfig {
+        let tls = self.certs.as_ref().map(|certs| certs.tls_config(id).expect("a certificate for the node"));
+        TcpConfig { tls, ..Self::config(id, addrs) }
+    }
+}
+
+/// Raw connections over TLS as the suite's ghost node.
+struct TlsDialer {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for TlsDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsDialer")
+    }
+}
+
+#[async_trait]
+impl RawDialer for TlsDialer {
+    async fn dial(&self, to: NodeId, addr: SocketAddr) -> std::io::Result<Box<dyn RawStream>> {
+        let stream = TcpStream::connect(addr).await?;
+        let name = rustls_pki_types::ServerName::try_from(node_identity(CLUSTER_ID, to))
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(self.connector.connect(name, stream).await?))
+    }
+}
+
+/// A TLS client configuration for node `id`.
+fn tls_client(certs: &DevCerts, id: NodeId) -> rustls::ClientConfig {
+    let tls = certs.tls_config(id).expect("a certificate for the node");
+    raft_tls::rustls_configs(&tls, TLS_ALPN).expect("TLS configs").1
 }
 
 #[async_trait]
 impl TransportFactory for TcpFactory {
     fn capabilities(&self) -> Capabilities {
         let config = Self::config(1, &BTreeMap::from([(1, "127.0.0.1:1".parse().expect("addr"))]));
+        let dialer = self.certs.as_ref().map(|certs| {
+            let connector =
+                tokio_rustls::TlsConnector::from(Arc::new(tls_client(certs, transport_suite::GHOST)));
+            Arc::new(TlsDialer { connector }) as Arc<dyn RawDialer>
+        });
         Capabilities {
             max_frame_bytes: Some(config.max_frame_bytes),
             raw_tcp: Some(RawTcp {
@@ -52,220 +101,34 @@ impl TransportFactory for TcpFactory {
                 handshake_timeout: config.handshake_timeout,
                 frame_timeout: config.frame_timeout,
                 max_inbound_connections: config.max_inbound_connections,
+                dialer,
             }),
         }
     }
 
     async fn start(&self, id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> Arc<dyn Transport> {
-        Arc::new(TcpTransport::start(Self::config(id, addrs)).await.expect("transport starts"))
+        Arc::new(TcpTransport::start(self.config_for(id, addrs)).await.expect("transport starts"))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_transport_passes_the_conformance_suite() {
-    transport_suite::run_all(&TcpFactory).await;
+    transport_suite::run_all(&TcpFactory::PLAIN).await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// A Raft cluster over TCP.
-
-/// How long the cluster test waits for a condition before failing.
-const WAIT_MAX: Duration = Duration::from_secs(30);
-
-/// Counts applied commands (shared with the test, which reads the count).
-#[derive(Default, Clone)]
-struct Counter {
-    count: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Fsm for Counter {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Ok(entries
-            .iter()
-            .map(|e| match e.payload {
-                EntryPayload::Command(_) => {
-                    let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-                    Bytes::from(count.to_string())
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
-            })
-            .collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count.load(Ordering::SeqCst).to_string()))
-    }
-
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        let count: u64 =
-            text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
-        self.count.store(count, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-struct Node {
-    raft: Arc<RaftNode>,
-    fsm: Counter,
-}
-
-/// Three nodes on loopback ports, each over its own [`TcpTransport`].
-struct TcpCluster {
-    addrs: BTreeMap<NodeId, SocketAddr>,
-    config: Config,
-    storages: BTreeMap<NodeId, Arc<MemStorage>>,
-    nodes: BTreeMap<NodeId, Node>,
-}
-
-impl TcpCluster {
-    async fn new(n: u64) -> Self {
-        let addrs = transport_suite::free_loopback_addrs(n);
-        let config = Config { snapshot_threshold_entries: 4_000, ..Config::default() };
-        let mut cluster = Self { addrs, config, storages: BTreeMap::new(), nodes: BTreeMap::new() };
-        for id in 1..=n {
-            cluster.storages.insert(id, Arc::new(MemStorage::default()));
-            cluster.start(id).await;
-        }
-        cluster
-    }
-
-    /// Starts node `id` on its storage with a new transport on its port.
-    async fn start(&mut self, id: NodeId) {
-        let peers = self.addrs.iter().filter(|(&p, _)| p != id).map(|(&p, &a)| (p, a)).collect();
-        let transport = TcpTransport::start(TcpConfig::new(id, "cluster-test", self.addrs[&id], peers))
-            .await
-            .expect("transport starts");
-        let fsm = Counter::default();
-        let raft = RaftNode::start(
-            id,
-            self.config.clone(),
-            Membership::with_voters(self.addrs.keys().copied()),
-            self.storages[&id].clone(),
-            Arc::new(transport),
-            Box::new(fsm.clone()),
-            id,
-        )
-        .await
-        .expect("node starts");
-        self.nodes.insert(id, Node { raft: Arc::new(raft), fsm });
-    }
-
-    async fn stop(&mut self, id: NodeId) {
-        let node = self.nodes.remove(&id).expect("node runs");
-        node.raft.shutdown().await.expect("shutdown");
-    }
-
-    async fn wait_for_leader(&self) -> NodeId {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let statuses: Vec<_> = self.nodes.values().map(|n| n.raft.status().protocol).collect();
-            let leader =
-                statuses.iter().filter(|s| s.role == Role::Leader).max_by_key(|s| s.term).map(|s| s.id);
-            if let Some(leader) = leader {
-                if statuses.iter().all(|s| s.leader == Some(leader)) {
-                    return leader;
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no leader within {WAIT_MAX:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Proposes `n` commands from `tasks` concurrent tasks, retrying refused proposals on the
-    /// current leader. Returns the number of proposals whose outcome is unknown.
-    async fn propose_concurrently(&self, n: u64, tasks: u64) -> u64 {
-        let nodes: Vec<Arc<RaftNode>> = self.nodes.values().map(|n| n.raft.clone()).collect();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut handles = Vec::new();
-        for _ in 0..tasks {
-            let nodes = nodes.clone();
-            let next = next.clone();
-            handles.push(tokio::spawn(async move {
-                let mut unknown = 0;
-                let deadline = tokio::time::Instant::now() + WAIT_MAX;
-                while next.fetch_add(1, Ordering::SeqCst) < n {
-                    loop {
-                        let leader = nodes
-                            .iter()
-                            .find(|node| node.status().protocol.role == Role::Leader)
-                            .unwrap_or(&nodes[0]);
-                        match leader.propose(Bytes::from_static(b"+1")).await {
-                            Ok(_) => break,
-                            Err(RaftError::OutcomeUnknown) => {
-                                unknown += 1;
-                                break;
-                            }
-                            Err(error) => {
-                                assert!(tokio::time::Instant::now() < deadline, "proposals fail: {error}");
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                        }
-                    }
-                }
-                unknown
-            }));
-        }
-        let mut unknown = 0;
-        for h in handles {
-            unknown += h.await.expect("proposer");
-        }
-        unknown
-    }
-
-    /// Waits until every node's state machine holds the same count, at least `min`.
-    async fn wait_converged(&self, min: u64) -> u64 {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let counts: Vec<u64> = self.nodes.values().map(|n| n.fsm.count.load(Ordering::SeqCst)).collect();
-            if counts[0] >= min && counts.iter().all(|&c| c == counts[0]) {
-                return counts[0];
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "state machines differ: {counts:?} (want >= {min})"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn shutdown(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.stop(id).await;
-        }
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_transport_with_tls_passes_the_conformance_suite() {
+    transport_suite::run_all(&TcpFactory::tls()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_over_tcp_and_a_restarted_node_catches_up() {
-    const ENTRIES: u64 = 10_000;
-    const PROPOSERS: u64 = 64;
-    let mut cluster = TcpCluster::new(3).await;
-    let leader = cluster.wait_for_leader().await;
+    cluster_suite::run_all(&TcpFactory::PLAIN, |_| Arc::new(MemStorage::default())).await;
+}
 
-    let started = Instant::now();
-    let mut unknown = cluster.propose_concurrently(ENTRIES, PROPOSERS).await;
-    let elapsed = started.elapsed();
-    let count = cluster.wait_converged(ENTRIES).await;
-    eprintln!(
-        "{ENTRIES} proposals from {PROPOSERS} tasks in {elapsed:?}: {:.0} entries/s",
-        ENTRIES as f64 / elapsed.as_secs_f64()
-    );
-    assert!(count <= ENTRIES + unknown, "{count} applied for {ENTRIES} proposals ({unknown} unknown)");
-
-    // A follower stops; the others go on; it restarts on the same port with its storage.
-    let follower = cluster.nodes.keys().copied().find(|&id| id != leader).expect("a follower");
-    cluster.stop(follower).await;
-    unknown += cluster.propose_concurrently(1_000, 16).await;
-    cluster.start(follower).await;
-    unknown += cluster.propose_concurrently(1_000, 16).await;
-    let count = cluster.wait_converged(ENTRIES + 2_000).await;
-    assert!(count <= ENTRIES + 2_000 + unknown, "{count} applied ({unknown} unknown)");
-    let restarted = cluster.nodes[&follower].raft.status().protocol;
-    assert!(restarted.applied_index > ENTRIES, "restarted node applied only {}", restarted.applied_index);
-    cluster.shutdown().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_over_tcp_with_tls() {
+    cluster_suite::run_all(&TcpFactory::tls(), |_| Arc::new(MemStorage::default())).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,6 +138,9 @@ async fn three_nodes_replicate_over_tcp_and_a_restarted_node_catches_up() {
 fn numbered(from: NodeId, to: NodeId, seq: u64) -> Message {
     Message { from, to, term: 1, payload: Payload::ReadIndexRequest { id: seq } }
 }
+
+/// How long a test waits for a condition before failing.
+const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Receives exactly `n` messages within [`WAIT_MAX`].
 async fn recv_exactly(t: &TcpTransport, n: usize) -> Vec<Message> {
@@ -508,4 +374,245 @@ async fn a_newer_connection_from_the_same_node_replaces_the_older_one() {
     write_frame(&mut new, &WireMessage::Raft(numbered(2, 1, 9))).await;
     assert_eq!(recv_exactly(&a, 1).await, vec![numbered(2, 1, 9)]);
     a.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS refusals: plaintext on a TLS port, a certificate from another CA, an expired one, one
+// naming another node, a known peer's certificate used by another node, and another cluster.
+
+/// Node 1 over TLS with `certs`, and node 2 from `config2` (TLS with `certs`, then tweaked);
+/// they send each other messages for a while. Returns both counters and what each received.
+async fn exchange_tls(
+    certs: &DevCerts,
+    tweak2: impl FnOnce(&mut TcpConfig),
+) -> (TcpStats, TcpStats, usize, usize) {
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let factory = TcpFactory { certs: Some(certs.clone()) };
+    let one = TcpTransport::start(factory.config_for(1, &addrs)).await.expect("node 1 starts");
+    let mut config2 = factory.config_for(2, &addrs);
+    tweak2(&mut config2);
+    let two = TcpTransport::start(config2).await.expect("node 2 starts");
+    let (got1, got2) = transport_suite::exchange_for(&one, &two, Duration::from_secs(1)).await;
+    let (stats1, stats2) = (one.stats(), two.stats());
+    one.shutdown().await;
+    two.shutdown().await;
+    (stats1, stats2, got1, got2)
+}
+
+/// Connects to `addr` over TLS with `client` and expects the server to name `server`; returns
+/// the TLS error that the first read (after the handshake) or the handshake itself reports.
+async fn tls_client_error(client: rustls::ClientConfig, server: NodeId, addr: SocketAddr) -> rustls::Error {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(node_identity(CLUSTER_ID, server)).expect("name");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let io_error = match connector.connect(name, stream).await {
+        Err(error) => error,
+        Ok(mut stream) => {
+            // TLS 1.3: the server checks the client's certificate after the client finished;
+            // its verdict arrives as an alert on the first read.
+            let mut scratch = [0u8; 16];
+            let read = tokio::time::timeout(WAIT_MAX, stream.read(&mut scratch)).await.expect("an answer");
+            read.expect_err("the server refuses the certificate")
+        }
+    };
+    let inner = io_error.into_inner().expect("a TLS error inside the io error");
+    *inner.downcast::<rustls::Error>().expect("a rustls error")
+}
+
+fn mixed_certs(tweak: impl FnOnce(&DevCa, &mut DevCerts)) -> DevCerts {
+    let ca = DevCa::new(CLUSTER_ID).expect("ca");
+    let mut certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    certs.ca_cert_pem = ca.cert_pem();
+    for id in 1..=3 {
+        certs.nodes.insert(id, ca.issue(id).expect("issue"));
+    }
+    tweak(&ca, &mut certs);
+    certs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_control_same_ca_exchanges_messages() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=2).expect("certs");
+    let (stats1, stats2, got1, got2) = exchange_tls(&certs, |_| {}).await;
+    assert!(got1 > 0 && got2 > 0, "{got1} {got2}");
+    for stats in [stats1, stats2] {
+        assert_eq!(stats.refused_tls + stats.refused_identity + stats.refused_handshakes, 0, "{stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_a_tls_port_is_refused() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=2).expect("certs");
+    // A plaintext node against a TLS node: nothing gets through either way.
+    let (stats1, _, got1, got2) = exchange_tls(&certs, |c| c.tls = None).await;
+    assert_eq!((got1, got2), (0, 0));
+    assert!(stats1.refused_tls > 0, "node 1 refuses plaintext: {stats1:?}");
+    // A raw plaintext Hello: no HelloAck, the connection is closed.
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let one =
+        TcpTransport::start(TcpFactory { certs: Some(certs) }.config_for(1, &addrs)).await.expect("starts");
+    let mut raw = TcpStream::connect(addrs[&1]).await.expect("connect");
+    let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 2 };
+    write_frame(&mut raw, &hello).await;
+    let mut answer = Vec::new();
+    // The TLS side answers with a TLS alert at most (or a reset), then closes.
+    let _ = tokio::time::timeout(WAIT_MAX, raw.read_to_end(&mut answer)).await.expect("closed in time");
+    let decoded = FrameDecoder::default().decode(&mut BytesMut::from(&answer[..]));
+    assert!(!matches!(decoded, Ok(Some(WireMessage::HelloAck { .. }))), "a plaintext HelloAck: {answer:?}");
+    wait_until("the plaintext connection is counted", || one.stats().refused_tls >= 1).await;
+    assert_eq!(one.stats().received, 0);
+    one.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_from_another_ca_is_refused_with_a_bad_signature() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=2).expect("certs");
+    let other = generate_dev_certs(CLUSTER_ID, 1..=2).expect("other certs");
+    let (stats1, stats2, got1, got2) = exchange_tls(&certs, |c| c.tls = other.tls_config(2)).await;
+    assert_eq!((got1, got2), (0, 0));
+    assert!(stats1.refused_tls > 0 && stats2.refused_tls > 0, "{stats1:?} {stats2:?}");
+    assert!(stats1.connect_failures > 0 && stats2.connect_failures > 0);
+    // What a client with such a certificate is told.
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let one = TcpTransport::start(TcpFactory { certs: Some(certs.clone()) }.config_for(1, &addrs))
+        .await
+        .expect("starts");
+    // The client trusts the right CA, so only its own certificate is wrong.
+    let tls = raft_tls::TlsConfig {
+        ca_cert_pem: certs.ca_cert_pem.clone(),
+        ..other.tls_config(2).expect("node 2")
+    };
+    let client = raft_tls::rustls_configs(&tls, TLS_ALPN).expect("configs").1;
+    let error = tls_client_error(client, 1, addrs[&1]).await;
+    // Both dev CAs have the same name, so the certificate's issuer is found by name and its
+    // signature fails to verify: `decrypt_error` (an issuer not found at all: `unknown_ca`).
+    assert!(
+        matches!(
+            error,
+            rustls::Error::AlertReceived(
+                rustls::AlertDescription::DecryptError | rustls::AlertDescription::UnknownCA
+            )
+        ),
+        "{error:?}"
+    );
+    one.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_expired_certificate_is_refused_with_certificate_expired() {
+    let now = time::OffsetDateTime::now_utc();
+    let certs = mixed_certs(|ca, certs| {
+        let expired = ca
+            .issue_with_validity(
+                "node-2.suite",
+                now - time::Duration::days(30),
+                now - time::Duration::days(1),
+            )
+            .expect("issue");
+        certs.nodes.insert(2, expired);
+    });
+    let (stats1, _, got1, _) = exchange_tls(&certs, |_| {}).await;
+    assert_eq!(got1, 0);
+    assert!(stats1.refused_tls > 0, "node 1 refuses the expired certificate: {stats1:?}");
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let one = TcpTransport::start(TcpFactory { certs: Some(certs.clone()) }.config_for(1, &addrs))
+        .await
+        .expect("starts");
+    let error = tls_client_error(tls_client(&certs, 2), 1, addrs[&1]).await;
+    assert_eq!(error, rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired), "{error}");
+    one.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_of_another_node_is_refused() {
+    // Node 2 presents a valid certificate (same CA) whose identity is node 3's; node 3 is not
+    // a peer of node 1.
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    let (stats1, stats2, got1, got2) = exchange_tls(&certs, |c| c.tls = certs.tls_config(3)).await;
+    assert_eq!((got1, got2), (0, 0));
+    assert!(stats1.refused_identity > 0, "{stats1:?}");
+    // Node 2 cannot connect to node 1 either... and node 1 cannot verify node 2 as node-2.
+    assert!(stats1.connect_failures > 0 && stats2.connect_failures > 0, "{stats1:?} {stats2:?}");
+    // A client that expects node 1 to be node 2 sees why.
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let one = TcpTransport::start(TcpFactory { certs: Some(certs.clone()) }.config_for(1, &addrs))
+        .await
+        .expect("starts");
+    let error = tls_client_error(tls_client(&certs, 2), 2, addrs[&1]).await;
+    assert!(
+        matches!(
+            error,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })
+        ),
+        "{error:?}"
+    );
+    one.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_of_a_known_peer_used_by_another_node_is_refused() {
+    // Node 2 presents node 3's certificate, and node 3 is a peer of node 1: the Hello (node 2)
+    // does not match the certificate (node 3).
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    let factory = TcpFactory { certs: Some(certs.clone()) };
+    let mut addrs = transport_suite::free_loopback_addrs(3);
+    let one = TcpTransport::start(factory.config_for(1, &addrs)).await.expect("node 1 starts");
+    addrs.remove(&3);
+    let config2 = TcpConfig { tls: certs.tls_config(3), ..factory.config_for(2, &addrs) };
+    let two = TcpTransport::start(config2).await.expect("node 2 starts");
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while one.stats().refused_identity == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", one.stats());
+        let _ = two.send(numbered(2, 1, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(one.stats().received, 0);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_another_cluster_is_refused() {
+    // Same CA, but node 2 believes it is in cluster "other" (and its certificate says so).
+    let now = time::OffsetDateTime::now_utc();
+    let mut other = None;
+    let certs = mixed_certs(|ca, _| {
+        other = Some(
+            ca.issue_with_validity(
+                "node-2.other",
+                now - time::Duration::days(1),
+                now + time::Duration::days(1),
+            )
+            .expect("issue"),
+        );
+    });
+    let (cert_pem, key_pem) = other.expect("issued");
+    let (stats1, stats2, got1, got2) = exchange_tls(&certs, |c| {
+        c.cluster_id = "other".to_owned();
+        c.tls = Some(raft_tls::TlsConfig { ca_cert_pem: certs.ca_cert_pem.clone(), cert_pem, key_pem });
+    })
+    .await;
+    assert_eq!((got1, got2), (0, 0));
+    assert!(stats1.refused_tls + stats1.refused_identity > 0, "{stats1:?}");
+    assert!(stats1.connect_failures > 0 && stats2.connect_failures > 0, "{stats1:?} {stats2:?}");
+}
+
+#[tokio::test]
+async fn tls_configs_are_checked_at_start() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=2).expect("certs");
+    let addrs = BTreeMap::from([
+        (1, "127.0.0.1:0".parse().expect("addr")),
+        (2, "127.0.0.1:1".parse().expect("addr")),
+    ]);
+    let factory = TcpFactory { certs: Some(certs) };
+    let mut bad = factory.config_for(1, &addrs);
+    if let Some(tls) = &mut bad.tls {
+        tls.key_pem = "garbage".to_owned();
+    }
+    match TcpTransport::start(bad).await {
+        Err(TcpError::Tls(error)) => assert_eq!(error.what, "node key"),
+        other => panic!("a bad key: {other:?}"),
+    }
+    let bad = TcpConfig { cluster_id: "Not A DNS Name".to_owned(), ..factory.config_for(1, &addrs) };
+    assert!(matches!(TcpTransport::start(bad).await, Err(TcpError::InvalidConfig(_))));
 }

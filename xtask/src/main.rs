@@ -80,7 +80,7 @@ fn certs(args: &[String]) -> Result<()> {
         bail!("--nodes must be at least 1");
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
-    let certs = raft_transport_quic::generate_dev_certs(&cluster, 1..=nodes)?;
+    let certs = raft_tls::generate_dev_certs(&cluster, 1..=nodes)?;
     certs.write_dev_certs(std::path::Path::new(&out))?;
     println!("wrote a CA (ca.pem, ca-key.pem) and {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) for cluster {cluster:?} to {out}");
     Ok(())

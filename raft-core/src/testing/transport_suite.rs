@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::message::{Message, Payload};
@@ -49,6 +49,22 @@ pub struct RawTcp {
     pub frame_timeout: Duration,
     /// The most inbound connections one transport keeps open.
     pub max_inbound_connections: usize,
+    /// How raw connections reach the transport: `None` for plain TCP, or a dialer that wraps
+    /// a TCP connection (in TLS, say) and authenticates as node [`GHOST`].
+    pub dialer: Option<Arc<dyn RawDialer>>,
+}
+
+/// A raw connection's byte stream.
+pub trait RawStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawStream for T {}
+
+/// Opens raw connections for the hostile-input cases over a secured wire (TLS over TCP).
+#[async_trait]
+pub trait RawDialer: Send + Sync + std::fmt::Debug {
+    /// Connects to node `to` at `addr` as node [`GHOST`] and returns the secured stream, over
+    /// which the cases then speak the wire format.
+    async fn dial(&self, to: NodeId, addr: SocketAddr) -> std::io::Result<Box<dyn RawStream>>;
 }
 
 /// Starts transports for the suite.
@@ -115,6 +131,28 @@ pub fn free_loopback_addrs(n: u64) -> BTreeMap<NodeId, SocketAddr> {
         held.push(listener);
     }
     addrs
+}
+
+/// Nodes 1 and 2 send each other small messages for `duration` (both sending and receiving,
+/// ignoring send errors); returns how many messages node 1 and node 2 received. For tests of
+/// refusals (both 0) and of their controls.
+pub async fn exchange_for(one: &dyn Transport, two: &dyn Transport, duration: Duration) -> (usize, usize) {
+    let (mut got1, mut got2) = (0, 0);
+    let until = Instant::now() + duration;
+    let mut buf = Vec::new();
+    while Instant::now() < until {
+        let _ = one.send(message(1, 2, 0));
+        let _ = two.send(message(2, 1, 0));
+        buf.clear();
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), one.recv(&mut buf, 100)).await {
+            got1 += n;
+        }
+        buf.clear();
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), two.recv(&mut buf, 100)).await {
+            got2 += n;
+        }
+    }
+    (got1, got2)
 }
 
 /// A running cluster of transports.
@@ -434,29 +472,43 @@ async fn traffic_resumes_after_a_peer_restarts(factory: &impl TransportFactory) 
 // transport may close a node's older connection when the node connects again, so raw sockets
 // must not pose as a running node.
 
-/// The id raw sockets claim.
-const GHOST: NodeId = 99;
+/// The id raw sockets claim (a dialer's certificate must name it).
+pub const GHOST: NodeId = 99;
 
 /// A raw client connection to a transport.
 struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn RawStream>,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
 
 impl Raw {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("raw connect");
-        Self { stream, buf: BytesMut::new(), decoder: FrameDecoder::default() }
+    /// Connects to node 1 of `cluster`, through the dialer if there is one.
+    async fn connect(cluster: &Cluster, raw: &RawTcp) -> Self {
+        Self::try_connect(cluster, raw).await.expect("raw connect")
+    }
+
+    /// [`Raw::connect`], failing softly (a dialer's handshake fails when the transport closes
+    /// the connection at once).
+    async fn try_connect(cluster: &Cluster, raw: &RawTcp) -> std::io::Result<Self> {
+        let addr = cluster.addrs[&1];
+        let stream: Box<dyn RawStream> = match &raw.dialer {
+            None => Box::new(TcpStream::connect(addr).await?),
+            Some(dialer) => dialer.dial(1, addr).await?,
+        };
+        Ok(Self { stream, buf: BytesMut::new(), decoder: FrameDecoder::default() })
     }
 
     async fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("raw write");
+        self.stream.flush().await.expect("raw flush");
     }
 
     /// Writes bytes, tolerating a connection the other side already closed.
     async fn write_lenient(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
+        if self.stream.write_all(bytes).await.is_ok() {
+            let _ = self.stream.flush().await;
+        }
     }
 
     async fn write_frame(&mut self, m: &WireMessage) {
@@ -530,12 +582,12 @@ async fn huge_length_prefix_closes_the_connection(factory: &impl TransportFactor
     let case = "huge_length_prefix_closes_the_connection";
     let cluster = Cluster::start_with_ghost(factory, 2).await;
     // Before the handshake.
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(&cluster, raw).await;
     c.write(&u32::MAX.to_be_bytes()).await;
     c.closed_within(prompt(raw), case).await;
     // After the handshake, several times (a transport that reserved 4 GiB would not survive).
     for _ in 0..3 {
-        let mut c = Raw::connect(cluster.addrs[&1]).await;
+        let mut c = Raw::connect(&cluster, raw).await;
         c.handshake(raw, GHOST, case).await;
         c.write(&u32::MAX.to_be_bytes()).await;
         c.write_lenient(&[0; 1024]).await;
@@ -552,16 +604,16 @@ async fn garbage_closes_the_connection(factory: &impl TransportFactory, raw: &Ra
     garbage_frame.extend_from_slice(&[0xff; 16]);
     let zero_frame = [0u8, 0, 0, 0, 0xff];
     for (name, bytes) in [("garbage body", &garbage_frame[..]), ("zero length", &zero_frame[..])] {
-        let mut c = Raw::connect(cluster.addrs[&1]).await;
+        let mut c = Raw::connect(&cluster, raw).await;
         c.write(bytes).await;
         c.closed_within(prompt(raw), &format!("{case} ({name}, before the handshake)")).await;
-        let mut c = Raw::connect(cluster.addrs[&1]).await;
+        let mut c = Raw::connect(&cluster, raw).await;
         c.handshake(raw, GHOST, case).await;
         c.write(bytes).await;
         c.closed_within(prompt(raw), &format!("{case} ({name}, after the handshake)")).await;
     }
     // A `HelloAck` where a `Raft` frame belongs is a protocol error too.
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(&cluster, raw).await;
     c.handshake(raw, GHOST, case).await;
     c.write_frame(&WireMessage::HelloAck { version: WIRE_VERSION, node_id: GHOST }).await;
     c.closed_within(prompt(raw), &format!("{case} (unexpected HelloAck)")).await;
@@ -574,11 +626,11 @@ async fn truncated_frame_then_close(factory: &impl TransportFactory, raw: &RawTc
     let cluster = Cluster::start_with_ghost(factory, 2).await;
     let mut frame = Vec::new();
     encode_frame(&WireMessage::Raft(message(GHOST, 1, 99)), u32::MAX, &mut frame).expect("encode");
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(&cluster, raw).await;
     c.handshake(raw, GHOST, case).await;
     c.write(&frame[..frame.len() - 1]).await;
     drop(c);
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(&cluster, raw).await;
     c.handshake(raw, GHOST, case).await;
     c.write(&frame[..2]).await;
     drop(c);
@@ -593,16 +645,16 @@ async fn slow_drip_sender_is_cut_off(factory: &impl TransportFactory, raw: &RawT
     let mut frame = Vec::new();
     encode_frame(&WireMessage::Raft(large_append(GHOST, 1, 64)), u32::MAX, &mut frame).expect("encode");
     let c = {
-        let mut c = Raw::connect(cluster.addrs[&1]).await;
+        let mut c = Raw::connect(&cluster, raw).await;
         c.handshake(raw, GHOST, case).await;
         c
     };
-    let (mut reader, mut writer) = c.stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(c.stream);
     // One byte every tenth of the frame timeout: the frame would take many timeouts to finish.
     let interval = raw.frame_timeout / 10;
     let dripper = tokio::spawn(async move {
         for byte in frame {
-            if writer.write_all(&[byte]).await.is_err() {
+            if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             tokio::time::sleep(interval).await;
@@ -623,8 +675,8 @@ async fn unfinished_handshake_is_cut_off(factory: &impl TransportFactory, raw: &
     let case = "unfinished_handshake_is_cut_off";
     let cluster = Cluster::start_with_ghost(factory, 2).await;
     // Silent, and half a Hello.
-    let mut silent = Raw::connect(cluster.addrs[&1]).await;
-    let mut half = Raw::connect(cluster.addrs[&1]).await;
+    let mut silent = Raw::connect(&cluster, raw).await;
+    let mut half = Raw::connect(&cluster, raw).await;
     let mut hello = Vec::new();
     encode_frame(
         &WireMessage::Hello { version: WIRE_VERSION, cluster_id: raw.cluster_id.clone(), node_id: GHOST },
@@ -648,7 +700,7 @@ async fn expect_refused(
     check: impl Fn(&RefusalReason) -> bool,
     case: &str,
 ) {
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(cluster, raw).await;
     c.write_frame(&hello).await;
     match c.read_frame(case).await {
         Some(WireMessage::Refused { reason }) => assert!(check(&reason), "{case}: wrong reason {reason:?}"),
@@ -696,7 +748,7 @@ async fn unsupported_version_is_refused(factory: &impl TransportFactory, raw: &R
 async fn spoofed_sender_or_receiver_is_dropped(factory: &impl TransportFactory, raw: &RawTcp) {
     let case = "spoofed_sender_or_receiver_is_dropped";
     let cluster = Cluster::start_with_ghost(factory, 3).await;
-    let mut c = Raw::connect(cluster.addrs[&1]).await;
+    let mut c = Raw::connect(&cluster, raw).await;
     c.handshake(raw, GHOST, case).await;
     c.write_frame(&WireMessage::Raft(message(3, 1, 1))).await; // claims to be node 3
     c.write_frame(&WireMessage::Raft(message(GHOST, 3, 2))).await; // meant for node 3
@@ -713,9 +765,10 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
     let cluster = Cluster::start_with_ghost(factory, 2).await;
     cluster.assert_works(case, 1, 2).await; // node 2's connection to node 1 uses one slot
     let limit = raw.max_inbound_connections;
+    // Plain TCP connections: the limit holds before any TLS handshake.
     let mut conns = Vec::new();
     for _ in 0..limit + 2 {
-        conns.push(Raw::connect(cluster.addrs[&1]).await);
+        conns.push(TcpStream::connect(cluster.addrs[&1]).await.expect("raw connect"));
     }
     // Connections over the limit are closed at once; the others wait for their handshake.
     let mut closed = 0;
@@ -724,7 +777,7 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
     let deadline = tokio::time::Instant::now() + raw.handshake_timeout / 4;
     for c in &mut conns {
         let mut scratch = [0u8; 8];
-        match tokio::time::timeout_at(deadline, c.stream.read(&mut scratch)).await {
+        match tokio::time::timeout_at(deadline, c.read(&mut scratch)).await {
             Ok(_) => closed += 1,
             Err(_) => open += 1,
         }
@@ -736,17 +789,19 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
     // Slots are freed when connections close: a new handshake works.
     let deadline = Instant::now() + WAIT_MAX;
     loop {
-        let mut c = Raw::connect(cluster.addrs[&1]).await;
-        c.write_frame(&WireMessage::Hello {
-            version: WIRE_VERSION,
-            cluster_id: raw.cluster_id.clone(),
-            node_id: GHOST,
-        })
-        .await;
-        match c.read_frame(case).await {
-            Some(WireMessage::HelloAck { .. }) => break,
-            other => assert!(Instant::now() < deadline, "{case}: no slot freed: {other:?}"),
+        if let Ok(mut c) = Raw::try_connect(&cluster, raw).await {
+            c.write_frame(&WireMessage::Hello {
+                version: WIRE_VERSION,
+                cluster_id: raw.cluster_id.clone(),
+                node_id: GHOST,
+            })
+            .await;
+            match c.read_frame(case).await {
+                Some(WireMessage::HelloAck { .. }) => break,
+                other => assert!(Instant::now() < deadline, "{case}: no slot freed: {other:?}"),
+            }
         }
+        assert!(Instant::now() < deadline, "{case}: no slot freed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.assert_works(case, 1, 2).await;

@@ -298,7 +298,15 @@ async fn build_transport(
         }
         TransportKind::Quic => {
             let tls = tls.ok_or_else(|| StartError::Transport { kind: "quic", message: "[tls] is required".into() })?;
-            let mut quic = raft_transport_quic::QuicConfig::new(config.id, config.cluster.clone(), config.raft_addr, peers, tls);
+            let mut quic = raft_transport_quic::QuicConfig::new(
+                config.id,
+                config.cluster.clone(),
+                config.raft_addr,
+                peers,
+                tls.ca_cert_pem,
+                tls.cert_pem,
+                tls.key_pem,
+            );
             quic.max_frame_bytes = n.max_frame_bytes;
             quic.queue_max = n.peer_queue_max;
             quic.keep_alive = Duration::from_millis(n.keep_alive_ms);

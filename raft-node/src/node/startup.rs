@@ -156,9 +156,9 @@ pub(super) async fn request_membership(shared: Arc<Shared>) {
 }
 
 /// Reads the TLS files into the transports' settings.
-pub(super) fn read_tls(tls: &TlsConfig) -> Result<raft_tls::TlsFiles, StartError> {
+pub(super) fn read_tls(tls: &TlsConfig) -> Result<raft_tls::TlsConfig, StartError> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).map_err(|source| StartError::TlsFile { path: path.display().to_string(), source })
     };
-    Ok(raft_tls::TlsFiles { ca_cert_pem: read(&tls.ca_cert)?, cert_pem: read(&tls.cert)?, key_pem: read(&tls.key)? })
+    Ok(raft_tls::TlsConfig { ca_cert_pem: read(&tls.ca_cert)?, cert_pem: read(&tls.cert)?, key_pem: read(&tls.key)? })
 }

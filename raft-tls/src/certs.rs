@@ -181,6 +181,13 @@ pub fn generate_dev_certs(
 }
 
 impl DevCerts {
+    /// The TLS material of node `id` (the CA certificate, its certificate and key), if it has
+    /// a certificate.
+    pub fn tls_config(&self, id: NodeId) -> Option<crate::TlsConfig> {
+        let (cert_pem, key_pem) = self.nodes.get(&id)?.clone();
+        Some(crate::TlsConfig { ca_cert_pem: self.ca_cert_pem.clone(), cert_pem, key_pem })
+    }
+
     /// Writes `ca.pem`, `ca-key.pem`, and `node-<id>.pem` / `node-<id>-key.pem` per node into
     /// `dir` (created if missing). Key files are readable by the owner only on Unix.
     pub fn write_dev_certs(&self, dir: &Path) -> Result<(), CertError> {
