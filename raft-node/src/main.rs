@@ -1,3 +1,128 @@
-//! The `raft-node` binary.
+//! The `raft-node` binary: `run` a node from a config file, `check-config`, or `ctl` (the
+//! operator CLI, the same as `raftctl`).
 
-fn main() {}
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use raft_node::config::{LogFormat, NodeConfig};
+use raft_node::Node;
+
+#[derive(Debug, Parser)]
+#[command(name = "raft-node", version, about = "A replicated key-value and service-registry server on Raft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Starts a node from a config file; SIGINT or SIGTERM stop it gracefully.
+    Run {
+        /// The TOML config file (see raft-node/node.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides one key: `--set raft.heartbeat_interval_ms=30` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Validates a config file and prints every problem; starts nothing.
+    CheckConfig {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides one key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// The operator CLI (`raft-node ctl --help`): status, put, get, members, ...
+    #[command(disable_help_flag = true)]
+    Ctl {
+        /// Arguments of the CLI.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Ctl { args } => {
+            let args = std::iter::once(OsString::from("raft-node ctl")).chain(args);
+            match runtime.block_on(raft_client::cli::run(args)) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config, overrides } => match NodeConfig::load(&config, &overrides) {
+            Ok(c) => {
+                println!("{}: ok (node {} of cluster {:?}, {} members)", config.display(), c.id, c.cluster, c.members.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, overrides } => {
+            let config = match NodeConfig::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config);
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(config: &NodeConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let id = config.id;
+    let node = Node::start(config).await.with_context(|| format!("node {id} cannot start"))?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

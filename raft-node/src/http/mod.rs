@@ -26,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
 use raft_client::api::{Consistency, ErrorCode, LeaderView, CLIENT_ID_HEADER, SEQ_HEADER};
 use raft_core::{Applied, ReadMode, Role};

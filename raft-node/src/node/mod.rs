@@ -161,7 +161,7 @@ impl Node {
             StorageKind::Mem => (Arc::new(raft_storage_mem::MemStorage::default()), None),
         };
         let initial = storage.initial_state().await?;
-        let fresh = initial.hard_state.term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
+        let fresh = initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
         let plan = if config.join.is_empty() {
             if fresh {

@@ -1,0 +1,179 @@
+//! An in-process cluster of `raft-node` nodes started from configs (real HTTP, real TCP).
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use raft_client::api::{RoleView, StatusView};
+use raft_client::{Client, ClientOptions};
+use raft_node::config::{MemberConfig, NodeConfig, StorageKind};
+use raft_node::Node;
+
+/// A free port on loopback (bound for a moment).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Configs for an `n`-node cluster under `dir`, with fast timeouts.
+pub fn configs(n: u64, dir: &Path, storage: StorageKind) -> Vec<NodeConfig> {
+    let members: Vec<MemberConfig> =
+        (1..=n).map(|id| MemberConfig { id, raft_addr: free_addr(), client_addr: free_addr() }).collect();
+    members.iter().map(|m| config_for(m, members.clone(), dir, storage)).collect()
+}
+
+/// A config for member `m`.
+pub fn config_for(m: &MemberConfig, members: Vec<MemberConfig>, dir: &Path, storage: StorageKind) -> NodeConfig {
+    let text = format!(
+        "cluster = \"test\"\nid = {}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\ndata_dir = \"{}\"\n",
+        m.id,
+        m.raft_addr,
+        m.client_addr,
+        dir.join(format!("node{}", m.id)).display()
+    );
+    let mut config = NodeConfig::parse(&text, "test.toml", &["join=[\"x\"]".into()]).unwrap();
+    config.join.clear();
+    config.members = members;
+    config.storage = storage;
+    config.raft.election_timeout_min_ms = 150;
+    config.raft.election_timeout_max_ms = 300;
+    config.raft.heartbeat_interval_ms = 30;
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    config
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<NodeConfig>,
+    pub nodes: Vec<Option<Node>>,
+}
+
+impl TestCluster {
+    pub async fn start(n: u64, storage: StorageKind) -> Self {
+        Self::start_with(n, storage, |_| {}).await
+    }
+
+    pub async fn start_with(n: u64, storage: StorageKind, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut configs = configs(n, dir.path(), storage);
+        for c in &mut configs {
+            tweak(c);
+        }
+        let mut nodes = Vec::new();
+        for c in &configs {
+            nodes.push(Some(Node::start(c.clone()).await.unwrap()));
+        }
+        let cluster = Self { dir, configs, nodes };
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn endpoint(&self, id: u64) -> String {
+        self.configs[(id - 1) as usize].client_addr.to_string()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.configs.iter().map(|c| c.client_addr.to_string()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.endpoints(), ClientOptions::default()).unwrap()
+    }
+
+    /// A client that only talks to node `id`.
+    pub fn client_of(&self, id: u64) -> Client {
+        let options = ClientOptions { max_retries: 0, ..ClientOptions::default() };
+        Client::new([self.endpoint(id)], options).unwrap()
+    }
+
+    pub async fn statuses(&self) -> Vec<StatusView> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_some() {
+                if let Ok(s) = self.client_of(i as u64 + 1).status().await {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn wait_for_leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let statuses = self.statuses().await;
+            if let Some(leader) = statuses.iter().find(|s| s.role == RoleView::Leader) {
+                // Wait until the leader committed its first entry (it can serve reads).
+                if leader.commit_index > 0 && statuses.iter().all(|s| s.leader == Some(leader.id)) {
+                    return leader.id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader: {statuses:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn leader(&self) -> u64 {
+        self.wait_for_leader().await
+    }
+
+    /// Some node that is not the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.leader().await;
+        (1..=self.configs.len() as u64).find(|&id| id != leader && self.nodes[(id - 1) as usize].is_some()).unwrap()
+    }
+
+    /// Waits until every running node has applied the same index with the same state hash.
+    pub async fn wait_converged(&self) -> Vec<StatusView> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.statuses().await;
+            let running = self.nodes.iter().filter(|n| n.is_some()).count();
+            if s.len() == running
+                && s.windows(2).all(|w| w[0].applied_index == w[1].applied_index && w[0].state_hash == w[1].state_hash)
+                && s.iter().all(|x| x.applied_index >= x.commit_index)
+            {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "nodes did not converge: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        self.stop(id).await;
+        let node = Node::start(self.configs[(id - 1) as usize].clone()).await.unwrap();
+        self.nodes[(id - 1) as usize] = Some(node);
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.stop(id).await;
+        }
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.configs[(id - 1) as usize].data_dir.clone()
+    }
+}
+
+/// Polls `check` until it holds (or panics after 20 s).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

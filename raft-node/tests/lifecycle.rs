@@ -1,0 +1,126 @@
+//! Node life cycle: restart with RocksDB keeps every acknowledged write, a node joins a running
+//! cluster and catches up by snapshot, and the start-up refusals (port in use, another node's
+//! data dir, a member that lost its data).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{config_for, eventually, free_addr, TestCluster};
+use raft_client::api::{MemberRole, RoleView};
+use raft_node::config::{MemberConfig, StorageKind};
+use raft_node::{Node, StartError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_rocksdb_cluster_keeps_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    let client = cluster.client();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        client.put(&key, &i.to_string()).await.unwrap();
+        acked.push(key);
+    }
+    // One node at a time, then all at once.
+    let follower = cluster.follower().await;
+    cluster.restart(follower).await;
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    for (i, key) in acked.iter().enumerate() {
+        let kv = client.get(key, None).await.unwrap().unwrap_or_else(|| panic!("{key} lost"));
+        assert_eq!(kv.value, i.to_string());
+    }
+    cluster.wait_converged().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_running_cluster_and_catches_up_by_snapshot() {
+    let cluster = TestCluster::start_with(3, StorageKind::Rocks, |c| {
+        c.raft.snapshot_threshold_entries = 50;
+        c.raft.snapshot_keep_entries = 5;
+    })
+    .await;
+    let client = cluster.client();
+    for i in 0..200 {
+        client.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    let before = cluster.wait_converged().await;
+    assert!(before.iter().all(|s| s.snapshot_index > 0), "snapshots were taken: {before:?}");
+
+    // Node 4 starts with an empty data dir and `join`.
+    let me = MemberConfig { id: 4, raft_addr: free_addr(), client_addr: free_addr() };
+    let mut config = config_for(&me, Vec::new(), cluster.dir.path(), StorageKind::Rocks);
+    config.members.clear();
+    config.join = vec![cluster.endpoint(1), cluster.endpoint(2)];
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    let joined = Node::start(config).await.unwrap();
+    eventually("node 4 to become a voter", || async {
+        let members = client.members().await.unwrap();
+        members.members.iter().any(|m| m.id == 4 && m.role == MemberRole::Voter) && !members.joint
+    })
+    .await;
+    let mine = raft_client::Client::new([me.client_addr.to_string()], Default::default()).unwrap();
+    eventually("node 4 to catch up", || async {
+        mine.status_of(&mine.endpoints()[0]).await.map(|s| s.keys == 200 && s.role == RoleView::Follower).unwrap_or(false)
+    })
+    .await;
+    let status = mine.status_of(&mine.endpoints()[0]).await.unwrap();
+    assert!(status.snapshot_index > 0, "node 4 installed a snapshot: {status:?}");
+    assert_eq!(mine.get("k199", None).await.unwrap().map(|kv| kv.value), Some("v".into()));
+    // A write after the join reaches node 4 as well.
+    client.put("after", "join").await.unwrap();
+    eventually("node 4 to apply the new write", || async {
+        mine.get("after", Some(raft_client::api::Consistency::Local)).await.ok().flatten().is_some()
+    })
+    .await;
+    joined.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_a_taken_port_and_another_nodes_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: taken.local_addr().unwrap() };
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    let err = Node::start(config.clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::Bind { what: "client_addr", .. }), "{err}");
+    assert!(!config.data_dir.exists(), "the data dir was not touched");
+    drop(taken);
+
+    // A data dir written by node 1 is refused to node 2.
+    let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    let node = Node::start(config.clone()).await.unwrap();
+    node.shutdown().await;
+    let other = MemberConfig { id: 2, ..me.clone() };
+    let mut wrong = config_for(&other, vec![other.clone()], dir.path(), StorageKind::Rocks);
+    wrong.data_dir = config.data_dir.clone();
+    let err = Node::start(wrong).await.unwrap_err();
+    assert!(err.to_string().contains("belongs to node 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_data_is_refused() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    let client = cluster.client();
+    client.put("k", "v").await.unwrap();
+    eventually("every node to register", || async {
+        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+    })
+    .await;
+    let victim = cluster.follower().await;
+    cluster.stop(victim).await;
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    let err = Node::start(cluster.configs[(victim - 1) as usize].clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::LostData { .. }), "{err}");
+    assert!(err.to_string().contains("remove"), "the error says what to do: {err}");
+    cluster.shutdown().await;
+}
