@@ -8,6 +8,7 @@ use std::sync::Arc;
 use raft_core::{Message, NodeId};
 use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
 use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
+use raft_transport_common::peers::moved;
 use raft_transport_common::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpSocket;
@@ -58,7 +59,11 @@ pub(crate) async fn writer(
                 } else {
                     debug!(peer, addr = %target, %error, "connect failed");
                 }
-                tokio::time::sleep(backoff.failed()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.failed()) => {}
+                    // A new address is worth trying at once.
+                    moved = moved(&mut addr) => if !moved { return },
+                }
                 continue;
             }
         };
@@ -77,6 +82,13 @@ pub(crate) async fn writer(
                 // connection is gone (or the peer misbehaves).
                 _ = reader.read(&mut scratch) => {
                     debug!(peer, "connection closed by the peer");
+                    break;
+                }
+                moved = moved(&mut addr) => {
+                    if !moved {
+                        return; // the peer was removed
+                    }
+                    info!(peer, addr = %*addr.borrow(), "peer moved; reconnecting");
                     break;
                 }
             };
