@@ -98,6 +98,19 @@ pub enum TcpError {
     },
 }
 
+/// Turns on TCP keep-alive probes on `stream`: the kernel probes an idle connection after
+/// `interval` and then every `interval`, and fails it when the peer's host no longer answers
+/// (the transport's own keep-alive frames also catch a peer process that stopped reading).
+/// The kernel counts in whole seconds: shorter intervals are rounded up to one second.
+pub(crate) fn set_keepalive(
+    stream: &tokio::net::TcpStream,
+    interval: std::time::Duration,
+) -> std::io::Result<()> {
+    let interval = interval.max(std::time::Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new().with_time(interval).with_interval(interval);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// A peer's outbound side: its queue and the writer task that drains it.
 #[derive(Debug)]
 pub(crate) struct PeerOutbound {
