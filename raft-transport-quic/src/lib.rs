@@ -64,6 +64,7 @@ pub use raft_tls::{
     TlsConfig, TlsError,
 };
 pub use raft_transport_common::TransportStats;
+pub use tls::QUIC_ALPN;
 
 /// The counters of a [`QuicTransport`] (the shared [`TransportStats`]).
 pub type QuicStats = TransportStats;
