@@ -45,5 +45,5 @@ pub use protocol::{
 };
 pub use rng::SeededRng;
 pub use storage::{InitialState, Snapshot, SnapshotMeta, Storage, StorageError};
-pub use transport::{SendError, Transport, TransportClosed};
+pub use transport::{PeerError, SendError, Transport, TransportClosed};
 pub use types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};

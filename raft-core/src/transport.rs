@@ -1,5 +1,7 @@
 //! The `Transport` trait: how a node sends messages to its peers and receives theirs.
 
+use std::net::SocketAddr;
+
 use async_trait::async_trait;
 
 use crate::message::Message;
@@ -25,6 +27,23 @@ pub enum SendError {
 #[error("transport is closed")]
 pub struct TransportClosed;
 
+/// Why a peer could not be added, moved or removed at runtime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The transport's peers are fixed when it starts.
+    #[error("this transport does not change its peers at runtime")]
+    Unsupported,
+    /// The id is this node's own.
+    #[error("node {0} is this node, not a peer")]
+    IsSelf(NodeId),
+    /// The transport does not know this node (on removal).
+    #[error("unknown node {0}")]
+    UnknownPeer(NodeId),
+    /// The transport is shut down.
+    #[error("transport is closed")]
+    Closed,
+}
+
 /// Message delivery between nodes.
 ///
 /// # Correctness
@@ -35,6 +54,11 @@ pub struct TransportClosed;
 /// - [`recv`](Transport::recv) is **cancel-safe**: if its future is dropped before it
 ///   completes, no message is lost.
 /// - Messages from unknown nodes or another cluster are never delivered.
+/// - Peers changed at runtime ([`set_peer`](Transport::set_peer),
+///   [`remove_peer`](Transport::remove_peer)) take effect for messages sent after the call
+///   returns. Once `remove_peer` returned, `send` to that node fails with `UnknownPeer`, its
+///   connections are closed and new ones refused; messages of it that were already received
+///   may still be returned by `recv`.
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Queues `message` for `message.to`, without blocking.
@@ -46,4 +70,20 @@ pub trait Transport: Send + Sync {
 
     /// Stops sending and receiving; idempotent.
     async fn shutdown(&self);
+
+    /// Adds peer `id` listening on `addr` (a node joining the cluster), or moves a known peer
+    /// to `addr` (its connection is re-established there; queued messages are kept). Without
+    /// blocking. The default refuses with [`PeerError::Unsupported`].
+    fn set_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), PeerError> {
+        let _ = (id, addr);
+        Err(PeerError::Unsupported)
+    }
+
+    /// Removes peer `id`: drops its queued messages, closes its connections and refuses its
+    /// traffic from now on. Without blocking. The default refuses with
+    /// [`PeerError::Unsupported`].
+    fn remove_peer(&self, id: NodeId) -> Result<(), PeerError> {
+        let _ = id;
+        Err(PeerError::Unsupported)
+    }
 }

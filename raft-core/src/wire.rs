@@ -3,8 +3,11 @@
 //! A frame is a `u32` big-endian length prefix followed by that many body bytes; the body is
 //! the postcard encoding of one [`WireMessage`]. A connection starts with a handshake: the
 //! connecting side sends [`WireMessage::Hello`], the accepting side answers
-//! [`WireMessage::HelloAck`] or [`WireMessage::Refused`] (and closes). After that only
-//! [`WireMessage::Raft`] frames flow, from the connecting side to the accepting side.
+//! [`WireMessage::HelloAck`] or [`WireMessage::Refused`] (and closes). After that
+//! [`WireMessage::Raft`] frames flow from the connecting side to the accepting side; a
+//! transport may also send [`WireMessage::KeepAlive`] that way, which the acceptor answers with
+//! [`WireMessage::KeepAliveAck`] (the only frames from acceptor to connector after the
+//! handshake), so that both ends detect a connection whose other end stopped reading.
 //!
 //! Architecture Invariant: a frame's declared length is checked against the limit before any
 //! memory is reserved for its body, so a peer cannot make the receiver allocate more than
@@ -16,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::message::Message;
 use crate::types::NodeId;
 
-/// The wire protocol version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// The wire protocol version this build speaks (2: keep-alive frames).
+pub const WIRE_VERSION: u16 = 2;
 
 /// The default hard maximum of a frame's body, in bytes (16 MiB). Snapshot chunks (512 KiB by
 /// default) and large AppendEntries batches fit well under it.
@@ -60,6 +63,16 @@ pub enum WireMessage {
     },
     /// A Raft message.
     Raft(Message),
+    /// From the connecting side, sent periodically: "are you still reading?".
+    KeepAlive {
+        /// A number the answer echoes.
+        seq: u64,
+    },
+    /// The acceptor's answer to a [`WireMessage::KeepAlive`].
+    KeepAliveAck {
+        /// The `seq` of the keep-alive answered.
+        seq: u64,
+    },
 }
 
 /// Why an acceptor refused a handshake.
@@ -333,6 +346,8 @@ mod tests {
             (any::<u16>(), any::<u64>())
                 .prop_map(|(version, node_id)| WireMessage::HelloAck { version, node_id }),
             any::<u64>().prop_map(|n| WireMessage::Refused { reason: RefusalReason::UnknownNode(n) }),
+            any::<u64>().prop_map(|seq| WireMessage::KeepAlive { seq }),
+            any::<u64>().prop_map(|seq| WireMessage::KeepAliveAck { seq }),
             (".{0,8}", ".{0,8}").prop_map(|(expected, got)| WireMessage::Refused {
                 reason: RefusalReason::WrongCluster { expected, got }
             }),

@@ -186,6 +186,8 @@ pub fn kind(message: &WireMessage) -> &'static str {
         WireMessage::HelloAck { .. } => "HelloAck",
         WireMessage::Refused { .. } => "Refused",
         WireMessage::Raft(_) => "Raft",
+        WireMessage::KeepAlive { .. } => "KeepAlive",
+        WireMessage::KeepAliveAck { .. } => "KeepAliveAck",
     }
 }
 

@@ -180,12 +180,14 @@ impl<'a> InboundPeer<'a> {
     /// Reads `Raft` frames of at most `max_frame_bytes` from `stream` and delivers them until
     /// the stream ends or misbehaves. A started frame must complete within `frame_timeout`;
     /// with `idle_timeout`, a gap of that long without any frame ends the stream too.
+    /// `KeepAlive` frames are handed to `on_keep_alive`; without it they are unexpected.
     pub async fn read_messages<R: AsyncRead + Unpin + ?Sized>(
         &mut self,
         stream: &mut R,
         max_frame_bytes: u32,
         frame_timeout: Duration,
         idle_timeout: Option<Duration>,
+        mut on_keep_alive: Option<&mut (dyn FnMut(u64) + Send)>,
     ) -> StreamEnd {
         let decoder = FrameDecoder::new(max_frame_bytes);
         let mut buf = BytesMut::with_capacity(4096);
@@ -207,6 +209,12 @@ impl<'a> InboundPeer<'a> {
                     Delivery::Closed => StreamEnd::ShuttingDown,
                     Delivery::Delivered | Delivery::Misaddressed => continue,
                 },
+                Ok(WireMessage::KeepAlive { seq }) if on_keep_alive.is_some() => {
+                    if let Some(on_keep_alive) = on_keep_alive.as_mut() {
+                        on_keep_alive(seq);
+                    }
+                    continue;
+                }
                 Ok(other) => StreamEnd::Unexpected(kind(&other)),
                 Err(ReadError::Closed) => StreamEnd::Closed,
                 Err(error) => StreamEnd::Read(error),

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{PoisonError, RwLock};
 
-use raft_core::NodeId;
-use tokio::sync::watch;
+use raft_core::{NodeId, PeerError};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// A task that is aborted when its handle is dropped: the owner of a peer's writer task.
@@ -37,6 +37,29 @@ impl Drop for OwnedTask {
             task.abort();
         }
     }
+}
+
+/// Checks a runtime peer change of node `node_id`'s transport: not after shutdown, not the
+/// node itself.
+pub fn check_change(closed: bool, node_id: NodeId, peer: NodeId) -> Result<(), PeerError> {
+    if closed {
+        Err(PeerError::Closed)
+    } else if peer == node_id {
+        Err(PeerError::IsSelf(peer))
+    } else {
+        Ok(())
+    }
+}
+
+/// How many messages wait in the queue that `sender` feeds (dropped with a removed peer).
+pub fn queued<T>(sender: &mpsc::Sender<T>) -> u64 {
+    (sender.max_capacity() - sender.capacity()) as u64
+}
+
+/// Waits until the address of a peer changes; false when the peer was removed (its table
+/// entry dropped). Cancel-safe.
+pub async fn moved(addr: &mut watch::Receiver<SocketAddr>) -> bool {
+    addr.changed().await.is_ok()
 }
 
 /// One peer's entry.

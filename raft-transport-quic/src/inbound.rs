@@ -178,7 +178,8 @@ async fn read_stream(
 ) {
     let config = &shared.config;
     let mut messages = InboundPeer::new(peer, config.node_id, &shared.counters, &inbox);
-    let end = messages.read_messages(&mut stream, config.max_frame_bytes, config.frame_timeout, None).await;
+    let end =
+        messages.read_messages(&mut stream, config.max_frame_bytes, config.frame_timeout, None, None).await;
     match end {
         StreamEnd::Closed | StreamEnd::ShuttingDown => {}
         StreamEnd::Read(raft_transport_common::io::ReadError::Io(error)) => {

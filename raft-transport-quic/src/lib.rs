@@ -51,12 +51,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raft_core::{Message, NodeId, Payload, SendError, Transport, TransportClosed};
+use raft_core::{Message, NodeId, Payload, PeerError, SendError, Transport, TransportClosed};
 use raft_transport_common::inbox::{inbox, Inbox};
-use raft_transport_common::peers::{OwnedTask, PeerTable};
+use raft_transport_common::peers::{check_change, queued, OwnedTask, PeerChange, PeerTable};
 use raft_transport_common::Counters;
 use tokio::sync::mpsc;
-use tracing::Instrument;
+use tracing::{info, Instrument};
 
 pub use config::QuicConfig;
 pub use raft_tls::{
@@ -64,6 +64,7 @@ pub use raft_tls::{
     TlsConfig, TlsError,
 };
 pub use raft_transport_common::TransportStats;
+pub use tls::QUIC_ALPN;
 
 /// The counters of a [`QuicTransport`] (the shared [`TransportStats`]).
 pub type QuicStats = TransportStats;
@@ -130,18 +131,20 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) peers: PeerTable<PeerOutbound>,
     span: tracing::Span,
+    /// The runtime the transport started on: peers added later get their tasks there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
     /// Adds `peer` at `addr` with new queues and a connection task, or moves a known one.
-    fn set_peer(self: &Arc<Self>, endpoint: &quinn::Endpoint, peer: NodeId, addr: SocketAddr) {
+    fn set_peer(self: &Arc<Self>, endpoint: &quinn::Endpoint, peer: NodeId, addr: SocketAddr) -> PeerChange {
         self.peers.set(peer, addr, |addr| {
             let (small, small_rx) = mpsc::channel(self.config.queue_max);
             let (snapshot, snapshot_rx) = mpsc::channel(self.config.snapshot_queue_max);
             let task = outbound::run(self.clone(), endpoint.clone(), peer, addr, small_rx, snapshot_rx);
-            let task = OwnedTask::new(tokio::spawn(task.instrument(self.span.clone())));
+            let task = OwnedTask::new(self.runtime.spawn(task.instrument(self.span.clone())));
             PeerOutbound { small, snapshot, task }
-        });
+        })
     }
 }
 
@@ -192,8 +195,13 @@ impl QuicTransport {
         let span = tracing::info_span!("quic_transport", node = config.node_id, %local_addr);
         let (inbox_tx, inbox) = inbox(config.inbound_queue_max, config.snapshot_queue_max);
         let peers = config.peers.clone();
-        let shared =
-            Arc::new(Shared { config, counters: Counters::default(), peers: PeerTable::default(), span });
+        let shared = Arc::new(Shared {
+            config,
+            counters: Counters::default(),
+            peers: PeerTable::default(),
+            span,
+            runtime: tokio::runtime::Handle::current(),
+        });
         for (peer, addr) in peers {
             shared.set_peer(&endpoint, peer, addr);
         }
@@ -282,6 +290,26 @@ impl Transport for QuicTransport {
         }
         // Every sender of the inbox was owned by a stopped task, so a pending `recv` returns.
         self.inbox.close().await;
+    }
+
+    fn set_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), PeerError> {
+        check_change(self.closed.load(Ordering::Acquire), self.shared.config.node_id, id)?;
+        let endpoint = self.endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let endpoint = endpoint.ok_or(PeerError::Closed)?;
+        let change = self.shared.set_peer(&endpoint, id, addr);
+        info!(peer = id, %addr, ?change, "peer set");
+        Ok(())
+    }
+
+    fn remove_peer(&self, id: NodeId) -> Result<(), PeerError> {
+        check_change(self.closed.load(Ordering::Acquire), self.shared.config.node_id, id)?;
+        // Dropping the outbound side aborts its task (closing its connection); the peer's
+        // inbound connection sees the removal and closes.
+        let removed = self.shared.peers.remove(id).ok_or(PeerError::UnknownPeer(id))?;
+        let dropped = queued(&removed.small) + queued(&removed.snapshot);
+        Counters::add(&self.shared.counters.dropped_peer_removed, dropped);
+        info!(peer = id, "peer removed");
+        Ok(())
     }
 }
 

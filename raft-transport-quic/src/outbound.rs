@@ -10,6 +10,7 @@ use raft_core::{Message, NodeId};
 use raft_transport_common::handshake::{connect_hello, ConnectHelloError};
 use raft_transport_common::io::ReadError;
 use raft_transport_common::outbound::{fill_batch, Backoff, Batching};
+use raft_transport_common::peers::moved;
 use raft_transport_common::Counters;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -41,6 +42,8 @@ enum Stopped {
     Shutdown,
     /// The connection or a stream failed.
     Broken(String),
+    /// The peer's address changed.
+    Moved,
 }
 
 /// Runs the connection to `peer` until its queues close or the task is aborted.
@@ -74,7 +77,11 @@ pub(crate) async fn run(
                     ) => warn!(peer, addr = %target, %error, "connection refused"),
                     _ => debug!(peer, addr = %target, %error, "connect failed"),
                 }
-                tokio::time::sleep(backoff.failed()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.failed()) => {}
+                    // A new address is worth trying at once.
+                    moved = moved(&mut addr) => if !moved { return },
+                }
                 continue;
             }
         };
@@ -94,6 +101,7 @@ pub(crate) async fn run(
             stopped = write_stream(&shared, peer, &connection, &mut small, &mut small_buf, small_batching) => stopped,
             stopped = write_stream(&shared, peer, &connection, &mut snapshot, &mut snapshot_buf, snapshot_batching) => stopped,
             error = connection.closed() => Stopped::Broken(error.to_string()),
+            moved = moved(&mut addr) => if moved { Stopped::Moved } else { Stopped::Shutdown },
         };
         match stopped {
             Stopped::Shutdown => {
@@ -101,6 +109,10 @@ pub(crate) async fn run(
                 return;
             }
             Stopped::Broken(reason) => debug!(peer, %reason, "connection lost"),
+            Stopped::Moved => {
+                info!(peer, addr = %*addr.borrow(), "peer moved; reconnecting");
+                connection.close(close_codes::SHUTDOWN.into(), b"moved");
+            }
         }
         // Do not reconnect in a tight loop to a peer that accepts and closes at once.
         tokio::time::sleep(backoff.min()).await;

@@ -9,15 +9,15 @@ use rustls_pki_types::CertificateDer;
 
 use crate::QuicError;
 
-/// The ALPN protocol both sides require.
-pub(crate) const ALPN: &[u8] = b"raft-quic/1";
+/// The ALPN protocol both sides of a connection require.
+pub const QUIC_ALPN: &[u8] = b"raft-quic/1";
 
 /// The quinn server and client configurations of a node.
 pub(crate) fn configs(
     tls: &TlsConfig,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
-    let (server, client) = rustls_configs(tls, ALPN)?;
+    let (server, client) = rustls_configs(tls, QUIC_ALPN)?;
     let quic = |what: &'static str| {
         move |e: quinn::crypto::rustls::NoInitialCipherSuite| QuicError::Tls { what, reason: e.to_string() }
     };

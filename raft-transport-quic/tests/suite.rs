@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use raft_core::testing::cluster_suite;
 use raft_core::testing::transport_suite::{self, Capabilities, TransportFactory};
 use raft_core::{Message, NodeId, Payload, Transport};
-use raft_transport_quic::{generate_dev_certs, DevCa, DevCerts, QuicConfig, QuicStats, QuicTransport};
+use raft_transport_quic::{
+    close_codes, generate_dev_certs, DevCa, DevCerts, QuicConfig, QuicStats, QuicTransport, QUIC_ALPN,
+};
 
 const CLUSTER_ID: &str = "suite";
 
@@ -239,4 +241,133 @@ async fn connection_limit_holds() {
     for t in [one, two, three] {
         t.shutdown().await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw attacks from a client with a valid certificate: no Hello, bad frames, huge lengths.
+
+/// A raw QUIC client holding node `id`'s (valid) certificate.
+fn raw_client(certs: &DevCerts, id: NodeId) -> quinn::Endpoint {
+    let tls = certs.tls_config(id).expect("a certificate for the node");
+    let (_, client) = raft_tls::rustls_configs(&tls, QUIC_ALPN).expect("TLS configs");
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).expect("QUIC client config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    endpoint
+}
+
+/// Connects `endpoint` to node 1 at `addr` (TLS completes: the certificate is valid).
+async fn raw_connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    let connecting = endpoint.connect(addr, &format!("node-1.{CLUSTER_ID}")).expect("connect");
+    tokio::time::timeout(Duration::from_secs(10), connecting).await.expect("in time").expect("TLS handshake")
+}
+
+/// Waits for the transport to close `connection`; returns how long that took and the
+/// application close code.
+async fn closed_within(connection: &quinn::Connection, within: Duration) -> (Duration, Option<u64>) {
+    let started = Instant::now();
+    let error =
+        tokio::time::timeout(within, connection.closed()).await.expect("the transport closes the connection");
+    let code = match error {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
+    };
+    (started.elapsed(), code)
+}
+
+/// Sends a valid `Hello` as node 3 on a new bidirectional stream and expects `HelloAck`.
+async fn raw_hello(connection: &quinn::Connection) {
+    use raft_core::wire::{encode_frame, FrameDecoder, WireMessage, WIRE_VERSION};
+    let (mut send, mut recv) = connection.open_bi().await.expect("bi stream");
+    let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 3 };
+    let mut out = Vec::new();
+    encode_frame(&hello, u32::MAX, &mut out).expect("encode");
+    send.write_all(&out).await.expect("write Hello");
+    send.finish().expect("finish");
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .expect("in time")
+        .expect("read");
+    let mut buf = bytes::BytesMut::from(&answer[..]);
+    let ack = FrameDecoder::default().decode(&mut buf).expect("a valid frame");
+    assert!(matches!(ack, Some(WireMessage::HelloAck { node_id: 1, .. })), "{ack:?}");
+}
+
+/// A client with a valid certificate of a peer (node 3, not running) connects and never sends
+/// `Hello`: node 1 closes the connection after `handshake_timeout` (close code PROTOCOL) and
+/// keeps working with node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_client_that_never_says_hello_is_cut_off() {
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    let addrs = transport_suite::free_loopback_addrs(3);
+    let config1 = config(1, &addrs, &certs);
+    let handshake_timeout = config1.handshake_timeout;
+    let one = QuicTransport::start(config1).await.expect("node 1");
+    let two = QuicTransport::start(config(2, &addrs, &certs)).await.expect("node 2");
+    let client = raw_client(&certs, 3);
+    let connection = raw_connect(&client, addrs[&1]).await;
+    let (after, code) = closed_within(&connection, handshake_timeout * 4).await;
+    assert_eq!(code, Some(u64::from(close_codes::PROTOCOL)), "closed with PROTOCOL");
+    assert!(after >= handshake_timeout / 2, "closed after {after:?}, before the handshake timeout");
+    assert!(one.stats().timeouts >= 1, "{:?}", one.stats());
+    let (got1, got2) = transport_suite::exchange_for(&one, &two, Duration::from_secs(2)).await;
+    assert!(got1 > 0 && got2 > 0, "node 1 keeps working: {got1} {got2}");
+    client.close(0u32.into(), b"done");
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// After a valid `Hello`, a client sends hostile frames on a message stream: a 4 GiB length
+/// prefix, a zero length, an undecodable body, a `Hello` where messages belong, and an
+/// oversized handshake frame. Each is refused from its length prefix or body alone (the
+/// decoder checks a length before reserving memory), the connection is closed at once with
+/// PROTOCOL, and node 1 keeps working with node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_on_an_authenticated_stream_close_the_connection() {
+    use raft_core::wire::{encode_frame, WireMessage, WIRE_VERSION};
+    let certs = generate_dev_certs(CLUSTER_ID, 1..=3).expect("certs");
+    let addrs = transport_suite::free_loopback_addrs(3);
+    let config1 = config(1, &addrs, &certs);
+    let prompt = config1.handshake_timeout.min(config1.frame_timeout) / 2;
+    let one = QuicTransport::start(config1).await.expect("node 1");
+    let two = QuicTransport::start(config(2, &addrs, &certs)).await.expect("node 2");
+    let client = raw_client(&certs, 3);
+    let mut garbage = 16u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 16]);
+    let mut hello = Vec::new();
+    let frame = WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 3 };
+    encode_frame(&frame, u32::MAX, &mut hello).expect("encode");
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("4 GiB length", u32::MAX.to_be_bytes().to_vec()),
+        ("zero length", vec![0, 0, 0, 0, 0xff]),
+        ("garbage body", garbage),
+        ("Hello on a message stream", hello),
+    ];
+    for (round, (name, bytes)) in cases.iter().enumerate() {
+        let connection = raw_connect(&client, addrs[&1]).await;
+        raw_hello(&connection).await;
+        let mut stream = connection.open_uni().await.expect("uni stream");
+        stream.write_all(bytes).await.expect("write");
+        let (after, code) = closed_within(&connection, prompt).await;
+        assert_eq!(
+            code,
+            Some(u64::from(close_codes::PROTOCOL)),
+            "{name}: closed with PROTOCOL after {after:?}"
+        );
+        let bad = one.stats().bad_frames;
+        assert!(bad > round as u64, "{name}: {bad} bad frames counted");
+    }
+    // A handshake frame over the 4 KiB handshake limit: refused from its length prefix.
+    let connection = raw_connect(&client, addrs[&1]).await;
+    let (mut send, _recv) = connection.open_bi().await.expect("bi stream");
+    send.write_all(&(64 * 1024u32).to_be_bytes()).await.expect("write");
+    let (_, code) = closed_within(&connection, prompt).await;
+    assert_eq!(code, Some(u64::from(close_codes::PROTOCOL)), "oversized Hello");
+    assert_eq!(one.stats().received, 0, "nothing from node 3 was delivered");
+    let (got1, got2) = transport_suite::exchange_for(&one, &two, Duration::from_secs(2)).await;
+    assert!(got1 > 0 && got2 > 0, "node 1 keeps working: {got1} {got2}");
+    client.close(0u32.into(), b"done");
+    one.shutdown().await;
+    two.shutdown().await;
 }

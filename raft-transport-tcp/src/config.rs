@@ -47,6 +47,14 @@ pub struct TcpConfig {
     pub write_timeout: Duration,
     /// The most inbound connections kept open; more are closed at once.
     pub max_inbound_connections: usize,
+    /// How often the connecting side sends a keep-alive frame (answered by the acceptor), and
+    /// the idle time and interval of the kernel's TCP keep-alive probes.
+    pub keep_alive: Duration,
+    /// How long a connection may stay silent before it is considered dead: the acceptor closes
+    /// a connection that sent no frame (message or keep-alive) for this long; the connector
+    /// reconnects when no keep-alive answer came for this long (the peer stopped reading, or
+    /// its host is gone). A receiver that does not drain `recv` for this long looks dead too.
+    pub idle_timeout: Duration,
     /// The first delay before reconnecting to a peer.
     pub backoff_min: Duration,
     /// The longest delay between reconnection attempts.
@@ -80,6 +88,8 @@ impl TcpConfig {
             frame_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_inbound_connections: 64,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(2),
             tls: None,
@@ -110,9 +120,19 @@ impl TcpConfig {
         if self.max_inbound_connections == 0 {
             return bad("max_inbound_connections must be positive");
         }
-        let timeouts = [self.connect_timeout, self.handshake_timeout, self.frame_timeout, self.write_timeout];
+        let timeouts = [
+            self.connect_timeout,
+            self.handshake_timeout,
+            self.frame_timeout,
+            self.write_timeout,
+            self.keep_alive,
+            self.idle_timeout,
+        ];
         if timeouts.iter().any(Duration::is_zero) {
             return bad("timeouts must be positive");
+        }
+        if self.keep_alive >= self.idle_timeout {
+            return bad("keep_alive must be shorter than idle_timeout");
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
             return bad("backoff_min must be positive and at most backoff_max");

@@ -4,14 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use raft_core::wire::WireMessage;
 use raft_core::NodeId;
 use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPolicy};
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
+use raft_transport_common::io::write_frame;
 use raft_transport_common::peers::Superseded;
 use raft_transport_common::Counters;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -57,8 +59,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbo
 async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &InboxSenders) {
     let config = &shared.config;
     let counters = &shared.counters;
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "set_nodelay failed");
+    if let Err(error) =
+        stream.set_nodelay(true).and_then(|()| crate::set_keepalive(&stream, config.keep_alive))
+    {
+        debug!(%error, "setting socket options failed");
     }
     let deadline = Instant::now() + config.handshake_timeout;
     let (stream, certified): (BoxStream, Option<NodeId>) = match &shared.tls {
@@ -115,8 +119,29 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &Inb
     };
     debug!(peer, generation = registration.generation(), "inbound connection established");
     let mut messages = InboundPeer::new(peer, config.node_id, counters, inbox);
+    // Keep-alives are answered by a concurrent writer of the latest one's number.
+    let (keep_alive_tx, mut keep_alive_rx) = watch::channel(0u64);
+    let mut on_keep_alive = |seq| {
+        keep_alive_tx.send_replace(seq);
+    };
+    let answers = async {
+        while keep_alive_rx.changed().await.is_ok() {
+            let ack = WireMessage::KeepAliveAck { seq: *keep_alive_rx.borrow_and_update() };
+            match tokio::time::timeout(config.write_timeout, write_frame(&mut writer, &ack, u32::MAX)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return error.to_string(),
+                Err(_) => return "timed out".to_owned(),
+            }
+        }
+        "closed".to_owned()
+    };
+    let idle_timeout = Some(config.idle_timeout);
     let end = tokio::select! {
-        end = messages.read_messages(&mut reader, config.max_frame_bytes, config.frame_timeout, None) => end,
+        end = messages.read_messages(&mut reader, config.max_frame_bytes, config.frame_timeout, idle_timeout, Some(&mut on_keep_alive)) => end,
+        error = answers => {
+            debug!(peer, %error, "answering a keep-alive failed; closing");
+            return;
+        }
         why = registration.superseded() => {
             match why {
                 Superseded::ByNewerConnection => info!(peer, "a newer connection from the same node replaces this one; closing"),

@@ -59,13 +59,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use raft_core::{Message, NodeId, SendError, Transport, TransportClosed};
+use raft_core::{Message, NodeId, PeerError, SendError, Transport, TransportClosed};
 use raft_transport_common::inbox::{inbox, Inbox};
-use raft_transport_common::peers::{OwnedTask, PeerTable};
+use raft_transport_common::peers::{check_change, queued, OwnedTask, PeerChange, PeerTable};
 use raft_transport_common::Counters;
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
-use tracing::Instrument;
+use tracing::{info, Instrument};
 
 pub use config::{TcpConfig, CLUSTER_ID_BYTES_MAX};
 pub use raft_tls::{generate_dev_certs, node_identity, DevCa, DevCerts, TlsConfig, TlsError};
@@ -98,6 +98,19 @@ pub enum TcpError {
     },
 }
 
+/// Turns on TCP keep-alive probes on `stream`: the kernel probes an idle connection after
+/// `interval` and then every `interval`, and fails it when the peer's host no longer answers
+/// (the transport's own keep-alive frames also catch a peer process that stopped reading).
+/// The kernel counts in whole seconds: shorter intervals are rounded up to one second.
+pub(crate) fn set_keepalive(
+    stream: &tokio::net::TcpStream,
+    interval: std::time::Duration,
+) -> std::io::Result<()> {
+    let interval = interval.max(std::time::Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new().with_time(interval).with_interval(interval);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// A peer's outbound side: its queue and the writer task that drains it.
 #[derive(Debug)]
 pub(crate) struct PeerOutbound {
@@ -114,17 +127,20 @@ pub(crate) struct Shared {
     /// The TLS acceptor and connector, when TLS is on.
     pub(crate) tls: Option<tls::Tls>,
     span: tracing::Span,
+    /// The runtime the transport started on: peers added later get their tasks there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
     /// Adds `peer` at `addr` with a new queue and writer task, or moves a known one.
-    fn set_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
+    fn set_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) -> PeerChange {
         self.peers.set(peer, addr, |addr| {
             let (queue, rx) = mpsc::channel(self.config.queue_max);
-            let writer =
-                tokio::spawn(outbound::writer(self.clone(), peer, addr, rx).instrument(self.span.clone()));
+            let writer = self
+                .runtime
+                .spawn(outbound::writer(self.clone(), peer, addr, rx).instrument(self.span.clone()));
             PeerOutbound { queue, writer: OwnedTask::new(writer) }
-        });
+        })
     }
 }
 
@@ -161,6 +177,7 @@ impl TcpTransport {
             peers: PeerTable::default(),
             tls,
             span,
+            runtime: tokio::runtime::Handle::current(),
         });
         for (peer, addr) in peers {
             shared.set_peer(peer, addr);
@@ -222,6 +239,23 @@ impl Transport for TcpTransport {
         }
         // Every sender of the inbox was owned by a stopped task, so a pending `recv` returns.
         self.inbox.close().await;
+    }
+
+    fn set_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), PeerError> {
+        check_change(self.closed.load(Ordering::Acquire), self.shared.config.node_id, id)?;
+        let change = self.shared.set_peer(id, addr);
+        info!(peer = id, %addr, ?change, "peer set");
+        Ok(())
+    }
+
+    fn remove_peer(&self, id: NodeId) -> Result<(), PeerError> {
+        check_change(self.closed.load(Ordering::Acquire), self.shared.config.node_id, id)?;
+        // Dropping the outbound side aborts its writer (closing its connection); the peer's
+        // inbound connection sees the removal and closes.
+        let removed = self.shared.peers.remove(id).ok_or(PeerError::UnknownPeer(id))?;
+        Counters::add(&self.shared.counters.dropped_peer_removed, queued(&removed.queue));
+        info!(peer = id, "peer removed");
+        Ok(())
     }
 }
 

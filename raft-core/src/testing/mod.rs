@@ -6,5 +6,6 @@
 pub mod cluster_suite;
 pub mod local_transport;
 pub mod sim;
+pub mod snapshot_interference;
 pub mod storage_suite;
 pub mod transport_suite;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::message::{Message, Payload};
-use crate::transport::{SendError, Transport};
+use crate::transport::{PeerError, SendError, Transport};
 use crate::types::{Entry, EntryPayload, LogId, NodeId};
 use crate::wire::{encode_frame, FrameDecoder, RefusalReason, WireMessage, WIRE_VERSION};
 
@@ -87,6 +87,7 @@ pub async fn run_all(factory: &impl TransportFactory) {
     five_nodes_all_to_all(factory).await;
     send_to_a_down_peer_returns_promptly(factory).await;
     traffic_resumes_after_a_peer_restarts(factory).await;
+    peers_change_at_runtime(factory).await;
     if let Some(raw) = &caps.raw_tcp {
         huge_length_prefix_closes_the_connection(factory, raw).await;
         garbage_closes_the_connection(factory, raw).await;
@@ -200,7 +201,7 @@ impl Cluster {
         for (from, to) in [(a, b), (b, a)] {
             let seq = 1_000_000 + from;
             send_retrying(self.node(from), message(from, to, seq)).await;
-            let got = recv_n(self.node(to), 1, case).await;
+            let got = recv_n(self.node(to), 1, &format!("{case}: {from}->{to}")).await;
             assert_eq!(got[0], message(from, to, seq), "{case}: {from}->{to} after the test");
         }
     }
@@ -462,6 +463,67 @@ async fn traffic_resumes_after_a_peer_restarts(factory: &impl TransportFactory) 
         let got = recv_n(cluster.node(1), 1, case).await;
         assert_eq!(got[0], message(2, 1, marker), "{case}: from the restarted node");
     }
+    cluster.shutdown().await;
+}
+
+/// A node that joins a running cluster is reachable once the others
+/// [`set_peer`](Transport::set_peer) it; a [`remove_peer`](Transport::remove_peer)d one is
+/// refused both ways; a peer that moves to another address is reached there. Skipped for
+/// transports whose peers are fixed ([`PeerError::Unsupported`]).
+async fn peers_change_at_runtime(factory: &impl TransportFactory) {
+    let case = "peers_change_at_runtime";
+    let all = free_loopback_addrs(3);
+    let first: BTreeMap<NodeId, SocketAddr> =
+        all.iter().filter(|(&id, _)| id != 3).map(|(&i, &a)| (i, a)).collect();
+    let one = factory.start(1, &first).await;
+    let two = factory.start(2, &first).await;
+    // Node 3 starts knowing everyone; nodes 1 and 2 do not know it yet.
+    let three = factory.start(3, &all).await;
+    if one.remove_peer(3) == Err(PeerError::Unsupported) {
+        for t in [one, two, three] {
+            t.shutdown().await;
+        }
+        return;
+    }
+    assert_eq!(one.send(message(1, 3, 0)), Err(SendError::UnknownPeer(3)), "{case}: 3 is not a peer yet");
+    one.set_peer(3, all[&3]).unwrap_or_else(|e| panic!("{case}: set_peer: {e}"));
+    assert_eq!(one.set_peer(1, all[&1]), Err(PeerError::IsSelf(1)), "{case}");
+    two.set_peer(3, all[&3]).unwrap_or_else(|e| panic!("{case}: set_peer: {e}"));
+    let nodes = BTreeMap::from([(1, one.clone()), (2, two.clone()), (3, three.clone())]);
+    let cluster = Cluster { addrs: all.clone(), nodes };
+    cluster.assert_works(&format!("{case} (3 added)"), 1, 3).await;
+    cluster.assert_works(&format!("{case} (3 added)"), 2, 3).await;
+
+    // Node 1 removes node 3: sends fail, node 3's connection is closed and its messages refused.
+    one.remove_peer(3).unwrap_or_else(|e| panic!("{case}: remove_peer: {e}"));
+    assert_eq!(one.remove_peer(3), Err(PeerError::UnknownPeer(3)), "{case}: removed twice");
+    assert_eq!(one.send(message(1, 3, 0)), Err(SendError::UnknownPeer(3)), "{case}: send to a removed peer");
+    // What was in flight at the removal may still arrive; then nothing more.
+    drain_for(&one, Duration::from_millis(200)).await;
+    let mut buf = Vec::new();
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        let _ = three.send(message(3, 1, 5));
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), one.recv(&mut buf, 16)).await {
+            assert!(
+                buf.iter().all(|m| m.from != 3),
+                "{case}: a removed peer's message was delivered: {buf:?}"
+            );
+        }
+    }
+    cluster.assert_works(&format!("{case} (3 removed by 1)"), 1, 2).await;
+    cluster.assert_works(&format!("{case} (3 removed by 1)"), 2, 3).await;
+
+    // Node 2 moves: node 3 is told its new address and reaches it there.
+    two.shutdown().await;
+    let moved = free_loopback_addrs(1)[&1];
+    let mut addrs2 = all.clone();
+    addrs2.insert(2, moved);
+    let two = factory.start(2, &addrs2).await;
+    three.set_peer(2, moved).unwrap_or_else(|e| panic!("{case}: set_peer (move): {e}"));
+    let nodes = BTreeMap::from([(1, one), (2, two), (3, three)]);
+    let cluster = Cluster { addrs: addrs2, nodes };
+    cluster.assert_works(&format!("{case} (2 moved)"), 3, 2).await;
     cluster.shutdown().await;
 }
 
