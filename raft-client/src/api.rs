@@ -97,7 +97,9 @@ pub struct CasRequest {
 /// The answer to a write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
-    /// Log index at which the write was committed.
+    /// Log index of the entry that carried this request. A retried write that the server
+    /// answers from its session (it was already applied) has an entry of its own: see
+    /// `current.mod_index` for where the write took effect.
     pub index: u64,
     /// The key after the write (`None` after a delete or for non-key writes).
     #[serde(default)]
@@ -441,7 +443,10 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::TooLarge => 413,
             ErrorCode::NotFound => 404,
-            ErrorCode::CasFailed | ErrorCode::Conflict | ErrorCode::StaleSequence | ErrorCode::SessionExpired => 409,
+            ErrorCode::CasFailed
+            | ErrorCode::Conflict
+            | ErrorCode::StaleSequence
+            | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }

@@ -210,20 +210,14 @@ impl Client {
             cursor: AtomicUsize::new(0),
             rng: AtomicU64::new(splitmix64(seed ^ 0x5eed)),
         };
-        Ok(Self {
-            shared: Arc::new(shared),
-            session: Arc::new(Session::new(client_id)),
-        })
+        Ok(Self { shared: Arc::new(shared), session: Arc::new(Session::new(client_id)) })
     }
 
     /// A client sharing this one's connections and known leader, with a new random session:
     /// its writes do not wait for this client's writes.
     pub fn new_session(&self) -> Self {
         let client_id = nonzero_random(self.shared.next_random());
-        Self {
-            shared: Arc::clone(&self.shared),
-            session: Arc::new(Session::new(client_id)),
-        }
+        Self { shared: Arc::clone(&self.shared), session: Arc::new(Session::new(client_id)) }
     }
 
     /// The session's client id, sent with every write.

@@ -115,7 +115,9 @@ impl ClientError {
     /// `not_found`): the write took its place in the log, its session number is used.
     pub fn was_applied(&self) -> bool {
         match self {
-            ClientError::Api { error, .. } => matches!(error.code, ErrorCode::CasFailed | ErrorCode::NotFound),
+            ClientError::Api { error, .. } => {
+                matches!(error.code, ErrorCode::CasFailed | ErrorCode::NotFound)
+            }
             ClientError::CasFailed { .. } => true,
             _ => false,
         }

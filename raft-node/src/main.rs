@@ -68,7 +68,13 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config, overrides } => match NodeConfig::load(&config, &overrides) {
             Ok(c) => {
-                println!("{}: ok (node {} of cluster {:?}, {} members)", config.display(), c.id, c.cluster, c.members.len());
+                println!(
+                    "{}: ok (node {} of cluster {:?}, {} members)",
+                    config.display(),
+                    c.id,
+                    c.cluster,
+                    c.members.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -55,13 +55,27 @@ async fn kv_endpoints_work_with_versions_and_stable_errors() {
     assert_eq!(client.get("app/missing", None).await.unwrap(), None);
 
     // Compare-and-swap: by version, by value, create-if-absent, compare-and-delete.
-    let ok = client.cas("app/a", &CasRequest { expected_version: Some(2), value: Some("3".into()), ..Default::default() }).await;
+    let ok = client
+        .cas(
+            "app/a",
+            &CasRequest { expected_version: Some(2), value: Some("3".into()), ..Default::default() },
+        )
+        .await;
     assert_eq!(ok.unwrap().current.unwrap().version, 3);
-    match client.cas("app/a", &CasRequest { expected_version: Some(2), value: Some("x".into()), ..Default::default() }).await {
-        Err(ClientError::CasFailed { current: Some(kv) }) => assert_eq!((kv.value.as_str(), kv.version), ("3", 3)),
+    match client
+        .cas(
+            "app/a",
+            &CasRequest { expected_version: Some(2), value: Some("x".into()), ..Default::default() },
+        )
+        .await
+    {
+        Err(ClientError::CasFailed { current: Some(kv) }) => {
+            assert_eq!((kv.value.as_str(), kv.version), ("3", 3))
+        }
         other => panic!("expected cas_failed, got {other:?}"),
     }
-    let by_value = CasRequest { expected_value: Some(Some("3".into())), value: Some("4".into()), ..Default::default() };
+    let by_value =
+        CasRequest { expected_value: Some(Some("3".into())), value: Some("4".into()), ..Default::default() };
     assert_eq!(client.cas("app/a", &by_value).await.unwrap().current.unwrap().value, "4");
     let create = CasRequest { expected_version: Some(0), value: Some("new".into()), ..Default::default() };
     assert_eq!(client.cas("app/b", &create).await.unwrap().current.unwrap().version, 1);
@@ -76,7 +90,10 @@ async fn kv_endpoints_work_with_versions_and_stable_errors() {
     }
     client.put("other", "v").await.unwrap();
     let all = client.list("list/", None, None).await.unwrap();
-    assert_eq!(all.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["list/0", "list/1", "list/2", "list/3", "list/4"]);
+    assert_eq!(
+        all.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+        ["list/0", "list/1", "list/2", "list/3", "list/4"]
+    );
     assert!(!all.truncated);
     let two = client.list("list/", Some(2), None).await.unwrap();
     assert_eq!((two.items.len(), two.truncated), (2, true));
@@ -103,14 +120,17 @@ async fn kv_endpoints_work_with_versions_and_stable_errors() {
     let (status, _) = api_error(put("k").body(huge_body).send().await.unwrap()).await;
     assert_eq!(status, 413);
     let (status, e) =
-        api_error(put("k").header(CLIENT_ID_HEADER, "7").body(r#"{"value":"v"}"#).send().await.unwrap()).await;
+        api_error(put("k").header(CLIENT_ID_HEADER, "7").body(r#"{"value":"v"}"#).send().await.unwrap())
+            .await;
     assert_eq!((status, e.code), (400, ErrorCode::BadRequest));
     let (status, e) = api_error(http.get(format!("{base}/v1/nope")).send().await.unwrap()).await;
     assert_eq!((status, e.code), (404, ErrorCode::NotFound));
     let both = r#"{"expected_version":1,"expected_value":"a","value":"b"}"#;
-    let response = http.post(format!("{base}/v1/cas/k")).header("content-type", "application/json").body(both).send();
+    let response =
+        http.post(format!("{base}/v1/cas/k")).header("content-type", "application/json").body(both).send();
     assert_eq!(api_error(response.await.unwrap()).await.0, 400);
-    let (status, e) = api_error(http.get(format!("{base}/v1/kv/k?consistency=psychic")).send().await.unwrap()).await;
+    let (status, e) =
+        api_error(http.get(format!("{base}/v1/kv/k?consistency=psychic")).send().await.unwrap()).await;
     assert_eq!((status, e.code), (400, ErrorCode::BadRequest));
     // Nothing was half-applied by the refused writes.
     assert_eq!(client.get("k", None).await.unwrap(), None);
@@ -186,17 +206,20 @@ async fn a_retried_write_applies_once_across_a_leader_change() {
     let retry = put_in_session(&cluster.endpoint(new_leader), "counter", "1", 42, 1).await;
     assert_eq!(retry.status().as_u16(), 200);
     let retry: WriteResult = serde_json::from_slice(&retry.bytes().await.unwrap()).unwrap();
-    assert_eq!(retry.index, first.index, "the retry got the first attempt's answer");
+    assert_eq!(retry.current, first.current, "the retry got the first attempt's answer");
+    assert_eq!(retry.current.as_ref().map(|c| c.mod_index), Some(first.index));
     let kv = client.get("counter", None).await.unwrap().unwrap();
     assert_eq!((kv.version, kv.mod_index), (1, first.index), "applied once");
 
     // An older sequence number is refused; the next one applies.
     let second = put_in_session(&cluster.endpoint(new_leader), "counter", "2", 42, 2).await;
     assert_eq!(second.status().as_u16(), 200);
-    let (status, e) = api_error(put_in_session(&cluster.endpoint(new_leader), "counter", "x", 42, 1).await).await;
+    let (status, e) =
+        api_error(put_in_session(&cluster.endpoint(new_leader), "counter", "x", 42, 1).await).await;
     assert_eq!((status, e.code), (409, ErrorCode::StaleSequence));
     // A session the cluster never saw must start at 1.
-    let (status, e) = api_error(put_in_session(&cluster.endpoint(new_leader), "counter", "x", 77, 5).await).await;
+    let (status, e) =
+        api_error(put_in_session(&cluster.endpoint(new_leader), "counter", "x", 77, 5).await).await;
     assert_eq!((status, e.code), (409, ErrorCode::SessionExpired));
     assert_eq!(client.get("counter", None).await.unwrap().unwrap().value, "2");
     cluster.wait_converged().await;
@@ -302,7 +325,10 @@ async fn watch_streams_committed_changes_and_replays_from_an_index() {
     client.put("w/2", "c").await.unwrap();
     client.delete("w/1").await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(10), live.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!((event.kind, event.key.as_str(), event.value.as_deref(), event.version), (WatchKind::Put, "w/2", Some("c"), Some(1)));
+    assert_eq!(
+        (event.kind, event.key.as_str(), event.value.as_deref(), event.version),
+        (WatchKind::Put, "w/2", Some("c"), Some(1))
+    );
     let event = tokio::time::timeout(Duration::from_secs(10), live.next()).await.unwrap().unwrap().unwrap();
     assert_eq!((event.kind, event.key.as_str()), (WatchKind::Delete, "w/1"));
 
@@ -315,7 +341,11 @@ async fn watch_streams_committed_changes_and_replays_from_an_index() {
     }
     assert_eq!(
         keys,
-        [(WatchKind::Put, "w/1".to_string()), (WatchKind::Put, "w/2".to_string()), (WatchKind::Delete, "w/1".to_string())]
+        [
+            (WatchKind::Put, "w/1".to_string()),
+            (WatchKind::Put, "w/2".to_string()),
+            (WatchKind::Delete, "w/1".to_string())
+        ]
     );
     cluster.shutdown().await;
 }
@@ -323,17 +353,33 @@ async fn watch_streams_committed_changes_and_replays_from_an_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics() {
     let cluster = TestCluster::start(3, StorageKind::Mem).await;
-    cluster.client().put("m", "1").await.unwrap();
-    cluster.wait_converged().await;
     let leader = cluster.leader().await;
+    cluster.client_of(leader).put("m", "1").await.unwrap();
+    cluster.wait_converged().await;
     let http = raw();
     for id in 1..=3 {
         let base = format!("http://{}", cluster.endpoint(id));
         assert_eq!(http.get(format!("{base}/health")).send().await.unwrap().status().as_u16(), 200);
         assert_eq!(http.get(format!("{base}/ready")).send().await.unwrap().status().as_u16(), 200);
     }
-    let text = http.get(format!("http://{}/metrics", cluster.endpoint(leader))).send().await.unwrap().text().await.unwrap();
-    for metric in ["raft_term", "raft_is_leader 1", "raft_commit_index", "raft_applied_index", "raft_follower_lag_entries{peer=", "raft_proposal_seconds_bucket", "raft_transport_sent", "raft_kv_keys 1"] {
+    let text = http
+        .get(format!("http://{}/metrics", cluster.endpoint(leader)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for metric in [
+        "raft_term",
+        "raft_is_leader 1",
+        "raft_commit_index",
+        "raft_applied_index",
+        "raft_follower_lag_entries{peer=",
+        "raft_proposal_seconds_bucket",
+        "raft_transport_sent",
+        "raft_kv_keys 1",
+    ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
     cluster.shutdown().await;

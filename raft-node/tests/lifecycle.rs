@@ -68,7 +68,10 @@ async fn a_node_joins_a_running_cluster_and_catches_up_by_snapshot() {
     .await;
     let mine = raft_client::Client::new([me.client_addr.to_string()], Default::default()).unwrap();
     eventually("node 4 to catch up", || async {
-        mine.status_of(&mine.endpoints()[0]).await.map(|s| s.keys == 200 && s.role == RoleView::Follower).unwrap_or(false)
+        mine.status_of(&mine.endpoints()[0])
+            .await
+            .map(|s| s.keys == 200 && s.role == RoleView::Follower)
+            .unwrap_or(false)
     })
     .await;
     let status = mine.status_of(&mine.endpoints()[0]).await.unwrap();

@@ -367,10 +367,16 @@ impl NodeConfig {
         }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > raft_kv::MAX_KEY_BYTES {
-            bad("limits.max_key_bytes", format!("must be 1 to {} (the state machine's limit)", raft_kv::MAX_KEY_BYTES));
+            bad(
+                "limits.max_key_bytes",
+                format!("must be 1 to {} (the state machine's limit)", raft_kv::MAX_KEY_BYTES),
+            );
         }
         if l.max_value_bytes > raft_kv::MAX_VALUE_BYTES {
-            bad("limits.max_value_bytes", format!("must be at most {} (the state machine's limit)", raft_kv::MAX_VALUE_BYTES));
+            bad(
+                "limits.max_value_bytes",
+                format!("must be at most {} (the state machine's limit)", raft_kv::MAX_VALUE_BYTES),
+            );
         }
         if l.max_value_bytes == 0 || l.max_value_bytes + l.max_key_bytes + 4096 > l.max_body_bytes {
             bad("limits.max_value_bytes", "must be positive and fit in max_body_bytes with the key".into());

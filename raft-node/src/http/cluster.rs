@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use raft_client::api::{
-    AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView, RoleView,
-    StatusView, TransferRequest,
+    AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
+    RoleView, StatusView, TransferRequest,
 };
 use raft_core::{Entry, EntryPayload, Membership, NodeId, Role};
 use raft_kv::{Command, Op};
@@ -116,7 +116,8 @@ async fn with_timeout<T>(
 }
 
 fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
-    addr.parse().map_err(|e| HttpError::bad_request(format!("{what} {addr:?} is not an ip:port address: {e}")))
+    addr.parse()
+        .map_err(|e| HttpError::bad_request(format!("{what} {addr:?} is not an ip:port address: {e}")))
 }
 
 /// `POST /v1/members`: records the new member's addresses in the replicated address book,
@@ -143,8 +144,12 @@ pub(crate) async fn add_member(
             raft_addr: request.raft_addr.clone(),
             client_addr: request.client_addr.clone(),
         };
-        with_timeout(&shared, "recording the member's addresses", shared.raft.propose(Command::new(op).encode()))
-            .await?;
+        with_timeout(
+            &shared,
+            "recording the member's addresses",
+            shared.raft.propose(Command::new(op).encode()),
+        )
+        .await?;
     }
     let membership = shared.raft.membership();
     if !membership.contains(request.id) {
@@ -175,7 +180,9 @@ async fn wait_caught_up(shared: &Shared, id: NodeId) -> Result<(), HttpError> {
         if Instant::now() >= deadline {
             return Err(HttpError::new(
                 ErrorCode::Timeout,
-                format!("node {id} was added as a learner but has not caught up yet; ask again to promote it"),
+                format!(
+                    "node {id} was added as a learner but has not caught up yet; ask again to promote it"
+                ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -211,7 +218,10 @@ pub(crate) async fn remove_member(
     tracing::info!(member = id, "removed a member");
     if shared.is_leader() {
         let op = Op::RemoveMemberAddress { id };
-        if let Err(e) = with_timeout(&shared, "forgetting the address", shared.raft.propose(Command::new(op).encode())).await {
+        if let Err(e) =
+            with_timeout(&shared, "forgetting the address", shared.raft.propose(Command::new(op).encode()))
+                .await
+        {
             tracing::warn!(member = id, error = ?e.body, "the member is removed but its address book entry is not");
         }
     }
@@ -234,8 +244,13 @@ pub(crate) async fn transfer_leader(
             return Err(HttpError::not_found(format!("node {to} is not a member")));
         }
     }
-    let new_leader = with_timeout(&shared, "the leadership transfer", shared.raft.transfer_leadership(request.to)).await?;
-    Ok(Json(LeaderView { leader: Some(new_leader), client_addr: shared.client_addr_of(new_leader), term: shared.raft.status().protocol.term }))
+    let new_leader =
+        with_timeout(&shared, "the leadership transfer", shared.raft.transfer_leadership(request.to)).await?;
+    Ok(Json(LeaderView {
+        leader: Some(new_leader),
+        client_addr: shared.client_addr_of(new_leader),
+        term: shared.raft.status().protocol.term,
+    }))
 }
 
 /// Query of `GET /v1/log`.
@@ -254,21 +269,30 @@ pub(crate) async fn log(
 ) -> Result<Json<LogView>, HttpError> {
     let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let limit = query.limit.unwrap_or(20).clamp(1, LOG_VIEW_MAX);
-    let unavailable = |e: raft_core::StorageError| HttpError::new(ErrorCode::Unavailable, format!("reading the log: {e}"));
+    let unavailable =
+        |e: raft_core::StorageError| HttpError::new(ErrorCode::Unavailable, format!("reading the log: {e}"));
     let bounds = shared.storage.initial_state().await.map_err(unavailable)?;
     let (first, last) = (bounds.first_index, bounds.last_index);
     let from = query.from.unwrap_or_else(|| last.saturating_sub(limit - 1)).max(first);
     let to = from.saturating_add(limit).min(last + 1);
-    let entries = if from < to { shared.storage.entries(from, to).await.map_err(unavailable)? } else { Vec::new() };
+    let entries =
+        if from < to { shared.storage.entries(from, to).await.map_err(unavailable)? } else { Vec::new() };
     let commit_index = shared.raft.status().protocol.commit_index;
-    Ok(Json(LogView { entries: entries.iter().map(entry_view).collect(), first_index: first, last_index: last, commit_index }))
+    Ok(Json(LogView {
+        entries: entries.iter().map(entry_view).collect(),
+        first_index: first,
+        last_index: last,
+        commit_index,
+    }))
 }
 
 fn entry_view(entry: &Entry) -> LogEntryView {
     let (kind, summary) = match &entry.payload {
         EntryPayload::Blank => ("blank", "leader's no-op".to_string()),
         EntryPayload::Membership(m) => {
-            let ids = |s: &std::collections::BTreeSet<u64>| s.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let ids = |s: &std::collections::BTreeSet<u64>| {
+                s.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            };
             let mut text = format!("voters [{}]", ids(&m.voters));
             if m.is_joint() {
                 text.push_str(&format!(" joint with [{}]", ids(&m.outgoing_voters)));

@@ -10,14 +10,14 @@ use raft_core::{ProposalRejection, RaftError, TransferError};
 /// An error answer, optionally a redirect to the leader.
 #[derive(Debug)]
 pub(crate) struct HttpError {
-    pub(crate) body: ApiError,
+    pub(crate) body: Box<ApiError>,
     /// `Location` of a 307 redirect to the leader (writes on a follower with forwarding off).
     pub(crate) redirect: Option<String>,
 }
 
 impl HttpError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { body: ApiError::new(code, message), redirect: None }
+        Self { body: Box::new(ApiError::new(code, message)), redirect: None }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -29,7 +29,10 @@ impl HttpError {
     }
 
     pub(crate) fn timeout(what: &str) -> Self {
-        Self::new(ErrorCode::Timeout, format!("{what} did not complete in time; a write's outcome is unknown"))
+        Self::new(
+            ErrorCode::Timeout,
+            format!("{what} did not complete in time; a write's outcome is unknown"),
+        )
     }
 
     /// Not the leader: the leader's address when known (or `no_leader`).
@@ -64,7 +67,9 @@ impl HttpError {
             RaftError::Transfer(t) => match t {
                 TransferError::NotLeader { .. } => Self::not_leader(leader()),
                 TransferError::NotAVoter(_) => Self::bad_request(message),
-                TransferError::NoCandidate | TransferError::InProgress(_) => Self::new(ErrorCode::Conflict, message),
+                TransferError::NoCandidate | TransferError::InProgress(_) => {
+                    Self::new(ErrorCode::Conflict, message)
+                }
                 TransferError::TimedOut(_) => Self::new(ErrorCode::Timeout, message),
             },
             RaftError::ProposalDropped => Self::new(ErrorCode::Unavailable, message),
@@ -80,13 +85,14 @@ impl HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         if let Some(location) = self.redirect {
-            let mut response = (StatusCode::TEMPORARY_REDIRECT, Json(self.body)).into_response();
+            let mut response = (StatusCode::TEMPORARY_REDIRECT, Json(*self.body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
             return response;
         }
-        let status = StatusCode::from_u16(self.body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body)).into_response()
+        let status =
+            StatusCode::from_u16(self.body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(*self.body)).into_response()
     }
 }

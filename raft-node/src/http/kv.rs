@@ -32,7 +32,13 @@ pub(crate) struct ListQuery {
 }
 
 pub(crate) fn key_view(kv: raft_kv::KeyValue) -> KeyValue {
-    KeyValue { key: kv.key, value: kv.value, version: kv.version, create_index: kv.create_index, mod_index: kv.mod_index }
+    KeyValue {
+        key: kv.key,
+        value: kv.value,
+        version: kv.version,
+        create_index: kv.create_index,
+        mod_index: kv.mod_index,
+    }
 }
 
 fn check_key(shared: &Shared, key: &str) -> Result<(), HttpError> {
@@ -41,7 +47,10 @@ fn check_key(shared: &Shared, key: &str) -> Result<(), HttpError> {
         return Err(HttpError::bad_request("the key must not be empty"));
     }
     if key.len() > max {
-        return Err(HttpError::new(ErrorCode::TooLarge, format!("the key is {} bytes, over the limit of {max}", key.len())));
+        return Err(HttpError::new(
+            ErrorCode::TooLarge,
+            format!("the key is {} bytes, over the limit of {max}", key.len()),
+        ));
     }
     Ok(())
 }
@@ -119,7 +128,7 @@ pub(crate) async fn put(
     check_value(&shared, &body.value)?;
     let op = Op::Put { key: key.clone(), value: body.value.clone() };
     let (response, index) = write(&shared, &headers, &uri, "put", op).await?;
-    key_result(&key, Some(body.value), response, index)
+    key_result(&shared, &key, Some(body.value), response, index)
 }
 
 /// `DELETE /v1/kv/{key}`.
@@ -131,7 +140,7 @@ pub(crate) async fn delete(
 ) -> Result<Json<WriteResult>, HttpError> {
     check_key(&shared, &key)?;
     let (response, index) = write(&shared, &headers, &uri, "delete", Op::Delete { key: key.clone() }).await?;
-    key_result(&key, None, response, index)
+    key_result(&shared, &key, None, response, index)
 }
 
 /// `POST /v1/cas/{key}`.
@@ -152,7 +161,9 @@ pub(crate) async fn cas(
             }
             Expected::Value(v)
         }
-        (Some(_), Some(_)) => return Err(HttpError::bad_request("give expected_version or expected_value, not both")),
+        (Some(_), Some(_)) => {
+            return Err(HttpError::bad_request("give expected_version or expected_value, not both"))
+        }
         (None, None) => return Err(HttpError::bad_request("give expected_version or expected_value")),
     };
     if let Some(v) = &body.value {
@@ -160,28 +171,45 @@ pub(crate) async fn cas(
     }
     let op = Op::Cas { key: key.clone(), expected, value: body.value.clone() };
     let (response, index) = write(&shared, &headers, &uri, "cas", op).await?;
-    key_result(&key, body.value, response, index)
+    key_result(&shared, &key, body.value, response, index)
 }
 
 /// The answer to a key write; `written` is the value a put or swap stored.
-fn key_result(key: &str, written: Option<String>, response: KvResponse, index: u64) -> Result<Json<WriteResult>, HttpError> {
+///
+/// A retried write answered from its session carries the first attempt's response, but its own
+/// (later) log entry: the key's `mod_index` is read back from the store when the key is still
+/// at the answered version, so `current` shows where the write really took effect.
+fn key_result(
+    shared: &Shared,
+    key: &str,
+    written: Option<String>,
+    response: KvResponse,
+    index: u64,
+) -> Result<Json<WriteResult>, HttpError> {
     match response {
         KvResponse::Put { version, prev } => {
+            let stored = shared.kv.get(key).filter(|kv| kv.version == version);
             let current = written.map(|value| KeyValue {
                 key: key.to_string(),
                 value,
                 version,
-                create_index: prev.as_ref().map(|p| p.create_index).unwrap_or(index),
-                mod_index: index,
+                create_index: stored
+                    .as_ref()
+                    .map_or(prev.as_ref().map_or(index, |p| p.create_index), |kv| kv.create_index),
+                mod_index: stored.as_ref().map_or(index, |kv| kv.mod_index),
             });
             Ok(Json(WriteResult { index, current, prev: prev.map(key_view) }))
         }
-        KvResponse::Deleted { prev } => Ok(Json(WriteResult { index, current: None, prev: prev.map(key_view) })),
+        KvResponse::Deleted { prev } => {
+            Ok(Json(WriteResult { index, current: None, prev: prev.map(key_view) }))
+        }
         KvResponse::CasFailed { current } => {
             let mut e = HttpError::new(ErrorCode::CasFailed, format!("the key {key:?} is not as expected"));
             e.body.current = current.map(key_view);
             Err(e)
         }
-        other => Err(HttpError::new(ErrorCode::Internal, format!("unexpected state machine answer {other:?}"))),
+        other => {
+            Err(HttpError::new(ErrorCode::Internal, format!("unexpected state machine answer {other:?}")))
+        }
     }
 }

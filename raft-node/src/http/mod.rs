@@ -73,7 +73,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 async fn limit_concurrency(State(limit): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
     match limit.acquire().await {
         Ok(_permit) => next.run(request).await,
-        Err(_) => axum::response::IntoResponse::into_response(HttpError::new(ErrorCode::Unavailable, "shutting down")),
+        Err(_) => axum::response::IntoResponse::into_response(HttpError::new(
+            ErrorCode::Unavailable,
+            "shutting down",
+        )),
     }
 }
 
@@ -127,7 +130,9 @@ fn session_of(headers: &HeaderMap) -> Result<Option<Session>, HttpError> {
         (None, None) => Ok(None),
         (Some(client_id), Some(seq)) if client_id != 0 && seq != 0 => Ok(Some(Session { client_id, seq })),
         (Some(_), Some(_)) => Err(HttpError::bad_request("client id and sequence number must be non-zero")),
-        _ => Err(HttpError::bad_request(format!("send both {CLIENT_ID_HEADER} and {SEQ_HEADER}, or neither"))),
+        _ => {
+            Err(HttpError::bad_request(format!("send both {CLIENT_ID_HEADER} and {SEQ_HEADER}, or neither")))
+        }
     }
 }
 
@@ -144,7 +149,9 @@ pub(crate) async fn write(
     let started = Instant::now();
     let command = Command { session: session_of(headers)?, op };
     command.validate().map_err(|e| match e {
-        InvalidCommand::TooLong { .. } | InvalidCommand::TooMany { .. } => HttpError::new(ErrorCode::TooLarge, e.to_string()),
+        InvalidCommand::TooLong { .. } | InvalidCommand::TooMany { .. } => {
+            HttpError::new(ErrorCode::TooLarge, e.to_string())
+        }
         _ => HttpError::bad_request(e.to_string()),
     })?;
     if !shared.config.raft.auto_forward && !shared.is_leader() {
@@ -187,14 +194,13 @@ pub(crate) async fn read_barrier(shared: &Shared, consistency: Consistency) -> R
         Consistency::Linearizable => ReadMode::ReadIndex,
         Consistency::Lease => ReadMode::Lease,
     };
-    let barrier = async {
-        let index = shared.raft.read_index(mode).await.map_err(|e| shared.raft_error(e))?;
-        shared
-            .kv
-            .wait_applied(index)
-            .await
-            .map_err(|e| HttpError::new(ErrorCode::Unavailable, format!("the state machine stopped: {e}")))
-    };
+    let barrier =
+        async {
+            let index = shared.raft.read_index(mode).await.map_err(|e| shared.raft_error(e))?;
+            shared.kv.wait_applied(index).await.map_err(|e| {
+                HttpError::new(ErrorCode::Unavailable, format!("the state machine stopped: {e}"))
+            })
+        };
     match tokio::time::timeout(shared.request_timeout(), barrier).await {
         Ok(result) => result,
         Err(_) => Err(HttpError::timeout("the read")),

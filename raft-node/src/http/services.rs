@@ -47,14 +47,24 @@ pub(crate) async fn get(
 ) -> Result<Json<Service>, HttpError> {
     let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     read_barrier(&shared, query.consistency).await?;
-    shared.kv.service(&name).map(|s| Json(service_view(s))).ok_or_else(|| HttpError::not_found(format!("no service {name:?}")))
+    shared
+        .kv
+        .service(&name)
+        .map(|s| Json(service_view(s)))
+        .ok_or_else(|| HttpError::not_found(format!("no service {name:?}")))
 }
 
 fn write_result(name: &str, response: KvResponse, index: u64) -> Result<Json<WriteResult>, HttpError> {
     match response {
-        KvResponse::ServiceRegistered { .. } | KvResponse::Ok => Ok(Json(WriteResult { index, current: None, prev: None })),
-        KvResponse::NotFound => Err(HttpError::not_found(format!("no service {name:?} (or no such node in it)"))),
-        other => Err(HttpError::new(ErrorCode::Internal, format!("unexpected state machine answer {other:?}"))),
+        KvResponse::ServiceRegistered { .. } | KvResponse::Ok => {
+            Ok(Json(WriteResult { index, current: None, prev: None }))
+        }
+        KvResponse::NotFound => {
+            Err(HttpError::not_found(format!("no service {name:?} (or no such node in it)")))
+        }
+        other => {
+            Err(HttpError::new(ErrorCode::Internal, format!("unexpected state machine answer {other:?}")))
+        }
     }
 }
 

@@ -39,10 +39,15 @@ fn watch_event(event: &ChangeEvent) -> WatchEvent {
         Change::Delete(kv) => (WatchKind::Delete, kv.key.clone(), None, None),
         Change::ServiceRegistered(s) => (WatchKind::ServiceRegistered, s.name.clone(), None, None),
         Change::ServiceRemoved { name } => (WatchKind::ServiceRemoved, name.clone(), None, None),
-        Change::ServiceNodeDown { service, node, down } => {
-            (WatchKind::ServiceRegistered, service.clone(), Some(format!("{node} {}", if *down { "down" } else { "up" })), None)
+        Change::ServiceNodeDown { service, node, down } => (
+            WatchKind::ServiceRegistered,
+            service.clone(),
+            Some(format!("{node} {}", if *down { "down" } else { "up" })),
+            None,
+        ),
+        Change::MemberAddressSet(m) => {
+            (WatchKind::MemberAddress, m.id.to_string(), Some(m.raft_addr.clone()), None)
         }
-        Change::MemberAddressSet(m) => (WatchKind::MemberAddress, m.id.to_string(), Some(m.raft_addr.clone()), None),
         Change::MemberAddressRemoved { id } => (WatchKind::MemberAddress, id.to_string(), None, None),
     };
     WatchEvent { index, kind, key, value, version }
@@ -71,7 +76,9 @@ pub(crate) async fn watch(
         .map_err(|_| HttpError::new(ErrorCode::Busy, "too many watch streams are open"))?;
     let from = query.from_index.map(|i| i.saturating_sub(1));
     let watcher = shared.kv.watch(from, query.prefix).map_err(|e| match e {
-        WatchError::Compacted { .. } | WatchError::Lagged { .. } => HttpError::new(ErrorCode::Compacted, e.to_string()),
+        WatchError::Compacted { .. } | WatchError::Lagged { .. } => {
+            HttpError::new(ErrorCode::Compacted, e.to_string())
+        }
         WatchError::Closed => HttpError::new(ErrorCode::Unavailable, e.to_string()),
     })?;
     let state = Stream_ { watcher, stopping: shared.stopping.clone(), _permit: permit, done: false };

@@ -138,7 +138,10 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.shared.config.id).field("client_addr", &self.client_addr).finish()
+        f.debug_struct("Node")
+            .field("id", &self.shared.config.id)
+            .field("client_addr", &self.client_addr)
+            .finish()
     }
 }
 
@@ -147,9 +150,9 @@ impl Node {
     /// the transport and Raft, and serves the HTTP API.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
         // Ports first: a taken port is refused before the data dir is created or opened.
-        let http_listener = tokio::net::TcpListener::bind(config.client_addr).await.map_err(|source| {
-            StartError::Bind { what: "client_addr", addr: config.client_addr, source }
-        })?;
+        let http_listener = tokio::net::TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|source| StartError::Bind { what: "client_addr", addr: config.client_addr, source })?;
         startup::check_raft_addr_free(&config)?;
 
         let (storage, rocks): (Arc<dyn Storage>, Option<RocksDb>) = match config.storage {
@@ -161,7 +164,8 @@ impl Node {
             StorageKind::Mem => (Arc::new(raft_storage_mem::MemStorage::default()), None),
         };
         let initial = storage.initial_state().await?;
-        let fresh = initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
+        let fresh =
+            initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
         let plan = if config.join.is_empty() {
             if fresh {
@@ -189,9 +193,16 @@ impl Node {
         // API forwards a write or answers with a redirect to the leader.
         let raft_config = raft_core::Config { auto_forward: true, ..config.raft.clone() };
         let seed = startup::seed(config.id);
-        let raft =
-            RaftNode::start(config.id, raft_config, plan.membership, storage.clone(), transport.clone(), Box::new(fsm), seed)
-                .await?;
+        let raft = RaftNode::start(
+            config.id,
+            raft_config,
+            plan.membership,
+            storage.clone(),
+            transport.clone(),
+            Box::new(fsm),
+            seed,
+        )
+        .await?;
 
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -249,7 +260,8 @@ impl Node {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(http) = self.http.take() {
-            let grace = Duration::from_millis(self.shared.config.limits.request_timeout_ms) + Duration::from_secs(1);
+            let grace =
+                Duration::from_millis(self.shared.config.limits.request_timeout_ms) + Duration::from_secs(1);
             match tokio::time::timeout(grace, http).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
@@ -285,7 +297,12 @@ async fn build_transport(
     let n = &config.network;
     match config.transport {
         TransportKind::Tcp => {
-            let mut tcp = raft_transport_tcp::TcpConfig::new(config.id, config.cluster.clone(), config.raft_addr, peers);
+            let mut tcp = raft_transport_tcp::TcpConfig::new(
+                config.id,
+                config.cluster.clone(),
+                config.raft_addr,
+                peers,
+            );
             tcp.max_frame_bytes = n.max_frame_bytes;
             tcp.queue_max = n.peer_queue_max;
             tcp.tls = tls;
@@ -297,7 +314,8 @@ async fn build_transport(
             Ok((t, Box::new(move || counters(&stats_of.stats()))))
         }
         TransportKind::Quic => {
-            let tls = tls.ok_or_else(|| StartError::Transport { kind: "quic", message: "[tls] is required".into() })?;
+            let tls = tls
+                .ok_or_else(|| StartError::Transport { kind: "quic", message: "[tls] is required".into() })?;
             let mut quic = raft_transport_quic::QuicConfig::new(
                 config.id,
                 config.cluster.clone(),

@@ -22,7 +22,8 @@ const POLL: Duration = Duration::from_millis(250);
 /// removed from the book are removed (unless they are still in the static config).
 pub(super) async fn sync_transport_peers(shared: Arc<Shared>, initial: BTreeMap<NodeId, SocketAddr>) {
     let own = shared.config.id;
-    let static_peers: BTreeMap<NodeId, SocketAddr> = shared.config.peers().map(|m| (m.id, m.raft_addr)).collect();
+    let static_peers: BTreeMap<NodeId, SocketAddr> =
+        shared.config.peers().map(|m| (m.id, m.raft_addr)).collect();
     let mut known = initial;
     loop {
         let mut wanted = static_peers.clone();
@@ -34,7 +35,9 @@ pub(super) async fn sync_transport_peers(shared: Arc<Shared>, initial: BTreeMap<
                 Ok(addr) => {
                     wanted.insert(m.id, addr);
                 }
-                Err(e) => tracing::warn!(peer = m.id, addr = %m.raft_addr, error = %e, "ignoring a bad address in the address book"),
+                Err(e) => {
+                    tracing::warn!(peer = m.id, addr = %m.raft_addr, error = %e, "ignoring a bad address in the address book")
+                }
             }
         }
         for (&id, &addr) in &wanted {

@@ -38,7 +38,10 @@ pub(super) fn check_raft_addr_free(config: &NodeConfig) -> Result<(), StartError
 
 /// A seed for election jitter that differs between nodes and runs.
 pub(super) fn seed(id: NodeId) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
 }
 
@@ -89,8 +92,9 @@ pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartErro
 /// A fresh node that the cluster lists as a voter lost its data and is refused.
 pub(super) async fn plan_join(config: &NodeConfig, fresh: bool) -> Result<Plan, StartError> {
     let through = config.join.join(", ");
-    let client = probe_client(config.join.clone(), Duration::from_secs(2))
-        .ok_or_else(|| StartError::Join { through: through.clone(), message: "invalid join address".into() })?;
+    let client = probe_client(config.join.clone(), Duration::from_secs(2)).ok_or_else(|| {
+        StartError::Join { through: through.clone(), message: "invalid join address".into() }
+    })?;
     let deadline = tokio::time::Instant::now() + JOIN_FOR;
     let view: MembersView = loop {
         match client.members().await {
@@ -158,7 +162,12 @@ pub(super) async fn request_membership(shared: Arc<Shared>) {
 /// Reads the TLS files into the transports' settings.
 pub(super) fn read_tls(tls: &TlsConfig) -> Result<raft_tls::TlsConfig, StartError> {
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|source| StartError::TlsFile { path: path.display().to_string(), source })
+        std::fs::read_to_string(path)
+            .map_err(|source| StartError::TlsFile { path: path.display().to_string(), source })
     };
-    Ok(raft_tls::TlsConfig { ca_cert_pem: read(&tls.ca_cert)?, cert_pem: read(&tls.cert)?, key_pem: read(&tls.key)? })
+    Ok(raft_tls::TlsConfig {
+        ca_cert_pem: read(&tls.ca_cert)?,
+        cert_pem: read(&tls.cert)?,
+        key_pem: read(&tls.key)?,
+    })
 }

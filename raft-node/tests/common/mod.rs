@@ -25,7 +25,12 @@ pub fn configs(n: u64, dir: &Path, storage: StorageKind) -> Vec<NodeConfig> {
 }
 
 /// A config for member `m`.
-pub fn config_for(m: &MemberConfig, members: Vec<MemberConfig>, dir: &Path, storage: StorageKind) -> NodeConfig {
+pub fn config_for(
+    m: &MemberConfig,
+    members: Vec<MemberConfig>,
+    dir: &Path,
+    storage: StorageKind,
+) -> NodeConfig {
     let text = format!(
         "cluster = \"test\"\nid = {}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\ndata_dir = \"{}\"\n",
         m.id,
@@ -40,7 +45,6 @@ pub fn config_for(m: &MemberConfig, members: Vec<MemberConfig>, dir: &Path, stor
     config.raft.election_timeout_min_ms = 150;
     config.raft.election_timeout_max_ms = 300;
     config.raft.heartbeat_interval_ms = 30;
-    assert!(config.problems().is_empty(), "{:?}", config.problems());
     config
 }
 
@@ -60,6 +64,7 @@ impl TestCluster {
         let mut configs = configs(n, dir.path(), storage);
         for c in &mut configs {
             tweak(c);
+            assert!(c.problems().is_empty(), "{:?}", c.problems());
         }
         let mut nodes = Vec::new();
         for c in &configs {
@@ -122,7 +127,9 @@ impl TestCluster {
     /// Some node that is not the leader.
     pub async fn follower(&self) -> u64 {
         let leader = self.leader().await;
-        (1..=self.configs.len() as u64).find(|&id| id != leader && self.nodes[(id - 1) as usize].is_some()).unwrap()
+        (1..=self.configs.len() as u64)
+            .find(|&id| id != leader && self.nodes[(id - 1) as usize].is_some())
+            .unwrap()
     }
 
     /// Waits until every running node has applied the same index with the same state hash.
@@ -132,7 +139,8 @@ impl TestCluster {
             let s = self.statuses().await;
             let running = self.nodes.iter().filter(|n| n.is_some()).count();
             if s.len() == running
-                && s.windows(2).all(|w| w[0].applied_index == w[1].applied_index && w[0].state_hash == w[1].state_hash)
+                && s.windows(2)
+                    .all(|w| w[0].applied_index == w[1].applied_index && w[0].state_hash == w[1].state_hash)
                 && s.iter().all(|x| x.applied_index >= x.commit_index)
             {
                 return s;
