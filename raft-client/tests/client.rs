@@ -382,9 +382,13 @@ async fn retries_exhausted_report_the_last_error_and_the_attempt_count() {
     assert_eq!(seen.len(), 4);
     assert_eq!(seen.iter().map(|s| s.node).collect::<Vec<_>>(), [0, 1, 0, 1], "alternates between the nodes");
     assert!(seen.iter().all(|s| s.seq == Some(1)));
-    // The write's outcome is unknown; the next write gets the next number.
+    // The write's outcome is unknown: the next write starts a new session at 1.
+    let first_id = seen[0].client_id;
+    assert_ne!(Some(client.client_id()), first_id);
+    let new_id = client.client_id();
     let _ = client.put("k", "v").await;
-    assert_eq!(fake.seen().last().unwrap().seq, Some(2));
+    let next = fake.seen().last().cloned().unwrap();
+    assert_eq!((next.seq, next.client_id), (Some(1), Some(new_id)));
 }
 
 // ---- non-retryable errors ----

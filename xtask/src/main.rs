@@ -4,8 +4,12 @@
 //! - `sim --seed S`: replays one seed.
 //! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
 //! - `bench`: raft-core against openraft on the same workload, same run (release build).
+//! - `cluster up|down|status|kill N|restart N`: a local cluster of `raft-node` processes
+//!   under `target/cluster/` (see `cluster.rs`).
 //! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
 //!   simulation seeds.
+
+mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,8 +36,9 @@ fn run() -> Result<()> {
         Some("test") => test_all(),
         Some("bench") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
         Some("certs") => certs(&args[1..]),
+        Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR"
+            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N"
         ),
     }
 }

@@ -1,0 +1,144 @@
+//! The `raft-node` binary as an operator runs it: three processes started from config files,
+//! `raft-node ctl` against them, SIGTERM for a graceful stop, a restart that keeps the data,
+//! and `check-config` on a broken file.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::free_addr;
+
+const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
+
+fn write_configs(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let addrs: Vec<_> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let mut members = String::new();
+    for (i, (raft, client)) in addrs.iter().enumerate() {
+        members.push_str(&format!(
+            "[[members]]\nid = {}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\n\n",
+            i + 1
+        ));
+    }
+    let mut files = Vec::new();
+    for (i, (raft, client)) in addrs.iter().enumerate() {
+        let text = format!(
+            "cluster = \"bin\"\nid = {}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}[log]\nlevel = \"warn\"\n",
+            i + 1,
+            dir.join(format!("data{}", i + 1)).display()
+        );
+        let file = dir.join(format!("node{}.toml", i + 1));
+        std::fs::write(&file, text).unwrap();
+        files.push(file);
+    }
+    (files, addrs.iter().map(|(_, c)| c.to_string()).collect())
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn ctl(endpoints: &[String], args: &[&str]) -> (bool, String, String) {
+    let out =
+        Command::new(BIN).args(["ctl", "--endpoints", &endpoints.join(",")]).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn wait_ready(endpoints: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = ctl(endpoints, &["--json", "status"]);
+        if ok && out.contains("\"leader\":") && !out.contains("\"leader\":null") {
+            let (put_ok, _, _) = ctl(endpoints, &["put", "probe", "1"]);
+            if put_ok {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster did not become ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the node did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, endpoints) = write_configs(dir.path());
+    for file in &files {
+        let out = Command::new(BIN).args(["check-config", "--config"]).arg(file).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    wait_ready(&endpoints);
+
+    let (ok, _, err) = ctl(&endpoints, &["put", "color", "blue"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = ctl(&endpoints, &["get", "color"]);
+    assert!(ok && out.contains("blue"), "{out}");
+    let (ok, out, _) = ctl(&endpoints, &["status"]);
+    assert!(ok && out.contains("leader"), "{out}");
+
+    // SIGTERM stops every node gracefully (exit 0); a restart keeps the data.
+    for child in &mut children {
+        let status = terminate(child);
+        assert!(status.success(), "exit status {status}");
+    }
+    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    wait_ready(&endpoints);
+    let (ok, out, _) = ctl(&endpoints, &["get", "color"]);
+    assert!(ok && out.contains("blue"), "data kept across the restart: {out}");
+    for child in &mut children {
+        terminate(child);
+    }
+}
+
+#[test]
+fn a_broken_config_is_refused_with_every_problem_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("bad.toml");
+    let text = format!(
+        "cluster = \"x\"\nid = 0\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n\n[raft]\nheartbeat_interval_ms = 900\n",
+        data.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    for sub in ["check-config", "run"] {
+        let out = Command::new(BIN).args([sub, "--config"]).arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for key in ["id:", "client_addr:", "members:", "raft:"] {
+            assert!(err.contains(key), "{sub}: {key} missing from {err}");
+        }
+        assert!(err.contains("bad.toml"), "the file is named: {err}");
+    }
+    assert!(!data.exists(), "the data dir was not created");
+    std::fs::write(&file, "cluster = \"x\"\nid = 1\nbogus_key = 3\n").unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+}
