@@ -126,9 +126,9 @@ fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
 /// the membership.
 pub(crate) async fn add_member(
     State(shared): State<AppState>,
-    body: Result<Json<AddMemberRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<MembersView>, HttpError> {
-    let request = json_body(body)?;
+    let request = json_body::<AddMemberRequest>(body)?;
     if request.id == 0 {
         return Err(HttpError::bad_request("node id 0 is reserved"));
     }
@@ -231,9 +231,9 @@ pub(crate) async fn remove_member(
 /// `POST /v1/transfer-leader`.
 pub(crate) async fn transfer_leader(
     State(shared): State<AppState>,
-    body: Result<Json<TransferRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<LeaderView>, HttpError> {
-    let request = json_body(body)?;
+    let request = json_body::<TransferRequest>(body)?;
     let status = shared.raft.status().protocol;
     if request.to == Some(status.id) && status.role == Role::Leader {
         return Ok(Json(shared.leader_view()));

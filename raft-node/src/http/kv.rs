@@ -66,19 +66,19 @@ fn check_value(shared: &Shared, value: &str) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// A JSON body, with malformed JSON answered as `bad_request` and an oversized body as
-/// `too_large`.
+/// A JSON body (whatever its content type, so that `curl -d` works), with malformed JSON
+/// answered as `bad_request` and a body over `limits.max_body_bytes` as `too_large`.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, HttpError> {
-    use axum::extract::rejection::JsonRejection;
-    match body {
-        Ok(Json(v)) => Ok(v),
-        Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(HttpError::new(ErrorCode::TooLarge, e.body_text()))
+    let bytes = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::new(ErrorCode::TooLarge, e.body_text())
+        } else {
+            HttpError::bad_request(e.body_text())
         }
-        Err(e) => Err(HttpError::bad_request(e.body_text())),
-    }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 /// `GET /v1/kv/{key}`.
@@ -121,10 +121,10 @@ pub(crate) async fn put(
     Path(key): Path<String>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Json<PutRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<WriteResult>, HttpError> {
     check_key(&shared, &key)?;
-    let body = json_body(body)?;
+    let body = json_body::<PutRequest>(body)?;
     check_value(&shared, &body.value)?;
     let op = Op::Put { key: key.clone(), value: body.value.clone() };
     let (response, index) = write(&shared, &headers, &uri, "put", op).await?;
@@ -149,10 +149,10 @@ pub(crate) async fn cas(
     Path(key): Path<String>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Json<CasRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<WriteResult>, HttpError> {
     check_key(&shared, &key)?;
-    let body = json_body(body)?;
+    let body = json_body::<CasRequest>(body)?;
     let expected = match (body.expected_version, body.expected_value) {
         (Some(v), None) => Expected::Version(v),
         (None, Some(v)) => {

@@ -74,9 +74,9 @@ pub(crate) async fn register(
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Json<ServiceSpec>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<WriteResult>, HttpError> {
-    let spec = json_body(body)?;
+    let spec = json_body::<ServiceSpec>(body)?;
     let nodes = spec
         .nodes
         .into_iter()
@@ -111,9 +111,9 @@ pub(crate) async fn set_down(
     Path((name, node)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Json<NodeDownRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<WriteResult>, HttpError> {
-    let request = json_body(body)?;
+    let request = json_body::<NodeDownRequest>(body)?;
     let op = Op::SetServiceNodeDown { service: name.clone(), node, down: request.down };
     let (response, index) = write(&shared, &headers, &uri, "set_service_node_down", op).await?;
     write_result(&name, response, index)
