@@ -255,27 +255,7 @@ pub fn table_row(name: &str, bench: &TransportBench) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::local_transport::LocalNetwork;
-    use crate::testing::transport_suite::Capabilities;
-    use std::collections::BTreeMap;
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-
-    #[derive(Default)]
-    struct LocalFactory {
-        network: LocalNetwork,
-    }
-
-    #[async_trait::async_trait]
-    impl TransportFactory for LocalFactory {
-        fn capabilities(&self) -> Capabilities {
-            Capabilities { max_frame_bytes: None, raw_tcp: None }
-        }
-
-        async fn start(&self, id: NodeId, _addrs: &BTreeMap<NodeId, SocketAddr>) -> Arc<dyn Transport> {
-            Arc::new(self.network.transport(id, 1_024))
-        }
-    }
+    use crate::testing::local_transport::LocalFactory;
 
     #[tokio::test]
     async fn the_harness_runs_on_the_local_transport() {
