@@ -14,6 +14,24 @@
 //!   peer is the current one;
 //! - [`stats`]: the counters of a transport.
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bytes::BytesMut;
+//! use raft_core::wire::{FrameDecoder, WireMessage, WIRE_VERSION};
+//! use raft_transport_common::io::{read_frame, write_frame};
+//!
+//! let (mut a, mut b) = tokio::io::duplex(4096);
+//! let ack = WireMessage::HelloAck { version: WIRE_VERSION, node_id: 2 };
+//! write_frame(&mut a, &ack, u32::MAX).await?;
+//! let mut buf = BytesMut::new();
+//! let timeout = std::time::Duration::from_secs(1);
+//! let got = read_frame(&mut b, &mut buf, &FrameDecoder::default(), None, timeout).await?;
+//! assert_eq!(got, ack);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! **Why a crate and not a module of `raft_core::wire`.** `raft-core` holds the protocol and
 //! the wire *format*, which is pure data (encode, decode, limits). This crate is IO plumbing
 //! with tokio tasks, queues and clocks in it; keeping it out of `raft-core` keeps that crate's

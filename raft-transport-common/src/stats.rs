@@ -69,6 +69,16 @@ impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Counts and logs an inbound TLS handshake from `peer_addr` that failed with `error`, or
+    /// timed out (`None`).
+    pub fn tls_refused(&self, peer_addr: std::net::SocketAddr, error: Option<&dyn std::fmt::Display>) {
+        Self::add(&self.refused_tls, 1);
+        match error {
+            Some(error) => tracing::warn!(%peer_addr, %error, "TLS handshake failed"),
+            None => tracing::warn!(%peer_addr, "TLS handshake timed out"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -53,17 +53,9 @@ async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSende
     let deadline = Instant::now() + config.handshake_timeout;
     let connection = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => {
-            // Untrusted, expired or missing client certificate, or the client refused ours.
-            Counters::add(&counters.refused_tls, 1);
-            warn!(peer_addr = %addr, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            Counters::add(&counters.refused_tls, 1);
-            warn!(peer_addr = %addr, "TLS handshake timed out");
-            return;
-        }
+        // Untrusted, expired or missing client certificate, or the client refused ours.
+        Ok(Err(error)) => return counters.tls_refused(addr, Some(&error)),
+        Err(_) => return counters.tls_refused(addr, None),
     };
     let peer = match peer_node_id(&connection, &config.cluster_id) {
         Ok(peer) if shared.peers.contains(peer) => peer,

@@ -22,6 +22,10 @@
 //! (`send` never blocks; a full queue drops and counts). Connections are re-established with
 //! capped exponential backoff and jitter; queued messages wait (up to the bound) meanwhile.
 //!
+//! **Peers at runtime.** [`Transport::set_peer`] adds a peer or moves one to a new address;
+//! [`Transport::remove_peer`] drops its queues, closes its connections and refuses its
+//! traffic (a certificate of a node that is not a peer is refused).
+//!
 //! Dev certificates: [`generate_dev_certs`].
 //!
 //! ```no_run
@@ -41,6 +45,7 @@
 //! ```
 
 mod config;
+mod factory;
 mod inbound;
 mod outbound;
 mod tls;
@@ -59,6 +64,7 @@ use tokio::sync::mpsc;
 use tracing::{info, Instrument};
 
 pub use config::QuicConfig;
+pub use factory::QuicFactory;
 pub use raft_tls::{
     generate_dev_certs, node_identity, parse_node_identity, CertError, DevCa, DevCerts, IdentityError,
     TlsConfig, TlsError,

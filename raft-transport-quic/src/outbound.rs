@@ -97,11 +97,13 @@ pub(crate) async fn run(
             coalesce: true,
         };
         let snapshot_batching = Batching { coalesce: false, ..small_batching };
+        // Biased: a move is handled before more messages go to the old address.
         let stopped = tokio::select! {
+            biased;
+            moved = moved(&mut addr) => if moved { Stopped::Moved } else { Stopped::Shutdown },
             stopped = write_stream(&shared, peer, &connection, &mut small, &mut small_buf, small_batching) => stopped,
             stopped = write_stream(&shared, peer, &connection, &mut snapshot, &mut snapshot_buf, snapshot_batching) => stopped,
             error = connection.closed() => Stopped::Broken(error.to_string()),
-            moved = moved(&mut addr) => if moved { Stopped::Moved } else { Stopped::Shutdown },
         };
         match stopped {
             Stopped::Shutdown => {

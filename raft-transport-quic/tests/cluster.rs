@@ -1,35 +1,10 @@
 //! The snapshot stream of the QUIC transport: a large InstallSnapshot transfer does not hold
 //! up small messages sent meanwhile.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use raft_core::testing::snapshot_interference;
-use raft_core::testing::transport_suite::{Capabilities, TransportFactory};
-use raft_core::{NodeId, Transport};
-use raft_transport_quic::{generate_dev_certs, DevCerts, QuicConfig, QuicTransport};
-
-/// QUIC transports with default settings.
-struct Factory {
-    certs: DevCerts,
-}
-
-#[async_trait]
-impl TransportFactory for Factory {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { max_frame_bytes: None, raw_tcp: None }
-    }
-
-    async fn start(&self, id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>) -> Arc<dyn Transport> {
-        let peers = addrs.iter().filter(|(&p, _)| p != id).map(|(&p, &a)| (p, a)).collect();
-        let (cert, key) = self.certs.nodes[&id].clone();
-        let config = QuicConfig::new(id, "snap", addrs[&id], peers, &self.certs.ca_cert_pem, cert, key);
-        Arc::new(QuicTransport::start(config).await.expect("transport starts"))
-    }
-}
+use raft_transport_quic::{generate_dev_certs, QuicFactory};
 
 /// 50 MB of `InstallSnapshot` chunks (512 KiB each, queued as fast as the snapshot queue
 /// takes them) go from node 1 to node 2 while node 1 also sends a small message every 5 ms
@@ -42,7 +17,7 @@ impl TransportFactory for Factory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_transfer_does_not_delay_small_messages() {
     let certs = generate_dev_certs("snap", 1..=2).expect("certs");
-    let seen = snapshot_interference::measure(&Factory { certs }).await;
+    let seen = snapshot_interference::measure(&QuicFactory { certs }).await;
     eprintln!("QUIC: {seen}");
     assert!(
         seen.small_arrived * 2 >= seen.small_sent.saturating_sub(2),

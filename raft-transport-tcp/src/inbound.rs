@@ -80,16 +80,8 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &Inb
                 warn!(peer_addr = %addr, %error, "peer identity refused; closing");
                 return;
             }
-            Ok(Err(error)) => {
-                Counters::add(&counters.refused_tls, 1);
-                warn!(peer_addr = %addr, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                Counters::add(&counters.refused_tls, 1);
-                warn!(peer_addr = %addr, "TLS handshake timed out");
-                return;
-            }
+            Ok(Err(error)) => return counters.tls_refused(addr, Some(&error)),
+            Err(_) => return counters.tls_refused(addr, None),
         },
     };
     let (mut reader, mut writer) = tokio::io::split(stream);

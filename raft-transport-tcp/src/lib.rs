@@ -13,6 +13,15 @@
 //! matches the node in `Hello`. Plaintext, untrusted, expired and wrong-identity connections
 //! are closed and counted (`refused_tls`, `refused_identity`).
 //!
+//! **Liveness.** The connector sends a `KeepAlive` frame every [`TcpConfig::keep_alive`] and
+//! the acceptor answers it; a connection that hears nothing for [`TcpConfig::idle_timeout`]
+//! is dropped and re-established (the peer stopped reading, or its host is gone), and the
+//! acceptor closes a connection silent that long. Both sockets also get kernel keep-alive
+//! probes.
+//!
+//! **Peers at runtime.** [`Transport::set_peer`] adds a peer or moves one to a new address;
+//! [`Transport::remove_peer`] drops its queue, closes its connections and refuses its traffic.
+//!
 //! Limits: a bounded queue per peer (`send` never blocks; a full queue drops the message), a
 //! bounded inbound channel, a hard frame size checked before allocating (a message whose frame
 //! would exceed it is dropped by the writer and counted in [`TcpStats::dropped_oversized`]),
@@ -50,6 +59,7 @@
 //! ```
 
 mod config;
+mod factory;
 mod inbound;
 mod outbound;
 mod tls;
@@ -68,6 +78,7 @@ use tokio::sync::mpsc;
 use tracing::{info, Instrument};
 
 pub use config::{TcpConfig, CLUSTER_ID_BYTES_MAX};
+pub use factory::TcpFactory;
 pub use raft_tls::{generate_dev_certs, node_identity, DevCa, DevCerts, TlsConfig, TlsError};
 pub use raft_transport_common::TransportStats;
 pub use tls::TLS_ALPN;

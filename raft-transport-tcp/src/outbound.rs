@@ -120,11 +120,17 @@ async fn run_connection(
     let mut keep_alive_seq = 0u64;
     let mut heard_at = Instant::now();
     loop {
+        // Biased: a move or a dead connection is handled before more messages are written
+        // to a connection that is about to be dropped.
         let next = tokio::select! {
-            message = queue.recv() => match message {
-                Some(message) => Next::Send(message),
-                None => Next::Stop(Ended::Shutdown),
-            },
+            biased;
+            moved = moved(addr) => {
+                if !moved {
+                    return Ended::Shutdown; // the peer was removed
+                }
+                info!(peer, addr = %*addr.borrow(), "peer moved; reconnecting");
+                Next::Stop(Ended::Broken)
+            }
             // `answers` keeps a partial frame across polls, so losing this race loses nothing.
             answer = read_frame(reader, &mut answers, &decoder, None, config.frame_timeout) => match answer {
                 Ok(WireMessage::KeepAliveAck { .. }) => {
@@ -146,13 +152,10 @@ async fn run_connection(
                 warn!(peer, idle_timeout = ?config.idle_timeout, "no answer from the peer; reconnecting");
                 Next::Stop(Ended::Broken)
             }
-            moved = moved(addr) => {
-                if !moved {
-                    return Ended::Shutdown; // the peer was removed
-                }
-                info!(peer, addr = %*addr.borrow(), "peer moved; reconnecting");
-                Next::Stop(Ended::Broken)
-            }
+            message = queue.recv() => match message {
+                Some(message) => Next::Send(message),
+                None => Next::Stop(Ended::Shutdown),
+            },
         };
         let batched = match next {
             Next::Stop(ended) => return ended,

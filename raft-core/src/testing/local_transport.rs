@@ -1,13 +1,15 @@
 //! An in-process [`Transport`]: nodes of one process exchange messages through bounded
 //! channels. For tests and benchmarks of the driver without a network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::message::Message;
+use crate::testing::transport_suite::{Capabilities, TransportFactory};
 use crate::transport::{SendError, Transport, TransportClosed};
 use crate::types::NodeId;
 
@@ -62,5 +64,23 @@ impl Transport for LocalTransport {
             map.remove(&self.id);
         }
         self.inbox.lock().await.close();
+    }
+}
+
+/// Starts [`LocalTransport`]s on one [`LocalNetwork`] for the testing kit (addresses are
+/// ignored; every node reaches every other).
+#[derive(Debug, Default)]
+pub struct LocalFactory {
+    network: LocalNetwork,
+}
+
+#[async_trait]
+impl TransportFactory for LocalFactory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { max_frame_bytes: None, raw_tcp: None }
+    }
+
+    async fn start(&self, id: NodeId, _addrs: &BTreeMap<NodeId, SocketAddr>) -> Arc<dyn Transport> {
+        Arc::new(self.network.transport(id, 1_024))
     }
 }

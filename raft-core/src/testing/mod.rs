@@ -8,4 +8,5 @@ pub mod local_transport;
 pub mod sim;
 pub mod snapshot_interference;
 pub mod storage_suite;
+pub mod transport_bench;
 pub mod transport_suite;

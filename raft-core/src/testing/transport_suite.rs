@@ -873,24 +873,7 @@ async fn connection_limit_holds(factory: &impl TransportFactory, raw: &RawTcp) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::local_transport::LocalNetwork;
-
-    /// [`LocalNetwork`] transports; addresses are ignored.
-    #[derive(Default)]
-    struct LocalFactory {
-        network: LocalNetwork,
-    }
-
-    #[async_trait]
-    impl TransportFactory for LocalFactory {
-        fn capabilities(&self) -> Capabilities {
-            Capabilities { max_frame_bytes: None, raw_tcp: None }
-        }
-
-        async fn start(&self, id: NodeId, _addrs: &BTreeMap<NodeId, SocketAddr>) -> Arc<dyn Transport> {
-            Arc::new(self.network.transport(id, 1_024))
-        }
-    }
+    use crate::testing::local_transport::LocalFactory;
 
     #[tokio::test]
     async fn local_transport_passes_the_generic_cases() {

@@ -137,9 +137,9 @@ pub struct NetworkConfig {
     pub max_frame_bytes: u32,
     /// Most messages queued for one peer; more are dropped (Raft retries).
     pub peer_queue_max: usize,
-    /// QUIC keep-alive interval.
+    /// Keep-alive interval (TCP keep-alive frames, QUIC keep-alive packets).
     pub keep_alive_ms: u64,
-    /// QUIC idle timeout: a silent connection is closed after it.
+    /// Idle timeout (both transports): a connection silent this long is closed and re-made.
     pub idle_timeout_ms: u64,
 }
 

@@ -306,6 +306,8 @@ async fn build_transport(
             tcp.max_frame_bytes = n.max_frame_bytes;
             tcp.queue_max = n.peer_queue_max;
             tcp.tls = tls;
+            tcp.keep_alive = Duration::from_millis(n.keep_alive_ms);
+            tcp.idle_timeout = Duration::from_millis(n.idle_timeout_ms);
             let t = raft_transport_tcp::TcpTransport::start(tcp)
                 .await
                 .map_err(|e| StartError::Transport { kind: "tcp", message: e.to_string() })?;
