@@ -9,9 +9,9 @@ use raft_core::{Entry, EntryPayload, Fsm, FsmError};
 
 use crate::ledger::{encode_response, Ledger};
 
-/// The state machine handed to `RaftNode::start`: applies committed [`Command`]s
-/// (`crate::Command`) to the shared [`Ledger`], answers each with an encoded [`Response`]
-/// (`crate::Response`), and snapshots or restores the whole ledger.
+/// The state machine handed to `RaftNode::start`: applies committed
+/// [`Command`](crate::Command)s to the shared [`Ledger`], answers each with an encoded
+/// [`Response`](crate::Response), and snapshots or restores the whole ledger.
 #[derive(Debug)]
 pub struct LedgerFsm {
     ledger: Arc<RwLock<Ledger>>,
