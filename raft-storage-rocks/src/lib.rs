@@ -14,6 +14,11 @@
 //!   failed write the store reopens RocksDB before the next one, so writes work again once
 //!   space is freed, and nothing acknowledged is lost.
 //!
+//! **With `RaftNode`.** `Arc::new(db.log(0))` is the `storage` argument of
+//! [`raft_core::RaftNode::start`]; restarting on the same directory resumes the node. The
+//! directory is released once the node has shut down and every handle is dropped.
+//! `examples/bank` in the workspace shows a whole node.
+//!
 //! ```
 //! use raft_core::{Entry, EntryPayload, Storage};
 //! use raft_storage_rocks::{Identity, RocksDb, RocksOptions};

@@ -29,6 +29,10 @@
 //! queued while a peer is unreachable stay queued (up to the bound) until it is back; a batch
 //! being written when a connection breaks is lost, which Raft tolerates.
 //!
+//! **With `RaftNode`.** Start the transport, wrap it in an `Arc` and pass it as the
+//! `transport` argument of [`raft_core::RaftNode::start`]; the node closes it on shutdown.
+//! `examples/bank` in the workspace shows a whole node.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), raft_transport_tcp::TcpError> {
 //! use std::collections::BTreeMap;
