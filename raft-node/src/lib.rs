@@ -5,6 +5,22 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - `node`: wiring ([`Node::start`]), start-up checks, joining, the address book.
 //! - `http`: the HTTP/JSON API (paths and bodies in [`raft_client::api`]).
+//!
+//! The binary is a thin `main` around [`Node`]; a program can run a node the same way:
+//!
+//! ```no_run
+//! use raft_node::{config::NodeConfig, Node};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Reads, overrides and validates the file (every problem is reported at once).
+//! let config = NodeConfig::load("node.toml".as_ref(), &["raft.heartbeat_interval_ms=30".into()])?;
+//! let node = Node::start(config).await?; // storage, transport, Raft, HTTP API
+//! println!("serving on http://{}", node.client_addr());
+//! tokio::signal::ctrl_c().await?;
+//! node.shutdown().await; // in-flight requests finish, storage is flushed
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
 mod http;
