@@ -96,3 +96,76 @@ impl IntoResponse for HttpError {
         (status, Json(*self.body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raft_core::{InvalidChange, ProposalRejection as P, RaftError as R, TransferError as T};
+
+    use super::*;
+
+    fn code_of(e: R) -> (ErrorCode, u16) {
+        let leader =
+            || Some(LeaderView { leader: Some(2), client_addr: Some("127.0.0.1:8082".into()), term: 3 });
+        let mapped = HttpError::from_raft(e, leader);
+        (mapped.body.code, mapped.body.code.http_status())
+    }
+
+    #[test]
+    fn every_driver_error_has_a_stable_code_and_status() {
+        let cases = [
+            (R::Rejected(P::NotLeader { leader_hint: Some(2) }), ErrorCode::NotLeader, 421),
+            (R::Rejected(P::Busy), ErrorCode::Busy, 503),
+            (R::Rejected(P::ForwardTimeout), ErrorCode::Timeout, 504),
+            (R::Rejected(P::Timeout), ErrorCode::NoQuorum, 503),
+            (R::Rejected(P::LeadershipTransferInProgress), ErrorCode::NoLeader, 503),
+            (R::Rejected(P::MembershipChangeInProgress), ErrorCode::Conflict, 409),
+            (R::Rejected(P::InvalidMembershipChange(InvalidChange::NotAMember(9))), ErrorCode::NotFound, 404),
+            (
+                R::Rejected(P::InvalidMembershipChange(InvalidChange::AlreadyMember(2))),
+                ErrorCode::Conflict,
+                409,
+            ),
+            (R::Rejected(P::InvalidMembershipChange(InvalidChange::NoVoters)), ErrorCode::BadRequest, 400),
+            (R::Transfer(T::NotLeader { leader_hint: None }), ErrorCode::NotLeader, 421),
+            (R::Transfer(T::NotAVoter(4)), ErrorCode::BadRequest, 400),
+            (R::Transfer(T::InProgress(3)), ErrorCode::Conflict, 409),
+            (R::Transfer(T::NoCandidate), ErrorCode::Conflict, 409),
+            (R::Transfer(T::TimedOut(3)), ErrorCode::Timeout, 504),
+            (R::ProposalDropped, ErrorCode::Unavailable, 503),
+            (R::OutcomeUnknown, ErrorCode::Timeout, 504),
+            (R::AlreadyShutdown, ErrorCode::Unavailable, 503),
+        ];
+        for (error, code, status) in cases {
+            let shown = format!("{error:?}");
+            assert_eq!(code_of(error), (code, status), "{shown}");
+        }
+    }
+
+    #[test]
+    fn not_leader_carries_the_leader_or_becomes_no_leader() {
+        let e = HttpError::from_raft(R::Rejected(P::NotLeader { leader_hint: None }), || {
+            Some(LeaderView { leader: Some(2), client_addr: Some("a:1".into()), term: 1 })
+        });
+        assert_eq!(e.body.leader.and_then(|l| l.leader), Some(2));
+        let e = HttpError::from_raft(R::Rejected(P::NotLeader { leader_hint: None }), || {
+            Some(LeaderView { leader: None, client_addr: None, term: 1 })
+        });
+        assert_eq!(e.body.code, ErrorCode::NoLeader);
+    }
+
+    #[test]
+    fn a_redirect_answers_307_with_location() {
+        let mut e = HttpError::not_leader(Some(LeaderView {
+            leader: Some(2),
+            client_addr: Some("a:1".into()),
+            term: 1,
+        }));
+        e.redirect = Some("http://a:1/v1/kv/k".into());
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(
+            response.headers().get(header::LOCATION).map(|v| v.as_bytes()),
+            Some(&b"http://a:1/v1/kv/k"[..])
+        );
+    }
+}
