@@ -3,74 +3,27 @@
 //! transfer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use raft_core::testing::counter::CounterFsm;
 use raft_core::testing::local_transport::LocalNetwork;
 use raft_core::{
-    Config, Entry, EntryPayload, Fsm, FsmError, Index, InvalidChange, Membership, NodeId, ProposalRejection,
-    RaftError, RaftNode, ReadMode, Role, Storage, StorageError, TransferError,
+    Config, Entry, Index, InvalidChange, Membership, NodeId, ProposalRejection, RaftError, RaftNode,
+    ReadMode, Role, Storage, StorageError, TransferError,
 };
 use raft_storage_mem::MemStorage;
 
 /// How long a test waits for a condition before failing.
 const WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// Counts applied commands; answers each with the count so far. The counters are shared with
-/// the test, which reads them to check the state machine.
-#[derive(Default, Clone)]
-struct Counter {
-    /// The state: commands applied, including those covered by a restored snapshot.
-    count: Arc<AtomicU64>,
-    /// Commands this instance applied itself (not restored).
-    commands_applied: Arc<AtomicU64>,
-    /// The count of the last snapshot restored (0 when none was).
-    restored: Arc<AtomicU64>,
-}
-
-impl Counter {
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Fsm for Counter {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Ok(entries
-            .iter()
-            .map(|e| match e.payload {
-                EntryPayload::Command(_) => {
-                    self.commands_applied.fetch_add(1, Ordering::SeqCst);
-                    let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-                    Bytes::from(count.to_string())
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
-            })
-            .collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count().to_string()))
-    }
-
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        let count: u64 =
-            text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
-        self.count.store(count, Ordering::SeqCst);
-        self.restored.store(count, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// A running node and a probe of its state machine.
 struct Node {
     raft: Arc<RaftNode>,
-    fsm: Counter,
+    fsm: CounterFsm,
 }
 
 /// An in-process cluster whose nodes can be stopped and restarted with their storage.
@@ -103,7 +56,7 @@ impl Cluster {
     /// storage, if any).
     async fn start(&mut self, id: NodeId, storage: Arc<MemStorage>) {
         assert!(!self.nodes.contains_key(&id), "node {id} is running");
-        let fsm = Counter::default();
+        let fsm = CounterFsm::default();
         let raft = RaftNode::start(
             id,
             self.config.clone(),
@@ -135,7 +88,7 @@ impl Cluster {
         &self.nodes[&id].raft
     }
 
-    fn fsm(&self, id: NodeId) -> &Counter {
+    fn fsm(&self, id: NodeId) -> &CounterFsm {
         &self.nodes[&id].fsm
     }
 
@@ -336,7 +289,7 @@ async fn snapshots_compact_storage_and_a_restarted_cluster_does_not_reapply() {
         let fsm = c.fsm(id);
         assert_eq!(fsm.count(), 121, "node {id}");
         assert_eq!(
-            fsm.restored.load(Ordering::SeqCst) + fsm.commands_applied.load(Ordering::SeqCst),
+            fsm.restored() + fsm.commands_applied(),
             121,
             "node {id}: entries covered by the snapshot are not applied again"
         );
@@ -367,7 +320,7 @@ async fn a_stopped_follower_catches_up_by_snapshot_with_old_or_fresh_storage() {
         let fsm = c.fsm(follower);
         wait_until(&format!("{round}: the follower's count reaches {expected}"), || fsm.count() == expected)
             .await;
-        assert!(fsm.restored.load(Ordering::SeqCst) > 0, "{round}: the follower installed a snapshot");
+        assert!(fsm.restored() > 0, "{round}: the follower installed a snapshot");
         let stored = c.storage(follower).load_snapshot().await.expect("load");
         assert!(stored.is_some(), "{round}: the follower stored the snapshot");
         // The follower keeps working as part of the cluster.
@@ -592,7 +545,7 @@ async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
         Membership::with_voters([1]),
         storage.clone(),
         Arc::new(network.transport(1, 64)),
-        Box::new(Counter::default()),
+        Box::new(CounterFsm::default()),
         1,
     )
     .await

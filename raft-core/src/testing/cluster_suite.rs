@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::testing::counter::CounterFsm;
 use crate::testing::transport_suite::{free_loopback_addrs, TransportFactory};
-use crate::{
-    Config, Entry, EntryPayload, Fsm, FsmError, Membership, NodeId, RaftError, RaftNode, Role, Storage,
-};
+use crate::{Config, Membership, NodeId, RaftError, RaftNode, Role, Storage};
 
 /// How long the suite waits for a condition before failing.
 const WAIT_MAX: Duration = Duration::from_secs(30);
@@ -30,43 +28,9 @@ pub async fn run_all(factory: &impl TransportFactory, storage: impl Fn(NodeId) -
     three_nodes_replicate_and_a_restarted_node_catches_up(factory, storage).await;
 }
 
-/// Counts applied commands (shared with the suite, which reads the count).
-#[derive(Default, Clone)]
-struct Counter {
-    count: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Fsm for Counter {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Ok(entries
-            .iter()
-            .map(|e| match e.payload {
-                EntryPayload::Command(_) => {
-                    let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-                    Bytes::from(count.to_string())
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
-            })
-            .collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count.load(Ordering::SeqCst).to_string()))
-    }
-
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        let count: u64 =
-            text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
-        self.count.store(count, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 struct Node {
     raft: Arc<RaftNode>,
-    fsm: Counter,
+    fsm: CounterFsm,
 }
 
 /// Nodes on loopback ports, each over its own transport.
@@ -93,7 +57,7 @@ impl<'a, F: TransportFactory> Cluster<'a, F> {
     /// Starts node `id` on its storage with a new transport on its port.
     async fn start(&mut self, id: NodeId) {
         let transport = self.factory.start(id, &self.addrs).await;
-        let fsm = Counter::default();
+        let fsm = CounterFsm::default();
         let raft = RaftNode::start(
             id,
             self.config.clone(),
@@ -174,7 +138,7 @@ impl<'a, F: TransportFactory> Cluster<'a, F> {
     async fn wait_converged(&self, min: u64) -> u64 {
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         loop {
-            let counts: Vec<u64> = self.nodes.values().map(|n| n.fsm.count.load(Ordering::SeqCst)).collect();
+            let counts: Vec<u64> = self.nodes.values().map(|n| n.fsm.count()).collect();
             if counts[0] >= min && counts.iter().all(|&c| c == counts[0]) {
                 return counts[0];
             }

@@ -4,6 +4,7 @@
 //! [`Raft`](crate::Raft) nodes through a simulated clock, network and disk from one seed.
 
 pub mod cluster_suite;
+pub mod counter;
 pub mod local_transport;
 pub mod sim;
 pub mod snapshot_interference;

@@ -1,45 +1,17 @@
 //! The async driver runs a 3-node cluster on RocksDB storage in temporary directories, with
 //! restarts: acknowledged writes survive, a restarted node resumes from its store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use raft_core::testing::counter::CounterFsm;
 use raft_core::testing::local_transport::LocalNetwork;
-use raft_core::{Config, Entry, EntryPayload, Fsm, FsmError, Membership, RaftNode, Role};
+use raft_core::{Config, Membership, RaftNode, Role};
 
 use crate::{Identity, RocksDb, RocksOptions};
 
-/// Counts commands; snapshots are the count.
-#[derive(Default)]
-struct Counter(Arc<AtomicU64>);
-
-#[async_trait]
-impl Fsm for Counter {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Ok(entries
-            .iter()
-            .map(|e| match e.payload {
-                EntryPayload::Command(_) => {
-                    Bytes::from((self.0.fetch_add(1, Ordering::SeqCst) + 1).to_string())
-                }
-                _ => Bytes::new(),
-            })
-            .collect())
-    }
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.0.load(Ordering::SeqCst).to_string()))
-    }
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
-        self.0.store(text.parse().map_err(|_| FsmError::BadSnapshot(text.into()))?, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-async fn start(network: &LocalNetwork, id: u64, dir: &std::path::Path, count: Arc<AtomicU64>) -> RaftNode {
+async fn start(network: &LocalNetwork, id: u64, dir: &std::path::Path, fsm: CounterFsm) -> RaftNode {
     let identity = Identity { cluster_id: "rocks-cluster".into(), node_id: id };
     let db = RocksDb::open(dir, &identity, RocksOptions::default()).expect("open store");
     let config = Config { snapshot_threshold_entries: 40, snapshot_keep_entries: 5, ..Config::default() };
@@ -49,7 +21,7 @@ async fn start(network: &LocalNetwork, id: u64, dir: &std::path::Path, count: Ar
         Membership::with_voters([1, 2, 3]),
         Arc::new(db.log(0)),
         Arc::new(network.transport(id, 4_096)),
-        Box::new(Counter(count)),
+        Box::new(fsm),
         id,
     )
     .await
@@ -72,11 +44,11 @@ async fn leader(nodes: &[Option<RaftNode>]) -> usize {
 async fn a_three_node_cluster_on_rocksdb_survives_restarts() {
     let network = LocalNetwork::default();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-    let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut fsms: Vec<CounterFsm> = (0..3).map(|_| CounterFsm::default()).collect();
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let i = id as usize - 1;
-        nodes.push(Some(start(&network, id, dirs[i].path(), counts[i].clone()).await));
+        nodes.push(Some(start(&network, id, dirs[i].path(), fsms[i].clone()).await));
     }
     let mut acknowledged = 0u64;
     for round in 0..3 {
@@ -92,9 +64,9 @@ async fn a_three_node_cluster_on_rocksdb_survives_restarts() {
         if let Some(node) = nodes[victim].take() {
             node.shutdown().await.expect("shutdown");
         }
-        counts[victim].store(0, Ordering::SeqCst);
+        fsms[victim] = CounterFsm::default();
         let id = victim as u64 + 1;
-        nodes[victim] = Some(start(&network, id, dirs[victim].path(), counts[victim].clone()).await);
+        nodes[victim] = Some(start(&network, id, dirs[victim].path(), fsms[victim].clone()).await);
     }
     let l = leader(&nodes).await;
     let last =
@@ -109,7 +81,7 @@ async fn a_three_node_cluster_on_rocksdb_survives_restarts() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(counts[i].load(Ordering::SeqCst), acknowledged, "node {} converged", i + 1);
+        assert_eq!(fsms[i].count(), acknowledged, "node {} converged", i + 1);
         assert!(node.status().protocol.snapshot.index > 0, "node {} snapshotted into RocksDB", i + 1);
     }
     for node in nodes.into_iter().flatten() {
