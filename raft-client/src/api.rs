@@ -167,6 +167,9 @@ pub struct MemberView {
     pub match_index: Option<u64>,
     /// How far behind the leader's last index it is (only on the leader).
     pub lag: Option<u64>,
+    /// How long ago it last answered the leader, in ms (only on the leader).
+    #[serde(default)]
+    pub last_contact_ms: Option<u64>,
 }
 
 /// Answer to `GET /v1/status`.

@@ -320,3 +320,27 @@ fn the_lease_expires_when_the_leader_is_cut_off() {
     c.run_for(50);
     assert!(!matches!(c.read_state(read), ReadState::Served { .. }), "an expired lease serves nothing");
 }
+
+#[test]
+fn the_leader_reports_how_long_ago_each_follower_answered() {
+    let mut c = Cluster::new(3, 131);
+    let leader = c.check_one_leader();
+    let cut = leader % 3 + 1;
+    let contact = |c: &Cluster, id: u64| {
+        c.raft(leader)?.status().followers.iter().find(|f| f.id == id).and_then(|f| f.last_contact_ago_ms)
+    };
+    let heartbeat = c.config().heartbeat_interval_ms;
+    let elected = c.now();
+    c.run_until(100, |c| c.now() >= elected + 100);
+    for id in c.ids().into_iter().filter(|&id| id != leader) {
+        let ago = contact(&c, id).expect("every follower answered");
+        assert!(ago <= 2 * heartbeat, "node {id} answered {ago} ms ago");
+    }
+    c.block_link(cut, leader);
+    let before = c.now();
+    c.run_until(200, |c| c.now() >= before + 200);
+    let ago = contact(&c, cut).expect("the cut follower answered once");
+    assert!(ago >= 200 - 2 * heartbeat, "the silence shows: last answer {ago} ms ago");
+    let other = c.ids().into_iter().find(|&id| id != leader && id != cut).expect("a third node");
+    assert!(contact(&c, other).is_some_and(|ago| ago <= 2 * heartbeat));
+}

@@ -240,6 +240,11 @@ async fn cluster_endpoints_status_members_transfer_and_log() {
     }
     let leader_status = statuses.iter().find(|s| s.id == leader).unwrap();
     assert!(leader_status.members.iter().all(|m| m.match_index.is_some() && m.next_index.is_some()));
+    assert!(
+        leader_status.members.iter().all(|m| m.last_contact_ms.is_some_and(|ms| ms < 5_000)),
+        "the leader heard from every follower lately: {:?}",
+        leader_status.members
+    );
     let view = client.leader().await.unwrap();
     assert_eq!((view.leader, view.client_addr), (Some(leader), Some(cluster.endpoint(leader))));
 

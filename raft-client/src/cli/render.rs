@@ -231,6 +231,7 @@ mod tests {
             next_index: None,
             match_index: None,
             lag: None,
+            last_contact_ms: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct FollowerStatus {
     pub match_index: Index,
     /// Probe or pipelined replication.
     pub mode: ReplicationMode,
+    /// How long ago (ms) the follower last answered; `None` when it has not in this term.
+    pub last_contact_ago_ms: Option<Millis>,
 }
 
 /// A node's observable protocol state (the paper's `GetState` and more).
@@ -348,6 +350,7 @@ impl Raft {
                     next_index: p.next_index,
                     match_index: p.match_index,
                     mode: p.mode,
+                    last_contact_ago_ms: p.last_contact.map(|t| self.now.saturating_sub(t)),
                 })
                 .collect(),
             snapshot: self.snapshot_last(),
@@ -863,6 +866,7 @@ impl Raft {
         }
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
+        p.last_contact = Some(self.now);
         // A round above ours was never sent by this process (a reply to a previous
         // incarnation): it confirms nothing.
         if read_seq > p.acked_read_seq && read_seq <= self.read_seq {

@@ -50,6 +50,8 @@ pub(crate) struct Progress {
     pub(crate) in_flight: VecDeque<Index>,
     /// Whether the follower answered since the last check-quorum round.
     pub(crate) recent_active: bool,
+    /// When the follower last answered (protocol time).
+    pub(crate) last_contact: Option<Millis>,
     /// The commit index last sent to the follower.
     pub(crate) commit_sent: Index,
     /// The snapshot being sent (snapshot mode).
@@ -67,6 +69,7 @@ impl Progress {
             probe_sent: false,
             in_flight: VecDeque::new(),
             recent_active: false,
+            last_contact: None,
             commit_sent: 0,
             snapshot: None,
             acked_read_seq: 0,

@@ -185,6 +185,7 @@ impl Raft {
         }
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
+        p.last_contact = Some(self.now);
         let current =
             p.mode == ReplicationMode::Snapshot && p.snapshot.as_ref().is_some_and(|t| t.last == snapshot);
         if !current {

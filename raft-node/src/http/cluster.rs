@@ -48,6 +48,11 @@ fn members_of(shared: &Shared) -> MembersView {
                 next_index,
                 match_index,
                 lag: match_index.map(|m| last.saturating_sub(m)),
+                last_contact_ms: if id == status.id && status.role == Role::Leader {
+                    Some(0)
+                } else {
+                    progress.and_then(|p| p.last_contact_ago_ms)
+                },
             }
         })
         .collect();
