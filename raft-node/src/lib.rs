@@ -4,6 +4,8 @@
 //! - [`config`]: the config file, overrides and validation.
 //! - [`metrics`]: Prometheus metrics.
 //! - `node`: wiring ([`Node::start`]), start-up checks, joining, the address book.
+//! - [`discovery`]: announcements on the local network (UDP multicast) and join candidates
+//!   found in them.
 //! - `http`: the HTTP/JSON API (paths and bodies in [`raft_client::api`]).
 //!
 //! The binary is a thin `main` around [`Node`]; a program can run a node the same way:
@@ -27,4 +29,4 @@ mod http;
 pub mod metrics;
 mod node;
 
-pub use node::{Node, StartError};
+pub use node::{discovery, Node, StartError};

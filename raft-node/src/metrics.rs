@@ -38,6 +38,12 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Labels of the discovery counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +68,7 @@ pub struct Metrics {
     proposal_seconds: Family<OpLabel, Histogram>,
     read_seconds: Family<OpLabel, Histogram>,
     request_errors: Family<OpLabel, Counter>,
+    discovery_datagrams: Family<OutcomeLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -107,6 +114,7 @@ impl Metrics {
             proposal_seconds: Family::new_with_constructor(latency_histogram),
             read_seconds: Family::new_with_constructor(latency_histogram),
             request_errors: Family::default(),
+            discovery_datagrams: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -159,6 +167,11 @@ impl Metrics {
             "Client requests answered with an error, by code",
             metrics.request_errors.clone(),
         );
+        r.register(
+            "discovery_datagrams",
+            "Discovery datagrams by outcome: sent, send_failed, member, same_id, other_cluster, malformed, oversized",
+            metrics.discovery_datagrams.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -175,6 +188,16 @@ impl Metrics {
     /// Counts an error answer by its code.
     pub fn count_error(&self, code: &'static str) {
         self.request_errors.get_or_create(&OpLabel { op: code }).inc();
+    }
+
+    /// Counts a discovery datagram sent or received, by outcome.
+    pub fn count_discovery(&self, outcome: &'static str) {
+        self.discovery_datagrams.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// How many discovery datagrams had `outcome` (0 when none).
+    pub fn discovery_count(&self, outcome: &'static str) -> u64 {
+        self.discovery_datagrams.get(&OutcomeLabel { outcome }).map(|c| c.get()).unwrap_or(0)
     }
 
     /// Records the latest snapshot.

@@ -7,7 +7,7 @@
 //! `raft-node/node.example.toml` documents every key.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -154,6 +154,99 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Discovery of peers on the local network by UDP multicast (off by default).
+///
+/// A node with discovery on announces itself (cluster, id, addresses) to `group` every
+/// `interval_ms` and listens there. A node that starts with an empty data dir and neither
+/// `members` nor `join` listens for up to `listen_ms` and joins through the client addresses
+/// of its cluster's nodes that it heard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Announce this node and listen for others.
+    pub enabled: bool,
+    /// The IPv4 multicast group and UDP port of the announcements.
+    pub group: SocketAddr,
+    /// The local IPv4 address to send and receive on; unset: the IP of `raft_addr`.
+    pub interface: Option<IpAddr>,
+    /// How often a node announces itself.
+    pub interval_ms: u64,
+    /// How long a node with nothing else to join through listens before it gives up.
+    pub listen_ms: u64,
+}
+
+/// The default discovery group: administratively scoped (239/8), UDP port 7946.
+pub const DEFAULT_DISCOVERY_GROUP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 77, 1)), 7946);
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: DEFAULT_DISCOVERY_GROUP,
+            interface: None,
+            interval_ms: 1_000,
+            listen_ms: 10_000,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// The interface to send and receive on: `interface`, else the IP of `raft_addr` (`None`
+    /// when that is not IPv4).
+    pub fn interface_for(&self, raft_addr: SocketAddr) -> Option<Ipv4Addr> {
+        match self.interface.unwrap_or(raft_addr.ip()) {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The problems of this section, given the node's own addresses.
+    fn problems(&self, raft_addr: SocketAddr, client_addr: SocketAddr, bad: &mut impl FnMut(&str, String)) {
+        match self.group {
+            SocketAddr::V4(group) if group.ip().is_multicast() && group.port() != 0 => {}
+            SocketAddr::V4(group) if group.port() == 0 => {
+                bad("discovery.group", "the port must be non-zero".into())
+            }
+            _ => bad(
+                "discovery.group",
+                format!(
+                    "{} is not an IPv4 multicast address (224.0.0.0/4, e.g. 239.255.77.1:7946)",
+                    self.group
+                ),
+            ),
+        }
+        match self.interface {
+            Some(IpAddr::V6(_)) => bad("discovery.interface", "must be an IPv4 address".into()),
+            Some(IpAddr::V4(ip)) if ip.is_multicast() || ip.is_broadcast() => {
+                bad("discovery.interface", "must be a local unicast address".into())
+            }
+            None if self.enabled && self.interface_for(raft_addr).is_none() => bad(
+                "discovery.interface",
+                "raft_addr is IPv6: set an IPv4 interface to send announcements on".into(),
+            ),
+            _ => {}
+        }
+        if !(10..=60_000).contains(&self.interval_ms) {
+            bad("discovery.interval_ms", "must be 10 to 60000".into());
+        }
+        if self.listen_ms < self.interval_ms.saturating_mul(2) || self.listen_ms > 600_000 {
+            bad(
+                "discovery.listen_ms",
+                "must be at least twice discovery.interval_ms (an announcement may be lost) and at most 600000"
+                    .into(),
+            );
+        }
+        if self.enabled {
+            for (key, addr) in [("raft_addr", raft_addr), ("client_addr", client_addr)] {
+                if addr.ip().is_unspecified() {
+                    bad(key, format!("{addr} cannot be announced: with discovery on, give a specific IP"));
+                }
+            }
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,7 +272,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub members: Vec<MemberConfig>,
     /// HTTP addresses of running members to join through (as a learner, promoted to voter
-    /// once caught up).
+    /// once caught up). With neither `members` nor `join`, a node with `[discovery]` on joins
+    /// through the members it hears announce themselves.
     #[serde(default)]
     pub join: Vec<String>,
     /// Join as a voter (promoted when caught up) or stay a learner.
@@ -200,6 +294,9 @@ pub struct NodeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Discovery of peers on the local network (off by default).
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
 }
 
 fn default_true() -> bool {
@@ -325,9 +422,10 @@ impl NodeConfig {
             }
         }
         match (self.members.is_empty(), self.join.is_empty()) {
-            (true, true) => {
-                bad("members", "list the initial members (this node included), or set join".into())
-            }
+            (true, true) if !self.discovery.enabled => bad(
+                "members",
+                "list the initial members (this node included), set join, or enable [discovery]".into(),
+            ),
             (false, false) => {
                 bad("join", "set either members (a new cluster) or join (a running one), not both".into())
             }
@@ -407,6 +505,7 @@ impl NodeConfig {
         if n.keep_alive_ms == 0 || n.keep_alive_ms >= n.idle_timeout_ms {
             bad("network.keep_alive_ms", "must be positive and under network.idle_timeout_ms".into());
         }
+        self.discovery.problems(self.raft_addr, self.client_addr, &mut bad);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level", format!("not a valid filter: {e}"));
         }

@@ -23,6 +23,7 @@ fn the_shipped_example_is_valid_and_matches_the_defaults() {
     assert_eq!(config.limits, LimitsConfig::default());
     assert_eq!(config.network, NetworkConfig::default());
     assert_eq!(config.log, LogConfig::default());
+    assert_eq!(config.discovery, DiscoveryConfig::default());
     assert_eq!(config.peers().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
 }
 
@@ -70,11 +71,57 @@ fn self_missing_from_members_is_refused() {
 fn members_and_join_are_exclusive_and_one_is_needed() {
     let problems = problems_of(EXAMPLE, &["join=[\"127.0.0.1:8082\"]"]);
     assert!(keys(&problems).contains(&"join"), "{problems:?}");
-    let bare = "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
-    assert!(keys(&problems_of(bare, &[])).contains(&"members"));
+    assert!(keys(&problems_of(BARE, &[])).contains(&"members"));
     let joiner =
-        NodeConfig::parse(bare, "j.toml", &["join=[\"127.0.0.1:8081\"]".into()]).expect("a joiner is valid");
+        NodeConfig::parse(BARE, "j.toml", &["join=[\"127.0.0.1:8081\"]".into()]).expect("a joiner is valid");
     assert_eq!(joiner.join, vec!["127.0.0.1:8081".to_string()]);
+}
+
+const BARE: &str =
+    "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
+
+#[test]
+fn discovery_alone_is_enough_to_find_a_cluster_but_must_be_on() {
+    let problems = problems_of(BARE, &["discovery.enabled=false"]);
+    assert!(problems.iter().any(|p| p.key == "members" && p.reason.contains("discovery")), "{problems:?}");
+    let config = NodeConfig::parse(BARE, "d.toml", &["discovery.enabled=true".into()]).expect("valid");
+    assert!(config.members.is_empty() && config.join.is_empty() && config.discovery.enabled);
+    assert_eq!(config.discovery.interface_for(config.raft_addr), Some(Ipv4Addr::LOCALHOST));
+}
+
+#[test]
+fn discovery_settings_are_validated() {
+    for (group, why) in [
+        ("\"10.0.0.1:7946\"", "unicast"),
+        ("\"255.255.255.255:7946\"", "broadcast"),
+        ("\"[ff02::1]:7946\"", "IPv6"),
+        ("\"239.255.77.1:0\"", "port 0"),
+    ] {
+        let problems = problems_of(EXAMPLE, &[&format!("discovery.group={group}")]);
+        assert_eq!(keys(&problems), vec!["discovery.group"], "{why}: {problems:?}");
+    }
+    assert!(NodeConfig::parse(EXAMPLE, "x.toml", &["discovery.group=\"not an address\"".into()]).is_err());
+    for (over, key) in [
+        ("discovery.interface=\"::1\"", "discovery.interface"),
+        ("discovery.interface=\"239.1.1.1\"", "discovery.interface"),
+        ("discovery.interval_ms=0", "discovery.interval_ms"),
+        ("discovery.interval_ms=600000", "discovery.interval_ms"),
+        ("discovery.listen_ms=1500", "discovery.listen_ms"),
+    ] {
+        assert!(keys(&problems_of(EXAMPLE, &[over])).contains(&key), "{over}");
+    }
+    // Turned on, the announced addresses must be specific and the interface IPv4.
+    let problems = problems_of(EXAMPLE, &["discovery.enabled=true", "raft_addr=\"0.0.0.0:7001\""]);
+    assert!(keys(&problems).contains(&"raft_addr"), "{problems:?}");
+    let v6 = BARE.replace("127.0.0.1:1", "[::1]:1");
+    let problems = problems_of(&v6, &["discovery.enabled=true"]);
+    assert_eq!(keys(&problems), vec!["discovery.interface"], "{problems:?}");
+    let ok = NodeConfig::parse(
+        &v6,
+        "x.toml",
+        &["discovery.enabled=true".into(), "discovery.interface=\"127.0.0.1\"".into()],
+    );
+    assert!(ok.is_ok(), "{ok:?}");
 }
 
 #[test]

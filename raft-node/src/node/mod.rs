@@ -5,8 +5,10 @@
 //! - `startup.rs`: checks before anything on disk is touched (ports), the amnesia probe of a
 //!   node with an empty data dir, joining a running cluster;
 //! - `peers.rs`: keeps the transport's peer addresses in step with the replicated address book,
-//!   and registers this node's own addresses in it.
+//!   and registers this node's own addresses in it;
+//! - [`discovery`]: announcements on the local network and finding join candidates in them.
 
+pub mod discovery;
 mod peers;
 mod startup;
 
@@ -71,6 +73,29 @@ pub enum StartError {
         id: NodeId,
         /// What the cluster reported.
         evidence: String,
+    },
+    /// The discovery socket could not be opened (bound to the group's port, joined to it).
+    #[error("cannot open the discovery socket ({group}, interface {interface}): {source}")]
+    DiscoverySocket {
+        /// The configured group.
+        group: SocketAddr,
+        /// The interface, as configured or taken from `raft_addr`.
+        interface: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A new node with neither `members` nor `join` heard no member of its cluster.
+    #[error(
+        "no node of cluster {cluster:?} announced itself via {via} within {listen_ms} ms: start members \
+         with [discovery] enabled (same group and interface network), or set members or join"
+    )]
+    NothingDiscovered {
+        /// The cluster looked for.
+        cluster: String,
+        /// The channel listened on.
+        via: String,
+        /// How long it listened.
+        listen_ms: u64,
     },
     /// Joining a running cluster failed.
     #[error("cannot join the cluster through {through}: {message}")]
@@ -147,13 +172,49 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Starts a node from a validated config: binds the client address, opens storage, starts
-    /// the transport and Raft, and serves the HTTP API.
+    /// the transport and Raft, and serves the HTTP API. With `[discovery]` on, it opens the
+    /// multicast socket first, and a new node with neither `members` nor `join` finds its
+    /// cluster there.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Like [`Node::start`], but discovery datagrams (when `[discovery]` is on) go through
+    /// `channel` instead of the configured multicast socket: an in-process
+    /// [`discovery::MemoryBus`] in tests, or any network the embedder provides.
+    pub async fn start_with_discovery_channel(
+        config: NodeConfig,
+        channel: Arc<dyn discovery::DiscoveryChannel>,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(config, Some(channel)).await
+    }
+
+    async fn start_inner(
+        config: NodeConfig,
+        channel: Option<Arc<dyn discovery::DiscoveryChannel>>,
+    ) -> Result<Self, StartError> {
         // Ports first: a taken port is refused before the data dir is created or opened.
         let http_listener = tokio::net::TcpListener::bind(config.client_addr)
             .await
             .map_err(|source| StartError::Bind { what: "client_addr", addr: config.client_addr, source })?;
         startup::check_raft_addr_free(&config)?;
+        let discovery = match (config.discovery.enabled, channel) {
+            (false, _) => None,
+            (true, Some(channel)) => Some(channel),
+            (true, None) => {
+                let channel =
+                    discovery::open_configured(&config).map_err(|source| StartError::DiscoverySocket {
+                        group: config.discovery.group,
+                        interface: config
+                            .discovery
+                            .interface_for(config.raft_addr)
+                            .map_or_else(|| "none".into(), |ip| ip.to_string()),
+                        source,
+                    })?;
+                Some(Arc::new(channel) as Arc<dyn discovery::DiscoveryChannel>)
+            }
+        };
+        let metrics = Metrics::new();
 
         let (storage, rocks): (Arc<dyn Storage>, Option<RocksDb>) = match config.storage {
             StorageKind::Rocks => {
@@ -167,18 +228,38 @@ impl Node {
         let fresh =
             initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
-        let plan = if config.join.is_empty() {
+        let plan = if !config.members.is_empty() {
             if fresh {
                 startup::refuse_if_known(&config).await?;
             }
             let voters = config.members.iter().map(|m| m.id);
             let peers = config.peers().map(|m| (m.id, m.raft_addr)).collect();
-            startup::Plan { membership: Membership::with_voters(voters), peers, join: false }
+            startup::Plan { membership: Membership::with_voters(voters), peers, join_through: Vec::new() }
+        } else if !config.join.is_empty() {
+            startup::plan_join(&config, config.join.clone(), fresh).await?
+        } else if let Some(channel) = &discovery {
+            let found = discovery::find_members(channel.as_ref(), &config, &metrics).await;
+            if found.is_empty() {
+                if fresh {
+                    return Err(StartError::NothingDiscovered {
+                        cluster: config.cluster.clone(),
+                        via: channel.describe(),
+                        listen_ms: config.discovery.listen_ms,
+                    });
+                }
+                tracing::warn!("no member announced itself; restarting with the stored state only");
+                startup::Plan::stored_state_only()
+            } else {
+                let through: Vec<String> = found.values().map(|a| a.client_addr.to_string()).collect();
+                tracing::info!(members = ?found.keys().collect::<Vec<_>>(), through = ?through, "discovered members of the cluster");
+                startup::plan_join(&config, through, fresh).await?
+            }
         } else {
-            startup::plan_join(&config, fresh).await?
+            // Neither members, join nor discovery: refused by validation; only stored state.
+            startup::Plan::stored_state_only()
         };
         if fresh {
-            tracing::info!(id = config.id, cluster = %config.cluster, join = plan.join, "starting with an empty data dir");
+            tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
 
         let (transport, transport_stats) = build_transport(&config, plan.peers.clone()).await?;
@@ -214,7 +295,7 @@ impl Node {
             storage,
             transport,
             transport_stats,
-            metrics: Metrics::new(),
+            metrics,
             stopping,
         });
         let mut background = vec![
@@ -222,8 +303,11 @@ impl Node {
             tokio::spawn(peers::register_own_addresses(shared.clone())),
             tokio::spawn(peers::track_snapshots(shared.clone())),
         ];
-        if plan.join && fresh {
-            background.push(tokio::spawn(startup::request_membership(shared.clone())));
+        if fresh && !plan.join_through.is_empty() {
+            background.push(tokio::spawn(startup::request_membership(shared.clone(), plan.join_through)));
+        }
+        if let Some(channel) = discovery {
+            background.push(tokio::spawn(discovery::announce(shared.clone(), channel)));
         }
 
         let client_addr = http_listener.local_addr().unwrap_or(shared.config.client_addr);

@@ -1,6 +1,7 @@
 //! Start-up checks and joining: a taken Raft port is refused before the data dir is touched; a
 //! node with an empty data dir that the cluster already knows is refused (it lost its data);
-//! a node configured with `join` learns the cluster's members and asks to be added.
+//! a node configured with `join` (or that found members by discovery) learns the cluster's
+//! members and asks to be added.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +19,16 @@ use crate::config::{NodeConfig, TlsConfig, TransportKind};
 pub(super) struct Plan {
     pub(super) membership: Membership,
     pub(super) peers: BTreeMap<NodeId, SocketAddr>,
-    pub(super) join: bool,
+    /// The client addresses this node joins through (empty: a member of the initial
+    /// configuration, or a restart that found nobody to ask).
+    pub(super) join_through: Vec<String>,
+}
+
+impl Plan {
+    /// Start from what is stored (a restarted node that reached nobody).
+    pub(super) fn stored_state_only() -> Self {
+        Self { membership: Membership::default(), peers: BTreeMap::new(), join_through: Vec::new() }
+    }
 }
 
 /// How long a fresh node asks its peers whether they know it.
@@ -88,11 +98,16 @@ pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartErro
     Ok(())
 }
 
-/// A node with `join` learns the members (and their addresses) from the running cluster.
-/// A fresh node that the cluster lists as a voter lost its data and is refused.
-pub(super) async fn plan_join(config: &NodeConfig, fresh: bool) -> Result<Plan, StartError> {
-    let through = config.join.join(", ");
-    let client = probe_client(config.join.clone(), Duration::from_secs(2)).ok_or_else(|| {
+/// A node with `join` (or members found by discovery) learns the members (and their
+/// addresses) from the running cluster through `join_through`. A fresh node that the cluster
+/// lists as a voter lost its data and is refused.
+pub(super) async fn plan_join(
+    config: &NodeConfig,
+    join_through: Vec<String>,
+    fresh: bool,
+) -> Result<Plan, StartError> {
+    let through = join_through.join(", ");
+    let client = probe_client(join_through.clone(), Duration::from_secs(2)).ok_or_else(|| {
         StartError::Join { through: through.clone(), message: "invalid join address".into() }
     })?;
     let deadline = tokio::time::Instant::now() + JOIN_FOR;
@@ -104,7 +119,7 @@ pub(super) async fn plan_join(config: &NodeConfig, fresh: bool) -> Result<Plan, 
                     return Err(StartError::Join { through, message: e.to_string() });
                 }
                 tracing::warn!(error = %e, "no member answered; restarting with the stored state only");
-                return Ok(Plan { membership: Membership::default(), peers: BTreeMap::new(), join: true });
+                return Ok(Plan { join_through, ..Plan::stored_state_only() });
             }
             Err(e) => {
                 tracing::info!(error = %e, "waiting for the cluster to answer");
@@ -125,12 +140,12 @@ pub(super) async fn plan_join(config: &NodeConfig, fresh: bool) -> Result<Plan, 
         .filter_map(|m| Some((m.id, m.raft_addr.as_deref()?.parse().ok()?)))
         .collect();
     let voters = view.members.iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id);
-    Ok(Plan { membership: Membership::with_voters(voters), peers, join: true })
+    Ok(Plan { membership: Membership::with_voters(voters), peers, join_through })
 }
 
 /// A freshly joined node asks the cluster to add it (as a learner, promoted once caught up
 /// when `join_as_voter`), retrying until the cluster answers.
-pub(super) async fn request_membership(shared: Arc<Shared>) {
+pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<String>) {
     let config = &shared.config;
     let request = AddMemberRequest {
         id: config.id,
@@ -138,7 +153,7 @@ pub(super) async fn request_membership(shared: Arc<Shared>) {
         client_addr: config.client_addr.to_string(),
         role: if config.join_as_voter { MemberRole::Voter } else { MemberRole::Learner },
     };
-    let Some(client) = probe_client(config.join.clone(), Duration::from_secs(60)) else { return };
+    let Some(client) = probe_client(join_through, Duration::from_secs(60)) else { return };
     let mut delay = Duration::from_millis(200);
     loop {
         match client.add_member(&request).await {

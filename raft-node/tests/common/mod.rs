@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use raft_client::api::{RoleView, StatusView};
 use raft_client::{Client, ClientOptions};
 use raft_node::config::{MemberConfig, NodeConfig, StorageKind};
+use raft_node::discovery::MemoryBus;
 use raft_node::Node;
 
 /// A free port on loopback (bound for a moment).
@@ -60,6 +61,16 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, storage: StorageKind, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        Self::start_on(n, storage, tweak, None).await
+    }
+
+    /// Like `start_with`; with a bus, discovery datagrams go through it instead of multicast.
+    pub async fn start_on(
+        n: u64,
+        storage: StorageKind,
+        tweak: impl Fn(&mut NodeConfig),
+        bus: Option<&MemoryBus>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut configs = configs(n, dir.path(), storage);
         for c in &mut configs {
@@ -68,7 +79,11 @@ impl TestCluster {
         }
         let mut nodes = Vec::new();
         for c in &configs {
-            nodes.push(Some(Node::start(c.clone()).await.unwrap()));
+            let node = match bus {
+                Some(bus) => Node::start_with_discovery_channel(c.clone(), bus.channel()).await,
+                None => Node::start(c.clone()).await,
+            };
+            nodes.push(Some(node.unwrap()));
         }
         let cluster = Self { dir, configs, nodes };
         cluster.wait_for_leader().await;
