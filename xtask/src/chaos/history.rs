@@ -41,6 +41,12 @@ impl Recorder {
         }
     }
 
+    /// The outcome of `client`'s latest recorded operation.
+    pub fn last_outcome(&self, client: u64) -> Option<Outcome> {
+        let ops = self.operations.lock().ok()?;
+        ops.iter().rev().find(|o| o.client == client).map(|o| o.outcome.clone())
+    }
+
     pub fn snapshot(&self) -> Vec<Operation> {
         self.operations.lock().map(|ops| ops.clone()).unwrap_or_default()
     }
@@ -70,7 +76,9 @@ pub fn summary(history: &[Operation]) -> String {
 /// Linearizability of the whole history. `Err` with the explanation on a violation, and
 /// also when the checker gave up (nothing proven is a failure).
 pub fn check_linearizable(history: &[Operation], time_budget: Duration) -> Result<(), String> {
-    let options = CheckOptions { time_budget, ..CheckOptions::default() };
+    // Up to 4 million memoized states per key (a few hundred bytes each for a key of a few
+    // thousand operations; up to 4 keys at once).
+    let options = CheckOptions { time_budget, max_states: 4_000_000, ..CheckOptions::default() };
     match raft_linearizability::check(history, &options) {
         Verdict::Linearizable => Ok(()),
         Verdict::NotLinearizable(violation) => Err(format!("NOT LINEARIZABLE: {violation}")),

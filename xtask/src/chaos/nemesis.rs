@@ -172,7 +172,18 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
                 2 => Who::Nodes(shuffled(&mut rng, ids)[..n / 2 + 1].to_vec()),
                 _ => Who::All,
             }),
-            "pause" => Fault::Pause(who_one(&mut rng, ids)),
+            "pause" => {
+                // Longer than the election timeout (300 ms at most by default), and often
+                // shorter than a client's timeout, so that requests queued at the paused node
+                // are answered right after SIGCONT.
+                steps.push(Step {
+                    at: t,
+                    fault: Fault::Pause(who_one(&mut rng, ids)),
+                    hold: Duration::from_millis(400 + rng.below(2600)),
+                });
+                t += Duration::from_millis(3000 + rng.below(2000));
+                continue;
+            }
             "partition" if n >= 2 => Fault::Partition(match rng.below(5) {
                 0 => Partition::IsolateLeader,
                 1 => {

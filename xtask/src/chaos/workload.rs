@@ -53,10 +53,11 @@ impl Workload {
         let mut tasks = JoinSet::new();
         let n = o.endpoints.len();
         for c in 0..o.clients {
-            // Every fourth client is pinned to one node (a follower most of the time): its
-            // reads are ReadIndex reads through that node, its writes forwarded.
-            let endpoints = if c % 4 == 3 && n > 1 {
-                vec![o.endpoints[(c as usize / 4 + 1) % n].clone()]
+            // Every second client is pinned to one node (the pinned nodes go round, so most are
+            // followers): its reads are served through that node (ReadIndex from a follower),
+            // its writes forwarded to the leader. The others follow the leader.
+            let endpoints = if c % 2 == 1 && n > 1 {
+                vec![o.endpoints[(c as usize / 2) % n].clone()]
             } else {
                 o.endpoints.clone()
             };
@@ -155,6 +156,11 @@ async fn run_client(
             }
         }
         ops.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+        // An unknown write stays open until the end of the history (it may take effect at any
+        // time), and every open write multiplies the checker's work: a client whose write
+        // timed out (the cluster is likely unavailable) waits before its next operation.
+        let unknown = matches!(recorder.last_outcome(id), Some(Outcome::Unknown));
+        let pause_ms = if unknown { 1000 + rng.below(1000) } else { rng.below(20) };
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
 }
