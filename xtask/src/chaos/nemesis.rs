@@ -468,6 +468,16 @@ impl Env {
         self.wait_members(|members| !members.iter().any(|m| m.id == node), Duration::from_secs(20)).await?;
         self.nodes.kill(node)?;
         self.nodes.wipe_data(node)?;
+        // A node started with `join` while the cluster has no leader (right after removing
+        // the leader) was seen to give up asking to be added (`no_leader`) and stay out for a
+        // minute: wait for a leader first.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.leader().await.is_none_or(|l| l == node) {
+            if tokio::time::Instant::now() > deadline {
+                bail!("no leader after removing node {node}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let through: Vec<String> =
             self.nodes.ids().into_iter().filter(|&i| i != node).map(|i| self.endpoint(i)).collect();
         self.nodes.set_join_config(node, &through)?;
@@ -480,6 +490,8 @@ impl Env {
         .with_context(|| format!("node {node} did not become a voter again"))
     }
 
+    /// Waits until the leader's view of the members (not any node's: a removed or lagging
+    /// node's view is stale) satisfies `ok` and is not joint.
     async fn wait_members(
         &self,
         ok: impl Fn(&[raft_client::api::MemberView]) -> bool,
@@ -487,9 +499,11 @@ impl Env {
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(Ok(view)) = tokio::time::timeout(Duration::from_secs(2), self.admin.members()).await {
-                if !view.joint && ok(&view.members) {
-                    return Ok(());
+            if let Some(leader) = self.leader().await {
+                if let Some(status) = self.status_of(leader).await {
+                    if !status.joint && ok(&status.members) {
+                        return Ok(());
+                    }
                 }
             }
             if tokio::time::Instant::now() > deadline {
