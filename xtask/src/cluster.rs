@@ -106,14 +106,7 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
     if node_ids(dir).iter().any(|&id| running_pid(dir, id).is_some()) {
         bail!("a cluster is already running from {}; `cargo xtask cluster down` first", dir.display());
     }
-    let mut build = vec!["build", "-p", "raft-node"];
-    if o.release {
-        build.push("--release");
-    }
-    crate::cargo(&build)?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let binary = target.join(if o.release { "release" } else { "debug" }).join("raft-node");
+    let binary = build_raft_node(root, o.release)?;
 
     if o.clean && dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -134,35 +127,25 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
             }
         }
     }
-    let members: String = (1..=o.nodes)
-        .map(|id| {
-            format!(
-                "[[members]]\nid = {id}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\n\n",
-                raft_addr(id),
-                client_addr(id)
-            )
+    let members: Vec<NodeSpec> = (1..=o.nodes)
+        .map(|id| NodeSpec {
+            id,
+            raft_addr: raft_addr(id),
+            client_addr: client_addr(id),
+            data_dir: dir.join(format!("data{id}")),
         })
         .collect();
-    for id in 1..=o.nodes {
-        let mut text = format!(
-            "# Written by `cargo xtask cluster up`; see raft-node/node.example.toml for every key.\n\
-             cluster = \"local\"\nid = {id}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\ndata_dir = \"{}\"\n\
-             transport = \"{}\"\nstorage = \"{}\"\n\n{members}",
-            raft_addr(id),
-            client_addr(id),
-            dir.join(format!("data{id}")).display(),
-            o.transport,
-            o.storage,
-        );
-        if let Some(certs) = &tls {
-            text.push_str(&format!(
-                "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                certs.join("ca.pem").display(),
-                certs.join(format!("node-{id}.pem")).display(),
-                certs.join(format!("node-{id}-key.pem")).display()
-            ));
-        }
-        std::fs::write(dir.join(format!("node{id}.toml")), text)?;
+    let common = ConfigCommon {
+        cluster: "local".into(),
+        transport: o.transport.clone(),
+        storage: o.storage.clone(),
+        tls_dir: tls,
+        extra_toml: String::new(),
+        written_by: "cargo xtask cluster up".into(),
+    };
+    for node in &members {
+        let text = common.node_config(node, &members, None);
+        std::fs::write(dir.join(format!("node{}.toml", node.id)), text)?;
     }
     // Stale configs of a bigger cluster would be taken for members.
     for id in o.nodes + 1..=9 {
@@ -195,22 +178,122 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
 }
 
 fn start(dir: &Path, binary: &Path, id: u64) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("node{id}.log")))?;
-    let child = Command::new(binary)
-        .args(["run", "--config"])
-        .arg(dir.join(format!("node{id}.toml")))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: Ctrl-C in this terminal later does not reach it.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let child = spawn_node(
+        Command::new(binary),
+        &dir.join(format!("node{id}.toml")),
+        &dir.join(format!("node{id}.log")),
+    )?;
     std::fs::write(pid_file(dir, id), child.id().to_string())?;
     println!("started node {id} (pid {})", child.id());
     Ok(())
+}
+
+/// Builds `raft-node` (release or debug) and returns the binary's path.
+pub fn build_raft_node(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut build = vec!["build", "-p", "raft-node"];
+    if release {
+        build.push("--release");
+    }
+    crate::cargo(&build)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(target.join(if release { "release" } else { "debug" }).join("raft-node"))
+}
+
+/// One node of a local cluster: where it listens and where it keeps its data.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node id.
+    pub id: u64,
+    /// `ip:port` of its Raft transport.
+    pub raft_addr: String,
+    /// `ip:port` of its HTTP API.
+    pub client_addr: String,
+    /// RocksDB's directory.
+    pub data_dir: PathBuf,
+}
+
+/// What every node's config file of a local cluster has in common.
+#[derive(Debug, Clone)]
+pub struct ConfigCommon {
+    /// The cluster id.
+    pub cluster: String,
+    /// `tcp` or `quic`.
+    pub transport: String,
+    /// `rocks` or `mem`.
+    pub storage: String,
+    /// Dev certificates (`ca.pem`, `node-<id>.pem`, `node-<id>-key.pem`), for TLS.
+    pub tls_dir: Option<PathBuf>,
+    /// TOML appended to every file (`[raft]`, `[limits]` sections, ...).
+    pub extra_toml: String,
+    /// Named in the header comment.
+    pub written_by: String,
+}
+
+impl ConfigCommon {
+    /// The config file of `node`: a member of a new cluster of `members`, or, with `join`,
+    /// a node that joins the running cluster through these HTTP addresses.
+    pub fn node_config(&self, node: &NodeSpec, members: &[NodeSpec], join: Option<&[String]>) -> String {
+        let mut text = format!(
+            "# Written by `{}`; see raft-node/node.example.toml for every key.\n\
+             cluster = \"{}\"\nid = {}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\ndata_dir = \"{}\"\n\
+             transport = \"{}\"\nstorage = \"{}\"\n",
+            self.written_by,
+            self.cluster,
+            node.id,
+            node.raft_addr,
+            node.client_addr,
+            node.data_dir.display(),
+            self.transport,
+            self.storage,
+        );
+        match join {
+            Some(through) => {
+                let list: Vec<String> = through.iter().map(|a| format!("\"{a}\"")).collect();
+                text.push_str(&format!("join = [{}]\n\n", list.join(", ")));
+            }
+            None => {
+                text.push('\n');
+                for m in members {
+                    text.push_str(&format!(
+                        "[[members]]\nid = {}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\n\n",
+                        m.id, m.raft_addr, m.client_addr
+                    ));
+                }
+            }
+        }
+        if let Some(certs) = &self.tls_dir {
+            text.push_str(&format!(
+                "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                certs.join("ca.pem").display(),
+                certs.join(format!("node-{}.pem", node.id)).display(),
+                certs.join(format!("node-{}-key.pem", node.id)).display()
+            ));
+        }
+        text.push_str(&self.extra_toml);
+        text
+    }
+}
+
+/// Starts `raft-node run --config CONFIG` through `command` (the binary itself, or a wrapper
+/// whose arguments end with it), output appended to `log`, in its own process group (Ctrl-C
+/// in the terminal does not reach it; its owner stops it).
+pub fn spawn_node(mut command: Command, config: &Path, log: &Path) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -219,28 +302,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn wait_for_leader(nodes: u64) -> Result<u64> {
     let endpoints: Vec<String> = (1..=nodes).map(client_addr).collect();
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    let client = Client::new(&endpoints, options)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    runtime()?.block_on(async {
-        loop {
-            for (_, status) in client.statuses().await {
-                if let Ok(s) = status {
-                    if s.role == RoleView::Leader && s.commit_index > 0 {
-                        return Ok(s.id);
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no leader after 30 s; see the logs in target/cluster/");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    runtime()?
+        .block_on(leader_elected(&endpoints, Duration::from_secs(30)))
+        .context("see the logs in target/cluster/")
 }
 
-fn signal(pid: u32, sig: &str) -> Result<()> {
+/// Waits (polling every node's `/v1/status`) for a leader that has committed an entry; its id.
+pub async fn leader_elected(endpoints: &[String], within: Duration) -> Result<u64> {
+    let options =
+        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
+    let client = Client::new(endpoints, options)?;
+    let deadline = Instant::now() + within;
+    loop {
+        for (_, status) in client.statuses().await {
+            if let Ok(s) = status {
+                if s.role == RoleView::Leader && s.commit_index > 0 {
+                    return Ok(s.id);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no leader after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `sig` (`-KILL`, `-STOP`, ...) to `pid` with `kill(1)`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
     let status = Command::new("kill").args([sig, &pid.to_string()]).status()?;
     if !status.success() {
         bail!("kill {sig} {pid} failed");
@@ -248,7 +337,8 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
-fn wait_gone(pid: u32, within: Duration) -> bool {
+/// Waits until `pid` is gone; false if it still runs after `within`.
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Path::new(&format!("/proc/{pid}")).exists() {
         if Instant::now() > deadline {

@@ -6,9 +6,12 @@
 //! - `bench`: raft-core against openraft on the same workload, same run (release build).
 //! - `cluster up|down|status|kill N|restart N`: a local cluster of `raft-node` processes
 //!   under `target/cluster/` (see `cluster.rs`).
+//! - `chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic] ...`: a Jepsen-style
+//!   test of real `raft-node` processes under a seeded nemesis (see `chaos/mod.rs`).
 //! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
 //!   simulation seeds.
 
+mod chaos;
 mod cluster;
 
 use std::path::{Path, PathBuf};
@@ -37,8 +40,9 @@ fn run() -> Result<()> {
         Some("bench") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
         Some("certs") => certs(&args[1..]),
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
+        Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N"
+            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }

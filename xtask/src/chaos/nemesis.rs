@@ -1,0 +1,614 @@
+//! The nemesis: a seeded schedule of faults (printed at the start; the same `--seed` gives the
+//! same schedule) and how each is applied and healed. Targets named by role ("the leader")
+//! are resolved when the fault starts, so a replay repeats the schedule, not necessarily the
+//! same victims.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use raft_client::api::{MemberRole, RoleView};
+
+use super::proxy::LinkMode;
+use super::{Env, Rng};
+
+/// Which nodes a fault hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    Node(u64),
+    Leader,
+    Nodes(Vec<u64>),
+    All,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Who::Node(id) => write!(f, "node {id}"),
+            Who::Leader => write!(f, "the leader"),
+            Who::Nodes(ids) => write!(f, "nodes {ids:?}"),
+            Who::All => write!(f, "all nodes"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partition {
+    /// The leader cut off from everyone, both ways.
+    IsolateLeader,
+    /// These nodes (a minority) cut off from the rest, both ways.
+    Split(Vec<u64>),
+    /// Each node reaches only its two neighbours in this ring order (5+ nodes).
+    Ring(Vec<u64>),
+    /// Two halves that only `bridge` connects.
+    Bridge { left: Vec<u64>, bridge: u64, right: Vec<u64> },
+    /// Nothing from `who` reaches the others; it still hears them.
+    OneWayOut(Who),
+    /// Nothing from the others reaches `who`; it can still send.
+    OneWayIn(Who),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyFault {
+    Delay(u64),
+    Stall,
+    Drip,
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL, then a restart after the hold.
+    Kill(Who),
+    /// SIGSTOP for the hold (longer than the election timeout), then SIGCONT.
+    Pause(Who),
+    Partition(Partition),
+    /// Every link from and to a node through the proxy.
+    Proxy(u64, ProxyFault),
+    /// Leadership transfer through the API.
+    Transfer(u64),
+    /// Remove a node through the API, wipe it, join it again as a new voter.
+    Membership(u64),
+    /// Restart a node under libfaketime: clock offset and rate.
+    ClockSkew {
+        node: u64,
+        offset_s: i64,
+        rate_percent: u64,
+    },
+    /// Fill a node's data dir (a tmpfs) until writes fail with ENOSPC.
+    DiskFull(u64),
+    /// Stop a node, flip bytes in its RocksDB WAL, expect it to refuse to start, repair it by
+    /// removing it and joining it again with an empty data dir.
+    Corrupt(u64),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Kill(who) => write!(f, "kill -9 {who}, restart"),
+            Fault::Pause(who) => write!(f, "SIGSTOP {who}, SIGCONT"),
+            Fault::Partition(p) => match p {
+                Partition::IsolateLeader => write!(f, "partition: isolate the leader"),
+                Partition::Split(m) => write!(f, "partition: minority {m:?} | majority"),
+                Partition::Ring(r) => write!(f, "partition: ring {r:?}"),
+                Partition::Bridge { left, bridge, right } => {
+                    write!(f, "partition: bridge {left:?} - {bridge} - {right:?}")
+                }
+                Partition::OneWayOut(w) => {
+                    write!(f, "partition: one-way, nothing from {w} reaches the others")
+                }
+                Partition::OneWayIn(w) => write!(f, "partition: one-way, nothing reaches {w}"),
+            },
+            Fault::Proxy(node, p) => match p {
+                ProxyFault::Delay(ms) => write!(f, "slow links of node {node}: +{ms} ms each way (proxy)"),
+                ProxyFault::Stall => write!(f, "links of node {node} stall (proxy: loss)"),
+                ProxyFault::Drip => write!(f, "links of node {node} drip 64 B / 50 ms (proxy)"),
+                ProxyFault::Reset => write!(f, "connections of node {node} reset (proxy)"),
+            },
+            Fault::Transfer(to) => write!(f, "transfer leadership to node {to}"),
+            Fault::Membership(n) => write!(f, "remove node {n} and join it again"),
+            Fault::ClockSkew { node, offset_s, rate_percent } => {
+                write!(f, "clock of node {node}: {offset_s:+} s, rate {rate_percent}% (libfaketime)")
+            }
+            Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
+            Fault::Corrupt(n) => write!(f, "corrupt node {n}'s WAL offline (expect refusal), rejoin it"),
+        }
+    }
+}
+
+/// One step of the schedule.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// When it starts, from the start of the workload.
+    pub at: Duration,
+    pub fault: Fault,
+    /// How long the fault lasts before it is healed.
+    pub hold: Duration,
+}
+
+/// The kinds of faults, as `--faults` names them.
+pub const KINDS: &[&str] =
+    &["kill", "pause", "partition", "transfer", "proxy", "membership", "clock", "disk", "corrupt"];
+
+fn pick(rng: &mut Rng, ids: &[u64]) -> u64 {
+    ids[rng.below(ids.len() as u64) as usize]
+}
+
+fn shuffled(rng: &mut Rng, ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+fn who_one(rng: &mut Rng, ids: &[u64]) -> Who {
+    if rng.below(2) == 0 {
+        Who::Leader
+    } else {
+        Who::Node(pick(rng, ids))
+    }
+}
+
+/// The seeded schedule for a run of `duration` over `ids`, with the fault kinds `kinds`.
+pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> Vec<Step> {
+    let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
+    let n = ids.len();
+    let mut steps = Vec::new();
+    let mut t = Duration::from_secs(3);
+    let end = duration.saturating_sub(Duration::from_secs(2));
+    if kinds.is_empty() {
+        return steps;
+    }
+    while t < end {
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let hold = Duration::from_millis(1500 + rng.below(4500));
+        let fault = match kind {
+            "kill" => Fault::Kill(match rng.below(4) {
+                0 => Who::Node(pick(&mut rng, ids)),
+                1 => Who::Leader,
+                2 => Who::Nodes(shuffled(&mut rng, ids)[..n / 2 + 1].to_vec()),
+                _ => Who::All,
+            }),
+            "pause" => {
+                // Longer than the election timeout (300 ms at most by default), and often
+                // shorter than a client's timeout, so that requests queued at the paused node
+                // are answered right after SIGCONT.
+                steps.push(Step {
+                    at: t,
+                    fault: Fault::Pause(who_one(&mut rng, ids)),
+                    hold: Duration::from_millis(400 + rng.below(2600)),
+                });
+                t += Duration::from_millis(3000 + rng.below(2000));
+                continue;
+            }
+            "partition" if n >= 2 => Fault::Partition(match rng.below(5) {
+                0 => Partition::IsolateLeader,
+                1 => {
+                    let minority = ((n - 1) / 2).max(1);
+                    Partition::Split(shuffled(&mut rng, ids)[..minority].to_vec())
+                }
+                2 if n >= 5 => Partition::Ring(shuffled(&mut rng, ids)),
+                2 | 3 if n >= 3 => {
+                    let order = shuffled(&mut rng, ids);
+                    let half = (n - 1) / 2;
+                    Partition::Bridge {
+                        left: order[..half].to_vec(),
+                        bridge: order[half],
+                        right: order[half + 1..].to_vec(),
+                    }
+                }
+                _ => {
+                    let who = who_one(&mut rng, ids);
+                    if rng.below(2) == 0 {
+                        Partition::OneWayOut(who)
+                    } else {
+                        Partition::OneWayIn(who)
+                    }
+                }
+            }),
+            "transfer" => Fault::Transfer(pick(&mut rng, ids)),
+            "proxy" => {
+                let node = pick(&mut rng, ids);
+                Fault::Proxy(
+                    node,
+                    match rng.below(4) {
+                        0 => ProxyFault::Delay(50 + rng.below(450)),
+                        1 => ProxyFault::Stall,
+                        2 => ProxyFault::Drip,
+                        _ => ProxyFault::Reset,
+                    },
+                )
+            }
+            "membership" => Fault::Membership(pick(&mut rng, ids)),
+            "clock" => Fault::ClockSkew {
+                node: pick(&mut rng, ids),
+                offset_s: rng.below(600) as i64 - 300,
+                // Within the drift the protocol assumes (max_clock_drift_percent = 10).
+                rate_percent: 95 + rng.below(11),
+            },
+            "disk" => Fault::DiskFull(pick(&mut rng, ids)),
+            "corrupt" => Fault::Corrupt(pick(&mut rng, ids)),
+            _ => continue,
+        };
+        steps.push(Step { at: t, fault, hold });
+        t += hold + Duration::from_millis(1000 + rng.below(2000));
+    }
+    steps
+}
+
+impl Env {
+    fn resolve(&self, who: &Who, leader: Option<u64>) -> Vec<u64> {
+        match who {
+            Who::Node(id) => vec![*id],
+            Who::Leader => leader.map(|l| vec![l]).unwrap_or_default(),
+            Who::Nodes(ids) => ids.clone(),
+            Who::All => self.nodes.ids(),
+        }
+    }
+
+    /// Applies a fault; returns what it hit, for the log, and how to heal it.
+    pub async fn apply(&mut self, fault: &Fault) -> Result<(String, Heal)> {
+        let leader = self.leader().await;
+        let ids = self.nodes.ids();
+        Ok(match fault {
+            Fault::Kill(who) => {
+                let victims = self.resolve(who, leader);
+                for &id in &victims {
+                    self.nodes.kill(id)?;
+                }
+                (format!("killed {victims:?}"), Heal::Restart(victims))
+            }
+            Fault::Pause(who) => {
+                let victims = self.resolve(who, leader);
+                for &id in &victims {
+                    self.nodes.pause(id)?;
+                }
+                (format!("paused {victims:?}"), Heal::Resume(victims))
+            }
+            Fault::Partition(p) => {
+                let mut cuts = BTreeSet::new();
+                let both = |cuts: &mut BTreeSet<(u64, u64)>, a: &[u64], b: &[u64]| {
+                    for &x in a {
+                        for &y in b {
+                            if x != y {
+                                cuts.insert((x, y));
+                                cuts.insert((y, x));
+                            }
+                        }
+                    }
+                };
+                let others = |x: &[u64]| ids.iter().copied().filter(|i| !x.contains(i)).collect::<Vec<_>>();
+                match p {
+                    Partition::IsolateLeader => {
+                        let l: Vec<u64> = leader.into_iter().collect();
+                        both(&mut cuts, &l, &others(&l));
+                    }
+                    Partition::Split(minority) => both(&mut cuts, minority, &others(minority)),
+                    Partition::Ring(order) => {
+                        let n = order.len();
+                        for (a, &x) in order.iter().enumerate() {
+                            for (b, &y) in order.iter().enumerate() {
+                                let d = a.abs_diff(b);
+                                if x != y && d != 1 && d != n - 1 {
+                                    cuts.insert((x, y));
+                                }
+                            }
+                        }
+                    }
+                    Partition::Bridge { left, right, .. } => both(&mut cuts, left, right),
+                    Partition::OneWayOut(who) => {
+                        for x in self.resolve(who, leader) {
+                            for &y in &ids {
+                                if x != y {
+                                    cuts.insert((x, y));
+                                }
+                            }
+                        }
+                    }
+                    Partition::OneWayIn(who) => {
+                        for x in self.resolve(who, leader) {
+                            for &y in &ids {
+                                if x != y {
+                                    cuts.insert((y, x));
+                                }
+                            }
+                        }
+                    }
+                }
+                self.set_cuts(&cuts)?;
+                (format!("cut {cuts:?}"), Heal::Partitions)
+            }
+            Fault::Proxy(node, p) => {
+                let Some(proxies) = &self.proxies else {
+                    return Ok(("skipped: no proxy (QUIC)".into(), Heal::Nothing));
+                };
+                let mode = match p {
+                    ProxyFault::Delay(ms) => LinkMode::Delay(Duration::from_millis(*ms)),
+                    ProxyFault::Stall => LinkMode::Stall,
+                    ProxyFault::Drip => LinkMode::Drip { bytes: 64 },
+                    ProxyFault::Reset => LinkMode::Reset,
+                };
+                for &other in &ids {
+                    if other != *node {
+                        proxies.set(*node, other, mode);
+                        proxies.set(other, *node, mode);
+                    }
+                }
+                (format!("links of node {node}: {mode:?}"), Heal::Proxies)
+            }
+            Fault::Transfer(to) => {
+                let target = if leader == Some(*to) {
+                    ids.iter().copied().find(|i| Some(*i) != leader).unwrap_or(*to)
+                } else {
+                    *to
+                };
+                let result =
+                    tokio::time::timeout(Duration::from_secs(5), self.admin.transfer_leader(Some(target)))
+                        .await;
+                let what = match result {
+                    Ok(Ok(view)) => format!("leader {leader:?} -> {:?}", view.leader),
+                    Ok(Err(e)) => format!("transfer to {target} failed: {e}"),
+                    Err(_) => format!("transfer to {target} timed out"),
+                };
+                (what, Heal::Nothing)
+            }
+            Fault::Membership(node) => {
+                self.rejoin(*node).await?;
+                (format!("node {node} removed, wiped and joined again"), Heal::Nothing)
+            }
+            Fault::ClockSkew { node, offset_s, rate_percent } => {
+                if !self.have_faketime {
+                    return Ok(("skipped: libfaketime is not installed".into(), Heal::Nothing));
+                }
+                let spec = format!("{offset_s:+}s x{}.{:02}", rate_percent / 100, rate_percent % 100);
+                self.nodes.kill(*node)?;
+                self.nodes.nodes.get_mut(node).context("no such node")?.faketime = Some(spec.clone());
+                self.nodes.start(*node)?;
+                (format!("node {node} restarted with FAKETIME={spec:?}"), Heal::Clock(*node))
+            }
+            Fault::DiskFull(node) => {
+                if !self.nodes.has_tmpfs() {
+                    return Ok((
+                        "skipped: data dirs are not size-limited (root mode only)".into(),
+                        Heal::Nothing,
+                    ));
+                }
+                let written = self.fill_disk(*node)?;
+                (format!("node {node}'s tmpfs filled ({written} MiB of ballast)"), Heal::Disk(*node))
+            }
+            Fault::Corrupt(node) => {
+                let what = self.corrupt_and_repair(*node).await?;
+                (what, Heal::Nothing)
+            }
+        })
+    }
+
+    pub async fn heal(&mut self, heal: Heal) -> Result<()> {
+        match heal {
+            Heal::Nothing => {}
+            Heal::Restart(ids) => {
+                for id in ids {
+                    if !self.nodes.is_running(id) {
+                        self.nodes.start(id)?;
+                    }
+                }
+            }
+            Heal::Resume(ids) => {
+                for id in ids {
+                    self.nodes.resume(id)?;
+                }
+            }
+            Heal::Partitions => self.set_cuts(&BTreeSet::new())?,
+            Heal::Proxies => {
+                if let Some(p) = &self.proxies {
+                    p.heal();
+                }
+            }
+            Heal::Clock(node) => {
+                self.nodes.kill(node)?;
+                if let Some(n) = self.nodes.nodes.get_mut(&node) {
+                    n.faketime = None;
+                }
+                self.nodes.start(node)?;
+            }
+            Heal::Disk(node) => {
+                let ballast = self.ballast_path(node)?;
+                let _ = std::fs::remove_file(&ballast);
+                // A node that hit a full disk stops (it acknowledges nothing it could not
+                // persist): restart it now that there is space.
+                let fatal = match self.status_of(node).await {
+                    Some(s) => s.fatal.is_some(),
+                    None => true,
+                };
+                if fatal {
+                    self.nodes.kill(node)?;
+                    self.nodes.start(node)?;
+                    self.note(format!("node {node} stopped on the full disk and was restarted"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ballast_path(&self, node: u64) -> Result<std::path::PathBuf> {
+        Ok(self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.join("chaos-ballast"))
+    }
+
+    fn fill_disk(&mut self, node: u64) -> Result<u64> {
+        use std::io::Write;
+        let path = self.ballast_path(node)?;
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut mib = 0;
+        while file.write_all(&chunk).is_ok() {
+            mib += 1;
+        }
+        let _ = file.sync_all();
+        Ok(mib)
+    }
+
+    /// Removes `node` from the cluster through the API, wipes it and starts it again with
+    /// `join`; waits until it is a voter again.
+    pub async fn rejoin(&mut self, node: u64) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.admin.remove_member(node)).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) if e.api_code() == Some(raft_client::api::ErrorCode::NotFound) => break,
+                Ok(Err(e)) if tokio::time::Instant::now() > deadline => bail!("removing node {node}: {e}"),
+                Err(_) if tokio::time::Instant::now() > deadline => bail!("removing node {node}: timed out"),
+                _ => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        // The removal is complete on the node that answered; wait until the leader's view no
+        // longer lists it.
+        self.wait_members(|members| !members.iter().any(|m| m.id == node), Duration::from_secs(20)).await?;
+        self.nodes.kill(node)?;
+        self.nodes.wipe_data(node)?;
+        // A node started with `join` while the cluster has no leader (right after removing
+        // the leader) was seen to give up asking to be added (`no_leader`) and stay out for a
+        // minute: wait for a leader first.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.leader().await.is_none_or(|l| l == node) {
+            if tokio::time::Instant::now() > deadline {
+                bail!("no leader after removing node {node}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let through: Vec<String> =
+            self.nodes.ids().into_iter().filter(|&i| i != node).map(|i| self.endpoint(i)).collect();
+        self.nodes.set_join_config(node, &through)?;
+        self.nodes.start(node)?;
+        self.wait_members(
+            |members| members.iter().any(|m| m.id == node && m.role == MemberRole::Voter),
+            Duration::from_secs(45),
+        )
+        .await
+        .with_context(|| format!("node {node} did not become a voter again"))
+    }
+
+    /// Waits until the leader's view of the members (not any node's: a removed or lagging
+    /// node's view is stale) satisfies `ok` and is not joint.
+    async fn wait_members(
+        &self,
+        ok: impl Fn(&[raft_client::api::MemberView]) -> bool,
+        within: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(leader) = self.leader().await {
+                if let Some(status) = self.status_of(leader).await {
+                    if !status.joint && ok(&status.members) {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("membership did not reach the expected state within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn corrupt_and_repair(&mut self, node: u64) -> Result<String> {
+        self.nodes.kill(node)?;
+        let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
+        let mut wal: Option<(std::path::PathBuf, u64)> = None;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let is_wal =
+                name.ends_with(".log") && name.trim_end_matches(".log").chars().all(|c| c.is_ascii_digit());
+            let len = entry.metadata()?.len();
+            if is_wal && wal.as_ref().is_none_or(|(_, l)| len > *l) {
+                wal = Some((entry.path(), len));
+            }
+        }
+        let Some((path, len)) = wal.filter(|(_, len)| *len >= 4096) else {
+            self.nodes.start(node)?;
+            return Ok(format!("node {node}: no WAL of 4 KiB or more to corrupt; restarted"));
+        };
+        let mut bytes = std::fs::read(&path)?;
+        for at in [len / 4, len / 2, 3 * len / 4] {
+            for b in &mut bytes[at as usize..(at as usize + 8).min(len as usize)] {
+                *b ^= 0x5a;
+            }
+        }
+        std::fs::write(&path, &bytes)?;
+        self.nodes.start(node)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let refused = loop {
+            match self.nodes.poll(node) {
+                Err(status) => break Some(status),
+                Ok(_) if tokio::time::Instant::now() > deadline => break None,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let what = match refused {
+            Some(status) if !status.success() => {
+                let tail = self.nodes.log_tail(node, 3);
+                let reason = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+                format!(
+                    "node {node} refused to start on its corrupted WAL ({status}): {}",
+                    shorten(&reason, 200)
+                )
+            }
+            Some(status) => {
+                self.problem(format!(
+                    "node {node} exited with {status} on a corrupted WAL instead of refusing"
+                ));
+                format!("node {node} exited ({status})")
+            }
+            None => {
+                self.problem(format!(
+                    "node {node} started on a WAL with flipped bytes ({} at 3 places) and ran for 20 s instead of refusing",
+                    path.display()
+                ));
+                self.nodes.kill(node)?;
+                format!("node {node} did NOT refuse its corrupted WAL")
+            }
+        };
+        self.rejoin(node).await.with_context(|| format!("repairing node {node}"))?;
+        Ok(format!("{what}; repaired by rejoining"))
+    }
+
+    /// The leader with the highest term among the nodes that answer quickly.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (_, status) in self.status_client.statuses().await {
+            if let Ok(s) = status {
+                if s.role == RoleView::Leader && best.is_none_or(|(term, _)| s.term > term) {
+                    best = Some((s.term, s.id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+/// What undoes a fault.
+#[derive(Debug)]
+pub enum Heal {
+    Nothing,
+    Restart(Vec<u64>),
+    Resume(Vec<u64>),
+    Partitions,
+    Proxies,
+    Clock(u64),
+    Disk(u64),
+}

@@ -1,0 +1,166 @@
+//! The workload: concurrent clients, each a `raft_client::Client` session, doing put, get
+//! (linearizable) and compare-and-swap on a few keys, every operation recorded with its
+//! call and return times and what the client saw.
+//!
+//! Client errors map to outcomes conservatively: a write answered `cas_failed` failed its
+//! comparison (applied as a read); refused before proposing (`bad_request`, `too_large`) is
+//! `Failed`; anything else (timeouts, transport errors, retries exhausted, `stale_sequence`,
+//! ...) may or may not have been applied: `Unknown`. Reads that fail are dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_client::api::{CasRequest, Consistency, ErrorCode};
+use raft_client::{Client, ClientError, ClientOptions};
+use tokio::task::JoinSet;
+
+use super::history::{Op, Outcome, Recorder};
+use super::Rng;
+
+pub struct WorkloadOptions {
+    pub clients: u64,
+    pub keys: u64,
+    pub seed: u64,
+    /// Every client's endpoints (all nodes).
+    pub endpoints: Vec<String>,
+}
+
+pub fn key_name(k: u64) -> String {
+    format!("k{k}")
+}
+
+/// The running workload; `stop` ends it after the operations in flight.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+    pub ops: Arc<AtomicU64>,
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(1500),
+        max_retries: 3,
+        consistency: Consistency::Linearizable,
+        ..ClientOptions::default()
+    }
+}
+
+impl Workload {
+    pub fn start(o: &WorkloadOptions, recorder: Recorder) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let n = o.endpoints.len();
+        for c in 0..o.clients {
+            // Every second client is pinned to one node (the pinned nodes go round, so most are
+            // followers): its reads are served through that node (ReadIndex from a follower),
+            // its writes forwarded to the leader. The others follow the leader.
+            let endpoints = if c % 2 == 1 && n > 1 {
+                vec![o.endpoints[(c as usize / 2) % n].clone()]
+            } else {
+                o.endpoints.clone()
+            };
+            let client = Client::new(endpoints, client_options())?;
+            let rng = Rng::new(o.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            tasks.spawn(run_client(
+                c + 1,
+                client,
+                rng,
+                o.keys,
+                recorder.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&ops),
+            ));
+        }
+        Ok(Self { stop, tasks, ops })
+    }
+
+    /// Stops every client and waits for their operations in flight.
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn write_outcome(e: &ClientError) -> Outcome {
+    match e {
+        ClientError::CasFailed { .. } => Outcome::CasFailed,
+        ClientError::Api { error, .. }
+            if matches!(error.code, ErrorCode::BadRequest | ErrorCode::TooLarge) =>
+        {
+            Outcome::Failed
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+async fn run_client(
+    id: u64,
+    client: Client,
+    mut rng: Rng,
+    keys: u64,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+) {
+    let mut seq = 0u64;
+    // The last value this client saw per key: what its swaps expect.
+    let mut seen: Vec<Option<String>> = vec![None; keys as usize];
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.below(keys);
+        let key = key_name(k);
+        let call = recorder.now_ns();
+        match rng.below(10) {
+            0..=3 => {
+                // A failed read tells nothing: it is dropped.
+                if let Ok(kv) = client.get(&key, Some(Consistency::Linearizable)).await {
+                    let value = kv.map(|kv| kv.value);
+                    seen[k as usize] = value.clone();
+                    recorder.record(id, &key, Op::Get, call, Outcome::Ok(value));
+                }
+            }
+            4..=6 => {
+                seq += 1;
+                let value = format!("c{id}-{seq}");
+                let outcome = match client.put(&key, &value).await {
+                    Ok(_) => {
+                        seen[k as usize] = Some(value.clone());
+                        Outcome::Ok(None)
+                    }
+                    Err(e) => write_outcome(&e),
+                };
+                recorder.record(id, &key, Op::Put(value), call, outcome);
+            }
+            _ => {
+                seq += 1;
+                let value = format!("c{id}-{seq}");
+                let expected = seen[k as usize].clone();
+                let request = CasRequest {
+                    expected_version: None,
+                    expected_value: Some(expected.clone()),
+                    value: Some(value.clone()),
+                };
+                let outcome = match client.cas(&key, &request).await {
+                    Ok(_) => {
+                        seen[k as usize] = Some(value.clone());
+                        Outcome::Ok(None)
+                    }
+                    Err(ClientError::CasFailed { current }) => {
+                        seen[k as usize] = current.map(|kv| kv.value);
+                        Outcome::CasFailed
+                    }
+                    Err(e) => write_outcome(&e),
+                };
+                recorder.record(id, &key, Op::Cas { expected, new: Some(value) }, call, outcome);
+            }
+        }
+        ops.fetch_add(1, Ordering::Relaxed);
+        // An unknown write stays open until the end of the history (it may take effect at any
+        // time), and every open write multiplies the checker's work: a client whose write
+        // timed out (the cluster is likely unavailable) waits before its next operation.
+        let unknown = matches!(recorder.last_outcome(id), Some(Outcome::Unknown));
+        let pause_ms = if unknown { 1000 + rng.below(1000) } else { rng.below(20) };
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+    }
+}
