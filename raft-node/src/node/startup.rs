@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_client::api::{AddMemberRequest, MemberRole, MembersView};
-use raft_client::{Client, ClientOptions};
+use raft_client::{Client, ClientError, ClientOptions};
 use raft_core::{Membership, NodeId};
 
 use super::{Shared, StartError};
@@ -161,7 +161,7 @@ pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<St
                 tracing::info!(members = view.members.len(), "joined the cluster");
                 return;
             }
-            Err(e) if !e.is_retryable() => {
+            Err(e) if !worth_retrying(&e) => {
                 tracing::error!(error = %e, "the cluster refused to add this node");
                 return;
             }
@@ -171,6 +171,15 @@ pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<St
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Whether asking again may succeed: retryable errors, also when the client already gave up
+/// on them (`RetriesExhausted` of a retryable error, e.g. `no_leader` during an election).
+fn worth_retrying(e: &ClientError) -> bool {
+    match e {
+        ClientError::RetriesExhausted { last, .. } => worth_retrying(last),
+        e => e.is_retryable(),
     }
 }
 
@@ -185,4 +194,24 @@ pub(super) fn read_tls(tls: &TlsConfig) -> Result<raft_tls::TlsConfig, StartErro
         cert_pem: read(&tls.cert)?,
         key_pem: read(&tls.key)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use raft_client::api::{ApiError, ErrorCode};
+
+    use super::*;
+
+    fn api(code: ErrorCode) -> ClientError {
+        ClientError::Api { status: code.http_status(), error: Box::new(ApiError::new(code, "x")) }
+    }
+
+    #[test]
+    fn a_join_keeps_asking_through_elections_but_not_after_a_refusal() {
+        let exhausted = |last| ClientError::RetriesExhausted { attempts: 9, last: Box::new(last) };
+        assert!(worth_retrying(&exhausted(api(ErrorCode::NoLeader))), "an election in progress");
+        assert!(worth_retrying(&api(ErrorCode::NoQuorum)));
+        assert!(!worth_retrying(&api(ErrorCode::BadRequest)));
+        assert!(!worth_retrying(&exhausted(api(ErrorCode::Conflict))));
+    }
 }
