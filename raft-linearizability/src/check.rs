@@ -2,15 +2,16 @@
 //! threads, and the shrinking of a failure to a small window of operations that cannot be
 //! ordered.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{validate_one, Op, Operation, Outcome};
-use crate::model::prepare;
+use crate::history::{validate_one, Op, Operation, Outcome, ShowValue};
+use crate::model::{prepare, Member};
+use crate::quick_checks::first_phantom_read;
 use crate::search::{search, time_left, Limits, SearchResult};
 
 /// The limits of a [`check`].
@@ -86,9 +87,14 @@ pub struct Violation {
     /// The key.
     pub key: String,
     /// The window, in call order: records from the history that on their own already admit no
-    /// order. From [`check`] it is shrunk: without any one of them the rest can be ordered or
-    /// reads a value that none of them wrote (unless the explanation says shrinking stopped
-    /// early).
+    /// order, usually a handful.
+    ///
+    /// From [`check`] it is shrunk (unless the explanation says shrinking stopped at its
+    /// budget): relaxing any one of them (dropping a read, or letting a write take effect at any
+    /// time after its call or never) lets the rest be ordered, and so does leaving out any one
+    /// unknown or relaxed write, unless that would take away the only write of a value some
+    /// operation read. Writes marked "relaxed" in the explanation were completed, but are needed
+    /// only as writes that may have taken effect.
     pub operations: Vec<Operation>,
     /// What is wrong, in words, with the window listed.
     pub explanation: String,
@@ -163,7 +169,13 @@ fn search_keys(
 ) -> Vec<SearchResult> {
     let search_one = |position: usize| {
         let (_, indices) = &keys[position];
-        search(&prepare(history, indices, None), limits)
+        // A read of a value never written needs no search (which would have to exhaust every
+        // order up to that read to prove it).
+        if first_phantom_read(history, indices).is_some() {
+            return SearchResult::NotLinearizable;
+        }
+        let members: Vec<Member> = indices.iter().copied().map(Member::as_recorded).collect();
+        search(&prepare(history, &members, None), limits)
     };
     let threads = max_threads.clamp(1, keys.len().max(1));
     if threads == 1 {
@@ -199,23 +211,167 @@ fn search_keys(
     results
 }
 
-/// Whether the records `indices` of `history`, on their own, admit no linearization (a search
-/// that gives up counts as "they might").
-fn fails(history: &[Operation], indices: &[usize], truncate_at_ns: Option<u64>, limits: &Limits) -> bool {
-    search(&prepare(history, indices, truncate_at_ns), limits) == SearchResult::NotLinearizable
+/// Memoized states allowed to one search while shrinking: a candidate that needs more is taken
+/// as not failing (the window stays larger, and is reported as maybe not minimal).
+const SHRINK_STATES_MAX: usize = 100_000;
+
+/// Relaxes `member` one step: a read is dropped (`None`), a completed write becomes optional.
+/// Both only make ordering easier, so a history that still fails after them shows that what was
+/// relaxed is not needed as recorded to make it fail.
+fn relax(history: &[Operation], member: Member) -> Option<Member> {
+    if is_read(&history[member.index]) {
+        None
+    } else {
+        Some(Member { optional: true, ..member })
+    }
+}
+
+/// `members` with the record `index` relaxed.
+fn relax_one(history: &[Operation], members: &[Member], index: usize) -> Vec<Member> {
+    members
+        .iter()
+        .filter_map(|&member| if member.index == index { relax(history, member) } else { Some(member) })
+        .collect()
+}
+
+/// Whether `member` is a write the search may leave out (an unknown or relaxed one).
+fn is_optional(history: &[Operation], member: Member) -> bool {
+    !is_read(&history[member.index]) && (member.optional || !history[member.index].is_completed())
+}
+
+/// Whether `operation` changed nothing: a get, or a swap answered `cas_failed`.
+fn is_read(operation: &Operation) -> bool {
+    !operation.op.is_write() || operation.outcome == Outcome::CasFailed
+}
+
+/// What a search of a candidate window found: `Some(true)` no order, `Some(false)` an order,
+/// `None` gave up.
+type Trial = Option<bool>;
+
+/// The state of a shrink: the window so far and what is known about it.
+struct Shrinker<'a> {
+    history: &'a [Operation],
+    limits: Limits,
+    window: Vec<Member>,
+    /// The operation whose return ends the earliest failing prefix, while the window without it
+    /// can be ordered.
+    culprit: Option<usize>,
+    /// A one-member trial gave up or the time ran out: the window may not be minimal.
+    undecided: bool,
+}
+
+impl Shrinker<'_> {
+    fn trial(&self, members: &[Member]) -> Trial {
+        match search(&prepare(self.history, members, None), &self.limits) {
+            SearchResult::NotLinearizable => Some(true),
+            SearchResult::Linearizable => Some(false),
+            SearchResult::GaveUp(_) => None,
+        }
+    }
+
+    /// Whether `members` fail and, when a culprit is known, stop failing without it.
+    fn still_fails(&self, members: &[Member]) -> Trial {
+        if !self.trial(members)? {
+            return Some(false);
+        }
+        let Some(culprit) = self.culprit else { return Some(true) };
+        Some(!self.trial(&relax_one(self.history, members, culprit))?)
+    }
+
+    /// One delta-debugging pass over the members `targets` (history indexes, ascending): apply
+    /// `change` to chunks of them, from all at once down to one at a time, keeping each
+    /// candidate that is `acceptable` and still fails. Returns whether the window changed.
+    fn pass(
+        &mut self,
+        targets: &[usize],
+        change: impl Fn(&[Operation], Member) -> Option<Member>,
+        acceptable: impl Fn(&Self, &[Member]) -> bool,
+    ) -> bool {
+        let mut changed = false;
+        let mut chunk = targets.len().max(1);
+        loop {
+            for targeted in targets.chunks(chunk) {
+                if time_left(self.limits.deadline).is_zero() {
+                    self.undecided = true;
+                    return changed;
+                }
+                let candidate: Vec<Member> = self
+                    .window
+                    .iter()
+                    .filter_map(|&member| match targeted.binary_search(&member.index) {
+                        Ok(_) => change(self.history, member),
+                        Err(_) => Some(member),
+                    })
+                    .collect();
+                if candidate == self.window || !acceptable(self, &candidate) {
+                    continue;
+                }
+                match self.still_fails(&candidate) {
+                    Some(true) => {
+                        self.window = candidate;
+                        changed = true;
+                    }
+                    Some(false) => {}
+                    None => self.undecided |= chunk == 1,
+                }
+            }
+            if chunk == 1 {
+                return changed;
+            }
+            chunk = (chunk / 2).max(1);
+        }
+    }
+
+    /// Whether every value that a completed, as-recorded read or swap in `members` observed
+    /// and a write in the current window stored is still stored by a write in `members` (so
+    /// that leaving out writes never makes a read fail for a reason the history does not have).
+    fn reads_keep_their_writes(&self, members: &[Member]) -> bool {
+        let stored = |members: &[Member]| -> Vec<&str> {
+            members
+                .iter()
+                .filter_map(|member| {
+                    match (&self.history[member.index].op, &self.history[member.index].outcome) {
+                        (_, Outcome::CasFailed) => None,
+                        (Op::Put(value) | Op::Cas { new: Some(value), .. }, _) => Some(value.as_str()),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        let (before, after) = (stored(&self.window), stored(members));
+        members.iter().filter(|member| !member.optional).all(|member| {
+            let observed = match (&self.history[member.index].op, &self.history[member.index].outcome) {
+                (Op::Get, Outcome::Ok(Some(value)))
+                | (Op::Cas { expected: Some(value), .. }, Outcome::Ok(_)) => value.as_str(),
+                _ => return true,
+            };
+            !before.contains(&observed) || after.contains(&observed)
+        })
+    }
 }
 
 /// Shrinks a key whose history is not linearizable to a small window that is not either.
 ///
-/// First the earliest failing prefix (in return order) is found by bisection: a prefix cut at
-/// time `t` keeps the operations called by `t`, with those still running then made pending, and
-/// prefixes of a linearizable history are linearizable. The operation whose return ends that
-/// prefix is the first completion nothing explains. Then the operations called by then are
-/// reduced, delta-debugging style (chunks, then single operations), keeping only removals after
-/// which the rest still fails, until no single operation can be removed or the shrink budget
-/// runs out.
+/// A read of a value never written is its own window. Otherwise the earliest failing prefix
+/// (in return order) is found by bisection: a prefix cut at time `t` keeps the operations called
+/// by `t`, with those still running then relaxed, and prefixes of a linearizable history are
+/// linearizable. The operation whose return ends that prefix is the culprit: the first
+/// completion nothing explains. Then, delta-debugging style (chunks, then one at a time), reads
+/// are dropped, completed writes made optional (relaxations: each only makes ordering easier),
+/// and optional writes left out, each change kept only if the window still fails, the culprit
+/// stays needed for that, and no read loses the write of its value. Rounds repeat until nothing
+/// changes or the shrink budget runs out.
 fn shrink(history: &[Operation], key: &str, indices: &[usize], options: &CheckOptions) -> Violation {
-    let limits = Limits { deadline: Instant::now() + options.shrink_budget, max_states: options.max_states };
+    if let Some((index, value)) = first_phantom_read(history, indices) {
+        let operations = vec![history[index].clone()];
+        let mut explanation = explain(key, &operations, &[false], Some(0), true);
+        explanation.push_str(&format!(
+            "\nno write of {} that did not fail was called before it returned",
+            ShowValue(&Some(value.to_owned()))
+        ));
+        return Violation { key: key.to_owned(), operations, explanation };
+    }
+    let deadline = Instant::now() + options.shrink_budget;
     // Failed operations and unknown reads never matter.
     let relevant: Vec<usize> = indices
         .iter()
@@ -236,115 +392,131 @@ fn shrink(history: &[Operation], key: &str, indices: &[usize], options: &CheckOp
         .collect();
     returns.sort_unstable();
 
-    // The smallest prefix that fails; the full history (the last return) is known to fail.
+    // The smallest prefix that fails; the full history (the last return) is known to fail. The
+    // few bisection probes get the check's own state budget, the many trials after them less.
+    let all: Vec<Member> = relevant.iter().copied().map(Member::as_recorded).collect();
+    let probe_limits = Limits { deadline, max_states: options.max_states };
     let (mut low, mut high) = (0, returns.len().saturating_sub(1));
-    let mut complete = true;
+    let mut bisected = true;
     while low < high {
         let middle = low + (high - low) / 2;
-        if time_left(limits.deadline).is_zero() {
-            complete = false;
-            break;
-        }
-        if fails(history, &relevant, Some(returns[middle].0), &limits) {
-            high = middle;
-        } else {
-            low = middle + 1;
+        match search(&prepare(history, &all, Some(returns[middle].0)), &probe_limits) {
+            SearchResult::NotLinearizable => high = middle,
+            SearchResult::Linearizable => low = middle + 1,
+            SearchResult::GaveUp(_) => {
+                bisected = false;
+                low = middle + 1;
+            }
         }
     }
     let (cut_ns, culprit) = returns.get(high).copied().unzip();
-    let mut window: Vec<usize> = match cut_ns {
-        Some(cut) => relevant.iter().copied().filter(|&index| history[index].call_ns <= cut).collect(),
-        None => relevant,
+    // The failing prefix as members: what was called by the cut, with what returned after it
+    // relaxed (so that no operation in the window lacks a write that was only called later).
+    let window: Vec<Member> = match cut_ns {
+        Some(cut) => all
+            .into_iter()
+            .filter(|member| history[member.index].call_ns <= cut)
+            .filter_map(|member| match history[member.index].return_ns {
+                Some(at) if at > cut && history[member.index].is_completed() => relax(history, member),
+                _ => Some(member),
+            })
+            .collect(),
+        None => all,
     };
-
-    // Delta debugging on the untruncated records of the window. A removal must not leave a read
-    // of a value that some write of the key produced without any such write: the rest would fail
-    // for a reason the history does not have (reading a value never written).
-    let written = written_values(history, &window);
-    let mut chunk = (window.len() / 2).max(1);
-    'shrinking: loop {
-        let mut removed_any = false;
-        let mut start = 0;
-        while start < window.len() {
-            if time_left(limits.deadline).is_zero() {
-                complete = false;
-                break 'shrinking;
-            }
-            let end = (start + chunk).min(window.len());
-            let candidate: Vec<usize> = window[..start].iter().chain(&window[end..]).copied().collect();
-            if !candidate.is_empty()
-                && reads_have_writers(history, &candidate, &written)
-                && fails(history, &candidate, None, &limits)
-            {
-                window = candidate;
-                removed_any = true;
-            } else {
-                start = end;
+    let mut shrinker = Shrinker {
+        history,
+        limits: Limits { deadline, max_states: options.max_states.min(SHRINK_STATES_MAX) },
+        window,
+        culprit: None,
+        undecided: false,
+    };
+    if bisected {
+        if let Some(culprit) = culprit {
+            if shrinker.trial(&relax_one(history, &shrinker.window, culprit)) == Some(false) {
+                shrinker.culprit = Some(culprit);
             }
         }
-        if chunk == 1 && !removed_any {
-            break;
-        }
-        if !removed_any {
-            chunk /= 2;
-        }
-        chunk = chunk.min((window.len() / 2).max(1));
     }
 
-    window.sort_by_key(|&index| (history[index].call_ns, index));
-    let operations: Vec<Operation> = window.iter().map(|&index| history[index].clone()).collect();
-    let culprit = culprit.and_then(|index| window.iter().position(|&kept| kept == index));
-    let explanation = explain(key, &operations, culprit, complete);
-    Violation { key: key.to_owned(), operations, explanation }
-}
-
-/// The values that the writes among `indices` may have stored (not the initial absence).
-fn written_values<'a>(history: &'a [Operation], indices: &[usize]) -> HashSet<&'a str> {
-    indices
-        .iter()
-        .filter_map(|&index| {
-            let operation = &history[index];
-            match (&operation.op, &operation.outcome) {
-                (_, Outcome::Failed | Outcome::CasFailed) => None,
-                (Op::Put(value), _) => Some(value.as_str()),
-                (Op::Cas { new: Some(value), .. }, _) => Some(value.as_str()),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Whether every value read by a completed operation among `indices` (a get's result, a
-/// successful swap's expected value) that a write in `written` stored is stored by a write among
-/// `indices` too.
-fn reads_have_writers(history: &[Operation], indices: &[usize], written: &HashSet<&str>) -> bool {
-    let here = written_values(history, indices);
-    indices.iter().all(|&index| {
-        let operation = &history[index];
-        let read = match (&operation.op, &operation.outcome) {
-            (Op::Get, Outcome::Ok(Some(value))) => value.as_str(),
-            (Op::Cas { expected: Some(value), .. }, Outcome::Ok(_)) => value.as_str(),
-            _ => return true,
+    loop {
+        let mut changed = false;
+        // Reads first: a dropped read leaves the window, while a write made optional stays in it
+        // when its value is read.
+        let reads: Vec<usize> = shrinker
+            .window
+            .iter()
+            .filter(|member| is_read(&history[member.index]))
+            .map(|m| m.index)
+            .collect();
+        changed |= shrinker.pass(&reads, relax, |_, _| true);
+        // Leaving out a write is no relaxation (a read of its value could then fail for a reason
+        // the history does not have), hence the two extra conditions; without a culprit to
+        // anchor the window, writes stay. Trying that before relaxing keeps the window small:
+        // every optional write left in it multiplies the work of the trials after it.
+        let writes = |shrinker: &Shrinker<'_>, optional: bool| -> Vec<usize> {
+            shrinker
+                .window
+                .iter()
+                .filter(|&&member| {
+                    !is_read(&history[member.index]) && is_optional(history, member) == optional
+                })
+                .map(|member| member.index)
+                .collect()
         };
-        !written.contains(read) || here.contains(read)
-    })
+        let keep_writes_of_reads =
+            |s: &Shrinker<'_>, candidate: &[Member]| s.reads_keep_their_writes(candidate);
+        if shrinker.culprit.is_some() {
+            changed |= shrinker.pass(&writes(&shrinker, false), |_, _| None, keep_writes_of_reads);
+        }
+        changed |= shrinker.pass(&writes(&shrinker, false), relax, |_, _| true);
+        if shrinker.culprit.is_some() {
+            changed |= shrinker.pass(&writes(&shrinker, true), |_, _| None, keep_writes_of_reads);
+        }
+        if !changed || shrinker.undecided {
+            break;
+        }
+    }
+
+    // Optional writes that nothing observes are pruned by the search; leave them out.
+    let window = &shrinker.window;
+    let mut kept: Vec<usize> = prepare(history, window, None).iter().map(|op| op.source).collect();
+    kept.sort_by_key(|&index| (history[index].call_ns, index));
+    let operations: Vec<Operation> = kept.iter().map(|&index| history[index].clone()).collect();
+    let relaxed: Vec<bool> = kept
+        .iter()
+        .map(|&index| window.iter().any(|m| m.index == index && m.optional && history[index].is_completed()))
+        .collect();
+    let culprit = shrinker.culprit.and_then(|index| kept.iter().position(|&k| k == index));
+    let explanation = explain(key, &operations, &relaxed, culprit, !shrinker.undecided);
+    Violation { key: key.to_owned(), operations, explanation }
 }
 
 /// Operations listed in an explanation before the rest is summarized.
 const EXPLANATION_OPERATIONS_MAX: usize = 40;
 
-fn explain(key: &str, operations: &[Operation], culprit: Option<usize>, minimal: bool) -> String {
-    let mut text = format!(
-        "key {key:?}: no order of these {} operations respects both real time and a register that starts absent",
-        operations.len()
-    );
+fn explain(
+    key: &str,
+    operations: &[Operation],
+    relaxed: &[bool],
+    culprit: Option<usize>,
+    minimal: bool,
+) -> String {
+    let these = match operations.len() {
+        1 => "this operation".to_owned(),
+        n => format!("these {n} operations"),
+    };
+    let mut text =
+        format!("key {key:?}: no order of {these} respects both real time and a register that starts absent");
     text.push_str(if minimal {
-        " (shrunk: without any one of them, the rest can be ordered or reads a value none of them wrote):"
+        " (shrunk: none of them can be dropped or relaxed without losing the contradiction):"
     } else {
-        " (shrinking stopped at its time budget: the window may not be minimal):"
+        " (shrinking stopped at its time or state budget: the window may not be minimal):"
     });
     for (position, operation) in operations.iter().take(EXPLANATION_OPERATIONS_MAX).enumerate() {
         text.push_str(&format!("\n  [{}] {operation}", position + 1));
+        if relaxed.get(position).copied().unwrap_or(false) {
+            text.push_str(" (relaxed: it may have taken effect at any time after its call, or never)");
+        }
     }
     if operations.len() > EXPLANATION_OPERATIONS_MAX {
         text.push_str(&format!("\n  ... and {} more", operations.len() - EXPLANATION_OPERATIONS_MAX));
@@ -352,15 +524,11 @@ fn explain(key: &str, operations: &[Operation], culprit: Option<usize>, minimal:
     if let Some(position) = culprit {
         let operation = &operations[position];
         let what = match (&operation.op, &operation.outcome) {
-            (Op::Get, Outcome::Ok(value)) => {
-                format!("read {}", crate::history::ShowValue(value))
-            }
+            (Op::Get, Outcome::Ok(value)) => format!("read {}", ShowValue(value)),
             (Op::Cas { expected, .. }, Outcome::CasFailed) => {
-                format!("found the key not {}", crate::history::ShowValue(expected))
+                format!("found the key not {}", ShowValue(expected))
             }
-            (Op::Cas { expected, .. }, _) => {
-                format!("found the key {}", crate::history::ShowValue(expected))
-            }
+            (Op::Cas { expected, .. }, _) => format!("found the key {}", ShowValue(expected)),
             _ => "completed".to_owned(),
         };
         text.push_str(&format!(
@@ -398,7 +566,7 @@ mod tests {
         assert_eq!(violation.key, "k");
         assert_eq!(violation.operations, vec![history[0].clone(), history[2].clone(), history[23].clone()]);
         assert!(violation.explanation.contains("the first operation to return that nothing explains is [3]"));
-        assert!(violation.explanation.contains("without any one of them"), "{}", violation.explanation);
+        assert!(violation.explanation.contains("shrunk"), "{}", violation.explanation);
         // The window is a failing history on its own.
         assert!(matches!(
             check(&violation.operations, &CheckOptions::default()),

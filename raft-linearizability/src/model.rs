@@ -2,7 +2,7 @@
 //! values interned to small integers, failed operations and unknown reads dropped, unknown
 //! writes made optional, and unknown writes that provably cannot matter pruned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::history::{Op, Operation, Outcome};
 
@@ -12,8 +12,11 @@ pub(crate) type ValueId = u32;
 /// The key does not exist (the register's initial state).
 pub(crate) const ABSENT: ValueId = 0;
 
+/// Any value that no operation compares the register with (see `merge_unobserved_values`).
+pub(crate) const UNOBSERVED: ValueId = ValueId::MAX;
+
 /// What one operation does to the register, on interned values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Step {
     /// A read that saw this value.
     Read(ValueId),
@@ -71,13 +74,30 @@ impl<'a> Interner<'a> {
     }
 
     fn id_of_text(&mut self, text: &'a str) -> ValueId {
-        // A key with more than u32::MAX - 1 distinct values cannot be held in memory anyway.
-        let next = ValueId::try_from(self.ids.len() + 1).unwrap_or(ValueId::MAX);
+        // A key with u32::MAX - 1 distinct values cannot be held in memory anyway.
+        let next = ValueId::try_from(self.ids.len() + 1).unwrap_or(UNOBSERVED - 1);
         *self.ids.entry(text).or_insert(next)
     }
 }
 
-/// Translates the records `indices` of `history` (all on one key, each validated) into search
+/// One record given to [`prepare`], as recorded or relaxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Member {
+    /// Its index in the history.
+    pub(crate) index: usize,
+    /// Relaxed: a write taken as if its outcome were unknown (it may take effect at any time after
+    /// its call, or never). Every history that admits an order still does after a relaxation.
+    pub(crate) optional: bool,
+}
+
+impl Member {
+    /// The record `index` as recorded.
+    pub(crate) fn as_recorded(index: usize) -> Self {
+        Self { index, optional: false }
+    }
+}
+
+/// Translates the records `members` of `history` (all on one key, each validated) into search
 /// operations.
 ///
 /// With `truncate_at_ns`, the history is cut at that instant, as a check of the prefix of the
@@ -86,19 +106,19 @@ impl<'a> Interner<'a> {
 /// has linearizable prefixes, so a prefix that fails shows where the history fails.
 pub(crate) fn prepare(
     history: &[Operation],
-    indices: &[usize],
+    members: &[Member],
     truncate_at_ns: Option<u64>,
 ) -> Vec<SearchOp> {
     let mut interner = Interner::default();
-    let mut ops = Vec::with_capacity(indices.len());
-    for &source in indices {
+    let mut ops = Vec::with_capacity(members.len());
+    for &Member { index: source, optional } in members {
         let Some(operation) = history.get(source) else { continue };
         if truncate_at_ns.is_some_and(|cut| operation.call_ns > cut) {
             continue;
         }
         let mut return_ns = match operation.outcome {
-            Outcome::Ok(_) | Outcome::CasFailed => operation.return_ns,
-            Outcome::Failed | Outcome::Unknown => None,
+            Outcome::Ok(_) | Outcome::CasFailed if !optional => operation.return_ns,
+            Outcome::Ok(_) | Outcome::CasFailed | Outcome::Failed | Outcome::Unknown => None,
         };
         if let (Some(cut), Some(at)) = (truncate_at_ns, return_ns) {
             if at > cut {
@@ -115,7 +135,7 @@ pub(crate) fn prepare(
             (Op::Delete, _) => Step::Write(ABSENT),
             (Op::Cas { expected, .. }, Outcome::CasFailed) => {
                 if return_ns.is_none() {
-                    // Cut off by the truncation: a no-op read that may be dropped.
+                    // Cut off by the truncation (or relaxed): a no-op read that may be dropped.
                     continue;
                 }
                 Step::ReadNot(interner.id(expected))
@@ -126,42 +146,92 @@ pub(crate) fn prepare(
         };
         ops.push(SearchOp { step, call_ns: operation.call_ns, return_ns, source });
     }
+    merge_unobserved_values(&mut ops);
     prune_unobserved_unknown_writes(&mut ops);
     ops
 }
 
-/// Drops unknown writes whose value no operation could have observed.
+/// Replaces every value that no operation compares the register with (no read returned it, no
+/// swap or failed swap expected it) by [`UNOBSERVED`].
 ///
-/// Soundness: take a linearization that includes such a write `w` of value `x`, and remove
-/// `w`. Only the operations between `w` and the next write see a different state. Those that
-/// depend on the state are reads of `x` and swaps expecting `x` (there are none: `x` is not
-/// observed) and failed swaps (there are none returning after `w`'s call, so none after `w`).
-/// Writes do not depend on the state. So the rest is still a linearization, and dropping `w`
-/// changes no verdict, while every optional operation left in the search can double its work.
+/// Exact: the register's value matters to an operation only through such comparisons, and all
+/// of them come out "different" for every merged value alike. It shrinks the search: states
+/// that differ only in an unobserved value are memoized once, and unknown writes of unobserved
+/// values become identical, which [`crate::search`] linearizes in call order only.
+fn merge_unobserved_values(ops: &mut [SearchOp]) {
+    let mut observed: HashSet<ValueId> = HashSet::new();
+    for op in ops.iter() {
+        match op.step {
+            Step::Read(value) | Step::ReadNot(value) | Step::Cas { expected: value, .. } => {
+                observed.insert(value);
+            }
+            Step::Write(_) => {}
+        }
+    }
+    let merge = |value: ValueId| {
+        if value == ABSENT || observed.contains(&value) {
+            value
+        } else {
+            UNOBSERVED
+        }
+    };
+    for op in ops.iter_mut() {
+        match &mut op.step {
+            Step::Write(value) | Step::Cas { new: value, .. } => *value = merge(*value),
+            Step::Read(_) | Step::ReadNot(_) => {}
+        }
+    }
+}
+
+/// Drops the largest set of unknown writes whose values no remaining operation could have
+/// observed (found by growing the set of kept operations from the completed ones: an unknown
+/// write is kept when a kept operation reads or expects its value, or a failed swap may follow
+/// it; unknown swaps that only expect each other's values are all dropped).
+///
+/// Soundness: take a linearization that includes the dropped writes, and remove them all. An
+/// operation that depends on the state (a read, a swap, a failed swap) sees the value of the last
+/// write before it. If that write was dropped, the operation observes its value: not a kept read
+/// or swap (they would have kept it), nor a failed swap (none returns after a dropped write's
+/// call, so none follows it). So every remaining operation sees what it saw before, the rest is
+/// still a linearization, and dropping them changes no verdict, while every optional operation
+/// left in the search can double its work.
 fn prune_unobserved_unknown_writes(ops: &mut Vec<SearchOp>) {
-    let mut observed: Vec<ValueId> = ops
-        .iter()
-        .filter_map(|op| match op.step {
-            Step::Read(value) => Some(value),
-            Step::Cas { expected, .. } => Some(expected),
-            Step::ReadNot(_) | Step::Write(_) => None,
-        })
-        .collect();
-    observed.sort_unstable();
-    observed.dedup();
     let last_failed_swap_return_ns =
         ops.iter().filter(|op| matches!(op.step, Step::ReadNot(_))).filter_map(|op| op.return_ns).max();
-    ops.retain(|op| {
-        if op.return_ns.is_some() {
-            return true;
+    let written = |op: &SearchOp| match op.step {
+        Step::Write(value) | Step::Cas { new: value, .. } => Some(value),
+        Step::Read(_) | Step::ReadNot(_) => None,
+    };
+    let mut kept: Vec<bool> = ops
+        .iter()
+        .map(|op| {
+            op.return_ns.is_some()
+                || written(op).is_none()
+                || last_failed_swap_return_ns.is_some_and(|at| at >= op.call_ns)
+        })
+        .collect();
+    let mut observed: HashSet<ValueId> = HashSet::new();
+    loop {
+        observed.extend(ops.iter().zip(&kept).filter(|(_, &kept)| kept).filter_map(
+            |(op, _)| match op.step {
+                Step::Read(value) => Some(value),
+                Step::Cas { expected, .. } => Some(expected),
+                Step::ReadNot(_) | Step::Write(_) => None,
+            },
+        ));
+        let mut grew = false;
+        for (op, kept) in ops.iter().zip(kept.iter_mut()) {
+            if !*kept && written(op).is_some_and(|value| observed.contains(&value)) {
+                *kept = true;
+                grew = true;
+            }
         }
-        let written = match op.step {
-            Step::Write(value) | Step::Cas { new: value, .. } => value,
-            Step::Read(_) | Step::ReadNot(_) => return true,
-        };
-        let failed_swap_after = last_failed_swap_return_ns.is_some_and(|at| at >= op.call_ns);
-        observed.binary_search(&written).is_ok() || failed_swap_after
-    });
+        if !grew {
+            break;
+        }
+    }
+    let mut keep = kept.into_iter();
+    ops.retain(|_| keep.next().unwrap_or(true));
 }
 
 #[cfg(test)]
@@ -172,8 +242,8 @@ mod tests {
         Operation { client: 1, key: "k".into(), op, call_ns, return_ns, outcome }
     }
 
-    fn all(history: &[Operation]) -> Vec<usize> {
-        (0..history.len()).collect()
+    fn all(history: &[Operation]) -> Vec<Member> {
+        (0..history.len()).map(Member::as_recorded).collect()
     }
 
     #[test]
@@ -219,6 +289,32 @@ mod tests {
         let sources: Vec<usize> = ops.iter().map(|op| op.source).collect();
         assert_eq!(sources, vec![0, 2, 5]);
         assert_eq!(ops[1].return_ns, None);
+    }
+
+    #[test]
+    fn pruning_follows_chains_of_unknown_swaps() {
+        let history = [
+            record(Op::Put("a".into()), Outcome::Unknown, 0, None),
+            record(Op::Cas { expected: Some("a".into()), new: Some("b".into()) }, Outcome::Unknown, 1, None),
+            record(Op::Cas { expected: Some("b".into()), new: Some("c".into()) }, Outcome::Unknown, 2, None),
+            record(Op::Get, Outcome::Ok(None), 3, Some(4)),
+        ];
+        let kept: Vec<usize> = prepare(&history, &all(&history), None).iter().map(|op| op.source).collect();
+        assert_eq!(kept, vec![3]);
+        let mut observed = history.to_vec();
+        observed.push(record(Op::Get, Outcome::Ok(Some("b".into())), 5, Some(6)));
+        let kept: Vec<usize> = prepare(&observed, &all(&observed), None).iter().map(|op| op.source).collect();
+        assert_eq!(kept, vec![0, 1, 3, 4]);
+
+        // Unknown swaps that only expect each other's values, and deletes only they observe.
+        let cycle = [
+            record(Op::Delete, Outcome::Unknown, 0, None),
+            record(Op::Cas { expected: None, new: Some("a".into()) }, Outcome::Unknown, 1, None),
+            record(Op::Cas { expected: Some("a".into()), new: None }, Outcome::Unknown, 2, None),
+            record(Op::Get, Outcome::Ok(Some("z".into())), 3, Some(4)),
+        ];
+        let kept: Vec<usize> = prepare(&cycle, &all(&cycle), None).iter().map(|op| op.source).collect();
+        assert_eq!(kept, vec![3]);
     }
 
     #[test]

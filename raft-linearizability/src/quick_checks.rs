@@ -22,27 +22,8 @@ use crate::history::{Op, Operation, Outcome, ShowValue};
 /// Returns the earliest offending read (by return time, then position) as a one-operation
 /// window plus the failed or later writes of that value, if any. Does not validate records.
 pub fn check_no_phantom_reads(history: &[Operation]) -> Result<(), Violation> {
-    // (key, value) -> the earliest call of a write that may have stored it.
-    let mut first_write_ns: HashMap<(&str, &str), u64> = HashMap::new();
-    for operation in history {
-        if let Some(value) = stored_value(operation) {
-            let earliest = first_write_ns.entry((operation.key.as_str(), value)).or_insert(operation.call_ns);
-            *earliest = (*earliest).min(operation.call_ns);
-        }
-    }
-    let phantom = history
-        .iter()
-        .enumerate()
-        .filter_map(|(index, operation)| {
-            let value = observed_value(operation)?;
-            let returned_ns = operation.return_ns.unwrap_or(u64::MAX);
-            let explained = first_write_ns
-                .get(&(operation.key.as_str(), value))
-                .is_some_and(|&call_ns| call_ns <= returned_ns);
-            (!explained).then_some((returned_ns, index, value))
-        })
-        .min();
-    let Some((_, index, value)) = phantom else { return Ok(()) };
+    let all: Vec<usize> = (0..history.len()).collect();
+    let Some((index, value)) = first_phantom_read(history, &all) else { return Ok(()) };
     let read = &history[index];
     let related: Vec<&Operation> = history
         .iter()
@@ -64,6 +45,36 @@ pub fn check_no_phantom_reads(history: &[Operation]) -> Result<(), Violation> {
     let mut operations = vec![read.clone()];
     operations.extend(related.into_iter().cloned());
     Err(Violation { key: read.key.clone(), operations, explanation })
+}
+
+/// The earliest (by return time, then position) of the records `indices` of `history` that read
+/// a value no write could have stored by its return, with that value. Such a read alone admits
+/// no linearization.
+pub(crate) fn first_phantom_read<'a>(
+    history: &'a [Operation],
+    indices: &[usize],
+) -> Option<(usize, &'a str)> {
+    // (key, value) -> the earliest call of a write that may have stored it.
+    let mut first_write_ns: HashMap<(&str, &str), u64> = HashMap::new();
+    for operation in indices.iter().filter_map(|&index| history.get(index)) {
+        if let Some(value) = stored_value(operation) {
+            let earliest = first_write_ns.entry((operation.key.as_str(), value)).or_insert(operation.call_ns);
+            *earliest = (*earliest).min(operation.call_ns);
+        }
+    }
+    indices
+        .iter()
+        .filter_map(|&index| {
+            let operation = history.get(index)?;
+            let value = observed_value(operation)?;
+            let returned_ns = operation.return_ns.unwrap_or(u64::MAX);
+            let explained = first_write_ns
+                .get(&(operation.key.as_str(), value))
+                .is_some_and(|&call_ns| call_ns <= returned_ns);
+            (!explained).then_some((returned_ns, index, value))
+        })
+        .min()
+        .map(|(_, index, value)| (index, value))
 }
 
 /// The value a write may have stored, if it may have stored one (not failed, not a failed swap,
