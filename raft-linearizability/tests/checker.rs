@@ -794,6 +794,13 @@ fn performance_10k_operations_20_keys_8_clients() {
     println!("10k operations, 20 keys, 8 clients: {verdict} in {elapsed:?}");
     assert_eq!(verdict, Verdict::Linearizable);
 
+    // Contention: all operations on one key.
+    let contended = client_history(&mut Rng(43), 10_000, 1, 8);
+    let started = Instant::now();
+    let verdict = check(&contended, &options());
+    println!("10k operations, 1 key, 8 clients: {verdict} in {:?}", started.elapsed());
+    assert_eq!(verdict, Verdict::Linearizable);
+
     let mut broken = history;
     let target = mutate_one_read(&mut broken, 5_000).unwrap();
     // Make the mutated read a stale one instead: the value of the key's first put.
