@@ -322,9 +322,10 @@ impl Shrinker<'_> {
         }
     }
 
-    /// Whether every value that a completed, as-recorded read or swap in `members` observed
-    /// and a write in the current window stored is still stored by a write in `members` (so
-    /// that leaving out writes never makes a read fail for a reason the history does not have).
+    /// Whether every value that a read or swap in `members` observed or expects (a completed
+    /// get's result, a swap's expected value, whether the swap is optional or not) and a write in
+    /// the current window stored is still stored by a write in `members`: leaving out writes must
+    /// never make a read, or a swap, fail for a reason the history does not have.
     fn reads_keep_their_writes(&self, members: &[Member]) -> bool {
         let stored = |members: &[Member]| -> Vec<&str> {
             members
@@ -339,10 +340,12 @@ impl Shrinker<'_> {
                 .collect()
         };
         let (before, after) = (stored(&self.window), stored(members));
-        members.iter().filter(|member| !member.optional).all(|member| {
+        members.iter().all(|member| {
             let observed = match (&self.history[member.index].op, &self.history[member.index].outcome) {
-                (Op::Get, Outcome::Ok(Some(value)))
-                | (Op::Cas { expected: Some(value), .. }, Outcome::Ok(_)) => value.as_str(),
+                (_, Outcome::CasFailed) => return true,
+                (Op::Get, Outcome::Ok(Some(value))) | (Op::Cas { expected: Some(value), .. }, _) => {
+                    value.as_str()
+                }
                 _ => return true,
             };
             !before.contains(&observed) || after.contains(&observed)
@@ -409,7 +412,7 @@ fn shrink(history: &[Operation], key: &str, indices: &[usize], options: &CheckOp
             }
         }
     }
-    let (cut_ns, culprit) = returns.get(high).copied().unzip();
+    let cut_ns = returns.get(high).map(|&(at, _)| at);
     // The failing prefix as members: what was called by the cut, with what returned after it
     // relaxed (so that no operation in the window lacks a write that was only called later).
     let window: Vec<Member> = match cut_ns {
@@ -430,12 +433,14 @@ fn shrink(history: &[Operation], key: &str, indices: &[usize], options: &CheckOp
         culprit: None,
         undecided: false,
     };
+    // The culprit: of the operations returning at the cut, the one without which the window
+    // can be ordered (usually the only one returning then).
     if bisected {
-        if let Some(culprit) = culprit {
-            if shrinker.trial(&relax_one(history, &shrinker.window, culprit)) == Some(false) {
-                shrinker.culprit = Some(culprit);
-            }
-        }
+        shrinker.culprit = returns
+            .iter()
+            .filter(|&&(at, _)| Some(at) == cut_ns)
+            .map(|&(_, index)| index)
+            .find(|&index| shrinker.trial(&relax_one(history, &shrinker.window, index)) == Some(false));
     }
 
     loop {

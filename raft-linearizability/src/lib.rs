@@ -24,6 +24,19 @@
 //! [`Outcome::Unknown`] write may take effect at any time after its call, or never, and an
 //! unknown read is dropped. Intervals are closed: touching intervals count as concurrent.
 //!
+//! ## Cost, and how to record histories it can check
+//!
+//! Linearizability checking is NP-complete; the search is exponential in the number of
+//! operations on one key that overlap in time, not in the history's length. Keys are
+//! independent, so spread the workload over several keys and keep the clients per key
+//! moderate (Jepsen's "independent keys" pattern). Write a fresh value with every put and swap:
+//! values that nobody reads cost the search little, and unknown-outcome writes of such values
+//! are usually dropped before it starts. Unknown outcomes are the expensive part (each may take effect
+//! anywhere after its call). Measured in a debug build on a 2-core machine: 10,000 operations by
+//! 8 clients over 20 keys check in about 15 ms, the same on one key in about 0.3 s, 16 clients
+//! on one key in about 2.5 s. A history that is not linearizable costs more than one that is
+//! (every order up to the failure must be ruled out); [`CheckOptions`] bounds both.
+//!
 //! ## Example
 //!
 //! ```

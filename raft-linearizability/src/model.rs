@@ -34,6 +34,11 @@ pub(crate) enum Step {
 }
 
 impl Step {
+    /// Whether the step never changes the register (a read or a failed swap).
+    pub(crate) fn is_read_only(self) -> bool {
+        matches!(self, Step::Read(_) | Step::ReadNot(_))
+    }
+
     /// The state after this step from `state`, or `None` if the step cannot happen there.
     pub(crate) fn apply(self, state: ValueId) -> Option<ValueId> {
         match self {

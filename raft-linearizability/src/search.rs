@@ -210,7 +210,26 @@ fn twins_before(ops: &[SearchOp]) -> Vec<Option<usize>> {
     twin_before
 }
 
+/// One linearized operation on the search's stack.
+struct Frame {
+    /// The operation.
+    index: usize,
+    /// The register's value before it.
+    state_before: ValueId,
+    /// Linearized as a forced move (a read that could go first): its level has no other
+    /// candidate worth trying.
+    forced: bool,
+}
+
 /// Searches for a linearization of `ops` from an absent register.
+///
+/// Reads (and failed swaps) that can go next are forced moves: if a read is a candidate (no
+/// unlinearized operation returned before its call) and the register holds what it needs,
+/// any linearization from here can be changed into one that takes the read first. Moving it
+/// earlier breaks no real-time order (everything that returned before its call is already
+/// linearized) and, as it changes nothing, no later operation sees a different value. So the
+/// search takes such a read without trying the other candidates, and if that fails, the
+/// candidates of its level fail too. Only writes are branched on.
 pub(crate) fn search(ops: &[SearchOp], limits: &Limits) -> SearchResult {
     let mut remaining_completed = ops.iter().filter(|op| op.return_ns.is_some()).count();
     let twin_before = twins_before(ops);
@@ -218,10 +237,11 @@ pub(crate) fn search(ops: &[SearchOp], limits: &Limits) -> SearchResult {
     let tail = list.tail();
     let mut cache: HashSet<CacheEntry, BuildHasherDefault<WordHasher>> = HashSet::default();
     let mut linearized = BitSet::with_capacity(ops.len());
-    // The linearized operations in order, each with the state before it.
-    let mut stack: Vec<(usize, ValueId)> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
     let mut state = ABSENT;
     let mut node = list.next[EventList::HEAD];
+    // At a new level: look for a forced read before branching.
+    let mut fresh_level = true;
     let mut iterations: u64 = 0;
     loop {
         if remaining_completed == 0 {
@@ -236,44 +256,82 @@ pub(crate) fn search(ops: &[SearchOp], limits: &Limits) -> SearchResult {
                 ops.len()
             ));
         }
-        if node != tail && list.is_call[node] {
+        if cache.len() > limits.max_states {
+            return SearchResult::GaveUp(format!(
+                "more than {} memoized states ({} operations on the key)",
+                limits.max_states,
+                ops.len()
+            ));
+        }
+        let mut level_failed = false;
+        if fresh_level {
+            fresh_level = false;
+            node = list.next[EventList::HEAD];
+            let mut scan = node;
+            let mut forced = None;
+            while scan != tail && list.is_call[scan] {
+                let index = list.op_of_node[scan];
+                if ops[index].step.is_read_only() && ops[index].step.apply(state).is_some() {
+                    forced = Some(index);
+                    break;
+                }
+                scan = list.next[scan];
+            }
+            if let Some(index) = forced {
+                linearized.set(index);
+                if cache.insert(CacheEntry { linearized: linearized.clone(), state }) {
+                    stack.push(Frame { index, state_before: state, forced: true });
+                    list.lift(index);
+                    remaining_completed -= 1;
+                    fresh_level = true;
+                    continue;
+                }
+                // Explored before, and failed: so does this level.
+                linearized.clear(index);
+                level_failed = true;
+            }
+        }
+        if !level_failed && node != tail && list.is_call[node] {
             let index = list.op_of_node[node];
+            node = list.next[node];
+            // Reads that can go next were forced; the others cannot go next.
+            if ops[index].step.is_read_only() {
+                continue;
+            }
             let twin_waiting = twin_before[index].is_some_and(|twin| !linearized.contains(twin));
             if let Some(next_state) = ops[index].step.apply(state).filter(|_| !twin_waiting) {
                 linearized.set(index);
                 if cache.insert(CacheEntry { linearized: linearized.clone(), state: next_state }) {
-                    if cache.len() > limits.max_states {
-                        return SearchResult::GaveUp(format!(
-                            "more than {} memoized states ({} operations on the key)",
-                            limits.max_states,
-                            ops.len()
-                        ));
-                    }
-                    stack.push((index, state));
+                    stack.push(Frame { index, state_before: state, forced: false });
                     state = next_state;
                     list.lift(index);
                     if ops[index].return_ns.is_some() {
                         remaining_completed -= 1;
                     }
-                    node = list.next[EventList::HEAD];
+                    fresh_level = true;
                     continue;
                 }
                 linearized.clear(index);
             }
-            node = list.next[node];
         } else {
-            // A return of an operation not yet linearized (or the end of the list): undo the
-            // last linearization and try the candidate after it.
-            let Some((index, previous_state)) = stack.pop() else {
-                return SearchResult::NotLinearizable;
-            };
-            linearized.clear(index);
-            state = previous_state;
-            list.unlift(index);
-            if ops[index].return_ns.is_some() {
-                remaining_completed += 1;
+            // A return of an operation not yet linearized (or the end of the list, or a failed
+            // forced read): undo linearizations up to the last one that was a choice, and try
+            // the candidate after it.
+            loop {
+                let Some(frame) = stack.pop() else {
+                    return SearchResult::NotLinearizable;
+                };
+                linearized.clear(frame.index);
+                state = frame.state_before;
+                list.unlift(frame.index);
+                if ops[frame.index].return_ns.is_some() {
+                    remaining_completed += 1;
+                }
+                if !frame.forced {
+                    node = list.next[list.call_node[frame.index]];
+                    break;
+                }
             }
-            node = list.next[list.call_node[index]];
         }
     }
 }
