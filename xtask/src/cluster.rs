@@ -3,27 +3,113 @@
 //!
 //! Ports: node N's Raft transport listens on 7000+N, its HTTP API on 8080+N (the defaults of
 //! `raftctl`'s `--endpoints` for three nodes).
+//!
+//! The same code starts the clusters of `cargo xtask bench-http`: [`LocalCluster`] in another
+//! directory on other ports ([`Layout`]), whose processes it owns and stops on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use raft_client::api::RoleView;
+use raft_client::api::{RoleView, StatusView};
 use raft_client::{Client, ClientOptions};
 
-/// What `up` builds and starts.
-struct Options {
-    nodes: u64,
-    transport: String,
-    storage: String,
-    release: bool,
-    clean: bool,
+use crate::procs::{self, Children};
+
+/// Where a local cluster lives: its directory and its nodes' ports.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Configs, data directories, logs and pid files.
+    pub dir: PathBuf,
+    /// Node N's Raft transport listens on `raft_port_base + N`.
+    pub raft_port_base: u16,
+    /// Node N's HTTP API listens on `http_port_base + N`.
+    pub http_port_base: u16,
 }
 
-fn parse_options(args: &[String]) -> Result<Options> {
-    let mut o =
-        Options { nodes: 3, transport: "tcp".into(), storage: "rocks".into(), release: true, clean: false };
+impl Layout {
+    /// The layout of `cargo xtask cluster`: `target/cluster/`, ports 7000+N and 8080+N.
+    fn cli(root: &Path) -> Self {
+        Self { dir: root.join("target").join("cluster"), raft_port_base: 7000, http_port_base: 8080 }
+    }
+
+    fn raft_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", u64::from(self.raft_port_base) + id)
+    }
+
+    /// Node `id`'s HTTP address.
+    pub(crate) fn client_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", u64::from(self.http_port_base) + id)
+    }
+
+    fn pid_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.pid"))
+    }
+
+    fn config_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.toml"))
+    }
+
+    fn log_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.log"))
+    }
+
+    /// A node started by an earlier xtask that is still running.
+    fn running_pid(&self, id: u64) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file(id)).ok()?.trim().parse().ok()?;
+        procs::exists(pid).then_some(pid)
+    }
+
+    fn node_ids(&self) -> Vec<u64> {
+        (1..=9).filter(|&id| self.config_file(id).exists()).collect()
+    }
+
+    fn binary_path(&self) -> Result<PathBuf> {
+        let path = std::fs::read_to_string(self.dir.join("binary"))
+            .context("no cluster here; run `cargo xtask cluster up`")?;
+        Ok(PathBuf::from(path.trim()))
+    }
+}
+
+/// What `up` builds and starts.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterOptions {
+    /// Number of nodes, 1 to 9.
+    pub nodes: u64,
+    /// `tcp` or `quic`.
+    pub transport: String,
+    /// `rocks` or `mem`.
+    pub storage: String,
+    /// Build and run the release binary.
+    pub release: bool,
+    /// Remove the directory first: start from empty data.
+    pub clean: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 3, transport: "tcp".into(), storage: "rocks".into(), release: true, clean: false }
+    }
+}
+
+impl ClusterOptions {
+    /// Checks the values that `parse_options` does not.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=9).contains(&self.nodes) {
+            bail!("--nodes must be 1 to 9");
+        }
+        if !["tcp", "quic"].contains(&self.transport.as_str())
+            || !["rocks", "mem"].contains(&self.storage.as_str())
+        {
+            bail!("--transport tcp|quic, --storage rocks|mem");
+        }
+        Ok(())
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<ClusterOptions> {
+    let mut o = ClusterOptions::default();
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().with_context(|| format!("{} needs a value", args[i]));
@@ -46,12 +132,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         }
         i += 1;
     }
-    if !(1..=9).contains(&o.nodes) {
-        bail!("--nodes must be 1 to 9");
-    }
-    if !["tcp", "quic"].contains(&o.transport.as_str()) || !["rocks", "mem"].contains(&o.storage.as_str()) {
-        bail!("--transport tcp|quic, --storage rocks|mem");
-    }
+    o.validate()?;
     Ok(o)
 }
 
@@ -60,13 +141,13 @@ const USAGE: &str = "usage: cargo xtask cluster up [--nodes N] [--transport tcp|
 
 /// Runs a `cluster` subcommand.
 pub fn cluster(root: &Path, args: &[String]) -> Result<()> {
-    let dir = root.join("target").join("cluster");
+    let layout = Layout::cli(root);
     match args.first().map(String::as_str) {
-        Some("up") => up(root, &dir, &parse_options(&args[1..])?),
-        Some("down") => down(&dir, args.iter().any(|a| a == "--clean")),
-        Some("status") => status(&dir),
-        Some("kill") => kill(&dir, node_arg(args)?),
-        Some("restart") => restart(&dir, node_arg(args)?),
+        Some("up") => up(root, &layout, &parse_options(&args[1..])?),
+        Some("down") => down(&layout, args.iter().any(|a| a == "--clean")),
+        Some("status") => status(&layout),
+        Some("kill") => kill(&layout, node_arg(args)?),
+        Some("restart") => restart(&layout, node_arg(args)?),
         _ => bail!(USAGE),
     }
 }
@@ -75,71 +156,138 @@ fn node_arg(args: &[String]) -> Result<u64> {
     args.get(1).with_context(|| USAGE.to_string())?.parse().context("the node id must be a number")
 }
 
-fn raft_addr(id: u64) -> String {
-    format!("127.0.0.1:{}", 7000 + id)
-}
-
-fn client_addr(id: u64) -> String {
-    format!("127.0.0.1:{}", 8080 + id)
-}
-
-fn pid_file(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("node{id}.pid"))
-}
-
-fn running_pid(dir: &Path, id: u64) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(dir, id)).ok()?.trim().parse().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-}
-
-fn node_ids(dir: &Path) -> Vec<u64> {
-    (1..=9).filter(|id| dir.join(format!("node{id}.toml")).exists()).collect()
-}
-
-fn binary_path(dir: &Path) -> Result<PathBuf> {
-    let path = std::fs::read_to_string(dir.join("binary"))
-        .context("no cluster here; run `cargo xtask cluster up`")?;
-    Ok(PathBuf::from(path.trim()))
-}
-
-fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
-    if node_ids(dir).iter().any(|&id| running_pid(dir, id).is_some()) {
-        bail!("a cluster is already running from {}; `cargo xtask cluster down` first", dir.display());
-    }
+/// Builds `raft-node` and returns the binary's path.
+pub(crate) fn build(root: &Path, release: bool) -> Result<PathBuf> {
     let mut build = vec!["build", "-p", "raft-node"];
-    if o.release {
+    if release {
         build.push("--release");
     }
     crate::cargo(&build)?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let binary = target.join(if o.release { "release" } else { "debug" }).join("raft-node");
+    Ok(target.join(if release { "release" } else { "debug" }).join("raft-node"))
+}
 
-    if o.clean && dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("binary"), binary.display().to_string())?;
-    let tls = if o.transport == "quic" {
-        let certs_dir = dir.join("certs");
-        raft_tls::generate_dev_certs("local", 1..=o.nodes)?.write_dev_certs(&certs_dir)?;
-        Some(certs_dir)
-    } else {
-        None
-    };
-    for id in 1..=o.nodes {
-        for addr in [raft_addr(id), client_addr(id)] {
-            if std::net::TcpListener::bind(&addr).is_err() {
-                bail!("{addr} is in use; is another cluster running? (`cargo xtask cluster down`)");
+/// A cluster of `raft-node` processes started by this xtask. Dropping it stops them (SIGTERM,
+/// then SIGKILL), unless it was [`detach`](LocalCluster::detach)ed.
+pub(crate) struct LocalCluster {
+    layout: Layout,
+    binary: PathBuf,
+    nodes: u64,
+    children: Children,
+    /// Left running on drop.
+    detached: bool,
+}
+
+impl LocalCluster {
+    /// Builds `raft-node`, writes the configs and starts the nodes under `layout`, then waits
+    /// for a leader that has committed an entry; returns the cluster and the leader's id. The
+    /// nodes' handles go into `children` (which the caller may have registered with
+    /// [`procs::stop_on_ctrl_c`]).
+    pub(crate) fn up(
+        root: &Path,
+        layout: &Layout,
+        o: &ClusterOptions,
+        children: Children,
+    ) -> Result<(Self, u64)> {
+        o.validate()?;
+        if layout.node_ids().iter().any(|&id| layout.running_pid(id).is_some()) {
+            bail!(
+                "a cluster is already running from {}; `cargo xtask cluster down` first",
+                layout.dir.display()
+            );
+        }
+        let binary = build(root, o.release)?;
+        let dir = &layout.dir;
+        if o.clean && dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("binary"), binary.display().to_string())?;
+        let tls = if o.transport == "quic" {
+            let certs_dir = dir.join("certs");
+            raft_tls::generate_dev_certs("local", 1..=o.nodes)?.write_dev_certs(&certs_dir)?;
+            Some(certs_dir)
+        } else {
+            None
+        };
+        for id in 1..=o.nodes {
+            for addr in [layout.raft_addr(id), layout.client_addr(id)] {
+                if std::net::TcpListener::bind(&addr).is_err() {
+                    bail!("{addr} is in use; is another cluster running? (`cargo xtask cluster down`)");
+                }
             }
         }
+        write_configs(layout, o, tls.as_deref())?;
+        let cluster = Self { layout: layout.clone(), binary, nodes: o.nodes, children, detached: false };
+        for id in 1..=o.nodes {
+            cluster.start_node(id)?;
+        }
+        let leader = wait_for_leader(&cluster.endpoints())?;
+        Ok((cluster, leader))
     }
+
+    /// The nodes' HTTP addresses, node 1 first.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        (1..=self.nodes).map(|id| self.layout.client_addr(id)).collect()
+    }
+
+    /// Starts (or restarts, after [`kill`](Self::kill)) node `id` from its config.
+    pub(crate) fn start_node(&self, id: u64) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let layout = &self.layout;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.log_file(id))?;
+        let child = Command::new(&self.binary)
+            .args(["run", "--config"])
+            .arg(layout.config_file(id))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: Ctrl-C in this terminal does not reach it.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        std::fs::write(layout.pid_file(id), child.id().to_string())?;
+        println!("started node {id} (pid {})", child.id());
+        self.children.insert(&node_name(id), child);
+        Ok(())
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a grace period).
+    pub(crate) fn stop(&self) {
+        self.children.stop_all();
+        for id in 1..=self.nodes {
+            let _ = std::fs::remove_file(self.layout.pid_file(id));
+        }
+    }
+
+    /// Leaves the nodes running after this xtask exits (`cargo xtask cluster up`); the pid
+    /// files let `down`, `kill` and `restart` find them.
+    fn detach(mut self) {
+        // Dropping a `Child` neither kills nor waits for it.
+        self.detached = true;
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.stop();
+        }
+    }
+}
+
+fn node_name(id: u64) -> String {
+    format!("node{id}")
+}
+
+fn write_configs(layout: &Layout, o: &ClusterOptions, tls: Option<&Path>) -> Result<()> {
     let members: String = (1..=o.nodes)
         .map(|id| {
             format!(
                 "[[members]]\nid = {id}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\n\n",
-                raft_addr(id),
-                client_addr(id)
+                layout.raft_addr(id),
+                layout.client_addr(id)
             )
         })
         .collect();
@@ -148,13 +296,13 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
             "# Written by `cargo xtask cluster up`; see raft-node/node.example.toml for every key.\n\
              cluster = \"local\"\nid = {id}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\ndata_dir = \"{}\"\n\
              transport = \"{}\"\nstorage = \"{}\"\n\n{members}",
-            raft_addr(id),
-            client_addr(id),
-            dir.join(format!("data{id}")).display(),
+            layout.raft_addr(id),
+            layout.client_addr(id),
+            layout.dir.join(format!("data{id}")).display(),
             o.transport,
             o.storage,
         );
-        if let Some(certs) = &tls {
+        if let Some(certs) = tls {
             text.push_str(&format!(
                 "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 certs.join("ca.pem").display(),
@@ -162,17 +310,20 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
                 certs.join(format!("node-{id}-key.pem")).display()
             ));
         }
-        std::fs::write(dir.join(format!("node{id}.toml")), text)?;
+        std::fs::write(layout.config_file(id), text)?;
     }
     // Stale configs of a bigger cluster would be taken for members.
     for id in o.nodes + 1..=9 {
-        let _ = std::fs::remove_file(dir.join(format!("node{id}.toml")));
+        let _ = std::fs::remove_file(layout.config_file(id));
     }
-    for id in 1..=o.nodes {
-        start(dir, &binary, id)?;
-    }
-    let leader = wait_for_leader(o.nodes)?;
-    let endpoints: Vec<String> = (1..=o.nodes).map(client_addr).collect();
+    Ok(())
+}
+
+fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
+    let (cluster, leader) = LocalCluster::up(root, layout, o, Children::default())?;
+    let binary = cluster.binary.clone();
+    let endpoints = cluster.endpoints();
+    cluster.detach();
     println!(
         "\ncluster \"local\" is up: {} nodes ({}, {}), leader: node {leader}",
         o.nodes, o.transport, o.storage
@@ -180,36 +331,17 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
     for id in 1..=o.nodes {
         println!(
             "  node {id}: http://{}  raft {}  log {}",
-            client_addr(id),
-            raft_addr(id),
-            dir.join(format!("node{id}.log")).display()
+            layout.client_addr(id),
+            layout.raft_addr(id),
+            layout.log_file(id).display()
         );
     }
     let ctl = format!("{} ctl --endpoints {}", binary.display(), endpoints.join(","));
     println!("\ntry:\n  {ctl} put greeting hello\n  {ctl} get greeting\n  {ctl} status");
     println!(
         "  curl -s http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
-        client_addr(1)
+        layout.client_addr(1)
     );
-    Ok(())
-}
-
-fn start(dir: &Path, binary: &Path, id: u64) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("node{id}.log")))?;
-    let child = Command::new(binary)
-        .args(["run", "--config"])
-        .arg(dir.join(format!("node{id}.toml")))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: Ctrl-C in this terminal later does not reach it.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    std::fs::write(pid_file(dir, id), child.id().to_string())?;
-    println!("started node {id} (pid {})", child.id());
     Ok(())
 }
 
@@ -217,23 +349,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")
 }
 
-fn wait_for_leader(nodes: u64) -> Result<u64> {
-    let endpoints: Vec<String> = (1..=nodes).map(client_addr).collect();
+/// A client for status polling: short timeout, no retries.
+pub(crate) fn status_client(endpoints: &[String]) -> Result<Client> {
     let options =
         ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    let client = Client::new(&endpoints, options)?;
+    Ok(Client::new(endpoints, options)?)
+}
+
+/// The leader's status, if one of the nodes answers as a leader that has committed an entry
+/// of its term (its no-op is committed: it can serve writes and reads).
+pub(crate) async fn find_leader(client: &Client) -> Option<StatusView> {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|s| s.role == RoleView::Leader && s.commit_index > 0)
+}
+
+fn wait_for_leader(endpoints: &[String]) -> Result<u64> {
+    let client = status_client(endpoints)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     runtime()?.block_on(async {
         loop {
-            for (_, status) in client.statuses().await {
-                if let Ok(s) = status {
-                    if s.role == RoleView::Leader && s.commit_index > 0 {
-                        return Ok(s.id);
-                    }
-                }
+            if let Some(leader) = find_leader(&client).await {
+                return Ok(leader.id);
             }
             if Instant::now() > deadline {
-                bail!("no leader after 30 s; see the logs in target/cluster/");
+                bail!("no leader after 30 s; see the node logs");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -250,7 +393,7 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 
 fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while procs::exists(pid) {
         if Instant::now() > deadline {
             return false;
         }
@@ -259,9 +402,9 @@ fn wait_gone(pid: u32, within: Duration) -> bool {
     true
 }
 
-fn down(dir: &Path, clean: bool) -> Result<()> {
-    for id in node_ids(dir) {
-        if let Some(pid) = running_pid(dir, id) {
+fn down(layout: &Layout, clean: bool) -> Result<()> {
+    for id in layout.node_ids() {
+        if let Some(pid) = layout.running_pid(id) {
             signal(pid, "-TERM")?;
             if !wait_gone(pid, Duration::from_secs(10)) {
                 signal(pid, "-KILL")?;
@@ -269,59 +412,65 @@ fn down(dir: &Path, clean: bool) -> Result<()> {
             }
             println!("stopped node {id} (pid {pid})");
         }
-        let _ = std::fs::remove_file(pid_file(dir, id));
+        let _ = std::fs::remove_file(layout.pid_file(id));
     }
-    if clean && dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-        println!("removed {}", dir.display());
+    if clean && layout.dir.exists() {
+        std::fs::remove_dir_all(&layout.dir)?;
+        println!("removed {}", layout.dir.display());
     }
     Ok(())
 }
 
-fn kill(dir: &Path, id: u64) -> Result<()> {
-    let pid = running_pid(dir, id).with_context(|| format!("node {id} is not running"))?;
+fn kill(layout: &Layout, id: u64) -> Result<()> {
+    let pid = layout.running_pid(id).with_context(|| format!("node {id} is not running"))?;
     signal(pid, "-KILL")?;
     wait_gone(pid, Duration::from_secs(5));
     println!("killed node {id} (pid {pid}) with SIGKILL");
     Ok(())
 }
 
-fn restart(dir: &Path, id: u64) -> Result<()> {
-    if let Some(pid) = running_pid(dir, id) {
+fn restart(layout: &Layout, id: u64) -> Result<()> {
+    if let Some(pid) = layout.running_pid(id) {
         signal(pid, "-TERM")?;
         wait_gone(pid, Duration::from_secs(10));
     }
-    start(dir, &binary_path(dir)?, id)
+    let cluster = LocalCluster {
+        layout: layout.clone(),
+        binary: layout.binary_path()?,
+        nodes: layout.node_ids().len() as u64,
+        children: Children::default(),
+        // The node outlives this command, like the others.
+        detached: true,
+    };
+    cluster.start_node(id)
 }
 
-fn status(dir: &Path) -> Result<()> {
-    let ids = node_ids(dir);
+fn status(layout: &Layout) -> Result<()> {
+    let ids = layout.node_ids();
     if ids.is_empty() {
-        bail!("no cluster in {}; run `cargo xtask cluster up`", dir.display());
+        bail!("no cluster in {}; run `cargo xtask cluster up`", layout.dir.display());
     }
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
     println!(
         "{:<5} {:<7} {:<22} {:<10} {:>6} {:>8} {:>8} {:<18}",
         "node", "pid", "http", "role", "term", "commit", "applied", "state hash"
     );
     runtime()?.block_on(async {
         for id in ids {
-            let pid = running_pid(dir, id).map_or("-".to_string(), |p| p.to_string());
-            let client = Client::new([client_addr(id)], options.clone())?;
+            let pid = layout.running_pid(id).map_or("-".to_string(), |p| p.to_string());
+            let client = status_client(&[layout.client_addr(id)])?;
             match client.status().await {
                 Ok(s) => println!(
                     "{:<5} {:<7} {:<22} {:<10} {:>6} {:>8} {:>8} {:<18}",
                     id,
                     pid,
-                    client_addr(id),
+                    layout.client_addr(id),
                     format!("{:?}", s.role).to_lowercase(),
                     s.term,
                     s.commit_index,
                     s.applied_index,
                     s.state_hash
                 ),
-                Err(_) => println!("{:<5} {:<7} {:<22} down", id, pid, client_addr(id)),
+                Err(_) => println!("{:<5} {:<7} {:<22} down", id, pid, layout.client_addr(id)),
             }
         }
         Ok(())
