@@ -158,6 +158,9 @@ fn node_arg(args: &[String]) -> Result<u64> {
 
 /// Builds `raft-node` and returns the binary's path.
 pub(crate) fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("XB_TEST_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
     let mut build = vec!["build", "-p", "raft-node"];
     if release {
         build.push("--release");
@@ -251,6 +254,13 @@ impl LocalCluster {
         println!("started node {id} (pid {})", child.id());
         self.children.insert(&node_name(id), child);
         Ok(())
+    }
+
+    /// SIGKILLs node `id`; returns the instant just before the signal.
+    pub(crate) fn kill(&self, id: u64) -> Result<Instant> {
+        let at = self.children.kill(&node_name(id))?;
+        let _ = std::fs::remove_file(self.layout.pid_file(id));
+        Ok(at)
     }
 
     /// Stops every node (SIGTERM, then SIGKILL after a grace period).

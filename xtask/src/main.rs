@@ -6,7 +6,7 @@
 //! - `bench` (or `bench core`): raft-core against openraft on the same workload, same run
 //!   (release build).
 //! - `bench-http` (or `bench http`): HTTP load against a local `raft-node` cluster and, when
-//!   installed, etcd, side by side (see `bench_http`).
+//!   installed, etcd, side by side; `--failover` kills leaders under load (see `bench_http`).
 //! - `cluster up|down|status|kill N|restart N`: a local cluster of `raft-node` processes
 //!   under `target/cluster/` (see `cluster.rs`).
 //! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000

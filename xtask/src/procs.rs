@@ -1,7 +1,7 @@
 //! Child processes that xtask starts and must stop again: a local `raft-node` cluster, an etcd
 //! cluster. [`Children`] owns their handles (so that a killed child is reaped, not left a
 //! zombie that still has a `/proc` entry); its owner stops them on drop, and
-//! [`stop_on_ctrl_c`] stops them when the user presses Ctrl-C.
+//! [`stop_on_ctrl_c`] stops them on Ctrl-C or SIGTERM.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +41,15 @@ impl Children {
                 matches!(child.try_wait(), Ok(None)).then(|| (name.clone(), child.id()))
             })
             .collect()
+    }
+
+    /// SIGKILLs a child and reaps it; returns the instant just before the signal was sent.
+    pub(crate) fn kill(&self, name: &str) -> Result<Instant> {
+        let mut child = self.lock().remove(name).with_context(|| format!("{name} was not started"))?;
+        let at = Instant::now();
+        child.kill().with_context(|| format!("killing {name}"))?;
+        child.wait().with_context(|| format!("reaping {name}"))?;
+        Ok(at)
     }
 
     /// Stops every child: SIGTERM, then SIGKILL for those still running after a grace period.
@@ -86,15 +95,16 @@ pub(crate) fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-static CTRL_C_WATCHER: Once = Once::new();
-static STOP_ON_CTRL_C: Mutex<Vec<Children>> = Mutex::new(Vec::new());
+static SIGNAL_WATCHER: Once = Once::new();
+static STOP_ON_SIGNAL: Mutex<Vec<Children>> = Mutex::new(Vec::new());
 
-/// Stops these children when the user presses Ctrl-C, then exits with status 130. The first
-/// call installs the handler (a thread waiting for SIGINT); without any call Ctrl-C keeps its
-/// default effect.
+/// Stops these children when the user presses Ctrl-C (SIGINT) or this process gets SIGTERM,
+/// then exits with status 130 or 143. The first call installs the handler (a thread waiting
+/// for either signal); without any call both keep their default effect.
 pub(crate) fn stop_on_ctrl_c(children: &Children) {
-    STOP_ON_CTRL_C.lock().unwrap_or_else(|p| p.into_inner()).push(children.clone());
-    CTRL_C_WATCHER.call_once(|| {
+    use tokio::signal::unix::{signal, SignalKind};
+    STOP_ON_SIGNAL.lock().unwrap_or_else(|p| p.into_inner()).push(children.clone());
+    SIGNAL_WATCHER.call_once(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
             Ok(runtime) => runtime,
             Err(e) => {
@@ -102,11 +112,12 @@ pub(crate) fn stop_on_ctrl_c(children: &Children) {
                 return;
             }
         };
-        // Registered before returning, so that a Ctrl-C from now on is ours.
-        let signal = runtime
-            .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) });
-        let mut signal = match signal {
-            Ok(signal) => signal,
+        // Registered before returning, so that a signal from now on is ours.
+        let signals = runtime.block_on(async {
+            Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        });
+        let (mut interrupt, mut terminate) = match signals {
+            Ok(signals) => signals,
             Err(e) => {
                 eprintln!("no Ctrl-C handler ({e}); Ctrl-C may leave processes running");
                 return;
@@ -114,13 +125,18 @@ pub(crate) fn stop_on_ctrl_c(children: &Children) {
         };
         // Lives until the process exits; it holds nothing that needs a shutdown.
         std::thread::spawn(move || {
-            runtime.block_on(signal.recv());
+            let status = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => 130,
+                    _ = terminate.recv() => 143,
+                }
+            });
             eprintln!("\ninterrupted: stopping the processes started");
-            let all = std::mem::take(&mut *STOP_ON_CTRL_C.lock().unwrap_or_else(|p| p.into_inner()));
+            let all = std::mem::take(&mut *STOP_ON_SIGNAL.lock().unwrap_or_else(|p| p.into_inner()));
             for children in all {
                 children.stop_all();
             }
-            std::process::exit(130);
+            std::process::exit(status);
         });
     });
 }

@@ -7,7 +7,7 @@
 //! kind (`503 no_leader`, `connect: ConnectionRefused`, `timeout`, ...).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub(crate) enum Window {
     Duration(Duration),
     /// After this many requests (all workers together).
     Requests(u64),
+    /// When the phase's stop flag is set (failover runs).
+    UntilStopped,
 }
 
 /// One phase of load.
@@ -118,6 +120,49 @@ fn count_error(errors: &mut BTreeMap<String, u64>, kind: String, count: u64) {
         kind
     };
     *errors.entry(kind).or_default() += count;
+}
+
+/// The first successful write sent after a kill, for failover runs: armed just before the
+/// kill, it keeps the earliest completion of a successful write that started after that.
+#[derive(Debug)]
+pub(crate) struct RecoveryMark {
+    epoch: Instant,
+    /// Requests started at or after this (ns since `epoch`) count; `u64::MAX`: disarmed.
+    armed_at_ns: AtomicU64,
+    first_ok_ns: AtomicU64,
+}
+
+impl RecoveryMark {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            armed_at_ns: AtomicU64::new(u64::MAX),
+            first_ok_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Starts watching for writes sent from now on.
+    pub(crate) fn arm(&self) {
+        self.first_ok_ns.store(u64::MAX, Ordering::SeqCst);
+        self.armed_at_ns.store(self.nanos(Instant::now()), Ordering::SeqCst);
+    }
+
+    /// A successful write that was sent at `started` and answered at `finished`.
+    pub(crate) fn success(&self, started: Instant, finished: Instant) {
+        if self.nanos(started) >= self.armed_at_ns.load(Ordering::SeqCst) {
+            self.first_ok_ns.fetch_min(self.nanos(finished), Ordering::SeqCst);
+        }
+    }
+
+    /// When the first such write was answered.
+    pub(crate) fn first_ok(&self) -> Option<Instant> {
+        let ns = self.first_ok_ns.load(Ordering::SeqCst);
+        (ns != u64::MAX).then(|| self.epoch + Duration::from_nanos(ns))
+    }
 }
 
 /// Builds the HTTP requests of a workload for one API.
@@ -310,6 +355,7 @@ struct Shared {
     /// Requests left in a counted window (or keys left to fill).
     budget: AtomicI64,
     stop: Arc<AtomicBool>,
+    recovery: Option<Arc<RecoveryMark>>,
 }
 
 impl Shared {
@@ -325,6 +371,7 @@ impl Shared {
         match self.phase.window {
             Window::Duration(_) => self.measure_until.is_some_and(|until| now < until),
             Window::Requests(_) => now < self.measure_from || self.budget.fetch_sub(1, Ordering::Relaxed) > 0,
+            Window::UntilStopped => true,
         }
     }
 
@@ -333,14 +380,20 @@ impl Shared {
     }
 }
 
-/// Runs one phase to its end and returns what it measured; `stop` ends it early.
-pub(crate) async fn run_phase(phase: Phase, stop: Arc<AtomicBool>) -> Result<PhaseResult> {
+/// Runs one phase to its end and returns what it measured. `stop` ends it early (failover
+/// runs, Ctrl-C); `recovery` is told about successful writes.
+pub(crate) async fn run_phase(
+    phase: Phase,
+    stop: Arc<AtomicBool>,
+    recovery: Option<Arc<RecoveryMark>>,
+) -> Result<PhaseResult> {
     let started = Instant::now();
     let measure_from = if phase.fill { started } else { started + phase.warmup };
     let (measure_until, budget) = match phase.window {
         _ if phase.fill => (None, phase.workload.keys as i64),
         Window::Duration(d) => (Some(measure_from + d), 0),
         Window::Requests(n) => (None, i64::try_from(n).unwrap_or(i64::MAX)),
+        Window::UntilStopped => (None, 0),
     };
     let shared = Arc::new(Shared {
         requests: Requests::new(phase.api, phase.workload.value_bytes),
@@ -349,6 +402,7 @@ pub(crate) async fn run_phase(phase: Phase, stop: Arc<AtomicBool>) -> Result<Pha
         measure_until,
         budget: AtomicI64::new(budget),
         stop,
+        recovery,
     });
     let mut workers = tokio::task::JoinSet::new();
     for index in 0..shared.phase.connections {
@@ -417,6 +471,9 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
                     let histogram = if read { &mut result.reads } else { &mut result.writes };
                     histogram.record_duration(finished - started);
                     last_counted = finished;
+                }
+                if let (Some(mark), false) = (&shared.recovery, read) {
+                    mark.success(started, finished);
                 }
                 None
             }

@@ -1,13 +1,14 @@
 //! `cargo xtask bench-http`: an HTTP load generator against a local cluster — `raft-node`
 //! (started like `cargo xtask cluster up`: release build, RocksDB, TCP, empty data) and, when
 //! an `etcd` binary is installed, a 3-member etcd on loopback with the same workload through
-//! its v3 JSON gateway — side by side with their ratio.
+//! its v3 JSON gateway — side by side with their ratio; or a failover run (`--failover`).
 //!
 //! Everything runs on this machine: the load generator shares the cores with the servers.
 //! Every process started is stopped at the end, on error and on Ctrl-C. Figures are printed
 //! and saved to `target/bench/<timestamp>.json`.
 
 mod etcd;
+mod failover;
 mod histogram;
 mod load;
 mod report;
@@ -32,7 +33,8 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug]";
+[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug] \
+| bench-http --failover [--kills N] [--nodes N] [--connections N]";
 
 /// Which servers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +70,8 @@ struct Options {
     storage: String,
     transport: String,
     release: bool,
+    failover: bool,
+    kills: usize,
 }
 
 impl Default for Options {
@@ -91,6 +95,8 @@ impl Default for Options {
             storage: "rocks".into(),
             transport: "tcp".into(),
             release: true,
+            failover: false,
+            kills: 5,
         }
     }
 }
@@ -132,10 +138,15 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--runs" => o.runs = number(value()?)? as usize,
             "--client-threads" => o.client_threads = number(value()?)? as usize,
             "--timeout-ms" => o.request_timeout_ms = number(value()?)? as u64,
+            "--kills" => o.kills = number(value()?)? as usize,
             "--storage" => o.storage = value()?,
             "--transport" => o.transport = value()?,
             "--debug" => {
                 o.release = false;
+                takes_value = false;
+            }
+            "--failover" => {
+                o.failover = true;
                 takes_value = false;
             }
             "--help" | "-h" => bail!(USAGE),
@@ -164,6 +175,12 @@ fn parse_options(args: &[String]) -> Result<Options> {
     if o.requests == Some(0) || (o.requests.is_none() && o.duration_s == 0.0) {
         bail!("--duration and --requests must be more than 0");
     }
+    if o.failover && o.against != Against::Raft {
+        bail!("--failover runs against raft-node only");
+    }
+    if o.failover && o.nodes < 3 {
+        bail!("--failover needs at least 3 nodes");
+    }
     cluster_options(&o).validate()?;
     Ok(o)
 }
@@ -187,6 +204,7 @@ struct RunReport<'a> {
     options: &'a Options,
     targets: &'a [TargetReport],
     skipped: &'a [String],
+    failover: Option<&'a failover::FailoverReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -209,7 +227,30 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         .context("starting tokio")?;
     let mut targets = Vec::new();
     let mut skipped = Vec::new();
-    {
+    let mut failover_report = None;
+    if o.failover {
+        let (cluster, children) = start_raft(root, &o)?;
+        let phase = Phase {
+            workload: Workload { keys: o.keys, value_bytes: o.value_bytes, read_ratio: 0.0 },
+            window: Window::UntilStopped,
+            warmup: Duration::ZERO,
+            ..phase_template(&o, Api::Raft, cluster.endpoints())
+        };
+        println!(
+            "\nfailover: {} kills of the leader under a write load of {} connections",
+            o.kills, o.connections
+        );
+        let result = runtime.block_on(failover::run(&cluster, phase, o.kills))?;
+        let memory = memory_of(&children, "node");
+        drop(cluster);
+        targets.push(TargetReport {
+            target: "raft".into(),
+            description: raft_description(&o),
+            phases: Vec::new(),
+            memory,
+        });
+        failover_report = Some(result);
+    } else {
         if o.against != Against::Etcd {
             let (cluster, children) = start_raft(root, &o)?;
             let mut target = runtime.block_on(measure(
@@ -252,7 +293,7 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
             }
         }
     }
-    print_summary(&o, &targets);
+    print_summary(&o, &targets, failover_report.as_ref());
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let timestamp = report::timestamp(started_at);
@@ -267,6 +308,7 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         options: &o,
         targets: &targets,
         skipped: &skipped,
+        failover: failover_report.as_ref(),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&run)?)?;
     println!("\nsaved {}", path.display());
@@ -355,7 +397,7 @@ async fn measure(
             // Reads of missing keys would be errors for raft-node and empty answers for etcd.
             let began = Instant::now();
             let fill = Phase { fill: true, ..template.clone() };
-            let result = load::run_phase(fill, Arc::new(AtomicBool::new(false))).await?;
+            let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;
             println!(
                 "{target}: wrote each of the {} keys once in {:.1} s ({} errors)",
                 o.keys,
@@ -402,7 +444,7 @@ async fn measure_cpu(children: &Children, phase: Phase) -> Result<(load::PhaseRe
     let first = tokio::spawn(async move {
         tokio::time::sleep(warmup).await;
     });
-    let load = tokio::spawn(load::run_phase(phase, Arc::new(AtomicBool::new(false))));
+    let load = tokio::spawn(load::run_phase(phase, Arc::new(AtomicBool::new(false)), None));
     first.await.context("the sampler panicked")?;
     let before = sample();
     let result = load.await.context("the load panicked")??;
@@ -415,19 +457,26 @@ async fn measure_cpu(children: &Children, phase: Phase) -> Result<(load::PhaseRe
     Ok((result, cpu))
 }
 
-fn print_summary(o: &Options, targets: &[TargetReport]) {
+fn print_summary(o: &Options, targets: &[TargetReport], failover: Option<&failover::FailoverReport>) {
     let window = match o.requests {
         Some(n) => format!("{n} requests"),
         None => format!("{} s", o.duration_s),
     };
-    println!(
-        "\n== bench-http: {} connections (closed loop, keep-alive), {}-byte values, {} keys, {} s warm-up + {window}, {}",
-        o.connections,
-        o.value_bytes,
-        o.keys,
-        o.warmup_s,
-        if o.runs > 1 { format!("median of {} runs", o.runs) } else { "1 run".to_string() }
-    );
+    if o.failover {
+        println!(
+            "\n== bench-http --failover: {} connections writing (closed loop, keep-alive), {}-byte values, {} keys",
+            o.connections, o.value_bytes, o.keys
+        );
+    } else {
+        println!(
+            "\n== bench-http: {} connections (closed loop, keep-alive), {}-byte values, {} keys, {} s warm-up + {window}, {}",
+            o.connections,
+            o.value_bytes,
+            o.keys,
+            o.warmup_s,
+            if o.runs > 1 { format!("median of {} runs", o.runs) } else { "1 run".to_string() }
+        );
+    }
     println!(
         "   load generator on the same {}-core machine as the servers ({} client thread(s)); CPU in % of one core",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -443,6 +492,21 @@ fn print_summary(o: &Options, targets: &[TargetReport]) {
         (targets.iter().find(|t| t.target == "raft"), targets.iter().find(|t| t.target == "etcd"))
     {
         println!("raft vs etcd (medians):\n{}", report::ratio_table(raft, etcd));
+    }
+    if let Some(f) = failover {
+        println!(
+            "failover over {} kills of the leader: writes succeed again after p50 {:.0} ms, max {:.0} ms, min {:.0} ms (resolution {:.0} ms); {} writes, {} errors",
+            f.kills.len(),
+            f.recovery_p50_ms,
+            f.recovery_max_ms,
+            f.recovery_min_ms,
+            f.probe_timeout_ms,
+            f.writes_ok,
+            f.errors.values().sum::<u64>()
+        );
+        for (kind, count) in &f.errors {
+            println!("   error {kind}: {count}");
+        }
     }
     println!("\nresident memory after the run:\n{}", report::memory_table(targets));
 }
