@@ -274,8 +274,12 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
                     skipped.push(note.to_string());
                 }
                 Some(binary) => {
-                    let description =
-                        format!("{} ({} members, WAL fsync on)", etcd::version(&binary), o.nodes);
+                    let description = format!(
+                        "{} ({} member{}, WAL fsync on)",
+                        etcd::version(&binary),
+                        o.nodes,
+                        if o.nodes == 1 { "" } else { "s" }
+                    );
                     println!("\n{description}");
                     let children = Children::default();
                     procs::stop_on_ctrl_c(&children);
@@ -330,8 +334,9 @@ fn rerun_in_release(args: &[String]) -> Result<()> {
 
 fn raft_description(o: &Options) -> String {
     format!(
-        "raft-node ({} nodes, {}, {}, {} build)",
+        "raft-node ({} node{}, {}, {}, {} build)",
         o.nodes,
+        if o.nodes == 1 { "" } else { "s" },
         o.transport,
         o.storage,
         if o.release { "release" } else { "debug" }
@@ -399,9 +404,9 @@ async fn measure(
             let fill = Phase { fill: true, ..template.clone() };
             let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;
             println!(
-                "{target}: wrote each of the {} keys once in {:.1} s ({} errors)",
+                "{target}: wrote each of the {} keys once in {:.0} ms ({} errors)",
                 o.keys,
-                began.elapsed().as_secs_f64(),
+                began.elapsed().as_secs_f64() * 1e3,
                 result.error_count()
             );
             filled = true;
