@@ -1,5 +1,5 @@
 //! Quick single-round run of both sides: `cargo run -p raft-bench --release --example smoke`.
-//! For the real comparison (several rounds, medians, ratios) use `cargo xtask bench`.
+//! For the real comparison (several rounds, medians, ratios) use `cargo xtask bench core`.
 
 use raft_bench::report::summarize;
 use raft_bench::{core_cluster, openraft_cluster};

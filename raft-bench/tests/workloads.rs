@@ -1,5 +1,5 @@
 //! The benchmark workloads run end to end at a small size (correctness only; speed is measured
-//! by `cargo xtask bench`, never asserted here).
+//! by `cargo xtask bench core`, never asserted here).
 
 use raft_bench::core_cluster;
 use raft_core::ReadMode;

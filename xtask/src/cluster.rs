@@ -3,27 +3,124 @@
 //!
 //! Ports: node N's Raft transport listens on 7000+N, its HTTP API on 8080+N (the defaults of
 //! `raftctl`'s `--endpoints` for three nodes).
+//!
+//! The same code starts the clusters of `cargo xtask bench` ([`LocalCluster`], in another
+//! directory on other ports: a [`Layout`], its processes owned and stopped on drop) and writes
+//! the configs of `cargo xtask chaos` ([`NodeSpec`], [`ConfigCommon`], [`spawn_node`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use raft_client::api::RoleView;
+use raft_client::api::{RoleView, StatusView};
 use raft_client::{Client, ClientOptions};
 
-/// What `up` builds and starts.
-struct Options {
-    nodes: u64,
-    transport: String,
-    storage: String,
-    release: bool,
-    clean: bool,
+use crate::procs::{self, Children};
+
+/// Where a local cluster lives: its directory and its nodes' ports (node N listens on the
+/// bases + N, on 127.0.0.1).
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Configs, data directories, logs and pid files.
+    pub dir: PathBuf,
+    /// Node N's Raft transport listens on `raft_port_base + N`.
+    pub raft_port_base: u16,
+    /// Node N's HTTP API listens on `http_port_base + N`.
+    pub http_port_base: u16,
 }
 
-fn parse_options(args: &[String]) -> Result<Options> {
-    let mut o =
-        Options { nodes: 3, transport: "tcp".into(), storage: "rocks".into(), release: true, clean: false };
+impl Layout {
+    /// The layout of `cargo xtask cluster`: `target/cluster/`, ports 7000+N and 8080+N.
+    fn cli(root: &Path) -> Self {
+        Self { dir: root.join("target").join("cluster"), raft_port_base: 7000, http_port_base: 8080 }
+    }
+
+    fn raft_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", u64::from(self.raft_port_base) + id)
+    }
+
+    /// Node `id`'s HTTP address.
+    pub(crate) fn client_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", u64::from(self.http_port_base) + id)
+    }
+
+    fn spec(&self, id: u64) -> NodeSpec {
+        NodeSpec {
+            id,
+            raft_addr: self.raft_addr(id),
+            client_addr: self.client_addr(id),
+            data_dir: self.dir.join(format!("data{id}")),
+        }
+    }
+
+    fn pid_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.pid"))
+    }
+
+    fn config_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.toml"))
+    }
+
+    fn log_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.log"))
+    }
+
+    /// A node started by an earlier xtask that is still running.
+    fn running_pid(&self, id: u64) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file(id)).ok()?.trim().parse().ok()?;
+        procs::exists(pid).then_some(pid)
+    }
+
+    fn node_ids(&self) -> Vec<u64> {
+        (1..=9).filter(|&id| self.config_file(id).exists()).collect()
+    }
+
+    fn binary_path(&self) -> Result<PathBuf> {
+        let path = std::fs::read_to_string(self.dir.join("binary"))
+            .context("no cluster here; run `cargo xtask cluster up`")?;
+        Ok(PathBuf::from(path.trim()))
+    }
+}
+
+/// What `up` builds and starts.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterOptions {
+    /// Number of nodes, 1 to 9.
+    pub nodes: u64,
+    /// `tcp` or `quic`.
+    pub transport: String,
+    /// `rocks` or `mem`.
+    pub storage: String,
+    /// Build and run the release binary.
+    pub release: bool,
+    /// Remove the directory first: start from empty data.
+    pub clean: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 3, transport: "tcp".into(), storage: "rocks".into(), release: true, clean: false }
+    }
+}
+
+impl ClusterOptions {
+    /// Checks the values that `parse_options` does not.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=9).contains(&self.nodes) {
+            bail!("--nodes must be 1 to 9");
+        }
+        if !["tcp", "quic"].contains(&self.transport.as_str())
+            || !["rocks", "mem"].contains(&self.storage.as_str())
+        {
+            bail!("--transport tcp|quic, --storage rocks|mem");
+        }
+        Ok(())
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<ClusterOptions> {
+    let mut o = ClusterOptions::default();
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().with_context(|| format!("{} needs a value", args[i]));
@@ -46,12 +143,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         }
         i += 1;
     }
-    if !(1..=9).contains(&o.nodes) {
-        bail!("--nodes must be 1 to 9");
-    }
-    if !["tcp", "quic"].contains(&o.transport.as_str()) || !["rocks", "mem"].contains(&o.storage.as_str()) {
-        bail!("--transport tcp|quic, --storage rocks|mem");
-    }
+    o.validate()?;
     Ok(o)
 }
 
@@ -60,13 +152,13 @@ const USAGE: &str = "usage: cargo xtask cluster up [--nodes N] [--transport tcp|
 
 /// Runs a `cluster` subcommand.
 pub fn cluster(root: &Path, args: &[String]) -> Result<()> {
-    let dir = root.join("target").join("cluster");
+    let layout = Layout::cli(root);
     match args.first().map(String::as_str) {
-        Some("up") => up(root, &dir, &parse_options(&args[1..])?),
-        Some("down") => down(&dir, args.iter().any(|a| a == "--clean")),
-        Some("status") => status(&dir),
-        Some("kill") => kill(&dir, node_arg(args)?),
-        Some("restart") => restart(&dir, node_arg(args)?),
+        Some("up") => up(root, &layout, &parse_options(&args[1..])?),
+        Some("down") => down(&layout, args.iter().any(|a| a == "--clean")),
+        Some("status") => status(&layout),
+        Some("kill") => kill(&layout, node_arg(args)?),
+        Some("restart") => restart(&layout, node_arg(args)?),
         _ => bail!(USAGE),
     }
 }
@@ -75,87 +167,11 @@ fn node_arg(args: &[String]) -> Result<u64> {
     args.get(1).with_context(|| USAGE.to_string())?.parse().context("the node id must be a number")
 }
 
-fn raft_addr(id: u64) -> String {
-    format!("127.0.0.1:{}", 7000 + id)
-}
-
-fn client_addr(id: u64) -> String {
-    format!("127.0.0.1:{}", 8080 + id)
-}
-
-fn pid_file(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("node{id}.pid"))
-}
-
-fn running_pid(dir: &Path, id: u64) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(dir, id)).ok()?.trim().parse().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-}
-
-fn node_ids(dir: &Path) -> Vec<u64> {
-    (1..=9).filter(|id| dir.join(format!("node{id}.toml")).exists()).collect()
-}
-
-fn binary_path(dir: &Path) -> Result<PathBuf> {
-    let path = std::fs::read_to_string(dir.join("binary"))
-        .context("no cluster here; run `cargo xtask cluster up`")?;
-    Ok(PathBuf::from(path.trim()))
-}
-
-fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
-    if node_ids(dir).iter().any(|&id| running_pid(dir, id).is_some()) {
-        bail!("a cluster is already running from {}; `cargo xtask cluster down` first", dir.display());
-    }
-    let binary = build_raft_node(root, o.release)?;
-
-    if o.clean && dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("binary"), binary.display().to_string())?;
-    let tls = if o.transport == "quic" {
-        let certs_dir = dir.join("certs");
-        raft_tls::generate_dev_certs("local", 1..=o.nodes)?.write_dev_certs(&certs_dir)?;
-        Some(certs_dir)
-    } else {
-        None
-    };
-    for id in 1..=o.nodes {
-        for addr in [raft_addr(id), client_addr(id)] {
-            if std::net::TcpListener::bind(&addr).is_err() {
-                bail!("{addr} is in use; is another cluster running? (`cargo xtask cluster down`)");
-            }
-        }
-    }
-    let members: Vec<NodeSpec> = (1..=o.nodes)
-        .map(|id| NodeSpec {
-            id,
-            raft_addr: raft_addr(id),
-            client_addr: client_addr(id),
-            data_dir: dir.join(format!("data{id}")),
-        })
-        .collect();
-    let common = ConfigCommon {
-        cluster: "local".into(),
-        transport: o.transport.clone(),
-        storage: o.storage.clone(),
-        tls_dir: tls,
-        extra_toml: String::new(),
-        written_by: "cargo xtask cluster up".into(),
-    };
-    for node in &members {
-        let text = common.node_config(node, &members, None);
-        std::fs::write(dir.join(format!("node{}.toml", node.id)), text)?;
-    }
-    // Stale configs of a bigger cluster would be taken for members.
-    for id in o.nodes + 1..=9 {
-        let _ = std::fs::remove_file(dir.join(format!("node{id}.toml")));
-    }
-    for id in 1..=o.nodes {
-        start(dir, &binary, id)?;
-    }
-    let leader = wait_for_leader(o.nodes)?;
-    let endpoints: Vec<String> = (1..=o.nodes).map(client_addr).collect();
+fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
+    let (cluster, leader) = LocalCluster::up(root, layout, o, Children::default())?;
+    let endpoints = cluster.endpoints();
+    let binary = cluster.binary.clone();
+    cluster.detach();
     println!(
         "\ncluster \"local\" is up: {} nodes ({}, {}), leader: node {leader}",
         o.nodes, o.transport, o.storage
@@ -163,29 +179,144 @@ fn up(root: &Path, dir: &Path, o: &Options) -> Result<()> {
     for id in 1..=o.nodes {
         println!(
             "  node {id}: http://{}  raft {}  log {}",
-            client_addr(id),
-            raft_addr(id),
-            dir.join(format!("node{id}.log")).display()
+            layout.client_addr(id),
+            layout.raft_addr(id),
+            layout.log_file(id).display()
         );
     }
     let ctl = format!("{} ctl --endpoints {}", binary.display(), endpoints.join(","));
     println!("\ntry:\n  {ctl} put greeting hello\n  {ctl} get greeting\n  {ctl} status");
     println!(
         "  curl -s http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
-        client_addr(1)
+        layout.client_addr(1)
     );
     Ok(())
 }
 
-fn start(dir: &Path, binary: &Path, id: u64) -> Result<()> {
-    let child = spawn_node(
-        Command::new(binary),
-        &dir.join(format!("node{id}.toml")),
-        &dir.join(format!("node{id}.log")),
-    )?;
-    std::fs::write(pid_file(dir, id), child.id().to_string())?;
-    println!("started node {id} (pid {})", child.id());
-    Ok(())
+/// A cluster of `raft-node` processes started by this xtask. Dropping it stops them (SIGTERM,
+/// then SIGKILL), unless it was [`detach`](LocalCluster::detach)ed.
+pub(crate) struct LocalCluster {
+    layout: Layout,
+    binary: PathBuf,
+    nodes: u64,
+    children: Children,
+    /// Left running on drop.
+    detached: bool,
+}
+
+impl LocalCluster {
+    /// Builds `raft-node`, writes the configs and starts the nodes under `layout`, then waits
+    /// for a leader that has committed an entry; returns the cluster and the leader's id. The
+    /// nodes' handles go into `children` (which the caller may have registered with
+    /// [`procs::stop_on_ctrl_c`]).
+    pub(crate) fn up(
+        root: &Path,
+        layout: &Layout,
+        o: &ClusterOptions,
+        children: Children,
+    ) -> Result<(Self, u64)> {
+        o.validate()?;
+        if layout.node_ids().iter().any(|&id| layout.running_pid(id).is_some()) {
+            bail!(
+                "a cluster is already running from {}; `cargo xtask cluster down` first",
+                layout.dir.display()
+            );
+        }
+        let binary = build_raft_node(root, o.release)?;
+        let dir = &layout.dir;
+        if o.clean && dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("binary"), binary.display().to_string())?;
+        let tls_dir = if o.transport == "quic" {
+            let certs_dir = dir.join("certs");
+            raft_tls::generate_dev_certs("local", 1..=o.nodes)?.write_dev_certs(&certs_dir)?;
+            Some(certs_dir)
+        } else {
+            None
+        };
+        for id in 1..=o.nodes {
+            for addr in [layout.raft_addr(id), layout.client_addr(id)] {
+                if std::net::TcpListener::bind(&addr).is_err() {
+                    bail!("{addr} is in use; is another cluster running? (`cargo xtask cluster down`)");
+                }
+            }
+        }
+        let members: Vec<NodeSpec> = (1..=o.nodes).map(|id| layout.spec(id)).collect();
+        let common = ConfigCommon {
+            cluster: "local".into(),
+            transport: o.transport.clone(),
+            storage: o.storage.clone(),
+            tls_dir,
+            extra_toml: String::new(),
+            written_by: "cargo xtask cluster".into(),
+        };
+        for node in &members {
+            std::fs::write(layout.config_file(node.id), common.node_config(node, &members, None))?;
+        }
+        // Stale configs of a bigger cluster would be taken for members.
+        for id in o.nodes + 1..=9 {
+            let _ = std::fs::remove_file(layout.config_file(id));
+        }
+        let cluster = Self { layout: layout.clone(), binary, nodes: o.nodes, children, detached: false };
+        for id in 1..=o.nodes {
+            cluster.start_node(id)?;
+        }
+        let leader = runtime()?
+            .block_on(leader_elected(&cluster.endpoints(), Duration::from_secs(30)))
+            .with_context(|| format!("see the node logs in {}", dir.display()))?;
+        Ok((cluster, leader))
+    }
+
+    /// The nodes' HTTP addresses, node 1 first.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        (1..=self.nodes).map(|id| self.layout.client_addr(id)).collect()
+    }
+
+    /// Starts (or restarts, after [`kill`](Self::kill)) node `id` from its config.
+    pub(crate) fn start_node(&self, id: u64) -> Result<()> {
+        let layout = &self.layout;
+        let child = spawn_node(Command::new(&self.binary), &layout.config_file(id), &layout.log_file(id))?;
+        std::fs::write(layout.pid_file(id), child.id().to_string())?;
+        println!("started node {id} (pid {})", child.id());
+        self.children.insert(&node_name(id), child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `id`; returns the instant just before the signal.
+    pub(crate) fn kill(&self, id: u64) -> Result<Instant> {
+        let at = self.children.kill(&node_name(id))?;
+        let _ = std::fs::remove_file(self.layout.pid_file(id));
+        Ok(at)
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a grace period).
+    pub(crate) fn stop(&self) {
+        self.children.stop_all();
+        for id in 1..=self.nodes {
+            let _ = std::fs::remove_file(self.layout.pid_file(id));
+        }
+    }
+
+    /// Leaves the nodes running after this xtask exits (`cargo xtask cluster up`); the pid
+    /// files let `down`, `kill` and `restart` find them.
+    fn detach(mut self) {
+        // Dropping a `Child` neither kills nor waits for it.
+        self.detached = true;
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.stop();
+        }
+    }
+}
+
+fn node_name(id: u64) -> String {
+    format!("node{id}")
 }
 
 /// Builds `raft-node` (release or debug) and returns the binary's path.
@@ -300,26 +431,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")
 }
 
-fn wait_for_leader(nodes: u64) -> Result<u64> {
-    let endpoints: Vec<String> = (1..=nodes).map(client_addr).collect();
-    runtime()?
-        .block_on(leader_elected(&endpoints, Duration::from_secs(30)))
-        .context("see the logs in target/cluster/")
+/// A client for status polling: short timeout, no retries.
+pub(crate) fn status_client(endpoints: &[String]) -> Result<Client> {
+    let options =
+        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
+    Ok(Client::new(endpoints, options)?)
+}
+
+/// The leader's status, if one of the nodes answers as a leader that has committed an entry
+/// of its term (its no-op is committed: it can serve writes and reads).
+pub(crate) async fn find_leader(client: &Client) -> Option<StatusView> {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|s| s.role == RoleView::Leader && s.commit_index > 0)
 }
 
 /// Waits (polling every node's `/v1/status`) for a leader that has committed an entry; its id.
 pub async fn leader_elected(endpoints: &[String], within: Duration) -> Result<u64> {
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    let client = Client::new(endpoints, options)?;
+    let client = status_client(endpoints)?;
     let deadline = Instant::now() + within;
     loop {
-        for (_, status) in client.statuses().await {
-            if let Ok(s) = status {
-                if s.role == RoleView::Leader && s.commit_index > 0 {
-                    return Ok(s.id);
-                }
-            }
+        if let Some(leader) = find_leader(&client).await {
+            return Ok(leader.id);
         }
         if Instant::now() > deadline {
             bail!("no leader after {within:?}");
@@ -340,7 +476,7 @@ pub fn signal(pid: u32, sig: &str) -> Result<()> {
 /// Waits until `pid` is gone; false if it still runs after `within`.
 pub fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while procs::exists(pid) {
         if Instant::now() > deadline {
             return false;
         }
@@ -349,9 +485,9 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
     true
 }
 
-fn down(dir: &Path, clean: bool) -> Result<()> {
-    for id in node_ids(dir) {
-        if let Some(pid) = running_pid(dir, id) {
+fn down(layout: &Layout, clean: bool) -> Result<()> {
+    for id in layout.node_ids() {
+        if let Some(pid) = layout.running_pid(id) {
             signal(pid, "-TERM")?;
             if !wait_gone(pid, Duration::from_secs(10)) {
                 signal(pid, "-KILL")?;
@@ -359,59 +495,65 @@ fn down(dir: &Path, clean: bool) -> Result<()> {
             }
             println!("stopped node {id} (pid {pid})");
         }
-        let _ = std::fs::remove_file(pid_file(dir, id));
+        let _ = std::fs::remove_file(layout.pid_file(id));
     }
-    if clean && dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-        println!("removed {}", dir.display());
+    if clean && layout.dir.exists() {
+        std::fs::remove_dir_all(&layout.dir)?;
+        println!("removed {}", layout.dir.display());
     }
     Ok(())
 }
 
-fn kill(dir: &Path, id: u64) -> Result<()> {
-    let pid = running_pid(dir, id).with_context(|| format!("node {id} is not running"))?;
+fn kill(layout: &Layout, id: u64) -> Result<()> {
+    let pid = layout.running_pid(id).with_context(|| format!("node {id} is not running"))?;
     signal(pid, "-KILL")?;
     wait_gone(pid, Duration::from_secs(5));
     println!("killed node {id} (pid {pid}) with SIGKILL");
     Ok(())
 }
 
-fn restart(dir: &Path, id: u64) -> Result<()> {
-    if let Some(pid) = running_pid(dir, id) {
+fn restart(layout: &Layout, id: u64) -> Result<()> {
+    if let Some(pid) = layout.running_pid(id) {
         signal(pid, "-TERM")?;
         wait_gone(pid, Duration::from_secs(10));
     }
-    start(dir, &binary_path(dir)?, id)
+    let cluster = LocalCluster {
+        layout: layout.clone(),
+        binary: layout.binary_path()?,
+        nodes: layout.node_ids().len() as u64,
+        children: Children::default(),
+        // The node outlives this command, like the others.
+        detached: true,
+    };
+    cluster.start_node(id)
 }
 
-fn status(dir: &Path) -> Result<()> {
-    let ids = node_ids(dir);
+fn status(layout: &Layout) -> Result<()> {
+    let ids = layout.node_ids();
     if ids.is_empty() {
-        bail!("no cluster in {}; run `cargo xtask cluster up`", dir.display());
+        bail!("no cluster in {}; run `cargo xtask cluster up`", layout.dir.display());
     }
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
     println!(
         "{:<5} {:<7} {:<22} {:<10} {:>6} {:>8} {:>8} {:<18}",
         "node", "pid", "http", "role", "term", "commit", "applied", "state hash"
     );
     runtime()?.block_on(async {
         for id in ids {
-            let pid = running_pid(dir, id).map_or("-".to_string(), |p| p.to_string());
-            let client = Client::new([client_addr(id)], options.clone())?;
-            match client.status().await {
+            let pid = layout.running_pid(id).map_or("-".to_string(), |p| p.to_string());
+            let addr = layout.client_addr(id);
+            match status_client(std::slice::from_ref(&addr))?.status().await {
                 Ok(s) => println!(
                     "{:<5} {:<7} {:<22} {:<10} {:>6} {:>8} {:>8} {:<18}",
                     id,
                     pid,
-                    client_addr(id),
+                    addr,
                     format!("{:?}", s.role).to_lowercase(),
                     s.term,
                     s.commit_index,
                     s.applied_index,
                     s.state_hash
                 ),
-                Err(_) => println!("{:<5} {:<7} {:<22} down", id, pid, client_addr(id)),
+                Err(_) => println!("{:<5} {:<7} {:<22} down", id, pid, addr),
             }
         }
         Ok(())

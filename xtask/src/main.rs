@@ -3,7 +3,10 @@
 //! - `sim --seeds N [--start S]`: N randomized cluster simulations from seed S (default 0).
 //! - `sim --seed S`: replays one seed.
 //! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
-//! - `bench`: raft-core against openraft on the same workload, same run (release build).
+//! - `bench [http] OPTIONS` (or `bench-http`): HTTP load against a local `raft-node` cluster
+//!   and, when installed, etcd, side by side; `--failover` kills leaders under load (see
+//!   `bench_http`).
+//! - `bench core`: raft-core against openraft on the same workload, same run (release build).
 //! - `cluster up|down|status|kill N|restart N`: a local cluster of `raft-node` processes
 //!   under `target/cluster/` (see `cluster.rs`).
 //! - `chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic] ...`: a Jepsen-style
@@ -11,8 +14,10 @@
 //! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
 //!   simulation seeds.
 
+mod bench_http;
 mod chaos;
 mod cluster;
+mod procs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,12 +42,17 @@ fn run() -> Result<()> {
         Some("sim") => sim(&args[1..]),
         Some("tidy") => tidy(),
         Some("test") => test_all(),
-        Some("bench") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("core") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
+            Some("http") => bench_http::bench_http(&workspace_root()?, &args[2..]),
+            _ => bench_http::bench_http(&workspace_root()?, &args[1..]),
+        },
+        Some("bench-http") => bench_http::bench_http(&workspace_root()?, &args[1..]),
         Some("certs") => certs(&args[1..]),
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }

@@ -1,0 +1,157 @@
+//! A local etcd cluster for comparison: members on 127.0.0.1 with their own ports, data and
+//! logs under `target/bench/etcd/`, started from empty data, stopped on drop. etcd's defaults
+//! otherwise (the WAL is fsynced before a write is acknowledged, as raft-node's RocksDB log is).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::{Method, StatusCode};
+
+use super::load::Connection;
+use crate::procs::Children;
+
+/// Member N serves clients on `CLIENT_PORT_BASE + N` and peers on `PEER_PORT_BASE + N`.
+const CLIENT_PORT_BASE: u16 = 23790;
+const PEER_PORT_BASE: u16 = 23890;
+/// How long the members get to elect a leader and report healthy.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+
+/// The `etcd` binary on `PATH`, if one is installed.
+pub(crate) fn find_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|candidate| candidate.is_file())
+}
+
+/// `etcd 3.4.23`, from `etcd --version`'s first line (`etcd Version: 3.4.23`).
+pub(crate) fn version(binary: &Path) -> String {
+    let output = Command::new(binary).arg("--version").output().ok();
+    let text = output.map(|out| String::from_utf8_lossy(&out.stdout).into_owned()).unwrap_or_default();
+    match text.lines().next().and_then(|line| line.strip_prefix("etcd Version:")) {
+        Some(version) => format!("etcd {}", version.trim()),
+        None => "etcd (unknown version)".to_string(),
+    }
+}
+
+/// etcd refuses to start on architectures other than amd64 (and, in 3.5, arm64) unless
+/// `ETCD_UNSUPPORTED_ARCH` names the architecture, in Go's spelling.
+fn unsupported_arch() -> Option<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => None,
+        "aarch64" => Some("arm64"),
+        "x86" => Some("386"),
+        "powerpc64" => Some("ppc64le"),
+        other => Some(other),
+    }
+}
+
+/// A running etcd cluster; dropping it stops the members.
+pub(crate) struct EtcdCluster {
+    children: Children,
+    members: u64,
+}
+
+impl EtcdCluster {
+    /// Starts `members` members from empty data dirs under `dir` and waits until every one
+    /// reports healthy (which needs a leader). The members' handles go into `children`.
+    pub(crate) async fn start(binary: &Path, dir: &Path, members: u64, children: Children) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        for id in 1..=members {
+            for addr in [client_addr(id), peer_addr(id)] {
+                if std::net::TcpListener::bind(&addr).is_err() {
+                    bail!("{addr} is in use; another etcd of this benchmark still running?");
+                }
+            }
+        }
+        let initial_cluster: Vec<String> =
+            (1..=members).map(|id| format!("m{id}=http://{}", peer_addr(id))).collect();
+        let cluster = Self { children, members };
+        for id in 1..=members {
+            let log = std::fs::File::create(dir.join(format!("m{id}.log")))?;
+            let mut command = Command::new(binary);
+            command
+                .arg(format!("--name=m{id}"))
+                .arg(format!("--data-dir={}", dir.join(format!("m{id}")).display()))
+                .arg(format!("--listen-client-urls=http://{}", client_addr(id)))
+                .arg(format!("--advertise-client-urls=http://{}", client_addr(id)))
+                .arg(format!("--listen-peer-urls=http://{}", peer_addr(id)))
+                .arg(format!("--initial-advertise-peer-urls=http://{}", peer_addr(id)))
+                .arg(format!("--initial-cluster={}", initial_cluster.join(",")))
+                .arg("--initial-cluster-token=bench-http")
+                .arg("--initial-cluster-state=new")
+                .arg("--logger=zap")
+                .arg("--log-outputs=stderr")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0);
+            if let Some(arch) = unsupported_arch() {
+                command.env("ETCD_UNSUPPORTED_ARCH", arch);
+            }
+            let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+            println!("started etcd member m{id} (pid {})", child.id());
+            cluster.children.insert(&format!("m{id}"), child);
+        }
+        cluster.wait_healthy(dir).await?;
+        Ok(cluster)
+    }
+
+    async fn wait_healthy(&self, dir: &Path) -> Result<()> {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        for id in 1..=self.members {
+            loop {
+                if healthy(&client_addr(id)).await {
+                    break;
+                }
+                if self.children.running().len() as u64 != self.members {
+                    bail!("an etcd member exited; see the logs in {}", dir.display());
+                }
+                if Instant::now() > deadline {
+                    bail!("etcd not healthy after {HEALTHY_WITHIN:?}; see the logs in {}", dir.display());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The members' client addresses.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        (1..=self.members).map(client_addr).collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.children.stop_all();
+    }
+}
+
+fn client_addr(id: u64) -> String {
+    format!("127.0.0.1:{}", u64::from(CLIENT_PORT_BASE) + id)
+}
+
+fn peer_addr(id: u64) -> String {
+    format!("127.0.0.1:{}", u64::from(PEER_PORT_BASE) + id)
+}
+
+/// `GET /health` answers `{"health":"true"}`.
+async fn healthy(addr: &str) -> bool {
+    let Ok(mut conn) = Connection::open(addr).await else {
+        return false;
+    };
+    let answer =
+        tokio::time::timeout(Duration::from_secs(2), conn.send(Method::GET, "/health", Default::default()));
+    match answer.await {
+        Ok(Ok((StatusCode::OK, body))) => {
+            serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("health").cloned())
+                == Some(serde_json::Value::String("true".into()))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,555 @@
+//! The load generator: `connections` workers, each with its own HTTP/1.1 keep-alive
+//! connection, each sending one request at a time (a closed loop) until the phase ends.
+//!
+//! A phase is a warm-up (requests sent, nothing counted) followed by a measured window that
+//! ends after a duration or a number of requests. A request counts in the window it completes
+//! in. Latency goes into per-worker [`Histogram`]s, merged at the end; errors are counted by
+//! kind (`503 no_leader`, `connect: ConnectionRefused`, `timeout`, ...).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::histogram::Histogram;
+
+/// Distinct error kinds kept per phase; later ones are counted as `other`.
+const ERROR_KINDS_MAX: usize = 32;
+/// Longest error kind kept (server messages can be long).
+const ERROR_KIND_CHARS_MAX: usize = 60;
+/// Pause after a failed request or connection attempt, so that a failing server is not
+/// hammered by a tight loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(5);
+/// Time limit of one connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest response body read.
+const RESPONSE_BYTES_MAX: usize = 1 << 20;
+
+/// The server API requests are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// `raft-node`: `PUT /v1/kv/{key}` with `{"value": ...}`, `GET /v1/kv/{key}`
+    /// (linearizable by default).
+    Raft,
+    /// etcd's v3 JSON gateway: `POST /v3/kv/put` and `POST /v3/kv/range` (linearizable by
+    /// default), keys and values in base64.
+    Etcd,
+}
+
+/// The requests of a workload: which key, read or write, and the value written.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    /// Keys are `bench-00000000` up to `keys - 1`.
+    pub keys: u64,
+    /// Bytes of every value written.
+    pub value_bytes: usize,
+    /// Share of reads: 0 writes only, 1 reads only.
+    pub read_ratio: f64,
+}
+
+/// When a phase's measured window ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Window {
+    /// After this long.
+    Duration(Duration),
+    /// After this many requests (all workers together).
+    Requests(u64),
+    /// When the phase's stop flag is set (failover runs).
+    UntilStopped,
+}
+
+/// One phase of load.
+#[derive(Debug, Clone)]
+pub(crate) struct Phase {
+    pub api: Api,
+    /// HTTP addresses (`127.0.0.1:port`); worker `i` starts on endpoint `i % len` and moves to
+    /// the next one when it cannot connect.
+    pub endpoints: Vec<String>,
+    pub connections: usize,
+    pub workload: Workload,
+    /// Write every key once, in order, and end (`window` and `read_ratio` are ignored).
+    pub fill: bool,
+    pub warmup: Duration,
+    pub window: Window,
+    /// Time limit of one request; a request over it is abandoned with its connection.
+    pub request_timeout: Duration,
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PhaseResult {
+    /// The measured window: from the end of the warm-up to its end (or the last completion,
+    /// for a request count).
+    pub window: Duration,
+    /// Latency of successful writes, in nanoseconds.
+    pub writes: Histogram,
+    /// Latency of successful reads, in nanoseconds.
+    pub reads: Histogram,
+    /// Failed requests by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl PhaseResult {
+    /// Failed requests, all kinds.
+    pub(crate) fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn merge(&mut self, other: &PhaseResult) {
+        self.writes.merge(&other.writes);
+        self.reads.merge(&other.reads);
+        for (kind, count) in &other.errors {
+            count_error(&mut self.errors, kind.clone(), *count);
+        }
+    }
+}
+
+fn count_error(errors: &mut BTreeMap<String, u64>, kind: String, count: u64) {
+    let kind = if errors.len() >= ERROR_KINDS_MAX && !errors.contains_key(&kind) {
+        "other".to_string()
+    } else {
+        kind
+    };
+    *errors.entry(kind).or_default() += count;
+}
+
+/// The first successful write sent after a kill, for failover runs: armed just before the
+/// kill, it keeps the earliest completion of a successful write that started after that.
+#[derive(Debug)]
+pub(crate) struct RecoveryMark {
+    epoch: Instant,
+    /// Requests started at or after this (ns since `epoch`) count; `u64::MAX`: disarmed.
+    armed_at_ns: AtomicU64,
+    first_ok_ns: AtomicU64,
+}
+
+impl RecoveryMark {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            armed_at_ns: AtomicU64::new(u64::MAX),
+            first_ok_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Starts watching for writes sent from now on.
+    pub(crate) fn arm(&self) {
+        self.first_ok_ns.store(u64::MAX, Ordering::SeqCst);
+        self.armed_at_ns.store(self.nanos(Instant::now()), Ordering::SeqCst);
+    }
+
+    /// A successful write that was sent at `started` and answered at `finished`.
+    pub(crate) fn success(&self, started: Instant, finished: Instant) {
+        if self.nanos(started) >= self.armed_at_ns.load(Ordering::SeqCst) {
+            self.first_ok_ns.fetch_min(self.nanos(finished), Ordering::SeqCst);
+        }
+    }
+
+    /// When the first such write was answered.
+    pub(crate) fn first_ok(&self) -> Option<Instant> {
+        let ns = self.first_ok_ns.load(Ordering::SeqCst);
+        (ns != u64::MAX).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+}
+
+/// Builds the HTTP requests of a workload for one API.
+#[derive(Debug)]
+pub(crate) struct Requests {
+    api: Api,
+    /// The value, as sent: raft's whole PUT body, or etcd's base64 value.
+    value: Bytes,
+}
+
+impl Requests {
+    pub(crate) fn new(api: Api, value_bytes: usize) -> Self {
+        // Printable, varied bytes (no compression anywhere, but no run of one byte either).
+        let raw: Vec<u8> =
+            (0..value_bytes).map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36]).collect();
+        let value = match api {
+            Api::Raft => {
+                let mut body = b"{\"value\":\"".to_vec();
+                body.extend_from_slice(&raw);
+                body.extend_from_slice(b"\"}");
+                Bytes::from(body)
+            }
+            Api::Etcd => Bytes::from(base64(&raw)),
+        };
+        Self { api, value }
+    }
+
+    /// The name of key number `index`.
+    pub(crate) fn key(index: u64) -> String {
+        format!("bench-{index:08}")
+    }
+
+    /// A write of `key`.
+    pub(crate) fn put(&self, key: &str) -> (Method, String, Bytes) {
+        match self.api {
+            Api::Raft => (Method::PUT, format!("/v1/kv/{key}"), self.value.clone()),
+            Api::Etcd => {
+                let mut body = format!("{{\"key\":\"{}\",\"value\":\"", base64(key.as_bytes())).into_bytes();
+                body.extend_from_slice(&self.value);
+                body.extend_from_slice(b"\"}");
+                (Method::POST, "/v3/kv/put".to_string(), Bytes::from(body))
+            }
+        }
+    }
+
+    /// A linearizable read of `key`.
+    pub(crate) fn get(&self, key: &str) -> (Method, String, Bytes) {
+        match self.api {
+            Api::Raft => (Method::GET, format!("/v1/kv/{key}"), Bytes::new()),
+            Api::Etcd => (
+                Method::POST,
+                "/v3/kv/range".to_string(),
+                Bytes::from(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
+            ),
+        }
+    }
+
+    /// The error kind of a non-200 answer: the stable code for raft-node (`503 no_leader`),
+    /// the message for etcd (`503 etcdserver: leader changed`).
+    pub(crate) fn error_kind(&self, status: StatusCode, body: &[u8]) -> String {
+        let detail = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| {
+            let field = match self.api {
+                Api::Raft => "code",
+                Api::Etcd => "message",
+            };
+            v.get(field).and_then(|f| f.as_str()).map(str::to_string)
+        });
+        let mut kind = format!("{} {}", status.as_u16(), detail.as_deref().unwrap_or("(no detail)"));
+        kind.truncate(kind.char_indices().nth(ERROR_KIND_CHARS_MAX).map_or(kind.len(), |(i, _)| i));
+        kind
+    }
+}
+
+/// Standard base64 with padding (etcd's JSON gateway wants keys and values so).
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 keep-alive connection; its driver task is aborted with it.
+pub(crate) struct Connection {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`); the error is a kind such as
+    /// `connect: ConnectionRefused`.
+    pub(crate) async fn open(addr: &str) -> Result<Self, String> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
+            Err(_) => return Err("connect: timeout".to_string()),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
+        let driver = tokio::spawn(async move {
+            // Its errors show in the request that was under way.
+            let _ = connection.await;
+        });
+        let host = HeaderValue::from_str(addr).map_err(|_| format!("bad address {addr}"))?;
+        Ok(Self { sender, host, driver })
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub(crate) async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        self.sender.ready().await.map_err(|e| hyper_kind(&e))?;
+        let mut request = Request::builder().method(method).uri(path).header(HOST, self.host.clone());
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("request: {e}"))?;
+        let response = self.sender.send_request(request).await.map_err(|e| hyper_kind(&e))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| format!("io: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn hyper_kind(e: &hyper::Error) -> String {
+    if e.is_incomplete_message() {
+        "io: connection closed mid-answer".to_string()
+    } else if e.is_closed() || e.is_canceled() {
+        "io: connection closed".to_string()
+    } else if e.is_parse() {
+        "io: bad HTTP answer".to_string()
+    } else {
+        let mut kind = format!("io: {e}");
+        kind.truncate(ERROR_KIND_CHARS_MAX);
+        kind
+    }
+}
+
+/// SplitMix64: a worker's key and read/write choices (seeded by the worker's index, so that
+/// runs draw the same sequence).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What the workers of one phase share.
+struct Shared {
+    phase: Phase,
+    requests: Requests,
+    measure_from: Instant,
+    /// End of a timed window.
+    measure_until: Option<Instant>,
+    /// Requests left in a counted window (or keys left to fill).
+    budget: AtomicI64,
+    stop: Arc<AtomicBool>,
+    recovery: Option<Arc<RecoveryMark>>,
+}
+
+impl Shared {
+    /// Whether a worker may send another request (takes one from a counted budget once the
+    /// window has begun).
+    fn may_send(&self, now: Instant) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.phase.fill {
+            return true; // ends when the keys run out
+        }
+        match self.phase.window {
+            Window::Duration(_) => self.measure_until.is_some_and(|until| now < until),
+            Window::Requests(_) => now < self.measure_from || self.budget.fetch_sub(1, Ordering::Relaxed) > 0,
+            Window::UntilStopped => true,
+        }
+    }
+
+    fn counts(&self, finished: Instant) -> bool {
+        finished >= self.measure_from && self.measure_until.is_none_or(|until| finished <= until)
+    }
+}
+
+/// Runs one phase to its end and returns what it measured. `stop` ends it early (failover
+/// runs, Ctrl-C); `recovery` is told about successful writes.
+pub(crate) async fn run_phase(
+    phase: Phase,
+    stop: Arc<AtomicBool>,
+    recovery: Option<Arc<RecoveryMark>>,
+) -> Result<PhaseResult> {
+    let started = Instant::now();
+    let measure_from = if phase.fill { started } else { started + phase.warmup };
+    let (measure_until, budget) = match phase.window {
+        _ if phase.fill => (None, phase.workload.keys as i64),
+        Window::Duration(d) => (Some(measure_from + d), 0),
+        Window::Requests(n) => (None, i64::try_from(n).unwrap_or(i64::MAX)),
+        Window::UntilStopped => (None, 0),
+    };
+    let shared = Arc::new(Shared {
+        requests: Requests::new(phase.api, phase.workload.value_bytes),
+        phase,
+        measure_from,
+        measure_until,
+        budget: AtomicI64::new(budget),
+        stop,
+        recovery,
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..shared.phase.connections {
+        workers.spawn(worker(Arc::clone(&shared), index));
+    }
+    let mut result = PhaseResult::default();
+    let mut last_completion = measure_from;
+    while let Some(joined) = workers.join_next().await {
+        let (worker_result, worker_last) = joined.context("a load worker panicked")?;
+        result.merge(&worker_result);
+        last_completion = last_completion.max(worker_last);
+    }
+    result.window = match shared.measure_until {
+        Some(until) => until - measure_from,
+        None => last_completion.saturating_duration_since(measure_from),
+    };
+    Ok(result)
+}
+
+/// One closed-loop worker: returns what it counted and when its last counted request
+/// completed.
+async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
+    let phase = &shared.phase;
+    let mut rng = SplitMix(index as u64 ^ 0x5EED);
+    let mut endpoint = index % phase.endpoints.len();
+    let mut connection: Option<Connection> = None;
+    let mut result = PhaseResult::default();
+    let mut last_counted = shared.measure_from;
+    loop {
+        let now = Instant::now();
+        if !shared.may_send(now) {
+            break;
+        }
+        if connection.is_none() {
+            match Connection::open(&phase.endpoints[endpoint]).await {
+                Ok(conn) => connection = Some(conn),
+                Err(kind) => {
+                    if shared.counts(Instant::now()) {
+                        count_error(&mut result.errors, kind, 1);
+                    }
+                    endpoint = (endpoint + 1) % phase.endpoints.len();
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_mut() else { continue };
+        let (read, key) = if phase.fill {
+            let left = shared.budget.fetch_sub(1, Ordering::Relaxed);
+            if left <= 0 {
+                break;
+            }
+            (false, phase.workload.keys - left as u64)
+        } else {
+            (rng.unit() < phase.workload.read_ratio, rng.next() % phase.workload.keys.max(1))
+        };
+        let key = Requests::key(key);
+        let (method, path, body) = if read { shared.requests.get(&key) } else { shared.requests.put(&key) };
+        let started = Instant::now();
+        let answer = tokio::time::timeout(phase.request_timeout, conn.send(method, &path, body)).await;
+        let finished = Instant::now();
+        let counted = shared.counts(finished);
+        let failure = match answer {
+            Ok(Ok((StatusCode::OK, _))) => {
+                if counted {
+                    let histogram = if read { &mut result.reads } else { &mut result.writes };
+                    histogram.record_duration(finished - started);
+                    last_counted = finished;
+                }
+                if let (Some(mark), false) = (&shared.recovery, read) {
+                    mark.success(started, finished);
+                }
+                None
+            }
+            Ok(Ok((status, body))) => Some(shared.requests.error_kind(status, &body)),
+            Ok(Err(kind)) => {
+                connection = None;
+                Some(kind)
+            }
+            Err(_) => {
+                // The answer may still come; only a new connection is sure not to get it.
+                connection = None;
+                Some("timeout".to_string())
+            }
+        };
+        if let Some(kind) = failure {
+            if counted {
+                count_error(&mut result.errors, kind, 1);
+                last_counted = finished;
+            }
+            tokio::time::sleep(ERROR_PAUSE).await;
+        }
+    }
+    (result, last_counted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+        assert_eq!(base64(b"bench-00000042"), "YmVuY2gtMDAwMDAwNDI=");
+    }
+
+    #[test]
+    fn requests_have_the_api_shape() {
+        let raft = Requests::new(Api::Raft, 4);
+        let (method, path, body) = raft.put("k");
+        assert_eq!(
+            (method, path.as_str(), &body[..]),
+            (Method::PUT, "/v1/kv/k", &b"{\"value\":\"abcd\"}"[..])
+        );
+        assert_eq!(raft.get("k").1, "/v1/kv/k");
+        let etcd = Requests::new(Api::Etcd, 3);
+        let (method, path, body) = etcd.put("k");
+        assert_eq!(
+            (method, path.as_str(), &body[..]),
+            (Method::POST, "/v3/kv/put", &b"{\"key\":\"aw==\",\"value\":\"YWJj\"}"[..])
+        );
+        assert_eq!(&etcd.get("k").2[..], b"{\"key\":\"aw==\"}");
+    }
+
+    #[test]
+    fn error_kinds_name_the_code_or_message() {
+        let raft = Requests::new(Api::Raft, 1);
+        let body = br#"{"code":"no_leader","message":"no leader is known"}"#;
+        assert_eq!(raft.error_kind(StatusCode::SERVICE_UNAVAILABLE, body), "503 no_leader");
+        let etcd = Requests::new(Api::Etcd, 1);
+        let body =
+            br#"{"error":"etcdserver: leader changed","code":14,"message":"etcdserver: leader changed"}"#;
+        assert_eq!(etcd.error_kind(StatusCode::SERVICE_UNAVAILABLE, body), "503 etcdserver: leader changed");
+        assert_eq!(etcd.error_kind(StatusCode::BAD_GATEWAY, b"<html>"), "502 (no detail)");
+    }
+
+    #[test]
+    fn error_kinds_are_bounded() {
+        let mut errors = BTreeMap::new();
+        for i in 0..100 {
+            count_error(&mut errors, format!("kind {i}"), 1);
+        }
+        assert_eq!(errors.len(), ERROR_KINDS_MAX + 1);
+        assert_eq!(errors["other"], 100 - ERROR_KINDS_MAX as u64);
+    }
+}

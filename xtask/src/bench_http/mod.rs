@@ -1,0 +1,517 @@
+//! `cargo xtask bench-http`: an HTTP load generator against a local cluster — `raft-node`
+//! (started like `cargo xtask cluster up`: release build, RocksDB, TCP, empty data) and, when
+//! an `etcd` binary is installed, a 3-member etcd on loopback with the same workload through
+//! its v3 JSON gateway — side by side with their ratio; or a failover run (`--failover`).
+//!
+//! Everything runs on this machine: the load generator shares the cores with the servers.
+//! Every process started is stopped at the end, on error and on Ctrl-C. Figures are printed
+//! and saved to `target/bench/<timestamp>.json`.
+
+mod etcd;
+mod failover;
+mod histogram;
+mod load;
+mod report;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cluster::{ClusterOptions, Layout, LocalCluster};
+use crate::procs::{self, Children};
+use load::{Api, Phase, Window, Workload};
+use report::{CpuUse, Figures, PhaseReport, TargetReport};
+
+/// Ports of the benchmark's raft cluster (node N: 17000+N and 18080+N), apart from those of
+/// `cargo xtask cluster` so that a cluster left running there does not get in the way.
+const RAFT_PORT_BASE: u16 = 17000;
+const HTTP_PORT_BASE: u16 = 18080;
+
+const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
+[--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
+[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug] \
+| bench-http --failover [--kills N] [--nodes N] [--connections N]";
+
+/// Which servers to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Against {
+    Raft,
+    Etcd,
+    Both,
+}
+
+/// One phase of the workload as asked for.
+#[derive(Debug, Clone, Serialize)]
+struct PhaseSpec {
+    name: String,
+    read_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Options {
+    against: Against,
+    nodes: u64,
+    connections: usize,
+    warmup_s: f64,
+    duration_s: f64,
+    /// Instead of a duration: requests per run.
+    requests: Option<u64>,
+    keys: u64,
+    value_bytes: usize,
+    phases: Vec<PhaseSpec>,
+    runs: usize,
+    client_threads: usize,
+    request_timeout_ms: u64,
+    storage: String,
+    transport: String,
+    release: bool,
+    failover: bool,
+    kills: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            against: Against::Raft,
+            nodes: 3,
+            connections: 64,
+            warmup_s: 2.0,
+            duration_s: 10.0,
+            requests: None,
+            keys: 1000,
+            value_bytes: 100,
+            phases: vec![
+                PhaseSpec { name: "write".into(), read_ratio: 0.0 },
+                PhaseSpec { name: "read".into(), read_ratio: 1.0 },
+            ],
+            runs: 1,
+            client_threads: 1,
+            request_timeout_ms: 10_000,
+            storage: "rocks".into(),
+            transport: "tcp".into(),
+            release: true,
+            failover: false,
+            kills: 5,
+        }
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut o = Options::default();
+    let mut read_ratio = 0.5;
+    let mut workload: Option<String> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let name = args[i].as_str();
+        let value = || args.get(i + 1).cloned().with_context(|| format!("{name} needs a value\n{USAGE}"));
+        let number = |v: String| -> Result<f64> {
+            let n: f64 = v.parse().with_context(|| format!("{name}: not a number: {v}"))?;
+            if !n.is_finite() || n < 0.0 {
+                bail!("{name}: must be a number ≥ 0");
+            }
+            Ok(n)
+        };
+        let mut takes_value = true;
+        match name {
+            "--against" => {
+                o.against = match value()?.as_str() {
+                    "raft" => Against::Raft,
+                    "etcd" => Against::Etcd,
+                    "both" => Against::Both,
+                    other => bail!("--against raft|etcd|both, not {other}"),
+                }
+            }
+            "--nodes" => o.nodes = number(value()?)? as u64,
+            "--connections" => o.connections = number(value()?)? as usize,
+            "--warmup" => o.warmup_s = number(value()?)?,
+            "--duration" => o.duration_s = number(value()?)?,
+            "--requests" => o.requests = Some(number(value()?)? as u64),
+            "--keys" => o.keys = number(value()?)? as u64,
+            "--value-bytes" => o.value_bytes = number(value()?)? as usize,
+            "--workload" => workload = Some(value()?),
+            "--read-ratio" => read_ratio = number(value()?)?,
+            "--runs" => o.runs = number(value()?)? as usize,
+            "--client-threads" => o.client_threads = number(value()?)? as usize,
+            "--timeout-ms" => o.request_timeout_ms = number(value()?)? as u64,
+            "--kills" => o.kills = number(value()?)? as usize,
+            "--storage" => o.storage = value()?,
+            "--transport" => o.transport = value()?,
+            "--debug" => {
+                o.release = false;
+                takes_value = false;
+            }
+            "--failover" => {
+                o.failover = true;
+                takes_value = false;
+            }
+            "--help" | "-h" => bail!(USAGE),
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+        i += if takes_value { 2 } else { 1 };
+    }
+    if let Some(workload) = workload {
+        o.phases = workload
+            .split(',')
+            .map(|name| match name.trim() {
+                "write" => Ok(PhaseSpec { name: "write".into(), read_ratio: 0.0 }),
+                "read" => Ok(PhaseSpec { name: "read".into(), read_ratio: 1.0 }),
+                "mixed" => Ok(PhaseSpec { name: "mixed".into(), read_ratio }),
+                other => bail!("--workload: phases are write, read and mixed, not {other:?}"),
+            })
+            .collect::<Result<_>>()?;
+    }
+    if !(0.0..=1.0).contains(&read_ratio) {
+        bail!("--read-ratio must be between 0 and 1");
+    }
+    if o.connections == 0 || o.keys == 0 || o.runs == 0 || o.client_threads == 0 || o.request_timeout_ms == 0
+    {
+        bail!("--connections, --keys, --runs, --client-threads and --timeout-ms must be at least 1");
+    }
+    if o.requests == Some(0) || (o.requests.is_none() && o.duration_s == 0.0) {
+        bail!("--duration and --requests must be more than 0");
+    }
+    if o.failover && o.against != Against::Raft {
+        bail!("--failover runs against raft-node only");
+    }
+    if o.failover && o.nodes < 3 {
+        bail!("--failover needs at least 3 nodes");
+    }
+    cluster_options(&o).validate()?;
+    Ok(o)
+}
+
+fn cluster_options(o: &Options) -> ClusterOptions {
+    ClusterOptions {
+        nodes: o.nodes,
+        transport: o.transport.clone(),
+        storage: o.storage.clone(),
+        release: o.release,
+        clean: true,
+    }
+}
+
+/// What the JSON file holds.
+#[derive(Debug, Serialize)]
+struct RunReport<'a> {
+    timestamp: String,
+    command: String,
+    machine: Machine,
+    options: &'a Options,
+    targets: &'a [TargetReport],
+    skipped: &'a [String],
+    failover: Option<&'a failover::FailoverReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cores: usize,
+    note: &'static str,
+}
+
+/// Runs `cargo xtask bench-http` with these arguments.
+pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
+    let o = parse_options(args)?;
+    if cfg!(debug_assertions) {
+        return rerun_in_release(args);
+    }
+    let started_at = SystemTime::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(o.client_threads)
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failover_report = None;
+    if o.failover {
+        let (cluster, children) = start_raft(root, &o)?;
+        let phase = Phase {
+            workload: Workload { keys: o.keys, value_bytes: o.value_bytes, read_ratio: 0.0 },
+            window: Window::UntilStopped,
+            warmup: Duration::ZERO,
+            ..phase_template(&o, Api::Raft, cluster.endpoints())
+        };
+        println!(
+            "\nfailover: {} kills of the leader under a write load of {} connections",
+            o.kills, o.connections
+        );
+        let result = runtime.block_on(failover::run(&cluster, phase, o.kills))?;
+        let memory = memory_of(&children, "node");
+        drop(cluster);
+        targets.push(TargetReport {
+            target: "raft".into(),
+            description: raft_description(&o),
+            phases: Vec::new(),
+            memory,
+        });
+        failover_report = Some(result);
+    } else {
+        if o.against != Against::Etcd {
+            let (cluster, children) = start_raft(root, &o)?;
+            let mut target = runtime.block_on(measure(
+                "raft",
+                raft_description(&o),
+                Api::Raft,
+                cluster.endpoints(),
+                &children,
+                &o,
+            ))?;
+            target.memory = memory_of(&children, "node");
+            drop(cluster);
+            targets.push(target);
+        }
+        if o.against != Against::Raft {
+            match etcd::find_binary() {
+                None => {
+                    let note =
+                        "etcd: skipped, no `etcd` binary on PATH (Debian: apt-get install etcd-server)";
+                    println!("\n{note}");
+                    skipped.push(note.to_string());
+                }
+                Some(binary) => {
+                    let description = format!(
+                        "{} ({} member{}, WAL fsync on)",
+                        etcd::version(&binary),
+                        o.nodes,
+                        if o.nodes == 1 { "" } else { "s" }
+                    );
+                    println!("\n{description}");
+                    let children = Children::default();
+                    procs::stop_on_ctrl_c(&children);
+                    let dir = root.join("target").join("bench").join("etcd");
+                    let target = runtime.block_on(async {
+                        let etcd = etcd::EtcdCluster::start(&binary, &dir, o.nodes, children.clone()).await?;
+                        let mut target =
+                            measure("etcd", description, Api::Etcd, etcd.endpoints(), &children, &o).await?;
+                        target.memory = memory_of(&children, "m");
+                        drop(etcd);
+                        anyhow::Ok(target)
+                    })?;
+                    targets.push(target);
+                }
+            }
+        }
+    }
+    print_summary(&o, &targets, failover_report.as_ref());
+    let out_dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let timestamp = report::timestamp(started_at);
+    let path = out_dir.join(format!("{timestamp}.json"));
+    let run = RunReport {
+        timestamp,
+        command: format!("cargo xtask bench-http {}", args.join(" ")).trim_end().to_string(),
+        machine: Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            note: "load generator and servers on the same machine, sharing its cores",
+        },
+        options: &o,
+        targets: &targets,
+        skipped: &skipped,
+        failover: failover_report.as_ref(),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&run)?)?;
+    println!("\nsaved {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask` is a debug build; a debug load generator would use much of the CPU the
+/// servers share with it. Runs this command again from a release build of xtask, waiting for
+/// it: Ctrl-C reaches both, and only the release one, which owns the processes, acts on it.
+fn rerun_in_release(args: &[String]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    // Registered and never read: SIGINT no longer ends this process.
+    let _sigint = runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })?;
+    let mut command = vec!["run", "--release", "--quiet", "-p", "xtask", "--", "bench-http"];
+    command.extend(args.iter().map(String::as_str));
+    crate::cargo(&command)
+}
+
+fn raft_description(o: &Options) -> String {
+    format!(
+        "raft-node ({} node{}, {}, {}, {} build)",
+        o.nodes,
+        if o.nodes == 1 { "" } else { "s" },
+        o.transport,
+        o.storage,
+        if o.release { "release" } else { "debug" }
+    )
+}
+
+/// Starts the benchmark's raft cluster (from empty data) with its processes stopped on
+/// Ctrl-C.
+fn start_raft(root: &Path, o: &Options) -> Result<(LocalCluster, Children)> {
+    let layout = Layout {
+        dir: root.join("target").join("bench").join("raft"),
+        raft_port_base: RAFT_PORT_BASE,
+        http_port_base: HTTP_PORT_BASE,
+    };
+    let children = Children::default();
+    procs::stop_on_ctrl_c(&children);
+    println!("\n{}", raft_description(o));
+    let (cluster, leader) = LocalCluster::up(root, &layout, &cluster_options(o), children.clone())?;
+    println!("raft cluster up under {}, leader: node {leader}", layout.dir.display());
+    Ok((cluster, children))
+}
+
+fn memory_of(children: &Children, prefix: &str) -> Vec<report::ProcessMemory> {
+    children
+        .running()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .filter_map(|(name, pid)| report::memory_of(&name, pid))
+        .collect()
+}
+
+/// The parts of a phase that come from the options.
+fn phase_template(o: &Options, api: Api, endpoints: Vec<String>) -> Phase {
+    Phase {
+        api,
+        endpoints,
+        connections: o.connections,
+        workload: Workload { keys: o.keys, value_bytes: o.value_bytes, read_ratio: 0.0 },
+        fill: false,
+        warmup: Duration::from_secs_f64(o.warmup_s),
+        window: match o.requests {
+            Some(n) => Window::Requests(n),
+            None => Window::Duration(Duration::from_secs_f64(o.duration_s)),
+        },
+        request_timeout: Duration::from_millis(o.request_timeout_ms),
+    }
+}
+
+/// Runs every phase `runs` times against one target.
+async fn measure(
+    target: &str,
+    description: String,
+    api: Api,
+    endpoints: Vec<String>,
+    children: &Children,
+    o: &Options,
+) -> Result<TargetReport> {
+    let template = phase_template(o, api, endpoints);
+    let mut phases = Vec::new();
+    let mut filled = false;
+    for spec in &o.phases {
+        if spec.read_ratio > 0.0 && !filled {
+            // Reads of missing keys would be errors for raft-node and empty answers for etcd.
+            let began = Instant::now();
+            let fill = Phase { fill: true, ..template.clone() };
+            let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;
+            println!(
+                "{target}: wrote each of the {} keys once in {:.0} ms ({} errors)",
+                o.keys,
+                began.elapsed().as_secs_f64() * 1e3,
+                result.error_count()
+            );
+            filled = true;
+        }
+        let mut runs = Vec::new();
+        for run in 1..=o.runs {
+            let phase = Phase {
+                workload: Workload { read_ratio: spec.read_ratio, ..template.workload.clone() },
+                ..template.clone()
+            };
+            let (result, cpu) = measure_cpu(children, phase).await?;
+            let figures = Figures::of(&result, cpu);
+            println!(
+                "{target} {} run {run}/{}: {:.0} writes/s, {:.0} reads/s, write p99 {:.2} ms, read p99 {:.2} ms, {} errors",
+                spec.name,
+                o.runs,
+                figures.writes_per_s,
+                figures.reads_per_s,
+                figures.write.p99_ms,
+                figures.read.p99_ms,
+                result.error_count()
+            );
+            runs.push(figures);
+        }
+        let median = Figures::median(&runs);
+        phases.push(PhaseReport { phase: spec.name.clone(), read_ratio: spec.read_ratio, runs, median });
+    }
+    Ok(TargetReport { target: target.to_string(), description, phases, memory: Vec::new() })
+}
+
+/// Runs a phase and measures the CPU time of the servers and of this process over its
+/// measured window (from the end of the warm-up until the phase returns).
+async fn measure_cpu(children: &Children, phase: Phase) -> Result<(load::PhaseResult, CpuUse)> {
+    let sample = || {
+        let servers: Duration =
+            children.running().iter().map(|(_, pid)| report::cpu_time(&pid.to_string())).sum();
+        (Instant::now(), servers, report::cpu_time("self"))
+    };
+    let warmup = phase.warmup;
+    let first = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+    });
+    let load = tokio::spawn(load::run_phase(phase, Arc::new(AtomicBool::new(false)), None));
+    first.await.context("the sampler panicked")?;
+    let before = sample();
+    let result = load.await.context("the load panicked")??;
+    let after = sample();
+    let secs = after.0.duration_since(before.0).as_secs_f64().max(1e-9);
+    let cpu = CpuUse {
+        servers_percent: after.1.saturating_sub(before.1).as_secs_f64() / secs * 100.0,
+        client_percent: after.2.saturating_sub(before.2).as_secs_f64() / secs * 100.0,
+    };
+    Ok((result, cpu))
+}
+
+fn print_summary(o: &Options, targets: &[TargetReport], failover: Option<&failover::FailoverReport>) {
+    let window = match o.requests {
+        Some(n) => format!("{n} requests"),
+        None => format!("{} s", o.duration_s),
+    };
+    if o.failover {
+        println!(
+            "\n== bench-http --failover: {} connections writing (closed loop, keep-alive), {}-byte values, {} keys",
+            o.connections, o.value_bytes, o.keys
+        );
+    } else {
+        println!(
+            "\n== bench-http: {} connections (closed loop, keep-alive), {}-byte values, {} keys, {} s warm-up + {window}, {}",
+            o.connections,
+            o.value_bytes,
+            o.keys,
+            o.warmup_s,
+            if o.runs > 1 { format!("median of {} runs", o.runs) } else { "1 run".to_string() }
+        );
+    }
+    println!(
+        "   load generator on the same {}-core machine as the servers ({} client thread(s)); CPU in % of one core",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.client_threads
+    );
+    for target in targets {
+        println!("   {}: {}", target.target, target.description);
+    }
+    if targets.iter().any(|t| !t.phases.is_empty()) {
+        println!("\n{}", report::figures_table(targets));
+    }
+    if let (Some(raft), Some(etcd)) =
+        (targets.iter().find(|t| t.target == "raft"), targets.iter().find(|t| t.target == "etcd"))
+    {
+        println!("raft vs etcd (medians):\n{}", report::ratio_table(raft, etcd));
+    }
+    if let Some(f) = failover {
+        println!(
+            "failover over {} kills of the leader: writes succeed again after p50 {:.0} ms, max {:.0} ms, min {:.0} ms (resolution {:.0} ms); {} writes, {} errors",
+            f.kills.len(),
+            f.recovery_p50_ms,
+            f.recovery_max_ms,
+            f.recovery_min_ms,
+            f.probe_timeout_ms,
+            f.writes_ok,
+            f.errors.values().sum::<u64>()
+        );
+        for (kind, count) in &f.errors {
+            println!("   error {kind}: {count}");
+        }
+    }
+    println!("\nresident memory after the run:\n{}", report::memory_table(targets));
+}
