@@ -11,8 +11,8 @@
 //!   under `target/cluster/` (see `cluster.rs`).
 //! - `chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic] ...`: a Jepsen-style
 //!   test of real `raft-node` processes under a seeded nemesis (see `chaos/mod.rs`).
-//! - `test`: everything CI runs: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000
-//!   simulation seeds.
+//! - `test`: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000 simulation seeds.
+//! - `ci`: what `.ci/run` runs: `test`, then a 60 s `chaos` run (seed 1).
 
 mod bench_http;
 mod chaos;
@@ -42,6 +42,7 @@ fn run() -> Result<()> {
         Some("sim") => sim(&args[1..]),
         Some("tidy") => tidy(),
         Some("test") => test_all(),
+        Some("ci") => ci(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("core") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
             Some("http") => bench_http::bench_http(&workspace_root()?, &args[2..]),
@@ -52,7 +53,7 @@ fn run() -> Result<()> {
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask sim --seeds N [--start S] | sim --seed S | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }
@@ -76,6 +77,34 @@ fn test_all() -> Result<()> {
     cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     sim(&["--seeds".to_string(), "2000".to_string()])
+}
+
+/// The chaos run of `cargo xtask ci`: one minute, a fixed seed (so that a red CI replays), all
+/// fault kinds. Other seeds and longer runs are `cargo xtask chaos --duration 300 --seed S`.
+const CI_CHAOS_SEED: u64 = 1;
+
+/// `cargo xtask ci [--chaos-seed S] [--no-chaos]`: what `.ci/run` runs: everything of `test`,
+/// then a 60 s chaos run of real processes (root: it needs its own network namespace).
+/// `--no-chaos` leaves the chaos run out and says so; it is never skipped silently.
+fn ci(args: &[String]) -> Result<()> {
+    let began = Instant::now();
+    let no_chaos = args.iter().any(|a| a == "--no-chaos");
+    let seed = flag(args, "--chaos-seed")?.unwrap_or(CI_CHAOS_SEED);
+    for a in args {
+        if a.starts_with("--") && a != "--no-chaos" && a != "--chaos-seed" {
+            bail!("usage: cargo xtask ci [--chaos-seed S] [--no-chaos], not {a}");
+        }
+    }
+    test_all()?;
+    if no_chaos {
+        println!("ci: the chaos run was left out (--no-chaos)");
+    } else {
+        let chaos_args: Vec<String> =
+            ["--duration", "60", "--seed", &seed.to_string()].iter().map(|s| s.to_string()).collect();
+        chaos::chaos(&workspace_root()?, &chaos_args)?;
+    }
+    println!("ci: passed in {:.0?}", began.elapsed());
+    Ok(())
 }
 
 fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
