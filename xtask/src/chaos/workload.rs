@@ -2,6 +2,9 @@
 //! (linearizable) and compare-and-swap on a few keys, every operation recorded with its
 //! call and return times and what the client saw.
 //!
+//! Every second client is pinned to one node and reads through it with a single short attempt
+//! (see [`pinned_read_options`]); the others follow the leader with retries.
+//!
 //! Client errors map to outcomes conservatively: a write answered `cas_failed` failed its
 //! comparison (applied as a read); refused before proposing (`bad_request`, `too_large`) is
 //! `Failed`; anything else (timeouts, transport errors, retries exhausted, `stale_sequence`,
@@ -46,6 +49,14 @@ fn client_options() -> ClientOptions {
     }
 }
 
+/// The reads of a pinned client: one short attempt, no retry. A read is invoked when its
+/// attempt starts, so a read sent to a paused or cut-off node is a fresh invocation every
+/// half second, and the one waiting when the node comes back must see every write that
+/// completed meanwhile (a deposed leader serving it from its own state would not).
+fn pinned_read_options() -> ClientOptions {
+    ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..client_options() }
+}
+
 impl Workload {
     pub fn start(o: &WorkloadOptions, recorder: Recorder) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -56,16 +67,16 @@ impl Workload {
             // Every second client is pinned to one node (the pinned nodes go round, so most are
             // followers): its reads are served through that node (ReadIndex from a follower),
             // its writes forwarded to the leader. The others follow the leader.
-            let endpoints = if c % 2 == 1 && n > 1 {
-                vec![o.endpoints[(c as usize / 2) % n].clone()]
-            } else {
-                o.endpoints.clone()
-            };
-            let client = Client::new(endpoints, client_options())?;
+            let pinned = c % 2 == 1 && n > 1;
+            let endpoints =
+                if pinned { vec![o.endpoints[(c as usize / 2) % n].clone()] } else { o.endpoints.clone() };
+            let client = Client::new(endpoints.clone(), client_options())?;
+            let reader = if pinned { Client::new(endpoints, pinned_read_options())? } else { client.clone() };
             let rng = Rng::new(o.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tasks.spawn(run_client(
                 c + 1,
                 client,
+                reader,
                 rng,
                 o.keys,
                 recorder.clone(),
@@ -98,6 +109,7 @@ fn write_outcome(e: &ClientError) -> Outcome {
 async fn run_client(
     id: u64,
     client: Client,
+    reader: Client,
     mut rng: Rng,
     keys: u64,
     recorder: Recorder,
@@ -114,7 +126,7 @@ async fn run_client(
         match rng.below(10) {
             0..=3 => {
                 // A failed read tells nothing: it is dropped.
-                if let Ok(kv) = client.get(&key, Some(Consistency::Linearizable)).await {
+                if let Ok(kv) = reader.get(&key, Some(Consistency::Linearizable)).await {
                     let value = kv.map(|kv| kv.value);
                     seen[k as usize] = value.clone();
                     recorder.record(id, &key, Op::Get, call, Outcome::Ok(value));
