@@ -5,7 +5,7 @@
 //! transport's tests assert what its design promises (separate streams: a small delay; one
 //! ordered connection: head-of-line blocking).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,13 @@ pub struct SnapshotInterference {
     pub max_latency: Duration,
     /// The longest gap between two small messages' arrivals.
     pub max_gap: Duration,
+    /// Small messages sent after at least one chunk was queued.
+    pub sent_after_chunks: u64,
+    /// Small messages that arrived before some chunk queued ahead of them (counted in
+    /// bytes: fewer chunk bytes had arrived than had been queued when it was sent). Zero on
+    /// one ordered connection (head-of-line blocking); a transport with a stream of its own
+    /// for snapshots lets them overtake.
+    pub overtook_chunks: u64,
 }
 
 impl SnapshotInterference {
@@ -51,7 +58,8 @@ impl std::fmt::Display for SnapshotInterference {
         write!(
             f,
             "{} MB of snapshot chunks in {:?} ({:.0} MB/s); {} of {} small messages arrived before the \
-             last chunk; max latency {:?}, max arrival gap {:?} (sent every {TICK:?})",
+             last chunk; max latency {:?}, max arrival gap {:?} (sent every {TICK:?}); {} of the {} \
+             sent after chunks were queued overtook one of those chunks",
             TOTAL_BYTES / (1024 * 1024),
             self.transfer,
             self.mb_per_sec(),
@@ -59,6 +67,8 @@ impl std::fmt::Display for SnapshotInterference {
             self.small_sent,
             self.max_latency,
             self.max_gap,
+            self.overtook_chunks,
+            self.sent_after_chunks,
         )
     }
 }
@@ -91,12 +101,15 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
     }
 
     let epoch = Instant::now();
-    let sent_at = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    // Per small message: when it was sent, and how many chunk bytes had been queued before.
+    let sent_at = Arc::new(Mutex::new(Vec::<(Duration, usize)>::new()));
+    let queued = Arc::new(AtomicUsize::new(0));
     let transfer_done = Arc::new(AtomicBool::new(false));
     let first_tick = Arc::new(tokio::sync::Notify::new());
     let chunks = {
         let sender = sender.clone();
         let first_tick = first_tick.clone();
+        let queued = queued.clone();
         tokio::spawn(async move {
             first_tick.notified().await;
             let data = Bytes::from(vec![0x5a; CHUNK_BYTES]);
@@ -112,7 +125,10 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
                     done,
                 };
                 match sender.send(Message { from: 1, to: 2, term: 1, payload }) {
-                    Ok(()) => offset += CHUNK_BYTES,
+                    Ok(()) => {
+                        offset += CHUNK_BYTES;
+                        queued.fetch_add(CHUNK_BYTES, Ordering::SeqCst);
+                    }
                     Err(SendError::QueueFull(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
                     Err(error) => panic!("{error}"),
                 }
@@ -128,7 +144,8 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
             let mut seq = 0;
             while !transfer_done.load(Ordering::SeqCst) {
                 interval.tick().await;
-                sent_at.lock().expect("lock").push(epoch.elapsed());
+                let queued_before = queued.load(Ordering::SeqCst);
+                sent_at.lock().expect("lock").push((epoch.elapsed(), queued_before));
                 sender.send(probe(seq)).expect("small message queued");
                 if seq == 0 {
                     first_tick.notify_one();
@@ -138,7 +155,8 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
             seq
         })
     };
-    let mut arrivals: Vec<(u64, Duration)> = Vec::new();
+    // Per small message: its number, when it arrived, and the chunk bytes received before it.
+    let mut arrivals: Vec<(u64, Duration, usize)> = Vec::new();
     let mut bytes = 0;
     let deadline = Instant::now() + WAIT_MAX;
     while bytes < TOTAL_BYTES {
@@ -151,7 +169,7 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
         for message in &buf {
             match &message.payload {
                 Payload::InstallSnapshot { data, .. } => bytes += data.len(),
-                Payload::ReadIndexRequest { id } if *id != u64::MAX => arrivals.push((*id, now)),
+                Payload::ReadIndexRequest { id } if *id != u64::MAX => arrivals.push((*id, now, bytes)),
                 _ => {}
             }
         }
@@ -171,18 +189,33 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
         let now = epoch.elapsed();
         for message in &buf {
             if let Payload::ReadIndexRequest { id } = message.payload {
-                arrivals.push((id, now));
+                arrivals.push((id, now, TOTAL_BYTES));
             }
         }
     }
     let sent_at = sent_at.lock().expect("lock").clone();
     let max_latency = arrivals
         .iter()
-        .filter_map(|&(seq, at)| sent_at.get(seq as usize).map(|sent| at.saturating_sub(*sent)))
+        .filter_map(|&(seq, at, _)| sent_at.get(seq as usize).map(|(sent, _)| at.saturating_sub(*sent)))
         .max()
         .unwrap_or(transfer);
     let max_gap = arrivals.windows(2).map(|w| w[1].1.saturating_sub(w[0].1)).max().unwrap_or(transfer);
+    let sent_after_chunks = sent_at.iter().filter(|(_, queued_before)| *queued_before > 0).count() as u64;
+    let overtook_chunks = arrivals
+        .iter()
+        .filter(|&&(seq, _, received)| {
+            sent_at.get(seq as usize).is_some_and(|&(_, queued)| received < queued)
+        })
+        .count() as u64;
     sender.shutdown().await;
     receiver.shutdown().await;
-    SnapshotInterference { transfer, small_sent, small_arrived, max_latency, max_gap }
+    SnapshotInterference {
+        transfer,
+        small_sent,
+        small_arrived,
+        max_latency,
+        max_gap,
+        sent_after_chunks,
+        overtook_chunks,
+    }
 }
