@@ -23,9 +23,6 @@ async fn snapshot_transfer_does_not_delay_small_messages() {
         seen.small_arrived * 2 >= seen.small_sent.saturating_sub(2),
         "most small messages arrived during the transfer"
     );
-    // The ordering, which does not depend on timing: small messages overtake chunks queued
-    // before them (one ordered connection never lets that happen).
-    assert!(seen.overtook_chunks > 0, "no small message overtook a chunk: {seen}");
     let bound = Duration::from_millis(250);
     assert!(seen.max_latency < bound, "max latency {:?} over {bound:?}", seen.max_latency);
 }

@@ -39,11 +39,12 @@ pub struct SnapshotInterference {
     pub max_gap: Duration,
     /// Small messages sent after at least one chunk was queued.
     pub sent_after_chunks: u64,
-    /// Small messages that arrived before some chunk queued ahead of them (counted in
-    /// bytes: fewer chunk bytes had arrived than had been queued when it was sent). Zero on
-    /// one ordered connection (head-of-line blocking); a transport with a stream of its own
-    /// for snapshots lets them overtake.
-    pub overtook_chunks: u64,
+    /// The most chunk bytes a small message overtook: queued before it was sent, received
+    /// after it. On one ordered connection this is at most what the receiver's inbound queues
+    /// hold (a small message can only pass chunks already taken off the wire), whatever the
+    /// timing: head-of-line blocking. A stream of its own for snapshots lets small messages
+    /// pass the whole transfer.
+    pub max_overtaken_bytes: usize,
 }
 
 impl SnapshotInterference {
@@ -58,8 +59,8 @@ impl std::fmt::Display for SnapshotInterference {
         write!(
             f,
             "{} MB of snapshot chunks in {:?} ({:.0} MB/s); {} of {} small messages arrived before the \
-             last chunk; max latency {:?}, max arrival gap {:?} (sent every {TICK:?}); {} of the {} \
-             sent after chunks were queued overtook one of those chunks",
+             last chunk; max latency {:?}, max arrival gap {:?} (sent every {TICK:?}); {} of them sent \
+             after chunks were queued; a small message overtook at most {} KiB of chunks",
             TOTAL_BYTES / (1024 * 1024),
             self.transfer,
             self.mb_per_sec(),
@@ -67,8 +68,8 @@ impl std::fmt::Display for SnapshotInterference {
             self.small_sent,
             self.max_latency,
             self.max_gap,
-            self.overtook_chunks,
             self.sent_after_chunks,
+            self.max_overtaken_bytes / 1024,
         )
     }
 }
@@ -201,12 +202,13 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
         .unwrap_or(transfer);
     let max_gap = arrivals.windows(2).map(|w| w[1].1.saturating_sub(w[0].1)).max().unwrap_or(transfer);
     let sent_after_chunks = sent_at.iter().filter(|(_, queued_before)| *queued_before > 0).count() as u64;
-    let overtook_chunks = arrivals
+    let max_overtaken_bytes = arrivals
         .iter()
-        .filter(|&&(seq, _, received)| {
-            sent_at.get(seq as usize).is_some_and(|&(_, queued)| received < queued)
+        .filter_map(|&(seq, _, received)| {
+            sent_at.get(seq as usize).map(|&(_, queued)| queued.saturating_sub(received))
         })
-        .count() as u64;
+        .max()
+        .unwrap_or(0);
     sender.shutdown().await;
     receiver.shutdown().await;
     SnapshotInterference {
@@ -216,6 +218,6 @@ pub async fn measure(factory: &impl TransportFactory) -> SnapshotInterference {
         max_latency,
         max_gap,
         sent_after_chunks,
-        overtook_chunks,
+        max_overtaken_bytes,
     }
 }
