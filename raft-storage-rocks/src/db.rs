@@ -50,11 +50,20 @@ pub struct RocksOptions {
     /// Read and check every record (RocksDB block checksums and this store's own) when opening,
     /// so that a damaged store is refused at start rather than found when a read needs it.
     pub verify_on_open: bool,
+    /// Most memory all memtables may take together, in bytes; reaching it flushes them to
+    /// disk. Each column family's memtable is at most half of it.
+    pub memtable_budget_bytes: usize,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { sync: true, max_jobs_per_batch: 1_024, queue_max: 4_096, verify_on_open: true }
+        Self {
+            sync: true,
+            max_jobs_per_batch: 1_024,
+            queue_max: 4_096,
+            verify_on_open: true,
+            memtable_budget_bytes: 32 << 20,
+        }
     }
 }
 
@@ -146,8 +155,11 @@ impl std::fmt::Debug for RocksDb {
     }
 }
 
-fn db_options(create: bool) -> Options {
+fn db_options(create: bool, options: &RocksOptions) -> Options {
     let mut o = Options::default();
+    // RocksDB's default memtables (64 MiB per column family, two of them) would make most of
+    // a node's memory; the log is read back from them rarely (followers catching up).
+    o.set_db_write_buffer_size(options.memtable_budget_bytes);
     o.create_if_missing(create);
     o.create_missing_column_families(create);
     // Check everything RocksDB can check, and stop on damage instead of serving around it.
@@ -161,9 +173,14 @@ fn db_options(create: bool) -> Options {
     o
 }
 
-fn open_db(dir: &Path, options: &Options) -> Result<DB, OpenError> {
+fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, OpenError> {
     let shown = dir.display().to_string();
-    let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let cfs = COLUMN_FAMILIES.iter().map(|name| {
+        let mut cf = Options::default();
+        cf.set_write_buffer_size((rocks.memtable_budget_bytes / 2).max(1 << 20));
+        cf.set_max_write_buffer_number(2);
+        ColumnFamilyDescriptor::new(*name, cf)
+    });
     DB::open_cf_descriptors(options, dir, cfs).map_err(|e| open_error(&shown, &e))
 }
 
@@ -183,8 +200,8 @@ impl RocksDb {
             return Err(OpenError::MissingCurrent(shown));
         }
         let create = !exists_non_empty;
-        let db_opts = db_options(create);
-        let db = open_db(&dir, &db_opts)?;
+        let db_opts = db_options(create, &options);
+        let db = open_db(&dir, &db_opts, &options)?;
         check_identity(&db, identity, create, &shown)?;
         if options.verify_on_open {
             verify_all(&db)?;
@@ -435,7 +452,7 @@ fn reopen(shared: &Shared) -> Result<(), StorageError> {
     if db.is_some() {
         return Ok(());
     }
-    match open_db(&shared.dir, &db_options(false)) {
+    match open_db(&shared.dir, &db_options(false, &shared.options), &shared.options) {
         Ok(opened) => {
             tracing::info!(dir = %shared.dir.display(), "store reopened after a failed write");
             if let Ok(mut bounds) = shared.bounds.lock() {

@@ -50,6 +50,7 @@ impl Layout {
             id,
             raft_addr: self.raft_addr(id),
             client_addr: self.client_addr(id),
+            raft_advertise_addr: None,
             data_dir: self.dir.join(format!("data{id}")),
         }
     }
@@ -340,8 +341,18 @@ pub struct NodeSpec {
     pub raft_addr: String,
     /// `ip:port` of its HTTP API.
     pub client_addr: String,
+    /// `ip:port` the other nodes dial for its Raft transport, when not `raft_addr` (a proxy in
+    /// front of it).
+    pub raft_advertise_addr: Option<String>,
     /// RocksDB's directory.
     pub data_dir: PathBuf,
+}
+
+impl NodeSpec {
+    /// The address the other nodes dial for its Raft transport.
+    pub fn advertised_raft_addr(&self) -> &str {
+        self.raft_advertise_addr.as_deref().unwrap_or(&self.raft_addr)
+    }
 }
 
 /// What every node's config file of a local cluster has in common.
@@ -378,6 +389,9 @@ impl ConfigCommon {
             self.transport,
             self.storage,
         );
+        if let Some(advertised) = &node.raft_advertise_addr {
+            text.push_str(&format!("raft_advertise_addr = \"{advertised}\"\n"));
+        }
         match join {
             Some(through) => {
                 let list: Vec<String> = through.iter().map(|a| format!("\"{a}\"")).collect();
@@ -388,7 +402,9 @@ impl ConfigCommon {
                 for m in members {
                     text.push_str(&format!(
                         "[[members]]\nid = {}\nraft_addr = \"{}\"\nclient_addr = \"{}\"\n\n",
-                        m.id, m.raft_addr, m.client_addr
+                        m.id,
+                        m.advertised_raft_addr(),
+                        m.client_addr
                     ));
                 }
             }

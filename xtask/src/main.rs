@@ -12,7 +12,8 @@
 //! - `chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic] ...`: a Jepsen-style
 //!   test of real `raft-node` processes under a seeded nemesis (see `chaos/mod.rs`).
 //! - `test`: fmt, clippy, tidy, all tests (nextest), doc tests, and 2000 simulation seeds.
-//! - `ci`: what `.ci/run` runs: `test`, then a 60 s `chaos` run (seed 1).
+//! - `ci`: what `.ci/run` runs: `test`, then `chaos` runs (seed 1): 60 s in a network
+//!   namespace (root), 30 s rootless.
 
 mod bench_http;
 mod chaos;
@@ -84,8 +85,10 @@ fn test_all() -> Result<()> {
 const CI_CHAOS_SEED: u64 = 1;
 
 /// `cargo xtask ci [--chaos-seed S] [--no-chaos]`: what `.ci/run` runs: everything of `test`,
-/// then a 60 s chaos run of real processes (root: it needs its own network namespace).
-/// `--no-chaos` leaves the chaos run out and says so; it is never skipped silently.
+/// then a 60 s chaos run of real processes in a network namespace of its own (root mode,
+/// nft partitions) and a 30 s one on the host's loopback (rootless mode, partitions by the
+/// proxy), so that both paths stay covered. Not root: only the rootless run. `--no-chaos`
+/// leaves the chaos runs out and says so; they are never skipped silently.
 fn ci(args: &[String]) -> Result<()> {
     let began = Instant::now();
     let no_chaos = args.iter().any(|a| a == "--no-chaos");
@@ -99,9 +102,19 @@ fn ci(args: &[String]) -> Result<()> {
     if no_chaos {
         println!("ci: the chaos run was left out (--no-chaos)");
     } else {
-        let chaos_args: Vec<String> =
-            ["--duration", "60", "--seed", &seed.to_string()].iter().map(|s| s.to_string()).collect();
-        chaos::chaos(&workspace_root()?, &chaos_args)?;
+        let args = |extra: &[&str]| -> Vec<String> {
+            let seed = seed.to_string();
+            let mut args: Vec<String> = ["--seed", seed.as_str()].iter().map(|s| s.to_string()).collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        };
+        let root = workspace_root()?;
+        if chaos::is_root() {
+            chaos::chaos(&root, &args(&["--duration", "60"]))?;
+        } else {
+            println!("ci: not root: the chaos run in a network namespace of its own is left out");
+        }
+        chaos::chaos(&root, &args(&["--duration", "30", "--rootless"]))?;
     }
     println!("ci: passed in {:.0?}", began.elapsed());
     Ok(())

@@ -257,6 +257,11 @@ pub struct NodeConfig {
     pub id: u64,
     /// Where the Raft transport listens.
     pub raft_addr: SocketAddr,
+    /// The address other nodes dial for this node's Raft transport, when it is not
+    /// `raft_addr` (behind NAT, a port mapping or a proxy). This node's `members` entry, its
+    /// join request and the address book carry it. Unset: `raft_addr`.
+    #[serde(default)]
+    pub raft_advertise_addr: Option<SocketAddr>,
     /// Where the HTTP API listens.
     pub client_addr: SocketAddr,
     /// Where RocksDB keeps its files.
@@ -396,6 +401,13 @@ impl NodeConfig {
         if self.raft_addr == self.client_addr {
             bad("client_addr", "must differ from raft_addr".into());
         }
+        if let Some(advertised) = self.raft_advertise_addr {
+            if advertised.ip().is_unspecified() || advertised.port() == 0 {
+                bad("raft_advertise_addr", "must be an address other nodes can dial (no 0.0.0.0, no port 0)".into());
+            } else if advertised == self.client_addr {
+                bad("raft_advertise_addr", "must differ from client_addr".into());
+            }
+        }
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty".into());
         }
@@ -414,10 +426,14 @@ impl NodeConfig {
                     bad(&key, format!("address {addr} is used twice"));
                 }
             }
-            if m.id == self.id && (m.raft_addr != self.raft_addr || m.client_addr != self.client_addr) {
+            if m.id == self.id
+                && (m.raft_addr != self.advertised_raft_addr() || m.client_addr != self.client_addr)
+            {
                 bad(
                     &key,
-                    "this node's entry must carry the same raft_addr and client_addr as the top level".into(),
+                    "this node's entry must carry the same raft_addr (raft_advertise_addr when set) and \
+                     client_addr as the top level"
+                        .into(),
                 );
             }
         }
@@ -510,6 +526,12 @@ impl NodeConfig {
             bad("log.level", format!("not a valid filter: {e}"));
         }
         out
+    }
+
+    /// The address other nodes dial for this node's Raft transport: `raft_advertise_addr`,
+    /// else `raft_addr`.
+    pub fn advertised_raft_addr(&self) -> SocketAddr {
+        self.raft_advertise_addr.unwrap_or(self.raft_addr)
     }
 
     /// The other members of the initial configuration.

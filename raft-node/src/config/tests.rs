@@ -68,6 +68,30 @@ fn self_missing_from_members_is_refused() {
 }
 
 #[test]
+fn an_advertised_raft_address_is_what_the_members_entry_carries() {
+    // Node 1 listens on 127.0.0.1:7001; peers dial it through 127.0.0.1:7101.
+    let advertised =
+        EXAMPLE.replacen("id = 1\nraft_addr = \"127.0.0.1:7001\"", "id = 1\nraft_addr = \"127.0.0.1:7101\"", 1);
+    assert_ne!(advertised, EXAMPLE);
+    let config = NodeConfig::parse(&advertised, "a.toml", &["raft_advertise_addr=\"127.0.0.1:7101\"".into()])
+        .expect("listening on one address and advertising another is valid");
+    assert_eq!(config.raft_addr.port(), 7001);
+    assert_eq!(config.advertised_raft_addr().port(), 7101);
+    assert_eq!(config.members[0].raft_addr.port(), 7101);
+    // Without the advertised address the members entry no longer matches this node.
+    let problems = problems_of(&advertised, &[]);
+    assert_eq!(keys(&problems), vec!["members[0]"], "{problems:?}");
+    // Unset, the advertised address is raft_addr.
+    let plain = NodeConfig::parse(EXAMPLE, "x.toml", &[]).expect("valid");
+    assert_eq!(plain.advertised_raft_addr(), plain.raft_addr);
+    // Not dialable, or the HTTP address.
+    for bad in ["\"0.0.0.0:7101\"", "\"127.0.0.1:0\"", "\"127.0.0.1:8081\""] {
+        let problems = problems_of(EXAMPLE, &[&format!("raft_advertise_addr={bad}")]);
+        assert!(keys(&problems).contains(&"raft_advertise_addr"), "{bad}: {problems:?}");
+    }
+}
+
+#[test]
 fn members_and_join_are_exclusive_and_one_is_needed() {
     let problems = problems_of(EXAMPLE, &["join=[\"127.0.0.1:8082\"]"]);
     assert!(keys(&problems).contains(&"join"), "{problems:?}");

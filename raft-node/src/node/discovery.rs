@@ -82,7 +82,7 @@ impl Announcement {
         Self {
             cluster: config.cluster.clone(),
             id: config.id,
-            raft_addr: config.raft_addr,
+            raft_addr: config.advertised_raft_addr(),
             client_addr: config.client_addr,
         }
     }

@@ -71,7 +71,7 @@ pub(super) async fn sync_transport_peers(shared: Arc<Shared>, initial: BTreeMap<
 /// once, and again whenever the book disagrees with the config.
 pub(super) async fn register_own_addresses(shared: Arc<Shared>) {
     let c = &shared.config;
-    let own = (c.raft_addr.to_string(), c.client_addr.to_string());
+    let own = (c.advertised_raft_addr().to_string(), c.client_addr.to_string());
     let mut delay = POLL;
     loop {
         let registered = shared

@@ -149,7 +149,7 @@ pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<St
     let config = &shared.config;
     let request = AddMemberRequest {
         id: config.id,
-        raft_addr: config.raft_addr.to_string(),
+        raft_addr: config.advertised_raft_addr().to_string(),
         client_addr: config.client_addr.to_string(),
         role: if config.join_as_voter { MemberRole::Voter } else { MemberRole::Learner },
     };

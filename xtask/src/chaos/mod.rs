@@ -9,6 +9,10 @@
 //! while clients (`workload.rs`) record a history (`history.rs`); after the faults are healed
 //! and a quiet period, the history is checked for linearizability, phantom reads and lost
 //! writes, and every node must converge to the same applied index and state hash.
+//!
+//! Without root (or with `--rootless`) the run stays on the host's loopback: the nodes listen
+//! on ports of their own and advertise the proxy in front of each, which makes the partitions
+//! too (`net.rs`); data dirs are plain directories, so there is no disk-full fault.
 
 mod history;
 mod nemesis;
@@ -33,7 +37,7 @@ use workload::{Workload, WorkloadOptions};
 
 const USAGE: &str = "usage: cargo xtask chaos [--duration SECS] [--seed S] [--nodes N] [--clients N] [--keys N] \
                      [--transport tcp|quic] [--faults kill,pause,partition,transfer,proxy,membership,clock,disk,corrupt] \
-                     [--proxy] [--release]";
+                     [--proxy] [--rootless] [--release]";
 
 /// A small seeded generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -68,6 +72,8 @@ struct Options {
     transport: String,
     faults: Vec<String>,
     partitions_by_proxy: bool,
+    /// On the host's loopback, without a namespace, nft or tmpfs (forced when not root).
+    rootless: bool,
     release: bool,
     /// Set in the process running inside the namespace: the raft-node binary.
     inner_binary: Option<PathBuf>,
@@ -87,6 +93,7 @@ fn parse(args: &[String]) -> Result<Options> {
         transport: "tcp".into(),
         faults: nemesis::KINDS.iter().map(|s| s.to_string()).collect(),
         partitions_by_proxy: false,
+        rootless: false,
         release: false,
         inner_binary: None,
     };
@@ -113,6 +120,10 @@ fn parse(args: &[String]) -> Result<Options> {
                 o.release = true;
                 i -= 1;
             }
+            "--rootless" => {
+                o.rootless = true;
+                i -= 1;
+            }
             other => bail!("unknown option {other}\n{USAGE}"),
         }
         i += 2;
@@ -131,10 +142,14 @@ fn parse(args: &[String]) -> Result<Options> {
     if o.partitions_by_proxy && o.transport == "quic" {
         bail!("--proxy needs --transport tcp (the proxy is a TCP proxy)");
     }
+    if o.rootless && o.transport == "quic" {
+        bail!("--rootless needs --transport tcp: its partitions are made by the proxy, a TCP proxy");
+    }
     Ok(o)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (chaos's namespace, nft and tmpfs need it).
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
 }
 
@@ -162,13 +177,18 @@ impl Drop for NamespaceGuard {
 }
 
 fn outer(root: &Path, o: &Options, args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "cargo xtask chaos needs root: it runs the nodes in a network namespace of its own with one \
-             loopback address per node, partitions them with nft and routes their links through its \
-             proxy with DNAT. Without NAT the proxy cannot be put between the nodes (each node learns \
-             its peers' addresses from the replicated address book), so there is no unprivileged mode yet."
+    if o.rootless || !is_root() {
+        if o.transport == "quic" {
+            bail!("without root, chaos runs only with --transport tcp (its partitions are made by the TCP proxy)");
+        }
+        println!(
+            "chaos: rootless (on the host's loopback; partitions and link faults by the proxy, no disk-full \
+             fault), seed {}, {} nodes, {:?}",
+            o.seed, o.nodes, o.duration
         );
+        let binary = build_raft_node(root, o.release)?;
+        let o = Options { rootless: true, partitions_by_proxy: true, ..o.clone() };
+        return inner(root, &o, binary);
     }
     if Command::new("nft").arg("--version").output().is_err() {
         bail!("nft is missing: apt-get install -y nftables");
@@ -241,7 +261,9 @@ fn replay_args(o: &Options) -> String {
     if o.keys != 5 {
         s.push_str(&format!(" --keys {}", o.keys));
     }
-    if o.partitions_by_proxy {
+    if o.rootless {
+        s.push_str(" --rootless");
+    } else if o.partitions_by_proxy {
         s.push_str(" --proxy");
     }
     s
@@ -250,7 +272,9 @@ fn replay_args(o: &Options) -> String {
 /// Everything a nemesis acts on.
 pub struct Env {
     pub nodes: Nodes,
-    firewall: net::Firewall,
+    addrs: net::Addrs,
+    /// Root mode only.
+    firewall: Option<net::Firewall>,
     pub proxies: Option<proxy::Proxies>,
     partitions_by_proxy: bool,
     pub admin: Client,
@@ -277,7 +301,7 @@ impl Env {
     }
 
     pub fn endpoint(&self, id: u64) -> String {
-        net::client_addr(id).to_string()
+        self.addrs.client_addr(id).to_string()
     }
 
     pub fn set_cuts(&self, cuts: &BTreeSet<(u64, u64)>) -> Result<()> {
@@ -289,7 +313,7 @@ impl Env {
             }
             Ok(())
         } else {
-            self.firewall.set_cuts(cuts)
+            self.firewall.as_ref().context("no firewall")?.set_cuts(cuts)
         }
     }
 
@@ -301,8 +325,8 @@ impl Env {
     /// Heals everything: cuts, proxies, pauses, clocks, disks; starts every stopped node.
     async fn heal_all(&mut self) -> Result<()> {
         self.set_cuts(&BTreeSet::new())?;
-        if self.partitions_by_proxy {
-            self.firewall.set_cuts(&BTreeSet::new())?;
+        if let (true, Some(firewall)) = (self.partitions_by_proxy, &self.firewall) {
+            firewall.set_cuts(&BTreeSet::new())?;
         }
         if let Some(p) = &self.proxies {
             p.heal();
@@ -378,16 +402,18 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     println!("source-address check: a socket bound to 127.0.0.2 arrives from 127.0.0.2");
     let ids: Vec<u64> = (1..=o.nodes).collect();
     let tcp = o.transport == "tcp";
-    let firewall = net::Firewall::install(&ids, tcp)?;
-    let proxies = if tcp { Some(proxy::Proxies::start(&ids).await?) } else { None };
+    let addrs = net::Addrs { rootless: o.rootless };
+    let firewall = if o.rootless { None } else { Some(net::Firewall::install(&ids, tcp)?) };
+    let proxies = if tcp { Some(proxy::Proxies::start(&ids, addrs).await?) } else { None };
 
     let data_root = out.join("data");
     let specs: Vec<NodeSpec> = ids
         .iter()
         .map(|&id| NodeSpec {
             id,
-            raft_addr: net::raft_addr(id).to_string(),
-            client_addr: net::client_addr(id).to_string(),
+            raft_addr: addrs.raft_addr(id).to_string(),
+            client_addr: addrs.client_addr(id).to_string(),
+            raft_advertise_addr: addrs.advertised_raft_addr(id).map(|a| a.to_string()),
             data_dir: data_root.join(format!("node{id}")),
         })
         .collect();
@@ -410,13 +436,15 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
             .into(),
         written_by: "cargo xtask chaos".into(),
     };
-    let nodes = Nodes::new(binary, common, &specs, out, Some(256))?;
+    let tmpfs_mib = if o.rootless { None } else { Some(256) };
+    let nodes = Nodes::new(binary, common, &specs, out, tmpfs_mib)?;
     let endpoints: Vec<String> = specs.iter().map(|s| s.client_addr.clone()).collect();
     let admin_options =
         ClientOptions { request_timeout: Duration::from_secs(3), max_retries: 5, ..Default::default() };
     let have_faketime = Path::new(nodes::FAKETIME_LIB).exists();
     let mut env = Env {
         nodes,
+        addrs,
         firewall,
         proxies,
         partitions_by_proxy: o.partitions_by_proxy,
@@ -438,6 +466,10 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     }
     if o.nodes < 3 {
         faults.retain(|f| !["membership", "corrupt"].contains(f));
+    }
+    if o.rootless && faults.contains(&"disk") {
+        faults.retain(|f| *f != "disk");
+        env.note("rootless: no disk-full fault (the data dirs are plain directories, not tmpfs)".into());
     }
 
     for id in env.nodes.ids() {
@@ -559,11 +591,16 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     }
     history::write_history(&out.join("history.jsonl"), &history)?;
     std::fs::write(out.join("report.txt"), report.join("\n") + "\n")?;
-    if !failed {
-        // Keep the logs only of failures (the data dirs are tmpfs and go with the run).
-        let _ = std::fs::remove_file(out.join("history.jsonl"));
-    }
+    let data_root = env.nodes.nodes.values().next().and_then(|n| n.spec.data_dir.parent().map(Path::to_path_buf));
     drop(env);
+    if !failed {
+        // Keep the history only of failures. In root mode the data dirs are tmpfs mounts that
+        // go with the run; rootless they are plain directories.
+        let _ = std::fs::remove_file(out.join("history.jsonl"));
+        if let (true, Some(data)) = (o.rootless, data_root) {
+            let _ = std::fs::remove_dir_all(data);
+        }
+    }
     Ok(!failed)
 }
 

@@ -1,10 +1,15 @@
-//! Addresses and `nft` rules of a chaos run (root mode, inside the run's own network
-//! namespace): node N is 127.0.0.N (Raft port 7000+N, HTTP 8080+N); the proxy listens on
-//! 127.0.2.1 and connects onward from 127.0.1.N for node N's links; with the TCP transport a
-//! DNAT rule sends node i's connections to node j through the proxy port of the link i→j.
-//! Partitions are drop rules per ordered address pair, hooked before NAT so they see the
-//! nodes' own addresses; they match only Raft ports, so the test's clients always reach
-//! every node's HTTP API.
+//! Addresses and `nft` rules of a chaos run. Node N is 127.0.0.N; the proxy connects onward
+//! from 127.0.1.N for node N's links.
+//!
+//! - Root mode, inside the run's own network namespace: Raft port 7000+N, HTTP 8080+N; the
+//!   proxy listens on 127.0.2.1, and with the TCP transport a DNAT rule sends node i's
+//!   connections to node j through the proxy port of the link i→j. Partitions are drop rules
+//!   per ordered address pair, hooked before NAT so they see the nodes' own addresses; they
+//!   match only Raft ports, so the test's clients always reach every node's HTTP API.
+//! - Rootless, on the host's loopback (no namespace, no nft): Raft port 27000+N, HTTP
+//!   28080+N, and each node advertises 127.0.0.N:27100+N, where the proxy in front of it
+//!   listens; the proxy tells the links apart by the source address (each node binds its
+//!   outbound connections to its own address) and also makes the partitions.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -25,20 +30,43 @@ pub fn proxy_source_ip(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 1, id as u8)
 }
 
-pub fn raft_port(id: u64) -> u16 {
-    7000 + id as u16
+/// The node whose address `ip` is, among `ids`.
+pub fn node_of(ids: &[u64], ip: IpAddr) -> Option<u64> {
+    ids.iter().copied().find(|&id| ip == IpAddr::V4(node_ip(id)))
 }
 
-pub fn client_port(id: u64) -> u16 {
-    8080 + id as u16
+/// Where a run's nodes listen and what they advertise (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// On the host's loopback, without root.
+    pub rootless: bool,
 }
 
-pub fn raft_addr(id: u64) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(node_ip(id)), raft_port(id))
-}
+impl Addrs {
+    fn port_offset(self) -> u16 {
+        if self.rootless {
+            20000
+        } else {
+            0
+        }
+    }
 
-pub fn client_addr(id: u64) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(node_ip(id)), client_port(id))
+    pub fn raft_port(self, id: u64) -> u16 {
+        7000 + self.port_offset() + id as u16
+    }
+
+    pub fn raft_addr(self, id: u64) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(node_ip(id)), self.raft_port(id))
+    }
+
+    pub fn client_addr(self, id: u64) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(node_ip(id)), 8080 + self.port_offset() + id as u16)
+    }
+
+    /// Rootless: the proxy in front of node `id`, which the other nodes dial.
+    pub fn advertised_raft_addr(self, id: u64) -> Option<SocketAddr> {
+        self.rootless.then(|| SocketAddr::new(IpAddr::V4(node_ip(id)), 7100 + self.port_offset() + id as u16))
+    }
 }
 
 /// The proxy's port for the link from `from` to `to`.
@@ -69,6 +97,7 @@ impl Firewall {
     /// Installs the table: an empty partition chain, and the DNAT rules to the proxy when
     /// `via_proxy`.
     pub fn install(ids: &[u64], via_proxy: bool) -> Result<Self> {
+        let raft_port = |id| Addrs { rootless: false }.raft_port(id);
         let mut redirect = String::new();
         if via_proxy {
             for &i in ids {
@@ -97,6 +126,7 @@ impl Firewall {
     /// Drops every packet from `from` to `to` on Raft ports, for each pair in `cuts` (and
     /// lets everything else through).
     pub fn set_cuts(&self, cuts: &BTreeSet<(u64, u64)>) -> Result<()> {
+        let raft_port = |id| Addrs { rootless: false }.raft_port(id);
         let mut script = format!("flush chain ip {TABLE} cut\n");
         for &(i, j) in cuts {
             if !self.ids.contains(&i) || !self.ids.contains(&j) {

@@ -1,7 +1,10 @@
-//! A user-space fault-injecting TCP proxy, one listener per ordered link (from node i to node
-//! j). In root mode an nft DNAT rule sends node i's connections for node j here; the proxy
-//! connects onward to node j from 127.0.1.i and pumps bytes both ways, as the link's
-//! [`LinkMode`] says.
+//! A user-space fault-injecting TCP proxy. In root mode it has one listener per ordered link
+//! (from node i to node j), and an nft DNAT rule sends node i's connections for node j there.
+//! Rootless, it has one listener per node j, at the address j advertises, and tells the link
+//! by the connection's source address (127.0.0.i). Either way it connects onward to node j
+//! from 127.0.1.i and pumps bytes both ways: i's bytes as the link i→j's [`LinkMode`] says,
+//! j's answers as the link j→i's (so a one-way cut also stops the answers on the other
+//! node's connection).
 //!
 //! On a TCP stream only some network faults make sense: **duplication and reordering are not
 //! possible** (the kernel below the proxy delivers bytes once and in order; a proxy that
@@ -22,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::net::{node_ip, proxy_port, proxy_source_ip, raft_addr, PROXY_IP};
+use super::net::{node_ip, node_of, proxy_port, proxy_source_ip, Addrs, PROXY_IP};
 
 /// How a link behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,21 +62,36 @@ pub struct Proxies {
 }
 
 impl Proxies {
-    pub async fn start(ids: &[u64]) -> Result<Self> {
+    pub async fn start(ids: &[u64], addrs: Addrs) -> Result<Self> {
         let stats = Arc::new(ProxyStats::default());
         let mut tasks = JoinSet::new();
         let mut links = BTreeMap::new();
         for &from in ids {
             for &to in ids {
-                if from == to {
-                    continue;
+                if from != to {
+                    links.insert((from, to), watch::channel(LinkMode::Pass).0);
                 }
-                let listener = TcpListener::bind((PROXY_IP, proxy_port(from, to)))
-                    .await
-                    .with_context(|| format!("proxy for {from}->{to}"))?;
-                let (tx, rx) = watch::channel(LinkMode::Pass);
-                links.insert((from, to), tx);
-                tasks.spawn(accept_loop(listener, from, to, rx, Arc::clone(&stats)));
+            }
+        }
+        let modes: Arc<Modes> = Arc::new(links.iter().map(|(&link, tx)| (link, tx.subscribe())).collect());
+        for &to in ids {
+            let onward = addrs.raft_addr(to);
+            match addrs.advertised_raft_addr(to) {
+                Some(front) => {
+                    let listener =
+                        TcpListener::bind(front).await.with_context(|| format!("proxy in front of {to}"))?;
+                    let accept = Accept { listener, from: None, to, onward, ids: ids.to_vec() };
+                    tasks.spawn(accept.run(Arc::clone(&modes), Arc::clone(&stats)));
+                }
+                None => {
+                    for &from in ids.iter().filter(|&&from| from != to) {
+                        let listener = TcpListener::bind((PROXY_IP, proxy_port(from, to)))
+                            .await
+                            .with_context(|| format!("proxy for {from}->{to}"))?;
+                        let accept = Accept { listener, from: Some(from), to, onward, ids: ids.to_vec() };
+                        tasks.spawn(accept.run(Arc::clone(&modes), Arc::clone(&stats)));
+                    }
+                }
             }
         }
         Ok(Self { links, stats, _tasks: tasks })
@@ -92,25 +110,70 @@ impl Proxies {
     }
 }
 
-async fn accept_loop(
+/// Every link's mode, by (from, to).
+type Modes = BTreeMap<(u64, u64), watch::Receiver<LinkMode>>;
+
+/// One listener of the proxy: for the link `from`→`to`, or (rootless, `from` unset) for every
+/// link to `to`, told apart by source address.
+struct Accept {
     listener: TcpListener,
-    from: u64,
+    from: Option<u64>,
     to: u64,
-    mode: watch::Receiver<LinkMode>,
-    stats: Arc<ProxyStats>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok((inbound, source)) = listener.accept().await else { continue };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        if source.ip() != IpAddr::V4(node_ip(from)) {
-            if let Ok(mut wrong) = stats.wrong_sources.lock() {
-                wrong.push(format!("link {from}->{to}: from {source}"));
-            }
+    /// Node `to`'s own Raft address.
+    onward: SocketAddr,
+    ids: Vec<u64>,
+}
+
+impl Accept {
+    async fn run(self, modes: Arc<Modes>, stats: Arc<ProxyStats>) {
+        let to = self.to;
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok((inbound, source)) = self.listener.accept().await else { continue };
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let from = match self.from {
+                Some(from) => {
+                    if source.ip() != IpAddr::V4(node_ip(from)) {
+                        stats.wrong_source(format!("link {from}->{to}: from {source}"));
+                    }
+                    from
+                }
+                None => match node_of(&self.ids, source.ip()).filter(|&from| from != to) {
+                    Some(from) => from,
+                    None => {
+                        // Not from a node's own address: no link to charge it to.
+                        stats.wrong_source(format!("a connection to {to}: from {source}"));
+                        reset(&inbound);
+                        continue;
+                    }
+                },
+            };
+            let (Some(forward), Some(backward)) = (modes.get(&(from, to)), modes.get(&(to, from))) else {
+                continue;
+            };
+            while connections.try_join_next().is_some() {}
+            let link = Link { from, onward: self.onward, forward: forward.clone(), backward: backward.clone() };
+            connections.spawn(link.serve(inbound, Arc::clone(&stats)));
         }
-        while connections.try_join_next().is_some() {}
-        connections.spawn(serve(inbound, from, to, mode.clone(), Arc::clone(&stats)));
     }
+}
+
+impl ProxyStats {
+    fn wrong_source(&self, what: String) {
+        if let Ok(mut wrong) = self.wrong_sources.lock() {
+            wrong.push(what);
+        }
+    }
+}
+
+/// One proxied connection's link: who opened it, where it goes, the modes of both directions.
+struct Link {
+    from: u64,
+    onward: SocketAddr,
+    /// The bytes of `from`.
+    forward: watch::Receiver<LinkMode>,
+    /// The answers.
+    backward: watch::Receiver<LinkMode>,
 }
 
 /// SO_LINGER 0: closing the socket sends a RST (and never blocks).
@@ -118,60 +181,64 @@ fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-async fn serve(
-    inbound: TcpStream,
-    from: u64,
-    to: u64,
-    mut mode: watch::Receiver<LinkMode>,
-    stats: Arc<ProxyStats>,
-) {
-    let _ = inbound.set_nodelay(true);
-    if *mode.borrow() == LinkMode::Reset {
-        stats.resets.fetch_add(1, Ordering::Relaxed);
+impl Link {
+    async fn serve(self, inbound: TcpStream, stats: Arc<ProxyStats>) {
+        let Link { from, onward, mut forward, mut backward } = self;
+        let _ = inbound.set_nodelay(true);
+        if *forward.borrow() == LinkMode::Reset || *backward.borrow() == LinkMode::Reset {
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+            reset(&inbound);
+            return;
+        }
+        let Ok(outbound) = connect_onward(from, onward).await else {
+            reset(&inbound);
+            return;
+        };
+        // Every close of a proxied connection is a RST (SO_LINGER 0): a reset aborts the pumps.
         reset(&inbound);
-        return;
-    }
-    let Ok(outbound) = connect_onward(from, to).await else {
-        reset(&inbound);
-        return;
-    };
-    // Every close of a proxied connection is a RST (SO_LINGER 0): a reset aborts the pumps.
-    reset(&inbound);
-    reset(&outbound);
-    let (in_read, in_write) = inbound.into_split();
-    let (out_read, out_write) = outbound.into_split();
-    let mut pumps = JoinSet::new();
-    pumps.spawn(pump(in_read, out_write, mode.clone()));
-    pumps.spawn(pump(out_read, in_write, mode.clone()));
-    loop {
-        tokio::select! {
-            done = pumps.join_next() => {
-                if done.is_none() {
-                    return;
-                }
-                // One direction ended: the other ends with it.
-                pumps.abort_all();
-                return;
-            }
-            changed = mode.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if *mode.borrow() == LinkMode::Reset {
-                    stats.resets.fetch_add(1, Ordering::Relaxed);
-                    // Aborting the pumps drops both sockets: RST both ways.
+        reset(&outbound);
+        let (in_read, in_write) = inbound.into_split();
+        let (out_read, out_write) = outbound.into_split();
+        let mut pumps = JoinSet::new();
+        pumps.spawn(pump(in_read, out_write, forward.clone()));
+        pumps.spawn(pump(out_read, in_write, backward.clone()));
+        loop {
+            tokio::select! {
+                _ = pumps.join_next() => {
+                    // One direction ended: the other ends with it.
                     pumps.abort_all();
                     return;
+                }
+                changed = forward.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *forward.borrow() == LinkMode::Reset {
+                        stats.resets.fetch_add(1, Ordering::Relaxed);
+                        // Aborting the pumps drops both sockets: RST both ways.
+                        pumps.abort_all();
+                        return;
+                    }
+                }
+                changed = backward.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *backward.borrow() == LinkMode::Reset {
+                        stats.resets.fetch_add(1, Ordering::Relaxed);
+                        pumps.abort_all();
+                        return;
+                    }
                 }
             }
         }
     }
 }
 
-async fn connect_onward(from: u64, to: u64) -> Result<TcpStream> {
+async fn connect_onward(from: u64, onward: SocketAddr) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(proxy_source_ip(from)), 0))?;
-    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(raft_addr(to))).await??;
+    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(onward)).await??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
