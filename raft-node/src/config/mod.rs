@@ -403,7 +403,10 @@ impl NodeConfig {
         }
         if let Some(advertised) = self.raft_advertise_addr {
             if advertised.ip().is_unspecified() || advertised.port() == 0 {
-                bad("raft_advertise_addr", "must be an address other nodes can dial (no 0.0.0.0, no port 0)".into());
+                bad(
+                    "raft_advertise_addr",
+                    "must be an address other nodes can dial (no 0.0.0.0, no port 0)".into(),
+                );
             } else if advertised == self.client_addr {
                 bad("raft_advertise_addr", "must differ from client_addr".into());
             }

@@ -70,8 +70,11 @@ fn self_missing_from_members_is_refused() {
 #[test]
 fn an_advertised_raft_address_is_what_the_members_entry_carries() {
     // Node 1 listens on 127.0.0.1:7001; peers dial it through 127.0.0.1:7101.
-    let advertised =
-        EXAMPLE.replacen("id = 1\nraft_addr = \"127.0.0.1:7001\"", "id = 1\nraft_addr = \"127.0.0.1:7101\"", 1);
+    let advertised = EXAMPLE.replacen(
+        "id = 1\nraft_addr = \"127.0.0.1:7001\"",
+        "id = 1\nraft_addr = \"127.0.0.1:7101\"",
+        1,
+    );
     assert_ne!(advertised, EXAMPLE);
     let config = NodeConfig::parse(&advertised, "a.toml", &["raft_advertise_addr=\"127.0.0.1:7101\"".into()])
         .expect("listening on one address and advertising another is valid");

@@ -99,6 +99,19 @@ fn parse(args: &[String]) -> Result<Options> {
     };
     let mut i = 0;
     while i < args.len() {
+        // A flag alone.
+        let flag = match args[i].as_str() {
+            "--proxy" => Some(&mut o.partitions_by_proxy),
+            "--release" => Some(&mut o.release),
+            "--rootless" => Some(&mut o.rootless),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            *flag = true;
+            i += 1;
+            continue;
+        }
+        // An option and its value.
         let value =
             || args.get(i + 1).cloned().with_context(|| format!("{} needs a value\n{USAGE}", args[i]));
         let number =
@@ -112,18 +125,6 @@ fn parse(args: &[String]) -> Result<Options> {
             "--transport" => o.transport = value()?,
             "--faults" => o.faults = value()?.split(',').map(str::to_owned).collect(),
             "--inner-binary" => o.inner_binary = Some(PathBuf::from(value()?)),
-            "--proxy" => {
-                o.partitions_by_proxy = true;
-                i -= 1;
-            }
-            "--release" => {
-                o.release = true;
-                i -= 1;
-            }
-            "--rootless" => {
-                o.rootless = true;
-                i -= 1;
-            }
             other => bail!("unknown option {other}\n{USAGE}"),
         }
         i += 2;
@@ -591,7 +592,8 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     }
     history::write_history(&out.join("history.jsonl"), &history)?;
     std::fs::write(out.join("report.txt"), report.join("\n") + "\n")?;
-    let data_root = env.nodes.nodes.values().next().and_then(|n| n.spec.data_dir.parent().map(Path::to_path_buf));
+    let data_root =
+        env.nodes.nodes.values().next().and_then(|n| n.spec.data_dir.parent().map(Path::to_path_buf));
     drop(env);
     if !failed {
         // Keep the history only of failures. In root mode the data dirs are tmpfs mounts that

@@ -152,7 +152,8 @@ impl Accept {
                 continue;
             };
             while connections.try_join_next().is_some() {}
-            let link = Link { from, onward: self.onward, forward: forward.clone(), backward: backward.clone() };
+            let link =
+                Link { from, onward: self.onward, forward: forward.clone(), backward: backward.clone() };
             connections.spawn(link.serve(inbound, Arc::clone(&stats)));
         }
     }

@@ -75,8 +75,7 @@ impl Workload {
             let rng = Rng::new(o.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tasks.spawn(run_client(
                 c + 1,
-                client,
-                reader,
+                Sessions { client, reader },
                 rng,
                 o.keys,
                 recorder.clone(),
@@ -94,6 +93,13 @@ impl Workload {
     }
 }
 
+/// One client's connections: `client` for its writes (and its reads when it follows the
+/// leader), `reader` for a pinned client's reads.
+struct Sessions {
+    client: Client,
+    reader: Client,
+}
+
 fn write_outcome(e: &ClientError) -> Outcome {
     match e {
         ClientError::CasFailed { .. } => Outcome::CasFailed,
@@ -108,8 +114,7 @@ fn write_outcome(e: &ClientError) -> Outcome {
 
 async fn run_client(
     id: u64,
-    client: Client,
-    reader: Client,
+    Sessions { client, reader }: Sessions,
     mut rng: Rng,
     keys: u64,
     recorder: Recorder,
