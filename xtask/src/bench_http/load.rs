@@ -6,6 +6,7 @@
 //! in. Latency goes into per-worker [`Histogram`]s, merged at the end; errors are counted by
 //! kind (`503 no_leader`, `connect: ConnectionRefused`, `timeout`, ...).
 
+use raft_core::SeededRng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -326,23 +327,9 @@ fn hyper_kind(e: &hyper::Error) -> String {
     }
 }
 
-/// SplitMix64: a worker's key and read/write choices (seeded by the worker's index, so that
-/// runs draw the same sequence).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// Uniform in [0, 1), from the top 53 bits of the next draw.
+fn unit(rng: &mut SeededRng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// What the workers of one phase share.
@@ -426,7 +413,8 @@ pub(crate) async fn run_phase(
 /// completed.
 async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
     let phase = &shared.phase;
-    let mut rng = SplitMix(index as u64 ^ 0x5EED);
+    // A worker's key and read/write choices, seeded by its index so that runs draw the same.
+    let mut rng = SeededRng::new(index as u64 ^ 0x5EED);
     let mut endpoint = index % phase.endpoints.len();
     let mut connection: Option<Connection> = None;
     let mut result = PhaseResult::default();
@@ -457,7 +445,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
             }
             (false, phase.workload.keys - left as u64)
         } else {
-            (rng.unit() < phase.workload.read_ratio, rng.next() % phase.workload.keys.max(1))
+            (unit(&mut rng) < phase.workload.read_ratio, rng.next_u64() % phase.workload.keys.max(1))
         };
         let key = Requests::key(key);
         let (method, path, body) = if read { shared.requests.get(&key) } else { shared.requests.put(&key) };

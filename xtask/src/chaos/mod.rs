@@ -39,29 +39,6 @@ const USAGE: &str = "usage: cargo xtask chaos [--duration SECS] [--seed S] [--no
                      [--transport tcp|quic] [--faults kill,pause,partition,transfer,proxy,membership,clock,disk,corrupt] \
                      [--proxy] [--rootless] [--release]";
 
-/// A small seeded generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Options {
     duration: Duration,

@@ -3,6 +3,7 @@
 //! are resolved when the fault starts, so a replay repeats the schedule, not necessarily the
 //! same victims.
 
+use raft_core::SeededRng;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use raft_client::api::{MemberRole, RoleView};
 
 use super::proxy::LinkMode;
-use super::{Env, Rng};
+use super::Env;
 
 /// Which nodes a fault hits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,25 +128,28 @@ pub struct Step {
     pub hold: Duration,
 }
 
+/// Between the restarts of the nodes one fault killed.
+const RESTART_GAP: Duration = Duration::from_millis(400);
+
 /// The kinds of faults, as `--faults` names them.
 pub const KINDS: &[&str] =
     &["kill", "pause", "partition", "transfer", "proxy", "membership", "clock", "disk", "corrupt"];
 
-fn pick(rng: &mut Rng, ids: &[u64]) -> u64 {
-    ids[rng.below(ids.len() as u64) as usize]
+fn pick(rng: &mut SeededRng, ids: &[u64]) -> u64 {
+    ids[rng.range(0, ids.len() as u64) as usize]
 }
 
-fn shuffled(rng: &mut Rng, ids: &[u64]) -> Vec<u64> {
+fn shuffled(rng: &mut SeededRng, ids: &[u64]) -> Vec<u64> {
     let mut v = ids.to_vec();
     for i in (1..v.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
+        let j = rng.range(0, i as u64 + 1) as usize;
         v.swap(i, j);
     }
     v
 }
 
-fn who_one(rng: &mut Rng, ids: &[u64]) -> Who {
-    if rng.below(2) == 0 {
+fn who_one(rng: &mut SeededRng, ids: &[u64]) -> Who {
+    if rng.range(0, 2) == 0 {
         Who::Leader
     } else {
         Who::Node(pick(rng, ids))
@@ -154,7 +158,7 @@ fn who_one(rng: &mut Rng, ids: &[u64]) -> Who {
 
 /// The seeded schedule for a run of `duration` over `ids`, with the fault kinds `kinds`.
 pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> Vec<Step> {
-    let mut rng = Rng::new(seed ^ 0x006e_656d_6573_6973);
+    let mut rng = SeededRng::new(seed ^ 0x006e_656d_6573_6973);
     let n = ids.len();
     let mut steps = Vec::new();
     let mut t = Duration::from_secs(3);
@@ -163,10 +167,10 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
         return steps;
     }
     while t < end {
-        let kind = kinds[rng.below(kinds.len() as u64) as usize];
-        let hold = Duration::from_millis(1500 + rng.below(4500));
+        let kind = kinds[rng.range(0, kinds.len() as u64) as usize];
+        let hold = Duration::from_millis(1500 + rng.range(0, 4500));
         let fault = match kind {
-            "kill" => Fault::Kill(match rng.below(4) {
+            "kill" => Fault::Kill(match rng.range(0, 4) {
                 0 => Who::Node(pick(&mut rng, ids)),
                 1 => Who::Leader,
                 2 => Who::Nodes(shuffled(&mut rng, ids)[..n / 2 + 1].to_vec()),
@@ -179,12 +183,12 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
                 steps.push(Step {
                     at: t,
                     fault: Fault::Pause(who_one(&mut rng, ids)),
-                    hold: Duration::from_millis(400 + rng.below(2600)),
+                    hold: Duration::from_millis(400 + rng.range(0, 2600)),
                 });
-                t += Duration::from_millis(3000 + rng.below(2000));
+                t += Duration::from_millis(3000 + rng.range(0, 2000));
                 continue;
             }
-            "partition" if n >= 2 => Fault::Partition(match rng.below(5) {
+            "partition" if n >= 2 => Fault::Partition(match rng.range(0, 5) {
                 0 => Partition::IsolateLeader,
                 1 => {
                     let minority = ((n - 1) / 2).max(1);
@@ -202,7 +206,7 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
                 }
                 _ => {
                     let who = who_one(&mut rng, ids);
-                    if rng.below(2) == 0 {
+                    if rng.range(0, 2) == 0 {
                         Partition::OneWayOut(who)
                     } else {
                         Partition::OneWayIn(who)
@@ -214,8 +218,8 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
                 let node = pick(&mut rng, ids);
                 Fault::Proxy(
                     node,
-                    match rng.below(4) {
-                        0 => ProxyFault::Delay(50 + rng.below(450)),
+                    match rng.range(0, 4) {
+                        0 => ProxyFault::Delay(50 + rng.range(0, 450)),
                         1 => ProxyFault::Stall,
                         2 => ProxyFault::Drip,
                         _ => ProxyFault::Reset,
@@ -225,16 +229,16 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
             "membership" => Fault::Membership(pick(&mut rng, ids)),
             "clock" => Fault::ClockSkew {
                 node: pick(&mut rng, ids),
-                offset_s: rng.below(600) as i64 - 300,
+                offset_s: rng.range(0, 600) as i64 - 300,
                 // Within the drift the protocol assumes (max_clock_drift_percent = 10).
-                rate_percent: 95 + rng.below(11),
+                rate_percent: 95 + rng.range(0, 11),
             },
             "disk" => Fault::DiskFull(pick(&mut rng, ids)),
             "corrupt" => Fault::Corrupt(pick(&mut rng, ids)),
             _ => continue,
         };
         steps.push(Step { at: t, fault, hold });
-        t += hold + Duration::from_millis(1000 + rng.below(2000));
+        t += hold + Duration::from_millis(1000 + rng.range(0, 2000));
     }
     steps
 }
@@ -255,10 +259,14 @@ impl Env {
         let ids = self.nodes.ids();
         Ok(match fault {
             Fault::Kill(who) => {
-                let victims = self.resolve(who, leader);
+                let mut victims = self.resolve(who, leader);
                 for &id in &victims {
                     self.nodes.kill(id)?;
                 }
+                // Restarted in this order (see `Heal::Restart`): the old leader last, so that
+                // the others may elect a leader among themselves first, with the logs they
+                // really kept.
+                victims.sort_by_key(|&id| Some(id) == leader);
                 (format!("killed {victims:?}"), Heal::Restart(victims))
             }
             Fault::Pause(who) => {
@@ -390,7 +398,12 @@ impl Env {
         match heal {
             Heal::Nothing => {}
             Heal::Restart(ids) => {
-                for id in ids {
+                for (i, id) in ids.into_iter().enumerate() {
+                    if i > 0 {
+                        // Machines come back one by one: a gap longer than the election
+                        // timeout (300 ms at most), so an election can happen in between.
+                        tokio::time::sleep(RESTART_GAP).await;
+                    }
                     if !self.nodes.is_running(id) {
                         self.nodes.start(id)?;
                     }

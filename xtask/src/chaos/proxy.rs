@@ -204,33 +204,25 @@ impl Link {
         pumps.spawn(pump(in_read, out_write, forward.clone()));
         pumps.spawn(pump(out_read, in_write, backward.clone()));
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 _ = pumps.join_next() => {
                     // One direction ended: the other ends with it.
                     pumps.abort_all();
                     return;
                 }
-                changed = forward.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if *forward.borrow() == LinkMode::Reset {
-                        stats.resets.fetch_add(1, Ordering::Relaxed);
-                        // Aborting the pumps drops both sockets: RST both ways.
-                        pumps.abort_all();
-                        return;
-                    }
+                changed = forward.changed() => changed.map(|()| *forward.borrow()),
+                changed = backward.changed() => changed.map(|()| *backward.borrow()),
+            };
+            match changed {
+                // The proxy is going away.
+                Err(_) => return,
+                Ok(LinkMode::Reset) => {
+                    stats.resets.fetch_add(1, Ordering::Relaxed);
+                    // Aborting the pumps drops both sockets: RST both ways.
+                    pumps.abort_all();
+                    return;
                 }
-                changed = backward.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if *backward.borrow() == LinkMode::Reset {
-                        stats.resets.fetch_add(1, Ordering::Relaxed);
-                        pumps.abort_all();
-                        return;
-                    }
-                }
+                Ok(_) => {}
             }
         }
     }

@@ -10,6 +10,7 @@
 //! `Failed`; anything else (timeouts, transport errors, retries exhausted, `stale_sequence`,
 //! ...) may or may not have been applied: `Unknown`. Reads that fail are dropped.
 
+use raft_core::SeededRng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,6 @@ use raft_client::{Client, ClientError, ClientOptions};
 use tokio::task::JoinSet;
 
 use super::history::{Op, Outcome, Recorder};
-use super::Rng;
 
 pub struct WorkloadOptions {
     pub clients: u64,
@@ -72,7 +72,7 @@ impl Workload {
                 if pinned { vec![o.endpoints[(c as usize / 2) % n].clone()] } else { o.endpoints.clone() };
             let client = Client::new(endpoints.clone(), client_options())?;
             let reader = if pinned { Client::new(endpoints, pinned_read_options())? } else { client.clone() };
-            let rng = Rng::new(o.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let rng = SeededRng::new(o.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tasks.spawn(run_client(
                 c + 1,
                 Sessions { client, reader },
@@ -115,7 +115,7 @@ fn write_outcome(e: &ClientError) -> Outcome {
 async fn run_client(
     id: u64,
     Sessions { client, reader }: Sessions,
-    mut rng: Rng,
+    mut rng: SeededRng,
     keys: u64,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
@@ -125,10 +125,10 @@ async fn run_client(
     // The last value this client saw per key: what its swaps expect.
     let mut seen: Vec<Option<String>> = vec![None; keys as usize];
     while !stop.load(Ordering::Relaxed) {
-        let k = rng.below(keys);
+        let k = rng.range(0, keys);
         let key = key_name(k);
         let call = recorder.now_ns();
-        match rng.below(10) {
+        match rng.range(0, 10) {
             0..=3 => {
                 // A failed read tells nothing: it is dropped.
                 if let Ok(kv) = reader.get(&key, Some(Consistency::Linearizable)).await {
@@ -177,7 +177,7 @@ async fn run_client(
         // time), and every open write multiplies the checker's work: a client whose write
         // timed out (the cluster is likely unavailable) waits before its next operation.
         let unknown = matches!(recorder.last_outcome(id), Some(Outcome::Unknown));
-        let pause_ms = if unknown { 1000 + rng.below(1000) } else { rng.below(20) };
+        let pause_ms = if unknown { 1000 + rng.range(0, 1000) } else { rng.range(0, 20) };
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
 }

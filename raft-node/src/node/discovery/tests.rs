@@ -19,23 +19,6 @@ fn config(cluster: &str, id: NodeId) -> NodeConfig {
     NodeConfig::parse(&text, "t.toml", &[]).expect("valid")
 }
 
-/// SplitMix64: reproducible random bytes without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn an_announcement_round_trips_and_stays_small() {
     let a = announcement("dev", 3);
@@ -83,29 +66,29 @@ fn foreign_versions_trailing_bytes_and_oversized_datagrams_are_refused() {
 
 #[test]
 fn random_and_mutated_datagrams_never_panic() {
-    let mut rng = Rng(0x5EED);
+    let mut rng = raft_core::SeededRng::new(0x5EED);
     let valid = announcement("dev", 2).encode().expect("encodes");
     let mut decoded = 0;
     for round in 0..200_000 {
         let bytes: Vec<u8> = match round % 3 {
             // Pure noise, sometimes over the limit.
-            0 => (0..rng.below(600)).map(|_| rng.next() as u8).collect(),
+            0 => (0..rng.range(0, 600)).map(|_| rng.next_u64() as u8).collect(),
             // Noise behind a valid header: exercises the postcard decoder.
             1 => {
                 let mut b = b"RNDA\x01".to_vec();
-                b.extend((0..rng.below(100)).map(|_| rng.next() as u8));
+                b.extend((0..rng.range(0, 100)).map(|_| rng.next_u64() as u8));
                 b
             }
             // A valid datagram with a few bytes changed, cut short or extended.
             _ => {
                 let mut b = valid.clone();
-                for _ in 0..=rng.below(3) {
-                    let i = rng.below(b.len() as u64) as usize;
-                    b[i] = rng.next() as u8;
+                for _ in 0..=rng.range(0, 3) {
+                    let i = rng.range(0, b.len() as u64) as usize;
+                    b[i] = rng.next_u64() as u8;
                 }
-                match rng.below(3) {
-                    0 => b.truncate(rng.below(b.len() as u64 + 1) as usize),
-                    1 => b.extend((0..rng.below(8)).map(|_| rng.next() as u8)),
+                match rng.range(0, 3) {
+                    0 => b.truncate(rng.range(0, b.len() as u64 + 1) as usize),
+                    1 => b.extend((0..rng.range(0, 8)).map(|_| rng.next_u64() as u8)),
                     _ => {}
                 }
                 b
