@@ -102,13 +102,20 @@ fn ci(args: &[String]) -> Result<()> {
     if no_chaos {
         println!("ci: the chaos run was left out (--no-chaos)");
     } else {
+        let root = workspace_root()?;
+        // The debug `raft-node` the tests just built. `cargo build -p raft-node` alone resolves
+        // the build dependencies' features differently and would build RocksDB a second time.
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let binary = target.join("debug").join("raft-node");
         let args = |extra: &[&str]| -> Vec<String> {
-            let seed = seed.to_string();
-            let mut args: Vec<String> = ["--seed", seed.as_str()].iter().map(|s| s.to_string()).collect();
+            let mut args: Vec<String> = vec!["--seed".into(), seed.to_string()];
+            if binary.is_file() {
+                args.extend(["--binary".to_string(), binary.display().to_string()]);
+            }
             args.extend(extra.iter().map(|s| s.to_string()));
             args
         };
-        let root = workspace_root()?;
         if chaos::is_root() {
             chaos::chaos(&root, &args(&["--duration", "60"]))?;
         } else {

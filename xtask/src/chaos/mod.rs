@@ -37,7 +37,7 @@ use workload::{Workload, WorkloadOptions};
 
 const USAGE: &str = "usage: cargo xtask chaos [--duration SECS] [--seed S] [--nodes N] [--clients N] [--keys N] \
                      [--transport tcp|quic] [--faults kill,pause,partition,transfer,proxy,membership,clock,disk,corrupt] \
-                     [--proxy] [--rootless] [--release]";
+                     [--proxy] [--rootless] [--release] [--binary PATH]";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -54,6 +54,8 @@ struct Options {
     release: bool,
     /// Set in the process running inside the namespace: the raft-node binary.
     inner_binary: Option<PathBuf>,
+    /// A `raft-node` binary to test instead of building one.
+    binary: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -73,6 +75,7 @@ fn parse(args: &[String]) -> Result<Options> {
         rootless: false,
         release: false,
         inner_binary: None,
+        binary: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -102,6 +105,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--transport" => o.transport = value()?,
             "--faults" => o.faults = value()?.split(',').map(str::to_owned).collect(),
             "--inner-binary" => o.inner_binary = Some(PathBuf::from(value()?)),
+            "--binary" => o.binary = Some(PathBuf::from(value()?)),
             other => bail!("unknown option {other}\n{USAGE}"),
         }
         i += 2;
@@ -164,14 +168,14 @@ fn outer(root: &Path, o: &Options, args: &[String]) -> Result<()> {
              fault), seed {}, {} nodes, {:?}",
             o.seed, o.nodes, o.duration
         );
-        let binary = build_raft_node(root, o.release)?;
+        let binary = raft_node_binary(root, o)?;
         let o = Options { rootless: true, partitions_by_proxy: true, ..o.clone() };
         return inner(root, &o, binary);
     }
     if Command::new("nft").arg("--version").output().is_err() {
         bail!("nft is missing: apt-get install -y nftables");
     }
-    let binary = build_raft_node(root, o.release)?;
+    let binary = raft_node_binary(root, o)?;
     let name = format!("raftchaos-{}", std::process::id());
     let status = Command::new("ip").args(["netns", "add", &name]).status()?;
     if !status.success() {
@@ -219,6 +223,15 @@ fn outer(root: &Path, o: &Options, args: &[String]) -> Result<()> {
     match code {
         Some(0) => Ok(()),
         other => bail!("chaos run failed (exit {other:?}); replay: cargo xtask chaos {}", replay_args(o)),
+    }
+}
+
+/// The `raft-node` to run: `--binary`, else a fresh build.
+fn raft_node_binary(root: &Path, o: &Options) -> Result<PathBuf> {
+    match &o.binary {
+        Some(binary) if binary.is_file() => Ok(binary.clone()),
+        Some(binary) => bail!("--binary {}: no such file", binary.display()),
+        None => build_raft_node(root, o.release),
     }
 }
 
