@@ -480,15 +480,6 @@ pub async fn leader_elected(endpoints: &[String], within: Duration) -> Result<u6
     }
 }
 
-/// Sends `sig` (`-KILL`, `-STOP`, ...) to `pid` with `kill(1)`.
-pub fn signal(pid: u32, sig: &str) -> Result<()> {
-    let status = Command::new("kill").args([sig, &pid.to_string()]).status()?;
-    if !status.success() {
-        bail!("kill {sig} {pid} failed");
-    }
-    Ok(())
-}
-
 /// Waits until `pid` is gone; false if it still runs after `within`.
 pub fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -504,9 +495,9 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
 fn down(layout: &Layout, clean: bool) -> Result<()> {
     for id in layout.node_ids() {
         if let Some(pid) = layout.running_pid(id) {
-            signal(pid, "-TERM")?;
+            procs::signal(pid, "-TERM")?;
             if !wait_gone(pid, Duration::from_secs(10)) {
-                signal(pid, "-KILL")?;
+                procs::signal(pid, "-KILL")?;
                 wait_gone(pid, Duration::from_secs(5));
             }
             println!("stopped node {id} (pid {pid})");
@@ -522,7 +513,7 @@ fn down(layout: &Layout, clean: bool) -> Result<()> {
 
 fn kill(layout: &Layout, id: u64) -> Result<()> {
     let pid = layout.running_pid(id).with_context(|| format!("node {id} is not running"))?;
-    signal(pid, "-KILL")?;
+    procs::signal(pid, "-KILL")?;
     wait_gone(pid, Duration::from_secs(5));
     println!("killed node {id} (pid {pid}) with SIGKILL");
     Ok(())
@@ -530,7 +521,7 @@ fn kill(layout: &Layout, id: u64) -> Result<()> {
 
 fn restart(layout: &Layout, id: u64) -> Result<()> {
     if let Some(pid) = layout.running_pid(id) {
-        signal(pid, "-TERM")?;
+        procs::signal(pid, "-TERM")?;
         wait_gone(pid, Duration::from_secs(10));
     }
     let cluster = LocalCluster {

@@ -58,7 +58,7 @@ impl Children {
         let mut children = std::mem::take(&mut *self.lock());
         for (name, child) in &mut children {
             if matches!(child.try_wait(), Ok(None)) {
-                if let Err(e) = terminate(child.id()) {
+                if let Err(e) = signal(child.id(), "-TERM") {
                     eprintln!("stopping {name}: {e:#}");
                 }
             }
@@ -81,11 +81,21 @@ impl Children {
     }
 }
 
-/// Sends SIGTERM (std offers only SIGKILL, and this crate has no unsafe code).
-pub(crate) fn terminate(pid: u32) -> Result<()> {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().context("running kill")?;
+/// Sends `sig` (`-TERM`, `-KILL`, `-STOP`, ...) to `pid` with `kill(1)` (std offers only
+/// SIGKILL, and this crate has no unsafe code).
+pub(crate) fn signal(pid: u32, sig: &str) -> Result<()> {
+    kill(sig, &pid.to_string())
+}
+
+/// Sends `sig` to every process of the process group `pgid`.
+pub(crate) fn signal_group(pgid: u32, sig: &str) -> Result<()> {
+    kill(sig, &format!("-{pgid}"))
+}
+
+fn kill(sig: &str, target: &str) -> Result<()> {
+    let status = Command::new("kill").args([sig, "--", target]).status().context("running kill")?;
     if !status.success() {
-        bail!("kill -TERM {pid} failed");
+        bail!("kill {sig} {target} failed");
     }
     Ok(())
 }
@@ -102,7 +112,7 @@ static STOP_ON_SIGNAL: Mutex<Vec<Children>> = Mutex::new(Vec::new());
 /// then exits with status 130 or 143. The first call installs the handler (a thread waiting
 /// for either signal); without any call both keep their default effect.
 pub(crate) fn stop_on_ctrl_c(children: &Children) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{signal as on_signal, SignalKind};
     STOP_ON_SIGNAL.lock().unwrap_or_else(|p| p.into_inner()).push(children.clone());
     SIGNAL_WATCHER.call_once(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
@@ -114,7 +124,10 @@ pub(crate) fn stop_on_ctrl_c(children: &Children) {
         };
         // Registered before returning, so that a signal from now on is ours.
         let signals = runtime.block_on(async {
-            Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+            Ok::<_, std::io::Error>((
+                on_signal(SignalKind::interrupt())?,
+                on_signal(SignalKind::terminate())?,
+            ))
         });
         let (mut interrupt, mut terminate) = match signals {
             Ok(signals) => signals,

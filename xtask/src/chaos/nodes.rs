@@ -10,18 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cluster::{spawn_node, ConfigCommon, NodeSpec};
+use crate::procs;
 
 /// Debian's libfaketime (package `libfaketime`), multi-threaded variant.
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-/// Sends `sig` to the process group `pgid`.
-fn signal_group(pgid: u32, sig: &str) -> Result<()> {
-    let status = Command::new("kill").args([sig, "--", &format!("-{pgid}")]).status()?;
-    if !status.success() {
-        bail!("kill {sig} -{pgid} failed");
-    }
-    Ok(())
-}
 
 /// One node's process and files.
 pub struct Node {
@@ -108,7 +100,7 @@ impl Nodes {
         let node = self.node(id)?;
         if let Some(mut child) = node.child.take() {
             // The whole process group (the node is its leader).
-            let _ = signal_group(child.id(), "-KILL");
+            let _ = procs::signal_group(child.id(), "-KILL");
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -119,7 +111,7 @@ impl Nodes {
     pub fn pause(&mut self, id: u64) -> Result<()> {
         let node = self.node(id)?;
         if let Some(child) = &node.child {
-            signal_group(child.id(), "-STOP")?;
+            procs::signal_group(child.id(), "-STOP")?;
             node.paused = true;
         }
         Ok(())
@@ -128,7 +120,7 @@ impl Nodes {
     pub fn resume(&mut self, id: u64) -> Result<()> {
         let node = self.node(id)?;
         if let (Some(child), true) = (&node.child, node.paused) {
-            signal_group(child.id(), "-CONT")?;
+            procs::signal_group(child.id(), "-CONT")?;
         }
         node.paused = false;
         Ok(())
