@@ -409,6 +409,10 @@ pub enum ErrorCode {
     Timeout,
     /// Too many requests in flight (HTTP 503): retry later.
     Busy,
+    /// The write may or may not have been applied (the node stopped or lost contact with the
+    /// leader after the write left it; HTTP 503). Retry it in the same session: a session
+    /// write is applied at most once.
+    UnknownOutcome,
     /// Malformed request (HTTP 400).
     BadRequest,
     /// The key or value is over the configured limit (HTTP 413).
@@ -441,7 +445,11 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::NotLeader => 421,
-            ErrorCode::NoLeader | ErrorCode::NoQuorum | ErrorCode::Busy | ErrorCode::Unavailable => 503,
+            ErrorCode::NoLeader
+            | ErrorCode::NoQuorum
+            | ErrorCode::Busy
+            | ErrorCode::UnknownOutcome
+            | ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::BadRequest => 400,
             ErrorCode::TooLarge => 413,
@@ -465,6 +473,7 @@ impl ErrorCode {
                 | ErrorCode::NoQuorum
                 | ErrorCode::Timeout
                 | ErrorCode::Busy
+                | ErrorCode::UnknownOutcome
                 | ErrorCode::Unavailable
         )
     }

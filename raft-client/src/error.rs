@@ -142,6 +142,7 @@ pub fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::NoQuorum => "no_quorum",
         ErrorCode::Timeout => "timeout",
         ErrorCode::Busy => "busy",
+        ErrorCode::UnknownOutcome => "unknown_outcome",
         ErrorCode::BadRequest => "bad_request",
         ErrorCode::TooLarge => "too_large",
         ErrorCode::NotFound => "not_found",

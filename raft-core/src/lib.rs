@@ -35,7 +35,9 @@ mod types;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
-pub use driver::{Applied, CommittedEntry, NodeStatus, RaftError, RaftNode};
+pub use driver::{
+    Applied, Clock, CommittedEntry, DriftingClock, NodeStatus, RaftError, RaftNode, TokioClock,
+};
 pub use fsm::{Fsm, FsmError};
 pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
@@ -43,7 +45,7 @@ pub use protocol::{
     Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
     Ready, ReplicationMode, RestoreError, RestoredState, TransferError,
 };
-pub use rng::SeededRng;
+pub use rng::{fresh_seed, SeededRng};
 pub use storage::{InitialState, Snapshot, SnapshotMeta, Storage, StorageError};
 pub use transport::{PeerError, SendError, Transport, TransportClosed};
 pub use types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};

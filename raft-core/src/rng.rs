@@ -1,6 +1,21 @@
 //! A small seeded pseudo-random generator (SplitMix64), so the protocol needs no OS randomness
 //! and a seed replays a run.
 
+/// A seed that differs on every call and in every process (the clock, the process id and the
+/// standard library's per-process random hash keys), for [`RaftNode::start`](crate::RaftNode::start)
+/// outside of simulations.
+pub fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 /// SplitMix64: fast, seedable, good enough for timeouts and simulation choices.
 #[derive(Debug, Clone)]
 pub struct SeededRng {

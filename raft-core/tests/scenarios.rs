@@ -344,3 +344,68 @@ fn the_leader_reports_how_long_ago_each_follower_answered() {
     let other = c.ids().into_iter().find(|&id| id != leader && id != cut).expect("a third node");
     assert!(contact(&c, other).is_some_and(|ago| ago <= 2 * heartbeat));
 }
+
+/// Review defect 1: the leader of C_old appends C_new (without itself) and crashes before any
+/// other node has C_new. Its log is the most up to date, so only it can be elected; it must
+/// campaign (as a voter of C_old,new, its configuration before the uncommitted C_new), commit
+/// C_new and hand over. Before the fix no node ever led again.
+fn removed_leader_with_uncommitted_c_new_recovers(
+    voters: usize,
+    spares: usize,
+    new_voters: &[u64],
+    seed: u64,
+) {
+    let mut c = Cluster::with_spares(voters, spares, seed, Config::default());
+    let leader = c.check_one_leader();
+    c.one(b"k0=before", voters, true);
+    let target: BTreeSet<u64> = new_voters.iter().copied().collect();
+    assert!(!target.contains(&leader));
+    c.change_membership(leader, &MembershipChange::SetVoters(target.clone())).expect("accepted");
+    // Let the others store C_old,new, then cut the leader's outgoing links so that C_new, which
+    // it appends once C_old,new commits, reaches no one.
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let all_joint =
+        c.run_until(2_000, |c| others.iter().all(|id| c.membership_of(*id).is_some_and(|m| m.is_joint())));
+    assert!(all_joint, "every other node stored C_old,new");
+    for id in &others {
+        c.block_link(leader, *id);
+    }
+    let appended = c.run_until(2_000, |c| {
+        c.membership_of(leader).is_some_and(|m| !m.is_joint() && m.voters == target)
+            && c.durable_log(leader).len() as u64 == c.raft(leader).expect("runs").last_log_id().index
+    });
+    assert!(appended, "the leader appended C_new durably");
+    c.crash(leader);
+    c.heal();
+    c.restart(leader);
+    for id in &others {
+        assert!(c.membership_of(*id).expect("runs").is_joint(), "node {id} never saw C_new");
+    }
+    // A leader of the new configuration shows up, and C_new is in force everywhere.
+    let done = c.run_until(10_000, |c| {
+        c.leaders().iter().any(|(id, _)| {
+            target.contains(id) && c.raft(*id).is_some_and(|r| r.commit_index() >= r.last_log_id().index)
+        })
+    });
+    assert!(done, "no leader of C_new was elected after the removed leader came back");
+    let new_leader = c.check_one_leader();
+    assert!(target.contains(&new_leader));
+    assert_eq!(c.membership_of(new_leader).expect("runs").voters, target);
+    c.one(b"k0=after", new_voters.len(), true);
+}
+
+#[test]
+fn a_removed_leader_that_crashed_with_an_uncommitted_c_new_lets_the_cluster_recover() {
+    // {1} -> {2}.
+    removed_leader_with_uncommitted_c_new_recovers(1, 1, &[2], 121);
+}
+
+#[test]
+fn a_two_voter_c_old_recovers_after_its_removed_leader_crashed_with_c_new() {
+    // {1, 2} -> {2, 3} or {1, 3}: whoever leads is replaced by node 3.
+    let mut c = Cluster::with_spares(2, 1, 122, Config::default());
+    let leader = c.check_one_leader();
+    drop(c);
+    let keep = if leader == 1 { 2 } else { 1 };
+    removed_leader_with_uncommitted_c_new_recovers(2, 1, &[keep, 3], 122);
+}

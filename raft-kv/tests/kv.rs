@@ -279,7 +279,7 @@ impl Cluster {
             storage.clone(),
             transport,
             Box::new(fsm),
-            id,
+            raft_core::fresh_seed(),
         )
         .await
         .expect("starts");

@@ -1,7 +1,9 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `sim --seeds N [--start S]`: N randomized cluster simulations from seed S (default 0).
-//! - `sim --seed S`: replays one seed.
+//! - `sim --seeds N [--start S] [--protocol | --node]`: N seeded simulations from seed S
+//!   (default 0) of the protocol (`raft_core::testing::sim`) and of real nodes (`raft-sim`:
+//!   the `RaftNode` driver, clients checked for linearizability); both unless one is named.
+//! - `sim --seed S [--protocol | --node]`: replays one seed.
 //! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
 //! - `bench [http] OPTIONS` (or `bench-http`): HTTP load against a local `raft-node` cluster
 //!   and, when installed, etcd, side by side; `--failover` kills leaders under load (see
@@ -19,13 +21,13 @@ mod bench_http;
 mod chaos;
 mod cluster;
 mod procs;
+mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use raft_core::testing::sim::random::{self, RandomRunOptions};
 
 fn main() -> ExitCode {
     match run() {
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("sim") => sim(&args[1..]),
+        Some("sim") => sim::sim(&args[1..]),
         Some("tidy") => tidy(),
         Some("test") => test_all(),
         Some("ci") => ci(&args[1..]),
@@ -77,7 +79,7 @@ fn test_all() -> Result<()> {
     tidy()?;
     cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
     cargo(&["test", "--workspace", "--doc"])?;
-    sim(&["--seeds".to_string(), "2000".to_string()])
+    sim::sim(&["--seeds".to_string(), "2000".to_string()])
 }
 
 /// The chaos run of `cargo xtask ci`: one minute, a fixed seed (so that a red CI replays), all
@@ -127,7 +129,7 @@ fn ci(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
+pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
     match args.iter().position(|a| a == name) {
         None => Ok(None),
         Some(i) => {
@@ -151,51 +153,6 @@ fn certs(args: &[String]) -> Result<()> {
     let certs = raft_tls::generate_dev_certs(&cluster, 1..=nodes)?;
     certs.write_dev_certs(std::path::Path::new(&out))?;
     println!("wrote a CA (ca.pem, ca-key.pem) and {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) for cluster {cluster:?} to {out}");
-    Ok(())
-}
-
-fn sim(args: &[String]) -> Result<()> {
-    let (start, count) = match (flag(args, "--seed")?, flag(args, "--seeds")?) {
-        (Some(seed), _) => (seed, 1),
-        (None, Some(n)) => (flag(args, "--start")?.unwrap_or(0), n),
-        (None, None) => (0, 500),
-    };
-    let options = RandomRunOptions::default();
-    let began = Instant::now();
-    let mut steps = 0u64;
-    let (mut acked, mut reads, mut changes, mut installs) = (0usize, 0u64, 0u64, 0u64);
-    let mut failed = Vec::new();
-    for seed in start..start + count {
-        match std::panic::catch_unwind(|| random::run(seed, options)) {
-            Ok(report) => {
-                steps += report.steps;
-                acked += report.acknowledged;
-                reads += report.reads_served;
-                changes += report.membership_changes;
-                installs += report.snapshots_installed;
-                if count == 1 {
-                    println!("{report:?}");
-                }
-            }
-            Err(_) => {
-                eprintln!("seed {seed} FAILED; replay with: cargo xtask sim --seed {seed}");
-                failed.push(seed);
-            }
-        }
-    }
-    let secs = began.elapsed().as_secs_f64();
-    println!(
-        "{} passed, {} failed: {count} seeds from {start} in {secs:.1}s, {steps} simulated steps ({:.0} steps/s)",
-        count as usize - failed.len(),
-        failed.len(),
-        steps as f64 / secs.max(1e-9)
-    );
-    println!(
-        "  acknowledged writes {acked}, linearizable reads served {reads}, membership changes {changes}, snapshots installed from a leader {installs}"
-    );
-    if !failed.is_empty() {
-        bail!("failing seeds: {failed:?}");
-    }
     Ok(())
 }
 

@@ -30,12 +30,12 @@ pub struct BankNodeConfig {
     pub data_dir: PathBuf,
     /// Protocol and driver settings (the same on every node).
     pub raft: Config,
-    /// Seeds this node's election jitter; give each node its own.
+    /// This start's randomness (election jitter, request ids); a fresh one for every start.
     pub seed: u64,
 }
 
 impl BankNodeConfig {
-    /// A configuration with the default Raft settings, seeded with the node id.
+    /// A configuration with the default Raft settings and a fresh seed.
     pub fn new(
         id: NodeId,
         cluster_id: impl Into<String>,
@@ -44,7 +44,15 @@ impl BankNodeConfig {
         data_dir: impl Into<PathBuf>,
     ) -> Self {
         let (cluster_id, data_dir) = (cluster_id.into(), data_dir.into());
-        Self { id, cluster_id, listen, peers, data_dir, raft: Config::default(), seed: id }
+        Self {
+            id,
+            cluster_id,
+            listen,
+            peers,
+            data_dir,
+            raft: Config::default(),
+            seed: raft_core::fresh_seed(),
+        }
     }
 }
 

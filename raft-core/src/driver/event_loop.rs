@@ -2,12 +2,12 @@
 //! protocol, and carries out every `Ready` in the order [`Ready`](crate::Ready) documents.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::clock::Clock;
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
 use crate::config::Config;
@@ -15,6 +15,7 @@ use crate::fsm::{Fsm, FsmError};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{Message, ProposalId, ReadId};
 use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
+use crate::rng::SeededRng;
 use crate::storage::Storage;
 use crate::transport::Transport;
 use crate::types::{EntryPayload, Index, LogId, Millis, NodeId};
@@ -23,6 +24,29 @@ use crate::types::{EntryPayload, Index, LogId, Millis, NodeId};
 /// this node sees a new leader, before the caller is told it timed out.
 const TRANSFER_WAIT_ELECTIONS: u64 = 3;
 
+/// How many `rpc_timeout_ms` a proposal placed in the log may wait to be applied on this node
+/// before its caller is told the outcome is unknown.
+const PROPOSAL_APPLY_TIMEOUTS: u64 = 10;
+
+/// Answers a request the driver stops before carrying out.
+fn refuse(request: Request) {
+    match request {
+        Request::Propose { reply, .. } => drop(reply.send(Err(RaftError::AlreadyShutdown))),
+        Request::Read { reply, .. } => drop(reply.send(Err(RaftError::AlreadyShutdown))),
+        Request::ChangeMembership { reply, .. } => drop(reply.send(Err(RaftError::AlreadyShutdown))),
+        Request::TransferLeadership { reply, .. } => drop(reply.send(Err(RaftError::AlreadyShutdown))),
+        Request::Shutdown { reply } => drop(reply.send(())),
+    }
+}
+
+/// What woke the driver task.
+enum Woke {
+    Request(Option<Request>),
+    /// `false`: the transport is closed.
+    Inbound(bool),
+    Timer,
+}
+
 /// What the driver works with besides the protocol.
 pub(super) struct Parts {
     pub(super) storage: Arc<dyn Storage>,
@@ -30,6 +54,9 @@ pub(super) struct Parts {
     pub(super) fsm: Box<dyn Fsm>,
     pub(super) requests: mpsc::Receiver<Request>,
     pub(super) committed: broadcast::Sender<CommittedEntry>,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Mixed into the seed for the request ids' base.
+    pub(super) id_entropy: u64,
 }
 
 /// The state of the driver task.
@@ -42,7 +69,7 @@ pub(super) struct Driver {
     requests: mpsc::Receiver<Request>,
     status: watch::Sender<NodeStatus>,
     committed: broadcast::Sender<CommittedEntry>,
-    started: Instant,
+    clock: Arc<dyn Clock>,
     next_proposal_id: ProposalId,
     next_read_id: ReadId,
     pub(super) waiters: Waiters,
@@ -82,6 +109,10 @@ impl Driver {
             membership: initial_membership,
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
+        // Request ids start at a random point of the 64-bit space, so that ids of this
+        // incarnation and of earlier ones (whose answers may still arrive) do not meet.
+        let mut ids = SeededRng::new(seed ^ parts.id_entropy ^ 0x1D5E_ED0F_1D5E_ED0F);
+        let (first_proposal_id, first_read_id) = (ids.next_u64(), ids.next_u64());
         debug_assert_eq!(raft.applied_index(), applied.index, "the protocol starts at the snapshot");
         let (status_tx, status) = watch::channel(NodeStatus { protocol: raft.status(), fatal: None });
         let driver = Self {
@@ -93,9 +124,9 @@ impl Driver {
             requests: parts.requests,
             status: status_tx,
             committed: parts.committed,
-            started: Instant::now(),
-            next_proposal_id: 0,
-            next_read_id: 0,
+            clock: parts.clock,
+            next_proposal_id: first_proposal_id,
+            next_read_id: first_read_id,
             waiters: Waiters::default(),
             applied,
             applied_bytes_since_snapshot: 0,
@@ -104,35 +135,61 @@ impl Driver {
     }
 
     fn now_ms(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+        self.clock.now_ms()
     }
 
     /// The driver task's body: runs until shutdown, a closed transport or a fatal error.
     pub(super) async fn run(mut self) {
         let mut inbound: Vec<Message> = Vec::with_capacity(INBOUND_BATCH_MAX);
         let mut shutdown_reply = None;
+        let mut clients_first = false;
         let fatal = loop {
             let mut deadline_ms = self.raft.next_deadline();
             if let Some(d) = self.waiters.next_deadline() {
                 deadline_ms = deadline_ms.min(d);
             }
-            let deadline = self.started + Duration::from_millis(deadline_ms);
-            tokio::select! {
-                request = self.requests.recv() => {
-                    let Some(request) = request else { break None };
+            let deadline = self.clock.instant_at(deadline_ms);
+            // No random branch choice (a seeded simulation must replay): timers first when
+            // due, then clients and peers in turns, so that neither starves the other.
+            clients_first = !clients_first;
+            let woke = if Instant::now() >= deadline {
+                // Overdue (the node was busy): take the messages that arrived meanwhile before
+                // the timer fires, so that a stall does not read as a silent leader or quorum.
+                tokio::select! {
+                    biased;
+                    received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    () = std::future::ready(()) => Woke::Timer,
+                }
+            } else if clients_first {
+                tokio::select! {
+                    biased;
+                    request = self.requests.recv() => Woke::Request(request),
+                    received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    _ = tokio::time::sleep_until(deadline) => Woke::Timer,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    request = self.requests.recv() => Woke::Request(request),
+                    _ = tokio::time::sleep_until(deadline) => Woke::Timer,
+                }
+            };
+            match woke {
+                Woke::Request(None) | Woke::Inbound(false) => break None,
+                Woke::Request(Some(request)) => {
                     if let Some(reply) = self.handle_requests(request) {
                         shutdown_reply = Some(reply);
                         break None;
                     }
                 }
-                received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => {
-                    if received.is_err() { break None; }
+                Woke::Inbound(true) => {
                     let now = self.now_ms();
                     for m in inbound.drain(..) {
                         self.raft.step(now, Event::Message(m));
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                Woke::Timer => {
                     let now = self.now_ms();
                     self.raft.step(now, Event::Tick);
                 }
@@ -146,6 +203,11 @@ impl Driver {
             let _ = self.status.send(NodeStatus { protocol: self.raft.status(), fatal: Some(e.to_string()) });
         }
         let error = fatal.unwrap_or(RaftError::AlreadyShutdown);
+        // Requests still queued never reached the protocol: they were not carried out.
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            refuse(request);
+        }
         self.waiters.fail_all(&error);
         self.transport.shutdown().await;
         if let Some(reply) = shutdown_reply {
@@ -192,7 +254,7 @@ impl Driver {
     }
 
     fn propose(&mut self, command: Bytes, reply: Reply<Applied>) {
-        self.next_proposal_id += 1;
+        self.next_proposal_id = self.next_proposal_id.wrapping_add(1);
         let id = self.next_proposal_id;
         self.waiters.add_proposal(id, reply);
         let now = self.now_ms();
@@ -204,7 +266,7 @@ impl Driver {
             let _ = reply.send(Err(ProposalRejection::Busy.into()));
             return;
         }
-        self.next_read_id += 1;
+        self.next_read_id = self.next_read_id.wrapping_add(1);
         let id = self.next_read_id;
         self.waiters.add_read(id, reply);
         let now = self.now_ms();
@@ -275,8 +337,9 @@ impl Driver {
                 self.send(m);
             }
             // Placed proposals wait before this ready's entries are applied.
+            let apply_deadline = self.now_ms() + PROPOSAL_APPLY_TIMEOUTS * self.config.rpc_timeout_ms;
             for outcome in ready.proposals {
-                self.waiters.on_proposal_outcome(outcome, self.applied.index);
+                self.waiters.on_proposal_outcome(outcome, self.applied.index, apply_deadline);
             }
             if let Some(snapshot) = ready.snapshot {
                 self.restore_received_snapshot(snapshot).await?;

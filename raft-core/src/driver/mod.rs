@@ -10,6 +10,7 @@
 //! - `waiters.rs`: callers parked until their request completes (proposals, reads,
 //!   membership changes, leadership transfers).
 
+mod clock;
 mod event_loop;
 mod snapshots;
 mod waiters;
@@ -28,6 +29,7 @@ use crate::protocol::{ProposalRejection, ProtocolStatus, ReadMode, RestoreError,
 use crate::storage::{Storage, StorageError};
 use crate::transport::Transport;
 use crate::types::{Index, LogId, NodeId, Term};
+pub use clock::{Clock, DriftingClock, TokioClock};
 use event_loop::Driver;
 use waiters::Reply;
 
@@ -110,6 +112,15 @@ enum Request {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// What a node is started with besides its id, config and seed.
+struct StartParts {
+    storage: Arc<dyn Storage>,
+    transport: Arc<dyn Transport>,
+    fsm: Box<dyn Fsm>,
+    clock: Arc<dyn Clock>,
+    id_entropy: u64,
+}
+
 /// A running Raft node: a handle to the driver task. Cheap calls; clone the `Arc` to share.
 pub struct RaftNode {
     id: NodeId,
@@ -127,7 +138,12 @@ impl std::fmt::Debug for RaftNode {
 
 impl RaftNode {
     /// Restores the node from `storage` and starts its driver task. `initial_membership` is
-    /// used when storage holds no snapshot (a new cluster); `seed` drives election jitter.
+    /// used when storage holds no snapshot (a new cluster).
+    ///
+    /// `seed` drives election jitter. The ids that match peers' answers to this node's
+    /// forwarded proposals and reads start at a point drawn from the seed and the OS, so that
+    /// answers addressed to an earlier process of this node (still queued in a peer's
+    /// transport) never match the new one's requests, even when a restart reuses the seed.
     ///
     /// When storage holds a snapshot, `fsm` is restored from it and entries at or below its
     /// index are not applied again.
@@ -140,9 +156,47 @@ impl RaftNode {
         fsm: Box<dyn Fsm>,
         seed: u64,
     ) -> Result<Self, RaftError> {
+        let clock = Arc::new(TokioClock::new());
+        let parts = StartParts { storage, transport, fsm, clock, id_entropy: crate::fresh_seed() };
+        Self::start_parts(id, config, initial_membership, parts, seed).await
+    }
+
+    /// [`start`](Self::start) with the given clock instead of tokio's (a simulation gives
+    /// each node a clock that drifts), fully determined by `seed`: unlike `start`, nothing
+    /// from the OS is mixed into the request ids, so `seed` **must** differ on every start.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_clock(
+        id: NodeId,
+        config: Config,
+        initial_membership: Membership,
+        storage: Arc<dyn Storage>,
+        transport: Arc<dyn Transport>,
+        fsm: Box<dyn Fsm>,
+        seed: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RaftError> {
+        let parts = StartParts { storage, transport, fsm, clock, id_entropy: 0 };
+        Self::start_parts(id, config, initial_membership, parts, seed).await
+    }
+
+    async fn start_parts(
+        id: NodeId,
+        config: Config,
+        initial_membership: Membership,
+        start: StartParts,
+        seed: u64,
+    ) -> Result<Self, RaftError> {
         let (requests, rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (committed, _) = broadcast::channel(COMMITTED_STREAM_MAX);
-        let parts = event_loop::Parts { storage, transport, fsm, requests: rx, committed: committed.clone() };
+        let parts = event_loop::Parts {
+            storage: start.storage,
+            transport: start.transport,
+            fsm: start.fsm,
+            requests: rx,
+            committed: committed.clone(),
+            clock: start.clock,
+            id_entropy: start.id_entropy,
+        };
         let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
         let span = tracing::info_span!("raft", node = id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
@@ -156,8 +210,13 @@ impl RaftNode {
 
     /// Proposes a command; resolves once it is applied on this node, with the state machine's
     /// response. On a follower it is forwarded to the leader when `auto_forward` is on.
+    ///
+    /// Fails with `OutcomeUnknown` when the command may or may not be applied: the node
+    /// stopped or lost its answer after the command left it (its entry may commit on the
+    /// other nodes), or it was placed in the log but not applied here within ten
+    /// `rpc_timeout_ms`. Other errors mean it was not applied.
     pub async fn propose(&self, command: Bytes) -> Result<Applied, RaftError> {
-        self.call(|reply| Request::Propose { command, reply }).await
+        self.call(|reply| Request::Propose { command, reply }, RaftError::OutcomeUnknown).await
     }
 
     /// Confirms a linearizable read: resolves with a read index once this node's state machine
@@ -171,7 +230,7 @@ impl RaftNode {
     /// or `Rejected(ForwardTimeout)` (a follower whose leader does not answer) when no leader
     /// confirms it within `rpc_timeout_ms`.
     pub async fn read_index(&self, mode: ReadMode) -> Result<Index, RaftError> {
-        self.call(|reply| Request::Read { mode, reply }).await
+        self.call(|reply| Request::Read { mode, reply }, RaftError::AlreadyShutdown).await
     }
 
     /// Changes the cluster's membership (on the leader). Resolves once the change is complete
@@ -184,7 +243,7 @@ impl RaftNode {
     /// leadership, and `OutcomeUnknown` when this node lost leadership and did not see the
     /// change complete within `rpc_timeout_ms` (it may still complete).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership, RaftError> {
-        self.call(|reply| Request::ChangeMembership { change, reply }).await
+        self.call(|reply| Request::ChangeMembership { change, reply }, RaftError::OutcomeUnknown).await
     }
 
     /// Adds a learner: a member that receives the log but does not vote.
@@ -225,7 +284,7 @@ impl RaftNode {
     /// in progress) and with `Transfer(TimedOut(target))` when the transfer was abandoned
     /// (after `election_timeout_max_ms`) or no new leader showed up in time.
     pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, RaftError> {
-        self.call(|reply| Request::TransferLeadership { to, reply }).await
+        self.call(|reply| Request::TransferLeadership { to, reply }, RaftError::AlreadyShutdown).await
     }
 
     /// The node's current status, published after every step (an answer given while the
@@ -244,8 +303,9 @@ impl RaftNode {
         self.committed.subscribe()
     }
 
-    /// Stops the node gracefully: pending requests fail with `AlreadyShutdown`, the transport
-    /// is closed. A second call returns `AlreadyShutdown`.
+    /// Stops the node gracefully: pending reads and transfers fail with `AlreadyShutdown`,
+    /// pending proposals and membership changes with `OutcomeUnknown`; the transport is
+    /// closed. A second call returns `AlreadyShutdown`.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         let Some(task) = self.task.lock().await.take() else { return Err(RaftError::AlreadyShutdown) };
         let (reply, rx) = oneshot::channel();
@@ -256,10 +316,27 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Queues a request and waits for its answer.
-    async fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, RaftError> {
+    /// Stops the driver task at once, as a process crash would: nothing more is written or
+    /// sent, callers waiting for an answer get `OutcomeUnknown` (proposals, membership
+    /// changes) or `AlreadyShutdown`, and the transport is not shut down. For crash tests
+    /// and simulations; use [`shutdown`](Self::shutdown) to stop a node.
+    pub fn abort(&self) {
+        if let Ok(mut task) = self.task.try_lock() {
+            if let Some(task) = task.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Queues a request and waits for its answer; `lost` is the answer when the driver stops
+    /// without giving one.
+    async fn call<T>(
+        &self,
+        request: impl FnOnce(Reply<T>) -> Request,
+        lost: RaftError,
+    ) -> Result<T, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.requests.send(request(reply)).await.map_err(|_| RaftError::AlreadyShutdown)?;
-        rx.await.map_err(|_| RaftError::AlreadyShutdown)?
+        rx.await.map_err(|_| lost)?
     }
 }

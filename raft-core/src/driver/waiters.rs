@@ -62,7 +62,9 @@ pub(super) struct Waiters {
     /// Placed proposals waiting to be applied, by index. Several can wait on one index after
     /// a leadership change; the one whose term the applied entry has wins, the others were
     /// dropped. Nothing is decided before the entry at that index is applied.
-    applies: BTreeMap<Index, Vec<(Term, Reply<Applied>)>>,
+    applies: BTreeMap<Index, Vec<(Term, Millis, Reply<Applied>)>>,
+    /// The earliest deadline among `applies`.
+    applies_deadline: Option<Millis>,
     /// Reads waiting for the protocol's read index.
     reads: BTreeMap<ReadId, Reply<Index>>,
     /// Reads with a read index, waiting for the state machine to apply it, each with the time
@@ -82,13 +84,23 @@ impl Waiters {
     }
 
     /// The protocol placed or refused a proposal; `applied` is the last index applied here.
-    pub(super) fn on_proposal_outcome(&mut self, outcome: ProposalOutcome, applied: Index) {
+    /// A placed proposal not applied by `deadline` is answered `OutcomeUnknown` (this node
+    /// may be cut off from the leader for good).
+    pub(super) fn on_proposal_outcome(&mut self, outcome: ProposalOutcome, applied: Index, deadline: Millis) {
         let Some(reply) = self.outcomes.remove(&outcome.id) else { return };
         match outcome.result {
             Ok(log_id) if log_id.index <= applied => {
                 let _ = reply.send(Err(RaftError::OutcomeUnknown));
             }
-            Ok(log_id) => self.applies.entry(log_id.index).or_default().push((log_id.term, reply)),
+            Ok(log_id) => {
+                self.applies.entry(log_id.index).or_default().push((log_id.term, deadline, reply));
+                self.applies_deadline = Some(self.applies_deadline.map_or(deadline, |d| d.min(deadline)));
+            }
+            Err(ProposalRejection::ForwardTimeout | ProposalRejection::ForwardRefused { .. }) => {
+                // The leader may have appended it (the answer was lost, or a refusal answers
+                // another delivery of it): the outcome is unknown, not a failure.
+                let _ = reply.send(Err(RaftError::OutcomeUnknown));
+            }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
             }
@@ -139,6 +151,26 @@ impl Waiters {
         }
     }
 
+    /// Answers `OutcomeUnknown` to the placed proposals whose deadline passed.
+    fn expire_applies(&mut self, now: Millis) {
+        if self.applies_deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        let mut earliest: Option<Millis> = None;
+        for waiting in self.applies.values_mut() {
+            for (term, deadline, reply) in std::mem::take(waiting) {
+                if deadline <= now {
+                    let _ = reply.send(Err(RaftError::OutcomeUnknown));
+                } else {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                    waiting.push((term, deadline, reply));
+                }
+            }
+        }
+        self.applies.retain(|_, waiting| !waiting.is_empty());
+        self.applies_deadline = earliest;
+    }
+
     /// Fails the parked reads whose deadline passed.
     fn expire_parked_reads(&mut self, now: Millis) {
         if self.parked_reads_deadline.is_none_or(|d| now < d) {
@@ -179,7 +211,7 @@ impl Waiters {
     /// `entry` was applied with `response`: answer the proposal and the membership change
     /// waiting on it.
     pub(super) fn on_applied(&mut self, entry: &Entry, response: Bytes) {
-        for (term, reply) in self.applies.remove(&entry.index).unwrap_or_default() {
+        for (term, _, reply) in self.applies.remove(&entry.index).unwrap_or_default() {
             let result = if term == entry.term {
                 Ok(Applied { log_id: entry.log_id(), response: response.clone() })
             } else {
@@ -226,7 +258,7 @@ impl Waiters {
     /// machine: entries at or below `last` will not be applied here.
     pub(super) fn on_snapshot_installed(&mut self, last: LogId, membership: &Membership) {
         let waiting = self.applies.split_off(&(last.index + 1));
-        for (_, reply) in std::mem::replace(&mut self.applies, waiting).into_values().flatten() {
+        for (_, _, reply) in std::mem::replace(&mut self.applies, waiting).into_values().flatten() {
             let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
         let mut i = 0;
@@ -256,6 +288,7 @@ impl Waiters {
     /// and membership changes whose proposer lost leadership for longer than `grace_ms`.
     pub(super) fn on_step(&mut self, node: NodeView, grace_ms: Millis) {
         self.expire_parked_reads(node.now);
+        self.expire_applies(node.now);
         let mut i = 0;
         while i < self.transfers.len() {
             let t = &self.transfers[i];
@@ -296,17 +329,19 @@ impl Waiters {
     pub(super) fn next_deadline(&self) -> Option<Millis> {
         let transfers = self.transfers.iter().map(|t| t.deadline);
         let memberships = self.memberships.iter().filter_map(|w| w.deadline);
-        transfers.chain(memberships).chain(self.parked_reads_deadline).min()
+        transfers.chain(memberships).chain(self.parked_reads_deadline).chain(self.applies_deadline).min()
     }
 
-    /// The driver stops: every waiter gets `error`.
+    /// The driver stops: reads and transfers get `error`; proposals and membership changes
+    /// get `OutcomeUnknown` (their entries may be on other nodes already and commit there).
     pub(super) fn fail_all(&mut self, error: &RaftError) {
         for (_, reply) in std::mem::take(&mut self.outcomes) {
-            let _ = reply.send(Err(error.clone()));
+            let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
-        for (_, reply) in std::mem::take(&mut self.applies).into_values().flatten() {
-            let _ = reply.send(Err(error.clone()));
+        for (_, _, reply) in std::mem::take(&mut self.applies).into_values().flatten() {
+            let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
+        self.applies_deadline = None;
         for (_, reply) in std::mem::take(&mut self.reads) {
             let _ = reply.send(Err(error.clone()));
         }
@@ -316,7 +351,7 @@ impl Waiters {
         self.parked_reads_len = 0;
         self.parked_reads_deadline = None;
         for w in std::mem::take(&mut self.memberships) {
-            let _ = w.reply.send(Err(error.clone()));
+            let _ = w.reply.send(Err(RaftError::OutcomeUnknown));
         }
         for t in std::mem::take(&mut self.transfers) {
             let _ = t.reply.send(Err(error.clone()));
@@ -382,8 +417,8 @@ mod tests {
             let (second, mut second_rx) = oneshot::channel();
             w.add_proposal(1, first);
             w.add_proposal(2, second);
-            w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
-            w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0);
+            w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0, 1_000);
+            w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(3, 5)) }, 0, 1_000);
             assert!(first_rx.try_recv().is_err(), "undecided before index 5 is applied");
             let entry = Entry { term: applied_term, index: 5, payload: EntryPayload::Blank };
             w.on_applied(&entry, Bytes::from_static(b"ok"));
@@ -392,6 +427,50 @@ mod tests {
             assert_eq!(winner.unwrap().log_id, LogId::new(applied_term, 5));
             assert_eq!(loser, Err(RaftError::ProposalDropped));
         }
+    }
+
+    #[test]
+    fn stopping_answers_proposals_unknown_and_reads_with_the_error() {
+        let mut w = Waiters::default();
+        let (forwarded, mut forwarded_rx) = oneshot::channel();
+        let (placed, mut placed_rx) = oneshot::channel();
+        let (read, mut read_rx) = oneshot::channel();
+        w.add_proposal(1, forwarded);
+        w.add_proposal(2, placed);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 5)) }, 0, 1_000);
+        w.add_read(3, read);
+        let (change, mut change_rx) = oneshot::channel();
+        w.add_membership(LogId::new(2, 6), true, change);
+        w.fail_all(&RaftError::Storage(crate::StorageError::Io("disk gone".into())));
+        assert_eq!(forwarded_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert_eq!(placed_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert_eq!(change_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert!(matches!(read_rx.try_recv().unwrap(), Err(RaftError::Storage(_))));
+    }
+
+    #[test]
+    fn a_placed_proposal_never_applied_is_unknown_at_its_deadline_and_a_lost_forward_answer_too() {
+        let mut w = Waiters::default();
+        let (placed, mut placed_rx) = oneshot::channel();
+        let (forwarded, mut forwarded_rx) = oneshot::channel();
+        w.add_proposal(1, placed);
+        w.add_proposal(2, forwarded);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0, 500);
+        let timeout = ProposalOutcome { id: 2, result: Err(ProposalRejection::ForwardTimeout) };
+        w.on_proposal_outcome(timeout, 0, 500);
+        assert_eq!(forwarded_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        // A refusal may answer another delivery of the forward than the one appended.
+        let (refused, mut refused_rx) = oneshot::channel();
+        w.add_proposal(3, refused);
+        let refusal = ProposalRejection::ForwardRefused { leader_hint: Some(2) };
+        w.on_proposal_outcome(ProposalOutcome { id: 3, result: Err(refusal) }, 0, 500);
+        assert_eq!(refused_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert_eq!(w.next_deadline(), Some(500));
+        w.on_step(view(Role::Follower, None, 499), 100);
+        assert!(placed_rx.try_recv().is_err());
+        w.on_step(view(Role::Follower, None, 500), 100);
+        assert_eq!(placed_rx.try_recv().unwrap(), Err(RaftError::OutcomeUnknown));
+        assert_eq!(w.next_deadline(), None);
     }
 
     #[test]
@@ -416,8 +495,8 @@ mod tests {
         let (later, mut later_rx) = oneshot::channel();
         w.add_proposal(1, covered);
         w.add_proposal(2, later);
-        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0);
-        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 9)) }, 0);
+        w.on_proposal_outcome(ProposalOutcome { id: 1, result: Ok(LogId::new(2, 5)) }, 0, 1_000);
+        w.on_proposal_outcome(ProposalOutcome { id: 2, result: Ok(LogId::new(2, 9)) }, 0, 1_000);
         let (read, mut read_rx) = oneshot::channel();
         w.add_read(1, read);
         w.on_read_outcome(ReadOutcome { id: 1, result: Ok(7) }, 0, 1_000);

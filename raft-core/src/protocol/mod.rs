@@ -32,6 +32,9 @@ use reads::PendingRead;
 use reconfig::Transfer;
 use snapshots::IncomingSnapshot;
 
+/// How many forwarded proposals a leader remembers per term to recognise duplicates.
+const FORWARDS_REMEMBERED: usize = 65_536;
+
 /// An input to the protocol.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -171,6 +174,11 @@ pub struct Raft {
     progress: BTreeMap<NodeId, Progress>,
     /// Proposals forwarded to the leader, with their deadlines.
     forwards: BTreeMap<ProposalId, Millis>,
+    /// Leader: forwarded proposals appended in this term, by origin, so that a duplicate
+    /// delivery is answered again instead of appended twice (bounded, oldest dropped first).
+    forwarded: BTreeMap<(NodeId, ProposalId), (LogId, u64)>,
+    /// The keys of `forwarded`, oldest first.
+    forwarded_order: VecDeque<(NodeId, ProposalId)>,
 
     out: Ready,
     /// The lowest index truncated since the last `take_ready`.
@@ -197,6 +205,7 @@ impl Raft {
             None => (LogId::default(), restored.membership.clone()),
         };
         let mut entries = restored.entries;
+        check_restored_log(&restored.hard_state, &snapshot_last, &entries)?;
         let base = match entries.first() {
             None => snapshot_last,
             Some(first) if first.index == snapshot_last.index + 1 => snapshot_last,
@@ -261,6 +270,8 @@ impl Raft {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             forwards: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
+            forwarded_order: VecDeque::new(),
             out: Ready::default(),
             truncated_from: None,
             unsaved_from: None,
@@ -420,6 +431,13 @@ impl Raft {
         if self.hard_state_dirty {
             ready.hard_state = Some(self.hard_state);
             self.hard_state_dirty = false;
+            // Nothing of a term may leave before the term is durable (a one-voter node elects
+            // itself and leads in one step): the early messages wait for the write too.
+            if !ready.messages.is_empty() {
+                let mut after = std::mem::take(&mut ready.messages);
+                after.append(&mut ready.persisted_messages);
+                ready.persisted_messages = after;
+            }
         }
         ready.truncate_from = self.truncated_from.take();
         if let Some(from) = self.unsaved_from.take() {
@@ -502,16 +520,36 @@ impl Raft {
     // ---- elections ----
 
     fn on_election_timeout(&mut self) {
-        if !self.membership.is_voter(self.id) {
+        if !self.may_campaign() {
             // Learners and removed nodes never campaign.
             self.reset_election_timer();
             return;
         }
-        if self.config.pre_vote {
+        // A node that campaigns only as a voter of the configuration before its latest one
+        // always asks first: after a restart it cannot know that C_new committed without it,
+        // and must not depose a healthy leader every election timeout.
+        if self.config.pre_vote || !self.membership.is_voter(self.id) {
             self.become_pre_candidate();
         } else {
             self.become_candidate(false);
         }
+    }
+
+    /// Whether this node may start an election: it is a voter of the latest configuration in
+    /// its log, or that configuration is not known to be committed and this node is a voter
+    /// of the one before it. The second case is the dissertation's leader that manages a
+    /// configuration without itself (§4.2.2): a leader removed by C_new that crashed or lost
+    /// its quorum before anyone else stored C_new holds the most up-to-date log, so only it
+    /// can win the election that commits C_new (then it steps down). Without it the cluster
+    /// could stay leaderless for good. The election itself is counted in the latest
+    /// configuration, as every decision is.
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.membership.is_voter(self.id) {
+            return true;
+        }
+        let latest = self.latest_config_index();
+        latest > self.log.committed
+            && self.configs.range(..latest).next_back().is_some_and(|(_, m)| m.is_voter(self.id))
     }
 
     fn become_pre_candidate(&mut self) {
@@ -605,6 +643,8 @@ impl Raft {
     fn become_leader(&mut self) {
         tracing::info!(node = self.id, term = self.term(), "became leader");
         self.role = Role::Leader;
+        self.forwarded.clear();
+        self.forwarded_order.clear();
         self.leader = Some(self.id);
         self.votes.clear();
         let next = self.log.last_index() + 1;
@@ -704,8 +744,15 @@ impl Raft {
                     self.send(m.from, term, Payload::RequestVoteResponse { pre_vote, granted: false });
                     return;
                 }
-                Payload::ForwardProposal { .. }
-                | Payload::ForwardProposalResponse { .. }
+                Payload::ForwardProposal { id, .. } => {
+                    // Sent to the leader of an older term (or a duplicate delivered late): this
+                    // node cannot tell whether it appended it then, so it appends nothing now.
+                    let result = Err(ForwardRejection::NotLeader { leader_hint: self.leader });
+                    let id = *id;
+                    self.send(m.from, term, Payload::ForwardProposalResponse { id, result });
+                    return;
+                }
+                Payload::ForwardProposalResponse { .. }
                 | Payload::ReadIndexRequest { .. }
                 | Payload::ReadIndexResponse { .. } => {}
                 _ => return,
@@ -737,7 +784,12 @@ impl Raft {
             Payload::ForwardProposal { id, command } => self.handle_forward(m.from, id, command),
             Payload::ForwardProposalResponse { id, result } => {
                 if self.forwards.remove(&id).is_some() {
-                    let result = result.map_err(ProposalRejection::from);
+                    let result = result.map_err(|r| ProposalRejection::ForwardRefused {
+                        leader_hint: match r {
+                            ForwardRejection::NotLeader { leader_hint } => leader_hint,
+                            ForwardRejection::Busy => None,
+                        },
+                    });
                     self.out.proposals.push(ProposalOutcome { id, result });
                 }
             }
@@ -917,8 +969,36 @@ impl Raft {
 
     fn handle_forward(&mut self, from: NodeId, id: ProposalId, command: Bytes) {
         let term = self.term();
+        let digest = command_digest(&command);
+        match self.forwarded.get(&(from, id)) {
+            Some((log_id, d)) if *d == digest => {
+                // A duplicate delivery (the transport may duplicate): answer it again.
+                let result = Ok(*log_id);
+                self.send(from, term, Payload::ForwardProposalResponse { id, result });
+                return;
+            }
+            Some(_) => {
+                // The same id with another command: the origin reused its ids (a restart with
+                // the same seed). Appending would be right, but its answer could be mistaken
+                // for the earlier one's: refuse.
+                tracing::warn!(node = self.id, from, id, "forwarded proposal id reused with another command");
+                let result = Err(ForwardRejection::Busy);
+                self.send(from, term, Payload::ForwardProposalResponse { id, result });
+                return;
+            }
+            None => {}
+        }
         let result = match self.append_proposal(command) {
-            Ok(log_id) => Ok(log_id),
+            Ok(log_id) => {
+                if self.forwarded_order.len() >= FORWARDS_REMEMBERED {
+                    if let Some(old) = self.forwarded_order.pop_front() {
+                        self.forwarded.remove(&old);
+                    }
+                }
+                self.forwarded.insert((from, id), (log_id, digest));
+                self.forwarded_order.push_back((from, id));
+                Ok(log_id)
+            }
             Err(ProposalRejection::NotLeader { .. }) => {
                 Err(ForwardRejection::NotLeader { leader_hint: self.leader })
             }
@@ -1147,6 +1227,55 @@ impl Raft {
             Payload::AppendEntries { prev_log_id: base, entries: Vec::new(), leader_commit, read_seq },
         );
     }
+}
+
+/// A 64-bit FNV-1a digest of a command, to tell a duplicate delivery from a reused id.
+fn command_digest(command: &[u8]) -> u64 {
+    command.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Refuses a restored state that no correct storage can hold: a log that covers the
+/// snapshot's index with another term or ends before it, or entries and a snapshot of a term
+/// above the saved one (the hard state was rolled back).
+fn check_restored_log(
+    hard_state: &HardState,
+    snapshot_last: &LogId,
+    entries: &[Entry],
+) -> Result<(), RestoreError> {
+    let inconsistent = |what: String| Err(RestoreError::Inconsistent(what));
+    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+        if snapshot_last.index > 0 && first.index <= snapshot_last.index {
+            match entries.get((snapshot_last.index - first.index) as usize) {
+                Some(e) if e.index == snapshot_last.index && e.term == snapshot_last.term => {}
+                Some(e) if e.index == snapshot_last.index => {
+                    return inconsistent(format!(
+                        "the log holds {} at the snapshot's index but the snapshot ends at {snapshot_last}",
+                        e.log_id()
+                    ))
+                }
+                _ => {
+                    return inconsistent(format!(
+                        "the log {}..={} does not reach the snapshot's last entry {snapshot_last}",
+                        first.index, last.index
+                    ))
+                }
+            }
+        }
+        if last.term > hard_state.current_term {
+            return inconsistent(format!(
+                "the log ends at {} but the saved term is {}: the hard state was rolled back",
+                last.log_id(),
+                hard_state.current_term
+            ));
+        }
+    }
+    if snapshot_last.term > hard_state.current_term {
+        return inconsistent(format!(
+            "the snapshot ends at {snapshot_last} but the saved term is {}: the hard state was rolled back",
+            hard_state.current_term
+        ));
+    }
+    Ok(())
 }
 
 /// Removes and returns the ids whose deadline has passed.

@@ -9,7 +9,8 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId};
 /// The work one [`Raft::take_ready`](crate::Raft::take_ready) hands to the driver. The driver
 /// carries it out in this order:
 ///
-/// 1. send `messages` (the leader's AppendEntries may go out before its own write);
+/// 1. send `messages` (the leader's AppendEntries may go out before its own write; a ready
+///    that changes `hard_state` has none: what it would send waits in `persisted_messages`);
 /// 2. persist: `hard_state` first, then the received `snapshot` (storage drops the log it
 ///    replaces), then truncate the log from `truncate_from`, then append `entries` (all
 ///    durable before step 3);
@@ -95,6 +96,15 @@ pub enum ProposalRejection {
     /// A forwarded proposal got no answer from the leader in time; its outcome is unknown.
     #[error("the leader did not answer the forwarded request in time (outcome unknown)")]
     ForwardTimeout,
+    /// The leader (or the node taken for it) refused a forwarded proposal. The transport may
+    /// have delivered the proposal more than once, and another delivery may have been
+    /// appended (by this node in an earlier term, say), so the outcome is unknown; the driver
+    /// answers such proposals with `OutcomeUnknown`.
+    #[error("the leader refused the forwarded proposal (outcome unknown; leader hint: {leader_hint:?})")]
+    ForwardRefused {
+        /// The leader the refusing node knows of.
+        leader_hint: Option<NodeId>,
+    },
     /// The leader could not confirm the request with a quorum in time (`rpc_timeout_ms`); it
     /// may be cut off from the others.
     #[error("no quorum confirmed the request in time")]

@@ -193,7 +193,7 @@ impl Raft {
     }
 
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role != Role::Follower || self.leader != Some(from) || !self.membership.is_voter(self.id) {
+        if self.role != Role::Follower || self.leader != Some(from) || !self.may_campaign() {
             tracing::debug!(node = self.id, from, "ignoring TimeoutNow");
             return;
         }

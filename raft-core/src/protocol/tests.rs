@@ -304,6 +304,10 @@ fn proposals_on_a_follower_are_refused_or_forwarded() {
     n.advance();
     assert!(ready.proposals.is_empty());
     assert!(matches!(only_response(&ready).payload, Payload::ForwardProposal { id: 8, .. }));
+    // The leader's refusal may answer a duplicate of a forward it appended: not a "no".
+    let refusal = Payload::ForwardProposalResponse { id: 8, result: Err(ForwardRejection::Busy) };
+    let ready = deliver(&mut n, msg(1, 2, 1, refusal));
+    assert_eq!(ready.proposals[0].result, Err(ProposalRejection::ForwardRefused { leader_hint: None }));
 }
 
 #[test]
@@ -625,7 +629,11 @@ fn a_lost_snapshot_chunk_is_resent_once_the_follower_answers_a_later_round() {
         },
         data: Bytes::from_static(b"state"),
     };
-    let restored = RestoredState { snapshot: Some(snapshot), ..RestoredState::default() };
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        snapshot: Some(snapshot),
+        ..RestoredState::default()
+    };
     let mut n = Raft::new(1, Config::default(), restored, 1, 0).expect("valid");
     n.boot_quiet_until = 0;
     elect(&mut n);
@@ -709,4 +717,126 @@ fn a_read_round_does_not_resend_probes_with_entries() {
         "a read round sends no entries to a probed follower"
     );
     let _ = term;
+}
+
+// ---- defects found by the adversarial review ----
+
+#[test]
+fn a_one_voter_leader_sends_nothing_of_its_new_term_before_saving_it() {
+    let membership = Membership { learners: [2].into(), ..Membership::with_voters([1]) };
+    let restored = RestoredState { membership, ..RestoredState::default() };
+    let mut n = Raft::new(1, Config::default(), restored, 1, 0).expect("config");
+    n.step(10_000, Event::Tick);
+    assert_eq!(n.role(), Role::Leader, "one voter elects itself in one step");
+    let ready = n.take_ready();
+    assert!(ready.hard_state.is_some());
+    assert!(ready.messages.is_empty(), "sent before the term is durable: {:?}", ready.messages);
+    assert!(
+        ready
+            .persisted_messages
+            .iter()
+            .any(|m| m.to == 2 && matches!(m.payload, Payload::AppendEntries { .. })),
+        "the learner's AppendEntries waits for the write"
+    );
+}
+
+#[test]
+fn a_forwarded_proposal_delivered_twice_is_appended_once() {
+    let mut n = node(1, 1, None, &[1]);
+    elect(&mut n);
+    let term = n.term();
+    let forward = || msg(2, 1, term, Payload::ForwardProposal { id: 9, command: Bytes::from_static(b"x") });
+    let first = deliver(&mut n, forward());
+    let second = deliver(&mut n, forward());
+    let answer = |ready: &Ready| {
+        ready
+            .messages
+            .iter()
+            .chain(ready.persisted_messages.iter())
+            .find_map(|m| match &m.payload {
+                Payload::ForwardProposalResponse { id: 9, result } => Some(*result),
+                _ => None,
+            })
+            .expect("answered")
+    };
+    let log_id = answer(&first).expect("appended");
+    assert_eq!(answer(&second), Ok(log_id), "the duplicate gets the same answer");
+    assert_eq!(n.last_log_id(), log_id, "and nothing more is appended");
+    let commands = (1..=n.last_log_id().index)
+        .filter(|i| n.entry(*i).is_some_and(|e| e.payload == EntryPayload::Command(Bytes::from_static(b"x"))))
+        .count();
+    assert_eq!(commands, 1);
+    // A forward sent to this node in an older term is never appended now.
+    let stale = deliver(
+        &mut n,
+        msg(3, 1, term - 1, Payload::ForwardProposal { id: 10, command: Bytes::from_static(b"y") }),
+    );
+    assert!(matches!(
+        only_response(&stale).payload,
+        Payload::ForwardProposalResponse { id: 10, result: Err(ForwardRejection::NotLeader { .. }) }
+    ));
+    assert_eq!(n.last_log_id(), log_id);
+}
+
+#[test]
+fn a_reused_forward_id_with_another_command_is_refused_not_taken_for_the_first() {
+    // A follower restarted with ids that repeat its previous process's: its new proposal must
+    // not be answered with the log id of the old one.
+    let mut n = node(1, 1, None, &[1]);
+    elect(&mut n);
+    let term = n.term();
+    let first = deliver(
+        &mut n,
+        msg(2, 1, term, Payload::ForwardProposal { id: 9, command: Bytes::from_static(b"a") }),
+    );
+    assert!(matches!(
+        only_response(&first).payload,
+        Payload::ForwardProposalResponse { id: 9, result: Ok(_) }
+    ));
+    let last = n.last_log_id();
+    let reused = deliver(
+        &mut n,
+        msg(2, 1, term, Payload::ForwardProposal { id: 9, command: Bytes::from_static(b"b") }),
+    );
+    assert!(matches!(
+        only_response(&reused).payload,
+        Payload::ForwardProposalResponse { id: 9, result: Err(ForwardRejection::Busy) }
+    ));
+    assert_eq!(n.last_log_id(), last, "nothing appended for the reused id");
+}
+
+fn snapshot_at(term: Term, index: Index) -> Snapshot {
+    Snapshot {
+        meta: crate::storage::SnapshotMeta {
+            last_log_id: LogId::new(term, index),
+            membership: Membership::with_voters([1, 2, 3]),
+        },
+        data: Bytes::new(),
+    }
+}
+
+#[test]
+fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it() {
+    let restore = |term: Term, snapshot: Snapshot, entries: Vec<Entry>| {
+        let restored = RestoredState {
+            hard_state: HardState { current_term: term, voted_for: None },
+            snapshot: Some(snapshot),
+            entries,
+            membership: Membership::with_voters([1, 2, 3]),
+        };
+        Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
+    };
+    let ends_before = restore(1, snapshot_at(1, 100), log_of(&[1; 50]));
+    assert!(matches!(ends_before, Err(RestoreError::Inconsistent(_))), "{ends_before:?}");
+    let other_term = restore(2, snapshot_at(2, 10), log_of(&[1; 20]));
+    assert!(matches!(other_term, Err(RestoreError::Inconsistent(_))), "{other_term:?}");
+    let rolled_back = restore(1, snapshot_at(1, 10), log_of(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2]));
+    assert!(matches!(rolled_back, Err(RestoreError::Inconsistent(_))), "{rolled_back:?}");
+    let snapshot_ahead_of_term = restore(1, snapshot_at(3, 10), Vec::new());
+    assert!(matches!(snapshot_ahead_of_term, Err(RestoreError::Inconsistent(_))));
+    // What correct storage holds is accepted: a log covering the snapshot, one after it, none.
+    assert!(restore(2, snapshot_at(1, 10), log_of(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2])).is_ok());
+    let after: Vec<Entry> = (11..=12).map(|i| entry(2, i)).collect();
+    assert!(restore(2, snapshot_at(1, 10), after).is_ok());
+    assert!(restore(1, snapshot_at(1, 10), Vec::new()).is_ok());
 }

@@ -65,7 +65,7 @@ impl<'a, F: TransportFactory> Cluster<'a, F> {
             self.storages[&id].clone(),
             transport,
             Box::new(fsm.clone()),
-            id,
+            crate::fresh_seed(),
         )
         .await
         .expect("node starts");

@@ -55,6 +55,7 @@ impl HttpError {
                 ProposalRejection::NotLeader { .. } => Self::not_leader(leader()),
                 ProposalRejection::Busy => Self::new(ErrorCode::Busy, message),
                 ProposalRejection::ForwardTimeout => Self::new(ErrorCode::Timeout, message),
+                ProposalRejection::ForwardRefused { .. } => Self::new(ErrorCode::UnknownOutcome, message),
                 ProposalRejection::Timeout => Self::new(ErrorCode::NoQuorum, message),
                 ProposalRejection::LeadershipTransferInProgress => Self::new(ErrorCode::NoLeader, message),
                 ProposalRejection::MembershipChangeInProgress => Self::new(ErrorCode::Conflict, message),
@@ -73,7 +74,7 @@ impl HttpError {
                 TransferError::TimedOut(_) => Self::new(ErrorCode::Timeout, message),
             },
             RaftError::ProposalDropped => Self::new(ErrorCode::Unavailable, message),
-            RaftError::OutcomeUnknown => Self::new(ErrorCode::Timeout, message),
+            RaftError::OutcomeUnknown => Self::new(ErrorCode::UnknownOutcome, message),
             RaftError::AlreadyShutdown | RaftError::Storage(_) | RaftError::Fsm(_) => {
                 Self::new(ErrorCode::Unavailable, message)
             }
@@ -132,7 +133,7 @@ mod tests {
             (R::Transfer(T::NoCandidate), ErrorCode::Conflict, 409),
             (R::Transfer(T::TimedOut(3)), ErrorCode::Timeout, 504),
             (R::ProposalDropped, ErrorCode::Unavailable, 503),
-            (R::OutcomeUnknown, ErrorCode::Timeout, 504),
+            (R::OutcomeUnknown, ErrorCode::UnknownOutcome, 503),
             (R::AlreadyShutdown, ErrorCode::Unavailable, 503),
         ];
         for (error, code, status) in cases {

@@ -46,13 +46,9 @@ pub(super) fn check_raft_addr_free(config: &NodeConfig) -> Result<(), StartError
     }
 }
 
-/// A seed for election jitter that differs between nodes and runs.
+/// A seed for election jitter and request ids that differs between nodes and starts.
 pub(super) fn seed(id: NodeId) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
+    raft_core::fresh_seed() ^ id.rotate_left(32)
 }
 
 fn probe_client(endpoints: Vec<String>, timeout: Duration) -> Option<Client> {

@@ -22,7 +22,7 @@ async fn start(network: &LocalNetwork, id: u64, dir: &std::path::Path, fsm: Coun
         Arc::new(db.log(0)),
         Arc::new(network.transport(id, 4_096)),
         Box::new(fsm),
-        id,
+        raft_core::fresh_seed(),
     )
     .await
     .expect("node starts")

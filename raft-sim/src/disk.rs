@@ -1,0 +1,289 @@
+//! The simulated disk of one node, and the [`Storage`] a node's driver writes it through.
+//!
+//! A write is recorded as in progress, takes a random simulated time, then becomes durable.
+//! A crash while it is in progress keeps a random part of it: nothing or all of an atomic
+//! write (hard state, snapshot, truncation, compaction), a prefix of an append (a torn tail).
+//! An injected fault makes the next write fail without changing anything.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raft_core::{
+    Entry, HardState, Index, InitialState, LogId, SeededRng, Snapshot, Storage, StorageError, Term,
+};
+
+use crate::checks::Checks;
+
+/// A write in progress.
+#[derive(Debug, Clone)]
+enum Write {
+    HardState(HardState),
+    Append(Vec<Entry>),
+    Truncate(Index),
+    Snapshot(Snapshot),
+    Compact(Index),
+}
+
+/// What a node's disk durably holds, plus the write in progress.
+#[derive(Debug)]
+pub(crate) struct Disk {
+    node: u64,
+    pub(crate) hard_state: HardState,
+    pub(crate) snapshot: Option<Snapshot>,
+    /// Entries from `first_index()`, contiguous.
+    entries: Vec<Entry>,
+    in_progress: Option<Write>,
+    /// The next write fails with this error (and changes nothing).
+    pub(crate) fault: Option<StorageError>,
+    rng: SeededRng,
+    /// Upper bound of a write's simulated duration.
+    pub(crate) latency_max_ms: u64,
+    /// Snapshots saved (taken here or received).
+    pub(crate) snapshots_saved: u64,
+}
+
+impl Disk {
+    pub(crate) fn new(node: u64, seed: u64, latency_max_ms: u64) -> Self {
+        Self {
+            node,
+            hard_state: HardState::default(),
+            snapshot: None,
+            entries: Vec::new(),
+            in_progress: None,
+            fault: None,
+            rng: SeededRng::new(seed),
+            latency_max_ms,
+            snapshots_saved: 0,
+        }
+    }
+
+    fn snapshot_last(&self) -> LogId {
+        self.snapshot.as_ref().map_or(LogId::default(), |s| s.meta.last_log_id)
+    }
+
+    fn first_index(&self) -> Index {
+        self.entries.first().map_or(self.snapshot_last().index + 1, |e| e.index)
+    }
+
+    fn last_index(&self) -> Index {
+        self.entries.last().map_or(self.snapshot_last().index, |e| e.index)
+    }
+
+    fn get(&self, index: Index) -> Option<&Entry> {
+        let first = self.first_index();
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize)
+    }
+
+    /// Whether entry `index@term` is durable here, in the log or covered by the snapshot.
+    pub(crate) fn holds(&self, index: Index, term: Term) -> bool {
+        self.get(index).is_some_and(|e| e.term == term) || index <= self.snapshot_last().index
+    }
+
+    fn apply(&mut self, write: Write) {
+        match write {
+            Write::HardState(hs) => self.hard_state = hs,
+            Write::Append(entries) => {
+                for e in entries {
+                    let at = (e.index - self.first_index()) as usize;
+                    self.entries.truncate(at);
+                    self.entries.push(e);
+                }
+            }
+            Write::Truncate(from) => {
+                if from <= self.last_index() {
+                    self.entries.truncate((from - self.first_index()) as usize);
+                }
+            }
+            Write::Snapshot(s) => {
+                let last = s.meta.last_log_id;
+                if last.index <= self.snapshot_last().index {
+                    return;
+                }
+                if self.get(last.index).is_none_or(|e| e.term != last.term) {
+                    self.entries.clear();
+                }
+                self.snapshot = Some(s);
+                self.snapshots_saved += 1;
+            }
+            Write::Compact(up_to) => {
+                let first = self.first_index();
+                if up_to >= first {
+                    let n = ((up_to + 1 - first) as usize).min(self.entries.len());
+                    self.entries.drain(..n);
+                }
+            }
+        }
+    }
+
+    /// The process crashed: the write in progress survives in part or not at all. Returns
+    /// whether an append was torn (kept in part).
+    pub(crate) fn crash(&mut self) -> bool {
+        let Some(write) = self.in_progress.take() else { return false };
+        match write {
+            Write::Append(mut entries) => {
+                let keep = self.rng.range(0, entries.len() as u64 + 1) as usize;
+                let torn = keep > 0 && keep < entries.len();
+                entries.truncate(keep);
+                self.apply(Write::Append(entries));
+                torn
+            }
+            other => {
+                if self.rng.chance(1, 2) {
+                    self.apply(other);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The [`Storage`] of one incarnation of a node, on its [`Disk`].
+pub(crate) struct SimStorage {
+    disk: Arc<Mutex<Disk>>,
+    checks: Arc<Mutex<Checks>>,
+}
+
+impl SimStorage {
+    pub(crate) fn new(disk: Arc<Mutex<Disk>>, checks: Arc<Mutex<Checks>>) -> Self {
+        Self { disk, checks }
+    }
+
+    fn disk(&self) -> MutexGuard<'_, Disk> {
+        lock(&self.disk)
+    }
+
+    /// Carries out `write` as a real disk would: in progress for a while, then durable.
+    async fn write(&self, write: Write) -> Result<(), StorageError> {
+        let latency = {
+            let mut disk = self.disk();
+            if let Some(e) = disk.fault.take() {
+                return Err(e);
+            }
+            debug_assert!(disk.in_progress.is_none(), "one write at a time");
+            disk.in_progress = Some(write);
+            let max = disk.latency_max_ms;
+            disk.rng.range(0, max + 1)
+        };
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let mut disk = self.disk();
+        if let Some(write) = disk.in_progress.take() {
+            disk.apply(write);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl Storage for SimStorage {
+    async fn initial_state(&self) -> Result<InitialState, StorageError> {
+        let disk = self.disk();
+        Ok(InitialState {
+            hard_state: disk.hard_state,
+            snapshot: disk.snapshot.as_ref().map(|s| s.meta.clone()),
+            first_index: disk.first_index(),
+            last_index: disk.last_index(),
+        })
+    }
+
+    async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
+        {
+            let disk = self.disk();
+            let old = disk.hard_state;
+            let forgets_vote = hard_state.current_term == old.current_term
+                && old.voted_for.is_some()
+                && hard_state.voted_for != old.voted_for;
+            if hard_state.current_term < old.current_term || forgets_vote {
+                lock(&self.checks).violation(format!(
+                    "node {}: hard state {old:?} overwritten by {hard_state:?} (a term went back or a vote changed)",
+                    disk.node
+                ));
+            }
+        }
+        self.write(Write::HardState(hard_state)).await
+    }
+
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        {
+            let disk = self.disk();
+            let (lo, hi) = (disk.first_index().max(disk.snapshot_last().index + 1), disk.last_index() + 1);
+            if first.index < lo || first.index > hi {
+                return Err(StorageError::NotContiguous { got: first.index, last: disk.last_index() });
+            }
+            if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
+                return Err(StorageError::NotContiguous { got: first.index, last: disk.last_index() });
+            }
+        }
+        self.write(Write::Append(entries.to_vec())).await
+    }
+
+    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
+        {
+            let disk = self.disk();
+            if from <= disk.snapshot_last().index || from < disk.first_index() {
+                return Err(StorageError::OutOfRange {
+                    from,
+                    to: from,
+                    first: disk.first_index(),
+                    last: disk.last_index(),
+                });
+            }
+        }
+        self.write(Write::Truncate(from)).await
+    }
+
+    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        let disk = self.disk();
+        let (first, last) = (disk.first_index(), disk.last_index());
+        if from < first || to > last + 1 || from > to {
+            return Err(StorageError::OutOfRange { from, to, first, last });
+        }
+        Ok((from..to).filter_map(|i| disk.get(i).cloned()).collect())
+    }
+
+    async fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let disk = self.disk();
+        if index == disk.snapshot_last().index {
+            return Ok(disk.snapshot_last().term);
+        }
+        disk.get(index).map(|e| e.term).ok_or(StorageError::OutOfRange {
+            from: index,
+            to: index + 1,
+            first: disk.first_index(),
+            last: disk.last_index(),
+        })
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.write(Write::Snapshot(snapshot)).await
+    }
+
+    async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.disk().snapshot.clone())
+    }
+
+    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        {
+            let disk = self.disk();
+            if up_to > disk.snapshot_last().index {
+                return Err(StorageError::OutOfRange {
+                    from: up_to,
+                    to: up_to,
+                    first: disk.first_index(),
+                    last: disk.last_index(),
+                });
+            }
+        }
+        self.write(Write::Compact(up_to)).await
+    }
+}

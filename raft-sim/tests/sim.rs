@@ -1,0 +1,29 @@
+//! The node simulation's own tests: seeds pass, a seed replays identically. The 2000-seed run
+//! is `cargo xtask sim` (part of `cargo xtask ci`).
+
+use raft_sim::{run, Options};
+
+#[test]
+fn a_seed_replays_identically() {
+    let options = Options { chaos_ms: 3_000, liveness_ms: 10_000 };
+    for seed in [1, 2, 3] {
+        let first = run(seed, options).unwrap_or_else(|f| panic!("{f}"));
+        let second = run(seed, options).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(first, second, "seed {seed} did not replay");
+    }
+}
+
+#[test]
+fn seeds_pass_and_exercise_the_node() {
+    let mut failures = Vec::new();
+    let mut coverage = raft_sim::Coverage::default();
+    for seed in 100..120 {
+        match run(seed, Options::default()) {
+            Ok(report) => coverage.add(&report.coverage),
+            Err(f) => failures.push(f.to_string()),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(coverage.acknowledged_writes > 0 && coverage.reads_served > 0, "{coverage:?}");
+    assert!(coverage.crashes > 0, "{coverage:?}");
+}

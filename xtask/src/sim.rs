@@ -1,0 +1,174 @@
+//! `cargo xtask sim`: seeded simulations of the protocol (`raft_core::testing::sim`) and of
+//! whole clusters of real nodes (`raft-sim`), with their coverage totals.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use raft_core::testing::sim::random::{self, RandomRunOptions};
+use raft_sim::Coverage;
+
+use crate::flag;
+
+/// `sim --seeds N [--start S] | --seed S`, `--protocol` or `--node` for one kind only.
+pub(crate) fn sim(args: &[String]) -> Result<()> {
+    let (start, count) = match (flag(args, "--seed")?, flag(args, "--seeds")?) {
+        (Some(seed), _) => (seed, 1),
+        (None, Some(n)) => (flag(args, "--start")?.unwrap_or(0), n),
+        (None, None) => (0, 500),
+    };
+    let protocol_only = args.iter().any(|a| a == "--protocol");
+    let node_only = args.iter().any(|a| a == "--node");
+    let mut failed = Vec::new();
+    if !node_only {
+        failed.extend(protocol_sim(start, count).into_iter().map(|s| format!("protocol seed {s}")));
+    }
+    if !protocol_only {
+        failed.extend(node_sim(start, count).into_iter().map(|s| format!("node seed {s}")));
+    }
+    if !failed.is_empty() {
+        bail!("failing seeds: {failed:?}");
+    }
+    Ok(())
+}
+
+/// The protocol-level simulator (the protocol driven by the simulator's own loop).
+fn protocol_sim(start: u64, count: u64) -> Vec<u64> {
+    let options = RandomRunOptions::default();
+    let began = Instant::now();
+    let mut steps = 0u64;
+    let (mut acked, mut reads, mut changes, mut installs) = (0usize, 0u64, 0u64, 0u64);
+    let mut failed = Vec::new();
+    for seed in start..start + count {
+        match std::panic::catch_unwind(|| random::run(seed, options)) {
+            Ok(report) => {
+                steps += report.steps;
+                acked += report.acknowledged;
+                reads += report.reads_served;
+                changes += report.membership_changes;
+                installs += report.snapshots_installed;
+                if count == 1 {
+                    println!("{report:?}");
+                }
+            }
+            Err(_) => {
+                eprintln!("seed {seed} FAILED; replay with: cargo xtask sim --protocol --seed {seed}");
+                failed.push(seed);
+            }
+        }
+    }
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "protocol simulation: {} passed, {} failed: {count} seeds from {start} in {secs:.1}s, {steps} simulated steps ({:.0} steps/s)",
+        count as usize - failed.len(),
+        failed.len(),
+        steps as f64 / secs.max(1e-9)
+    );
+    println!(
+        "  acknowledged writes {acked}, linearizable reads served {reads}, membership changes {changes}, snapshots installed from a leader {installs}"
+    );
+    failed
+}
+
+/// Totals of the node simulation's seeds.
+#[derive(Default)]
+struct NodeTotals {
+    coverage: Coverage,
+    passed: u64,
+    operations: u64,
+    messages: u64,
+    simulated_ms: u64,
+    /// Seeds with at least one snapshot installed / membership change / leader removal /
+    /// transfer.
+    seeds_installing: u64,
+    seeds_changing: u64,
+    seeds_removing_leader: u64,
+    seeds_transferring: u64,
+    failed: Vec<u64>,
+}
+
+/// Whole clusters of real `RaftNode`s (`raft-sim`), seeds spread over the machine's cores.
+fn node_sim(start: u64, count: u64) -> Vec<u64> {
+    let began = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(count.max(1) as usize);
+    let next = AtomicU64::new(start);
+    let totals = Mutex::new(NodeTotals::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= start + count {
+                    return;
+                }
+                let outcome = std::panic::catch_unwind(|| raft_sim::run(seed, raft_sim::Options::default()));
+                let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Ok(Ok(report)) => {
+                        if count == 1 {
+                            println!("{report:?}");
+                        }
+                        let c = &report.coverage;
+                        t.passed += 1;
+                        t.operations += report.operations as u64;
+                        t.messages += report.messages;
+                        t.simulated_ms += report.simulated_ms;
+                        t.seeds_installing += u64::from(c.snapshots_installed > 0);
+                        t.seeds_changing += u64::from(c.membership_changes > 0);
+                        t.seeds_removing_leader += u64::from(c.leader_removals > 0);
+                        t.seeds_transferring += u64::from(c.transfers > 0);
+                        t.coverage.add(c);
+                    }
+                    Ok(Err(failure)) => {
+                        eprintln!("{failure}");
+                        t.failed.push(seed);
+                    }
+                    Err(_) => {
+                        eprintln!("node simulation seed {seed} panicked; replay: cargo xtask sim --node --seed {seed}");
+                        t.failed.push(seed);
+                    }
+                }
+            });
+        }
+    });
+    let t = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+    let secs = began.elapsed().as_secs_f64().max(1e-9);
+    let c = &t.coverage;
+    let per_seed = |x: u64| x as f64 / count.max(1) as f64;
+    println!(
+        "node simulation: {} passed, {} failed: {count} seeds from {start} in {secs:.1}s on {threads} threads; {:.0} simulated s, {} messages ({:.0} messages/s), {} client operations",
+        t.passed,
+        t.failed.len(),
+        t.simulated_ms as f64 / 1e3,
+        t.messages,
+        t.messages as f64 / secs,
+        t.operations,
+    );
+    println!(
+        "  coverage: acknowledged writes {} ({:.0}/seed), unknown writes {}, reads served {} (lease {}), client operations {:.0}/seed",
+        c.acknowledged_writes,
+        per_seed(c.acknowledged_writes),
+        c.unknown_writes,
+        c.reads_served,
+        c.lease_reads,
+        per_seed(t.operations),
+    );
+    println!(
+        "  snapshots saved {}, installed {} (seeds with an install: {}), membership changes {} (joint {}, removing the leader {}; seeds with a change: {}, removing the leader: {}), transfers {} (seeds: {})",
+        c.snapshots_saved,
+        c.snapshots_installed,
+        t.seeds_installing,
+        c.membership_changes,
+        c.joint_changes,
+        c.leader_removals,
+        t.seeds_changing,
+        t.seeds_removing_leader,
+        c.transfers,
+        t.seeds_transferring,
+    );
+    println!(
+        "  crashes {}, torn appends {}, storage errors {}, terms with a leader {}",
+        c.crashes, c.torn_writes, c.storage_errors, c.terms_led
+    );
+    t.failed
+}
