@@ -85,6 +85,8 @@ struct NodeTotals {
     seeds_changing: u64,
     seeds_removing_leader: u64,
     seeds_transferring: u64,
+    /// The sum of the seeds' trace hashes: equal for equal runs (replay check).
+    traces: u64,
     failed: Vec<u64>,
 }
 
@@ -110,6 +112,7 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
                         }
                         let c = &report.coverage;
                         t.passed += 1;
+                        t.traces = t.traces.wrapping_add(report.trace_hash);
                         t.operations += report.operations as u64;
                         t.messages += report.messages;
                         t.simulated_ms += report.simulated_ms;
@@ -167,8 +170,8 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         t.seeds_transferring,
     );
     println!(
-        "  crashes {}, torn appends {}, storage errors {}, terms with a leader {}",
-        c.crashes, c.torn_writes, c.storage_errors, c.terms_led
+        "  crashes {}, torn appends {}, storage errors {}, terms with a leader {}; trace {:016x}",
+        c.crashes, c.torn_writes, c.storage_errors, c.terms_led, t.traces
     );
     t.failed
 }
