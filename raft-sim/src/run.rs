@@ -312,7 +312,9 @@ impl Sim {
         for id in self.ids.clone() {
             let Some(running) = self.running(id) else { continue };
             let status = running.raft.status();
-            if status.protocol.role == Role::Leader {
+            // A node stopped by a fatal error publishes its last in-memory state, which may be
+            // a leadership whose term it failed to save (and never acted on): not a leader.
+            if status.protocol.role == Role::Leader && status.fatal.is_none() {
                 lock(&self.checks).on_leader(id, status.protocol.term);
             }
             if let Some(fatal) = status.fatal {
