@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use raft_core::{Entry, EntryPayload, Index, LogId, NodeId, Term};
+use tokio::time::Instant;
 
 /// What the run has observed, shared by every node's state machine and the controller.
 #[derive(Debug, Default)]
@@ -20,6 +21,14 @@ pub(crate) struct Checks {
     /// were not applied: the two must never meet.
     applied_commands: BTreeSet<(u64, u64)>,
     failed_commands: BTreeSet<(u64, u64)>,
+    /// When a leader of each term was first seen (the status a driver publishes as it is
+    /// elected, watched as it changes).
+    elected: BTreeMap<Term, Instant>,
+    /// The last read each term's leader answered by its lease, and when (tokio time, at most
+    /// a millisecond early).
+    lease_reads: BTreeMap<Term, (NodeId, Instant)>,
+    /// Reads answered by a lease.
+    pub(crate) lease_reads_answered: u64,
 }
 
 /// A stable hash of anything hashable (std's `DefaultHasher::new` has fixed keys).
@@ -113,6 +122,40 @@ impl Checks {
             None => {
                 self.leaders.insert(term, node);
             }
+        }
+    }
+
+    /// Node `node` leads `term`, seen at `now`.
+    pub(crate) fn on_leader_seen(&mut self, node: NodeId, term: Term, now: Instant) {
+        self.on_leader(node, term);
+        self.elected.entry(term).or_insert(now);
+    }
+
+    /// The leader of `term` answered a read by its lease at `at`.
+    pub(crate) fn on_lease_read(&mut self, node: NodeId, term: Term, at: Instant) {
+        self.lease_reads_answered += 1;
+        let last = self.lease_reads.entry(term).or_insert((node, at));
+        if at > last.1 {
+            *last = (node, at);
+        }
+    }
+
+    /// Lease safety: no leader answers a read by its lease after a leader of a later term was
+    /// elected (that leader may have committed writes the read misses). Needs the clocks
+    /// within the configured drift bound, which the simulation keeps.
+    pub(crate) fn check_leases(&mut self, start: Instant) {
+        let mut found = Vec::new();
+        for (term, (node, at)) in &self.lease_reads {
+            if let Some((later, elected)) = self.elected.range(term + 1..).find(|(_, e)| *e < at) {
+                found.push(format!(
+                    "node {node} answered a lease read in term {term} at {} ms, after the leader of term {later} was elected at {} ms",
+                    at.duration_since(start).as_millis(),
+                    elected.duration_since(start).as_millis()
+                ));
+            }
+        }
+        for f in found {
+            self.violation(f);
         }
     }
 

@@ -41,6 +41,12 @@ pub(crate) struct Disk {
     pub(crate) latency_max_ms: u64,
     /// Snapshots saved (taken here or received).
     pub(crate) snapshots_saved: u64,
+    /// A snapshot was saved and no compaction has completed since.
+    uncompacted_snapshot: bool,
+    /// Crashes that came after a snapshot was saved and before the log was compacted.
+    pub(crate) crashes_before_compaction: u64,
+    /// Crashes while a snapshot was being written.
+    pub(crate) crashes_saving_snapshot: u64,
 }
 
 impl Disk {
@@ -55,6 +61,9 @@ impl Disk {
             rng: SeededRng::new(seed),
             latency_max_ms,
             snapshots_saved: 0,
+            uncompacted_snapshot: false,
+            crashes_before_compaction: 0,
+            crashes_saving_snapshot: 0,
         }
     }
 
@@ -108,8 +117,10 @@ impl Disk {
                 }
                 self.snapshot = Some(s);
                 self.snapshots_saved += 1;
+                self.uncompacted_snapshot = true;
             }
             Write::Compact(up_to) => {
+                self.uncompacted_snapshot = false;
                 let first = self.first_index();
                 if up_to >= first {
                     let n = ((up_to + 1 - first) as usize).min(self.entries.len());
@@ -122,6 +133,15 @@ impl Disk {
     /// The process crashed: the write in progress survives in part or not at all. Returns
     /// whether an append was torn (kept in part).
     pub(crate) fn crash(&mut self) -> bool {
+        let saving_snapshot = matches!(self.in_progress, Some(Write::Snapshot(_)));
+        self.crashes_saving_snapshot += u64::from(saving_snapshot);
+        let torn = self.crash_write();
+        self.crashes_before_compaction += u64::from(self.uncompacted_snapshot);
+        self.uncompacted_snapshot = false;
+        torn
+    }
+
+    fn crash_write(&mut self) -> bool {
         let Some(write) = self.in_progress.take() else { return false };
         match write {
             Write::Append(mut entries) => {

@@ -1,14 +1,19 @@
 //! The simulated network: every message is delivered by a task after a random delay, or lost,
 //! or duplicated; links can be cut one way or both. Messages to a node that is down are kept a
 //! while (as a peer's TCP queue keeps them) and may reach its next incarnation, or are dropped.
+//! A paused process (SIGSTOP, a long GC pause) receives nothing and its sends leave when it
+//! resumes; its timers wait too (see [`PausableClock`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raft_core::{Message, NodeId, SeededRng, SendError, Transport, TransportClosed};
+use raft_core::{
+    Clock, DriftingClock, Message, Millis, NodeId, SeededRng, SendError, Transport, TransportClosed,
+};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::disk::lock;
 
@@ -41,6 +46,8 @@ impl Faults {
 #[derive(Debug)]
 struct Slot {
     up: bool,
+    /// The process is paused (stopped, as by SIGSTOP or a long GC) until then.
+    paused_until: Option<Instant>,
     inbox: VecDeque<Message>,
     notify: Arc<Notify>,
 }
@@ -58,8 +65,12 @@ pub(crate) struct Network {
 
 impl Network {
     pub(crate) fn new(nodes: usize, seed: u64) -> Self {
-        let slots =
-            (0..nodes).map(|_| Slot { up: false, inbox: VecDeque::new(), notify: Arc::new(Notify::new()) });
+        let slots = (0..nodes).map(|_| Slot {
+            up: false,
+            paused_until: None,
+            inbox: VecDeque::new(),
+            notify: Arc::new(Notify::new()),
+        });
         Self {
             rng: SeededRng::new(seed),
             blocked: BTreeSet::new(),
@@ -86,15 +97,33 @@ impl Network {
     pub(crate) fn down(&mut self, id: NodeId) {
         if let Some(slot) = self.slot(id) {
             slot.up = false;
+            slot.paused_until = None;
             slot.inbox.clear();
             slot.notify.notify_waiters();
         }
+    }
+
+    /// Pauses the process of node `id` until `until`: it receives nothing, and what it sends
+    /// leaves when it resumes.
+    pub(crate) fn pause(&mut self, id: NodeId, until: Instant) {
+        if let Some(slot) = self.slot(id) {
+            if slot.up {
+                slot.paused_until = Some(until);
+            }
+        }
+    }
+
+    /// When node `id` resumes, if it is paused now.
+    pub(crate) fn paused_until(&self, id: NodeId) -> Option<Instant> {
+        let slot = self.slots.get((id as usize).checked_sub(1)?)?;
+        slot.paused_until.filter(|t| *t > Instant::now())
     }
 
     /// A new incarnation of the node starts receiving.
     pub(crate) fn up(&mut self, id: NodeId) {
         if let Some(slot) = self.slot(id) {
             slot.up = true;
+            slot.paused_until = None;
             slot.inbox.clear();
             slot.notify = Arc::new(Notify::new());
         }
@@ -161,19 +190,28 @@ impl Transport for SimTransport {
         if n.rng.chance(f.loss, 100) {
             return Ok(());
         }
+        // A paused process sends nothing before it resumes.
+        let resume_ms = n
+            .paused_until(self.id)
+            .map_or(0, |t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
         let copies = if n.rng.chance(f.duplicate, 100) { 2 } else { 1 };
         for _ in 0..copies {
             let mut delay = n.rng.range(f.delay.0, f.delay.1 + 1);
             if n.rng.chance(f.long_delay, 100) {
                 delay += n.rng.range(0, f.long_delay_ms + 1);
             }
-            deliver_later(self.net.clone(), message.clone(), delay, 3);
+            deliver_later(self.net.clone(), message.clone(), resume_ms + delay, 3);
         }
         Ok(())
     }
 
     async fn recv(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, TransportClosed> {
         loop {
+            let paused = lock(&self.net).paused_until(self.id);
+            if let Some(until) = paused {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
             {
                 if *lock(&self.closed) {
                     return Err(TransportClosed);
@@ -195,5 +233,32 @@ impl Transport for SimTransport {
     async fn shutdown(&self) {
         *lock(&self.closed) = true;
         self.notify.notify_waiters();
+    }
+}
+
+/// A node's drifting clock whose deadlines wait while the process is paused: a timer that
+/// falls in a pause fires when the process resumes, and the clock reads the real time then
+/// (as a monotonic clock does across a SIGSTOP).
+///
+/// A timer armed before the pause began still fires inside it; the driver then runs, but
+/// what it sends leaves at the resumption (an approximation of a pause at the next instant
+/// the process would have run).
+pub(crate) struct PausableClock {
+    pub(crate) inner: DriftingClock,
+    pub(crate) id: NodeId,
+    pub(crate) net: Arc<Mutex<Network>>,
+}
+
+impl Clock for PausableClock {
+    fn now_ms(&self) -> Millis {
+        self.inner.now_ms()
+    }
+
+    fn instant_at(&self, ms: Millis) -> Instant {
+        let at = self.inner.instant_at(ms);
+        match lock(&self.net).paused_until(self.id) {
+            Some(resume) => at.max(resume),
+            None => at,
+        }
     }
 }

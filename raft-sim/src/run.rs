@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raft_core::{
-    Config, DriftingClock, Membership, MembershipChange, NodeId, RaftError, RaftNode, ReadMode, Role,
+    Clock, Config, DriftingClock, Membership, MembershipChange, NodeId, RaftError, RaftNode, ReadMode, Role,
     SeededRng, StorageError,
 };
 use raft_linearizability::{check, CheckOptions, Op, Operation, Outcome, Verdict};
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::checks::{stable_hash, Checks};
 use crate::disk::{lock, Disk, SimStorage};
 use crate::fsm::{encode_write, KvState, SimFsm};
-use crate::net::{Faults, Network, SimTransport};
+use crate::net::{Faults, Network, PausableClock, SimTransport};
 
 /// Knobs of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,11 @@ pub struct Coverage {
     pub unknown_writes: u64,
     /// Linearizable reads served (of which `lease_reads` in lease mode).
     pub reads_served: u64,
-    /// Lease-mode reads served.
+    /// Reads asked for in lease mode (served by a lease, or by ReadIndex when the lease or
+    /// the config does not allow it, or when asked of a follower).
     pub lease_reads: u64,
+    /// Reads a leader answered by its lease (at least: two in the same millisecond count once).
+    pub lease_reads_answered: u64,
     /// Snapshots saved by nodes (taken or installed).
     pub snapshots_saved: u64,
     /// Snapshots installed from a leader.
@@ -61,6 +64,12 @@ pub struct Coverage {
     pub torn_writes: u64,
     /// Injected storage errors (EIO, disk full), each stopping its node.
     pub storage_errors: u64,
+    /// Crashes while a snapshot was being received from the leader or written to disk.
+    pub installs_interrupted: u64,
+    /// Crashes after a snapshot was saved and before the log was compacted up to it.
+    pub crashes_before_compaction: u64,
+    /// Process pauses (the process stopped while the others go on).
+    pub pauses: u64,
     /// Terms that had a leader.
     pub terms_led: u64,
 }
@@ -72,6 +81,7 @@ impl Coverage {
         self.unknown_writes += o.unknown_writes;
         self.reads_served += o.reads_served;
         self.lease_reads += o.lease_reads;
+        self.lease_reads_answered += o.lease_reads_answered;
         self.snapshots_saved += o.snapshots_saved;
         self.snapshots_installed += o.snapshots_installed;
         self.membership_changes += o.membership_changes;
@@ -81,6 +91,9 @@ impl Coverage {
         self.crashes += o.crashes;
         self.torn_writes += o.torn_writes;
         self.storage_errors += o.storage_errors;
+        self.installs_interrupted += o.installs_interrupted;
+        self.crashes_before_compaction += o.crashes_before_compaction;
+        self.pauses += o.pauses;
         self.terms_led += o.terms_led;
     }
 }
@@ -173,6 +186,8 @@ struct Sim {
     rng: SeededRng,
     config: Config,
     voters: usize,
+    /// Every clock at one end of the drift range.
+    extreme_clocks: bool,
     ids: Vec<NodeId>,
     net: Arc<Mutex<Network>>,
     disks: Vec<Arc<Mutex<Disk>>>,
@@ -191,6 +206,9 @@ impl Sim {
         let n = voters + spares;
         let min = rng.range(100, 200);
         let check_quorum = rng.chance(3, 4);
+        // Half the runs put every clock at one end of the allowed range (the lease
+        // reads' worst case: a slow leader among fast voters).
+        let extreme_clocks = rng.chance(1, 2);
         let config = Config {
             election_timeout_min_ms: min,
             election_timeout_max_ms: min + rng.range(10, 200),
@@ -198,8 +216,8 @@ impl Sim {
             rpc_timeout_ms: 500,
             pre_vote: rng.chance(3, 4),
             check_quorum,
-            lease_read: check_quorum && rng.chance(1, 2),
-            max_clock_drift_percent: rng.range(2, 50),
+            lease_read: check_quorum && rng.chance(3, 4),
+            max_clock_drift_percent: if extreme_clocks { rng.range(30, 50) } else { rng.range(2, 50) },
             auto_forward: true,
             snapshot_threshold_entries: rng.range(5, 40),
             snapshot_keep_entries: rng.range(0, 6),
@@ -228,6 +246,7 @@ impl Sim {
             rng,
             config,
             voters,
+            extreme_clocks,
             ids: (1..=n as NodeId).collect(),
             net,
             disks,
@@ -268,8 +287,22 @@ impl Sim {
         // Each process's clock runs at its own rate; any two stay within the configured drift
         // bound of each other (each within half of it of tokio's).
         let half = (self.config.max_clock_drift_percent * 10_000 / 2) as i64;
-        let rate_ppm = self.rng.range(0, 2 * half as u64 + 1) as i64 - half;
-        let clock = Arc::new(DriftingClock::new(rate_ppm));
+        // Half the time at one end of the range, where a lease computed without the bound
+        // would outlast the other nodes' election timeouts.
+        let rate_ppm = match self.rng.range(0, 4) {
+            0 => -half,
+            1 => half,
+            _ if self.extreme_clocks => {
+                if self.rng.chance(1, 2) {
+                    -half
+                } else {
+                    half
+                }
+            }
+            _ => self.rng.range(0, 2 * half as u64 + 1) as i64 - half,
+        };
+        let drifting = DriftingClock::new(rate_ppm);
+        let clock = Arc::new(PausableClock { inner: drifting, id, net: self.net.clone() });
         let fsm = Box::new(fsm);
         match RaftNode::start_with_clock(
             id,
@@ -285,6 +318,7 @@ impl Sim {
         {
             Ok(raft) => {
                 *lock(&started) = true;
+                tokio::spawn(watch_status(id, raft.watch_status(), drifting, self.checks.clone()));
                 lock(&self.world).nodes[id as usize - 1] = Some(Running { raft: Arc::new(raft), state });
             }
             Err(e) => {
@@ -298,12 +332,19 @@ impl Sim {
     /// kept in part or not at all, the inbox is lost.
     fn crash(&mut self, id: NodeId) {
         let Some(running) = lock(&self.world).nodes[id as usize - 1].take() else { return };
+        let receiving = running.raft.status().protocol.incoming_snapshot.is_some();
         running.raft.abort();
         lock(&self.net).down(id);
-        let torn = lock(&self.disks[id as usize - 1]).crash();
+        let (torn, saving) = {
+            let mut disk = lock(&self.disks[id as usize - 1]);
+            let saving_before = disk.crashes_saving_snapshot;
+            let torn = disk.crash();
+            (torn, disk.crashes_saving_snapshot > saving_before)
+        };
         let mut w = lock(&self.world);
         w.coverage.crashes += 1;
         w.coverage.torn_writes += u64::from(torn);
+        w.coverage.installs_interrupted += u64::from(receiving || saving);
     }
 
     /// Checks each running node's status: one leader per term; a node stopped by a fatal
@@ -349,7 +390,8 @@ impl Sim {
             let checks = self.checks.clone();
             let seed = self.rng.next_u64();
             let nodes = self.ids.len() as u64;
-            tasks.push(tokio::spawn(client(c + 1, seed, nodes, world, checks)));
+            let net = self.net.clone();
+            tasks.push(tokio::spawn(client(c + 1, seed, nodes, world, checks, net)));
         }
         let end = options.chaos_ms;
         while (lock(&self.world).start.elapsed().as_millis() as u64) < end {
@@ -378,6 +420,8 @@ impl Sim {
             let _ = t.await;
         }
         self.final_reads().await;
+        let start = lock(&self.world).start;
+        lock(&self.checks).check_leases(start);
         let mut problems: Vec<String> = lock(&self.checks).violations().to_vec();
         if let Err(e) = live {
             problems.push(e);
@@ -394,7 +438,10 @@ impl Sim {
         let mut coverage = w.coverage.clone();
         coverage.snapshots_saved = self.disks.iter().map(|d| lock(d).snapshots_saved).sum();
         coverage.snapshots_installed = *lock(&self.installs);
+        coverage.crashes_before_compaction =
+            self.disks.iter().map(|d| lock(d).crashes_before_compaction).sum();
         coverage.terms_led = lock(&self.checks).terms_led() as u64;
+        coverage.lease_reads_answered = lock(&self.checks).lease_reads_answered;
         let states: Vec<(u64, usize)> =
             w.nodes.iter().flatten().map(|r| lock(&r.state)).map(|s| (s.digest(), s.keys())).collect();
         let net = lock(&self.net);
@@ -460,15 +507,40 @@ impl Sim {
             54..=57 => {
                 // Cut the leader off from everyone: a new leader takes over while the old one
                 // may still believe it leads (and serve lease reads if its lease were wrong).
-                if let Some((id, _)) = self.leader() {
+                if let Some((id, raft)) = self.leader() {
                     let mut net = lock(&self.net);
                     for other in self.ids.iter().filter(|o| **o != id) {
                         net.block(id, *other);
                         net.block(*other, id);
                     }
+                    // Lease reads on the cut-off leader every millisecond until long after
+                    // the others could have elected someone: the lease check (no lease read
+                    // after a later term's election) sees the last one it answers.
+                    let probe_ms = 2 * self.config.election_timeout_max_ms;
+                    tokio::spawn(async move {
+                        for _ in 0..probe_ms {
+                            let read = raft.read_index(ReadMode::Lease);
+                            let _ = tokio::time::timeout(Duration::from_millis(1), read).await;
+                        }
+                    });
                 }
             }
             45..=48 => self.transfer(),
+            58 => {
+                // A process pause (SIGSTOP, a GC pause, a stalled VM), the leader's half the
+                // time: it may outlast an election timeout, and the process resumes with its
+                // lease, its timers and its inbox as they were.
+                let id = match self.leader() {
+                    Some((leader, _)) if self.rng.chance(1, 2) => leader,
+                    _ => pick(&mut self.rng),
+                };
+                let max = 2 * self.config.election_timeout_max_ms;
+                let until = Instant::now() + Duration::from_millis(self.rng.range(10, max));
+                if self.running(id).is_some() {
+                    lock(&self.net).pause(id, until);
+                    lock(&self.world).coverage.pauses += 1;
+                }
+            }
             49..=52 => {
                 // A process restart (a supervisor brings it back at once): answers its peers
                 // still hold for the old process reach the new one.
@@ -634,6 +706,37 @@ impl Sim {
     }
 }
 
+/// Follows the status one incarnation of node `id` publishes: who leads which term (from the
+/// moment it is elected) and when it answers reads by its lease.
+async fn watch_status(
+    id: NodeId,
+    mut status: tokio::sync::watch::Receiver<raft_core::NodeStatus>,
+    clock: DriftingClock,
+    checks: Arc<Mutex<Checks>>,
+) {
+    let mut last_lease_read = None;
+    loop {
+        {
+            let s = status.borrow_and_update();
+            // A node stopped by a fatal error publishes its last in-memory state, which may be
+            // a leadership whose term it failed to save (and never acted on): not a leader.
+            if s.protocol.role == Role::Leader && s.fatal.is_none() {
+                let mut c = lock(&checks);
+                c.on_leader_seen(id, s.protocol.term, Instant::now());
+                if let Some(ms) = s.protocol.last_lease_read_ms {
+                    if last_lease_read != Some((s.protocol.term, ms)) {
+                        last_lease_read = Some((s.protocol.term, ms));
+                        c.on_lease_read(id, s.protocol.term, clock.instant_at(ms));
+                    }
+                }
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Reads `key` from a state machine the driver said has applied `index`.
 fn read_state(
     state: &Mutex<KvState>,
@@ -654,11 +757,18 @@ fn read_state(
 
 /// A client: random writes and reads on random nodes, each recorded with its interval and
 /// outcome, until told to stop.
-async fn client(client: u64, seed: u64, nodes: u64, world: Arc<Mutex<World>>, checks: Arc<Mutex<Checks>>) {
+async fn client(
+    client: u64,
+    seed: u64,
+    nodes: u64,
+    world: Arc<Mutex<World>>,
+    checks: Arc<Mutex<Checks>>,
+    net: Arc<Mutex<Network>>,
+) {
     let mut rng = SeededRng::new(seed);
     let mut seq = 0u64;
     loop {
-        let think = rng.range(0, 12);
+        let think = rng.range(0, 10);
         tokio::time::sleep(Duration::from_millis(think)).await;
         let id = rng.range(1, nodes + 1);
         let key = KEYS[rng.range(0, KEYS.len() as u64) as usize];
@@ -673,6 +783,11 @@ async fn client(client: u64, seed: u64, nodes: u64, world: Arc<Mutex<World>>, ch
             (running, w.now_ns())
         };
         let Some(running) = running else { continue };
+        // A request to a paused process waits in its socket until the process resumes.
+        let paused = lock(&net).paused_until(id);
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until).await;
+        }
         // Longer than the driver's own deadline for applying a placed proposal (10 rpc timeouts),
         // so that its answer is seen.
         let timeout = Duration::from_millis(8_000);

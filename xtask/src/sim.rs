@@ -148,12 +148,13 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         t.operations,
     );
     println!(
-        "  coverage: acknowledged writes {} ({:.0}/seed), unknown writes {}, reads served {} (lease {}), client operations {:.0}/seed",
+        "  coverage: acknowledged writes {} ({:.0}/seed), unknown writes {}, reads served {} (asked in lease mode {}, answered by a lease {}), client operations {:.0}/seed",
         c.acknowledged_writes,
         per_seed(c.acknowledged_writes),
         c.unknown_writes,
         c.reads_served,
         c.lease_reads,
+        c.lease_reads_answered,
         per_seed(t.operations),
     );
     println!(
@@ -170,8 +171,15 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         t.seeds_transferring,
     );
     println!(
-        "  crashes {}, torn appends {}, storage errors {}, terms with a leader {}; trace {:016x}",
-        c.crashes, c.torn_writes, c.storage_errors, c.terms_led, t.traces
+        "  crashes {} (interrupting a snapshot install or save {}, between a snapshot and its compaction {}), torn appends {}, process pauses {}, storage errors {}, terms with a leader {}; trace {:016x}",
+        c.crashes,
+        c.installs_interrupted,
+        c.crashes_before_compaction,
+        c.torn_writes,
+        c.pauses,
+        c.storage_errors,
+        c.terms_led,
+        t.traces
     );
     t.failed
 }

@@ -120,6 +120,11 @@ pub struct ProtocolStatus {
     pub first_log_index: Index,
     /// The target of a leadership transfer in progress (leader only).
     pub leadership_transfer: Option<NodeId>,
+    /// A snapshot being received from the leader: its last entry and the bytes received so far.
+    pub incoming_snapshot: Option<(LogId, u64)>,
+    /// When (this node's clock, ms) this node last answered a read by its leader lease, in
+    /// its current term as leader.
+    pub last_lease_read_ms: Option<Millis>,
 }
 
 /// The Raft state machine of one node.
@@ -153,6 +158,8 @@ pub struct Raft {
     read_seq: u64,
     /// When each recent round was sent, oldest first (bounded).
     read_seq_sent_at: VecDeque<(u64, Millis)>,
+    /// When this leader last answered a read by its lease (this term).
+    last_lease_read: Option<Millis>,
     /// A read arrived: the next `take_ready` starts a heartbeat round.
     read_round_needed: bool,
     /// Reads waiting for a heartbeat round (leader), in arrival order.
@@ -259,6 +266,7 @@ impl Raft {
             lease_revoked: false,
             read_seq: 0,
             read_seq_sent_at: VecDeque::new(),
+            last_lease_read: None,
             read_round_needed: false,
             pending_reads: VecDeque::new(),
             remote_reads: BTreeMap::new(),
@@ -367,6 +375,8 @@ impl Raft {
             snapshot: self.snapshot_last(),
             first_log_index: self.log.base().index + 1,
             leadership_transfer: self.transfer.as_ref().map(|t| t.target),
+            incoming_snapshot: self.incoming.as_ref().map(|i| (i.meta.last_log_id, i.data.len() as u64)),
+            last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
         }
     }
 
@@ -520,7 +530,7 @@ impl Raft {
     // ---- elections ----
 
     fn on_election_timeout(&mut self) {
-        if !self.may_campaign() {
+        if !self.may_campaign() || self.term() == Term::MAX {
             // Learners and removed nodes never campaign.
             self.reset_election_timer();
             return;
@@ -561,14 +571,14 @@ impl Raft {
         self.votes.clear();
         self.reset_election_timer();
         self.record_vote(self.id, true);
-        let term = self.term() + 1;
+        let term = self.term().saturating_add(1);
         self.request_votes(true, term, false);
     }
 
     /// Starts an election; `leadership_transfer` when the leader asked for it (TimeoutNow).
     fn become_candidate(&mut self, leadership_transfer: bool) {
         self.role = Role::Candidate;
-        self.hard_state.current_term += 1;
+        self.hard_state.current_term = self.hard_state.current_term.saturating_add(1);
         self.hard_state.voted_for = Some(self.id);
         self.hard_state_dirty = true;
         tracing::debug!(node = self.id, term = self.term(), "starting election");
@@ -658,6 +668,7 @@ impl Raft {
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval_ms;
         self.check_quorum_deadline = self.now + self.config.election_timeout_min_ms;
         self.read_seq_sent_at.clear();
+        self.last_lease_read = None;
         self.lease_revoked = false;
         let entry = Entry { term: self.term(), index: next, payload: EntryPayload::Blank };
         self.append_local(entry);
@@ -671,10 +682,10 @@ impl Raft {
         match self.role {
             Role::Leader => self.config.check_quorum,
             _ => {
+                // The contact time alone: a higher-term message that is not a vote request
+                // (an answer to a stale message) clears `leader` but must not lift the promise.
                 self.now < self.boot_quiet_until
-                    || self.leader_contact.is_some_and(|t| {
-                        self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms
-                    })
+                    || self.leader_contact.is_some_and(|t| self.now < t + self.config.election_timeout_min_ms)
             }
         }
     }
@@ -698,6 +709,21 @@ impl Raft {
             return;
         }
         let term = self.term();
+        if m.term == Term::MAX {
+            // No election reaches it (each adds one); adopting it would leave no next term.
+            tracing::warn!(
+                node = self.id,
+                from = m.from,
+                "dropping a message with the largest possible term"
+            );
+            return;
+        }
+        if let Payload::AppendEntries { prev_log_id, entries, .. } = &m.payload {
+            if !entries_follow(*prev_log_id, entries, m.term) {
+                tracing::warn!(node = self.id, from = m.from, "dropping a malformed AppendEntries");
+                return;
+            }
+        }
         if m.term > term {
             match &m.payload {
                 Payload::RequestVote { pre_vote, leadership_transfer, .. } => {
@@ -760,8 +786,8 @@ impl Raft {
         }
 
         match m.payload {
-            Payload::RequestVote { pre_vote, last_log_id, .. } => {
-                self.handle_vote_request(m.from, m.term, pre_vote, last_log_id)
+            Payload::RequestVote { pre_vote, last_log_id, leadership_transfer } => {
+                self.handle_vote_request(m.from, m.term, pre_vote, last_log_id, leadership_transfer)
             }
             Payload::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(m.from, m.term, pre_vote, granted)
@@ -796,7 +822,14 @@ impl Raft {
         }
     }
 
-    fn handle_vote_request(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, last: LogId) {
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        last: LogId,
+        leadership_transfer: bool,
+    ) {
         let term = self.term();
         let up_to_date = last >= self.log.last_log_id();
         let granted = if pre_vote {
@@ -804,8 +837,14 @@ impl Raft {
             // as new, for a higher term, when this node has not heard from a leader lately.
             msg_term > term && up_to_date && !self.heard_from_leader_recently()
         } else {
+            // A new vote in this term keeps the check-quorum promise too (a leader's lease
+            // reads rely on it): not while the last leader was heard from lately, unless that
+            // leader asked for this election (TimeoutNow). The term may have been raised by
+            // another message in the meantime.
             let can_vote = self.hard_state.voted_for == Some(from)
-                || (self.hard_state.voted_for.is_none() && self.leader.is_none());
+                || (self.hard_state.voted_for.is_none()
+                    && self.leader.is_none()
+                    && (leadership_transfer || !self.in_leader_lease()));
             can_vote && up_to_date
         };
         if granted && !pre_vote {
@@ -821,14 +860,12 @@ impl Raft {
     fn heard_from_leader_recently(&self) -> bool {
         self.role == Role::Leader
             || self.now < self.boot_quiet_until
-            || self
-                .leader_contact
-                .is_some_and(|t| self.leader.is_some() && self.now < t + self.config.election_timeout_min_ms)
+            || self.leader_contact.is_some_and(|t| self.now < t + self.config.election_timeout_min_ms)
     }
 
     fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, granted: bool) {
         let expected = match (self.role, pre_vote) {
-            (Role::PreCandidate, true) => self.term() + 1,
+            (Role::PreCandidate, true) => self.term().saturating_add(1),
             (Role::Candidate, false) => self.term(),
             _ => return,
         };
@@ -958,7 +995,7 @@ impl Raft {
                         Some(i) => i + 1,
                         None => hint.index,
                     },
-                    None => hint.index + 1,
+                    None => hint.index.saturating_add(1),
                 };
                 if p.on_reject(rejected_prev_index, next) {
                     tracing::debug!(node = self.id, from, next = p.next_index, "append rejected; probing");
@@ -1285,6 +1322,19 @@ fn take_expired(deadlines: &mut BTreeMap<u64, Millis>, now: Millis) -> Vec<u64> 
         deadlines.remove(id);
     }
     expired
+}
+
+/// Whether AppendEntries entries are well formed: contiguous from `prev`, terms never going
+/// down, none after the sender's `term` (what a leader of `term` can send).
+fn entries_follow(prev: LogId, entries: &[Entry], term: Term) -> bool {
+    let mut last = prev;
+    for e in entries {
+        if Some(e.index) != last.index.checked_add(1) || e.term < last.term || e.term > term {
+            return false;
+        }
+        last = e.log_id();
+    }
+    true
 }
 
 #[cfg(test)]

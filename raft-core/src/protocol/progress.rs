@@ -158,7 +158,7 @@ impl Progress {
                 }
             }
             ReplicationMode::Probe => {
-                if rejected + 1 != self.next_index {
+                if rejected.saturating_add(1) != self.next_index {
                     return false;
                 }
             }

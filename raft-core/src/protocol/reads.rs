@@ -89,6 +89,7 @@ impl Raft {
         let ready = self.committed_in_current_term();
         if mode == ReadMode::Lease && self.config.lease_read && ready && self.lease_valid() {
             let index = self.log.committed;
+            self.last_lease_read = Some(self.now);
             self.finish_read(origin, Ok(index));
             return;
         }

@@ -20,8 +20,8 @@ use crate::types::{Index, LogId, NodeId, Role, Term};
 pub(crate) struct IncomingSnapshot {
     /// The term of the leader sending it.
     term: Term,
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+    pub(super) meta: SnapshotMeta,
+    pub(super) data: Vec<u8>,
 }
 
 impl Raft {

@@ -840,3 +840,81 @@ fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it()
     assert!(restore(2, snapshot_at(1, 10), after).is_ok());
     assert!(restore(1, snapshot_at(1, 10), Vec::new()).is_ok());
 }
+
+#[test]
+fn a_vote_in_the_current_term_keeps_the_lease_promise_after_a_higher_term_answer() {
+    // Node 2 follows leader 1 in term 2 and has just heard from it: its vote belongs to no one
+    // else for an election timeout (the leader's lease reads rely on that).
+    let mut v = node(2, 2, None, &[1, 2]);
+    deliver(&mut v, msg(1, 2, 2, append((2, 2), vec![], 2)));
+    assert_eq!(v.leader(), Some(1));
+    let vote = |t| {
+        msg(
+            3,
+            2,
+            t,
+            Payload::RequestVote {
+                pre_vote: false,
+                last_log_id: LogId::new(2, 2),
+                leadership_transfer: false,
+            },
+        )
+    };
+    let granted = |r: &Ready| {
+        r.persisted_messages
+            .iter()
+            .chain(&r.messages)
+            .any(|m| m.payload == Payload::RequestVoteResponse { pre_vote: false, granted: true })
+    };
+    assert!(!granted(&deliver(&mut v, vote(3))), "ignored while the leader is heard");
+    // An answer of node 3 to an old message raises node 2's term and clears its leader...
+    deliver(&mut v, msg(3, 2, 3, Payload::RequestVoteResponse { pre_vote: false, granted: false }));
+    assert_eq!(v.term(), 3);
+    // ...but a vote request of that term, at the same instant, is still refused.
+    assert!(!granted(&deliver(&mut v, vote(3))), "voted inside the lease of leader 1");
+    assert_eq!(v.hard_state().voted_for, None);
+    // After an election timeout without the leader, the vote is granted.
+    let later = v.config().election_timeout_min_ms + 1;
+    v.step(later, Event::Message(vote(3)));
+    let r = v.take_ready();
+    v.advance();
+    assert!(granted(&r), "granted once the lease is over");
+}
+
+#[test]
+fn a_leader_survives_a_rejection_with_huge_indexes() {
+    let mut n = node(1, 0, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let result = AppendResult::Reject {
+        rejected_prev_index: u64::MAX,
+        hint: ConflictHint { conflict_term: None, index: u64::MAX },
+    };
+    deliver(&mut n, msg(2, 1, term, Payload::AppendEntriesResponse { result, read_seq: 0 }));
+    assert_eq!(n.role(), Role::Leader);
+}
+
+#[test]
+fn a_message_with_the_largest_term_is_dropped() {
+    let mut n = node(2, 1, None, &[1]);
+    let r = deliver(&mut n, msg(3, 2, u64::MAX, Payload::TimeoutNow));
+    assert_eq!(n.term(), 1, "the term is not adopted");
+    assert!(r.messages.is_empty() && r.persisted_messages.is_empty() && r.hard_state.is_none());
+    n.step(100_000, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert!(n.term() <= 2);
+}
+
+#[test]
+fn malformed_append_entries_are_dropped() {
+    let mut n = node(2, 2, None, &[1]);
+    // Not contiguous with prev, a term above the message's, a term going down.
+    for entries in [vec![entry(2, 3)], vec![entry(3, 2)], vec![entry(2, 2), entry(1, 3)]] {
+        let r = deliver(&mut n, msg(1, 2, 2, append((1, 1), entries, 0)));
+        assert!(r.entries.is_empty() && r.messages.is_empty() && r.persisted_messages.is_empty());
+        assert_eq!(n.last_log_id(), LogId::new(1, 1));
+    }
+    let r = deliver(&mut n, msg(1, 2, 2, append((1, 1), vec![entry(2, 2)], 0)));
+    assert_eq!(r.entries.len(), 1, "a well-formed one is taken");
+}
