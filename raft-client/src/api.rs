@@ -13,8 +13,8 @@
 //! | GET | `/v1/leader` | | [`LeaderView`] |
 //! | GET | `/v1/members` | | [`MembersView`] |
 //! | POST | `/v1/members` | [`AddMemberRequest`] | [`MembersView`] |
-//! | POST | `/v1/members/{id}/promote` | | [`MembersView`] |
-//! | DELETE | `/v1/members/{id}` | | [`MembersView`] |
+//! | POST | `/v1/members/{id}/promote?force=` | | [`MembersView`] |
+//! | DELETE | `/v1/members/{id}?force=` | | [`MembersView`] |
 //! | POST | `/v1/transfer-leader` | [`TransferRequest`] | [`LeaderView`] |
 //! | GET | `/v1/log?from=&limit=` | | [`LogView`] |
 //! | GET | `/v1/services` | | [`ServiceList`] |
@@ -423,6 +423,12 @@ pub enum ErrorCode {
     CasFailed,
     /// Another membership change or leadership transfer is in progress (HTTP 409).
     Conflict,
+    /// The node to make a voter has not caught up with the leader, or does not answer it
+    /// (HTTP 409); retry once it has.
+    NotCaughtUp,
+    /// The membership change would leave fewer than a majority of the voters caught up and
+    /// answering the leader (HTTP 409); `force=true` does it anyway.
+    UnsafeChange,
     /// A write with this session's older sequence number (HTTP 409).
     StaleSequence,
     /// The server no longer remembers this session (it was evicted, or the session's first
@@ -456,6 +462,8 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::CasFailed
             | ErrorCode::Conflict
+            | ErrorCode::NotCaughtUp
+            | ErrorCode::UnsafeChange
             | ErrorCode::StaleSequence
             | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
@@ -475,6 +483,7 @@ impl ErrorCode {
                 | ErrorCode::Busy
                 | ErrorCode::UnknownOutcome
                 | ErrorCode::Unavailable
+                | ErrorCode::NotCaughtUp
         )
     }
 }

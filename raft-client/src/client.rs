@@ -338,16 +338,27 @@ impl Client {
         self.admin_write(Call::new(Method::POST, &["v1", "members"]).json(request)?).await
     }
 
-    /// Promotes a learner to voter.
-    pub async fn promote_member(&self, id: u64) -> Result<MembersView, ClientError> {
+    /// Promotes a learner to voter. Refused with `not_caught_up` (retryable) until it has
+    /// caught up, and with `unsafe_change` when a majority of the new voters would not be
+    /// caught up and answering; `force` skips both checks.
+    pub async fn promote_member(&self, id: u64, force: bool) -> Result<MembersView, ClientError> {
         let id = id.to_string();
-        self.admin_write(Call::new(Method::POST, &["v1", "members", &id, "promote"])).await
+        let mut call = Call::new(Method::POST, &["v1", "members", &id, "promote"]);
+        if force {
+            call = call.query("force", true);
+        }
+        self.admin_write(call).await
     }
 
-    /// Removes a member.
-    pub async fn remove_member(&self, id: u64) -> Result<MembersView, ClientError> {
+    /// Removes a member. Refused with `unsafe_change` when a majority of the remaining voters
+    /// would not be caught up and answering; `force` skips the check.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<MembersView, ClientError> {
         let id = id.to_string();
-        self.admin_write(Call::new(Method::DELETE, &["v1", "members", &id])).await
+        let mut call = Call::new(Method::DELETE, &["v1", "members", &id]);
+        if force {
+            call = call.query("force", true);
+        }
+        self.admin_write(call).await
     }
 
     /// Hands leadership to `to` (`None`: the most caught-up voter); answers the new leader.

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use raft_core::testing::counter::CounterFsm;
 use raft_core::testing::local_transport::LocalNetwork;
 use raft_core::{
-    Config, Entry, Index, InvalidChange, Membership, NodeId, ProposalRejection, RaftError, RaftNode,
-    ReadMode, Role, Storage, StorageError, TransferError,
+    Config, Entry, EntryPayload, Fsm, FsmError, Index, InvalidChange, Membership, NodeId, ProposalRejection,
+    RaftError, RaftNode, ReadMode, Role, Storage, StorageError, TransferError,
 };
 use raft_storage_mem::MemStorage;
 
@@ -564,4 +564,54 @@ async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
     // What was acknowledged is in storage; what failed is not.
     let state = storage.initial_state().await.expect("state");
     assert_eq!(state.last_index, ok.log_id.index);
+}
+
+/// A state machine with a bug: it panics on the first command it applies.
+struct PanickingFsm;
+
+#[async_trait]
+impl Fsm for PanickingFsm {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
+        if entries.iter().any(|e| matches!(e.payload, EntryPayload::Command(_))) {
+            panic!("a bug in the state machine");
+        }
+        Ok(entries.iter().map(|_| Bytes::new()).collect())
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
+        Ok(Bytes::new())
+    }
+
+    async fn restore(&mut self, _snapshot: &[u8]) -> Result<(), FsmError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_driver_stops_the_node_visibly_and_answers_its_callers() {
+    let network = LocalNetwork::default();
+    let node = RaftNode::start(
+        1,
+        Config::default(),
+        Membership::with_voters([1]),
+        Arc::new(MemStorage::default()),
+        Arc::new(network.transport(1, 64)),
+        Box::new(PanickingFsm),
+        1,
+    )
+    .await
+    .expect("starts");
+    wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+    let err = node.propose(Bytes::from_static(b"boom")).await.expect_err("the driver died applying it");
+    assert_eq!(err, RaftError::OutcomeUnknown, "committed, not known to be applied");
+    let status = node.status();
+    assert!(
+        status
+            .fatal
+            .as_deref()
+            .is_some_and(|f| f.contains("panicked") && f.contains("a bug in the state machine")),
+        "the status says why the node stopped: {status:?}"
+    );
+    let after = node.propose(Bytes::from_static(b"later")).await.expect_err("stopped");
+    assert_eq!(after, RaftError::AlreadyShutdown);
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{eventually, TestCluster};
 use futures_util::StreamExt;
 use raft_client::api::{
-    ApiError, BalanceStrategy, CasRequest, Consistency, ErrorCode, MemberRole, RoleView, ServiceNode,
-    ServiceSpec, WatchKind, WriteResult, CLIENT_ID_HEADER, SEQ_HEADER,
+    AddMemberRequest, ApiError, BalanceStrategy, CasRequest, Consistency, ErrorCode, MemberRole, RoleView,
+    ServiceNode, ServiceSpec, WatchKind, WriteResult, CLIENT_ID_HEADER, SEQ_HEADER,
 };
 use raft_client::ClientError;
 use raft_node::config::StorageKind;
@@ -302,8 +302,8 @@ async fn cluster_endpoints_status_members_transfer_and_log() {
     assert_eq!(code(&e), Some(ErrorCode::NotFound), "{e:?}");
 
     // Unknown member ids are 404; removing and re-adding a learner works.
-    assert_eq!(code(&client.remove_member(99).await.unwrap_err()), Some(ErrorCode::NotFound));
-    assert_eq!(code(&client.promote_member(99).await.unwrap_err()), Some(ErrorCode::NotFound));
+    assert_eq!(code(&client.remove_member(99, false).await.unwrap_err()), Some(ErrorCode::NotFound));
+    assert_eq!(code(&client.promote_member(99, false).await.unwrap_err()), Some(ErrorCode::NotFound));
 
     // The log view shows the entries with readable summaries.
     let log = client.log(Some(1), Some(100)).await.unwrap();
@@ -425,5 +425,36 @@ async fn health_ready_and_metrics() {
     ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
+    cluster.shutdown().await;
+}
+
+/// The review's attack: a learner at an unreachable address promoted, then two followers
+/// removed, left voters {leader, learner} that could never elect. Each step is now checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_that_would_leave_no_electable_majority_are_refused() {
+    let cluster = TestCluster::start(3, StorageKind::Mem).await;
+    let client = cluster.client();
+    client.put("x", "1").await.unwrap();
+    cluster.wait_converged().await;
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let unreachable = AddMemberRequest {
+        id: 10,
+        raft_addr: "127.0.0.1:9".into(),
+        client_addr: "127.0.0.1:9".into(),
+        role: MemberRole::Learner,
+    };
+    client.add_member(&unreachable).await.expect("a learner can be added anywhere");
+    let e = client.promote_member(10, false).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::NotCaughtUp), "{e:?}");
+    // Forced, it goes through: {leader, f1, f2, 10} still has a live majority.
+    client.promote_member(10, true).await.expect("forced promotion");
+    // Removing one follower leaves {leader, f2, 10}: two of three live, allowed.
+    client.remove_member(followers[0], false).await.expect("a live majority remains");
+    // Removing the other would leave {leader, 10}: one of two live, refused.
+    let e = client.remove_member(followers[1], false).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::UnsafeChange), "{e:?}");
+    // The cluster still commits writes.
+    client.put("x", "2").await.expect("writes go on");
     cluster.shutdown().await;
 }

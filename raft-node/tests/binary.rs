@@ -26,7 +26,7 @@ fn write_configs(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     let mut files = Vec::new();
     for (i, (raft, client)) in addrs.iter().enumerate() {
         let text = format!(
-            "cluster = \"bin\"\nid = {}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}[log]\nlevel = \"warn\"\n",
+            "cluster = \"bin\"\nid = {}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}[log]\nlevel = \"info\"\n",
             i + 1,
             dir.join(format!("data{}", i + 1)).display()
         );
@@ -37,14 +37,11 @@ fn write_configs(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     (files, addrs.iter().map(|(_, c)| c.to_string()).collect())
 }
 
+/// Starts a node whose log goes to `<config>.log` (appended), as a service manager's would.
 fn spawn(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
+    Command::new(BIN).args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
 fn ctl(endpoints: &[String], args: &[&str]) -> (bool, String, String) {
@@ -114,6 +111,12 @@ fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
     assert!(ok && out.contains("blue"), "data kept across the restart: {out}");
     for child in &mut children {
         terminate(child);
+    }
+    // A log written to a file is plain text: no colour escapes.
+    for file in &files {
+        let log = std::fs::read_to_string(file.with_extension("log")).unwrap();
+        assert!(log.contains("INFO"), "the node logged: {log}");
+        assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file: {log}");
     }
 }
 

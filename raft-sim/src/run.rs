@@ -503,7 +503,7 @@ impl Sim {
                     self.crash(id);
                 }
             }
-            40..=44 => self.change_membership(),
+            40..=44 | 62..=63 => self.change_membership(),
             54..=57 => {
                 // Cut the leader off from everyone: a new leader takes over while the old one
                 // may still believe it leads (and serve lease reads if its lease were wrong).
@@ -579,10 +579,10 @@ impl Sim {
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
         let rng = &mut self.rng;
         let one = |rng: &mut SeededRng, from: &[NodeId]| from[rng.range(0, from.len() as u64) as usize];
-        let change = match rng.range(0, 5) {
+        let change = match rng.range(0, 6) {
             0 if !outsiders.is_empty() => MembershipChange::AddLearner(one(rng, &outsiders)),
             1 if !learners.is_empty() => MembershipChange::PromoteLearner(one(rng, &learners)),
-            2 if voters.len() > 1 => MembershipChange::RemoveNode(leader),
+            2 | 5 if voters.len() > 1 => MembershipChange::RemoveNode(leader),
             3 if voters.len() > 1 => MembershipChange::RemoveNode(one(rng, &voters)),
             _ => {
                 let size = rng.range(1, self.ids.len().min(5) as u64 + 1);
@@ -599,10 +599,17 @@ impl Sim {
         };
         let removes_leader = matches!(&change, MembershipChange::RemoveNode(id) if *id == leader)
             || matches!(&change, MembershipChange::SetVoters(v) if !v.contains(&leader));
+        // Two thirds of the changes skip the operator-safety checks (caught-up new voters, a live
+        // majority after the change), so that the protocol meets every valid change.
+        let force = self.rng.chance(2, 3);
         let world = self.world.clone();
         lock(&world).admin_busy = true;
         tokio::spawn(async move {
-            let result = raft.change_membership(change).await;
+            let result = if force {
+                raft.force_membership_change(change).await
+            } else {
+                raft.change_membership(change).await
+            };
             let mut w = lock(&world);
             w.admin_busy = false;
             if result.is_ok() {

@@ -4,6 +4,8 @@
 //!   (default 0) of the protocol (`raft_core::testing::sim`) and of real nodes (`raft-sim`:
 //!   the `RaftNode` driver, clients checked for linearizability); both unless one is named.
 //! - `sim --seed S [--protocol | --node]`: replays one seed.
+//! - `setup [--ci]`: checks the system packages a build (and with `--ci` the full test run)
+//!   needs and installs the missing ones where it can (see `setup.rs`).
 //! - `tidy`: repository checks (the protocol module stays free of IO, clocks and tokio).
 //! - `bench [http] OPTIONS` (or `bench-http`): HTTP load against a local `raft-node` cluster
 //!   and, when installed, etcd, side by side; `--failover` kills leaders under load (see
@@ -21,6 +23,7 @@ mod bench_http;
 mod chaos;
 mod cluster;
 mod procs;
+mod setup;
 mod sim;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("sim") => sim::sim(&args[1..]),
+        Some("setup") => setup::setup(&args[1..]),
         Some("tidy") => tidy(),
         Some("test") => test_all(),
         Some("ci") => ci(&args[1..]),
@@ -56,7 +60,7 @@ fn run() -> Result<()> {
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }
@@ -74,6 +78,8 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn test_all() -> Result<()> {
+    setup::ensure(false)?;
+    setup::ensure_nextest()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     tidy()?;
@@ -100,6 +106,7 @@ fn ci(args: &[String]) -> Result<()> {
             bail!("usage: cargo xtask ci [--chaos-seed S] [--no-chaos], not {a}");
         }
     }
+    setup::ensure(!no_chaos)?;
     test_all()?;
     if no_chaos {
         println!("ci: the chaos run was left out (--no-chaos)");

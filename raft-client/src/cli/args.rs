@@ -163,11 +163,18 @@ pub enum MembersCommand {
     Promote {
         /// The member's id.
         id: u64,
+        /// Skip the checks that it has caught up and that a majority of the new voters answer.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a member.
     Remove {
         /// The member's id.
         id: u64,
+        /// Skip the check that a majority of the remaining voters are caught up and answer
+        /// (for a node that is gone for good while others are down too).
+        #[arg(long)]
+        force: bool,
     },
 }
 

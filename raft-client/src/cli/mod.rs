@@ -196,8 +196,10 @@ async fn dispatch(
                 };
                 show!(client.add_member(&request), render::members)
             }
-            MembersCommand::Promote { id } => show!(client.promote_member(*id), render::members),
-            MembersCommand::Remove { id } => show!(client.remove_member(*id), render::members),
+            MembersCommand::Promote { id, force } => {
+                show!(client.promote_member(*id, *force), render::members)
+            }
+            MembersCommand::Remove { id, force } => show!(client.remove_member(*id, *force), render::members),
         },
         Command::TransferLeader { id } => show!(client.transfer_leader(*id), render::leader),
         Command::Services { command } => match command {

@@ -171,11 +171,19 @@ fn member_commands() {
     );
     assert_eq!(
         command(&["members", "promote", "4"]),
-        Command::Members { command: Some(MembersCommand::Promote { id: 4 }) }
+        Command::Members { command: Some(MembersCommand::Promote { id: 4, force: false }) }
+    );
+    assert_eq!(
+        command(&["members", "promote", "4", "--force"]),
+        Command::Members { command: Some(MembersCommand::Promote { id: 4, force: true }) }
     );
     assert_eq!(
         command(&["members", "remove", "2"]),
-        Command::Members { command: Some(MembersCommand::Remove { id: 2 }) }
+        Command::Members { command: Some(MembersCommand::Remove { id: 2, force: false }) }
+    );
+    assert_eq!(
+        command(&["members", "remove", "2", "--force"]),
+        Command::Members { command: Some(MembersCommand::Remove { id: 2, force: true }) }
     );
     assert_eq!(refused(&["members", "remove", "two"]), clap::error::ErrorKind::ValueValidation);
     assert_eq!(command(&["transfer-leader"]), Command::TransferLeader { id: None });

@@ -67,7 +67,7 @@ pub(super) struct Driver {
     transport: Arc<dyn Transport>,
     pub(super) fsm: Box<dyn Fsm>,
     requests: mpsc::Receiver<Request>,
-    status: watch::Sender<NodeStatus>,
+    status: Arc<watch::Sender<NodeStatus>>,
     committed: broadcast::Sender<CommittedEntry>,
     clock: Arc<dyn Clock>,
     next_proposal_id: ProposalId,
@@ -122,7 +122,7 @@ impl Driver {
             transport: parts.transport,
             fsm: parts.fsm,
             requests: parts.requests,
-            status: status_tx,
+            status: Arc::new(status_tx),
             committed: parts.committed,
             clock: parts.clock,
             next_proposal_id: first_proposal_id,
@@ -136,6 +136,11 @@ impl Driver {
 
     fn now_ms(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    /// The sender of the node's status, for whoever must report that this task died.
+    pub(super) fn status_sender(&self) -> Arc<watch::Sender<NodeStatus>> {
+        self.status.clone()
     }
 
     /// The driver task's body: runs until shutdown, a closed transport or a fatal error.
@@ -245,7 +250,9 @@ impl Driver {
             match request {
                 Request::Propose { command, reply } => self.propose(command, reply),
                 Request::Read { mode, reply } => self.read(mode, reply),
-                Request::ChangeMembership { change, reply } => self.change_membership(&change, reply),
+                Request::ChangeMembership { change, force, reply } => {
+                    self.change_membership(&change, force, reply)
+                }
                 Request::TransferLeadership { to, reply } => self.transfer_leadership(to, reply),
                 Request::Shutdown { reply } => return Some(reply),
             }
@@ -273,9 +280,9 @@ impl Driver {
         self.raft.step(now, Event::Read { id, mode });
     }
 
-    fn change_membership(&mut self, change: &MembershipChange, reply: Reply<Membership>) {
+    fn change_membership(&mut self, change: &MembershipChange, force: bool, reply: Reply<Membership>) {
         let now = self.now_ms();
-        match self.raft.propose_membership_change(now, change) {
+        match self.raft.propose_membership_change(now, change, force) {
             Ok(log_id) => {
                 let joint = match self.raft.entry(log_id.index).map(|e| &e.payload) {
                     Some(EntryPayload::Membership(m)) => m.is_joint(),

@@ -107,7 +107,7 @@ pub struct NodeStatus {
 enum Request {
     Propose { command: Bytes, reply: Reply<Applied> },
     Read { mode: ReadMode, reply: Reply<Index> },
-    ChangeMembership { change: MembershipChange, reply: Reply<Membership> },
+    ChangeMembership { change: MembershipChange, force: bool, reply: Reply<Membership> },
     TransferLeadership { to: Option<NodeId>, reply: Reply<NodeId> },
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -199,7 +199,23 @@ impl RaftNode {
         };
         let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
         let span = tracing::info_span!("raft", node = id);
-        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+        let status_tx = driver.status_sender();
+        let run = async move {
+            use futures_util::FutureExt;
+            // A panic (a bug) stops the node like a fatal error: it says so in its status
+            // (health checks see it) and every caller gets an answer, instead of a node that
+            // looks alive and answers nothing.
+            if let Err(panic) = std::panic::AssertUnwindSafe(driver.run()).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_string());
+                tracing::error!(error = %what, "the driver panicked; the node has stopped");
+                status_tx.send_modify(|s| s.fatal = Some(format!("the driver panicked: {what}")));
+            }
+        };
+        let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)) })
     }
 
@@ -239,11 +255,22 @@ impl RaftNode {
     /// once its entry is applied.
     ///
     /// Fails with `Rejected` when refused (not the leader, another change in progress, an
-    /// invalid change), `ProposalDropped` when the change was lost with this node's
-    /// leadership, and `OutcomeUnknown` when this node lost leadership and did not see the
-    /// change complete within `rpc_timeout_ms` (it may still complete).
+    /// invalid change, a new voter that has not caught up (`NotCaughtUp`, retry later), a
+    /// new voter set without a majority of caught-up, answering nodes (`NoLiveQuorum`)),
+    /// `ProposalDropped` when the change was lost with this node's leadership, and
+    /// `OutcomeUnknown` when this node lost leadership and did not see the change complete
+    /// within `rpc_timeout_ms` (it may still complete).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Membership, RaftError> {
-        self.call(|reply| Request::ChangeMembership { change, reply }, RaftError::OutcomeUnknown).await
+        let request = |reply| Request::ChangeMembership { change, force: false, reply };
+        self.call(request, RaftError::OutcomeUnknown).await
+    }
+
+    /// [`change_membership`](Self::change_membership) without the checks that the new voters
+    /// are caught up and that a majority of them answer: for replacing nodes that are gone
+    /// for good. The cluster stays safe, but may be left unable to elect until they return.
+    pub async fn force_membership_change(&self, change: MembershipChange) -> Result<Membership, RaftError> {
+        let request = |reply| Request::ChangeMembership { change, force: true, reply };
+        self.call(request, RaftError::OutcomeUnknown).await
     }
 
     /// Adds a learner: a member that receives the log but does not vote.

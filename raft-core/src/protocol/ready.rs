@@ -118,6 +118,24 @@ pub enum ProposalRejection {
     /// The membership change is not valid for the current membership.
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(InvalidChange),
+    /// The change would make `node` a voter before its log has caught up with the leader's
+    /// commit index (or while the leader does not hear from it); retry once it has.
+    #[error("node {node} has not caught up with the leader (or is not answering); retry later")]
+    NotCaughtUp {
+        /// The node that would become a voter.
+        node: NodeId,
+    },
+    /// Fewer than a majority of the new voters are caught up and answering the leader: the
+    /// cluster could be left unable to elect or commit. A forced change skips this check.
+    #[error(
+        "only {live} of the {voters} voters after this change are caught up and answering the leader, short of a majority (force it to proceed anyway)"
+    )]
+    NoLiveQuorum {
+        /// Voters of the new configuration that are caught up and answering.
+        live: usize,
+        /// Voters of the new configuration.
+        voters: usize,
+    },
 }
 
 impl From<ForwardRejection> for ProposalRejection {

@@ -31,10 +31,17 @@ impl Raft {
     /// Proposes a membership change on the leader. Returns where its first configuration entry
     /// was appended (C_old,new for a voter change; the leader appends C_new on its own once that
     /// commits).
+    ///
+    /// The change is refused unless every node it makes a voter has caught up with the commit
+    /// index and answers the leader ([`ProposalRejection::NotCaughtUp`]), and a majority of
+    /// the new voters do ([`ProposalRejection::NoLiveQuorum`]): an operator's mistake must not
+    /// leave the cluster without an electable majority. `force` skips these two checks (for
+    /// replacing nodes that are gone for good).
     pub fn propose_membership_change(
         &mut self,
         now: Millis,
         change: &MembershipChange,
+        force: bool,
     ) -> Result<LogId, ProposalRejection> {
         debug_assert!(!self.awaiting_advance, "call between take_ready and advance");
         self.now = self.now.max(now);
@@ -53,8 +60,36 @@ impl Raft {
             return Err(ProposalRejection::MembershipChangeInProgress);
         }
         let target = self.membership.target(change).map_err(ProposalRejection::InvalidMembershipChange)?;
+        if !force {
+            self.check_live_quorum(&target)?;
+        }
         let next = self.membership.transition_to(&target);
         Ok(self.append_config(next))
+    }
+
+    /// Whether `id` is caught up with the commit index and answered within an election timeout.
+    fn caught_up_and_answering(&self, id: NodeId) -> bool {
+        if id == self.id {
+            return true;
+        }
+        let recent = |t: Millis| self.now.saturating_sub(t) < self.config.election_timeout_min_ms;
+        self.progress
+            .get(&id)
+            .is_some_and(|p| p.match_index >= self.log.committed && p.last_contact.is_some_and(recent))
+    }
+
+    /// The safety checks of a non-forced change to `target`.
+    fn check_live_quorum(&self, target: &Membership) -> Result<(), ProposalRejection> {
+        for id in target.voters.iter().filter(|id| !self.membership.voters.contains(id)) {
+            if !self.caught_up_and_answering(*id) {
+                return Err(ProposalRejection::NotCaughtUp { node: *id });
+            }
+        }
+        let live = target.voters.iter().filter(|id| self.caught_up_and_answering(**id)).count();
+        if live <= target.voters.len() / 2 {
+            return Err(ProposalRejection::NoLiveQuorum { live, voters: target.voters.len() });
+        }
+        Ok(())
     }
 
     fn append_config(&mut self, membership: Membership) -> LogId {

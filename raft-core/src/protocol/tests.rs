@@ -546,10 +546,11 @@ fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it(
     assert_eq!(n.commit_index(), 1);
     let now = n.now;
     let change = MembershipChange::SetVoters([1, 4, 5].into());
-    let at = n.propose_membership_change(now, &change).expect("accepted");
+    // Forced: nodes 4 and 5 have not caught up (the checks are tested below).
+    let at = n.propose_membership_change(now, &change, true).expect("accepted");
     assert!(n.membership().is_joint());
     assert_eq!(
-        n.propose_membership_change(now, &MembershipChange::AddLearner(9)),
+        n.propose_membership_change(now, &MembershipChange::AddLearner(9), false),
         Err(ProposalRejection::MembershipChangeInProgress)
     );
     let _ = n.take_ready();
@@ -572,7 +573,8 @@ fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it(
 fn a_leader_not_in_the_new_configuration_steps_down_once_it_commits() {
     let (mut n, term) = leader_with_a_commit();
     let now = n.now;
-    let joint = n.propose_membership_change(now, &MembershipChange::RemoveNode(1)).expect("accepted");
+    // Forced: node 3 has not answered yet (the checks are tested below).
+    let joint = n.propose_membership_change(now, &MembershipChange::RemoveNode(1), true).expect("accepted");
     let _ = n.take_ready();
     n.advance();
     deliver(&mut n, msg(2, 1, term, ack(joint.index, 0)));
@@ -917,4 +919,49 @@ fn malformed_append_entries_are_dropped() {
     }
     let r = deliver(&mut n, msg(1, 2, 2, append((1, 1), vec![entry(2, 2)], 0)));
     assert_eq!(r.entries.len(), 1, "a well-formed one is taken");
+}
+
+#[test]
+fn a_change_is_refused_until_new_voters_have_caught_up_and_a_majority_answers() {
+    let (mut n, term) = leader_with_a_commit();
+    let now = n.now;
+    // Node 3 never answered: removing node 2 would leave {1, 3} with one live voter.
+    assert_eq!(
+        n.propose_membership_change(now, &MembershipChange::RemoveNode(2), false),
+        Err(ProposalRejection::NoLiveQuorum { live: 1, voters: 2 })
+    );
+    // Adding learner 4 is fine (the voters do not change); promoting it waits for its log.
+    let at = n.propose_membership_change(now, &MembershipChange::AddLearner(4), false).expect("a learner");
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(at.index, 0)));
+    assert_eq!(n.commit_index(), at.index);
+    assert_eq!(
+        n.propose_membership_change(now, &MembershipChange::PromoteLearner(4), false),
+        Err(ProposalRejection::NotCaughtUp { node: 4 })
+    );
+    // Once node 4 has the committed log and answers, it can be promoted.
+    deliver(&mut n, msg(4, 1, term, ack(at.index, 0)));
+    n.propose_membership_change(now, &MembershipChange::PromoteLearner(4), false).expect("caught up");
+}
+
+#[test]
+fn a_node_that_stopped_answering_does_not_count_as_live() {
+    let (mut n, term) = leader_with_a_commit();
+    deliver(&mut n, msg(3, 1, term, ack(1, 0)));
+    let now = n.now;
+    n.propose_membership_change(now, &MembershipChange::RemoveNode(2), false).expect("2 of 3 answer");
+    // An election timeout later, without answers, the same change is refused, unless forced.
+    let (mut n, term) = leader_with_a_commit();
+    deliver(&mut n, msg(3, 1, term, ack(1, 0)));
+    let later = n.now + n.config().election_timeout_min_ms;
+    n.step(later, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    let change = MembershipChange::RemoveNode(2);
+    assert_eq!(
+        n.propose_membership_change(later, &change, false),
+        Err(ProposalRejection::NoLiveQuorum { live: 1, voters: 2 })
+    );
+    n.propose_membership_change(later, &change, true).expect("forced");
 }

@@ -76,8 +76,20 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Most keys one list request returns.
     pub max_list: usize,
-    /// Most client requests served at once; more wait.
+    /// Most client requests served at once; more wait up to `slot_wait_ms`, then get 503
+    /// `busy`.
     pub max_concurrent_requests: usize,
+    /// How long a request waits for one of the `max_concurrent_requests` slots.
+    pub slot_wait_ms: u64,
+    /// Most client connections open at once; more wait in the listen backlog. Lowered at
+    /// start to the open-file limit minus 256 descriptors kept for Raft and storage.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time (from the connection's start or
+    /// the previous response: idle keep-alive connections are closed after it too).
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this time; it is read before the request takes
+    /// a slot, so slow senders hold none.
+    pub body_read_timeout_ms: u64,
     /// Most watch streams open at once.
     pub max_watchers: usize,
     /// Most client sessions (idempotent writers) the state machine remembers.
@@ -95,6 +107,10 @@ impl Default for LimitsConfig {
             request_timeout_ms: 5_000,
             max_list: 10_000,
             max_concurrent_requests: 4_096,
+            slot_wait_ms: 1_000,
+            max_connections: 4_096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
             max_watchers: 1_024,
             max_sessions: 100_000,
             watch_history: 10_000,
@@ -510,6 +526,9 @@ impl NodeConfig {
             ("limits.request_timeout_ms", l.request_timeout_ms as usize),
             ("limits.max_list", l.max_list),
             ("limits.max_concurrent_requests", l.max_concurrent_requests),
+            ("limits.max_connections", l.max_connections),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms as usize),
+            ("limits.body_read_timeout_ms", l.body_read_timeout_ms as usize),
             ("limits.max_watchers", l.max_watchers),
             ("limits.max_sessions", l.max_sessions),
         ] {

@@ -10,7 +10,7 @@ use raft_client::api::{
     AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
     RoleView, StatusView, TransferRequest,
 };
-use raft_core::{Entry, EntryPayload, Membership, NodeId, Role};
+use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, Role};
 use raft_kv::{Command, Op};
 use serde::Deserialize;
 
@@ -162,8 +162,22 @@ pub(crate) async fn add_member(
         tracing::info!(member = request.id, "added a learner");
     }
     if request.role == MemberRole::Voter && !shared.raft.membership().is_voter(request.id) {
-        wait_caught_up(&shared, request.id).await?;
-        with_timeout(&shared, "promoting the learner", shared.raft.promote_learner(request.id)).await?;
+        let deadline = Instant::now() + CATCH_UP_FOR;
+        loop {
+            wait_caught_up(&shared, request.id).await?;
+            // The leader checks again against its commit index of now, which may have moved on.
+            match with_timeout(&shared, "promoting the learner", shared.raft.promote_learner(request.id))
+                .await
+            {
+                Err(e) if e.body.code == ErrorCode::NotCaughtUp && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         tracing::info!(member = request.id, "promoted a learner to voter");
     }
     Ok(Json(members_of(&shared)))
@@ -194,33 +208,64 @@ async fn wait_caught_up(shared: &Shared, id: NodeId) -> Result<(), HttpError> {
     }
 }
 
-/// `POST /v1/members/{id}/promote`.
+/// `?force=true` on a membership change: skip the checks that new voters have caught up and
+/// that a majority of the new voters answer the leader.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+type ForceParam = Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>;
+
+/// Proposes `change`, with the operator-safety checks unless `force`.
+async fn change_membership(
+    shared: &Shared,
+    change: MembershipChange,
+    force: bool,
+) -> Result<Membership, raft_core::RaftError> {
+    if force {
+        shared.raft.force_membership_change(change).await
+    } else {
+        shared.raft.change_membership(change).await
+    }
+}
+
+/// `POST /v1/members/{id}/promote?force=`.
 pub(crate) async fn promote_member(
     State(shared): State<AppState>,
     Path(id): Path<u64>,
+    query: ForceParam,
 ) -> Result<Json<MembersView>, HttpError> {
+    let Query(ForceQuery { force }) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     require_leader(&shared)?;
     let membership = shared.raft.membership();
     if !membership.contains(id) {
         return Err(HttpError::not_found(format!("node {id} is not a member")));
     }
     if !membership.is_voter(id) {
-        with_timeout(&shared, "promoting the learner", shared.raft.promote_learner(id)).await?;
+        let call = change_membership(&shared, MembershipChange::PromoteLearner(id), force);
+        with_timeout(&shared, "promoting the learner", call).await?;
+        tracing::info!(member = id, force, "promoted a learner to voter");
     }
     Ok(Json(members_of(&shared)))
 }
 
-/// `DELETE /v1/members/{id}`: removes the member, then its address book entry.
+/// `DELETE /v1/members/{id}?force=`: removes the member, then its address book entry.
 pub(crate) async fn remove_member(
     State(shared): State<AppState>,
     Path(id): Path<u64>,
+    query: ForceParam,
 ) -> Result<Json<MembersView>, HttpError> {
+    let Query(ForceQuery { force }) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     require_leader(&shared)?;
     if !shared.raft.membership().contains(id) {
         return Err(HttpError::not_found(format!("node {id} is not a member")));
     }
-    with_timeout(&shared, "removing the member", shared.raft.remove_node(id)).await?;
-    tracing::info!(member = id, "removed a member");
+    let call = change_membership(&shared, MembershipChange::RemoveNode(id), force);
+    with_timeout(&shared, "removing the member", call).await?;
+    tracing::info!(member = id, force, "removed a member");
     if shared.is_leader() {
         let op = Op::RemoveMemberAddress { id };
         if let Err(e) =

@@ -59,6 +59,8 @@ impl HttpError {
                 ProposalRejection::Timeout => Self::new(ErrorCode::NoQuorum, message),
                 ProposalRejection::LeadershipTransferInProgress => Self::new(ErrorCode::NoLeader, message),
                 ProposalRejection::MembershipChangeInProgress => Self::new(ErrorCode::Conflict, message),
+                ProposalRejection::NotCaughtUp { .. } => Self::new(ErrorCode::NotCaughtUp, message),
+                ProposalRejection::NoLiveQuorum { .. } => Self::new(ErrorCode::UnsafeChange, message),
                 ProposalRejection::InvalidMembershipChange(c) => match c {
                     raft_core::InvalidChange::NotAMember(_) => Self::not_found(message),
                     raft_core::InvalidChange::AlreadyMember(_) => Self::new(ErrorCode::Conflict, message),
@@ -127,6 +129,8 @@ mod tests {
                 409,
             ),
             (R::Rejected(P::InvalidMembershipChange(InvalidChange::NoVoters)), ErrorCode::BadRequest, 400),
+            (R::Rejected(P::NotCaughtUp { node: 4 }), ErrorCode::NotCaughtUp, 409),
+            (R::Rejected(P::NoLiveQuorum { live: 1, voters: 2 }), ErrorCode::UnsafeChange, 409),
             (R::Transfer(T::NotLeader { leader_hint: None }), ErrorCode::NotLeader, 421),
             (R::Transfer(T::NotAVoter(4)), ErrorCode::BadRequest, 400),
             (R::Transfer(T::InProgress(3)), ErrorCode::Conflict, 409),

@@ -16,6 +16,7 @@ mod cluster;
 mod error;
 mod kv;
 mod ops;
+mod server;
 mod services;
 mod watch;
 
@@ -35,12 +36,18 @@ use tokio::sync::Semaphore;
 
 use crate::node::Shared;
 pub(crate) use error::HttpError;
+pub(crate) use server::{connection_cap, open_file_limit, serve, ServerLimits};
 
 type AppState = Arc<Shared>;
 
 /// The API's routes over a node's shared state.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let limit = Arc::new(Semaphore::new(shared.config.limits.max_concurrent_requests));
+    let limit = Arc::new(Slots {
+        semaphore: shared.request_slots.clone(),
+        wait: Duration::from_millis(shared.config.limits.slot_wait_ms),
+        body_read: Duration::from_millis(shared.config.limits.body_read_timeout_ms),
+        body_limit: shared.config.limits.max_body_bytes,
+    });
     let body_limit = shared.config.limits.max_body_bytes;
     let api = Router::new()
         .route("/v1/kv", get(kv::list))
@@ -69,14 +76,50 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Bounds the requests served at once; more wait for a slot (back-pressure, bounded memory).
-async fn limit_concurrency(State(limit): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    match limit.acquire().await {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => axum::response::IntoResponse::into_response(HttpError::new(
-            ErrorCode::Unavailable,
-            "shutting down",
-        )),
+/// The request slots of the API.
+struct Slots {
+    semaphore: Arc<Semaphore>,
+    /// How long a request waits for a slot before `busy`.
+    wait: Duration,
+    /// How long its body may take to arrive.
+    body_read: Duration,
+    /// The largest body.
+    body_limit: usize,
+}
+
+/// Bounds the requests served at once. The body is read first, within `body_read` and
+/// `body_limit` (a `Content-Length` over the limit is refused unread), so a slow sender holds
+/// no slot; then the request waits at most `wait` for a slot, else 503 `busy`.
+async fn limit_concurrency(State(slots): State<Arc<Slots>>, request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > slots.body_limit as u64) {
+        let message = format!("the body is over the limit of {} bytes", slots.body_limit);
+        return HttpError::new(ErrorCode::TooLarge, message).into_response();
+    }
+    let body = match tokio::time::timeout(slots.body_read, axum::body::to_bytes(body, slots.body_limit)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return HttpError::new(ErrorCode::TooLarge, format!("reading the body: {e}")).into_response();
+        }
+        Err(_) => {
+            let message = format!("the body did not arrive within {} ms", slots.body_read.as_millis());
+            return HttpError::bad_request(message).into_response();
+        }
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
+    match tokio::time::timeout(slots.wait, slots.semaphore.acquire()).await {
+        Ok(Ok(_permit)) => next.run(request).await,
+        Ok(Err(_)) => HttpError::new(ErrorCode::Unavailable, "shutting down").into_response(),
+        Err(_) => {
+            HttpError::new(ErrorCode::Busy, "every request slot is taken; retry shortly").into_response()
+        }
     }
 }
 

@@ -17,8 +17,8 @@ pub(crate) async fn health(State(shared): State<AppState>) -> impl IntoResponse 
     }
 }
 
-/// `GET /ready`: 200 once a leader is known and this node has applied every entry it knows
-/// to be committed; 503 with the reason otherwise.
+/// `GET /ready`: 200 once a leader is known, this node has applied every entry it knows to be
+/// committed and a request slot is free; 503 with the reason otherwise.
 pub(crate) async fn ready(State(shared): State<AppState>) -> impl IntoResponse {
     let status = shared.raft.status();
     let p = &status.protocol;
@@ -29,6 +29,11 @@ pub(crate) async fn ready(State(shared): State<AppState>) -> impl IntoResponse {
         Some("no leader is known".to_string())
     } else if applied < p.commit_index {
         Some(format!("catching up: applied {applied} of {} committed", p.commit_index))
+    } else if shared.request_slots.available_permits() == 0 {
+        Some(format!(
+            "saturated: all {} request slots are taken",
+            shared.config.limits.max_concurrent_requests
+        ))
     } else {
         None
     };

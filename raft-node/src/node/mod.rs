@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Bounds the number of open watch streams.
     pub(crate) watchers: Arc<Semaphore>,
+    /// The client requests served at once (`limits.max_concurrent_requests`).
+    pub(crate) request_slots: Arc<Semaphore>,
     /// Flips to `true` when the node starts shutting down (watch streams end).
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -156,7 +158,7 @@ pub struct Node {
     shared: Arc<Shared>,
     client_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    http: Option<JoinHandle<std::io::Result<()>>>,
+    http: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     rocks: Option<RocksDb>,
 }
@@ -289,6 +291,7 @@ impl Node {
         let shared = Arc::new(Shared {
             balancer: Balancer::new(kv.clone(), seed),
             watchers: Arc::new(Semaphore::new(config.limits.max_watchers)),
+            request_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             config,
             raft,
             kv,
@@ -312,14 +315,24 @@ impl Node {
 
         let client_addr = http_listener.local_addr().unwrap_or(shared.config.client_addr);
         let router = crate::http::router(shared.clone());
-        let mut stop_rx = stop.subscribe();
-        let http = tokio::spawn(async move {
-            axum::serve(http_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let stop_rx = stop.subscribe();
+        let limits = &shared.config.limits;
+        let nofile = crate::http::open_file_limit();
+        let max_connections = crate::http::connection_cap(limits.max_connections, nofile);
+        if max_connections < limits.max_connections {
+            tracing::warn!(
+                configured = limits.max_connections,
+                max_connections,
+                open_file_limit = nofile,
+                "client connections capped to fit the open-file limit (raise it with ulimit -n)"
+            );
+        }
+        let server_limits = crate::http::ServerLimits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+            stop_grace: Duration::from_millis(limits.request_timeout_ms),
+        };
+        let http = tokio::spawn(crate::http::serve(http_listener, router, server_limits, stop_rx));
         tracing::info!(id = shared.config.id, %client_addr, raft_addr = %shared.config.raft_addr, "node started");
         Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks })
     }
@@ -347,8 +360,7 @@ impl Node {
             let grace =
                 Duration::from_millis(self.shared.config.limits.request_timeout_ms) + Duration::from_secs(1);
             match tokio::time::timeout(grace, http).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
                 Err(_) => tracing::warn!("in-flight requests did not finish in time"),
             }

@@ -468,7 +468,7 @@ impl Env {
     pub async fn rejoin(&mut self, node: u64) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.admin.remove_member(node)).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.admin.remove_member(node, false)).await {
                 Ok(Ok(_)) => break,
                 Ok(Err(e)) if e.api_code() == Some(raft_client::api::ErrorCode::NotFound) => break,
                 Ok(Err(e)) if tokio::time::Instant::now() > deadline => bail!("removing node {node}: {e}"),

@@ -507,7 +507,9 @@ impl Cluster {
             return Err("the node is writing".into());
         }
         let raft = node.raft.as_mut().ok_or("the node is down")?;
-        let result = raft.propose_membership_change(now, change).map_err(|e| e.to_string());
+        // Forced: the simulation's random changes test what the protocol does with any valid
+        // change, including those the safety checks would refuse.
+        let result = raft.propose_membership_change(now, change, true).map_err(|e| e.to_string());
         self.steps += 1;
         self.pump(id);
         result
