@@ -33,6 +33,7 @@
 //! ```
 
 mod checks;
+mod clock;
 mod disk;
 mod fsm;
 mod net;

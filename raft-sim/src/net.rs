@@ -2,16 +2,14 @@
 //! or duplicated; links can be cut one way or both. Messages to a node that is down are kept a
 //! while (as a peer's TCP queue keeps them) and may reach its next incarnation, or are dropped.
 //! A paused process (SIGSTOP, a long GC pause) receives nothing and its sends leave when it
-//! resumes; its timers wait too (see [`PausableClock`]).
+//! resumes; its timers wait too (see [`crate::clock::SimClock`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raft_core::{
-    Clock, DriftingClock, Message, Millis, NodeId, SeededRng, SendError, Transport, TransportClosed,
-};
+use raft_core::{Message, NodeId, SeededRng, SendError, Transport, TransportClosed};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -233,32 +231,5 @@ impl Transport for SimTransport {
     async fn shutdown(&self) {
         *lock(&self.closed) = true;
         self.notify.notify_waiters();
-    }
-}
-
-/// A node's drifting clock whose deadlines wait while the process is paused: a timer that
-/// falls in a pause fires when the process resumes, and the clock reads the real time then
-/// (as a monotonic clock does across a SIGSTOP).
-///
-/// A timer armed before the pause began still fires inside it; the driver then runs, but
-/// what it sends leaves at the resumption (an approximation of a pause at the next instant
-/// the process would have run).
-pub(crate) struct PausableClock {
-    pub(crate) inner: DriftingClock,
-    pub(crate) id: NodeId,
-    pub(crate) net: Arc<Mutex<Network>>,
-}
-
-impl Clock for PausableClock {
-    fn now_ms(&self) -> Millis {
-        self.inner.now_ms()
-    }
-
-    fn instant_at(&self, ms: Millis) -> Instant {
-        let at = self.inner.instant_at(ms);
-        match lock(&self.net).paused_until(self.id) {
-            Some(resume) => at.max(resume),
-            None => at,
-        }
     }
 }

@@ -6,16 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raft_core::{
-    Clock, Config, DriftingClock, Membership, MembershipChange, NodeId, RaftError, RaftNode, ReadMode, Role,
-    SeededRng, StorageError,
+    Config, Membership, MembershipChange, NodeId, RaftError, RaftNode, ReadMode, Role, SeededRng,
+    StorageError,
 };
 use raft_linearizability::{check, CheckOptions, Op, Operation, Outcome, Verdict};
 use tokio::time::Instant;
 
 use crate::checks::{stable_hash, Checks};
+use crate::clock::SimClock;
 use crate::disk::{lock, Disk, SimStorage};
 use crate::fsm::{encode_write, KvState, SimFsm};
-use crate::net::{Faults, Network, PausableClock, SimTransport};
+use crate::net::{Faults, Network, SimTransport};
 
 /// Knobs of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +156,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, Failure> {
 struct Running {
     raft: Arc<RaftNode>,
     state: Arc<Mutex<KvState>>,
+    clock: Arc<SimClock>,
 }
 
 /// Everything clients and the nemesis share.
@@ -167,6 +169,8 @@ struct World {
     coverage: Coverage,
     /// A membership change or transfer task is running.
     admin_busy: bool,
+    /// The highest log index a client write was acknowledged at.
+    acknowledged_index: u64,
     stop_clients: bool,
 }
 
@@ -239,6 +243,7 @@ impl Sim {
             clock: (0, 0),
             coverage: Coverage::default(),
             admin_busy: false,
+            acknowledged_index: 0,
             stop_clients: false,
         };
         Self {
@@ -301,8 +306,7 @@ impl Sim {
             }
             _ => self.rng.range(0, 2 * half as u64 + 1) as i64 - half,
         };
-        let drifting = DriftingClock::new(rate_ppm);
-        let clock = Arc::new(PausableClock { inner: drifting, id, net: self.net.clone() });
+        let clock = Arc::new(SimClock::new(id, self.net.clone(), rate_ppm));
         let fsm = Box::new(fsm);
         match RaftNode::start_with_clock(
             id,
@@ -312,14 +316,15 @@ impl Sim {
             transport,
             fsm,
             seed,
-            clock,
+            clock.clone(),
         )
         .await
         {
             Ok(raft) => {
                 *lock(&started) = true;
-                tokio::spawn(watch_status(id, raft.watch_status(), drifting, self.checks.clone()));
-                lock(&self.world).nodes[id as usize - 1] = Some(Running { raft: Arc::new(raft), state });
+                tokio::spawn(watch_status(id, raft.watch_status(), clock.clone(), self.checks.clone()));
+                lock(&self.world).nodes[id as usize - 1] =
+                    Some(Running { raft: Arc::new(raft), state, clock });
             }
             Err(e) => {
                 lock(&self.net).down(id);
@@ -504,10 +509,20 @@ impl Sim {
                 }
             }
             40..=44 | 62..=63 => self.change_membership(),
-            54..=57 => {
+            54..=57 | 64..=67 => {
                 // Cut the leader off from everyone: a new leader takes over while the old one
                 // may still believe it leads (and serve lease reads if its lease were wrong).
                 if let Some((id, raft)) = self.leader() {
+                    if self.extreme_clocks {
+                        // The lease's worst case within the drift bound: from now on the
+                        // cut-off leader's clock is the slowest allowed, the others' the fastest.
+                        let half = (self.config.max_clock_drift_percent * 10_000 / 2) as i64;
+                        for (i, node) in lock(&self.world).nodes.iter().enumerate() {
+                            if let Some(r) = node {
+                                r.clock.set_rate(if i as NodeId + 1 == id { -half } else { half });
+                            }
+                        }
+                    }
                     let mut net = lock(&self.net);
                     for other in self.ids.iter().filter(|o| **o != id) {
                         net.block(id, *other);
@@ -718,7 +733,7 @@ impl Sim {
 async fn watch_status(
     id: NodeId,
     mut status: tokio::sync::watch::Receiver<raft_core::NodeStatus>,
-    clock: DriftingClock,
+    clock: Arc<SimClock>,
     checks: Arc<Mutex<Checks>>,
 ) {
     let mut last_lease_read = None;
@@ -733,7 +748,7 @@ async fn watch_status(
                 if let Some(ms) = s.protocol.last_lease_read_ms {
                     if last_lease_read != Some((s.protocol.term, ms)) {
                         last_lease_read = Some((s.protocol.term, ms));
-                        c.on_lease_read(id, s.protocol.term, clock.instant_at(ms));
+                        c.on_lease_read(id, s.protocol.term, clock.instant_of(ms));
                     }
                 }
             }
@@ -781,13 +796,13 @@ async fn client(
         let key = KEYS[rng.range(0, KEYS.len() as u64) as usize];
         let write = rng.chance(3, 5);
         let lease = rng.chance(1, 2);
-        let (running, call_ns) = {
+        let (running, call_ns, acknowledged_before) = {
             let mut w = lock(&world);
             if w.stop_clients {
                 return;
             }
             let running = w.nodes[id as usize - 1].clone();
-            (running, w.now_ns())
+            (running, w.now_ns(), w.acknowledged_index)
         };
         let Some(running) = running else { continue };
         // A request to a paused process waits in its socket until the process resumes.
@@ -804,7 +819,11 @@ async fn client(
             let command = encode_write(client, seq, key, &value);
             let result = tokio::time::timeout(timeout, running.raft.propose(command.clone())).await;
             match &result {
-                Ok(Ok(applied)) => lock(&checks).on_acknowledged(client, applied.log_id, &command),
+                Ok(Ok(applied)) => {
+                    lock(&checks).on_acknowledged(client, applied.log_id, &command);
+                    let mut w = lock(&world);
+                    w.acknowledged_index = w.acknowledged_index.max(applied.log_id.index);
+                }
                 Ok(Err(RaftError::OutcomeUnknown)) | Err(_) => {}
                 Ok(Err(_)) => lock(&checks).on_command_failed((client, seq)),
             }
@@ -834,6 +853,13 @@ async fn client(
             let mode = if lease { ReadMode::Lease } else { ReadMode::ReadIndex };
             let result = tokio::time::timeout(timeout, running.raft.read_index(mode)).await;
             if let Ok(Ok(index)) = result {
+                // A linearizable read covers every write acknowledged before it began, whatever
+                // keys the client looks at.
+                if index < acknowledged_before {
+                    lock(&checks).violation(format!(
+                        "node {id} answered a read with index {index}, below the write acknowledged at {acknowledged_before} before the read began"
+                    ));
+                }
                 let value = read_state(&running.state, index, id, &checks, key);
                 let mut w = lock(&world);
                 w.coverage.reads_served += 1;
