@@ -12,7 +12,7 @@
 //! | GET | `/v1/status` | | [`StatusView`] |
 //! | GET | `/v1/leader` | | [`LeaderView`] |
 //! | GET | `/v1/members` | | [`MembersView`] |
-//! | POST | `/v1/members` | [`AddMemberRequest`] | [`MembersView`] |
+//! | POST | `/v1/members?force=` | [`AddMemberRequest`] | [`MembersView`] |
 //! | POST | `/v1/members/{id}/promote?force=` | | [`MembersView`] |
 //! | DELETE | `/v1/members/{id}?force=` | | [`MembersView`] |
 //! | POST | `/v1/transfer-leader` | [`TransferRequest`] | [`LeaderView`] |

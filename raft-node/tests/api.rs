@@ -445,6 +445,11 @@ async fn membership_changes_that_would_leave_no_electable_majority_are_refused()
         role: MemberRole::Learner,
     };
     client.add_member(&unreachable).await.expect("a learner can be added anywhere");
+    // A current member cannot be pointed at other addresses through the API (that cut every
+    // node off for good, found by review): it reports its own addresses when it restarts.
+    let repoint = AddMemberRequest { id: followers[0], ..unreachable.clone() };
+    let e = client.add_member(&repoint).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e:?}");
     let e = client.promote_member(10, false).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NotCaughtUp), "{e:?}");
     // Forced, it goes through: {leader, f1, f2, 10} still has a live majority.

@@ -67,15 +67,17 @@ impl Raft {
         Ok(self.append_config(next))
     }
 
-    /// Whether `id` is caught up with the commit index and answered within an election timeout.
+    /// Whether `id` answered within an election timeout and is caught up with the commit index,
+    /// give or take one AppendEntries batch (a healthy follower under load trails by that much).
     fn caught_up_and_answering(&self, id: NodeId) -> bool {
         if id == self.id {
             return true;
         }
         let recent = |t: Millis| self.now.saturating_sub(t) < self.config.election_timeout_min_ms;
-        self.progress
-            .get(&id)
-            .is_some_and(|p| p.match_index >= self.log.committed && p.last_contact.is_some_and(recent))
+        let slack = self.config.max_entries_per_append.max(1) as Index;
+        self.progress.get(&id).is_some_and(|p| {
+            p.match_index.saturating_add(slack) >= self.log.committed && p.last_contact.is_some_and(recent)
+        })
     }
 
     /// The safety checks of a non-forced change to `target`.

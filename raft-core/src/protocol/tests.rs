@@ -965,3 +965,13 @@ fn a_node_that_stopped_answering_does_not_count_as_live() {
     );
     n.propose_membership_change(later, &change, true).expect("forced");
 }
+
+#[test]
+fn a_follower_one_batch_behind_counts_as_caught_up() {
+    // Under sustained writes a healthy follower trails the commit index by what is in flight.
+    let (mut n, term) = leader_with_a_commit();
+    deliver(&mut n, msg(3, 1, term, ack(0, 0)));
+    let now = n.now;
+    n.propose_membership_change(now, &MembershipChange::RemoveNode(2), false)
+        .expect("node 3 answers, one behind");
+}

@@ -91,6 +91,7 @@ pub struct LimitsConfig {
     /// a slot, so slow senders hold none.
     pub body_read_timeout_ms: u64,
     /// Most watch streams open at once.
+    /// (At most half the client connections allowed, so that watchers cannot take them all.)
     pub max_watchers: usize,
     /// Most client sessions (idempotent writers) the state machine remembers.
     pub max_sessions: usize,

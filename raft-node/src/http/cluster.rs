@@ -131,8 +131,10 @@ fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
 /// the membership.
 pub(crate) async fn add_member(
     State(shared): State<AppState>,
+    query: ForceParam,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<MembersView>, HttpError> {
+    let Query(ForceQuery { force }) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let request = json_body::<AddMemberRequest>(body)?;
     if request.id == 0 {
         return Err(HttpError::bad_request("node id 0 is reserved"));
@@ -143,6 +145,19 @@ pub(crate) async fn add_member(
 
     let book = shared.kv.member_addresses();
     let known = book.iter().find(|m| m.id == request.id);
+    let moved =
+        known.is_some_and(|m| (&m.raft_addr, &m.client_addr) != (&request.raft_addr, &request.client_addr));
+    if moved && shared.raft.membership().contains(request.id) && !force {
+        // Pointing members at wrong addresses cuts them off for good (the fix would need a
+        // commit): a member's addresses change when the node itself reports new ones.
+        return Err(HttpError::new(
+            ErrorCode::Conflict,
+            format!(
+                "node {} is a member with other addresses; restart it with the new ones (it reports them itself), or add ?force=true",
+                request.id
+            ),
+        ));
+    }
     if known.map(|m| (&m.raft_addr, &m.client_addr)) != Some((&request.raft_addr, &request.client_addr)) {
         let op = Op::SetMemberAddress {
             id: request.id,

@@ -288,9 +288,13 @@ impl Node {
         .await?;
 
         let (stop, stopping) = watch::channel(false);
+        let nofile = crate::http::open_file_limit();
+        let max_connections = crate::http::connection_cap(config.limits.max_connections, nofile);
+        // Watch streams never end: at most half the connections, so the rest stay usable.
+        let max_watchers = config.limits.max_watchers.min((max_connections / 2).max(1));
         let shared = Arc::new(Shared {
             balancer: Balancer::new(kv.clone(), seed),
-            watchers: Arc::new(Semaphore::new(config.limits.max_watchers)),
+            watchers: Arc::new(Semaphore::new(max_watchers)),
             request_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             config,
             raft,
@@ -317,8 +321,6 @@ impl Node {
         let router = crate::http::router(shared.clone());
         let stop_rx = stop.subscribe();
         let limits = &shared.config.limits;
-        let nofile = crate::http::open_file_limit();
-        let max_connections = crate::http::connection_cap(limits.max_connections, nofile);
         if max_connections < limits.max_connections {
             tracing::warn!(
                 configured = limits.max_connections,
