@@ -105,7 +105,11 @@ async fn every_ctl_command_works_against_a_cluster() {
         ok(&cluster, &["--json", "members"]).await.contains("\"learner\"")
     })
     .await;
-    ok(&cluster, &["members", "promote", "4"]).await;
+    // Refused (`not_caught_up`) until the new learner has caught up.
+    eventually("node 4 to be promoted", || async {
+        ctl(&cluster, &["members", "promote", "4"]).await.0 == 0
+    })
+    .await;
     eventually("node 4 to be a voter", || async {
         !ok(&cluster, &["--json", "members"]).await.contains("\"learner\"")
     })

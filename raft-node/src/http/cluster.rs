@@ -145,8 +145,9 @@ pub(crate) async fn add_member(
 
     let book = shared.kv.member_addresses();
     let known = book.iter().find(|m| m.id == request.id);
-    let moved =
-        known.is_some_and(|m| (&m.raft_addr, &m.client_addr) != (&request.raft_addr, &request.client_addr));
+    // The addresses in force: the book's, else the static config's.
+    let current = (shared.raft_addr_of(request.id), shared.client_addr_of(request.id));
+    let moved = current != (Some(request.raft_addr.clone()), Some(request.client_addr.clone()));
     if moved && shared.raft.membership().contains(request.id) && !force {
         // Pointing members at wrong addresses cuts them off for good (the fix would need a
         // commit): a member's addresses change when the node itself reports new ones.
