@@ -409,3 +409,73 @@ fn a_two_voter_c_old_recovers_after_its_removed_leader_crashed_with_c_new() {
     let keep = if leader == 1 { 2 } else { 1 };
     removed_leader_with_uncommitted_c_new_recovers(2, 1, &[keep, 3], 122);
 }
+
+/// Node simulation seeds 36294 and 85081: with pre-vote off, the voters of an old
+/// configuration keep raising the term in elections none of them can win, while the one node
+/// whose log can win is not in their configuration (it joined in entries they never got), so
+/// it hears their terms only in answers to its own elections. Waiting a whole election timeout
+/// after each answer, it was always a term behind, and no leader was ever elected again.
+#[test]
+fn a_voter_unknown_to_the_old_voters_wins_although_they_keep_raising_the_term() {
+    // Without the fix seeds 132 and 134 (of these nine) stay leaderless.
+    for seed in 131..=139 {
+        voter_unknown_to_the_old_voters_wins(seed);
+    }
+}
+
+fn voter_unknown_to_the_old_voters_wins(seed: u64) {
+    let config = Config { pre_vote: false, ..Config::default() };
+    let mut c = Cluster::with_spares(7, 1, seed, config);
+    let old_leader = c.check_one_leader();
+    let spare = 8;
+    c.one(b"k0=before", 7, true);
+    c.change_membership(old_leader, &MembershipChange::AddLearner(spare)).expect("accepted");
+    let last = c.raft(old_leader).expect("runs").last_log_id().index;
+    assert!(c.run_until(2_000, |c| applied_index(c, spare) >= last), "the learner caught up");
+    // {1..7} -> {leader}: the others store C_old,new, then hear nothing more from the leader.
+    let others: Vec<u64> = (1..=7).filter(|id| *id != old_leader).collect();
+    c.change_membership(old_leader, &MembershipChange::SetVoters(BTreeSet::from([old_leader])))
+        .expect("accepted");
+    let all_joint =
+        c.run_until(2_000, |c| others.iter().all(|id| c.membership_of(*id).is_some_and(|m| m.is_joint())));
+    assert!(all_joint, "every other node stored C_old,new");
+    for id in &others {
+        c.block_link(old_leader, *id);
+    }
+    let alone = c.run_until(2_000, |c| {
+        c.membership_of(old_leader).is_some_and(|m| !m.is_joint() && m.voters.len() == 1)
+            && c.raft(old_leader).is_some_and(|r| r.commit_index() >= r.last_log_id().index)
+    });
+    assert!(alone, "the old leader runs {{{old_leader}}} on its own");
+    // The old leader hands the cluster to the spare alone: {leader} -> {leader, 8} -> {8}.
+    for voters in [BTreeSet::from([old_leader, spare]), BTreeSet::from([spare])] {
+        let leader = c.leaders().into_iter().max_by_key(|(_, t)| *t).expect("a leader").0;
+        c.change_membership(leader, &MembershipChange::SetVoters(voters.clone())).expect("accepted");
+        let done = c.run_until(3_000, |c| {
+            c.leaders().iter().any(|(id, _)| {
+                c.membership_of(*id).is_some_and(|m| !m.is_joint() && m.voters == voters)
+                    && c.raft(*id).is_some_and(|r| r.commit_index() >= r.last_log_id().index)
+            })
+        });
+        assert!(done, "{voters:?} committed");
+    }
+    c.crash(old_leader);
+    // Meanwhile the others, unable to elect anyone, raise the term far beyond the spare's.
+    c.run_for(3_000);
+    let spare_term = c.raft(spare).expect("runs").term();
+    let terms: Vec<u64> = others.iter().map(|id| c.raft(*id).expect("runs").term()).collect();
+    assert!(terms.iter().all(|t| *t > spare_term + 2), "spare {spare_term}, others {terms:?}");
+    // The spare brings the others back: its joint configuration needs one of them, which
+    // answers its AppendEntries from a later term, so it steps down and must win an election.
+    let target: BTreeSet<u64> = others.iter().copied().chain([spare]).collect();
+    c.change_membership(spare, &MembershipChange::SetVoters(target.clone())).expect("accepted");
+    let recovered = c.run_until(10_000, |c| {
+        c.leaders().iter().any(|(id, _)| {
+            c.membership_of(*id).is_some_and(|m| !m.is_joint() && m.voters == target)
+                && c.raft(*id).is_some_and(|r| r.commit_index() >= r.last_log_id().index)
+        })
+    });
+    let terms: Vec<u64> = c.ids().iter().filter_map(|id| c.raft(*id).map(|r| r.term())).collect();
+    assert!(recovered, "seed {seed}: no leader of {target:?} within 10 s; terms {terms:?}");
+    c.one(b"k0=after", 7, true);
+}

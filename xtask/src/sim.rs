@@ -71,6 +71,19 @@ fn protocol_sim(start: u64, count: u64) -> Vec<u64> {
     failed
 }
 
+/// Log timestamps in simulated milliseconds (the runtime's paused clock) for seed replays.
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static ORIGIN: tokio::time::Instant = tokio::time::Instant::now();
+        }
+        let ms = ORIGIN.with(|origin| tokio::time::Instant::now().duration_since(*origin).as_millis());
+        write!(w, "{ms:>8}ms")
+    }
+}
+
 /// Totals of the node simulation's seeds.
 #[derive(Default)]
 struct NodeTotals {
@@ -92,6 +105,14 @@ struct NodeTotals {
 
 /// Whole clusters of real `RaftNode`s (`raft-sim`), seeds spread over the machine's cores.
 fn node_sim(start: u64, count: u64) -> Vec<u64> {
+    if count == 1 && std::env::var_os("RUST_LOG").is_some() {
+        // Replaying one seed: the nodes' logs, stamped with simulated time.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimulatedTime)
+            .with_ansi(false)
+            .try_init();
+    }
     let began = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(count.max(1) as usize);
     let next = AtomicU64::new(start);

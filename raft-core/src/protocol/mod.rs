@@ -177,6 +177,9 @@ pub struct Raft {
     leader_contact: Option<Millis>,
     /// Votes received in the current (pre-)election.
     votes: BTreeMap<NodeId, bool>,
+    /// Whether this election timeout already campaigned again at once after a voter answered
+    /// from a later term (see `campaign_again_in_later_term`).
+    retried_in_later_term: bool,
     /// The leader's per-follower state.
     progress: BTreeMap<NodeId, Progress>,
     /// Proposals forwarded to the leader, with their deadlines.
@@ -276,6 +279,7 @@ impl Raft {
             check_quorum_deadline: now,
             leader_contact: None,
             votes: BTreeMap::new(),
+            retried_in_later_term: false,
             progress: BTreeMap::new(),
             forwards: BTreeMap::new(),
             forwarded: BTreeMap::new(),
@@ -535,6 +539,11 @@ impl Raft {
             self.reset_election_timer();
             return;
         }
+        self.retried_in_later_term = false;
+        self.campaign();
+    }
+
+    fn campaign(&mut self) {
         // A node that campaigns only as a voter of the configuration before its latest one
         // always asks first: after a restart it cannot know that C_new committed without it,
         // and must not depose a healthy leader every election timeout.
@@ -560,6 +569,36 @@ impl Raft {
         let latest = self.latest_config_index();
         latest > self.log.committed
             && self.configs.range(..latest).next_back().is_some_and(|(_, m)| m.is_voter(self.id))
+    }
+
+    /// Whether a refusal from a later term to this node's (pre-)election may start another one
+    /// at once: once per election timeout, for the (pre-)election still running.
+    fn may_campaign_again_in_later_term(&self, pre_vote: bool) -> bool {
+        let running = match self.role {
+            Role::PreCandidate => pre_vote,
+            Role::Candidate => !pre_vote,
+            _ => false,
+        };
+        running && !self.retried_in_later_term
+    }
+
+    /// A voter refused this node's election from a later term: campaign again in that term
+    /// at once instead of one election timeout later. Voters send their own vote requests
+    /// only to the members of their configuration, so a node they do not know as a voter (it
+    /// joined in entries they have not received) learns their terms only from these answers;
+    /// with pre-vote off, voters that cannot win keep raising the term among themselves, and
+    /// a node that waits a whole timeout before its next try is always a term behind. That
+    /// node may hold the only log that can win: the cluster stayed leaderless for good (the
+    /// node simulation, seeds 36294 and 85081). One immediate retry per timeout catches up
+    /// within a round trip; voters that hear from a leader ignore it as they ignore any
+    /// vote request (check-quorum), so a healthy leader is not disturbed by it.
+    fn campaign_again_in_later_term(&mut self, from: NodeId, term: Term) {
+        tracing::debug!(node = self.id, from, term, "a voter is in a later term; campaigning again in it");
+        self.become_follower(term, None);
+        self.retried_in_later_term = true;
+        if self.may_campaign() && self.term() < Term::MAX {
+            self.campaign();
+        }
     }
 
     fn become_pre_candidate(&mut self) {
@@ -740,6 +779,12 @@ impl Raft {
                     }
                 }
                 Payload::RequestVoteResponse { pre_vote: true, granted: true } => {}
+                Payload::RequestVoteResponse { pre_vote, granted: false }
+                    if self.may_campaign_again_in_later_term(*pre_vote) =>
+                {
+                    self.campaign_again_in_later_term(m.from, m.term);
+                    return;
+                }
                 Payload::AppendEntries { .. } | Payload::InstallSnapshot { .. } => {
                     self.become_follower(m.term, Some(m.from))
                 }

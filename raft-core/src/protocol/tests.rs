@@ -975,3 +975,65 @@ fn a_follower_one_batch_behind_counts_as_caught_up() {
     n.propose_membership_change(now, &MembershipChange::RemoveNode(2), false)
         .expect("node 3 answers, one behind");
 }
+
+/// The vote requests of a (pre-)election `ready` sent, as (to, term, pre_vote).
+fn vote_requests(ready: &Ready) -> Vec<(NodeId, Term, bool)> {
+    ready
+        .messages
+        .iter()
+        .chain(ready.persisted_messages.iter())
+        .filter_map(|m| match m.payload {
+            Payload::RequestVote { pre_vote, .. } => Some((m.to, m.term, pre_vote)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
+    // Node 1 campaigns at term 4 (no pre-vote); voters 2 and 3 have moved on to term 9.
+    let config = Config { pre_vote: false, ..Config::default() };
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 3, voted_for: None },
+        entries: log_of(&[1, 2, 3]),
+        membership: Membership::with_voters([1, 2, 3]),
+        ..RestoredState::default()
+    };
+    let mut n = Raft::new(1, config, restored, 1, 0).expect("valid config");
+    n.step(10_000, Event::Tick);
+    let first = n.take_ready();
+    n.advance();
+    assert_eq!(n.role(), Role::Candidate);
+    assert_eq!(vote_requests(&first), vec![(2, 4, false), (3, 4, false)]);
+    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false };
+    let again = deliver(&mut n, msg(2, 1, 9, refusal.clone()));
+    assert_eq!(n.role(), Role::Candidate, "campaigns again without waiting for a timeout");
+    assert_eq!(n.term(), 10);
+    assert_eq!(vote_requests(&again), vec![(2, 10, false), (3, 10, false)]);
+    // Once per election timeout: a second refusal from a later term only makes it follow.
+    let later = deliver(&mut n, msg(3, 1, 12, refusal.clone()));
+    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.term(), 12);
+    assert!(vote_requests(&later).is_empty());
+    // The next timeout campaigns as usual, with a fresh retry.
+    n.step(20_000, Event::Tick);
+    let next = n.take_ready();
+    n.advance();
+    assert_eq!(vote_requests(&next), vec![(2, 13, false), (3, 13, false)]);
+    let again = deliver(&mut n, msg(2, 1, 15, refusal));
+    assert_eq!(vote_requests(&again), vec![(2, 16, false), (3, 16, false)]);
+    // A refusal from the same term, or an answer to an older election, starts nothing.
+    let same =
+        deliver(&mut n, msg(3, 1, 16, Payload::RequestVoteResponse { pre_vote: false, granted: false }));
+    assert!(vote_requests(&same).is_empty());
+}
+
+#[test]
+fn a_follower_does_not_campaign_on_a_late_refusal_from_a_later_term() {
+    let mut n = node(1, 3, None, &[1]);
+    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false };
+    let ready = deliver(&mut n, msg(2, 1, 7, refusal));
+    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.term(), 7);
+    assert!(vote_requests(&ready).is_empty());
+}
