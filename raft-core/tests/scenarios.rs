@@ -479,3 +479,73 @@ fn voter_unknown_to_the_old_voters_wins(seed: u64) {
     assert!(recovered, "seed {seed}: no leader of {target:?} within 10 s; terms {terms:?}");
     c.one(b"k0=after", 7, true);
 }
+
+/// Review: crashing the leader of a healthy cluster (default config, jittery network) elects
+/// exactly one new leader; a pre-candidate refused from a later term must not start a second
+/// round that deposes it.
+#[test]
+fn a_failover_elects_one_leader() {
+    let jitter = raft_core::testing::sim::NetworkFaults {
+        loss_percent: 0,
+        duplicate_percent: 0,
+        delay_min_ms: 0,
+        delay_max_ms: 27,
+        long_delay_percent: 0,
+        long_delay_max_ms: 0,
+    };
+    for seed in [19, 25, 153] {
+        let mut c = Cluster::new(5, seed);
+        let leader = c.check_one_leader();
+        c.one(b"x", 5, true);
+        c.set_network_faults(jitter);
+        c.run_for(200);
+        c.crash(leader);
+        let mut seen: Vec<(u64, u64, u64)> = Vec::new();
+        c.run_until(3_000, |c| {
+            for (l, t) in c.leaders() {
+                if !seen.iter().any(|s| s.1 == l && s.2 == t) {
+                    seen.push((c.now(), l, t));
+                }
+            }
+            false
+        });
+        assert_eq!(seen.len(), 1, "seed {seed}: leaderships (at ms, node, term) after the crash: {seen:?}");
+    }
+}
+
+/// Review: with pre-vote off and check-quorum on, a follower that restarted terms behind and
+/// campaigned while it could not hear the leader does not depose the leader once the link is
+/// back (it is not told the leader's term by a refusal it would campaign past at once).
+#[test]
+fn a_node_behind_that_campaigned_does_not_depose_a_healthy_leader() {
+    for seed in 0..5 {
+        let config = Config { pre_vote: false, ..Config::default() };
+        let mut c = Cluster::with_config(3, seed, config);
+        let leader = c.check_one_leader();
+        c.one(b"a", 3, true);
+        let behind = (leader % 3) + 1;
+        let other = (1..=3).find(|i| *i != leader && *i != behind).expect("three nodes");
+        c.crash(behind);
+        c.transfer_leadership(leader, Some(other)).expect("transfer");
+        assert!(c.run_until(2_000, |c| c.leaders().iter().any(|(id, _)| *id == other)));
+        c.transfer_leadership(other, Some(leader)).expect("transfer back");
+        assert!(c.run_until(2_000, |c| c.leaders().iter().any(|(id, _)| *id == leader)));
+        c.run_for(100);
+        let term = c.raft(leader).expect("runs").term();
+        c.block_link(leader, behind);
+        c.restart(behind);
+        assert!(c.raft(behind).expect("runs").term() + 2 <= term);
+        // It campaigns (its term still below the leader's); the link comes back just after.
+        let campaigned = c.run_until(2_000, |c| c.raft(behind).is_some_and(|r| r.role() == Role::Candidate));
+        assert!(campaigned, "node {behind} campaigned");
+        c.run_for(10);
+        c.heal();
+        c.run_for(1_000);
+        let now = c.check_one_leader();
+        assert_eq!(
+            (now, c.raft(now).expect("runs").term()),
+            (leader, term),
+            "seed {seed}: leader {leader} of term {term} was deposed after node {behind}'s elections"
+        );
+    }
+}

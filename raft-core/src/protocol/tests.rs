@@ -1037,3 +1037,45 @@ fn a_follower_does_not_campaign_on_a_late_refusal_from_a_later_term() {
     assert_eq!(n.term(), 7);
     assert!(vote_requests(&ready).is_empty());
 }
+
+/// Review: with pre-vote on, a pre-candidate refused from a later term (by a voter that had
+/// just voted for another candidate) must not pre-vote again at once: it would then depose
+/// the leader it voted for.
+#[test]
+fn a_refused_pre_candidate_does_not_depose_the_leader_it_voted_for() {
+    let mut n = node(1, 4, None, &[1, 2, 3]);
+    n.step(10_000, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.role(), Role::PreCandidate);
+    deliver(&mut n, msg(3, 1, 5, Payload::RequestVoteResponse { pre_vote: true, granted: false }));
+    let rv =
+        Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(3, 3), leadership_transfer: false };
+    let ready = deliver(&mut n, msg(2, 1, 5, rv));
+    assert_eq!(
+        only_response(&ready).payload,
+        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+    );
+    deliver(&mut n, msg(2, 1, 6, Payload::RequestVoteResponse { pre_vote: true, granted: true }));
+    let ready = deliver(&mut n, msg(2, 1, 5, append((3, 3), vec![entry(5, 4)], 0)));
+    let reply = only_response(&ready);
+    assert_eq!(
+        (n.role(), n.term(), n.leader()),
+        (Role::Follower, 5, Some(2)),
+        "answered node 2's first AppendEntries with term {}: {:?}",
+        reply.term,
+        reply.payload
+    );
+}
+
+#[test]
+fn a_leader_under_check_quorum_does_not_answer_an_earlier_term_vote_request() {
+    let mut n = node(1, 3, None, &[1]);
+    elect(&mut n);
+    let term = n.term();
+    let req =
+        Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(1, 1), leadership_transfer: false };
+    let ready = deliver(&mut n, msg(2, 1, term - 1, req));
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    assert_eq!(n.role(), Role::Leader);
+}
