@@ -205,6 +205,24 @@ pub struct StatusView {
     pub leadership_transfer: Option<u64>,
     /// The fatal error that stopped the node, if any.
     pub fatal: Option<String>,
+    /// How this node's Raft peers are authenticated.
+    #[serde(default)]
+    pub peer_security: PeerSecurity,
+    /// Configuration choices an operator should know about (plaintext peers, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// How a node's Raft peers are authenticated (`/v1/status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSecurity {
+    /// Mutual TLS: each peer proves its node id with a certificate of the cluster's CA.
+    #[default]
+    MutualTls,
+    /// Plaintext (`insecure_plaintext_peers = true`): anyone who reaches the Raft port can act
+    /// as a member.
+    InsecurePlaintext,
 }
 
 /// Answer to `GET /v1/leader` and `POST /v1/transfer-leader`.

@@ -1,6 +1,7 @@
 //! The `raft-node` binary as an operator runs it: three processes started from config files,
 //! `raft-node ctl` against them, SIGTERM for a graceful stop, a restart that keeps the data,
-//! and `check-config` on a broken file.
+//! and `check-config` on a broken file. The nodes run the documented set-up: mutual TLS between
+//! peers (dev certificates); a plaintext connection to their Raft port gets nowhere.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -14,7 +15,16 @@ use common::free_addr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-node");
 
+/// Config files of a 3-node cluster with mutual TLS between peers; the client endpoints.
 fn write_configs(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let (files, addrs) = write_configs_with_raft_addrs(dir);
+    (files, addrs.iter().map(|(_, c)| c.to_string()).collect())
+}
+
+/// Like `write_configs`, returning (raft, client) addresses.
+fn write_configs_with_raft_addrs(dir: &Path) -> (Vec<PathBuf>, Vec<(String, String)>) {
+    let certs = dir.join("certs");
+    raft_tls::generate_dev_certs("bin", 1..=3).unwrap().write_dev_certs(&certs).unwrap();
     let addrs: Vec<_> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let mut members = String::new();
     for (i, (raft, client)) in addrs.iter().enumerate() {
@@ -25,16 +35,20 @@ fn write_configs(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     }
     let mut files = Vec::new();
     for (i, (raft, client)) in addrs.iter().enumerate() {
+        let id = i + 1;
         let text = format!(
-            "cluster = \"bin\"\nid = {}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}[log]\nlevel = \"info\"\n",
-            i + 1,
-            dir.join(format!("data{}", i + 1)).display()
+            "cluster = \"bin\"\nid = {id}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}\
+             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[log]\nlevel = \"info\"\n",
+            dir.join(format!("data{id}")).display(),
+            certs.join("ca.pem").display(),
+            certs.join(format!("node-{id}.pem")).display(),
+            certs.join(format!("node-{id}-key.pem")).display(),
         );
         let file = dir.join(format!("node{}.toml", i + 1));
         std::fs::write(&file, text).unwrap();
         files.push(file);
     }
-    (files, addrs.iter().map(|(_, c)| c.to_string()).collect())
+    (files, addrs.iter().map(|(r, c)| (r.to_string(), c.to_string())).collect())
 }
 
 /// Starts a node whose log goes to `<config>.log` (appended), as a service manager's would.
@@ -144,4 +158,69 @@ fn a_broken_config_is_refused_with_every_problem_and_touches_nothing() {
     let out = Command::new(BIN).args(["check-config", "--config"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+}
+
+/// A plaintext peer that says `Hello` as node 2 and then sends a vote request with an absurd
+/// term (the forged frames of the security review) to a node of the default set-up: it never
+/// gets a `HelloAck`, nothing it sent reaches the protocol, and the cluster keeps serving.
+#[test]
+fn a_plaintext_peer_gets_nowhere_with_the_default_set_up() {
+    use raft_core::wire::{encode_frame, FrameDecoder, WireMessage, DEFAULT_MAX_FRAME_BYTES, WIRE_VERSION};
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (files, addrs) = write_configs_with_raft_addrs(dir.path());
+    let endpoints: Vec<String> = addrs.iter().map(|(_, c)| c.clone()).collect();
+    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    wait_ready(&endpoints);
+    let (_, before, _) = ctl(&endpoints, &["--json", "status"]);
+    // The highest term any node reports.
+    let term_of = |status: &str| -> u64 {
+        let terms: Vec<u64> = status
+            .split("\"term\":")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        *terms.iter().max().unwrap_or_else(|| panic!("no term in {status}"))
+    };
+
+    let mut frames = Vec::new();
+    let hello = WireMessage::Hello { version: WIRE_VERSION, cluster_id: "bin".into(), node_id: 2 };
+    encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frames).unwrap();
+    let vote = WireMessage::Raft(raft_core::Message {
+        from: 2,
+        to: 1,
+        term: u64::MAX - 1,
+        payload: raft_core::Payload::RequestVote {
+            pre_vote: false,
+            last_log_id: raft_core::LogId::new(u64::MAX - 1, u64::MAX - 1),
+            leadership_transfer: true,
+        },
+    });
+    encode_frame(&vote, DEFAULT_MAX_FRAME_BYTES, &mut frames).unwrap();
+    let mut socket = std::net::TcpStream::connect(&addrs[0].0).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The node may close the connection while we write: that is a refusal too.
+    let _ = socket.write_all(&frames);
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    let mut buf = bytes::BytesMut::from(&answer[..]);
+    let decoded = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES).decode(&mut buf);
+    assert!(
+        !matches!(decoded, Ok(Some(WireMessage::HelloAck { .. }))),
+        "a plaintext Hello was accepted: {answer:?}"
+    );
+
+    let (ok, _, err) = ctl(&endpoints, &["put", "after", "attack"]);
+    assert!(ok, "the cluster still takes writes: {err}");
+    let (_, after, _) = ctl(&endpoints, &["--json", "status"]);
+    assert!(
+        term_of(&after) < 1000,
+        "the forged term was not adopted: {} -> {}",
+        term_of(&before),
+        term_of(&after)
+    );
+    for child in &mut children {
+        terminate(child);
+    }
 }

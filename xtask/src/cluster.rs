@@ -97,11 +97,20 @@ pub(crate) struct ClusterOptions {
     pub release: bool,
     /// Remove the directory first: start from empty data.
     pub clean: bool,
+    /// Plaintext Raft peers (`--insecure`) instead of mutual TLS with dev certificates.
+    pub insecure: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, transport: "tcp".into(), storage: "rocks".into(), release: true, clean: false }
+        Self {
+            nodes: 3,
+            transport: "tcp".into(),
+            storage: "rocks".into(),
+            release: true,
+            clean: false,
+            insecure: false,
+        }
     }
 }
 
@@ -115,6 +124,9 @@ impl ClusterOptions {
             || !["rocks", "mem"].contains(&self.storage.as_str())
         {
             bail!("--transport tcp|quic, --storage rocks|mem");
+        }
+        if self.insecure && self.transport == "quic" {
+            bail!("--insecure: QUIC always uses mutual TLS");
         }
         Ok(())
     }
@@ -140,6 +152,7 @@ fn parse_options(args: &[String]) -> Result<ClusterOptions> {
             }
             "--debug" => o.release = false,
             "--clean" => o.clean = true,
+            "--insecure" => o.insecure = true,
             other => bail!("unknown option {other}"),
         }
         i += 1;
@@ -148,7 +161,7 @@ fn parse_options(args: &[String]) -> Result<ClusterOptions> {
     Ok(o)
 }
 
-const USAGE: &str = "usage: cargo xtask cluster up [--nodes N] [--transport tcp|quic] [--storage rocks|mem] [--debug] [--clean] \
+const USAGE: &str = "usage: cargo xtask cluster up [--nodes N] [--transport tcp|quic] [--storage rocks|mem] [--debug] [--clean] [--insecure] \
                      | down [--clean] | status | kill N | restart N";
 
 /// Runs a `cluster` subcommand.
@@ -230,12 +243,16 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("binary"), binary.display().to_string())?;
-        let tls_dir = if o.transport == "quic" {
-            let certs_dir = dir.join("certs");
-            raft_tls::generate_dev_certs("local", 1..=o.nodes)?.write_dev_certs(&certs_dir)?;
-            Some(certs_dir)
-        } else {
+        let tls_dir = if o.insecure {
+            println!(
+                "peers: INSECURE plaintext (--insecure): anyone who reaches a Raft port can act as a member"
+            );
             None
+        } else {
+            let certs_dir = dir.join("certs");
+            raft_tls::generate_dev_certs("local", 1..=9)?.write_dev_certs(&certs_dir)?;
+            println!("peers: mutual TLS, dev certificates in {}", certs_dir.display());
+            Some(certs_dir)
         };
         for id in 1..=o.nodes {
             for addr in [layout.raft_addr(id), layout.client_addr(id)] {
@@ -372,7 +389,8 @@ pub struct ConfigCommon {
     pub transport: String,
     /// `rocks` or `mem`.
     pub storage: String,
-    /// Dev certificates (`ca.pem`, `node-<id>.pem`, `node-<id>-key.pem`), for TLS.
+    /// Dev certificates (`ca.pem`, `node-<id>.pem`, `node-<id>-key.pem`) for mutual TLS
+    /// between peers; `None` writes `insecure_plaintext_peers = true`.
     pub tls_dir: Option<PathBuf>,
     /// TOML appended to every file (`[raft]`, `[limits]` sections, ...).
     pub extra_toml: String,
@@ -424,6 +442,8 @@ impl ConfigCommon {
                 certs.join(format!("node-{}.pem", node.id)).display(),
                 certs.join(format!("node-{}-key.pem", node.id)).display()
             ));
+        } else {
+            text.push_str("# Plaintext Raft peers: for an isolated test network only.\ninsecure_plaintext_peers = true\n\n");
         }
         text.push_str(&self.extra_toml);
         text

@@ -33,6 +33,9 @@ pub fn statuses(rows: &[(Endpoint, Result<StatusView, ClientError>)]) -> String 
                 if let Some(fatal) = &s.fatal {
                     notes.push(format!("fatal: {fatal}"));
                 }
+                if s.peer_security == crate::api::PeerSecurity::InsecurePlaintext {
+                    notes.push("INSECURE plaintext peers".to_owned());
+                }
                 t.row([
                     endpoint.to_string(),
                     s.id.to_string(),
@@ -252,6 +255,8 @@ mod tests {
             joint: false,
             leadership_transfer: None,
             fatal: None,
+            peer_security: crate::api::PeerSecurity::MutualTls,
+            warnings: Vec::new(),
         }
     }
 

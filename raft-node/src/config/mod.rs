@@ -301,9 +301,16 @@ pub struct NodeConfig {
     /// Join as a voter (promoted when caught up) or stay a learner.
     #[serde(default = "default_true")]
     pub join_as_voter: bool,
-    /// Mutual TLS between nodes: required for QUIC, optional for TCP.
+    /// Mutual TLS between nodes. Required unless `insecure_plaintext_peers` is set (and always
+    /// for QUIC): each peer proves its node id with a certificate from the cluster's CA.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Run the Raft transport in plaintext, without `[tls]`: anyone who reaches `raft_addr`
+    /// can then pose as a member, forge AppendEntries and rewrite the data. Only for a
+    /// network that nothing else reaches (tests, benchmarks); the node warns at start and in
+    /// `/v1/status`.
+    #[serde(default)]
+    pub insecure_plaintext_peers: bool,
     /// Protocol tunables (elections, heartbeats, batching, snapshots, reads).
     #[serde(default)]
     pub raft: raft_core::Config,
@@ -475,6 +482,20 @@ impl NodeConfig {
                 bad(&format!("join[{i}]"), "must be a host:port address".into());
             }
         }
+        match (&self.tls, self.insecure_plaintext_peers) {
+            (None, false) if self.transport == TransportKind::Tcp => bad(
+                "tls",
+                "peers must authenticate: configure [tls] (ca_cert, cert, key; `cargo xtask certs` \
+                 writes dev certificates), or set insecure_plaintext_peers = true to let anyone who \
+                 reaches raft_addr act as a member"
+                    .into(),
+            ),
+            (Some(_), true) => bad(
+                "insecure_plaintext_peers",
+                "contradicts [tls]: remove one of them (with [tls] peers use mutual TLS)".into(),
+            ),
+            _ => {}
+        }
         if self.transport == TransportKind::Quic && self.tls.is_none() {
             bad(
                 "tls",
@@ -549,6 +570,29 @@ impl NodeConfig {
             bad("log.level", format!("not a valid filter: {e}"));
         }
         out
+    }
+
+    /// How the Raft peers are authenticated.
+    pub fn peer_security(&self) -> raft_client::api::PeerSecurity {
+        if self.tls.is_some() {
+            raft_client::api::PeerSecurity::MutualTls
+        } else {
+            raft_client::api::PeerSecurity::InsecurePlaintext
+        }
+    }
+
+    /// What an operator should be told about this configuration (at start and in
+    /// `/v1/status`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.tls.is_none() {
+            warnings.push(format!(
+                "insecure_plaintext_peers: the Raft transport on {} is not authenticated; anyone who \
+                 reaches it can act as a member and rewrite the data",
+                self.raft_addr
+            ));
+        }
+        warnings
     }
 
     /// The address other nodes dial for this node's Raft transport: `raft_advertise_addr`,

@@ -1,6 +1,22 @@
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../node.example.toml");
+/// The shipped example, with its `[tls]` paths pointing at dev certificates that exist.
+fn example() -> &'static str {
+    static EXAMPLE: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    &EXAMPLE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let certs = dir.path().join("certs");
+            raft_tls::generate_dev_certs("dev", 1..=3)
+                .expect("certs")
+                .write_dev_certs(&certs)
+                .expect("written");
+            let text = include_str!("../../node.example.toml")
+                .replace("\"certs/", &format!("\"{}/", certs.display()));
+            (dir, text)
+        })
+        .1
+}
 
 fn problems_of(text: &str, overrides: &[&str]) -> Vec<ConfigProblem> {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
@@ -16,7 +32,7 @@ fn keys(problems: &[ConfigProblem]) -> Vec<&str> {
 
 #[test]
 fn the_shipped_example_is_valid_and_matches_the_defaults() {
-    let config = NodeConfig::parse(EXAMPLE, "node.example.toml", &[]).expect("the example is valid");
+    let config = NodeConfig::parse(example(), "node.example.toml", &[]).expect("the example is valid");
     assert_eq!(config.id, 1);
     assert_eq!(config.members.len(), 3);
     assert_eq!(config.raft, raft_core::Config::default(), "the example documents the defaults");
@@ -38,16 +54,17 @@ fn malformed_toml_names_the_file_and_line() {
 
 #[test]
 fn unknown_fields_are_refused() {
-    let text = EXAMPLE.replace("heartbeat_interval_ms = 20", "heartbeat_interval_ms = 20\nheartbeat_ms = 5");
+    let text =
+        example().replace("heartbeat_interval_ms = 20", "heartbeat_interval_ms = 20\nheartbeat_ms = 5");
     let err = NodeConfig::parse(&text, "x.toml", &[]).expect_err("unknown field");
     assert!(err.to_string().contains("heartbeat_ms"), "{err}");
-    let top = format!("colour = \"red\"\n{EXAMPLE}");
+    let top = format!("colour = \"red\"\n{}", example());
     assert!(NodeConfig::parse(&top, "x.toml", &[]).is_err());
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text = EXAMPLE
+    let text = example()
         .replace("id = 3\n", "id = 2\n") // duplicate node id
         .replace("heartbeat_interval_ms = 20", "heartbeat_interval_ms = 500") // heartbeat > election min
         .replace("max_key_bytes = 4096", "max_key_bytes = 0");
@@ -63,19 +80,19 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn self_missing_from_members_is_refused() {
     let problems =
-        problems_of(EXAMPLE, &["id=7", "raft_addr=\"127.0.0.1:7007\"", "client_addr=\"127.0.0.1:8087\""]);
+        problems_of(example(), &["id=7", "raft_addr=\"127.0.0.1:7007\"", "client_addr=\"127.0.0.1:8087\""]);
     assert!(problems.iter().any(|p| p.key == "members" && p.reason.contains("missing")), "{problems:?}");
 }
 
 #[test]
 fn an_advertised_raft_address_is_what_the_members_entry_carries() {
     // Node 1 listens on 127.0.0.1:7001; peers dial it through 127.0.0.1:7101.
-    let advertised = EXAMPLE.replacen(
+    let advertised = example().replacen(
         "id = 1\nraft_addr = \"127.0.0.1:7001\"",
         "id = 1\nraft_addr = \"127.0.0.1:7101\"",
         1,
     );
-    assert_ne!(advertised, EXAMPLE);
+    assert_ne!(advertised, example());
     let config = NodeConfig::parse(&advertised, "a.toml", &["raft_advertise_addr=\"127.0.0.1:7101\"".into()])
         .expect("listening on one address and advertising another is valid");
     assert_eq!(config.raft_addr.port(), 7001);
@@ -85,18 +102,18 @@ fn an_advertised_raft_address_is_what_the_members_entry_carries() {
     let problems = problems_of(&advertised, &[]);
     assert_eq!(keys(&problems), vec!["members[0]"], "{problems:?}");
     // Unset, the advertised address is raft_addr.
-    let plain = NodeConfig::parse(EXAMPLE, "x.toml", &[]).expect("valid");
+    let plain = NodeConfig::parse(example(), "x.toml", &[]).expect("valid");
     assert_eq!(plain.advertised_raft_addr(), plain.raft_addr);
     // Not dialable, or the HTTP address.
     for bad in ["\"0.0.0.0:7101\"", "\"127.0.0.1:0\"", "\"127.0.0.1:8081\""] {
-        let problems = problems_of(EXAMPLE, &[&format!("raft_advertise_addr={bad}")]);
+        let problems = problems_of(example(), &[&format!("raft_advertise_addr={bad}")]);
         assert!(keys(&problems).contains(&"raft_advertise_addr"), "{bad}: {problems:?}");
     }
 }
 
 #[test]
 fn members_and_join_are_exclusive_and_one_is_needed() {
-    let problems = problems_of(EXAMPLE, &["join=[\"127.0.0.1:8082\"]"]);
+    let problems = problems_of(example(), &["join=[\"127.0.0.1:8082\"]"]);
     assert!(keys(&problems).contains(&"join"), "{problems:?}");
     assert!(keys(&problems_of(BARE, &[])).contains(&"members"));
     let joiner =
@@ -104,8 +121,9 @@ fn members_and_join_are_exclusive_and_one_is_needed() {
     assert_eq!(joiner.join, vec!["127.0.0.1:8081".to_string()]);
 }
 
-const BARE: &str =
-    "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ndata_dir = \"d\"\n";
+/// A minimal config (plaintext peers, to need no certificate files).
+const BARE: &str = "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n\
+                    data_dir = \"d\"\ninsecure_plaintext_peers = true\n";
 
 #[test]
 fn discovery_alone_is_enough_to_find_a_cluster_but_must_be_on() {
@@ -124,10 +142,10 @@ fn discovery_settings_are_validated() {
         ("\"[ff02::1]:7946\"", "IPv6"),
         ("\"239.255.77.1:0\"", "port 0"),
     ] {
-        let problems = problems_of(EXAMPLE, &[&format!("discovery.group={group}")]);
+        let problems = problems_of(example(), &[&format!("discovery.group={group}")]);
         assert_eq!(keys(&problems), vec!["discovery.group"], "{why}: {problems:?}");
     }
-    assert!(NodeConfig::parse(EXAMPLE, "x.toml", &["discovery.group=\"not an address\"".into()]).is_err());
+    assert!(NodeConfig::parse(example(), "x.toml", &["discovery.group=\"not an address\"".into()]).is_err());
     for (over, key) in [
         ("discovery.interface=\"::1\"", "discovery.interface"),
         ("discovery.interface=\"239.1.1.1\"", "discovery.interface"),
@@ -135,10 +153,10 @@ fn discovery_settings_are_validated() {
         ("discovery.interval_ms=600000", "discovery.interval_ms"),
         ("discovery.listen_ms=1500", "discovery.listen_ms"),
     ] {
-        assert!(keys(&problems_of(EXAMPLE, &[over])).contains(&key), "{over}");
+        assert!(keys(&problems_of(example(), &[over])).contains(&key), "{over}");
     }
     // Turned on, the announced addresses must be specific and the interface IPv4.
-    let problems = problems_of(EXAMPLE, &["discovery.enabled=true", "raft_addr=\"0.0.0.0:7001\""]);
+    let problems = problems_of(example(), &["discovery.enabled=true", "raft_addr=\"0.0.0.0:7001\""]);
     assert!(keys(&problems).contains(&"raft_addr"), "{problems:?}");
     let v6 = BARE.replace("127.0.0.1:1", "[::1]:1");
     let problems = problems_of(&v6, &["discovery.enabled=true"]);
@@ -153,23 +171,44 @@ fn discovery_settings_are_validated() {
 
 #[test]
 fn own_entry_must_match_the_top_level_addresses() {
-    let problems = problems_of(EXAMPLE, &["client_addr=\"127.0.0.1:9999\""]);
+    let problems = problems_of(example(), &["client_addr=\"127.0.0.1:9999\""]);
     assert!(keys(&problems).contains(&"members[0]"), "{problems:?}");
 }
 
 #[test]
 fn duplicate_addresses_and_bad_cluster_ids_are_refused() {
-    let text = EXAMPLE.replace("127.0.0.1:7003", "127.0.0.1:7002");
+    let text = example().replace("127.0.0.1:7003", "127.0.0.1:7002");
     assert!(problems_of(&text, &[]).iter().any(|p| p.reason.contains("used twice")));
-    assert!(keys(&problems_of(EXAMPLE, &["cluster=\"a b\""])).contains(&"cluster"));
-    assert!(keys(&problems_of(EXAMPLE, &["cluster=\"\""])).contains(&"cluster"));
+    assert!(keys(&problems_of(example(), &["cluster=\"a b\""])).contains(&"cluster"));
+    assert!(keys(&problems_of(example(), &["cluster=\"\""])).contains(&"cluster"));
+}
+
+/// The example without its `[tls]` section.
+fn example_without_tls() -> String {
+    let text = example();
+    let start = text.find("[tls]\n").expect("the example has [tls]");
+    let end = start + text[start..].find("\n\n").expect("the section ends");
+    format!("{}{}", &text[..start], &text[end..])
 }
 
 #[test]
-fn quic_needs_tls_and_tls_files_must_be_readable() {
-    assert!(keys(&problems_of(EXAMPLE, &["transport=\"quic\""])).contains(&"tls"));
+fn peers_authenticate_unless_plaintext_is_chosen_explicitly() {
+    let plain = example_without_tls();
+    assert!(keys(&problems_of(&plain, &[])).contains(&"tls"), "no [tls] and no explicit choice");
+    let config = NodeConfig::parse(&plain, "x.toml", &["insecure_plaintext_peers=true".into()])
+        .expect("plaintext chosen explicitly");
+    assert!(config.tls.is_none() && config.insecure_plaintext_peers);
+    assert!(keys(&problems_of(example(), &["insecure_plaintext_peers=true"]))
+        .contains(&"insecure_plaintext_peers"));
+    // QUIC has no plaintext mode.
+    let quic = problems_of(&plain, &["transport=\"quic\"", "insecure_plaintext_peers=true"]);
+    assert!(keys(&quic).contains(&"tls"));
+}
+
+#[test]
+fn tls_files_must_be_readable() {
     let problems = problems_of(
-        EXAMPLE,
+        example(),
         &[
             "tls.ca_cert=\"/nonexistent/ca.pem\"",
             "tls.cert=\"/nonexistent/c.pem\"",
@@ -185,7 +224,7 @@ fn quic_needs_tls_and_tls_files_must_be_readable() {
 #[test]
 fn overrides_set_nested_keys_and_typed_values() {
     let config = NodeConfig::parse(
-        EXAMPLE,
+        example(),
         "x.toml",
         &["raft.heartbeat_interval_ms=30".into(), "log.level=debug".into()],
     )
@@ -193,20 +232,20 @@ fn overrides_set_nested_keys_and_typed_values() {
     assert_eq!(config.raft.heartbeat_interval_ms, 30);
     assert_eq!(config.log.level, "debug", "a bare word is taken as a string");
     assert!(matches!(
-        NodeConfig::parse(EXAMPLE, "x.toml", &["no_equals_sign".into()]),
+        NodeConfig::parse(example(), "x.toml", &["no_equals_sign".into()]),
         Err(ConfigError::BadOverride(_))
     ));
     assert!(matches!(
-        NodeConfig::parse(EXAMPLE, "x.toml", &["id.x=1".into()]),
+        NodeConfig::parse(example(), "x.toml", &["id.x=1".into()]),
         Err(ConfigError::BadOverride(_))
     ));
-    let err = NodeConfig::parse(EXAMPLE, "x.toml", &["id=\"one\"".into()]).expect_err("wrong type");
+    let err = NodeConfig::parse(example(), "x.toml", &["id=\"one\"".into()]).expect_err("wrong type");
     assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
 }
 
 #[test]
 fn frame_limit_must_hold_snapshot_chunks_and_appends() {
-    let problems = problems_of(EXAMPLE, &["network.max_frame_bytes=262144"]);
+    let problems = problems_of(example(), &["network.max_frame_bytes=262144"]);
     let keys = keys(&problems);
     assert!(keys.contains(&"raft.snapshot_chunk_bytes"), "{problems:?}");
     assert!(keys.contains(&"raft.max_bytes_per_append"), "{problems:?}");

@@ -87,6 +87,8 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         members: members.members,
         leadership_transfer: p.leadership_transfer,
         fatal: node.fatal.clone(),
+        peer_security: shared.config.peer_security(),
+        warnings: shared.config.warnings(),
     })
 }
 

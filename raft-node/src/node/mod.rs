@@ -335,7 +335,10 @@ impl Node {
             stop_grace: Duration::from_millis(limits.request_timeout_ms),
         };
         let http = tokio::spawn(crate::http::serve(http_listener, router, server_limits, stop_rx));
-        tracing::info!(id = shared.config.id, %client_addr, raft_addr = %shared.config.raft_addr, "node started");
+        tracing::info!(id = shared.config.id, %client_addr, raft_addr = %shared.config.raft_addr, peers = ?shared.config.peer_security(), "node started");
+        for warning in shared.config.warnings() {
+            tracing::warn!("INSECURE: {warning}");
+        }
         Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks })
     }
 

@@ -39,7 +39,9 @@ pub fn config_for(
         m.client_addr,
         dir.join(format!("node{}", m.id)).display()
     );
-    let mut config = NodeConfig::parse(&text, "test.toml", &["join=[\"x\"]".into()]).unwrap();
+    // Plaintext peers unless a test sets [tls].
+    let overrides = ["join=[\"x\"]".into(), "insecure_plaintext_peers=true".into()];
+    let mut config = NodeConfig::parse(&text, "test.toml", &overrides).unwrap();
     config.join.clear();
     config.members = members;
     config.storage = storage;

@@ -192,6 +192,8 @@ fn cluster_options(o: &Options) -> ClusterOptions {
         storage: o.storage.clone(),
         release: o.release,
         clean: true,
+        // Plaintext peers, as the etcd it is compared with.
+        insecure: o.transport == "tcp",
     }
 }
 
@@ -334,10 +336,11 @@ fn rerun_in_release(args: &[String]) -> Result<()> {
 
 fn raft_description(o: &Options) -> String {
     format!(
-        "raft-node ({} node{}, {}, {}, {} build)",
+        "raft-node ({} node{}, {}, {}, {}, {} build)",
         o.nodes,
         if o.nodes == 1 { "" } else { "s" },
         o.transport,
+        if cluster_options(o).insecure { "plaintext peers" } else { "mutual TLS between peers" },
         o.storage,
         if o.release { "release" } else { "debug" }
     )

@@ -165,7 +165,7 @@ fn outer(root: &Path, o: &Options, args: &[String]) -> Result<()> {
         }
         println!(
             "chaos: rootless (on the host's loopback; partitions and link faults by the proxy, no disk-full \
-             fault), seed {}, {} nodes, {:?}",
+             fault), seed {}, {} nodes, {:?}, mutual TLS between peers",
             o.seed, o.nodes, o.duration
         );
         let binary = raft_node_binary(root, o)?;
@@ -196,7 +196,7 @@ fn outer(root: &Path, o: &Options, args: &[String]) -> Result<()> {
         binary.display().to_string(),
     ]);
     println!(
-        "chaos: namespace {name}, seed {}, {} nodes, {:?}, {} transport",
+        "chaos: namespace {name}, seed {}, {} nodes, {:?}, {} transport with mutual TLS between peers",
         o.seed, o.nodes, o.duration, o.transport
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -408,9 +408,8 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
             data_dir: data_root.join(format!("node{id}")),
         })
         .collect();
-    let tls_dir = if tcp {
-        None
-    } else {
+    // Mutual TLS between peers, the default set-up, for both transports.
+    let tls_dir = {
         let dir = out.join("certs");
         raft_tls::generate_dev_certs("chaos", 1..=o.nodes)?.write_dev_certs(&dir)?;
         Some(dir)
