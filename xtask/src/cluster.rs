@@ -418,6 +418,10 @@ impl ConfigCommon {
         if let Some(advertised) = &node.raft_advertise_addr {
             text.push_str(&format!("raft_advertise_addr = \"{advertised}\"\n"));
         }
+        if self.tls_dir.is_none() {
+            // A top-level key: before the [[members]] tables.
+            text.push_str("# Plaintext Raft peers: for an isolated test network only.\ninsecure_plaintext_peers = true\n");
+        }
         match join {
             Some(through) => {
                 let list: Vec<String> = through.iter().map(|a| format!("\"{a}\"")).collect();
@@ -442,8 +446,6 @@ impl ConfigCommon {
                 certs.join(format!("node-{}.pem", node.id)).display(),
                 certs.join(format!("node-{}-key.pem", node.id)).display()
             ));
-        } else {
-            text.push_str("# Plaintext Raft peers: for an isolated test network only.\ninsecure_plaintext_peers = true\n\n");
         }
         text.push_str(&self.extra_toml);
         text
@@ -593,4 +595,35 @@ fn status(layout: &Layout) -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_peers_are_chosen_at_the_top_level_not_inside_a_member() {
+        let spec = |id: u64| NodeSpec {
+            id,
+            raft_addr: format!("127.0.0.1:700{id}"),
+            client_addr: format!("127.0.0.1:808{id}"),
+            raft_advertise_addr: None,
+            data_dir: PathBuf::from(format!("d{id}")),
+        };
+        let members = [spec(1), spec(2)];
+        let mut common = ConfigCommon {
+            cluster: "t".into(),
+            transport: "tcp".into(),
+            storage: "mem".into(),
+            tls_dir: None,
+            extra_toml: String::new(),
+            written_by: "test".into(),
+        };
+        let text = common.node_config(&members[0], &members, None);
+        let key = text.find("insecure_plaintext_peers = true").expect("plaintext chosen");
+        assert!(key < text.find("[[members]]").expect("members"), "{text}");
+        common.tls_dir = Some(PathBuf::from("certs"));
+        let text = common.node_config(&members[0], &members, None);
+        assert!(!text.contains("insecure_plaintext_peers") && text.contains("[tls]"), "{text}");
+    }
 }
