@@ -433,6 +433,8 @@ pub enum ErrorCode {
     UnknownOutcome,
     /// Malformed request (HTTP 400).
     BadRequest,
+    /// The path exists but not with this method (HTTP 405, with `Allow`).
+    MethodNotAllowed,
     /// The key or value is over the configured limit (HTTP 413).
     TooLarge,
     /// No such key, service, member or node (HTTP 404).
@@ -476,6 +478,7 @@ impl ErrorCode {
             | ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::BadRequest => 400,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,
             ErrorCode::NotFound => 404,
             ErrorCode::CasFailed
@@ -486,6 +489,24 @@ impl ErrorCode {
             | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+
+    /// The code an HTTP status stands for, for answers that carry no `ApiError` (a proxy's
+    /// error page, or an HTTP-level refusal).
+    pub fn for_status(status: u16) -> ErrorCode {
+        match status {
+            421 => ErrorCode::NotLeader,
+            503 => ErrorCode::Unavailable,
+            502 | 504 => ErrorCode::Timeout,
+            429 => ErrorCode::Busy,
+            413 => ErrorCode::TooLarge,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            410 => ErrorCode::Compacted,
+            409 => ErrorCode::Conflict,
+            400..=499 => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
         }
     }
 

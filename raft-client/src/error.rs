@@ -144,6 +144,7 @@ pub fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Busy => "busy",
         ErrorCode::UnknownOutcome => "unknown_outcome",
         ErrorCode::BadRequest => "bad_request",
+        ErrorCode::MethodNotAllowed => "method_not_allowed",
         ErrorCode::TooLarge => "too_large",
         ErrorCode::NotFound => "not_found",
         ErrorCode::CasFailed => "cas_failed",
@@ -162,18 +163,7 @@ pub fn error_code_name(code: ErrorCode) -> &'static str {
 /// The error code a status stands for, for answers whose body is not an `ApiError` (a proxy's
 /// error page, say).
 pub(crate) fn code_for_status(status: u16) -> ErrorCode {
-    match status {
-        421 => ErrorCode::NotLeader,
-        503 => ErrorCode::Unavailable,
-        502 | 504 => ErrorCode::Timeout,
-        429 => ErrorCode::Busy,
-        413 => ErrorCode::TooLarge,
-        404 => ErrorCode::NotFound,
-        410 => ErrorCode::Compacted,
-        409 => ErrorCode::Conflict,
-        400..=499 => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    }
+    ErrorCode::for_status(status)
 }
 
 #[cfg(test)]
@@ -189,6 +179,7 @@ mod tests {
             ErrorCode::Timeout,
             ErrorCode::Busy,
             ErrorCode::BadRequest,
+            ErrorCode::MethodNotAllowed,
             ErrorCode::TooLarge,
             ErrorCode::NotFound,
             ErrorCode::CasFailed,

@@ -150,3 +150,37 @@ async fn saturated_request_slots_answer_busy_instead_of_hanging() {
     let _ = holder.await;
     cluster.shutdown().await;
 }
+
+/// Requests the framework itself refuses (wrong method, unparsable path or query, malformed
+/// or mistyped JSON, unknown path) get a JSON `ApiError` with a stable code, never plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_json_with_a_stable_code() {
+    let cluster = TestCluster::start(1, StorageKind::Mem).await;
+    let addr = cluster.endpoint(1);
+    let cases = [
+        ("POST /v1/status", "", "405", "method_not_allowed"),
+        ("DELETE /v1/members/abc", "", "400", "bad_request"),
+        ("GET /v1/kv?limit=many", "", "400", "bad_request"),
+        ("POST /v1/members", "{\"id\": ", "400", "bad_request"),
+        ("POST /v1/transfer-leader", "[1, 2]", "4", "bad_request"),
+        ("GET /v2/anything", "", "404", "not_found"),
+    ];
+    for (request, body, status, code) in cases {
+        let head = format!(
+            "{request} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = send_raw(&addr, &head).await;
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("answered");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{request}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("content-type: application/json"),
+            "{request}: {answer}"
+        );
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{request}: {answer}");
+        if status == "405" {
+            assert!(answer.to_ascii_lowercase().contains("allow: get"), "{request}: {answer}");
+        }
+    }
+    cluster.shutdown().await;
+}

@@ -53,6 +53,11 @@ pub struct RocksOptions {
     /// Most memory all memtables may take together, in bytes; reaching it flushes them to
     /// disk. Each column family's memtable is at most half of it.
     pub memtable_budget_bytes: usize,
+    /// Most table (SST) files RocksDB keeps open; it reopens others when a read needs them.
+    /// Bounded so that a large state cannot exhaust the process's file descriptors (RocksDB's
+    /// own default is unlimited); `raft-node` keeps 256 descriptors outside its client
+    /// connections for storage, peers and listeners. RocksDB needs at least 20.
+    pub max_open_files: u16,
 }
 
 impl Default for RocksOptions {
@@ -63,6 +68,7 @@ impl Default for RocksOptions {
             queue_max: 4_096,
             verify_on_open: true,
             memtable_budget_bytes: 32 << 20,
+            max_open_files: 128,
         }
     }
 }
@@ -170,6 +176,7 @@ fn db_options(create: bool, options: &RocksOptions) -> Options {
     o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     o.set_compression_type(rocksdb::DBCompressionType::None);
     o.enable_statistics();
+    o.set_max_open_files(i32::from(options.max_open_files.max(20)));
     o
 }
 

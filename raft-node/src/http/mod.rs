@@ -73,7 +73,39 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { HttpError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(json_errors))
         .with_state(shared)
+}
+
+/// Longest body of a non-JSON error answer kept as the JSON error's message.
+const PLAIN_ERROR_BYTES: usize = 1024;
+
+/// Every error answer is JSON with a stable code: the framework's own refusals (405 for a
+/// method the path does not take, 400/415/422 from path, query and body extractors, 413)
+/// become an `ApiError` with the same status and their text as the message.
+async fn json_errors(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_BYTES).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message =
+        if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut answer = HttpError::new(ErrorCode::for_status(status.as_u16()), message).into_response();
+    *answer.status_mut() = status;
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        answer.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
 }
 
 /// The request slots of the API.

@@ -177,3 +177,15 @@ async fn a_damaged_record_is_found_when_opening() {
     let err = db.log(0).entries(1, 6).await.expect_err("damaged entry");
     assert!(matches!(err, raft_core::StorageError::Corrupt(m) if m.contains("entry 3")));
 }
+
+/// The store bounds the table files it keeps open (RocksDB's default is unlimited): the
+/// options file RocksDB writes records the bound.
+#[tokio::test]
+async fn open_table_files_are_bounded() {
+    let dir = flushed_store(10).await;
+    let options = files_with(dir.path(), |name| name.starts_with("OPTIONS-"));
+    assert!(!options.is_empty(), "RocksDB wrote its options file");
+    let text = std::fs::read_to_string(options.last().expect("one")).expect("readable");
+    let expected = format!("max_open_files={}", RocksOptions::default().max_open_files);
+    assert!(text.contains(&expected), "{expected} not in the options file");
+}
