@@ -82,6 +82,9 @@ fn main() -> ExitCode {
                     c.cluster,
                     c.members.len()
                 );
+                for warning in c.warnings() {
+                    println!("warning: INSECURE: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -184,3 +184,26 @@ async fn every_refusal_is_json_with_a_stable_code() {
     }
     cluster.shutdown().await;
 }
+
+/// A chunked body that breaks the chunk framing is a bad request; one that grows past the
+/// body limit is too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_are_refused_for_what_is_wrong_with_them() {
+    let cluster = TestCluster::start_with(1, StorageKind::Mem, |c| {
+        c.limits.max_body_bytes = 8192;
+        c.limits.max_value_bytes = 1024;
+        c.limits.max_key_bytes = 64;
+    })
+    .await;
+    let head = "PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let big = format!("{head}2710\r\n{}\r\n0\r\n\r\n", "x".repeat(10_000));
+    for (body, status, code) in
+        [(format!("{head}zz\r\nnot a chunk\r\n0\r\n\r\n"), "400", "bad_request"), (big, "413", "too_large")]
+    {
+        let mut stream = send_raw(&cluster.endpoint(1), &body).await;
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("answered");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{answer}");
+    }
+    cluster.shutdown().await;
+}

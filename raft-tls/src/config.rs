@@ -91,6 +91,37 @@ pub fn rustls_configs(
     Ok((server, client))
 }
 
+/// Checks, before anything listens, that `tls` can serve node `node_id` of `cluster_id`: the
+/// PEM blocks parse, the key belongs to the certificate, the certificate is valid now, is
+/// signed by the CA and names exactly this node. Each mistake would otherwise start a node
+/// that no peer accepts, with the reason logged only on the peers.
+pub fn check_own_material(tls: &TlsConfig, cluster_id: &str, node_id: NodeId) -> Result<(), TlsError> {
+    rustls_configs(tls, b"check")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(tls.ca_cert_pem.as_bytes()) {
+        roots.add(ca.map_err(error("CA certificate"))?).map_err(error("CA certificate"))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error("node certificate"))?;
+    let (leaf, intermediates) =
+        chain.split_first().ok_or(TlsError { what: "node certificate", reason: "no certificate".into() })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(error("client verifier"))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+        .map_err(|e| TlsError { what: "node certificate", reason: format!("not accepted by the CA: {e}") })?;
+    match node_id_from_chain(&chain, cluster_id) {
+        Ok(id) if id == node_id => Ok(()),
+        Ok(id) => Err(TlsError {
+            what: "node certificate",
+            reason: format!("it names node {id} of cluster {cluster_id:?}, this node is {node_id}"),
+        }),
+        Err(e) => Err(TlsError { what: "node certificate", reason: e.to_string() }),
+    }
+}
+
 /// Why a peer's certificate does not name a node of this cluster.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -144,5 +175,26 @@ mod tests {
         assert!(matches!(node_id_from_chain(&chain, "other"), Err(IdentityError::NoIdentity { .. })));
         let bad = TlsConfig { key_pem: "garbage".into(), ..tls };
         assert_eq!(rustls_configs(&bad, b"x").map(|_| ()).map_err(|e| e.what), Err("node key"));
+    }
+
+    #[test]
+    fn own_material_must_name_this_node_and_chain_to_the_ca() {
+        let certs = generate_dev_certs("test", [1, 2]).expect("certs");
+        let one = certs.tls_config(1).expect("node 1");
+        let two = certs.tls_config(2).expect("node 2");
+        check_own_material(&one, "test", 1).expect("valid");
+        let reason = |r: Result<(), TlsError>| r.expect_err("refused").reason;
+        assert!(reason(check_own_material(&two, "test", 1)).contains("names node 2"));
+        assert!(!reason(check_own_material(&one, "other", 1)).is_empty());
+        // Node 2's key with node 1's certificate.
+        let mismatched = TlsConfig { key_pem: two.key_pem.clone(), ..one.clone() };
+        assert!(check_own_material(&mismatched, "test", 1).is_err());
+        // Another cluster's CA.
+        let foreign = generate_dev_certs("test", [1]).expect("certs").tls_config(1).expect("node 1");
+        let wrong_ca = TlsConfig { ca_cert_pem: foreign.ca_cert_pem, ..one.clone() };
+        assert!(reason(check_own_material(&wrong_ca, "test", 1)).contains("not accepted by the CA"));
+        // The CA file pointing at the node's own certificate.
+        let self_ca = TlsConfig { ca_cert_pem: one.cert_pem.clone(), ..one };
+        assert!(check_own_material(&self_ca, "test", 1).is_err());
     }
 }

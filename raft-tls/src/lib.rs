@@ -31,4 +31,6 @@ mod config;
 pub use certs::{
     generate_dev_certs, is_valid_cluster_id, node_identity, parse_node_identity, CertError, DevCa, DevCerts,
 };
-pub use config::{node_id_from_chain, rustls_configs, IdentityError, TlsConfig, TlsError};
+pub use config::{
+    check_own_material, node_id_from_chain, rustls_configs, IdentityError, TlsConfig, TlsError,
+};

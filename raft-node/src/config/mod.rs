@@ -504,10 +504,32 @@ impl NodeConfig {
             );
         }
         if let Some(tls) = &self.tls {
+            let mut readable = true;
             for (key, path) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
             {
-                if let Err(e) = std::fs::File::open(path) {
+                if let Err(e) = std::fs::read(path) {
                     bad(key, format!("cannot read {}: {e}", path.display()));
+                    readable = false;
+                }
+            }
+            if !raft_tls::is_valid_cluster_id(&self.cluster) {
+                bad(
+                    "cluster",
+                    "with [tls] the cluster id is part of certificate names: lowercase letters, digits, \
+                     '-' and '.' only"
+                        .into(),
+                );
+            } else if readable {
+                let read = |p: &std::path::Path| {
+                    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+                };
+                let material = raft_tls::TlsConfig {
+                    ca_cert_pem: read(&tls.ca_cert),
+                    cert_pem: read(&tls.cert),
+                    key_pem: read(&tls.key),
+                };
+                if let Err(e) = raft_tls::check_own_material(&material, &self.cluster, self.id) {
+                    bad("tls", e.to_string());
                 }
             }
         }

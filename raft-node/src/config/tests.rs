@@ -257,3 +257,16 @@ fn a_missing_file_is_a_read_error() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/node.toml"));
 }
+
+#[test]
+fn tls_material_this_node_cannot_use_is_refused_before_start() {
+    // Node 2's certificate and key for node 1.
+    let text = example().replace("node-1.pem", "node-2.pem").replace("node-1-key.pem", "node-2-key.pem");
+    let problems = problems_of(&text, &[]);
+    assert!(problems.iter().any(|p| p.key == "tls" && p.reason.contains("names node 2")), "{problems:?}");
+    // Node 1's certificate with node 2's key.
+    let text = example().replace("node-1-key.pem", "node-2-key.pem");
+    assert!(keys(&problems_of(&text, &[])).contains(&"tls"));
+    // A cluster id no certificate name can carry.
+    assert!(keys(&problems_of(example(), &["cluster=\"Dev\""])).contains(&"cluster"));
+}

@@ -138,7 +138,11 @@ async fn limit_concurrency(State(slots): State<Arc<Slots>>, request: Request, ne
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
-            return HttpError::new(ErrorCode::TooLarge, format!("reading the body: {e}")).into_response();
+            // Over the limit (a chunked body, or a Content-Length that lied) or malformed.
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            let code = if over_limit { ErrorCode::TooLarge } else { ErrorCode::BadRequest };
+            return HttpError::new(code, format!("reading the body: {e}")).into_response();
         }
         Err(_) => {
             let message = format!("the body did not arrive within {} ms", slots.body_read.as_millis());
