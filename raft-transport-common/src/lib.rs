@@ -46,4 +46,4 @@ pub mod outbound;
 pub mod peers;
 pub mod stats;
 
-pub use stats::{Counters, TransportStats};
+pub use stats::{Counters, LogGate, TransportStats, REFUSALS_LOGGED};

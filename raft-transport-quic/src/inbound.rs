@@ -7,7 +7,7 @@ use raft_core::NodeId;
 use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPolicy};
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
 use raft_transport_common::peers::Superseded;
-use raft_transport_common::Counters;
+use raft_transport_common::{Counters, REFUSALS_LOGGED};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,11 +24,14 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, 
         while connections.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             Counters::add(&shared.counters.rejected_connections, 1);
-            warn!(
-                peer_addr = %incoming.remote_address(),
-                limit = shared.config.max_inbound_connections,
-                "connection limit reached; refusing"
-            );
+            if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                warn!(
+                    peer_addr = %incoming.remote_address(),
+                    limit = shared.config.max_inbound_connections,
+                    suppressed,
+                    "connection limit reached; refusing"
+                );
+            }
             incoming.refuse();
             continue;
         };
@@ -114,7 +117,9 @@ async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSende
 /// Closes a connection whose certificate does not name a known peer of this cluster.
 fn refuse_identity(shared: &Shared, connection: &quinn::Connection, reason: &str) {
     Counters::add(&shared.counters.refused_identity, 1);
-    warn!(peer_addr = %connection.remote_address(), reason, "peer identity refused; closing");
+    if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+        warn!(peer_addr = %connection.remote_address(), reason, suppressed, "peer identity refused; closing");
+    }
     connection.close(close_codes::BAD_IDENTITY.into(), reason.as_bytes());
 }
 
@@ -130,7 +135,9 @@ async fn hello(shared: &Shared, connection: &quinn::Connection, peer: NodeId, de
         }
         Err(_) => {
             Counters::add(&shared.counters.timeouts, 1);
-            warn!(peer, "no Hello in time; closing");
+            if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                warn!(peer, suppressed, "no Hello in time; closing");
+            }
             connection.close(close_codes::PROTOCOL.into(), b"handshake timeout");
             return false;
         }

@@ -10,7 +10,7 @@ use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPol
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
 use raft_transport_common::io::write_frame;
 use raft_transport_common::peers::Superseded;
-use raft_transport_common::Counters;
+use raft_transport_common::{Counters, REFUSALS_LOGGED};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -38,7 +38,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbo
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             Counters::add(&shared.counters.rejected_connections, 1);
-            warn!(peer_addr = %addr, limit = shared.config.max_inbound_connections, "connection limit reached; closing");
+            if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                let limit = shared.config.max_inbound_connections;
+                warn!(peer_addr = %addr, limit, suppressed, "connection limit reached; closing");
+            }
             drop(stream);
             continue;
         };
@@ -71,13 +74,17 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &Inb
             Ok(Ok((stream, peer))) if shared.peers.contains(peer) => (stream, Some(peer)),
             Ok(Ok((mut stream, peer))) => {
                 Counters::add(&counters.refused_identity, 1);
-                warn!(peer_addr = %addr, peer, "certificate of a node that is not a peer; closing");
+                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                    warn!(peer_addr = %addr, peer, suppressed, "certificate of a node that is not a peer; closing");
+                }
                 let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
                 return;
             }
             Ok(Err(error @ TlsAcceptError::Identity(_))) => {
                 Counters::add(&counters.refused_identity, 1);
-                warn!(peer_addr = %addr, %error, "peer identity refused; closing");
+                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                    warn!(peer_addr = %addr, %error, suppressed, "peer identity refused; closing");
+                }
                 return;
             }
             Ok(Err(error)) => return counters.tls_refused(addr, Some(&error)),
@@ -96,7 +103,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &Inb
                 AcceptHelloError::Refused(_)
                 | AcceptHelloError::IdentityMismatch { .. }
                 | AcceptHelloError::NotHello(_) => {
-                    warn!(peer_addr = %addr, %error, "handshake refused; closing")
+                    if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                        warn!(peer_addr = %addr, %error, suppressed, "handshake refused; closing")
+                    }
                 }
                 _ => debug!(peer_addr = %addr, %error, "handshake failed"),
             }
