@@ -83,6 +83,27 @@ fn wait_ready(endpoints: &[String]) {
     }
 }
 
+/// The node processes of a test, killed when it ends however it ends (a failed assertion
+/// must not leave nodes running).
+struct Nodes(Vec<Child>);
+
+impl Nodes {
+    fn start(files: &[PathBuf]) -> Self {
+        Self(files.iter().map(|f| spawn(f)).collect())
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -104,7 +125,7 @@ fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
         let out = Command::new(BIN).args(["check-config", "--config"]).arg(file).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    let mut children = Nodes::start(&files);
     wait_ready(&endpoints);
 
     let (ok, _, err) = ctl(&endpoints, &["put", "color", "blue"]);
@@ -115,15 +136,15 @@ fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
     assert!(ok && out.contains("leader"), "{out}");
 
     // SIGTERM stops every node gracefully (exit 0); a restart keeps the data.
-    for child in &mut children {
+    for child in &mut children.0 {
         let status = terminate(child);
         assert!(status.success(), "exit status {status}");
     }
-    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    let mut children = Nodes::start(&files);
     wait_ready(&endpoints);
     let (ok, out, _) = ctl(&endpoints, &["get", "color"]);
     assert!(ok && out.contains("blue"), "data kept across the restart: {out}");
-    for child in &mut children {
+    for child in &mut children.0 {
         terminate(child);
     }
     // A log written to a file is plain text: no colour escapes.
@@ -171,7 +192,7 @@ fn a_plaintext_peer_gets_nowhere_with_the_default_set_up() {
     let dir = tempfile::tempdir().unwrap();
     let (files, addrs) = write_configs_with_raft_addrs(dir.path());
     let endpoints: Vec<String> = addrs.iter().map(|(_, c)| c.clone()).collect();
-    let mut children: Vec<Child> = files.iter().map(|f| spawn(f)).collect();
+    let mut children = Nodes::start(&files);
     wait_ready(&endpoints);
     let (_, before, _) = ctl(&endpoints, &["--json", "status"]);
     // The highest term any node reports.
@@ -220,7 +241,7 @@ fn a_plaintext_peer_gets_nowhere_with_the_default_set_up() {
         term_of(&before),
         term_of(&after)
     );
-    for child in &mut children {
+    for child in &mut children.0 {
         terminate(child);
     }
 }
