@@ -14,6 +14,16 @@ use raft_node::config::StorageKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// One node whose bodies are at most 8 KiB (values 1 KiB, keys 64 bytes).
+async fn start_with_small_bodies() -> TestCluster {
+    TestCluster::start_with(1, StorageKind::Mem, |c| {
+        c.limits.max_body_bytes = 8192;
+        c.limits.max_value_bytes = 1024;
+        c.limits.max_key_bytes = 64;
+    })
+    .await
+}
+
 /// Sends `head` on a new connection and returns it (open).
 async fn send_raw(addr: &str, head: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -79,12 +89,7 @@ async fn bodies_that_never_finish_hold_no_request_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announced_body_over_the_limit_is_refused_unread() {
-    let cluster = TestCluster::start_with(1, StorageKind::Mem, |c| {
-        c.limits.max_body_bytes = 8192;
-        c.limits.max_value_bytes = 1024;
-        c.limits.max_key_bytes = 64;
-    })
-    .await;
+    let cluster = start_with_small_bodies().await;
     let head =
         "PUT /v1/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n";
     let mut stream = send_raw(&cluster.endpoint(1), head).await;
@@ -189,12 +194,7 @@ async fn every_refusal_is_json_with_a_stable_code() {
 /// body limit is too large.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_bodies_are_refused_for_what_is_wrong_with_them() {
-    let cluster = TestCluster::start_with(1, StorageKind::Mem, |c| {
-        c.limits.max_body_bytes = 8192;
-        c.limits.max_value_bytes = 1024;
-        c.limits.max_key_bytes = 64;
-    })
-    .await;
+    let cluster = start_with_small_bodies().await;
     let head = "PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     let big = format!("{head}2710\r\n{}\r\n0\r\n\r\n", "x".repeat(10_000));
     for (body, status, code) in

@@ -504,14 +504,16 @@ impl NodeConfig {
             );
         }
         if let Some(tls) = &self.tls {
-            let mut readable = true;
-            for (key, path) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
-            {
-                if let Err(e) = std::fs::read(path) {
+            // Each file read once; the material is checked only when all three were read.
+            let mut read = |key: &str, path: &std::path::Path| match std::fs::read(path) {
+                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(e) => {
                     bad(key, format!("cannot read {}: {e}", path.display()));
-                    readable = false;
+                    None
                 }
-            }
+            };
+            let pems =
+                (read("tls.ca_cert", &tls.ca_cert), read("tls.cert", &tls.cert), read("tls.key", &tls.key));
             if !raft_tls::is_valid_cluster_id(&self.cluster) {
                 bad(
                     "cluster",
@@ -519,15 +521,8 @@ impl NodeConfig {
                      '-' and '.' only"
                         .into(),
                 );
-            } else if readable {
-                let read = |p: &std::path::Path| {
-                    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
-                };
-                let material = raft_tls::TlsConfig {
-                    ca_cert_pem: read(&tls.ca_cert),
-                    cert_pem: read(&tls.cert),
-                    key_pem: read(&tls.key),
-                };
+            } else if let (Some(ca_cert_pem), Some(cert_pem), Some(key_pem)) = pems {
+                let material = raft_tls::TlsConfig { ca_cert_pem, cert_pem, key_pem };
                 if let Err(e) = raft_tls::check_own_material(&material, &self.cluster, self.id) {
                     bad("tls", e.to_string());
                 }
