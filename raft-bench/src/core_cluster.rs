@@ -11,7 +11,10 @@ use anyhow::bail;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::testing::local_transport::LocalNetwork;
-use raft_core::{Config, Entry, EntryPayload, Fsm, FsmError, Membership, NodeId, RaftNode, ReadMode, Role};
+use raft_core::{
+    read_to_end, BufferSource, Config, Entry, EntryPayload, Fsm, FsmError, Membership, NodeId, RaftNode,
+    ReadMode, Role, SnapshotReader, SnapshotSource,
+};
 use raft_storage_mem::MemStorage;
 
 use crate::BenchReport;
@@ -29,12 +32,13 @@ impl Fsm for CountingFsm {
         Ok(vec![Bytes::new(); entries.len()])
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.applied.to_le_bytes().to_vec()))
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
+        Ok(Box::new(BufferSource::new(self.applied.to_le_bytes().to_vec())))
     }
 
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let bytes: [u8; 8] = snapshot.try_into().map_err(|_| FsmError::BadSnapshot("length".into()))?;
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        let snapshot = read_to_end(snapshot, 8).await?;
+        let bytes: [u8; 8] = snapshot[..].try_into().map_err(|_| FsmError::BadSnapshot("length".into()))?;
         self.applied = u64::from_le_bytes(bytes);
         Ok(())
     }
@@ -58,12 +62,12 @@ impl Fsm for LogFsm {
         Ok(vec![Bytes::new(); entries.len()])
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::copy_from_slice(&self.state))
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
+        Ok(Box::new(BufferSource::new(self.state.clone())))
     }
 
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        self.state = snapshot.to_vec();
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        self.state = read_to_end(snapshot, usize::MAX).await?;
         Ok(())
     }
 }

@@ -17,6 +17,59 @@ pub enum FsmError {
     Failed(String),
 }
 
+/// A point-in-time view of the state machine, written out in the background as a stream of
+/// chunks while the node keeps applying entries (see [`Fsm::snapshot`]).
+pub trait SnapshotSource: Send + 'static {
+    /// The next part of the snapshot: at least one byte and about `max_bytes` (a single item
+    /// larger than that may make a chunk larger), or `None` once everything was returned.
+    /// Called from a background task between yields, so each call should do bounded work.
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>, FsmError>;
+}
+
+/// A snapshot given as one buffer, handed out in chunks: for state machines whose state is
+/// small enough to encode at once (it is encoded when the view is taken, on the event loop).
+#[derive(Debug, Clone)]
+pub struct BufferSource {
+    data: Bytes,
+}
+
+impl BufferSource {
+    /// A source of `data`'s bytes.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Self { data: data.into() }
+    }
+}
+
+impl SnapshotSource for BufferSource {
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>, FsmError> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let n = self.data.len().min(max_bytes.max(1));
+        Ok(Some(self.data.split_to(n)))
+    }
+}
+
+/// Where [`Fsm::restore`] reads a snapshot from, chunk by chunk.
+#[async_trait]
+pub trait SnapshotReader: Send {
+    /// The next chunk, `None` at the end of the snapshot.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FsmError>;
+}
+
+/// Reads the whole of `reader` into one buffer, failing with `BadSnapshot` past `limit`
+/// bytes: for state machines with a small state (see [`BufferSource`]).
+pub async fn read_to_end(reader: &mut dyn SnapshotReader, limit: usize) -> Result<Vec<u8>, FsmError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next_chunk().await? {
+        if out.len() + chunk.len() > limit {
+            return Err(FsmError::BadSnapshot(format!("larger than {limit} bytes")));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// A deterministic state machine fed with committed entries.
 ///
 /// # Correctness
@@ -26,15 +79,20 @@ pub enum FsmError {
 /// - Applying must be deterministic: the same entries give the same state and responses on
 ///   every node. A command that is invalid for the application gets an error *response*
 ///   (encoded in the bytes), never an `Err`.
-/// - [`restore`](Fsm::restore) replaces the whole state with the snapshot's, atomically.
+/// - [`snapshot`](Fsm::snapshot) returns a view of the state *as it is now*: entries applied
+///   after it returns must not show in what the view writes out. It runs on the driver's event
+///   loop, so it must be cheap (O(1) with a persistent or copy-on-write structure); the view is
+///   serialized in a background task while the node goes on applying.
+/// - [`restore`](Fsm::restore) replaces the whole state with the snapshot's, atomically: on an
+///   error the state is unchanged.
 #[async_trait]
 pub trait Fsm: Send + Sync {
     /// Applies committed entries and returns one response per entry.
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError>;
 
-    /// Serializes the current state (covering every entry applied so far).
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError>;
+    /// A point-in-time view of the current state (covering every entry applied so far).
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError>;
 
-    /// Replaces the state with the one in `snapshot`.
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError>;
+    /// Replaces the state with the snapshot read from `snapshot`.
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError>;
 }

@@ -38,7 +38,7 @@ pub use config::{Config, ConfigError};
 pub use driver::{
     Applied, Clock, CommittedEntry, DriftingClock, NodeStatus, RaftError, RaftNode, TokioClock,
 };
-pub use fsm::{Fsm, FsmError};
+pub use fsm::{read_to_end, BufferSource, Fsm, FsmError, SnapshotReader, SnapshotSource};
 pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 pub use protocol::{
@@ -46,6 +46,8 @@ pub use protocol::{
     Ready, ReplicationMode, RestoreError, RestoredState, TransferError,
 };
 pub use rng::{fresh_seed, SeededRng};
-pub use storage::{InitialState, Snapshot, SnapshotMeta, Storage, StorageError};
+pub use storage::{
+    InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, Storage, StorageError,
+};
 pub use transport::{PeerError, SendError, Transport, TransportClosed};
 pub use types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};

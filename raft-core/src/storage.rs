@@ -1,19 +1,148 @@
 //! The `Storage` trait: where a node keeps its log, hard state and snapshots.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
 use crate::types::{Entry, HardState, Index, LogId, Term};
 
 /// A snapshot of the state machine with the log position and membership it covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// What the snapshot covers.
     pub meta: SnapshotMeta,
     /// The state machine's serialized state.
-    pub data: Bytes,
+    pub data: SnapshotData,
+}
+
+/// The bytes of a snapshot, held as a list of shared chunks: never one buffer of the whole
+/// state, and cloning shares the chunks. Equality compares the bytes, not the chunking.
+#[derive(Clone, Default)]
+pub struct SnapshotData {
+    chunks: Arc<[Bytes]>,
+    /// `starts[i]`: the offset of `chunks[i]` in the snapshot.
+    starts: Arc<[u64]>,
+    len: u64,
+}
+
+impl SnapshotData {
+    /// The snapshot made of `chunks`, in order (empty chunks are dropped).
+    pub fn from_chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let chunks: Vec<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut len = 0u64;
+        for c in &chunks {
+            starts.push(len);
+            len += c.len() as u64;
+        }
+        Self { chunks: chunks.into(), starts: starts.into(), len }
+    }
+
+    /// Everything `source` writes, pulled in chunks of about `chunk_bytes` at once (for tests
+    /// and small states: the driver pulls a view's chunks in a background task).
+    pub fn from_source(
+        source: &mut dyn crate::fsm::SnapshotSource,
+        chunk_bytes: usize,
+    ) -> Result<Self, crate::fsm::FsmError> {
+        let mut chunks = Vec::new();
+        while let Some(chunk) = source.next_chunk(chunk_bytes)? {
+            chunks.push(chunk);
+        }
+        Ok(Self::from_chunks(chunks))
+    }
+
+    /// The snapshot made of one buffer.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        Self::from_chunks([bytes.into()])
+    }
+
+    /// The snapshot's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the snapshot has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunks, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// Up to `max` bytes starting at `offset`, without copying: the part ends at the end of the
+    /// chunk holding `offset`. Empty at or past the end (or with `max` 0).
+    pub fn slice(&self, offset: u64, max: usize) -> Bytes {
+        if offset >= self.len || max == 0 {
+            return Bytes::new();
+        }
+        let i = self.starts.partition_point(|s| *s <= offset) - 1;
+        let (chunk, start) = (&self.chunks[i], self.starts[i]);
+        let from = (offset - start) as usize;
+        let to = chunk.len().min(from.saturating_add(max));
+        chunk.slice(from..to)
+    }
+
+    /// The whole snapshot in one buffer (a copy unless it is one chunk). For small snapshots
+    /// and tests: a large state should be read chunk by chunk.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.chunks[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut out = BytesMut::with_capacity(self.len as usize);
+                for c in many {
+                    out.extend_from_slice(c);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// A reader over the chunks, for [`Fsm::restore`](crate::Fsm::restore).
+    pub fn reader(&self) -> SnapshotDataReader {
+        SnapshotDataReader { data: self.clone(), next: 0 }
+    }
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotData({} bytes in {} chunks)", self.len, self.chunks.len())
+    }
+}
+
+impl PartialEq for SnapshotData {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.chunks.iter().flatten().eq(other.chunks.iter().flatten())
+    }
+}
+
+impl Eq for SnapshotData {}
+
+impl From<Bytes> for SnapshotData {
+    fn from(bytes: Bytes) -> Self {
+        Self::from_bytes(bytes)
+    }
+}
+
+/// Reads a [`SnapshotData`] chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct SnapshotDataReader {
+    data: SnapshotData,
+    next: usize,
+}
+
+#[async_trait]
+impl crate::fsm::SnapshotReader for SnapshotDataReader {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, crate::fsm::FsmError> {
+        let chunk = self.data.chunks.get(self.next).cloned();
+        self.next += 1;
+        Ok(chunk)
+    }
 }
 
 /// What a snapshot covers.
@@ -95,8 +224,12 @@ pub enum StorageError {
 /// - [`truncate`](Storage::truncate) and [`compact`](Storage::compact) are crash-atomic.
 /// - An error leaves the stored state as it was before the call; after an IO error the store
 ///   may refuse all further writes ([`StorageError::Poisoned`]).
-/// - Methods may be called from any task but not concurrently for writes: one driver owns the
-///   store.
+/// - One driver owns the store. It calls the write methods one at a time, with one exception:
+///   [`save_snapshot`](Storage::save_snapshot) of a snapshot the node took itself runs in the
+///   background, concurrently with appends and hard-state writes (never with `truncate`,
+///   `compact` or another `save_snapshot`). That snapshot covers only applied (so committed)
+///   entries, which stay in the log; the store must keep both writes correct (serializing them
+///   is enough).
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Reads the hard state, snapshot metadata and log bounds.

@@ -266,7 +266,8 @@ async fn snapshots_compact_storage_and_a_restarted_cluster_does_not_reapply() {
             initial.first_index
         );
         assert_eq!(initial.snapshot.map(|m| m.last_log_id), Some(snapshot.meta.last_log_id));
-        let count: u64 = std::str::from_utf8(&snapshot.data).expect("utf-8").parse().expect("a count");
+        let count: u64 =
+            std::str::from_utf8(&snapshot.data.to_bytes()).expect("utf-8").parse().expect("a count");
         snapshot_counts.insert(id, (snapshot_index, count));
     }
 
@@ -578,11 +579,11 @@ impl Fsm for PanickingFsm {
         Ok(entries.iter().map(|_| Bytes::new()).collect())
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::new())
+    async fn snapshot(&mut self) -> Result<Box<dyn raft_core::SnapshotSource>, FsmError> {
+        Ok(Box::new(raft_core::BufferSource::new(Bytes::new())))
     }
 
-    async fn restore(&mut self, _snapshot: &[u8]) -> Result<(), FsmError> {
+    async fn restore(&mut self, _snapshot: &mut dyn raft_core::SnapshotReader) -> Result<(), FsmError> {
         Ok(())
     }
 }

@@ -127,9 +127,9 @@ proptest! {
             let (b, mut b_fsm) = KvStore::new(small_options()).expect("options");
             let a_responses = apply_steps(&a, &mut a_fsm, &steps).await;
             let mut b_responses = apply_steps(&b, &mut b_fsm, &steps[..cut]).await;
-            let snapshot = b_fsm.snapshot().await.expect("snapshot");
+            let snapshot = raft_core::SnapshotData::from_source(&mut *b_fsm.snapshot().await.expect("snapshot"), 4096).expect("encodes");
             let (c, mut c_fsm) = KvStore::new(small_options()).expect("options");
-            c_fsm.restore(&snapshot).await.expect("restores");
+            c_fsm.restore(&mut snapshot.reader()).await.expect("restores");
             prop_assert_eq!(c.state_hash(), b.state_hash());
             b_responses.extend(apply_steps(&c, &mut c_fsm, &steps[cut..]).await);
             prop_assert_eq!(&a_responses, &b_responses);
@@ -219,7 +219,7 @@ proptest! {
             if format {
                 snapshot.insert(0, 1);
             }
-            if fsm.restore(&snapshot).await.is_err() {
+            if fsm.restore(&mut raft_core::SnapshotData::from_bytes(snapshot.clone()).reader()).await.is_err() {
                 prop_assert_eq!(store.state_hash(), hash);
             }
             // Applying arbitrary command bytes answers with a response.

@@ -4,6 +4,9 @@
 //! A crash while it is in progress keeps a random part of it: nothing or all of an atomic
 //! write (hard state, snapshot, truncation, compaction), a prefix of an append (a torn tail).
 //! An injected fault makes the next write fail without changing anything.
+//!
+//! Snapshot writes have a slot of their own: the driver writes its own snapshots in the
+//! background, concurrently with appends and hard-state writes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,6 +37,8 @@ pub(crate) struct Disk {
     /// Entries from `first_index()`, contiguous.
     entries: Vec<Entry>,
     in_progress: Option<Write>,
+    /// A snapshot write in progress (concurrent with `in_progress`).
+    snapshot_in_progress: Option<Write>,
     /// The next write fails with this error (and changes nothing).
     pub(crate) fault: Option<StorageError>,
     rng: SeededRng,
@@ -57,6 +62,7 @@ impl Disk {
             snapshot: None,
             entries: Vec::new(),
             in_progress: None,
+            snapshot_in_progress: None,
             fault: None,
             rng: SeededRng::new(seed),
             latency_max_ms,
@@ -133,8 +139,13 @@ impl Disk {
     /// The process crashed: the write in progress survives in part or not at all. Returns
     /// whether an append was torn (kept in part).
     pub(crate) fn crash(&mut self) -> bool {
-        let saving_snapshot = matches!(self.in_progress, Some(Write::Snapshot(_)));
+        let saving_snapshot = self.snapshot_in_progress.is_some();
         self.crashes_saving_snapshot += u64::from(saving_snapshot);
+        if let Some(write) = self.snapshot_in_progress.take() {
+            if self.rng.chance(1, 2) {
+                self.apply(write);
+            }
+        }
         let torn = self.crash_write();
         self.crashes_before_compaction += u64::from(self.uncompacted_snapshot);
         self.uncompacted_snapshot = false;
@@ -178,21 +189,30 @@ impl SimStorage {
 
     /// Carries out `write` as a real disk would: in progress for a while, then durable.
     async fn write(&self, write: Write) -> Result<(), StorageError> {
+        let snapshot = matches!(write, Write::Snapshot(_));
         let latency = {
             let mut disk = self.disk();
             if let Some(e) = disk.fault.take() {
                 return Err(e);
             }
-            debug_assert!(disk.in_progress.is_none(), "one write at a time");
-            disk.in_progress = Some(write);
+            let node = disk.node;
+            let slot = if snapshot { &mut disk.snapshot_in_progress } else { &mut disk.in_progress };
+            if slot.is_some() {
+                let what = if snapshot { "two snapshot writes" } else { "two log or hard-state writes" };
+                lock(&self.checks).violation(format!("node {node}: {what} at once"));
+            }
+            *slot = Some(write);
             let max = disk.latency_max_ms;
+            // A snapshot is larger than a log write: it takes longer.
+            let max = if snapshot { max * 4 } else { max };
             disk.rng.range(0, max + 1)
         };
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let mut disk = self.disk();
-        if let Some(write) = disk.in_progress.take() {
+        let slot = if snapshot { &mut disk.snapshot_in_progress } else { &mut disk.in_progress };
+        if let Some(write) = slot.take() {
             disk.apply(write);
         }
         Ok(())

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, Fsm, FsmError, Index, NodeId};
+use raft_core::{
+    read_to_end, BufferSource, Entry, EntryPayload, Fsm, FsmError, Index, NodeId, SnapshotReader,
+    SnapshotSource,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{stable_hash, Checks};
@@ -101,14 +104,16 @@ impl Fsm for SimFsm {
         Ok(vec![Bytes::new(); entries.len()])
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
         let state = lock(&self.state).clone();
-        postcard::to_stdvec(&state).map(Bytes::from).map_err(|e| FsmError::Failed(e.to_string()))
+        let encoded = postcard::to_stdvec(&state).map_err(|e| FsmError::Failed(e.to_string()))?;
+        Ok(Box::new(BufferSource::new(encoded)))
     }
 
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        let snapshot = read_to_end(snapshot, 1 << 30).await?;
         let restored: KvState =
-            postcard::from_bytes(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
+            postcard::from_bytes(&snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
         let how = if *lock(&self.started) {
             *lock(&self.installs) += 1;
             "installed a snapshot at"

@@ -36,6 +36,7 @@
 mod codec;
 mod db;
 mod error;
+mod snapshot_file;
 mod storage;
 
 pub use db::{Identity, RocksDb, RocksOptions, FORMAT_VERSION};

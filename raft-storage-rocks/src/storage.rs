@@ -1,33 +1,45 @@
 //! [`RocksStorage`]: one Raft log in a [`RocksDb`], implementing [`Storage`].
 //!
 //! Layout: entries in the `log` column family under `group ‖ index` (big-endian), each value a
-//! checksummed frame of the postcard-encoded entry; the hard state and the snapshot (its
-//! metadata and its data under two keys written in one batch) in the `meta` column family.
-//! Every write is one atomic, synced batch: a truncation, a compaction, or a snapshot with the
-//! log it discards is all there after a crash or not at all. Log bounds are read from RocksDB
-//! on each call, never cached, so they are right after a reopen.
+//! checksummed frame of the postcard-encoded entry; the hard state and the snapshot's metadata
+//! and file reference in the `meta` column family; the snapshot's data in a checksummed file
+//! beside the database (see `snapshot_file`), written and synced before the batch that makes
+//! it current. Every write is one atomic, synced batch: a truncation, a compaction, or a
+//! snapshot with the log it discards is all there after a crash or not at all. Log bounds are
+//! read from RocksDB on each call, never cached, so they are right after a reopen.
+//!
+//! Stores written before snapshot files kept the data in the database (`snapshot_data`): it is
+//! still read, and the next snapshot saved replaces it with a file.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotMeta, Storage, StorageError, Term,
+    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta, Storage,
+    StorageError, Term,
 };
 use rocksdb::{Direction, IteratorMode, DB};
 
 use crate::codec::{self, index_of, log_key, meta_key, CF_LOG, CF_META};
 use crate::db::{missing_cf, reopening, Bounds, Cf, Op, RocksDb};
 use crate::error::storage_error;
+use crate::snapshot_file::{self, SnapshotFileRef};
 
 /// One Raft log stored in a [`RocksDb`]; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct RocksStorage {
     db: RocksDb,
     group: u64,
+    /// Held from reading the bounds a log write starts from until the write is done, so that
+    /// writes that may run concurrently (a snapshot saved in the background beside appends)
+    /// each start from the bounds the other left.
+    bounds_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RocksStorage {
     pub(crate) fn new(db: RocksDb, group: u64) -> Self {
-        Self { db, group }
+        Self { db, group, bounds_lock: Arc::default() }
     }
 
     /// The store this log lives in.
@@ -35,10 +47,19 @@ impl RocksStorage {
         &self.db
     }
 
-    fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T, StorageError>) -> Result<T, StorageError> {
+    pub(crate) fn with_db<T>(
+        &self,
+        f: impl FnOnce(&DB) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let guard = self.db.read()?;
         let db = guard.as_ref().ok_or_else(reopening)?;
         f(db)
+    }
+
+    /// A raw value of the `meta` column family (for tests).
+    #[cfg(test)]
+    pub(crate) fn raw_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Self::get_meta(db, key)
     }
 
     fn get_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -71,7 +92,7 @@ impl RocksStorage {
         }
     }
 
-    fn bounds(&self, db: &DB) -> Result<Bounds, StorageError> {
+    pub(crate) fn bounds(&self, db: &DB) -> Result<Bounds, StorageError> {
         if let Some(b) = self.db.cached_bounds(self.group) {
             return Ok(b);
         }
@@ -108,7 +129,7 @@ impl RocksStorage {
 
     /// Carries out a write and then records the bounds it leads to; after a failure the
     /// bounds are read again from RocksDB.
-    async fn write(&self, ops: Vec<Op>, after: Bounds) -> Result<(), StorageError> {
+    pub(crate) async fn write(&self, ops: Vec<Op>, after: Bounds) -> Result<(), StorageError> {
         match self.db.write(ops).await {
             Ok(()) => {
                 self.db.cache_bounds(self.group, after);
@@ -147,6 +168,7 @@ impl Storage for RocksStorage {
 
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         let Some(first) = entries.first() else { return Ok(()) };
+        let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;
         let contiguous = entries.windows(2).all(|w| w[1].index == w[0].index + 1);
         let lowest = b.first.max(b.snapshot.index + 1);
@@ -167,6 +189,7 @@ impl Storage for RocksStorage {
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {
+        let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;
         if from <= b.snapshot.index || from < b.first {
             return Err(Self::out_of_range(b, from, from));
@@ -228,8 +251,23 @@ impl Storage for RocksStorage {
         })
     }
 
+    /// Writes the data to a file (in a blocking task), then commits the metadata, the file
+    /// reference and the log it discards in one batch, then removes older files.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StorageError> {
         let last = snapshot.meta.last_log_id;
+        let stored = self.with_db(|db| self.bounds(db))?.snapshot;
+        if last.index < stored.index {
+            return Ok(());
+        }
+        // The data first, with no lock held: appends go on meanwhile.
+        let dir = snapshot_file::dir_of(self.db.dir());
+        let (group, data) = (self.group, snapshot.data.clone());
+        let write_dir = dir.clone();
+        let reference =
+            tokio::task::spawn_blocking(move || snapshot_file::write(&write_dir, group, last, &data))
+                .await
+                .map_err(|e| StorageError::Io(format!("the snapshot writer task failed: {e}")))??;
+        let _bounds = self.bounds_lock.lock().await;
         let (b, matches) = self.with_db(|db| {
             let b = self.bounds(db)?;
             let matches = last.index >= b.first
@@ -237,12 +275,13 @@ impl Storage for RocksStorage {
                 && self.read_entry(db, last.index)?.is_some_and(|e| e.term == last.term);
             Ok((b, matches))
         })?;
-        if last.index < b.snapshot.index {
-            return Ok(());
-        }
+        let legacy = meta_key(self.group, "snapshot_data");
+        let mut legacy_end = legacy.clone();
+        legacy_end.push(0);
         let mut ops = vec![
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_meta"), codec::encode(&snapshot.meta)?),
-            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_data"), codec::encode(&(last, &snapshot.data))?),
+            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
+            Op::DeleteRange(Cf::Meta, legacy, legacy_end),
         ];
         let after = if matches {
             Bounds { snapshot: last, ..b }
@@ -250,27 +289,50 @@ impl Storage for RocksStorage {
             ops.push(self.log_range(0));
             Bounds { first: last.index + 1, last: last.index, snapshot: last }
         };
-        self.write(ops, after).await
+        self.write(ops, after).await?;
+        let keep = reference.name;
+        let _ =
+            tokio::task::spawn_blocking(move || snapshot_file::remove_others(&dir, group, Some(&keep))).await;
+        Ok(())
     }
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        self.with_db(|db| {
+        let found = self.with_db(|db| {
             let Some(meta) = self.snapshot_meta(db)? else { return Ok(None) };
+            if let Some(v) = Self::get_meta(db, &meta_key(self.group, "snapshot_file"))? {
+                let reference: SnapshotFileRef = codec::decode(&v, &|| "the snapshot file reference".into())?;
+                return Ok(Some((meta, Ok(reference))));
+            }
+            // A store written before snapshot files.
             let Some(v) = Self::get_meta(db, &meta_key(self.group, "snapshot_data"))? else {
                 return Err(StorageError::Corrupt("the snapshot data is missing".into()));
             };
             let (last, data): (LogId, Bytes) = codec::decode(&v, &|| "the snapshot data".into())?;
-            if last != meta.last_log_id {
-                return Err(StorageError::Corrupt(format!(
-                    "the snapshot data is of {last}, its metadata of {}",
-                    meta.last_log_id
-                )));
+            Ok(Some((meta, Err((last, data)))))
+        })?;
+        let Some((meta, found)) = found else { return Ok(None) };
+        let (last, data) = match found {
+            Ok(reference) => {
+                let dir = snapshot_file::dir_of(self.db.dir());
+                let last = reference.last;
+                let data = tokio::task::spawn_blocking(move || snapshot_file::read(&dir, &reference))
+                    .await
+                    .map_err(|e| StorageError::Io(format!("the snapshot reader task failed: {e}")))??;
+                (last, data)
             }
-            Ok(Some(Snapshot { meta, data }))
-        })
+            Err((last, data)) => (last, SnapshotData::from_bytes(data)),
+        };
+        if last != meta.last_log_id {
+            return Err(StorageError::Corrupt(format!(
+                "the snapshot data is of {last}, its metadata of {}",
+                meta.last_log_id
+            )));
+        }
+        Ok(Some(Snapshot { meta, data }))
     }
 
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;
         if up_to > b.snapshot.index {
             return Err(Self::out_of_range(b, b.first, up_to + 1));

@@ -5,9 +5,15 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, Fsm, FsmError};
+use raft_core::{
+    read_to_end, BufferSource, Entry, EntryPayload, Fsm, FsmError, SnapshotReader, SnapshotSource,
+};
 
 use crate::ledger::{encode_response, Ledger};
+
+/// The largest ledger snapshot restored (the ledger is a few accounts; anything near this is
+/// not one of ours).
+const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 
 /// The state machine handed to `RaftNode::start`: applies committed
 /// [`Command`](crate::Command)s to the shared [`Ledger`], answers each with an encoded
@@ -66,13 +72,16 @@ impl Fsm for LedgerFsm {
         Ok(responses)
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
+    /// The ledger is small (a few accounts): it is encoded at once.
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
         let ledger = self.ledger.read().unwrap_or_else(PoisonError::into_inner);
-        ledger.to_snapshot().map_err(|e| FsmError::Failed(e.to_string()))
+        let encoded = ledger.to_snapshot().map_err(|e| FsmError::Failed(e.to_string()))?;
+        Ok(Box::new(BufferSource::new(encoded)))
     }
 
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let restored = Ledger::from_snapshot(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        let snapshot = read_to_end(snapshot, MAX_SNAPSHOT_BYTES).await?;
+        let restored = Ledger::from_snapshot(&snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
         *self.write() = restored;
         Ok(())
     }

@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::clock::Clock;
+use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
 use crate::config::Config;
@@ -45,6 +46,8 @@ enum Woke {
     /// `false`: the transport is closed.
     Inbound(bool),
     Timer,
+    /// The background snapshot ended.
+    SnapshotWritten(Result<crate::storage::Snapshot, RaftError>),
 }
 
 /// What the driver works with besides the protocol.
@@ -57,6 +60,8 @@ pub(super) struct Parts {
     pub(super) clock: Arc<dyn Clock>,
     /// Mixed into the seed for the request ids' base.
     pub(super) id_entropy: u64,
+    /// Where background tasks are registered, so that an abort ends them too.
+    pub(super) background: super::snapshots::Background,
 }
 
 /// The state of the driver task.
@@ -75,8 +80,15 @@ pub(super) struct Driver {
     pub(super) waiters: Waiters,
     /// The last entry applied to the state machine (or the snapshot it was restored from).
     pub(super) applied: LogId,
-    /// Payload bytes applied since the latest snapshot (counted from this start).
+    /// Payload bytes applied since the latest snapshot was started (entries re-applied after a
+    /// restart count again, so the count survives restarts).
     pub(super) applied_bytes_since_snapshot: u64,
+    /// The snapshot being written in the background, if any.
+    pub(super) snapshot_task: Option<SnapshotTask>,
+    /// The thresholds of the next automatic snapshot.
+    pub(super) snapshot_schedule: SnapshotSchedule,
+    /// The background tasks' abort handles.
+    pub(super) background: super::snapshots::Background,
 }
 
 impl Driver {
@@ -99,7 +111,7 @@ impl Driver {
         let snapshot = parts.storage.load_snapshot().await?;
         let mut applied = LogId::default();
         if let Some(s) = &snapshot {
-            parts.fsm.restore(&s.data).await?;
+            parts.fsm.restore(&mut s.data.reader()).await?;
             applied = s.meta.last_log_id;
         }
         let restored = RestoredState {
@@ -115,6 +127,8 @@ impl Driver {
         let (first_proposal_id, first_read_id) = (ids.next_u64(), ids.next_u64());
         debug_assert_eq!(raft.applied_index(), applied.index, "the protocol starts at the snapshot");
         let (status_tx, status) = watch::channel(NodeStatus { protocol: raft.status(), fatal: None });
+        let snapshot_schedule =
+            SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
         let driver = Self {
             raft,
             config,
@@ -130,6 +144,9 @@ impl Driver {
             waiters: Waiters::default(),
             applied,
             applied_bytes_since_snapshot: 0,
+            snapshot_task: None,
+            snapshot_schedule,
+            background: parts.background,
         };
         Ok((driver, status))
     }
@@ -170,6 +187,7 @@ impl Driver {
                     biased;
                     request = self.requests.recv() => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             } else {
@@ -177,6 +195,7 @@ impl Driver {
                     biased;
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv() => Woke::Request(request),
+                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             };
@@ -198,6 +217,11 @@ impl Driver {
                     let now = self.now_ms();
                     self.raft.step(now, Event::Tick);
                 }
+                Woke::SnapshotWritten(outcome) => {
+                    if let Err(e) = self.on_snapshot_written(outcome).await {
+                        break Some(e);
+                    }
+                }
             }
             if let Err(e) = self.after_step().await {
                 break Some(e);
@@ -214,6 +238,11 @@ impl Driver {
             refuse(request);
         }
         self.waiters.fail_all(&error);
+        // A snapshot still being written finishes (storage sees no write cut short); its
+        // outcome no longer matters.
+        if let Some(mut task) = self.snapshot_task.take() {
+            let _ = (&mut task.done).await;
+        }
         self.transport.shutdown().await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());

@@ -128,6 +128,8 @@ pub struct RaftNode {
     status: watch::Receiver<NodeStatus>,
     committed: broadcast::Sender<CommittedEntry>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The driver's background tasks, aborted with it.
+    background: snapshots::Background,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -188,6 +190,7 @@ impl RaftNode {
     ) -> Result<Self, RaftError> {
         let (requests, rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (committed, _) = broadcast::channel(COMMITTED_STREAM_MAX);
+        let background = snapshots::Background::default();
         let parts = event_loop::Parts {
             storage: start.storage,
             transport: start.transport,
@@ -196,6 +199,7 @@ impl RaftNode {
             committed: committed.clone(),
             clock: start.clock,
             id_entropy: start.id_entropy,
+            background: background.clone(),
         };
         let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
         let span = tracing::info_span!("raft", node = id);
@@ -216,7 +220,7 @@ impl RaftNode {
             }
         };
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
-        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)) })
+        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)), background })
     }
 
     /// This node's id.
@@ -353,6 +357,8 @@ impl RaftNode {
                 task.abort();
             }
         }
+        // A process crash ends its background work too (a snapshot being written).
+        self.background.abort_all();
     }
 
     /// Queues a request and waits for its answer; `lost` is the answer when the driver stops

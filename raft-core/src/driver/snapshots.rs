@@ -1,17 +1,130 @@
-//! Snapshots in the driver: taking one automatically once `snapshot_threshold_entries` entries
-//! or `snapshot_threshold_bytes` bytes were applied since the last, compacting storage behind
-//! it, and storing and restoring a snapshot received from the leader.
+//! Snapshots in the driver: taking one automatically once enough entries or bytes were applied
+//! since the last (thresholds jittered per snapshot so that the nodes of a cluster do not all
+//! snapshot at once), writing it out in a background task, compacting storage behind it once
+//! it is durable, and storing and restoring a snapshot received from the leader.
+//!
+//! Taking a snapshot costs the event loop one call to [`Fsm::snapshot`](crate::Fsm::snapshot),
+//! which returns a point-in-time view (O(1) for a persistent state). A spawned task pulls the
+//! view's chunks (yielding between them) and saves the snapshot; the event loop keeps stepping
+//! the protocol meanwhile and learns of the outcome through [`SnapshotTask`]. At most one such
+//! task runs at a time.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use super::event_loop::Driver;
 use super::RaftError;
-use crate::storage::{Snapshot, SnapshotMeta};
+use crate::fsm::SnapshotSource;
+use crate::rng::SeededRng;
+use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, Storage};
 use crate::types::Index;
 
+/// Thresholds are raised by a random part of up to `1 / JITTER_DIVISOR` of themselves.
+const JITTER_DIVISOR: u64 = 4;
+
+/// A snapshot being written out in the background.
+pub(super) struct SnapshotTask {
+    /// The snapshot saved, or the error that stopped it.
+    pub(super) done: oneshot::Receiver<Result<Snapshot, RaftError>>,
+    abort: AbortHandle,
+}
+
+impl Drop for SnapshotTask {
+    /// A driver that stops without waiting for its snapshot (a panic) does not leave it
+    /// writing.
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+/// The abort handles of a driver's background tasks, shared with the [`RaftNode`] handle so
+/// that [`RaftNode::abort`] ends them at once, as a process crash would.
+///
+/// [`RaftNode`]: super::RaftNode
+/// [`RaftNode::abort`]: super::RaftNode::abort
+#[derive(Debug, Clone, Default)]
+pub(super) struct Background {
+    handles: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Background {
+    fn register(&self, handle: AbortHandle) {
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+
+    pub(super) fn abort_all(&self) {
+        for h in self.handles.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// When the next automatic snapshot is due: the configured thresholds plus a random part, drawn
+/// again after every snapshot.
+#[derive(Debug)]
+pub(super) struct SnapshotSchedule {
+    rng: SeededRng,
+    entries: u64,
+    bytes: u64,
+}
+
+impl SnapshotSchedule {
+    pub(super) fn new(seed: u64, entries: u64, bytes: u64) -> Self {
+        let mut s = Self { rng: SeededRng::new(seed ^ 0x5A5A_0F0F_C3C3_9696), entries: 0, bytes: 0 };
+        s.draw(entries, bytes);
+        s
+    }
+
+    /// Draws the thresholds of the next snapshot (0 stays off).
+    fn draw(&mut self, entries: u64, bytes: u64) {
+        let mut jittered = |t: u64| {
+            let extra = t / JITTER_DIVISOR;
+            t.saturating_add(if extra == 0 { 0 } else { self.rng.range(0, extra + 1) })
+        };
+        self.entries = jittered(entries);
+        self.bytes = jittered(bytes);
+    }
+}
+
+/// Resolves with the background snapshot's outcome; pending forever when none runs (for a
+/// `select!` branch).
+pub(super) async fn snapshot_done(task: &mut Option<SnapshotTask>) -> Result<Snapshot, RaftError> {
+    match task.as_mut() {
+        Some(t) => (&mut t.done).await.unwrap_or(Err(RaftError::AlreadyShutdown)),
+        None => std::future::pending().await,
+    }
+}
+
+/// The background task: pulls the view's chunks and saves the snapshot.
+async fn write_out(
+    mut source: Box<dyn SnapshotSource>,
+    meta: SnapshotMeta,
+    chunk_bytes: usize,
+    storage: Arc<dyn Storage>,
+) -> Result<Snapshot, RaftError> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = source.next_chunk(chunk_bytes)? {
+        chunks.push(chunk);
+        // Each chunk is bounded work; let the event loop (and everyone else) run in between.
+        tokio::task::yield_now().await;
+    }
+    let snapshot = Snapshot { meta, data: SnapshotData::from_chunks(chunks) };
+    storage.save_snapshot(snapshot.clone()).await?;
+    Ok(snapshot)
+}
+
 impl Driver {
-    /// Snapshots the state machine and compacts the log when enough entries were applied
-    /// since the latest snapshot. Called between readies only.
+    /// Starts a snapshot in the background when enough was applied since the latest one and
+    /// none is being written. Called between readies only.
     pub(super) async fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        let (entries, bytes) = (self.config.snapshot_threshold_entries, self.config.snapshot_threshold_bytes);
+        if self.snapshot_task.is_some() {
+            return Ok(());
+        }
+        let (entries, bytes) = (self.snapshot_schedule.entries, self.snapshot_schedule.bytes);
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
         let due =
             (entries > 0 && since >= entries) || (bytes > 0 && self.applied_bytes_since_snapshot >= bytes);
@@ -19,17 +132,56 @@ impl Driver {
             return Ok(());
         }
         let last = self.applied;
-        let data = self.fsm.snapshot().await?;
-        let membership = self.raft.membership_at(last.index);
-        let snapshot = Snapshot { meta: SnapshotMeta { last_log_id: last, membership }, data };
-        self.storage.save_snapshot(snapshot.clone()).await?;
-        // Keep the last entries so that a follower slightly behind catches up from the log.
-        let up_to = last.index.saturating_sub(self.config.snapshot_keep_entries);
-        let compacted_to = self.compact_storage(up_to).await?;
-        tracing::info!(snapshot = %last, compacted_to, "snapshot taken");
-        self.raft.on_snapshot_saved(snapshot, compacted_to);
+        let source = self.fsm.snapshot().await?;
+        let meta = SnapshotMeta { last_log_id: last, membership: self.raft.membership_at(last.index) };
+        let (tx, done) = oneshot::channel();
+        let task = write_out(source, meta, self.config.snapshot_chunk_bytes, self.storage.clone());
+        let handle = tokio::spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        let abort = handle.abort_handle();
+        self.background.register(abort.clone());
+        tracing::debug!(snapshot = %last, "snapshot started");
+        self.snapshot_task = Some(SnapshotTask { done, abort });
         self.applied_bytes_since_snapshot = 0;
+        self.snapshot_schedule
+            .draw(self.config.snapshot_threshold_entries, self.config.snapshot_threshold_bytes);
         Ok(())
+    }
+
+    /// The background snapshot ended: on success compacts storage behind it (keeping
+    /// `snapshot_keep_entries`, and whatever a follower being sent an older snapshot needs) and
+    /// hands it to the protocol. An error is fatal, as every storage error is.
+    pub(super) async fn on_snapshot_written(
+        &mut self,
+        outcome: Result<Snapshot, RaftError>,
+    ) -> Result<(), RaftError> {
+        self.snapshot_task = None;
+        let snapshot = outcome?;
+        let last = snapshot.meta.last_log_id;
+        if last.index <= self.raft.snapshot_last().index {
+            // A newer snapshot from the leader was installed meanwhile.
+            return Ok(());
+        }
+        // A follower being sent an older snapshot continues from the log after that snapshot
+        // once it holds it: keep those entries, or it would need the new snapshot as well.
+        let up_to =
+            last.index.saturating_sub(self.config.snapshot_keep_entries).min(self.raft.compaction_floor());
+        let compacted_to = self.compact_storage(up_to).await?;
+        tracing::info!(snapshot = %last, bytes = snapshot.data.len(), compacted_to, "snapshot taken");
+        self.raft.on_snapshot_saved(snapshot, compacted_to);
+        Ok(())
+    }
+
+    /// Waits for the background snapshot, if one runs, and drops it unless it failed: for when
+    /// a newer snapshot supersedes it.
+    async fn wait_snapshot_task(&mut self) -> Result<(), RaftError> {
+        if self.snapshot_task.is_none() {
+            return Ok(());
+        }
+        let outcome = snapshot_done(&mut self.snapshot_task).await;
+        self.snapshot_task = None;
+        outcome.map(drop)
     }
 
     /// Compacts stored entries up to `up_to` (covered by the stored snapshot) if storage still
@@ -45,8 +197,11 @@ impl Driver {
     }
 
     /// Stores a snapshot received from the leader (persist step, after the hard state) and
-    /// drops the stored entries it covers.
-    pub(super) async fn store_received_snapshot(&self, snapshot: &Snapshot) -> Result<(), RaftError> {
+    /// drops the stored entries it covers. A snapshot of its own being written is finished
+    /// first: storage takes one snapshot write at a time.
+    pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+        // A received snapshot lies past the commit index, so past any snapshot of this node's.
+        self.wait_snapshot_task().await?;
         self.storage.save_snapshot(snapshot.clone()).await?;
         self.compact_storage(snapshot.meta.last_log_id.index).await?;
         Ok(())
@@ -56,7 +211,7 @@ impl Driver {
     /// entries at or below its index will not be applied here, so their waiters learn that
     /// the outcome is unknown.
     pub(super) async fn restore_received_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
-        self.fsm.restore(&snapshot.data).await?;
+        self.fsm.restore(&mut snapshot.data.reader()).await?;
         let last = snapshot.meta.last_log_id;
         self.applied = last;
         self.applied_bytes_since_snapshot = 0;

@@ -116,6 +116,8 @@ pub struct ProtocolStatus {
     pub followers: Vec<FollowerStatus>,
     /// The last entry covered by the latest snapshot (index 0 when there is none).
     pub snapshot: LogId,
+    /// The size of that snapshot's data in bytes (0 without one).
+    pub snapshot_bytes: u64,
     /// The first index the in-memory log still holds.
     pub first_log_index: Index,
     /// The target of a leadership transfer in progress (leader only).
@@ -377,9 +379,10 @@ impl Raft {
                 })
                 .collect(),
             snapshot: self.snapshot_last(),
+            snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.data.len()),
             first_log_index: self.log.base().index + 1,
             leadership_transfer: self.transfer.as_ref().map(|t| t.target),
-            incoming_snapshot: self.incoming.as_ref().map(|i| (i.meta.last_log_id, i.data.len() as u64)),
+            incoming_snapshot: self.incoming.as_ref().map(|i| (i.meta.last_log_id, i.received_bytes())),
             last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
         }
     }

@@ -242,7 +242,10 @@ mod tests {
         let mut p = Progress::new(5);
         let meta =
             crate::storage::SnapshotMeta { last_log_id: LogId::new(2, 40), membership: Default::default() };
-        p.become_snapshot(Snapshot { meta, data: bytes::Bytes::from_static(b"s") });
+        p.become_snapshot(Snapshot {
+            meta,
+            data: crate::storage::SnapshotData::from_bytes(bytes::Bytes::from_static(b"s")),
+        });
         assert!(p.can_send(4));
         if let Some(s) = p.snapshot.as_mut() {
             s.in_flight = true;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{Raft, ReplicationMode};
 use crate::message::Payload;
-use crate::storage::{Snapshot, SnapshotMeta};
+use crate::storage::{Snapshot, SnapshotData, SnapshotMeta};
 use crate::types::{Index, LogId, NodeId, Role, Term};
 
 /// A snapshot being received.
@@ -21,7 +21,17 @@ pub(crate) struct IncomingSnapshot {
     /// The term of the leader sending it.
     term: Term,
     pub(super) meta: SnapshotMeta,
-    pub(super) data: Vec<u8>,
+    /// The chunks received so far, in order (kept as received: no copy into one buffer).
+    chunks: Vec<Bytes>,
+    /// Their total size.
+    len: u64,
+}
+
+impl IncomingSnapshot {
+    /// Bytes received so far.
+    pub(super) fn received_bytes(&self) -> u64 {
+        self.len
+    }
 }
 
 impl Raft {
@@ -68,6 +78,22 @@ impl Raft {
         }
     }
 
+    /// The highest index the log may be compacted to without taking entries from a follower
+    /// that is being sent a snapshot: it continues from the entry after that snapshot, so a
+    /// leader that compacted past it would have to send a second, newer snapshot (and with
+    /// snapshots taken faster than one is sent, never finish). `Index::MAX` when no transfer
+    /// runs.
+    pub fn compaction_floor(&self) -> Index {
+        if self.role != Role::Leader {
+            return Index::MAX;
+        }
+        self.progress
+            .values()
+            .filter_map(|p| p.snapshot.as_ref().map(|t| t.last.index))
+            .min()
+            .unwrap_or(Index::MAX)
+    }
+
     /// The follower `to` needs entries before the log's base: switch it to snapshot mode.
     pub(super) fn start_snapshot_transfer(&mut self, to: NodeId) {
         let Some(snapshot) = self.snapshot.clone() else {
@@ -85,16 +111,14 @@ impl Raft {
     /// Sends the next chunk of the snapshot being sent to `to` (the one the transfer started
     /// with: a newer local snapshot does not restart it).
     pub(super) fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let chunk_max = self.config.snapshot_chunk_bytes as u64;
+        let chunk_max = self.config.snapshot_chunk_bytes;
         let now = self.now;
         let Some(p) = self.progress.get_mut(&to) else { return };
         let Some(t) = p.snapshot.as_mut() else { return };
         let data = &t.snapshot.data;
-        let len = data.len() as u64;
-        let offset = t.offset.min(len);
-        let end = (offset + chunk_max).min(len);
-        let chunk = data.slice(offset as usize..end as usize);
-        let done = end == len;
+        let offset = t.offset.min(data.len());
+        let chunk = data.slice(offset, chunk_max);
+        let done = offset + chunk.len() as u64 == data.len();
         let meta = t.snapshot.meta.clone();
         t.offset = offset;
         t.in_flight = true;
@@ -131,22 +155,23 @@ impl Raft {
                 self.send(from, term, reply(0, false));
                 return;
             }
-            self.incoming = Some(IncomingSnapshot { term, meta: meta.clone(), data: Vec::new() });
+            self.incoming = Some(IncomingSnapshot { term, meta: meta.clone(), chunks: Vec::new(), len: 0 });
         }
         let Some(incoming) = self.incoming.as_mut() else { return };
-        let have = incoming.data.len() as u64;
+        let have = incoming.len;
         if offset != have {
             // A duplicate, a stale or an out-of-order chunk: say where we stand.
             self.send(from, term, reply(have, false));
             return;
         }
-        incoming.data.extend_from_slice(&data);
-        let have = incoming.data.len() as u64;
+        incoming.len += data.len() as u64;
+        incoming.chunks.push(data);
+        let have = incoming.len;
         if !done {
             self.send(from, term, reply(have, false));
             return;
         }
-        let data = self.incoming.take().map(|i| Bytes::from(i.data)).unwrap_or_default();
+        let data = self.incoming.take().map(|i| SnapshotData::from_chunks(i.chunks)).unwrap_or_default();
         self.install_snapshot(Snapshot { meta, data });
         self.send(from, term, reply(have, true));
     }

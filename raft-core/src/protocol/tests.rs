@@ -491,7 +491,8 @@ fn snapshot_chunks_are_taken_in_order_and_duplicates_change_nothing() {
     let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 3, b"def", true)));
     assert_eq!(only_response(&ready).payload, expect(6, true));
     let installed = ready.snapshot.expect("installed");
-    assert_eq!(&installed.data[..], b"abcdef");
+    assert_eq!(&installed.data.to_bytes()[..], b"abcdef");
+    assert_eq!(installed.data.chunks().len(), 2, "kept as received chunks, not copied into one buffer");
     assert!(ready.committed.is_empty(), "nothing to apply: the state machine restores the snapshot");
     assert_eq!((n.commit_index(), n.applied_index()), (10, 10));
     assert_eq!(n.last_log_id(), LogId::new(2, 10), "the conflicting log was replaced");
@@ -629,7 +630,7 @@ fn a_lost_snapshot_chunk_is_resent_once_the_follower_answers_a_later_round() {
             last_log_id: LogId::new(1, 5),
             membership: Membership::with_voters([1, 2, 3]),
         },
-        data: Bytes::from_static(b"state"),
+        data: Bytes::from_static(b"state").into(),
     };
     let restored = RestoredState {
         hard_state: HardState { current_term: 1, voted_for: None },
@@ -813,7 +814,7 @@ fn snapshot_at(term: Term, index: Index) -> Snapshot {
             last_log_id: LogId::new(term, index),
             membership: Membership::with_voters([1, 2, 3]),
         },
-        data: Bytes::new(),
+        data: crate::storage::SnapshotData::default(),
     }
 }
 

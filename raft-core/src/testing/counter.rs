@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::fsm::{Fsm, FsmError};
+use crate::fsm::{read_to_end, BufferSource, Fsm, FsmError, SnapshotReader, SnapshotSource};
 use crate::types::{Entry, EntryPayload};
 
 /// Counts applied commands (see the module doc).
@@ -55,12 +55,13 @@ impl Fsm for CounterFsm {
             .collect())
     }
 
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(Bytes::from(self.count().to_string()))
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
+        Ok(Box::new(BufferSource::new(self.count().to_string())))
     }
 
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        let snapshot = read_to_end(snapshot, 64).await?;
+        let text = std::str::from_utf8(&snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
         let count: u64 =
             text.parse().map_err(|e: std::num::ParseIntError| FsmError::BadSnapshot(e.to_string()))?;
         self.count.store(count, Ordering::SeqCst);

@@ -33,6 +33,7 @@ where
     compact_removes_prefix(&build().await).await;
     compact_past_snapshot_is_refused(&build().await).await;
     large_entries_round_trip(&build().await).await;
+    snapshot_saved_beside_appends(&build().await).await;
 }
 
 fn entry(term: Term, index: Index) -> Entry {
@@ -49,7 +50,7 @@ fn snapshot(term: Term, index: Index) -> Snapshot {
             last_log_id: LogId::new(term, index),
             membership: Membership::with_voters([1, 2, 3]),
         },
-        data: Bytes::from(format!("state@{index}")),
+        data: Bytes::from(format!("state@{index}")).into(),
     }
 }
 
@@ -166,6 +167,34 @@ async fn snapshot_with_conflicting_log_discards_it(s: &impl Storage) {
     let st = s.initial_state().await.expect("snapshot_conflict: initial_state");
     assert_eq!((st.first_index, st.last_index), (6, 5), "snapshot_conflict: log discarded");
     assert_eq!(s.term(5).await, Ok(3));
+}
+
+/// The driver saves its own snapshot in the background while it goes on appending: both writes
+/// must land, each seeing the other's effect, and compaction behind the snapshot must work.
+async fn snapshot_saved_beside_appends(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("snapshot_beside_appends: append");
+    // Large enough to take a while to write, in many chunks.
+    let chunks = (0..64).map(|i| Bytes::from(vec![i as u8; 64 * 1024]));
+    let big = Snapshot {
+        meta: SnapshotMeta { last_log_id: LogId::new(1, 8), membership: Membership::with_voters([1, 2, 3]) },
+        data: crate::storage::SnapshotData::from_chunks(chunks),
+    };
+    let appends = async {
+        for i in 11..=60 {
+            s.append(&entries(1, i, i)).await.expect("snapshot_beside_appends: append beside the save");
+            tokio::task::yield_now().await;
+        }
+    };
+    let save = async { s.save_snapshot(big.clone()).await.expect("snapshot_beside_appends: save") };
+    tokio::join!(appends, save);
+    let st = s.initial_state().await.expect("snapshot_beside_appends: initial_state");
+    assert_eq!(st.snapshot, Some(big.meta.clone()), "snapshot_beside_appends: the snapshot is recorded");
+    assert_eq!((st.first_index, st.last_index), (1, 60), "snapshot_beside_appends: no append is lost");
+    s.compact(8).await.expect("snapshot_beside_appends: compact behind the snapshot");
+    assert_eq!(bounds(s).await, (9, 60), "snapshot_beside_appends: bounds after compaction");
+    s.append(&entries(1, 61, 61)).await.expect("snapshot_beside_appends: append after");
+    assert_eq!(s.load_snapshot().await, Ok(Some(big)), "snapshot_beside_appends: the data is intact");
+    assert_eq!(s.entries(9, 62).await.map(|e| e.len()), Ok(53));
 }
 
 async fn older_snapshot_is_ignored(s: &impl Storage) {

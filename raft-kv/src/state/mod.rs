@@ -6,15 +6,15 @@
 //! which must be equal on every replica): no clock, no randomness, no iteration over unordered
 //! collections.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use imbl::OrdMap;
 use raft_core::{Entry, EntryPayload, FsmError, Index};
-use serde::{Deserialize, Serialize};
 
-use crate::command::{check_key, check_value, Command, Expected, KeyValue, Op, Response};
-use crate::error::{InvalidCommand, SnapshotError};
+use crate::command::{Command, Expected, KeyValue, Op, Response};
+use crate::error::InvalidCommand;
 use crate::hash::StableHasher;
 use crate::service::{MemberAddress, Service, MAX_MEMBER_ADDRESSES};
 use crate::watch::{Change, ChangeEvent};
@@ -126,14 +126,16 @@ impl SessionRecord {
     }
 }
 
-/// The replicated state.
+/// The replicated state. The maps are persistent (structurally shared), so that a view for a
+/// snapshot is taken in O(1) and the state goes on changing beside it (a change copies only
+/// the tree nodes on its path that the view still shares).
 #[derive(Debug, Clone)]
 pub(crate) struct State {
     applied_index: Index,
-    kv: BTreeMap<String, Record>,
-    services: BTreeMap<String, Hashed<Service>>,
-    members: BTreeMap<u64, Hashed<MemberAddress>>,
-    sessions: BTreeMap<u64, SessionRecord>,
+    kv: OrdMap<String, Record>,
+    services: OrdMap<String, Hashed<Service>>,
+    members: OrdMap<u64, Hashed<MemberAddress>>,
+    sessions: OrdMap<u64, SessionRecord>,
     /// `(last_index, client_id)` of every session, least recently used first.
     sessions_by_use: BTreeSet<(Index, u64)>,
     /// The wrapping sum of every item's hash (order-independent, updated per change).
@@ -157,10 +159,10 @@ impl State {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
             applied_index: 0,
-            kv: BTreeMap::new(),
-            services: BTreeMap::new(),
-            members: BTreeMap::new(),
-            sessions: BTreeMap::new(),
+            kv: OrdMap::new(),
+            services: OrdMap::new(),
+            members: OrdMap::new(),
+            sessions: OrdMap::new(),
             sessions_by_use: BTreeSet::new(),
             items_hash: 0,
             limits,
@@ -197,7 +199,7 @@ impl State {
             _ => Bound::Included(prefix),
         };
         self.kv
-            .range::<str, _>((lower, Bound::Unbounded))
+            .range::<_, str>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, r)| r.to_key_value(k))
@@ -418,169 +420,9 @@ impl State {
         }
         (Response::Ok, Some(Change::MemberAddressSet(member)))
     }
-
-    /// The snapshot: [`SNAPSHOT_FORMAT_VERSION`], then the postcard of the whole state and its
-    /// hash.
-    pub(crate) fn snapshot(&self) -> Bytes {
-        let body = SnapshotOut {
-            applied_index: self.applied_index,
-            state_hash: self.state_hash(),
-            kv: self
-                .kv
-                .iter()
-                .map(|(k, r)| KeyValueRef {
-                    key: k,
-                    value: &r.value,
-                    version: r.version,
-                    create_index: r.create_index,
-                    mod_index: r.mod_index,
-                })
-                .collect(),
-            services: self.services.values().map(|s| &s.item).collect(),
-            members: self.members.values().map(|m| &m.item).collect(),
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(id, s)| SessionRef {
-                    client_id: *id,
-                    last_seq: s.last_seq,
-                    last_index: s.last_index,
-                    response: &s.response,
-                })
-                .collect(),
-        };
-        // See `command::encode` for why this cannot fail.
-        let out =
-            postcard::to_extend(&body, vec![SNAPSHOT_FORMAT_VERSION]).expect("postcard encodes the state");
-        Bytes::from(out)
-    }
-
-    /// Rebuilds a state from [`snapshot`](Self::snapshot)'s output, checking every invariant
-    /// and the recorded hash. Never panics on any input.
-    pub(crate) fn restore(bytes: &[u8], limits: Limits) -> Result<Self, SnapshotError> {
-        let (&format, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
-        if format != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedFormat(format));
-        }
-        let (snap, rest): (SnapshotIn, _) =
-            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(SnapshotError::Decode(format!("{} trailing bytes", rest.len())));
-        }
-        let invalid = |what: String| SnapshotError::Invalid(what);
-        let too_many = |what: &str, count: usize, max: usize| {
-            invalid(format!("{count} {what}, more than this node's limit of {max}"))
-        };
-        if snap.kv.len() > limits.max_keys {
-            return Err(too_many("keys", snap.kv.len(), limits.max_keys));
-        }
-        if snap.services.len() > limits.max_services {
-            return Err(too_many("services", snap.services.len(), limits.max_services));
-        }
-        if snap.members.len() > MAX_MEMBER_ADDRESSES {
-            return Err(too_many("member addresses", snap.members.len(), MAX_MEMBER_ADDRESSES));
-        }
-        if snap.sessions.len() > limits.max_sessions {
-            return Err(too_many("sessions", snap.sessions.len(), limits.max_sessions));
-        }
-        let applied = snap.applied_index;
-        let mut state = State::new(limits);
-        state.applied_index = applied;
-        for kv in snap.kv {
-            check_key(&kv.key).and_then(|()| check_value(&kv.value)).map_err(|e| invalid(e.to_string()))?;
-            let indexes_ok =
-                1 <= kv.create_index && kv.create_index <= kv.mod_index && kv.mod_index <= applied;
-            if kv.version == 0 || !indexes_ok {
-                return Err(invalid(format!("bad bookkeeping for key {:?}", kv.key)));
-            }
-            let record = Record::new(&kv.key, kv.value, kv.version, kv.create_index, kv.mod_index);
-            state.items_hash = state.items_hash.wrapping_add(record.hash);
-            if state.kv.insert(kv.key.clone(), record).is_some() {
-                return Err(invalid(format!("key {:?} appears twice", kv.key)));
-            }
-        }
-        for service in snap.services {
-            service.validate().map_err(|e| invalid(e.to_string()))?;
-            let record = Hashed::service(service);
-            state.items_hash = state.items_hash.wrapping_add(record.hash);
-            let name = record.item.name.clone();
-            if state.services.insert(name.clone(), record).is_some() {
-                return Err(invalid(format!("service {name:?} appears twice")));
-            }
-        }
-        for member in snap.members {
-            member.validate().map_err(|e| invalid(e.to_string()))?;
-            let record = Hashed::member(member);
-            state.items_hash = state.items_hash.wrapping_add(record.hash);
-            let id = record.item.id;
-            if state.members.insert(id, record).is_some() {
-                return Err(invalid(format!("member {id} appears twice")));
-            }
-        }
-        for s in snap.sessions {
-            if s.last_seq == 0 || s.last_index == 0 || s.last_index > applied {
-                return Err(invalid(format!("bad session for client {}", s.client_id)));
-            }
-            if state.sessions.contains_key(&s.client_id) {
-                return Err(invalid(format!("client {} appears twice", s.client_id)));
-            }
-            state.record_session(s.client_id, s.last_seq, s.last_index, s.response);
-        }
-        let computed = state.state_hash();
-        if computed != snap.state_hash {
-            return Err(SnapshotError::HashMismatch { recorded: snap.state_hash, computed });
-        }
-        Ok(state)
-    }
 }
 
-/// The snapshot body as written (borrowing the state).
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    applied_index: Index,
-    state_hash: u64,
-    kv: Vec<KeyValueRef<'a>>,
-    services: Vec<&'a Service>,
-    members: Vec<&'a MemberAddress>,
-    sessions: Vec<SessionRef<'a>>,
-}
-
-/// Encodes like [`KeyValue`].
-#[derive(Serialize)]
-struct KeyValueRef<'a> {
-    key: &'a str,
-    value: &'a str,
-    version: u64,
-    create_index: Index,
-    mod_index: Index,
-}
-
-#[derive(Serialize)]
-struct SessionRef<'a> {
-    client_id: u64,
-    last_seq: u64,
-    last_index: Index,
-    response: &'a Response,
-}
-
-/// The snapshot body as read: the same fields, in the same order, as [`SnapshotOut`].
-#[derive(Deserialize)]
-struct SnapshotIn {
-    applied_index: Index,
-    state_hash: u64,
-    kv: Vec<KeyValue>,
-    services: Vec<Service>,
-    members: Vec<MemberAddress>,
-    sessions: Vec<SessionIn>,
-}
-
-#[derive(Deserialize)]
-struct SessionIn {
-    client_id: u64,
-    last_seq: u64,
-    last_index: Index,
-    response: Response,
-}
+mod snapshot;
 
 #[cfg(test)]
 mod tests;

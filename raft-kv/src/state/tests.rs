@@ -3,10 +3,36 @@
 
 use raft_core::Membership;
 
+use serde::Serialize;
+
 use super::*;
+use crate::error::SnapshotError;
 use crate::service::tests::{node, service};
 
 const LIMITS: Limits = Limits { max_sessions: 3, max_keys: 100, max_services: 10 };
+
+impl State {
+    /// The whole snapshot in one buffer, written by the view in small chunks (so that items
+    /// end mid-chunk and chunks end mid-item).
+    fn snapshot(&self) -> Vec<u8> {
+        use raft_core::SnapshotSource;
+        let mut view = self.view();
+        let mut out = Vec::new();
+        while let Some(chunk) = view.next_chunk(16).expect("encodes") {
+            assert!(!chunk.is_empty(), "no empty chunks");
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+}
+
+/// Restores from `bytes` handed over in chunks of 3 bytes.
+fn restore(bytes: &[u8], limits: Limits) -> Result<State, SnapshotError> {
+    let data =
+        raft_core::SnapshotData::from_chunks(bytes.chunks(3).map(Bytes::copy_from_slice).collect::<Vec<_>>());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    runtime.block_on(State::restore(&mut data.reader(), limits))
+}
 
 /// Applies entries to a state, numbering them.
 struct Replica {
@@ -423,13 +449,16 @@ fn snapshot_round_trip_restores_the_same_state_and_the_same_future() {
     let mut original = populated();
     let snapshot = original.state.snapshot();
     assert_eq!(snapshot[0], SNAPSHOT_FORMAT_VERSION);
-    let mut restored = Replica { state: State::restore(&snapshot, LIMITS).expect("restores") };
+    let mut restored = Replica { state: restore(&snapshot, LIMITS).expect("restores") };
     assert_eq!(restored.hash(), original.hash());
     assert_eq!(restored.state.applied_index(), original.state.applied_index());
     assert_eq!(restored.state.list("", None, 100), original.state.list("", None, 100));
     assert_eq!(restored.state.services(), original.state.services());
     assert_eq!(restored.state.members(), original.state.members());
     assert_eq!(restored.state.snapshot(), snapshot, "snapshots are canonical");
+    let mut one_chunk = original.state.view();
+    let whole = raft_core::SnapshotSource::next_chunk(&mut one_chunk, usize::MAX).expect("encodes");
+    assert_eq!(whole.as_deref(), Some(&snapshot[..]), "the chunk size changes the chunking only");
     // Same behaviour afterwards, sessions included.
     let future = [
         // A duplicate: the cached response.
@@ -452,24 +481,44 @@ fn snapshot_round_trip_restores_the_same_state_and_the_same_future() {
 }
 
 #[test]
+fn a_view_keeps_the_state_it_was_taken_at_while_the_state_changes() {
+    let mut r = populated();
+    let (hash, index) = (r.hash(), r.state.applied_index());
+    let view = r.state.view();
+    let before = r.state.snapshot();
+    r.op(put("a", "changed"));
+    r.op(put("new", "1"));
+    r.op(Op::Delete { key: "s".into() });
+    assert_ne!(r.hash(), hash);
+    let mut view = view;
+    let mut written = Vec::new();
+    while let Some(chunk) = raft_core::SnapshotSource::next_chunk(&mut view, 5).expect("encodes") {
+        written.extend_from_slice(&chunk);
+    }
+    assert_eq!(written, before, "the view writes the state it was taken at");
+    let restored = restore(&written, LIMITS).expect("restores");
+    assert_eq!((restored.state_hash(), restored.applied_index()), (hash, index));
+}
+
+#[test]
 fn restore_refuses_empty_foreign_truncated_extended_and_corrupted_snapshots() {
     let snapshot = populated().state.snapshot();
-    assert_eq!(State::restore(&[], LIMITS).err(), Some(SnapshotError::Empty));
+    assert_eq!(restore(&[], LIMITS).err(), Some(SnapshotError::Empty));
     let mut foreign = snapshot.to_vec();
     foreign[0] = 2;
-    assert_eq!(State::restore(&foreign, LIMITS).err(), Some(SnapshotError::UnsupportedFormat(2)));
+    assert_eq!(restore(&foreign, LIMITS).err(), Some(SnapshotError::UnsupportedFormat(2)));
     for len in 1..snapshot.len() {
-        assert!(State::restore(&snapshot[..len], LIMITS).is_err(), "truncated to {len} bytes");
+        assert!(restore(&snapshot[..len], LIMITS).is_err(), "truncated to {len} bytes");
     }
     let mut extended = snapshot.to_vec();
     extended.push(0);
-    assert!(matches!(State::restore(&extended, LIMITS), Err(SnapshotError::Decode(_))));
+    assert!(matches!(restore(&extended, LIMITS), Err(SnapshotError::Decode(_))));
     // Any single flipped bit is caught (by decoding, an invariant or the recorded hash).
     for at in 1..snapshot.len() {
         for bit in 0..8 {
             let mut corrupted = snapshot.to_vec();
             corrupted[at] ^= 1 << bit;
-            assert!(State::restore(&corrupted, LIMITS).is_err(), "bit {bit} of byte {at} flipped");
+            assert!(restore(&corrupted, LIMITS).is_err(), "bit {bit} of byte {at} flipped");
         }
     }
 }
@@ -478,11 +527,9 @@ fn restore_refuses_empty_foreign_truncated_extended_and_corrupted_snapshots() {
 fn restore_refuses_a_snapshot_beyond_this_nodes_limits() {
     let snapshot = populated().state.snapshot();
     let small = Limits { max_sessions: 1, ..LIMITS };
-    assert!(
-        matches!(State::restore(&snapshot, small), Err(SnapshotError::Invalid(m)) if m.contains("sessions"))
-    );
+    assert!(matches!(restore(&snapshot, small), Err(SnapshotError::Invalid(m)) if m.contains("sessions")));
     let small = Limits { max_keys: 2, ..LIMITS };
-    assert!(matches!(State::restore(&snapshot, small), Err(SnapshotError::Invalid(m)) if m.contains("keys")));
+    assert!(matches!(restore(&snapshot, small), Err(SnapshotError::Invalid(m)) if m.contains("keys")));
 }
 
 #[test]
@@ -506,7 +553,7 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
     let mut r = Replica::new();
     r.op(put("a", "1"));
     let good = body(1, vec![kv("a", "1", 1, 1, 1)], r.hash());
-    assert_eq!(State::restore(&good, LIMITS).map(|s| s.state_hash()), Ok(r.hash()));
+    assert_eq!(restore(&good, LIMITS).map(|s| s.state_hash()), Ok(r.hash()));
     let cases = [
         ("duplicate key", body(2, vec![kv("a", "1", 1, 1, 1), kv("a", "2", 1, 2, 2)], 0)),
         ("version 0", body(1, vec![kv("a", "1", 0, 1, 1)], 0)),
@@ -515,8 +562,8 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
         ("empty key", body(1, vec![kv("", "1", 1, 1, 1)], 0)),
     ];
     for (what, bytes) in cases {
-        assert!(matches!(State::restore(&bytes, LIMITS), Err(SnapshotError::Invalid(_))), "{what}");
+        assert!(matches!(restore(&bytes, LIMITS), Err(SnapshotError::Invalid(_))), "{what}");
     }
     let wrong_hash = body(1, vec![kv("a", "1", 1, 1, 1)], r.hash() ^ 1);
-    assert!(matches!(State::restore(&wrong_hash, LIMITS), Err(SnapshotError::HashMismatch { .. })));
+    assert!(matches!(restore(&wrong_hash, LIMITS), Err(SnapshotError::HashMismatch { .. })));
 }

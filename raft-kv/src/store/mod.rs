@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{Entry, Fsm, FsmError, Index};
+use raft_core::{Entry, Fsm, FsmError, Index, SnapshotReader, SnapshotSource};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -364,15 +364,17 @@ impl Fsm for KvFsm {
         Ok(responses)
     }
 
-    /// One format version byte, then the postcard of the whole state and its hash.
-    async fn snapshot(&mut self) -> Result<Bytes, FsmError> {
-        Ok(self.shared.read().state.snapshot())
+    /// A view of the state, taken in O(1) (the maps are persistent); it writes one format
+    /// version byte, then the postcard of the whole state and its hash, in chunks.
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, FsmError> {
+        Ok(Box::new(self.shared.read().state.view()))
     }
 
     /// Replaces the state with the snapshot's, or fails with `BadSnapshot` leaving it unchanged.
+    /// The new state is built beside the old one (reads go on meanwhile), then swapped in.
     /// Clears the event history; live watchers end with `Compacted`.
-    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), FsmError> {
-        let state = State::restore(snapshot, self.shared.options.limits())?;
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
+        let state = State::restore(snapshot, self.shared.options.limits()).await?;
         let index = state.applied_index();
         {
             let mut inner = self.shared.write();

@@ -222,7 +222,9 @@ async fn a_restore_replaces_the_state_clears_history_and_ends_watchers() {
     source.put("a", "1").await;
     source.put("b", "1").await;
     source.put("c", "1").await;
-    let snapshot = source.fsm.snapshot().await.expect("snapshot");
+    let snapshot =
+        raft_core::SnapshotData::from_source(&mut *source.fsm.snapshot().await.expect("snapshot"), 4096)
+            .expect("encodes");
 
     let mut n = Node::new(options());
     n.put("z", "1").await;
@@ -230,7 +232,7 @@ async fn a_restore_replaces_the_state_clears_history_and_ends_watchers() {
     let store = n.store.clone();
     let mut waiting = pin!(store.wait_applied(3));
     assert!(poll_once(waiting.as_mut()).is_pending());
-    n.fsm.restore(&snapshot).await.expect("restores");
+    n.fsm.restore(&mut snapshot.reader()).await.expect("restores");
 
     assert_eq!(n.store.state_hash(), source.store.state_hash());
     assert_eq!((n.store.get("z"), n.store.len()), (None, 3));
@@ -248,10 +250,12 @@ async fn a_restore_replaces_the_state_clears_history_and_ends_watchers() {
 async fn a_watcher_ahead_of_a_restored_snapshot_goes_on() {
     let mut source = Node::new(options());
     source.put("a", "1").await;
-    let snapshot = source.fsm.snapshot().await.expect("snapshot");
+    let snapshot =
+        raft_core::SnapshotData::from_source(&mut *source.fsm.snapshot().await.expect("snapshot"), 4096)
+            .expect("encodes");
     let mut n = Node::new(options());
     let mut watcher = n.store.watch(Some(1), None).expect("watch from an index not applied yet");
-    n.fsm.restore(&snapshot).await.expect("restores");
+    n.fsm.restore(&mut snapshot.reader()).await.expect("restores");
     n.put("b", "1").await;
     assert_eq!(watcher.recv().await.map(|e| e.index), Ok(2));
 }
@@ -271,10 +275,15 @@ async fn a_bad_snapshot_fails_restore_and_leaves_the_state_unchanged() {
     let mut n = Node::new(options());
     n.put("a", "1").await;
     let hash = n.store.state_hash();
-    let mut snapshot = n.fsm.snapshot().await.expect("snapshot").to_vec();
+    let mut snapshot =
+        raft_core::SnapshotData::from_source(&mut *n.fsm.snapshot().await.expect("snapshot"), 4096)
+            .expect("encodes")
+            .to_bytes()
+            .to_vec();
     snapshot.truncate(snapshot.len() / 2);
     for bad in [&snapshot[..], &[], &[1, 2, 3], &[9]] {
-        assert!(matches!(n.fsm.restore(bad).await, Err(FsmError::BadSnapshot(_))));
+        let bad = raft_core::SnapshotData::from_bytes(bytes::Bytes::copy_from_slice(bad));
+        assert!(matches!(n.fsm.restore(&mut bad.reader()).await, Err(FsmError::BadSnapshot(_))));
     }
     assert_eq!((n.store.state_hash(), n.store.applied_index()), (hash, 1));
 }

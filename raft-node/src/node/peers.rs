@@ -101,15 +101,11 @@ pub(super) async fn track_snapshots(shared: Arc<Shared>) {
     let mut last_index = 0;
     let mut taken = 0;
     loop {
-        let index = shared.raft.status().protocol.snapshot.index;
-        if index != last_index {
-            last_index = index;
+        let status = shared.raft.status().protocol;
+        if status.snapshot.index != last_index {
+            last_index = status.snapshot.index;
             taken += 1;
-            match shared.storage.load_snapshot().await {
-                Ok(Some(snapshot)) => shared.metrics.set_snapshot(snapshot.data.len() as u64, taken),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "reading the latest snapshot for metrics"),
-            }
+            shared.metrics.set_snapshot(status.snapshot_bytes, taken);
         }
         tokio::time::sleep(POLL * 4).await;
     }

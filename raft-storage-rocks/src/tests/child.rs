@@ -97,7 +97,11 @@ async fn append_forever(dir: &Path) {
             let last = next - 1;
             let meta =
                 SnapshotMeta { last_log_id: LogId::new(1, last), membership: Membership::with_voters([1]) };
-            let data = Bytes::from(format!("snap@{last}"));
+            // Two chunks, so that the file holds more than one frame.
+            let data = raft_core::SnapshotData::from_chunks([
+                Bytes::from_static(b"snap@"),
+                Bytes::from(last.to_string()),
+            ]);
             log.save_snapshot(Snapshot { meta, data }).await.expect("snapshot");
             log.compact(last - 20).await.expect("compact");
             say(&format!("snap {last}"));

@@ -97,7 +97,7 @@ async fn check_after_crash(dir: &Path, acked: &Acked, round: u64) {
     }
     if let Some(s) = log.load_snapshot().await.expect("snapshot reads") {
         assert_eq!(
-            s.data,
+            s.data.to_bytes(),
             format!("snap@{}", s.meta.last_log_id.index).into_bytes(),
             "round {round}: snapshot"
         );

@@ -152,11 +152,14 @@ async fn the_fsm_answers_every_entry_and_restores_snapshots() {
     let ledger = view.ledger();
     assert_eq!((ledger.applied_index(), ledger.balance("bob"), ledger.total()), (8, Some(10), 10));
 
-    let snapshot = fsm.snapshot().await.unwrap();
+    let snapshot = raft_core::SnapshotData::from_source(&mut *fsm.snapshot().await.unwrap(), 1024).unwrap();
     let (mut other, other_view) = LedgerFsm::new();
-    other.restore(&snapshot).await.unwrap();
+    other.restore(&mut snapshot.reader()).await.unwrap();
     assert_eq!(other_view.ledger(), ledger);
     // A bad snapshot is refused and leaves the state as it was.
-    assert!(matches!(other.restore(b"").await, Err(FsmError::BadSnapshot(_))));
+    assert!(matches!(
+        other.restore(&mut raft_core::SnapshotData::default().reader()).await,
+        Err(FsmError::BadSnapshot(_))
+    ));
     assert_eq!(other_view.ledger(), ledger);
 }

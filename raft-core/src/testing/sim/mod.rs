@@ -332,7 +332,7 @@ impl Cluster {
     /// Replaces the node's state machine with the snapshot's and checks it against the state
     /// other nodes had at that index.
     fn restore_fsm(&mut self, id: NodeId, snapshot: &Snapshot, how: &str) {
-        let fsm = match SimFsm::decode(&snapshot.data) {
+        let fsm = match SimFsm::decode(&snapshot.data.to_bytes()) {
             Ok(f) => f,
             Err(e) => self.fail(&format!("node {id}: snapshot does not decode: {e}")),
         };
@@ -554,7 +554,7 @@ impl Cluster {
         let Some(term) = raft.term_at(applied) else { return };
         let meta =
             SnapshotMeta { last_log_id: LogId::new(term, applied), membership: raft.membership_at(applied) };
-        let snapshot = Snapshot { meta, data: node.fsm.encode() };
+        let snapshot = Snapshot { meta, data: node.fsm.encode().into() };
         let up_to = applied.saturating_sub(policy.keep);
         let node = self.node_mut(id);
         node.disk.save_local_snapshot(snapshot.clone(), up_to);

@@ -1,0 +1,192 @@
+//! Snapshot files: a log's snapshots live beside the database in `snapshots/`, not in RocksDB
+//! (a value of the whole state would pass through the WAL, a memtable and compactions).
+//!
+//! A file is written under a temporary name, synced, renamed to its final name and the
+//! directory synced; only then does the RocksDB batch that makes it the log's snapshot (its
+//! [`SnapshotFileRef`]) commit. A crash at any step leaves the old snapshot in force: an
+//! unreferenced file is an orphan, removed by the next save.
+//!
+//! Format: `MAGIC`, then chunks framed as `len: u32 LE ‖ crc32c: u32 LE ‖ bytes`, then a
+//! trailer `u32::MAX ‖ total length: u64 LE ‖ crc32c of all bytes: u32 LE ‖ crc32c of these
+//! 12 bytes: u32 LE`. A file that is cut short, extended or altered anywhere fails to read.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{LogId, SnapshotData, StorageError};
+use serde::{Deserialize, Serialize};
+
+/// The first bytes of every snapshot file.
+const MAGIC: &[u8; 8] = b"RAFTSNP1";
+/// The largest chunk a file may declare (a chunk written is at most what the state machine
+/// handed over; this bounds what a damaged length makes us allocate).
+const MAX_CHUNK_BYTES: u32 = 256 << 20;
+/// The length marking the trailer.
+const TRAILER: u32 = u32::MAX;
+
+/// The subdirectory of the data directory that holds snapshot files.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+
+/// What the database records of a log's snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotFileRef {
+    /// The snapshot's last entry.
+    pub(crate) last: LogId,
+    /// The file's name in [`SNAPSHOT_DIR`].
+    pub(crate) name: String,
+    /// The snapshot's size in bytes (the data, not the file).
+    pub(crate) len: u64,
+    /// crc32c of the data.
+    pub(crate) crc: u32,
+}
+
+fn io_error(what: &str, path: &Path, e: &std::io::Error) -> StorageError {
+    if e.raw_os_error() == Some(28) {
+        return StorageError::Full;
+    }
+    StorageError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// The name of the snapshot file of log `group` ending at `last`.
+fn file_name(group: u64, last: LogId) -> String {
+    format!("g{group}-{}-{}.snap", last.index, last.term)
+}
+
+/// Writes `data` as log `group`'s snapshot file ending at `last` in `dir` (temporary name,
+/// sync, rename, directory sync). Blocking.
+pub(crate) fn write(
+    dir: &Path,
+    group: u64,
+    last: LogId,
+    data: &SnapshotData,
+) -> Result<SnapshotFileRef, StorageError> {
+    let name = file_name(group, last);
+    let name = name.as_str();
+    fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, &e))?;
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let path = dir.join(name);
+    let crc = write_file(&tmp, data).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    fs::rename(&tmp, &path).map_err(|e| io_error("renaming", &tmp, &e))?;
+    sync_dir(dir)?;
+    Ok(SnapshotFileRef { last, name: name.to_owned(), len: data.len(), crc })
+}
+
+fn write_file(path: &Path, data: &SnapshotData) -> Result<u32, StorageError> {
+    let file = File::create(path).map_err(|e| io_error("creating", path, &e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let err = |e: std::io::Error| io_error("writing", path, &e);
+    out.write_all(MAGIC).map_err(err)?;
+    let mut crc = 0u32;
+    for chunk in data.chunks() {
+        // A chunk over the frame limit is written as several frames.
+        for part in chunk.chunks(MAX_CHUNK_BYTES as usize) {
+            let len = u32::try_from(part.len()).unwrap_or(MAX_CHUNK_BYTES);
+            out.write_all(&len.to_le_bytes()).map_err(err)?;
+            out.write_all(&crc32c::crc32c(part).to_le_bytes()).map_err(err)?;
+            out.write_all(part).map_err(err)?;
+            crc = crc32c::crc32c_append(crc, part);
+        }
+    }
+    let mut trailer = Vec::with_capacity(12);
+    trailer.extend_from_slice(&data.len().to_le_bytes());
+    trailer.extend_from_slice(&crc.to_le_bytes());
+    out.write_all(&TRAILER.to_le_bytes()).map_err(err)?;
+    out.write_all(&trailer).map_err(err)?;
+    out.write_all(&crc32c::crc32c(&trailer).to_le_bytes()).map_err(err)?;
+    let file = out.into_inner().map_err(|e| io_error("writing", path, e.error()))?;
+    file.sync_all().map_err(|e| io_error("syncing", path, &e))?;
+    Ok(crc)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("syncing", dir, &e))
+}
+
+/// Reads and checks the snapshot file `reference` names in `dir`: every frame, the trailer,
+/// and the length and checksum the database recorded. Blocking.
+pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotData, StorageError> {
+    let path = dir.join(&reference.name);
+    let corrupt = |what: String| StorageError::Corrupt(format!("snapshot file {}: {what}", path.display()));
+    let file = File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt("missing".into()),
+        _ => io_error("opening", &path, &e),
+    })?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut read_exact = |buf: &mut [u8]| -> Result<(), StorageError> {
+        input.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => corrupt("cut short".into()),
+            _ => io_error("reading", &path, &e),
+        })
+    };
+    let mut magic = [0u8; 8];
+    read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a snapshot file".into()));
+    }
+    let mut chunks = Vec::new();
+    let (mut total, mut crc) = (0u64, 0u32);
+    loop {
+        let mut head = [0u8; 8];
+        read_exact(&mut head[..4])?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if len == TRAILER {
+            break;
+        }
+        if len == 0 || len > MAX_CHUNK_BYTES {
+            return Err(corrupt(format!("a chunk of {len} bytes")));
+        }
+        read_exact(&mut head[4..])?;
+        let sum = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let mut chunk = vec![0u8; len as usize];
+        read_exact(&mut chunk)?;
+        if crc32c::crc32c(&chunk) != sum {
+            return Err(corrupt(format!("the chunk at byte {total} fails its checksum")));
+        }
+        crc = crc32c::crc32c_append(crc, &chunk);
+        total += u64::from(len);
+        chunks.push(Bytes::from(chunk));
+    }
+    let mut trailer = [0u8; 16];
+    read_exact(&mut trailer)?;
+    let (body, sum) = trailer.split_at(12);
+    if crc32c::crc32c(body).to_le_bytes() != sum {
+        return Err(corrupt("the trailer fails its checksum".into()));
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&body[..8]);
+    let recorded_len = u64::from_le_bytes(len_bytes);
+    let recorded_crc = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
+    if (recorded_len, recorded_crc) != (total, crc) || (reference.len, reference.crc) != (total, crc) {
+        return Err(corrupt("the data does not match its recorded length and checksum".into()));
+    }
+    let mut extra = [0u8; 1];
+    if read_exact(&mut extra).is_ok() {
+        return Err(corrupt("bytes after the trailer".into()));
+    }
+    Ok(SnapshotData::from_chunks(chunks))
+}
+
+/// Removes every snapshot file of `group` in `dir` other than `keep`, and temporary files of
+/// `group` (left by a crash mid-write). Errors are ignored: an orphan costs space only.
+pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let own = format!("g{group}-");
+    let own_tmp = format!(".tmp-g{group}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with(&own) || name.starts_with(&own_tmp);
+        if ours && Some(name) != keep {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The snapshot directory of the store at `data_dir`.
+pub(crate) fn dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join(SNAPSHOT_DIR)
+}

@@ -1,0 +1,131 @@
+//! Snapshot files: where they live, what survives a reopen, what a damaged or half-written
+//! file does, and stores written before snapshot files.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raft_core::{LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, Storage, StorageError};
+
+use super::{expected_entry, open};
+use crate::codec::{self, meta_key};
+use crate::db::{Cf, Op};
+use crate::snapshot_file::SNAPSHOT_DIR;
+
+fn snapshot(index: u64, chunks: &[&'static [u8]]) -> Snapshot {
+    let meta = SnapshotMeta { last_log_id: LogId::new(1, index), membership: Membership::with_voters([1]) };
+    Snapshot { meta, data: SnapshotData::from_chunks(chunks.iter().map(|c| Bytes::from_static(c))) }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(SNAPSHOT_DIR))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn only_file(dir: &Path) -> PathBuf {
+    let names = files(dir);
+    assert_eq!(names.len(), 1, "one snapshot file: {names:?}");
+    dir.join(SNAPSHOT_DIR).join(&names[0])
+}
+
+async fn store_with_snapshot(dir: &Path) {
+    let log = open(dir).log(0);
+    log.append(&(1..=20).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    log.save_snapshot(snapshot(10, &[b"first ", b"snapshot"])).await.expect("save");
+}
+
+#[tokio::test]
+async fn a_snapshot_is_a_file_that_survives_a_reopen_and_replaces_the_older_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_with_snapshot(dir.path()).await;
+    assert_eq!(files(dir.path()), vec!["g0-10-1.snap".to_owned()]);
+    let log = open(dir.path()).log(0);
+    let loaded = log.load_snapshot().await.expect("load").expect("a snapshot");
+    assert_eq!(loaded, snapshot(10, &[b"first snapshot"]), "the same bytes");
+    log.save_snapshot(snapshot(15, &[b"second"])).await.expect("save");
+    assert_eq!(files(dir.path()), vec!["g0-15-1.snap".to_owned()], "the older file is removed");
+    drop(log);
+    let log = open(dir.path()).log(0);
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(snapshot(15, &[b"second"])));
+    let state = log.initial_state().await.expect("state");
+    assert_eq!((state.first_index, state.last_index), (1, 20), "the log holds the snapshot's entry: kept");
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_file_is_refused_never_taken_as_valid() {
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 5] = [
+        ("cut short by one byte", |f| {
+            let len = std::fs::metadata(f).expect("meta").len();
+            std::fs::OpenOptions::new().write(true).open(f).expect("open").set_len(len - 1).expect("cut");
+        }),
+        ("cut after the first frame", |f| {
+            std::fs::OpenOptions::new().write(true).open(f).expect("open").set_len(8 + 8 + 6).expect("cut");
+        }),
+        ("one flipped bit in the data", |f| {
+            let mut bytes = std::fs::read(f).expect("read");
+            bytes[8 + 8 + 2] ^= 0x10;
+            std::fs::write(f, bytes).expect("write");
+        }),
+        ("bytes after the trailer", |f| {
+            let mut bytes = std::fs::read(f).expect("read");
+            bytes.push(0);
+            std::fs::write(f, bytes).expect("write");
+        }),
+        ("missing", |f| std::fs::remove_file(f).expect("remove")),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().expect("tempdir");
+        store_with_snapshot(dir.path()).await;
+        damage(&only_file(dir.path()).clone());
+        let log = open(dir.path()).log(0);
+        let loaded = log.load_snapshot().await;
+        assert!(matches!(loaded, Err(StorageError::Corrupt(_))), "{what}: {loaded:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_crash_before_the_database_records_a_new_file_keeps_the_old_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_with_snapshot(dir.path()).await;
+    let snapshots = dir.path().join(SNAPSHOT_DIR);
+    // What a crash leaves: a complete file the database never recorded, and a half-written
+    // temporary one.
+    std::fs::copy(only_file(dir.path()), snapshots.join("g0-18-1.snap")).expect("copy");
+    std::fs::write(snapshots.join(".tmp-g0-19-1.snap"), b"RAFTSNP1\x05").expect("write");
+    let log = open(dir.path()).log(0);
+    let loaded = log.load_snapshot().await.expect("load").expect("a snapshot");
+    assert_eq!(loaded.meta.last_log_id, LogId::new(1, 10), "the recorded snapshot is in force");
+    log.save_snapshot(snapshot(12, &[b"third"])).await.expect("save");
+    assert_eq!(files(dir.path()), vec!["g0-12-1.snap".to_owned()], "orphans are removed by the next save");
+}
+
+#[tokio::test]
+async fn a_store_with_its_snapshot_in_the_database_reads_it_and_moves_it_to_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path()).log(0);
+    log.append(&(1..=20).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    // What a store written before snapshot files holds.
+    let old = snapshot(10, &[b"in the database"]);
+    let bounds = log.with_db(|db| log.bounds(db)).expect("bounds");
+    let ops = vec![
+        Op::Put(Cf::Meta, meta_key(0, "snapshot_meta"), codec::encode(&old.meta).expect("encode")),
+        Op::Put(
+            Cf::Meta,
+            meta_key(0, "snapshot_data"),
+            codec::encode(&(old.meta.last_log_id, old.data.to_bytes())).expect("encode"),
+        ),
+    ];
+    log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }).await.expect("write");
+    drop(log);
+    let log = open(dir.path()).log(0);
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(old));
+    assert!(files(dir.path()).is_empty());
+    log.save_snapshot(snapshot(14, &[b"a file"])).await.expect("save");
+    let legacy =
+        log.with_db(|db| super::super::storage::RocksStorage::raw_meta(db, &meta_key(0, "snapshot_data")));
+    assert_eq!(legacy.expect("read"), None, "the old value is deleted with the batch that records the file");
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(snapshot(14, &[b"a file"])));
+}
