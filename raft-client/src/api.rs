@@ -197,6 +197,10 @@ pub struct StatusView {
     pub state_hash: String,
     /// Number of keys.
     pub keys: u64,
+    /// The state's size: the sum of the byte lengths of every key and value (0 from nodes
+    /// that do not report it).
+    #[serde(default)]
+    pub state_bytes: u64,
     /// Every member.
     pub members: Vec<MemberView>,
     /// A membership change is in progress (joint configuration).

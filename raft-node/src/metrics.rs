@@ -58,6 +58,7 @@ pub struct Metrics {
     snapshots: Gauge,
     follower_match_lag: Family<PeerLabel, Gauge>,
     keys: Gauge,
+    state_bytes: Gauge,
     sessions: Gauge,
     transport_sent: Gauge,
     transport_received: Gauge,
@@ -104,6 +105,7 @@ impl Metrics {
             snapshots: Gauge::default(),
             follower_match_lag: Family::default(),
             keys: Gauge::default(),
+            state_bytes: Gauge::default(),
             sessions: Gauge::default(),
             transport_sent: Gauge::default(),
             transport_received: Gauge::default(),
@@ -137,6 +139,11 @@ impl Metrics {
             metrics.follower_match_lag.clone(),
         );
         r.register("kv_keys", "Keys in the store", metrics.keys.clone());
+        r.register(
+            "kv_state_bytes",
+            "The state's size: the sum of the byte lengths of every key and value",
+            metrics.state_bytes.clone(),
+        );
         r.register("kv_sessions", "Client sessions remembered", metrics.sessions.clone());
         r.register("transport_sent", "Messages sent to peers", metrics.transport_sent.clone());
         r.register("transport_received", "Messages received from peers", metrics.transport_received.clone());
@@ -223,6 +230,7 @@ impl Metrics {
             self.follower_match_lag.get_or_create(&PeerLabel { peer: f.id }).set(clamp(lag));
         }
         self.keys.set(clamp(kv.keys as u64));
+        self.state_bytes.set(clamp(kv.state_bytes));
         self.sessions.set(clamp(kv.sessions as u64));
         self.transport_sent.set(clamp(transport.sent));
         self.transport_received.set(clamp(transport.received));

@@ -6,7 +6,8 @@
 //! beside the database (see `snapshot_file`), written and synced before the batch that makes
 //! it current. Every write is one atomic, synced batch: a truncation, a compaction, or a
 //! snapshot with the log it discards is all there after a crash or not at all. Log bounds are
-//! read from RocksDB on each call, never cached, so they are right after a reopen.
+//! cached per log after each successful write and read again from RocksDB after a failure or a
+//! reopen; a log write holds the log's lock from reading them until its batch commits.
 //!
 //! Stores written before snapshot files kept the data in the database (`snapshot_data`): it is
 //! still read, and the next snapshot saved replaces it with a file.

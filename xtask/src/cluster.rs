@@ -216,6 +216,8 @@ pub(crate) struct LocalCluster {
     children: Children,
     /// Left running on drop.
     detached: bool,
+    /// What every node's config shares (when this command wrote the configs).
+    common: Option<ConfigCommon>,
 }
 
 impl LocalCluster {
@@ -277,7 +279,14 @@ impl LocalCluster {
         for id in o.nodes + 1..=9 {
             let _ = std::fs::remove_file(layout.config_file(id));
         }
-        let cluster = Self { layout: layout.clone(), binary, nodes: o.nodes, children, detached: false };
+        let cluster = Self {
+            layout: layout.clone(),
+            binary,
+            nodes: o.nodes,
+            children,
+            detached: false,
+            common: Some(common),
+        };
         for id in 1..=o.nodes {
             cluster.start_node(id)?;
         }
@@ -300,6 +309,28 @@ impl LocalCluster {
         println!("started node {id} (pid {})", child.id());
         self.children.insert(&node_name(id), child);
         Ok(())
+    }
+
+    /// Empties the data directory of (stopped) node `id` and rewrites its config so that it
+    /// joins the running cluster through the other nodes' HTTP addresses: a wiped node comes
+    /// back as a new member (it was removed first), never with its old identity.
+    pub(crate) fn wipe_for_rejoin(&self, id: u64) -> Result<()> {
+        let common = self.common.as_ref().context("the cluster's configs were not written here")?;
+        let spec = self.layout.spec(id);
+        if spec.data_dir.exists() {
+            std::fs::remove_dir_all(&spec.data_dir)
+                .with_context(|| format!("removing {}", spec.data_dir.display()))?;
+        }
+        let members: Vec<NodeSpec> = (1..=self.nodes).map(|i| self.layout.spec(i)).collect();
+        let through: Vec<String> =
+            (1..=self.nodes).filter(|&i| i != id).map(|i| self.layout.client_addr(i)).collect();
+        std::fs::write(self.layout.config_file(id), common.node_config(&spec, &members, Some(&through)))?;
+        Ok(())
+    }
+
+    /// The log file of node `id`.
+    pub(crate) fn log_path(&self, id: u64) -> PathBuf {
+        self.layout.log_file(id)
     }
 
     /// SIGKILLs node `id`; returns the instant just before the signal.
@@ -561,6 +592,7 @@ fn restart(layout: &Layout, id: u64) -> Result<()> {
         children: Children::default(),
         // The node outlives this command, like the others.
         detached: true,
+        common: None,
     };
     cluster.start_node(id)
 }

@@ -53,6 +53,13 @@ fn run() -> Result<()> {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("core") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
             Some("http") => bench_http::bench_http(&workspace_root()?, &args[2..]),
+            Some("scale") => {
+                // 1,000,000 keys of 1 KiB (about 1 GB of state) unless the arguments say otherwise.
+                let mut scale: Vec<String> =
+                    ["--scale", "--keys", "1000000", "--value-bytes", "1024"].map(String::from).to_vec();
+                scale.extend(args[2..].iter().cloned());
+                bench_http::bench_http(&workspace_root()?, &scale)
+            }
             _ => bench_http::bench_http(&workspace_root()?, &args[1..]),
         },
         Some("bench-http") => bench_http::bench_http(&workspace_root()?, &args[1..]),
@@ -60,7 +67,7 @@ fn run() -> Result<()> {
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench scale [OPTIONS] | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }

@@ -251,6 +251,7 @@ mod tests {
             snapshot_index: 1000,
             state_hash: "9f86d081884c7d659a2feaa0c55ad015".into(),
             keys: 42,
+            state_bytes: 0,
             members: vec![member(1, MemberRole::Voter), member(2, MemberRole::Voter)],
             joint: false,
             leadership_transfer: None,

@@ -74,7 +74,7 @@ pub(super) struct Driver {
     requests: mpsc::Receiver<Request>,
     status: Arc<watch::Sender<NodeStatus>>,
     committed: broadcast::Sender<CommittedEntry>,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     next_proposal_id: ProposalId,
     next_read_id: ReadId,
     pub(super) waiters: Waiters,

@@ -29,6 +29,8 @@ pub(super) struct SnapshotTask {
     /// The snapshot saved, or the error that stopped it.
     pub(super) done: oneshot::Receiver<Result<Snapshot, RaftError>>,
     abort: AbortHandle,
+    /// When it started (the driver's clock).
+    started_ms: crate::types::Millis,
 }
 
 impl Drop for SnapshotTask {
@@ -142,7 +144,7 @@ impl Driver {
         let abort = handle.abort_handle();
         self.background.register(abort.clone());
         tracing::debug!(snapshot = %last, "snapshot started");
-        self.snapshot_task = Some(SnapshotTask { done, abort });
+        self.snapshot_task = Some(SnapshotTask { done, abort, started_ms: self.clock.now_ms() });
         self.applied_bytes_since_snapshot = 0;
         self.snapshot_schedule
             .draw(self.config.snapshot_threshold_entries, self.config.snapshot_threshold_bytes);
@@ -156,7 +158,7 @@ impl Driver {
         &mut self,
         outcome: Result<Snapshot, RaftError>,
     ) -> Result<(), RaftError> {
-        self.snapshot_task = None;
+        let started_ms = self.snapshot_task.take().map_or(0, |t| t.started_ms);
         let snapshot = outcome?;
         let last = snapshot.meta.last_log_id;
         if last.index <= self.raft.snapshot_last().index {
@@ -168,7 +170,8 @@ impl Driver {
         let up_to =
             last.index.saturating_sub(self.config.snapshot_keep_entries).min(self.raft.compaction_floor());
         let compacted_to = self.compact_storage(up_to).await?;
-        tracing::info!(snapshot = %last, bytes = snapshot.data.len(), compacted_to, "snapshot taken");
+        let took_ms = self.clock.now_ms().saturating_sub(started_ms);
+        tracing::info!(snapshot = %last, bytes = snapshot.data.len(), took_ms, compacted_to, "snapshot taken");
         self.raft.on_snapshot_saved(snapshot, compacted_to);
         Ok(())
     }

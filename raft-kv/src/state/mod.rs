@@ -140,6 +140,8 @@ pub(crate) struct State {
     sessions_by_use: BTreeSet<(Index, u64)>,
     /// The wrapping sum of every item's hash (order-independent, updated per change).
     items_hash: u64,
+    /// The sum of the byte lengths of every key and value.
+    kv_bytes: u64,
     limits: Limits,
 }
 
@@ -150,6 +152,8 @@ pub(crate) struct Counts {
     pub(crate) services: usize,
     pub(crate) members: usize,
     pub(crate) sessions: usize,
+    /// The sum of the byte lengths of every key and value.
+    pub(crate) kv_bytes: u64,
 }
 
 type Outcome = (Response, Option<Change>);
@@ -165,6 +169,7 @@ impl State {
             sessions: OrdMap::new(),
             sessions_by_use: BTreeSet::new(),
             items_hash: 0,
+            kv_bytes: 0,
             limits,
         }
     }
@@ -184,6 +189,7 @@ impl State {
             services: self.services.len(),
             members: self.members.len(),
             sessions: self.sessions.len(),
+            kv_bytes: self.kv_bytes,
         }
     }
 
@@ -351,8 +357,10 @@ impl State {
         let record = Record::new(&key, value, version, create_index, index);
         let current = record.to_key_value(&key);
         self.items_hash = self.items_hash.wrapping_add(record.hash);
+        self.kv_bytes += (key.len() + record.value.len()) as u64;
         let prev = self.kv.insert(key, record).map(|old| {
             self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            self.kv_bytes -= (current.key.len() + old.value.len()) as u64;
             // The key and create_index are the same before and after an update.
             KeyValue { value: old.value, version: old.version, mod_index: old.mod_index, ..current.clone() }
         });
@@ -363,6 +371,7 @@ impl State {
         match self.kv.remove(key) {
             Some(old) => {
                 self.items_hash = self.items_hash.wrapping_sub(old.hash);
+                self.kv_bytes -= (key.len() + old.value.len()) as u64;
                 let prev = old.to_key_value(key);
                 (Response::Deleted { prev: Some(prev.clone()) }, Some(Change::Delete(prev)))
             }

@@ -154,6 +154,7 @@ impl State {
             }
             let record = Record::new(&kv.key, kv.value, kv.version, kv.create_index, kv.mod_index);
             state.items_hash = state.items_hash.wrapping_add(record.hash);
+            state.kv_bytes += (kv.key.len() + record.value.len()) as u64;
             if state.kv.insert(kv.key.clone(), record).is_some() {
                 return Err(invalid(format!("key {:?} appears twice", kv.key)));
             }

@@ -481,6 +481,21 @@ fn snapshot_round_trip_restores_the_same_state_and_the_same_future() {
 }
 
 #[test]
+fn the_state_size_counts_key_and_value_bytes_through_updates_deletes_and_restores() {
+    let mut r = Replica::new();
+    r.op(put("ab", "1234"));
+    r.op(put("c", "5"));
+    assert_eq!(r.state.counts().kv_bytes, 6 + 2);
+    r.op(put("ab", "1"));
+    assert_eq!(r.state.counts().kv_bytes, 3 + 2, "an update counts the new value only");
+    r.op(Op::Delete { key: "c".into() });
+    r.op(Op::Delete { key: "missing".into() });
+    assert_eq!(r.state.counts().kv_bytes, 3);
+    let restored = restore(&r.state.snapshot(), LIMITS).expect("restores");
+    assert_eq!(restored.counts().kv_bytes, 3);
+}
+
+#[test]
 fn a_view_keeps_the_state_it_was_taken_at_while_the_state_changes() {
     let mut r = populated();
     let (hash, index) = (r.hash(), r.state.applied_index());

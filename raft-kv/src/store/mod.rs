@@ -99,6 +99,8 @@ pub struct KvStats {
     pub state_hash: u64,
     /// Keys held.
     pub keys: usize,
+    /// The state's size: the sum of the byte lengths of every key and value.
+    pub state_bytes: u64,
     /// Services registered.
     pub services: usize,
     /// Entries in the member address book.
@@ -272,6 +274,7 @@ impl KvStore {
             applied_index: inner.state.applied_index(),
             state_hash: inner.state.state_hash(),
             keys: counts.keys,
+            state_bytes: counts.kv_bytes,
             services: counts.services,
             member_addresses: counts.members,
             sessions: counts.sessions,

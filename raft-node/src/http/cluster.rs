@@ -83,6 +83,7 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         snapshot_index: p.snapshot.index,
         state_hash: format!("{:016x}", shared.kv.state_hash()),
         keys: shared.kv.len() as u64,
+        state_bytes: shared.kv.stats().state_bytes,
         joint: members.joint,
         members: members.members,
         leadership_transfer: p.leadership_transfer,

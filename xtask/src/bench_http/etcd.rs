@@ -54,8 +54,15 @@ pub(crate) struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `members` members from empty data dirs under `dir` and waits until every one
-    /// reports healthy (which needs a leader). The members' handles go into `children`.
-    pub(crate) async fn start(binary: &Path, dir: &Path, members: u64, children: Children) -> Result<Self> {
+    /// reports healthy (which needs a leader), each with `extra` on its command line. The
+    /// members' handles go into `children`.
+    pub(crate) async fn start(
+        binary: &Path,
+        dir: &Path,
+        members: u64,
+        extra: &[&str],
+        children: Children,
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -86,6 +93,7 @@ impl EtcdCluster {
                 .arg("--initial-cluster-state=new")
                 .arg("--logger=zap")
                 .arg("--log-outputs=stderr")
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

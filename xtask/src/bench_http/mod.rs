@@ -12,6 +12,7 @@ mod failover;
 mod histogram;
 mod load;
 mod report;
+mod scale;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -34,7 +35,8 @@ const HTTP_PORT_BASE: u16 = 18080;
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
 [--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug] \
-| bench-http --failover [--kills N] [--nodes N] [--connections N]";
+| bench-http --failover [--kills N] [--nodes N] [--connections N] \
+| bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both]";
 
 /// Which servers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +74,8 @@ struct Options {
     release: bool,
     failover: bool,
     kills: usize,
+    /// The large-state benchmark (`cargo xtask bench scale`).
+    scale: bool,
 }
 
 impl Default for Options {
@@ -97,6 +101,7 @@ impl Default for Options {
             release: true,
             failover: false,
             kills: 5,
+            scale: false,
         }
     }
 }
@@ -143,6 +148,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--transport" => o.transport = value()?,
             "--debug" => {
                 o.release = false;
+                takes_value = false;
+            }
+            "--scale" => {
+                o.scale = true;
                 takes_value = false;
             }
             "--failover" => {
@@ -230,6 +239,22 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
     let mut targets = Vec::new();
     let mut skipped = Vec::new();
     let mut failover_report = None;
+    if o.scale {
+        let result = scale::run(root, &o, &runtime)?;
+        let out_dir = root.join("target").join("bench");
+        std::fs::create_dir_all(&out_dir)?;
+        let path = out_dir.join(format!("scale-{}.json", report::timestamp(started_at)));
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&serde_json::json!({
+                "command": format!("cargo xtask bench scale {}", args.join(" ")).trim_end(),
+                "options": &o,
+                "report": result,
+            }))?,
+        )?;
+        println!("\nsaved {}", path.display());
+        return Ok(());
+    }
     if o.failover {
         let (cluster, children) = start_raft(root, &o)?;
         let phase = Phase {
@@ -287,7 +312,8 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
                     procs::stop_on_ctrl_c(&children);
                     let dir = root.join("target").join("bench").join("etcd");
                     let target = runtime.block_on(async {
-                        let etcd = etcd::EtcdCluster::start(&binary, &dir, o.nodes, children.clone()).await?;
+                        let etcd =
+                            etcd::EtcdCluster::start(&binary, &dir, o.nodes, &[], children.clone()).await?;
                         let mut target =
                             measure("etcd", description, Api::Etcd, etcd.endpoints(), &children, &o).await?;
                         target.memory = memory_of(&children, "m");
