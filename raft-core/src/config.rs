@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An automatic snapshot waits until the log applied since the last snapshot is at least this
+/// fraction (1 / N) of that snapshot's size; see [`Config::snapshot_threshold_entries`].
+pub const SNAPSHOT_LOG_FRACTION: u64 = 4;
+
 /// Tunables of a Raft node. Build with [`Config::default`] and struct update syntax, then
 /// [`Config::validate`] (the driver and the protocol validate again on start).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,9 +39,19 @@ pub struct Config {
     pub auto_forward: bool,
     /// The driver snapshots the state machine and compacts the log once this many entries were
     /// applied since the last snapshot; 0 turns automatic snapshots off.
+    ///
+    /// Each node raises both thresholds by a random part of up to a quarter, drawn again after
+    /// every snapshot, so that the nodes of a cluster do not snapshot at the same moment. And
+    /// with a large state a snapshot waits until the log applied since the last one is at least
+    /// a quarter of that snapshot's size ([`SNAPSHOT_LOG_FRACTION`]): writing snapshots then
+    /// costs at most four times the log's own bytes, whatever the state's size. The trade-off:
+    /// a larger log between snapshots costs memory (the protocol holds it) and replay time at a
+    /// restart; snapshots more often cost CPU and disk bandwidth for a whole copy of the state
+    /// each time.
     pub snapshot_threshold_entries: u64,
     /// The driver also snapshots once this many payload bytes were applied since the last
-    /// snapshot (counted from the node's start); 0 turns the byte threshold off.
+    /// snapshot (entries applied again after a restart count again); 0 turns the byte threshold
+    /// off.
     pub snapshot_threshold_bytes: u64,
     /// Entries kept in the log behind a snapshot, so that a follower slightly behind catches up
     /// from the log instead of receiving the whole snapshot.

@@ -34,7 +34,7 @@ mod transport;
 mod types;
 pub mod wire;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, SNAPSHOT_LOG_FRACTION};
 pub use driver::{
     Applied, Clock, CommittedEntry, DriftingClock, NodeStatus, RaftError, RaftNode, TokioClock,
 };

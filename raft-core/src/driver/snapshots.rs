@@ -81,6 +81,15 @@ impl SnapshotSchedule {
         s
     }
 
+    /// Whether a snapshot is due after `entries` entries and `bytes` payload bytes were applied
+    /// since the last one, of `last_bytes` bytes: a threshold is crossed, and (so that a large
+    /// state is not copied again and again) the log since is a proportionate part of it.
+    pub(super) fn due(&self, entries: u64, bytes: u64, last_bytes: u64) -> bool {
+        let crossed =
+            (self.entries > 0 && entries >= self.entries) || (self.bytes > 0 && bytes >= self.bytes);
+        crossed && entries > 0 && bytes >= last_bytes / crate::config::SNAPSHOT_LOG_FRACTION
+    }
+
     /// Draws the thresholds of the next snapshot (0 stays off).
     fn draw(&mut self, entries: u64, bytes: u64) {
         let mut jittered = |t: u64| {
@@ -126,11 +135,9 @@ impl Driver {
         if self.snapshot_task.is_some() {
             return Ok(());
         }
-        let (entries, bytes) = (self.snapshot_schedule.entries, self.snapshot_schedule.bytes);
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
-        let due =
-            (entries > 0 && since >= entries) || (bytes > 0 && self.applied_bytes_since_snapshot >= bytes);
-        if !due || since == 0 {
+        let last_bytes = self.raft.snapshot().map_or(0, |s| s.data.len());
+        if !self.snapshot_schedule.due(since, self.applied_bytes_since_snapshot, last_bytes) {
             return Ok(());
         }
         let last = self.applied;
@@ -220,5 +227,46 @@ impl Driver {
         self.applied_bytes_since_snapshot = 0;
         self.waiters.on_snapshot_installed(last, &snapshot.meta.membership);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotSchedule;
+
+    #[test]
+    fn thresholds_are_jittered_per_node_by_up_to_a_quarter_and_zero_stays_off() {
+        let drawn: Vec<(u64, u64)> = (0..50)
+            .map(|seed| {
+                let s = SnapshotSchedule::new(seed, 10_000, 0);
+                (s.entries, s.bytes)
+            })
+            .collect();
+        assert!(drawn.iter().all(|&(e, b)| (10_000..=12_500).contains(&e) && b == 0), "{drawn:?}");
+        let distinct: std::collections::BTreeSet<u64> = drawn.iter().map(|d| d.0).collect();
+        assert!(distinct.len() > 25, "nodes differ: {distinct:?}");
+        let mut s = SnapshotSchedule::new(7, 10_000, 1 << 20);
+        let first = (s.entries, s.bytes);
+        let redrawn: Vec<(u64, u64)> = (0..10)
+            .map(|_| {
+                s.draw(10_000, 1 << 20);
+                (s.entries, s.bytes)
+            })
+            .collect();
+        assert!(redrawn.iter().any(|d| *d != first), "drawn again after each snapshot");
+    }
+
+    #[test]
+    fn a_large_state_waits_for_a_log_a_quarter_of_its_size() {
+        let s = SnapshotSchedule { rng: crate::rng::SeededRng::new(1), entries: 100, bytes: 0 };
+        assert!(!s.due(99, 1_000_000, 0), "under the entry threshold");
+        assert!(s.due(100, 1_000, 0), "no snapshot yet: due at the threshold");
+        assert!(s.due(100, 1_000, 4_000), "a small state: due at the threshold");
+        assert!(!s.due(100, 1_000, 1_000_000_000), "a 1 GB state: 1 kB of log is not enough");
+        assert!(!s.due(100_000, 249_999_999, 1_000_000_000));
+        assert!(s.due(100_000, 250_000_000, 1_000_000_000), "a quarter of the state in log: due");
+        assert!(!s.due(0, 0, 0), "nothing applied: never");
+        let off = SnapshotSchedule { rng: crate::rng::SeededRng::new(1), entries: 0, bytes: 0 };
+        assert!(!off.due(u64::MAX, u64::MAX, 0), "both thresholds off: never");
     }
 }
