@@ -38,6 +38,10 @@ use serde::{Deserialize, Serialize};
 pub const CLIENT_ID_HEADER: &str = "raft-client-id";
 /// Header carrying the sequence number of a write within its session (decimal, from 1).
 pub const SEQ_HEADER: &str = "raft-seq";
+/// Response header of `GET /v1/snapshot`: the index of the last entry the snapshot covers.
+pub const SNAPSHOT_INDEX_HEADER: &str = "raft-snapshot-index";
+/// Response header of `GET /v1/snapshot`: the term of the last entry the snapshot covers.
+pub const SNAPSHOT_TERM_HEADER: &str = "raft-snapshot-term";
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

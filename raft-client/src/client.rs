@@ -20,6 +20,7 @@ use crate::api::{
 use crate::endpoint::{truncate_for_message, Endpoint};
 use crate::error::{code_for_status, ClientError};
 use crate::options::{random_seed, splitmix64, ClientOptions};
+use crate::snapshot::SnapshotDownload;
 use crate::watch::WatchStream;
 
 /// Most endpoints a client accepts.
@@ -423,6 +424,21 @@ impl Client {
             BalanceStrategy::Random => "random",
         };
         self.read(Call::new(Method::GET, &["v1", "balance", name]).query("strategy", strategy)).await
+    }
+
+    /// Downloads the latest snapshot of the first node that answers (any member: snapshots
+    /// are per node), for a backup. Fails with `not_found` when that node has none yet. The
+    /// bytes are pulled with [`SnapshotDownload::next_chunk`]; no byte for
+    /// [`ClientOptions::watch_idle_timeout`] is a timeout.
+    pub async fn snapshot(&self) -> Result<SnapshotDownload, ClientError> {
+        let mut call = Call::new(Method::GET, &["v1", "snapshot"]);
+        call.streaming = true;
+        match self.shared.execute(&call).await? {
+            Attempt::Stream(response) => {
+                SnapshotDownload::new(response, self.shared.options.watch_idle_timeout)
+            }
+            _ => Err(ClientError::Decode("the snapshot was answered without a body stream".into())),
+        }
     }
 
     /// Streams committed changes to keys (and services) starting with `prefix`, from log

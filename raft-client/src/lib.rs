@@ -7,6 +7,7 @@
 //!   and idempotent write sessions (a retried write carries the same client id and sequence
 //!   number, so it is applied once).
 //! - [`WatchStream`]: committed changes as server-sent events ([`sse`] parses them).
+//! - [`SnapshotDownload`]: a node's latest snapshot, streamed (for backups).
 //! - [`cli`]: `raftctl`, also reachable from other binaries through [`cli::run`].
 //!
 //! ```no_run
@@ -44,6 +45,7 @@ mod client;
 mod endpoint;
 mod error;
 mod options;
+mod snapshot;
 pub mod sse;
 mod watch;
 
@@ -51,4 +53,5 @@ pub use client::{Client, ENDPOINTS_MAX};
 pub use endpoint::{Endpoint, ENDPOINT_BYTES_MAX};
 pub use error::{error_code_name, ClientError};
 pub use options::{Backoff, ClientOptions, MAX_RETRIES_MAX, RESPONSE_BYTES_MAX_MIN};
+pub use snapshot::SnapshotDownload;
 pub use watch::{WatchStream, WATCH_ERROR_EVENT};

@@ -43,7 +43,8 @@ pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 pub use protocol::{
     Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
-    Ready, ReplicationMode, RestoreError, RestoredState, TransferError,
+    Ready, ReplicationMode, RestoreError, RestoredState, SnapshotRead, TransferError,
+    STALLED_TRANSFER_TIMEOUTS,
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{

@@ -26,6 +26,8 @@ pub struct SnapshotData {
     /// `starts[i]`: the offset of `chunks[i]` in the snapshot.
     starts: Arc<[u64]>,
     len: u64,
+    /// The bytes are not held here but in storage (see [`SnapshotData::stored`]).
+    stored: bool,
 }
 
 impl SnapshotData {
@@ -38,7 +40,20 @@ impl SnapshotData {
             starts.push(len);
             len += c.len() as u64;
         }
-        Self { chunks: chunks.into(), starts: starts.into(), len }
+        Self { chunks: chunks.into(), starts: starts.into(), len, stored: false }
+    }
+
+    /// A snapshot of `len` bytes whose bytes stay in storage: the protocol holds this for the
+    /// node's own snapshot and asks the driver for each chunk it sends
+    /// ([`Ready::snapshot_reads`](crate::Ready::snapshot_reads)), so a leader's memory does not
+    /// hold a second copy of the state.
+    pub fn stored(len: u64) -> Self {
+        Self { chunks: Arc::new([]), starts: Arc::new([]), len, stored: true }
+    }
+
+    /// Whether the bytes are in storage rather than here.
+    pub fn is_stored(&self) -> bool {
+        self.stored
     }
 
     /// Everything `source` writes, pulled in chunks of about `chunk_bytes` at once (for tests
@@ -117,7 +132,9 @@ impl std::fmt::Debug for SnapshotData {
 
 impl PartialEq for SnapshotData {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.chunks.iter().flatten().eq(other.chunks.iter().flatten())
+        self.len == other.len
+            && self.stored == other.stored
+            && self.chunks.iter().flatten().eq(other.chunks.iter().flatten())
     }
 }
 
@@ -262,6 +279,48 @@ pub trait Storage: Send + Sync {
 
     /// The latest snapshot, if any.
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
+
+    /// Stores, as [`save_snapshot`](Storage::save_snapshot) does, the snapshot `meta`
+    /// describes, whose bytes `source` writes in chunks of about `chunk_bytes`; returns its
+    /// size. This is how the driver saves its own snapshots, in the background. The default
+    /// collects the chunks (yielding between them) and calls `save_snapshot`; a store that
+    /// keeps snapshots on disk should write each chunk as it comes, so that the snapshot is
+    /// never whole in memory. An error of the source is reported as `StorageError::Io`.
+    async fn save_snapshot_from(
+        &self,
+        meta: SnapshotMeta,
+        mut source: Box<dyn crate::fsm::SnapshotSource>,
+        chunk_bytes: usize,
+    ) -> Result<u64, StorageError> {
+        let mut chunks = Vec::new();
+        loop {
+            let chunk = source
+                .next_chunk(chunk_bytes)
+                .map_err(|e| StorageError::Io(format!("writing the snapshot: {e}")))?;
+            let Some(chunk) = chunk else { break };
+            chunks.push(chunk);
+            tokio::task::yield_now().await;
+        }
+        let data = SnapshotData::from_chunks(chunks);
+        let len = data.len();
+        self.save_snapshot(Snapshot { meta, data }).await?;
+        Ok(len)
+    }
+
+    /// Up to `max` bytes (at least one, unless `offset` is at or past the end) of the snapshot
+    /// ending at `last`, from byte `offset`; `None` when the store no longer holds that
+    /// snapshot. A store may keep serving a snapshot it replaced for a while (a transfer in
+    /// progress finishes with it). The default loads the latest snapshot and cuts the part out:
+    /// a store that keeps snapshots on disk should read just the part.
+    async fn read_snapshot_chunk(
+        &self,
+        last: LogId,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let snapshot = self.load_snapshot().await?.filter(|s| s.meta.last_log_id == last);
+        Ok(snapshot.map(|s| s.data.slice(offset, max)))
+    }
 
     /// Durably removes entries up to and including `up_to`, which must be covered by the
     /// latest snapshot (else `OutOfRange`).

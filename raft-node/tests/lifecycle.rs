@@ -127,3 +127,43 @@ async fn a_member_that_lost_its_data_is_refused() {
     assert!(err.to_string().contains("remove"), "the error says what to do: {err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_snapshot_downloads_whole_and_restores_to_the_state_at_its_index() {
+    use raft_core::Fsm as _;
+    let cluster = TestCluster::start_with(3, StorageKind::Rocks, |c| {
+        c.raft.snapshot_threshold_entries = 50;
+        c.raft.snapshot_keep_entries = 5;
+    })
+    .await;
+    let client = cluster.client_of(1);
+    // No snapshot yet: a typed 404.
+    let err = client.snapshot().await.unwrap_err();
+    assert_eq!(err.api_code(), Some(raft_client::api::ErrorCode::NotFound), "{err}");
+    for i in 0..200 {
+        cluster.client().put(&format!("k{i:03}"), &format!("v{i}")).await.unwrap();
+    }
+    cluster.wait_converged().await;
+    let status = client.status_of(&client.endpoints()[0]).await.unwrap();
+    assert!(status.snapshot_index > 0, "{status:?}");
+
+    let mut download = client.snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = download.next_chunk().await.unwrap() {
+        bytes.extend_from_slice(&chunk);
+    }
+    assert_eq!(bytes.len() as u64, download.len);
+    assert!(download.index >= status.snapshot_index, "{} < {}", download.index, status.snapshot_index);
+
+    // The bytes restore a state machine to exactly the state at the snapshot's index.
+    let (store, mut fsm) = raft_kv::KvStore::new(Default::default()).unwrap();
+    let data = raft_core::SnapshotData::from_bytes(bytes);
+    fsm.restore(&mut data.reader()).await.unwrap();
+    assert_eq!(store.applied_index(), download.index);
+    assert!(!store.is_empty() && store.len() <= 200, "{} keys", store.len());
+    for i in 0..store.len() {
+        let kv = store.get(&format!("k{i:03}")).unwrap_or_else(|| panic!("k{i:03} missing"));
+        assert_eq!(kv.value, format!("v{i}"));
+    }
+    cluster.shutdown().await;
+}

@@ -191,6 +191,23 @@ fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, Op
     DB::open_cf_descriptors(options, dir, cfs).map_err(|e| open_error(&shown, &e))
 }
 
+/// Removes the temporary and unreferenced snapshot files an interrupted snapshot write left
+/// (a crash between the file's rename and the database commit, or during the write), so that
+/// crashes cannot fill the disk.
+fn remove_snapshot_leftovers(db: &DB, dir: &Path) {
+    let Some(cf) = db.cf_handle(CF_META) else { return };
+    let referenced = |group: u64| -> Option<String> {
+        let v = db.get_cf(cf, codec::meta_key(group, "snapshot_file")).ok().flatten()?;
+        let reference: crate::snapshot_file::SnapshotFileRef =
+            codec::decode(&v, &|| "the snapshot file reference".into()).ok()?;
+        Some(reference.name)
+    };
+    let removed = crate::snapshot_file::remove_leftovers(&crate::snapshot_file::dir_of(dir), &referenced);
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed snapshot files left by interrupted writes");
+    }
+}
+
 impl RocksDb {
     /// Opens (or, in an empty or missing directory, creates) the store at `dir` for
     /// `identity`. Refuses a directory that another process holds, that is damaged, that holds
@@ -213,6 +230,7 @@ impl RocksDb {
         if options.verify_on_open {
             verify_all(&db)?;
         }
+        remove_snapshot_leftovers(&db, &dir);
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
         let shared = Arc::new(Shared {
             dir,

@@ -62,26 +62,49 @@ pub(crate) fn write(
     last: LogId,
     data: &SnapshotData,
 ) -> Result<SnapshotFileRef, StorageError> {
+    let mut chunks = data.chunks().iter().cloned();
+    write_from(dir, group, last, &mut || Ok(chunks.next()))
+}
+
+/// Writes the chunks `next` hands over, until it returns `None`, as log `group`'s snapshot file
+/// ending at `last` in `dir` (temporary name, sync, rename, directory sync): the snapshot is
+/// never whole in memory. Blocking.
+pub(crate) fn write_from(
+    dir: &Path,
+    group: u64,
+    last: LogId,
+    next: &mut dyn FnMut() -> Result<Option<Bytes>, StorageError>,
+) -> Result<SnapshotFileRef, StorageError> {
     let name = file_name(group, last);
     let name = name.as_str();
-    fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, &e))?;
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, &e))?;
+        // The new directory's own entry must survive a power loss too.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
     let tmp = dir.join(format!(".tmp-{name}"));
     let path = dir.join(name);
-    let crc = write_file(&tmp, data).inspect_err(|_| {
+    let (len, crc) = write_file(&tmp, next).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
     fs::rename(&tmp, &path).map_err(|e| io_error("renaming", &tmp, &e))?;
     sync_dir(dir)?;
-    Ok(SnapshotFileRef { last, name: name.to_owned(), len: data.len(), crc })
+    Ok(SnapshotFileRef { last, name: name.to_owned(), len, crc })
 }
 
-fn write_file(path: &Path, data: &SnapshotData) -> Result<u32, StorageError> {
+fn write_file(
+    path: &Path,
+    next: &mut dyn FnMut() -> Result<Option<Bytes>, StorageError>,
+) -> Result<(u64, u32), StorageError> {
     let file = File::create(path).map_err(|e| io_error("creating", path, &e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let err = |e: std::io::Error| io_error("writing", path, &e);
     out.write_all(MAGIC).map_err(err)?;
-    let mut crc = 0u32;
-    for chunk in data.chunks() {
+    let (mut crc, mut total) = (0u32, 0u64);
+    while let Some(chunk) = next()? {
+        total += chunk.len() as u64;
         // A chunk over the frame limit is written as several frames.
         for part in chunk.chunks(MAX_CHUNK_BYTES as usize) {
             let len = u32::try_from(part.len()).unwrap_or(MAX_CHUNK_BYTES);
@@ -92,14 +115,14 @@ fn write_file(path: &Path, data: &SnapshotData) -> Result<u32, StorageError> {
         }
     }
     let mut trailer = Vec::with_capacity(12);
-    trailer.extend_from_slice(&data.len().to_le_bytes());
+    trailer.extend_from_slice(&total.to_le_bytes());
     trailer.extend_from_slice(&crc.to_le_bytes());
     out.write_all(&TRAILER.to_le_bytes()).map_err(err)?;
     out.write_all(&trailer).map_err(err)?;
     out.write_all(&crc32c::crc32c(&trailer).to_le_bytes()).map_err(err)?;
     let file = out.into_inner().map_err(|e| io_error("writing", path, e.error()))?;
     file.sync_all().map_err(|e| io_error("syncing", path, &e))?;
-    Ok(crc)
+    Ok((total, crc))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -186,7 +209,143 @@ pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>) {
     }
 }
 
+/// Removes what interrupted snapshot writes left in `dir`: every temporary file, and every
+/// snapshot file that `referenced` (given the log group a file name says it belongs to) does
+/// not name. Run when the store opens, before anything writes a snapshot. Blocking.
+pub(crate) fn remove_leftovers(dir: &Path, referenced: &dyn Fn(u64) -> Option<String>) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let leftover = if name.starts_with(".tmp-") {
+            true
+        } else if let Some(group) = group_of(name) {
+            referenced(group).as_deref() != Some(name)
+        } else {
+            false // not ours: leave it
+        };
+        if leftover && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The log group of a snapshot file named `g{group}-{index}-{term}.snap`.
+fn group_of(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix('g')?.strip_suffix(".snap")?;
+    let mut parts = rest.split('-');
+    let group = parts.next()?.parse().ok()?;
+    let numbers = parts.map(|p| p.parse::<u64>().is_ok()).collect::<Vec<_>>();
+    (numbers.len() == 2 && numbers.iter().all(|ok| *ok)).then_some(group)
+}
+
 /// The snapshot directory of the store at `data_dir`.
 pub(crate) fn dir_of(data_dir: &Path) -> PathBuf {
     data_dir.join(SNAPSHOT_DIR)
+}
+
+/// One frame of an open snapshot file: where its bytes are in the snapshot and in the file.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// Offset of its first byte in the snapshot.
+    start: u64,
+    /// Offset of its first byte in the file.
+    at: u64,
+    len: u32,
+    crc: u32,
+}
+
+/// A snapshot file opened for reading parts of it: its frames indexed once (headers only),
+/// each part read with one positioned read and checked against its frame's checksum. The open
+/// file keeps a replaced (unlinked) snapshot readable, so a transfer in progress can finish.
+#[derive(Debug)]
+pub(crate) struct OpenSnapshot {
+    pub(crate) last: LogId,
+    file: File,
+    frames: Vec<Frame>,
+    path: PathBuf,
+}
+
+impl OpenSnapshot {
+    /// Opens the file `reference` names and indexes its frames; checks the trailer and the
+    /// recorded length (chunk checksums are checked on each part read). Blocking.
+    pub(crate) fn open(dir: &Path, reference: &SnapshotFileRef) -> Result<Self, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join(&reference.name);
+        let corrupt =
+            |what: String| StorageError::Corrupt(format!("snapshot file {}: {what}", path.display()));
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupt("missing".into()),
+            _ => io_error("opening", &path, &e),
+        })?;
+        let size = file.metadata().map_err(|e| io_error("reading", &path, &e))?.len();
+        let read_at = |buf: &mut [u8], at: u64| -> Result<(), StorageError> {
+            file.read_exact_at(buf, at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt("cut short".into()),
+                _ => io_error("reading", &path, &e),
+            })
+        };
+        let mut magic = [0u8; 8];
+        read_at(&mut magic, 0)?;
+        if &magic != MAGIC {
+            return Err(corrupt("not a snapshot file".into()));
+        }
+        let (mut frames, mut at, mut start) = (Vec::new(), 8u64, 0u64);
+        loop {
+            let mut head = [0u8; 8];
+            read_at(&mut head[..4], at)?;
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            if len == TRAILER {
+                break;
+            }
+            if len == 0 || len > MAX_CHUNK_BYTES {
+                return Err(corrupt(format!("a chunk of {len} bytes")));
+            }
+            read_at(&mut head[4..], at + 4)?;
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            frames.push(Frame { start, at: at + 8, len, crc });
+            start += u64::from(len);
+            at += 8 + u64::from(len);
+            if at > size {
+                return Err(corrupt("cut short".into()));
+            }
+        }
+        let mut trailer = [0u8; 16];
+        read_at(&mut trailer, at + 4)?;
+        let (body, sum) = trailer.split_at(12);
+        if crc32c::crc32c(body).to_le_bytes() != sum || at + 4 + 16 != size {
+            return Err(corrupt("the trailer is damaged".into()));
+        }
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(&body[..8]);
+        if u64::from_le_bytes(len_bytes) != start || reference.len != start {
+            return Err(corrupt("the data does not match its recorded length".into()));
+        }
+        Ok(Self { last: reference.last, file, frames, path })
+    }
+
+    /// Up to `max` bytes from `offset` (ending at the end of the frame holding `offset`);
+    /// empty at or past the end. Blocking.
+    pub(crate) fn read(&self, offset: u64, max: usize) -> Result<Bytes, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let i = self.frames.partition_point(|f| f.start <= offset);
+        let Some(frame) = i.checked_sub(1).map(|i| self.frames[i]) else { return Ok(Bytes::new()) };
+        if offset >= frame.start + u64::from(frame.len) || max == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut buf = vec![0u8; frame.len as usize];
+        self.file.read_exact_at(&mut buf, frame.at).map_err(|e| io_error("reading", &self.path, &e))?;
+        if crc32c::crc32c(&buf) != frame.crc {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot file {}: the chunk at byte {} fails its checksum",
+                self.path.display(),
+                frame.start
+            )));
+        }
+        let from = (offset - frame.start) as usize;
+        let to = buf.len().min(from.saturating_add(max));
+        Ok(Bytes::from(buf).slice(from..to))
+    }
 }

@@ -12,13 +12,13 @@
 //! Stores written before snapshot files kept the data in the database (`snapshot_data`): it is
 //! still read, and the next snapshot saved replaces it with a file.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta, Storage,
-    StorageError, Term,
+    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta, SnapshotSource,
+    Storage, StorageError, Term,
 };
 use rocksdb::{Direction, IteratorMode, DB};
 
@@ -36,11 +36,23 @@ pub struct RocksStorage {
     /// writes that may run concurrently (a snapshot saved in the background beside appends)
     /// each start from the bounds the other left.
     bounds_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Snapshot files open for sending (newest first, at most `OPEN_SNAPSHOTS_MAX`).
+    open_snapshots: Arc<Mutex<Vec<Arc<snapshot_file::OpenSnapshot>>>>,
+}
+
+/// Snapshot files kept open for reading: the current one and one a transfer still sends.
+const OPEN_SNAPSHOTS_MAX: usize = 2;
+
+/// Runs blocking file work in tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Io(format!("a file task failed: {e}")))?
 }
 
 impl RocksStorage {
     pub(crate) fn new(db: RocksDb, group: u64) -> Self {
-        Self { db, group, bounds_lock: Arc::default() }
+        Self { db, group, bounds_lock: Arc::default(), open_snapshots: Arc::default() }
     }
 
     /// The store this log lives in.
@@ -61,6 +73,55 @@ impl RocksStorage {
     #[cfg(test)]
     pub(crate) fn raw_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Self::get_meta(db, key)
+    }
+
+    /// The current snapshot's file reference, if it has one.
+    fn snapshot_file_ref(&self) -> Result<Option<SnapshotFileRef>, StorageError> {
+        self.with_db(|db| {
+            Self::get_meta(db, &meta_key(self.group, "snapshot_file"))?
+                .map(|v| codec::decode(&v, &|| "the snapshot file reference".into()))
+                .transpose()
+        })
+    }
+
+    /// Commits a snapshot whose file is written: its metadata, the file reference and the log it
+    /// discards in one batch (holding the bounds lock); then removes older files.
+    async fn commit_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        reference: SnapshotFileRef,
+    ) -> Result<(), StorageError> {
+        let last = meta.last_log_id;
+        let _bounds = self.bounds_lock.lock().await;
+        let (b, matches) = self.with_db(|db| {
+            let b = self.bounds(db)?;
+            let matches = last.index >= b.first
+                && last.index <= b.last
+                && self.read_entry(db, last.index)?.is_some_and(|e| e.term == last.term);
+            Ok((b, matches))
+        })?;
+        let legacy = meta_key(self.group, "snapshot_data");
+        let mut legacy_end = legacy.clone();
+        legacy_end.push(0);
+        let mut ops = vec![
+            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_meta"), codec::encode(meta)?),
+            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
+            Op::DeleteRange(Cf::Meta, legacy, legacy_end),
+        ];
+        let after = if matches {
+            Bounds { snapshot: last, ..b }
+        } else {
+            ops.push(self.log_range(0));
+            Bounds { first: last.index + 1, last: last.index, snapshot: last }
+        };
+        self.write(ops, after).await?;
+        let (dir, group, keep) = (snapshot_file::dir_of(self.db.dir()), self.group, reference.name);
+        let _ = blocking(move || {
+            snapshot_file::remove_others(&dir, group, Some(&keep));
+            Ok(())
+        })
+        .await;
+        Ok(())
     }
 
     fn get_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -256,45 +317,79 @@ impl Storage for RocksStorage {
     /// reference and the log it discards in one batch, then removes older files.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StorageError> {
         let last = snapshot.meta.last_log_id;
-        let stored = self.with_db(|db| self.bounds(db))?.snapshot;
-        if last.index < stored.index {
+        if last.index < self.with_db(|db| self.bounds(db))?.snapshot.index {
             return Ok(());
         }
         // The data first, with no lock held: appends go on meanwhile.
         let dir = snapshot_file::dir_of(self.db.dir());
         let (group, data) = (self.group, snapshot.data.clone());
-        let write_dir = dir.clone();
-        let reference =
-            tokio::task::spawn_blocking(move || snapshot_file::write(&write_dir, group, last, &data))
-                .await
-                .map_err(|e| StorageError::Io(format!("the snapshot writer task failed: {e}")))??;
-        let _bounds = self.bounds_lock.lock().await;
-        let (b, matches) = self.with_db(|db| {
-            let b = self.bounds(db)?;
-            let matches = last.index >= b.first
-                && last.index <= b.last
-                && self.read_entry(db, last.index)?.is_some_and(|e| e.term == last.term);
-            Ok((b, matches))
-        })?;
-        let legacy = meta_key(self.group, "snapshot_data");
-        let mut legacy_end = legacy.clone();
-        legacy_end.push(0);
-        let mut ops = vec![
-            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_meta"), codec::encode(&snapshot.meta)?),
-            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
-            Op::DeleteRange(Cf::Meta, legacy, legacy_end),
-        ];
-        let after = if matches {
-            Bounds { snapshot: last, ..b }
-        } else {
-            ops.push(self.log_range(0));
-            Bounds { first: last.index + 1, last: last.index, snapshot: last }
+        let reference = blocking(move || snapshot_file::write(&dir, group, last, &data)).await?;
+        self.commit_snapshot(&snapshot.meta, reference).await
+    }
+
+    /// Encodes the state machine's view straight into the file, in the blocking pool: the
+    /// snapshot is never whole in memory and the event loop's threads do not do the encoding.
+    async fn save_snapshot_from(
+        &self,
+        meta: SnapshotMeta,
+        mut source: Box<dyn SnapshotSource>,
+        chunk_bytes: usize,
+    ) -> Result<u64, StorageError> {
+        let last = meta.last_log_id;
+        if last.index < self.with_db(|db| self.bounds(db))?.snapshot.index {
+            return Ok(0);
+        }
+        let dir = snapshot_file::dir_of(self.db.dir());
+        let group = self.group;
+        let reference = blocking(move || {
+            snapshot_file::write_from(&dir, group, last, &mut || {
+                source
+                    .next_chunk(chunk_bytes)
+                    .map_err(|e| StorageError::Io(format!("the state machine's snapshot failed: {e}")))
+            })
+        })
+        .await?;
+        let len = reference.len;
+        self.commit_snapshot(&meta, reference).await?;
+        Ok(len)
+    }
+
+    /// Reads the part from the file, kept open (with its frame index) for the next parts.
+    async fn read_snapshot_chunk(
+        &self,
+        last: LogId,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let cached = {
+            let open = self.open_snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+            open.iter().find(|o| o.last == last).cloned()
         };
-        self.write(ops, after).await?;
-        let keep = reference.name;
-        let _ =
-            tokio::task::spawn_blocking(move || snapshot_file::remove_others(&dir, group, Some(&keep))).await;
-        Ok(())
+        let open = match cached {
+            Some(open) => open,
+            None => {
+                let Some(reference) = self.snapshot_file_ref()? else {
+                    // A store written before snapshot files keeps its snapshot in the database
+                    // until the next one is saved.
+                    let legacy = self.load_snapshot().await?.filter(|s| s.meta.last_log_id == last);
+                    return Ok(legacy.map(|s| s.data.slice(offset, max)));
+                };
+                if reference.last != last {
+                    return Ok(None);
+                }
+                let dir = snapshot_file::dir_of(self.db.dir());
+                let open =
+                    Arc::new(blocking(move || snapshot_file::OpenSnapshot::open(&dir, &reference)).await?);
+                let mut cache = self.open_snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+                // The newest two: the current snapshot and one a transfer may still be sending.
+                cache.retain(|o| o.last != last);
+                cache.push(open.clone());
+                cache.sort_by_key(|o| std::cmp::Reverse(o.last.index));
+                cache.truncate(OPEN_SNAPSHOTS_MAX);
+                open
+            }
+        };
+        blocking(move || open.read(offset, max)).await.map(Some)
     }
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
@@ -316,9 +411,7 @@ impl Storage for RocksStorage {
             Ok(reference) => {
                 let dir = snapshot_file::dir_of(self.db.dir());
                 let last = reference.last;
-                let data = tokio::task::spawn_blocking(move || snapshot_file::read(&dir, &reference))
-                    .await
-                    .map_err(|e| StorageError::Io(format!("the snapshot reader task failed: {e}")))??;
+                let data = blocking(move || snapshot_file::read(&dir, &reference)).await?;
                 (last, data)
             }
             Err((last, data)) => (last, SnapshotData::from_bytes(data)),

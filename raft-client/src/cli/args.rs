@@ -114,6 +114,12 @@ pub enum Command {
         #[arg(long)]
         from_index: Option<u64>,
     },
+    /// Save the latest snapshot of the first node that answers to a file (a backup; use one
+    /// endpoint to choose the node). The file is written completely or not at all.
+    SnapshotSave {
+        /// Where to write it (an existing file is replaced).
+        file: std::path::PathBuf,
+    },
 }
 
 /// Arguments of `raftctl cas`.

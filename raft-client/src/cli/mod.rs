@@ -233,8 +233,71 @@ async fn dispatch(
         Command::Watch { prefix, from_index } => {
             return watch(client, prefix.as_deref().unwrap_or(""), *from_index, json, out, err).await;
         }
+        Command::SnapshotSave { file } => return save_snapshot(client, file, json, out).await,
     };
     Ok(result)
+}
+
+/// Downloads the snapshot to a temporary file beside `file`, syncs it and renames it into
+/// place: `file` is a whole snapshot or untouched.
+async fn save_snapshot(
+    client: &Client,
+    file: &std::path::Path,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<Result<i32, ClientError>> {
+    use anyhow::Context as _;
+    let mut download = match client.snapshot().await {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut writer = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    loop {
+        match download.next_chunk().await {
+            Ok(Some(chunk)) => {
+                writer.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?
+            }
+            Ok(None) => break,
+            Err(e) => {
+                drop(writer);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(Err(e));
+            }
+        }
+    }
+    let written = writer.into_inner().map_err(|e| e.into_error()).context("flushing the snapshot")?;
+    written.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    let saved = serde_json::json!({
+        "file": file.display().to_string(),
+        "index": download.index,
+        "term": download.term,
+        "bytes": download.len,
+    });
+    if json {
+        writeln!(out, "{saved}")?;
+    } else {
+        writeln!(
+            out,
+            "saved the snapshot at index {} (term {}), {} bytes, to {}",
+            download.index,
+            download.term,
+            download.len,
+            file.display()
+        )?;
+    }
+    Ok(Ok(0))
 }
 
 async fn watch(

@@ -108,11 +108,13 @@ impl Driver {
         } else {
             Vec::new()
         };
-        let snapshot = parts.storage.load_snapshot().await?;
+        let mut snapshot = parts.storage.load_snapshot().await?;
         let mut applied = LogId::default();
-        if let Some(s) = &snapshot {
+        if let Some(s) = &mut snapshot {
             parts.fsm.restore(&mut s.data.reader()).await?;
             applied = s.meta.last_log_id;
+            // Restored: the protocol reads the bytes from storage when it sends them.
+            s.data = crate::storage::SnapshotData::stored(s.data.len());
         }
         let restored = RestoredState {
             hard_state: initial.hard_state,
@@ -185,17 +187,19 @@ impl Driver {
             } else if clients_first {
                 tokio::select! {
                     biased;
+                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     request = self.requests.recv() => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
-                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             } else {
                 tokio::select! {
                     biased;
+                    // First: it completes once per snapshot, and a busy node must not put off
+                    // the compaction it brings.
+                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv() => Woke::Request(request),
-                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             };
@@ -354,6 +358,8 @@ impl Driver {
     async fn process_ready(&mut self) -> Result<(), RaftError> {
         while self.raft.has_ready() {
             let ready = self.raft.take_ready();
+            let stored_snapshot = ready.snapshot.as_ref().map(|s| s.meta.last_log_id);
+            let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
             for m in ready.messages {
                 self.send(m);
             }
@@ -406,7 +412,32 @@ impl Driver {
             }
             self.waiters.release_reads(self.applied.index);
             self.raft.advance();
+            if let Some(last) = stored_snapshot {
+                self.raft.on_snapshot_stored(last);
+            }
+            let now = self.now_ms();
+            for chunk in chunks {
+                self.raft.step(now, chunk);
+            }
         }
         Ok(())
+    }
+
+    /// Reads the parts of this node's snapshot the protocol asked for. A part that cannot be
+    /// read is answered `None` (the protocol then sends its current snapshot): a damaged
+    /// snapshot file must not stop a leader that can still replicate its log.
+    async fn read_snapshot_parts(&self, reads: &[crate::protocol::SnapshotRead]) -> Vec<Event> {
+        let mut events = Vec::with_capacity(reads.len());
+        for r in reads {
+            let data = match self.storage.read_snapshot_chunk(r.snapshot, r.offset, r.max).await {
+                Ok(data) => data,
+                Err(e) => {
+                    tracing::error!(error = %e, snapshot = %r.snapshot, offset = r.offset, "reading the snapshot to send");
+                    None
+                }
+            };
+            events.push(Event::SnapshotChunk { to: r.to, snapshot: r.snapshot, offset: r.offset, data });
+        }
+        events
     }
 }

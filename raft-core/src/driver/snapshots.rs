@@ -110,22 +110,16 @@ pub(super) async fn snapshot_done(task: &mut Option<SnapshotTask>) -> Result<Sna
     }
 }
 
-/// The background task: pulls the view's chunks and saves the snapshot.
+/// The background task: has storage write the view out and returns the snapshot saved (its
+/// bytes left in storage).
 async fn write_out(
-    mut source: Box<dyn SnapshotSource>,
+    source: Box<dyn SnapshotSource>,
     meta: SnapshotMeta,
     chunk_bytes: usize,
     storage: Arc<dyn Storage>,
 ) -> Result<Snapshot, RaftError> {
-    let mut chunks = Vec::new();
-    while let Some(chunk) = source.next_chunk(chunk_bytes)? {
-        chunks.push(chunk);
-        // Each chunk is bounded work; let the event loop (and everyone else) run in between.
-        tokio::task::yield_now().await;
-    }
-    let snapshot = Snapshot { meta, data: SnapshotData::from_chunks(chunks) };
-    storage.save_snapshot(snapshot.clone()).await?;
-    Ok(snapshot)
+    let len = storage.save_snapshot_from(meta.clone(), source, chunk_bytes).await?;
+    Ok(Snapshot { meta, data: SnapshotData::stored(len) })
 }
 
 impl Driver {
@@ -179,6 +173,7 @@ impl Driver {
         let compacted_to = self.compact_storage(up_to).await?;
         let took_ms = self.clock.now_ms().saturating_sub(started_ms);
         tracing::info!(snapshot = %last, bytes = snapshot.data.len(), took_ms, compacted_to, "snapshot taken");
+        // The protocol reads the bytes from storage when it sends them.
         self.raft.on_snapshot_saved(snapshot, compacted_to);
         Ok(())
     }

@@ -18,7 +18,10 @@ use bytes::Bytes;
 
 pub use progress::ReplicationMode;
 pub use reads::ReadMode;
-pub use ready::{ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, TransferError};
+pub use ready::{
+    ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, SnapshotRead, TransferError,
+};
+pub use snapshots::STALLED_TRANSFER_TIMEOUTS;
 
 use crate::config::Config;
 use crate::membership::Membership;
@@ -58,6 +61,19 @@ pub enum Event {
         id: ReadId,
         /// ReadIndex (a heartbeat round) or a lease read.
         mode: ReadMode,
+    },
+    /// A part of the node's snapshot read from storage, answering a
+    /// [`SnapshotRead`](crate::SnapshotRead); `data` is `None` when storage no longer holds
+    /// that snapshot (or could not read it).
+    SnapshotChunk {
+        /// The follower it is for.
+        to: NodeId,
+        /// The snapshot.
+        snapshot: LogId,
+        /// Its first byte.
+        offset: u64,
+        /// The bytes.
+        data: Option<Bytes>,
     },
 }
 
@@ -420,6 +436,9 @@ impl Raft {
             Event::Message(m) => self.handle_message(m),
             Event::Propose { id, command, forward } => self.propose(id, command, forward),
             Event::Read { id, mode } => self.read(id, mode),
+            Event::SnapshotChunk { to, snapshot, offset, data } => {
+                self.on_snapshot_chunk(to, snapshot, offset, data)
+            }
         }
     }
 
@@ -630,6 +649,7 @@ impl Raft {
         self.hard_state.current_term = self.hard_state.current_term.saturating_add(1);
         self.hard_state.voted_for = Some(self.id);
         self.hard_state_dirty = true;
+        self.incoming = None;
         tracing::debug!(node = self.id, term = self.term(), "starting election");
         self.leader = None;
         self.leader_contact = None;
@@ -684,6 +704,8 @@ impl Raft {
             self.hard_state.current_term = term;
             self.hard_state.voted_for = None;
             self.hard_state_dirty = true;
+            // A transfer is tied to its leader's term: a part received so far is garbage now.
+            self.incoming = None;
         }
         if self.role != Role::Follower {
             // A node that stops leading or campaigning needs a fresh election timer.

@@ -40,6 +40,23 @@ pub struct Ready {
     pub proposals: Vec<ProposalOutcome>,
     /// Outcomes of linearizable reads made on this node.
     pub reads: Vec<ReadOutcome>,
+    /// Parts of this node's snapshot to read from storage (it holds only its size): read each
+    /// (at any point of the order above) and hand it back with
+    /// [`Event::SnapshotChunk`](crate::Event::SnapshotChunk) after `advance`.
+    pub snapshot_reads: Vec<SnapshotRead>,
+}
+
+/// A part of the node's snapshot the protocol needs in order to send it to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRead {
+    /// The follower it is for.
+    pub to: NodeId,
+    /// The snapshot (its last entry).
+    pub snapshot: LogId,
+    /// The first byte.
+    pub offset: u64,
+    /// The most bytes.
+    pub max: usize,
 }
 
 impl Ready {
@@ -59,6 +76,7 @@ impl Ready {
             && self.committed.is_empty()
             && self.proposals.is_empty()
             && self.reads.is_empty()
+            && self.snapshot_reads.is_empty()
     }
 }
 

@@ -12,8 +12,13 @@ use bytes::Bytes;
 
 use super::{Raft, ReplicationMode};
 use crate::message::Payload;
+use crate::protocol::ready::SnapshotRead;
 use crate::storage::{Snapshot, SnapshotData, SnapshotMeta};
 use crate::types::{Index, LogId, NodeId, Role, Term};
+
+/// After this many maximal election timeouts without an answer, a follower being sent a
+/// snapshot no longer holds back the leader's compaction (see [`Raft::compaction_floor`]).
+pub const STALLED_TRANSFER_TIMEOUTS: u64 = 10;
 
 /// A snapshot being received.
 #[derive(Debug, Clone)]
@@ -82,13 +87,18 @@ impl Raft {
     /// that is being sent a snapshot: it continues from the entry after that snapshot, so a
     /// leader that compacted past it would have to send a second, newer snapshot (and with
     /// snapshots taken faster than one is sent, never finish). `Index::MAX` when no transfer
-    /// runs.
+    /// runs. A follower that has not answered for [`STALLED_TRANSFER_TIMEOUTS`] maximal
+    /// election timeouts no longer holds the log back: it is down (and lost what it had
+    /// received, if it restarted) and gets the current snapshot when it answers again.
     pub fn compaction_floor(&self) -> Index {
         if self.role != Role::Leader {
             return Index::MAX;
         }
+        let patience = self.config.election_timeout_max_ms.saturating_mul(STALLED_TRANSFER_TIMEOUTS);
+        let now = self.now;
         self.progress
             .values()
+            .filter(|p| p.last_contact.is_some_and(|at| now.saturating_sub(at) <= patience))
             .filter_map(|p| p.snapshot.as_ref().map(|t| t.last.index))
             .min()
             .unwrap_or(Index::MAX)
@@ -117,14 +127,72 @@ impl Raft {
         let Some(t) = p.snapshot.as_mut() else { return };
         let data = &t.snapshot.data;
         let offset = t.offset.min(data.len());
-        let chunk = data.slice(offset, chunk_max);
-        let done = offset + chunk.len() as u64 == data.len();
-        let meta = t.snapshot.meta.clone();
         t.offset = offset;
         t.in_flight = true;
         t.sent_at = now;
+        if data.is_stored() && offset < data.len() {
+            // The bytes are in storage: the chunk goes out once the driver has read it.
+            let read = SnapshotRead { to, snapshot: t.last, offset, max: chunk_max };
+            self.out.snapshot_reads.push(read);
+            return;
+        }
+        let chunk = data.slice(offset, chunk_max);
+        self.send_chunk(to, offset, chunk);
+    }
+
+    /// Sends `chunk`, the bytes at `offset` of the snapshot being sent to `to`.
+    fn send_chunk(&mut self, to: NodeId, offset: u64, chunk: Bytes) {
+        let Some(t) = self.progress.get(&to).and_then(|p| p.snapshot.as_ref()) else { return };
+        let done = offset + chunk.len() as u64 == t.snapshot.data.len();
+        let meta = t.snapshot.meta.clone();
         let term = self.term();
         self.send(to, term, Payload::InstallSnapshot { meta, offset, data: chunk, done });
+    }
+
+    /// The driver read a part of this node's snapshot for `to`: send it if the transfer still
+    /// waits for exactly that part. A snapshot storage no longer holds restarts the transfer
+    /// with the current one.
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        to: NodeId,
+        snapshot: LogId,
+        offset: u64,
+        data: Option<Bytes>,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&to) else { return };
+        let Some(t) = p.snapshot.as_ref() else { return };
+        if p.mode != ReplicationMode::Snapshot || t.last != snapshot || t.offset != offset || !t.in_flight {
+            return; // stale: the transfer moved on
+        }
+        let total = t.snapshot.data.len();
+        match data {
+            Some(chunk) if !chunk.is_empty() && offset + chunk.len() as u64 <= total => {
+                self.send_chunk(to, offset, chunk);
+            }
+            _ => {
+                tracing::warn!(node = self.id, to, snapshot = %snapshot, offset, "snapshot part unavailable; sending the current snapshot");
+                let current = self.snapshot.clone().filter(|s| s.meta.last_log_id != snapshot);
+                // When the current snapshot itself is unreadable, the part stays "in flight":
+                // it is asked for again only once the follower answers a later heartbeat round
+                // (no busy loop on a damaged file).
+                if let Some(current) = current {
+                    p.become_snapshot(current);
+                    self.send_snapshot_chunk(to);
+                }
+            }
+        }
+    }
+
+    /// The driver stored the snapshot ending at `last` (received from the leader): from now
+    /// on the protocol asks for its bytes instead of holding them.
+    pub fn on_snapshot_stored(&mut self, last: LogId) {
+        if let Some(s) = self.snapshot.as_mut().filter(|s| s.meta.last_log_id == last && !s.data.is_stored())
+        {
+            s.data = SnapshotData::stored(s.data.len());
+        }
     }
 
     pub(super) fn handle_install_snapshot(
@@ -214,6 +282,13 @@ impl Raft {
         let current =
             p.mode == ReplicationMode::Snapshot && p.snapshot.as_ref().is_some_and(|t| t.last == snapshot);
         if !current {
+            return;
+        }
+        let duplicate = p.snapshot.as_ref().is_some_and(|t| t.in_flight && next_offset == t.offset);
+        if !done && duplicate {
+            // The answer to a chunk sent twice (a resend after a timeout or a lost-looking
+            // round), already acted on: the part it asks for is the one in flight. Acting on
+            // it again would send every later chunk twice.
             return;
         }
         if done {

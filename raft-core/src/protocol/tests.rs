@@ -672,6 +672,204 @@ fn a_lost_snapshot_chunk_is_resent_once_the_follower_answers_a_later_round() {
 }
 
 #[test]
+fn a_stored_snapshot_is_sent_from_parts_the_driver_reads_and_a_vanished_one_is_replaced() {
+    let meta = |index| crate::storage::SnapshotMeta {
+        last_log_id: LogId::new(1, index),
+        membership: Membership::with_voters([1, 2, 3]),
+    };
+    let snapshot = crate::storage::Snapshot { meta: meta(5), data: crate::storage::SnapshotData::stored(10) };
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        snapshot: Some(snapshot),
+        ..RestoredState::default()
+    };
+    let mut n =
+        Raft::new(1, Config { snapshot_chunk_bytes: 6, ..Config::default() }, restored, 1, 0).expect("valid");
+    n.boot_quiet_until = 0;
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let installs = |ready: &Ready| -> Vec<(u64, Bytes, bool)> {
+        ready
+            .messages
+            .iter()
+            .filter_map(|m| match &m.payload {
+                Payload::InstallSnapshot { offset, data, done, .. } if m.to == 2 => {
+                    Some((*offset, data.clone(), *done))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let reject = Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 5,
+            hint: ConflictHint { conflict_term: None, index: 0 },
+        },
+        read_seq: 0,
+    };
+    let ready = deliver(&mut n, msg(2, 1, term, reject));
+    assert!(installs(&ready).is_empty(), "nothing to send before the bytes are read");
+    let read = SnapshotRead { to: 2, snapshot: LogId::new(1, 5), offset: 0, max: 6 };
+    assert_eq!(ready.snapshot_reads, vec![read.clone()]);
+    let chunk = |offset, data: Option<&'static [u8]>| Event::SnapshotChunk {
+        to: 2,
+        snapshot: LogId::new(1, 5),
+        offset,
+        data: data.map(Bytes::from_static),
+    };
+    // A part for an offset nobody waits for is dropped.
+    n.step(n.now, chunk(4, Some(b"xx")));
+    assert!(installs(&n.take_ready()).is_empty());
+    n.advance();
+    n.step(n.now, chunk(0, Some(b"abcdef")));
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(installs(&ready), vec![(0, Bytes::from_static(b"abcdef"), false)]);
+    let answer = Payload::InstallSnapshotResponse { snapshot: LogId::new(1, 5), next_offset: 6, done: false };
+    let ready = deliver(&mut n, msg(2, 1, term, answer));
+    assert_eq!(ready.snapshot_reads, vec![SnapshotRead { offset: 6, ..read.clone() }]);
+    n.step(n.now, chunk(6, Some(b"ghij")));
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(installs(&ready), vec![(6, Bytes::from_static(b"ghij"), true)], "the last part says done");
+    // The follower lost it and starts over; storage cannot serve the part (damaged, or
+    // replaced with no newer snapshot here): no busy retry, the next round asks again.
+    let answer = Payload::InstallSnapshotResponse { snapshot: LogId::new(1, 5), next_offset: 0, done: false };
+    let ready = deliver(&mut n, msg(2, 1, term, answer));
+    assert_eq!(ready.snapshot_reads, vec![read.clone()], "asked again from 0");
+    n.step(n.now, chunk(0, None));
+    let ready = n.take_ready();
+    n.advance();
+    assert!(installs(&ready).is_empty() && ready.snapshot_reads.is_empty(), "no retry in the same step");
+    assert!(!n.has_ready(), "nothing left to do until a later round");
+    let later = n.now + n.config.heartbeat_interval_ms;
+    n.step(later, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let round = round_sent_to(&ready, 2).expect("a heartbeat to 2");
+    let reject = Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 5,
+            hint: ConflictHint { conflict_term: None, index: 0 },
+        },
+        read_seq: round,
+    };
+    let ready = deliver(&mut n, msg(2, 1, term, reject));
+    assert_eq!(ready.snapshot_reads, vec![read], "retried once the follower answered a later round");
+}
+
+/// A leader (node 1, term 2) holding a 12-byte snapshot ending at index 5 in memory, sent in
+/// 6-byte chunks; node 2 has just been switched to snapshot mode and sent the first chunk.
+fn leader_sending_a_snapshot_to_2() -> (Raft, Term) {
+    let meta = crate::storage::SnapshotMeta {
+        last_log_id: LogId::new(1, 5),
+        membership: Membership::with_voters([1, 2, 3]),
+    };
+    let data = crate::storage::SnapshotData::from_bytes(Bytes::from_static(b"abcdefghijkl"));
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        snapshot: Some(crate::storage::Snapshot { meta, data }),
+        ..RestoredState::default()
+    };
+    let mut n =
+        Raft::new(1, Config { snapshot_chunk_bytes: 6, ..Config::default() }, restored, 1, 0).expect("valid");
+    n.boot_quiet_until = 0;
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let reject = Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 5,
+            hint: ConflictHint { conflict_term: None, index: 0 },
+        },
+        read_seq: 0,
+    };
+    let ready = deliver(&mut n, msg(2, 1, term, reject));
+    assert_eq!(install_offsets(&ready, 2), vec![0]);
+    (n, term)
+}
+
+fn install_offsets(ready: &Ready, to: NodeId) -> Vec<u64> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Payload::InstallSnapshot { offset, .. } if m.to == to => Some(*offset),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_repeated_answer_to_a_chunk_does_not_send_the_next_chunk_twice() {
+    let (mut n, term) = leader_sending_a_snapshot_to_2();
+    let answer = |next_offset| {
+        msg(
+            2,
+            1,
+            term,
+            Payload::InstallSnapshotResponse { snapshot: LogId::new(1, 5), next_offset, done: false },
+        )
+    };
+    assert_eq!(install_offsets(&deliver(&mut n, answer(6)), 2), vec![6]);
+    // The first chunk had been sent twice: its second answer arrives while chunk 6 is out.
+    assert_eq!(
+        install_offsets(&deliver(&mut n, answer(6)), 2),
+        Vec::<u64>::new(),
+        "no second copy of chunk 6"
+    );
+    // A follower that lost everything (restarted) still restarts the transfer.
+    assert_eq!(install_offsets(&deliver(&mut n, answer(0)), 2), vec![0]);
+}
+
+#[test]
+fn a_follower_silent_during_its_snapshot_stops_holding_back_compaction() {
+    let (mut n, term) = leader_sending_a_snapshot_to_2();
+    assert_eq!(n.compaction_floor(), 5, "the log after the snapshot being sent is kept");
+    // Node 3 keeps answering (the leader keeps its quorum); node 2 is gone.
+    let patience = n.config.election_timeout_max_ms * STALLED_TRANSFER_TIMEOUTS;
+    let start = n.now;
+    let mut released_at = None;
+    while n.now <= start + patience + 2 * n.config.election_timeout_max_ms {
+        let now = n.now + n.config.heartbeat_interval_ms;
+        n.step(now, Event::Tick);
+        let ready = n.take_ready();
+        n.advance();
+        if let Some(round) = round_sent_to(&ready, 3) {
+            let ok = Payload::AppendEntriesResponse {
+                result: AppendResult::Success { match_index: 5 },
+                read_seq: round,
+            };
+            deliver(&mut n, msg(3, 1, term, ok));
+        }
+        assert_eq!(n.role(), Role::Leader);
+        if n.compaction_floor() == Index::MAX && released_at.is_none() {
+            released_at = Some(n.now - start);
+        }
+    }
+    let released_at = released_at.expect("the floor was released");
+    assert!(released_at > patience / 2, "not before the follower was silent for long: {released_at} ms");
+}
+
+#[test]
+fn a_partial_incoming_snapshot_is_dropped_when_the_term_changes() {
+    let mut n = node(2, 1, None, &[1]);
+    let meta = crate::storage::SnapshotMeta {
+        last_log_id: LogId::new(1, 50),
+        membership: Membership::with_voters([1, 2, 3]),
+    };
+    let part = Payload::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"part"), done: false };
+    deliver(&mut n, msg(1, 2, 1, part));
+    assert_eq!(n.status().incoming_snapshot, Some((LogId::new(1, 50), 4)));
+    // A new leader that needs no snapshot: the part must not stay in memory.
+    deliver(&mut n, msg(3, 2, 2, append((1, 1), vec![], 1)));
+    assert_eq!(n.status().incoming_snapshot, None);
+}
+
+#[test]
 fn a_stale_leader_gets_no_round_echoed() {
     let mut n = node(2, 6, None, &[1]);
     let stale = Payload::AppendEntries {

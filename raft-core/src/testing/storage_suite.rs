@@ -34,6 +34,7 @@ where
     compact_past_snapshot_is_refused(&build().await).await;
     large_entries_round_trip(&build().await).await;
     snapshot_saved_beside_appends(&build().await).await;
+    snapshot_written_from_a_source_and_read_in_parts(&build().await).await;
 }
 
 fn entry(term: Term, index: Index) -> Entry {
@@ -195,6 +196,40 @@ async fn snapshot_saved_beside_appends(s: &impl Storage) {
     s.append(&entries(1, 61, 61)).await.expect("snapshot_beside_appends: append after");
     assert_eq!(s.load_snapshot().await, Ok(Some(big)), "snapshot_beside_appends: the data is intact");
     assert_eq!(s.entries(9, 62).await.map(|e| e.len()), Ok(53));
+}
+
+/// The driver saves its own snapshot from the state machine's source and later sends it by
+/// reading parts of it.
+async fn snapshot_written_from_a_source_and_read_in_parts(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("snapshot_parts: append");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let meta = SnapshotMeta { last_log_id: LogId::new(1, 6), membership: Membership::with_voters([1, 2, 3]) };
+    let source = Box::new(crate::fsm::BufferSource::new(bytes.clone()));
+    let len = s.save_snapshot_from(meta.clone(), source, 64 * 1024).await.expect("snapshot_parts: save");
+    assert_eq!(len, bytes.len() as u64, "snapshot_parts: the size saved");
+    let loaded = s.load_snapshot().await.expect("snapshot_parts: load").expect("snapshot_parts: a snapshot");
+    assert_eq!((loaded.meta.clone(), loaded.data.to_bytes().to_vec()), (meta.clone(), bytes.clone()));
+    assert_eq!(bounds(s).await, (1, 10), "snapshot_parts: the log holding its entry is kept");
+    // Read back in parts of odd sizes, as a transfer does, from wherever the last part ended.
+    let mut read = Vec::new();
+    while read.len() < bytes.len() {
+        let part = s.read_snapshot_chunk(meta.last_log_id, read.len() as u64, 40_000).await;
+        let part = part.expect("snapshot_parts: read").expect("snapshot_parts: the snapshot is held");
+        assert!(!part.is_empty() && part.len() <= 40_000, "snapshot_parts: a part of {} bytes", part.len());
+        read.extend_from_slice(&part);
+    }
+    assert_eq!(read, bytes, "snapshot_parts: the parts make the snapshot");
+    let end = s.read_snapshot_chunk(meta.last_log_id, bytes.len() as u64, 10).await;
+    assert_eq!(end.expect("snapshot_parts: read at the end").map(|b| b.len()), Some(0));
+    let other = s.read_snapshot_chunk(LogId::new(1, 5), 0, 10).await.expect("snapshot_parts: read");
+    assert_eq!(other, None, "snapshot_parts: a snapshot never stored is not served");
+    // Replaced, the old one is served intact for a while or not at all, never wrongly.
+    s.save_snapshot(snapshot(1, 8)).await.expect("snapshot_parts: save a newer one");
+    if let Some(part) =
+        s.read_snapshot_chunk(meta.last_log_id, 1_000, 100).await.expect("snapshot_parts: read")
+    {
+        assert_eq!(&part[..], &bytes[1_000..1_000 + part.len()], "snapshot_parts: the replaced one, intact");
+    }
 }
 
 async fn older_snapshot_is_ignored(s: &impl Storage) {

@@ -81,26 +81,42 @@ fn put(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), FsmError> {
     Ok(())
 }
 
-/// Appends items of `map` after `after` to `out` until it holds `max` bytes. Returns the key
-/// to continue after, `None` when the map is done.
+/// Where [`put_items`] stopped.
+enum Filled<K> {
+    /// Every item of the map is in.
+    Done,
+    /// The chunk is full; continue after this key (`None`: from the map's first item).
+    Full(Option<K>),
+}
+
+/// Appends items of `map` after `after` to `out` while they fit in `max` bytes (an item that
+/// does not fit waits for the next chunk, unless `out` is empty), so that chunks, and the
+/// file frames and messages made of them, stay within `max`.
 fn put_items<K: Ord + Clone, V: Clone>(
     map: &OrdMap<K, V>,
     after: Option<K>,
     out: &mut Vec<u8>,
     max: usize,
     mut encode: impl FnMut(&mut Vec<u8>, &K, &V) -> Result<(), FsmError>,
-) -> Result<Option<K>, FsmError> {
+) -> Result<Filled<K>, FsmError> {
     let lower = match &after {
         Some(k) => Bound::Excluded(k),
         None => Bound::Unbounded,
     };
+    let mut last: Option<&K> = None;
     for (k, v) in map.range::<_, K>((lower, Bound::Unbounded)) {
+        let before = out.len();
         encode(out, k, v)?;
+        if out.len() > max && before > 0 {
+            out.truncate(before);
+            return Ok(Filled::Full(last.cloned().or_else(|| after.clone())));
+        }
+        last = Some(k);
         if out.len() >= max {
-            return Ok(Some(k.clone()));
+            return Ok(Filled::Full(last.cloned()));
         }
     }
-    Ok(None)
+    Ok(Filled::Done)
 }
 
 impl State {
@@ -218,7 +234,8 @@ impl SnapshotSource for StateView {
     fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>, FsmError> {
         let max = max_bytes.max(1);
         let mut out = Vec::with_capacity(max.min(1 << 20) + 1024);
-        while out.len() < max {
+        let mut full = false;
+        while !full && out.len() < max {
             self.next = match std::mem::replace(&mut self.next, Part::Done) {
                 Part::Header => {
                     put(&mut out, &(SNAPSHOT_FORMAT_VERSION, self.applied_index, self.state_hash))?;
@@ -235,16 +252,22 @@ impl SnapshotSource for StateView {
                     };
                     put(out, &kv)
                 })? {
-                    Some(k) => Part::Kv(Some(k)),
-                    None => {
+                    Filled::Full(k) => {
+                        full = true;
+                        Part::Kv(k)
+                    }
+                    Filled::Done => {
                         put(&mut out, &(self.services.len() as u64))?;
                         Part::Services(None)
                     }
                 },
                 Part::Services(after) => {
                     match put_items(&self.services, after, &mut out, max, |out, _, s| put(out, &s.item))? {
-                        Some(k) => Part::Services(Some(k)),
-                        None => {
+                        Filled::Full(k) => {
+                            full = true;
+                            Part::Services(k)
+                        }
+                        Filled::Done => {
                             put(&mut out, &(self.members.len() as u64))?;
                             Part::Members(None)
                         }
@@ -252,8 +275,11 @@ impl SnapshotSource for StateView {
                 }
                 Part::Members(after) => {
                     match put_items(&self.members, after, &mut out, max, |out, _, m| put(out, &m.item))? {
-                        Some(k) => Part::Members(Some(k)),
-                        None => {
+                        Filled::Full(k) => {
+                            full = true;
+                            Part::Members(k)
+                        }
+                        Filled::Done => {
                             put(&mut out, &(self.sessions.len() as u64))?;
                             Part::Sessions(None)
                         }
@@ -269,8 +295,11 @@ impl SnapshotSource for StateView {
                         };
                         put(out, &session)
                     })? {
-                        Some(k) => Part::Sessions(Some(k)),
-                        None => Part::Done,
+                        Filled::Full(k) => {
+                            full = true;
+                            Part::Sessions(k)
+                        }
+                        Filled::Done => Part::Done,
                     }
                 }
                 Part::Done => break,

@@ -516,6 +516,40 @@ fn a_view_keeps_the_state_it_was_taken_at_while_the_state_changes() {
 }
 
 #[test]
+fn chunks_stay_within_the_asked_size_unless_one_item_is_larger_and_write_the_same_bytes() {
+    let mut r = Replica::new();
+    for i in 0..300 {
+        r.op(put(&format!("key{i:04}"), &"v".repeat(i % 97)));
+    }
+    let whole = r.state.snapshot();
+    for max in [1, 64, 200, 1000, 4096] {
+        let mut view = r.state.view();
+        let (mut written, mut chunks) = (Vec::new(), 0);
+        while let Some(chunk) = raft_core::SnapshotSource::next_chunk(&mut view, max).expect("encodes") {
+            // An item that alone exceeds `max` goes in a chunk of its own; the few bytes of a
+            // map's item count may follow a full chunk's last item.
+            let largest_item = 97 + 32;
+            assert!(
+                chunk.len() <= max.max(largest_item) + 10,
+                "a chunk of {} bytes for max {max}",
+                chunk.len()
+            );
+            written.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        assert_eq!(written, whole, "max {max}");
+        if max >= 200 {
+            // Chunks are filled: not many more than the bytes need.
+            assert!(
+                chunks <= whole.len() / (max - 140) + 2,
+                "{chunks} chunks of max {max} for {} bytes",
+                whole.len()
+            );
+        }
+    }
+}
+
+#[test]
 fn restore_refuses_empty_foreign_truncated_extended_and_corrupted_snapshots() {
     let snapshot = populated().state.snapshot();
     assert_eq!(restore(&[], LIMITS).err(), Some(SnapshotError::Empty));

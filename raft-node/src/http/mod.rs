@@ -5,6 +5,7 @@
 //! - `services.rs`: the service registry and `balance`;
 //! - `watch.rs`: the commit stream as server-sent events;
 //! - `ops.rs`: `/health`, `/ready`, `/metrics`;
+//! - `snapshot.rs`: the latest snapshot as a download, for backups;
 //! - `error.rs`: errors as JSON with stable codes.
 //!
 //! Writes run through [`write`]: the session headers, the request timeout, forwarding or a
@@ -18,6 +19,7 @@ mod kv;
 mod ops;
 mod server;
 mod services;
+mod snapshot;
 mod watch;
 
 use std::sync::Arc;
@@ -60,6 +62,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/members/{id}/promote", post(cluster::promote_member))
         .route("/v1/transfer-leader", post(cluster::transfer_leader))
         .route("/v1/log", get(cluster::log))
+        .route("/v1/snapshot", get(snapshot::download))
         .route("/v1/services", get(services::list))
         .route("/v1/services/{name}", get(services::get).put(services::register).delete(services::remove))
         .route("/v1/services/{name}/nodes/{node}/down", post(services::set_down))

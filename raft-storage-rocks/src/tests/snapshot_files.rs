@@ -123,9 +123,49 @@ async fn a_store_with_its_snapshot_in_the_database_reads_it_and_moves_it_to_a_fi
     let log = open(dir.path()).log(0);
     assert_eq!(log.load_snapshot().await.expect("load"), Some(old));
     assert!(files(dir.path()).is_empty());
+    // A leader restarted on such a store sends it in parts like any other.
+    let part = log.read_snapshot_chunk(LogId::new(1, 10), 3, 4).await.expect("read");
+    assert_eq!(part.as_deref(), Some(&b"the "[..]));
+    assert_eq!(log.read_snapshot_chunk(LogId::new(1, 11), 0, 4).await.expect("read"), None);
     log.save_snapshot(snapshot(14, &[b"a file"])).await.expect("save");
     let legacy =
         log.with_db(|db| super::super::storage::RocksStorage::raw_meta(db, &meta_key(0, "snapshot_data")));
     assert_eq!(legacy.expect("read"), None, "the old value is deleted with the batch that records the file");
     assert_eq!(log.load_snapshot().await.expect("load"), Some(snapshot(14, &[b"a file"])));
+}
+
+#[tokio::test]
+async fn parts_are_read_from_the_file_checked_and_a_replaced_snapshot_being_sent_stays_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_with_snapshot(dir.path()).await;
+    let log = open(dir.path()).log(0);
+    let first = LogId::new(1, 10);
+    let part = log.read_snapshot_chunk(first, 2, 100).await.expect("read").expect("held");
+    assert_eq!(&part[..], b"rst ", "parts end at the end of a stored chunk");
+    log.save_snapshot(snapshot(15, &[b"second"])).await.expect("save");
+    assert_eq!(files(dir.path()), vec!["g0-15-1.snap".to_owned()], "the old file is unlinked");
+    let part = log.read_snapshot_chunk(first, 6, 100).await.expect("read").expect("still open");
+    assert_eq!(&part[..], b"snapshot", "a transfer of the replaced snapshot finishes");
+    // A flipped bit in the current file's data is caught when the part is read.
+    let file = only_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[8 + 8 + 1] ^= 0x01;
+    std::fs::write(&file, bytes).expect("write");
+    let damaged = log.read_snapshot_chunk(LogId::new(1, 15), 0, 100).await;
+    assert!(matches!(damaged, Err(StorageError::Corrupt(_))), "{damaged:?}");
+}
+
+#[tokio::test]
+async fn files_left_by_interrupted_writes_are_removed_when_the_store_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_with_snapshot(dir.path()).await;
+    let snapshots = dir.path().join(SNAPSHOT_DIR);
+    // A crash during a write (a temporary file), one after a rename but before the database
+    // recorded the file (an unreferenced file), of this log and of another; and a stranger.
+    for name in [".tmp-g0-30-2.snap", "g0-25-2.snap", ".tmp-g7-3-1.snap", "g7-3-1.snap", "notes.txt"] {
+        std::fs::write(snapshots.join(name), b"left over").expect("write");
+    }
+    let log = open(dir.path()).log(0);
+    assert_eq!(files(dir.path()), vec!["g0-10-1.snap".to_owned(), "notes.txt".to_owned()]);
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(snapshot(10, &[b"first snapshot"])));
 }

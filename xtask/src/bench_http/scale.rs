@@ -1,7 +1,8 @@
 //! `cargo xtask bench scale`: the large-state benchmark. Grows the state to `keys` distinct
 //! keys of `value_bytes` (1,000,000 × 1 KiB by default: about 1 GB) under a closed-loop write
 //! load, then (raft-node only) removes a follower, wipes it and lets it join again, so that it
-//! catches up by snapshot while the load goes on. The same growth runs against etcd when one
+//! catches up by snapshot while the load goes on, and finally SIGKILLs and restarts another
+//! follower to time its restart with the whole state. The same growth runs against etcd when one
 //! is installed (with a quota that fits the state), and the ratios are printed.
 //!
 //! Measures, as defined in the large-state issue:
@@ -14,7 +15,9 @@
 //! - **snapshots**: the `snapshot taken` lines of the node logs (count, largest, slowest);
 //! - **catch-up**: from the wiped follower's start until it has applied the leader's commit
 //!   index of that moment; MB/s = the snapshot it installed / that time (so it includes the
-//!   join, the transfer and the restore: a lower bound of the transfer's own speed).
+//!   join, the transfer and the restore: a lower bound of the transfer's own speed);
+//! - **restart**: from a SIGKILLed follower's new start until its API answers, and until its
+//!   `/ready` says 200 (a leader known and every committed entry applied).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,11 +94,23 @@ pub(crate) struct CatchUpReport {
     memory: Vec<ProcessMemory>,
 }
 
+/// What restarting a follower with the whole state measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RestartReport {
+    node: u64,
+    /// From the start of the process until its HTTP API answers.
+    answering_s: f64,
+    /// From the start of the process until `/ready` says 200 (leader known, every committed
+    /// entry applied).
+    ready_s: f64,
+}
+
 /// The whole run, as saved.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ScaleReport {
     grow: Vec<GrowReport>,
     catch_up: Option<CatchUpReport>,
+    restart: Option<RestartReport>,
     skipped: Vec<String>,
 }
 
@@ -242,7 +257,7 @@ pub(crate) fn run(
     o: &Options,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<ScaleReport> {
-    let mut report = ScaleReport { grow: Vec::new(), catch_up: None, skipped: Vec::new() };
+    let mut report = ScaleReport { grow: Vec::new(), catch_up: None, restart: None, skipped: Vec::new() };
     println!(
         "\n== bench scale: {} keys × {}-byte values (about {:.0} MB of state), {} connections writing",
         o.keys,
@@ -253,7 +268,7 @@ pub(crate) fn run(
     if o.against != super::Against::Etcd {
         let (cluster, children) = start_raft(root, o)?;
         let template = phase_template(o, Api::Raft, cluster.endpoints());
-        let (grown, catch_up) = runtime.block_on(async {
+        let (grown, catch_up, restart) = runtime.block_on(async {
             let sampler = Sampler::start(&children, "node", cluster.endpoints());
             let (figures, seconds) = grow(&template).await?;
             let (memory, elections) = sampler.finish().await;
@@ -272,10 +287,12 @@ pub(crate) fn run(
             };
             print_grow(&grown);
             let catch_up = catch_up(&cluster, &children, &template, o).await?;
-            anyhow::Ok((grown, catch_up))
+            let restart = restart(&cluster, catch_up.node, o).await?;
+            anyhow::Ok((grown, catch_up, restart))
         })?;
         report.grow.push(grown);
         report.catch_up = Some(catch_up);
+        report.restart = Some(restart);
         drop(cluster);
     }
     if o.against != super::Against::Raft {
@@ -424,6 +441,40 @@ async fn catch_up(
         elections
     );
     Ok(report)
+}
+
+/// SIGKILLs a follower other than `wiped` (no load running) and times its restart: until its
+/// API answers, and until `/ready` (every committed entry applied again, a leader known).
+async fn restart(cluster: &LocalCluster, wiped: u64, o: &Options) -> Result<RestartReport> {
+    let client = status_client(&cluster.endpoints())?;
+    let leader = client.status().await?.leader.context("no leader")?;
+    let node = (1..=o.nodes).find(|&id| id != leader && id != wiped).context("no other follower")?;
+    cluster.kill(node)?;
+    let started = Instant::now();
+    cluster.start_node(node)?;
+    let endpoint = cluster.endpoints()[node as usize - 1].clone();
+    let mut answering = None;
+    let ready = loop {
+        if started.elapsed() > CATCH_UP_WITHIN {
+            bail!("node {node} was not ready within {CATCH_UP_WITHIN:?} of its restart");
+        }
+        if let Ok(mut conn) = load::Connection::open(&endpoint).await {
+            if let Ok((status, _)) = conn.send(hyper::Method::GET, "/ready", Default::default()).await {
+                answering.get_or_insert_with(|| started.elapsed());
+                if status == hyper::StatusCode::OK {
+                    break started.elapsed();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answering = answering.unwrap_or(ready);
+    println!(
+        "raft restart of node {node} (SIGKILL, whole state): API answering after {:.1} s, ready after {:.1} s",
+        answering.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    Ok(RestartReport { node, answering_s: answering.as_secs_f64(), ready_s: ready.as_secs_f64() })
 }
 
 /// One gauge of a raft-node's `/metrics` (0 when missing).
