@@ -43,12 +43,13 @@ pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 pub use protocol::{
     Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
-    Ready, ReplicationMode, RestoreError, RestoredState, SnapshotRead, TransferError,
+    Ready, ReplicationMode, RestoreError, RestoredState, SnapshotPart, SnapshotRead, TransferError,
     STALLED_TRANSFER_TIMEOUTS,
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{
-    InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, Storage, StorageError,
+    InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, SnapshotStage, Storage,
+    StorageError,
 };
 pub use transport::{PeerError, SendError, Transport, TransportClosed};
 pub use types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};

@@ -225,6 +225,59 @@ pub enum StorageError {
     /// The data belongs to another cluster or node, or to another format version.
     #[error("data directory mismatch: {0}")]
     Mismatch(String),
+    /// A snapshot part did not continue the staged snapshot, or the snapshot to save is not
+    /// what is staged.
+    #[error("snapshot part at byte {offset} does not continue the staged snapshot ({staged} bytes staged)")]
+    NotStaged {
+        /// The offset of the part offered (or the length of the snapshot to save).
+        offset: u64,
+        /// Bytes staged for that snapshot (0 when another or none is staged).
+        staged: u64,
+    },
+    /// The store does not implement this optional operation (the caller has a fallback).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
+}
+
+/// The parts of a snapshot being received, kept in memory as they came: the staging of a
+/// store that keeps snapshots in memory (see [`Storage::stage_snapshot_part`]).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotStage {
+    staged: Option<(SnapshotMeta, Vec<Bytes>, u64)>,
+}
+
+impl SnapshotStage {
+    /// Stages a part as [`Storage::stage_snapshot_part`] describes.
+    pub fn stage(&mut self, meta: &SnapshotMeta, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        if offset == 0 {
+            self.staged = Some((meta.clone(), Vec::new(), 0));
+        }
+        match self.staged.as_mut() {
+            Some((m, chunks, len)) if m == meta && *len == offset => {
+                *len += data.len() as u64;
+                chunks.push(data);
+                Ok(())
+            }
+            other => Err(StorageError::NotStaged { offset, staged: Self::staged_of(other.as_deref(), meta) }),
+        }
+    }
+
+    /// Takes the staged snapshot of `meta` if it is `len` bytes (else `NotStaged`, and it
+    /// stays staged).
+    pub fn take(&mut self, meta: &SnapshotMeta, len: u64) -> Result<SnapshotData, StorageError> {
+        match self.staged.take() {
+            Some((m, chunks, l)) if m == *meta && l == len => Ok(SnapshotData::from_chunks(chunks)),
+            other => {
+                let staged = Self::staged_of(other.as_ref(), meta);
+                self.staged = other;
+                Err(StorageError::NotStaged { offset: len, staged })
+            }
+        }
+    }
+
+    fn staged_of(staged: Option<&(SnapshotMeta, Vec<Bytes>, u64)>, meta: &SnapshotMeta) -> u64 {
+        staged.filter(|(m, _, _)| m == meta).map_or(0, |(_, _, len)| *len)
+    }
 }
 
 /// Durable storage of the log, the hard state and snapshots.
@@ -243,10 +296,14 @@ pub enum StorageError {
 ///   may refuse all further writes ([`StorageError::Poisoned`]).
 /// - One driver owns the store. It calls the write methods one at a time, with one exception:
 ///   [`save_snapshot`](Storage::save_snapshot) of a snapshot the node took itself runs in the
-///   background, concurrently with appends and hard-state writes (never with `truncate`,
-///   `compact` or another `save_snapshot`). That snapshot covers only applied (so committed)
-///   entries, which stay in the log; the store must keep both writes correct (serializing them
-///   is enough).
+///   background, concurrently with appends, truncations of an uncommitted suffix and
+///   hard-state writes (never with `compact` or another snapshot save). That snapshot covers
+///   only applied (so committed) entries, which stay in the log; the store must keep both
+///   writes correct (serializing them is enough).
+/// - A snapshot received from the leader arrives in parts
+///   ([`stage_snapshot_part`](Storage::stage_snapshot_part)) and becomes the snapshot only with
+///   [`save_staged_snapshot`](Storage::save_staged_snapshot); staged parts need not survive a
+///   crash (the leader starts the transfer over).
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Reads the hard state, snapshot metadata and log bounds.
@@ -320,6 +377,41 @@ pub trait Storage: Send + Sync {
     ) -> Result<Option<Bytes>, StorageError> {
         let snapshot = self.load_snapshot().await?.filter(|s| s.meta.last_log_id == last);
         Ok(snapshot.map(|s| s.data.slice(offset, max)))
+    }
+
+    /// Stages `data`, the bytes at `offset` of the snapshot `meta` describes that the leader
+    /// is sending: offset 0 starts a staged snapshot (dropping any other); a later part must
+    /// continue the staged snapshot of the same `meta` exactly at its end (else `NotStaged`).
+    /// Staged bytes are not a snapshot (`load_snapshot` does not see them) until
+    /// [`save_staged_snapshot`](Storage::save_staged_snapshot); they need not be durable. A
+    /// store that keeps snapshots on disk writes them to a file here, so that a received
+    /// snapshot is never whole in memory. The default answers `Unsupported`: the driver then
+    /// keeps the parts in memory and calls [`save_snapshot`](Storage::save_snapshot).
+    async fn stage_snapshot_part(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let _ = (meta, offset, data);
+        Err(StorageError::Unsupported("staging snapshot parts"))
+    }
+
+    /// Durably stores the staged snapshot of `meta`, `len` bytes in all, as
+    /// [`save_snapshot`](Storage::save_snapshot) stores a snapshot (`NotStaged` unless exactly
+    /// that is staged). Afterwards nothing is staged.
+    async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
+        let _ = (meta, len);
+        Err(StorageError::Unsupported("staging snapshot parts"))
+    }
+
+    /// The latest snapshot's metadata and length in bytes, without its bytes. The default
+    /// loads the snapshot; a store that keeps snapshots on disk should read only the metadata.
+    async fn snapshot_meta(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        Ok(self.load_snapshot().await?.map(|s| {
+            let len = s.data.len();
+            (s.meta, len)
+        }))
     }
 
     /// Durably removes entries up to and including `up_to`, which must be covered by the

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, LogId, SeededRng, Snapshot, Storage, StorageError, Term,
+    Entry, HardState, Index, InitialState, LogId, SeededRng, Snapshot, SnapshotMeta, SnapshotStage, Storage,
+    StorageError, Term,
 };
 
 use crate::checks::Checks;
@@ -176,11 +178,14 @@ impl Disk {
 pub(crate) struct SimStorage {
     disk: Arc<Mutex<Disk>>,
     checks: Arc<Mutex<Checks>>,
+    /// The parts of a snapshot being received: volatile (a crash loses them, as a staging
+    /// file that was never synced).
+    staged: Mutex<SnapshotStage>,
 }
 
 impl SimStorage {
     pub(crate) fn new(disk: Arc<Mutex<Disk>>, checks: Arc<Mutex<Checks>>) -> Self {
-        Self { disk, checks }
+        Self { disk, checks, staged: Mutex::new(SnapshotStage::default()) }
     }
 
     fn disk(&self) -> MutexGuard<'_, Disk> {
@@ -310,6 +315,23 @@ impl Storage for SimStorage {
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
         Ok(self.disk().snapshot.clone())
+    }
+
+    async fn stage_snapshot_part(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        if let Some(e) = self.disk().fault.take() {
+            return Err(e);
+        }
+        lock(&self.staged).stage(meta, offset, data)
+    }
+
+    async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
+        let data = lock(&self.staged).take(meta, len)?;
+        self.save_snapshot(Snapshot { meta: meta.clone(), data }).await
     }
 
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {

@@ -18,7 +18,11 @@
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use raft_core::{Entry, HardState, Index, InitialState, LogId, Snapshot, Storage, StorageError, Term};
+use bytes::Bytes;
+use raft_core::{
+    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotMeta, SnapshotStage, Storage,
+    StorageError, Term,
+};
 
 /// A [`Storage`] kept in memory.
 #[derive(Debug, Default)]
@@ -33,11 +37,19 @@ struct Inner {
     /// The index of `entries[0]`.
     first: Index,
     entries: Vec<Entry>,
+    /// The parts of a snapshot being received, kept as they came.
+    staged: SnapshotStage,
 }
 
 impl Default for Inner {
     fn default() -> Self {
-        Self { hard_state: HardState::default(), snapshot: None, first: 1, entries: Vec::new() }
+        Self {
+            hard_state: HardState::default(),
+            snapshot: None,
+            first: 1,
+            entries: Vec::new(),
+            staged: SnapshotStage::default(),
+        }
     }
 }
 
@@ -145,6 +157,20 @@ impl Storage for MemStorage {
         }
         inner.snapshot = Some(snapshot);
         Ok(())
+    }
+
+    async fn stage_snapshot_part(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.lock()?.staged.stage(meta, offset, data)
+    }
+
+    async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
+        let data = self.lock()?.staged.take(meta, len)?;
+        self.save_snapshot(Snapshot { meta: meta.clone(), data }).await
     }
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {

@@ -75,54 +75,107 @@ pub(crate) fn write_from(
     last: LogId,
     next: &mut dyn FnMut() -> Result<Option<Bytes>, StorageError>,
 ) -> Result<SnapshotFileRef, StorageError> {
-    let name = file_name(group, last);
-    let name = name.as_str();
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, &e))?;
-        // The new directory's own entry must survive a power loss too.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+    let mut file = PendingFile::create(dir, group, last, "")?;
+    let written = (|| {
+        while let Some(chunk) = next()? {
+            file.write(&chunk)?;
+        }
+        Ok(())
+    })();
+    match written {
+        Ok(()) => file.commit(),
+        Err(e) => {
+            file.discard();
+            Err(e)
         }
     }
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let path = dir.join(name);
-    let (len, crc) = write_file(&tmp, next).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })?;
-    fs::rename(&tmp, &path).map_err(|e| io_error("renaming", &tmp, &e))?;
-    sync_dir(dir)?;
-    Ok(SnapshotFileRef { last, name: name.to_owned(), len, crc })
 }
 
-fn write_file(
-    path: &Path,
-    next: &mut dyn FnMut() -> Result<Option<Bytes>, StorageError>,
-) -> Result<(u64, u32), StorageError> {
-    let file = File::create(path).map_err(|e| io_error("creating", path, &e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let err = |e: std::io::Error| io_error("writing", path, &e);
-    out.write_all(MAGIC).map_err(err)?;
-    let (mut crc, mut total) = (0u32, 0u64);
-    while let Some(chunk) = next()? {
-        total += chunk.len() as u64;
+/// A snapshot file being written under a temporary name in the snapshot directory: chunks
+/// are framed as they come; [`commit`](Self::commit) finishes, syncs and renames it.
+#[derive(Debug)]
+pub(crate) struct PendingFile {
+    dir: PathBuf,
+    tmp: PathBuf,
+    name: String,
+    last: LogId,
+    out: BufWriter<File>,
+    crc: u32,
+    len: u64,
+}
+
+impl PendingFile {
+    /// Creates the temporary file of log `group`'s snapshot ending at `last` (`kind` tells
+    /// temporary files of different writers apart). Blocking.
+    pub(crate) fn create(dir: &Path, group: u64, last: LogId, kind: &str) -> Result<Self, StorageError> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, &e))?;
+            // The new directory's own entry must survive a power loss too.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let name = file_name(group, last);
+        let tmp = dir.join(format!(".tmp-{kind}{name}"));
+        let file = File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MAGIC).map_err(|e| io_error("writing", &tmp, &e))?;
+        Ok(Self { dir: dir.to_path_buf(), tmp, name, last, out, crc: 0, len: 0 })
+    }
+
+    /// The snapshot's bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `chunk` as one or more frames. Blocking.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        let tmp = &self.tmp;
+        let err = |e: std::io::Error| io_error("writing", tmp, &e);
         // A chunk over the frame limit is written as several frames.
         for part in chunk.chunks(MAX_CHUNK_BYTES as usize) {
             let len = u32::try_from(part.len()).unwrap_or(MAX_CHUNK_BYTES);
-            out.write_all(&len.to_le_bytes()).map_err(err)?;
-            out.write_all(&crc32c::crc32c(part).to_le_bytes()).map_err(err)?;
-            out.write_all(part).map_err(err)?;
-            crc = crc32c::crc32c_append(crc, part);
+            self.out.write_all(&len.to_le_bytes()).map_err(err)?;
+            self.out.write_all(&crc32c::crc32c(part).to_le_bytes()).map_err(err)?;
+            self.out.write_all(part).map_err(err)?;
+            self.crc = crc32c::crc32c_append(self.crc, part);
         }
+        self.len += chunk.len() as u64;
+        Ok(())
     }
-    let mut trailer = Vec::with_capacity(12);
-    trailer.extend_from_slice(&total.to_le_bytes());
-    trailer.extend_from_slice(&crc.to_le_bytes());
-    out.write_all(&TRAILER.to_le_bytes()).map_err(err)?;
-    out.write_all(&trailer).map_err(err)?;
-    out.write_all(&crc32c::crc32c(&trailer).to_le_bytes()).map_err(err)?;
-    let file = out.into_inner().map_err(|e| io_error("writing", path, e.error()))?;
-    file.sync_all().map_err(|e| io_error("syncing", path, &e))?;
-    Ok((total, crc))
+
+    /// Writes the trailer, syncs the file, renames it to its final name and syncs the
+    /// directory; the file is then complete but not yet the log's snapshot (the database
+    /// records that). Blocking.
+    pub(crate) fn commit(mut self) -> Result<SnapshotFileRef, StorageError> {
+        let finished = self.finish();
+        if let Err(e) = finished {
+            self.discard();
+            return Err(e);
+        }
+        let path = self.dir.join(&self.name);
+        fs::rename(&self.tmp, &path).map_err(|e| io_error("renaming", &self.tmp, &e))?;
+        sync_dir(&self.dir)?;
+        Ok(SnapshotFileRef { last: self.last, name: self.name, len: self.len, crc: self.crc })
+    }
+
+    fn finish(&mut self) -> Result<(), StorageError> {
+        let tmp = &self.tmp;
+        let err = |e: std::io::Error| io_error("writing", tmp, &e);
+        let mut trailer = Vec::with_capacity(12);
+        trailer.extend_from_slice(&self.len.to_le_bytes());
+        trailer.extend_from_slice(&self.crc.to_le_bytes());
+        self.out.write_all(&TRAILER.to_le_bytes()).map_err(err)?;
+        self.out.write_all(&trailer).map_err(err)?;
+        self.out.write_all(&crc32c::crc32c(&trailer).to_le_bytes()).map_err(err)?;
+        self.out.flush().map_err(err)?;
+        self.out.get_ref().sync_all().map_err(|e| io_error("syncing", tmp, &e))
+    }
+
+    /// Removes the temporary file (a write that failed or was given up). Blocking.
+    pub(crate) fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -38,6 +38,15 @@ pub struct RocksStorage {
     bounds_lock: Arc<tokio::sync::Mutex<()>>,
     /// Snapshot files open for sending (newest first, at most `OPEN_SNAPSHOTS_MAX`).
     open_snapshots: Arc<Mutex<Vec<Arc<snapshot_file::OpenSnapshot>>>>,
+    /// The snapshot being received from the leader, written to a file as its parts come.
+    staging: Arc<Mutex<Option<Staging>>>,
+}
+
+/// A received snapshot's file being written.
+#[derive(Debug)]
+struct Staging {
+    meta: SnapshotMeta,
+    file: snapshot_file::PendingFile,
 }
 
 /// Snapshot files kept open for reading: the current one and one a transfer still sends.
@@ -52,7 +61,13 @@ async fn blocking<T: Send + 'static>(
 
 impl RocksStorage {
     pub(crate) fn new(db: RocksDb, group: u64) -> Self {
-        Self { db, group, bounds_lock: Arc::default(), open_snapshots: Arc::default() }
+        Self {
+            db,
+            group,
+            bounds_lock: Arc::default(),
+            open_snapshots: Arc::default(),
+            staging: Arc::default(),
+        }
     }
 
     /// The store this log lives in.
@@ -129,7 +144,7 @@ impl RocksStorage {
         db.get_cf(cf, key).map_err(|e| storage_error(&e))
     }
 
-    fn snapshot_meta(&self, db: &DB) -> Result<Option<SnapshotMeta>, StorageError> {
+    fn stored_snapshot_meta(&self, db: &DB) -> Result<Option<SnapshotMeta>, StorageError> {
         match Self::get_meta(db, &meta_key(self.group, "snapshot_meta"))? {
             None => Ok(None),
             Some(v) => codec::decode(&v, &|| "the snapshot metadata".into()).map(Some),
@@ -164,7 +179,7 @@ impl RocksStorage {
     }
 
     fn read_bounds(&self, db: &DB) -> Result<Bounds, StorageError> {
-        let snapshot = self.snapshot_meta(db)?.map_or(LogId::default(), |m| m.last_log_id);
+        let snapshot = self.stored_snapshot_meta(db)?.map_or(LogId::default(), |m| m.last_log_id);
         let first = self.edge(db, true)?.unwrap_or(snapshot.index + 1);
         let last = self.edge(db, false)?.unwrap_or(first - 1);
         Ok(Bounds { first, last, snapshot })
@@ -217,7 +232,7 @@ impl Storage for RocksStorage {
                 None => HardState::default(),
                 Some(v) => codec::decode(&v, &|| "the hard state".into())?,
             };
-            let snapshot = self.snapshot_meta(db)?;
+            let snapshot = self.stored_snapshot_meta(db)?;
             let b = self.bounds(db)?;
             Ok(InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last })
         })
@@ -354,6 +369,93 @@ impl Storage for RocksStorage {
         Ok(len)
     }
 
+    /// Writes the part to the received snapshot's temporary file (in the blocking pool): a
+    /// received snapshot is never whole in memory.
+    async fn stage_snapshot_part(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let (staging, meta) = (self.staging.clone(), meta.clone());
+        let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
+        blocking(move || {
+            let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
+            if offset == 0 {
+                if let Some(old) = slot.take() {
+                    old.file.discard();
+                }
+                let file = snapshot_file::PendingFile::create(&dir, group, meta.last_log_id, "recv-")?;
+                *slot = Some(Staging { meta: meta.clone(), file });
+            }
+            match slot.as_mut() {
+                Some(s) if s.meta == meta && s.file.len() == offset => {
+                    let written = s.file.write(&data);
+                    if written.is_err() {
+                        if let Some(s) = slot.take() {
+                            s.file.discard();
+                        }
+                    }
+                    written
+                }
+                Some(s) if s.meta == meta => Err(StorageError::NotStaged { offset, staged: s.file.len() }),
+                _ => Err(StorageError::NotStaged { offset, staged: 0 }),
+            }
+        })
+        .await
+    }
+
+    /// Finishes the received snapshot's file (trailer, sync, rename) and commits it as
+    /// `save_snapshot` does.
+    async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
+        let staging = self.staging.clone();
+        let wanted = meta.clone();
+        let staged = blocking(move || {
+            let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.take() {
+                Some(s) if s.meta == wanted && s.file.len() == len => Ok(s.file),
+                other => {
+                    let staged = other.as_ref().filter(|s| s.meta == wanted).map_or(0, |s| s.file.len());
+                    *slot = other;
+                    Err(StorageError::NotStaged { offset: len, staged })
+                }
+            }
+        })
+        .await?;
+        if meta.last_log_id.index < self.with_db(|db| self.bounds(db))?.snapshot.index {
+            blocking(move || {
+                staged.discard();
+                Ok(())
+            })
+            .await?;
+            return Ok(());
+        }
+        let reference = blocking(move || staged.commit()).await?;
+        self.commit_snapshot(meta, reference).await
+    }
+
+    /// The metadata and the size the file reference records: no file is read.
+    async fn snapshot_meta(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        let found = self.with_db(|db| {
+            let Some(meta) = self.stored_snapshot_meta(db)? else { return Ok(None) };
+            let reference = Self::get_meta(db, &meta_key(self.group, "snapshot_file"))?
+                .map(|v| codec::decode::<SnapshotFileRef>(&v, &|| "the snapshot file reference".into()))
+                .transpose()?;
+            Ok(Some((meta, reference)))
+        })?;
+        match found {
+            None => Ok(None),
+            Some((meta, Some(reference))) if reference.last == meta.last_log_id => {
+                Ok(Some((meta, reference.len)))
+            }
+            // A store written before snapshot files (or a mismatch, which loading reports).
+            Some(_) => Ok(self.load_snapshot().await?.map(|s| {
+                let len = s.data.len();
+                (s.meta, len)
+            })),
+        }
+    }
+
     /// Reads the part from the file, kept open (with its frame index) for the next parts.
     async fn read_snapshot_chunk(
         &self,
@@ -394,7 +496,7 @@ impl Storage for RocksStorage {
 
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
         let found = self.with_db(|db| {
-            let Some(meta) = self.snapshot_meta(db)? else { return Ok(None) };
+            let Some(meta) = self.stored_snapshot_meta(db)? else { return Ok(None) };
             if let Some(v) = Self::get_meta(db, &meta_key(self.group, "snapshot_file"))? {
                 let reference: SnapshotFileRef = codec::decode(&v, &|| "the snapshot file reference".into())?;
                 return Ok(Some((meta, Ok(reference))));

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::clock::Clock;
-use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask};
+use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask, Staged, StoredSnapshotReader};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
 use crate::config::Config;
@@ -89,6 +89,8 @@ pub(super) struct Driver {
     pub(super) snapshot_schedule: SnapshotSchedule,
     /// The background tasks' abort handles.
     pub(super) background: super::snapshots::Background,
+    /// Where the parts of the snapshot being received are.
+    pub(super) staged: Staged,
 }
 
 impl Driver {
@@ -108,13 +110,18 @@ impl Driver {
         } else {
             Vec::new()
         };
-        let mut snapshot = parts.storage.load_snapshot().await?;
+        // The state machine reads the snapshot from storage part by part, and the protocol
+        // holds only its size: it reads the bytes from storage when it sends them.
+        let mut snapshot = None;
         let mut applied = LogId::default();
-        if let Some(s) = &mut snapshot {
-            parts.fsm.restore(&mut s.data.reader()).await?;
-            applied = s.meta.last_log_id;
-            // Restored: the protocol reads the bytes from storage when it sends them.
-            s.data = crate::storage::SnapshotData::stored(s.data.len());
+        if let Some((meta, len)) = parts.storage.snapshot_meta().await? {
+            let last = meta.last_log_id;
+            let mut reader =
+                StoredSnapshotReader::new(parts.storage.clone(), last, len, config.snapshot_chunk_bytes);
+            parts.fsm.restore(&mut reader).await?;
+            applied = last;
+            snapshot =
+                Some(crate::storage::Snapshot { meta, data: crate::storage::SnapshotData::stored(len) });
         }
         let restored = RestoredState {
             hard_state: initial.hard_state,
@@ -149,6 +156,7 @@ impl Driver {
             snapshot_task: None,
             snapshot_schedule,
             background: parts.background,
+            staged: Staged::Nothing,
         };
         Ok((driver, status))
     }
@@ -357,7 +365,8 @@ impl Driver {
     /// Carries out every pending `Ready` in the order the protocol requires.
     async fn process_ready(&mut self) -> Result<(), RaftError> {
         while self.raft.has_ready() {
-            let ready = self.raft.take_ready();
+            let mut ready = self.raft.take_ready();
+            self.stage_snapshot_parts(std::mem::take(&mut ready.snapshot_parts)).await?;
             let stored_snapshot = ready.snapshot.as_ref().map(|s| s.meta.last_log_id);
             let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
             for m in ready.messages {

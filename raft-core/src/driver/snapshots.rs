@@ -1,7 +1,8 @@
 //! Snapshots in the driver: taking one automatically once enough entries or bytes were applied
 //! since the last (thresholds jittered per snapshot so that the nodes of a cluster do not all
 //! snapshot at once), writing it out in a background task, compacting storage behind it once
-//! it is durable, and storing and restoring a snapshot received from the leader.
+//! it is durable, and staging, storing and restoring a snapshot received from the leader
+//! (its parts go to storage as they come; the state machine reads it back part by part).
 //!
 //! Taking a snapshot costs the event loop one call to [`Fsm::snapshot`](crate::Fsm::snapshot),
 //! which returns a point-in-time view (O(1) for a persistent state). A spawned task pulls the
@@ -11,15 +12,18 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::event_loop::Driver;
 use super::RaftError;
-use crate::fsm::SnapshotSource;
+use crate::fsm::{FsmError, SnapshotReader, SnapshotSource};
+use crate::protocol::SnapshotPart;
 use crate::rng::SeededRng;
-use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, Storage};
-use crate::types::Index;
+use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, Storage, StorageError};
+use crate::types::{Index, LogId};
 
 /// Thresholds are raised by a random part of up to `1 / JITTER_DIVISOR` of themselves.
 const JITTER_DIVISOR: u64 = 4;
@@ -201,27 +205,145 @@ impl Driver {
         Ok(up_to)
     }
 
-    /// Stores a snapshot received from the leader (persist step, after the hard state) and
-    /// drops the stored entries it covers. A snapshot of its own being written is finished
-    /// first: storage takes one snapshot write at a time.
+    /// Stages the parts of a snapshot the leader is sending: in storage, or (a store without
+    /// staging) in memory.
+    pub(super) async fn stage_snapshot_parts(&mut self, parts: Vec<SnapshotPart>) -> Result<(), RaftError> {
+        for part in parts {
+            let last = part.meta.last_log_id;
+            if part.offset == 0 {
+                self.staged = Staged::Nothing;
+            }
+            match &mut self.staged {
+                Staged::Nothing if part.offset == 0 => {
+                    match self.storage.stage_snapshot_part(&part.meta, 0, part.data.clone()).await {
+                        Ok(()) => self.staged = Staged::InStorage { last },
+                        Err(StorageError::Unsupported(_)) => {
+                            self.staged = Staged::InMemory { last, chunks: vec![part.data] };
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Staged::InStorage { last: staged } if *staged == last => {
+                    self.storage.stage_snapshot_part(&part.meta, part.offset, part.data).await?;
+                }
+                Staged::InMemory { last: staged, chunks } if *staged == last => chunks.push(part.data),
+                _ => {
+                    return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a snapshot received from the leader (persist step, after the hard state): the
+    /// staged parts, or the bytes it holds. Drops the stored entries it covers. A snapshot of
+    /// its own being written is finished first: storage takes one snapshot write at a time.
     pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         // A received snapshot lies past the commit index, so past any snapshot of this node's.
         self.wait_snapshot_task().await?;
-        self.storage.save_snapshot(snapshot.clone()).await?;
-        self.compact_storage(snapshot.meta.last_log_id.index).await?;
+        let last = snapshot.meta.last_log_id;
+        match std::mem::replace(&mut self.staged, Staged::Nothing) {
+            Staged::InStorage { last: staged } if staged == last && snapshot.data.is_stored() => {
+                self.storage.save_staged_snapshot(&snapshot.meta, snapshot.data.len()).await?;
+            }
+            Staged::InMemory { last: staged, chunks } if staged == last && snapshot.data.is_stored() => {
+                let data = SnapshotData::from_chunks(chunks);
+                self.storage
+                    .save_snapshot(Snapshot { meta: snapshot.meta.clone(), data: data.clone() })
+                    .await?;
+                self.staged = Staged::Received(data);
+            }
+            _ if !snapshot.data.is_stored() => self.storage.save_snapshot(snapshot.clone()).await?,
+            _ => {
+                return Err(StorageError::Corrupt(format!(
+                    "the parts of the snapshot of {last} were not staged"
+                ))
+                .into())
+            }
+        }
+        self.compact_storage(last.index).await?;
         Ok(())
     }
 
     /// Restores the state machine from a snapshot received from the leader (apply step):
     /// entries at or below its index will not be applied here, so their waiters learn that
-    /// the outcome is unknown.
+    /// the outcome is unknown. The bytes are read from storage part by part (or from memory,
+    /// for a store without staging).
     pub(super) async fn restore_received_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
-        self.fsm.restore(&mut snapshot.data.reader()).await?;
+        let last = snapshot.meta.last_log_id;
+        match std::mem::replace(&mut self.staged, Staged::Nothing) {
+            Staged::Received(data) => self.fsm.restore(&mut data.reader()).await?,
+            _ if snapshot.data.is_stored() => {
+                let (len, chunk) = (snapshot.data.len(), self.config.snapshot_chunk_bytes);
+                let mut reader = StoredSnapshotReader::new(self.storage.clone(), last, len, chunk);
+                self.fsm.restore(&mut reader).await?;
+            }
+            _ => self.fsm.restore(&mut snapshot.data.reader()).await?,
+        }
         let last = snapshot.meta.last_log_id;
         self.applied = last;
         self.applied_bytes_since_snapshot = 0;
         self.waiters.on_snapshot_installed(last, &snapshot.meta.membership);
         Ok(())
+    }
+}
+
+/// Where the parts of a snapshot being received are.
+pub(super) enum Staged {
+    /// None are.
+    Nothing,
+    /// Staged in storage.
+    InStorage {
+        /// The snapshot's last entry.
+        last: LogId,
+    },
+    /// Held here (the store has no staging).
+    InMemory {
+        /// The snapshot's last entry.
+        last: LogId,
+        /// The parts, in order.
+        chunks: Vec<Bytes>,
+    },
+    /// Stored whole from memory, its bytes kept for the restore that follows.
+    Received(SnapshotData),
+}
+
+/// Reads a stored snapshot part by part (for a restore): a state machine restored from it
+/// never has the whole snapshot in memory.
+pub(super) struct StoredSnapshotReader {
+    storage: Arc<dyn Storage>,
+    last: LogId,
+    len: u64,
+    offset: u64,
+    part_bytes: usize,
+}
+
+impl StoredSnapshotReader {
+    pub(super) fn new(storage: Arc<dyn Storage>, last: LogId, len: u64, part_bytes: usize) -> Self {
+        Self { storage, last, len, offset: 0, part_bytes: part_bytes.max(1) }
+    }
+}
+
+#[async_trait]
+impl SnapshotReader for StoredSnapshotReader {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FsmError> {
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        let part = self
+            .storage
+            .read_snapshot_chunk(self.last, self.offset, self.part_bytes)
+            .await
+            .map_err(|e| FsmError::BadSnapshot(format!("reading the stored snapshot of {}: {e}", self.last)))?
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                FsmError::BadSnapshot(format!(
+                    "the stored snapshot of {} ends at byte {}",
+                    self.last, self.offset
+                ))
+            })?;
+        self.offset = self.offset.saturating_add(part.len() as u64);
+        Ok(Some(part))
     }
 }
 

@@ -19,7 +19,8 @@ use bytes::Bytes;
 pub use progress::ReplicationMode;
 pub use reads::ReadMode;
 pub use ready::{
-    ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, SnapshotRead, TransferError,
+    ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, SnapshotPart, SnapshotRead,
+    TransferError,
 };
 pub use snapshots::STALLED_TRANSFER_TIMEOUTS;
 

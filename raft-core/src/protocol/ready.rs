@@ -3,16 +3,19 @@
 use crate::config::ConfigError;
 use crate::membership::InvalidChange;
 use crate::message::{ForwardRejection, Message, ProposalId, ReadId};
-use crate::storage::Snapshot;
+use bytes::Bytes;
+
+use crate::storage::{Snapshot, SnapshotMeta};
 use crate::types::{Entry, HardState, Index, LogId, NodeId};
 
 /// The work one [`Raft::take_ready`](crate::Raft::take_ready) hands to the driver. The driver
 /// carries it out in this order:
 ///
+/// 0. stage `snapshot_parts` (parts of a snapshot the leader is sending);
 /// 1. send `messages` (the leader's AppendEntries may go out before its own write; a ready
 ///    that changes `hard_state` has none: what it would send waits in `persisted_messages`);
-/// 2. persist: `hard_state` first, then the received `snapshot` (storage drops the log it
-///    replaces), then truncate the log from `truncate_from`, then append `entries` (all
+/// 2. persist: `hard_state` first, then the received `snapshot` (the staged parts; storage
+///    drops the log it replaces), then truncate the log from `truncate_from`, then append `entries` (all
 ///    durable before step 3);
 /// 3. send `persisted_messages` (votes and acknowledgements that promise durable state);
 /// 4. restore the state machine from `snapshot`, if any; apply `committed` in order; answer
@@ -44,6 +47,23 @@ pub struct Ready {
     /// (at any point of the order above) and hand it back with
     /// [`Event::SnapshotChunk`](crate::Event::SnapshotChunk) after `advance`.
     pub snapshot_reads: Vec<SnapshotRead>,
+    /// Parts of a snapshot the leader is sending, in order: stage each
+    /// ([`Storage::stage_snapshot_part`](crate::Storage::stage_snapshot_part)) before
+    /// anything else of this ready. A part at offset 0 starts a snapshot over. When the last
+    /// part has come, [`snapshot`](Ready::snapshot) is that snapshot, its bytes
+    /// [stored](crate::SnapshotData::stored): the staged parts.
+    pub snapshot_parts: Vec<SnapshotPart>,
+}
+
+/// A part of a snapshot received from the leader, for the driver to stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPart {
+    /// The snapshot it belongs to.
+    pub meta: SnapshotMeta,
+    /// Where its bytes go in the snapshot.
+    pub offset: u64,
+    /// Its bytes.
+    pub data: Bytes,
 }
 
 /// A part of the node's snapshot the protocol needs in order to send it to a follower.
@@ -77,6 +97,7 @@ impl Ready {
             && self.proposals.is_empty()
             && self.reads.is_empty()
             && self.snapshot_reads.is_empty()
+            && self.snapshot_parts.is_empty()
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{Raft, ReplicationMode};
 use crate::message::Payload;
-use crate::protocol::ready::SnapshotRead;
+use crate::protocol::ready::{SnapshotPart, SnapshotRead};
 use crate::storage::{Snapshot, SnapshotData, SnapshotMeta};
 use crate::types::{Index, LogId, NodeId, Role, Term};
 
@@ -26,9 +26,7 @@ pub(crate) struct IncomingSnapshot {
     /// The term of the leader sending it.
     term: Term,
     pub(super) meta: SnapshotMeta,
-    /// The chunks received so far, in order (kept as received: no copy into one buffer).
-    chunks: Vec<Bytes>,
-    /// Their total size.
+    /// Bytes received (and handed to the driver to stage) so far.
     len: u64,
 }
 
@@ -223,7 +221,7 @@ impl Raft {
                 self.send(from, term, reply(0, false));
                 return;
             }
-            self.incoming = Some(IncomingSnapshot { term, meta: meta.clone(), chunks: Vec::new(), len: 0 });
+            self.incoming = Some(IncomingSnapshot { term, meta: meta.clone(), len: 0 });
         }
         let Some(incoming) = self.incoming.as_mut() else { return };
         let have = incoming.len;
@@ -232,15 +230,16 @@ impl Raft {
             self.send(from, term, reply(have, false));
             return;
         }
-        incoming.len += data.len() as u64;
-        incoming.chunks.push(data);
+        incoming.len = incoming.len.saturating_add(data.len() as u64);
         let have = incoming.len;
+        // The driver stages the part (in storage) before anything of this ready is sent.
+        self.out.snapshot_parts.push(SnapshotPart { meta: meta.clone(), offset, data });
         if !done {
             self.send(from, term, reply(have, false));
             return;
         }
-        let data = self.incoming.take().map(|i| SnapshotData::from_chunks(i.chunks)).unwrap_or_default();
-        self.install_snapshot(Snapshot { meta, data });
+        self.incoming = None;
+        self.install_snapshot(Snapshot { meta, data: SnapshotData::stored(have) });
         self.send(from, term, reply(have, true));
     }
 

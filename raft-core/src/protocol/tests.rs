@@ -481,18 +481,24 @@ fn snapshot_chunks_are_taken_in_order_and_duplicates_change_nothing() {
         next_offset: offset,
         done,
     };
+    let staged = |ready: &Ready| -> Vec<(u64, Bytes)> {
+        ready.snapshot_parts.iter().map(|p| (p.offset, p.data.clone())).collect()
+    };
     let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 0, b"abc", false)));
     assert_eq!(only_response(&ready).payload, expect(3, false));
+    assert_eq!(staged(&ready), vec![(0, Bytes::from_static(b"abc"))], "the part goes to the driver to stage");
     let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 0, b"abc", false)));
     assert_eq!(only_response(&ready).payload, expect(3, false), "a duplicate is answered, not appended");
+    assert!(staged(&ready).is_empty());
     let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 6, b"ghi", true)));
     assert_eq!(only_response(&ready).payload, expect(3, false), "a gap asks for the missing offset");
-    assert!(ready.snapshot.is_none());
+    assert!(ready.snapshot.is_none() && staged(&ready).is_empty());
     let ready = deliver(&mut n, msg(1, 2, 2, install(&meta, 3, b"def", true)));
     assert_eq!(only_response(&ready).payload, expect(6, true));
+    assert_eq!(staged(&ready), vec![(3, Bytes::from_static(b"def"))]);
     let installed = ready.snapshot.expect("installed");
-    assert_eq!(&installed.data.to_bytes()[..], b"abcdef");
-    assert_eq!(installed.data.chunks().len(), 2, "kept as received chunks, not copied into one buffer");
+    assert_eq!(installed.data, crate::storage::SnapshotData::stored(6), "the staged parts, not held here");
+    assert_eq!(n.status().incoming_snapshot, None);
     assert!(ready.committed.is_empty(), "nothing to apply: the state machine restores the snapshot");
     assert_eq!((n.commit_index(), n.applied_index()), (10, 10));
     assert_eq!(n.last_log_id(), LogId::new(2, 10), "the conflicting log was replaced");

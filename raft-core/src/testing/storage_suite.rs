@@ -35,6 +35,7 @@ where
     large_entries_round_trip(&build().await).await;
     snapshot_saved_beside_appends(&build().await).await;
     snapshot_written_from_a_source_and_read_in_parts(&build().await).await;
+    staged_parts_become_the_snapshot_only_when_saved(&build().await).await;
 }
 
 fn entry(term: Term, index: Index) -> Entry {
@@ -230,6 +231,56 @@ async fn snapshot_written_from_a_source_and_read_in_parts(s: &impl Storage) {
     {
         assert_eq!(&part[..], &bytes[1_000..1_000 + part.len()], "snapshot_parts: the replaced one, intact");
     }
+}
+
+/// A snapshot received from the leader is staged part by part and becomes the snapshot only
+/// when saved (a store without staging answers `Unsupported`, and the case ends there).
+async fn staged_parts_become_the_snapshot_only_when_saved(s: &impl Storage) {
+    s.append(&entries(1, 1, 10)).await.expect("staged: append");
+    let meta = SnapshotMeta { last_log_id: LogId::new(2, 20), membership: Membership::with_voters([1, 2]) };
+    let other = SnapshotMeta { last_log_id: LogId::new(2, 21), ..meta.clone() };
+    let part = |b: &'static [u8]| Bytes::from_static(b);
+    match s.stage_snapshot_part(&meta, 0, part(b"abc")).await {
+        Err(StorageError::Unsupported(_)) => return,
+        started => started.expect("staged: the first part"),
+    }
+    s.stage_snapshot_part(&meta, 3, part(b"defg")).await.expect("staged: the second part");
+    assert_eq!(s.load_snapshot().await, Ok(None), "staged: parts are not a snapshot");
+    assert_eq!(bounds(s).await, (1, 10), "staged: the log is untouched");
+    let gap = s.stage_snapshot_part(&meta, 9, part(b"x")).await;
+    assert!(
+        matches!(gap, Err(StorageError::NotStaged { offset: 9, .. })),
+        "staged: a gap is refused: {gap:?}"
+    );
+    let foreign = s.stage_snapshot_part(&other, 7, part(b"x")).await;
+    assert!(
+        matches!(foreign, Err(StorageError::NotStaged { .. })),
+        "staged: another snapshot's part: {foreign:?}"
+    );
+    // The transfer starts over (a new leader): offset 0 drops what was staged.
+    s.stage_snapshot_part(&meta, 0, part(b"xyz")).await.expect("staged: start over");
+    s.stage_snapshot_part(&meta, 3, part(b"uvw")).await.expect("staged: continue");
+    let short = s.save_staged_snapshot(&meta, 5).await;
+    assert!(
+        matches!(short, Err(StorageError::NotStaged { .. })),
+        "staged: a wrong length is refused: {short:?}"
+    );
+    assert_eq!(s.load_snapshot().await, Ok(None), "staged: a refused save stores nothing");
+    s.save_staged_snapshot(&meta, 6).await.expect("staged: save");
+    let loaded = s.load_snapshot().await.expect("staged: load").expect("staged: the snapshot");
+    assert_eq!((loaded.meta.clone(), loaded.data.to_bytes()), (meta.clone(), Bytes::from_static(b"xyzuvw")));
+    assert_eq!(s.snapshot_meta().await, Ok(Some((meta.clone(), 6))), "staged: its metadata and size");
+    assert_eq!(bounds(s).await, (21, 20), "staged: the log it does not continue is dropped");
+    let part = s.read_snapshot_chunk(meta.last_log_id, 2, 3).await.expect("staged: read").unwrap_or_default();
+    assert!(
+        !part.is_empty() && b"zuv".starts_with(&part),
+        "staged: served in parts like any snapshot: {part:?}"
+    );
+    let again = s.save_staged_snapshot(&meta, 6).await;
+    assert!(
+        matches!(again, Err(StorageError::NotStaged { .. })),
+        "staged: nothing is staged after a save: {again:?}"
+    );
 }
 
 async fn older_snapshot_is_ignored(s: &impl Storage) {

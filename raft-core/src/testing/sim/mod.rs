@@ -34,9 +34,9 @@ pub use network::NetworkFaults;
 use crate::config::Config;
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{Message, ProposalId, ReadId};
-use crate::protocol::{Event, Raft, ReadMode, RestoredState, TransferError};
+use crate::protocol::{Event, Raft, ReadMode, Ready, RestoredState, TransferError};
 use crate::rng::SeededRng;
-use crate::storage::{Snapshot, SnapshotMeta};
+use crate::storage::{Snapshot, SnapshotData, SnapshotMeta};
 use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
 use disk::{CrashCut, Disk, PendingWrite};
 use fsm::SimFsm;
@@ -110,6 +110,8 @@ struct SimNode {
     /// The state machine.
     fsm: SimFsm,
     next_proposal: ProposalId,
+    /// The parts of the snapshot being received (volatile, as storage stages them).
+    staged: Option<(LogId, Vec<Bytes>)>,
 }
 
 #[derive(Debug)]
@@ -188,6 +190,7 @@ impl Cluster {
                 applied: Vec::new(),
                 fsm: SimFsm::default(),
                 next_proposal: 1,
+                staged: None,
             });
             cluster.start_node(id);
         }
@@ -279,6 +282,7 @@ impl Cluster {
             node.disk.apply(&p.write, Some(cut));
         }
         node.inbox.clear();
+        node.staged = None;
         node.applied.clear();
         node.fsm = SimFsm::default();
         for ((from, _), (_, state)) in self.proposals.iter_mut() {
@@ -605,10 +609,13 @@ impl Cluster {
             if !raft.has_ready() {
                 return;
             }
-            let ready = raft.take_ready();
+            let mut ready = raft.take_ready();
             if ready.is_empty() {
                 let status = self.node(id).raft.as_ref().map(|r| r.status());
                 self.fail(&format!("node {id}: has_ready() was true but the ready is empty: {status:?}"));
+            }
+            if let Err(v) = Self::stage_and_read_snapshots(self.node_mut(id), &mut ready) {
+                self.fail(&v);
             }
             let node = &self.nodes[id as usize - 1];
             if let Err(v) = self.history.on_ready(id, &ready, node.raft.as_ref(), &node.disk) {
@@ -663,6 +670,60 @@ impl Cluster {
             }
             self.complete_write(id);
         }
+    }
+
+    /// Does what storage does with a ready's snapshot parts: stages the parts the leader
+    /// sends and turns the received snapshot (which the protocol holds as stored) into the
+    /// staged bytes; reads the parts of the node's own snapshot it sends, answered after
+    /// `advance` (`None` when the disk no longer holds that snapshot).
+    fn stage_and_read_snapshots(node: &mut SimNode, ready: &mut Ready) -> Result<(), String> {
+        for part in ready.snapshot_parts.drain(..) {
+            let last = part.meta.last_log_id;
+            if part.offset == 0 {
+                node.staged = Some((last, Vec::new()));
+            }
+            let Some((staged, chunks)) = node.staged.as_mut() else {
+                return Err(format!(
+                    "node {}: a part of {last} at {} with nothing staged",
+                    node.id, part.offset
+                ));
+            };
+            let have: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            if *staged != last || have != part.offset {
+                return Err(format!(
+                    "node {}: a part of {last} at {} does not continue the staged {staged} at {have}",
+                    node.id, part.offset
+                ));
+            }
+            chunks.push(part.data);
+        }
+        if let Some(snapshot) = ready.snapshot.as_mut().filter(|s| s.data.is_stored()) {
+            let last = snapshot.meta.last_log_id;
+            let Some((_, chunks)) = node.staged.take().filter(|(staged, _)| *staged == last) else {
+                return Err(format!("node {}: received the snapshot of {last} without staging it", node.id));
+            };
+            let data = SnapshotData::from_chunks(chunks);
+            if data.len() != snapshot.data.len() {
+                return Err(format!(
+                    "node {}: staged {} bytes of a {}-byte snapshot",
+                    node.id,
+                    data.len(),
+                    snapshot.data.len()
+                ));
+            }
+            snapshot.data = data;
+        }
+        for read in ready.snapshot_reads.drain(..) {
+            let held = node.disk.snapshot.as_ref().filter(|s| s.meta.last_log_id == read.snapshot);
+            let data = held.map(|s| s.data.slice(read.offset, read.max));
+            node.inbox.push_back(Event::SnapshotChunk {
+                to: read.to,
+                snapshot: read.snapshot,
+                offset: read.offset,
+                data,
+            });
+        }
+        Ok(())
     }
 
     fn applied_index(&self, id: NodeId) -> Index {
