@@ -275,6 +275,11 @@ impl SnapshotStage {
         }
     }
 
+    /// Drops whatever is staged.
+    pub fn clear(&mut self) {
+        self.staged = None;
+    }
+
     fn staged_of(staged: Option<&(SnapshotMeta, Vec<Bytes>, u64)>, meta: &SnapshotMeta) -> u64 {
         staged.filter(|(m, _, _)| m == meta).map_or(0, |(_, _, len)| *len)
     }
@@ -403,6 +408,12 @@ pub trait Storage: Send + Sync {
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
         let _ = (meta, len);
         Err(StorageError::Unsupported("staging snapshot parts"))
+    }
+
+    /// Drops whatever is staged (a transfer given up). The default does nothing (a store
+    /// without staging has nothing staged).
+    async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 
     /// The latest snapshot's metadata and length in bytes, without its bytes. The default

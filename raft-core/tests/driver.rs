@@ -616,3 +616,159 @@ async fn a_panic_in_the_driver_stops_the_node_visibly_and_answers_its_callers() 
     let after = node.propose(Bytes::from_static(b"later")).await.expect_err("stopped");
     assert_eq!(after, RaftError::AlreadyShutdown);
 }
+
+/// A follower (node 1, elections off) fed InstallSnapshot messages by hand from "leaders" 2
+/// and 3, several at once so that one ready carries several of them.
+mod snapshot_parts {
+    use raft_core::testing::local_transport::LocalTransport;
+    use raft_core::{LogId, Message, Payload, SeededRng, SnapshotMeta, Transport};
+
+    use super::*;
+
+    /// CounterFsm's snapshot of count `index`: `index` as 7 decimal digits.
+    fn part(from: NodeId, term: u64, snapshot: LogId, offset: u64, max: u64) -> Message {
+        let all = Bytes::from(format!("{:07}", snapshot.index));
+        let end = (offset + max).min(all.len() as u64);
+        let meta = SnapshotMeta { last_log_id: snapshot, membership: Membership::with_voters([1, 2, 3]) };
+        let data = all.slice(offset as usize..end as usize);
+        let done = end == all.len() as u64;
+        Message { from, to: 1, term, payload: Payload::InstallSnapshot { meta, offset, data, done } }
+    }
+
+    struct Follower {
+        node: RaftNode,
+        fsm: CounterFsm,
+        storage: Arc<MemStorage>,
+        leaders: Vec<LocalTransport>,
+    }
+
+    async fn follower() -> Follower {
+        let network = LocalNetwork::default();
+        let leaders = vec![network.transport(2, 10_000), network.transport(3, 10_000)];
+        let storage = Arc::new(MemStorage::default());
+        let fsm = CounterFsm::default();
+        let config = Config {
+            election_timeout_min_ms: 100_000,
+            election_timeout_max_ms: 200_000,
+            snapshot_threshold_entries: 0,
+            ..Config::default()
+        };
+        let node = RaftNode::start(
+            1,
+            config,
+            Membership::with_voters([1, 2, 3]),
+            storage.clone(),
+            Arc::new(network.transport(1, 10_000)),
+            Box::new(fsm.clone()),
+            7,
+        )
+        .await
+        .expect("starts");
+        Follower { node, fsm, storage, leaders }
+    }
+
+    #[tokio::test]
+    async fn an_install_and_the_first_part_of_the_next_snapshot_in_one_batch_are_both_handled() {
+        let f = follower().await;
+        // Sent back to back: the driver takes them in one batch, so one ready installs the
+        // first and would stage the second.
+        f.leaders[0].send(part(2, 1, LogId::new(1, 5), 0, 100)).expect("send");
+        f.leaders[0].send(part(2, 1, LogId::new(1, 10), 0, 3)).expect("send");
+        wait_until("the first snapshot to be installed", || f.fsm.count() == 5).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(f.node.status().fatal, None, "a legal sequence of messages stopped the node");
+        // The second is answered "from 0" and then sent whole.
+        for offset in [0, 3, 6] {
+            f.leaders[0].send(part(2, 1, LogId::new(1, 10), offset, 3)).expect("send");
+        }
+        wait_until("the second snapshot to be installed", || f.fsm.count() == 10).await;
+        let stored = f.storage.load_snapshot().await.expect("load").expect("stored");
+        assert_eq!(stored.meta.last_log_id, LogId::new(1, 10));
+        f.node.shutdown().await.expect("shutdown");
+    }
+
+    /// Two leaders of two terms send snapshots in order; the network drops, duplicates,
+    /// restarts from 0 and swaps neighbours; the follower takes them one to three at a time.
+    /// It never stops, never says `done` before the snapshot is stored, and its state machine
+    /// is always at its applied index, also after a restart from storage.
+    #[tokio::test]
+    async fn reordered_duplicated_and_batched_parts_from_two_leaders_never_stop_the_follower() {
+        let snapshots: [(NodeId, u64, &[LogId]); 2] = [
+            (2, 1, &[LogId::new(1, 5), LogId::new(1, 10)]),
+            (3, 2, &[LogId::new(1, 5), LogId::new(1, 10), LogId::new(2, 12), LogId::new(2, 14)]),
+        ];
+        for seed in 0..40u64 {
+            let f = follower().await;
+            let mut rng = SeededRng::new(seed);
+            let mut queue = Vec::new();
+            for _ in 0..6 {
+                let (from, term, ids) = snapshots[rng.range(0, 2) as usize];
+                let id = ids[rng.range(0, ids.len() as u64) as usize];
+                for offset in [0, 3, 6] {
+                    queue.push(part(from, term, id, offset, 3));
+                    if rng.chance(1, 6) {
+                        queue.push(part(from, term, id, offset, 3));
+                    }
+                    if rng.chance(1, 8) {
+                        queue.push(part(from, term, id, 0, 3));
+                    }
+                }
+            }
+            queue.retain(|_| !rng.chance(1, 12));
+            for i in 1..queue.len() {
+                if rng.chance(1, 6) {
+                    queue.swap(i - 1, i);
+                }
+            }
+            let mut queue = queue.into_iter().peekable();
+            while queue.peek().is_some() {
+                for m in queue.by_ref().take(rng.range(1, 4) as usize) {
+                    f.leaders[(m.from - 2) as usize].send(m).expect("send");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let status = f.node.status();
+                assert_eq!(status.fatal, None, "seed {seed}: the follower stopped");
+                let stored =
+                    f.storage.load_snapshot().await.expect("load").map_or(0, |s| s.meta.last_log_id.index);
+                for leader in &f.leaders {
+                    let mut answers = Vec::new();
+                    while let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::ZERO, leader.recv(&mut answers, 100)).await
+                    {
+                    }
+                    for a in answers {
+                        if let Payload::InstallSnapshotResponse { snapshot, done: true, .. } = a.payload {
+                            assert!(
+                                snapshot.index <= stored,
+                                "seed {seed}: done for {snapshot} with {stored} stored"
+                            );
+                        }
+                    }
+                }
+                assert_eq!(f.fsm.count(), status.protocol.applied_index, "seed {seed}");
+            }
+            f.node.shutdown().await.expect("shutdown");
+            let stored =
+                f.storage.load_snapshot().await.expect("load").map_or(0, |s| s.meta.last_log_id.index);
+            // A restart restores the state machine from storage.
+            let fsm = CounterFsm::default();
+            let node = RaftNode::start(
+                1,
+                Config {
+                    election_timeout_min_ms: 100_000,
+                    election_timeout_max_ms: 200_000,
+                    ..Config::default()
+                },
+                Membership::with_voters([1, 2, 3]),
+                f.storage.clone(),
+                Arc::new(LocalNetwork::default().transport(1, 10)),
+                Box::new(fsm.clone()),
+                8,
+            )
+            .await
+            .expect("restarts");
+            assert_eq!(fsm.count(), stored, "seed {seed}: restored from storage");
+            node.shutdown().await.expect("shutdown");
+        }
+    }
+}

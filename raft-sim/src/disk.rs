@@ -329,6 +329,11 @@ impl Storage for SimStorage {
         lock(&self.staged).stage(meta, offset, data)
     }
 
+    async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
+        lock(&self.staged).clear();
+        Ok(())
+    }
+
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
         let data = lock(&self.staged).take(meta, len)?;
         self.save_snapshot(Snapshot { meta: meta.clone(), data }).await

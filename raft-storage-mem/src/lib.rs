@@ -173,6 +173,11 @@ impl Storage for MemStorage {
         self.save_snapshot(Snapshot { meta: meta.clone(), data }).await
     }
 
+    async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
+        self.lock()?.staged.clear();
+        Ok(())
+    }
+
     async fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
         Ok(self.lock()?.snapshot.clone())
     }

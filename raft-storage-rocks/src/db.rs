@@ -196,11 +196,15 @@ fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, Op
 /// crashes cannot fill the disk.
 fn remove_snapshot_leftovers(db: &DB, dir: &Path) {
     let Some(cf) = db.cf_handle(CF_META) else { return };
-    let referenced = |group: u64| -> Option<String> {
-        let v = db.get_cf(cf, codec::meta_key(group, "snapshot_file")).ok().flatten()?;
+    // A reference that cannot be read keeps every file of its group: never remove what may
+    // be the snapshot in force.
+    let referenced = |group: u64| -> Result<Option<String>, ()> {
+        let Some(v) = db.get_cf(cf, codec::meta_key(group, "snapshot_file")).map_err(drop)? else {
+            return Ok(None);
+        };
         let reference: crate::snapshot_file::SnapshotFileRef =
-            codec::decode(&v, &|| "the snapshot file reference".into()).ok()?;
-        Some(reference.name)
+            codec::decode(&v, &|| "the snapshot file reference".into()).map_err(drop)?;
+        Ok(Some(reference.name))
     };
     let removed = crate::snapshot_file::remove_leftovers(&crate::snapshot_file::dir_of(dir), &referenced);
     if removed > 0 {

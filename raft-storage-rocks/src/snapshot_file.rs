@@ -264,8 +264,9 @@ pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>) {
 
 /// Removes what interrupted snapshot writes left in `dir`: every temporary file, and every
 /// snapshot file that `referenced` (given the log group a file name says it belongs to) does
-/// not name. Run when the store opens, before anything writes a snapshot. Blocking.
-pub(crate) fn remove_leftovers(dir: &Path, referenced: &dyn Fn(u64) -> Option<String>) -> usize {
+/// not name; a group whose reference cannot be read (`Err`) keeps its files. Run when the store
+/// opens, before anything writes a snapshot. Blocking.
+pub(crate) fn remove_leftovers(dir: &Path, referenced: &dyn Fn(u64) -> Result<Option<String>, ()>) -> usize {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
@@ -274,7 +275,7 @@ pub(crate) fn remove_leftovers(dir: &Path, referenced: &dyn Fn(u64) -> Option<St
         let leftover = if name.starts_with(".tmp-") {
             true
         } else if let Some(group) = group_of(name) {
-            referenced(group).as_deref() != Some(name)
+            referenced(group).is_ok_and(|r| r.as_deref() != Some(name))
         } else {
             false // not ours: leave it
         };

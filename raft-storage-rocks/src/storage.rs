@@ -99,6 +99,39 @@ impl RocksStorage {
         })
     }
 
+    /// Deletes the snapshot value of a store written before snapshot files.
+    fn delete_legacy_snapshot(&self) -> Op {
+        let legacy = meta_key(self.group, "snapshot_data");
+        let mut legacy_end = legacy.clone();
+        legacy_end.push(0);
+        Op::DeleteRange(Cf::Meta, legacy, legacy_end)
+    }
+
+    /// Moves the snapshot of a store written before snapshot files from its database value to
+    /// a file (loaded whole once, here), so that its parts are then read from the file instead
+    /// of loading the value for every part. The log is not touched.
+    async fn migrate_legacy_snapshot(&self) -> Result<(), StorageError> {
+        if self.snapshot_file_ref()?.is_some() {
+            return Ok(());
+        }
+        let Some(snapshot) = self.load_snapshot().await? else { return Ok(()) };
+        let last = snapshot.meta.last_log_id;
+        let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
+        let reference = blocking(move || snapshot_file::write(&dir, group, last, &snapshot.data)).await?;
+        let _bounds = self.bounds_lock.lock().await;
+        let b = self.with_db(|db| self.bounds(db))?;
+        if b.snapshot != last || self.snapshot_file_ref()?.is_some() {
+            return Ok(()); // a newer snapshot was saved meanwhile (its save removes this file)
+        }
+        let ops = vec![
+            Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
+            self.delete_legacy_snapshot(),
+        ];
+        self.write(ops, b).await?;
+        tracing::info!(snapshot = %last, "moved the snapshot from the database to a file");
+        Ok(())
+    }
+
     /// Commits a snapshot whose file is written: its metadata, the file reference and the log it
     /// discards in one batch (holding the bounds lock); then removes older files.
     async fn commit_snapshot(
@@ -115,13 +148,10 @@ impl RocksStorage {
                 && self.read_entry(db, last.index)?.is_some_and(|e| e.term == last.term);
             Ok((b, matches))
         })?;
-        let legacy = meta_key(self.group, "snapshot_data");
-        let mut legacy_end = legacy.clone();
-        legacy_end.push(0);
         let mut ops = vec![
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_meta"), codec::encode(meta)?),
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
-            Op::DeleteRange(Cf::Meta, legacy, legacy_end),
+            self.delete_legacy_snapshot(),
         ];
         let after = if matches {
             Bounds { snapshot: last, ..b }
@@ -405,6 +435,18 @@ impl Storage for RocksStorage {
         .await
     }
 
+    /// Removes the received snapshot's temporary file.
+    async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
+        let staging = self.staging.clone();
+        blocking(move || {
+            if let Some(s) = staging.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                s.file.discard();
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Finishes the received snapshot's file (trailer, sync, rename) and commits it as
     /// `save_snapshot` does.
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
@@ -448,11 +490,21 @@ impl Storage for RocksStorage {
             Some((meta, Some(reference))) if reference.last == meta.last_log_id => {
                 Ok(Some((meta, reference.len)))
             }
-            // A store written before snapshot files (or a mismatch, which loading reports).
-            Some(_) => Ok(self.load_snapshot().await?.map(|s| {
-                let len = s.data.len();
-                (s.meta, len)
-            })),
+            Some((meta, Some(reference))) => Err(StorageError::Corrupt(format!(
+                "the snapshot file is of {}, its metadata of {}",
+                reference.last, meta.last_log_id
+            ))),
+            // A store written before snapshot files: its snapshot goes to a file first.
+            Some((meta, None)) => {
+                self.migrate_legacy_snapshot().await?;
+                match self.snapshot_file_ref()? {
+                    Some(reference) if reference.last == meta.last_log_id => Ok(Some((meta, reference.len))),
+                    _ => Ok(self.load_snapshot().await?.map(|s| {
+                        let len = s.data.len();
+                        (s.meta, len)
+                    })),
+                }
+            }
         }
     }
 
@@ -470,12 +522,13 @@ impl Storage for RocksStorage {
         let open = match cached {
             Some(open) => open,
             None => {
-                let Some(reference) = self.snapshot_file_ref()? else {
-                    // A store written before snapshot files keeps its snapshot in the database
-                    // until the next one is saved.
-                    let legacy = self.load_snapshot().await?.filter(|s| s.meta.last_log_id == last);
-                    return Ok(legacy.map(|s| s.data.slice(offset, max)));
-                };
+                let mut reference = self.snapshot_file_ref()?;
+                if reference.is_none() {
+                    // A store written before snapshot files: its snapshot goes to a file first.
+                    self.migrate_legacy_snapshot().await?;
+                    reference = self.snapshot_file_ref()?;
+                }
+                let Some(reference) = reference else { return Ok(None) };
                 if reference.last != last {
                     return Ok(None);
                 }

@@ -238,6 +238,23 @@ async fn dispatch(
     Ok(result)
 }
 
+/// A temporary file removed when dropped, unless [`kept`](TempFile::keep) (renamed into place).
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn keep(mut self) {
+        self.0 = std::path::PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 /// Downloads the snapshot to a temporary file beside `file`, syncs it and renames it into
 /// place: `file` is a whole snapshot or untouched.
 async fn save_snapshot(
@@ -251,29 +268,27 @@ async fn save_snapshot(
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
+    // A name of this process's own (two saves to one file do not mix), removed on any failure.
     let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".part");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut writer = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
+    tmp.push(format!(".part-{}", std::process::id()));
+    let tmp = TempFile(std::path::PathBuf::from(tmp));
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp.0);
+    let mut writer =
+        std::io::BufWriter::new(created.with_context(|| format!("creating {}", tmp.0.display()))?);
     loop {
         match download.next_chunk().await {
             Ok(Some(chunk)) => {
-                writer.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?
+                writer.write_all(&chunk).with_context(|| format!("writing {}", tmp.0.display()))?
             }
             Ok(None) => break,
-            Err(e) => {
-                drop(writer);
-                let _ = std::fs::remove_file(&tmp);
-                return Ok(Err(e));
-            }
+            Err(e) => return Ok(Err(e)),
         }
     }
     let written = writer.into_inner().map_err(|e| e.into_error()).context("flushing the snapshot")?;
-    written.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, file)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+    written.sync_all().with_context(|| format!("syncing {}", tmp.0.display()))?;
+    std::fs::rename(&tmp.0, file)
+        .with_context(|| format!("renaming {} to {}", tmp.0.display(), file.display()))?;
+    tmp.keep();
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

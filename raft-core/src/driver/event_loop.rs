@@ -189,6 +189,7 @@ impl Driver {
                 // the timer fires, so that a stall does not read as a silent leader or quorum.
                 tokio::select! {
                     biased;
+                    outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     () = std::future::ready(()) => Woke::Timer,
                 }
@@ -366,6 +367,9 @@ impl Driver {
     async fn process_ready(&mut self) -> Result<(), RaftError> {
         while self.raft.has_ready() {
             let mut ready = self.raft.take_ready();
+            if ready.discard_staged_snapshot {
+                self.discard_staged_snapshot().await?;
+            }
             self.stage_snapshot_parts(std::mem::take(&mut ready.snapshot_parts)).await?;
             let stored_snapshot = ready.snapshot.as_ref().map(|s| s.meta.last_log_id);
             let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;

@@ -205,6 +205,14 @@ impl Driver {
         Ok(up_to)
     }
 
+    /// Drops the parts staged of a snapshot the protocol gave up.
+    pub(super) async fn discard_staged_snapshot(&mut self) -> Result<(), RaftError> {
+        if matches!(std::mem::replace(&mut self.staged, Staged::Nothing), Staged::InStorage { .. }) {
+            self.storage.discard_staged_snapshot().await?;
+        }
+        Ok(())
+    }
+
     /// Stages the parts of a snapshot the leader is sending: in storage, or (a store without
     /// staging) in memory.
     pub(super) async fn stage_snapshot_parts(&mut self, parts: Vec<SnapshotPart>) -> Result<(), RaftError> {

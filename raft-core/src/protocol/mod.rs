@@ -650,7 +650,7 @@ impl Raft {
         self.hard_state.current_term = self.hard_state.current_term.saturating_add(1);
         self.hard_state.voted_for = Some(self.id);
         self.hard_state_dirty = true;
-        self.incoming = None;
+        self.abandon_incoming();
         tracing::debug!(node = self.id, term = self.term(), "starting election");
         self.leader = None;
         self.leader_contact = None;
@@ -706,7 +706,7 @@ impl Raft {
             self.hard_state.voted_for = None;
             self.hard_state_dirty = true;
             // A transfer is tied to its leader's term: a part received so far is garbage now.
-            self.incoming = None;
+            self.abandon_incoming();
         }
         if self.role != Role::Follower {
             // A node that stops leading or campaigning needs a fresh election timer.

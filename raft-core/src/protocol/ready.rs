@@ -11,7 +11,8 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId};
 /// The work one [`Raft::take_ready`](crate::Raft::take_ready) hands to the driver. The driver
 /// carries it out in this order:
 ///
-/// 0. stage `snapshot_parts` (parts of a snapshot the leader is sending);
+/// 0. discard the staged snapshot if `discard_staged_snapshot`, then stage `snapshot_parts`
+///    (parts of a snapshot the leader is sending);
 /// 1. send `messages` (the leader's AppendEntries may go out before its own write; a ready
 ///    that changes `hard_state` has none: what it would send waits in `persisted_messages`);
 /// 2. persist: `hard_state` first, then the received `snapshot` (the staged parts; storage
@@ -53,6 +54,10 @@ pub struct Ready {
     /// part has come, [`snapshot`](Ready::snapshot) is that snapshot, its bytes
     /// [stored](crate::SnapshotData::stored): the staged parts.
     pub snapshot_parts: Vec<SnapshotPart>,
+    /// The snapshot being received was given up (a new term, or the log caught up past it):
+    /// discard its staged parts ([`Storage::discard_staged_snapshot`](crate::Storage::discard_staged_snapshot))
+    /// before staging `snapshot_parts`, which then belong to another snapshot.
+    pub discard_staged_snapshot: bool,
 }
 
 /// A part of a snapshot received from the leader, for the driver to stage.
@@ -98,6 +103,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.snapshot_reads.is_empty()
             && self.snapshot_parts.is_empty()
+            && !self.discard_staged_snapshot
     }
 }
 

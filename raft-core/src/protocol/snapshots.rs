@@ -211,8 +211,15 @@ impl Raft {
         };
         if last.index <= self.log.committed {
             // Everything it covers is committed here already.
-            self.incoming = None;
+            self.abandon_incoming();
             self.send(from, term, reply(0, true));
+            return;
+        }
+        if self.out.snapshot.is_some() {
+            // A snapshot was installed by an earlier message of this ready: the driver stores
+            // it after staging this ready's parts, so no part of another may be staged before
+            // then. The leader sends this one again.
+            self.send(from, term, reply(0, false));
             return;
         }
         let same = self.incoming.as_ref().is_some_and(|i| i.term == term && i.meta == meta);
@@ -241,6 +248,16 @@ impl Raft {
         self.incoming = None;
         self.install_snapshot(Snapshot { meta, data: SnapshotData::stored(have) });
         self.send(from, term, reply(have, true));
+    }
+
+    /// Gives up the snapshot being received, if any: its parts not yet handed to the driver are
+    /// dropped and the driver discards what it staged
+    /// ([`Ready::discard_staged_snapshot`](crate::Ready::discard_staged_snapshot)).
+    pub(super) fn abandon_incoming(&mut self) {
+        if let Some(incoming) = self.incoming.take() {
+            self.out.snapshot_parts.retain(|p| p.meta != incoming.meta);
+            self.out.discard_staged_snapshot = true;
+        }
     }
 
     /// Installs a complete snapshot from the leader; the driver stores it and restores the

@@ -39,6 +39,7 @@ use tokio::sync::Semaphore;
 use crate::node::Shared;
 pub(crate) use error::HttpError;
 pub(crate) use server::{connection_cap, open_file_limit, serve, ServerLimits};
+pub(crate) use snapshot::SNAPSHOT_DOWNLOADS_MAX;
 
 type AppState = Arc<Shared>;
 

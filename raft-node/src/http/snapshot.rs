@@ -17,6 +17,9 @@ use super::{AppState, HttpError};
 
 /// Bytes read from storage and sent at a time.
 pub(crate) const PART_BYTES: usize = 1 << 20;
+/// Downloads streaming at once; more are refused with `busy` (each holds an open file and up
+/// to two parts for as long as the client takes).
+pub(crate) const SNAPSHOT_DOWNLOADS_MAX: usize = 2;
 
 /// `GET /v1/snapshot`: 200 with the latest snapshot; 404 when the node has none yet.
 pub(crate) async fn download(State(shared): State<AppState>) -> Result<Response, HttpError> {
@@ -26,6 +29,10 @@ pub(crate) async fn download(State(shared): State<AppState>) -> Result<Response,
     if last.index == 0 {
         return Err(HttpError::not_found("this node has taken or received no snapshot yet"));
     }
+    let permit =
+        shared.snapshot_downloads.clone().try_acquire_owned().map_err(|_| {
+            HttpError::new(ErrorCode::Busy, "too many snapshot downloads at once; retry later")
+        })?;
     let unavailable = |why: String| HttpError::new(ErrorCode::Unavailable, why);
     // The first part is read before answering, so that a snapshot replaced in between gets a
     // clear error (try again) rather than a truncated body.
@@ -38,6 +45,8 @@ pub(crate) async fn download(State(shared): State<AppState>) -> Result<Response,
     let storage = shared.storage.clone();
     let parts = futures_util::stream::unfold(Some((first, 0u64)), move |state| {
         let storage = storage.clone();
+        // The permit goes with the body: released when the download ends or is dropped.
+        let _permit = &permit;
         async move {
             let (part, offset) = state?;
             let next = offset + part.len() as u64;

@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) watchers: Arc<Semaphore>,
     /// The client requests served at once (`limits.max_concurrent_requests`).
     pub(crate) request_slots: Arc<Semaphore>,
+    /// Snapshot downloads streaming at once (`GET /v1/snapshot`).
+    pub(crate) snapshot_downloads: Arc<Semaphore>,
     /// Flips to `true` when the node starts shutting down (watch streams end).
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -296,6 +298,7 @@ impl Node {
             balancer: Balancer::new(kv.clone(), seed),
             watchers: Arc::new(Semaphore::new(max_watchers)),
             request_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            snapshot_downloads: Arc::new(Semaphore::new(crate::http::SNAPSHOT_DOWNLOADS_MAX)),
             config,
             raft,
             kv,

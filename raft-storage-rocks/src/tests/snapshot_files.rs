@@ -121,12 +121,23 @@ async fn a_store_with_its_snapshot_in_the_database_reads_it_and_moves_it_to_a_fi
     log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }).await.expect("write");
     drop(log);
     let log = open(dir.path()).log(0);
-    assert_eq!(log.load_snapshot().await.expect("load"), Some(old));
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(old.clone()));
     assert!(files(dir.path()).is_empty());
-    // A leader restarted on such a store sends it in parts like any other.
+    // A leader restarted on such a store sends it in parts like any other: moved to a file
+    // once (never loaded whole for each part), the log untouched.
+    assert_eq!(
+        log.snapshot_meta().await.expect("meta").map(|(m, len)| (m.last_log_id, len)),
+        Some((LogId::new(1, 10), 15))
+    );
+    assert_eq!(files(dir.path()), vec!["g0-10-1.snap".to_owned()], "moved to a file");
+    let legacy_value =
+        log.with_db(|db| super::super::storage::RocksStorage::raw_meta(db, &meta_key(0, "snapshot_data")));
+    assert_eq!(legacy_value.expect("read"), None, "the database value is gone");
+    assert_eq!(log.initial_state().await.map(|s| (s.first_index, s.last_index)), Ok((1, 20)));
     let part = log.read_snapshot_chunk(LogId::new(1, 10), 3, 4).await.expect("read");
     assert_eq!(part.as_deref(), Some(&b"the "[..]));
     assert_eq!(log.read_snapshot_chunk(LogId::new(1, 11), 0, 4).await.expect("read"), None);
+    assert_eq!(log.load_snapshot().await.expect("load"), Some(old.clone()));
     log.save_snapshot(snapshot(14, &[b"a file"])).await.expect("save");
     let legacy =
         log.with_db(|db| super::super::storage::RocksStorage::raw_meta(db, &meta_key(0, "snapshot_data")));

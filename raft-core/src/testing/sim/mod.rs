@@ -677,6 +677,9 @@ impl Cluster {
     /// staged bytes; reads the parts of the node's own snapshot it sends, answered after
     /// `advance` (`None` when the disk no longer holds that snapshot).
     fn stage_and_read_snapshots(node: &mut SimNode, ready: &mut Ready) -> Result<(), String> {
+        if ready.discard_staged_snapshot {
+            node.staged = None;
+        }
         for part in ready.snapshot_parts.drain(..) {
             let last = part.meta.last_log_id;
             if part.offset == 0 {
