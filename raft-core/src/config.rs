@@ -43,7 +43,8 @@ pub struct Config {
     /// Each node raises both thresholds by a random part of up to a quarter, drawn again after
     /// every snapshot, so that the nodes of a cluster do not snapshot at the same moment. And
     /// with a large state a snapshot waits until the log applied since the last one is at least
-    /// a quarter of that snapshot's size ([`SNAPSHOT_LOG_FRACTION`]): writing snapshots then
+    /// a quarter (also raised by up to a quarter per node) of that snapshot's size
+    /// ([`SNAPSHOT_LOG_FRACTION`]): writing snapshots then
     /// costs at most four times the log's own bytes, whatever the state's size. The trade-off:
     /// a larger log between snapshots costs memory (the protocol holds it) and replay time at a
     /// restart; snapshots more often cost CPU and disk bandwidth for a whole copy of the state

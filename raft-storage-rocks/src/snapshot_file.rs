@@ -25,6 +25,10 @@ const MAGIC: &[u8; 8] = b"RAFTSNP1";
 const MAX_CHUNK_BYTES: u32 = 256 << 20;
 /// The length marking the trailer.
 const TRAILER: u32 = u32::MAX;
+/// A file being written is synced every this many bytes (as RocksDB's `bytes_per_sync`): the
+/// kernel then never holds a whole snapshot of dirty pages to flush at once, which would make
+/// the WAL's own syncs (and so every acknowledged write) wait behind it.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
 /// The subdirectory of the data directory that holds snapshot files.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
@@ -102,6 +106,8 @@ pub(crate) struct PendingFile {
     out: BufWriter<File>,
     crc: u32,
     len: u64,
+    /// `len` at the last intermediate sync.
+    synced: u64,
 }
 
 impl PendingFile {
@@ -120,7 +126,7 @@ impl PendingFile {
         let file = File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC).map_err(|e| io_error("writing", &tmp, &e))?;
-        Ok(Self { dir: dir.to_path_buf(), tmp, name, last, out, crc: 0, len: 0 })
+        Ok(Self { dir: dir.to_path_buf(), tmp, name, last, out, crc: 0, len: 0, synced: 0 })
     }
 
     /// The snapshot's bytes written so far.
@@ -141,6 +147,11 @@ impl PendingFile {
             self.crc = crc32c::crc32c_append(self.crc, part);
         }
         self.len += chunk.len() as u64;
+        if self.len - self.synced >= SYNC_EVERY_BYTES {
+            self.out.flush().map_err(err)?;
+            self.out.get_ref().sync_data().map_err(|e| io_error("syncing", tmp, &e))?;
+            self.synced = self.len;
+        }
         Ok(())
     }
 

@@ -54,9 +54,11 @@ fn run() -> Result<()> {
             Some("core") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
             Some("http") => bench_http::bench_http(&workspace_root()?, &args[2..]),
             Some("scale") => {
-                // 1,000,000 keys of 1 KiB (about 1 GB of state) unless the arguments say otherwise.
-                let mut scale: Vec<String> =
-                    ["--scale", "--keys", "1000000", "--value-bytes", "1024"].map(String::from).to_vec();
+                // 1,000,000 keys of 1 KiB (about 1 GB of state), etcd beside raft-node when it is
+                // installed, unless the arguments say otherwise.
+                let mut scale: Vec<String> = ["--scale", "--keys", "1000000", "--value-bytes", "1024", "--against", "both"]
+                    .map(String::from)
+                    .to_vec();
                 scale.extend(args[2..].iter().cloned());
                 bench_http::bench_http(&workspace_root()?, &scale)
             }

@@ -76,11 +76,20 @@ pub(super) struct SnapshotSchedule {
     rng: SeededRng,
     entries: u64,
     bytes: u64,
+    /// The log a snapshot waits for, in 1/1024ths of `last_bytes / SNAPSHOT_LOG_FRACTION`
+    /// (1024 to 1280: jittered like the thresholds, since with a large state this rule, not
+    /// the thresholds, decides when the next snapshot starts).
+    fraction_1024ths: u64,
 }
 
 impl SnapshotSchedule {
     pub(super) fn new(seed: u64, entries: u64, bytes: u64) -> Self {
-        let mut s = Self { rng: SeededRng::new(seed ^ 0x5A5A_0F0F_C3C3_9696), entries: 0, bytes: 0 };
+        let mut s = Self {
+            rng: SeededRng::new(seed ^ 0x5A5A_0F0F_C3C3_9696),
+            entries: 0,
+            bytes: 0,
+            fraction_1024ths: 1024,
+        };
         s.draw(entries, bytes);
         s
     }
@@ -91,7 +100,9 @@ impl SnapshotSchedule {
     pub(super) fn due(&self, entries: u64, bytes: u64, last_bytes: u64) -> bool {
         let crossed =
             (self.entries > 0 && entries >= self.entries) || (self.bytes > 0 && bytes >= self.bytes);
-        crossed && entries > 0 && bytes >= last_bytes / crate::config::SNAPSHOT_LOG_FRACTION
+        let log_wanted =
+            (last_bytes / crate::config::SNAPSHOT_LOG_FRACTION).saturating_mul(self.fraction_1024ths) / 1024;
+        crossed && entries > 0 && bytes >= log_wanted
     }
 
     /// Draws the thresholds of the next snapshot (0 stays off).
@@ -102,6 +113,7 @@ impl SnapshotSchedule {
         };
         self.entries = jittered(entries);
         self.bytes = jittered(bytes);
+        self.fraction_1024ths = jittered(1024);
     }
 }
 
@@ -383,7 +395,12 @@ mod tests {
 
     #[test]
     fn a_large_state_waits_for_a_log_a_quarter_of_its_size() {
-        let s = SnapshotSchedule { rng: crate::rng::SeededRng::new(1), entries: 100, bytes: 0 };
+        let s = SnapshotSchedule {
+            rng: crate::rng::SeededRng::new(1),
+            entries: 100,
+            bytes: 0,
+            fraction_1024ths: 1024,
+        };
         assert!(!s.due(99, 1_000_000, 0), "under the entry threshold");
         assert!(s.due(100, 1_000, 0), "no snapshot yet: due at the threshold");
         assert!(s.due(100, 1_000, 4_000), "a small state: due at the threshold");
@@ -391,7 +408,25 @@ mod tests {
         assert!(!s.due(100_000, 249_999_999, 1_000_000_000));
         assert!(s.due(100_000, 250_000_000, 1_000_000_000), "a quarter of the state in log: due");
         assert!(!s.due(0, 0, 0), "nothing applied: never");
-        let off = SnapshotSchedule { rng: crate::rng::SeededRng::new(1), entries: 0, bytes: 0 };
+        let off = SnapshotSchedule {
+            rng: crate::rng::SeededRng::new(1),
+            entries: 0,
+            bytes: 0,
+            fraction_1024ths: 1024,
+        };
         assert!(!off.due(u64::MAX, u64::MAX, 0), "both thresholds off: never");
+        // The quarter is jittered per node and per snapshot like the thresholds (up to +25 %):
+        // nodes with the same state do not start their snapshots at the same moment.
+        let wanted: std::collections::BTreeSet<u64> = (0..50)
+            .map(|seed| {
+                let s = SnapshotSchedule::new(seed, 100, 0);
+                (200_000_000..=400_000_000u64)
+                    .step_by(1_000_000)
+                    .find(|&log| s.due(100_000, log, 1_000_000_000))
+                    .expect("due by 400 MB of log")
+            })
+            .collect();
+        assert!(wanted.iter().all(|w| (250_000_000..=313_000_000).contains(w)), "{wanted:?}");
+        assert!(wanted.len() > 20, "nodes differ: {wanted:?}");
     }
 }
