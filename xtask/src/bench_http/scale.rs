@@ -223,7 +223,7 @@ async fn grow(template: &Phase) -> Result<(Figures, f64)> {
 fn print_grow(r: &GrowReport) {
     let f = &r.figures;
     println!(
-        "{}: {} keys, state {:.0} MB in {:.0} s: {:.0} writes/s, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {} failed, {} elections, snapshots {} (largest {:.0} MB, slowest {} ms)",
+        "{}: {} keys, state {:.0} MB in {:.0} s: {:.0} writes/s, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {} failed, {} elections, snapshots {} on all nodes (largest {:.0} MB, slowest {} ms)",
         r.target,
         r.keys,
         r.state_bytes as f64 / 1e6,
@@ -418,7 +418,16 @@ async fn catch_up(
     stop.store(true, Ordering::Relaxed);
     let during = Figures::of(&load.await.context("the load panicked")??, CpuUse::default());
     let (memory, elections) = sampler.finish().await;
-    let snapshot_bytes = metric(&cluster.endpoints()[node as usize - 1], "raft_snapshot_bytes").await;
+    // The node publishes the gauge a moment after installing the snapshot.
+    let endpoint = &cluster.endpoints()[node as usize - 1];
+    let mut snapshot_bytes = 0;
+    for _ in 0..50 {
+        snapshot_bytes = metric(endpoint, "raft_snapshot_bytes").await;
+        if snapshot_bytes > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let report = CatchUpReport {
         node,
         catch_up_s: caught_up.as_secs_f64(),
