@@ -28,6 +28,10 @@ pub struct Config {
     /// Most entries the leader holds appended but not yet committed; proposals past it are
     /// refused with `Busy` (back-pressure instead of unbounded memory).
     pub max_uncommitted_entries: usize,
+    /// Most bytes (payloads plus a small per-entry header) the leader holds appended but not
+    /// yet committed; a proposal that would pass it is refused with `Busy`, unless nothing is
+    /// uncommitted.
+    pub max_uncommitted_bytes: u64,
     /// Most forwarded proposals a follower waits on at once.
     pub max_pending_forwards: usize,
     /// Run a pre-vote round before a real election (a partitioned node cannot bump the term).
@@ -85,6 +89,7 @@ impl Default for Config {
             max_bytes_per_append: 1024 * 1024,
             max_in_flight_appends: 8,
             max_uncommitted_entries: 100_000,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
             max_pending_forwards: 10_000,
             pre_vote: true,
             check_quorum: true,
@@ -137,7 +142,7 @@ impl Config {
     /// Checks the fields together: `0 < heartbeat < election min < election max`, and every
     /// limit positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
             ("max_pending_reads", self.max_pending_reads as u64),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
@@ -146,6 +151,7 @@ impl Config {
             ("max_bytes_per_append", self.max_bytes_per_append as u64),
             ("max_in_flight_appends", self.max_in_flight_appends as u64),
             ("max_uncommitted_entries", self.max_uncommitted_entries as u64),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_pending_forwards", self.max_pending_forwards as u64),
             ("election_timeout_min_ms", self.election_timeout_min_ms),
         ];

@@ -229,6 +229,7 @@ impl Sim {
             max_entries_per_append: rng.range(1, 64) as usize,
             max_in_flight_appends: rng.range(1, 8) as usize,
             max_uncommitted_entries: rng.range(8, 1_000) as usize,
+            max_uncommitted_bytes: rng.range(512, 1 << 20),
             ..Config::default()
         };
         let latency = rng.range(1, 9);

@@ -16,6 +16,11 @@ pub(crate) struct RaftLog {
     base: LogId,
     /// Entries `base.index + 1 ..= last_index`.
     entries: VecDeque<Entry>,
+    /// `ends[i]`: the bytes ([`Entry::size_bytes`]) of every entry up to and including
+    /// `entries[i]`, counted from an arbitrary origin; `base_end` is the count at `base`. The
+    /// bytes between two indexes are then one subtraction.
+    ends: VecDeque<u64>,
+    base_end: u64,
     /// The last index that storage has made durable.
     pub(crate) persisted: Index,
     /// The highest index known to be committed.
@@ -31,10 +36,50 @@ impl RaftLog {
         for (expected, e) in (base.index + 1..).zip(entries.iter()) {
             assert_eq!(e.index, expected, "restored log has a hole or is out of order");
         }
+        let mut end = 0u64;
+        let ends = entries
+            .iter()
+            .map(|e| {
+                end += e.size_bytes() as u64;
+                end
+            })
+            .collect();
         let entries: VecDeque<Entry> = entries.into();
         let last = entries.back().map_or(base.index, |e| e.index);
         let start = snapshot_index.max(base.index);
-        Self { base, entries, persisted: last.max(start), committed: start, applied: start }
+        Self {
+            base,
+            entries,
+            ends,
+            base_end: 0,
+            persisted: last.max(start),
+            committed: start,
+            applied: start,
+        }
+    }
+
+    /// Drops the first `n` entries (and their byte counts).
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.entries.len());
+        if n > 0 {
+            self.base_end = self.ends[n - 1];
+        }
+        self.entries.drain(..n);
+        self.ends.drain(..n);
+    }
+
+    /// The bytes ([`Entry::size_bytes`]) of the entries held after `index`.
+    pub(crate) fn bytes_after(&self, index: Index) -> u64 {
+        let Some(&last_end) = self.ends.back() else { return 0 };
+        if index >= self.last_index() {
+            return 0;
+        }
+        let from = if index <= self.base.index {
+            self.base_end
+        } else {
+            self.ends[(index - self.base.index - 1) as usize]
+        };
+        last_end - from
     }
 
     /// The entry before the first one held.
@@ -50,8 +95,7 @@ impl RaftLog {
         }
         assert!(index <= self.applied, "compacting past the applied index {}", self.applied);
         let Some(term) = self.term_at(index) else { return };
-        let drop = (index - self.base.index) as usize;
-        self.entries.drain(..drop.min(self.entries.len()));
+        self.drop_front((index - self.base.index) as usize);
         self.base = LogId::new(term, index);
     }
 
@@ -59,10 +103,10 @@ impl RaftLog {
     /// `last` itself (they extend the snapshot), else the whole log is replaced by it.
     pub(crate) fn install_snapshot(&mut self, last: LogId) {
         if self.matches(last) && last.index >= self.base.index {
-            let drop = (last.index - self.base.index) as usize;
-            self.entries.drain(..drop.min(self.entries.len()));
+            self.drop_front((last.index - self.base.index) as usize);
         } else {
             self.entries.clear();
+            self.ends.clear();
         }
         self.base = last;
         self.committed = self.committed.max(last.index);
@@ -125,6 +169,8 @@ impl RaftLog {
     pub(crate) fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index() + 1, "append must extend the log");
         assert!(entry.term >= self.last_log_id().term, "log terms must not decrease");
+        let end = self.ends.back().copied().unwrap_or(self.base_end) + entry.size_bytes() as u64;
+        self.ends.push_back(end);
         self.entries.push_back(entry);
     }
 
@@ -137,6 +183,7 @@ impl RaftLog {
         );
         let keep = index.saturating_sub(self.base.index + 1) as usize;
         self.entries.truncate(keep);
+        self.ends.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
     }
 
@@ -209,6 +256,45 @@ mod tests {
         log.truncate_from(3);
         assert_eq!(log.last_log_id(), LogId::new(1, 2));
         assert_eq!(log.persisted, 2);
+    }
+
+    fn command(term: Term, index: Index, len: usize) -> Entry {
+        Entry { term, index, payload: EntryPayload::Command(bytes::Bytes::from(vec![0u8; len])) }
+    }
+
+    /// Each entry costs its payload plus the 24-byte header.
+    fn sum(lens: &[u64]) -> u64 {
+        lens.iter().map(|l| l + 24).sum()
+    }
+
+    #[test]
+    fn bytes_after_an_index_follow_pushes_truncations_compactions_and_snapshots() {
+        let mut log = RaftLog::restore(LogId::default(), vec![command(1, 1, 10), command(1, 2, 20)], 0);
+        assert_eq!(log.bytes_after(0), sum(&[10, 20]));
+        assert_eq!(log.bytes_after(1), sum(&[20]));
+        assert_eq!(log.bytes_after(2), 0);
+        assert_eq!(log.bytes_after(9), 0);
+        for (i, len) in [(3, 30), (4, 40), (5, 50)] {
+            log.push(command(1, i, len as usize));
+        }
+        assert_eq!(log.bytes_after(2), sum(&[30, 40, 50]));
+        log.truncate_from(5);
+        assert_eq!(log.bytes_after(0), sum(&[10, 20, 30, 40]));
+        log.push(command(2, 5, 7));
+        assert_eq!(log.bytes_after(3), sum(&[40, 7]));
+        (log.committed, log.applied) = (3, 3);
+        log.compact_to(2);
+        assert_eq!(log.bytes_after(0), sum(&[30, 40, 7]), "below the base: everything held");
+        assert_eq!(log.bytes_after(2), sum(&[30, 40, 7]));
+        assert_eq!(log.bytes_after(4), sum(&[7]));
+        log.install_snapshot(LogId::new(1, 4));
+        assert_eq!(log.bytes_after(4), sum(&[7]), "the entries after a snapshot the log holds stay");
+        log.push(command(2, 6, 1));
+        assert_eq!(log.bytes_after(4), sum(&[7, 1]));
+        log.install_snapshot(LogId::new(3, 10));
+        assert_eq!(log.bytes_after(0), 0, "a snapshot the log does not hold replaces it");
+        log.push(command(3, 11, 5));
+        assert_eq!(log.bytes_after(10), sum(&[5]));
     }
 
     #[test]

@@ -1154,7 +1154,15 @@ impl Raft {
         if self.transfer.is_some() {
             return Err(ProposalRejection::LeadershipTransferInProgress);
         }
-        if self.log.len_after(self.log.committed) >= self.config.max_uncommitted_entries as u64 {
+        let committed = self.log.committed;
+        if self.log.len_after(committed) >= self.config.max_uncommitted_entries as u64 {
+            return Err(ProposalRejection::Busy);
+        }
+        // In bytes too (a proposal alone is always taken: its size is bounded by the caller).
+        let uncommitted = self.log.bytes_after(committed);
+        if uncommitted > 0
+            && uncommitted.saturating_add(command.len() as u64) > self.config.max_uncommitted_bytes
+        {
             return Err(ProposalRejection::Busy);
         }
         let log_id = LogId::new(self.term(), self.log.last_index() + 1);

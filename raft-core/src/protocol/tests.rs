@@ -327,6 +327,48 @@ fn leader_refuses_proposals_past_the_uncommitted_limit() {
     assert_eq!(refused, 1, "no-op + 2 proposals fill the limit of 3");
 }
 
+#[test]
+fn leader_refuses_proposals_past_the_uncommitted_bytes_but_always_takes_one() {
+    let restored =
+        RestoredState { membership: Membership::with_voters([1, 2, 3]), ..RestoredState::default() };
+    // The leader's no-op (24 header bytes) is uncommitted when the proposals come.
+    let config = Config { max_uncommitted_bytes: 24 + 2 * (24 + 100) + 50, ..Config::default() };
+    let mut n = Raft::new(1, config, restored, 1, 0).expect("config");
+    elect(&mut n);
+    let now = n.now;
+    for id in 0..3 {
+        n.step(now, Event::Propose { id, command: Bytes::from(vec![7u8; 100]), forward: false });
+    }
+    let ready = n.take_ready();
+    n.advance();
+    let results: Vec<bool> = ready.proposals.iter().map(|p| p.result.is_ok()).collect();
+    assert_eq!(results, vec![true, true, false], "the third would pass the byte limit");
+    assert_eq!(ready.proposals[2].result, Err(ProposalRejection::Busy));
+    // With nothing uncommitted, even a proposal over the limit is taken (it could never be).
+    let mut n = Raft::new(
+        1,
+        Config { max_uncommitted_bytes: 10, ..Config::default() },
+        RestoredState { membership: Membership::with_voters([1]), ..RestoredState::default() },
+        1,
+        0,
+    )
+    .expect("config");
+    n.boot_quiet_until = 0;
+    n.step(10_000, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.role(), Role::Leader);
+    let now = n.now + 1;
+    n.step(now, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.commit_index(), n.last_log_id().index, "the no-op is committed: nothing is uncommitted");
+    n.step(now, Event::Propose { id: 1, command: Bytes::from(vec![7u8; 100]), forward: false });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(ready.proposals[0].result.is_ok(), "{:?}", ready.proposals);
+}
+
 // ---- snapshots, membership, leadership transfer, reads ----
 
 fn ack(match_index: Index, read_seq: u64) -> Payload {

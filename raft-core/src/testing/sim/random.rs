@@ -145,6 +145,7 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
         max_entries_per_append: if rng.chance(1, 2) { rng.range(1, 4) } else { rng.range(4, 64) } as usize,
         max_in_flight_appends: rng.range(1, 8) as usize,
         max_uncommitted_entries: rng.range(4, 1_000) as usize,
+        max_uncommitted_bytes: rng.range(64, 64 * 1024),
         rpc_timeout_ms: 500,
         ..Config::default()
     };
