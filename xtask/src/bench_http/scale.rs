@@ -15,7 +15,9 @@
 //! - **snapshots**: the `snapshot taken` lines of the node logs (count, largest, slowest);
 //! - **catch-up**: from the wiped follower's start until it has applied the leader's commit
 //!   index of that moment; MB/s = the snapshot it installed / that time (so it includes the
-//!   join, the transfer and the restore: a lower bound of the transfer's own speed);
+//!   join, the transfer and the restore: a lower bound of the transfer's own speed); the
+//!   transfer alone is timed from the node logs (the leader's last `sending snapshot` to it
+//!   until its `installing snapshot`);
 //! - **restart**: from a SIGKILLed follower's new start until its API answers, and until its
 //!   `/ready` says 200 (a leader known and every committed entry applied).
 
@@ -88,6 +90,10 @@ pub(crate) struct CatchUpReport {
     catch_up_s: f64,
     snapshot_bytes: u64,
     mb_per_s: f64,
+    /// The transfer that completed: from the leader's last `sending snapshot` to this node
+    /// until the node's `installing snapshot` (both logs, same clock); `None` if not found.
+    transfer_s: Option<f64>,
+    transfer_mb_per_s: Option<f64>,
     steady: Figures,
     during: Figures,
     elections: u64,
@@ -428,21 +434,28 @@ async fn catch_up(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let transfer_s = transfer_seconds(cluster, o.nodes, node);
     let report = CatchUpReport {
         node,
         catch_up_s: caught_up.as_secs_f64(),
         snapshot_bytes,
         mb_per_s: snapshot_bytes as f64 / 1e6 / caught_up.as_secs_f64().max(1e-9),
+        transfer_s,
+        transfer_mb_per_s: transfer_s.map(|t| snapshot_bytes as f64 / 1e6 / t.max(1e-9)),
         steady,
         during,
         elections,
         memory,
     };
     println!(
-        "raft catch-up of wiped node {node}: {:.1} s for a {:.0} MB snapshot ({:.0} MB/s, join and restore included); writes meanwhile {:.0}/s, p99 {:.1} ms ({:.1}x the steady p99), {} failed, {} elections",
+        "raft catch-up of wiped node {node}: {:.1} s for a {:.0} MB snapshot ({:.0} MB/s, join and restore included; the transfer itself {}); writes meanwhile {:.0}/s, p99 {:.1} ms ({:.1}x the steady p99), {} failed, {} elections",
         report.catch_up_s,
         snapshot_bytes as f64 / 1e6,
         report.mb_per_s,
+        match (report.transfer_s, report.transfer_mb_per_s) {
+            (Some(t), Some(r)) => format!("{t:.1} s, {r:.0} MB/s"),
+            _ => "not found in the logs".to_string(),
+        },
         report.during.writes_per_s,
         report.during.write.p99_ms,
         report.during.write.p99_ms / report.steady.write.p99_ms.max(1e-9),
@@ -484,6 +497,25 @@ async fn restart(cluster: &LocalCluster, wiped: u64, o: &Options) -> Result<Rest
         ready.as_secs_f64()
     );
     Ok(RestartReport { node, answering_s: answering.as_secs_f64(), ready_s: ready.as_secs_f64() })
+}
+
+/// Seconds of the snapshot transfer to `node` that completed: from the leader's last
+/// `sending snapshot` line for it before the node's last `installing snapshot` line.
+fn transfer_seconds(cluster: &LocalCluster, nodes: u64, node: u64) -> Option<f64> {
+    let at = |line: &str| humantime::parse_rfc3339(line.split_whitespace().next()?).ok();
+    let logs: Vec<String> =
+        (1..=nodes).map(|id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default()).collect();
+    let installed =
+        logs[node as usize - 1].lines().rev().filter(|l| l.contains("installing snapshot")).find_map(at)?;
+    let to = format!("to={node} ");
+    let started = logs
+        .iter()
+        .flat_map(|log| log.lines())
+        .filter(|l| l.contains("sending snapshot") && l.contains(&to))
+        .filter_map(at)
+        .filter(|t| *t <= installed)
+        .max()?;
+    installed.duration_since(started).ok().map(|d| d.as_secs_f64())
 }
 
 /// One gauge of a raft-node's `/metrics` (0 when missing).
