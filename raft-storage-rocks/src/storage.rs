@@ -59,6 +59,30 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Io(format!("a file task failed: {e}")))?
 }
 
+/// The nice value of the thread that writes the node's own snapshots.
+const SNAPSHOT_WRITER_NICE: i32 = 10;
+
+/// Runs `f` on a thread of its own at a lower CPU priority (nice +10; best effort): encoding a
+/// large snapshot is background work that must leave the cores to the event loops answering
+/// heartbeats (three nodes encoding at once on two cores starved them into an election).
+async fn low_priority<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // On Linux this changes the calling thread only.
+            if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_WRITER_NICE) {
+                tracing::debug!(error = %e, "could not lower the snapshot writer's priority");
+            }
+            let _ = tx.send(f());
+        })
+        .map_err(|e| StorageError::Io(format!("starting the {name} thread: {e}")))?;
+    rx.await.map_err(|_| StorageError::Io(format!("the {name} thread ended without an answer")))?
+}
+
 impl RocksStorage {
     pub(crate) fn new(db: RocksDb, group: u64) -> Self {
         Self {
@@ -372,8 +396,9 @@ impl Storage for RocksStorage {
         self.commit_snapshot(&snapshot.meta, reference).await
     }
 
-    /// Encodes the state machine's view straight into the file, in the blocking pool: the
-    /// snapshot is never whole in memory and the event loop's threads do not do the encoding.
+    /// Encodes the state machine's view straight into the file, on a thread of lower CPU
+    /// priority: the snapshot is never whole in memory, and neither the event loop's threads
+    /// nor, under contention, its share of the cores go to the encoding.
     async fn save_snapshot_from(
         &self,
         meta: SnapshotMeta,
@@ -386,7 +411,7 @@ impl Storage for RocksStorage {
         }
         let dir = snapshot_file::dir_of(self.db.dir());
         let group = self.group;
-        let reference = blocking(move || {
+        let reference = low_priority("raft-snapshot", move || {
             snapshot_file::write_from(&dir, group, last, &mut || {
                 source
                     .next_chunk(chunk_bytes)
