@@ -259,7 +259,7 @@ pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotDa
 
 /// Removes every snapshot file of `group` in `dir` other than `keep`, and temporary files of
 /// `group` (left by a crash mid-write). Errors are ignored: an orphan costs space only.
-pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>) {
+pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>, open: &[String]) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     let own = format!("g{group}-");
     let own_tmp = format!(".tmp-g{group}-");
@@ -268,8 +268,31 @@ pub(crate) fn remove_others(dir: &Path, group: u64, keep: Option<&str>) {
         let Some(name) = name.to_str() else { continue };
         let ours = name.starts_with(&own) || name.starts_with(&own_tmp);
         if ours && Some(name) != keep {
+            // A file a transfer still reads keeps its bytes until closed: unlink it at once.
+            if !open.iter().any(|o| o == name) {
+                shrink_gradually(&entry.path());
+            }
             let _ = fs::remove_file(entry.path());
         }
+    }
+}
+
+/// Bytes a large file is shortened by at a time before it is removed.
+const SHRINK_STEP_BYTES: u64 = 64 << 20;
+
+/// Shortens a large file step by step, pausing between steps, before it is unlinked: freeing
+/// a gigabyte of extents in one journal transaction holds up every other sync on the file
+/// system (the WAL's among them) for a long moment, as RocksDB's rate-limited file deletion
+/// also avoids. Blocking; best effort.
+fn shrink_gradually(path: &Path) {
+    let Ok(file) = fs::OpenOptions::new().write(true).open(path) else { return };
+    let Ok(mut len) = file.metadata().map(|m| m.len()) else { return };
+    while len > SHRINK_STEP_BYTES {
+        len -= SHRINK_STEP_BYTES;
+        if file.set_len(len).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -334,6 +357,11 @@ pub(crate) struct OpenSnapshot {
 }
 
 impl OpenSnapshot {
+    /// The file's name.
+    pub(crate) fn name(&self) -> Option<String> {
+        self.path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+    }
+
     /// Opens the file `reference` names and indexes its frames; checks the trailer and the
     /// recorded length (chunk checksums are checked on each part read). Blocking.
     pub(crate) fn open(dir: &Path, reference: &SnapshotFileRef) -> Result<Self, StorageError> {

@@ -185,8 +185,12 @@ impl RocksStorage {
         };
         self.write(ops, after).await?;
         let (dir, group, keep) = (snapshot_file::dir_of(self.db.dir()), self.group, reference.name);
+        let open: Vec<String> = {
+            let cache = self.open_snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.iter().filter_map(|o| o.name()).collect()
+        };
         let _ = blocking(move || {
-            snapshot_file::remove_others(&dir, group, Some(&keep));
+            snapshot_file::remove_others(&dir, group, Some(&keep), &open);
             Ok(())
         })
         .await;
