@@ -40,13 +40,16 @@ async fn a_restarted_rocksdb_cluster_keeps_every_acknowledged_write() {
     cluster.shutdown().await;
 }
 
+/// Snapshots every 50 entries, keeping 5 behind them: a few hundred writes make followers
+/// need snapshots.
+fn snapshot_often(c: &mut raft_node::config::NodeConfig) {
+    c.raft.snapshot_threshold_entries = 50;
+    c.raft.snapshot_keep_entries = 5;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_a_running_cluster_and_catches_up_by_snapshot() {
-    let cluster = TestCluster::start_with(3, StorageKind::Rocks, |c| {
-        c.raft.snapshot_threshold_entries = 50;
-        c.raft.snapshot_keep_entries = 5;
-    })
-    .await;
+    let cluster = TestCluster::start_with(3, StorageKind::Rocks, snapshot_often).await;
     let client = cluster.client();
     for i in 0..200 {
         client.put(&format!("k{i}"), "v").await.unwrap();
@@ -131,11 +134,7 @@ async fn a_member_that_lost_its_data_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_snapshot_downloads_whole_and_restores_to_the_state_at_its_index() {
     use raft_core::Fsm as _;
-    let cluster = TestCluster::start_with(3, StorageKind::Rocks, |c| {
-        c.raft.snapshot_threshold_entries = 50;
-        c.raft.snapshot_keep_entries = 5;
-    })
-    .await;
+    let cluster = TestCluster::start_with(3, StorageKind::Rocks, snapshot_often).await;
     let client = cluster.client_of(1);
     // No snapshot yet: a typed 404.
     let err = client.snapshot().await.unwrap_err();

@@ -371,7 +371,6 @@ impl Driver {
                 self.discard_staged_snapshot().await?;
             }
             self.stage_snapshot_parts(std::mem::take(&mut ready.snapshot_parts)).await?;
-            let stored_snapshot = ready.snapshot.as_ref().map(|s| s.meta.last_log_id);
             let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
             for m in ready.messages {
                 self.send(m);
@@ -425,9 +424,6 @@ impl Driver {
             }
             self.waiters.release_reads(self.applied.index);
             self.raft.advance();
-            if let Some(last) = stored_snapshot {
-                self.raft.on_snapshot_stored(last);
-            }
             let now = self.now_ms();
             for chunk in chunks {
                 self.raft.step(now, chunk);

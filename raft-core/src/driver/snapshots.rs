@@ -22,7 +22,7 @@ use super::RaftError;
 use crate::fsm::{FsmError, SnapshotReader, SnapshotSource};
 use crate::protocol::SnapshotPart;
 use crate::rng::SeededRng;
-use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, Storage, StorageError};
+use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, SnapshotStage, Storage, StorageError};
 use crate::types::{Index, LogId};
 
 /// Thresholds are raised by a random part of up to `1 / JITTER_DIVISOR` of themselves.
@@ -219,7 +219,7 @@ impl Driver {
 
     /// Drops the parts staged of a snapshot the protocol gave up.
     pub(super) async fn discard_staged_snapshot(&mut self) -> Result<(), RaftError> {
-        if matches!(std::mem::replace(&mut self.staged, Staged::Nothing), Staged::InStorage { .. }) {
+        if matches!(std::mem::replace(&mut self.staged, Staged::Nothing), Staged::InStorage) {
             self.storage.discard_staged_snapshot().await?;
         }
         Ok(())
@@ -229,26 +229,27 @@ impl Driver {
     /// staging) in memory.
     pub(super) async fn stage_snapshot_parts(&mut self, parts: Vec<SnapshotPart>) -> Result<(), RaftError> {
         for part in parts {
-            let last = part.meta.last_log_id;
             if part.offset == 0 {
                 self.staged = Staged::Nothing;
             }
             match &mut self.staged {
-                Staged::Nothing if part.offset == 0 => {
-                    match self.storage.stage_snapshot_part(&part.meta, 0, part.data.clone()).await {
-                        Ok(()) => self.staged = Staged::InStorage { last },
+                Staged::Nothing => {
+                    match self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await {
+                        Ok(()) => self.staged = Staged::InStorage,
                         Err(StorageError::Unsupported(_)) => {
-                            self.staged = Staged::InMemory { last, chunks: vec![part.data] };
+                            let mut stage = SnapshotStage::default();
+                            stage.stage(&part.meta, part.offset, part.data)?;
+                            self.staged = Staged::InMemory(stage);
                         }
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Staged::InStorage { last: staged } if *staged == last => {
-                    self.storage.stage_snapshot_part(&part.meta, part.offset, part.data).await?;
+                Staged::InStorage => {
+                    self.storage.stage_snapshot_part(&part.meta, part.offset, part.data).await?
                 }
-                Staged::InMemory { last: staged, chunks } if *staged == last => chunks.push(part.data),
-                _ => {
-                    return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into());
+                Staged::InMemory(stage) => stage.stage(&part.meta, part.offset, part.data)?,
+                Staged::Received(_) => {
+                    return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into())
                 }
             }
         }
@@ -256,30 +257,21 @@ impl Driver {
     }
 
     /// Stores a snapshot received from the leader (persist step, after the hard state): the
-    /// staged parts, or the bytes it holds. Drops the stored entries it covers. A snapshot of
-    /// its own being written is finished first: storage takes one snapshot write at a time.
+    /// staged parts. Drops the stored entries it covers. A snapshot of its own being written
+    /// is finished first: storage takes one snapshot write at a time.
     pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         // A received snapshot lies past the commit index, so past any snapshot of this node's.
         self.wait_snapshot_task().await?;
-        let last = snapshot.meta.last_log_id;
+        let (meta, len) = (&snapshot.meta, snapshot.data.len());
+        let last = meta.last_log_id;
         match std::mem::replace(&mut self.staged, Staged::Nothing) {
-            Staged::InStorage { last: staged } if staged == last && snapshot.data.is_stored() => {
-                self.storage.save_staged_snapshot(&snapshot.meta, snapshot.data.len()).await?;
-            }
-            Staged::InMemory { last: staged, chunks } if staged == last && snapshot.data.is_stored() => {
-                let data = SnapshotData::from_chunks(chunks);
-                self.storage
-                    .save_snapshot(Snapshot { meta: snapshot.meta.clone(), data: data.clone() })
-                    .await?;
+            Staged::InStorage => self.storage.save_staged_snapshot(meta, len).await?,
+            Staged::InMemory(mut stage) => {
+                let data = stage.take(meta, len)?;
+                self.storage.save_snapshot(Snapshot { meta: meta.clone(), data: data.clone() }).await?;
                 self.staged = Staged::Received(data);
             }
-            _ if !snapshot.data.is_stored() => self.storage.save_snapshot(snapshot.clone()).await?,
-            _ => {
-                return Err(StorageError::Corrupt(format!(
-                    "the parts of the snapshot of {last} were not staged"
-                ))
-                .into())
-            }
+            _ => return Err(StorageError::NotStaged { offset: len, staged: 0 }.into()),
         }
         self.compact_storage(last.index).await?;
         Ok(())
@@ -293,14 +285,12 @@ impl Driver {
         let last = snapshot.meta.last_log_id;
         match std::mem::replace(&mut self.staged, Staged::Nothing) {
             Staged::Received(data) => self.fsm.restore(&mut data.reader()).await?,
-            _ if snapshot.data.is_stored() => {
+            _ => {
                 let (len, chunk) = (snapshot.data.len(), self.config.snapshot_chunk_bytes);
                 let mut reader = StoredSnapshotReader::new(self.storage.clone(), last, len, chunk);
                 self.fsm.restore(&mut reader).await?;
             }
-            _ => self.fsm.restore(&mut snapshot.data.reader()).await?,
         }
-        let last = snapshot.meta.last_log_id;
         self.applied = last;
         self.applied_bytes_since_snapshot = 0;
         self.waiters.on_snapshot_installed(last, &snapshot.meta.membership);
@@ -312,18 +302,10 @@ impl Driver {
 pub(super) enum Staged {
     /// None are.
     Nothing,
-    /// Staged in storage.
-    InStorage {
-        /// The snapshot's last entry.
-        last: LogId,
-    },
+    /// Staged in storage (which checks that they belong together).
+    InStorage,
     /// Held here (the store has no staging).
-    InMemory {
-        /// The snapshot's last entry.
-        last: LogId,
-        /// The parts, in order.
-        chunks: Vec<Bytes>,
-    },
+    InMemory(SnapshotStage),
     /// Stored whole from memory, its bytes kept for the restore that follows.
     Received(SnapshotData),
 }

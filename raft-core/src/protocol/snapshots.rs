@@ -184,15 +184,6 @@ impl Raft {
         }
     }
 
-    /// The driver stored the snapshot ending at `last` (received from the leader): from now
-    /// on the protocol asks for its bytes instead of holding them.
-    pub fn on_snapshot_stored(&mut self, last: LogId) {
-        if let Some(s) = self.snapshot.as_mut().filter(|s| s.meta.last_log_id == last && !s.data.is_stored())
-        {
-            s.data = SnapshotData::stored(s.data.len());
-        }
-    }
-
     pub(super) fn handle_install_snapshot(
         &mut self,
         from: NodeId,

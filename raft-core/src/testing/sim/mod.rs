@@ -36,7 +36,7 @@ use crate::membership::{Membership, MembershipChange};
 use crate::message::{Message, ProposalId, ReadId};
 use crate::protocol::{Event, Raft, ReadMode, Ready, RestoredState, TransferError};
 use crate::rng::SeededRng;
-use crate::storage::{Snapshot, SnapshotData, SnapshotMeta};
+use crate::storage::{Snapshot, SnapshotMeta, SnapshotStage};
 use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
 use disk::{CrashCut, Disk, PendingWrite};
 use fsm::SimFsm;
@@ -111,7 +111,7 @@ struct SimNode {
     fsm: SimFsm,
     next_proposal: ProposalId,
     /// The parts of the snapshot being received (volatile, as storage stages them).
-    staged: Option<(LogId, Vec<Bytes>)>,
+    staged: SnapshotStage,
 }
 
 #[derive(Debug)]
@@ -190,7 +190,7 @@ impl Cluster {
                 applied: Vec::new(),
                 fsm: SimFsm::default(),
                 next_proposal: 1,
-                staged: None,
+                staged: SnapshotStage::default(),
             });
             cluster.start_node(id);
         }
@@ -282,7 +282,7 @@ impl Cluster {
             node.disk.apply(&p.write, Some(cut));
         }
         node.inbox.clear();
-        node.staged = None;
+        node.staged.clear();
         node.applied.clear();
         node.fsm = SimFsm::default();
         for ((from, _), (_, state)) in self.proposals.iter_mut() {
@@ -678,43 +678,21 @@ impl Cluster {
     /// `advance` (`None` when the disk no longer holds that snapshot).
     fn stage_and_read_snapshots(node: &mut SimNode, ready: &mut Ready) -> Result<(), String> {
         if ready.discard_staged_snapshot {
-            node.staged = None;
+            node.staged.clear();
         }
+        let id = node.id;
         for part in ready.snapshot_parts.drain(..) {
-            let last = part.meta.last_log_id;
-            if part.offset == 0 {
-                node.staged = Some((last, Vec::new()));
-            }
-            let Some((staged, chunks)) = node.staged.as_mut() else {
-                return Err(format!(
-                    "node {}: a part of {last} at {} with nothing staged",
-                    node.id, part.offset
-                ));
-            };
-            let have: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            if *staged != last || have != part.offset {
-                return Err(format!(
-                    "node {}: a part of {last} at {} does not continue the staged {staged} at {have}",
-                    node.id, part.offset
-                ));
-            }
-            chunks.push(part.data);
+            let at = (part.meta.last_log_id, part.offset);
+            node.staged
+                .stage(&part.meta, part.offset, part.data)
+                .map_err(|e| format!("node {id}: staging {at:?}: {e}"))?;
         }
         if let Some(snapshot) = ready.snapshot.as_mut().filter(|s| s.data.is_stored()) {
             let last = snapshot.meta.last_log_id;
-            let Some((_, chunks)) = node.staged.take().filter(|(staged, _)| *staged == last) else {
-                return Err(format!("node {}: received the snapshot of {last} without staging it", node.id));
-            };
-            let data = SnapshotData::from_chunks(chunks);
-            if data.len() != snapshot.data.len() {
-                return Err(format!(
-                    "node {}: staged {} bytes of a {}-byte snapshot",
-                    node.id,
-                    data.len(),
-                    snapshot.data.len()
-                ));
-            }
-            snapshot.data = data;
+            snapshot.data = node
+                .staged
+                .take(&snapshot.meta, snapshot.data.len())
+                .map_err(|e| format!("node {id}: received the snapshot of {last}: {e}"))?;
         }
         for read in ready.snapshot_reads.drain(..) {
             let held = node.disk.snapshot.as_ref().filter(|s| s.meta.last_log_id == read.snapshot);
