@@ -12,10 +12,35 @@ use raft_node::config::{MemberConfig, NodeConfig, StorageKind};
 use raft_node::discovery::MemoryBus;
 use raft_node::Node;
 
-/// A free port on loopback (bound for a moment).
+/// A free port on loopback, checked by binding it (TCP and UDP) for a moment.
+///
+/// Ports come from below the kernel's ephemeral range, so no outgoing connection of another
+/// test can take one between this check and the node's own bind (a port from `bind(":0")` can
+/// be, and once was, handed to another test's client socket in that window). Each test process
+/// starts at its own offset in that range so that concurrent processes rarely try the same one.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const LOW: u32 = 10_000;
+    if ephemeral_low <= LOW + 1_000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        return l.local_addr().unwrap();
+    }
+    let span = ephemeral_low - LOW;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Configs for an `n`-node cluster under `dir`, with fast timeouts.
@@ -73,23 +98,39 @@ impl TestCluster {
         tweak: impl Fn(&mut NodeConfig),
         bus: Option<&MemoryBus>,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut configs = configs(n, dir.path(), storage);
-        for c in &mut configs {
-            tweak(c);
-            assert!(c.problems().is_empty(), "{:?}", c.problems());
+        // A port can still be taken by a concurrent test process between `free_addr`'s check and
+        // the node's bind: then the whole cluster starts again on other ports.
+        let mut attempts = 0;
+        'attempt: loop {
+            attempts += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let mut configs = configs(n, dir.path(), storage);
+            for c in &mut configs {
+                tweak(c);
+                assert!(c.problems().is_empty(), "{:?}", c.problems());
+            }
+            let mut nodes = Vec::new();
+            for c in &configs {
+                let node = match bus {
+                    Some(bus) => Node::start_with_discovery_channel(c.clone(), bus.channel()).await,
+                    None => Node::start(c.clone()).await,
+                };
+                match node {
+                    Ok(node) => nodes.push(Some(node)),
+                    Err(e @ raft_node::StartError::Bind { .. }) if attempts < 5 => {
+                        eprintln!("starting again on other ports: {e}");
+                        for node in nodes.into_iter().flatten() {
+                            node.shutdown().await;
+                        }
+                        continue 'attempt;
+                    }
+                    Err(e) => panic!("node {} did not start: {e}", c.id),
+                }
+            }
+            let cluster = Self { dir, configs, nodes };
+            cluster.wait_for_leader().await;
+            return cluster;
         }
-        let mut nodes = Vec::new();
-        for c in &configs {
-            let node = match bus {
-                Some(bus) => Node::start_with_discovery_channel(c.clone(), bus.channel()).await,
-                None => Node::start(c.clone()).await,
-            };
-            nodes.push(Some(node.unwrap()));
-        }
-        let cluster = Self { dir, configs, nodes };
-        cluster.wait_for_leader().await;
-        cluster
     }
 
     pub fn endpoint(&self, id: u64) -> String {
