@@ -204,6 +204,8 @@ pub struct CatchUp {
     /// The last index the leader's snapshot covered when the follower started (0 when
     /// snapshots are off); the snapshot holds 16 bytes per command up to there.
     pub snapshot_index: u64,
+    /// Whether the follower installed a snapshot on the way.
+    pub installed_snapshot: bool,
 }
 
 /// Two of three voters commit `behind` 16-byte entries; then the third starts with empty
@@ -249,5 +251,6 @@ pub async fn catch_up(behind: usize, snapshot_every: u64) -> anyhow::Result<Catc
     for n in &nodes {
         n.shutdown().await?;
     }
-    Ok(CatchUp { elapsed, snapshot_index })
+    let installed_snapshot = installed_at.is_some() || status.borrow().protocol.snapshot.index > 0;
+    Ok(CatchUp { elapsed, snapshot_index, installed_snapshot })
 }

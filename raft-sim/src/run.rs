@@ -148,7 +148,11 @@ pub fn run(seed: u64, options: Options) -> Result<Report, Failure> {
         Ok(r) => r,
         Err(e) => return Err(Failure { seed, problems: vec![format!("no runtime: {e}")] }),
     };
-    runtime.block_on(Sim::new(seed).run(options))
+    // `Sim::new` reads the clock: inside the runtime, so that it reads the paused clock. Built
+    // outside, it read the real one, and the seed's schedule shifted by the real time between
+    // building the runtime and the simulation (a millisecond or more under load, and the same
+    // seed no longer replayed).
+    runtime.block_on(async move { Sim::new(seed).run(options).await })
 }
 
 /// One incarnation of a node.
@@ -203,7 +207,12 @@ struct Sim {
 const KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
 impl Sim {
+    /// Must run inside the simulation's runtime: it reads the paused clock.
     fn new(seed: u64) -> Self {
+        assert!(
+            tokio::runtime::Handle::try_current().is_ok(),
+            "a simulation is built inside its runtime (else it reads the real clock)"
+        );
         let mut rng = SeededRng::new(seed ^ 0x5EED_0F0D_E51A_7105);
         let voters = [3usize, 3, 5, 5, 1][rng.range(0, 5) as usize];
         let spares = rng.range(0, 3) as usize;

@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::clock::Clock;
+use super::persist::{LogWriter, Persisted};
 use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask, Staged, StoredSnapshotReader};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
@@ -48,6 +49,8 @@ enum Woke {
     Timer,
     /// The background snapshot ended.
     SnapshotWritten(Result<crate::storage::Snapshot, RaftError>),
+    /// The log writer completed a write.
+    Persisted(Result<Persisted, RaftError>),
 }
 
 /// What the driver works with besides the protocol.
@@ -91,6 +94,8 @@ pub(super) struct Driver {
     pub(super) background: super::snapshots::Background,
     /// Where the parts of the snapshot being received are.
     pub(super) staged: Staged,
+    /// The task that carries out the readies' log and hard-state writes.
+    writer: LogWriter,
 }
 
 impl Driver {
@@ -138,6 +143,7 @@ impl Driver {
         let (status_tx, status) = watch::channel(NodeStatus { protocol: raft.status(), fatal: None });
         let snapshot_schedule =
             SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
+        let writer = LogWriter::start(parts.storage.clone(), |h| parts.background.register(h));
         let driver = Self {
             raft,
             config,
@@ -157,6 +163,7 @@ impl Driver {
             snapshot_schedule,
             background: parts.background,
             staged: Staged::Nothing,
+            writer,
         };
         Ok((driver, status))
     }
@@ -190,6 +197,7 @@ impl Driver {
                 tokio::select! {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
+                    done = self.writer.next_done() => Woke::Persisted(done),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     () = std::future::ready(()) => Woke::Timer,
                 }
@@ -197,6 +205,7 @@ impl Driver {
                 tokio::select! {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
+                    done = self.writer.next_done() => Woke::Persisted(done),
                     request = self.requests.recv() => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -207,6 +216,7 @@ impl Driver {
                     // First: it completes once per snapshot, and a busy node must not put off
                     // the compaction it brings.
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
+                    done = self.writer.next_done() => Woke::Persisted(done),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv() => Woke::Request(request),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -235,6 +245,12 @@ impl Driver {
                         break Some(e);
                     }
                 }
+                Woke::Persisted(Ok(persisted)) => {
+                    let event = self.release(&persisted);
+                    let now = self.now_ms();
+                    self.raft.step(now, event);
+                }
+                Woke::Persisted(Err(e)) => break Some(e),
             }
             if let Err(e) = self.after_step().await {
                 break Some(e);
@@ -244,11 +260,17 @@ impl Driver {
             tracing::error!(error = %e, "node stopped after a fatal error");
             let _ = self.status.send(NodeStatus { protocol: self.raft.status(), fatal: Some(e.to_string()) });
         }
+        let failed = fatal.is_some();
         let error = fatal.unwrap_or(RaftError::AlreadyShutdown);
         // Requests still queued never reached the protocol: they were not carried out.
         self.requests.close();
         while let Ok(request) = self.requests.try_recv() {
             refuse(request);
+        }
+        // Writes already queued finish (a graceful stop loses nothing it was told to keep);
+        // what they release is sent. After a storage error there is nothing more to wait for.
+        if !failed {
+            let _ = self.drain_writes().await;
         }
         self.waiters.fail_all(&error);
         // A snapshot still being written finishes (storage sees no write cut short); its
@@ -256,6 +278,7 @@ impl Driver {
         if let Some(mut task) = self.snapshot_task.take() {
             let _ = (&mut task.done).await;
         }
+        self.writer.close().await;
         self.transport.shutdown().await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
@@ -363,7 +386,10 @@ impl Driver {
         }
     }
 
-    /// Carries out every pending `Ready` in the order the protocol requires.
+    /// Carries out every pending `Ready` in the order the protocol requires. Log and
+    /// hard-state writes go to the log writer, and what must wait for them is held until they
+    /// are durable; a ready with a received snapshot is carried out here, after every queued
+    /// write.
     async fn process_ready(&mut self) -> Result<(), RaftError> {
         while self.raft.has_ready() {
             let mut ready = self.raft.take_ready();
@@ -372,23 +398,47 @@ impl Driver {
             }
             self.stage_snapshot_parts(std::mem::take(&mut ready.snapshot_parts)).await?;
             let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
-            for m in ready.messages {
+            for m in std::mem::take(&mut ready.messages) {
                 self.send(m);
             }
-            if let Some(hs) = ready.hard_state {
-                self.storage.save_hard_state(hs).await?;
-            }
-            if let Some(snapshot) = &ready.snapshot {
-                self.store_received_snapshot(snapshot).await?;
-            }
-            if let Some(from) = ready.truncate_from {
-                self.storage.truncate(from).await?;
-            }
-            if !ready.entries.is_empty() {
-                self.storage.append(&ready.entries).await?;
-            }
-            for m in ready.persisted_messages {
-                self.send(m);
+            // Completed writes met on the way, stepped after `advance`.
+            let mut persisted = Vec::new();
+            let in_background = ready.snapshot.is_none();
+            if in_background {
+                if ready.must_persist() {
+                    while !self.writer.has_room() {
+                        let done = self.writer.next_done().await?;
+                        persisted.push(self.release(&done));
+                    }
+                    let entries = std::mem::take(&mut ready.entries);
+                    self.writer.queue(
+                        ready.hard_state,
+                        ready.truncate_from,
+                        entries,
+                        ready.persist_through,
+                    )?;
+                }
+                for m in self.writer.hold(std::mem::take(&mut ready.persisted_messages)) {
+                    self.send(m);
+                }
+            } else {
+                // The received snapshot replaces the log: every queued write goes first.
+                persisted = self.drain_writes().await?;
+                if let Some(hs) = ready.hard_state {
+                    self.storage.save_hard_state(hs).await?;
+                }
+                if let Some(snapshot) = &ready.snapshot {
+                    self.store_received_snapshot(snapshot).await?;
+                }
+                if let Some(from) = ready.truncate_from {
+                    self.storage.truncate(from).await?;
+                }
+                if !ready.entries.is_empty() {
+                    self.storage.append(&ready.entries).await?;
+                }
+                for m in std::mem::take(&mut ready.persisted_messages) {
+                    self.send(m);
+                }
             }
             // Placed proposals wait before this ready's entries are applied.
             let apply_deadline = self.now_ms() + PROPOSAL_APPLY_TIMEOUTS * self.config.rpc_timeout_ms;
@@ -423,13 +473,37 @@ impl Driver {
                 self.waiters.on_read_outcome(outcome, self.applied.index, read_deadline);
             }
             self.waiters.release_reads(self.applied.index);
-            self.raft.advance();
+            if in_background {
+                self.raft.advance_unpersisted();
+            } else {
+                self.raft.advance();
+            }
             let now = self.now_ms();
-            for chunk in chunks {
-                self.raft.step(now, chunk);
+            for event in persisted.into_iter().chain(chunks) {
+                self.raft.step(now, event);
             }
         }
         Ok(())
+    }
+
+    /// Records a completed write: sends the messages it releases, and returns the event that
+    /// tells the protocol.
+    fn release(&mut self, persisted: &Persisted) -> Event {
+        for m in self.writer.complete(persisted) {
+            self.send(m);
+        }
+        Event::Persisted { last: persisted.last }
+    }
+
+    /// Waits for every queued write; returns the events to step (after `advance` when called
+    /// while a ready is carried out).
+    pub(super) async fn drain_writes(&mut self) -> Result<Vec<Event>, RaftError> {
+        let mut events = Vec::new();
+        while self.writer.busy() {
+            let done = self.writer.next_done().await?;
+            events.push(self.release(&done));
+        }
+        Ok(events)
     }
 
     /// Reads the parts of this node's snapshot the protocol asked for. A part that cannot be

@@ -2,16 +2,19 @@
 //! [`Storage`], [`Transport`] and [`Fsm`], feeds it events (client requests, messages, timer
 //! ticks) and carries out each [`Ready`](crate::Ready) in the required order.
 //!
-//! Requests that arrive while a `Ready` is being persisted are batched into the next step, so
-//! many proposals share one append and one sync (group commit).
+//! Storage writes run on a task of their own while the driver task keeps stepping the
+//! protocol; writes queued meanwhile are merged into one append and one sync (group commit).
 //!
 //! - `event_loop.rs`: the driver task (requests, messages, timers, carrying out readies);
+//! - `persist.rs`: the log writer task (the readies' storage writes, in order, off the
+//!   driver task);
 //! - `snapshots.rs`: automatic snapshots and compaction, installing the leader's snapshot;
 //! - `waiters.rs`: callers parked until their request completes (proposals, reads,
 //!   membership changes, leadership transfers).
 
 mod clock;
 mod event_loop;
+mod persist;
 mod snapshots;
 mod waiters;
 

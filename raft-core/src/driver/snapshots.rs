@@ -56,7 +56,7 @@ pub(super) struct Background {
 }
 
 impl Background {
-    fn register(&self, handle: AbortHandle) {
+    pub(super) fn register(&self, handle: AbortHandle) {
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         handles.retain(|h| !h.is_finished());
         handles.push(handle);
@@ -186,6 +186,11 @@ impl Driver {
         // once it holds it: keep those entries, or it would need the new snapshot as well.
         let up_to =
             last.index.saturating_sub(self.config.snapshot_keep_entries).min(self.raft.compaction_floor());
+        // Storage is compacted with no log write under way (once per snapshot).
+        let now = self.clock.now_ms();
+        for event in self.drain_writes().await? {
+            self.raft.step(now, event);
+        }
         let compacted_to = self.compact_storage(up_to).await?;
         let took_ms = self.clock.now_ms().saturating_sub(started_ms);
         tracing::info!(snapshot = %last, bytes = snapshot.data.len(), took_ms, compacted_to, "snapshot taken");

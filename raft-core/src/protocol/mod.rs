@@ -76,6 +76,15 @@ pub enum Event {
         /// The bytes.
         data: Option<Bytes>,
     },
+    /// The writes of readies handed over with
+    /// [`advance_unpersisted`](Raft::advance_unpersisted) are durable up to `last` (the
+    /// [`Ready::persist_through`](crate::Ready::persist_through) of the latest of them): for a
+    /// driver that persists in the background. Storage must carry out the writes of readies
+    /// in the order they were taken.
+    Persisted {
+        /// The log's last entry when that ready was taken.
+        last: LogId,
+    },
 }
 
 /// What a node restores from storage when it starts.
@@ -440,6 +449,7 @@ impl Raft {
             Event::SnapshotChunk { to, snapshot, offset, data } => {
                 self.on_snapshot_chunk(to, snapshot, offset, data)
             }
+            Event::Persisted { last } => self.on_persisted(last),
         }
     }
 
@@ -480,6 +490,7 @@ impl Raft {
         if let Some(from) = self.unsaved_from.take() {
             ready.entries = self.log.range(from, self.log.last_index());
         }
+        ready.persist_through = self.log.last_log_id();
         let apply_to = self.log.committed.min(self.log.persisted);
         if apply_to > self.log.applied {
             ready.committed = self.log.range(self.log.applied + 1, apply_to);
@@ -494,6 +505,32 @@ impl Raft {
     pub fn advance(&mut self) {
         self.awaiting_advance = false;
         self.log.persisted = self.log.last_index();
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// Like [`advance`](Self::advance), for a driver that persists in the background: the
+    /// last [`Ready`]'s committed entries were applied and its immediate `messages` sent,
+    /// but its writes are only queued (in the order the readies were taken). The driver
+    /// sends its `persisted_messages` once they (and every earlier ready's writes) are
+    /// durable, and then steps [`Event::Persisted`]. Until then this node counts none of
+    /// those entries: not towards a commit as leader, not as applicable.
+    pub fn advance_unpersisted(&mut self) {
+        self.awaiting_advance = false;
+    }
+
+    /// This node's writes are durable up to `last`. An entry overwritten since (a truncated
+    /// suffix) is not the one that was written: then nothing changes, and the later write
+    /// that replaced it reports its own.
+    fn on_persisted(&mut self, last: LogId) {
+        if last.index <= self.log.persisted
+            || last.index > self.log.last_index()
+            || self.log.term_at(last.index) != Some(last.term)
+        {
+            return;
+        }
+        self.log.persisted = last.index;
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -766,8 +803,16 @@ impl Raft {
 
     fn send(&mut self, to: NodeId, term: Term, payload: Payload) {
         let message = Message { from: self.id, to, term, payload };
-        let immediate = self.role == Role::Leader
-            && matches!(message.payload, Payload::AppendEntries { .. } | Payload::InstallSnapshot { .. });
+        // Answers that promise durable state (acknowledgements, votes) wait for the writes;
+        // so does everything of a ready that changes the hard state (see `take_ready`). The
+        // leader's replication and its answers to forwarded proposals and reads promise
+        // nothing about its own disk: a forwarding follower that learned where its proposal
+        // went only after applying that index could not tell its caller the outcome.
+        let immediate = match message.payload {
+            Payload::AppendEntries { .. } | Payload::InstallSnapshot { .. } => self.role == Role::Leader,
+            Payload::ForwardProposalResponse { .. } | Payload::ReadIndexResponse { .. } => true,
+            _ => false,
+        };
         if immediate {
             self.out.messages.push(message);
         } else {

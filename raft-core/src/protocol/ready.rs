@@ -24,6 +24,15 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId};
 /// 5. call [`Raft::advance`](crate::Raft::advance).
 ///
 /// No other input may be given to the protocol between `take_ready` and `advance`.
+///
+/// A driver may instead persist in the background: it queues step 2's writes (storage
+/// carries out the writes of readies in the order they were taken), holds `persisted_messages`
+/// until they and every earlier write are durable, carries out the rest, and calls
+/// [`Raft::advance_unpersisted`](crate::Raft::advance_unpersisted); once the writes are
+/// durable it sends the held messages and steps [`Event::Persisted`](crate::Event::Persisted)
+/// with [`persist_through`](Ready::persist_through). `committed` then holds only entries
+/// reported durable. A ready with a `snapshot` is carried out whole, after every queued write,
+/// and ends with `advance`.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Messages that can be sent at once.
@@ -58,6 +67,11 @@ pub struct Ready {
     /// discard its staged parts ([`Storage::discard_staged_snapshot`](crate::Storage::discard_staged_snapshot))
     /// before staging `snapshot_parts`, which then belong to another snapshot.
     pub discard_staged_snapshot: bool,
+    /// The log's last entry when this ready was taken. A driver that persists in the
+    /// background ([`Raft::advance_unpersisted`](crate::Raft::advance_unpersisted)) reports
+    /// it with [`Event::Persisted`](crate::Event::Persisted) once this ready's writes, and
+    /// every earlier one's, are durable.
+    pub persist_through: LogId,
 }
 
 /// A part of a snapshot received from the leader, for the driver to stage.

@@ -291,6 +291,73 @@ fn leader_counts_itself_only_after_its_own_write() {
 }
 
 #[test]
+fn with_background_writes_the_leader_counts_itself_once_told_they_are_durable() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let now = n.now;
+    n.step(now, Event::Propose { id: 1, command: Bytes::from_static(b"x"), forward: false });
+    let ready = n.take_ready();
+    assert_eq!(ready.entries.last().map(Entry::log_id), Some(LogId::new(term, 2)));
+    assert_eq!(ready.persist_through, LogId::new(term, 2));
+    n.advance_unpersisted();
+    let ack =
+        Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 2 }, read_seq: 0 };
+    n.step(now, Event::Message(msg(2, 1, term, ack)));
+    assert!(n.commit_index() < 2, "committed before the leader's own write was durable");
+    let _ = n.take_ready();
+    n.advance_unpersisted();
+    n.step(now, Event::Persisted { last: LogId::new(term, 2) });
+    assert_eq!(n.commit_index(), 2);
+    assert_eq!(n.take_ready().committed.last().map(Entry::log_id), Some(LogId::new(term, 2)));
+}
+
+#[test]
+fn with_background_writes_a_follower_applies_and_acknowledges_only_durable_entries() {
+    let mut n = node(2, 1, None, &[]);
+    let now = n.now;
+    n.step(now, Event::Message(msg(1, 2, 1, append((0, 0), vec![entry(1, 1), entry(1, 2)], 2))));
+    let ready = n.take_ready();
+    assert!(ready.messages.is_empty(), "the acknowledgement must wait for the write");
+    assert!(matches!(
+        ready.persisted_messages[0].payload,
+        Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 2 }, .. }
+    ));
+    let through = ready.persist_through;
+    n.advance_unpersisted();
+    assert!(
+        !n.has_ready() || n.take_ready().committed.is_empty(),
+        "entries applied before they were durable"
+    );
+    n.advance_unpersisted();
+    n.step(now, Event::Persisted { last: through });
+    assert_eq!(n.take_ready().committed, vec![entry(1, 1), entry(1, 2)]);
+}
+
+#[test]
+fn a_durable_report_for_an_overwritten_entry_counts_nothing() {
+    let mut n = node(2, 1, None, &[]);
+    let now = n.now;
+    n.step(now, Event::Message(msg(1, 2, 1, append((0, 0), vec![entry(1, 1), entry(1, 2)], 0))));
+    let first = n.take_ready().persist_through;
+    n.advance_unpersisted();
+    // A new leader overwrites entry 2 before the first write is reported durable.
+    n.step(now, Event::Message(msg(3, 2, 2, append((1, 1), vec![entry(2, 2)], 2))));
+    let ready = n.take_ready();
+    assert_eq!(ready.truncate_from, Some(2));
+    let second = ready.persist_through;
+    n.advance_unpersisted();
+    n.step(now, Event::Persisted { last: first });
+    assert_eq!(n.status().persisted_index, 0, "entry 2 of term 1 is not the log's entry 2");
+    let applied = if n.has_ready() { n.take_ready().committed } else { Vec::new() };
+    assert!(applied.is_empty(), "applied {applied:?} before the write of entry 2 (term 2) was durable");
+    n.advance_unpersisted();
+    n.step(now, Event::Persisted { last: second });
+    assert_eq!(n.status().persisted_index, 2);
+    assert_eq!(n.take_ready().committed, vec![entry(1, 1), entry(2, 2)]);
+}
+
+#[test]
 fn proposals_on_a_follower_are_refused_or_forwarded() {
     let mut n = node(2, 1, None, &[]);
     deliver(&mut n, msg(1, 2, 1, append((0, 0), vec![], 0)));

@@ -1,0 +1,252 @@
+//! The log writer: a task of its own that carries out the readies' storage writes (hard
+//! state, truncation, appended entries) in the order the readies were taken, so that the
+//! driver task keeps sending heartbeats and handling messages while a write and its sync are
+//! in flight. Writes queued while one is under way are merged into the next storage call
+//! (one sync for all of them: group commit).
+//!
+//! Bounds: at most [`WRITES_IN_FLIGHT_MAX`] readies' writes are queued or under way (the
+//! driver waits for the oldest before queueing another), and one storage call carries at
+//! most [`MERGED_BYTES_MAX`] bytes of entries (past it, writes are not merged).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::RaftError;
+use crate::message::Message;
+use crate::storage::{Storage, StorageError};
+use crate::types::{Entry, HardState, Index, LogId};
+
+/// Most readies whose writes are queued or under way.
+pub(super) const WRITES_IN_FLIGHT_MAX: usize = 64;
+/// Most bytes of entries one merged storage call carries.
+const MERGED_BYTES_MAX: usize = 16 << 20;
+
+/// The writes of one ready (or of several, merged).
+#[derive(Debug)]
+struct Write {
+    /// The sequence number of the (latest) ready.
+    seq: u64,
+    hard_state: Option<HardState>,
+    truncate_from: Option<Index>,
+    entries: Vec<Entry>,
+    /// The log's last entry when the (latest) ready was taken.
+    last: LogId,
+}
+
+impl Write {
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(Entry::size_bytes).sum()
+    }
+
+    /// Takes `next` into this write when one storage call can carry both in order: `next`
+    /// truncates nothing and its entries follow these. Otherwise gives it back.
+    fn absorb(&mut self, mut next: Write, bytes: &mut usize) -> Result<(), Write> {
+        let follows = match (self.entries.last(), next.entries.first()) {
+            (Some(a), Some(b)) => b.index == a.index + 1,
+            _ => true,
+        };
+        let next_bytes = next.bytes();
+        if next.truncate_from.is_some() || !follows || *bytes + next_bytes > MERGED_BYTES_MAX {
+            return Err(next);
+        }
+        *bytes += next_bytes;
+        self.seq = next.seq;
+        self.hard_state = next.hard_state.or(self.hard_state);
+        self.entries.append(&mut next.entries);
+        self.last = next.last;
+        Ok(())
+    }
+
+    /// Carries the write out: hard state, truncation, entries, each durable before the next.
+    async fn carry_out(&self, storage: &dyn Storage) -> Result<(), RaftError> {
+        if let Some(hs) = self.hard_state {
+            storage.save_hard_state(hs).await?;
+        }
+        if let Some(from) = self.truncate_from {
+            storage.truncate(from).await?;
+        }
+        if !self.entries.is_empty() {
+            storage.append(&self.entries).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A completed write: every ready up to `seq` is durable up to `last`.
+#[derive(Debug)]
+pub(super) struct Persisted {
+    pub(super) seq: u64,
+    pub(super) last: LogId,
+}
+
+/// The driver's end of the log writer.
+pub(super) struct LogWriter {
+    writes: mpsc::Sender<Write>,
+    done: mpsc::Receiver<Result<Persisted, RaftError>>,
+    /// The sequence number of the latest ready queued.
+    queued: u64,
+    /// Every ready up to this one is durable.
+    durable: u64,
+    /// Messages that wait for a ready's writes (and every earlier one's): `(seq, message)`.
+    held: VecDeque<(u64, Message)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LogWriter {
+    /// Starts the writer task on `storage`; `register` gets its abort handle (a crash ends
+    /// it with the driver).
+    pub(super) fn start(storage: Arc<dyn Storage>, register: impl FnOnce(tokio::task::AbortHandle)) -> Self {
+        let (writes, rx) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
+        // One answer per storage call, and there are never more calls than readies queued.
+        let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
+        let task = tokio::spawn(write_loop(storage, rx, done_tx));
+        register(task.abort_handle());
+        Self { writes, done, queued: 0, durable: 0, held: VecDeque::new(), task }
+    }
+
+    /// Ends the writer task once it has carried out what is queued, and waits for it: it
+    /// holds the store, which a node started again on the same files must be able to open.
+    pub(super) async fn close(self) {
+        let Self { writes, done, task, .. } = self;
+        drop(writes);
+        drop(done);
+        let _ = task.await;
+    }
+
+    /// Whether writes are queued or under way.
+    pub(super) fn busy(&self) -> bool {
+        self.queued > self.durable
+    }
+
+    /// Whether another ready's writes may be queued now.
+    pub(super) fn has_room(&self) -> bool {
+        self.queued - self.durable < WRITES_IN_FLIGHT_MAX as u64
+    }
+
+    /// Queues a ready's writes (the caller made sure there is room). Returns its sequence
+    /// number.
+    pub(super) fn queue(
+        &mut self,
+        hard_state: Option<HardState>,
+        truncate_from: Option<Index>,
+        entries: Vec<Entry>,
+        last: LogId,
+    ) -> Result<u64, RaftError> {
+        debug_assert!(self.has_room());
+        self.queued += 1;
+        let write = Write { seq: self.queued, hard_state, truncate_from, entries, last };
+        self.writes
+            .try_send(write)
+            .map_err(|_| RaftError::Storage(StorageError::Io("the log writer stopped".into())))?;
+        Ok(self.queued)
+    }
+
+    /// Holds `messages` until every ready queued so far is durable; returns them at once when
+    /// none is waiting.
+    pub(super) fn hold(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        if !self.busy() {
+            return messages;
+        }
+        let seq = self.queued;
+        self.held.extend(messages.into_iter().map(|m| (seq, m)));
+        Vec::new()
+    }
+
+    /// The next completed write (pending forever when none is queued: for a `select!` branch).
+    pub(super) async fn next_done(&mut self) -> Result<Persisted, RaftError> {
+        if !self.busy() {
+            return std::future::pending().await;
+        }
+        self.done
+            .recv()
+            .await
+            .unwrap_or_else(|| Err(RaftError::Storage(StorageError::Io("the log writer stopped".into()))))
+    }
+
+    /// Records a completed write; returns the messages it releases.
+    pub(super) fn complete(&mut self, persisted: &Persisted) -> Vec<Message> {
+        self.durable = self.durable.max(persisted.seq);
+        let mut released = Vec::new();
+        while self.held.front().is_some_and(|(seq, _)| *seq <= self.durable) {
+            if let Some((_, m)) = self.held.pop_front() {
+                released.push(m);
+            }
+        }
+        released
+    }
+}
+
+/// The writer task: takes the queued writes in order, merging what is queued behind the first.
+async fn write_loop(
+    storage: Arc<dyn Storage>,
+    mut writes: mpsc::Receiver<Write>,
+    done: mpsc::Sender<Result<Persisted, RaftError>>,
+) {
+    let mut next: Option<Write> = None;
+    loop {
+        let mut write = match next.take() {
+            Some(w) => w,
+            None => match writes.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut bytes = write.bytes();
+        while let Ok(queued) = writes.try_recv() {
+            if let Err(queued) = write.absorb(queued, &mut bytes) {
+                next = Some(queued);
+                break;
+            }
+        }
+        let outcome = write.carry_out(storage.as_ref()).await;
+        let failed = outcome.is_err();
+        let answer = outcome.map(|()| Persisted { seq: write.seq, last: write.last });
+        if done.send(answer).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn entry(index: Index) -> Entry {
+        Entry { index, term: 1, payload: EntryPayload::Command(bytes::Bytes::from_static(b"x")) }
+    }
+
+    fn write(seq: u64, truncate_from: Option<Index>, indexes: std::ops::RangeInclusive<Index>) -> Write {
+        let entries: Vec<Entry> = indexes.map(entry).collect();
+        let last = entries.last().map_or(LogId::default(), Entry::log_id);
+        Write { seq, hard_state: None, truncate_from, entries, last }
+    }
+
+    #[test]
+    fn following_writes_merge_and_the_latest_hard_state_wins() {
+        let mut a = write(1, None, 1..=3);
+        a.hard_state = Some(HardState { current_term: 1, voted_for: Some(1) });
+        let mut b = write(2, None, 4..=5);
+        b.hard_state = Some(HardState { current_term: 2, voted_for: None });
+        let mut bytes = a.bytes();
+        assert!(a.absorb(b, &mut bytes).is_ok());
+        assert_eq!(a.seq, 2);
+        assert_eq!(a.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(a.hard_state.map(|h| h.current_term), Some(2));
+        assert_eq!(a.last.index, 5);
+    }
+
+    #[test]
+    fn a_truncation_or_a_gap_is_not_merged() {
+        let mut a = write(1, None, 1..=3);
+        let mut bytes = a.bytes();
+        let back = a.absorb(write(2, Some(3), 3..=4), &mut bytes).unwrap_err();
+        assert_eq!(back.seq, 2);
+        let back = a.absorb(write(3, None, 5..=6), &mut bytes).unwrap_err();
+        assert_eq!(back.seq, 3);
+        assert_eq!(a.seq, 1);
+        assert_eq!(a.entries.len(), 3);
+    }
+}
