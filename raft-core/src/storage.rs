@@ -299,12 +299,17 @@ impl SnapshotStage {
 /// - [`truncate`](Storage::truncate) and [`compact`](Storage::compact) are crash-atomic.
 /// - An error leaves the stored state as it was before the call; after an IO error the store
 ///   may refuse all further writes ([`StorageError::Poisoned`]).
-/// - One driver owns the store. It calls the write methods one at a time, with one exception:
-///   [`save_snapshot`](Storage::save_snapshot) of a snapshot the node took itself runs in the
-///   background, concurrently with appends, truncations of an uncommitted suffix and
-///   hard-state writes (never with `compact` or another snapshot save). That snapshot covers
-///   only applied (so committed) entries, which stay in the log; the store must keep both
-///   writes correct (serializing them is enough).
+/// - One driver owns the store. Its log writer task calls `save_hard_state`, `truncate` and
+///   `append` one at a time, in order; meanwhile the driver task itself may call
+///   [`stage_snapshot_part`](Storage::stage_snapshot_part),
+///   [`discard_staged_snapshot`](Storage::discard_staged_snapshot) and
+///   [`read_snapshot_chunk`](Storage::read_snapshot_chunk) (which touch no log entry), and a
+///   background task may run [`save_snapshot`](Storage::save_snapshot) /
+///   [`save_snapshot_from`](Storage::save_snapshot_from) of a snapshot the node took itself.
+///   `compact`, `save_staged_snapshot` and a received snapshot's save run only when no log
+///   write is under way. A snapshot of the node's own covers only applied (so committed)
+///   entries, which stay in the log; the store must keep concurrent calls correct
+///   (serializing them is enough).
 /// - A snapshot received from the leader arrives in parts
 ///   ([`stage_snapshot_part`](Storage::stage_snapshot_part)) and becomes the snapshot only with
 ///   [`save_staged_snapshot`](Storage::save_staged_snapshot); staged parts need not survive a

@@ -772,3 +772,219 @@ mod snapshot_parts {
         }
     }
 }
+
+// ---- review of the background log writer (917026d) ----
+
+/// In-memory storage whose hard-state writes take 30 s while `slow` is set (a slow sync).
+struct SlowHardState {
+    inner: MemStorage,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl raft_core::Storage for SlowHardState {
+    async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
+        self.inner.initial_state().await
+    }
+    async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        self.inner.save_hard_state(hs).await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(from, to).await
+    }
+    async fn term(&self, index: Index) -> Result<raft_core::Term, StorageError> {
+        self.inner.term(index).await
+    }
+    async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
+        self.inner.save_snapshot(s).await
+    }
+    async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
+        self.inner.load_snapshot().await
+    }
+    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        self.inner.compact(up_to).await
+    }
+}
+
+/// One voter (1) and a learner (2). The voter's first write (its new term) is slow; meanwhile
+/// its heartbeat re-probe reaches the learner, the learner forwards a client's command `x`,
+/// the voter appends it and sends it to the learner at once. The voter crashes before its term
+/// is durable, starts again in the same term and commits `y` at the same (term, index): the
+/// learner keeps `x` there (same term: no conflict), applies it, and its client is told `x`
+/// was applied. The cluster's only voter never had `x`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_voter_leader_is_not_heard_before_its_term_is_durable() {
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let storage1 = Arc::new(SlowHardState { inner: MemStorage::default(), slow: slow.clone() });
+    let network = LocalNetwork::default();
+    let membership = Membership { learners: [2].into(), ..Membership::with_voters([1]) };
+    let start = |storage: Arc<dyn Storage>, id: NodeId| {
+        let (network, membership) = (network.clone(), membership.clone());
+        async move {
+            RaftNode::start(
+                id,
+                Config::default(),
+                membership,
+                storage,
+                Arc::new(network.transport(id, 4_096)),
+                Box::new(CounterFsm::default()),
+                raft_core::fresh_seed(),
+            )
+            .await
+            .expect("starts")
+        }
+    };
+    let learner = Arc::new(start(Arc::new(MemStorage::default()), 2).await);
+    let mut applied_on_learner = learner.subscribe_committed();
+    let leader = start(storage1.clone(), 1).await;
+    wait_until("node 1 leads", || leader.status().protocol.role == Role::Leader).await;
+    let term = leader.status().protocol.term;
+    // Nothing of node 1's term leaves it while the term is not durable: the learner hears
+    // nothing (several heartbeat intervals), and its proposal cannot reach node 1's log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(learner.status().protocol.leader, Some(1), "node 1 was heard before its term was durable");
+    let l = learner.clone();
+    let x = tokio::spawn(async move { l.propose(Bytes::from_static(b"x")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        learner.status().protocol.last_log_id.index,
+        0,
+        "entries of an unsaved term reached the learner"
+    );
+    let durable_term = storage1.initial_state().await.expect("state").hard_state.current_term;
+    leader.abort();
+    assert!(durable_term < term, "test setup: the term was durable already");
+    // Node 1 starts again from what its storage holds (no term, no entries).
+    slow.store(false, Ordering::SeqCst);
+    let again = start(storage1.clone(), 1).await;
+    wait_until("node 1 leads again", || again.status().protocol.role == Role::Leader).await;
+    assert_eq!(again.status().protocol.term, term, "the same term again");
+    let y = again.propose(Bytes::from_static(b"y")).await.expect("applied");
+    assert_eq!(y.log_id.index, 2);
+    let on_learner = tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let e = applied_on_learner.recv().await.expect("committed entries");
+            if e.index == 2 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the learner applies index 2");
+    let x = tokio::time::timeout(WAIT_MAX, x).await.expect("x answered").expect("task");
+    let _ = again.shutdown().await;
+    let _ = learner.shutdown().await;
+    eprintln!(
+        "node 1 applied y at {}; the learner applied {:?} at index 2; x's caller got {x:?}",
+        y.log_id, on_learner.command
+    );
+    assert!(x.is_err(), "x acknowledged ({x:?}) but the only voter applied y at {}", y.log_id);
+    assert_eq!(
+        (on_learner.term, on_learner.command),
+        (y.log_id.term, Bytes::from_static(b"y")),
+        "node 1 sent entries of term {term} while its durable term was {durable_term}"
+    );
+}
+
+/// In-memory storage whose appends never return while `hang` is set (a hung disk).
+struct HangingStorage {
+    inner: MemStorage,
+    hang: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl raft_core::Storage for HangingStorage {
+    async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
+        self.inner.initial_state().await
+    }
+    async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs).await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(from, to).await
+    }
+    async fn term(&self, index: Index) -> Result<raft_core::Term, StorageError> {
+        self.inner.term(index).await
+    }
+    async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
+        self.inner.save_snapshot(s).await
+    }
+    async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
+        self.inner.load_snapshot().await
+    }
+    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        self.inner.compact(up_to).await
+    }
+}
+
+/// The leader's disk hangs. Before the log writer, its event loop hung with it: no more
+/// heartbeats, and the followers elected another leader. Now it keeps sending heartbeats while
+/// it can neither apply nor (with its own write outstanding) take its clients' requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
+    let network = LocalNetwork::default();
+    let mut storages = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        let storage = Arc::new(HangingStorage {
+            inner: MemStorage::default(),
+            hang: std::sync::atomic::AtomicBool::new(false),
+        });
+        let node = RaftNode::start(
+            id,
+            Config::default(),
+            Membership::with_voters(1..=3),
+            storage.clone(),
+            Arc::new(network.transport(id, 4_096)),
+            Box::new(CounterFsm::default()),
+            raft_core::fresh_seed(),
+        )
+        .await
+        .expect("starts");
+        storages.insert(id, storage);
+        nodes.insert(id, Arc::new(node));
+    }
+    let mut leader = 0;
+    wait_until("a leader", || {
+        leader = nodes.values().find(|n| n.status().protocol.role == Role::Leader).map_or(0, |n| n.id());
+        leader != 0
+    })
+    .await;
+    nodes[&leader].propose(Bytes::from_static(b"before")).await.expect("applied");
+    storages[&leader].hang.store(true, Ordering::SeqCst);
+    let mut proposals = Vec::new();
+    for i in 0..3 {
+        let n = nodes[&leader].clone();
+        proposals.push(tokio::spawn(async move { n.propose(Bytes::from(format!("p{i}"))).await }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let statuses: Vec<_> = nodes.values().map(|n| n.status().protocol).collect();
+    let answered = proposals.iter().filter(|p| p.is_finished()).count();
+    for n in nodes.values() {
+        n.abort();
+    }
+    let new_leader = statuses.iter().any(|s| s.role == Role::Leader && s.id != leader);
+    eprintln!("{statuses:#?}");
+    assert!(
+        new_leader || answered > 0,
+        "3 s after node {leader}'s disk hung it still leads, no other node took over, and none of its 3 proposals was answered"
+    );
+}

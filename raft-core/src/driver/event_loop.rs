@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::clock::Clock;
-use super::persist::{LogWriter, Persisted};
+use super::persist::{LogWriter, Persisted, ReadyWrites};
 use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask, Staged, StoredSnapshotReader};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
@@ -20,11 +20,15 @@ use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
 use crate::rng::SeededRng;
 use crate::storage::Storage;
 use crate::transport::Transport;
-use crate::types::{EntryPayload, Index, LogId, Millis, NodeId};
+use crate::types::{EntryPayload, Index, LogId, Millis, NodeId, Role};
 
 /// How many maximum election timeouts a leadership transfer may take, from its start until
 /// this node sees a new leader, before the caller is told it timed out.
 const TRANSFER_WAIT_ELECTIONS: u64 = 3;
+
+/// How many maximum election timeouts a leader's own log write may take before the leader
+/// goes quiet (see the event loop).
+const DISK_STALL_ELECTIONS: u64 = 2;
 
 /// How many `rpc_timeout_ms` a proposal placed in the log may wait to be applied on this node
 /// before its caller is told the outcome is unknown.
@@ -182,15 +186,46 @@ impl Driver {
         let mut inbound: Vec<Message> = Vec::with_capacity(INBOUND_BATCH_MAX);
         let mut shutdown_reply = None;
         let mut clients_first = false;
+        let mut was_stalled = false;
         let fatal = loop {
             let mut deadline_ms = self.raft.next_deadline();
             if let Some(d) = self.waiters.next_deadline() {
                 deadline_ms = deadline_ms.min(d);
             }
+            // A leader whose own write has not completed for a while (a hung disk) commits
+            // nothing, but its heartbeats would keep the followers from electing another
+            // leader: it goes quiet (no timer steps: no heartbeats, no quorum check) until its
+            // disk answers or it hears of a newer term. Messages are still handled.
+            let now_ms = self.now_ms();
+            let stall_ms = DISK_STALL_ELECTIONS * self.config.election_timeout_max_ms;
+            let disk_stalled =
+                self.raft.role() == Role::Leader && self.writer.oldest_wait_ms(now_ms) > stall_ms;
+            if disk_stalled != was_stalled {
+                if disk_stalled {
+                    tracing::warn!(
+                        stall_ms,
+                        "own log write not done: the leader goes quiet so that another can take over"
+                    );
+                } else {
+                    tracing::info!("own log write done or leadership lost: timers resume");
+                }
+                was_stalled = disk_stalled;
+            }
+            if disk_stalled {
+                deadline_ms = deadline_ms.max(now_ms + self.config.heartbeat_interval_ms);
+            }
             let deadline = self.clock.instant_at(deadline_ms);
             // No random branch choice (a seeded simulation must replay): timers first when
             // due, then clients and peers in turns, so that neither starves the other.
             clients_first = !clients_first;
+            // On the leader, client requests wait while its log write is under way, as they
+            // waited for the write when it ran here: they are then taken together, in one step,
+            // one AppendEntries per follower and one write (group commit; taken one by one,
+            // each would cost every follower a message, a write and an answer). Messages and
+            // timers are not held back, so heartbeats go on. The leader's writes come only from
+            // its own steps, so requests are never held for long; a follower's come from the
+            // leader's stream and could hold them for good, so a follower never holds them.
+            let take_requests = !(self.writer.busy() && self.raft.role() == Role::Leader);
             let woke = if Instant::now() >= deadline {
                 // Overdue (the node was busy): take the messages that arrived meanwhile before
                 // the timer fires, so that a stall does not read as a silent leader or quorum.
@@ -206,7 +241,7 @@ impl Driver {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
-                    request = self.requests.recv() => Woke::Request(request),
+                    request = self.requests.recv(), if take_requests => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
@@ -218,7 +253,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
-                    request = self.requests.recv() => Woke::Request(request),
+                    request = self.requests.recv(), if take_requests => Woke::Request(request),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             };
@@ -237,8 +272,10 @@ impl Driver {
                     }
                 }
                 Woke::Timer => {
-                    let now = self.now_ms();
-                    self.raft.step(now, Event::Tick);
+                    if !disk_stalled {
+                        let now = self.now_ms();
+                        self.raft.step(now, Event::Tick);
+                    }
                 }
                 Woke::SnapshotWritten(outcome) => {
                     if let Err(e) = self.on_snapshot_written(outcome).await {
@@ -411,12 +448,14 @@ impl Driver {
                         persisted.push(self.release(&done));
                     }
                     let entries = std::mem::take(&mut ready.entries);
-                    self.writer.queue(
-                        ready.hard_state,
-                        ready.truncate_from,
+                    let writes = ReadyWrites {
+                        hard_state: ready.hard_state,
+                        truncate_from: ready.truncate_from,
                         entries,
-                        ready.persist_through,
-                    )?;
+                        last: ready.persist_through,
+                    };
+                    let now = self.now_ms();
+                    self.writer.queue(ready.seq, writes, now)?;
                 }
                 for m in self.writer.hold(std::mem::take(&mut ready.persisted_messages)) {
                     self.send(m);
@@ -492,7 +531,7 @@ impl Driver {
         for m in self.writer.complete(persisted) {
             self.send(m);
         }
-        Event::Persisted { last: persisted.last }
+        Event::Persisted { last: persisted.last, seq: persisted.seq }
     }
 
     /// Waits for every queued write; returns the events to step (after `advance` when called

@@ -22,6 +22,9 @@ use crate::types::{Entry, HardState, Index, LogId};
 pub(super) const WRITES_IN_FLIGHT_MAX: usize = 64;
 /// Most bytes of entries one merged storage call carries.
 const MERGED_BYTES_MAX: usize = 16 << 20;
+/// Most messages held for writes; past it, further ones are dropped (Raft retransmits what
+/// is lost), so a stalled disk cannot make the driver hold an answer per heartbeat for good.
+const HELD_MESSAGES_MAX: usize = 16_384;
 
 /// The writes of one ready (or of several, merged).
 #[derive(Debug)]
@@ -74,7 +77,17 @@ impl Write {
     }
 }
 
-/// A completed write: every ready up to `seq` is durable up to `last`.
+/// What one ready asks to be written.
+pub(super) struct ReadyWrites {
+    pub(super) hard_state: Option<HardState>,
+    pub(super) truncate_from: Option<Index>,
+    pub(super) entries: Vec<Entry>,
+    /// The ready's `persist_through`.
+    pub(super) last: LogId,
+}
+
+/// A completed write: every ready up to number `seq` is durable; `last` is that ready's
+/// `persist_through`.
 #[derive(Debug)]
 pub(super) struct Persisted {
     pub(super) seq: u64,
@@ -85,12 +98,17 @@ pub(super) struct Persisted {
 pub(super) struct LogWriter {
     writes: mpsc::Sender<Write>,
     done: mpsc::Receiver<Result<Persisted, RaftError>>,
-    /// The sequence number of the latest ready queued.
+    /// The number of the latest ready queued.
     queued: u64,
-    /// Every ready up to this one is durable.
+    /// Every ready up to this number is durable.
     durable: u64,
     /// Messages that wait for a ready's writes (and every earlier one's): `(seq, message)`.
     held: VecDeque<(u64, Message)>,
+    /// The writes queued and not yet durable, oldest first: `(ready number, when queued in ms
+    /// of the driver's clock)`.
+    pending: VecDeque<(u64, u64)>,
+    /// Messages dropped because `HELD_MESSAGES_MAX` were held.
+    dropped: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -103,7 +121,16 @@ impl LogWriter {
         let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
         let task = tokio::spawn(write_loop(storage, rx, done_tx));
         register(task.abort_handle());
-        Self { writes, done, queued: 0, durable: 0, held: VecDeque::new(), task }
+        Self {
+            writes,
+            done,
+            queued: 0,
+            durable: 0,
+            held: VecDeque::new(),
+            pending: VecDeque::new(),
+            dropped: 0,
+            task,
+        }
     }
 
     /// Ends the writer task once it has carried out what is queued, and waits for it: it
@@ -117,30 +144,30 @@ impl LogWriter {
 
     /// Whether writes are queued or under way.
     pub(super) fn busy(&self) -> bool {
-        self.queued > self.durable
+        !self.pending.is_empty()
+    }
+
+    /// How long (ms of the driver's clock, given `now_ms`) the oldest write not yet durable has
+    /// been waiting; 0 when none is.
+    pub(super) fn oldest_wait_ms(&self, now_ms: u64) -> u64 {
+        self.pending.front().map_or(0, |(_, at)| now_ms.saturating_sub(*at))
     }
 
     /// Whether another ready's writes may be queued now.
     pub(super) fn has_room(&self) -> bool {
-        self.queued - self.durable < WRITES_IN_FLIGHT_MAX as u64
+        self.pending.len() < WRITES_IN_FLIGHT_MAX
     }
 
-    /// Queues a ready's writes (the caller made sure there is room). Returns its sequence
-    /// number.
-    pub(super) fn queue(
-        &mut self,
-        hard_state: Option<HardState>,
-        truncate_from: Option<Index>,
-        entries: Vec<Entry>,
-        last: LogId,
-    ) -> Result<u64, RaftError> {
-        debug_assert!(self.has_room());
-        self.queued += 1;
-        let write = Write { seq: self.queued, hard_state, truncate_from, entries, last };
+    /// Queues the writes of ready number `seq` (the caller made sure there is room).
+    pub(super) fn queue(&mut self, seq: u64, write: ReadyWrites, now_ms: u64) -> Result<(), RaftError> {
+        debug_assert!(self.has_room() && seq > self.queued);
+        self.queued = seq;
+        self.pending.push_back((seq, now_ms));
+        let ReadyWrites { hard_state, truncate_from, entries, last } = write;
+        let write = Write { seq, hard_state, truncate_from, entries, last };
         self.writes
             .try_send(write)
-            .map_err(|_| RaftError::Storage(StorageError::Io("the log writer stopped".into())))?;
-        Ok(self.queued)
+            .map_err(|_| RaftError::Storage(StorageError::Io("the log writer stopped".into())))
     }
 
     /// Holds `messages` until every ready queued so far is durable; returns them at once when
@@ -150,7 +177,16 @@ impl LogWriter {
             return messages;
         }
         let seq = self.queued;
-        self.held.extend(messages.into_iter().map(|m| (seq, m)));
+        for m in messages {
+            if self.held.len() < HELD_MESSAGES_MAX {
+                self.held.push_back((seq, m));
+            } else {
+                self.dropped += 1;
+                if self.dropped.is_power_of_two() {
+                    tracing::warn!(dropped = self.dropped, "messages dropped while waiting for a slow disk");
+                }
+            }
+        }
         Vec::new()
     }
 
@@ -168,6 +204,9 @@ impl LogWriter {
     /// Records a completed write; returns the messages it releases.
     pub(super) fn complete(&mut self, persisted: &Persisted) -> Vec<Message> {
         self.durable = self.durable.max(persisted.seq);
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= self.durable) {
+            self.pending.pop_front();
+        }
         let mut released = Vec::new();
         while self.held.front().is_some_and(|(seq, _)| *seq <= self.durable) {
             if let Some((_, m)) = self.held.pop_front() {

@@ -76,14 +76,15 @@ pub enum Event {
         /// The bytes.
         data: Option<Bytes>,
     },
-    /// The writes of readies handed over with
-    /// [`advance_unpersisted`](Raft::advance_unpersisted) are durable up to `last` (the
-    /// [`Ready::persist_through`](crate::Ready::persist_through) of the latest of them): for a
-    /// driver that persists in the background. Storage must carry out the writes of readies
-    /// in the order they were taken.
+    /// The writes of every ready up to number `seq` handed over with
+    /// [`advance_unpersisted`](Raft::advance_unpersisted) are durable: for a driver that
+    /// persists in the background. Storage must carry out the writes of readies in the order
+    /// they were taken.
     Persisted {
-        /// The log's last entry when that ready was taken.
+        /// The [`Ready::persist_through`](crate::Ready::persist_through) of ready `seq`.
         last: LogId,
+        /// Its [`Ready::seq`](crate::Ready::seq).
+        seq: u64,
     },
 }
 
@@ -225,6 +226,11 @@ pub struct Raft {
     unsaved_from: Option<Index>,
     /// Set between `take_ready` and `advance`.
     awaiting_advance: bool,
+    /// The number of the latest ready taken.
+    ready_seq: u64,
+    /// The number of the latest ready whose hard state is not yet reported durable (after
+    /// [`Raft::advance_unpersisted`]): until it is, nothing leaves early.
+    unsaved_hard_state: Option<u64>,
 }
 
 impl Raft {
@@ -316,6 +322,8 @@ impl Raft {
             truncated_from: None,
             unsaved_from: None,
             awaiting_advance: false,
+            ready_seq: 0,
+            unsaved_hard_state: None,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -449,7 +457,7 @@ impl Raft {
             Event::SnapshotChunk { to, snapshot, offset, data } => {
                 self.on_snapshot_chunk(to, snapshot, offset, data)
             }
-            Event::Persisted { last } => self.on_persisted(last),
+            Event::Persisted { last, seq } => self.on_persisted(last, seq),
         }
     }
 
@@ -475,11 +483,17 @@ impl Raft {
             self.flush_appends();
         }
         let mut ready = std::mem::take(&mut self.out);
+        self.ready_seq += 1;
+        ready.seq = self.ready_seq;
         if self.hard_state_dirty {
             ready.hard_state = Some(self.hard_state);
             self.hard_state_dirty = false;
+            self.unsaved_hard_state = Some(ready.seq);
+        }
+        if self.unsaved_hard_state.is_some() {
             // Nothing of a term may leave before the term is durable (a one-voter node elects
-            // itself and leads in one step): the early messages wait for the write too.
+            // itself and leads in one step): the early messages wait for the write too, also
+            // in later readies while that write is under way.
             if !ready.messages.is_empty() {
                 let mut after = std::mem::take(&mut ready.messages);
                 after.append(&mut ready.persisted_messages);
@@ -504,6 +518,7 @@ impl Raft {
     /// durable and its committed entries applied.
     pub fn advance(&mut self) {
         self.awaiting_advance = false;
+        self.unsaved_hard_state = None;
         self.log.persisted = self.log.last_index();
         if self.role == Role::Leader {
             self.maybe_commit();
@@ -523,7 +538,10 @@ impl Raft {
     /// This node's writes are durable up to `last`. An entry overwritten since (a truncated
     /// suffix) is not the one that was written: then nothing changes, and the later write
     /// that replaced it reports its own.
-    fn on_persisted(&mut self, last: LogId) {
+    fn on_persisted(&mut self, last: LogId, seq: u64) {
+        if self.unsaved_hard_state.is_some_and(|unsaved| unsaved <= seq) {
+            self.unsaved_hard_state = None;
+        }
         if last.index <= self.log.persisted
             || last.index > self.log.last_index()
             || self.log.term_at(last.index) != Some(last.term)
@@ -533,6 +551,8 @@ impl Raft {
         self.log.persisted = last.index;
         if self.role == Role::Leader {
             self.maybe_commit();
+            // A transfer waits for the leader's own log to be durable before TimeoutNow.
+            self.maybe_send_timeout_now();
         }
     }
 

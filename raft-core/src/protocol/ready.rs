@@ -30,7 +30,8 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId};
 /// until they and every earlier write are durable, carries out the rest, and calls
 /// [`Raft::advance_unpersisted`](crate::Raft::advance_unpersisted); once the writes are
 /// durable it sends the held messages and steps [`Event::Persisted`](crate::Event::Persisted)
-/// with [`persist_through`](Ready::persist_through). `committed` then holds only entries
+/// with [`persist_through`](Ready::persist_through) and [`seq`](Ready::seq). While a ready's
+/// new hard state is not reported durable, later readies carry no early `messages` either. `committed` then holds only entries
 /// reported durable. A ready with a `snapshot` is carried out whole, after every queued write,
 /// and ends with `advance`.
 #[derive(Debug, Default)]
@@ -72,6 +73,9 @@ pub struct Ready {
     /// it with [`Event::Persisted`](crate::Event::Persisted) once this ready's writes, and
     /// every earlier one's, are durable.
     pub persist_through: LogId,
+    /// This ready's number (1, 2, ... in the order taken), for
+    /// [`Event::Persisted`](crate::Event::Persisted).
+    pub seq: u64,
 }
 
 /// A part of a snapshot received from the leader, for the driver to stage.

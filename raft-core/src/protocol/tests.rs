@@ -300,6 +300,7 @@ fn with_background_writes_the_leader_counts_itself_once_told_they_are_durable() 
     let ready = n.take_ready();
     assert_eq!(ready.entries.last().map(Entry::log_id), Some(LogId::new(term, 2)));
     assert_eq!(ready.persist_through, LogId::new(term, 2));
+    let seq = ready.seq;
     n.advance_unpersisted();
     let ack =
         Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 2 }, read_seq: 0 };
@@ -307,7 +308,7 @@ fn with_background_writes_the_leader_counts_itself_once_told_they_are_durable() 
     assert!(n.commit_index() < 2, "committed before the leader's own write was durable");
     let _ = n.take_ready();
     n.advance_unpersisted();
-    n.step(now, Event::Persisted { last: LogId::new(term, 2) });
+    n.step(now, Event::Persisted { last: LogId::new(term, 2), seq });
     assert_eq!(n.commit_index(), 2);
     assert_eq!(n.take_ready().committed.last().map(Entry::log_id), Some(LogId::new(term, 2)));
 }
@@ -323,14 +324,14 @@ fn with_background_writes_a_follower_applies_and_acknowledges_only_durable_entri
         ready.persisted_messages[0].payload,
         Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 2 }, .. }
     ));
-    let through = ready.persist_through;
+    let (through, seq) = (ready.persist_through, ready.seq);
     n.advance_unpersisted();
     assert!(
         !n.has_ready() || n.take_ready().committed.is_empty(),
         "entries applied before they were durable"
     );
     n.advance_unpersisted();
-    n.step(now, Event::Persisted { last: through });
+    n.step(now, Event::Persisted { last: through, seq });
     assert_eq!(n.take_ready().committed, vec![entry(1, 1), entry(1, 2)]);
 }
 
@@ -339,20 +340,21 @@ fn a_durable_report_for_an_overwritten_entry_counts_nothing() {
     let mut n = node(2, 1, None, &[]);
     let now = n.now;
     n.step(now, Event::Message(msg(1, 2, 1, append((0, 0), vec![entry(1, 1), entry(1, 2)], 0))));
-    let first = n.take_ready().persist_through;
+    let ready = n.take_ready();
+    let (first, first_seq) = (ready.persist_through, ready.seq);
     n.advance_unpersisted();
     // A new leader overwrites entry 2 before the first write is reported durable.
     n.step(now, Event::Message(msg(3, 2, 2, append((1, 1), vec![entry(2, 2)], 2))));
     let ready = n.take_ready();
     assert_eq!(ready.truncate_from, Some(2));
-    let second = ready.persist_through;
+    let (second, second_seq) = (ready.persist_through, ready.seq);
     n.advance_unpersisted();
-    n.step(now, Event::Persisted { last: first });
+    n.step(now, Event::Persisted { last: first, seq: first_seq });
     assert_eq!(n.status().persisted_index, 0, "entry 2 of term 1 is not the log's entry 2");
     let applied = if n.has_ready() { n.take_ready().committed } else { Vec::new() };
     assert!(applied.is_empty(), "applied {applied:?} before the write of entry 2 (term 2) was durable");
     n.advance_unpersisted();
-    n.step(now, Event::Persisted { last: second });
+    n.step(now, Event::Persisted { last: second, seq: second_seq });
     assert_eq!(n.status().persisted_index, 2);
     assert_eq!(n.take_ready().committed, vec![entry(1, 1), entry(2, 2)]);
 }
@@ -1444,4 +1446,120 @@ fn a_leader_under_check_quorum_does_not_answer_an_earlier_term_vote_request() {
     let ready = deliver(&mut n, msg(2, 1, term - 1, req));
     assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
     assert_eq!(n.role(), Role::Leader);
+}
+
+// ---- review of the background log writer (917026d) ----
+
+fn payload_of(e: &Entry) -> Option<Bytes> {
+    match &e.payload {
+        EntryPayload::Command(c) => Some(c.clone()),
+        _ => None,
+    }
+}
+
+/// A one-voter leader whose first ready (its new term, its no-op) is still being written sends
+/// the learner its entries from a later ready (the heartbeat re-probe). It crashes before the
+/// write is durable, restarts in the previous term, elects itself in the same term again and
+/// puts another command at the same (term, index): the learner keeps the first one (same
+/// term: no conflict) and applies it as committed, while the leader applied the second.
+#[test]
+fn a_one_voter_leader_sends_nothing_of_its_term_before_the_term_is_durable() {
+    let membership = Membership { learners: [2].into(), ..Membership::with_voters([1]) };
+    let fresh = || RestoredState { membership: membership.clone(), ..RestoredState::default() };
+    let mut leader = Raft::new(1, Config::default(), fresh(), 1, 0).expect("config");
+    let mut learner = Raft::new(2, Config::default(), fresh(), 1, 0).expect("config");
+    leader.step(10_000, Event::Tick);
+    assert_eq!(leader.role(), Role::Leader);
+    let term = leader.term();
+    let first = leader.take_ready();
+    assert!(first.hard_state.is_some() && first.messages.is_empty());
+    leader.advance_unpersisted(); // the term and the no-op are queued, not durable
+    leader.step(10_001, Event::Propose { id: 1, command: Bytes::from_static(b"x"), forward: false });
+    let _ = leader.take_ready();
+    leader.advance_unpersisted();
+    // One heartbeat interval later (the write is still under way): a re-probe goes out at once.
+    leader.step(10_000 + leader.config().heartbeat_interval_ms, Event::Tick);
+    let ready = leader.take_ready();
+    leader.advance_unpersisted();
+    let early: Vec<Message> = ready.messages.clone();
+    // The learner takes it.
+    for m in early.iter().filter(|m| m.to == 2) {
+        learner.step(10_030, Event::Message(m.clone()));
+    }
+    let _ = learner.take_ready();
+    learner.advance();
+    // Crash: nothing of the leader's was durable. It starts again from what storage holds.
+    let mut again = Raft::new(1, Config::default(), fresh(), 2, 20_000).expect("config");
+    again.step(40_000, Event::Tick);
+    assert_eq!((again.role(), again.term()), (Role::Leader, term), "the same term again");
+    let r = again.take_ready();
+    again.advance();
+    let mut to_learner: Vec<Message> = r.messages.into_iter().chain(r.persisted_messages).collect();
+    again.step(40_001, Event::Propose { id: 1, command: Bytes::from_static(b"y"), forward: false });
+    let r = again.take_ready();
+    again.advance();
+    to_learner.extend(r.messages.into_iter().chain(r.persisted_messages));
+    let mut learner_applied = Vec::new();
+    for _ in 0..10 {
+        let mut back = Vec::new();
+        for m in to_learner.drain(..).filter(|m| m.to == 2) {
+            learner.step(40_010, Event::Message(m));
+            let r = learner.take_ready();
+            learner.advance();
+            learner_applied.extend(r.committed);
+            back.extend(r.messages.into_iter().chain(r.persisted_messages));
+        }
+        for m in back {
+            again.step(40_020, Event::Message(m));
+        }
+        if again.has_ready() {
+            let r = again.take_ready();
+            again.advance();
+            to_learner.extend(r.messages.into_iter().chain(r.persisted_messages));
+        }
+    }
+    let leader_at_2 = again.entry(2).and_then(payload_of);
+    let learner_at_2 = learner_applied.iter().find(|e| e.index == 2).and_then(payload_of);
+    if learner_at_2.is_some() {
+        assert_eq!(learner_at_2, leader_at_2, "the learner applied another command at index 2");
+    }
+    assert!(
+        early.iter().all(|m| m.to != 2
+            || !matches!(&m.payload, Payload::AppendEntries { entries, .. } if !entries.is_empty())),
+        "entries of term {term} left before the term was durable: {early:?}"
+    );
+}
+
+/// The target of a transfer caught up before the leader's own last write was durable: the
+/// TimeoutNow is then due when that write is reported, but only a later answer of the target
+/// sends it.
+#[test]
+fn timeout_now_goes_out_when_the_leaders_own_write_is_reported() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let now = n.now;
+    n.step(now, Event::Propose { id: 1, command: Bytes::from_static(b"x"), forward: false });
+    let r = n.take_ready();
+    let (through, seq) = (r.persist_through, r.seq);
+    n.advance_unpersisted();
+    assert_eq!(n.transfer_leadership(now, Some(2)), Ok(2));
+    let _ = n.take_ready();
+    n.advance_unpersisted();
+    n.step(now, Event::Message(msg(2, 1, term, ack(2, 0))));
+    let r = n.take_ready();
+    n.advance_unpersisted();
+    assert!(!r.persisted_messages.iter().chain(r.messages.iter()).any(|m| m.payload == Payload::TimeoutNow));
+    n.step(now, Event::Persisted { last: through, seq });
+    let r = n.take_ready();
+    n.advance_unpersisted();
+    assert!(
+        r.persisted_messages
+            .iter()
+            .chain(r.messages.iter())
+            .any(|m| m.to == 2 && m.payload == Payload::TimeoutNow),
+        "target and leader hold the whole log durably, no TimeoutNow: {r:?}"
+    );
 }
