@@ -467,6 +467,11 @@ pub enum ErrorCode {
     Compacted,
     /// The node is shutting down or stopped (HTTP 503).
     Unavailable,
+    /// No token, or one the node does not know (HTTP 401): set `ClientOptions::token`.
+    Unauthenticated,
+    /// The token's role does not allow this request (HTTP 403); the message names the role
+    /// it needs.
+    Forbidden,
     /// Anything else (HTTP 500).
     Internal,
     /// A code this client does not know (sent by a newer server); the HTTP status tells more.
@@ -496,6 +501,8 @@ impl ErrorCode {
             | ErrorCode::StaleSequence
             | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }
@@ -513,6 +520,8 @@ impl ErrorCode {
             405 => ErrorCode::MethodNotAllowed,
             410 => ErrorCode::Compacted,
             409 => ErrorCode::Conflict,
+            401 => ErrorCode::Unauthenticated,
+            403 => ErrorCode::Forbidden,
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }

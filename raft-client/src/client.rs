@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -679,6 +679,13 @@ impl Shared {
         }
         if let Some((client_id, seq)) = call.session {
             request = request.header(CLIENT_ID_HEADER, client_id).header(SEQ_HEADER, seq);
+        }
+        if let Some(token) = &self.options.token {
+            // Checked by `ClientOptions::validate`; marked sensitive so that it is never logged.
+            if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
         }
         let mut response = request.send().await.map_err(ExchangeError::Http)?;
         let status = response.status();

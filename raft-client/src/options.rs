@@ -24,6 +24,9 @@ pub struct ClientOptions {
     /// A watch that receives no byte (event or keep-alive comment) for this long fails with
     /// a timeout; `None` waits forever. Default 60 s (servers send keep-alives every 15 s).
     pub watch_idle_timeout: Option<Duration>,
+    /// The bearer token sent with every request (`Authorization: Bearer ...`), for a cluster
+    /// with client authentication (`[auth]`); `None` sends none.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +39,7 @@ impl Default for ClientOptions {
             client_id: None,
             response_bytes_max: 32 << 20,
             watch_idle_timeout: Some(Duration::from_secs(60)),
+            token: None,
         }
     }
 }
@@ -64,6 +68,14 @@ impl ClientOptions {
         }
         if self.watch_idle_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::InvalidOptions("watch_idle_timeout must be positive"));
+        }
+        if let Some(token) = &self.token {
+            if token.is_empty() || reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err()
+            {
+                return Err(ClientError::InvalidOptions(
+                    "token must be non-empty visible ASCII (it goes in a header)",
+                ));
+            }
         }
         Ok(())
     }

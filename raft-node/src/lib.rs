@@ -29,4 +29,5 @@ mod http;
 pub mod metrics;
 mod node;
 
+pub use http::{hash_token, new_token};
 pub use node::{discovery, Node, StartError};

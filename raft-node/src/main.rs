@@ -44,6 +44,16 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Prints a new random client token and the `[[auth.tokens]]` entry (its SHA-256) that
+    /// lets a node accept it.
+    NewToken {
+        /// The token's name in the config and in the logs.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// What it may do: read, write or admin.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
     /// The operator CLI (`raft-node ctl --help`): status, put, get, members, ...
     #[command(disable_help_flag = true)]
     Ctl {
@@ -63,6 +73,28 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::NewToken { name, role } => {
+            if !matches!(role.as_str(), "read" | "write" | "admin") {
+                eprintln!("error: --role must be read, write or admin");
+                return ExitCode::from(2);
+            }
+            match raft_node::new_token() {
+                Ok(token) => {
+                    println!("# The token (give it to the client; it is not stored anywhere):");
+                    println!("# {token}");
+                    println!("# The entry for each node's config (only the hash):");
+                    println!(
+                        "[[auth.tokens]]\nname = {name:?}\nrole = \"{role}\"\nsha256 = \"{}\"",
+                        raft_node::hash_token(&token)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ctl { args } => {
             let args = std::iter::once(OsString::from("raft-node ctl")).chain(args);
             match runtime.block_on(raft_client::cli::run(args)) {

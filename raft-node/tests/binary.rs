@@ -26,6 +26,8 @@ fn write_configs_with_raft_addrs(dir: &Path) -> (Vec<PathBuf>, Vec<(String, Stri
     let certs = dir.join("certs");
     raft_tls::generate_dev_certs("bin", 1..=3).unwrap().write_dev_certs(&certs).unwrap();
     let addrs: Vec<_> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut members = String::new();
     for (i, (raft, client)) in addrs.iter().enumerate() {
         members.push_str(&format!(
@@ -38,11 +40,14 @@ fn write_configs_with_raft_addrs(dir: &Path) -> (Vec<PathBuf>, Vec<(String, Stri
         let id = i + 1;
         let text = format!(
             "cluster = \"bin\"\nid = {id}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\ndata_dir = \"{}\"\n\n{members}\
-             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[log]\nlevel = \"info\"\n",
+             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[log]\nlevel = \"info\"\n\n\
+             [auth]\ntoken_file = \"{}\"\n\n[[auth.tokens]]\nname = \"test-admin\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
             dir.join(format!("data{id}")).display(),
             certs.join("ca.pem").display(),
             certs.join(format!("node-{id}.pem")).display(),
             certs.join(format!("node-{id}-key.pem")).display(),
+            token_file.display(),
+            raft_node::hash_token(TOKEN),
         );
         let file = dir.join(format!("node{}.toml", i + 1));
         std::fs::write(&file, text).unwrap();
@@ -58,9 +63,22 @@ fn spawn(config: &Path) -> Child {
     Command::new(BIN).args(["run", "--config"]).arg(config).stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
+/// The admin token of the test clusters (the configs hold its hash).
+const TOKEN: &str = "binary-test-admin-token";
+
 fn ctl(endpoints: &[String], args: &[&str]) -> (bool, String, String) {
-    let out =
-        Command::new(BIN).args(["ctl", "--endpoints", &endpoints.join(",")]).args(args).output().unwrap();
+    ctl_as(Some(TOKEN), endpoints, args)
+}
+
+/// `raft-node ctl` presenting `token` (through the environment, as an operator would).
+fn ctl_as(token: Option<&str>, endpoints: &[String], args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(BIN);
+    command.args(["ctl", "--endpoints", &endpoints.join(",")]).args(args);
+    command.env_remove("RAFT_TOKEN").env_remove("RAFT_TOKEN_FILE");
+    if let Some(token) = token {
+        command.env("RAFT_TOKEN", token);
+    }
+    let out = command.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -130,6 +148,11 @@ fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
 
     let (ok, _, err) = ctl(&endpoints, &["put", "color", "blue"]);
     assert!(ok, "{err}");
+    // Without a token, or with a wrong one, nothing is served (the open health check is).
+    let (ok, _, err) = ctl_as(None, &endpoints, &["get", "color"]);
+    assert!(!ok && err.contains("unauthenticated"), "{err}");
+    let (ok, _, err) = ctl_as(Some("guess"), &endpoints, &["put", "color", "red"]);
+    assert!(!ok && err.contains("unauthenticated"), "{err}");
     let (ok, out, _) = ctl(&endpoints, &["get", "color"]);
     assert!(ok && out.contains("blue"), "{out}");
     let (ok, out, _) = ctl(&endpoints, &["status"]);

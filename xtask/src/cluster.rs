@@ -99,6 +99,9 @@ pub(crate) struct ClusterOptions {
     pub clean: bool,
     /// Plaintext Raft peers (`--insecure`) instead of mutual TLS with dev certificates.
     pub insecure: bool,
+    /// A client API without tokens (`--insecure`, and the benchmarks' load generators)
+    /// instead of an admin token in `admin.token`.
+    pub open_api: bool,
 }
 
 impl Default for ClusterOptions {
@@ -110,6 +113,7 @@ impl Default for ClusterOptions {
             release: true,
             clean: false,
             insecure: false,
+            open_api: false,
         }
     }
 }
@@ -152,7 +156,10 @@ fn parse_options(args: &[String]) -> Result<ClusterOptions> {
             }
             "--debug" => o.release = false,
             "--clean" => o.clean = true,
-            "--insecure" => o.insecure = true,
+            "--insecure" => {
+                o.insecure = true;
+                o.open_api = true;
+            }
             other => bail!("unknown option {other}"),
         }
         i += 1;
@@ -167,6 +174,9 @@ const USAGE: &str = "usage: cargo xtask cluster up [--nodes N] [--transport tcp|
 /// Runs a `cluster` subcommand.
 pub fn cluster(root: &Path, args: &[String]) -> Result<()> {
     let layout = Layout::cli(root);
+    // A running cluster's clients present its admin token (an open cluster has none).
+    let token = std::fs::read_to_string(layout.dir.join("admin.token")).ok();
+    use_token(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
     match args.first().map(String::as_str) {
         Some("up") => up(root, &layout, &parse_options(&args[1..])?),
         Some("down") => down(&layout, args.iter().any(|a| a == "--clean")),
@@ -200,8 +210,13 @@ fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
     }
     let ctl = format!("{} ctl --endpoints {}", binary.display(), endpoints.join(","));
     println!("\ntry:\n  {ctl} put greeting hello\n  {ctl} get greeting\n  {ctl} status");
+    let auth = if o.open_api {
+        String::new()
+    } else {
+        format!(" -H \"Authorization: Bearer $(cat {})\"", layout.dir.join("admin.token").display())
+    };
     println!(
-        "  curl -s http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
+        "  curl -s{auth} http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
         layout.client_addr(1)
     );
     Ok(())
@@ -264,11 +279,25 @@ impl LocalCluster {
             }
         }
         let members: Vec<NodeSpec> = (1..=o.nodes).map(|id| layout.spec(id)).collect();
+        let token_file = if o.open_api {
+            println!("client API: INSECURE, no tokens (--insecure): anyone who reaches it can write and administer");
+            None
+        } else {
+            let file = write_admin_token(dir)?;
+            println!(
+                "client API: tokens; the admin token is in {} (`raft-node ctl` run from the repository \
+                 finds it; curl: -H \"Authorization: Bearer $(cat {})\")",
+                file.display(),
+                file.display()
+            );
+            Some(file)
+        };
         let common = ConfigCommon {
             cluster: "local".into(),
             transport: o.transport.clone(),
             storage: o.storage.clone(),
             tls_dir,
+            token_file,
             extra_toml: String::new(),
             written_by: "cargo xtask cluster".into(),
         };
@@ -423,6 +452,10 @@ pub struct ConfigCommon {
     /// Dev certificates (`ca.pem`, `node-<id>.pem`, `node-<id>-key.pem`) for mutual TLS
     /// between peers; `None` writes `insecure_plaintext_peers = true`.
     pub tls_dir: Option<PathBuf>,
+    /// The admin token's file (see [`write_admin_token`]): client authentication with it as
+    /// the only token, and each node's own token for joining; `None` writes
+    /// `insecure_open_client_api = true`.
+    pub token_file: Option<PathBuf>,
     /// TOML appended to every file (`[raft]`, `[limits]` sections, ...).
     pub extra_toml: String,
     /// Named in the header comment.
@@ -453,6 +486,9 @@ impl ConfigCommon {
             // A top-level key: before the [[members]] tables.
             text.push_str("# Plaintext Raft peers: for an isolated test network only.\ninsecure_plaintext_peers = true\n");
         }
+        if self.token_file.is_none() {
+            text.push_str("# No client authentication: for an isolated test network only.\ninsecure_open_client_api = true\n");
+        }
         match join {
             Some(through) => {
                 let list: Vec<String> = through.iter().map(|a| format!("\"{a}\"")).collect();
@@ -478,9 +514,57 @@ impl ConfigCommon {
                 certs.join(format!("node-{}-key.pem", node.id)).display()
             ));
         }
+        if let Some(file) = &self.token_file {
+            let token = std::fs::read_to_string(file).unwrap_or_default();
+            text.push_str(&format!(
+                "[auth]\ntoken_file = \"{}\"\n\n[[auth.tokens]]\nname = \"admin\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n",
+                file.display(),
+                hex(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref())
+            ));
+        }
         text.push_str(&self.extra_toml);
         text
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token that xtask's own clients present to the cluster it started (none for an open
+/// API).
+static CLUSTER_TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Writes a new random admin token to `dir/admin.token` (readable by its owner only) and
+/// makes xtask's clients present it. Returns the file.
+pub fn write_admin_token(dir: &Path) -> Result<PathBuf> {
+    use ring::rand::SecureRandom;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    let token = hex(&bytes);
+    let file = dir.join("admin.token");
+    let _ = std::fs::remove_file(&file);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
+    use_token(Some(token));
+    Ok(file)
+}
+
+/// Makes xtask's clients present `token` (or none).
+pub fn use_token(token: Option<String>) {
+    *CLUSTER_TOKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+}
+
+/// `options` with the token of the cluster xtask started.
+pub fn with_token(options: ClientOptions) -> ClientOptions {
+    let token = CLUSTER_TOKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    ClientOptions { token, ..options }
 }
 
 /// Starts `raft-node run --config CONFIG` through `command` (the binary itself, or a wrapper
@@ -512,7 +596,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub(crate) fn status_client(endpoints: &[String]) -> Result<Client> {
     let options =
         ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    Ok(Client::new(endpoints, options)?)
+    Ok(Client::new(endpoints, with_token(options))?)
 }
 
 /// The leader's status, if one of the nodes answers as a leader that has committed an entry
@@ -648,6 +732,7 @@ mod tests {
             transport: "tcp".into(),
             storage: "mem".into(),
             tls_dir: None,
+            token_file: None,
             extra_toml: String::new(),
             written_by: "test".into(),
         };

@@ -26,6 +26,14 @@ pub struct Cli {
     /// Time limit of one request attempt: `500ms`, `5s`, `1m` (a bare number is seconds).
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Bearer token for a cluster with client authentication. Prefer `RAFT_TOKEN` or
+    /// `--token-file` (a flag shows in the process list).
+    #[arg(long, env = "RAFT_TOKEN", hide_env_values = true, global = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the bearer token. Without a token or a file, `target/cluster/admin.token`
+    /// (written by `cargo xtask cluster up`) is used when it exists.
+    #[arg(long, env = "RAFT_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -67,7 +67,14 @@ pub async fn execute(
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> anyhow::Result<i32> {
-    let options = ClientOptions { request_timeout: cli.timeout, ..ClientOptions::default() };
+    let token = match token_of(cli) {
+        Ok(token) => token,
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let options = ClientOptions { request_timeout: cli.timeout, token, ..ClientOptions::default() };
     let client = match Client::new(&cli.endpoints, options) {
         Ok(client) => client,
         Err(e) => return report(err, &e),
@@ -75,6 +82,28 @@ pub async fn execute(
     match dispatch(cli, &client, out, err).await? {
         Ok(code) => Ok(code),
         Err(e) => report(err, &e),
+    }
+}
+
+/// Where `cargo xtask cluster up` writes the local cluster's admin token, relative to the
+/// directory `raftctl` runs in.
+pub const LOCAL_CLUSTER_TOKEN_FILE: &str = "target/cluster/admin.token";
+
+/// The token to present: `--token`/`RAFT_TOKEN`, else the file of `--token-file`/
+/// `RAFT_TOKEN_FILE`, else the local cluster's token file when it exists.
+fn token_of(cli: &Cli) -> Result<Option<String>, String> {
+    if let Some(token) = &cli.token {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    let (path, explicit) = match &cli.token_file {
+        Some(path) => (path.clone(), true),
+        None => (std::path::PathBuf::from(LOCAL_CLUSTER_TOKEN_FILE), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+        Ok(_) if explicit => Err(format!("the token file {} is empty", path.display())),
+        Err(e) if explicit => Err(format!("cannot read the token file {}: {e}", path.display())),
+        _ => Ok(None),
     }
 }
 

@@ -62,6 +62,57 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// What a client token may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRole {
+    /// Reads: keys, services, status, members, leader, watch.
+    Read,
+    /// Reads and writes of keys and services.
+    Write,
+    /// Everything: membership changes, leadership transfer, the log view, snapshot downloads.
+    Admin,
+}
+
+impl std::fmt::Display for ClientRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientRole::Read => "read",
+            ClientRole::Write => "write",
+            ClientRole::Admin => "admin",
+        })
+    }
+}
+
+/// A client token: its name (in logs), its role, and the SHA-256 of the token (hex), never the
+/// token itself. `raft-node new-token` prints a fresh token with its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (logged with every admin operation).
+    pub name: String,
+    /// What it may do.
+    pub role: ClientRole,
+    /// SHA-256 of the token, 64 hex digits.
+    pub sha256: String,
+}
+
+/// Client authentication: bearer tokens with roles. Required unless
+/// `insecure_open_client_api` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The tokens the client API accepts.
+    pub tokens: Vec<TokenConfig>,
+    /// Serve `/health`, `/ready` and `/metrics` without a token (for probes and scrapers).
+    #[serde(default = "default_true")]
+    pub open_ops: bool,
+    /// A file holding the token this node presents to other members' APIs when it joins a
+    /// running cluster (an `admin` token).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Limits of the client API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -311,6 +362,15 @@ pub struct NodeConfig {
     /// `/v1/status`.
     #[serde(default)]
     pub insecure_plaintext_peers: bool,
+    /// Client authentication (bearer tokens with roles). Required unless
+    /// `insecure_open_client_api` is set.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Serve the client API without authentication, without `[auth]`: anyone who reaches
+    /// `client_addr` can then read, write and change the membership. Only for a network that
+    /// nothing else reaches (tests, benchmarks); the node warns at start and in `/v1/status`.
+    #[serde(default)]
+    pub insecure_open_client_api: bool,
     /// Protocol tunables (elections, heartbeats, batching, snapshots, reads).
     #[serde(default)]
     pub raft: raft_core::Config,
@@ -496,6 +556,63 @@ impl NodeConfig {
             ),
             _ => {}
         }
+        match (&self.auth, self.insecure_open_client_api) {
+            (None, false) => bad(
+                "auth",
+                "clients must authenticate: configure [auth] with tokens (`raft-node new-token` \
+                 prints one with its hash), or set insecure_open_client_api = true to let anyone \
+                 who reaches client_addr read, write and change the membership"
+                    .into(),
+            ),
+            (Some(_), true) => bad(
+                "insecure_open_client_api",
+                "contradicts [auth]: remove one of them (with [auth] clients present tokens)".into(),
+            ),
+            _ => {}
+        }
+        if let Some(auth) = &self.auth {
+            if auth.tokens.is_empty() {
+                bad("auth.tokens", "list at least one token (name, role, sha256)".into());
+            }
+            let mut names = BTreeSet::new();
+            let mut hashes = BTreeSet::new();
+            for (i, t) in auth.tokens.iter().enumerate() {
+                let key = format!("auth.tokens[{i}]");
+                if t.name.trim().is_empty() || t.name.len() > 64 {
+                    bad(&format!("{key}.name"), "must be 1 to 64 characters".into());
+                } else if !names.insert(t.name.as_str()) {
+                    bad(&format!("{key}.name"), format!("the name {:?} appears twice", t.name));
+                }
+                if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bad(
+                        &format!("{key}.sha256"),
+                        "must be the token's SHA-256 as 64 hex digits (not the token itself)".into(),
+                    );
+                } else if !hashes.insert(t.sha256.to_ascii_lowercase()) {
+                    bad(&format!("{key}.sha256"), "the same token is listed twice".into());
+                }
+            }
+            let talks_to_members =
+                self.peers().next().is_some() || !self.join.is_empty() || self.discovery.enabled;
+            if auth.token_file.is_none() && talks_to_members {
+                bad(
+                    "auth.token_file",
+                    "a node with other members needs a token of its own (an admin one) to ask them \
+                     whether they know it and to join: without it, the check that keeps a node that \
+                     lost its data from voting could not run"
+                        .into(),
+                );
+            }
+            if let Some(path) = &auth.token_file {
+                match std::fs::read_to_string(path) {
+                    Ok(text) if text.trim().is_empty() => {
+                        bad("auth.token_file", format!("{} is empty", path.display()))
+                    }
+                    Ok(_) => {}
+                    Err(e) => bad("auth.token_file", format!("cannot read {}: {e}", path.display())),
+                }
+            }
+        }
         if self.transport == TransportKind::Quic && self.tls.is_none() {
             bad(
                 "tls",
@@ -609,7 +726,21 @@ impl NodeConfig {
                 self.raft_addr
             ));
         }
+        if self.auth.is_none() {
+            warnings.push(format!(
+                "insecure_open_client_api: the client API on {} is not authenticated; anyone who \
+                 reaches it can read, write and change the membership",
+                self.client_addr
+            ));
+        }
         warnings
+    }
+
+    /// The token this node presents to other members' APIs (`auth.token_file`), if any.
+    pub fn own_token(&self) -> Option<String> {
+        let path = self.auth.as_ref()?.token_file.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
     }
 
     /// The address other nodes dial for this node's Raft transport: `raft_advertise_addr`,

@@ -11,8 +11,12 @@ fn example() -> &'static str {
                 .expect("certs")
                 .write_dev_certs(&certs)
                 .expect("written");
+            let secrets = dir.path().join("secrets");
+            std::fs::create_dir_all(&secrets).expect("secrets dir");
+            std::fs::write(secrets.join("admin.token"), "example-token\n").expect("token file");
             let text = include_str!("../../node.example.toml")
-                .replace("\"certs/", &format!("\"{}/", certs.display()));
+                .replace("\"certs/", &format!("\"{}/", certs.display()))
+                .replace("\"secrets/", &format!("\"{}/", secrets.display()));
             (dir, text)
         })
         .1
@@ -123,7 +127,7 @@ fn members_and_join_are_exclusive_and_one_is_needed() {
 
 /// A minimal config (plaintext peers, to need no certificate files).
 const BARE: &str = "cluster = \"c\"\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n\
-                    data_dir = \"d\"\ninsecure_plaintext_peers = true\n";
+                    data_dir = \"d\"\ninsecure_plaintext_peers = true\ninsecure_open_client_api = true\n";
 
 #[test]
 fn discovery_alone_is_enough_to_find_a_cluster_but_must_be_on() {

@@ -6,13 +6,15 @@
 //! - `watch.rs`: the commit stream as server-sent events;
 //! - `ops.rs`: `/health`, `/ready`, `/metrics`;
 //! - `snapshot.rs`: the latest snapshot as a download, for backups;
-//! - `error.rs`: errors as JSON with stable codes.
+//! - `error.rs`: errors as JSON with stable codes;
+//! - `auth.rs`: bearer tokens with roles (`[auth]`), checked before anything else.
 //!
 //! Writes run through [`write`]: the session headers, the request timeout, forwarding or a
 //! redirect to the leader, the mapping of the state machine's answer. Reads run through
 //! [`read_barrier`]: ReadIndex (or the lease, or nothing for `local`), then wait until the
 //! state machine has applied that index.
 
+mod auth;
 mod cluster;
 mod error;
 mod kv;
@@ -37,6 +39,7 @@ use raft_kv::{Command, InvalidCommand, Op, Response as KvResponse, Session};
 use tokio::sync::Semaphore;
 
 use crate::node::Shared;
+pub use auth::{hash_token, new_token};
 pub(crate) use error::HttpError;
 pub(crate) use server::{connection_cap, open_file_limit, serve, ServerLimits};
 pub(crate) use snapshot::SNAPSHOT_DOWNLOADS_MAX;
@@ -69,16 +72,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/services/{name}/nodes/{node}/down", post(services::set_down))
         .route("/v1/balance/{name}", get(services::balance))
         .layer(middleware::from_fn_with_state(limit, limit_concurrency));
-    Router::new()
+    let routes = Router::new()
         .merge(api)
         .route("/v1/watch", get(watch::watch))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { HttpError::not_found("no such endpoint") })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(json_errors))
-        .with_state(shared)
+        .layer(DefaultBodyLimit::max(body_limit));
+    // Outside the request slots and the body read: an unauthenticated request costs neither.
+    let routes = match &shared.config.auth {
+        Some(config) => {
+            routes.layer(middleware::from_fn_with_state(Arc::new(auth::Auth::new(config)), auth::authorize))
+        }
+        None => routes,
+    };
+    routes.layer(middleware::from_fn(json_errors)).with_state(shared)
 }
 
 /// Longest body of a non-JSON error answer kept as the JSON error's message.

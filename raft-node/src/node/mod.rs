@@ -74,6 +74,16 @@ pub enum StartError {
         /// What the cluster reported.
         evidence: String,
     },
+    /// A member refused this node's token (`auth.token_file`) while it checked whether the
+    /// cluster already knows it: that check keeps a node that lost its data from voting, so
+    /// the node does not start without it.
+    #[error("{endpoint} refused this node's token ({message}): check auth.token_file")]
+    Refused {
+        /// The member that refused.
+        endpoint: String,
+        /// Its answer.
+        message: String,
+    },
     /// The discovery socket could not be opened (bound to the group's port, joined to it).
     #[error("cannot open the discovery socket ({group}, interface {interface}): {source}")]
     DiscoverySocket {

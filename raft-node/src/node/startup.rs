@@ -51,8 +51,14 @@ pub(super) fn seed(id: NodeId) -> u64 {
     raft_core::fresh_seed() ^ id.rotate_left(32)
 }
 
-fn probe_client(endpoints: Vec<String>, timeout: Duration) -> Option<Client> {
-    let options = ClientOptions { request_timeout: timeout, max_retries: 1, ..ClientOptions::default() };
+/// A client of the other members' APIs, presenting this node's own token (`auth.token_file`).
+fn probe_client(config: &NodeConfig, endpoints: Vec<String>, timeout: Duration) -> Option<Client> {
+    let options = ClientOptions {
+        request_timeout: timeout,
+        max_retries: 1,
+        token: config.own_token(),
+        ..ClientOptions::default()
+    };
     Client::new(endpoints, options).ok()
 }
 
@@ -68,10 +74,19 @@ pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartErro
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + PROBE_FOR;
-    let Some(client) = probe_client(endpoints, Duration::from_millis(500)) else { return Ok(()) };
+    let Some(client) = probe_client(config, endpoints, Duration::from_millis(500)) else { return Ok(()) };
     while tokio::time::Instant::now() < deadline {
         for (endpoint, status) in client.statuses().await {
-            let Ok(status) = status else { continue };
+            let status = match status {
+                Ok(status) => status,
+                Err(e) if matches!(e.code(), "unauthenticated" | "forbidden") => {
+                    return Err(StartError::Refused {
+                        endpoint: endpoint.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => continue,
+            };
             if status.cluster != config.cluster {
                 continue;
             }
@@ -103,7 +118,7 @@ pub(super) async fn plan_join(
     fresh: bool,
 ) -> Result<Plan, StartError> {
     let through = join_through.join(", ");
-    let client = probe_client(join_through.clone(), Duration::from_secs(2)).ok_or_else(|| {
+    let client = probe_client(config, join_through.clone(), Duration::from_secs(2)).ok_or_else(|| {
         StartError::Join { through: through.clone(), message: "invalid join address".into() }
     })?;
     let deadline = tokio::time::Instant::now() + JOIN_FOR;
@@ -149,7 +164,7 @@ pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<St
         client_addr: config.client_addr.to_string(),
         role: if config.join_as_voter { MemberRole::Voter } else { MemberRole::Learner },
     };
-    let Some(client) = probe_client(join_through, Duration::from_secs(60)) else { return };
+    let Some(client) = probe_client(config, join_through, Duration::from_secs(60)) else { return };
     let mut delay = Duration::from_millis(200);
     loop {
         match client.add_member(&request).await {

@@ -64,8 +64,12 @@ pub fn config_for(
         m.client_addr,
         dir.join(format!("node{}", m.id)).display()
     );
-    // Plaintext peers unless a test sets [tls].
-    let overrides = ["join=[\"x\"]".into(), "insecure_plaintext_peers=true".into()];
+    // Plaintext peers unless a test sets [tls]; an open client API unless it sets [auth].
+    let overrides = [
+        "join=[\"x\"]".into(),
+        "insecure_plaintext_peers=true".into(),
+        "insecure_open_client_api=true".into(),
+    ];
     let mut config = NodeConfig::parse(&text, "test.toml", &overrides).unwrap();
     config.join.clear();
     config.members = members;
@@ -141,13 +145,20 @@ impl TestCluster {
         self.configs.iter().map(|c| c.client_addr.to_string()).collect()
     }
 
+    /// The token the nodes present to each other (`auth.token_file`), which the test's
+    /// clients present too; `None` with an open API.
+    pub fn token(&self) -> Option<String> {
+        self.configs[0].own_token()
+    }
+
     pub fn client(&self) -> Client {
-        Client::new(self.endpoints(), ClientOptions::default()).unwrap()
+        let options = ClientOptions { token: self.token(), ..ClientOptions::default() };
+        Client::new(self.endpoints(), options).unwrap()
     }
 
     /// A client that only talks to node `id`.
     pub fn client_of(&self, id: u64) -> Client {
-        let options = ClientOptions { max_retries: 0, ..ClientOptions::default() };
+        let options = ClientOptions { max_retries: 0, token: self.token(), ..ClientOptions::default() };
         Client::new([self.endpoint(id)], options).unwrap()
     }
 

@@ -351,7 +351,9 @@ impl Env {
 }
 
 fn quick_options() -> ClientOptions {
-    ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() }
+    let options =
+        ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
+    crate::cluster::with_token(options)
 }
 
 fn inner(root: &Path, o: &Options, binary: PathBuf) -> Result<()> {
@@ -414,11 +416,14 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
         raft_tls::generate_dev_certs("chaos", 1..=o.nodes)?.write_dev_certs(&dir)?;
         Some(dir)
     };
+    // Client authentication, the default set-up: every client of the run presents the token.
+    let token_file = Some(crate::cluster::write_admin_token(out)?);
     let common = ConfigCommon {
         cluster: "chaos".into(),
         transport: o.transport.clone(),
         storage: "rocks".into(),
         tls_dir,
+        token_file,
         // Snapshots every 2000 entries, so that restarted and rejoining nodes also catch up by
         // snapshot; requests time out before the clients give up on them.
         extra_toml: "[raft]\nsnapshot_threshold_entries = 2000\nsnapshot_keep_entries = 200\n\n\
@@ -429,8 +434,11 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     let tmpfs_mib = if o.rootless { None } else { Some(256) };
     let nodes = Nodes::new(binary, common, &specs, out, tmpfs_mib)?;
     let endpoints: Vec<String> = specs.iter().map(|s| s.client_addr.clone()).collect();
-    let admin_options =
-        ClientOptions { request_timeout: Duration::from_secs(3), max_retries: 5, ..Default::default() };
+    let admin_options = crate::cluster::with_token(ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        max_retries: 5,
+        ..Default::default()
+    });
     let have_faketime = Path::new(nodes::FAKETIME_LIB).exists();
     let mut env = Env {
         nodes,
@@ -535,7 +543,11 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     // Final reads of every key, recorded in the history too.
     let final_client = Client::new(
         &endpoints,
-        ClientOptions { request_timeout: Duration::from_secs(3), max_retries: 10, ..Default::default() },
+        crate::cluster::with_token(ClientOptions {
+            request_timeout: Duration::from_secs(3),
+            max_retries: 10,
+            ..Default::default()
+        }),
     )?;
     let mut finals = BTreeMap::new();
     for k in 0..o.keys {

@@ -41,12 +41,12 @@ pub struct Workload {
 }
 
 fn client_options() -> ClientOptions {
-    ClientOptions {
+    crate::cluster::with_token(ClientOptions {
         request_timeout: Duration::from_millis(1500),
         max_retries: 3,
         consistency: Consistency::Linearizable,
         ..ClientOptions::default()
-    }
+    })
 }
 
 /// The reads of a pinned client: one short attempt, no retry. A read is invoked when its

@@ -12,7 +12,7 @@ fn announcement(cluster: &str, id: NodeId) -> Announcement {
 fn config(cluster: &str, id: NodeId) -> NodeConfig {
     let text = format!(
         "cluster = \"{cluster}\"\nid = {id}\nraft_addr = \"127.0.0.1:{}\"\nclient_addr = \"127.0.0.1:{}\"\n\
-         data_dir = \"d\"\ninsecure_plaintext_peers = true\n[discovery]\nenabled = true\ninterval_ms = 100\nlisten_ms = 2000\n",
+         data_dir = \"d\"\ninsecure_plaintext_peers = true\ninsecure_open_client_api = true\n[discovery]\nenabled = true\ninterval_ms = 100\nlisten_ms = 2000\n",
         7000 + id,
         8000 + id,
     );

@@ -1,0 +1,209 @@
+//! Client authentication: every request but the open operational ones presents a bearer token
+//! (`Authorization: Bearer ...`) whose SHA-256 is configured in `[auth]`, with a role that
+//! allows the request. Refusals are JSON: 401 `unauthenticated` (no token, or an unknown one)
+//! and 403 `forbidden` (the role is too low). Requests that need `admin` are logged with the
+//! token's name.
+//!
+//! The check runs before the body is read and before a request slot is taken, so an
+//! unauthenticated client costs the node no slot and no body buffer.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use raft_client::api::ErrorCode;
+
+use super::HttpError;
+use crate::config::{AuthConfig, ClientRole};
+
+/// A configured token.
+struct Known {
+    name: String,
+    role: ClientRole,
+    digest: [u8; 32],
+}
+
+/// The tokens the API accepts.
+pub(crate) struct Auth {
+    tokens: Vec<Known>,
+    open_ops: bool,
+}
+
+impl Auth {
+    /// From a validated `[auth]` (hashes that do not parse are left out: validation refuses
+    /// them before the node starts).
+    pub(crate) fn new(config: &AuthConfig) -> Self {
+        let tokens = config
+            .tokens
+            .iter()
+            .filter_map(|t| Some(Known { name: t.name.clone(), role: t.role, digest: parse_hex(&t.sha256)? }))
+            .collect();
+        Self { tokens, open_ops: config.open_ops }
+    }
+
+    /// The configured token `token` is, if any. Every configured digest is compared in full,
+    /// in constant time.
+    fn holder(&self, token: &str) -> Option<&Known> {
+        let digest = token_digest(token);
+        let mut found = None;
+        for known in &self.tokens {
+            let diff = known.digest.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(known);
+            }
+        }
+        found
+    }
+}
+
+/// SHA-256 of a token.
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The SHA-256 of `token` as 64 lowercase hex digits: the form `[auth]` keeps.
+pub fn hash_token(token: &str) -> String {
+    token_digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token (32 bytes from the OS, as 64 hex digits).
+pub fn new_token() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the OS gave no random bytes".to_string())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The role a request needs, or `None` when it is open. Unknown paths need `read` (or `write`
+/// for a method that changes something), so that nothing is learned without a token.
+pub(crate) fn required_role(method: &Method, path: &str, open_ops: bool) -> Option<ClientRole> {
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if matches!(path, "/health" | "/ready" | "/metrics") {
+        return if open_ops { None } else { Some(ClientRole::Read) };
+    }
+    if under("/v1/transfer-leader") || under("/v1/log") || under("/v1/snapshot") {
+        return Some(ClientRole::Admin);
+    }
+    if under("/v1/members") {
+        return Some(if reads { ClientRole::Read } else { ClientRole::Admin });
+    }
+    Some(if reads { ClientRole::Read } else { ClientRole::Write })
+}
+
+/// The middleware: answers 401/403 or passes the request on.
+pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let Some(needed) = required_role(request.method(), request.uri().path(), auth.open_ops) else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(holder) = presented.and_then(|token| auth.holder(token)) else {
+        let message = match presented {
+            None => "this API needs a token: send `Authorization: Bearer <token>`",
+            Some(_) => "the token is not one this node accepts",
+        };
+        let mut answer = HttpError::new(ErrorCode::Unauthenticated, message).into_response();
+        answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return answer;
+    };
+    if holder.role < needed {
+        let message = format!(
+            "the token {:?} has the role {}; {} {} needs {needed}",
+            holder.name,
+            holder.role,
+            request.method(),
+            request.uri().path()
+        );
+        return HttpError::new(ErrorCode::Forbidden, message).into_response();
+    }
+    if needed == ClientRole::Admin {
+        tracing::info!(token = %holder.name, method = %request.method(), path = %request.uri().path(), "admin request");
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_needs_the_role_its_effect_calls_for() {
+        let get = Method::GET;
+        let put = Method::PUT;
+        let post = Method::POST;
+        let delete = Method::DELETE;
+        for (method, path, role) in [
+            (&get, "/v1/kv/a", Some(ClientRole::Read)),
+            (&put, "/v1/kv/a", Some(ClientRole::Write)),
+            (&delete, "/v1/kv/a", Some(ClientRole::Write)),
+            (&post, "/v1/cas/a", Some(ClientRole::Write)),
+            (&get, "/v1/watch", Some(ClientRole::Read)),
+            (&get, "/v1/status", Some(ClientRole::Read)),
+            (&get, "/v1/members", Some(ClientRole::Read)),
+            (&post, "/v1/members", Some(ClientRole::Admin)),
+            (&delete, "/v1/members/2", Some(ClientRole::Admin)),
+            (&post, "/v1/members/2/promote", Some(ClientRole::Admin)),
+            (&post, "/v1/transfer-leader", Some(ClientRole::Admin)),
+            (&get, "/v1/log", Some(ClientRole::Admin)),
+            (&get, "/v1/snapshot", Some(ClientRole::Admin)),
+            (&put, "/v1/services/s", Some(ClientRole::Write)),
+            (&get, "/v1/balance/s", Some(ClientRole::Read)),
+            (&get, "/nowhere", Some(ClientRole::Read)),
+            (&post, "/nowhere", Some(ClientRole::Write)),
+            (&get, "/health", None),
+            (&get, "/metrics", None),
+        ] {
+            assert_eq!(required_role(method, path, true), role, "{method} {path}");
+        }
+        assert_eq!(required_role(&get, "/ready", false), Some(ClientRole::Read));
+        // A look-alike of an admin path is not let through as a lesser one.
+        assert_eq!(required_role(&get, "/v1/members-x", true), Some(ClientRole::Read));
+        assert_eq!(required_role(&post, "/v1/members/", true), Some(ClientRole::Admin));
+    }
+
+    #[test]
+    fn a_token_is_known_by_its_hash_only() {
+        let token = "s3cret-token";
+        let config = AuthConfig {
+            tokens: vec![crate::config::TokenConfig {
+                name: "ops".into(),
+                role: ClientRole::Admin,
+                sha256: hash_token(token),
+            }],
+            open_ops: true,
+            token_file: None,
+        };
+        let auth = Auth::new(&config);
+        assert_eq!(auth.holder(token).map(|k| k.name.as_str()), Some("ops"));
+        assert!(auth.holder("s3cret-tokeN").is_none());
+        assert!(auth.holder(&hash_token(token)).is_none(), "the hash itself is not a token");
+        assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let fresh = new_token().expect("random");
+        assert_eq!(fresh.len(), 64);
+        assert_ne!(fresh, new_token().expect("random"));
+    }
+}
