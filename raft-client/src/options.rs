@@ -5,8 +5,9 @@ use std::time::Duration;
 use crate::api::Consistency;
 use crate::error::ClientError;
 
-/// How a [`Client`](crate::Client) talks to the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a [`Client`](crate::Client) talks to the cluster. Its `Debug` output never shows the
+/// token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Time limit of one attempt (connect, send, whole answer). Default 5 s.
     pub request_timeout: Duration,
@@ -27,6 +28,21 @@ pub struct ClientOptions {
     /// The bearer token sent with every request (`Authorization: Bearer ...`), for a cluster
     /// with client authentication (`[auth]`); `None` sends none.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("consistency", &self.consistency)
+            .field("client_id", &self.client_id)
+            .field("response_bytes_max", &self.response_bytes_max)
+            .field("watch_idle_timeout", &self.watch_idle_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {

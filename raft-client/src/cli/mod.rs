@@ -97,7 +97,11 @@ fn token_of(cli: &Cli) -> Result<Option<String>, String> {
     }
     let (path, explicit) = match &cli.token_file {
         Some(path) => (path.clone(), true),
-        None => (std::path::PathBuf::from(LOCAL_CLUSTER_TOKEN_FILE), false),
+        // The local cluster's token only goes to local endpoints.
+        None if cli.endpoints.iter().all(|e| is_loopback_endpoint(e)) => {
+            (std::path::PathBuf::from(LOCAL_CLUSTER_TOKEN_FILE), false)
+        }
+        None => return Ok(None),
     };
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
@@ -105,6 +109,16 @@ fn token_of(cli: &Cli) -> Result<Option<String>, String> {
         Err(e) if explicit => Err(format!("cannot read the token file {}: {e}", path.display())),
         _ => Ok(None),
     }
+}
+
+/// Whether `endpoint` (`host:port`, optionally `http://`) names this machine's loopback.
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let host = match rest.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => rest,
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The `<code>: <message>` of an error, as printed after `error: `.

@@ -344,3 +344,27 @@ async fn bad_endpoints_and_usage_give_exit_codes() {
     assert_eq!(run(["raftctl", "nonsense"]).await.unwrap(), EXIT_USAGE);
     assert_eq!(run(["raftctl", "--help"]).await.unwrap(), 0);
 }
+
+#[test]
+fn the_local_cluster_token_goes_only_to_local_endpoints() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("target/cluster")).unwrap();
+    std::fs::write(repo.path().join(LOCAL_CLUSTER_TOKEN_FILE), "local-dev-admin-token\n").unwrap();
+    std::env::set_current_dir(repo.path()).unwrap();
+    let token = |endpoints: &str| {
+        let mut cli = parse(&["status"]);
+        cli.endpoints = endpoints.split(',').map(str::to_owned).collect();
+        cli.token = None;
+        cli.token_file = None;
+        token_of(&cli).unwrap()
+    };
+    assert_eq!(
+        token("127.0.0.1:8081,localhost:8082,http://[::1]:8083").as_deref(),
+        Some("local-dev-admin-token")
+    );
+    assert_eq!(token("127.0.0.1:8081,10.0.0.7:8081"), None, "a remote endpoint gets no implicit token");
+    assert_eq!(token("db.example.com:8081"), None);
+    for remote in ["10.0.0.7:8081", "http://example.com:80", "127.0.0.1.example.com:1"] {
+        assert!(!is_loopback_endpoint(remote), "{remote}");
+    }
+}

@@ -603,11 +603,28 @@ impl NodeConfig {
                         .into(),
                 );
             }
+            if self.discovery.enabled {
+                bad(
+                    "discovery.enabled",
+                    "discovery announcements are not authenticated: with [auth] a joining node would \
+                     hand its token to whoever announces the cluster's name; list the members or \
+                     `join` addresses instead"
+                        .into(),
+                );
+            }
             if let Some(path) = &auth.token_file {
                 match std::fs::read_to_string(path) {
                     Ok(text) if text.trim().is_empty() => {
                         bad("auth.token_file", format!("{} is empty", path.display()))
                     }
+                    Ok(text) if !text.trim().bytes().all(|b| b.is_ascii_graphic()) => bad(
+                        "auth.token_file",
+                        format!(
+                            "{} must hold the token alone (visible ASCII, no spaces, comments or \
+                             other lines)",
+                            path.display()
+                        ),
+                    ),
                     Ok(_) => {}
                     Err(e) => bad("auth.token_file", format!("cannot read {}: {e}", path.display())),
                 }

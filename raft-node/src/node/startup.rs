@@ -52,14 +52,18 @@ pub(super) fn seed(id: NodeId) -> u64 {
 }
 
 /// A client of the other members' APIs, presenting this node's own token (`auth.token_file`).
-fn probe_client(config: &NodeConfig, endpoints: Vec<String>, timeout: Duration) -> Option<Client> {
+fn probe_client(
+    config: &NodeConfig,
+    endpoints: Vec<String>,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
     let options = ClientOptions {
         request_timeout: timeout,
         max_retries: 1,
         token: config.own_token(),
         ..ClientOptions::default()
     };
-    Client::new(endpoints, options).ok()
+    Client::new(endpoints, options)
 }
 
 /// A node of a new cluster starting with an empty data dir asks the other members whether
@@ -74,7 +78,14 @@ pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartErro
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + PROBE_FOR;
-    let Some(client) = probe_client(config, endpoints, Duration::from_millis(500)) else { return Ok(()) };
+    // Fails closed: a node that cannot ask (say, a token unfit for a header) does not start
+    // as if nobody knew it.
+    let client = probe_client(config, endpoints.clone(), Duration::from_millis(500)).map_err(|e| {
+        StartError::Refused {
+            endpoint: endpoints.join(", "),
+            message: format!("cannot ask the members: {e}"),
+        }
+    })?;
     while tokio::time::Instant::now() < deadline {
         for (endpoint, status) in client.statuses().await {
             let status = match status {
@@ -118,9 +129,8 @@ pub(super) async fn plan_join(
     fresh: bool,
 ) -> Result<Plan, StartError> {
     let through = join_through.join(", ");
-    let client = probe_client(config, join_through.clone(), Duration::from_secs(2)).ok_or_else(|| {
-        StartError::Join { through: through.clone(), message: "invalid join address".into() }
-    })?;
+    let client = probe_client(config, join_through.clone(), Duration::from_secs(2))
+        .map_err(|_| StartError::Join { through: through.clone(), message: "invalid join address".into() })?;
     let deadline = tokio::time::Instant::now() + JOIN_FOR;
     let view: MembersView = loop {
         match client.members().await {
@@ -164,7 +174,13 @@ pub(super) async fn request_membership(shared: Arc<Shared>, join_through: Vec<St
         client_addr: config.client_addr.to_string(),
         role: if config.join_as_voter { MemberRole::Voter } else { MemberRole::Learner },
     };
-    let Some(client) = probe_client(config, join_through, Duration::from_secs(60)) else { return };
+    let client = match probe_client(config, join_through, Duration::from_secs(60)) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot ask the cluster to add this node");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(200);
     loop {
         match client.add_member(&request).await {
