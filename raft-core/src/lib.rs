@@ -44,7 +44,7 @@ pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload
 pub use protocol::{
     Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
     Ready, ReplicationMode, RestoreError, RestoredState, SnapshotPart, SnapshotRead, TransferError,
-    STALLED_TRANSFER_TIMEOUTS,
+    STALLED_TRANSFER_TIMEOUTS, TERM_LIMIT,
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{

@@ -66,6 +66,8 @@ pub struct Metrics {
     transport_dropped_other: Gauge,
     transport_refused: Gauge,
     transport_bad_frames: Gauge,
+    /// Absurd Raft messages the protocol dropped.
+    dropped_messages: Gauge,
     proposal_seconds: Family<OpLabel, Histogram>,
     read_seconds: Family<OpLabel, Histogram>,
     request_errors: Family<OpLabel, Counter>,
@@ -113,6 +115,7 @@ impl Metrics {
             transport_dropped_other: Gauge::default(),
             transport_refused: Gauge::default(),
             transport_bad_frames: Gauge::default(),
+            dropped_messages: Gauge::default(),
             proposal_seconds: Family::new_with_constructor(latency_histogram),
             read_seconds: Family::new_with_constructor(latency_histogram),
             request_errors: Family::default(),
@@ -121,6 +124,11 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("term", "Current term", metrics.term.clone());
+        r.register(
+            "protocol_dropped_messages",
+            "Absurd Raft messages dropped since start (a term past the limit, misaddressed, malformed)",
+            metrics.dropped_messages.clone(),
+        );
         r.register("is_leader", "1 on the leader, else 0", metrics.is_leader.clone());
         r.register("role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader", metrics.role.clone());
         r.register("commit_index", "Highest committed index known", metrics.commit_index.clone());
@@ -217,6 +225,7 @@ impl Metrics {
     pub fn render(&self, status: &NodeStatus, kv: &raft_kv::KvStats, transport: TransportCounters) -> String {
         let p = &status.protocol;
         self.term.set(clamp(p.term));
+        self.dropped_messages.set(clamp(p.dropped_messages));
         let leader = p.role == Role::Leader;
         self.is_leader.set(i64::from(leader));
         self.role.set(role_number(p.role));

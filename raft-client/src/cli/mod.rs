@@ -154,6 +154,14 @@ fn innermost_cause<'a>(
 
 fn report(err: &mut (dyn Write + Send), e: &ClientError) -> anyhow::Result<i32> {
     writeln!(err, "error: {}", error_line(e)).context("writing to stderr")?;
+    if e.code() == "unauthenticated" {
+        writeln!(
+            err,
+            "hint: give a token with --token-file FILE, RAFT_TOKEN_FILE or RAFT_TOKEN (a cluster from \
+             `cargo xtask cluster up` keeps its admin token in {LOCAL_CLUSTER_TOKEN_FILE})"
+        )
+        .context("writing to stderr")?;
+    }
     Ok(EXIT_FAILURE)
 }
 

@@ -154,7 +154,16 @@ pub struct ProtocolStatus {
     /// When (this node's clock, ms) this node last answered a read by its leader lease, in
     /// its current term as leader.
     pub last_lease_read_ms: Option<Millis>,
+    /// Messages dropped since start because they were absurd: a term past [`TERM_LIMIT`],
+    /// a misaddressed message, a malformed AppendEntries.
+    pub dropped_messages: u64,
 }
+
+/// The largest term a node adopts from a message (2^48: a million elections a second would
+/// take nine years to reach it). A message claiming more is dropped and counted: a forged or
+/// corrupted term near `u64::MAX` would otherwise leave no term to elect in. No legitimate
+/// jump is refused: a node adopts any term up to this, however far from its own.
+pub const TERM_LIMIT: Term = 1 << 48;
 
 /// The Raft state machine of one node.
 #[derive(Debug)]
@@ -226,6 +235,8 @@ pub struct Raft {
     unsaved_from: Option<Index>,
     /// Set between `take_ready` and `advance`.
     awaiting_advance: bool,
+    /// Absurd messages dropped (see [`ProtocolStatus::dropped_messages`]).
+    dropped_messages: u64,
     /// The number of the latest ready taken.
     ready_seq: u64,
     /// The number of the latest ready whose hard state is not yet reported durable (after
@@ -322,6 +333,7 @@ impl Raft {
             truncated_from: None,
             unsaved_from: None,
             awaiting_advance: false,
+            dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
         };
@@ -418,6 +430,7 @@ impl Raft {
             leadership_transfer: self.transfer.as_ref().map(|t| t.target),
             incoming_snapshot: self.incoming.as_ref().map(|i| (i.meta.last_log_id, i.received_bytes())),
             last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
+            dropped_messages: self.dropped_messages,
         }
     }
 
@@ -843,21 +856,25 @@ impl Raft {
     fn handle_message(&mut self, m: Message) {
         if m.to != self.id || m.from == self.id {
             tracing::warn!(node = self.id, from = m.from, to = m.to, "dropping misaddressed message");
+            self.dropped_messages += 1;
             return;
         }
         let term = self.term();
-        if m.term == Term::MAX {
-            // No election reaches it (each adds one); adopting it would leave no next term.
+        if m.term > TERM_LIMIT {
+            // No election reaches it; adopting it would leave (almost) no next term.
             tracing::warn!(
                 node = self.id,
                 from = m.from,
-                "dropping a message with the largest possible term"
+                term = m.term,
+                "dropping a message whose term is past the limit (forged or corrupted)"
             );
+            self.dropped_messages += 1;
             return;
         }
         if let Payload::AppendEntries { prev_log_id, entries, .. } = &m.payload {
             if !entries_follow(*prev_log_id, entries, m.term) {
                 tracing::warn!(node = self.id, from = m.from, "dropping a malformed AppendEntries");
+                self.dropped_messages += 1;
                 return;
             }
         }

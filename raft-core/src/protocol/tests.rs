@@ -1277,6 +1277,25 @@ fn a_message_with_the_largest_term_is_dropped() {
 }
 
 #[test]
+fn a_term_past_the_limit_is_dropped_and_counted_but_any_term_below_is_adopted() {
+    let mut n = node(2, 1, None, &[1]);
+    for forged in [TERM_LIMIT + 1, u64::MAX - 1, u64::MAX] {
+        let vote = Payload::RequestVoteResponse { pre_vote: false, granted: true };
+        let r = deliver(&mut n, msg(3, 2, forged, vote));
+        assert_eq!(n.term(), 1, "term {forged} adopted");
+        assert!(r.hard_state.is_none());
+    }
+    assert_eq!(n.status().dropped_messages, 3);
+    // A learner joining a cluster that has run for a while: a jump of 10,000 terms is legitimate.
+    deliver(&mut n, msg(1, 2, 10_000, append((1, 1), vec![], 1)));
+    assert_eq!((n.term(), n.leader()), (10_000, Some(1)));
+    // So is the limit itself.
+    deliver(&mut n, msg(1, 2, TERM_LIMIT, append((1, 1), vec![], 1)));
+    assert_eq!(n.term(), TERM_LIMIT);
+    assert_eq!(n.status().dropped_messages, 3);
+}
+
+#[test]
 fn malformed_append_entries_are_dropped() {
     let mut n = node(2, 2, None, &[1]);
     // Not contiguous with prev, a term above the message's, a term going down.
