@@ -63,6 +63,13 @@ impl Endpoint {
         Ok(Self { base: url })
     }
 
+    /// Whether the host is this machine's loopback (`localhost`, `127.0.0.0/8`, `::1`).
+    pub fn is_loopback(&self) -> bool {
+        let Some(host) = self.base.host_str() else { return false };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The normalized base URL, e.g. `http://127.0.0.1:8081/`.
     pub fn as_str(&self) -> &str {
         self.base.as_str()

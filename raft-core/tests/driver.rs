@@ -3,7 +3,7 @@
 //! transfer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -495,21 +495,32 @@ async fn a_byte_threshold_triggers_snapshots_too() {
     c.shutdown().await;
 }
 
-/// In-memory storage whose appends fail with `Full` while `full` is set.
-struct FillableStorage {
+/// In-memory storage with faults the tests switch on and off: appends that fail with `Full`
+/// (a full disk), appends that never return (a hung disk), hard-state writes that take 30 s
+/// (a slow sync).
+#[derive(Default)]
+struct FaultyStorage {
     inner: MemStorage,
-    full: Arc<std::sync::atomic::AtomicBool>,
+    full: AtomicBool,
+    hang_appends: AtomicBool,
+    slow_hard_state: AtomicBool,
 }
 
 #[async_trait]
-impl raft_core::Storage for FillableStorage {
+impl raft_core::Storage for FaultyStorage {
     async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
         self.inner.initial_state().await
     }
     async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
+        if self.slow_hard_state.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
         self.inner.save_hard_state(hs).await
     }
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if self.hang_appends.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.full.load(Ordering::SeqCst) {
             return Err(StorageError::Full);
         }
@@ -537,8 +548,7 @@ impl raft_core::Storage for FillableStorage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
-    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let storage = Arc::new(FillableStorage { inner: MemStorage::default(), full: full.clone() });
+    let storage = Arc::new(FaultyStorage::default());
     let network = LocalNetwork::default();
     let node = RaftNode::start(
         1,
@@ -553,7 +563,7 @@ async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
     .expect("starts");
     wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
     let ok = node.propose(Bytes::from_static(b"before")).await.expect("applied");
-    full.store(true, Ordering::SeqCst);
+    storage.full.store(true, Ordering::SeqCst);
     let err = node.propose(Bytes::from_static(b"lost")).await.expect_err("must not be acknowledged");
     // The entry may have left the node before its write failed: the outcome is unknown,
     // and the node reports why it stopped.
@@ -773,58 +783,17 @@ mod snapshot_parts {
     }
 }
 
-// ---- review of the background log writer (917026d) ----
+// ---- the background log writer ----
 
-/// In-memory storage whose hard-state writes take 30 s while `slow` is set (a slow sync).
-struct SlowHardState {
-    inner: MemStorage,
-    slow: Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[async_trait]
-impl raft_core::Storage for SlowHardState {
-    async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
-        self.inner.initial_state().await
-    }
-    async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
-        if self.slow.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-        self.inner.save_hard_state(hs).await
-    }
-    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
-        self.inner.truncate(from).await
-    }
-    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(from, to).await
-    }
-    async fn term(&self, index: Index) -> Result<raft_core::Term, StorageError> {
-        self.inner.term(index).await
-    }
-    async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
-        self.inner.save_snapshot(s).await
-    }
-    async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
-        self.inner.load_snapshot().await
-    }
-    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
-        self.inner.compact(up_to).await
-    }
-}
-
-/// One voter (1) and a learner (2). The voter's first write (its new term) is slow; meanwhile
-/// its heartbeat re-probe reaches the learner, the learner forwards a client's command `x`,
-/// the voter appends it and sends it to the learner at once. The voter crashes before its term
-/// is durable, starts again in the same term and commits `y` at the same (term, index): the
-/// learner keeps `x` there (same term: no conflict), applies it, and its client is told `x`
-/// was applied. The cluster's only voter never had `x`.
+/// One voter (1) and a learner (2). The voter's first write (its new term) is slow. Nothing of
+/// that term may leave it meanwhile: once its heartbeat re-probe went out early, the learner
+/// forwarded a client's `x`, the voter crashed before its term was durable, came back in the
+/// same term and committed `y` at the same (term, index), and the learner applied `x` there.
+/// Now the learner hears nothing until the term is durable and applies `y`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_voter_leader_is_not_heard_before_its_term_is_durable() {
-    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let storage1 = Arc::new(SlowHardState { inner: MemStorage::default(), slow: slow.clone() });
+    let storage1 = Arc::new(FaultyStorage::default());
+    storage1.slow_hard_state.store(true, Ordering::SeqCst);
     let network = LocalNetwork::default();
     let membership = Membership { learners: [2].into(), ..Membership::with_voters([1]) };
     let start = |storage: Arc<dyn Storage>, id: NodeId| {
@@ -864,7 +833,7 @@ async fn a_one_voter_leader_is_not_heard_before_its_term_is_durable() {
     leader.abort();
     assert!(durable_term < term, "test setup: the term was durable already");
     // Node 1 starts again from what its storage holds (no term, no entries).
-    slow.store(false, Ordering::SeqCst);
+    storage1.slow_hard_state.store(false, Ordering::SeqCst);
     let again = start(storage1.clone(), 1).await;
     wait_until("node 1 leads again", || again.status().protocol.role == Role::Leader).await;
     assert_eq!(again.status().protocol.term, term, "the same term again");
@@ -895,59 +864,15 @@ async fn a_one_voter_leader_is_not_heard_before_its_term_is_durable() {
     );
 }
 
-/// In-memory storage whose appends never return while `hang` is set (a hung disk).
-struct HangingStorage {
-    inner: MemStorage,
-    hang: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl raft_core::Storage for HangingStorage {
-    async fn initial_state(&self) -> Result<raft_core::InitialState, StorageError> {
-        self.inner.initial_state().await
-    }
-    async fn save_hard_state(&self, hs: raft_core::HardState) -> Result<(), StorageError> {
-        self.inner.save_hard_state(hs).await
-    }
-    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        if self.hang.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: Index) -> Result<(), StorageError> {
-        self.inner.truncate(from).await
-    }
-    async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(from, to).await
-    }
-    async fn term(&self, index: Index) -> Result<raft_core::Term, StorageError> {
-        self.inner.term(index).await
-    }
-    async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
-        self.inner.save_snapshot(s).await
-    }
-    async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
-        self.inner.load_snapshot().await
-    }
-    async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
-        self.inner.compact(up_to).await
-    }
-}
-
-/// The leader's disk hangs. Before the log writer, its event loop hung with it: no more
-/// heartbeats, and the followers elected another leader. Now it keeps sending heartbeats while
-/// it can neither apply nor (with its own write outstanding) take its clients' requests.
+/// The leader's disk hangs. With log writes off its event loop it could keep heartbeating
+/// while committing nothing; it goes quiet instead, and another node takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
     let network = LocalNetwork::default();
     let mut storages = BTreeMap::new();
     let mut nodes = BTreeMap::new();
     for id in 1..=3u64 {
-        let storage = Arc::new(HangingStorage {
-            inner: MemStorage::default(),
-            hang: std::sync::atomic::AtomicBool::new(false),
-        });
+        let storage = Arc::new(FaultyStorage::default());
         let node = RaftNode::start(
             id,
             Config::default(),
@@ -969,7 +894,7 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
     })
     .await;
     nodes[&leader].propose(Bytes::from_static(b"before")).await.expect("applied");
-    storages[&leader].hang.store(true, Ordering::SeqCst);
+    storages[&leader].hang_appends.store(true, Ordering::SeqCst);
     let mut proposals = Vec::new();
     for i in 0..3 {
         let n = nodes[&leader].clone();

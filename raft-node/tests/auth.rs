@@ -44,6 +44,21 @@ async fn start(n: u64, token_dir: &Path, open_ops: bool) -> TestCluster {
     .await
 }
 
+/// Three nodes on in-memory storage, with a write and every node's addresses registered (so
+/// that the others know node 3), then node 3 stopped: its data is gone.
+async fn known_cluster_without_node_3(token_dir: &Path) -> TestCluster {
+    let mut cluster = start(3, token_dir, true).await;
+    cluster.client().put("k", "v").await.unwrap();
+    let client = cluster.client();
+    common::eventually("every node registered its addresses", || {
+        let client = client.clone();
+        async move { client.members().await.is_ok_and(|m| m.members.iter().all(|m| m.registered)) }
+    })
+    .await;
+    cluster.stop(3).await;
+    cluster
+}
+
 fn client_as(cluster: &TestCluster, token: Option<&str>) -> Client {
     let options =
         ClientOptions { token: token.map(str::to_owned), max_retries: 2, ..ClientOptions::default() };
@@ -164,17 +179,9 @@ async fn operational_endpoints_can_be_closed_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_token_the_others_refuse_does_not_start_blind() {
     let tokens = tempfile::tempdir().unwrap();
-    let mut cluster = start(3, tokens.path(), true).await;
-    cluster.client().put("k", "v").await.unwrap();
-    let client = cluster.client();
-    common::eventually("every node registered its addresses", || {
-        let client = client.clone();
-        async move { client.members().await.is_ok_and(|m| m.members.iter().all(|m| m.registered)) }
-    })
-    .await;
+    let cluster = known_cluster_without_node_3(tokens.path()).await;
     // Node 3 comes back with its (in-memory) data gone: with its token it asks the others,
     // learns that they know it, and refuses to vote with an empty log.
-    cluster.stop(3).await;
     let config = cluster.configs[2].clone();
     match raft_node::Node::start(config.clone()).await {
         Err(raft_node::StartError::LostData { .. }) => {}
@@ -507,15 +514,7 @@ async fn redirects_are_checked_on_both_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_file_that_is_not_a_token_alone_is_refused() {
     let tokens = tempfile::tempdir().unwrap();
-    let mut cluster = start(3, tokens.path(), true).await;
-    cluster.client().put("k", "v").await.unwrap();
-    let client = cluster.client();
-    common::eventually("every node registered its addresses", || {
-        let client = client.clone();
-        async move { client.members().await.is_ok_and(|m| m.members.iter().all(|m| m.registered)) }
-    })
-    .await;
-    cluster.stop(3).await;
+    let cluster = known_cluster_without_node_3(tokens.path()).await;
     let mut failures = Vec::new();
     for (name, content) in [
         ("two-lines.token", format!("{ADMIN}\n# rotated 2026-12-01\n")),

@@ -111,14 +111,9 @@ fn token_of(cli: &Cli) -> Result<Option<String>, String> {
     }
 }
 
-/// Whether `endpoint` (`host:port`, optionally `http://`) names this machine's loopback.
+/// Whether `endpoint` parses and names this machine's loopback.
 fn is_loopback_endpoint(endpoint: &str) -> bool {
-    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-    let host = match rest.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => rest,
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    crate::Endpoint::parse(endpoint).is_ok_and(|e| e.is_loopback())
 }
 
 /// The `<code>: <message>` of an error, as printed after `error: `.
