@@ -48,7 +48,7 @@ pub use protocol::{
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{
-    InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, SnapshotStage, Storage,
+    DataLoss, InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, SnapshotStage, Storage,
     StorageError,
 };
 pub use transport::{PeerError, SendError, Transport, TransportClosed};

@@ -183,6 +183,44 @@ pub struct InitialState {
     pub first_index: Index,
     /// The index of the last entry (`first_index - 1` when the log is empty).
     pub last_index: Index,
+    /// Data the store had made durable and no longer finds (a truncated or deleted write-ahead
+    /// log): `None` for a store that found everything, or that keeps no such record.
+    pub lost: Option<DataLoss>,
+}
+
+/// What a store found missing when it opened: less than it had recorded as durable, in a
+/// record kept apart from the data it describes. Reported, never hidden: the node then
+/// recovers (see [`RestoredState::recorded_last`](crate::RestoredState::recorded_last)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLoss {
+    /// The last log entry the store had recorded as durable: the node may have acknowledged
+    /// entries up to it.
+    pub recorded_last: LogId,
+    /// The last log entry found (the snapshot's when the log is empty).
+    pub found_last: LogId,
+    /// The hard state found, when it was older than the one recorded (a term or a vote went
+    /// missing). The store returns the recorded one in [`InitialState::hard_state`] and has
+    /// written it back.
+    pub rolled_back_hard_state: Option<HardState>,
+}
+
+impl std::fmt::Display for DataLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.found_last < self.recorded_last {
+            write!(
+                f,
+                "the log ends at {} but entries up to {} had been made durable",
+                self.found_last, self.recorded_last
+            )?;
+            if self.rolled_back_hard_state.is_some() {
+                f.write_str("; ")?;
+            }
+        }
+        if let Some(found) = &self.rolled_back_hard_state {
+            write!(f, "the hard state went back to term {} (restored from the record)", found.current_term)?;
+        }
+        Ok(())
+    }
 }
 
 /// A storage operation that failed. Every variant names the failed operation's reason; the

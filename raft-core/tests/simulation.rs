@@ -311,3 +311,69 @@ fn randomized_seeds() {
         random::run(seed, Default::default());
     }
 }
+
+/// The scenario in which a lost write-ahead log loses a committed entry: leader `a` commits
+/// an entry with `b`'s acknowledgement while `c` is cut off; `b` then loses that entry (and
+/// its term and vote) from its disk and `a` goes down. Without a durability record `b` would
+/// elect `c`, whose log lacks the entry. Returns the cluster (with `a` down and `c` connected
+/// again), the ids `(a, b, c)` and the committed entry.
+fn lose_a_committed_entry(c: &mut Cluster) -> ((u64, u64, u64), raft_core::LogId) {
+    let a = c.check_one_leader();
+    let (b, other) = ((a % 3) + 1, ((a + 1) % 3) + 1);
+    c.run_for(200);
+    c.disconnect(other);
+    let handle = c.propose(a, b"written while c was away", false).expect("the leader runs");
+    assert!(c.run_until(2_000, |c| matches!(c.proposal(handle), ProposalState::Applied(_))));
+    let ProposalState::Applied(entry) = c.proposal(handle) else { unreachable!() };
+    c.crash_losing_data(b, 1, true);
+    c.crash(a);
+    c.connect(other);
+    c.restart(b);
+    ((a, b, other), entry)
+}
+
+#[test]
+fn a_node_that_lost_a_committed_entry_does_not_elect_a_leader_without_it() {
+    let mut c = Cluster::new(3, 77);
+    let ((a, b, _), entry) = lose_a_committed_entry(&mut c);
+    assert_eq!(c.raft(b).map(|r| r.status().recovering_to), Some(Some(entry)));
+    // `other` lacks the entry and `b` knows it had it: no leader while `a` is down.
+    c.run_for(5 * ELECTION_MS);
+    c.check_no_leader();
+    // `a` returns with the entry: it is elected, and `b` receives the entry again.
+    c.restart(a);
+    let leader = c.check_one_leader();
+    assert_eq!(leader, a, "only the node holding the committed entry can lead");
+    assert!(c.run_until(5_000, |c| c.raft(b).is_some_and(|r| r.status().recovering_to.is_none())));
+    assert_eq!(c.nodes_missing_data(), 0);
+    let final_write = c.propose(leader, b"after recovery", false).expect("the leader runs");
+    assert!(c.run_until(5_000, |c| matches!(c.proposal(final_write), ProposalState::Applied(_))));
+    assert!(c.acknowledged().iter().any(|(id, _)| *id == entry), "the committed entry was lost");
+}
+
+/// The checks catch the loss when the record is ignored, as stores did before they kept one:
+/// the scenario above is a real safety violation, not one the simulator cannot see.
+#[test]
+fn without_the_durability_record_the_loss_breaks_safety() {
+    let outcome = std::panic::catch_unwind(|| {
+        let mut c = Cluster::new(3, 77);
+        c.ignore_durability_records = true;
+        let (_, _) = lose_a_committed_entry(&mut c);
+        c.run_for(5 * ELECTION_MS);
+        c.leaders()
+    });
+    match outcome {
+        // The simulator's leader-completeness check failed the run.
+        Err(_) => {}
+        Ok(leaders) => {
+            panic!("a leader was elected without the committed entry and no check failed: {leaders:?}")
+        }
+    }
+}
+
+#[test]
+fn randomized_seeds_without_durability_records_fail() {
+    let options = random::RandomRunOptions { ignore_durability_records: true, ..Default::default() };
+    let failed = (0..400u64).find(|seed| std::panic::catch_unwind(|| random::run(*seed, options)).is_err());
+    assert!(failed.is_some(), "400 seeds with data loss and no durability record found no violation");
+}

@@ -237,6 +237,7 @@ impl Storage for SimStorage {
             snapshot: disk.snapshot.as_ref().map(|s| s.meta.clone()),
             first_index: disk.first_index(),
             last_index: disk.last_index(),
+            lost: None,
         })
     }
 

@@ -86,6 +86,7 @@ impl Storage for MemStorage {
             snapshot: inner.snapshot.as_ref().map(|s| s.meta.clone()),
             first_index: inner.first,
             last_index: inner.last_index(),
+            lost: None,
         })
     }
 

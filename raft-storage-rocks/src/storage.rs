@@ -292,7 +292,7 @@ impl Storage for RocksStorage {
             };
             let snapshot = self.stored_snapshot_meta(db)?;
             let b = self.bounds(db)?;
-            Ok(InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last })
+            Ok(InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last, lost: None })
         })
     }
 

@@ -114,6 +114,9 @@ impl Driver {
     ) -> Result<(Self, watch::Receiver<NodeStatus>), RaftError> {
         config.validate()?;
         let initial = parts.storage.initial_state().await?;
+        if let Some(lost) = &initial.lost {
+            tracing::warn!(node = id, %lost, "storage lost data it had made durable");
+        }
         let entries = if initial.last_index >= initial.first_index {
             parts.storage.entries(initial.first_index, initial.last_index + 1).await?
         } else {
@@ -137,6 +140,7 @@ impl Driver {
             snapshot,
             entries,
             membership: initial_membership,
+            recorded_last: initial.lost.as_ref().map(|l| l.recorded_last),
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
         // Request ids start at a random point of the 64-bit space, so that ids of this

@@ -101,6 +101,11 @@ pub struct RestoredState {
     /// The membership of a new cluster, used when there is no snapshot (configuration entries
     /// in the log override it).
     pub membership: Membership,
+    /// The last log entry storage had recorded as durable, when its log now ends before it
+    /// (data went missing: see [`DataLoss`](crate::DataLoss)). This node may have acknowledged
+    /// entries up to it, so until its log reaches it again it votes as if its log ended there
+    /// and does not campaign (see [`ProtocolStatus::recovering_to`]).
+    pub recorded_last: Option<LogId>,
 }
 
 /// A snapshot of one follower's replication state, as the leader sees it.
@@ -157,6 +162,12 @@ pub struct ProtocolStatus {
     /// Messages dropped since start because they were absurd: a term past [`TERM_LIMIT`],
     /// a misaddressed message, a malformed AppendEntries.
     pub dropped_messages: u64,
+    /// Set while this node is recovering from lost data: the last log entry it had recorded
+    /// as durable, which its log no longer reaches. Meanwhile it grants a vote only to a
+    /// candidate whose log is at least as up to date as this entry (as it would have with its
+    /// data) and never campaigns; it follows a leader as usual and the state clears once its
+    /// durable log reaches this entry.
+    pub recovering_to: Option<LogId>,
 }
 
 /// The largest term a node adopts from a message (2^48: a million elections a second would
@@ -242,6 +253,8 @@ pub struct Raft {
     /// The number of the latest ready whose hard state is not yet reported durable (after
     /// [`Raft::advance_unpersisted`]): until it is, nothing leaves early.
     unsaved_hard_state: Option<u64>,
+    /// Recovering from lost data (see [`ProtocolStatus::recovering_to`]).
+    recovering_to: Option<LogId>,
 }
 
 impl Raft {
@@ -295,6 +308,16 @@ impl Raft {
         }
         let membership = configs.values().next_back().cloned().unwrap_or_default();
         let log = RaftLog::restore(base, entries, snapshot_last.index);
+        let recovering_to = restored.recorded_last.filter(|recorded| *recorded > log.last_log_id());
+        if let Some(recorded) = recovering_to {
+            tracing::warn!(
+                node = id,
+                recorded = %recorded,
+                found = %log.last_log_id(),
+                "storage lost entries it had made durable: recovering (no campaigning, votes only \
+                 for logs reaching the recorded entry) until the leader has sent them again"
+            );
+        }
         let boot_quiet_until = now + config.election_timeout_min_ms;
         let mut raft = Self {
             id,
@@ -336,6 +359,7 @@ impl Raft {
             dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
+            recovering_to,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -431,6 +455,7 @@ impl Raft {
             incoming_snapshot: self.incoming.as_ref().map(|i| (i.meta.last_log_id, i.received_bytes())),
             last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
             dropped_messages: self.dropped_messages,
+            recovering_to: self.recovering_to,
         }
     }
 
@@ -471,6 +496,20 @@ impl Raft {
                 self.on_snapshot_chunk(to, snapshot, offset, data)
             }
             Event::Persisted { last, seq } => self.on_persisted(last, seq),
+        }
+        self.check_recovered();
+    }
+
+    /// Ends the recovery from lost data once the durable log is at least as up to date as the
+    /// entry storage had recorded: from then on the node's own log is as strict a measure for
+    /// votes as the record was.
+    fn check_recovered(&mut self) {
+        let Some(recorded) = self.recovering_to else { return };
+        let persisted = self.log.persisted;
+        let Some(term) = self.log.term_at(persisted) else { return };
+        if LogId::new(term, persisted) >= recorded {
+            tracing::info!(node = self.id, recorded = %recorded, "recovered the lost entries; voting and campaigning again");
+            self.recovering_to = None;
         }
     }
 
@@ -536,6 +575,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
+        self.check_recovered();
     }
 
     /// Like [`advance`](Self::advance), for a driver that persists in the background: the
@@ -649,13 +689,17 @@ impl Raft {
 
     /// Whether this node may start an election: it is a voter of the latest configuration in
     /// its log, or that configuration is not known to be committed and this node is a voter
-    /// of the one before it. The second case is the dissertation's leader that manages a
+    /// of the one before it, and it is not recovering from lost data. The second case is the dissertation's leader that manages a
     /// configuration without itself (§4.2.2): a leader removed by C_new that crashed or lost
     /// its quorum before anyone else stored C_new holds the most up-to-date log, so only it
     /// can win the election that commits C_new (then it steps down). Without it the cluster
     /// could stay leaderless for good. The election itself is counted in the latest
     /// configuration, as every decision is.
     pub(super) fn may_campaign(&self) -> bool {
+        if self.recovering_to.is_some() {
+            // It lacks entries it may have acknowledged: its election could lose them.
+            return false;
+        }
         if self.membership.is_voter(self.id) {
             return true;
         }
@@ -997,7 +1041,9 @@ impl Raft {
         leadership_transfer: bool,
     ) {
         let term = self.term();
-        let up_to_date = last >= self.log.last_log_id();
+        // A node recovering from lost data compares with the log it had, not the one it has.
+        let own_last = self.log.last_log_id().max(self.recovering_to.unwrap_or_default());
+        let up_to_date = last >= own_last;
         let granted = if pre_vote {
             // A pre-vote changes nothing here; it is granted only to a node with a log at least
             // as new, for a higher term, when this node has not heard from a leader lately.

@@ -149,7 +149,8 @@ impl Progress {
     }
 
     /// A rejection of the AppendEntries whose `prev_log_index` was `rejected`; `next` is the
-    /// leader's new guess. Returns `false` when the rejection is stale and was ignored.
+    /// leader's new guess. Returns `false` when the rejection is stale and was ignored. A
+    /// probe refused at or below the match index lowers the match index.
     pub(crate) fn on_reject(&mut self, rejected: Index, next: Index) -> bool {
         match self.mode {
             ReplicationMode::Replicate => {
@@ -163,6 +164,13 @@ impl Progress {
                 }
             }
             ReplicationMode::Snapshot => return false,
+        }
+        if rejected <= self.match_index {
+            // A probe of an entry the follower had acknowledged was refused: its storage lost
+            // data (it recovers by receiving the entries again; see
+            // `RestoredState::recorded_last`). Believing it is safe even if the answer is an old
+            // duplicate: a lower match index only delays commits and resends entries.
+            self.match_index = next.min(rejected).saturating_sub(1);
         }
         let upper = rejected.max(self.match_index + 1);
         self.next_index = next.min(upper).max(self.match_index + 1).max(1);
@@ -266,6 +274,20 @@ mod tests {
         assert!(p.on_reject(49, 10));
         assert_eq!(p.next_index, 10);
     }
+
+    #[test]
+    fn a_probe_refused_at_the_match_index_lowers_it() {
+        // The follower acknowledged up to 8, then its storage lost 8: it refuses prev 8 and
+        // says its log ends at 7. Without lowering the match index the leader would probe
+        // prev 8 for ever.
+        let mut p = Progress::new(5);
+        p.on_success(8);
+        p.become_probe();
+        assert_eq!(p.next_index, 9);
+        p.on_sent(None);
+        assert!(p.on_reject(8, 8));
+        assert_eq!((p.match_index, p.next_index), (7, 8));
+    }
 }
 
 #[cfg(test)]
@@ -292,14 +314,16 @@ mod properties {
     }
 
     proptest! {
-        /// Whatever answers arrive, in whatever order: `match_index` never decreases,
-        /// `next_index` stays above it, and the window never exceeds its bound.
+        /// Whatever answers arrive, in whatever order: `match_index` never decreases (but for
+        /// a probe refused at or below it: the follower lost data), `next_index` stays above
+        /// it, and the window never exceeds its bound.
         #[test]
         fn flow_control_invariants_hold(start in 1u64..100, ops in proptest::collection::vec(op(), 0..200)) {
             let window = 4;
             let mut p = Progress::new(start);
             for op in ops {
                 let before = p.match_index;
+                let lost_data = matches!(op, Op::Reject(r, _) if r <= before);
                 match op {
                     Op::Sent(last) => {
                         if p.can_send(window) {
@@ -312,7 +336,7 @@ mod properties {
                     Op::Reject(r, n) => { p.on_reject(r, n); }
                     Op::Probe => p.become_probe(),
                 }
-                prop_assert!(p.match_index >= before, "match_index went back");
+                prop_assert!(p.match_index >= before || lost_data, "match_index went back");
                 prop_assert!(p.next_index > p.match_index, "next {} <= match {}", p.next_index, p.match_index);
                 prop_assert!(p.in_flight.len() <= window);
             }

@@ -1193,6 +1193,7 @@ fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it()
             snapshot: Some(snapshot),
             entries,
             membership: Membership::with_voters([1, 2, 3]),
+            recorded_last: None,
         };
         Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
     };
@@ -1581,4 +1582,87 @@ fn timeout_now_goes_out_when_the_leaders_own_write_is_reported() {
             .any(|m| m.to == 2 && m.payload == Payload::TimeoutNow),
         "target and leader hold the whole log durably, no TimeoutNow: {r:?}"
     );
+}
+
+/// A node whose storage lost entries 4..=6 of term 2 (recorded as durable, so possibly
+/// acknowledged): its log ends at 3.
+fn node_that_lost_entries() -> Raft {
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 2, voted_for: Some(1) },
+        entries: log_of(&[1, 1, 2]),
+        membership: Membership::with_voters([1, 2, 3]),
+        recorded_last: Some(LogId::new(2, 6)),
+        ..RestoredState::default()
+    };
+    let mut raft = Raft::new(2, Config::default(), restored, 1, 0).expect("valid config");
+    raft.boot_quiet_until = 0;
+    raft
+}
+
+fn vote_request(last: LogId, pre_vote: bool) -> Payload {
+    Payload::RequestVote { pre_vote, last_log_id: last, leadership_transfer: false }
+}
+
+fn granted(ready: &Ready) -> bool {
+    matches!(only_response(ready).payload, Payload::RequestVoteResponse { granted: true, .. })
+}
+
+#[test]
+fn a_node_that_lost_entries_votes_as_if_it_still_had_them() {
+    let mut n = node_that_lost_entries();
+    assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)));
+    // Candidate 3's log (2, 5) is ahead of what this node holds (2, 3) but behind what it had
+    // stored (2, 6): with its data it would refuse, so it refuses now.
+    let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), true)));
+    assert!(!granted(&ready), "pre-vote granted to a log behind the recorded one");
+    let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), false)));
+    assert!(!granted(&ready), "vote granted to a log behind the recorded one");
+    // A candidate whose log reaches the recorded entry gets the vote.
+    let ready = deliver(&mut n, msg(1, 2, 4, vote_request(LogId::new(2, 6), false)));
+    assert!(granted(&ready), "vote refused to a log as up to date as the recorded one");
+}
+
+#[test]
+fn a_node_that_lost_entries_does_not_campaign_until_it_has_them_again() {
+    let mut n = node_that_lost_entries();
+    for t in [10_000, 20_000, 30_000] {
+        n.step(t, Event::Tick);
+        let ready = n.take_ready();
+        n.advance();
+        assert_eq!(n.role(), Role::Follower, "campaigned while recovering");
+        assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    }
+    // TimeoutNow from its leader does not make it campaign either.
+    let _ = deliver(&mut n, msg(1, 2, 2, append((2, 3), vec![], 3)));
+    let _ = deliver(&mut n, msg(1, 2, 2, Payload::TimeoutNow));
+    assert_eq!(n.role(), Role::Follower, "campaigned on TimeoutNow while recovering");
+    // The leader sends the lost entries again: once they are durable, the node is whole.
+    let _ = deliver(&mut n, msg(1, 2, 2, append((2, 3), vec![entry(2, 4), entry(2, 5)], 3)));
+    assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)), "recovered before reaching the record");
+    let _ = deliver(&mut n, msg(1, 2, 2, append((2, 5), vec![entry(2, 6)], 3)));
+    assert_eq!(n.status().recovering_to, None);
+    n.step(60_000, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.role(), Role::PreCandidate, "a recovered node campaigns again");
+}
+
+#[test]
+fn recovery_waits_for_the_entries_to_be_durable() {
+    let mut n = node_that_lost_entries();
+    n.step(0, Event::Message(msg(1, 2, 2, append((2, 3), vec![entry(2, 4), entry(2, 5), entry(2, 6)], 3))));
+    let ready = n.take_ready();
+    n.advance_unpersisted();
+    assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)), "recovered before the write was durable");
+    n.step(0, Event::Persisted { last: ready.persist_through, seq: ready.seq });
+    assert_eq!(n.status().recovering_to, None);
+}
+
+#[test]
+fn entries_of_a_later_term_end_the_recovery() {
+    // The leader of term 3 overwrote the lost suffix: a log ending in term 3 is more up to
+    // date than the recorded entry of term 2, so the node is whole again.
+    let mut n = node_that_lost_entries();
+    let _ = deliver(&mut n, msg(1, 2, 3, append((2, 3), vec![entry(3, 4)], 3)));
+    assert_eq!(n.status().recovering_to, None);
 }

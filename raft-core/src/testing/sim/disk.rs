@@ -13,6 +13,16 @@ pub(crate) struct Disk {
     pub(crate) snapshot: Option<Snapshot>,
     /// Log entries, in order, starting at `first_index()`.
     pub(crate) entries: Vec<Entry>,
+    /// The durability record a real store keeps apart from its log (a separately synced
+    /// file): the hard state and the last log id after the latest write that completed.
+    /// Written before anything the write promises leaves the node; data-loss faults leave it
+    /// alone.
+    pub(crate) record: Option<(HardState, LogId)>,
+    /// The last log id recorded before data went missing, until the log reaches it again:
+    /// the record keeps it meanwhile (the node may have acknowledged up to it).
+    pub(crate) lost_floor: Option<LogId>,
+    /// The entries the latest data-loss fault took, while the record still covers them.
+    lost_entries: Vec<LogId>,
 }
 
 /// The writes of one [`Ready`], waiting to become durable.
@@ -75,6 +85,14 @@ impl Disk {
         self.get(index).is_some_and(|e| e.term == term) || index <= self.snapshot_last().index
     }
 
+    /// Whether the disk holds entry `index@term` or held it before a data-loss fault and its
+    /// record still says so (the node then votes as if it held it, which is what keeps a
+    /// committed entry safe).
+    pub(crate) fn holds_or_recorded(&self, index: Index, term: u64) -> bool {
+        let missing = self.record.is_some_and(|(_, last)| last > self.last_log_id());
+        self.holds(index, term) || (missing && self.lost_entries.contains(&LogId::new(term, index)))
+    }
+
     /// Stores a snapshot as storage does: the log stays if it holds the snapshot's last entry
     /// (the covered prefix is dropped), else it is discarded.
     pub(crate) fn save_snapshot(&mut self, snapshot: Snapshot) {
@@ -100,6 +118,52 @@ impl Disk {
             self.entries.drain(..drop);
         }
         self.snapshot = Some(snapshot);
+        self.write_record();
+    }
+
+    /// Updates the durability record after a completed write: the floor of lost data stays
+    /// in it until the log reaches the floor.
+    fn write_record(&mut self) {
+        let last = self.last_log_id();
+        if self.lost_floor.is_some_and(|floor| last >= floor) {
+            self.lost_floor = None;
+            self.lost_entries.clear();
+        }
+        self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
+    }
+
+    /// A data-loss fault: the last `n` log entries (never the snapshot) vanish, and with
+    /// `forget_hard_state` the term and vote go back to nothing, as a truncated or deleted
+    /// write-ahead log leaves a store. The record is kept.
+    pub(crate) fn lose_tail(&mut self, n: usize, forget_hard_state: bool) {
+        let covered = self.entries.iter().take_while(|e| e.index <= self.snapshot_last().index).count();
+        let keep = self.entries.len().saturating_sub(n).max(covered);
+        self.lost_entries.extend(self.entries[keep..].iter().map(Entry::log_id));
+        self.entries.truncate(keep);
+        if forget_hard_state {
+            self.hard_state = HardState::default();
+        }
+    }
+
+    /// What a store with a durability record reports when it opens: the hard state (the
+    /// recorded one, written back, if the one found is older) and, when the log ends before
+    /// the recorded last entry, that entry (see `RestoredState::recorded_last`). Without
+    /// `use_record` the loss goes unnoticed, as it did before stores kept a record.
+    pub(crate) fn open(&mut self, use_record: bool) -> (HardState, Option<LogId>) {
+        let Some((recorded_hs, recorded_last)) = self.record.filter(|_| use_record) else {
+            return (self.hard_state, None);
+        };
+        let found = self.hard_state;
+        let rolled_back = recorded_hs.current_term > found.current_term
+            || (recorded_hs.current_term == found.current_term
+                && found.voted_for.is_none()
+                && recorded_hs.voted_for.is_some());
+        if rolled_back {
+            self.hard_state = recorded_hs;
+        }
+        let lost = (recorded_last > self.last_log_id()).then_some(recorded_last);
+        self.lost_floor = lost;
+        (self.hard_state, lost)
     }
 
     /// Makes `write` durable, whole or (after a crash) in part. Storage writes the hard state
@@ -133,6 +197,9 @@ impl Disk {
             assert!(at <= self.entries.len(), "simulated disk: append leaves a hole at {}", e.index);
             self.entries.truncate(at);
             self.entries.push(e.clone());
+        }
+        if cut.is_none() {
+            self.write_record();
         }
     }
 }

@@ -190,8 +190,10 @@ impl History {
             }
             None => {
                 // First time this index is known committed: a quorum of the configuration in
-                // force on the node that knows it must hold it durably.
-                let holds = |n: NodeId| disks.get(n as usize - 1).is_some_and(|d| d.holds(index, term));
+                // force on the node that knows it must hold it durably (or, after a data-loss
+                // fault, have it in its durability record).
+                let holds =
+                    |n: NodeId| disks.get(n as usize - 1).is_some_and(|d| d.holds_or_recorded(index, term));
                 if !membership.is_quorum(holds) {
                     let holders: Vec<NodeId> = (1..=disks.len() as NodeId).filter(|n| holds(*n)).collect();
                     return Err(format!(

@@ -144,6 +144,12 @@ pub struct Cluster {
     pub reads_served: u64,
     /// Snapshots installed from a leader (for reports).
     pub snapshots_installed: u64,
+    /// Restart nodes ignoring their disks' durability records, as stores did before they
+    /// kept one: a data-loss fault then goes unnoticed (to show that the checks catch what
+    /// follows).
+    pub ignore_durability_records: bool,
+    /// Data-loss faults injected (for reports).
+    pub data_losses: u64,
     steps: u64,
 }
 
@@ -178,6 +184,8 @@ impl Cluster {
             snapshot_policy: None,
             reads_served: 0,
             snapshots_installed: 0,
+            ignore_durability_records: false,
+            data_losses: 0,
             steps: 0,
         };
         for id in ids {
@@ -298,6 +306,23 @@ impl Cluster {
         self.history.on_restart(id);
     }
 
+    /// Crashes a node and then damages its disk: the last `entries` log entries it had made
+    /// durable vanish, and with `forget_hard_state` its term and vote too (a truncated or
+    /// deleted write-ahead log). The disk's durability record survives.
+    pub fn crash_losing_data(&mut self, id: NodeId, entries: usize, forget_hard_state: bool) {
+        self.crash_with(id, CrashCut::Nothing);
+        self.node_mut(id).disk.lose_tail(entries, forget_hard_state);
+        self.data_losses += 1;
+    }
+
+    /// Nodes whose disks lost data that they have not yet received again.
+    pub fn nodes_missing_data(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.disk.record.is_some_and(|(_, last)| last > n.disk.last_log_id()))
+            .count()
+    }
+
     /// Restarts a crashed node from its disk. No-op if it is running.
     pub fn restart(&mut self, id: NodeId) {
         if self.node_is_up(id) {
@@ -311,13 +336,16 @@ impl Cluster {
         let now = self.now;
         let config = self.config.clone();
         let membership = self.membership.clone();
+        let use_record = !self.ignore_durability_records;
         let node = self.node_mut(id);
         let snapshot = node.disk.snapshot.clone();
+        let (hard_state, recorded_last) = node.disk.open(use_record);
         let restored = RestoredState {
-            hard_state: node.disk.hard_state,
+            hard_state,
             snapshot: snapshot.clone(),
             entries: node.disk.entries.clone(),
             membership,
+            recorded_last,
         };
         let raft = match Raft::new(id, config, restored, seed, now) {
             Ok(r) => r,

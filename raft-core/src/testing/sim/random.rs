@@ -24,11 +24,17 @@ pub struct RandomRunOptions {
     /// After healing, the time within which a leader must be elected and a proposal applied on
     /// every node.
     pub liveness_ms: Millis,
+    /// Inject data-loss faults: a crashed node's disk loses its last few durable entries and
+    /// maybe its term and vote (one node at a time, in clusters of at least three voters).
+    pub data_loss: bool,
+    /// Restart nodes ignoring their disks' durability records (see
+    /// [`Cluster::ignore_durability_records`]): with `data_loss`, runs must then fail.
+    pub ignore_durability_records: bool,
 }
 
 impl Default for RandomRunOptions {
     fn default() -> Self {
-        Self { chaos_ms: 6_000, liveness_ms: 10_000 }
+        Self { chaos_ms: 6_000, liveness_ms: 10_000, data_loss: true, ignore_durability_records: false }
     }
 }
 
@@ -51,11 +57,28 @@ pub struct RandomRunReport {
     pub membership_changes: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Data-loss faults injected.
+    pub data_losses: u64,
 }
 
 /// The leader of the highest term among running nodes.
 fn current_leader(cluster: &Cluster) -> Option<NodeId> {
     cluster.leaders().into_iter().max_by_key(|(_, t)| *t).map(|(id, _)| id)
+}
+
+/// Whether a node may lose data now without making the cluster lose committed entries for
+/// good: no other node is missing data, and each voter set of every running node's
+/// configuration (the outgoing one too, during a joint change) has at least three voters, so the node is a
+/// minority of each. (A node that lost entries it may have acknowledged cannot be outvoted in
+/// a smaller one: that loss needs an operator.)
+fn may_lose_data(cluster: &Cluster) -> bool {
+    let large = |voters: &BTreeSet<NodeId>| voters.len() >= 3;
+    let views: Vec<_> = cluster.ids().into_iter().filter_map(|id| cluster.membership_of(id)).collect();
+    current_leader(cluster).is_some()
+        && cluster.nodes_missing_data() == 0
+        && views
+            .iter()
+            .all(|m| large(&m.voters) && (m.outgoing_voters.is_empty() || large(&m.outgoing_voters)))
 }
 
 /// A random membership change proposed on the current leader; returns whether it was accepted.
@@ -67,12 +90,17 @@ fn change_membership(cluster: &mut Cluster, rng: &mut SeededRng) -> bool {
     let learners: Vec<NodeId> = m.learners.iter().copied().collect();
     let members: Vec<NodeId> = m.members().into_iter().collect();
     let pick = |rng: &mut SeededRng, from: &[NodeId]| from[rng.range(0, from.len() as u64) as usize];
+    // While a node is missing data, configurations keep three voters or more: in a smaller
+    // one that node could be a majority, whose loss no protocol can undo.
+    let min_voters = if cluster.nodes_missing_data() > 0 { 3 } else { 1 };
     let change = match rng.range(0, 4) {
         0 if !outsiders.is_empty() => MembershipChange::AddLearner(pick(rng, &outsiders)),
         1 if !learners.is_empty() => MembershipChange::PromoteLearner(pick(rng, &learners)),
-        2 if members.len() > 1 => MembershipChange::RemoveNode(pick(rng, &members)),
+        2 if members.len() > 1 && m.voters.len() > min_voters => {
+            MembershipChange::RemoveNode(pick(rng, &members))
+        }
         _ => {
-            let size = rng.range(1, ids.len().min(5) as u64 + 1);
+            let size = rng.range(min_voters.min(ids.len()) as u64, ids.len().min(5) as u64 + 1);
             let mut voters = BTreeSet::new();
             while (voters.len() as u64) < size {
                 voters.insert(pick(rng, &ids));
@@ -150,6 +178,7 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
         ..Config::default()
     };
     let mut cluster = Cluster::with_spares(voters, spares, seed, config);
+    cluster.ignore_durability_records = options.ignore_durability_records;
     cluster.disk_latency_max_ms = rng.range(0, 5);
     if rng.chance(2, 3) {
         cluster.snapshot_policy = Some(SnapshotPolicy { threshold: rng.range(3, 60), keep: rng.range(0, 8) });
@@ -181,7 +210,12 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
             }
             50..=55 => {
                 let id = ids[rng.range(0, nodes as u64) as usize];
-                cluster.crash(id);
+                if options.data_loss && rng.chance(1, 3) && may_lose_data(&cluster) {
+                    let entries = rng.range(1, 9) as usize;
+                    cluster.crash_losing_data(id, entries, rng.chance(1, 2));
+                } else {
+                    cluster.crash(id);
+                }
             }
             56..=63 => {
                 let id = ids[rng.range(0, nodes as u64) as usize];
@@ -355,5 +389,6 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
         reads_served: cluster.reads_served,
         membership_changes,
         snapshots_installed: cluster.snapshots_installed,
+        data_losses: cluster.data_losses,
     }
 }
