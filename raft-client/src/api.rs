@@ -219,6 +219,12 @@ pub struct StatusView {
     /// Configuration choices an operator should know about (plaintext peers, ...).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Set while the node recovers from data its storage lost: the index of the last entry it
+    /// had made durable, which its log does not reach yet. Meanwhile it votes only for logs
+    /// that reach it and does not campaign; it clears once the leader has sent the entries
+    /// again.
+    #[serde(default)]
+    pub recovering_to_index: Option<u64>,
 }
 
 /// How a node's Raft peers are authenticated (`/v1/status`).

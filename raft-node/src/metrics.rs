@@ -68,6 +68,8 @@ pub struct Metrics {
     transport_bad_frames: Gauge,
     /// Absurd Raft messages the protocol dropped.
     dropped_messages: Gauge,
+    /// 1 while the node recovers from data its storage lost.
+    recovering: Gauge,
     proposal_seconds: Family<OpLabel, Histogram>,
     read_seconds: Family<OpLabel, Histogram>,
     request_errors: Family<OpLabel, Counter>,
@@ -116,6 +118,7 @@ impl Metrics {
             transport_refused: Gauge::default(),
             transport_bad_frames: Gauge::default(),
             dropped_messages: Gauge::default(),
+            recovering: Gauge::default(),
             proposal_seconds: Family::new_with_constructor(latency_histogram),
             read_seconds: Family::new_with_constructor(latency_histogram),
             request_errors: Family::default(),
@@ -128,6 +131,11 @@ impl Metrics {
             "protocol_dropped_messages",
             "Absurd Raft messages dropped since start (a term past the limit, misaddressed, malformed)",
             metrics.dropped_messages.clone(),
+        );
+        r.register(
+            "recovering",
+            "1 while the node recovers from data its storage lost (it neither campaigns nor votes for shorter logs)",
+            metrics.recovering.clone(),
         );
         r.register("is_leader", "1 on the leader, else 0", metrics.is_leader.clone());
         r.register("role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader", metrics.role.clone());
@@ -226,6 +234,7 @@ impl Metrics {
         let p = &status.protocol;
         self.term.set(clamp(p.term));
         self.dropped_messages.set(clamp(p.dropped_messages));
+        self.recovering.set(i64::from(p.recovering_to.is_some()));
         let leader = p.role == Role::Leader;
         self.is_leader.set(i64::from(leader));
         self.role.set(role_number(p.role));

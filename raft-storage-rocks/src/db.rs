@@ -21,6 +21,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, Write
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, CF_LOG, CF_META, COLUMN_FAMILIES, KEY_CLUSTER_ID, KEY_FORMAT_VERSION, KEY_NODE_ID};
+use crate::durability::{LogRecord, Mark, Marks, RecordFile};
 use crate::error::{open_error, storage_error, OpenError};
 use crate::RocksStorage;
 
@@ -90,7 +91,15 @@ pub(crate) enum Op {
 
 struct Job {
     ops: Vec<Op>,
+    /// How the job changes its log's durability record.
+    mark: Option<Mark>,
     reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Batches whose WAL write succeeded, waiting for the durability record that covers them.
+struct Recorded {
+    jobs: Vec<Job>,
+    logs: std::collections::BTreeMap<u64, LogRecord>,
 }
 
 /// Counters of the write path, for tests and metrics.
@@ -127,6 +136,14 @@ struct Shared {
     /// Each log's bounds as of its last successful write (cleared when RocksDB is reopened or a
     /// write fails): saves three reads per append.
     bounds: Mutex<std::collections::HashMap<u64, Bounds>>,
+    /// The durability record as found at open (`None`: there was none).
+    recorded: Option<std::collections::BTreeMap<u64, LogRecord>>,
+    /// The durability record as the writer keeps it.
+    marks: Mutex<Marks>,
+    /// The logs already compared with the record found at open.
+    checked: Mutex<std::collections::HashSet<u64>>,
+    /// The data each log was found to have lost at open.
+    losses: Mutex<std::collections::HashMap<u64, raft_core::DataLoss>>,
 }
 
 struct Handle {
@@ -235,6 +252,18 @@ impl RocksDb {
             verify_all(&db)?;
         }
         remove_snapshot_leftovers(&db, &dir);
+        let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {
+            StorageError::Corrupt(m) => OpenError::Corrupt(m),
+            other => OpenError::Io(other.to_string()),
+        })?;
+        if opened.record.is_none() && !create {
+            tracing::warn!(
+                dir = %shown,
+                "the store has no durability record (written by an older version, or the record \
+                 was removed): data lost before now cannot be detected; recording from now on"
+            );
+        }
+        let marks = Marks::from_record(opened.record.clone().unwrap_or_default());
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
         let shared = Arc::new(Shared {
             dir,
@@ -243,11 +272,16 @@ impl RocksDb {
             db: RwLock::new(Some(db)),
             counters: Counters::default(),
             bounds: Mutex::new(std::collections::HashMap::new()),
+            recorded: opened.record,
+            marks: Mutex::new(marks),
+            checked: Mutex::default(),
+            losses: Mutex::default(),
         });
         let writer_shared = shared.clone();
+        let record_file = opened.file;
         let thread = std::thread::Builder::new()
             .name("raft-rocks-writer".into())
-            .spawn(move || writer_loop(&writer_shared, &mut rx))
+            .spawn(move || writer_loop(&writer_shared, &mut rx, record_file))
             .map_err(|e| OpenError::Io(format!("starting the writer thread: {e}")))?;
         let handle = Handle { shared, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) };
         Ok(Self { handle: Arc::new(handle) })
@@ -322,14 +356,51 @@ impl RocksDb {
         shared.db.read().map_err(|_| StorageError::Poisoned)
     }
 
-    /// Queues a write job and waits until it is durable (or failed).
-    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+    /// What the durability record said of log `group` when the store was opened; `None` after
+    /// the first call for the group (its log was compared with the record then: later calls
+    /// would compare a log changed since with a stale record).
+    pub(crate) fn take_recorded(&self, group: u64) -> Option<Option<LogRecord>> {
+        let shared = &self.handle.shared;
+        let first = shared.checked.lock().map(|mut checked| checked.insert(group)).unwrap_or(false);
+        first.then(|| shared.recorded.as_ref().and_then(|r| r.get(&group).copied()))
+    }
+
+    /// Keeps the data loss found in log `group` at open, for later callers of
+    /// `initial_state` (the node reads it before its driver does).
+    pub(crate) fn remember_loss(&self, group: u64, lost: raft_core::DataLoss) {
+        if let Ok(mut losses) = self.handle.shared.losses.lock() {
+            losses.insert(group, lost);
+        }
+    }
+
+    /// The data loss found in log `group` at open, while the log has not yet reached what was
+    /// lost.
+    pub(crate) fn unrecovered_loss(&self, group: u64) -> Option<raft_core::DataLoss> {
+        let shared = &self.handle.shared;
+        let still_missing = shared.marks.lock().is_ok_and(|marks| marks.has_floor(group));
+        let mut losses = shared.losses.lock().ok()?;
+        if !still_missing {
+            losses.remove(&group);
+        }
+        losses.get(&group).cloned()
+    }
+
+    /// Log `group` was found to end at `found` (see [`Marks::settle`]).
+    pub(crate) fn settle_record(&self, group: u64, found: raft_core::LogId) {
+        if let Ok(mut marks) = self.handle.shared.marks.lock() {
+            marks.settle(group, found);
+        }
+    }
+
+    /// Queues a write job and waits until it is durable (or failed), with the durability
+    /// record that covers it.
+    pub(crate) async fn write(&self, ops: Vec<Op>, mark: Option<Mark>) -> Result<(), StorageError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.handle.jobs.lock().map_err(|_| StorageError::Poisoned)?.clone();
         let tx = tx.ok_or(StorageError::Poisoned)?;
         // A full queue makes this writer wait (bounded back-pressure); the writer thread drains
         // it in batches.
-        tx.send(Job { ops, reply })
+        tx.send(Job { ops, mark, reply })
             .await
             .map_err(|_| StorageError::Io("the writer thread stopped".into()))?;
         rx.await.map_err(|_| StorageError::Io("the writer thread stopped".into()))?
@@ -367,6 +438,9 @@ fn check_identity(db: &DB, identity: &Identity, created: bool, dir: &str) -> Res
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             db.write_opt(batch, &wo).map_err(|e| open_error(dir, &e))?;
+            // Into a table file at once: the store stays recognisable as this node's even if
+            // its write-ahead log is lost later (which the durability record then reports).
+            db.flush_cf(cf).map_err(|e| open_error(dir, &e))?;
             Ok(())
         }
         None => {
@@ -413,7 +487,40 @@ fn verify_all(db: &DB) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>) {
+/// Writes the durability record for batches whose WAL writes succeeded, then answers their
+/// jobs; batches queued meanwhile share one record write.
+fn recorder_loop(mut file: RecordFile, batches: &std::sync::mpsc::Receiver<Recorded>) {
+    while let Ok(first) = batches.recv() {
+        let mut done = vec![first];
+        while let Ok(more) = batches.try_recv() {
+            done.push(more);
+        }
+        let result = match done.last() {
+            Some(latest) => file.write(&latest.logs),
+            None => Ok(()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the durability record could not be written; the writes it covers are refused");
+        }
+        for job in done.into_iter().flat_map(|r| r.jobs) {
+            let _ = job.reply.send(result.clone());
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: RecordFile) {
+    // At most this many batches wait for their record: the writer then waits too.
+    let (recorded_tx, recorded_rx) = std::sync::mpsc::sync_channel::<Recorded>(64);
+    let recorder = std::thread::Builder::new()
+        .name("raft-rocks-record".into())
+        .spawn(move || recorder_loop(record, &recorded_rx));
+    let recorder = match recorder {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the durability record thread; refusing writes");
+            None
+        }
+    };
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < shared.options.max_jobs_per_batch.max(1) {
@@ -431,9 +538,40 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>) {
                 shared.counters.acked_jobs_synced.fetch_add(count, Ordering::SeqCst);
             }
         }
+        if result.is_ok() && recorder.is_some() {
+            let logs = match shared.marks.lock() {
+                Ok(mut marks) => {
+                    for mark in batch.iter().filter_map(|j| j.mark.as_ref()) {
+                        marks.apply(mark);
+                    }
+                    Some(marks.logs().clone())
+                }
+                Err(_) => None,
+            };
+            if let Some(logs) = logs {
+                // Answered by the recorder once the record covering them is synced.
+                match recorded_tx.send(Recorded { jobs: batch, logs }) {
+                    Ok(()) => continue,
+                    Err(std::sync::mpsc::SendError(r)) => batch = r.jobs,
+                }
+            }
+            for job in batch {
+                let _ = job.reply.send(Err(StorageError::Io("the durability record is not kept".into())));
+            }
+            continue;
+        }
+        let result = if recorder.is_none() && result.is_ok() {
+            Err(StorageError::Io("the durability record thread did not start".into()))
+        } else {
+            result
+        };
         for job in batch {
             let _ = job.reply.send(result.clone());
         }
+    }
+    drop(recorded_tx);
+    if let Some(recorder) = recorder {
+        let _ = recorder.join();
     }
 }
 

@@ -35,6 +35,7 @@
 
 mod codec;
 mod db;
+mod durability;
 mod error;
 mod snapshot_file;
 mod storage;

@@ -17,13 +17,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta, SnapshotSource,
-    Storage, StorageError, Term,
+    DataLoss, Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta,
+    SnapshotSource, Storage, StorageError, Term,
 };
 use rocksdb::{Direction, IteratorMode, DB};
 
 use crate::codec::{self, index_of, log_key, meta_key, CF_LOG, CF_META};
 use crate::db::{missing_cf, reopening, Bounds, Cf, Op, RocksDb};
+use crate::durability::Mark;
 use crate::error::storage_error;
 use crate::snapshot_file::{self, SnapshotFileRef};
 
@@ -151,7 +152,7 @@ impl RocksStorage {
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
             self.delete_legacy_snapshot(),
         ];
-        self.write(ops, b).await?;
+        self.write(ops, b, None).await?;
         tracing::info!(snapshot = %last, "moved the snapshot from the database to a file");
         Ok(())
     }
@@ -177,13 +178,13 @@ impl RocksStorage {
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
             self.delete_legacy_snapshot(),
         ];
-        let after = if matches {
-            Bounds { snapshot: last, ..b }
+        let (after, new_last) = if matches {
+            (Bounds { snapshot: last, ..b }, None)
         } else {
             ops.push(self.log_range(0));
-            Bounds { first: last.index + 1, last: last.index, snapshot: last }
+            (Bounds { first: last.index + 1, last: last.index, snapshot: last }, Some(last))
         };
-        self.write(ops, after).await?;
+        self.write(ops, after, new_last).await?;
         let (dir, group, keep) = (snapshot_file::dir_of(self.db.dir()), self.group, reference.name);
         let open: Vec<String> = {
             let cache = self.open_snapshots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -258,14 +259,44 @@ impl RocksStorage {
         Ok(Some(entry))
     }
 
+    /// The id of the entry at `index` (the snapshot's last entry included; index 0 is the
+    /// empty log's).
+    fn log_id_at(&self, db: &DB, b: Bounds, index: Index) -> Result<LogId, StorageError> {
+        if index == b.snapshot.index {
+            return Ok(b.snapshot);
+        }
+        if index == 0 {
+            return Ok(LogId::default());
+        }
+        match self.read_entry(db, index)? {
+            Some(e) => Ok(e.log_id()),
+            None => Err(StorageError::Corrupt(format!("log entry {index} is missing"))),
+        }
+    }
+
+    /// The log's last entry as stored (the snapshot's when the log is empty).
+    fn stored_last(&self, db: &DB, b: Bounds) -> Result<LogId, StorageError> {
+        if b.last < b.first {
+            return Ok(b.snapshot);
+        }
+        self.log_id_at(db, b, b.last)
+    }
+
     fn out_of_range(b: Bounds, from: Index, to: Index) -> StorageError {
         StorageError::OutOfRange { from, to, first: b.first, last: b.last }
     }
 
     /// Carries out a write and then records the bounds it leads to; after a failure the
-    /// bounds are read again from RocksDB.
-    pub(crate) async fn write(&self, ops: Vec<Op>, after: Bounds) -> Result<(), StorageError> {
-        match self.db.write(ops).await {
+    /// bounds are read again from RocksDB. `last`: the log's last entry after the write, when
+    /// the write changes it (for the durability record).
+    pub(crate) async fn write(
+        &self,
+        ops: Vec<Op>,
+        after: Bounds,
+        last: Option<LogId>,
+    ) -> Result<(), StorageError> {
+        let mark = Mark { group: self.group, hard_state: None, last };
+        match self.db.write(ops, Some(mark)).await {
             Ok(()) => {
                 self.db.cache_bounds(self.group, after);
                 Ok(())
@@ -284,21 +315,63 @@ impl RocksStorage {
 
 #[async_trait]
 impl Storage for RocksStorage {
+    /// Also compares what it finds with the durability record: a log that ends before the
+    /// recorded last entry, or a hard state older than the recorded one, is reported in
+    /// `lost` (and the recorded hard state is written back and returned).
     async fn initial_state(&self) -> Result<InitialState, StorageError> {
-        self.with_db(|db| {
+        let (mut initial, found_last) = self.with_db(|db| {
             let hard_state = match Self::get_meta(db, &meta_key(self.group, "hard_state"))? {
                 None => HardState::default(),
                 Some(v) => codec::decode(&v, &|| "the hard state".into())?,
             };
             let snapshot = self.stored_snapshot_meta(db)?;
             let b = self.bounds(db)?;
-            Ok(InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last, lost: None })
-        })
+            let found_last = self.stored_last(db, b)?;
+            let initial =
+                InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last, lost: None };
+            Ok((initial, found_last))
+        })?;
+        let Some(recorded) = self.db.take_recorded(self.group) else {
+            initial.lost = self.db.unrecovered_loss(self.group);
+            return Ok(initial);
+        };
+        self.db.settle_record(self.group, found_last);
+        let found = initial.hard_state;
+        let rolled_back = recorded.is_some_and(|r| {
+            let rec = r.hard_state;
+            rec.current_term > found.current_term
+                || (rec.current_term == found.current_term
+                    && found.voted_for.is_none()
+                    && rec.voted_for.is_some())
+        });
+        let mut ops = Vec::new();
+        if let Some(r) = recorded.filter(|_| rolled_back) {
+            ops.push(Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&r.hard_state)?));
+            initial.hard_state = r.hard_state;
+        }
+        // The record is brought up to what was found before anything is answered: a crash
+        // between a WAL sync and its record leaves the record behind what the node will now
+        // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
+        let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
+        self.db.write(ops, Some(mark)).await?;
+        let Some(recorded) = recorded else { return Ok(initial) };
+        if rolled_back || recorded.last > found_last {
+            let lost = DataLoss {
+                recorded_last: recorded.last.max(found_last),
+                found_last,
+                rolled_back_hard_state: rolled_back.then_some(found),
+            };
+            tracing::error!(group = self.group, %lost, "the store lost data it had made durable");
+            self.db.remember_loss(self.group, lost.clone());
+            initial.lost = Some(lost);
+        }
+        Ok(initial)
     }
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
         let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
-        self.db.write(vec![op]).await
+        let mark = Mark { group: self.group, hard_state: Some(hard_state), last: None };
+        self.db.write(vec![op], Some(mark)).await
     }
 
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
@@ -315,12 +388,12 @@ impl Storage for RocksStorage {
             // Replaces a suffix: in the same atomic batch as the new entries.
             ops.push(self.log_range(first.index));
         }
-        let mut last = b.last;
+        let mut last = LogId::new(first.term, first.index);
         for e in entries {
             ops.push(Op::Put(Cf::Log, log_key(self.group, e.index).to_vec(), codec::encode(e)?));
-            last = e.index;
+            last = e.log_id();
         }
-        self.write(ops, Bounds { last, ..b }).await
+        self.write(ops, Bounds { last: last.index, ..b }, Some(last)).await
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {
@@ -332,7 +405,8 @@ impl Storage for RocksStorage {
         if from > b.last {
             return Ok(());
         }
-        self.write(vec![self.log_range(from)], Bounds { last: from - 1, ..b }).await
+        let new_last = self.with_db(|db| self.log_id_at(db, b, from - 1))?;
+        self.write(vec![self.log_range(from)], Bounds { last: from - 1, ..b }, Some(new_last)).await
     }
 
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
@@ -624,6 +698,6 @@ impl Storage for RocksStorage {
             log_key(self.group, up_to + 1).to_vec(),
         );
         let after = Bounds { first: up_to + 1, last: b.last.max(up_to), snapshot: b.snapshot };
-        self.write(vec![op], after).await
+        self.write(vec![op], after, None).await
     }
 }

@@ -33,6 +33,9 @@ pub fn statuses(rows: &[(Endpoint, Result<StatusView, ClientError>)]) -> String 
                 if let Some(fatal) = &s.fatal {
                     notes.push(format!("fatal: {fatal}"));
                 }
+                if let Some(index) = s.recovering_to_index {
+                    notes.push(format!("recovering lost data to {index}"));
+                }
                 if s.peer_security == crate::api::PeerSecurity::InsecurePlaintext {
                     notes.push("INSECURE plaintext peers".to_owned());
                 }
@@ -258,6 +261,7 @@ mod tests {
             fatal: None,
             peer_security: crate::api::PeerSecurity::MutualTls,
             warnings: Vec::new(),
+            recovering_to_index: None,
         }
     }
 

@@ -90,6 +90,7 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         fatal: node.fatal.clone(),
         peer_security: shared.config.peer_security(),
         warnings: shared.config.warnings(),
+        recovering_to_index: p.recovering_to.map(|l| l.index),
     })
 }
 

@@ -74,6 +74,7 @@ pub(crate) fn sigkill(pid: u32) -> bool {
 async fn check_after_crash(dir: &Path, acked: &Acked, round: u64) {
     let log = open(dir).log(0);
     let state = log.initial_state().await.expect("initial state after a crash");
+    assert_eq!(state.lost, None, "round {round}: a crash alone was reported as lost data");
     assert!(
         state.last_index >= acked.last_index,
         "round {round}: entry {} was acknowledged but the log ends at {}",

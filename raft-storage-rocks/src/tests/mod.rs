@@ -8,6 +8,7 @@ mod child;
 mod cluster;
 mod corruption;
 pub(crate) mod durability;
+mod lost_data;
 mod snapshot_files;
 
 use std::path::Path;

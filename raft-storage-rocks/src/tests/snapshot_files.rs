@@ -118,7 +118,9 @@ async fn a_store_with_its_snapshot_in_the_database_reads_it_and_moves_it_to_a_fi
             codec::encode(&(old.meta.last_log_id, old.data.to_bytes())).expect("encode"),
         ),
     ];
-    log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }).await.expect("write");
+    log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }, None)
+        .await
+        .expect("write");
     drop(log);
     let log = open(dir.path()).log(0);
     assert_eq!(log.load_snapshot().await.expect("load"), Some(old.clone()));

@@ -1,0 +1,123 @@
+//! Lost data is reported, never hidden: a write-ahead log cut short or deleted after its
+//! writes were acknowledged is found by comparing the store with its durability record, and
+//! the recorded hard state comes back.
+
+use std::path::{Path, PathBuf};
+
+use raft_core::{DataLoss, HardState, LogId, Storage};
+
+use super::{expected_entry, open};
+
+/// The write-ahead log files of the store in `dir`.
+fn wals(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    out.sort();
+    out
+}
+
+const TERM_BEFORE_FLUSH: HardState = HardState { current_term: 2, voted_for: Some(2) };
+const TERM_AFTER_FLUSH: HardState = HardState { current_term: 3, voted_for: Some(1) };
+
+/// A closed store whose entries 1..=20 and term 2 are in table files, and whose entries
+/// 21..=50 and term 3 (with its vote) were acknowledged but are only in the write-ahead log.
+async fn store_with_a_wal_tail() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let log = db.log(0);
+    log.initial_state().await.expect("initial state");
+    log.append(&(1..=20).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    log.save_hard_state(TERM_BEFORE_FLUSH).await.expect("hard state");
+    db.flush().expect("flush");
+    log.save_hard_state(TERM_AFTER_FLUSH).await.expect("hard state");
+    for i in 21..=50 {
+        log.append(&[expected_entry(i)]).await.expect("append");
+    }
+    drop(log);
+    drop(db);
+    dir
+}
+
+async fn reopened_state(dir: &Path) -> raft_core::InitialState {
+    open(dir).log(0).initial_state().await.expect("initial state")
+}
+
+#[tokio::test]
+async fn a_wal_cut_short_is_reported_as_lost_entries() {
+    for cut in [100u64, 3_000] {
+        let dir = store_with_a_wal_tail().await;
+        let wal = wals(dir.path()).pop().expect("a write-ahead log");
+        let len = std::fs::metadata(&wal).expect("metadata").len();
+        std::fs::OpenOptions::new().write(true).open(&wal).expect("open").set_len(len - cut).expect("cut");
+        let state = reopened_state(dir.path()).await;
+        assert!(
+            state.last_index < 50,
+            "cutting {cut} bytes lost no entry: the test needs the tail in the WAL"
+        );
+        let lost = state.lost.expect("the lost entries were not reported");
+        assert_eq!(lost.recorded_last, LogId::new(1, 50), "cut {cut}");
+        assert_eq!(lost.found_last, LogId::new(1, state.last_index), "cut {cut}");
+        assert_eq!(state.hard_state, TERM_AFTER_FLUSH, "cut {cut}");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_wal_is_reported_and_the_vote_comes_back() {
+    let dir = store_with_a_wal_tail().await;
+    for wal in wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
+    }
+    let state = reopened_state(dir.path()).await;
+    assert_eq!(state.last_index, 20, "the table files hold entries up to 20");
+    assert_eq!(
+        state.lost,
+        Some(DataLoss {
+            recorded_last: LogId::new(1, 50),
+            found_last: LogId::new(1, 20),
+            rolled_back_hard_state: Some(TERM_BEFORE_FLUSH),
+        })
+    );
+    assert_eq!(state.hard_state, TERM_AFTER_FLUSH, "the recorded term and vote were not restored");
+    // Restarting again before the entries came back: still missing, and the term stays.
+    let state = reopened_state(dir.path()).await;
+    assert_eq!(state.lost.map(|l| l.recorded_last), Some(LogId::new(1, 50)));
+    assert_eq!(state.hard_state, TERM_AFTER_FLUSH);
+    // The node receives the entries again: the store is whole, and says so.
+    let db = open(dir.path());
+    let log = db.log(0);
+    assert!(log.initial_state().await.expect("state").lost.is_some());
+    log.append(&(21..=40).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    assert!(log.initial_state().await.expect("state").lost.is_some(), "whole before reaching 50");
+    log.append(&(41..=50).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    assert_eq!(log.initial_state().await.expect("state").lost, None);
+    drop(log);
+    drop(db);
+    assert_eq!(reopened_state(dir.path()).await.lost, None);
+}
+
+#[tokio::test]
+async fn truncating_a_conflicting_suffix_is_not_lost_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open(dir.path()).log(0);
+        log.initial_state().await.expect("state");
+        log.append(&(1..=10).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    }
+    {
+        let log = open(dir.path()).log(0);
+        assert_eq!(log.initial_state().await.expect("state").lost, None);
+        log.truncate(6).await.expect("truncate");
+    }
+    let state = reopened_state(dir.path()).await;
+    assert_eq!((state.last_index, state.lost), (5, None));
+}
+
+#[tokio::test]
+async fn a_clean_restart_reports_nothing() {
+    let dir = store_with_a_wal_tail().await;
+    let state = reopened_state(dir.path()).await;
+    assert_eq!((state.last_index, state.lost, state.hard_state), (50, None, TERM_AFTER_FLUSH));
+}
