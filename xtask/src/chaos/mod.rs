@@ -463,7 +463,7 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
         env.note("libfaketime is not installed (apt-get install faketime libfaketime): no clock skew".into());
     }
     if o.nodes < 3 {
-        faults.retain(|f| !["membership", "corrupt"].contains(f));
+        faults.retain(|f| !["membership", "corrupt", "lose"].contains(f));
     }
     if o.rootless && faults.contains(&"disk") {
         faults.retain(|f| *f != "disk");

@@ -82,6 +82,13 @@ pub enum Fault {
     /// Stop a node, flip bytes in its RocksDB WAL, expect it to refuse to start, repair it by
     /// removing it and joining it again with an empty data dir.
     Corrupt(u64),
+    /// SIGKILL a node, then cut its newest RocksDB WAL short by this many bytes (`None`:
+    /// delete every WAL file); restart it after the hold. It must start, report the loss and
+    /// recover by itself from the leader (no remove-and-rejoin).
+    LoseWal {
+        node: u64,
+        cut: Option<u64>,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -114,6 +121,15 @@ impl fmt::Display for Fault {
             }
             Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
             Fault::Corrupt(n) => write!(f, "corrupt node {n}'s WAL offline (expect refusal), rejoin it"),
+            Fault::LoseWal { node, cut: Some(bytes) } => {
+                write!(
+                    f,
+                    "kill -9 node {node}, cut {bytes} bytes off its WAL, restart (expect self-recovery)"
+                )
+            }
+            Fault::LoseWal { node, cut: None } => {
+                write!(f, "kill -9 node {node}, delete its WAL, restart (expect self-recovery)")
+            }
         }
     }
 }
@@ -133,7 +149,7 @@ const RESTART_GAP: Duration = Duration::from_millis(400);
 
 /// The kinds of faults, as `--faults` names them.
 pub const KINDS: &[&str] =
-    &["kill", "pause", "partition", "transfer", "proxy", "membership", "clock", "disk", "corrupt"];
+    &["kill", "pause", "partition", "transfer", "proxy", "membership", "clock", "disk", "corrupt", "lose"];
 
 fn pick(rng: &mut SeededRng, ids: &[u64]) -> u64 {
     ids[rng.range(0, ids.len() as u64) as usize]
@@ -235,6 +251,14 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
             },
             "disk" => Fault::DiskFull(pick(&mut rng, ids)),
             "corrupt" => Fault::Corrupt(pick(&mut rng, ids)),
+            "lose" => Fault::LoseWal {
+                node: pick(&mut rng, ids),
+                cut: match rng.range(0, 3) {
+                    0 => None,
+                    1 => Some(100),
+                    _ => Some(3_000 + rng.range(0, 60_000)),
+                },
+            },
             _ => continue,
         };
         steps.push(Step { at: t, fault, hold });
@@ -391,7 +415,80 @@ impl Env {
                 let what = self.corrupt_and_repair(*node).await?;
                 (what, Heal::Nothing)
             }
+            Fault::LoseWal { node, cut } => {
+                self.nodes.kill(*node)?;
+                let what = self.damage_wal(*node, *cut)?;
+                (what, Heal::Lost(*node))
+            }
         })
+    }
+
+    /// The RocksDB write-ahead log files in `node`'s data dir, largest last.
+    fn wal_files(&self, node: u64) -> Result<Vec<(std::path::PathBuf, u64)>> {
+        let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
+        let mut wals = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".log") && name.trim_end_matches(".log").chars().all(|c| c.is_ascii_digit()) {
+                wals.push((entry.path(), entry.metadata()?.len()));
+            }
+        }
+        wals.sort_by_key(|(_, len)| *len);
+        Ok(wals)
+    }
+
+    /// Cuts the largest WAL of a stopped node short, or deletes every WAL.
+    fn damage_wal(&mut self, node: u64, cut: Option<u64>) -> Result<String> {
+        let wals = self.wal_files(node)?;
+        match cut {
+            None => {
+                let bytes: u64 = wals.iter().map(|(_, len)| len).sum();
+                for (path, _) in &wals {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(format!("node {node}: deleted {} WAL file(s), {bytes} bytes", wals.len()))
+            }
+            Some(cut) => {
+                let Some((path, len)) = wals.last() else {
+                    return Ok(format!("node {node}: no WAL to cut"));
+                };
+                let keep = len.saturating_sub(cut);
+                std::fs::OpenOptions::new().write(true).open(path)?.set_len(keep)?;
+                Ok(format!("node {node}: WAL {} cut from {len} to {keep} bytes", path.display()))
+            }
+        }
+    }
+
+    /// Restarts a node whose WAL was damaged and checks that it runs (it must not refuse):
+    /// notes whether it reported recovering lost data.
+    async fn restart_after_loss(&mut self, node: u64) -> Result<()> {
+        self.nodes.start(node)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut recovering = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Err(status) = self.nodes.poll(node) {
+                let tail = self.nodes.log_tail(node, 3);
+                self.problem(format!(
+                    "node {node} exited ({status}) after losing part of its WAL instead of recovering: {}",
+                    shorten(tail.trim(), 300)
+                ));
+                self.nodes.start(node)?;
+                return Ok(());
+            }
+            if let Some(status) = self.status_of(node).await {
+                recovering = recovering.or(status.recovering_to_index);
+                if status.recovering_to_index.is_none() && status.leader.is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.note(match recovering {
+            Some(index) => format!("node {node} reported lost data up to index {index} and recovered it"),
+            None => format!("node {node} restarted after the WAL damage; its status never showed missing data (nothing acknowledged was cut, or it recovered before the first poll)"),
+        });
+        Ok(())
     }
 
     pub async fn heal(&mut self, heal: Heal) -> Result<()> {
@@ -427,6 +524,7 @@ impl Env {
                 }
                 self.nodes.start(node)?;
             }
+            Heal::Lost(node) => self.restart_after_loss(node).await?,
             Heal::Disk(node) => {
                 let ballast = self.ballast_path(node)?;
                 let _ = std::fs::remove_file(&ballast);
@@ -624,4 +722,6 @@ pub enum Heal {
     Proxies,
     Clock(u64),
     Disk(u64),
+    /// Restart a node whose WAL was damaged; it must recover by itself.
+    Lost(u64),
 }
