@@ -54,6 +54,12 @@ pub(crate) struct Disk {
     pub(crate) crashes_before_compaction: u64,
     /// Crashes while a snapshot was being written.
     pub(crate) crashes_saving_snapshot: u64,
+    /// The durability record a real store keeps beside its log (see `raft-storage-rocks`):
+    /// the hard state and last log id after the latest completed write, or the floor of data
+    /// found missing until the log reaches it. Data-loss faults leave it alone.
+    record: Option<(HardState, LogId)>,
+    /// The floor of data found missing at the latest start, until the log reaches it.
+    lost_floor: Option<LogId>,
 }
 
 impl Disk {
@@ -72,7 +78,40 @@ impl Disk {
             uncompacted_snapshot: false,
             crashes_before_compaction: 0,
             crashes_saving_snapshot: 0,
+            record: None,
+            lost_floor: None,
         }
+    }
+
+    fn last_log_id(&self) -> LogId {
+        self.entries.last().map_or(self.snapshot_last(), Entry::log_id)
+    }
+
+    /// Updates the durability record after a completed write.
+    fn write_record(&mut self) {
+        let last = self.last_log_id();
+        if self.lost_floor.is_some_and(|floor| last >= floor) {
+            self.lost_floor = None;
+        }
+        self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
+    }
+
+    /// A data-loss fault (a write-ahead log cut short or deleted): the last `n` log entries
+    /// (never what the snapshot covers) vanish and, with `forget_hard_state`, the term and
+    /// vote. The durability record is kept.
+    pub(crate) fn lose_tail(&mut self, n: usize, forget_hard_state: bool) {
+        let snapshot = self.snapshot_last().index;
+        let covered = self.entries.iter().take_while(|e| e.index <= snapshot).count();
+        let keep = self.entries.len().saturating_sub(n).max(covered);
+        self.entries.truncate(keep);
+        if forget_hard_state {
+            self.hard_state = HardState::default();
+        }
+    }
+
+    /// Whether the log misses entries its durability record says it had.
+    pub(crate) fn missing_data(&self) -> bool {
+        self.record.is_some_and(|(_, last)| last > self.last_log_id())
     }
 
     fn snapshot_last(&self) -> LogId {
@@ -219,6 +258,8 @@ impl SimStorage {
         let slot = if snapshot { &mut disk.snapshot_in_progress } else { &mut disk.in_progress };
         if let Some(write) = slot.take() {
             disk.apply(write);
+            // Recorded before the write is reported done, as the RocksDB store does.
+            disk.write_record();
         }
         Ok(())
     }
@@ -230,14 +271,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[async_trait]
 impl Storage for SimStorage {
+    /// Compares the disk with its durability record as the RocksDB store does: a log that
+    /// ends before the recorded entry, or an older hard state, is reported (and the recorded
+    /// hard state restored).
     async fn initial_state(&self) -> Result<InitialState, StorageError> {
-        let disk = self.disk();
+        let mut disk = self.disk();
+        let found_last = disk.last_log_id();
+        let found = disk.hard_state;
+        let mut lost = None;
+        if let Some((recorded_hs, recorded_last)) = disk.record {
+            let rolled_back = recorded_hs.current_term > found.current_term
+                || (recorded_hs.current_term == found.current_term
+                    && found.voted_for.is_none()
+                    && recorded_hs.voted_for.is_some());
+            if rolled_back {
+                disk.hard_state = recorded_hs;
+            }
+            disk.lost_floor = (recorded_last > found_last).then_some(recorded_last);
+            if rolled_back || recorded_last > found_last {
+                lost = Some(raft_core::DataLoss {
+                    recorded_last: recorded_last.max(found_last),
+                    found_last,
+                    rolled_back_hard_state: rolled_back.then_some(found),
+                });
+            }
+        }
         Ok(InitialState {
             hard_state: disk.hard_state,
             snapshot: disk.snapshot.as_ref().map(|s| s.meta.clone()),
             first_index: disk.first_index(),
             last_index: disk.last_index(),
-            lost: None,
+            lost,
         })
     }
 

@@ -61,6 +61,8 @@ pub struct Coverage {
     pub transfers: u64,
     /// Process crashes.
     pub crashes: u64,
+    /// Data-loss faults: a disk lost its last durable entries (and maybe its term and vote).
+    pub data_losses: u64,
     /// Crashes that tore an append (kept a strict prefix of it).
     pub torn_writes: u64,
     /// Injected storage errors (EIO, disk full), each stopping its node.
@@ -90,6 +92,7 @@ impl Coverage {
         self.leader_removals += o.leader_removals;
         self.transfers += o.transfers;
         self.crashes += o.crashes;
+        self.data_losses += o.data_losses;
         self.torn_writes += o.torn_writes;
         self.storage_errors += o.storage_errors;
         self.installs_interrupted += o.installs_interrupted;
@@ -575,6 +578,18 @@ impl Sim {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 self.start(id).await;
             }
+            68..=70 if self.may_lose_data() => {
+                // A disk that loses what it had made durable (a write-ahead log cut short or
+                // deleted): the node must recover by itself without losing a committed write.
+                let id = pick(&mut self.rng);
+                if self.running(id).is_some() {
+                    self.crash(id);
+                }
+                let entries = self.rng.range(1, 9) as usize;
+                let forget_hard_state = self.rng.chance(1, 2);
+                lock(&self.disks[id as usize - 1]).lose_tail(entries, forget_hard_state);
+                lock(&self.world).coverage.data_losses += 1;
+            }
             53 => {
                 let id = pick(&mut self.rng);
                 let error = if self.rng.chance(1, 2) {
@@ -587,6 +602,23 @@ impl Sim {
             }
             _ => {}
         }
+    }
+
+    /// Whether a node may lose data now with the cluster still able to recover: a leader runs, no disk is
+    /// missing data already, no membership change is under way, and every running node's
+    /// configuration has at least three voters in each voter set (so one node is a minority of
+    /// it).
+    fn may_lose_data(&self) -> bool {
+        let large = |m: &raft_core::Membership| {
+            m.voters.len() >= 3 && (m.outgoing_voters.is_empty() || m.outgoing_voters.len() >= 3)
+        };
+        if self.leader().is_none() {
+            return false;
+        }
+        let w = lock(&self.world);
+        !w.admin_busy
+            && !self.disks.iter().any(|d| lock(d).missing_data())
+            && w.nodes.iter().flatten().all(|r| large(&r.raft.membership()))
     }
 
     /// A random membership change proposed on the leader, run as its own task.
@@ -602,15 +634,18 @@ impl Sim {
         let outsiders: Vec<NodeId> = self.ids.iter().copied().filter(|id| !m.contains(*id)).collect();
         let learners: Vec<NodeId> = m.learners.iter().copied().collect();
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        // While a disk misses data, configurations keep three voters or more (in a smaller one
+        // that node could be a majority, whose loss needs an operator).
+        let min_voters = if self.disks.iter().any(|d| lock(d).missing_data()) { 3 } else { 1 };
         let rng = &mut self.rng;
         let one = |rng: &mut SeededRng, from: &[NodeId]| from[rng.range(0, from.len() as u64) as usize];
         let change = match rng.range(0, 6) {
             0 if !outsiders.is_empty() => MembershipChange::AddLearner(one(rng, &outsiders)),
             1 if !learners.is_empty() => MembershipChange::PromoteLearner(one(rng, &learners)),
-            2 | 5 if voters.len() > 1 => MembershipChange::RemoveNode(leader),
-            3 if voters.len() > 1 => MembershipChange::RemoveNode(one(rng, &voters)),
+            2 | 5 if voters.len() > min_voters => MembershipChange::RemoveNode(leader),
+            3 if voters.len() > min_voters => MembershipChange::RemoveNode(one(rng, &voters)),
             _ => {
-                let size = rng.range(1, self.ids.len().min(5) as u64 + 1);
+                let size = rng.range(min_voters.min(self.ids.len()) as u64, self.ids.len().min(5) as u64 + 1);
                 let mut set = BTreeSet::new();
                 while (set.len() as u64) < size {
                     set.insert(one(rng, &self.ids));

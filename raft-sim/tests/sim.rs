@@ -26,4 +26,5 @@ fn seeds_pass_and_exercise_the_node() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(coverage.acknowledged_writes > 0 && coverage.reads_served > 0, "{coverage:?}");
     assert!(coverage.crashes > 0, "{coverage:?}");
+    assert!(coverage.data_losses > 0, "no disk lost data: {coverage:?}");
 }

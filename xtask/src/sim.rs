@@ -192,11 +192,12 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         t.seeds_transferring,
     );
     println!(
-        "  crashes {} (interrupting a snapshot install or save {}, between a snapshot and its compaction {}), torn appends {}, process pauses {}, storage errors {}, terms with a leader {}; trace {:016x}",
+        "  crashes {} (interrupting a snapshot install or save {}, between a snapshot and its compaction {}), torn appends {}, disks that lost durable data {}, process pauses {}, storage errors {}, terms with a leader {}; trace {:016x}",
         c.crashes,
         c.installs_interrupted,
         c.crashes_before_compaction,
         c.torn_writes,
+        c.data_losses,
         c.pauses,
         c.storage_errors,
         c.terms_led,
