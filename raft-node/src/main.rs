@@ -133,10 +133,19 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            match runtime.block_on(run(config)) {
+            let id = config.id;
+            // A refusal at start (a taken port, a read-only or foreign data dir, a member that
+            // lost its data) exits 2 with its message once, as an invalid config does.
+            let node = match runtime.block_on(Node::start(config)) {
+                Ok(node) => node,
+                Err(e) => {
+                    eprintln!("error: node {id} cannot start: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(serve(node)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
@@ -159,9 +168,8 @@ fn init_logging(config: &NodeConfig) {
     }
 }
 
-async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let id = config.id;
-    let node = Node::start(config).await.with_context(|| format!("node {id} cannot start"))?;
+/// Serves until SIGINT or SIGTERM, then shuts the node down.
+async fn serve(node: Node) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     node.shutdown().await;

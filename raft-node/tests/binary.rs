@@ -204,6 +204,20 @@ fn a_broken_config_is_refused_with_every_problem_and_touches_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
 }
 
+#[test]
+fn a_refusal_at_start_exits_2_with_its_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, addrs) = write_configs_with_raft_addrs(dir.path());
+    let taken = std::net::TcpListener::bind(&addrs[0].0).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&files[0]).output().unwrap();
+    drop(taken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("cannot start").count(), 1, "the refusal is printed once: {err}");
+    assert!(err.contains(&addrs[0].0), "the taken address is named: {err}");
+    assert!(!dir.path().join("data1").exists(), "the data dir was not touched");
+}
+
 /// A plaintext peer that says `Hello` as node 2 and then sends a vote request with an absurd
 /// term (the forged frames of the security review) to a node of the default set-up: it never
 /// gets a `HelloAck`, nothing it sent reaches the protocol, and the cluster keeps serving.

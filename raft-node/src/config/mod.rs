@@ -508,9 +508,12 @@ impl NodeConfig {
             if !ids.insert(m.id) {
                 bad(&format!("{key}.id"), format!("node id {} appears twice", m.id));
             }
-            for addr in [m.raft_addr, m.client_addr] {
+            for (field, addr) in [("raft_addr", m.raft_addr), ("client_addr", m.client_addr)] {
                 if !addrs.insert(addr) {
                     bad(&key, format!("address {addr} is used twice"));
+                }
+                if let Some(why) = undialable(addr) {
+                    bad(&format!("{key}.{field}"), format!("{addr} {why}: other nodes dial this address"));
                 }
             }
             if m.id == self.id
@@ -709,6 +712,28 @@ impl NodeConfig {
                 bad(key, "must be positive".into());
             }
         }
+        // Bounds of the runtime: tokio's semaphore panics past its maximum, and anything this
+        // large would exhaust memory or descriptors long before it was reached.
+        for (key, v, max) in [
+            ("limits.max_concurrent_requests", l.max_concurrent_requests, LIMIT_MAX),
+            ("limits.max_connections", l.max_connections, LIMIT_MAX),
+            ("limits.max_watchers", l.max_watchers, LIMIT_MAX),
+            ("limits.max_sessions", l.max_sessions, LIMIT_MAX),
+            ("limits.max_list", l.max_list, LIMIT_MAX),
+        ] {
+            if v > max {
+                bad(key, format!("must be at most {max}"));
+            }
+        }
+        for (key, ms) in [
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.body_read_timeout_ms", l.body_read_timeout_ms),
+        ] {
+            if ms > TIMEOUT_MAX_MS {
+                bad(key, format!("must be at most {TIMEOUT_MAX_MS} (one day)"));
+            }
+        }
         let n = &self.network;
         if n.peer_queue_max == 0 {
             bad("network.peer_queue_max", "must be positive".into());
@@ -769,6 +794,24 @@ impl NodeConfig {
     /// The other members of the initial configuration.
     pub fn peers(&self) -> impl Iterator<Item = &MemberConfig> {
         self.members.iter().filter(move |m| m.id != self.id)
+    }
+}
+
+/// The largest count limit accepted (far below tokio's semaphore maximum, which panics).
+const LIMIT_MAX: usize = 1 << 20;
+/// The longest timeout accepted: one day.
+const TIMEOUT_MAX_MS: u64 = 86_400_000;
+
+/// Why other nodes cannot dial `addr`, if they cannot.
+fn undialable(addr: SocketAddr) -> Option<&'static str> {
+    if addr.port() == 0 {
+        return Some("has port 0");
+    }
+    match addr.ip() {
+        ip if ip.is_unspecified() => Some("is a wildcard address (0.0.0.0 or ::)"),
+        ip if ip.is_multicast() => Some("is a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address"),
+        _ => None,
     }
 }
 

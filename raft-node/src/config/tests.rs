@@ -274,3 +274,31 @@ fn tls_material_this_node_cannot_use_is_refused_before_start() {
     // A cluster id no certificate name can carry.
     assert!(keys(&problems_of(example(), &["cluster=\"Dev\""])).contains(&"cluster"));
 }
+
+#[test]
+fn member_addresses_other_nodes_cannot_dial_are_refused() {
+    let text = example()
+        .replace("raft_addr = \"127.0.0.1:7002\"", "raft_addr = \"0.0.0.0:7002\"")
+        .replace("client_addr = \"127.0.0.1:8082\"", "client_addr = \"127.0.0.1:0\"")
+        .replace("raft_addr = \"127.0.0.1:7003\"", "raft_addr = \"255.255.255.255:7003\"")
+        .replace("client_addr = \"127.0.0.1:8083\"", "client_addr = \"239.1.2.3:8083\"");
+    let problems = problems_of(&text, &[]);
+    let keys = keys(&problems);
+    for key in
+        ["members[1].raft_addr", "members[1].client_addr", "members[2].raft_addr", "members[2].client_addr"]
+    {
+        assert!(keys.contains(&key), "{key} not refused: {problems:?}");
+    }
+}
+
+#[test]
+fn limits_past_what_the_runtime_allows_are_refused() {
+    // tokio's semaphore panics at start past its maximum (about 2^61 permits).
+    let problems = problems_of(
+        example(),
+        &["limits.max_concurrent_requests=2305843009213693952", "limits.request_timeout_ms=100000000000"],
+    );
+    let keys = keys(&problems);
+    assert!(keys.contains(&"limits.max_concurrent_requests"), "{problems:?}");
+    assert!(keys.contains(&"limits.request_timeout_ms"), "{problems:?}");
+}
