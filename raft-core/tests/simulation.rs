@@ -377,3 +377,48 @@ fn randomized_seeds_without_durability_records_fail() {
     let failed = (0..400u64).find(|seed| std::panic::catch_unwind(|| random::run(*seed, options)).is_err());
     assert!(failed.is_some(), "400 seeds with data loss and no durability record found no violation");
 }
+
+/// An idle cluster (found by review): a follower restarts having lost its last entries. The
+/// leader's heartbeats carry the old match index as `prev`; the follower refuses them, and the
+/// leader must take that as lost data (not as a stale answer) and send the entries again.
+#[test]
+fn in_an_idle_cluster_a_follower_that_lost_entries_gets_them_back() {
+    for seed in [5u64, 6, 7, 8] {
+        let mut c = Cluster::new(3, seed);
+        let a = c.check_one_leader();
+        for i in 0..5 {
+            c.one(format!("x{i}").as_bytes(), 3, false);
+        }
+        c.run_for(500);
+        let b = a % 3 + 1;
+        c.crash_losing_data(b, 2, false);
+        c.restart(b);
+        assert!(c.raft(b).is_some_and(|r| r.status().recovering_to.is_some()), "seed {seed}: not recovering");
+        let recovered =
+            c.run_until(30 * ELECTION_MS, |c| c.raft(b).is_some_and(|r| r.status().recovering_to.is_none()));
+        assert!(recovered, "seed {seed}: follower {b} still recovering under leader {:?}", c.leaders());
+    }
+}
+
+/// A leadership transfer without a named target (found by review) does not pick a node that
+/// is recovering lost entries (it would ignore TimeoutNow): its match index was lowered.
+#[test]
+fn an_automatic_transfer_does_not_pick_a_node_recovering_lost_entries() {
+    let mut c = Cluster::new(3, 5);
+    let a = c.check_one_leader();
+    for i in 0..5 {
+        c.one(format!("x{i}").as_bytes(), 3, false);
+    }
+    c.run_for(500);
+    let b = c.ids().into_iter().filter(|id| *id != a).min().expect("a follower");
+    c.crash_losing_data(b, 2, false);
+    c.restart(b);
+    // Right after the restart, before the leader's next heartbeat was refused.
+    let recovering = c.raft(b).is_some_and(|r| r.status().recovering_to.is_some());
+    assert!(recovering);
+    c.run_for(3 * ELECTION_MS);
+    let target = c.transfer_leadership(a, None);
+    c.run_for(5 * ELECTION_MS);
+    let leaders = c.leaders();
+    assert!(leaders.iter().all(|(id, _)| *id != a), "transfer to {target:?} failed: leaders {leaders:?}");
+}

@@ -356,13 +356,20 @@ impl RocksDb {
         shared.db.read().map_err(|_| StorageError::Poisoned)
     }
 
-    /// What the durability record said of log `group` when the store was opened; `None` after
-    /// the first call for the group (its log was compared with the record then: later calls
-    /// would compare a log changed since with a stale record).
-    pub(crate) fn take_recorded(&self, group: u64) -> Option<Option<LogRecord>> {
+    /// What the durability record said of log `group` when the store was opened; `None` once
+    /// the log was compared with it ([`RocksDb::compared_with_record`]): later calls would
+    /// compare a log changed since with a stale record.
+    pub(crate) fn recorded_at_open(&self, group: u64) -> Option<Option<LogRecord>> {
         let shared = &self.handle.shared;
-        let first = shared.checked.lock().map(|mut checked| checked.insert(group)).unwrap_or(false);
-        first.then(|| shared.recorded.as_ref().and_then(|r| r.get(&group).copied()))
+        let compared = shared.checked.lock().map(|checked| checked.contains(&group)).unwrap_or(true);
+        (!compared).then(|| shared.recorded.as_ref().and_then(|r| r.get(&group).copied()))
+    }
+
+    /// Log `group` was compared with the record found at open and the outcome is durable.
+    pub(crate) fn compared_with_record(&self, group: u64) {
+        if let Ok(mut checked) = self.handle.shared.checked.lock() {
+            checked.insert(group);
+        }
     }
 
     /// Keeps the data loss found in log `group` at open, for later callers of

@@ -1,8 +1,8 @@
 //! The durability record: what this store had made durable, kept outside RocksDB so that a
 //! truncated or deleted write-ahead log cannot roll it back silently.
 //!
-//! The record is a small file, `durability.rec`, beside the database: two slots of
-//! [`SLOT_BYTES`] bytes, written alternately, each holding a sequence number, every log's hard
+//! The record is a small file, `durability.rec`, beside the database: two slots of equal size
+//! (at least [`SLOT_BYTES`]; the file is always exactly two slots long), written alternately, each holding a sequence number, every log's hard
 //! state and last log id, and a crc32c. A write goes to the slot the previous one did not use
 //! and is synced before the writes it describes are acknowledged; a write torn by a crash
 //! damages only its own slot, and the other slot (older, and covering everything acknowledged)
@@ -29,8 +29,11 @@ use serde::{Deserialize, Serialize};
 
 /// The record file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "durability.rec";
-/// The size of one slot.
+/// The smallest slot. A record that outgrows its slot (a store with many logs) is moved to a
+/// file with slots twice as large, written aside and renamed over the old one.
 pub(crate) const SLOT_BYTES: usize = 4096;
+/// The largest slot: 64 MiB (about a million logs).
+const SLOT_BYTES_MAX: usize = 64 << 20;
 const MAGIC: &[u8; 8] = b"RAFTDUR1";
 /// Magic, sequence number, payload length.
 const HEADER_BYTES: usize = 8 + 8 + 4;
@@ -120,6 +123,8 @@ pub(crate) struct RecordFile {
     path: PathBuf,
     /// The sequence number of the latest slot written.
     seq: u64,
+    /// The size of each of the two slots.
+    slot_bytes: usize,
     sync: bool,
 }
 
@@ -162,24 +167,31 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, LogRecord>)> {
     Some((seq, logs))
 }
 
-fn encode_slot(seq: u64, logs: &BTreeMap<u64, LogRecord>, path: &Path) -> Result<Vec<u8>, StorageError> {
+/// Encodes a slot of `slot_bytes` (`None` when the record does not fit in it).
+fn encode_slot(
+    seq: u64,
+    logs: &BTreeMap<u64, LogRecord>,
+    slot_bytes: usize,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, StorageError> {
     let payload = postcard::to_allocvec(logs).map_err(|e| corrupt(path, &format!("cannot encode: {e}")))?;
-    if HEADER_BYTES + payload.len() + CRC_BYTES > SLOT_BYTES {
-        return Err(StorageError::Io(format!(
-            "durability record {}: {} logs do not fit in a {SLOT_BYTES}-byte slot",
-            path.display(),
-            logs.len()
-        )));
+    if HEADER_BYTES + payload.len() + CRC_BYTES > slot_bytes {
+        return Ok(None);
     }
-    let mut slot = Vec::with_capacity(SLOT_BYTES);
+    let mut slot = Vec::with_capacity(slot_bytes);
     slot.extend_from_slice(MAGIC);
     slot.extend_from_slice(&seq.to_le_bytes());
     slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     slot.extend_from_slice(&payload);
     let crc = crc32c::crc32c(&slot);
     slot.extend_from_slice(&crc.to_le_bytes());
-    slot.resize(SLOT_BYTES, 0);
-    Ok(slot)
+    slot.resize(slot_bytes, 0);
+    Ok(Some(slot))
+}
+
+/// The slot size of a record file of `len` bytes (two equal slots).
+fn slot_bytes_of(len: usize) -> usize {
+    (len / 2).clamp(SLOT_BYTES, SLOT_BYTES_MAX)
 }
 
 impl RecordFile {
@@ -197,7 +209,8 @@ impl RecordFile {
             .map_err(|e| io(&path, &e))?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io(&path, &e))?;
-        let slots: Vec<_> = bytes.chunks(SLOT_BYTES).take(2).map(decode_slot).collect();
+        let slot_bytes = slot_bytes_of(bytes.len());
+        let slots: Vec<_> = bytes.chunks(slot_bytes).take(2).map(decode_slot).collect();
         let newest = slots.into_iter().flatten().max_by_key(|(seq, _)| *seq);
         let never_written = bytes.iter().all(|b| *b == 0);
         let (seq, record) = match newest {
@@ -205,7 +218,7 @@ impl RecordFile {
             None if !existed || never_written => (0, None),
             None => return Err(corrupt(&path, "both slots are damaged")),
         };
-        let mut opened = Self { file, path, seq, sync };
+        let mut opened = Self { file, path, seq, slot_bytes, sync };
         if !existed {
             // The file itself must survive a crash: sync it and its directory entry.
             opened.write(&record.clone().unwrap_or_default())?;
@@ -216,16 +229,58 @@ impl RecordFile {
         Ok(Opened { file: opened, record })
     }
 
-    /// Writes `logs` to the slot the latest write did not use, and syncs it.
+    /// Writes `logs` to the slot the latest write did not use, and syncs it; a record that
+    /// outgrew its slot moves to a file of larger slots first.
     pub(crate) fn write(&mut self, logs: &BTreeMap<u64, LogRecord>) -> Result<(), StorageError> {
         let seq = self.seq + 1;
-        let slot = encode_slot(seq, logs, &self.path)?;
-        let offset = (seq % 2) * SLOT_BYTES as u64;
+        let slot = match encode_slot(seq, logs, self.slot_bytes, &self.path)? {
+            Some(slot) => slot,
+            None => return self.grow(seq, logs),
+        };
+        let offset = (seq % 2) * self.slot_bytes as u64;
         self.file.write_all_at(&slot, offset).map_err(|e| io(&self.path, &e))?;
         if self.sync {
             self.file.sync_data().map_err(|e| io(&self.path, &e))?;
         }
         self.seq = seq;
+        Ok(())
+    }
+
+    /// Writes `logs` as record `seq` into a new file of slots large enough for it, then
+    /// renames that over the record: a crash leaves the old file or the new one, whole.
+    fn grow(&mut self, seq: u64, logs: &BTreeMap<u64, LogRecord>) -> Result<(), StorageError> {
+        let mut slot_bytes = self.slot_bytes;
+        let slot = loop {
+            slot_bytes = slot_bytes.saturating_mul(2);
+            if slot_bytes > SLOT_BYTES_MAX {
+                return Err(StorageError::Io(format!(
+                    "durability record {}: {} logs do not fit in {SLOT_BYTES_MAX} bytes",
+                    self.path.display(),
+                    logs.len()
+                )));
+            }
+            if let Some(slot) = encode_slot(seq, logs, slot_bytes, &self.path)? {
+                break slot;
+            }
+        };
+        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let fresh = dir.join(format!("{FILE_NAME}.new"));
+        let mut bytes = vec![0u8; 2 * slot_bytes];
+        let at = (seq % 2) as usize * slot_bytes;
+        bytes[at..at + slot_bytes].copy_from_slice(&slot);
+        std::fs::write(&fresh, &bytes).map_err(|e| io(&fresh, &e))?;
+        let file = OpenOptions::new().read(true).write(true).open(&fresh).map_err(|e| io(&fresh, &e))?;
+        if self.sync {
+            file.sync_all().map_err(|e| io(&fresh, &e))?;
+        }
+        std::fs::rename(&fresh, &self.path).map_err(|e| io(&self.path, &e))?;
+        if self.sync {
+            File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, &e))?;
+        }
+        self.file = file;
+        self.slot_bytes = slot_bytes;
+        self.seq = seq;
+        tracing::info!(path = %self.path.display(), slot_bytes, logs = logs.len(), "durability record grown");
         Ok(())
     }
 }
@@ -260,6 +315,28 @@ mod tests {
         bytes[30] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(RecordFile::open(dir.path(), true), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_record_of_many_logs_grows_its_slots_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = RecordFile::open(dir.path(), true).unwrap().file;
+        let record = |n: u64| -> BTreeMap<u64, LogRecord> {
+            (0..n)
+                .map(|g| {
+                    let hs = HardState { current_term: u64::MAX - g, voted_for: Some(u64::MAX) };
+                    (u64::MAX - g, LogRecord { hard_state: hs, last: LogId::new(u64::MAX, u64::MAX) })
+                })
+                .collect()
+        };
+        file.write(&record(10)).unwrap();
+        file.write(&record(5_000)).unwrap();
+        assert!(file.slot_bytes > SLOT_BYTES);
+        file.write(&record(5_001)).unwrap();
+        drop(file);
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len() as usize;
+        assert_eq!(len % (2 * SLOT_BYTES), 0, "two equal slots");
+        assert_eq!(RecordFile::open(dir.path(), true).unwrap().record, Some(record(5_001)));
     }
 
     #[test]

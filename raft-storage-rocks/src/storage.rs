@@ -331,7 +331,7 @@ impl Storage for RocksStorage {
                 InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last, lost: None };
             Ok((initial, found_last))
         })?;
-        let Some(recorded) = self.db.take_recorded(self.group) else {
+        let Some(recorded) = self.db.recorded_at_open(self.group) else {
             initial.lost = self.db.unrecovered_loss(self.group);
             return Ok(initial);
         };
@@ -353,18 +353,20 @@ impl Storage for RocksStorage {
         // between a WAL sync and its record leaves the record behind what the node will now
         // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
         let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
+        let lost = recorded.filter(|r| rolled_back || r.last > found_last).map(|r| DataLoss {
+            recorded_last: r.last.max(found_last),
+            found_last,
+            rolled_back_hard_state: rolled_back.then_some(found),
+        });
+        // A failed write-back leaves the log to be compared again by the next call: the loss
+        // must not hide behind a retry.
         self.db.write(ops, Some(mark)).await?;
-        let Some(recorded) = recorded else { return Ok(initial) };
-        if rolled_back || recorded.last > found_last {
-            let lost = DataLoss {
-                recorded_last: recorded.last.max(found_last),
-                found_last,
-                rolled_back_hard_state: rolled_back.then_some(found),
-            };
+        if let Some(lost) = &lost {
             tracing::error!(group = self.group, %lost, "the store lost data it had made durable");
             self.db.remember_loss(self.group, lost.clone());
-            initial.lost = Some(lost);
         }
+        self.db.compared_with_record(self.group);
+        initial.lost = lost;
         Ok(initial)
     }
 

@@ -150,14 +150,13 @@ impl Progress {
 
     /// A rejection of the AppendEntries whose `prev_log_index` was `rejected`; `next` is the
     /// leader's new guess. Returns `false` when the rejection is stale and was ignored. A
-    /// probe refused at or below the match index lowers the match index.
+    /// refusal at or below the match index lowers the match index.
     pub(crate) fn on_reject(&mut self, rejected: Index, next: Index) -> bool {
         match self.mode {
-            ReplicationMode::Replicate => {
-                if rejected <= self.match_index {
-                    return false;
-                }
-            }
+            // A refusal at or below the match index is not stale: the follower acknowledged
+            // that entry once, so it refuses it now only because its storage lost it (a
+            // heartbeat of an idle leader carries the match index as its `prev`).
+            ReplicationMode::Replicate => {}
             ReplicationMode::Probe => {
                 if rejected.saturating_add(1) != self.next_index {
                     return false;
@@ -166,10 +165,10 @@ impl Progress {
             ReplicationMode::Snapshot => return false,
         }
         if rejected <= self.match_index {
-            // A probe of an entry the follower had acknowledged was refused: its storage lost
-            // data (it recovers by receiving the entries again; see
-            // `RestoredState::recorded_last`). Believing it is safe even if the answer is an old
-            // duplicate: a lower match index only delays commits and resends entries.
+            // An entry the follower had acknowledged was refused: its storage lost data (it
+            // recovers by receiving the entries again; see `RestoredState::recorded_last`).
+            // Believing it is safe even if the answer is an old duplicate: a lower match index
+            // only delays commits and resends entries.
             self.match_index = next.min(rejected).saturating_sub(1);
         }
         let upper = rejected.max(self.match_index + 1);
@@ -232,14 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn stale_rejection_does_not_rewind_below_a_later_success() {
+    fn a_rejection_at_or_below_the_match_index_lowers_it_even_while_replicating() {
         let mut p = Progress::new(1);
         p.on_success(10);
         p.on_sent(Some(20));
-        // A rejection of an older request (prev 5 < match 10) is stale.
-        assert!(!p.on_reject(5, 3));
-        assert_eq!(p.next_index, 21);
-        // A real rejection goes back to probing but never below match + 1.
+        // A heartbeat's prev 10 refused: the follower lost entries it had acknowledged (its
+        // log ends at 7). An old duplicate would be believed too: it costs only a resend.
+        assert!(p.on_reject(10, 8));
+        assert_eq!((p.mode, p.match_index, p.next_index), (ReplicationMode::Probe, 7, 8));
+        p.on_success(10);
+        assert_eq!((p.mode, p.match_index, p.next_index), (ReplicationMode::Replicate, 10, 11));
+        // A rejection above the match index goes back to probing, never below match + 1.
+        p.on_sent(Some(20));
         assert!(p.on_reject(20, 2));
         assert_eq!(p.mode, ReplicationMode::Probe);
         assert_eq!(p.next_index, 11);

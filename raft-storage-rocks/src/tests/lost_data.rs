@@ -121,3 +121,32 @@ async fn a_clean_restart_reports_nothing() {
     let state = reopened_state(dir.path()).await;
     assert_eq!((state.last_index, state.lost, state.hard_state), (50, None, TERM_AFTER_FLUSH));
 }
+
+/// Found by review: with a fixed 4 KiB record, the 600th log of a store overflowed it and
+/// every later write of every log failed. The record grows instead.
+#[tokio::test]
+async fn a_store_of_many_logs_keeps_writing() {
+    use raft_core::{Entry, EntryPayload};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let hs = HardState { current_term: 7, voted_for: Some(2) };
+    for group in 0..1_000u64 {
+        let log = db.log(group);
+        log.initial_state().await.expect("initial state");
+        log.save_hard_state(hs).await.unwrap_or_else(|e| panic!("log {group}: {e}"));
+        log.append(&[Entry { term: 7, index: 1, payload: EntryPayload::Blank }]).await.expect("append");
+    }
+    db.log(0).append(&[Entry { term: 7, index: 2, payload: EntryPayload::Blank }]).await.expect("log 0");
+    drop(db);
+    // The grown record reads back: a WAL deleted now is still noticed in every log.
+    for wal in wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
+    }
+    let db = open(dir.path());
+    for group in [0u64, 599, 999] {
+        let state = db.log(group).initial_state().await.expect("state");
+        assert_eq!(state.hard_state, hs, "log {group}");
+        let lost = state.lost.expect("the loss is reported");
+        assert_eq!(lost.recorded_last, LogId::new(7, if group == 0 { 2 } else { 1 }), "log {group}");
+    }
+}
