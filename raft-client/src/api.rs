@@ -195,6 +195,9 @@ pub struct StatusView {
     pub applied_index: u64,
     /// Last index in the log.
     pub last_log_index: u64,
+    /// The term of the last entry in the log (0 from nodes that do not report it).
+    #[serde(default)]
+    pub last_log_term: u64,
     /// Last index covered by the latest snapshot.
     pub snapshot_index: u64,
     /// A hash of the replicated state at `applied_index` (equal on nodes at the same index).

@@ -1,5 +1,5 @@
-//! The `raft-node` binary: `run` a node from a config file, `check-config`, or `ctl` (the
-//! operator CLI, the same as `raftctl`).
+//! The `raft-node` binary: `run` a node from a config file, `check-config`, `recover` (offline
+//! repair), `new-token`, or `ctl` (the operator CLI, the same as `raftctl`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -43,6 +43,23 @@ enum Command {
         /// Overrides one key (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Offline repair of a stopped node's data dir. `--accept-data-loss`: the store lost
+    /// entries it had made durable (a cut or deleted write-ahead log) and no member holds them
+    /// any more (a one-node cluster, or every replica damaged at once): accept the loss so the
+    /// node votes and campaigns with the log it has. While a member still holds the entries,
+    /// do not: the node recovers them from the leader by itself.
+    Recover {
+        /// The node's TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides one key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Accept the loss of the entries the store no longer holds (required: this is the
+        /// only repair so far).
+        #[arg(long)]
+        accept_data_loss: bool,
     },
     /// Prints a new random client token and the `[[auth.tokens]]` entry (its SHA-256) that
     /// lets a node accept it.
@@ -91,6 +108,29 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Recover { config, overrides, accept_data_loss } => {
+            let config = match NodeConfig::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !accept_data_loss {
+                eprintln!("error: say what to repair: --accept-data-loss");
+                return ExitCode::from(2);
+            }
+            match runtime.block_on(accept_loss(&config)) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -166,6 +206,22 @@ fn init_logging(config: &NodeConfig) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// `recover --accept-data-loss` on the node's RocksDB data dir (the node must be stopped: the
+/// store refuses a second process).
+async fn accept_loss(config: &NodeConfig) -> anyhow::Result<String> {
+    use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
+    let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
+    let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let accepted = db.log(0).accept_data_loss().await.context("accepting the loss")?;
+    Ok(match accepted {
+        Some(lost) => {
+            format!("node {}: accepted: {lost}. It now votes and campaigns with the log it has.", config.id)
+        }
+        None => format!("node {}: nothing was lost; nothing changed", config.id),
+    })
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts the node down.

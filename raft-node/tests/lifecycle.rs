@@ -113,8 +113,43 @@ async fn start_refuses_a_taken_port_and_another_nodes_data_dir() {
     assert!(err.to_string().contains("belongs to node 1"), "{err}");
 }
 
+/// A voter whose data dir is lost whole learns from every other voter what it may have had,
+/// starts recovering (it neither campaigns nor votes for a shorter log) and is whole again once
+/// the leader has sent it everything: no operator step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_lost_its_data_is_refused() {
+async fn a_voter_that_lost_its_data_dir_recovers_by_itself() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        client.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
+    }
+    eventually("every node to register", || async {
+        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+    })
+    .await;
+    let victim = cluster.follower().await;
+    let term_before = cluster.statuses().await.iter().map(|s| s.term).max().unwrap();
+    cluster.stop(victim).await;
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    cluster.restart(victim).await;
+    let status = cluster.client_of(victim).status().await.unwrap();
+    assert!(status.term >= term_before, "the term it may have voted in was not restored: {status:?}");
+    eventually("the node to recover its data", || async {
+        cluster.client_of(victim).status().await.is_ok_and(|s| s.recovering_to_index.is_none())
+    })
+    .await;
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.keys == 20), "{statuses:?}");
+    // Restarting again keeps what it recovered (it is no longer a fresh node).
+    cluster.restart(victim).await;
+    cluster.wait_converged().await;
+    cluster.shutdown().await;
+}
+
+/// The same loss while another voter is away: that voter may be the only other holder of what
+/// the node had acknowledged, so the node refuses to start and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_dir_is_refused_while_another_voter_is_away() {
     let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
     let client = cluster.client();
     client.put("k", "v").await.unwrap();
@@ -122,11 +157,16 @@ async fn a_member_that_lost_its_data_is_refused() {
         client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
     })
     .await;
-    let victim = cluster.follower().await;
+    let leader = cluster.leader().await;
+    let victim = (leader % 3) + 1;
+    let away = (victim % 3) + 1;
+    assert!(away != leader && away != victim);
     cluster.stop(victim).await;
+    cluster.stop(away).await;
     std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
     let err = Node::start(cluster.configs[(victim - 1) as usize].clone()).await.unwrap_err();
     assert!(matches!(err, StartError::LostData { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("[{away}]")), "the silent voter is named: {err}");
     assert!(err.to_string().contains("remove"), "the error says what to do: {err}");
     cluster.shutdown().await;
 }

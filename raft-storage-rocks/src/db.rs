@@ -59,6 +59,11 @@ pub struct RocksOptions {
     /// own default is unlimited); `raft-node` keeps 256 descriptors outside its client
     /// connections for storage, peers and listeners. RocksDB needs at least 20.
     pub max_open_files: u16,
+    /// Keep the durability record (`durability.rec`, see the crate docs): each synced batch
+    /// is answered only once a record covering it is synced too. Turning it off lets a lost
+    /// or cut write-ahead log go unnoticed (a forgotten vote, acknowledged entries gone); it
+    /// exists to measure the record's cost.
+    pub durability_record: bool,
 }
 
 impl Default for RocksOptions {
@@ -70,6 +75,7 @@ impl Default for RocksOptions {
             verify_on_open: true,
             memtable_budget_bytes: 32 << 20,
             max_open_files: 128,
+            durability_record: true,
         }
     }
 }
@@ -246,24 +252,39 @@ impl RocksDb {
         }
         let create = !exists_non_empty;
         let db_opts = db_options(create, &options);
+        if !create {
+            // Whose store it is, read-only first: a store of another cluster or node (or no
+            // raft store at all) is refused before RocksDB writes anything into it.
+            let read_only = DB::open_cf_for_read_only(&db_opts, &dir, COLUMN_FAMILIES, false)
+                .map_err(|e| open_error(&shown, &e))?;
+            check_identity(&read_only, identity, false, &shown)?;
+        }
         let db = open_db(&dir, &db_opts, &options)?;
         check_identity(&db, identity, create, &shown)?;
         if options.verify_on_open {
             verify_all(&db)?;
         }
         remove_snapshot_leftovers(&db, &dir);
-        let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {
-            StorageError::Corrupt(m) => OpenError::Corrupt(m),
-            other => OpenError::Io(other.to_string()),
-        })?;
-        if opened.record.is_none() && !create {
+        let (record_file, record) = if options.durability_record {
+            let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {
+                StorageError::Corrupt(m) => OpenError::Corrupt(m),
+                other => OpenError::Io(other.to_string()),
+            })?;
+            (Some(opened.file), opened.record)
+        } else {
+            // A record left behind would claim what this run no longer keeps up to date.
+            let _ = std::fs::remove_file(dir.join(crate::durability::FILE_NAME));
+            tracing::warn!(dir = %shown, "durability record off: a lost or cut write-ahead log will go unnoticed");
+            (None, None)
+        };
+        if record.is_none() && !create && options.durability_record {
             tracing::warn!(
                 dir = %shown,
                 "the store has no durability record (written by an older version, or the record \
                  was removed): data lost before now cannot be detected; recording from now on"
             );
         }
-        let marks = Marks::from_record(opened.record.clone().unwrap_or_default());
+        let marks = Marks::from_record(record.clone().unwrap_or_default());
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
         let shared = Arc::new(Shared {
             dir,
@@ -272,13 +293,12 @@ impl RocksDb {
             db: RwLock::new(Some(db)),
             counters: Counters::default(),
             bounds: Mutex::new(std::collections::HashMap::new()),
-            recorded: opened.record,
+            recorded: record,
             marks: Mutex::new(marks),
             checked: Mutex::default(),
             losses: Mutex::default(),
         });
         let writer_shared = shared.clone();
-        let record_file = opened.file;
         let thread = std::thread::Builder::new()
             .name("raft-rocks-writer".into())
             .spawn(move || writer_loop(&writer_shared, &mut rx, record_file))
@@ -390,6 +410,23 @@ impl RocksDb {
             losses.remove(&group);
         }
         losses.get(&group).cloned()
+    }
+
+    /// Sets a floor of data log `group` lost (see [`Marks::set_floor`]).
+    pub(crate) fn set_floor(&self, group: u64, floor: raft_core::LogId) {
+        if let Ok(mut marks) = self.handle.shared.marks.lock() {
+            marks.set_floor(group, floor);
+        }
+    }
+
+    /// Drops the floor of data log `group` lost (the operator accepted the loss).
+    pub(crate) fn forget_floor(&self, group: u64) {
+        if let Ok(mut marks) = self.handle.shared.marks.lock() {
+            marks.forget_floor(group);
+        }
+        if let Ok(mut losses) = self.handle.shared.losses.lock() {
+            losses.remove(&group);
+        }
     }
 
     /// Log `group` was found to end at `found` (see [`Marks::settle`]).
@@ -515,18 +552,21 @@ fn recorder_loop(mut file: RecordFile, batches: &std::sync::mpsc::Receiver<Recor
     }
 }
 
-fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: RecordFile) {
+fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: Option<RecordFile>) {
     // At most this many batches wait for their record: the writer then waits too.
     let (recorded_tx, recorded_rx) = std::sync::mpsc::sync_channel::<Recorded>(64);
-    let recorder = std::thread::Builder::new()
-        .name("raft-rocks-record".into())
-        .spawn(move || recorder_loop(record, &recorded_rx));
+    let recorder = record.map(|record| {
+        std::thread::Builder::new()
+            .name("raft-rocks-record".into())
+            .spawn(move || recorder_loop(record, &recorded_rx))
+    });
     let recorder = match recorder {
-        Ok(handle) => Some(handle),
-        Err(e) => {
+        Some(Ok(handle)) => Some(handle),
+        Some(Err(e)) => {
             tracing::error!(error = %e, "cannot start the durability record thread; refusing writes");
             None
         }
+        None => None,
     };
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -545,7 +585,7 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: RecordFi
                 shared.counters.acked_jobs_synced.fetch_add(count, Ordering::SeqCst);
             }
         }
-        if result.is_ok() && recorder.is_some() {
+        if result.is_ok() && recorder.is_some() && shared.options.durability_record {
             let logs = match shared.marks.lock() {
                 Ok(mut marks) => {
                     for mark in batch.iter().filter_map(|j| j.mark.as_ref()) {
@@ -567,7 +607,7 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: RecordFi
             }
             continue;
         }
-        let result = if recorder.is_none() && result.is_ok() {
+        let result = if recorder.is_none() && result.is_ok() && shared.options.durability_record {
             Err(StorageError::Io("the durability record thread did not start".into()))
         } else {
             result

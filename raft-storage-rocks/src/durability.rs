@@ -105,6 +105,17 @@ impl Marks {
         }
     }
 
+    /// Sets a floor for log `group` (data lost that the record never held: a whole data dir).
+    pub(crate) fn set_floor(&mut self, group: u64, floor: LogId) {
+        let current = self.floors.entry(group).or_default();
+        *current = (*current).max(floor);
+    }
+
+    /// Drops the floor of log `group`: its next write records what the log holds.
+    pub(crate) fn forget_floor(&mut self, group: u64) {
+        self.floors.remove(&group);
+    }
+
     /// Whether log `group` still misses data found missing at open.
     pub(crate) fn has_floor(&self, group: u64) -> bool {
         self.floors.contains_key(&group)

@@ -100,6 +100,52 @@ impl RocksStorage {
         &self.db
     }
 
+    /// Records data this log lost that its store could not know of (a data dir lost whole,
+    /// found out from the cluster): stores `hard_state` and keeps `recorded_last` as the last
+    /// entry the node may have acknowledged, reported from now on as
+    /// [`InitialState::lost`] until the log reaches it (across restarts too).
+    pub async fn record_lost_data(
+        &self,
+        hard_state: HardState,
+        recorded_last: LogId,
+    ) -> Result<(), StorageError> {
+        let state = self.initial_state().await?;
+        let found_last = match state.lost {
+            Some(lost) => lost.found_last,
+            None => self.with_db(|db| {
+                let b = self.bounds(db)?;
+                self.stored_last(db, b)
+            })?,
+        };
+        self.db.set_floor(self.group, recorded_last);
+        let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
+        let mark = Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last) };
+        self.db.write(vec![op], Some(mark)).await?;
+        if recorded_last > found_last {
+            let lost = DataLoss { recorded_last, found_last, rolled_back_hard_state: None };
+            tracing::error!(group = self.group, %lost, "the node lost its data (learned from its cluster)");
+            self.db.remember_loss(self.group, lost);
+        }
+        Ok(())
+    }
+
+    /// Accepts the loss of the data this log was found to miss at open (see
+    /// [`InitialState::lost`]): the durability record is rewritten to what the log holds, so
+    /// the node votes and campaigns with the log it has. Returns the loss accepted (`None`:
+    /// nothing was missing). Only for the case no replica can repair: every node that held
+    /// the lost entries lost them too (a one-node cluster, a majority damaged at once);
+    /// committed writes among them are then gone for good. While any member still holds
+    /// them, let the node recover from the leader instead.
+    pub async fn accept_data_loss(&self) -> Result<Option<DataLoss>, StorageError> {
+        let state = self.initial_state().await?;
+        let Some(lost) = state.lost else { return Ok(None) };
+        self.db.forget_floor(self.group);
+        let mark = Mark { group: self.group, hard_state: None, last: Some(lost.found_last) };
+        self.db.write(Vec::new(), Some(mark)).await?;
+        tracing::warn!(group = self.group, %lost, "the operator accepted the loss");
+        Ok(Some(lost))
+    }
+
     pub(crate) fn with_db<T>(
         &self,
         f: impl FnOnce(&DB) -> Result<T, StorageError>,

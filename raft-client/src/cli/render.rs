@@ -251,6 +251,7 @@ mod tests {
             commit_index: 1204,
             applied_index: 1204,
             last_log_index: 1205,
+            last_log_term: 7,
             snapshot_index: 1000,
             state_hash: "9f86d081884c7d659a2feaa0c55ad015".into(),
             keys: 42,

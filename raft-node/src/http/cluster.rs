@@ -80,6 +80,7 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         commit_index: p.commit_index,
         applied_index: shared.kv.applied_index(),
         last_log_index: p.last_log_id.index,
+        last_log_term: p.last_log_id.term,
         snapshot_index: p.snapshot.index,
         state_hash: format!("{:016x}", shared.kv.state_hash()),
         keys: shared.kv.len() as u64,

@@ -62,11 +62,12 @@ pub enum StartError {
         /// Its error.
         message: String,
     },
-    /// The data dir is empty but the cluster knows this node: it lost its data and must not
-    /// come back as a voter with an empty log.
+    /// The data dir is empty but the cluster knows this node as a voter, and not every other
+    /// voter answered: what it may have acknowledged is unknown, so it must not vote.
     #[error(
         "node {id} has an empty data dir but the cluster already knows it ({evidence}): its data was lost. \
-         Remove it (`raftctl members remove {id}`) and start it with `join` to rejoin as a new member"
+         Start it again once every other voter is reachable (it then recovers by itself), or remove it \
+         (`raftctl members remove {id}`) and start it with `join` to rejoin as a new member"
     )]
     LostData {
         /// This node.
@@ -243,12 +244,15 @@ impl Node {
             initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
         let plan = if !config.members.is_empty() {
-            if fresh {
-                startup::refuse_if_known(&config).await?;
-            }
+            let lost_dir = if fresh { startup::check_if_known(&config).await? } else { None };
             let voters = config.members.iter().map(|m| m.id);
             let peers = config.peers().map(|m| (m.id, m.raft_addr)).collect();
-            startup::Plan { membership: Membership::with_voters(voters), peers, join_through: Vec::new() }
+            startup::Plan {
+                membership: Membership::with_voters(voters),
+                peers,
+                join_through: Vec::new(),
+                lost_dir,
+            }
         } else if !config.join.is_empty() {
             startup::plan_join(&config, config.join.clone(), fresh).await?
         } else if let Some(channel) = &discovery {
@@ -272,7 +276,25 @@ impl Node {
             // Neither members, join nor discovery: refused by validation; only stored state.
             startup::Plan::stored_state_only()
         };
-        if fresh {
+        if let Some(lost) = &plan.lost_dir {
+            // A voter whose data dir was lost whole: it starts recovering (votes only for logs
+            // reaching what it may have acknowledged, no campaigning) until the leader has sent
+            // it everything again. Only a durable store can keep that promise across restarts.
+            let Some(db) = &rocks else {
+                return Err(StartError::LostData {
+                    id: config.id,
+                    evidence: format!("{} (and in-memory storage cannot recover)", lost.evidence),
+                });
+            };
+            db.log(0).record_lost_data(lost.hard_state, lost.recorded_last).await?;
+            tracing::warn!(
+                id = config.id,
+                evidence = %lost.evidence,
+                term = lost.hard_state.current_term,
+                recovering_to = %lost.recorded_last,
+                "this voter lost its data dir: recovering from the cluster"
+            );
+        } else if fresh {
             tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
 

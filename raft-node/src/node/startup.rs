@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raft_client::api::{AddMemberRequest, MemberRole, MembersView};
 use raft_client::{Client, ClientError, ClientOptions};
-use raft_core::{Membership, NodeId};
+use raft_core::{HardState, LogId, Membership, NodeId};
 
 use super::{Shared, StartError};
 use crate::config::{NodeConfig, TlsConfig, TransportKind};
@@ -22,17 +22,38 @@ pub(super) struct Plan {
     /// The client addresses this node joins through (empty: a member of the initial
     /// configuration, or a restart that found nobody to ask).
     pub(super) join_through: Vec<String>,
+    /// This node is a voter that lost its data dir: what to restore before it starts.
+    pub(super) lost_dir: Option<LostDir>,
 }
 
 impl Plan {
     /// Start from what is stored (a restarted node that reached nobody).
     pub(super) fn stored_state_only() -> Self {
-        Self { membership: Membership::default(), peers: BTreeMap::new(), join_through: Vec::new() }
+        Self {
+            membership: Membership::default(),
+            peers: BTreeMap::new(),
+            join_through: Vec::new(),
+            lost_dir: None,
+        }
     }
 }
 
 /// How long a fresh node asks its peers whether they know it.
 const PROBE_FOR: Duration = Duration::from_secs(2);
+/// How long a voter that lost its data dir waits for every other voter's answer.
+const LOST_DIR_PROBE_FOR: Duration = Duration::from_secs(10);
+
+/// What a voter whose data dir was lost whole restores before it starts, learned from every
+/// other voter of its cluster: no term it could have voted in is above `hard_state`'s (whose
+/// vote is spent on itself), and no entry it could have acknowledged that may count towards a
+/// commit is past `recorded_last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LostDir {
+    pub(super) hard_state: HardState,
+    pub(super) recorded_last: LogId,
+    /// What the cluster reported, for the log.
+    pub(super) evidence: String,
+}
 /// How long a joining node tries to reach the cluster.
 const JOIN_FOR: Duration = Duration::from_secs(30);
 
@@ -68,14 +89,17 @@ fn probe_client(
 
 /// A node of a new cluster starting with an empty data dir asks the other members whether
 /// they know it (its addresses are in the replicated address book, which a node writes once
-/// it has run). If one does, this node lost its data: it must not vote with an empty log.
+/// it has run). If one does, this node lost its data: as a learner it just starts over (its
+/// acknowledgements never counted); as a voter it must not vote as if its log were empty, so
+/// it learns from every other voter what it may have had ([`lost_dir_recovery`]) and starts
+/// recovering, or is refused when a voter does not answer.
 ///
 /// Best effort: when no member answers within [`PROBE_FOR`] (a cluster starting for the first
 /// time), the node starts.
-pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartError> {
+pub(super) async fn check_if_known(config: &NodeConfig) -> Result<Option<LostDir>, StartError> {
     let endpoints: Vec<String> = config.peers().map(|m| m.client_addr.to_string()).collect();
     if endpoints.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let deadline = tokio::time::Instant::now() + PROBE_FOR;
     // Fails closed: a node that cannot ask (say, a token unfit for a header) does not start
@@ -101,23 +125,79 @@ pub(super) async fn refuse_if_known(config: &NodeConfig) -> Result<(), StartErro
             if status.cluster != config.cluster {
                 continue;
             }
-            if let Some(me) = status.members.iter().find(|m| m.id == config.id && m.registered) {
-                let evidence = format!(
-                    "{endpoint} lists it as a registered {} at commit index {}",
-                    match me.role {
-                        MemberRole::Voter => "voter",
-                        MemberRole::Learner => "learner",
-                    },
-                    status.commit_index
+            let Some(me) = status.members.iter().find(|m| m.id == config.id && m.registered) else {
+                return Ok(None);
+            };
+            if me.role == MemberRole::Learner {
+                tracing::warn!(
+                    %endpoint,
+                    "this node lost its data but is a learner (its acknowledgements never counted): starting over"
                 );
-                return Err(StartError::LostData { id: config.id, evidence });
+                return Ok(None);
             }
-            return Ok(());
+            let evidence =
+                format!("{endpoint} lists it as a registered voter at commit index {}", status.commit_index);
+            return lost_dir_recovery(config, &status, evidence).await.map(Some);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!("no other member answered; starting as a member of a new cluster");
-    Ok(())
+    Ok(None)
+}
+
+/// Asks every other voter of `view`'s configuration for its term and last log entry: the
+/// highest term is one this node may have voted in, the most up-to-date last entry bounds what
+/// it may have acknowledged (an entry committed with its acknowledgement, or one a leader may
+/// still commit with it, is in that leader's log). Refused unless every other voter answers
+/// within [`LOST_DIR_PROBE_FOR`]: one that does not may be the only other holder of such an
+/// entry.
+async fn lost_dir_recovery(
+    config: &NodeConfig,
+    view: &raft_client::api::StatusView,
+    evidence: String,
+) -> Result<LostDir, StartError> {
+    let voters: Vec<(u64, String)> = view
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Voter && m.id != config.id)
+        .map(|m| (m.id, m.client_addr.clone().unwrap_or_default()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + LOST_DIR_PROBE_FOR;
+    let mut answers: BTreeMap<u64, (u64, LogId)> = BTreeMap::new();
+    while answers.len() < voters.len() && tokio::time::Instant::now() < deadline {
+        let missing: Vec<&(u64, String)> =
+            voters.iter().filter(|(id, _)| !answers.contains_key(id)).collect();
+        for (id, addr) in missing {
+            let Ok(client) = probe_client(config, vec![addr.clone()], Duration::from_millis(500)) else {
+                continue;
+            };
+            if let Ok(s) = client.status().await {
+                if s.cluster == config.cluster && s.id == *id {
+                    answers.insert(*id, (s.term, LogId::new(s.last_log_term, s.last_log_index)));
+                }
+            }
+        }
+        if answers.len() < voters.len() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if answers.len() < voters.len() {
+        let silent: Vec<u64> =
+            voters.iter().map(|(id, _)| *id).filter(|id| !answers.contains_key(id)).collect();
+        return Err(StartError::LostData {
+            id: config.id,
+            evidence: format!(
+                "{evidence}; voters {silent:?} did not answer, so what it may have acknowledged is unknown"
+            ),
+        });
+    }
+    let term = answers.values().map(|(t, _)| *t).max().unwrap_or(0);
+    let recorded_last = answers.values().map(|(_, l)| *l).max().unwrap_or_default();
+    Ok(LostDir {
+        hard_state: HardState { current_term: term, voted_for: Some(config.id) },
+        recorded_last,
+        evidence: format!("{evidence}; voters {:?} answered", answers.keys().collect::<Vec<_>>()),
+    })
 }
 
 /// A node with `join` (or members found by discovery) learns the members (and their
@@ -148,10 +228,15 @@ pub(super) async fn plan_join(
             }
         }
     };
+    let mut lost_dir = None;
     if fresh {
         if let Some(me) = view.members.iter().find(|m| m.id == config.id && m.role == MemberRole::Voter) {
-            let evidence = format!("it is a voter (raft address {:?})", me.raft_addr);
-            return Err(StartError::LostData { id: config.id, evidence });
+            let evidence = format!("{through} lists it as a voter (raft address {:?})", me.raft_addr);
+            let status = client
+                .status()
+                .await
+                .map_err(|e| StartError::LostData { id: config.id, evidence: format!("{evidence}; {e}") })?;
+            lost_dir = Some(lost_dir_recovery(config, &status, evidence).await?);
         }
     }
     let peers = view
@@ -161,7 +246,7 @@ pub(super) async fn plan_join(
         .filter_map(|m| Some((m.id, m.raft_addr.as_deref()?.parse().ok()?)))
         .collect();
     let voters = view.members.iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id);
-    Ok(Plan { membership: Membership::with_voters(voters), peers, join_through })
+    Ok(Plan { membership: Membership::with_voters(voters), peers, join_through, lost_dir })
 }
 
 /// A freshly joined node asks the cluster to add it (as a learner, promoted once caught up

@@ -131,11 +131,17 @@ fn a_store_without_the_raft_column_families_is_refused() {
 #[tokio::test]
 async fn a_newer_format_and_a_foreign_store_are_refused() {
     let dir = flushed_store(3).await;
+    // Every file's name, size and contents: a refused open writes nothing.
+    let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        files_with(dir, |_| true).into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("read"))).collect()
+    };
+    let before = files(dir.path());
     let other_cluster = Identity { cluster_id: "other".into(), ..identity() };
     assert!(matches!(
         RocksDb::open(dir.path(), &other_cluster, RocksOptions::default()),
         Err(OpenError::ClusterMismatch { .. })
     ));
+    assert!(files(dir.path()) == before, "opening a foreign store changed its files");
     let other_node = Identity { node_id: 9, ..identity() };
     assert!(matches!(
         RocksDb::open(dir.path(), &other_node, RocksOptions::default()),

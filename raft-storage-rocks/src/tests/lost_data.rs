@@ -150,3 +150,46 @@ async fn a_store_of_many_logs_keeps_writing() {
         assert_eq!(lost.recorded_last, LogId::new(7, if group == 0 { 2 } else { 1 }), "log {group}");
     }
 }
+
+#[tokio::test]
+async fn an_accepted_loss_is_no_longer_reported() {
+    let dir = store_with_a_wal_tail().await;
+    for wal in wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
+    }
+    {
+        let log = open(dir.path()).log(0);
+        let accepted = log.accept_data_loss().await.expect("accept").expect("there was a loss");
+        assert_eq!(accepted.recorded_last, LogId::new(1, 50));
+        assert_eq!(log.accept_data_loss().await.expect("accept again"), None);
+    }
+    let state = reopened_state(dir.path()).await;
+    assert_eq!((state.last_index, state.lost), (20, None));
+    assert_eq!(state.hard_state, TERM_AFTER_FLUSH, "the restored vote stays");
+}
+
+/// A data dir lost whole: the node learns from its cluster what it may have acknowledged; the
+/// store keeps that as lost data (across restarts) until the log reaches it.
+#[tokio::test]
+async fn data_lost_whole_is_kept_as_lost_until_the_log_reaches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hs = HardState { current_term: 4, voted_for: Some(1) };
+    {
+        let log = open(dir.path()).log(0);
+        log.record_lost_data(hs, LogId::new(1, 30)).await.expect("record");
+        let state = log.initial_state().await.expect("state");
+        assert_eq!(state.lost.map(|l| l.recorded_last), Some(LogId::new(1, 30)));
+        assert_eq!(state.hard_state, hs);
+    }
+    let state = reopened_state(dir.path()).await;
+    assert_eq!(
+        state.lost.map(|l| (l.recorded_last, l.found_last)),
+        Some((LogId::new(1, 30), LogId::default()))
+    );
+    assert_eq!(state.hard_state, hs);
+    let db = open(dir.path());
+    let log = db.log(0);
+    log.initial_state().await.expect("state");
+    log.append(&(1..=30).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+    assert_eq!(log.initial_state().await.expect("state").lost, None);
+}
