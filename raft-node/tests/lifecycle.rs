@@ -146,6 +146,75 @@ async fn a_voter_that_lost_its_data_dir_recovers_by_itself() {
     cluster.shutdown().await;
 }
 
+/// Flips bytes in the middle of every table file of `dir` (the node stopped: its stop flushed
+/// the memtables into them).
+fn damage_table_files(dir: &std::path::Path) {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "sst") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let (mid, len) = (bytes.len() / 2, bytes.len());
+            for b in &mut bytes[mid..(mid + 16).min(len)] {
+                *b ^= 0xA5;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no table file to damage in {}", dir.display());
+}
+
+/// A voter whose data dir is damaged (checksums fail) is repaired from the cluster: the dir is
+/// renamed aside and the node recovers as one that lost its data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_data_dir_is_damaged_is_repaired_from_the_cluster() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        client.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
+    }
+    eventually("every node to register", || async {
+        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+    })
+    .await;
+    let victim = cluster.follower().await;
+    cluster.stop(victim).await;
+    let dir = cluster.data_dir(victim);
+    damage_table_files(&dir);
+    cluster.restart(victim).await;
+    let aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX));
+    assert!(aside, "the damaged dir was not kept aside");
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.keys == 20), "{statuses:?}");
+    cluster.shutdown().await;
+}
+
+/// The same damage while another voter is away: refused, and the damaged dir left in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_dir_is_left_alone_while_another_voter_is_away() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    let client = cluster.client();
+    client.put("k", "v").await.unwrap();
+    eventually("every node to register", || async {
+        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let victim = (leader % 3) + 1;
+    let away = (victim % 3) + 1;
+    cluster.stop(victim).await;
+    cluster.stop(away).await;
+    damage_table_files(&cluster.data_dir(victim));
+    let err = Node::start(cluster.configs[(victim - 1) as usize].clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::Damaged { .. }), "{err}");
+    assert!(cluster.data_dir(victim).join("CURRENT").exists(), "the damaged dir was moved");
+    cluster.shutdown().await;
+}
+
 /// The same loss while another voter is away: that voter may be the only other holder of what
 /// the node had acknowledged, so the node refuses to start and says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

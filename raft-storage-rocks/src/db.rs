@@ -25,6 +25,10 @@ use crate::durability::{LogRecord, Mark, Marks, RecordFile};
 use crate::error::{open_error, storage_error, OpenError};
 use crate::RocksStorage;
 
+/// Entries of a data dir whose names start with this are damaged files a repair moved aside
+/// (`raft-node` moves a damaged store into `damaged-<unix seconds>/`); the store ignores them.
+pub const DAMAGED_PREFIX: &str = "damaged-";
+
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -246,7 +250,12 @@ impl RocksDb {
     ) -> Result<Self, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let shown = dir.display().to_string();
-        let exists_non_empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        // Damaged files a repair moved aside do not count.
+        let exists_non_empty = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok).any(|e| !e.file_name().to_string_lossy().starts_with(DAMAGED_PREFIX))
+            })
+            .unwrap_or(false);
         if exists_non_empty && !dir.join("CURRENT").exists() {
             return Err(OpenError::MissingCurrent(shown));
         }

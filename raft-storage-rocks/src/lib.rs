@@ -40,7 +40,7 @@ mod error;
 mod snapshot_file;
 mod storage;
 
-pub use db::{Identity, RocksDb, RocksOptions, FORMAT_VERSION};
+pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION};
 pub use error::OpenError;
 pub use storage::RocksStorage;
 

@@ -371,6 +371,12 @@ pub struct NodeConfig {
     /// nothing else reaches (tests, benchmarks); the node warns at start and in `/v1/status`.
     #[serde(default)]
     pub insecure_open_client_api: bool,
+    /// A data dir that RocksDB or a checksum refuses as damaged has its files moved aside (into
+    /// `<data_dir>/damaged-<unix seconds>/`, kept for inspection) and the node recovers its data
+    /// from the cluster, when every other voter answers (else the node refuses to start, as
+    /// with `false`). Needs `members`.
+    #[serde(default = "default_true")]
+    pub repair_damaged_data_dir: bool,
     /// Protocol tunables (elections, heartbeats, batching, snapshots, reads).
     #[serde(default)]
     pub raft: raft_core::Config,

@@ -62,6 +62,21 @@ pub enum StartError {
         /// Its error.
         message: String,
     },
+    /// The data dir is damaged and the cluster could not say what this node had (nothing was
+    /// changed).
+    #[error(
+        "the data dir {dir} is damaged ({reason}) and cannot be repaired from the cluster: {why}. \
+         Start the node again once the other members are reachable, or remove it from the cluster \
+         and start it with an empty data dir and `join`"
+    )]
+    Damaged {
+        /// The data dir.
+        dir: String,
+        /// What is damaged.
+        reason: String,
+        /// Why the cluster could not repair it.
+        why: String,
+    },
     /// The data dir is empty but the cluster knows this node as a voter, and not every other
     /// voter answered: what it may have acknowledged is unknown, so it must not vote.
     #[error(
@@ -234,7 +249,18 @@ impl Node {
         let (storage, rocks): (Arc<dyn Storage>, Option<RocksDb>) = match config.storage {
             StorageKind::Rocks => {
                 let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
-                let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())?;
+                let db = match RocksDb::open(&config.data_dir, &identity, RocksOptions::default()) {
+                    Ok(db) => db,
+                    // Damage (checksums, a torn MANIFEST, a WAL damaged mid-file): repaired from
+                    // the cluster when it can say what this node had.
+                    Err(raft_storage_rocks::OpenError::Corrupt(reason))
+                        if config.repair_damaged_data_dir && !config.members.is_empty() =>
+                    {
+                        startup::move_damaged_dir_aside(&config, &reason).await?;
+                        RocksDb::open(&config.data_dir, &identity, RocksOptions::default())?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 (Arc::new(db.log(0)), Some(db))
             }
             StorageKind::Mem => (Arc::new(raft_storage_mem::MemStorage::default()), None),

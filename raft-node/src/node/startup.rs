@@ -97,9 +97,69 @@ fn probe_client(
 /// Best effort: when no member answers within [`PROBE_FOR`] (a cluster starting for the first
 /// time), the node starts.
 pub(super) async fn check_if_known(config: &NodeConfig) -> Result<Option<LostDir>, StartError> {
+    Ok(match probe_membership(config).await? {
+        Probed::LostVoter(lost) => Some(lost),
+        Probed::Unknown | Probed::Learner | Probed::NoAnswer => None,
+    })
+}
+
+/// What the other members said about this node.
+#[derive(Debug)]
+pub(super) enum Probed {
+    /// A member answered and does not know this node.
+    Unknown,
+    /// It is a learner of the cluster.
+    Learner,
+    /// It is a voter, and every other voter told what it may have had.
+    LostVoter(LostDir),
+    /// Nobody answered (or there is nobody to ask).
+    NoAnswer,
+}
+
+/// A node whose data dir is damaged (RocksDB or a checksum refused it) and whose cluster can
+/// say what it had is repaired from the cluster: the damaged files are moved into a
+/// `damaged-<unix seconds>` subdirectory (kept for inspection; the store ignores it) and the node starts as one that lost its data dir. Refused (with `reason`)
+/// when the cluster cannot say: nobody answered, or not every other voter.
+pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) -> Result<(), StartError> {
+    let refuse = |why: String| StartError::Damaged {
+        dir: config.data_dir.display().to_string(),
+        reason: reason.to_string(),
+        why,
+    };
+    match probe_membership(config).await {
+        Ok(Probed::NoAnswer) => return Err(refuse("no other member answered".into())),
+        Ok(_) => {}
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // Into a subdirectory, file by file: the data dir itself may be a mount point.
+    let aside = config.data_dir.join(format!("{}{secs}", raft_storage_rocks::DAMAGED_PREFIX));
+    let moved = (|| -> std::io::Result<()> {
+        std::fs::create_dir(&aside)?;
+        for entry in std::fs::read_dir(&config.data_dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX) {
+                continue;
+            }
+            std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
+        }
+        Ok(())
+    })();
+    moved.map_err(|e| refuse(format!("cannot move it aside into {}: {e}", aside.display())))?;
+    tracing::error!(
+        dir = %config.data_dir.display(),
+        aside = %aside.display(),
+        reason,
+        "the data dir is damaged: moved aside; recovering the data from the cluster"
+    );
+    Ok(())
+}
+
+/// Asks the other members whether they know this node (see [`check_if_known`]).
+async fn probe_membership(config: &NodeConfig) -> Result<Probed, StartError> {
     let endpoints: Vec<String> = config.peers().map(|m| m.client_addr.to_string()).collect();
     if endpoints.is_empty() {
-        return Ok(None);
+        return Ok(Probed::NoAnswer);
     }
     let deadline = tokio::time::Instant::now() + PROBE_FOR;
     // Fails closed: a node that cannot ask (say, a token unfit for a header) does not start
@@ -126,23 +186,23 @@ pub(super) async fn check_if_known(config: &NodeConfig) -> Result<Option<LostDir
                 continue;
             }
             let Some(me) = status.members.iter().find(|m| m.id == config.id && m.registered) else {
-                return Ok(None);
+                return Ok(Probed::Unknown);
             };
             if me.role == MemberRole::Learner {
                 tracing::warn!(
                     %endpoint,
                     "this node lost its data but is a learner (its acknowledgements never counted): starting over"
                 );
-                return Ok(None);
+                return Ok(Probed::Learner);
             }
             let evidence =
                 format!("{endpoint} lists it as a registered voter at commit index {}", status.commit_index);
-            return lost_dir_recovery(config, &status, evidence).await.map(Some);
+            return lost_dir_recovery(config, &status, evidence).await.map(Probed::LostVoter);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!("no other member answered; starting as a member of a new cluster");
-    Ok(None)
+    Ok(Probed::NoAnswer)
 }
 
 /// Asks every other voter of `view`'s configuration for its term and last log entry: the

@@ -79,8 +79,9 @@ pub enum Fault {
     },
     /// Fill a node's data dir (a tmpfs) until writes fail with ENOSPC.
     DiskFull(u64),
-    /// Stop a node, flip bytes in its RocksDB WAL, expect it to refuse to start, repair it by
-    /// removing it and joining it again with an empty data dir.
+    /// Stop a node, flip bytes in its RocksDB WAL: it must refuse the damaged store and repair
+    /// it from the cluster by itself (else it is removed and joined again by hand, a problem
+    /// unless a voter was away).
     Corrupt(u64),
     /// SIGKILL a node, then cut its newest RocksDB WAL short by this many bytes (`None`:
     /// delete every WAL file); restart it after the hold. It must start, report the loss and
@@ -120,7 +121,9 @@ impl fmt::Display for Fault {
                 write!(f, "clock of node {node}: {offset_s:+} s, rate {rate_percent}% (libfaketime)")
             }
             Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
-            Fault::Corrupt(n) => write!(f, "corrupt node {n}'s WAL offline (expect refusal), rejoin it"),
+            Fault::Corrupt(n) => {
+                write!(f, "corrupt node {n}'s WAL offline (expect self-repair from the cluster)")
+            }
             Fault::LoseWal { node, cut: Some(bytes) } => {
                 write!(
                     f,
@@ -649,41 +652,67 @@ impl Env {
             }
         }
         std::fs::write(&path, &bytes)?;
+        const REPAIRED: &str = "the data dir is damaged: moved aside";
+        let repairs_before = self.nodes.log_tail(node, usize::MAX).matches(REPAIRED).count();
         self.nodes.start(node)?;
+        // The node must refuse its damaged store and repair it from the cluster by itself
+        // (moving the damaged files aside); only when the cluster could not say what it had
+        // (a voter away) does it refuse to start, and then it is rejoined by hand.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let refused = loop {
+        let outcome = loop {
             match self.nodes.poll(node) {
-                Err(status) => break Some(status),
-                Ok(_) if tokio::time::Instant::now() > deadline => break None,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(status) => break Err(status),
+                Ok(_) => {
+                    if let Some(status) = self.status_of(node).await {
+                        if status.leader.is_some() && status.recovering_to_index.is_none() {
+                            break Ok(());
+                        }
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        break Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         };
-        let what = match refused {
-            Some(status) if !status.success() => {
-                let tail = self.nodes.log_tail(node, 3);
-                let reason = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
-                format!(
-                    "node {node} refused to start on its corrupted WAL ({status}): {}",
-                    shorten(&reason, 200)
-                )
+        let log = self.nodes.log_tail(node, usize::MAX);
+        let repaired = log.matches(REPAIRED).count() > repairs_before;
+        match outcome {
+            Ok(()) if repaired => {
+                // The damaged copy is kept by the node; the tmpfs is small.
+                let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    if entry.file_name().to_string_lossy().starts_with("damaged-") {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+                Ok(format!("node {node} refused its corrupted WAL and repaired itself from the cluster"))
             }
-            Some(status) => {
+            Ok(()) => {
                 self.problem(format!(
-                    "node {node} exited with {status} on a corrupted WAL instead of refusing"
-                ));
-                format!("node {node} exited ({status})")
-            }
-            None => {
-                self.problem(format!(
-                    "node {node} started on a WAL with flipped bytes ({} at 3 places) and ran for 20 s instead of refusing",
+                    "node {node} started on a WAL with flipped bytes ({} at 3 places) without noticing",
                     path.display()
                 ));
-                self.nodes.kill(node)?;
-                format!("node {node} did NOT refuse its corrupted WAL")
+                Ok(format!("node {node} did NOT notice its corrupted WAL"))
             }
-        };
-        self.rejoin(node).await.with_context(|| format!("repairing node {node}"))?;
-        Ok(format!("{what}; repaired by rejoining"))
+            Err(status) => {
+                let reason = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+                if reason.contains("cannot be repaired from the cluster") {
+                    self.note(format!(
+                        "node {node}: damaged store not repairable now ({})",
+                        shorten(&reason, 200)
+                    ));
+                } else {
+                    self.problem(format!(
+                        "node {node} exited ({status}) on its corrupted WAL instead of repairing it: {}",
+                        shorten(&reason, 200)
+                    ));
+                }
+                self.rejoin(node).await.with_context(|| format!("repairing node {node}"))?;
+                Ok(format!("node {node} refused to start ({status}); rejoined by hand"))
+            }
+        }
     }
 
     /// The leader with the highest term among the nodes that answer quickly.
