@@ -481,6 +481,9 @@ pub enum ErrorCode {
     /// The token's role does not allow this request (HTTP 403); the message names the role
     /// it needs.
     Forbidden,
+    /// The node's disk is full (HTTP 507): the write was not proposed. The node goes on by
+    /// itself once space returns; another node may take the write meanwhile.
+    NoSpace,
     /// Anything else (HTTP 500).
     Internal,
     /// A code this client does not know (sent by a newer server); the HTTP status tells more.
@@ -510,6 +513,7 @@ impl ErrorCode {
             | ErrorCode::StaleSequence
             | ErrorCode::SessionExpired => 409,
             ErrorCode::Compacted => 410,
+            ErrorCode::NoSpace => 507,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
@@ -528,6 +532,7 @@ impl ErrorCode {
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
             410 => ErrorCode::Compacted,
+            507 => ErrorCode::NoSpace,
             409 => ErrorCode::Conflict,
             401 => ErrorCode::Unauthenticated,
             403 => ErrorCode::Forbidden,
@@ -549,6 +554,7 @@ impl ErrorCode {
                 | ErrorCode::UnknownOutcome
                 | ErrorCode::Unavailable
                 | ErrorCode::NotCaughtUp
+                | ErrorCode::NoSpace
         )
     }
 }

@@ -158,6 +158,7 @@ pub fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Forbidden => "forbidden",
         ErrorCode::Internal => "internal",
         ErrorCode::SessionExpired => "session_expired",
+        ErrorCode::NoSpace => "no_space",
         ErrorCode::Unknown => "unknown",
     }
 }

@@ -546,8 +546,11 @@ impl raft_core::Storage for FaultyStorage {
     }
 }
 
+/// A full disk does not stop the node: the write waits for space (tried again), new proposals
+/// are refused at once with `Storage(Full)`, nothing is acknowledged before it is durable, and
+/// the node goes on by itself once space returns (no restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
+async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns() {
     let storage = Arc::new(FaultyStorage::default());
     let network = LocalNetwork::default();
     let node = RaftNode::start(
@@ -562,19 +565,25 @@ async fn a_full_disk_stops_the_node_and_it_acknowledges_nothing_more() {
     .await
     .expect("starts");
     wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
-    let ok = node.propose(Bytes::from_static(b"before")).await.expect("applied");
+    let before = node.propose(Bytes::from_static(b"before")).await.expect("applied");
     storage.full.store(true, Ordering::SeqCst);
-    let err = node.propose(Bytes::from_static(b"lost")).await.expect_err("must not be acknowledged");
-    // The entry may have left the node before its write failed: the outcome is unknown,
-    // and the node reports why it stopped.
-    assert_eq!(err, RaftError::OutcomeUnknown);
-    let status = node.status();
-    assert!(status.fatal.as_deref().is_some_and(|f| f.contains("no space")), "status reports it: {status:?}");
-    let after = node.propose(Bytes::from_static(b"later")).await.expect_err("the node stopped");
-    assert_eq!(after, RaftError::AlreadyShutdown);
-    // What was acknowledged is in storage; what failed is not.
+    let waiting = node.propose(Bytes::from_static(b"during"));
+    let meanwhile = async {
+        wait_until("the node to report the full disk", || node.status().storage_full).await;
+        let refused = node.propose(Bytes::from_static(b"refused")).await;
+        assert_eq!(refused.map(|_| ()), Err(RaftError::Storage(StorageError::Full)));
+        let status = node.status();
+        assert_eq!(status.fatal, None, "a full disk is not fatal");
+        assert_eq!(status.protocol.commit_index, before.log_id.index, "nothing committed without its write");
+        storage.full.store(false, Ordering::SeqCst);
+    };
+    let (during, ()) = tokio::join!(waiting, meanwhile);
+    let during = during.expect("the waiting proposal is applied once space returns");
+    assert!(during.log_id.index > before.log_id.index);
+    wait_until("the full-disk state to clear", || !node.status().storage_full).await;
+    let after = node.propose(Bytes::from_static(b"after")).await.expect("writes go on");
     let state = storage.initial_state().await.expect("state");
-    assert_eq!(state.last_index, ok.log_id.index);
+    assert_eq!(state.last_index, after.log_id.index, "every acknowledged write is in storage");
 }
 
 /// A state machine with a bug: it panics on the first command it applies.

@@ -83,6 +83,9 @@ pub enum SnapshotError {
     /// The body cannot be decoded (truncated, garbage, or trailing bytes).
     #[error("cannot decode snapshot: {0}")]
     Decode(String),
+    /// The snapshot's bytes could not be read (a missing or damaged snapshot file).
+    #[error("cannot read snapshot: {0}")]
+    Read(String),
     /// The body decodes but breaks an invariant of the state (duplicate keys, bad versions,
     /// invalid services, more sessions or keys than this node's options allow...).
     #[error("snapshot is inconsistent: {0}")]

@@ -218,6 +218,30 @@ fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, Op
     DB::open_cf_descriptors(options, dir, cfs).map_err(|e| open_error(&shown, &e))
 }
 
+/// Refuses a store whose snapshot reference names a file that is not there (removed by
+/// hand, or lost with a damaged file system): the store is damaged, not empty.
+fn check_snapshot_files(db: &DB, dir: &Path) -> Result<(), OpenError> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
+    for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        if key.len() != 8 + b"snapshot_file".len() || !key.ends_with(b"snapshot_file") {
+            continue;
+        }
+        let reference: crate::snapshot_file::SnapshotFileRef =
+            codec::decode(&value, &|| "the snapshot file reference".into())
+                .map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        let path = crate::snapshot_file::dir_of(dir).join(&reference.name);
+        if !path.is_file() {
+            return Err(OpenError::Corrupt(format!(
+                "the snapshot file {} of {} is missing",
+                path.display(),
+                reference.last
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Removes the temporary and unreferenced snapshot files an interrupted snapshot write left
 /// (a crash between the file's rename and the database commit, or during the write), so that
 /// crashes cannot fill the disk.
@@ -250,10 +274,14 @@ impl RocksDb {
     ) -> Result<Self, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let shown = dir.display().to_string();
-        // Damaged files a repair moved aside do not count.
+        // Damaged files a repair moved aside, and a fresh file system's lost+found, do not
+        // count: such a directory is a new store's.
         let exists_non_empty = std::fs::read_dir(&dir)
             .map(|d| {
-                d.filter_map(Result::ok).any(|e| !e.file_name().to_string_lossy().starts_with(DAMAGED_PREFIX))
+                d.filter_map(Result::ok).any(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    !name.starts_with(DAMAGED_PREFIX) && name != "lost+found"
+                })
             })
             .unwrap_or(false);
         if exists_non_empty && !dir.join("CURRENT").exists() {
@@ -273,6 +301,7 @@ impl RocksDb {
         if options.verify_on_open {
             verify_all(&db)?;
         }
+        check_snapshot_files(&db, &dir)?;
         remove_snapshot_leftovers(&db, &dir);
         let (record_file, record) = if options.durability_record {
             let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {
@@ -353,6 +382,14 @@ impl RocksDb {
             db.flush_cf(cf).map_err(|e| storage_error(&e))?;
         }
         Ok(())
+    }
+
+    /// Flushes the `meta` column family (small) into a table file.
+    pub(crate) fn flush_meta(&self) -> Result<(), StorageError> {
+        let guard = self.read()?;
+        let db = guard.as_ref().ok_or_else(reopening)?;
+        let cf = db.cf_handle(CF_META).ok_or_else(|| missing_cf(CF_META))?;
+        db.flush_cf(cf).map_err(|e| storage_error(&e))
     }
 
     /// The cached bounds of log `group`, if known.

@@ -231,6 +231,13 @@ impl RocksStorage {
             (Bounds { first: last.index + 1, last: last.index, snapshot: last }, Some(last))
         };
         self.write(ops, after, new_last).await?;
+        // The reference into a table file before the older files go: if the write-ahead log
+        // were lost later, the store would otherwise point at a snapshot file removed here.
+        let db = self.db.clone();
+        if let Err(e) = blocking(move || db.flush_meta()).await {
+            tracing::warn!(error = %e, "could not flush the snapshot reference; older snapshot files are kept");
+            return Ok(());
+        }
         let (dir, group, keep) = (snapshot_file::dir_of(self.db.dir()), self.group, reference.name);
         let open: Vec<String> = {
             let cache = self.open_snapshots.lock().unwrap_or_else(PoisonError::into_inner);

@@ -148,7 +148,8 @@ impl Driver {
         let mut ids = SeededRng::new(seed ^ parts.id_entropy ^ 0x1D5E_ED0F_1D5E_ED0F);
         let (first_proposal_id, first_read_id) = (ids.next_u64(), ids.next_u64());
         debug_assert_eq!(raft.applied_index(), applied.index, "the protocol starts at the snapshot");
-        let (status_tx, status) = watch::channel(NodeStatus { protocol: raft.status(), fatal: None });
+        let (status_tx, status) =
+            watch::channel(NodeStatus { protocol: raft.status(), fatal: None, storage_full: false });
         let snapshot_schedule =
             SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
         let writer = LogWriter::start(parts.storage.clone(), |h| parts.background.register(h));
@@ -178,6 +179,11 @@ impl Driver {
 
     fn now_ms(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    /// Set while the log writer waits for space on a full disk.
+    pub(super) fn storage_full_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.writer.full_flag()
     }
 
     /// The sender of the node's status, for whoever must report that this task died.
@@ -299,7 +305,11 @@ impl Driver {
         };
         if let Some(e) = &fatal {
             tracing::error!(error = %e, "node stopped after a fatal error");
-            let _ = self.status.send(NodeStatus { protocol: self.raft.status(), fatal: Some(e.to_string()) });
+            let _ = self.status.send(NodeStatus {
+                protocol: self.raft.status(),
+                fatal: Some(e.to_string()),
+                storage_full: false,
+            });
         }
         let failed = fatal.is_some();
         let error = fatal.unwrap_or(RaftError::AlreadyShutdown);
@@ -342,7 +352,7 @@ impl Driver {
             transfer: status.leadership_transfer,
         };
         // Publish first: a caller answered below sees a status at least as new as the answer.
-        let _ = self.status.send(NodeStatus { protocol: status, fatal: None });
+        let _ = self.status.send(NodeStatus { protocol: status, fatal: None, storage_full: false });
         self.waiters.on_step(node, self.config.rpc_timeout_ms);
         Ok(())
     }

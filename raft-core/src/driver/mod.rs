@@ -60,7 +60,9 @@ pub enum RaftError {
     /// node lost leadership and did not learn the outcome in time).
     #[error("outcome unknown")]
     OutcomeUnknown,
-    /// Storage failed; the node stopped (it acknowledges nothing it could not persist).
+    /// Storage failed; the node stopped (it acknowledges nothing it could not persist). From
+    /// [`RaftNode::propose`], `Storage(Full)` means the disk is full: nothing was proposed,
+    /// and the node goes on by itself once space returns ([`NodeStatus::storage_full`]).
     #[error("storage failed: {0}")]
     Storage(#[from] StorageError),
     /// The state machine failed; the node stopped.
@@ -104,6 +106,9 @@ pub struct NodeStatus {
     pub protocol: ProtocolStatus,
     /// The fatal error that stopped the node, if any.
     pub fatal: Option<String>,
+    /// The disk is full: a write waits for space (tried again until it succeeds) and new
+    /// proposals are refused with `Storage(Full)`. Clears by itself once space returns.
+    pub storage_full: bool,
 }
 
 /// A client request to the driver task.
@@ -133,6 +138,8 @@ pub struct RaftNode {
     task: Mutex<Option<JoinHandle<()>>>,
     /// The driver's background tasks, aborted with it.
     background: snapshots::Background,
+    /// Set while the log writer waits for space on a full disk.
+    storage_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -205,6 +212,7 @@ impl RaftNode {
             background: background.clone(),
         };
         let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
+        let storage_full = driver.storage_full_flag();
         let span = tracing::info_span!("raft", node = id);
         let status_tx = driver.status_sender();
         let run = async move {
@@ -223,7 +231,7 @@ impl RaftNode {
             }
         };
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
-        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)), background })
+        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)), background, storage_full })
     }
 
     /// This node's id.
@@ -239,6 +247,10 @@ impl RaftNode {
     /// other nodes), or it was placed in the log but not applied here within ten
     /// `rpc_timeout_ms`. Other errors mean it was not applied.
     pub async fn propose(&self, command: Bytes) -> Result<Applied, RaftError> {
+        if self.storage_full.load(std::sync::atomic::Ordering::SeqCst) {
+            // Nothing new while a write waits for space: the caller learns it at once.
+            return Err(RaftError::Storage(StorageError::Full));
+        }
         self.call(|reply| Request::Propose { command, reply }, RaftError::OutcomeUnknown).await
     }
 
@@ -324,7 +336,11 @@ impl RaftNode {
     /// The node's current status, published after every step (an answer given while the
     /// step's `Ready` is carried out may be ahead of it).
     pub fn status(&self) -> NodeStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        // Read here, not from the driver's last publication: the driver may be waiting for
+        // the writer.
+        status.storage_full = self.storage_full.load(std::sync::atomic::Ordering::SeqCst);
+        status
     }
 
     /// A watch on the status, updated after every step.

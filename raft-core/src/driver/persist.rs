@@ -4,12 +4,17 @@
 //! in flight. Writes queued while one is under way are merged into the next storage call
 //! (one sync for all of them: group commit).
 //!
+//! A full disk does not stop the node: the write waits and is tried again until space returns
+//! (the driver refuses new proposals meanwhile; see `RaftNode::propose`).
+//!
 //! Bounds: at most [`WRITES_IN_FLIGHT_MAX`] readies' writes are queued or under way (the
 //! driver waits for the oldest before queueing another), and one storage call carries at
 //! most [`MERGED_BYTES_MAX`] bytes of entries (past it, writes are not merged).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -109,6 +114,8 @@ pub(super) struct LogWriter {
     pending: VecDeque<(u64, u64)>,
     /// Messages dropped because `HELD_MESSAGES_MAX` were held.
     dropped: u64,
+    /// Set while a write waits for space on a full disk (see `write_loop`).
+    full: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,7 +126,8 @@ impl LogWriter {
         let (writes, rx) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
         // One answer per storage call, and there are never more calls than readies queued.
         let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
-        let task = tokio::spawn(write_loop(storage, rx, done_tx));
+        let full = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(write_loop(storage, rx, done_tx, full.clone()));
         register(task.abort_handle());
         Self {
             writes,
@@ -129,8 +137,14 @@ impl LogWriter {
             held: VecDeque::new(),
             pending: VecDeque::new(),
             dropped: 0,
+            full,
             task,
         }
+    }
+
+    /// Set while a write waits for space on a full disk.
+    pub(super) fn full_flag(&self) -> Arc<AtomicBool> {
+        self.full.clone()
     }
 
     /// Ends the writer task once it has carried out what is queued, and waits for it: it
@@ -217,11 +231,46 @@ impl LogWriter {
     }
 }
 
+/// The first wait before a write that failed on a full disk is tried again.
+const FULL_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// The longest wait between tries.
+const FULL_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Carries `write` out; on a full disk, tries again (with growing waits, `full` set meanwhile)
+/// until space returns or the driver is gone. A failed write left nothing visible (the
+/// `Storage` contract) and each of its steps is idempotent, so trying it again is safe.
+async fn carry_out_waiting_for_space(
+    write: &Write,
+    storage: &dyn Storage,
+    done: &mpsc::Sender<Result<Persisted, RaftError>>,
+    full: &AtomicBool,
+) -> Result<(), RaftError> {
+    let mut wait = FULL_RETRY_FIRST;
+    loop {
+        match write.carry_out(storage).await {
+            Err(RaftError::Storage(StorageError::Full)) if !done.is_closed() => {
+                if !full.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("the disk is full: writes wait for space (new proposals are refused)");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(FULL_RETRY_MAX);
+            }
+            outcome => {
+                if outcome.is_ok() && full.swap(false, Ordering::SeqCst) {
+                    tracing::info!("space returned: writes go on");
+                }
+                return outcome;
+            }
+        }
+    }
+}
+
 /// The writer task: takes the queued writes in order, merging what is queued behind the first.
 async fn write_loop(
     storage: Arc<dyn Storage>,
     mut writes: mpsc::Receiver<Write>,
     done: mpsc::Sender<Result<Persisted, RaftError>>,
+    full: Arc<AtomicBool>,
 ) {
     let mut next: Option<Write> = None;
     loop {
@@ -239,7 +288,7 @@ async fn write_loop(
                 break;
             }
         }
-        let outcome = write.carry_out(storage.as_ref()).await;
+        let outcome = carry_out_waiting_for_space(&write, storage.as_ref(), &done, &full).await;
         let failed = outcome.is_err();
         let answer = outcome.map(|()| Persisted { seq: write.seq, last: write.last });
         if done.send(answer).await.is_err() || failed {

@@ -338,7 +338,7 @@ impl Items<'_> {
 
     /// Reads one more chunk into the buffer (dropping what was decoded). `false` at the end.
     async fn fill(&mut self) -> Result<bool, SnapshotError> {
-        let chunk = self.reader.next_chunk().await.map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let chunk = self.reader.next_chunk().await.map_err(|e| SnapshotError::Read(e.to_string()))?;
         let Some(chunk) = chunk else { return Ok(false) };
         self.buf.drain(..self.pos);
         self.pos = 0;

@@ -77,6 +77,7 @@ impl HttpError {
             },
             RaftError::ProposalDropped => Self::new(ErrorCode::Unavailable, message),
             RaftError::OutcomeUnknown => Self::new(ErrorCode::UnknownOutcome, message),
+            RaftError::Storage(raft_core::StorageError::Full) => Self::new(ErrorCode::NoSpace, message),
             RaftError::AlreadyShutdown | RaftError::Storage(_) | RaftError::Fsm(_) => {
                 Self::new(ErrorCode::Unavailable, message)
             }

@@ -25,6 +25,8 @@ pub(crate) async fn ready(State(shared): State<AppState>) -> impl IntoResponse {
     let applied = shared.kv.applied_index();
     let reason = if let Some(fatal) = &status.fatal {
         Some(format!("stopped: {fatal}"))
+    } else if status.storage_full {
+        Some("the disk is full: writes wait for space".to_string())
     } else if p.leader.is_none() {
         Some("no leader is known".to_string())
     } else if applied < p.commit_index {

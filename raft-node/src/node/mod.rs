@@ -249,6 +249,13 @@ impl Node {
         let (storage, rocks): (Arc<dyn Storage>, Option<RocksDb>) = match config.storage {
             StorageKind::Rocks => {
                 let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
+                if let Err(e) = startup::finish_interrupted_repair(&config) {
+                    return Err(StartError::Damaged {
+                        dir: config.data_dir.display().to_string(),
+                        reason: "a repair was interrupted".into(),
+                        why: format!("cannot finish moving the damaged files aside: {e}"),
+                    });
+                }
                 let db = match RocksDb::open(&config.data_dir, &identity, RocksOptions::default()) {
                     Ok(db) => db,
                     // Damage (checksums, a torn MANIFEST, a WAL damaged mid-file): repaired from
@@ -270,7 +277,11 @@ impl Node {
             initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
         let plan = if !config.members.is_empty() {
-            let lost_dir = if fresh { startup::check_if_known(&config).await? } else { None };
+            let lost_dir = if fresh {
+                startup::check_if_known(&config, startup::repaired_before(&config)).await?
+            } else {
+                None
+            };
             let voters = config.members.iter().map(|m| m.id);
             let peers = config.peers().map(|m| (m.id, m.raft_addr)).collect();
             startup::Plan {

@@ -87,27 +87,38 @@ fn probe_client(
     Client::new(endpoints, options)
 }
 
-/// A node of a new cluster starting with an empty data dir asks the other members whether
-/// they know it (its addresses are in the replicated address book, which a node writes once
-/// it has run). If one does, this node lost its data: as a learner it just starts over (its
-/// acknowledgements never counted); as a voter it must not vote as if its log were empty, so
-/// it learns from every other voter what it may have had ([`lost_dir_recovery`]) and starts
-/// recovering, or is refused when a voter does not answer.
+/// A node of a new cluster starting with an empty data dir asks the other members about
+/// itself. A cluster that has never run (every answer at term 0 with an empty log) is being
+/// created: the node starts. Once it has run, this node, listed in `members`, was one of its
+/// voters and may have lost data (a learner just starts over): it must not vote as if its log
+/// were empty, so it learns from every other voter what it may have had
+/// ([`lost_dir_recovery`]) and starts recovering, or is refused.
 ///
-/// Best effort: when no member answers within [`PROBE_FOR`] (a cluster starting for the first
-/// time), the node starts.
-pub(super) async fn check_if_known(config: &NodeConfig) -> Result<Option<LostDir>, StartError> {
-    Ok(match probe_membership(config).await? {
-        Probed::LostVoter(lost) => Some(lost),
-        Probed::Unknown | Probed::Learner | Probed::NoAnswer => None,
-    })
+/// `had_data`: the data dir holds damaged files a repair moved aside, so this node certainly
+/// had data: it is refused rather than started fresh when nobody answers.
+///
+/// Best effort otherwise: when no member answers within [`PROBE_FOR`] (a cluster starting for
+/// the first time), the node starts.
+pub(super) async fn check_if_known(
+    config: &NodeConfig,
+    had_data: bool,
+) -> Result<Option<LostDir>, StartError> {
+    match probe_membership(config).await? {
+        Probed::LostVoter(lost) => Ok(Some(lost)),
+        Probed::NoAnswer | Probed::NeverRan if had_data => Err(StartError::LostData {
+            id: config.id,
+            evidence: "a repair moved its damaged files aside, and no running member could say what it had"
+                .into(),
+        }),
+        Probed::NeverRan | Probed::Learner | Probed::NoAnswer => Ok(None),
+    }
 }
 
 /// What the other members said about this node.
 #[derive(Debug)]
 pub(super) enum Probed {
-    /// A member answered and does not know this node.
-    Unknown,
+    /// Every member that answered is at term 0 with an empty log: the cluster is being created.
+    NeverRan,
     /// It is a learner of the cluster.
     Learner,
     /// It is a voter, and every other voter told what it may have had.
@@ -116,10 +127,54 @@ pub(super) enum Probed {
     NoAnswer,
 }
 
+/// The entries of `dir` a repair leaves alone: damaged files moved aside earlier and a file
+/// system's `lost+found`.
+fn kept_in_place(name: &str) -> bool {
+    name.starts_with(raft_storage_rocks::DAMAGED_PREFIX) || name == "lost+found"
+}
+
+/// Whether the data dir holds damaged files a repair moved aside (this node had data).
+pub(super) fn repaired_before(config: &NodeConfig) -> bool {
+    std::fs::read_dir(&config.data_dir).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX))
+    })
+}
+
+/// Finishes a repair a crash interrupted: the store's `CURRENT` was moved aside first, so a data
+/// dir with a `damaged-*` directory, other files and no `CURRENT` is one whose remaining files
+/// go after it (into the newest such directory).
+pub(super) fn finish_interrupted_repair(config: &NodeConfig) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(&config.data_dir) else { return Ok(()) };
+    let mut newest: Option<std::path::PathBuf> = None;
+    let mut rest = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(raft_storage_rocks::DAMAGED_PREFIX) {
+            if newest.as_ref().is_none_or(|n| entry.path() > *n) {
+                newest = Some(entry.path());
+            }
+        } else if !kept_in_place(&name) {
+            rest.push(entry);
+        }
+    }
+    let Some(aside) = newest else { return Ok(()) };
+    if rest.is_empty() || config.data_dir.join("CURRENT").exists() {
+        return Ok(());
+    }
+    for entry in rest {
+        std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
+    }
+    tracing::warn!(aside = %aside.display(), "finished moving a damaged data dir aside (a crash interrupted it)");
+    Ok(())
+}
+
 /// A node whose data dir is damaged (RocksDB or a checksum refused it) and whose cluster can
 /// say what it had is repaired from the cluster: the damaged files are moved into a
-/// `damaged-<unix seconds>` subdirectory (kept for inspection; the store ignores it) and the node starts as one that lost its data dir. Refused (with `reason`)
-/// when the cluster cannot say: nobody answered, or not every other voter.
+/// `damaged-<unix seconds>` subdirectory (kept for inspection; the store ignores it), `CURRENT`
+/// first (a crash part-way leaves a store that cannot open and a repair that is finished at the
+/// next start), and the node starts as one that lost its data dir. Refused (with `reason`,
+/// nothing moved) when the cluster cannot say what it had.
 pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) -> Result<(), StartError> {
     let refuse = |why: String| StartError::Damaged {
         dir: config.data_dir.display().to_string(),
@@ -127,23 +182,31 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
         why,
     };
     match probe_membership(config).await {
+        Ok(Probed::LostVoter(_) | Probed::Learner) => {}
         Ok(Probed::NoAnswer) => return Err(refuse("no other member answered".into())),
-        Ok(_) => {}
+        Ok(Probed::NeverRan) => return Err(refuse("the other members have not run yet".into())),
+        Err(StartError::LostData { evidence, .. }) => return Err(refuse(evidence)),
         Err(e) => return Err(refuse(e.to_string())),
     }
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     // Into a subdirectory, file by file: the data dir itself may be a mount point.
-    let aside = config.data_dir.join(format!("{}{secs}", raft_storage_rocks::DAMAGED_PREFIX));
+    let aside = config.data_dir.join(format!("{}{nanos}", raft_storage_rocks::DAMAGED_PREFIX));
     let moved = (|| -> std::io::Result<()> {
         std::fs::create_dir(&aside)?;
+        let current = config.data_dir.join("CURRENT");
+        if current.exists() {
+            std::fs::rename(&current, aside.join("CURRENT"))?;
+            std::fs::File::open(&config.data_dir)?.sync_all()?;
+        }
         for entry in std::fs::read_dir(&config.data_dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX) {
+            if kept_in_place(&entry.file_name().to_string_lossy()) {
                 continue;
             }
             std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
         }
-        Ok(())
+        std::fs::File::open(&config.data_dir)?.sync_all()
     })();
     moved.map_err(|e| refuse(format!("cannot move it aside into {}: {e}", aside.display())))?;
     tracing::error!(
@@ -155,7 +218,9 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
     Ok(())
 }
 
-/// Asks the other members whether they know this node (see [`check_if_known`]).
+/// Asks the other members about this node (see [`check_if_known`]): every answer within
+/// [`PROBE_FOR`] counts, not only the first (a member that restarted without a leader has
+/// applied nothing yet and knows little).
 async fn probe_membership(config: &NodeConfig) -> Result<Probed, StartError> {
     let endpoints: Vec<String> = config.peers().map(|m| m.client_addr.to_string()).collect();
     if endpoints.is_empty() {
@@ -170,70 +235,99 @@ async fn probe_membership(config: &NodeConfig) -> Result<Probed, StartError> {
             message: format!("cannot ask the members: {e}"),
         }
     })?;
-    while tokio::time::Instant::now() < deadline {
+    let mut answers: Vec<(String, raft_client::api::StatusView)> = Vec::new();
+    while tokio::time::Instant::now() < deadline && answers.len() < endpoints.len() {
         for (endpoint, status) in client.statuses().await {
-            let status = match status {
-                Ok(status) => status,
+            match status {
+                Ok(status) if status.cluster == config.cluster => {
+                    if !answers.iter().any(|(e, _)| *e == endpoint.to_string()) {
+                        answers.push((endpoint.to_string(), status));
+                    }
+                }
+                Ok(_) => {}
                 Err(e) if matches!(e.code(), "unauthenticated" | "forbidden") => {
                     return Err(StartError::Refused {
                         endpoint: endpoint.to_string(),
                         message: e.to_string(),
                     });
                 }
-                Err(_) => continue,
-            };
-            if status.cluster != config.cluster {
-                continue;
+                Err(_) => {}
             }
-            let Some(me) = status.members.iter().find(|m| m.id == config.id && m.registered) else {
-                return Ok(Probed::Unknown);
-            };
-            if me.role == MemberRole::Learner {
-                tracing::warn!(
-                    %endpoint,
-                    "this node lost its data but is a learner (its acknowledgements never counted): starting over"
-                );
-                return Ok(Probed::Learner);
-            }
-            let evidence =
-                format!("{endpoint} lists it as a registered voter at commit index {}", status.commit_index);
-            return lost_dir_recovery(config, &status, evidence).await.map(Probed::LostVoter);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if answers.len() < endpoints.len() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
-    tracing::info!("no other member answered; starting as a member of a new cluster");
-    Ok(Probed::NoAnswer)
+    if answers.is_empty() {
+        tracing::info!("no other member answered; starting as a member of a new cluster");
+        return Ok(Probed::NoAnswer);
+    }
+    if answers.iter().all(|(_, s)| s.term == 0 && s.last_log_index == 0) {
+        return Ok(Probed::NeverRan);
+    }
+    let term = answers.iter().map(|(_, s)| s.term).max().unwrap_or(0);
+    if answers.iter().all(|(_, s)| s.last_log_index == 0 && s.recovering_to_index.is_none()) {
+        // Elections ran but no entry was ever appended (a cluster being created with a
+        // member slow to start): nothing can have been acknowledged. Only a vote may have been
+        // given: the highest term seen, with the vote spent on itself. (A vote in a term above
+        // every answer, for a candidate that did not answer, is the one case this cannot see.)
+        return Ok(Probed::LostVoter(LostDir {
+            hard_state: HardState { current_term: term, voted_for: Some(config.id) },
+            recorded_last: LogId::default(),
+            evidence: format!("the cluster has held elections (term {term}) but no entry yet"),
+        }));
+    }
+    let listed_as = |role: MemberRole| {
+        answers.iter().any(|(_, s)| s.members.iter().any(|m| m.id == config.id && m.role == role))
+    };
+    if listed_as(MemberRole::Learner) && !listed_as(MemberRole::Voter) {
+        tracing::warn!(
+            "this node lost its data but is a learner (its acknowledgements never counted): starting over"
+        );
+        return Ok(Probed::Learner);
+    }
+    let (endpoint, status) = &answers[0];
+    let evidence = format!(
+        "{} member(s) answered ({endpoint} at term {} with commit index {}): the cluster has run with this node in it",
+        answers.len(),
+        status.term,
+        status.commit_index
+    );
+    let views: Vec<&raft_client::api::StatusView> = answers.iter().map(|(_, s)| s).collect();
+    lost_dir_recovery(config, &views, evidence).await.map(Probed::LostVoter)
 }
 
-/// Asks every other voter of `view`'s configuration for its term and last log entry: the
-/// highest term is one this node may have voted in, the most up-to-date last entry bounds what
-/// it may have acknowledged (an entry committed with its acknowledgement, or one a leader may
-/// still commit with it, is in that leader's log). Refused unless every other voter answers
-/// within [`LOST_DIR_PROBE_FOR`]: one that does not may be the only other holder of such an
-/// entry.
+/// Asks every other voter (of the configured members and of every answer's view) for its term
+/// and last log entry: the highest term is one this node may have voted in, the most
+/// up-to-date last entry bounds what it may have acknowledged (an entry committed with its
+/// acknowledgement, or one a leader may still commit with it, is in that leader's log).
+/// Refused unless every other voter answers within [`LOST_DIR_PROBE_FOR`] (one that does not
+/// may be the only other holder of such an entry) and none is itself recovering lost data (its
+/// log would not show what it had: two voters missing data at once may be a majority).
 async fn lost_dir_recovery(
     config: &NodeConfig,
-    view: &raft_client::api::StatusView,
+    views: &[&raft_client::api::StatusView],
     evidence: String,
 ) -> Result<LostDir, StartError> {
-    let voters: Vec<(u64, String)> = view
-        .members
-        .iter()
-        .filter(|m| m.role == MemberRole::Voter && m.id != config.id)
-        .map(|m| (m.id, m.client_addr.clone().unwrap_or_default()))
-        .collect();
+    let mut voters: BTreeMap<u64, String> =
+        config.peers().map(|m| (m.id, m.client_addr.to_string())).collect();
+    for view in views {
+        for m in view.members.iter().filter(|m| m.role == MemberRole::Voter && m.id != config.id) {
+            if let Some(addr) = &m.client_addr {
+                voters.entry(m.id).or_insert_with(|| addr.clone());
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + LOST_DIR_PROBE_FOR;
-    let mut answers: BTreeMap<u64, (u64, LogId)> = BTreeMap::new();
+    let mut answers: BTreeMap<u64, raft_client::api::StatusView> = BTreeMap::new();
     while answers.len() < voters.len() && tokio::time::Instant::now() < deadline {
-        let missing: Vec<&(u64, String)> =
-            voters.iter().filter(|(id, _)| !answers.contains_key(id)).collect();
+        let missing: Vec<(u64, String)> =
+            voters.iter().filter(|(id, _)| !answers.contains_key(id)).map(|(i, a)| (*i, a.clone())).collect();
         for (id, addr) in missing {
-            let Ok(client) = probe_client(config, vec![addr.clone()], Duration::from_millis(500)) else {
-                continue;
-            };
+            let Ok(client) = probe_client(config, vec![addr], Duration::from_millis(500)) else { continue };
             if let Ok(s) = client.status().await {
-                if s.cluster == config.cluster && s.id == *id {
-                    answers.insert(*id, (s.term, LogId::new(s.last_log_term, s.last_log_index)));
+                if s.cluster == config.cluster && s.id == id {
+                    answers.insert(id, s);
                 }
             }
         }
@@ -241,18 +335,24 @@ async fn lost_dir_recovery(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    let refuse = |why: String| StartError::LostData { id: config.id, evidence: format!("{evidence}; {why}") };
     if answers.len() < voters.len() {
-        let silent: Vec<u64> =
-            voters.iter().map(|(id, _)| *id).filter(|id| !answers.contains_key(id)).collect();
-        return Err(StartError::LostData {
-            id: config.id,
-            evidence: format!(
-                "{evidence}; voters {silent:?} did not answer, so what it may have acknowledged is unknown"
-            ),
-        });
+        let silent: Vec<u64> = voters.keys().copied().filter(|id| !answers.contains_key(id)).collect();
+        return Err(refuse(format!(
+            "voters {silent:?} did not answer, so what it may have acknowledged is unknown"
+        )));
     }
-    let term = answers.values().map(|(t, _)| *t).max().unwrap_or(0);
-    let recorded_last = answers.values().map(|(_, l)| *l).max().unwrap_or_default();
+    let recovering: Vec<u64> =
+        answers.values().filter(|s| s.recovering_to_index.is_some()).map(|s| s.id).collect();
+    if !recovering.is_empty() {
+        return Err(refuse(format!(
+            "voters {recovering:?} are themselves recovering lost data, so their logs do not show what \
+             they had (if a majority of the voters lost data, committed writes may exist nowhere)"
+        )));
+    }
+    let term = answers.values().map(|s| s.term).max().unwrap_or(0);
+    let recorded_last =
+        answers.values().map(|s| LogId::new(s.last_log_term, s.last_log_index)).max().unwrap_or_default();
     Ok(LostDir {
         hard_state: HardState { current_term: term, voted_for: Some(config.id) },
         recorded_last,
@@ -296,7 +396,7 @@ pub(super) async fn plan_join(
                 .status()
                 .await
                 .map_err(|e| StartError::LostData { id: config.id, evidence: format!("{evidence}; {e}") })?;
-            lost_dir = Some(lost_dir_recovery(config, &status, evidence).await?);
+            lost_dir = Some(lost_dir_recovery(config, &[&status], evidence).await?);
         }
     }
     let peers = view

@@ -193,3 +193,62 @@ async fn data_lost_whole_is_kept_as_lost_until_the_log_reaches_it() {
     log.append(&(1..=30).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
     assert_eq!(log.initial_state().await.expect("state").lost, None);
 }
+
+fn snapshot_of(index: u64) -> raft_core::Snapshot {
+    raft_core::Snapshot {
+        meta: raft_core::SnapshotMeta {
+            last_log_id: LogId::new(1, index),
+            membership: raft_core::Membership::with_voters([1]),
+        },
+        data: raft_core::SnapshotData::from_bytes(format!("snap@{index}").into_bytes()),
+    }
+}
+
+/// Found by chaos: a snapshot saved, the older snapshot file removed, then the WAL deleted:
+/// the store pointed at the removed file and the node could not start. The reference now
+/// reaches a table file before older files are removed.
+#[tokio::test]
+async fn a_snapshot_survives_the_loss_of_the_wal_that_recorded_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        log.initial_state().await.expect("state");
+        log.append(&(1..=30).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+        db.flush().expect("flush");
+        log.save_snapshot(snapshot_of(10)).await.expect("first snapshot");
+        log.save_snapshot(snapshot_of(20)).await.expect("second snapshot");
+    }
+    for wal in wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
+    }
+    let log = open(dir.path()).log(0);
+    let snapshot = log.load_snapshot().await.expect("the snapshot reads").expect("a snapshot");
+    assert_eq!(snapshot.data.to_bytes(), b"snap@20".to_vec());
+}
+
+#[tokio::test]
+async fn a_missing_snapshot_file_is_refused_as_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open(dir.path()).log(0);
+        log.append(&(1..=30).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+        log.save_snapshot(snapshot_of(10)).await.expect("snapshot");
+    }
+    let snapshots = dir.path().join("snapshots");
+    for entry in std::fs::read_dir(&snapshots).expect("snapshot dir") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    match crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()) {
+        Err(crate::OpenError::Corrupt(m)) => assert!(m.contains("missing"), "{m}"),
+        other => panic!("a store without its snapshot file opened: {other:?}"),
+    }
+}
+
+/// A replaced disk mounted at the data dir holds `lost+found`: a new store, not a damaged one.
+#[test]
+fn a_fresh_mount_point_with_lost_and_found_opens_as_a_new_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("lost+found")).expect("lost+found");
+    crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()).expect("opens");
+}

@@ -1,0 +1,172 @@
+//! A voter that lost its data dir, or whose data dir is damaged, while the cluster's other
+//! voters hold what it had: it recovers by itself when they can all say what it may have had,
+//! and is refused otherwise. The scenarios come from an outside review that lost committed
+//! writes with the first version (a peer that had applied nothing answered first; a peer
+//! recovering lost data reported its log instead of what it had).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, TestCluster};
+use raft_client::api::{Consistency, RoleView};
+use raft_node::config::StorageKind;
+use raft_node::{Node, StartError};
+
+/// Writes 80 keys and waits until every node registered and holds the same log.
+async fn base(cluster: &TestCluster) {
+    let client = cluster.client();
+    for i in 0..80 {
+        client.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    eventually("every node to register", || async {
+        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+    })
+    .await;
+    eventually("every log to end at the same entry", || async {
+        let s = cluster.statuses().await;
+        s.len() == cluster.configs.len() && s.windows(2).all(|w| w[0].last_log_index == w[1].last_log_index)
+    })
+    .await;
+}
+
+async fn wait_any_leader(cluster: &TestCluster) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for s in cluster.statuses().await {
+            if s.role == RoleView::Leader && s.commit_index > 0 {
+                return s.id;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {:?}", cluster.statuses().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn read_precious(cluster: &TestCluster) -> Option<String> {
+    let client = cluster.client();
+    for _ in 0..100 {
+        match client.get("precious", Some(Consistency::Linearizable)).await {
+            Ok(v) => return v.map(|kv| kv.value),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    panic!("no linearizable read within 20 s: {:?}", cluster.statuses().await)
+}
+
+/// "precious" is committed on {2, 3} while node 1 is down; after a full restart node 1 is up
+/// alone (no leader, nothing applied) when node 3, its dir wiped, starts and asks. Node 2, the
+/// only other holder of "precious", is down: node 3 must be refused, not start as new (it then
+/// voted node 1 in and "precious" was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_is_refused_while_the_other_holder_of_a_committed_write_is_down() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    cluster.stop(1).await;
+    cluster.client().put("precious", "committed").await.unwrap();
+    cluster.stop(2).await;
+    cluster.stop(3).await;
+    cluster.restart(1).await;
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    let err = Node::start(cluster.configs[2].clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::LostData { .. }), "{err}");
+    assert!(err.to_string().contains("[2]"), "the silent voter is named: {err}");
+    // Node 2 returns: node 3 recovers, and "precious" is there.
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+    wait_any_leader(&cluster).await;
+    assert_eq!(read_precious(&cluster).await.as_deref(), Some("committed"));
+    eventually("node 3 to recover", || async {
+        cluster.client_of(3).status().await.is_ok_and(|s| s.recovering_to_index.is_none())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// A second voter loses its dir while the first is still recovering (two of three: possibly
+/// a majority): refused, never started with a floor taken from the recovering voter's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_wiped_voter_is_refused_while_another_is_recovering() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let leader = cluster.leader().await;
+    let (first, second) = ((leader % 3) + 1, ((leader + 1) % 3) + 1);
+    // No leader from now on (elections ten minutes away): the first wiped voter cannot catch up.
+    for id in 1..=3u64 {
+        cluster.stop(id).await;
+        let c = &mut cluster.configs[(id - 1) as usize];
+        c.raft.election_timeout_min_ms = 600_000;
+        c.raft.election_timeout_max_ms = 700_000;
+    }
+    cluster.restart(leader).await;
+    cluster.restart(second).await;
+    std::fs::remove_dir_all(cluster.data_dir(first)).unwrap();
+    cluster.restart(first).await;
+    let status = cluster.client_of(first).status().await.unwrap();
+    assert!(status.recovering_to_index.is_some(), "the first wiped voter recovers: {status:?}");
+    cluster.stop(second).await;
+    std::fs::remove_dir_all(cluster.data_dir(second)).unwrap();
+    let err = Node::start(cluster.configs[(second - 1) as usize].clone()).await.unwrap_err();
+    assert!(err.to_string().contains("recovering"), "{err}");
+    cluster.shutdown().await;
+}
+
+/// A repair a crash interrupted (only `CURRENT` moved aside yet) is finished at the next start,
+/// and the node, which certainly had data, recovers it from the cluster: its term comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let victim = cluster.follower().await;
+    let term = cluster.statuses().await.iter().map(|s| s.term).max().unwrap();
+    cluster.stop(victim).await;
+    let dir = cluster.data_dir(victim);
+    let aside = dir.join(format!("{}123", raft_storage_rocks::DAMAGED_PREFIX));
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::rename(dir.join("CURRENT"), aside.join("CURRENT")).unwrap();
+    cluster.restart(victim).await;
+    let status = cluster.client_of(victim).status().await.unwrap();
+    assert!(status.term >= term, "the term it may have voted in came back: {status:?}");
+    let left: Vec<String> = std::fs::read_dir(&aside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        left.iter().any(|n| n.ends_with(".sst") || n == "durability.rec"),
+        "the rest was moved too: {left:?}"
+    );
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.keys == 80), "{statuses:?}");
+    cluster.shutdown().await;
+}
+
+/// The damaged-dir refusal says what happened (nothing nested about an empty dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_damaged_dir_refusal_says_what_happened() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let leader = cluster.leader().await;
+    let victim = (leader % 3) + 1;
+    let away = (victim % 3) + 1;
+    cluster.stop(victim).await;
+    cluster.stop(away).await;
+    for entry in std::fs::read_dir(cluster.data_dir(victim)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "sst") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let (mid, len) = (bytes.len() / 2, bytes.len());
+            for b in &mut bytes[mid..(mid + 16).min(len)] {
+                *b ^= 0xA5;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let err = Node::start(cluster.configs[(victim - 1) as usize].clone()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StartError::Damaged { .. }), "{text}");
+    assert!(text.contains("is damaged") && !text.contains("its data was lost"), "misleading: {text}");
+    assert!(text.contains(&format!("[{away}]")), "the silent voter is named: {text}");
+    cluster.shutdown().await;
+}
