@@ -129,6 +129,25 @@ impl RocksStorage {
         Ok(())
     }
 
+    /// A log that ends before the snapshot (the log's column family lost its newest writes
+    /// with a write-ahead log while the snapshot's reference had reached a table file) holds
+    /// only entries the snapshot covers: they go, and the log starts after the snapshot. What
+    /// the log lost is reported by the durability record.
+    async fn drop_log_behind_snapshot(&self) -> Result<(), StorageError> {
+        let _bounds = self.bounds_lock.lock().await;
+        let b = self.with_db(|db| self.bounds(db))?;
+        if b.snapshot.index == 0 || b.last >= b.snapshot.index || b.last < b.first {
+            return Ok(());
+        }
+        tracing::warn!(
+            log_end = b.last,
+            snapshot = %b.snapshot,
+            "the log ends before the snapshot: dropping the entries it covers"
+        );
+        let after = Bounds { first: b.snapshot.index + 1, last: b.snapshot.index, snapshot: b.snapshot };
+        self.write(vec![self.log_range(0)], after, None).await
+    }
+
     /// Accepts the loss of the data this log was found to miss at open (see
     /// [`InitialState::lost`]): the durability record is rewritten to what the log holds, so
     /// the node votes and campaigns with the log it has. Returns the loss accepted (`None`:
@@ -372,6 +391,7 @@ impl Storage for RocksStorage {
     /// recorded last entry, or a hard state older than the recorded one, is reported in
     /// `lost` (and the recorded hard state is written back and returned).
     async fn initial_state(&self) -> Result<InitialState, StorageError> {
+        self.drop_log_behind_snapshot().await?;
         let (mut initial, found_last) = self.with_db(|db| {
             let hard_state = match Self::get_meta(db, &meta_key(self.group, "hard_state"))? {
                 None => HardState::default(),

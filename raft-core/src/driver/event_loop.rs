@@ -94,6 +94,8 @@ pub(super) struct Driver {
     pub(super) snapshot_task: Option<SnapshotTask>,
     /// The thresholds of the next automatic snapshot.
     pub(super) snapshot_schedule: SnapshotSchedule,
+    /// No snapshot starts before this time (ms): one failed on a full disk.
+    pub(super) snapshots_paused_until_ms: u64,
     /// The background tasks' abort handles.
     pub(super) background: super::snapshots::Background,
     /// Where the parts of the snapshot being received are.
@@ -170,6 +172,7 @@ impl Driver {
             applied_bytes_since_snapshot: 0,
             snapshot_task: None,
             snapshot_schedule,
+            snapshots_paused_until_ms: 0,
             background: parts.background,
             staged: Staged::Nothing,
             writer,

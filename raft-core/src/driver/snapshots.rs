@@ -27,6 +27,8 @@ use crate::types::{Index, LogId};
 
 /// Thresholds are raised by a random part of up to `1 / JITTER_DIVISOR` of themselves.
 const JITTER_DIVISOR: u64 = 4;
+/// How long no snapshot is started after one failed on a full disk (ms).
+const SNAPSHOT_PAUSE_ON_FULL_MS: u64 = 5_000;
 
 /// A snapshot being written out in the background.
 pub(super) struct SnapshotTask {
@@ -142,7 +144,7 @@ impl Driver {
     /// Starts a snapshot in the background when enough was applied since the latest one and
     /// none is being written. Called between readies only.
     pub(super) async fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        if self.snapshot_task.is_some() {
+        if self.snapshot_task.is_some() || self.clock.now_ms() < self.snapshots_paused_until_ms {
             return Ok(());
         }
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
@@ -170,12 +172,18 @@ impl Driver {
 
     /// The background snapshot ended: on success compacts storage behind it (keeping
     /// `snapshot_keep_entries`, and whatever a follower being sent an older snapshot needs) and
-    /// hands it to the protocol. An error is fatal, as every storage error is.
+    /// hands it to the protocol. An error is fatal, as every storage error is, but a full disk:
+    /// then the snapshot is given up and tried again later (the log keeps everything).
     pub(super) async fn on_snapshot_written(
         &mut self,
         outcome: Result<Snapshot, RaftError>,
     ) -> Result<(), RaftError> {
         let started_ms = self.snapshot_task.take().map_or(0, |t| t.started_ms);
+        if let Err(RaftError::Storage(StorageError::Full)) = outcome {
+            tracing::warn!("the disk is full: snapshot not saved; trying again later");
+            self.snapshots_paused_until_ms = self.clock.now_ms() + SNAPSHOT_PAUSE_ON_FULL_MS;
+            return Ok(());
+        }
         let snapshot = outcome?;
         let last = snapshot.meta.last_log_id;
         if last.index <= self.raft.snapshot_last().index {
@@ -191,7 +199,11 @@ impl Driver {
         for event in self.drain_writes().await? {
             self.raft.step(now, event);
         }
-        let compacted_to = self.compact_storage(up_to).await?;
+        let compacted_to = match self.compact_storage(up_to).await {
+            // Compaction only frees space; on a full disk it waits for the next snapshot.
+            Err(RaftError::Storage(StorageError::Full)) => 0,
+            other => other?,
+        };
         let took_ms = self.clock.now_ms().saturating_sub(started_ms);
         tracing::info!(snapshot = %last, bytes = snapshot.data.len(), took_ms, compacted_to, "snapshot taken");
         // The protocol reads the bytes from storage when it sends them.

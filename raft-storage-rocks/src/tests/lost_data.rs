@@ -252,3 +252,33 @@ fn a_fresh_mount_point_with_lost_and_found_opens_as_a_new_store() {
     std::fs::create_dir(dir.path().join("lost+found")).expect("lost+found");
     crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()).expect("opens");
 }
+
+/// Found by chaos: the snapshot's reference reached a table file, the log's newest entries
+/// were only in the write-ahead log, and the WAL was deleted: the log ended before the
+/// snapshot and the node could not start. Now the covered entries go, the log starts after
+/// the snapshot, and the loss is reported.
+#[tokio::test]
+async fn a_log_that_ends_before_the_snapshot_starts_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        log.initial_state().await.expect("state");
+        log.append(&(1..=10).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+        db.flush().expect("flush");
+        log.append(&(11..=30).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
+        // The snapshot's save flushes its reference (the meta column family) only.
+        log.save_snapshot(snapshot_of(20)).await.expect("snapshot");
+    }
+    for wal in wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
+    }
+    let log = open(dir.path()).log(0);
+    let state = log.initial_state().await.expect("state");
+    assert_eq!((state.first_index, state.last_index), (21, 20), "{state:?}");
+    assert_eq!(state.lost.map(|l| l.recorded_last), Some(LogId::new(1, 30)));
+    assert_eq!(
+        log.load_snapshot().await.expect("snapshot").map(|s| s.meta.last_log_id),
+        Some(LogId::new(1, 20))
+    );
+}
