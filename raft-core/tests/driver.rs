@@ -922,3 +922,34 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
         "3 s after node {leader}'s disk hung it still leads, no other node took over, and none of its 3 proposals was answered"
     );
 }
+
+/// Found by review: shutting a node down while its disk is full hung for as long as the disk
+/// stayed full (the shutdown waited for the queued write). The write is given up,
+/// unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_while_the_disk_is_full() {
+    let storage = Arc::new(FaultyStorage::default());
+    let network = LocalNetwork::default();
+    let node = RaftNode::start(
+        1,
+        Config::default(),
+        Membership::with_voters([1]),
+        storage.clone(),
+        Arc::new(network.transport(1, 64)),
+        Box::new(CounterFsm::default()),
+        1,
+    )
+    .await
+    .expect("starts");
+    wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+    node.propose(Bytes::from_static(b"before")).await.expect("applied");
+    storage.full.store(true, Ordering::SeqCst);
+    let node = Arc::new(node);
+    let proposer = node.clone();
+    let waiting = tokio::spawn(async move { proposer.propose(Bytes::from_static(b"during")).await });
+    wait_until("the node to report the full disk", || node.status().storage_full).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown hangs while the disk is full");
+    let during = waiting.await.expect("the proposer ends");
+    assert!(during.is_err(), "a write that never became durable was acknowledged: {during:?}");
+}

@@ -238,7 +238,10 @@ impl Driver {
             // timers are not held back, so heartbeats go on. The leader's writes come only from
             // its own steps, so requests are never held for long; a follower's come from the
             // leader's stream and could hold them for good, so a follower never holds them.
-            let take_requests = !(self.writer.busy() && self.raft.role() == Role::Leader);
+            // On a full disk the write may wait for long: requests are taken (proposals are
+            // refused before they get here; reads, admin calls and shutdown must be answered).
+            let disk_full = self.writer.full_flag().load(std::sync::atomic::Ordering::SeqCst);
+            let take_requests = disk_full || !(self.writer.busy() && self.raft.role() == Role::Leader);
             let woke = if Instant::now() >= deadline {
                 // Overdue (the node was busy): take the messages that arrived meanwhile before
                 // the timer fires, so that a stall does not read as a silent leader or quorum.
@@ -322,8 +325,11 @@ impl Driver {
             refuse(request);
         }
         // Writes already queued finish (a graceful stop loses nothing it was told to keep);
-        // what they release is sent. After a storage error there is nothing more to wait for.
-        if !failed {
+        // what they release is sent. After a storage error there is nothing more to wait for,
+        // nor while the disk is full (the write waits for space for as long as it takes: it
+        // is given up, unacknowledged, when the writer closes).
+        let disk_full = self.writer.full_flag().load(std::sync::atomic::Ordering::SeqCst);
+        if !failed && !disk_full {
             let _ = self.drain_writes().await;
         }
         self.waiters.fail_all(&error);

@@ -313,8 +313,12 @@ async fn lost_dir_recovery(
         config.peers().map(|m| (m.id, m.client_addr.to_string())).collect();
     for view in views {
         for m in view.members.iter().filter(|m| m.role == MemberRole::Voter && m.id != config.id) {
-            if let Some(addr) = &m.client_addr {
-                voters.entry(m.id).or_insert_with(|| addr.clone());
+            // A voter whose address nobody knows yet still has to answer (it cannot: the node
+            // is refused): it may be the only other holder of what this node had.
+            let addr = m.client_addr.clone().unwrap_or_default();
+            let known = voters.entry(m.id).or_default();
+            if known.is_empty() {
+                *known = addr;
             }
         }
     }
