@@ -87,6 +87,17 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
+impl HardState {
+    /// Whether this hard state is older than `recorded`: a lower term, or the same term
+    /// without the vote `recorded` holds (what a store that lost writes finds).
+    pub fn is_behind(&self, recorded: &HardState) -> bool {
+        recorded.current_term > self.current_term
+            || (recorded.current_term == self.current_term
+                && self.voted_for.is_none()
+                && recorded.voted_for.is_some())
+    }
+}
+
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {

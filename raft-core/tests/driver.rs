@@ -546,11 +546,8 @@ impl raft_core::Storage for FaultyStorage {
     }
 }
 
-/// A full disk does not stop the node: the write waits for space (tried again), new proposals
-/// are refused at once with `Storage(Full)`, nothing is acknowledged before it is durable, and
-/// the node goes on by itself once space returns (no restart).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns() {
+/// A one-voter node on [`FaultyStorage`] (faults off), once it leads.
+async fn single_node_on_faulty_storage() -> (Arc<FaultyStorage>, RaftNode) {
     let storage = Arc::new(FaultyStorage::default());
     let network = LocalNetwork::default();
     let node = RaftNode::start(
@@ -565,6 +562,15 @@ async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns()
     .await
     .expect("starts");
     wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+    (storage, node)
+}
+
+/// A full disk does not stop the node: the write waits for space (tried again), new proposals
+/// are refused at once with `Storage(Full)`, nothing is acknowledged before it is durable, and
+/// the node goes on by itself once space returns (no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns() {
+    let (storage, node) = single_node_on_faulty_storage().await;
     let before = node.propose(Bytes::from_static(b"before")).await.expect("applied");
     storage.full.store(true, Ordering::SeqCst);
     let waiting = node.propose(Bytes::from_static(b"during"));
@@ -928,20 +934,7 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
 /// unacknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_while_the_disk_is_full() {
-    let storage = Arc::new(FaultyStorage::default());
-    let network = LocalNetwork::default();
-    let node = RaftNode::start(
-        1,
-        Config::default(),
-        Membership::with_voters([1]),
-        storage.clone(),
-        Arc::new(network.transport(1, 64)),
-        Box::new(CounterFsm::default()),
-        1,
-    )
-    .await
-    .expect("starts");
-    wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+    let (storage, node) = single_node_on_faulty_storage().await;
     node.propose(Bytes::from_static(b"before")).await.expect("applied");
     storage.full.store(true, Ordering::SeqCst);
     let node = Arc::new(node);

@@ -287,10 +287,7 @@ async fn cluster_endpoints_status_members_transfer_and_log() {
     assert_eq!((view.leader, view.client_addr), (Some(leader), Some(cluster.endpoint(leader))));
 
     // Every node registers its own addresses in the replicated book.
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
 
     // Transfer to a named node; to "this node" when it already leads is a no-op.
     let target = (1..=3).find(|&id| id != leader).unwrap();

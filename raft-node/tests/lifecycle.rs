@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{config_for, eventually, free_addr, TestCluster};
+use common::{config_for, damage_table_files, eventually, free_addr, TestCluster};
 use raft_client::api::{MemberRole, RoleView};
 use raft_node::config::{MemberConfig, StorageKind};
 use raft_node::{Node, StartError};
@@ -123,10 +123,7 @@ async fn a_voter_that_lost_its_data_dir_recovers_by_itself() {
     for i in 0..20 {
         client.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
     }
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
     let victim = cluster.follower().await;
     let term_before = cluster.statuses().await.iter().map(|s| s.term).max().unwrap();
     cluster.stop(victim).await;
@@ -146,25 +143,6 @@ async fn a_voter_that_lost_its_data_dir_recovers_by_itself() {
     cluster.shutdown().await;
 }
 
-/// Flips bytes in the middle of every table file of `dir` (the node stopped: its stop flushed
-/// the memtables into them).
-fn damage_table_files(dir: &std::path::Path) {
-    let mut damaged = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "sst") {
-            let mut bytes = std::fs::read(&path).unwrap();
-            let (mid, len) = (bytes.len() / 2, bytes.len());
-            for b in &mut bytes[mid..(mid + 16).min(len)] {
-                *b ^= 0xA5;
-            }
-            std::fs::write(&path, bytes).unwrap();
-            damaged += 1;
-        }
-    }
-    assert!(damaged > 0, "no table file to damage in {}", dir.display());
-}
-
 /// A voter whose data dir is damaged (checksums fail) is repaired from the cluster: the dir is
 /// renamed aside and the node recovers as one that lost its data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,10 +152,7 @@ async fn a_voter_whose_data_dir_is_damaged_is_repaired_from_the_cluster() {
     for i in 0..20 {
         client.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
     }
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
     let victim = cluster.follower().await;
     cluster.stop(victim).await;
     let dir = cluster.data_dir(victim);
@@ -199,10 +174,7 @@ async fn a_damaged_data_dir_is_left_alone_while_another_voter_is_away() {
     let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
     let client = cluster.client();
     client.put("k", "v").await.unwrap();
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
     let leader = cluster.leader().await;
     let victim = (leader % 3) + 1;
     let away = (victim % 3) + 1;
@@ -222,10 +194,7 @@ async fn a_voter_that_lost_its_data_dir_is_refused_while_another_voter_is_away()
     let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
     let client = cluster.client();
     client.put("k", "v").await.unwrap();
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
     let leader = cluster.leader().await;
     let victim = (leader % 3) + 1;
     let away = (victim % 3) + 1;

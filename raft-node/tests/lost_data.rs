@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, TestCluster};
+use common::{damage_table_files, eventually, TestCluster};
 use raft_client::api::{Consistency, RoleView};
 use raft_node::config::StorageKind;
 use raft_node::{Node, StartError};
@@ -21,10 +21,7 @@ async fn base(cluster: &TestCluster) {
     for i in 0..80 {
         client.put(&format!("k{i}"), "v").await.unwrap();
     }
-    eventually("every node to register", || async {
-        client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
-    })
-    .await;
+    cluster.wait_registered().await;
     eventually("every log to end at the same entry", || async {
         let s = cluster.statuses().await;
         s.len() == cluster.configs.len() && s.windows(2).all(|w| w[0].last_log_index == w[1].last_log_index)
@@ -152,17 +149,7 @@ async fn the_damaged_dir_refusal_says_what_happened() {
     let away = (victim % 3) + 1;
     cluster.stop(victim).await;
     cluster.stop(away).await;
-    for entry in std::fs::read_dir(cluster.data_dir(victim)).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "sst") {
-            let mut bytes = std::fs::read(&path).unwrap();
-            let (mid, len) = (bytes.len() / 2, bytes.len());
-            for b in &mut bytes[mid..(mid + 16).min(len)] {
-                *b ^= 0xA5;
-            }
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
+    damage_table_files(&cluster.data_dir(victim));
     let err = Node::start(cluster.configs[(victim - 1) as usize].clone()).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StartError::Damaged { .. }), "{text}");

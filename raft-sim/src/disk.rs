@@ -280,10 +280,7 @@ impl Storage for SimStorage {
         let found = disk.hard_state;
         let mut lost = None;
         if let Some((recorded_hs, recorded_last)) = disk.record {
-            let rolled_back = recorded_hs.current_term > found.current_term
-                || (recorded_hs.current_term == found.current_term
-                    && found.voted_for.is_none()
-                    && recorded_hs.voted_for.is_some());
+            let rolled_back = found.is_behind(&recorded_hs);
             if rolled_back {
                 disk.hard_state = recorded_hs;
             }

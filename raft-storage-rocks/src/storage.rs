@@ -410,13 +410,7 @@ impl Storage for RocksStorage {
         };
         self.db.settle_record(self.group, found_last);
         let found = initial.hard_state;
-        let rolled_back = recorded.is_some_and(|r| {
-            let rec = r.hard_state;
-            rec.current_term > found.current_term
-                || (rec.current_term == found.current_term
-                    && found.voted_for.is_none()
-                    && rec.voted_for.is_some())
-        });
+        let rolled_back = recorded.is_some_and(|r| found.is_behind(&r.hard_state));
         let mut ops = Vec::new();
         if let Some(r) = recorded.filter(|_| rolled_back) {
             ops.push(Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&r.hard_state)?));

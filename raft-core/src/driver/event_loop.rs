@@ -240,7 +240,7 @@ impl Driver {
             // leader's stream and could hold them for good, so a follower never holds them.
             // On a full disk the write may wait for long: requests are taken (proposals are
             // refused before they get here; reads, admin calls and shutdown must be answered).
-            let disk_full = self.writer.full_flag().load(std::sync::atomic::Ordering::SeqCst);
+            let disk_full = self.writer.disk_full();
             let take_requests = disk_full || !(self.writer.busy() && self.raft.role() == Role::Leader);
             let woke = if Instant::now() >= deadline {
                 // Overdue (the node was busy): take the messages that arrived meanwhile before
@@ -328,7 +328,7 @@ impl Driver {
         // what they release is sent. After a storage error there is nothing more to wait for,
         // nor while the disk is full (the write waits for space for as long as it takes: it
         // is given up, unacknowledged, when the writer closes).
-        let disk_full = self.writer.full_flag().load(std::sync::atomic::Ordering::SeqCst);
+        let disk_full = self.writer.disk_full();
         if !failed && !disk_full {
             let _ = self.drain_writes().await;
         }

@@ -147,6 +147,11 @@ impl LogWriter {
         self.full.clone()
     }
 
+    /// Whether a write waits for space on a full disk now.
+    pub(super) fn disk_full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
+    }
+
     /// Ends the writer task once it has carried out what is queued, and waits for it: it
     /// holds the store, which a node started again on the same files must be able to open.
     pub(super) async fn close(self) {

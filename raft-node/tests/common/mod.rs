@@ -240,6 +240,34 @@ impl TestCluster {
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.configs[(id - 1) as usize].data_dir.clone()
     }
+
+    /// Waits until every node has registered its addresses in the replicated address book.
+    pub async fn wait_registered(&self) {
+        let client = self.client();
+        eventually("every node to register", || async {
+            client.members().await.map(|m| m.members.iter().all(|m| m.registered)).unwrap_or(false)
+        })
+        .await;
+    }
+}
+
+/// Flips bytes in the middle of every table (SST) file of a stopped node's data dir `dir`
+/// (its stop flushed the memtables into them).
+pub fn damage_table_files(dir: &Path) {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "sst") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let (mid, len) = (bytes.len() / 2, bytes.len());
+            for b in &mut bytes[mid..(mid + 16).min(len)] {
+                *b ^= 0xA5;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no table file to damage in {}", dir.display());
 }
 
 /// Polls `check` until it holds (or panics after 20 s).

@@ -154,10 +154,7 @@ impl Disk {
             return (self.hard_state, None);
         };
         let found = self.hard_state;
-        let rolled_back = recorded_hs.current_term > found.current_term
-            || (recorded_hs.current_term == found.current_term
-                && found.voted_for.is_none()
-                && recorded_hs.voted_for.is_some());
+        let rolled_back = found.is_behind(&recorded_hs);
         if rolled_back {
             self.hard_state = recorded_hs;
         }
