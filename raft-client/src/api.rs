@@ -118,10 +118,13 @@ pub struct WriteResult {
 pub struct KeyList {
     /// The keys, in order.
     pub items: Vec<KeyValue>,
-    /// More keys matched than `limit`.
+    /// More keys match than this page holds (past `limit` or the page's byte bound).
     pub truncated: bool,
     /// The applied index the list was read at.
     pub index: u64,
+    /// When `truncated`: the `start_after` of the next page (the last key of this one).
+    #[serde(default)]
+    pub next_start_after: Option<String>,
 }
 
 /// A node's role in the protocol.
@@ -228,6 +231,96 @@ pub struct StatusView {
     /// again.
     #[serde(default)]
     pub recovering_to_index: Option<u64>,
+    /// Set while the node has not started yet: it found an empty data dir and asks the other
+    /// members whether the cluster has run before it does anything else. A minimal server
+    /// answers meanwhile; the other fields hold nothing (term 0, empty log, no members).
+    #[serde(default)]
+    pub starting: Option<StartingView>,
+    /// The quota of `state_bytes` (`limits.max_state_bytes`; 0 from nodes that do not report
+    /// it).
+    #[serde(default)]
+    pub quota_bytes: u64,
+    /// The quota's alarm is on: writes that grow the state get 507 `no_space` until it is
+    /// below 90 % of the quota.
+    #[serde(default)]
+    pub no_space: bool,
+    /// The client requests this node answered lately (absent from nodes that do not report
+    /// it).
+    #[serde(default)]
+    pub activity: Option<ActivityView>,
+    /// The latest changes of term or leader this node saw, oldest first (at most 16).
+    #[serde(default)]
+    pub leader_changes: Vec<LeaderChangeView>,
+}
+
+/// The client requests a node answered in its last `window_ms` (`StatusView::activity`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityView {
+    /// The length of the window, in ms (shorter just after the node started).
+    pub window_ms: u64,
+    /// Writes this node answered once applied, in the window.
+    pub writes: u64,
+    /// Reads this node answered, in the window.
+    pub reads: u64,
+    /// Median write latency, in µs (0 without writes).
+    pub write_p50_us: u64,
+    /// 99th percentile write latency, in µs.
+    pub write_p99_us: u64,
+    /// Median read latency, in µs (0 without reads).
+    pub read_p50_us: u64,
+    /// 99th percentile read latency, in µs.
+    pub read_p99_us: u64,
+}
+
+/// A change of term or leader a node saw (`StatusView::leader_changes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChangeView {
+    /// The term from then on.
+    pub term: u64,
+    /// The leader from then on (`None`: no leader known, e.g. an election is on).
+    pub leader: Option<u64>,
+    /// When, in ms since the Unix epoch, by this node's clock.
+    pub at_unix_ms: u64,
+}
+
+/// Answer to `GET /v1/cluster`: every member's status, gathered by the node asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The node that gathered the answers.
+    pub served_by: u64,
+    /// When it gathered them, in ms since the Unix epoch, by its clock.
+    pub at_unix_ms: u64,
+    /// The leader of the highest term any reachable member reports.
+    pub leader: Option<u64>,
+    /// One row per member of the serving node's configuration, by id.
+    pub members: Vec<ClusterMemberView>,
+}
+
+/// One member in a [`ClusterView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMemberView {
+    /// Node id.
+    pub id: u64,
+    /// Voter or learner, as the serving node's configuration says.
+    pub role: MemberRole,
+    /// The HTTP address asked (`None`: unknown).
+    pub client_addr: Option<String>,
+    /// Its status, when it answered.
+    pub status: Option<StatusView>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// How long the question took, in ms.
+    pub elapsed_ms: u64,
+}
+
+/// What a node that has not started yet holds (`StatusView::starting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartingView {
+    /// Nothing: its data dir is empty and never held data this node can see.
+    Empty,
+    /// Its data dir is empty now but held data before (a repair moved damaged files aside).
+    HadData,
 }
 
 /// How a node's Raft peers are authenticated (`/v1/status`).
@@ -572,12 +665,32 @@ pub struct ApiError {
     /// The key's current state, for `cas_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<KeyValue>,
+    /// For `no_space` from the state's quota (not a full disk): the quota and the state's
+    /// size. Trying again does not help (the refusal was applied by every replica); delete or
+    /// shrink data first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaView>,
+}
+
+/// The state's quota and size, in a `no_space` refusal ([`ApiError::quota`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaView {
+    /// The quota, in bytes of keys and values.
+    pub quota_bytes: u64,
+    /// The state's size when the write was refused.
+    pub state_bytes: u64,
 }
 
 impl ApiError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), leader: None, current: None }
+        Self { code, message: message.into(), leader: None, current: None, quota: None }
+    }
+
+    /// Whether trying the request again may succeed: the code is retryable and the error is
+    /// not a quota refusal.
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable() && self.quota.is_none()
     }
 }
 

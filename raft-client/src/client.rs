@@ -280,16 +280,42 @@ impl Client {
     }
 
     /// Lists keys starting with `prefix` in key order, at most `limit` (the server's default
-    /// and cap when `None`).
+    /// and cap when `None`): the first page (see [`list_after`](Self::list_after)).
     pub async fn list(
         &self,
         prefix: &str,
         limit: Option<u32>,
         consistency: Option<Consistency>,
     ) -> Result<KeyList, ClientError> {
+        self.list_page(prefix, None, limit, consistency).await
+    }
+
+    /// The page of keys with `prefix` after `start_after` (the previous page's
+    /// `next_start_after`): list every key by asking until `next_start_after` is `None`. Each
+    /// page is read at its own index.
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: Option<u32>,
+        consistency: Option<Consistency>,
+    ) -> Result<KeyList, ClientError> {
+        self.list_page(prefix, Some(start_after), limit, consistency).await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<u32>,
+        consistency: Option<Consistency>,
+    ) -> Result<KeyList, ClientError> {
         let mut call = Call::new(Method::GET, &["v1", "kv"])
             .query("prefix", prefix)
             .query("consistency", consistency_name(self.consistency(consistency)));
+        if let Some(after) = start_after {
+            call = call.query("start_after", after);
+        }
         if let Some(limit) = limit {
             call = call.query("limit", limit);
         }
@@ -336,7 +362,22 @@ impl Client {
 
     /// Adds a member (or updates its addresses); resolves once the change is complete.
     pub async fn add_member(&self, request: &AddMemberRequest) -> Result<MembersView, ClientError> {
-        self.admin_write(Call::new(Method::POST, &["v1", "members"]).json(request)?).await
+        self.add_member_with_force(request, false).await
+    }
+
+    /// Like [`add_member`](Self::add_member); `force` also moves a current member to other
+    /// addresses (refused with `conflict` otherwise: wrong addresses cut a member off). A node
+    /// that restarted at new addresses reports them this way when no leader reaches it.
+    pub async fn add_member_with_force(
+        &self,
+        request: &AddMemberRequest,
+        force: bool,
+    ) -> Result<MembersView, ClientError> {
+        let mut call = Call::new(Method::POST, &["v1", "members"]).json(request)?;
+        if force {
+            call = call.query("force", true);
+        }
+        self.admin_write(call).await
     }
 
     /// Promotes a learner to voter. Refused with `not_caught_up` (retryable) until it has
@@ -651,7 +692,7 @@ impl Shared {
                 _ => Attempt::Retry(error),
             };
         }
-        let retryable = error.code.is_retryable();
+        let retryable = error.is_retryable();
         let error = ClientError::Api { status: status.as_u16(), error: Box::new(error) };
         if retryable {
             Attempt::Retry(error)

@@ -127,7 +127,7 @@ impl ClientError {
     /// write, with the same session sequence number, which the client does by itself.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Api { error, .. } => error.code.is_retryable(),
+            ClientError::Api { error, .. } => error.is_retryable(),
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
             _ => false,
         }

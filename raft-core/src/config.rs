@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// fraction (1 / N) of that snapshot's size; see [`Config::snapshot_threshold_entries`].
 pub const SNAPSHOT_LOG_FRACTION: u64 = 4;
 
+/// Maximum election timeouts a leader's own log write may take by default before the leader
+/// goes quiet ([`Config::disk_stall_timeout_ms`]).
+const DISK_STALL_ELECTIONS: u64 = 2;
+
 /// Tunables of a Raft node. Build with [`Config::default`] and struct update syntax, then
 /// [`Config::validate`] (the driver and the protocol validate again on start).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,12 @@ pub struct Config {
     /// Most linearizable reads a node waits on at once (its own and, on the leader, those
     /// forwarded by followers); more are refused with `Busy`.
     pub max_pending_reads: usize,
+    /// How long a leader's own log write (an fsync) may take before the leader goes quiet
+    /// (no heartbeats, no quorum check) so that a node with a healthy disk is elected; its
+    /// lease lapses with its heartbeats. `None`: two `election_timeout_max_ms`. A stalled disk
+    /// otherwise keeps a leader that commits nothing in place, since its heartbeats still go
+    /// out.
+    pub disk_stall_timeout_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -101,6 +111,7 @@ impl Default for Config {
             lease_read: false,
             max_clock_drift_percent: 10,
             max_pending_reads: 10_000,
+            disk_stall_timeout_ms: None,
         }
     }
 }
@@ -133,12 +144,28 @@ pub enum ConfigError {
     /// Lease reads are only safe when voters refuse elections while they hear from a leader.
     #[error("lease_read needs check_quorum")]
     LeaseNeedsCheckQuorum,
+    /// A disk-stall bound shorter than an election timeout.
+    #[error("disk_stall_timeout_ms ({stall}) must be at least election_timeout_max_ms ({max})")]
+    DiskStallBelowElection {
+        /// The disk-stall bound.
+        stall: u64,
+        /// The maximum election timeout.
+        max: u64,
+    },
     /// The assumed clock drift leaves no lease.
     #[error("max_clock_drift_percent ({0}) must be below 100")]
     DriftTooLarge(u64),
 }
 
 impl Config {
+    /// How long a leader's own log write may take before it goes quiet
+    /// ([`disk_stall_timeout_ms`](Self::disk_stall_timeout_ms), or two maximum election
+    /// timeouts).
+    pub fn disk_stall_ms(&self) -> u64 {
+        self.disk_stall_timeout_ms
+            .unwrap_or(DISK_STALL_ELECTIONS.saturating_mul(self.election_timeout_max_ms))
+    }
+
     /// Checks the fields together: `0 < heartbeat < election min < election max`, and every
     /// limit positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -157,6 +184,12 @@ impl Config {
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Zero { field });
+        }
+        if let Some(stall) = self.disk_stall_timeout_ms {
+            if stall < self.election_timeout_max_ms {
+                // Shorter, a leader would go quiet on ordinary slow syncs and elections churn.
+                return Err(ConfigError::DiskStallBelowElection { stall, max: self.election_timeout_max_ms });
+            }
         }
         if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
             return Err(ConfigError::HeartbeatNotBelowElectionMin {
@@ -213,6 +246,15 @@ mod tests {
         let c = Config { max_clock_drift_percent: 100, ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::DriftTooLarge(100)));
         assert_eq!(Config::default().lease_ms(), 135);
+    }
+
+    #[test]
+    fn the_disk_stall_bound_defaults_to_two_elections_and_is_never_below_one() {
+        assert_eq!(Config::default().disk_stall_ms(), 600);
+        let c = Config { disk_stall_timeout_ms: Some(1), ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::DiskStallBelowElection { stall: 1, max: 300 }));
+        let c = Config { disk_stall_timeout_ms: Some(300), ..Config::default() };
+        assert_eq!((c.validate(), c.disk_stall_ms()), (Ok(()), 300));
     }
 
     #[test]

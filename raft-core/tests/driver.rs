@@ -504,6 +504,26 @@ struct FaultyStorage {
     full: AtomicBool,
     hang_appends: AtomicBool,
     slow_hard_state: AtomicBool,
+    /// Staging and storing snapshots fail with `Full`.
+    full_for_snapshots: AtomicBool,
+    /// Set once a snapshot write failed with `Full`.
+    refused_snapshot_write: AtomicBool,
+    /// Bytes staged of the snapshot being received.
+    staged: std::sync::atomic::AtomicU64,
+}
+
+impl FaultyStorage {
+    fn snapshot_space(&self) -> Result<(), StorageError> {
+        if self.full_for_snapshots.load(Ordering::SeqCst) {
+            self.refused_snapshot_write.store(true, Ordering::SeqCst);
+            return Err(StorageError::Full);
+        }
+        Ok(())
+    }
+
+    fn inner_staged(&self) -> u64 {
+        self.staged.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
@@ -536,10 +556,49 @@ impl raft_core::Storage for FaultyStorage {
         self.inner.term(index).await
     }
     async fn save_snapshot(&self, s: raft_core::Snapshot) -> Result<(), StorageError> {
+        self.snapshot_space()?;
         self.inner.save_snapshot(s).await
     }
     async fn load_snapshot(&self) -> Result<Option<raft_core::Snapshot>, StorageError> {
         self.inner.load_snapshot().await
+    }
+    async fn stage_snapshot_part(
+        &self,
+        meta: &raft_core::SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        self.snapshot_space()?;
+        let end = offset + data.len() as u64;
+        self.inner.stage_snapshot_part(meta, offset, data).await?;
+        self.staged.store(end, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn save_staged_snapshot(
+        &self,
+        meta: &raft_core::SnapshotMeta,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        self.snapshot_space()?;
+        self.inner.save_staged_snapshot(meta, len).await?;
+        self.staged.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
+        self.inner.discard_staged_snapshot().await?;
+        self.staged.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn snapshot_meta(&self) -> Result<Option<(raft_core::SnapshotMeta, u64)>, StorageError> {
+        self.inner.snapshot_meta().await
+    }
+    async fn read_snapshot_chunk(
+        &self,
+        last: raft_core::LogId,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<Bytes>, StorageError> {
+        self.inner.read_snapshot_chunk(last, offset, max).await
     }
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
         self.inner.compact(up_to).await
@@ -660,17 +719,20 @@ mod snapshot_parts {
         Message { from, to: 1, term, payload: Payload::InstallSnapshot { meta, offset, data, done } }
     }
 
-    struct Follower {
+    struct Follower<S = MemStorage> {
         node: RaftNode,
         fsm: CounterFsm,
-        storage: Arc<MemStorage>,
+        storage: Arc<S>,
         leaders: Vec<LocalTransport>,
     }
 
     async fn follower() -> Follower {
+        follower_on(Arc::new(MemStorage::default())).await
+    }
+
+    async fn follower_on<S: raft_core::Storage + 'static>(storage: Arc<S>) -> Follower<S> {
         let network = LocalNetwork::default();
         let leaders = vec![network.transport(2, 10_000), network.transport(3, 10_000)];
-        let storage = Arc::new(MemStorage::default());
         let fsm = CounterFsm::default();
         let config = Config {
             election_timeout_min_ms: 100_000,
@@ -690,6 +752,87 @@ mod snapshot_parts {
         .await
         .expect("starts");
         Follower { node, fsm, storage, leaders }
+    }
+
+    /// The answers the follower sent to leader `from` so far.
+    async fn answers(f: &Follower<impl raft_core::Storage>, from: usize) -> Vec<Message> {
+        let mut answers = Vec::new();
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::ZERO, f.leaders[from].recv(&mut answers, 100)).await
+        {}
+        answers
+    }
+
+    /// A follower that staged the first 6 bytes of `snapshot` and got its last part on a full
+    /// disk: the install waits for space.
+    async fn follower_whose_install_waits_for_space(snapshot: LogId) -> Follower<FaultyStorage> {
+        let f = follower_on(Arc::new(FaultyStorage::default())).await;
+        f.leaders[0].send(part(2, 1, snapshot, 0, 6)).expect("send");
+        wait_until("the first part to be staged", || f.storage.inner_staged() == 6).await;
+        f.storage.full_for_snapshots.store(true, Ordering::SeqCst);
+        f.leaders[0].send(part(2, 1, snapshot, 6, 6)).expect("send");
+        wait_until("the node to report the full disk", || f.node.status().storage_full).await;
+        f
+    }
+
+    /// Review 3: a snapshot received on a full disk stopped the node. A part that cannot be
+    /// staged gives the reception up (nothing acknowledged past it, parts refused for a while,
+    /// the node serves on); a snapshot whose last part arrives on a full disk waits for space
+    /// and is installed once space returns; a shutdown during that wait returns.
+    #[tokio::test]
+    async fn a_snapshot_received_on_a_full_disk_waits_or_is_sent_again_and_never_stops_the_node() {
+        let f = follower_on(Arc::new(FaultyStorage::default())).await;
+        let snapshot = LogId::new(1, 9);
+        f.leaders[0].send(part(2, 1, snapshot, 0, 3)).expect("send");
+        wait_until("the first part to be acknowledged", || f.storage.inner_staged() == 3).await;
+        f.storage.full_for_snapshots.store(true, Ordering::SeqCst);
+        f.leaders[0].send(part(2, 1, snapshot, 3, 3)).expect("send");
+        wait_until("the second part to be refused", || {
+            f.storage.refused_snapshot_write.load(Ordering::SeqCst)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(f.node.status().fatal, None, "a full disk stopped the node");
+        let acks: Vec<u64> = answers(&f, 0)
+            .await
+            .into_iter()
+            .filter_map(|m| match m.payload {
+                Payload::InstallSnapshotResponse { next_offset, .. } => Some(next_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![3], "nothing past the part that could not be staged is acknowledged");
+        // Space returns, but parts are refused for a while ("from 0", nothing staged).
+        f.storage.full_for_snapshots.store(false, Ordering::SeqCst);
+        f.leaders[0].send(part(2, 1, snapshot, 0, 3)).expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(f.storage.inner_staged(), 0, "a part was staged during the pause");
+        let _ = answers(&f, 0).await;
+        f.node.shutdown().await.expect("shutdown");
+
+        // The last part on a full disk: the install waits for space.
+        let f = follower_whose_install_waits_for_space(snapshot).await;
+        assert_eq!(f.node.status().fatal, None);
+        assert!(
+            !answers(&f, 0)
+                .await
+                .iter()
+                .any(|m| matches!(m.payload, Payload::InstallSnapshotResponse { done: true, .. })),
+            "done said before the snapshot is stored"
+        );
+        f.storage.full_for_snapshots.store(false, Ordering::SeqCst);
+        wait_until("the snapshot to be installed once space returns", || f.fsm.count() == 9).await;
+        wait_until("the full-disk state to clear", || !f.node.status().storage_full).await;
+        let stored = f.storage.load_snapshot().await.expect("load").expect("stored");
+        assert_eq!(stored.meta.last_log_id, snapshot);
+        f.node.shutdown().await.expect("shutdown");
+
+        // A shutdown while the install waits for space returns.
+        let f = follower_whose_install_waits_for_space(snapshot).await;
+        tokio::time::timeout(Duration::from_secs(10), f.node.shutdown())
+            .await
+            .expect("shutdown returns while the disk is full")
+            .expect("shutdown");
     }
 
     #[tokio::test]
@@ -883,6 +1026,28 @@ async fn a_one_voter_leader_is_not_heard_before_its_term_is_durable() {
 /// while committing nothing; it goes quiet instead, and another node takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
+    let (new_leader, answered, leader) =
+        hang_the_leaders_disk(Config::default(), Duration::from_secs(3)).await;
+    assert!(
+        new_leader || answered > 0,
+        "3 s after node {leader}'s disk hung it still leads, no other node took over, and none of its 3 proposals was answered"
+    );
+}
+
+/// `disk_stall_timeout_ms` is the bound: with a minute, the stalled leader stays for now (the
+/// default, two election timeouts, moved it within 3 s above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_stall_bound_is_configurable() {
+    let config = Config { disk_stall_timeout_ms: Some(60_000), ..Config::default() };
+    let (new_leader, answered, leader) = hang_the_leaders_disk(config, Duration::from_secs(2)).await;
+    assert!(!new_leader && answered == 0, "node {leader} was replaced before its minute-long stall bound");
+}
+
+/// Three voters on [`FaultyStorage`] (faults off) with `config`, once one leads and has
+/// applied a first write: the storages, the nodes and the leader.
+async fn three_on_faulty_storage(
+    config: Config,
+) -> (BTreeMap<NodeId, Arc<FaultyStorage>>, BTreeMap<NodeId, Arc<RaftNode>>, NodeId) {
     let network = LocalNetwork::default();
     let mut storages = BTreeMap::new();
     let mut nodes = BTreeMap::new();
@@ -890,7 +1055,7 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
         let storage = Arc::new(FaultyStorage::default());
         let node = RaftNode::start(
             id,
-            Config::default(),
+            config.clone(),
             Membership::with_voters(1..=3),
             storage.clone(),
             Arc::new(network.transport(id, 4_096)),
@@ -909,13 +1074,20 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
     })
     .await;
     nodes[&leader].propose(Bytes::from_static(b"before")).await.expect("applied");
+    (storages, nodes, leader)
+}
+
+/// Three nodes; the leader's appends hang after a first write and it gets 3 proposals. After
+/// `wait`: whether another node leads, how many proposals were answered, the old leader.
+async fn hang_the_leaders_disk(config: Config, wait: Duration) -> (bool, usize, NodeId) {
+    let (storages, nodes, leader) = three_on_faulty_storage(config).await;
     storages[&leader].hang_appends.store(true, Ordering::SeqCst);
     let mut proposals = Vec::new();
     for i in 0..3 {
         let n = nodes[&leader].clone();
         proposals.push(tokio::spawn(async move { n.propose(Bytes::from(format!("p{i}"))).await }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(wait).await;
     let statuses: Vec<_> = nodes.values().map(|n| n.status().protocol).collect();
     let answered = proposals.iter().filter(|p| p.is_finished()).count();
     for n in nodes.values() {
@@ -923,10 +1095,7 @@ async fn a_leader_whose_disk_hangs_goes_quiet_and_another_takes_over() {
     }
     let new_leader = statuses.iter().any(|s| s.role == Role::Leader && s.id != leader);
     eprintln!("{statuses:#?}");
-    assert!(
-        new_leader || answered > 0,
-        "3 s after node {leader}'s disk hung it still leads, no other node took over, and none of its 3 proposals was answered"
-    );
+    (new_leader, answered, leader)
 }
 
 /// Found by review: shutting a node down while its disk is full hung for as long as the disk
@@ -945,4 +1114,35 @@ async fn shutdown_returns_while_the_disk_is_full() {
     assert!(stopped.is_ok(), "shutdown hangs while the disk is full");
     let during = waiting.await.expect("the proposer ends");
     assert!(during.is_err(), "a write that never became durable was acknowledged: {during:?}");
+}
+
+/// Found by review: every ready cleared the full-disk state that a write waiting for space had
+/// set (the received-snapshot path ended each ready with "space returned"), so a node with
+/// peers stopped refusing proposals and its shutdown waited for the write forever. The state
+/// holds while any write waits, on a follower and on a leader, and shutdown returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_disk_state_holds_while_a_write_waits_and_shutdown_returns() {
+    for victim_leads in [false, true] {
+        let (storages, nodes, leader) = three_on_faulty_storage(Config::default()).await;
+        let victim =
+            if victim_leads { leader } else { (1..=3).find(|id| *id != leader).expect("a follower") };
+        storages[&victim].full.store(true, Ordering::SeqCst);
+        let n = nodes[&leader].clone();
+        let waiting = tokio::spawn(async move { n.propose(Bytes::from_static(b"during")).await });
+        wait_until("the node to report the full disk", || nodes[&victim].status().storage_full).await;
+        for _ in 0..100 {
+            assert!(nodes[&victim].status().storage_full, "the full-disk state cleared while a write waits");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = nodes[&victim].propose(Bytes::from_static(b"x")).await;
+        assert_eq!(refused.map(|_| ()), Err(RaftError::Storage(StorageError::Full)));
+        tokio::time::timeout(Duration::from_secs(10), nodes[&victim].shutdown())
+            .await
+            .expect("shutdown returns while the disk is full")
+            .expect("shutdown");
+        waiting.abort();
+        for n in nodes.values() {
+            n.abort();
+        }
+    }
 }

@@ -175,6 +175,16 @@ pub enum Response {
     /// The command was invalid (undecodable, breaks a rule, or a limit of the store was
     /// reached); nothing changed. The text says why.
     Rejected(String),
+    /// The write would grow the key-value state past its quota, or the quota's alarm is on
+    /// (raised by such a write into a state at 90 % of the quota or more, cleared once the
+    /// state is below 90 %); nothing changed. Deletes and writes that do not grow the state
+    /// are still applied.
+    NoSpace {
+        /// The quota, in bytes of keys and values.
+        quota_bytes: u64,
+        /// The state's size when the write was refused.
+        state_bytes: u64,
+    },
 }
 
 impl Command {

@@ -100,6 +100,7 @@ pub use service::{
     MAX_NAME_BYTES, MAX_NODE_ATTRIBUTES, MAX_SERVICE_NODES,
 };
 pub use store::{
-    KvFsm, KvOptions, KvStats, KvStore, ListPage, MAX_WATCH_CHANNEL_CAPACITY, MAX_WATCH_HISTORY,
+    KvFsm, KvOptions, KvStats, KvStore, ListPage, DEFAULT_MAX_SESSION_BYTES, DEFAULT_MAX_STATE_BYTES,
+    MAX_WATCH_CHANNEL_CAPACITY, MAX_WATCH_HISTORY,
 };
 pub use watch::{Change, ChangeEvent, Watcher};

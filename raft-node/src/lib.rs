@@ -28,6 +28,7 @@ pub mod config;
 mod http;
 pub mod metrics;
 mod node;
+pub mod recent;
 
 pub use http::{hash_token, new_token};
 pub use node::{discovery, Node, StartError};

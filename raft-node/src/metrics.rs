@@ -6,8 +6,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::time::{Duration, Instant};
+
 use prometheus_client::registry::Registry;
+use raft_client::api::ActivityView;
 use raft_core::{NodeStatus, Role};
+
+use crate::recent::{RecentRequests, RequestKind};
 
 /// Transport counters, whatever the transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +79,8 @@ pub struct Metrics {
     read_seconds: Family<OpLabel, Histogram>,
     request_errors: Family<OpLabel, Counter>,
     discovery_datagrams: Family<OutcomeLabel, Counter>,
+    /// The requests of the last seconds, for `/v1/status` and the cluster page.
+    recent: RecentRequests,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +130,7 @@ impl Metrics {
             read_seconds: Family::new_with_constructor(latency_histogram),
             request_errors: Family::default(),
             discovery_datagrams: Family::default(),
+            recent: RecentRequests::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -199,13 +207,20 @@ impl Metrics {
     }
 
     /// Records a write's latency.
-    pub fn observe_proposal(&self, op: &'static str, seconds: f64) {
-        self.proposal_seconds.get_or_create(&OpLabel { op }).observe(seconds);
+    pub fn observe_proposal(&self, op: &'static str, latency: Duration) {
+        self.proposal_seconds.get_or_create(&OpLabel { op }).observe(latency.as_secs_f64());
+        self.recent.record(RequestKind::Write, latency, Instant::now());
     }
 
     /// Records a read's latency.
-    pub fn observe_read(&self, op: &'static str, seconds: f64) {
-        self.read_seconds.get_or_create(&OpLabel { op }).observe(seconds);
+    pub fn observe_read(&self, op: &'static str, latency: Duration) {
+        self.read_seconds.get_or_create(&OpLabel { op }).observe(latency.as_secs_f64());
+        self.recent.record(RequestKind::Read, latency, Instant::now());
+    }
+
+    /// The requests answered in the last [`crate::recent::WINDOW_SECONDS`].
+    pub fn activity(&self) -> ActivityView {
+        self.recent.view(Instant::now())
     }
 
     /// Counts an error answer by its code.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::TestCluster;
 use raft_client::{Client, ClientError, ClientOptions};
-use raft_node::config::{AuthConfig, ClientRole, StorageKind, TokenConfig};
+use raft_node::config::{AuthConfig, ClientRole, StorageKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "admin-token-for-the-auth-tests-0001";
@@ -17,22 +17,12 @@ const WRITER: &str = "writer-token-for-the-auth-tests-0002";
 const READER: &str = "reader-token-for-the-auth-tests-0003";
 
 fn auth(token_dir: &Path, open_ops: bool) -> AuthConfig {
-    let token_file = token_dir.join("admin.token");
-    std::fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
-    let token = |name: &str, role, token: &str| TokenConfig {
-        name: name.into(),
-        role,
-        sha256: raft_node::hash_token(token),
-    };
-    AuthConfig {
-        tokens: vec![
-            token("ops", ClientRole::Admin, ADMIN),
-            token("app", ClientRole::Write, WRITER),
-            token("dashboard", ClientRole::Read, READER),
-        ],
-        open_ops,
-        token_file: Some(token_file),
-    }
+    let tokens = [
+        ("ops", ClientRole::Admin, ADMIN),
+        ("app", ClientRole::Write, WRITER),
+        ("dashboard", ClientRole::Read, READER),
+    ];
+    common::auth_config(token_dir, &tokens, open_ops)
 }
 
 async fn start(n: u64, token_dir: &Path, open_ops: bool) -> TestCluster {
@@ -471,7 +461,7 @@ async fn a_refused_request_takes_no_slot_while_every_slot_is_taken() {
     let answer = raw_head(&addr, anonymous.as_bytes()).await;
     eprintln!("anonymous while the slot is held: {} after {:?}", status_code(&answer), started.elapsed());
     assert_eq!(status_code(&answer), 401, "{answer}");
-    assert!(started.elapsed() < std::time::Duration::from_millis(1_000), "it waited for a slot");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "it waited for a slot");
     holder.abort();
     cluster.shutdown().await;
 }

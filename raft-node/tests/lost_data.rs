@@ -157,3 +157,178 @@ async fn the_damaged_dir_refusal_says_what_happened() {
     assert!(text.contains(&format!("[{away}]")), "the silent voter is named: {text}");
     cluster.shutdown().await;
 }
+
+/// Stops every node after "precious" is committed on all three and wipes node 3's dir.
+async fn committed_then_all_down_and_3_wiped(cluster: &mut TestCluster) {
+    base(cluster).await;
+    cluster.client().put("precious", "committed").await.unwrap();
+    eventually("every node to hold \"precious\"", || async {
+        let s = cluster.statuses().await;
+        s.len() == 3 && s.windows(2).all(|w| w[0].last_log_index == w[1].last_log_index)
+    })
+    .await;
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+}
+
+/// Review 3: a wiped voter that hears from nobody (every other member is down) used to start
+/// as a member of a new cluster, vote with an empty log and let a committed write be lost. It
+/// waits now, answering that it is starting with an empty dir, until the others are back; then
+/// it recovers from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_that_hears_nobody_waits_instead_of_starting_fresh() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    committed_then_all_down_and_3_wiped(&mut cluster).await;
+    let starting = tokio::spawn(Node::start(cluster.configs[2].clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!starting.is_finished(), "node 3 started (or gave up) while nobody answered");
+    let status = cluster.client_of(3).status().await.unwrap();
+    assert_eq!(status.starting, Some(raft_client::api::StartingView::Empty), "{status:?}");
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    let node = tokio::time::timeout(Duration::from_secs(30), starting).await.unwrap().unwrap().unwrap();
+    cluster.nodes[2] = Some(node);
+    let status = cluster.client_of(3).status().await.unwrap();
+    assert!(status.starting.is_none() && status.term > 0, "{status:?}");
+    wait_any_leader(&cluster).await;
+    assert_eq!(read_precious(&cluster).await.as_deref(), Some("committed"));
+    eventually("node 3 to recover and hold \"precious\"", || async {
+        let local = cluster.client_of(3).get("precious", Some(Consistency::Local)).await;
+        local.ok().flatten().is_some_and(|kv| kv.value == "committed")
+            && cluster.client_of(3).status().await.is_ok_and(|s| s.recovering_to_index.is_none())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// Review 3: a wiped voter that hears only from a member that never ran used to take the
+/// cluster for new. Here members 1-3 ran; the operator then listed a planned node 4 in node 3's
+/// and node 4's configs, and node 3's dir was wiped. It waits while only node 4 answers; once
+/// the members holding data answer it is refused, naming the member that holds nothing (it may
+/// be a second wiped voter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_that_hears_only_a_member_that_never_ran_waits_then_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let four = common::configs(4, dir.path(), StorageKind::Rocks);
+    let three: Vec<_> = four[..3]
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.members.truncate(3);
+            c
+        })
+        .collect();
+    let nodes =
+        futures_util::future::try_join_all(three.iter().map(|c| Node::start(c.clone()))).await.unwrap();
+    let mut cluster = TestCluster { dir, configs: three, nodes: nodes.into_iter().map(Some).collect() };
+    cluster.wait_for_leader().await;
+    committed_then_all_down_and_3_wiped(&mut cluster).await;
+    cluster.configs[2] = four[2].clone();
+    cluster.configs.push(four[3].clone());
+    cluster.nodes.push(None);
+    let third = tokio::spawn(Node::start(cluster.configs[2].clone()));
+    let fourth = tokio::spawn(Node::start(cluster.configs[3].clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!third.is_finished(), "node 3 started (or gave up) hearing only from node 4, which never ran");
+    assert!(!fourth.is_finished(), "node 4 started (or gave up) hearing only from node 3");
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    for (id, start) in [(3, third), (4, fourth)] {
+        match tokio::time::timeout(Duration::from_secs(30), start).await.unwrap().unwrap() {
+            Err(e @ StartError::LostData { .. }) => {
+                let other = if id == 3 { "[4]" } else { "[3]" };
+                assert!(e.to_string().contains(other), "node {id}: the starting voter is named: {e}");
+            }
+            Err(e) => panic!("node {id} refused for another reason: {e}"),
+            Ok(_) => panic!("node {id} started while another voter holds nothing"),
+        }
+    }
+    // Nothing was lost: the two holders still agree on "precious".
+    cluster.nodes.truncate(2);
+    cluster.configs.truncate(2);
+    for id in 1..=2 {
+        let got = cluster.client_of(id).get("precious", Some(Consistency::Local)).await.unwrap();
+        assert_eq!(got.map(|kv| kv.value).as_deref(), Some("committed"));
+    }
+    cluster.shutdown().await;
+}
+
+/// Review: a wiped node that joined with `join` asked every voter of the view it got, but
+/// skipped voters that did not answer: behind a stale view (it was promoted while that member
+/// was down) it started fresh as a voter with an empty log. Listed as a member while a voter
+/// of the view is silent, it is refused now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_joined_member_is_refused_while_a_voter_of_its_view_is_silent() {
+    use raft_node::config::MemberConfig;
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let me = MemberConfig { id: 4, raft_addr: common::free_addr(), client_addr: common::free_addr() };
+    let mut config = common::config_for(&me, Vec::new(), cluster.dir.path(), StorageKind::Rocks);
+    config.members.clear();
+    config.join = vec![cluster.endpoint(1)];
+    config.join_as_voter = false;
+    let four = Node::start(config.clone()).await.unwrap();
+    let client = cluster.client();
+    eventually("node 4 to be a registered learner", || async {
+        client.members().await.is_ok_and(|m| m.members.iter().any(|m| m.id == 4 && m.registered))
+    })
+    .await;
+    four.shutdown().await;
+    std::fs::remove_dir_all(&config.data_dir).unwrap();
+    cluster.stop(3).await;
+    let err = Node::start(config.clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::LostData { .. }), "{err}");
+    assert!(err.to_string().contains("[3]"), "the silent voter is named: {err}");
+    // With every voter answering, a learner that lost its data starts over.
+    cluster.restart(3).await;
+    let four = Node::start(config).await.unwrap();
+    four.shutdown().await;
+    cluster.shutdown().await;
+}
+
+/// Found by chaos (seed 7): a node that had joined through `join` (no `members`) could never
+/// repair a damaged store: the repair asked the configured members, of which it has none. It
+/// asks the cluster it joins through now, and recovers as a voter that lost its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_voter_whose_store_is_damaged_is_repaired_from_the_cluster() {
+    use raft_node::config::MemberConfig;
+    let cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let me = MemberConfig { id: 4, raft_addr: common::free_addr(), client_addr: common::free_addr() };
+    let mut config = common::config_for(&me, Vec::new(), cluster.dir.path(), StorageKind::Rocks);
+    config.members.clear();
+    config.join = vec![cluster.endpoint(1)];
+    config.join_as_voter = true;
+    let four = Node::start(config.clone()).await.unwrap();
+    let client = cluster.client();
+    eventually("node 4 to be a registered voter", || async {
+        client.members().await.is_ok_and(|m| {
+            m.members
+                .iter()
+                .any(|m| m.id == 4 && m.registered && m.role == raft_client::api::MemberRole::Voter)
+        })
+    })
+    .await;
+    client.put("precious", "committed").await.unwrap();
+    let mine = raft_client::Client::new([config.client_addr.to_string()], Default::default()).unwrap();
+    eventually("node 4 to hold \"precious\"", || async {
+        mine.get("precious", Some(Consistency::Local)).await.ok().flatten().is_some()
+    })
+    .await;
+    four.shutdown().await;
+    common::damage_table_files(&config.data_dir);
+    let four = Node::start(config.clone()).await.unwrap();
+    eventually("node 4 to recover \"precious\"", || async {
+        mine.get("precious", Some(Consistency::Local))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|kv| kv.value == "committed")
+            && mine.status().await.is_ok_and(|s| s.recovering_to_index.is_none())
+    })
+    .await;
+    four.shutdown().await;
+    cluster.shutdown().await;
+}

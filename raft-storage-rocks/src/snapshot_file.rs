@@ -11,7 +11,7 @@
 //! 12 bytes: u32 LE`. A file that is cut short, extended or altered anywhere fails to read.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -87,7 +87,7 @@ pub(crate) fn write_from(
         Ok(())
     })();
     match written {
-        Ok(()) => file.commit(),
+        Ok(()) => file.commit().inspect_err(|_| file.discard()),
         Err(e) => {
             file.discard();
             Err(e)
@@ -96,18 +96,24 @@ pub(crate) fn write_from(
 }
 
 /// A snapshot file being written under a temporary name in the snapshot directory: chunks
-/// are framed as they come; [`commit`](Self::commit) finishes, syncs and renames it.
+/// are framed as they come; [`commit`](Self::commit) finishes, syncs and renames it. A write
+/// or a commit that fails (a full disk) leaves the file as it was before the call, so it can
+/// be made again.
 #[derive(Debug)]
 pub(crate) struct PendingFile {
     dir: PathBuf,
     tmp: PathBuf,
     name: String,
     last: LogId,
-    out: BufWriter<File>,
+    out: File,
+    /// Bytes of the file written (magic and frames), where the next frame goes.
+    pos: u64,
     crc: u32,
     len: u64,
     /// `len` at the last intermediate sync.
     synced: u64,
+    /// The trailer is written and the file synced (a rename that failed is tried again).
+    finished: bool,
 }
 
 impl PendingFile {
@@ -123,10 +129,24 @@ impl PendingFile {
         }
         let name = file_name(group, last);
         let tmp = dir.join(format!(".tmp-{kind}{name}"));
-        let file = File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(MAGIC).map_err(|e| io_error("writing", &tmp, &e))?;
-        Ok(Self { dir: dir.to_path_buf(), tmp, name, last, out, crc: 0, len: 0, synced: 0 })
+        let mut out = File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+        if let Err(e) = out.write_all(MAGIC) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error("writing", &tmp, &e));
+        }
+        let pos = MAGIC.len() as u64;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tmp,
+            name,
+            last,
+            out,
+            pos,
+            crc: 0,
+            len: 0,
+            synced: 0,
+            finished: false,
+        })
     }
 
     /// The snapshot's bytes written so far.
@@ -134,22 +154,51 @@ impl PendingFile {
         self.len
     }
 
-    /// Appends `chunk` as one or more frames. Blocking.
+    /// Writes `bytes` at the end, or (on an error) cuts the file back to where it ended.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        match self.out.write_all(bytes) {
+            Ok(()) => {
+                self.pos += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.rewind();
+                Err(io_error("writing", &self.tmp, &e))
+            }
+        }
+    }
+
+    /// Cuts the file back to `pos` (what a failed write left past it goes).
+    fn rewind(&mut self) {
+        use std::io::Seek;
+        let _ = self.out.set_len(self.pos);
+        let _ = self.out.seek(std::io::SeekFrom::Start(self.pos));
+    }
+
+    /// Appends `chunk` as one or more frames. Blocking. On an error nothing of `chunk` stays.
     pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
-        let tmp = &self.tmp;
-        let err = |e: std::io::Error| io_error("writing", tmp, &e);
-        // A chunk over the frame limit is written as several frames.
-        for part in chunk.chunks(MAX_CHUNK_BYTES as usize) {
-            let len = u32::try_from(part.len()).unwrap_or(MAX_CHUNK_BYTES);
-            self.out.write_all(&len.to_le_bytes()).map_err(err)?;
-            self.out.write_all(&crc32c::crc32c(part).to_le_bytes()).map_err(err)?;
-            self.out.write_all(part).map_err(err)?;
-            self.crc = crc32c::crc32c_append(self.crc, part);
+        let (pos, crc) = (self.pos, self.crc);
+        let written = (|| {
+            // A chunk over the frame limit is written as several frames.
+            for part in chunk.chunks(MAX_CHUNK_BYTES as usize) {
+                let len = u32::try_from(part.len()).unwrap_or(MAX_CHUNK_BYTES);
+                let mut frame = Vec::with_capacity(8 + part.len());
+                frame.extend_from_slice(&len.to_le_bytes());
+                frame.extend_from_slice(&crc32c::crc32c(part).to_le_bytes());
+                frame.extend_from_slice(part);
+                self.append(&frame)?;
+                self.crc = crc32c::crc32c_append(self.crc, part);
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            (self.pos, self.crc) = (pos, crc);
+            self.rewind();
+            return Err(e);
         }
         self.len += chunk.len() as u64;
         if self.len - self.synced >= SYNC_EVERY_BYTES {
-            self.out.flush().map_err(err)?;
-            self.out.get_ref().sync_data().map_err(|e| io_error("syncing", tmp, &e))?;
+            self.out.sync_data().map_err(|e| io_error("syncing", &self.tmp, &e))?;
             self.synced = self.len;
         }
         Ok(())
@@ -157,30 +206,37 @@ impl PendingFile {
 
     /// Writes the trailer, syncs the file, renames it to its final name and syncs the
     /// directory; the file is then complete but not yet the log's snapshot (the database
-    /// records that). Blocking.
-    pub(crate) fn commit(mut self) -> Result<SnapshotFileRef, StorageError> {
-        let finished = self.finish();
-        if let Err(e) = finished {
-            self.discard();
-            return Err(e);
+    /// records that). Blocking. On an error the file is as it was, to commit again (or
+    /// discard).
+    pub(crate) fn commit(&mut self) -> Result<SnapshotFileRef, StorageError> {
+        if !self.finished {
+            let pos = self.pos;
+            if let Err(e) = self.finish() {
+                self.pos = pos;
+                self.rewind();
+                return Err(e);
+            }
+            self.finished = true;
         }
         let path = self.dir.join(&self.name);
         fs::rename(&self.tmp, &path).map_err(|e| io_error("renaming", &self.tmp, &e))?;
-        sync_dir(&self.dir)?;
-        Ok(SnapshotFileRef { last: self.last, name: self.name, len: self.len, crc: self.crc })
+        if let Err(e) = sync_dir(&self.dir) {
+            // Back under its temporary name, so that a commit made again renames it again.
+            let _ = fs::rename(&path, &self.tmp);
+            return Err(e);
+        }
+        Ok(SnapshotFileRef { last: self.last, name: self.name.clone(), len: self.len, crc: self.crc })
     }
 
     fn finish(&mut self) -> Result<(), StorageError> {
-        let tmp = &self.tmp;
-        let err = |e: std::io::Error| io_error("writing", tmp, &e);
         let mut trailer = Vec::with_capacity(12);
         trailer.extend_from_slice(&self.len.to_le_bytes());
         trailer.extend_from_slice(&self.crc.to_le_bytes());
-        self.out.write_all(&TRAILER.to_le_bytes()).map_err(err)?;
-        self.out.write_all(&trailer).map_err(err)?;
-        self.out.write_all(&crc32c::crc32c(&trailer).to_le_bytes()).map_err(err)?;
-        self.out.flush().map_err(err)?;
-        self.out.get_ref().sync_all().map_err(|e| io_error("syncing", tmp, &e))
+        let mut end = TRAILER.to_le_bytes().to_vec();
+        end.extend_from_slice(&trailer);
+        end.extend_from_slice(&crc32c::crc32c(&trailer).to_le_bytes());
+        self.append(&end)?;
+        self.out.sync_all().map_err(|e| io_error("syncing", &self.tmp, &e))
     }
 
     /// Removes the temporary file (a write that failed or was given up). Blocking.

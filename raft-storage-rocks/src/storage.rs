@@ -43,11 +43,39 @@ pub struct RocksStorage {
     staging: Arc<Mutex<Option<Staging>>>,
 }
 
-/// A received snapshot's file being written.
+/// A received snapshot being staged.
 #[derive(Debug)]
 struct Staging {
     meta: SnapshotMeta,
-    file: snapshot_file::PendingFile,
+    file: StagedFile,
+}
+
+/// Where a received snapshot's file stands.
+#[derive(Debug)]
+enum StagedFile {
+    /// Its parts are being written.
+    Writing(snapshot_file::PendingFile),
+    /// It is complete under its final name, but the database does not record it yet (the
+    /// commit failed, say on a full disk, and is made again).
+    Written(snapshot_file::SnapshotFileRef),
+}
+
+impl StagedFile {
+    /// The snapshot's bytes staged.
+    fn len(&self) -> u64 {
+        match self {
+            Self::Writing(file) => file.len(),
+            Self::Written(reference) => reference.len,
+        }
+    }
+
+    /// Drops it: a temporary file is removed; a written one is left to the next save, which
+    /// removes every file the database does not reference. Blocking.
+    fn discard(self) {
+        if let Self::Writing(file) = self {
+            file.discard();
+        }
+    }
 }
 
 /// Snapshot files kept open for reading: the current one and one a transfer still sends.
@@ -129,20 +157,27 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// A log that ends before the snapshot (the log's column family lost its newest writes
-    /// with a write-ahead log while the snapshot's reference had reached a table file) holds
-    /// only entries the snapshot covers: they go, and the log starts after the snapshot. What
-    /// the log lost is reported by the durability record.
+    /// A log that does not continue the snapshot after a lost or cut write-ahead log (the
+    /// column families reach their table files independently) is dropped, and the log starts
+    /// after the snapshot: one that ends before the snapshot (the log lost its newest writes
+    /// while the snapshot's reference had reached a table file) holds only entries the
+    /// snapshot covers; one that starts past the entry after the snapshot (found by chaos: a
+    /// snapshot at 26454, a log from 26457 after a cut WAL) has a gap no replay can fill. What
+    /// the log lost is reported by the durability record, and the node recovers it.
     async fn drop_log_behind_snapshot(&self) -> Result<(), StorageError> {
         let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;
-        if b.snapshot.index == 0 || b.last >= b.snapshot.index || b.last < b.first {
+        let holds_entries = b.last >= b.first;
+        let ends_before = b.snapshot.index > 0 && b.last < b.snapshot.index;
+        let gap = b.first > b.snapshot.index + 1;
+        if !holds_entries || !(ends_before || gap) {
             return Ok(());
         }
         tracing::warn!(
+            log_start = b.first,
             log_end = b.last,
             snapshot = %b.snapshot,
-            "the log ends before the snapshot: dropping the entries it covers"
+            "the log does not continue the snapshot: dropping it, the node recovers the entries from the cluster"
         );
         let after = Bounds { first: b.snapshot.index + 1, last: b.snapshot.index, snapshot: b.snapshot };
         self.write(vec![self.log_range(0)], after, None).await
@@ -583,22 +618,20 @@ impl Storage for RocksStorage {
         let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
         blocking(move || {
             let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
-            if offset == 0 {
+            let continues = slot.as_ref().is_some_and(|s| s.meta == meta && s.file.len() == offset);
+            if offset == 0 && !continues {
                 if let Some(old) = slot.take() {
                     old.file.discard();
                 }
                 let file = snapshot_file::PendingFile::create(&dir, group, meta.last_log_id, "recv-")?;
-                *slot = Some(Staging { meta: meta.clone(), file });
+                *slot = Some(Staging { meta: meta.clone(), file: StagedFile::Writing(file) });
             }
             match slot.as_mut() {
-                Some(s) if s.meta == meta && s.file.len() == offset => {
-                    let written = s.file.write(&data);
-                    if written.is_err() {
-                        if let Some(s) = slot.take() {
-                            s.file.discard();
-                        }
-                    }
-                    written
+                // A write that fails leaves the file as it was: the part can be staged again.
+                Some(Staging { meta: m, file: StagedFile::Writing(file) })
+                    if *m == meta && file.len() == offset =>
+                {
+                    file.write(&data)
                 }
                 Some(s) if s.meta == meta => Err(StorageError::NotStaged { offset, staged: s.file.len() }),
                 _ => Err(StorageError::NotStaged { offset, staged: 0 }),
@@ -620,7 +653,8 @@ impl Storage for RocksStorage {
     }
 
     /// Finishes the received snapshot's file (trailer, sync, rename) and commits it as
-    /// `save_snapshot` does.
+    /// `save_snapshot` does. A failure (a full disk) leaves what was staged, so that the call
+    /// can be made again.
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
         let staging = self.staging.clone();
         let wanted = meta.clone();
@@ -644,8 +678,27 @@ impl Storage for RocksStorage {
             .await?;
             return Ok(());
         }
-        let reference = blocking(move || staged.commit()).await?;
-        self.commit_snapshot(meta, reference).await
+        let put_back = |file: StagedFile| {
+            let mut slot = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(Staging { meta: meta.clone(), file });
+            }
+        };
+        let reference = match staged {
+            StagedFile::Written(reference) => reference,
+            StagedFile::Writing(mut file) => match blocking(move || Ok((file.commit(), file))).await? {
+                (Ok(reference), _) => reference,
+                (Err(e), file) => {
+                    put_back(StagedFile::Writing(file));
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(e) = self.commit_snapshot(meta, reference.clone()).await {
+            put_back(StagedFile::Written(reference));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The metadata and the size the file reference records: no file is read.

@@ -219,6 +219,16 @@ fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
         "  curl -s{auth} http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
         layout.client_addr(1)
     );
+    let token = if o.open_api {
+        String::new()
+    } else {
+        format!(" (it asks for a token: the one in {})", layout.dir.join("admin.token").display())
+    };
+    println!(
+        "
+the cluster page, live, from any node: http://{}/ui{token}",
+        layout.client_addr(1)
+    );
     Ok(())
 }
 
@@ -399,7 +409,7 @@ fn node_name(id: u64) -> String {
 
 /// Builds `raft-node` (release or debug) and returns the binary's path.
 pub fn build_raft_node(root: &Path, release: bool) -> Result<PathBuf> {
-    crate::setup::ensure(false)?;
+    crate::setup::ensure(crate::setup::Needs::Build)?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let profile = if release { "release" } else { "debug" };

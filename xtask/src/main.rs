@@ -22,6 +22,7 @@
 mod bench_http;
 mod chaos;
 mod cluster;
+mod plot;
 mod procs;
 mod setup;
 mod sim;
@@ -62,6 +63,15 @@ fn run() -> Result<()> {
                 scale.extend(args[2..].iter().cloned());
                 bench_http::bench_http(&workspace_root()?, &scale)
             }
+            Some("watchers") => {
+                // 1,000 watchers of every key on the leader, 100 writes/s of 1 KiB, 3 + 3 rounds of 20 s.
+                let mut watchers: Vec<String> =
+                    ["--watchers-bench", "--value-bytes", "1024", "--duration", "20", "--runs", "3", "--warmup", "5"]
+                        .map(String::from)
+                        .to_vec();
+                watchers.extend(args[2..].iter().cloned());
+                bench_http::bench_http(&workspace_root()?, &watchers)
+            }
             _ => bench_http::bench_http(&workspace_root()?, &args[1..]),
         },
         Some("bench-http") => bench_http::bench_http(&workspace_root()?, &args[1..]),
@@ -87,7 +97,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn test_all() -> Result<()> {
-    setup::ensure(false)?;
+    setup::ensure(setup::Needs::Test)?;
     setup::ensure_nextest()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -115,7 +125,8 @@ fn ci(args: &[String]) -> Result<()> {
             bail!("usage: cargo xtask ci [--chaos-seed S] [--no-chaos], not {a}");
         }
     }
-    setup::ensure(!no_chaos)?;
+    setup::ensure(if no_chaos { setup::Needs::Test } else { setup::Needs::Chaos })?;
+    prune_old_test_binaries();
     test_all()?;
     if no_chaos {
         println!("ci: the chaos run was left out (--no-chaos)");
@@ -143,6 +154,36 @@ fn ci(args: &[String]) -> Result<()> {
     }
     println!("ci: passed in {:.0?}", began.elapsed());
     Ok(())
+}
+
+/// Test binaries left by builds older than this are deleted before CI builds.
+const PRUNE_AFTER: std::time::Duration = std::time::Duration::from_secs(2 * 24 * 3600);
+
+/// A shared target dir keeps every test binary of every build configuration it ever linked
+/// (hundreds of MB each with debug info: 73 GB once filled the disk). Those not relinked for
+/// [`PRUNE_AFTER`] go; a build relinks any it still needs. Nothing else is touched.
+fn prune_old_test_binaries() {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(root) = workspace_root() else { return };
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let Ok(entries) = std::fs::read_dir(target.join("debug").join("deps")) else { return };
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(meta) = entry.metadata() else { continue };
+        // Test binaries: executable files without an extension (libraries have one).
+        let binary =
+            meta.is_file() && meta.permissions().mode() & 0o111 != 0 && !name.to_string_lossy().contains('.');
+        let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > PRUNE_AFTER);
+        if binary && old && std::fs::remove_file(entry.path()).is_ok() {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    if files > 0 {
+        println!("ci: deleted {files} test binaries of old builds ({} MB)", bytes / 1_000_000);
+    }
 }
 
 pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {

@@ -1,5 +1,5 @@
-//! `cargo xtask setup [--ci]`: checks what building (and, with `--ci`, the full test run)
-//! needs from the system, and installs what is missing where it can (Debian or Ubuntu, as
+//! `cargo xtask setup [--ci]`: checks what building, the tests (a browser for the cluster
+//! page's test) and, with `--ci`, the chaos runs need from the system, and installs what is missing where it can (Debian or Ubuntu, as
 //! root or with a passwordless sudo), saying what it installs. Elsewhere it stops with the
 //! exact command to run. `cargo xtask cluster up` and `.ci/run` use the same check.
 
@@ -23,9 +23,32 @@ const BUILD: &[Requirement] = &[Requirement {
     present: || on_path("clang") && libclang_installed(),
 }];
 
-/// What `cargo xtask ci` needs besides: the chaos runs' partitions, network namespace and
+/// What the tests need besides: a headless browser for the cluster page's test, kubectl and
+/// systemd-analyze for the deployment files' tests.
+const TEST: &[Requirement] = &[
+    Requirement {
+        why: "the cluster page's browser test (headless Chromium)",
+        packages: &["chromium"],
+        present: || on_path("chromium") || on_path("chromium-browser") || on_path("google-chrome"),
+    },
+    Requirement {
+        why: "rendering the Kubernetes manifests (kubectl kustomize)",
+        packages: &["kubernetes-client"],
+        present: || on_path("kubectl"),
+    },
+    Requirement {
+        why: "verifying the systemd unit (systemd-analyze)",
+        packages: &["systemd"],
+        present: || on_path("systemd-analyze"),
+    },
+];
+
+/// Python tools the tests run, from PyPI: (command, package).
+const TEST_PIP: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];
+
+/// What the chaos runs of `cargo xtask ci` need besides: partitions, a network namespace and
 /// clock skew.
-const CI: &[Requirement] = &[
+const CHAOS: &[Requirement] = &[
     Requirement { why: "chaos partitions (nft)", packages: &["nftables"], present: || on_path("nft") },
     Requirement {
         why: "the chaos run's network namespace (ip)",
@@ -45,7 +68,7 @@ pub(crate) fn setup(args: &[String]) -> Result<()> {
     if let Some(a) = args.iter().find(|a| *a != "--ci") {
         bail!("usage: cargo xtask setup [--ci], not {a}");
     }
-    ensure(ci)?;
+    ensure(if ci { Needs::Chaos } else { Needs::Test })?;
     if ci {
         ensure_nextest()?;
     }
@@ -53,13 +76,26 @@ pub(crate) fn setup(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Installs the missing packages of [`BUILD`] (and [`CI`] with `ci`), or fails with the
-/// command to run.
-pub(crate) fn ensure(ci: bool) -> Result<()> {
-    let wanted = BUILD.iter().chain(if ci { CI } else { &[] });
+/// What a command needs from the system, each level including the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Needs {
+    /// Building (`cargo xtask cluster up`): [`BUILD`].
+    Build,
+    /// The tests (`cargo xtask test`): [`TEST`] too.
+    Test,
+    /// The chaos runs (`cargo xtask ci`): [`CHAOS`] too.
+    Chaos,
+}
+
+/// Installs the missing packages of what `needs` calls for, or fails with the command to run.
+pub(crate) fn ensure(needs: Needs) -> Result<()> {
+    let wanted = BUILD
+        .iter()
+        .chain(if needs >= Needs::Test { TEST } else { &[] })
+        .chain(if needs >= Needs::Chaos { CHAOS } else { &[] });
     let missing: Vec<&Requirement> = wanted.filter(|r| !(r.present)()).collect();
     if missing.is_empty() {
-        return Ok(());
+        return if needs >= Needs::Test { ensure_pip() } else { Ok(()) };
     }
     let packages: Vec<&str> = missing.iter().flat_map(|r| r.packages.iter().copied()).collect();
     let command = format!("sudo apt-get install -y {}", packages.join(" "));
@@ -85,6 +121,37 @@ pub(crate) fn ensure(ci: bool) -> Result<()> {
         missing.iter().filter(|r| !(r.present)()).flat_map(|r| r.packages.iter().copied()).collect();
     if !still.is_empty() {
         bail!("apt-get ran, but these are still missing: {}; try: {command}", still.join(" "));
+    }
+    if needs >= Needs::Test {
+        ensure_pip()?;
+    }
+    Ok(())
+}
+
+/// Installs the missing [`TEST_PIP`] tools with pip (for this user), or fails with the command.
+fn ensure_pip() -> Result<()> {
+    let missing: Vec<&str> =
+        TEST_PIP.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("python3 -m pip install --user {}", missing.join(" "));
+    println!("setup: installing {} from PyPI (the deployment files' tests)", missing.join(" "));
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+    if !crate::chaos::is_root() {
+        pip.arg("--user");
+    }
+    let status = pip.args(&missing).status().with_context(|| format!("running pip; try: {command}"))?;
+    if !status.success() {
+        bail!("pip failed ({status}); try: {command}");
+    }
+    let still: Vec<&str> = TEST_PIP.iter().filter(|(c, _)| !on_path(c)).map(|&(c, _)| c).collect();
+    if !still.is_empty() {
+        bail!(
+            "pip ran, but {} is not on PATH (add pip's script directory, e.g. ~/.local/bin)",
+            still.join(" ")
+        );
     }
     Ok(())
 }

@@ -76,6 +76,9 @@ pub enum Command {
         /// At most this many keys.
         #[arg(long)]
         limit: Option<u32>,
+        /// Only keys after this one (the next page of a listing that was cut).
+        #[arg(long)]
+        after: Option<String>,
         /// How the read is served (default: linearizable).
         #[arg(long, value_enum)]
         consistency: Option<ConsistencyArg>,

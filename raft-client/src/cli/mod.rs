@@ -218,12 +218,24 @@ async fn dispatch(
         },
         Command::Del { key } => show!(client.delete(key), render::write_result),
         Command::Cas(args) => show!(client.cas(&args.key, &cas_request(args)), render::write_result),
-        Command::List { prefix, limit, consistency } => {
-            match client.list(prefix.as_deref().unwrap_or(""), *limit, consistency.map(Into::into)).await {
+        Command::List { prefix, limit, after, consistency } => {
+            let prefix = prefix.as_deref().unwrap_or("");
+            let consistency = consistency.map(Into::into);
+            let listed = match after {
+                Some(after) => client.list_after(prefix, after, *limit, consistency).await,
+                None => client.list(prefix, *limit, consistency).await,
+            };
+            match listed {
                 Ok(list) => {
                     print(out, json, &list, render::key_list)?;
-                    if list.truncated && !json {
-                        writeln!(err, "(more keys match; raise --limit)")?;
+                    match &list.next_start_after {
+                        Some(next) if !json => {
+                            // Quoted for a POSIX shell: pasted, it names exactly this key.
+                            let quoted = format!("'{}'", next.replace('\'', "'\\''"));
+                            writeln!(err, "(more keys match; the next page: --after {quoted})")?
+                        }
+                        _ if list.truncated && !json => writeln!(err, "(more keys match; raise --limit)")?,
+                        _ => {}
                     }
                     Ok(0)
                 }

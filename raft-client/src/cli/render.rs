@@ -36,6 +36,12 @@ pub fn statuses(rows: &[(Endpoint, Result<StatusView, ClientError>)]) -> String 
                 if let Some(index) = s.recovering_to_index {
                     notes.push(format!("recovering lost data to {index}"));
                 }
+                if s.no_space {
+                    notes.push("NOSPACE: state at its quota".to_owned());
+                }
+                if s.starting.is_some() {
+                    notes.push("starting: waiting for the other members".to_owned());
+                }
                 if s.peer_security == crate::api::PeerSecurity::InsecurePlaintext {
                     notes.push("INSECURE plaintext peers".to_owned());
                 }
@@ -263,6 +269,11 @@ mod tests {
             peer_security: crate::api::PeerSecurity::MutualTls,
             warnings: Vec::new(),
             recovering_to_index: None,
+            starting: None,
+            quota_bytes: 0,
+            no_space: false,
+            activity: None,
+            leader_changes: Vec::new(),
         }
     }
 
@@ -304,6 +315,7 @@ http://127.0.0.1:8083  -   -         -     -       -       -        -     -     
             items: vec![kv("app/a", "1", 1, 10), kv("app/bb", "two\nlines", 12, 1009)],
             truncated: false,
             index: 1009,
+            next_start_after: None,
         };
         let expected = "\
 KEY     VALUE       VERSION  MODIFIED
@@ -311,7 +323,7 @@ app/a   1           1        10
 app/bb  two\\nlines  12       1009
 ";
         assert_eq!(key_list(&list), expected);
-        let empty = KeyList { items: vec![], truncated: false, index: 0 };
+        let empty = KeyList { items: vec![], truncated: false, index: 0, next_start_after: None };
         assert_eq!(key_list(&empty), "KEY  VALUE  VERSION  MODIFIED\n");
     }
 

@@ -88,12 +88,16 @@ fn key_commands() {
     assert_eq!(refused(&["get", "k", "--consistency", "eventual"]), clap::error::ErrorKind::InvalidValue);
     assert_eq!(command(&["del", "k"]), Command::Del { key: "k".into() });
     assert_eq!(command(&["delete", "k"]), Command::Del { key: "k".into() });
-    assert_eq!(command(&["list"]), Command::List { prefix: None, limit: None, consistency: None });
     assert_eq!(
-        command(&["list", "app/", "--limit", "10", "--consistency", "linearizable"]),
+        command(&["list"]),
+        Command::List { prefix: None, limit: None, after: None, consistency: None }
+    );
+    assert_eq!(
+        command(&["list", "app/", "--limit", "10", "--after", "app/x", "--consistency", "linearizable"]),
         Command::List {
             prefix: Some("app/".into()),
             limit: Some(10),
+            after: Some("app/x".into()),
             consistency: Some(ConsistencyArg::Linearizable)
         }
     );

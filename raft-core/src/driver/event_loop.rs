@@ -26,10 +26,6 @@ use crate::types::{EntryPayload, Index, LogId, Millis, NodeId, Role};
 /// this node sees a new leader, before the caller is told it timed out.
 const TRANSFER_WAIT_ELECTIONS: u64 = 3;
 
-/// How many maximum election timeouts a leader's own log write may take before the leader
-/// goes quiet (see the event loop).
-const DISK_STALL_ELECTIONS: u64 = 2;
-
 /// How many `rpc_timeout_ms` a proposal placed in the log may wait to be applied on this node
 /// before its caller is told the outcome is unknown.
 const PROPOSAL_APPLY_TIMEOUTS: u64 = 10;
@@ -69,6 +65,8 @@ pub(super) struct Parts {
     pub(super) id_entropy: u64,
     /// Where background tasks are registered, so that an abort ends them too.
     pub(super) background: super::snapshots::Background,
+    /// Set once a shutdown was asked for.
+    pub(super) stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The state of the driver task.
@@ -102,6 +100,11 @@ pub(super) struct Driver {
     pub(super) staged: Staged,
     /// The task that carries out the readies' log and hard-state writes.
     writer: LogWriter,
+    /// Set once a shutdown was asked for: a write waiting for space is given up.
+    pub(super) stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// A received snapshot's install waits for space (counted in the writer's
+    /// [`SpaceWaits`](super::persist::SpaceWaits)).
+    pub(super) install_waits_for_space: bool,
 }
 
 impl Driver {
@@ -176,6 +179,8 @@ impl Driver {
             background: parts.background,
             staged: Staged::Nothing,
             writer,
+            stopping: parts.stopping,
+            install_waits_for_space: false,
         };
         Ok((driver, status))
     }
@@ -185,7 +190,7 @@ impl Driver {
     }
 
     /// Set while the log writer waits for space on a full disk.
-    pub(super) fn storage_full_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+    pub(super) fn storage_full_flag(&self) -> Arc<super::persist::SpaceWaits> {
         self.writer.full_flag()
     }
 
@@ -210,7 +215,7 @@ impl Driver {
             // leader: it goes quiet (no timer steps: no heartbeats, no quorum check) until its
             // disk answers or it hears of a newer term. Messages are still handled.
             let now_ms = self.now_ms();
-            let stall_ms = DISK_STALL_ELECTIONS * self.config.election_timeout_max_ms;
+            let stall_ms = self.config.disk_stall_ms();
             let disk_stalled =
                 self.raft.role() == Role::Leader && self.writer.oldest_wait_ms(now_ms) > stall_ms;
             if disk_stalled != was_stalled {
@@ -305,8 +310,15 @@ impl Driver {
                 }
                 Woke::Persisted(Err(e)) => break Some(e),
             }
-            if let Err(e) = self.after_step().await {
-                break Some(e);
+            match self.after_step().await {
+                Ok(()) => {}
+                // A write that waited for space, given up for the shutdown asked for.
+                Err(RaftError::AlreadyShutdown)
+                    if self.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    break None
+                }
+                Err(e) => break Some(e),
             }
         };
         if let Some(e) = &fatal {
@@ -456,7 +468,16 @@ impl Driver {
             if ready.discard_staged_snapshot {
                 self.discard_staged_snapshot().await?;
             }
-            self.stage_snapshot_parts(std::mem::take(&mut ready.snapshot_parts)).await?;
+            let parts = std::mem::take(&mut ready.snapshot_parts);
+            let staging_failed = self.stage_snapshot_parts(parts, ready.snapshot.is_some()).await?;
+            if staging_failed.is_some() {
+                // Given up on a full disk: no part of this ready is acknowledged.
+                let acknowledges_a_part = |m: &Message| {
+                    matches!(m.payload, crate::Payload::InstallSnapshotResponse { done: false, .. })
+                };
+                ready.messages.retain(|m| !acknowledges_a_part(m));
+                ready.persisted_messages.retain(|m| !acknowledges_a_part(m));
+            }
             let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
             for m in std::mem::take(&mut ready.messages) {
                 self.send(m);
@@ -486,17 +507,23 @@ impl Driver {
             } else {
                 // The received snapshot replaces the log: every queued write goes first.
                 persisted = self.drain_writes().await?;
+                // On a full disk each write waits for space: the protocol has moved on already.
                 if let Some(hs) = ready.hard_state {
-                    self.storage.save_hard_state(hs).await?;
+                    self.until_space(|storage| async move { storage.save_hard_state(hs).await }).await?;
                 }
                 if let Some(snapshot) = &ready.snapshot {
                     self.store_received_snapshot(snapshot).await?;
                 }
                 if let Some(from) = ready.truncate_from {
-                    self.storage.truncate(from).await?;
+                    self.until_space(|storage| async move { storage.truncate(from).await }).await?;
                 }
                 if !ready.entries.is_empty() {
-                    self.storage.append(&ready.entries).await?;
+                    let entries = std::mem::take(&mut ready.entries);
+                    self.until_space(|storage| {
+                        let entries = entries.clone();
+                        async move { storage.append(&entries).await }
+                    })
+                    .await?;
                 }
                 for m in std::mem::take(&mut ready.persisted_messages) {
                     self.send(m);
@@ -541,7 +568,7 @@ impl Driver {
                 self.raft.advance();
             }
             let now = self.now_ms();
-            for event in persisted.into_iter().chain(chunks) {
+            for event in persisted.into_iter().chain(chunks).chain(staging_failed) {
                 self.raft.step(now, event);
             }
         }

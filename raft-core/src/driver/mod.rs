@@ -139,7 +139,9 @@ pub struct RaftNode {
     /// The driver's background tasks, aborted with it.
     background: snapshots::Background,
     /// Set while the log writer waits for space on a full disk.
-    storage_full: Arc<std::sync::atomic::AtomicBool>,
+    storage_full: Arc<persist::SpaceWaits>,
+    /// Set once a shutdown was asked for (a write waiting for space is given up).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -201,6 +203,7 @@ impl RaftNode {
         let (requests, rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (committed, _) = broadcast::channel(COMMITTED_STREAM_MAX);
         let background = snapshots::Background::default();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let parts = event_loop::Parts {
             storage: start.storage,
             transport: start.transport,
@@ -210,6 +213,7 @@ impl RaftNode {
             clock: start.clock,
             id_entropy: start.id_entropy,
             background: background.clone(),
+            stopping: stopping.clone(),
         };
         let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
         let storage_full = driver.storage_full_flag();
@@ -231,7 +235,16 @@ impl RaftNode {
             }
         };
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
-        Ok(Self { id, requests, status, committed, task: Mutex::new(Some(task)), background, storage_full })
+        Ok(Self {
+            id,
+            requests,
+            status,
+            committed,
+            task: Mutex::new(Some(task)),
+            background,
+            storage_full,
+            stopping,
+        })
     }
 
     /// This node's id.
@@ -247,7 +260,7 @@ impl RaftNode {
     /// other nodes), or it was placed in the log but not applied here within ten
     /// `rpc_timeout_ms`. Other errors mean it was not applied.
     pub async fn propose(&self, command: Bytes) -> Result<Applied, RaftError> {
-        if self.storage_full.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.storage_full.any() {
             // Nothing new while a write waits for space: the caller learns it at once.
             return Err(RaftError::Storage(StorageError::Full));
         }
@@ -339,7 +352,7 @@ impl RaftNode {
         let mut status = self.status.borrow().clone();
         // Read here, not from the driver's last publication: the driver may be waiting for
         // the writer.
-        status.storage_full = self.storage_full.load(std::sync::atomic::Ordering::SeqCst);
+        status.storage_full = self.storage_full.any();
         status
     }
 
@@ -358,6 +371,7 @@ impl RaftNode {
     /// closed. A second call returns `AlreadyShutdown`.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         let Some(task) = self.task.lock().await.take() else { return Err(RaftError::AlreadyShutdown) };
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let (reply, rx) = oneshot::channel();
         if self.requests.send(Request::Shutdown { reply }).await.is_ok() {
             let _ = rx.await;

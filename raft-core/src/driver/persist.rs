@@ -12,7 +12,7 @@
 //! most [`MERGED_BYTES_MAX`] bytes of entries (past it, writes are not merged).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,8 +114,8 @@ pub(super) struct LogWriter {
     pending: VecDeque<(u64, u64)>,
     /// Messages dropped because `HELD_MESSAGES_MAX` were held.
     dropped: u64,
-    /// Set while a write waits for space on a full disk (see `write_loop`).
-    full: Arc<AtomicBool>,
+    /// The writes waiting for space on a full disk (see `write_loop`).
+    full: Arc<SpaceWaits>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,7 +126,7 @@ impl LogWriter {
         let (writes, rx) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
         // One answer per storage call, and there are never more calls than readies queued.
         let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
-        let full = Arc::new(AtomicBool::new(false));
+        let full = Arc::new(SpaceWaits::default());
         let task = tokio::spawn(write_loop(storage, rx, done_tx, full.clone()));
         register(task.abort_handle());
         Self {
@@ -142,14 +142,14 @@ impl LogWriter {
         }
     }
 
-    /// Set while a write waits for space on a full disk.
-    pub(super) fn full_flag(&self) -> Arc<AtomicBool> {
+    /// The writes waiting for space on a full disk.
+    pub(super) fn full_flag(&self) -> Arc<SpaceWaits> {
         self.full.clone()
     }
 
     /// Whether a write waits for space on a full disk now.
     pub(super) fn disk_full(&self) -> bool {
-        self.full.load(Ordering::SeqCst)
+        self.full.any()
     }
 
     /// Ends the writer task once it has carried out what is queued, and waits for it: it
@@ -236,10 +236,33 @@ impl LogWriter {
     }
 }
 
+/// The writes waiting for space on a full disk (the log writer's and a received snapshot's
+/// install): the node reports a full disk while any waits. Each waiter counts itself once,
+/// so one that is done cannot clear another's wait.
+#[derive(Debug, Default)]
+pub(super) struct SpaceWaits(AtomicUsize);
+
+impl SpaceWaits {
+    /// Whether a write waits for space now.
+    pub(super) fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+
+    /// A write starts waiting.
+    pub(super) fn begin(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A write stops waiting (it succeeded, failed otherwise or was given up).
+    pub(super) fn end(&self) {
+        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
 /// The first wait before a write that failed on a full disk is tried again.
-const FULL_RETRY_FIRST: Duration = Duration::from_millis(50);
+pub(super) const FULL_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between tries.
-const FULL_RETRY_MAX: Duration = Duration::from_secs(1);
+pub(super) const FULL_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Carries `write` out; on a full disk, tries again (with growing waits, `full` set meanwhile)
 /// until space returns or the driver is gone. A failed write left nothing visible (the
@@ -248,21 +271,27 @@ async fn carry_out_waiting_for_space(
     write: &Write,
     storage: &dyn Storage,
     done: &mpsc::Sender<Result<Persisted, RaftError>>,
-    full: &AtomicBool,
+    full: &SpaceWaits,
 ) -> Result<(), RaftError> {
     let mut wait = FULL_RETRY_FIRST;
+    let mut waiting = false;
     loop {
         match write.carry_out(storage).await {
             Err(RaftError::Storage(StorageError::Full)) if !done.is_closed() => {
-                if !full.swap(true, Ordering::SeqCst) {
+                if !waiting {
+                    waiting = true;
+                    full.begin();
                     tracing::warn!("the disk is full: writes wait for space (new proposals are refused)");
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(FULL_RETRY_MAX);
             }
             outcome => {
-                if outcome.is_ok() && full.swap(false, Ordering::SeqCst) {
-                    tracing::info!("space returned: writes go on");
+                if waiting {
+                    full.end();
+                    if outcome.is_ok() {
+                        tracing::info!("space returned: writes go on");
+                    }
                 }
                 return outcome;
             }
@@ -275,7 +304,7 @@ async fn write_loop(
     storage: Arc<dyn Storage>,
     mut writes: mpsc::Receiver<Write>,
     done: mpsc::Sender<Result<Persisted, RaftError>>,
-    full: Arc<AtomicBool>,
+    full: Arc<SpaceWaits>,
 ) {
     let mut next: Option<Write> = None;
     loop {

@@ -10,7 +10,9 @@
 //! the protocol meanwhile and learns of the outcome through [`SnapshotTask`]. At most one such
 //! task runs at a time.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,12 +20,17 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::event_loop::Driver;
+use super::persist::{FULL_RETRY_FIRST, FULL_RETRY_MAX};
 use super::RaftError;
 use crate::fsm::{FsmError, SnapshotReader, SnapshotSource};
 use crate::protocol::SnapshotPart;
 use crate::rng::SeededRng;
 use crate::storage::{Snapshot, SnapshotData, SnapshotMeta, SnapshotStage, Storage, StorageError};
 use crate::types::{Index, LogId};
+
+/// How long parts of a received snapshot are refused after one could not be staged on a full
+/// disk.
+pub(super) const STAGING_RETRY_MS: u64 = 5_000;
 
 /// Thresholds are raised by a random part of up to `1 / JITTER_DIVISOR` of themselves.
 const JITTER_DIVISOR: u64 = 4;
@@ -243,55 +250,167 @@ impl Driver {
     }
 
     /// Stages the parts of a snapshot the leader is sending: in storage, or (a store without
-    /// staging) in memory.
-    pub(super) async fn stage_snapshot_parts(&mut self, parts: Vec<SnapshotPart>) -> Result<(), RaftError> {
+    /// staging) in memory. On a full disk, a ready that installs the snapshot (`installs`: the
+    /// protocol has taken it already) waits for space; any other gives the reception up (what
+    /// was staged is discarded) and returns the event that tells the protocol, to step after
+    /// this ready (it then refuses parts for [`STAGING_RETRY_MS`]): the leader sends the
+    /// snapshot again later.
+    pub(super) async fn stage_snapshot_parts(
+        &mut self,
+        parts: Vec<SnapshotPart>,
+        installs: bool,
+    ) -> Result<Option<crate::protocol::Event>, RaftError> {
+        let mut wait = FULL_RETRY_FIRST;
         for part in parts {
-            if part.offset == 0 {
-                self.staged = Staged::Nothing;
-            }
-            match &mut self.staged {
-                Staged::Nothing => {
-                    match self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await {
-                        Ok(()) => self.staged = Staged::InStorage,
-                        Err(StorageError::Unsupported(_)) => {
-                            let mut stage = SnapshotStage::default();
-                            stage.stage(&part.meta, part.offset, part.data)?;
-                            self.staged = Staged::InMemory(stage);
+            loop {
+                match self.stage_snapshot_part(&part).await {
+                    Err(RaftError::Storage(StorageError::Full)) if installs => {
+                        self.wait_for_space(&mut wait).await?;
+                    }
+                    Err(RaftError::Storage(StorageError::Full)) => {
+                        tracing::warn!(
+                            snapshot = %part.meta.last_log_id,
+                            offset = part.offset,
+                            "the disk is full: the snapshot being received is given up for now"
+                        );
+                        if matches!(std::mem::replace(&mut self.staged, Staged::Nothing), Staged::InStorage) {
+                            if let Err(e) = self.storage.discard_staged_snapshot().await {
+                                tracing::warn!(error = %e, "discarding the staged snapshot failed");
+                            }
                         }
-                        Err(e) => return Err(e.into()),
+                        return Ok(Some(crate::protocol::Event::SnapshotStagingFailed {
+                            retry_in_ms: STAGING_RETRY_MS,
+                        }));
+                    }
+                    outcome => {
+                        outcome?;
+                        break;
                     }
                 }
-                Staged::InStorage => {
-                    self.storage.stage_snapshot_part(&part.meta, part.offset, part.data).await?
+            }
+        }
+        self.space_returned();
+        Ok(None)
+    }
+
+    /// Stages one part (see [`stage_snapshot_parts`](Self::stage_snapshot_parts)); a part that
+    /// failed left nothing staged, so it can be staged again.
+    async fn stage_snapshot_part(&mut self, part: &SnapshotPart) -> Result<(), RaftError> {
+        if part.offset == 0 {
+            self.staged = Staged::Nothing;
+        }
+        match &mut self.staged {
+            Staged::Nothing => {
+                match self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await {
+                    Ok(()) => self.staged = Staged::InStorage,
+                    Err(StorageError::Unsupported(_)) => {
+                        let mut stage = SnapshotStage::default();
+                        stage.stage(&part.meta, part.offset, part.data.clone())?;
+                        self.staged = Staged::InMemory(stage);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Staged::InMemory(stage) => stage.stage(&part.meta, part.offset, part.data)?,
-                Staged::Received(_) => {
-                    return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into())
-                }
+            }
+            Staged::InStorage => {
+                self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await?
+            }
+            Staged::InMemory(stage) => stage.stage(&part.meta, part.offset, part.data.clone())?,
+            Staged::Received(_) => {
+                return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into())
             }
         }
         Ok(())
     }
 
+    /// Waits before a write that failed on a full disk is tried again (`wait` grows up to
+    /// [`FULL_RETRY_MAX`]), with the full-disk state set. Fails with `AlreadyShutdown` once
+    /// the node is being shut down: the write is given up.
+    pub(super) async fn wait_for_space(&mut self, wait: &mut Duration) -> Result<(), RaftError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(RaftError::AlreadyShutdown);
+        }
+        if !self.install_waits_for_space {
+            self.install_waits_for_space = true;
+            self.storage_full_flag().begin();
+            tracing::warn!(
+                "the disk is full: the received snapshot waits for space (new proposals are refused)"
+            );
+        }
+        tokio::time::sleep(*wait).await;
+        *wait = (*wait * 2).min(FULL_RETRY_MAX);
+        Ok(())
+    }
+
+    /// Ends the wait for space [`wait_for_space`](Self::wait_for_space) began, if any.
+    pub(super) fn space_returned(&mut self) {
+        if self.install_waits_for_space {
+            self.install_waits_for_space = false;
+            self.storage_full_flag().end();
+            tracing::info!("space returned: the received snapshot is stored");
+        }
+    }
+
+    /// Runs `write` on storage until it does not fail on a full disk (see
+    /// [`wait_for_space`](Self::wait_for_space)). A failed write left nothing visible (the
+    /// `Storage` contract), so running it again is safe.
+    pub(super) async fn until_space<F, Fut>(&mut self, write: F) -> Result<(), RaftError>
+    where
+        F: Fn(Arc<dyn Storage>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StorageError>>,
+    {
+        let mut wait = FULL_RETRY_FIRST;
+        loop {
+            match write(self.storage.clone()).await {
+                Err(StorageError::Full) => self.wait_for_space(&mut wait).await?,
+                outcome => {
+                    outcome?;
+                    self.space_returned();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Stores a snapshot received from the leader (persist step, after the hard state): the
     /// staged parts. Drops the stored entries it covers. A snapshot of its own being written
-    /// is finished first: storage takes one snapshot write at a time.
+    /// is finished first: storage takes one snapshot write at a time. On a full disk it waits
+    /// for space: the protocol has installed the snapshot already.
     pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         // A received snapshot lies past the commit index, so past any snapshot of this node's.
         self.wait_snapshot_task().await?;
-        let (meta, len) = (&snapshot.meta, snapshot.data.len());
+        let (meta, len) = (snapshot.meta.clone(), snapshot.data.len());
         let last = meta.last_log_id;
         match std::mem::replace(&mut self.staged, Staged::Nothing) {
-            Staged::InStorage => self.storage.save_staged_snapshot(meta, len).await?,
+            Staged::InStorage => {
+                self.until_space(|storage| {
+                    let meta = meta.clone();
+                    async move { storage.save_staged_snapshot(&meta, len).await }
+                })
+                .await?
+            }
             Staged::InMemory(mut stage) => {
-                let data = stage.take(meta, len)?;
-                self.storage.save_snapshot(Snapshot { meta: meta.clone(), data: data.clone() }).await?;
+                let data = stage.take(&meta, len)?;
+                let whole = Snapshot { meta: meta.clone(), data: data.clone() };
+                self.until_space(|storage| {
+                    let whole = whole.clone();
+                    async move { storage.save_snapshot(whole).await }
+                })
+                .await?;
                 self.staged = Staged::Received(data);
             }
             _ => return Err(StorageError::NotStaged { offset: len, staged: 0 }.into()),
         }
-        self.compact_storage(last.index).await?;
-        Ok(())
+        let mut wait = FULL_RETRY_FIRST;
+        loop {
+            match self.compact_storage(last.index).await {
+                Err(RaftError::Storage(StorageError::Full)) => self.wait_for_space(&mut wait).await?,
+                outcome => {
+                    outcome?;
+                    self.space_returned();
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Restores the state machine from a snapshot received from the leader (apply step):

@@ -86,6 +86,14 @@ pub enum Event {
         /// Its [`Ready::seq`](crate::Ready::seq).
         seq: u64,
     },
+    /// Storage could not stage a part of the snapshot being received (a full disk): the
+    /// reception is given up (the driver discards what was staged), and parts that arrive in
+    /// the next `retry_in_ms` are answered "from 0" without being staged, so that the leader
+    /// sends the snapshot again later instead of filling the disk again at once.
+    SnapshotStagingFailed {
+        /// How long to refuse new parts.
+        retry_in_ms: Millis,
+    },
 }
 
 /// What a node restores from storage when it starts.
@@ -198,6 +206,9 @@ pub struct Raft {
     snapshot: Option<Snapshot>,
     /// A snapshot being received from the leader.
     incoming: Option<IncomingSnapshot>,
+    /// Parts of a snapshot from the leader are refused (answered "from 0") until then:
+    /// storage could not stage the last one ([`Event::SnapshotStagingFailed`]).
+    incoming_refused_until: Millis,
     /// A leadership transfer in progress (leader only).
     transfer: Option<Transfer>,
     /// This leader sent `TimeoutNow` in its term: the target may be elected at any moment
@@ -333,6 +344,7 @@ impl Raft {
             configs,
             snapshot: restored.snapshot,
             incoming: None,
+            incoming_refused_until: 0,
             transfer: None,
             lease_revoked: false,
             read_seq: 0,
@@ -496,6 +508,10 @@ impl Raft {
                 self.on_snapshot_chunk(to, snapshot, offset, data)
             }
             Event::Persisted { last, seq } => self.on_persisted(last, seq),
+            Event::SnapshotStagingFailed { retry_in_ms } => {
+                self.abandon_incoming();
+                self.incoming_refused_until = self.now.saturating_add(retry_in_ms);
+            }
         }
         self.check_recovered();
     }

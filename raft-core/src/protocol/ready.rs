@@ -222,8 +222,8 @@ pub enum TransferError {
     /// The target does not vote in the current configuration.
     #[error("node {0} is not a voter")]
     NotAVoter(NodeId),
-    /// No other voter exists.
-    #[error("no other voter can take over")]
+    /// No other voter exists, or (no target named) none answered within an election timeout.
+    #[error("no other voter can take over (none answered lately)")]
     NoCandidate,
     /// A transfer is already in progress.
     #[error("a leadership transfer to node {0} is already in progress")]

@@ -171,8 +171,10 @@ impl Raft {
         }
     }
 
-    /// Starts handing leadership to `to`, or to the most caught-up voter when `None`. Returns
-    /// the target. Proposals are refused until the transfer completes or is abandoned (after
+    /// Starts handing leadership to `to`, or, when `None`, to the most caught-up voter among
+    /// those that answered within an election timeout (a stopped follower can hold as much
+    /// of the log as a live one; handing over to it only costs a failed transfer and then an
+    /// election). Returns the target. Proposals are refused until the transfer completes or is abandoned (after
     /// `election_timeout_max_ms`); watch [`status`](Raft::status) to see which happened.
     pub fn transfer_leadership(&mut self, now: Millis, to: Option<NodeId>) -> Result<NodeId, TransferError> {
         debug_assert!(!self.awaiting_advance, "call between take_ready and advance");
@@ -187,13 +189,17 @@ impl Raft {
             Some(id) if id == self.id => return Ok(id),
             Some(id) if !self.membership.voters.contains(&id) => return Err(TransferError::NotAVoter(id)),
             Some(id) => id,
-            None => self
-                .progress
-                .iter()
-                .filter(|(id, _)| self.membership.voters.contains(id))
-                .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
-                .map(|(id, _)| *id)
-                .ok_or(TransferError::NoCandidate)?,
+            None => {
+                let answering = |t: Millis| self.now.saturating_sub(t) < self.config.election_timeout_min_ms;
+                self.progress
+                    .iter()
+                    .filter(|(id, p)| {
+                        self.membership.voters.contains(id) && p.last_contact.is_some_and(answering)
+                    })
+                    .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
+                    .map(|(id, _)| *id)
+                    .ok_or(TransferError::NoCandidate)?
+            }
         };
         tracing::info!(node = self.id, target, "leadership transfer started");
         self.transfer = Some(Transfer {

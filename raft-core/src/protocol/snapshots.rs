@@ -213,6 +213,11 @@ impl Raft {
             self.send(from, term, reply(0, false));
             return;
         }
+        if self.now < self.incoming_refused_until {
+            // Storage could not stage the last part (a full disk): nothing is staged for a while.
+            self.send(from, term, reply(0, false));
+            return;
+        }
         let same = self.incoming.as_ref().is_some_and(|i| i.term == term && i.meta == meta);
         if !same {
             if offset != 0 {

@@ -545,6 +545,30 @@ fn voters_answer_a_transfer_election_even_while_they_hear_from_the_leader() {
 }
 
 #[test]
+fn a_transfer_without_a_target_skips_voters_that_stopped_answering() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let _ = deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    // Node 2 then stops (a rolling restart): node 3 answers later, holding as much of the log.
+    let later = n.now + n.config.election_timeout_min_ms + 1;
+    n.step(later, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    let _ = deliver(&mut n, msg(3, 1, term, ack(1, 0)));
+    assert_eq!(n.transfer_leadership(n.now, None), Ok(3), "node 2 holds as much, but stopped answering");
+    // Nobody answered lately: no target rather than a dead one.
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let _ = n.take_ready();
+    n.advance();
+    let later = n.now + n.config.election_timeout_min_ms + 1;
+    assert_eq!(n.transfer_leadership(later, None), Err(TransferError::NoCandidate));
+}
+
+#[test]
 fn a_transfer_refuses_proposals_and_sends_timeout_now_when_the_target_caught_up() {
     let mut n = node(1, 1, None, &[]);
     elect(&mut n);

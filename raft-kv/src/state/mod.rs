@@ -20,7 +20,7 @@ use crate::service::{MemberAddress, Service, MAX_MEMBER_ADDRESSES};
 use crate::watch::{Change, ChangeEvent};
 
 /// The first byte of every snapshot this build writes.
-pub(crate) const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub(crate) const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// Hash domains: one per kind of item, so equal fields of different kinds hash apart.
 const DOMAIN_KEY_VALUE: u8 = 1;
@@ -35,6 +35,11 @@ pub(crate) struct Limits {
     pub(crate) max_sessions: usize,
     pub(crate) max_keys: usize,
     pub(crate) max_services: usize,
+    /// The quota of the key-value state (the byte lengths of every key and value).
+    pub(crate) max_state_bytes: u64,
+    /// Most bytes of cached responses the session table keeps (least recently used sessions
+    /// are evicted past it): a cached response may hold a whole value.
+    pub(crate) max_session_bytes: u64,
 }
 
 /// A key's value and bookkeeping, with the item's hash.
@@ -112,17 +117,20 @@ struct SessionRecord {
     last_index: Index,
     response: Response,
     hash: u64,
+    /// The encoded response's size.
+    bytes: u64,
 }
 
 impl SessionRecord {
     fn new(client_id: u64, last_seq: u64, last_index: Index, response: Response) -> Self {
+        let encoded = response.encode();
         let hash = StableHasher::new(DOMAIN_SESSION)
             .u64(client_id)
             .u64(last_seq)
             .u64(last_index)
-            .bytes(&response.encode())
+            .bytes(&encoded)
             .finish();
-        Self { last_seq, last_index, response, hash }
+        Self { last_seq, last_index, response, hash, bytes: encoded.len() as u64 }
     }
 }
 
@@ -142,6 +150,11 @@ pub(crate) struct State {
     items_hash: u64,
     /// The sum of the byte lengths of every key and value.
     kv_bytes: u64,
+    /// The quota's alarm: raised by a write refused for the quota, cleared once `kv_bytes` is
+    /// below 90 % of it. While it is on, no write may grow the state.
+    no_space: bool,
+    /// The sum of the sessions' encoded response sizes.
+    session_bytes: u64,
     limits: Limits,
 }
 
@@ -170,7 +183,26 @@ impl State {
             sessions_by_use: BTreeSet::new(),
             items_hash: 0,
             kv_bytes: 0,
+            no_space: false,
+            session_bytes: 0,
             limits,
+        }
+    }
+
+    /// Whether the quota's alarm is on.
+    pub(crate) fn no_space(&self) -> bool {
+        self.no_space
+    }
+
+    /// Whether the state is below 90 % of its quota, where the alarm clears.
+    fn below_alarm_level(&self) -> bool {
+        u128::from(self.kv_bytes) * 10 < u128::from(self.limits.max_state_bytes) * 9
+    }
+
+    /// Clears the quota's alarm once the state is below 90 % of the quota.
+    fn check_alarm_clears(&mut self) {
+        if self.no_space && self.below_alarm_level() {
+            self.no_space = false;
         }
     }
 
@@ -180,7 +212,13 @@ impl State {
 
     /// A stable hash of the whole state at the applied index. O(1).
     pub(crate) fn state_hash(&self) -> u64 {
-        StableHasher::new(DOMAIN_STATE).u64(self.applied_index).u64(self.items_hash).finish()
+        let mut h = StableHasher::new(DOMAIN_STATE);
+        h.u64(self.applied_index).u64(self.items_hash);
+        if self.no_space {
+            // Only when on: hashes of states without the alarm are those of earlier versions.
+            h.bool(true);
+        }
+        h.finish()
     }
 
     pub(crate) fn counts(&self) -> Counts {
@@ -198,18 +236,43 @@ impl State {
     }
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order, after `start_after`
-    /// when given.
-    pub(crate) fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Vec<KeyValue> {
+    /// when given, ending before the pair that would take the keys and values listed past
+    /// `max_bytes` as JSON strings ([`json_len`]; the first pair is always listed).
+    pub(crate) fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Vec<KeyValue> {
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for (k, r) in self.matching(prefix, start_after).take(limit) {
+            bytes = bytes.saturating_add(json_len(k).saturating_add(json_len(&r.value)));
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(r.to_key_value(k));
+        }
+        out
+    }
+
+    /// Whether a key starting with `prefix` follows `after`.
+    pub(crate) fn has_after(&self, prefix: &str, after: &str) -> bool {
+        self.matching(prefix, Some(after)).next().is_some()
+    }
+
+    /// The pairs whose key starts with `prefix`, in key order, after `start_after` when given.
+    fn matching<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Record)> + 'a {
         let lower = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        self.kv
-            .range::<_, str>((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, r)| r.to_key_value(k))
-            .collect()
+        self.kv.range::<_, str>((lower, Bound::Unbounded)).take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     pub(crate) fn services(&self) -> Vec<Service> {
@@ -267,6 +330,7 @@ impl State {
             Some(s) if session.seq == s.last_seq => {
                 let response = s.response.clone();
                 self.record_session(client_id, session.seq, index, response.clone());
+                self.bound_session_bytes(client_id);
                 return (response, None);
             }
             Some(_) => {}
@@ -275,28 +339,53 @@ impl State {
         }
         let (response, change) = self.apply_op(index, command.op);
         self.record_session(client_id, session.seq, index, response.clone());
+        self.bound_session_bytes(client_id);
         (response, change)
     }
 
     /// Evicts least recently used sessions until one more fits.
     fn make_room_for_a_session(&mut self) {
         while self.sessions.len() >= self.limits.max_sessions {
-            let Some((_, client_id)) = self.sessions_by_use.pop_first() else { break };
-            if let Some(old) = self.sessions.remove(&client_id) {
-                self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            if !self.evict_least_recently_used(None) {
+                break;
             }
         }
+    }
+
+    /// Evicts the least recently used session but `keep`'s; `false` when there is none.
+    fn evict_least_recently_used(&mut self, keep: Option<u64>) -> bool {
+        let Some(&(at, client_id)) = self.sessions_by_use.iter().find(|(_, c)| Some(*c) != keep) else {
+            return false;
+        };
+        self.sessions_by_use.remove(&(at, client_id));
+        if let Some(old) = self.sessions.remove(&client_id) {
+            self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            self.session_bytes = self.session_bytes.saturating_sub(old.bytes);
+        }
+        true
     }
 
     /// Sets a client's session (creating or replacing it).
     fn record_session(&mut self, client_id: u64, seq: u64, index: Index, response: Response) {
         let record = SessionRecord::new(client_id, seq, index, response);
         self.items_hash = self.items_hash.wrapping_add(record.hash);
+        self.session_bytes = self.session_bytes.saturating_add(record.bytes);
         if let Some(old) = self.sessions.insert(client_id, record) {
             self.items_hash = self.items_hash.wrapping_sub(old.hash);
+            self.session_bytes = self.session_bytes.saturating_sub(old.bytes);
             self.sessions_by_use.remove(&(old.last_index, client_id));
         }
         self.sessions_by_use.insert((index, client_id));
+    }
+
+    /// Evicts least recently used sessions (but `client_id`'s, just recorded) while the cached
+    /// responses take more than `max_session_bytes`.
+    fn bound_session_bytes(&mut self, client_id: u64) {
+        while self.session_bytes > self.limits.max_session_bytes {
+            if !self.evict_least_recently_used(Some(client_id)) {
+                break;
+            }
+        }
     }
 
     /// Applies an operation (validated first).
@@ -346,6 +435,21 @@ impl State {
     }
 
     fn put(&mut self, index: Index, key: String, value: String) -> Outcome {
+        let old_bytes = self.kv.get(&key).map_or(0, |r| (key.len() + r.value.len()) as u64);
+        let new_bytes = (key.len() + value.len()) as u64;
+        if new_bytes > old_bytes {
+            let after = self.kv_bytes.saturating_add(new_bytes - old_bytes);
+            if self.no_space || after > self.limits.max_state_bytes {
+                // The alarm goes on only for a state that is nearly full: one oversized write
+                // into a roomy state is refused alone (else nothing could clear the alarm).
+                self.no_space = self.no_space || !self.below_alarm_level();
+                let refused = Response::NoSpace {
+                    quota_bytes: self.limits.max_state_bytes,
+                    state_bytes: self.kv_bytes,
+                };
+                return (refused, None);
+            }
+        }
         let (version, create_index) = match self.kv.get(&key) {
             Some(r) => (r.version.saturating_add(1), r.create_index),
             None if self.kv.len() >= self.limits.max_keys => {
@@ -364,6 +468,7 @@ impl State {
             // The key and create_index are the same before and after an update.
             KeyValue { value: old.value, version: old.version, mod_index: old.mod_index, ..current.clone() }
         });
+        self.check_alarm_clears();
         (Response::Put { version, prev }, Some(Change::Put(current)))
     }
 
@@ -372,6 +477,7 @@ impl State {
             Some(old) => {
                 self.items_hash = self.items_hash.wrapping_sub(old.hash);
                 self.kv_bytes -= (key.len() + old.value.len()) as u64;
+                self.check_alarm_clears();
                 let prev = old.to_key_value(key);
                 (Response::Deleted { prev: Some(prev.clone()) }, Some(Change::Delete(prev)))
             }
@@ -429,6 +535,18 @@ impl State {
         }
         (Response::Ok, Some(Change::MemberAddressSet(member)))
     }
+}
+
+/// The bytes of `s` inside a JSON string: a control character is escaped in up to six bytes,
+/// a quote or backslash in two (so a list page bounded by it is bounded as sent).
+pub(crate) fn json_len(s: &str) -> usize {
+    s.bytes().fold(0usize, |n, b| {
+        n.saturating_add(match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+    })
 }
 
 mod snapshot;

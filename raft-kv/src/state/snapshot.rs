@@ -1,8 +1,9 @@
 //! The snapshot format, written and read as a stream of chunks.
 //!
-//! Format (unchanged since version 1): [`SNAPSHOT_FORMAT_VERSION`], then the postcard
-//! encoding of `(applied_index, state_hash, kv, services, members, sessions)`, each collection
-//! a varint count followed by its items in key order. [`StateView`] writes it from an O(1)
+//! Format (version 2): [`SNAPSHOT_FORMAT_VERSION`], then the postcard encoding of
+//! `(applied_index, state_hash, no_space, kv, services, members, sessions)`, each collection a
+//! varint count followed by its items in key order. Version 1 (still read) has no `no_space`
+//! (the quota's alarm, off). [`StateView`] writes it from an O(1)
 //! view of the state, a bounded number of items per chunk; [`State::restore`] reads it item by
 //! item from any [`SnapshotReader`], so neither side holds the whole snapshot in one buffer.
 
@@ -66,6 +67,7 @@ enum Part {
 pub(crate) struct StateView {
     applied_index: Index,
     state_hash: u64,
+    no_space: bool,
     kv: OrdMap<String, Record>,
     services: OrdMap<String, Hashed<Service>>,
     members: OrdMap<u64, Hashed<MemberAddress>>,
@@ -125,6 +127,7 @@ impl State {
         StateView {
             applied_index: self.applied_index,
             state_hash: self.state_hash(),
+            no_space: self.no_space,
             kv: self.kv.clone(),
             services: self.services.clone(),
             members: self.members.clone(),
@@ -144,17 +147,19 @@ impl State {
             SnapshotError::Decode(_) if input.buf.is_empty() => SnapshotError::Empty,
             other => other,
         })?;
-        if format != SNAPSHOT_FORMAT_VERSION {
+        if format != SNAPSHOT_FORMAT_VERSION && format != 1 {
             return Err(SnapshotError::UnsupportedFormat(format));
         }
         let applied: Index = input.item("the applied index").await?;
         let recorded_hash: u64 = input.item("the state hash").await?;
+        let no_space: bool = if format >= 2 { input.item("the quota alarm").await? } else { false };
         let invalid = |what: String| SnapshotError::Invalid(what);
         let too_many = |what: &str, count: u64, max: usize| {
             invalid(format!("{count} {what}, more than this node's limit of {max}"))
         };
         let mut state = State::new(limits);
         state.applied_index = applied;
+        state.no_space = no_space;
 
         let keys: u64 = input.item("the key count").await?;
         if keys > limits.max_keys as u64 {
@@ -238,7 +243,9 @@ impl SnapshotSource for StateView {
         while !full && out.len() < max {
             self.next = match std::mem::replace(&mut self.next, Part::Done) {
                 Part::Header => {
-                    put(&mut out, &(SNAPSHOT_FORMAT_VERSION, self.applied_index, self.state_hash))?;
+                    let header =
+                        (SNAPSHOT_FORMAT_VERSION, self.applied_index, self.state_hash, self.no_space);
+                    put(&mut out, &header)?;
                     put(&mut out, &(self.kv.len() as u64))?;
                     Part::Kv(None)
                 }

@@ -9,7 +9,13 @@ use super::*;
 use crate::error::SnapshotError;
 use crate::service::tests::{node, service};
 
-const LIMITS: Limits = Limits { max_sessions: 3, max_keys: 100, max_services: 10 };
+const LIMITS: Limits = Limits {
+    max_sessions: 3,
+    max_keys: 100,
+    max_services: 10,
+    max_state_bytes: 1 << 40,
+    max_session_bytes: 1 << 40,
+};
 
 impl State {
     /// The whole snapshot in one buffer, written by the view in small chunks (so that items
@@ -284,7 +290,7 @@ fn member_addresses_set_replace_and_remove() {
 
 #[test]
 fn key_and_service_limits_reject_new_items_but_allow_updates() {
-    let mut r = Replica::with(Limits { max_sessions: 1, max_keys: 2, max_services: 1 });
+    let mut r = Replica::with(Limits { max_sessions: 1, max_keys: 2, max_services: 1, ..LIMITS });
     r.op(put("a", "1"));
     r.op(put("b", "1"));
     assert!(matches!(r.op(put("c", "1")), Response::Rejected(_)));
@@ -305,12 +311,12 @@ fn list_is_sorted_prefixed_bounded_and_pages() {
         r.op(put(key, "v"));
     }
     let keys = |v: Vec<KeyValue>| v.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
-    assert_eq!(keys(r.state.list("b/", None, 10)), ["b/1", "b/2", "b/3"]);
-    assert_eq!(keys(r.state.list("b/", None, 2)), ["b/1", "b/2"]);
-    assert_eq!(keys(r.state.list("b/", Some("b/1"), 10)), ["b/2", "b/3"]);
-    assert_eq!(keys(r.state.list("b/", Some("a"), 1)), ["b/1"], "start_after before the prefix");
-    assert_eq!(keys(r.state.list("", None, 10)), ["a/1", "b/1", "b/2", "b/3", "c"]);
-    assert!(r.state.list("z", None, 10).is_empty());
+    assert_eq!(keys(r.state.list("b/", None, 10, usize::MAX)), ["b/1", "b/2", "b/3"]);
+    assert_eq!(keys(r.state.list("b/", None, 2, usize::MAX)), ["b/1", "b/2"]);
+    assert_eq!(keys(r.state.list("b/", Some("b/1"), 10, usize::MAX)), ["b/2", "b/3"]);
+    assert_eq!(keys(r.state.list("b/", Some("a"), 1, usize::MAX)), ["b/1"], "start_after before the prefix");
+    assert_eq!(keys(r.state.list("", None, 10, usize::MAX)), ["a/1", "b/1", "b/2", "b/3", "c"]);
+    assert!(r.state.list("z", None, 10, usize::MAX).is_empty());
 }
 
 #[test]
@@ -407,7 +413,7 @@ fn state_hash_covers_every_kind_of_item() {
     let (mut x, mut y) = (Replica::new(), Replica::new());
     x.session(1, 1, put("a", "1"));
     y.op(put("a", "1"));
-    assert_eq!(x.state.list("", None, 10), y.state.list("", None, 10));
+    assert_eq!(x.state.list("", None, 10, usize::MAX), y.state.list("", None, 10, usize::MAX));
     assert_ne!(x.hash(), y.hash(), "sessions");
     let (mut x, mut y) = (Replica::new(), Replica::new());
     x.op(Op::RegisterService(service("web", vec![node("a", 1)])));
@@ -452,7 +458,10 @@ fn snapshot_round_trip_restores_the_same_state_and_the_same_future() {
     let mut restored = Replica { state: restore(&snapshot, LIMITS).expect("restores") };
     assert_eq!(restored.hash(), original.hash());
     assert_eq!(restored.state.applied_index(), original.state.applied_index());
-    assert_eq!(restored.state.list("", None, 100), original.state.list("", None, 100));
+    assert_eq!(
+        restored.state.list("", None, 100, usize::MAX),
+        original.state.list("", None, 100, usize::MAX)
+    );
     assert_eq!(restored.state.services(), original.state.services());
     assert_eq!(restored.state.members(), original.state.members());
     assert_eq!(restored.state.snapshot(), snapshot, "snapshots are canonical");
@@ -554,8 +563,8 @@ fn restore_refuses_empty_foreign_truncated_extended_and_corrupted_snapshots() {
     let snapshot = populated().state.snapshot();
     assert_eq!(restore(&[], LIMITS).err(), Some(SnapshotError::Empty));
     let mut foreign = snapshot.to_vec();
-    foreign[0] = 2;
-    assert_eq!(restore(&foreign, LIMITS).err(), Some(SnapshotError::UnsupportedFormat(2)));
+    foreign[0] = 3;
+    assert_eq!(restore(&foreign, LIMITS).err(), Some(SnapshotError::UnsupportedFormat(3)));
     for len in 1..snapshot.len() {
         assert!(restore(&snapshot[..len], LIMITS).is_err(), "truncated to {len} bytes");
     }
@@ -589,13 +598,21 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
         struct Body {
             applied_index: Index,
             state_hash: u64,
+            no_space: bool,
             kv: Vec<KeyValue>,
             services: Vec<Service>,
             members: Vec<MemberAddress>,
             sessions: Vec<u8>,
         }
-        let body =
-            Body { applied_index, state_hash, kv, services: vec![], members: vec![], sessions: vec![] };
+        let body = Body {
+            applied_index,
+            state_hash,
+            no_space: false,
+            kv,
+            services: vec![],
+            members: vec![],
+            sessions: vec![],
+        };
         postcard::to_extend(&body, vec![SNAPSHOT_FORMAT_VERSION]).expect("encodes")
     }
     // A consistent one first, to show the hand-written body is accepted.
@@ -615,4 +632,91 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
     }
     let wrong_hash = body(1, vec![kv("a", "1", 1, 1, 1)], r.hash() ^ 1);
     assert!(matches!(restore(&wrong_hash, LIMITS), Err(SnapshotError::HashMismatch { .. })));
+}
+
+/// The quota: a write that would grow the state past it is refused with `NoSpace` and raises
+/// the alarm; under the alarm no write may grow the state, while deletes, shrinking or equal
+/// writes and other operations apply; the alarm clears below 90 % and is part of the state
+/// (hash and snapshot), so every replica answers alike.
+#[test]
+fn the_quota_refuses_growth_raises_an_alarm_that_clears_below_90_percent() {
+    // Keys and values: "k0".."k9" with 8-byte values are 10 bytes each.
+    let mut r = Replica::with(Limits { max_state_bytes: 100, ..LIMITS });
+    for i in 0..10 {
+        assert!(matches!(r.op(put(&format!("k{i}"), "vvvvvvvv")), Response::Put { .. }));
+    }
+    assert_eq!(r.state.counts().kv_bytes, 100, "exactly at the quota is allowed");
+    let before = r.hash();
+    assert_eq!(r.op(put("k10", "v")), Response::NoSpace { quota_bytes: 100, state_bytes: 100 });
+    assert!(r.state.no_space(), "the refusal raises the alarm");
+    assert_ne!(r.hash(), before, "the alarm is part of the state hash");
+    assert!(r.state.get("k10").is_none(), "nothing changed");
+    assert!(matches!(r.op(put("k0", "vvvvvvvv")), Response::Put { .. }), "a write of equal size applies");
+    assert!(matches!(r.op(put("k1", "v")), Response::Put { .. }), "a shrinking write applies");
+    assert_eq!(r.state.counts().kv_bytes, 93);
+    assert!(r.state.no_space(), "93 % of the quota: the alarm stays on");
+    assert!(
+        matches!(r.op(put("k2", "vvvvvvvvv")), Response::NoSpace { .. }),
+        "growth refused under the alarm"
+    );
+    assert!(matches!(r.op(cas("k3", Expected::Version(1), Some("vvvvvvvvvv"))), Response::NoSpace { .. }));
+    assert!(matches!(
+        r.op(Op::RegisterService(service("web", vec![node("a", 1)]))),
+        Response::ServiceRegistered { .. }
+    ));
+    // A snapshot taken under the alarm restores it.
+    let restored = restore(&r.state.snapshot(), Limits { max_state_bytes: 100, ..LIMITS }).expect("restores");
+    assert!(restored.no_space());
+    assert_eq!(restored.state_hash(), r.hash());
+    assert!(matches!(r.op(Op::Delete { key: "k2".into() }), Response::Deleted { prev: Some(_) }));
+    assert_eq!(r.state.counts().kv_bytes, 83);
+    assert!(!r.state.no_space(), "below 90 %: the alarm clears");
+    assert!(matches!(r.op(put("k2", "vvvvvvvv")), Response::Put { .. }), "growth applies again");
+}
+
+#[test]
+fn a_version_1_snapshot_restores_without_the_alarm() {
+    let original = populated();
+    let v2 = original.state.snapshot();
+    let (_, rest) = postcard::take_from_bytes::<(u8, Index, u64, bool)>(&v2).expect("a v2 header");
+    let (header, _) = postcard::take_from_bytes::<(u8, Index, u64)>(&v2).expect("the v1 part of it");
+    let mut v1 = postcard::to_stdvec(&(1u8, header.1, header.2)).expect("encodes");
+    v1.extend_from_slice(rest);
+    let restored = restore(&v1, LIMITS).expect("a version 1 snapshot restores");
+    assert!(!restored.no_space());
+    assert_eq!(restored.state_hash(), original.hash());
+}
+
+/// Found by review: one write larger than the room left raised the alarm in a roomy state, and
+/// nothing could clear it (an empty store stayed locked, the alarm saved in every snapshot). It
+/// is refused alone now; the alarm goes on only at 90 % of the quota or more.
+#[test]
+fn an_oversized_write_into_a_roomy_state_is_refused_alone() {
+    let mut r = Replica::with(Limits { max_state_bytes: 1_000, ..LIMITS });
+    assert!(matches!(r.op(put("big", &"v".repeat(1_200))), Response::NoSpace { state_bytes: 0, .. }));
+    assert!(!r.state.no_space(), "an empty store raised the alarm");
+    assert!(matches!(r.op(put("a", &"v".repeat(98))), Response::Put { .. }), "a small write applies");
+    assert!(matches!(r.op(put("b", &"v".repeat(950))), Response::NoSpace { .. }), "past the quota");
+    assert!(!r.state.no_space(), "at 10 % of the quota the alarm stays off");
+    assert!(matches!(r.op(put("c", "v")), Response::Put { .. }));
+}
+
+/// Found by review: sessions cached whole values outside any bound (16 failed swaps of a
+/// 1 MiB key made a 17 MB snapshot). The cached responses are bounded by
+/// `max_session_bytes`, least recently used sessions evicted first, alike on every replica.
+#[test]
+fn cached_session_responses_are_bounded_in_bytes() {
+    let limits = Limits { max_sessions: 100, max_session_bytes: 3_000, ..LIMITS };
+    let mut r = Replica::with(limits);
+    r.op(put("big", &"v".repeat(1_000)));
+    for client in 1..=16 {
+        let failed = r.session(client, 1, cas("big", Expected::Version(9), Some("x")));
+        assert!(matches!(failed, Response::CasFailed { current: Some(_) }));
+    }
+    assert!(r.state.session_bytes <= 3_000, "{} bytes cached", r.state.session_bytes);
+    assert!(r.state.sessions.len() < 16 && r.state.sessions.contains_key(&16), "the newest is kept");
+    assert_eq!(r.session(1, 2, put("k", "v")), Response::SessionExpired { client_id: 1 }, "the oldest went");
+    let restored = restore(&r.state.snapshot(), limits).expect("restores");
+    assert_eq!(restored.session_bytes, r.state.session_bytes);
+    assert_eq!(restored.state_hash(), r.hash());
 }

@@ -21,8 +21,8 @@ pub const MAX_WATCH_CHANNEL_CAPACITY: usize = 1 << 20;
 /// Largest accepted `watch_history`.
 pub const MAX_WATCH_HISTORY: usize = 1 << 24;
 
-/// Limits of a store. `max_sessions`, `max_keys` and `max_services` change what applying a
-/// command does, so they **must be equal on every replica** (and a snapshot holding more than a
+/// Limits of a store. `max_sessions`, `max_session_bytes`, `max_keys`, `max_services` and
+/// `max_state_bytes` change what applying a command does, so they **must be equal on every replica** (and a snapshot holding more than a
 /// node's limit cannot be restored there); the others are local.
 ///
 /// Deserializable from a config file; missing fields take their defaults.
@@ -43,7 +43,22 @@ pub struct KvOptions {
     pub watch_channel_capacity: usize,
     /// Most pairs one list call returns (at least 1).
     pub max_list: usize,
+    /// The quota of the key-value state, in bytes of keys and values (etcd's default, 2 GiB).
+    /// A write that would grow the state past it is answered
+    /// [`NoSpace`](crate::Response::NoSpace) and raises the alarm, under which no write may
+    /// grow the state until it is below 90 % of the quota; deletes and writes that do not grow
+    /// it are applied.
+    pub max_state_bytes: u64,
+    /// Most bytes of cached responses the client sessions keep (a cached response may hold a
+    /// whole value: the pair a write replaced, or the current one of a failed swap); least
+    /// recently used sessions are evicted past it. Applied like `max_sessions`.
+    pub max_session_bytes: u64,
 }
+
+/// The default quota of the key-value state: 2 GiB, as etcd's.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 2 << 30;
+/// The default bound of the sessions' cached responses: 64 MiB.
+pub const DEFAULT_MAX_SESSION_BYTES: u64 = 64 << 20;
 
 impl Default for KvOptions {
     fn default() -> Self {
@@ -54,6 +69,8 @@ impl Default for KvOptions {
             watch_history: 10_000,
             watch_channel_capacity: 1_024,
             max_list: 1_000,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
         }
     }
 }
@@ -65,6 +82,9 @@ impl KvOptions {
         if self.max_sessions == 0 || self.max_keys == 0 || self.max_services == 0 || self.max_list == 0 {
             return bad("max_sessions, max_keys, max_services and max_list must be at least 1");
         }
+        if self.max_state_bytes == 0 || self.max_session_bytes == 0 {
+            return bad("max_state_bytes and max_session_bytes must be at least 1");
+        }
         if self.watch_channel_capacity == 0 || self.watch_channel_capacity > MAX_WATCH_CHANNEL_CAPACITY {
             return bad("watch_channel_capacity must be between 1 and MAX_WATCH_CHANNEL_CAPACITY");
         }
@@ -75,7 +95,13 @@ impl KvOptions {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_sessions: self.max_sessions, max_keys: self.max_keys, max_services: self.max_services }
+        Limits {
+            max_sessions: self.max_sessions,
+            max_keys: self.max_keys,
+            max_services: self.max_services,
+            max_state_bytes: self.max_state_bytes,
+            max_session_bytes: self.max_session_bytes,
+        }
     }
 }
 
@@ -113,6 +139,11 @@ pub struct KvStats {
     pub watch_min_from_index: Index,
     /// Live watchers.
     pub watchers: usize,
+    /// The quota of `state_bytes` ([`KvOptions::max_state_bytes`]).
+    pub quota_bytes: u64,
+    /// The quota's alarm is on: no write may grow the state (see
+    /// [`Response::NoSpace`](crate::Response::NoSpace)).
+    pub no_space: bool,
 }
 
 /// The state both handles share.
@@ -201,21 +232,25 @@ impl KvStore {
 
     /// Up to `limit` (at most `max_list`) pairs whose key starts with `prefix`, in key order.
     pub fn list(&self, prefix: &str, limit: usize) -> Vec<KeyValue> {
-        self.shared.read().state.list(prefix, None, limit.min(self.shared.options.max_list))
+        self.shared.read().state.list(prefix, None, limit.min(self.shared.options.max_list), usize::MAX)
     }
 
     /// Like [`list`](Self::list), starting after key `start_after`, with the index the page was
-    /// read at (to start a watch from) and where the next page starts.
-    pub fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> ListPage {
+    /// read at (to start a watch from) and where the next page starts. The page also ends
+    /// before the pair that would take its keys and values past `max_bytes` (it holds at least
+    /// one pair), so that a page of large values stays bounded.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> ListPage {
         let limit = limit.min(self.shared.options.max_list);
         let inner = self.shared.read();
-        let mut items = inner.state.list(prefix, start_after, limit.saturating_add(1));
-        let next_start_after = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|kv| kv.key.clone())
-        } else {
-            None
-        };
+        let items = inner.state.list(prefix, start_after, limit, max_bytes);
+        let next_start_after =
+            items.last().filter(|last| inner.state.has_after(prefix, &last.key)).map(|last| last.key.clone());
         ListPage { applied_index: inner.state.applied_index(), items, next_start_after }
     }
 
@@ -281,6 +316,8 @@ impl KvStore {
             watch_history_len: inner.history.len(),
             watch_min_from_index: inner.history.min_from_index(),
             watchers: inner.events.as_ref().map_or(0, |e| e.receiver_count()),
+            quota_bytes: self.shared.options.max_state_bytes,
+            no_space: inner.state.no_space(),
         }
     }
 

@@ -87,16 +87,24 @@ async fn reads_see_applied_writes_and_lists_are_bounded_and_paged() {
     let keys = |v: &[KeyValue]| v.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&n.store.list("", 100)), ["a", "b", "c"], "capped at max_list");
     assert_eq!(keys(&n.store.list("x/", 100)), ["x/1"]);
-    let page = n.store.list_page("", None, 2);
+    let page = n.store.list_page("", None, 2, usize::MAX);
     assert_eq!(
         (keys(&page.items), page.next_start_after.as_deref(), page.applied_index),
         (vec!["a".to_owned(), "b".to_owned()], Some("b"), 7)
     );
-    let page = n.store.list_page("", Some("b"), 3);
+    let page = n.store.list_page("", Some("b"), 3, usize::MAX);
     assert_eq!(
         (keys(&page.items), page.next_start_after.as_deref()),
         (vec!["c".to_owned(), "d".to_owned(), "x/1".to_owned()], None)
     );
+    // A byte bound ends a page early (each pair here is 2 bytes), never before its first pair.
+    let page = n.store.list_page("", None, 3, 5);
+    assert_eq!(
+        (keys(&page.items), page.next_start_after.as_deref()),
+        (vec!["a".to_owned(), "b".to_owned()], Some("b"))
+    );
+    let page = n.store.list_page("", Some("a"), 3, 1);
+    assert_eq!((keys(&page.items), page.next_start_after.as_deref()), (vec!["b".to_owned()], Some("b")));
     assert_eq!(n.store.services().len(), 1);
     assert_eq!(n.store.service("web").map(|s| s.nodes.len()), Some(1));
     assert_eq!(n.store.member_addresses().len(), 1);

@@ -148,6 +148,19 @@ pub struct LimitsConfig {
     pub max_sessions: usize,
     /// Committed changes kept for watches that resume from an index.
     pub watch_history: usize,
+    /// The quota of the replicated key-value state, in bytes of keys and values (default
+    /// 2 GiB, as etcd's). A write that would grow the state past it gets 507 `no_space` and
+    /// raises the alarm, under which no write may grow the state until it is below 90 % of
+    /// the quota; deletes and writes that do not grow it go on. Enforced where entries are
+    /// applied: it **must be equal on every node** (like `max_sessions`).
+    pub max_state_bytes: u64,
+    /// Most bytes of keys and values one list page returns, as JSON strings (at least one
+    /// pair); the page says where the next one starts.
+    pub max_list_bytes: usize,
+    /// Most bytes of cached responses the client sessions keep (a response may hold a whole
+    /// value); least recently used sessions are evicted past it. Like `max_sessions`, it
+    /// **must be equal on every node**.
+    pub max_session_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -166,6 +179,9 @@ impl Default for LimitsConfig {
             max_watchers: 1_024,
             max_sessions: 100_000,
             watch_history: 10_000,
+            max_state_bytes: raft_kv::DEFAULT_MAX_STATE_BYTES,
+            max_list_bytes: 4 * 1024 * 1024,
+            max_session_bytes: raft_kv::DEFAULT_MAX_SESSION_BYTES,
         }
     }
 }
@@ -713,6 +729,9 @@ impl NodeConfig {
             ("limits.body_read_timeout_ms", l.body_read_timeout_ms as usize),
             ("limits.max_watchers", l.max_watchers),
             ("limits.max_sessions", l.max_sessions),
+            ("limits.max_state_bytes", usize::from(l.max_state_bytes > 0)),
+            ("limits.max_session_bytes", usize::from(l.max_session_bytes > 0)),
+            ("limits.max_list_bytes", l.max_list_bytes),
         ] {
             if v == 0 {
                 bad(key, "must be positive".into());

@@ -97,6 +97,9 @@ fn parse_hex(text: &str) -> Option<[u8; 32]> {
 pub(crate) fn required_role(method: &Method, path: &str, open_ops: bool) -> Option<ClientRole> {
     let reads = *method == Method::GET || *method == Method::HEAD;
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if reads && super::ui::PUBLIC_PATHS.contains(&path) {
+        return None;
+    }
     if matches!(path, "/health" | "/ready" | "/metrics") {
         return if open_ops { None } else { Some(ClientRole::Read) };
     }
@@ -109,18 +112,22 @@ pub(crate) fn required_role(method: &Method, path: &str, open_ops: bool) -> Opti
     Some(if reads { ClientRole::Read } else { ClientRole::Write })
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if any.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// The middleware: answers 401/403 or passes the request on.
 pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     let Some(needed) = required_role(request.method(), request.uri().path(), auth.open_ops) else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+    let presented = bearer_token(request.headers());
     let Some(holder) = presented.and_then(|token| auth.holder(token)) else {
         let message = match presented {
             None => "this API needs a token: send `Authorization: Bearer <token>`",
@@ -176,6 +183,12 @@ mod tests {
             (&post, "/nowhere", Some(ClientRole::Write)),
             (&get, "/health", None),
             (&get, "/metrics", None),
+            (&get, "/ui", None),
+            (&get, "/ui/app.js", None),
+            (&get, "/", None),
+            (&post, "/ui", Some(ClientRole::Write)),
+            (&get, "/ui/other", Some(ClientRole::Read)),
+            (&get, "/v1/cluster", Some(ClientRole::Read)),
         ] {
             assert_eq!(required_role(method, path, true), role, "{method} {path}");
         }

@@ -61,6 +61,11 @@ fn members_of(shared: &Shared) -> MembersView {
 
 /// `GET /v1/status`.
 pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
+    Json(status_view(&shared))
+}
+
+/// This node's status as `GET /v1/status` answers it.
+pub(crate) fn status_view(shared: &Shared) -> StatusView {
     let node = shared.raft.status();
     let p = &node.protocol;
     let role = match p.role {
@@ -70,8 +75,9 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         Role::Follower if p.membership.contains(p.id) && !p.membership.is_voter(p.id) => RoleView::Learner,
         Role::Follower => RoleView::Follower,
     };
-    let members = members_of(&shared);
-    Json(StatusView {
+    let members = members_of(shared);
+    let kv = shared.kv.stats();
+    StatusView {
         cluster: shared.config.cluster.clone(),
         id: p.id,
         term: p.term,
@@ -84,7 +90,7 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         snapshot_index: p.snapshot.index,
         state_hash: format!("{:016x}", shared.kv.state_hash()),
         keys: shared.kv.len() as u64,
-        state_bytes: shared.kv.stats().state_bytes,
+        state_bytes: kv.state_bytes,
         joint: members.joint,
         members: members.members,
         leadership_transfer: p.leadership_transfer,
@@ -92,7 +98,12 @@ pub(crate) async fn status(State(shared): State<AppState>) -> Json<StatusView> {
         peer_security: shared.config.peer_security(),
         warnings: shared.config.warnings(),
         recovering_to_index: p.recovering_to.map(|l| l.index),
-    })
+        starting: None,
+        quota_bytes: kv.quota_bytes,
+        no_space: kv.no_space,
+        activity: Some(shared.metrics.activity()),
+        leader_changes: shared.leader_changes.list(),
+    }
 }
 
 /// `GET /v1/leader`.

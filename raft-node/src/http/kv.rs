@@ -27,6 +27,8 @@ pub(crate) struct ListQuery {
     #[serde(default)]
     prefix: String,
     limit: Option<usize>,
+    /// List the keys after this one (the previous page's `next_start_after`).
+    start_after: Option<String>,
     #[serde(default)]
     consistency: Consistency,
 }
@@ -92,11 +94,14 @@ pub(crate) async fn get(
     let started = Instant::now();
     read_barrier(&shared, query.consistency).await?;
     let found = shared.kv.get(&key);
-    shared.metrics.observe_read("get", started.elapsed().as_secs_f64());
+    shared.metrics.observe_read("get", started.elapsed());
     found.map(|kv| Json(key_view(kv))).ok_or_else(|| HttpError::not_found(format!("no key {key:?}")))
 }
 
-/// `GET /v1/kv?prefix=&limit=`.
+/// `GET /v1/kv?prefix=&limit=&start_after=`: one page, at most `limit` (and
+/// `limits.max_list`) pairs and `limits.max_list_bytes` of keys and values. Each page is read
+/// at its own index (linearizable on its own with the default consistency); a listing of many
+/// pages is not one point in time (`index` says where each page was read).
 pub(crate) async fn list(
     State(shared): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -104,15 +109,24 @@ pub(crate) async fn list(
     let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let max = shared.config.limits.max_list;
     let limit = query.limit.unwrap_or(max).min(max);
+    if limit == 0 {
+        return Err(HttpError::bad_request("limit must be at least 1"));
+    }
     let started = Instant::now();
     read_barrier(&shared, query.consistency).await?;
-    // One more than asked tells whether the list was cut.
-    let mut items = shared.kv.list(&query.prefix, limit.saturating_add(1));
-    let index = shared.kv.applied_index();
-    let truncated = items.len() > limit;
-    items.truncate(limit);
-    shared.metrics.observe_read("list", started.elapsed().as_secs_f64());
-    Ok(Json(KeyList { items: items.into_iter().map(key_view).collect(), truncated, index }))
+    let page = shared.kv.list_page(
+        &query.prefix,
+        query.start_after.as_deref(),
+        limit,
+        shared.config.limits.max_list_bytes,
+    );
+    shared.metrics.observe_read("list", started.elapsed());
+    Ok(Json(KeyList {
+        items: page.items.into_iter().map(key_view).collect(),
+        truncated: page.next_start_after.is_some(),
+        index: page.applied_index,
+        next_start_after: page.next_start_after,
+    }))
 }
 
 /// `PUT /v1/kv/{key}`.

@@ -5,6 +5,8 @@
 //! - `services.rs`: the service registry and `balance`;
 //! - `watch.rs`: the commit stream as server-sent events;
 //! - `ops.rs`: `/health`, `/ready`, `/metrics`;
+//! - `overview.rs`: `/v1/cluster`, every member's status gathered by the node asked;
+//! - `ui.rs`: the cluster page (`/ui`), static files embedded in the binary;
 //! - `snapshot.rs`: the latest snapshot as a download, for backups;
 //! - `error.rs`: errors as JSON with stable codes;
 //! - `auth.rs`: bearer tokens with roles (`[auth]`), checked before anything else.
@@ -19,9 +21,11 @@ mod cluster;
 mod error;
 mod kv;
 mod ops;
+mod overview;
 mod server;
 mod services;
 mod snapshot;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -41,8 +45,10 @@ use tokio::sync::Semaphore;
 use crate::node::Shared;
 pub use auth::{hash_token, new_token};
 pub(crate) use error::HttpError;
+pub(crate) use overview::CachedView;
 pub(crate) use server::{connection_cap, open_file_limit, serve, ServerLimits};
 pub(crate) use snapshot::SNAPSHOT_DOWNLOADS_MAX;
+pub(crate) use watch::EncodedEvents;
 
 type AppState = Arc<Shared>;
 
@@ -60,6 +66,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/cas/{*key}", post(kv::cas))
         .route("/v1/status", get(cluster::status))
+        .route("/v1/cluster", get(overview::cluster))
         .route("/v1/leader", get(cluster::leader))
         .route("/v1/members", get(cluster::members).post(cluster::add_member))
         .route("/v1/members/{id}", axum::routing::delete(cluster::remove_member))
@@ -78,6 +85,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .fallback(|| async { HttpError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit));
     // Outside the request slots and the body read: an unauthenticated request costs neither.
@@ -88,6 +100,40 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         None => routes,
     };
     routes.layer(middleware::from_fn(json_errors)).with_state(shared)
+}
+
+/// The routes a node answers before it starts: `GET /v1/status` with `view` (whose `starting`
+/// says what it holds), `/health`; anything else is 503 `unavailable`. Behind the same
+/// authentication as the API. Every answer closes its connection, so no later question is
+/// answered from this server once the node runs.
+pub(crate) fn starting_router(
+    config: &crate::config::NodeConfig,
+    view: raft_client::api::StatusView,
+) -> Router {
+    use axum::response::IntoResponse;
+    let routes = Router::new()
+        .route("/v1/status", get(move || std::future::ready(axum::Json(view.clone()))))
+        .route("/health", get(|| std::future::ready("starting")))
+        .fallback(|| async {
+            HttpError::new(
+                ErrorCode::Unavailable,
+                "the node is starting: it is asking the other members about the cluster",
+            )
+            .into_response()
+        });
+    let routes = match &config.auth {
+        Some(auth) => {
+            routes.layer(middleware::from_fn_with_state(Arc::new(auth::Auth::new(auth)), auth::authorize))
+        }
+        None => routes,
+    };
+    routes.layer(middleware::from_fn(json_errors)).layer(middleware::map_response(
+        |mut r: Response| async move {
+            r.headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            r
+        },
+    ))
 }
 
 /// Longest body of a non-JSON error answer kept as the JSON error's message.
@@ -263,7 +309,7 @@ pub(crate) async fn write(
     };
     let response = KvResponse::decode(&applied.response)
         .map_err(|e| HttpError::new(ErrorCode::Internal, format!("undecodable state machine answer: {e}")))?;
-    shared.metrics.observe_proposal(label, started.elapsed().as_secs_f64());
+    shared.metrics.observe_proposal(label, started.elapsed());
     match response {
         KvResponse::StaleSequence { last_seq } => Err(HttpError::new(
             ErrorCode::StaleSequence,
@@ -274,6 +320,19 @@ pub(crate) async fn write(
             format!("session {client_id} is not known (expired, or its first write was not applied); start a new one"),
         )),
         KvResponse::Rejected(reason) => Err(HttpError::bad_request(reason)),
+        KvResponse::NoSpace { quota_bytes, state_bytes } => {
+            let mut e = HttpError::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "the write would take the state (now {state_bytes} bytes of keys and values) past its \
+                     quota of {quota_bytes} (limits.max_state_bytes); at 90 % of the quota or more, writes \
+                     that grow it are refused until it is below 90 %; deletes and writes that do not grow \
+                     it still work"
+                ),
+            );
+            e.body.quota = Some(raft_client::api::QuotaView { quota_bytes, state_bytes });
+            Err(e)
+        }
         other => Ok((other, applied.log_id.index)),
     }
 }

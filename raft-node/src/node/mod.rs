@@ -10,6 +10,7 @@
 
 pub mod discovery;
 mod peers;
+mod probe;
 mod startup;
 
 use std::collections::BTreeMap;
@@ -157,6 +158,12 @@ pub(crate) struct Shared {
     pub(crate) snapshot_downloads: Arc<Semaphore>,
     /// Flips to `true` when the node starts shutting down (watch streams end).
     pub(crate) stopping: watch::Receiver<bool>,
+    /// Change events encoded once for every watch stream.
+    pub(crate) encoded_events: crate::http::EncodedEvents,
+    /// The latest changes of term or leader this node saw.
+    pub(crate) leader_changes: crate::recent::LeaderChanges,
+    /// The last `GET /v1/cluster` view, reused for a moment.
+    pub(crate) cluster_view: crate::http::CachedView,
 }
 
 impl Shared {
@@ -180,6 +187,10 @@ impl Shared {
             .or_else(|| self.config.members.iter().find(|m| m.id == id).map(|m| m.raft_addr.to_string()))
     }
 }
+
+/// The longest a stopping leader waits for the voter it hands leadership to (systemd's and
+/// Kubernetes' stop timeouts must cover it and the drain of in-flight requests).
+const HAND_OVER_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// A running node: Raft, its state machine and the HTTP API.
 pub struct Node {
@@ -261,9 +272,22 @@ impl Node {
                     // Damage (checksums, a torn MANIFEST, a WAL damaged mid-file): repaired from
                     // the cluster when it can say what this node had.
                     Err(raft_storage_rocks::OpenError::Corrupt(reason))
-                        if config.repair_damaged_data_dir && !config.members.is_empty() =>
+                        if config.repair_damaged_data_dir
+                            && (!config.members.is_empty() || !config.join.is_empty()) =>
                     {
-                        startup::move_damaged_dir_aside(&config, &reason).await?;
+                        let answering = probe::StartingServer::start(
+                            &http_listener,
+                            &config,
+                            raft_client::api::StartingView::HadData,
+                        )
+                        .map_err(|source| StartError::Bind {
+                            what: "client_addr",
+                            addr: config.client_addr,
+                            source,
+                        })?;
+                        let moved = startup::move_damaged_dir_aside(&config, &reason).await;
+                        answering.stop().await;
+                        moved?;
                         RocksDb::open(&config.data_dir, &identity, RocksOptions::default())?
                     }
                     Err(e) => return Err(e.into()),
@@ -278,7 +302,19 @@ impl Node {
 
         let plan = if !config.members.is_empty() {
             let lost_dir = if fresh {
-                startup::check_if_known(&config, startup::repaired_before(&config)).await?
+                let had_data = startup::repaired_before(&config);
+                let holds = if had_data {
+                    raft_client::api::StartingView::HadData
+                } else {
+                    raft_client::api::StartingView::Empty
+                };
+                let answering =
+                    probe::StartingServer::start(&http_listener, &config, holds).map_err(|source| {
+                        StartError::Bind { what: "client_addr", addr: config.client_addr, source }
+                    })?;
+                let known = startup::check_if_known(&config, had_data).await;
+                answering.stop().await;
+                known?
             } else {
                 None
             };
@@ -313,7 +349,13 @@ impl Node {
             // Neither members, join nor discovery: refused by validation; only stored state.
             startup::Plan::stored_state_only()
         };
-        if let Some(lost) = &plan.lost_dir {
+        let new_cluster_at_term =
+            plan.lost_dir.as_ref().filter(|l| l.recorded_last == raft_core::LogId::default());
+        if let (Some(lost), None) = (new_cluster_at_term, &rocks) {
+            // A new cluster that has held elections, on in-memory storage: only the vote.
+            storage.save_hard_state(lost.hard_state).await?;
+            tracing::info!(id = config.id, term = lost.hard_state.current_term, "starting in a new cluster");
+        } else if let Some(lost) = &plan.lost_dir {
             // A voter whose data dir was lost whole: it starts recovering (votes only for logs
             // reaching what it may have acknowledged, no campaigning) until the leader has sent
             // it everything again. Only a durable store can keep that promise across restarts.
@@ -324,13 +366,17 @@ impl Node {
                 });
             };
             db.log(0).record_lost_data(lost.hard_state, lost.recorded_last).await?;
-            tracing::warn!(
-                id = config.id,
-                evidence = %lost.evidence,
-                term = lost.hard_state.current_term,
-                recovering_to = %lost.recorded_last,
-                "this voter lost its data dir: recovering from the cluster"
-            );
+            if lost.recorded_last == raft_core::LogId::default() {
+                tracing::info!(id = config.id, evidence = %lost.evidence, term = lost.hard_state.current_term, "starting in a new cluster");
+            } else {
+                tracing::warn!(
+                    id = config.id,
+                    evidence = %lost.evidence,
+                    term = lost.hard_state.current_term,
+                    recovering_to = %lost.recorded_last,
+                    "this voter lost its data dir: recovering from the cluster"
+                );
+            }
         } else if fresh {
             tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
@@ -340,6 +386,8 @@ impl Node {
             max_sessions: config.limits.max_sessions,
             watch_history: config.limits.watch_history,
             max_list: config.limits.max_list,
+            max_state_bytes: config.limits.max_state_bytes,
+            max_session_bytes: config.limits.max_session_bytes,
             ..KvOptions::default()
         };
         let (kv, fsm) = KvStore::new(kv_options)?;
@@ -376,11 +424,15 @@ impl Node {
             transport_stats,
             metrics,
             stopping,
+            encoded_events: crate::http::EncodedEvents::default(),
+            leader_changes: crate::recent::LeaderChanges::default(),
+            cluster_view: crate::http::CachedView::default(),
         });
         let mut background = vec![
             tokio::spawn(peers::sync_transport_peers(shared.clone(), plan.peers)),
             tokio::spawn(peers::register_own_addresses(shared.clone())),
             tokio::spawn(peers::track_snapshots(shared.clone())),
+            tokio::spawn(peers::track_leader_changes(shared.clone())),
         ];
         if fresh && !plan.join_through.is_empty() {
             background.push(tokio::spawn(startup::request_membership(shared.clone(), plan.join_through)));
@@ -429,8 +481,53 @@ impl Node {
         &self.shared.kv
     }
 
+    /// A leader that stops hands leadership to its most caught-up voter among those that
+    /// answered its last two heartbeats (it waits for them first: a follower that stopped a
+    /// moment ago holds as much of the log as a live one), and waits (up to twice the
+    /// longest election timeout, at most [`HAND_OVER_WAIT_MAX`]) until that voter leads, so
+    /// that a rolling restart costs no election timeout. Nothing to do on a follower, a lone
+    /// voter, or when no other voter answers.
+    async fn hand_over_leadership(&self) {
+        let raft = &self.shared.raft;
+        if raft.status().protocol.role != raft_core::Role::Leader {
+            return;
+        }
+        let heartbeat_ms = self.shared.config.raft.heartbeat_interval_ms;
+        tokio::time::sleep(Duration::from_millis(heartbeat_ms.saturating_mul(2).saturating_add(20))).await;
+        let status = raft.status().protocol;
+        if status.role != raft_core::Role::Leader {
+            return;
+        }
+        let target = status
+            .followers
+            .iter()
+            .filter(|f| f.id != status.id && status.membership.is_voter(f.id))
+            .filter(|f| f.last_contact_ago_ms.is_some_and(|ago| ago < heartbeat_ms.saturating_mul(2)))
+            .max_by_key(|f| {
+                (f.match_index, std::cmp::Reverse(f.last_contact_ago_ms), std::cmp::Reverse(f.id))
+            })
+            .map(|f| f.id);
+        let Some(target) = target else {
+            if status.membership.members().iter().any(|&id| id != status.id && status.membership.is_voter(id))
+            {
+                tracing::warn!("stopping: no other voter answered lately; leadership is not handed over");
+            }
+            return;
+        };
+        let wait = Duration::from_millis(self.shared.config.raft.election_timeout_max_ms.saturating_mul(2))
+            .min(HAND_OVER_WAIT_MAX);
+        match tokio::time::timeout(wait, raft.transfer_leadership(Some(target))).await {
+            Ok(Ok(to)) => tracing::info!(to, "stopping: leadership handed over"),
+            Ok(Err(e)) => tracing::warn!(target, error = %e, "stopping: leadership could not be handed over"),
+            Err(_) => {
+                tracing::warn!(target, waited_ms = wait.as_millis() as u64, "stopping: no new leader in time")
+            }
+        }
+    }
+
     /// Shuts down gracefully: stops accepting requests, lets in-flight ones finish (up to the
-    /// request timeout), stops Raft and the transport, and flushes storage.
+    /// request timeout), hands leadership over if it leads, stops Raft and the transport, and
+    /// flushes storage.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(http) = self.http.take() {
@@ -445,6 +542,7 @@ impl Node {
         for task in self.background.drain(..) {
             task.abort();
         }
+        self.hand_over_leadership().await;
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::debug!(error = %e, "raft was already stopped");
         }

@@ -12,6 +12,7 @@ use raft_client::api::{AddMemberRequest, MemberRole, MembersView};
 use raft_client::{Client, ClientError, ClientOptions};
 use raft_core::{HardState, LogId, Membership, NodeId};
 
+use super::probe::{self, Probed};
 use super::{Shared, StartError};
 use crate::config::{NodeConfig, TlsConfig, TransportKind};
 
@@ -37,11 +38,6 @@ impl Plan {
         }
     }
 }
-
-/// How long a fresh node asks its peers whether they know it.
-const PROBE_FOR: Duration = Duration::from_secs(2);
-/// How long a voter that lost its data dir waits for every other voter's answer.
-const LOST_DIR_PROBE_FOR: Duration = Duration::from_secs(10);
 
 /// What a voter whose data dir was lost whole restores before it starts, learned from every
 /// other voter of its cluster: no term it could have voted in is above `hard_state`'s (whose
@@ -73,7 +69,7 @@ pub(super) fn seed(id: NodeId) -> u64 {
 }
 
 /// A client of the other members' APIs, presenting this node's own token (`auth.token_file`).
-fn probe_client(
+pub(super) fn probe_client(
     config: &NodeConfig,
     endpoints: Vec<String>,
     timeout: Duration,
@@ -87,44 +83,37 @@ fn probe_client(
     Client::new(endpoints, options)
 }
 
-/// A node of a new cluster starting with an empty data dir asks the other members about
-/// itself. A cluster that has never run (every answer at term 0 with an empty log) is being
-/// created: the node starts. Once it has run, this node, listed in `members`, was one of its
-/// voters and may have lost data (a learner just starts over): it must not vote as if its log
-/// were empty, so it learns from every other voter what it may have had
-/// ([`lost_dir_recovery`]) and starts recovering, or is refused.
+/// A node of the configured members starting with an empty data dir asks the other members
+/// about the cluster ([`probe::probe_membership`], which waits until every one has answered):
+/// a cluster being created lets it start; a cluster that has run means this voter lost its
+/// data, so it learns from every other voter what it may have had and starts recovering, or is
+/// refused (a learner just starts over).
 ///
 /// `had_data`: the data dir holds damaged files a repair moved aside, so this node certainly
-/// had data: it is refused rather than started fresh when nobody answers.
-///
-/// Best effort otherwise: when no member answers within [`PROBE_FOR`] (a cluster starting for
-/// the first time), the node starts.
+/// had data: it is refused rather than started fresh when every member holds nothing.
 pub(super) async fn check_if_known(
     config: &NodeConfig,
     had_data: bool,
 ) -> Result<Option<LostDir>, StartError> {
-    match probe_membership(config).await? {
+    match probe::probe_membership(config, None).await? {
         Probed::LostVoter(lost) => Ok(Some(lost)),
-        Probed::NoAnswer | Probed::NeverRan if had_data => Err(StartError::LostData {
+        Probed::New { .. } | Probed::NoAnswer if had_data => Err(StartError::LostData {
             id: config.id,
             evidence: "a repair moved its damaged files aside, and no running member could say what it had"
                 .into(),
         }),
-        Probed::NeverRan | Probed::Learner | Probed::NoAnswer => Ok(None),
+        Probed::New { term } if term > 0 => {
+            // Elections ran but no entry was ever appended (a cluster being created with a
+            // member slow to start): nothing can have been acknowledged. Only a vote may have
+            // been given: the highest term seen, with the vote spent on itself.
+            Ok(Some(LostDir {
+                hard_state: HardState { current_term: term, voted_for: Some(config.id) },
+                recorded_last: LogId::default(),
+                evidence: format!("a new cluster that has held elections (term {term}) but has no entry yet"),
+            }))
+        }
+        Probed::New { .. } | Probed::Learner | Probed::NoAnswer => Ok(None),
     }
-}
-
-/// What the other members said about this node.
-#[derive(Debug)]
-pub(super) enum Probed {
-    /// Every member that answered is at term 0 with an empty log: the cluster is being created.
-    NeverRan,
-    /// It is a learner of the cluster.
-    Learner,
-    /// It is a voter, and every other voter told what it may have had.
-    LostVoter(LostDir),
-    /// Nobody answered (or there is nobody to ask).
-    NoAnswer,
 }
 
 /// The entries of `dir` a repair leaves alone: damaged files moved aside earlier and a file
@@ -181,10 +170,21 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
         reason: reason.to_string(),
         why,
     };
-    match probe_membership(config).await {
-        Ok(Probed::LostVoter(_) | Probed::Learner) => {}
-        Ok(Probed::NoAnswer) => return Err(refuse("no other member answered".into())),
-        Ok(Probed::NeverRan) => return Err(refuse("the other members have not run yet".into())),
+    let checked = if config.members.is_empty() {
+        // A node that joined through `join` (found by chaos: a joined node could never repair
+        // its store): the same check as a fresh joiner's, which the start then makes again
+        // on the emptied dir (a voter recovers, anything else joins as new).
+        plan_join(config, config.join.clone(), true).await.map(drop)
+    } else {
+        match probe::probe_membership(config, Some(probe::LOST_DIR_PROBE_FOR)).await {
+            Ok(Probed::LostVoter(_) | Probed::Learner) => Ok(()),
+            Ok(Probed::NoAnswer) => return Err(refuse("not every other member answered".into())),
+            Ok(Probed::New { .. }) => return Err(refuse("the other members have not run yet".into())),
+            Err(e) => Err(e),
+        }
+    };
+    match checked {
+        Ok(()) => {}
         Err(StartError::LostData { evidence, .. }) => return Err(refuse(evidence)),
         Err(e) => return Err(refuse(e.to_string())),
     }
@@ -218,152 +218,6 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
     Ok(())
 }
 
-/// Asks the other members about this node (see [`check_if_known`]): every answer within
-/// [`PROBE_FOR`] counts, not only the first (a member that restarted without a leader has
-/// applied nothing yet and knows little).
-async fn probe_membership(config: &NodeConfig) -> Result<Probed, StartError> {
-    let endpoints: Vec<String> = config.peers().map(|m| m.client_addr.to_string()).collect();
-    if endpoints.is_empty() {
-        return Ok(Probed::NoAnswer);
-    }
-    let deadline = tokio::time::Instant::now() + PROBE_FOR;
-    // Fails closed: a node that cannot ask (say, a token unfit for a header) does not start
-    // as if nobody knew it.
-    let client = probe_client(config, endpoints.clone(), Duration::from_millis(500)).map_err(|e| {
-        StartError::Refused {
-            endpoint: endpoints.join(", "),
-            message: format!("cannot ask the members: {e}"),
-        }
-    })?;
-    let mut answers: Vec<(String, raft_client::api::StatusView)> = Vec::new();
-    while tokio::time::Instant::now() < deadline && answers.len() < endpoints.len() {
-        for (endpoint, status) in client.statuses().await {
-            match status {
-                Ok(status) if status.cluster == config.cluster => {
-                    if !answers.iter().any(|(e, _)| *e == endpoint.to_string()) {
-                        answers.push((endpoint.to_string(), status));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if matches!(e.code(), "unauthenticated" | "forbidden") => {
-                    return Err(StartError::Refused {
-                        endpoint: endpoint.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-                Err(_) => {}
-            }
-        }
-        if answers.len() < endpoints.len() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    if answers.is_empty() {
-        tracing::info!("no other member answered; starting as a member of a new cluster");
-        return Ok(Probed::NoAnswer);
-    }
-    if answers.iter().all(|(_, s)| s.term == 0 && s.last_log_index == 0) {
-        return Ok(Probed::NeverRan);
-    }
-    let term = answers.iter().map(|(_, s)| s.term).max().unwrap_or(0);
-    if answers.iter().all(|(_, s)| s.last_log_index == 0 && s.recovering_to_index.is_none()) {
-        // Elections ran but no entry was ever appended (a cluster being created with a
-        // member slow to start): nothing can have been acknowledged. Only a vote may have been
-        // given: the highest term seen, with the vote spent on itself. (A vote in a term above
-        // every answer, for a candidate that did not answer, is the one case this cannot see.)
-        return Ok(Probed::LostVoter(LostDir {
-            hard_state: HardState { current_term: term, voted_for: Some(config.id) },
-            recorded_last: LogId::default(),
-            evidence: format!("the cluster has held elections (term {term}) but no entry yet"),
-        }));
-    }
-    let listed_as = |role: MemberRole| {
-        answers.iter().any(|(_, s)| s.members.iter().any(|m| m.id == config.id && m.role == role))
-    };
-    if listed_as(MemberRole::Learner) && !listed_as(MemberRole::Voter) {
-        tracing::warn!(
-            "this node lost its data but is a learner (its acknowledgements never counted): starting over"
-        );
-        return Ok(Probed::Learner);
-    }
-    let (endpoint, status) = &answers[0];
-    let evidence = format!(
-        "{} member(s) answered ({endpoint} at term {} with commit index {}): the cluster has run with this node in it",
-        answers.len(),
-        status.term,
-        status.commit_index
-    );
-    let views: Vec<&raft_client::api::StatusView> = answers.iter().map(|(_, s)| s).collect();
-    lost_dir_recovery(config, &views, evidence).await.map(Probed::LostVoter)
-}
-
-/// Asks every other voter (of the configured members and of every answer's view) for its term
-/// and last log entry: the highest term is one this node may have voted in, the most
-/// up-to-date last entry bounds what it may have acknowledged (an entry committed with its
-/// acknowledgement, or one a leader may still commit with it, is in that leader's log).
-/// Refused unless every other voter answers within [`LOST_DIR_PROBE_FOR`] (one that does not
-/// may be the only other holder of such an entry) and none is itself recovering lost data (its
-/// log would not show what it had: two voters missing data at once may be a majority).
-async fn lost_dir_recovery(
-    config: &NodeConfig,
-    views: &[&raft_client::api::StatusView],
-    evidence: String,
-) -> Result<LostDir, StartError> {
-    let mut voters: BTreeMap<u64, String> =
-        config.peers().map(|m| (m.id, m.client_addr.to_string())).collect();
-    for view in views {
-        for m in view.members.iter().filter(|m| m.role == MemberRole::Voter && m.id != config.id) {
-            // A voter whose address nobody knows yet still has to answer (it cannot: the node
-            // is refused): it may be the only other holder of what this node had.
-            let addr = m.client_addr.clone().unwrap_or_default();
-            let known = voters.entry(m.id).or_default();
-            if known.is_empty() {
-                *known = addr;
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + LOST_DIR_PROBE_FOR;
-    let mut answers: BTreeMap<u64, raft_client::api::StatusView> = BTreeMap::new();
-    while answers.len() < voters.len() && tokio::time::Instant::now() < deadline {
-        let missing: Vec<(u64, String)> =
-            voters.iter().filter(|(id, _)| !answers.contains_key(id)).map(|(i, a)| (*i, a.clone())).collect();
-        for (id, addr) in missing {
-            let Ok(client) = probe_client(config, vec![addr], Duration::from_millis(500)) else { continue };
-            if let Ok(s) = client.status().await {
-                if s.cluster == config.cluster && s.id == id {
-                    answers.insert(id, s);
-                }
-            }
-        }
-        if answers.len() < voters.len() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let refuse = |why: String| StartError::LostData { id: config.id, evidence: format!("{evidence}; {why}") };
-    if answers.len() < voters.len() {
-        let silent: Vec<u64> = voters.keys().copied().filter(|id| !answers.contains_key(id)).collect();
-        return Err(refuse(format!(
-            "voters {silent:?} did not answer, so what it may have acknowledged is unknown"
-        )));
-    }
-    let recovering: Vec<u64> =
-        answers.values().filter(|s| s.recovering_to_index.is_some()).map(|s| s.id).collect();
-    if !recovering.is_empty() {
-        return Err(refuse(format!(
-            "voters {recovering:?} are themselves recovering lost data, so their logs do not show what \
-             they had (if a majority of the voters lost data, committed writes may exist nowhere)"
-        )));
-    }
-    let term = answers.values().map(|s| s.term).max().unwrap_or(0);
-    let recorded_last =
-        answers.values().map(|s| LogId::new(s.last_log_term, s.last_log_index)).max().unwrap_or_default();
-    Ok(LostDir {
-        hard_state: HardState { current_term: term, voted_for: Some(config.id) },
-        recorded_last,
-        evidence: format!("{evidence}; voters {:?} answered", answers.keys().collect::<Vec<_>>()),
-    })
-}
-
 /// A node with `join` (or members found by discovery) learns the members (and their
 /// addresses) from the running cluster through `join_through`. A fresh node that the cluster
 /// lists as a voter lost its data and is refused.
@@ -394,13 +248,49 @@ pub(super) async fn plan_join(
     };
     let mut lost_dir = None;
     if fresh {
-        if let Some(me) = view.members.iter().find(|m| m.id == config.id && m.role == MemberRole::Voter) {
-            let evidence = format!("{through} lists it as a voter (raft address {:?})", me.raft_addr);
-            let status = client
-                .status()
-                .await
-                .map_err(|e| StartError::LostData { id: config.id, evidence: format!("{evidence}; {e}") })?;
-            lost_dir = Some(lost_dir_recovery(config, &[&status], evidence).await?);
+        // One member's view may be stale (say, from before this node was promoted): every
+        // voter of it is asked too, and any that lists this node as a voter counts.
+        let mut statuses = Vec::new();
+        if let Ok(status) = client.status().await {
+            statuses.push(status);
+        }
+        let mut silent = Vec::new();
+        for m in view.members.iter().filter(|m| m.role == MemberRole::Voter && m.id != config.id) {
+            let answer = match m.client_addr.clone() {
+                Some(addr) => match probe_client(config, vec![addr], Duration::from_millis(500)) {
+                    Ok(member) => member.status().await.ok(),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            match answer {
+                Some(status) => statuses.push(status),
+                None => silent.push(m.id),
+            }
+        }
+        let lists_me = |members: &[raft_client::api::MemberView]| {
+            members.iter().any(|m| m.id == config.id && m.role == MemberRole::Voter)
+        };
+        let listed = lists_me(&view.members)
+            || statuses.iter().any(|s| s.cluster == config.cluster && lists_me(&s.members));
+        let known = view.members.iter().any(|m| m.id == config.id);
+        if !listed && known && !silent.is_empty() {
+            // Listed (as a learner) in a view that may be stale: a voter that does not answer
+            // may list it as a voter, which it must not start as with an empty log.
+            return Err(StartError::LostData {
+                id: config.id,
+                evidence: format!(
+                    "the cluster (through {through}) lists it as a member, and voters {silent:?} did not \
+                     answer, so whether it is a voter that lost its data is unknown"
+                ),
+            });
+        }
+        if listed {
+            let evidence = format!("the cluster (through {through}) lists it as a voter");
+            let views: Vec<&raft_client::api::StatusView> =
+                statuses.iter().filter(|s| s.cluster == config.cluster).collect();
+            let answers = probe::gather_voters(config, &views, &evidence).await?;
+            lost_dir = Some(probe::lost_dir_from(config, &answers, evidence));
         }
     }
     let peers = view

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use raft_client::api::{RoleView, StatusView};
 use raft_client::{Client, ClientOptions};
-use raft_node::config::{MemberConfig, NodeConfig, StorageKind};
+use raft_node::config::{AuthConfig, ClientRole, MemberConfig, NodeConfig, StorageKind, TokenConfig};
 use raft_node::discovery::MemoryBus;
 use raft_node::Node;
 
@@ -113,24 +113,22 @@ impl TestCluster {
                 tweak(c);
                 assert!(c.problems().is_empty(), "{:?}", c.problems());
             }
-            let mut nodes = Vec::new();
-            for c in &configs {
-                let node = match bus {
+            // Together: a node with an empty data dir starts only once every member answered.
+            let starts = configs.iter().map(|c| async move {
+                match bus {
                     Some(bus) => Node::start_with_discovery_channel(c.clone(), bus.channel()).await,
                     None => Node::start(c.clone()).await,
-                };
-                match node {
-                    Ok(node) => nodes.push(Some(node)),
-                    Err(e @ raft_node::StartError::Bind { .. }) if attempts < 5 => {
-                        eprintln!("starting again on other ports: {e}");
-                        for node in nodes.into_iter().flatten() {
-                            node.shutdown().await;
-                        }
-                        continue 'attempt;
-                    }
-                    Err(e) => panic!("node {} did not start: {e}", c.id),
                 }
-            }
+            });
+            // The first failure drops the other starts (they would wait for it forever).
+            let nodes = match futures_util::future::try_join_all(starts).await {
+                Ok(nodes) => nodes.into_iter().map(Some).collect(),
+                Err(e @ raft_node::StartError::Bind { .. }) if attempts < 5 => {
+                    eprintln!("starting again on other ports: {e}");
+                    continue 'attempt;
+                }
+                Err(e) => panic!("a node did not start: {e}"),
+            };
             let cluster = Self { dir, configs, nodes };
             cluster.wait_for_leader().await;
             return cluster;
@@ -280,5 +278,24 @@ where
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `[auth]` with `tokens` as (name, role, token) entries, only their hashes kept; the first
+/// token is also the nodes' own (`token_file`, written under `dir`).
+pub fn auth_config(dir: &Path, tokens: &[(&str, ClientRole, &str)], open_ops: bool) -> AuthConfig {
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, format!("{}\n", tokens[0].2)).unwrap();
+    AuthConfig {
+        tokens: tokens
+            .iter()
+            .map(|&(name, role, token)| TokenConfig {
+                name: name.into(),
+                role,
+                sha256: raft_node::hash_token(token),
+            })
+            .collect(),
+        open_ops,
+        token_file: Some(token_file),
     }
 }

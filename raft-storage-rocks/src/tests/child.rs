@@ -6,7 +6,9 @@
 //!   in), printing `ack N` after each append returns and `hs T` after each hard-state save;
 //! - `lock`: tries to open the store and prints `locked` or `opened`;
 //! - `diskfull`: mounts a small tmpfs at the directory (it must run in its own mount
-//!   namespace: `unshare -m`), fills it, and checks the full-disk behaviour; prints `ok` at the end.
+//!   namespace: `unshare -m`), fills it, and checks the full-disk behaviour; prints `ok` at the end;
+//! - `stagefull`: the same tmpfs; a received snapshot whose staging and commit fail on the full
+//!   disk are made again once space frees (nothing staged was dropped); prints `ok` at the end.
 
 use std::io::Write;
 use std::path::Path;
@@ -55,6 +57,7 @@ fn child_process_entry() {
             say(answer);
         }
         "diskfull" => runtime.block_on(disk_full(Path::new(&dir))),
+        "stagefull" => runtime.block_on(staging_on_a_full_disk(Path::new(&dir))),
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -109,7 +112,8 @@ async fn append_forever(dir: &Path) {
     }
 }
 
-async fn disk_full(dir: &Path) {
+/// Mounts a 16 MiB tmpfs at `dir` (in this process's private mount namespace).
+fn mount_tmpfs(dir: &Path) {
     std::fs::create_dir_all(dir).expect("mount point");
     let status = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
@@ -117,6 +121,53 @@ async fn disk_full(dir: &Path) {
         .status()
         .expect("mount runs");
     assert!(status.success(), "mounting a tmpfs needs root in a private mount namespace");
+}
+
+/// Fills the file system of `path` with it until a write fails (less than 4 KiB stays free).
+fn fill_to_the_brim(path: &Path) {
+    let mut file = std::fs::File::create(path).expect("filler");
+    let block = vec![7u8; 4096];
+    while file.write_all(&block).is_ok() {}
+}
+
+async fn staging_on_a_full_disk(dir: &Path) {
+    mount_tmpfs(dir);
+    let db = open(&dir.join("store"));
+    let log = db.log(0);
+    let meta = SnapshotMeta { last_log_id: LogId::new(1, 9), membership: Membership::with_voters([1]) };
+    let first = Bytes::from(vec![1u8; 1000]);
+    let second = Bytes::from(vec![2u8; 256 * 1024]);
+    log.stage_snapshot_part(&meta, 0, first.clone()).await.expect("the first part");
+    let filler = dir.join("filler");
+    fill_to_the_brim(&filler);
+    let refused = log.stage_snapshot_part(&meta, 1000, second.clone()).await;
+    assert_eq!(refused, Err(StorageError::Full), "a part that does not fit");
+    std::fs::remove_file(&filler).expect("free space");
+    log.stage_snapshot_part(&meta, 1000, second.clone())
+        .await
+        .expect("the same part again, once space frees");
+    // The commit on a full disk: whichever step fails (the trailer, the sync, RocksDB's
+    // batch), the same call made again once space frees commits the whole snapshot.
+    fill_to_the_brim(&filler);
+    let len = (first.len() + second.len()) as u64;
+    let committed = log.save_staged_snapshot(&meta, len).await;
+    say(&format!("commit on a full disk: {committed:?}"));
+    assert!(matches!(committed, Ok(()) | Err(StorageError::Full)), "{committed:?}");
+    std::fs::remove_file(&filler).expect("free space");
+    if committed.is_err() {
+        log.save_staged_snapshot(&meta, len).await.expect("the commit made again once space frees");
+    }
+    let stored = log.load_snapshot().await.expect("load").expect("a snapshot");
+    assert_eq!(stored.meta, meta);
+    let mut expected = first.to_vec();
+    expected.extend_from_slice(&second);
+    let got: Vec<u8> = stored.data.chunks().iter().flat_map(|c| c.iter().copied()).collect();
+    assert_eq!(got, expected, "every staged byte, once");
+    say("ok");
+}
+
+async fn disk_full(dir: &Path) {
+    mount_tmpfs(dir);
     // Keep space to free later: more than the store can fill, because reopening after the
     // failure replays the WAL into a new SST file before the old WAL is deleted.
     let filler = dir.join("filler");

@@ -97,6 +97,49 @@ pub(crate) struct PhaseResult {
     pub reads: Histogram,
     /// Failed requests by kind.
     pub errors: BTreeMap<String, u64>,
+    /// The window second by second (for the timeline chart).
+    pub seconds: Vec<SecondResult>,
+}
+
+/// The longest window kept second by second (an hour).
+const SECONDS_MAX: usize = 3_600;
+
+/// One second of a phase's window.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SecondResult {
+    /// Successful requests answered in this second.
+    pub ok: u64,
+    /// Failed ones.
+    pub errors: u64,
+    /// Latency of the successful ones, in µs, one significant digit (a few KiB).
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+impl SecondResult {
+    fn merge(&mut self, other: &SecondResult) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        match (&mut self.latency, &other.latency) {
+            (Some(mine), Some(theirs)) => {
+                // Same bounds on both sides: adding cannot fail.
+                let _ = mine.add(theirs);
+            }
+            (None, Some(theirs)) => self.latency = Some(theirs.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// The entry of `seconds` for a request answered at `finished`, growing the vector as needed.
+fn second_of(seconds: &mut Vec<SecondResult>, from: Instant, finished: Instant) -> Option<&mut SecondResult> {
+    let index = usize::try_from(finished.saturating_duration_since(from).as_secs()).ok()?;
+    if index >= SECONDS_MAX {
+        return None;
+    }
+    if seconds.len() <= index {
+        seconds.resize_with(index + 1, SecondResult::default);
+    }
+    seconds.get_mut(index)
 }
 
 impl PhaseResult {
@@ -110,6 +153,12 @@ impl PhaseResult {
         self.reads.merge(&other.reads);
         for (kind, count) in &other.errors {
             count_error(&mut self.errors, kind.clone(), *count);
+        }
+        if self.seconds.len() < other.seconds.len() {
+            self.seconds.resize_with(other.seconds.len(), SecondResult::default);
+        }
+        for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
+            mine.merge(theirs);
         }
     }
 }
@@ -459,6 +508,18 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
                     let histogram = if read { &mut result.reads } else { &mut result.writes };
                     histogram.record_duration(finished - started);
                     last_counted = finished;
+                    if let Some(second) = second_of(&mut result.seconds, shared.measure_from, finished) {
+                        second.ok += 1;
+                        let micros =
+                            u64::try_from((finished - started).as_micros()).unwrap_or(u64::MAX).max(1);
+                        second
+                            .latency
+                            .get_or_insert_with(|| {
+                                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 1)
+                                    .expect("valid bounds")
+                            })
+                            .saturating_record(micros);
+                    }
                 }
                 if let (Some(mark), false) = (&shared.recovery, read) {
                     mark.success(started, finished);
@@ -480,6 +541,9 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
             if counted {
                 count_error(&mut result.errors, kind, 1);
                 last_counted = finished;
+                if let Some(second) = second_of(&mut result.seconds, shared.measure_from, finished) {
+                    second.errors += 1;
+                }
             }
             tokio::time::sleep(ERROR_PAUSE).await;
         }

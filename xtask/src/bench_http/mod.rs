@@ -7,12 +7,14 @@
 //! Every process started is stopped at the end, on error and on Ctrl-C. Figures are printed
 //! and saved to `target/bench/<timestamp>.json`.
 
+mod charts;
 mod etcd;
 mod failover;
 mod histogram;
 mod load;
 mod report;
 mod scale;
+mod watchers;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -36,7 +38,8 @@ const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [-
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
 [--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
-| bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both]";
+| bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
+| bench watchers [--watchers N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
 
 /// Which servers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,6 +79,12 @@ struct Options {
     kills: usize,
     /// The large-state benchmark (`cargo xtask bench scale`).
     scale: bool,
+    /// The watcher benchmark (`cargo xtask bench watchers`): watchers on the leader.
+    watchers_bench: bool,
+    /// Watch streams of every key opened on the leader.
+    watchers: usize,
+    /// Writes per second.
+    rate: f64,
 }
 
 impl Default for Options {
@@ -102,6 +111,9 @@ impl Default for Options {
             failover: false,
             kills: 5,
             scale: false,
+            watchers_bench: false,
+            watchers: 1000,
+            rate: 100.0,
         }
     }
 }
@@ -144,6 +156,12 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--client-threads" => o.client_threads = number(value()?)? as usize,
             "--timeout-ms" => o.request_timeout_ms = number(value()?)? as u64,
             "--kills" => o.kills = number(value()?)? as usize,
+            "--watchers" => o.watchers = number(value()?)? as usize,
+            "--rate" => o.rate = number(value()?)?,
+            "--watchers-bench" => {
+                o.watchers_bench = true;
+                takes_value = false;
+            }
             "--storage" => o.storage = value()?,
             "--transport" => o.transport = value()?,
             "--debug" => {
@@ -183,6 +201,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     }
     if o.requests == Some(0) || (o.requests.is_none() && o.duration_s == 0.0) {
         bail!("--duration and --requests must be more than 0");
+    }
+    if o.watchers_bench && (o.rate <= 0.0 || o.watchers == 0) {
+        bail!("--rate and --watchers must be more than 0");
     }
     if o.failover && o.against != Against::Raft {
         bail!("--failover runs against raft-node only");
@@ -243,19 +264,18 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
     let mut failover_report = None;
     if o.scale {
         let result = scale::run(root, &o, &runtime)?;
-        let out_dir = root.join("target").join("bench");
-        std::fs::create_dir_all(&out_dir)?;
-        let path = out_dir.join(format!("scale-{}.json", report::timestamp(started_at)));
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&serde_json::json!({
-                "command": format!("cargo xtask bench scale {}", args.join(" ")).trim_end(),
-                "options": &o,
-                "report": result,
-            }))?,
-        )?;
-        println!("\nsaved {}", path.display());
-        return Ok(());
+        return save_report(root, "scale", started_at, args, &o, &result);
+    }
+    if o.watchers_bench {
+        let (cluster, _children) = start_raft(root, &o)?;
+        println!(
+            "\nwatchers: {} rounds without and {} with {} watchers of every key on the leader; {} writes/s of {} bytes for {} s each",
+            o.runs, o.runs, o.watchers, o.rate, o.value_bytes, o.duration_s
+        );
+        let report = runtime.block_on(watchers::run(&cluster, &o))?;
+        println!("median p99 with watchers / without: {:.2}x", report.p99_ratio);
+        drop(cluster);
+        return save_report(root, "watchers", started_at, args, &o, &report);
     }
     if o.failover {
         let (cluster, children) = start_raft(root, &o)?;
@@ -345,6 +365,37 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         failover: failover_report.as_ref(),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&run)?)?;
+    println!("\nsaved {}", path.display());
+    match charts::write(&out_dir, &run.timestamp, &targets) {
+        Ok(paths) => {
+            for chart in paths {
+                println!("chart {}", chart.display());
+            }
+        }
+        Err(e) => println!("charts not drawn: {e:#}"),
+    }
+    Ok(())
+}
+
+/// Saves the report of `cargo xtask bench <name>` to `target/bench/<name>-<timestamp>.json`
+/// with the command and options.
+fn save_report(
+    root: &Path,
+    name: &str,
+    started_at: SystemTime,
+    args: &[String],
+    o: &Options,
+    report: &impl Serialize,
+) -> Result<()> {
+    let out_dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let path = out_dir.join(format!("{name}-{}.json", report::timestamp(started_at)));
+    let saved = serde_json::json!({
+        "command": format!("cargo xtask bench {name} {}", args.join(" ")).trim_end(),
+        "options": o,
+        "report": report,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&saved)?)?;
     println!("\nsaved {}", path.display());
     Ok(())
 }

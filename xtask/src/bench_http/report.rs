@@ -58,12 +58,48 @@ pub(crate) struct Figures {
     pub read: Latency,
     pub errors: BTreeMap<String, u64>,
     pub cpu: CpuUse,
+    /// Latency of successful writes at [`crate::plot::QUANTILES`]: (quantile, ms).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub write_percentiles_ms: Vec<(f64, f64)>,
+    /// The same for reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read_percentiles_ms: Vec<(f64, f64)>,
+    /// The window second by second.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<SecondFigures>,
+}
+
+/// One second of a run's window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct SecondFigures {
+    /// Successful requests answered in this second.
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 impl Figures {
     pub(crate) fn of(result: &PhaseResult, cpu: CpuUse) -> Self {
         let secs = result.window.as_secs_f64().max(1e-9);
+        let percentiles = |h: &Histogram| -> Vec<(f64, f64)> {
+            if h.count() == 0 {
+                return Vec::new();
+            }
+            crate::plot::QUANTILES.iter().map(|&q| (q, h.quantile(q) as f64 / 1e6)).collect()
+        };
+        let timeline = result
+            .seconds
+            .iter()
+            .map(|s| {
+                let at = |q| s.latency.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3);
+                SecondFigures { ok: s.ok, errors: s.errors, p50_ms: at(0.5), p99_ms: at(0.99) }
+            })
+            .collect();
         Self {
+            write_percentiles_ms: percentiles(&result.writes),
+            read_percentiles_ms: percentiles(&result.reads),
+            timeline,
             window_s: result.window.as_secs_f64(),
             writes_per_s: result.writes.count() as f64 / secs,
             reads_per_s: result.reads.count() as f64 / secs,
@@ -102,6 +138,10 @@ impl Figures {
                 servers_percent: m(&|r| r.cpu.servers_percent),
                 client_percent: m(&|r| r.cpu.client_percent),
             },
+            // Curves are not medians of anything: the charts show each run's own.
+            write_percentiles_ms: Vec::new(),
+            read_percentiles_ms: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 }

@@ -19,6 +19,7 @@ mod nemesis;
 mod net;
 mod nodes;
 mod proxy;
+mod timeline;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +37,7 @@ use nodes::Nodes;
 use workload::{Workload, WorkloadOptions};
 
 const USAGE: &str = "usage: cargo xtask chaos [--duration SECS] [--seed S] [--nodes N] [--clients N] [--keys N] \
-                     [--transport tcp|quic] [--faults kill,pause,partition,transfer,proxy,membership,clock,disk,corrupt] \
+                     [--transport tcp|quic] [--faults kill,pause,partition,transfer,proxy,membership,clock,disk,corrupt,lose,stall] \
                      [--proxy] [--rootless] [--release] [--binary PATH]";
 
 #[derive(Debug, Clone)]
@@ -465,6 +466,15 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     if o.nodes < 3 {
         faults.retain(|f| !["membership", "corrupt", "lose"].contains(f));
     }
+    if faults.contains(&"stall") {
+        match nodes::build_stall_shim(out) {
+            Ok(shim) => env.nodes.stall_shim = Some(shim),
+            Err(e) => {
+                faults.retain(|f| *f != "stall");
+                env.note(format!("no stalled-disk fault: the fsync shim cannot be built ({e:#})"));
+            }
+        }
+    }
     if o.rootless && faults.contains(&"disk") {
         faults.retain(|f| *f != "disk");
         env.note("rootless: no disk-full fault (the data dirs are plain directories, not tmpfs)".into());
@@ -502,15 +512,24 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     )?;
 
     let mut failure: Option<anyhow::Error> = None;
+    // The faults as they happened, for the timeline chart.
+    let mut spans: Vec<crate::plot::Span> = Vec::new();
     for step in &steps {
         let at = tokio::time::Instant::from_std(start + step.at);
         tokio::time::sleep_until(at).await;
         env.check_unexpected_exits();
+        let from = start.elapsed().as_secs_f64();
         match env.apply(&step.fault).await {
             Ok((what, heal)) => {
                 println!("{} {}: {what}", env.elapsed(), step.fault);
                 tokio::time::sleep(step.hold).await;
-                if let Err(e) = env.heal(heal).await {
+                let healed = env.heal(heal).await;
+                spans.push(crate::plot::Span {
+                    label: nemesis::shorten(&step.fault.to_string(), 32),
+                    from,
+                    to: start.elapsed().as_secs_f64(),
+                });
+                if let Err(e) = healed {
                     failure = Some(e.context(format!("healing {}", step.fault)));
                     break;
                 }
@@ -593,6 +612,12 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     }
     history::write_history(&out.join("history.jsonl"), &history)?;
     std::fs::write(out.join("report.txt"), report.join("\n") + "\n")?;
+    let chart = out.join("timeline.svg");
+    let title = format!("chaos seed {}: {} nodes, {} faults", o.seed, o.nodes, spans.len());
+    match timeline::write(&chart, &title, &history, &spans) {
+        Ok(()) => println!("timeline: {}", chart.display()),
+        Err(e) => println!("timeline: not drawn: {e:#}"),
+    }
     let data_root =
         env.nodes.nodes.values().next().and_then(|n| n.spec.data_dir.parent().map(Path::to_path_buf));
     drop(env);

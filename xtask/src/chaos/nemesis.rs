@@ -90,6 +90,9 @@ pub enum Fault {
         node: u64,
         cut: Option<u64>,
     },
+    /// Stall a node's fsyncs for the hold (the leader's when `None`): a leader must give way
+    /// to a node with a healthy disk.
+    StallDisk(Option<u64>),
 }
 
 impl fmt::Display for Fault {
@@ -121,6 +124,8 @@ impl fmt::Display for Fault {
                 write!(f, "clock of node {node}: {offset_s:+} s, rate {rate_percent}% (libfaketime)")
             }
             Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
+            Fault::StallDisk(None) => write!(f, "stall the leader's fsyncs"),
+            Fault::StallDisk(Some(n)) => write!(f, "stall node {n}'s fsyncs"),
             Fault::Corrupt(n) => {
                 write!(f, "corrupt node {n}'s WAL offline (expect self-repair from the cluster)")
             }
@@ -151,8 +156,19 @@ pub struct Step {
 const RESTART_GAP: Duration = Duration::from_millis(400);
 
 /// The kinds of faults, as `--faults` names them.
-pub const KINDS: &[&str] =
-    &["kill", "pause", "partition", "transfer", "proxy", "membership", "clock", "disk", "corrupt", "lose"];
+pub const KINDS: &[&str] = &[
+    "kill",
+    "pause",
+    "partition",
+    "transfer",
+    "proxy",
+    "membership",
+    "clock",
+    "disk",
+    "corrupt",
+    "lose",
+    "stall",
+];
 
 fn pick(rng: &mut SeededRng, ids: &[u64]) -> u64 {
     ids[rng.range(0, ids.len() as u64) as usize]
@@ -253,6 +269,7 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
                 rate_percent: 95 + rng.range(0, 11),
             },
             "disk" => Fault::DiskFull(pick(&mut rng, ids)),
+            "stall" => Fault::StallDisk((rng.range(0, 3) == 0).then(|| pick(&mut rng, ids))),
             "corrupt" => Fault::Corrupt(pick(&mut rng, ids)),
             "lose" => Fault::LoseWal {
                 node: pick(&mut rng, ids),
@@ -423,6 +440,20 @@ impl Env {
                 let what = self.damage_wal(*node, *cut)?;
                 (what, Heal::Lost(*node))
             }
+            Fault::StallDisk(who) => {
+                if self.nodes.stall_shim.is_none() {
+                    return Ok(("skipped: the stalled-disk shim was not built".into(), Heal::Nothing));
+                }
+                let Some(node) = who.or(leader) else {
+                    return Ok(("skipped: no leader to stall".into(), Heal::Nothing));
+                };
+                std::fs::write(self.nodes.stall_flag(node), b"")?;
+                let role = if Some(node) == leader { "the leader" } else { "a follower" };
+                (
+                    format!("node {node} ({role})'s fsyncs wait"),
+                    Heal::Stall { node, was_leader: Some(node) == leader },
+                )
+            }
         })
     }
 
@@ -528,6 +559,17 @@ impl Env {
                 self.nodes.start(node)?;
             }
             Heal::Lost(node) => self.restart_after_loss(node).await?,
+            Heal::Stall { node, was_leader } => {
+                if was_leader {
+                    let now = self.leader().await;
+                    self.note(match now {
+                        Some(l) if l != node => format!("node {node}'s fsyncs stalled while it led: node {l} took over"),
+                        Some(_) => format!("node {node}'s fsyncs stalled while it led: it still leads (the stall was shorter than the bound)"),
+                        None => format!("node {node}'s fsyncs stalled while it led: no leader at the end of the stall"),
+                    });
+                }
+                std::fs::remove_file(self.nodes.stall_flag(node))?;
+            }
             Heal::Disk(node) => {
                 let ballast = self.ballast_path(node)?;
                 let _ = std::fs::remove_file(&ballast);
@@ -729,7 +771,7 @@ impl Env {
     }
 }
 
-fn shorten(s: &str, max: usize) -> String {
+pub(super) fn shorten(s: &str, max: usize) -> String {
     if s.len() <= max {
         s.to_owned()
     } else {
@@ -753,4 +795,9 @@ pub enum Heal {
     Disk(u64),
     /// Restart a node whose WAL was damaged; it must recover by itself.
     Lost(u64),
+    /// Let a node's fsyncs go on (saying whether a stalled leader gave way first).
+    Stall {
+        node: u64,
+        was_leader: bool,
+    },
 }

@@ -33,6 +33,32 @@ pub struct Nodes {
     pub nodes: BTreeMap<u64, Node>,
     /// Each data dir is a tmpfs of this many MiB (root mode), else a plain directory.
     tmpfs_mib: Option<u64>,
+    /// The stalled-disk shim ([`build_stall_shim`]), preloaded into every node when built.
+    pub stall_shim: Option<PathBuf>,
+    /// Where the flag files that stall a node's fsyncs go.
+    dir: PathBuf,
+}
+
+/// The C source of the stalled-disk shim.
+const STALL_SHIM_SOURCE: &str = include_str!("stall_fsync.c");
+
+/// Builds the stalled-disk shim into `dir` with `cc` (a shared library preloaded into the
+/// nodes: their fsyncs wait while a flag file exists). `Err` says why it cannot be built.
+pub fn build_stall_shim(dir: &Path) -> Result<PathBuf> {
+    let source = dir.join("stall_fsync.c");
+    let library = dir.join("stall_fsync.so");
+    std::fs::write(&source, STALL_SHIM_SOURCE)?;
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .context("running cc")?;
+    if !built.status.success() {
+        bail!("cc failed: {}", String::from_utf8_lossy(&built.stderr).trim());
+    }
+    Ok(library)
 }
 
 impl Nodes {
@@ -64,7 +90,12 @@ impl Nodes {
                 Node { spec: spec.clone(), config, log, child: None, paused: false, faketime: None },
             );
         }
-        Ok(Self { binary, common, nodes, tmpfs_mib })
+        Ok(Self { binary, common, nodes, tmpfs_mib, stall_shim: None, dir: dir.to_path_buf() })
+    }
+
+    /// The file whose existence stalls node `id`'s fsyncs (with the shim preloaded).
+    pub fn stall_flag(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("stall-node{id}"))
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -77,17 +108,26 @@ impl Nodes {
 
     pub fn start(&mut self, id: u64) -> Result<()> {
         let binary = self.binary.clone();
-        let node = self.node(id)?;
-        if node.child.is_some() {
+        if self.node(id)?.child.is_some() {
             bail!("node {id} is already running");
         }
         let mut command = Command::new(&binary);
         // Plain log files (no ANSI colours).
         command.env("NO_COLOR", "1");
+        let mut preload = Vec::new();
+        if let Some(shim) = &self.stall_shim {
+            preload.push(shim.display().to_string());
+            command.env("RAFT_CHAOS_STALL_FLAG", self.stall_flag(id));
+        }
+        let node = self.nodes.get_mut(&id).with_context(|| format!("no node {id}"))?;
         if let Some(spec) = &node.faketime {
             // libfaketime preloaded into raft-node itself (the `faketime` wrapper would be a
             // parent process that a SIGKILL of the node's pid misses).
-            command.env("LD_PRELOAD", FAKETIME_LIB).env("FAKETIME", spec).env("FAKETIME_NO_CACHE", "1");
+            preload.push(FAKETIME_LIB.to_string());
+            command.env("FAKETIME", spec).env("FAKETIME_NO_CACHE", "1");
+        }
+        if !preload.is_empty() {
+            command.env("LD_PRELOAD", preload.join(":"));
         }
         let child = spawn_node(command, &node.config, &node.log)?;
         node.child = Some(child);

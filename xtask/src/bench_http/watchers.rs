@@ -1,0 +1,209 @@
+//! `cargo xtask bench watchers`: the leader's write latency at a fixed rate with and without
+//! many watchers of every key (server-sent events, all on the leader), in alternating rounds,
+//! and the elections meanwhile.
+//!
+//! The writes are open-loop: write `i` is due at `i / rate` seconds and its latency counts
+//! from then (a write held up by a slow one before it counts the wait), through a pool of
+//! keep-alive connections. Each watcher is a raw TCP connection reading its stream; the events
+//! it received are counted (an event ends with a blank line).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::histogram::Histogram;
+use super::load::{Api, Connection, Requests};
+use super::Options;
+use crate::cluster::{find_leader, status_client, LocalCluster};
+
+/// Keep-alive connections the writes share.
+const WRITE_CONNECTIONS: usize = 16;
+
+/// One round's figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Round {
+    /// Watchers open during the round.
+    pub(crate) watchers: usize,
+    /// Writes answered 200.
+    pub(crate) ok: u64,
+    /// Writes that failed (any other answer or an error).
+    pub(crate) failed: u64,
+    /// Latency quantiles of the writes answered, ms.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    /// Terms started during the round (elections), and whether the leader changed.
+    pub(crate) elections: u64,
+    pub(crate) leader_changed: bool,
+    /// Events received per watcher: the fewest and the mean.
+    pub(crate) events_min: u64,
+    pub(crate) events_mean: f64,
+}
+
+/// What `bench watchers` reports.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WatchersReport {
+    pub(crate) rounds: Vec<Round>,
+    /// Median p99 with watchers / median p99 without.
+    pub(crate) p99_ratio: f64,
+}
+
+/// Opens `n` watch streams of every key on `addr` and counts their events; each counter is
+/// one watcher's. Fails unless every stream is answered 200.
+async fn open_watchers(
+    addr: &str,
+    n: usize,
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Vec<Arc<AtomicU64>>)> {
+    let mut tasks = Vec::with_capacity(n);
+    let mut counters = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut stream =
+            tokio::net::TcpStream::connect(addr).await.with_context(|| format!("watcher {i}"))?;
+        let request = format!("GET /v1/watch HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 4096];
+        let n = stream.read(&mut head).await?;
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("watcher {i} refused: {}", head.lines().next().unwrap_or_default());
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        let count = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut last = 0u8;
+            loop {
+                let Ok(n) = stream.read(&mut buf).await else { return };
+                if n == 0 {
+                    return;
+                }
+                let mut events = 0;
+                for &b in &buf[..n] {
+                    if b == b'\n' && last == b'\n' {
+                        events += 1;
+                    }
+                    last = b;
+                }
+                count.fetch_add(events, Ordering::Relaxed);
+            }
+        }));
+        counters.push(counter);
+    }
+    Ok((tasks, counters))
+}
+
+/// One round: `watchers` streams on the leader, then `rate` writes/s for `duration`.
+async fn round(cluster: &LocalCluster, o: &Options, watchers: usize, first_key: u64) -> Result<Round> {
+    let endpoints = cluster.endpoints();
+    let status = status_client(&endpoints)?;
+    let before = find_leader(&status).await.context("no leader before the round")?;
+    let addr = endpoints[(before.id - 1) as usize].clone();
+    let (tasks, counters) = open_watchers(&addr, watchers).await?;
+    // The pool: a connection is taken from the channel for a write and given back after it.
+    let (give_back, take) = tokio::sync::mpsc::channel::<Connection>(WRITE_CONNECTIONS);
+    for _ in 0..WRITE_CONNECTIONS {
+        give_back.send(Connection::open(&addr).await.map_err(anyhow::Error::msg)?).await.ok();
+    }
+    let take = Arc::new(tokio::sync::Mutex::new(take));
+    let requests = Arc::new(Requests::new(Api::Raft, o.value_bytes));
+    let writes = (o.rate * o.duration_s).round() as u64;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(writes as usize);
+    for i in 0..writes {
+        let due = start + Duration::from_secs_f64(i as f64 / o.rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (take, give_back, requests) = (take.clone(), give_back.clone(), requests.clone());
+        pending.push(tokio::spawn(async move {
+            let mut connection = take.lock().await.recv().await?;
+            let (method, path, body) = requests.put(&Requests::key(first_key + i));
+            let answer = connection.send(method, &path, body).await;
+            let latency = due.elapsed();
+            give_back.send(connection).await.ok();
+            Some((answer.map(|(status, _)| status.as_u16()), latency))
+        }));
+    }
+    let mut histogram = Histogram::default();
+    let (mut ok, mut failed) = (0, 0);
+    for task in pending {
+        match task.await.ok().flatten() {
+            Some((Ok(200), latency)) => {
+                ok += 1;
+                histogram.record_duration(latency);
+            }
+            _ => failed += 1,
+        }
+    }
+    // Let the last events reach the watchers before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    for task in tasks {
+        task.abort();
+    }
+    let after = find_leader(&status).await;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    Ok(Round {
+        watchers,
+        ok,
+        failed,
+        p50_ms: ms(histogram.quantile(0.5)),
+        p99_ms: ms(histogram.quantile(0.99)),
+        max_ms: ms(histogram.max()),
+        elections: after.as_ref().map_or(1, |a| a.term.saturating_sub(before.term)),
+        leader_changed: after.as_ref().is_none_or(|a| a.id != before.id),
+        events_min: events.iter().copied().min().unwrap_or(0),
+        events_mean: if events.is_empty() {
+            0.0
+        } else {
+            events.iter().sum::<u64>() as f64 / events.len() as f64
+        },
+    })
+}
+
+/// Alternates rounds without and with `o.watchers` watchers, `o.runs` of each.
+pub(crate) async fn run(cluster: &LocalCluster, o: &Options) -> Result<WatchersReport> {
+    let mut rounds = Vec::new();
+    let writes_per_round = (o.rate * o.duration_s).round() as u64 + 1;
+    if o.warmup_s > 0.0 {
+        // Not counted: the cluster has just started (connections, caches).
+        let warmup = Options { duration_s: o.warmup_s, ..o.clone() };
+        let result = round(cluster, &warmup, 0, 1 << 40).await?;
+        println!("  warm-up ({} s, not counted): p99 {:.1} ms", o.warmup_s, result.p99_ms);
+    }
+    for r in 0..o.runs * 2 {
+        let watchers = if r % 2 == 0 { 0 } else { o.watchers };
+        let result = round(cluster, o, watchers, r as u64 * writes_per_round).await?;
+        println!(
+            "  round {}: {:>5} watchers: {} writes ok, {} failed, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, \
+             {} election(s){}, events per watcher min {} mean {:.0}",
+            r + 1,
+            result.watchers,
+            result.ok,
+            result.failed,
+            result.p50_ms,
+            result.p99_ms,
+            result.max_ms,
+            result.elections,
+            if result.leader_changed { " (leader changed)" } else { "" },
+            result.events_min,
+            result.events_mean
+        );
+        rounds.push(result);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let median = |with: bool| {
+        let mut p99: Vec<f64> =
+            rounds.iter().filter(|r| (r.watchers > 0) == with).map(|r| r.p99_ms).collect();
+        p99.sort_by(f64::total_cmp);
+        match p99.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => p99[n / 2],
+            n => (p99[n / 2 - 1] + p99[n / 2]) / 2.0,
+        }
+    };
+    let p99_ratio = if median(false) > 0.0 { median(true) / median(false) } else { 0.0 };
+    Ok(WatchersReport { rounds, p99_ratio })
+}
