@@ -1,37 +1,107 @@
-//! `cargo bench -p raft-bench --bench core`: raft-core and openraft, same workload, same run.
-//! 3 nodes in one process, in-memory storage, small commands; 1, 256 and 4096 proposers. Each
-//! configuration runs `ROUNDS` times alternating the two systems; the median is reported with
-//! the ratio raft-core / openraft. Then raft-core alone: linearizable reads per second
-//! (ReadIndex against lease, with the ratio), and the time a follower 100 000 entries behind
-//! takes to catch up by snapshot against by log replay.
+//! `cargo bench -p raft-bench --bench core` (or `cargo xtask bench core [--openraft DIR]`):
+//! raft-core and openraft, same workload, same run.
+//!
+//! Writes: 3 voters in one process, in-memory storage, the nodes on a 2-thread server runtime
+//! and the proposers on a 1-thread client runtime (openraft's own `benchmarks/minimal` split);
+//! 1, 256 and 4096 proposers. Each configuration runs `ROUNDS` times, the systems alternating
+//! within a round: raft-core, openraft through this crate's glue, and, when
+//! `OPENRAFT_BENCH_BIN` names it, openraft's own `benchmarks/minimal` binary with the same
+//! threads. Medians are reported with the spread of the rounds ((max - min) / median).
+//! Then raft-core alone: linearizable reads per second (ReadIndex against lease), and the time a
+//! follower 100 000 entries behind takes to catch up by snapshot against by log replay.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use raft_bench::report::{summarize, Summary};
-use raft_bench::{core_cluster, openraft_cluster};
+use raft_bench::{core_cluster, openraft_cluster, openraft_own, Runtimes};
 use raft_core::ReadMode;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
+const SERVER_WORKERS: usize = 2;
+const CLIENT_WORKERS: usize = 1;
 
 fn median(mut xs: Vec<Summary>) -> Summary {
     xs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
     xs[xs.len() / 2]
 }
 
+/// (max - min) / median of the rounds' throughputs, in percent.
+fn spread(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(min), Some(mid), Some(max)) if *mid > 0.0 => (max - min) / mid * 100.0,
+        _ => 0.0,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    println!("| proposers | total | raft-core ops/s | p50 us | p99 us | openraft ops/s | p50 us | p99 us | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (proposers, total) in [(1usize, 5_000usize), (256, 200_000), (4096, 400_000)] {
+    let rt = Runtimes::new(SERVER_WORKERS, CLIENT_WORKERS)?;
+    let own_bin = std::env::var_os("OPENRAFT_BENCH_BIN").map(PathBuf::from);
+    println!(
+        "writes: 3 voters in one process, {SERVER_WORKERS} server + {CLIENT_WORKERS} client threads for every \
+         system; medians of {ROUNDS} rounds, the order rotating; spread = (max - min) / median"
+    );
+    println!(
+        "raft-core: its defaults (heartbeat 20 ms, election 150-300 ms, 8 appends in flight per follower, \
+         a snapshot every 10 000 entries), 16-byte proposals, in-memory storage, channel transport; \
+         each proposal timed (two clock reads)"
+    );
+    println!(
+        "openraft (glue): openraft-rt-tokio, benchmarks/minimal's config (heartbeat 50 ms, election \
+         200-2000 ms, max_payload_entries and purge_batch_size 1024, one AppendEntries in flight, a \
+         snapshot every 5 000 entries), empty proposals, log and state machine as Rust values, \
+         direct calls; each proposal timed"
+    );
+    println!(
+        "openraft (own binary): benchmarks/minimal as built from openraft's repository (its own \
+         version and features), empty proposals, nothing timed per proposal"
+    );
+    println!();
+    println!(
+        "| proposers | total | raft-core ops/s | p50 us | p99 us | spread | openraft (glue) ops/s | p50 us | p99 us | \
+         spread | openraft (own binary) ops/s | spread | raft-core / openraft glue | raft-core / openraft own |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (proposers, total) in [(1usize, 20_000usize), (256, 400_000), (4096, 800_000)] {
         let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for _ in 0..ROUNDS {
-            ours.push(summarize(&runtime.block_on(core_cluster::run(proposers, total))?));
-            theirs.push(summarize(&runtime.block_on(openraft_cluster::run(proposers, total))?));
+        let mut glue = Vec::new();
+        let mut own = Vec::new();
+        for round in 0..ROUNDS {
+            // Each round starts with another system, so that no system always runs first.
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => ours.push(summarize(&core_cluster::run(&rt, proposers, total)?)),
+                    1 => glue.push(summarize(&openraft_cluster::run(&rt, proposers, total)?)),
+                    _ => {
+                        if let Some(bin) = &own_bin {
+                            own.push(openraft_own::run(
+                                bin,
+                                SERVER_WORKERS,
+                                CLIENT_WORKERS,
+                                proposers,
+                                total,
+                            )?);
+                        }
+                    }
+                }
+            }
         }
-        let (a, b) = (median(ours), median(theirs));
+        let ours_spread = spread(&ours.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
+        let glue_spread = spread(&glue.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
+        let (a, b) = (median(ours), median(glue));
+        let (own_cell, own_spread, own_ratio) = if own.is_empty() {
+            ("not run".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            let mut sorted = own.clone();
+            sorted.sort_by(f64::total_cmp);
+            let m = sorted[sorted.len() / 2];
+            (format!("{m:.0}"), format!("{:.0} %", spread(&own)), format!("{:.2}", a.ops_per_sec / m))
+        };
         println!(
-            "| {proposers} | {total} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} |",
+            "| {proposers} | {total} | {:.0} | {} | {} | {ours_spread:.0} % | {:.0} | {} | {} | {glue_spread:.0} % | \
+             {own_cell} | {own_spread} | {:.2} | {own_ratio} |",
             a.ops_per_sec,
             a.p50_us,
             a.p99_us,
@@ -41,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             a.ops_per_sec / b.ops_per_sec
         );
     }
+    let runtime = &rt.server;
 
     println!();
     println!("| readers | total | ReadIndex reads/s | p50 us | p99 us | lease reads/s | p50 us | p99 us | lease / ReadIndex |");

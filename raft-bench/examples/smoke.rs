@@ -2,13 +2,13 @@
 //! For the real comparison (several rounds, medians, ratios) use `cargo xtask bench core`.
 
 use raft_bench::report::summarize;
-use raft_bench::{core_cluster, openraft_cluster};
+use raft_bench::{core_cluster, openraft_cluster, Runtimes};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let rt = Runtimes::new(2, 1)?;
     for (proposers, total) in [(1, 5_000), (256, 100_000)] {
-        let ours = summarize(&core_cluster::run(proposers, total).await?);
-        let theirs = summarize(&openraft_cluster::run(proposers, total).await?);
+        let ours = summarize(&core_cluster::run(&rt, proposers, total)?);
+        let theirs = summarize(&openraft_cluster::run(&rt, proposers, total)?);
         for (name, s) in [("raft-core", ours), ("openraft", theirs)] {
             println!(
                 "{name} proposers={proposers}: {:.0} ops/s, p50 {} us, p99 {} us",

@@ -1,13 +1,14 @@
-//! The openraft side of the in-process benchmark.
+//! The openraft side of the in-process benchmark, set up as openraft benchmarks itself.
 //!
-//! Three [`openraft::Raft`] nodes (openraft `0.10.0-alpha.37`) run in the current tokio runtime,
-//! each backed by `openraft-memstore` (in-memory log store and state machine). They talk through
-//! [`InProcessNetwork`], which delivers every RPC by calling the target node's `Raft` handle
-//! directly: no sockets, no serialization, messages are moved between nodes as Rust values.
+//! Three [`openraft::Raft`] nodes (openraft `0.10.0-alpha.37`) run on the benchmark's server
+//! runtime, each with the store of [`crate::openraft_store`] (log and state machine in memory as
+//! Rust values, no serialization, empty requests: the shape of openraft's own
+//! `benchmarks/minimal`). They talk through [`InProcessNetwork`], which delivers every RPC by
+//! calling the target node's `Raft` handle directly: no sockets, messages moved as values.
 //!
-//! The Raft configuration follows openraft's own `benchmarks/minimal` setup (heartbeat 50 ms,
-//! election timeout 200..2000 ms, `max_payload_entries` and `purge_batch_size` of 1024, every
-//! other knob at openraft's default).
+//! The Raft configuration is `benchmarks/minimal`'s: heartbeat 50 ms, election timeout
+//! 200..2000 ms, `max_payload_entries` and `purge_batch_size` of 1024, every other knob at
+//! openraft's default. The proposers run on the client runtime, as in `benchmarks/minimal`.
 //!
 //! The network implements the unary RPCs of [`RaftNetworkV2`] and keeps openraft's default
 //! `stream_append`, which sends `AppendEntries` to a follower one at a time (request, wait for the
@@ -16,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::Cursor;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,28 +45,24 @@ use openraft::Raft;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use openraft::ServerState;
-use openraft_memstore::ClientRequest;
-use openraft_memstore::MemNodeId;
-use openraft_memstore::MemStateMachine;
-use openraft_memstore::TypeConfig;
 
-use crate::BenchReport;
+use crate::openraft_store::{BenchTypes, LogStore, Request, SnapshotData, StateMachine};
+use crate::{BenchReport, Runtimes};
 
-/// The type configuration declared by `openraft-memstore` (`D = ClientRequest`, `Node = ()`,
-/// `NodeId = u64`, tokio runtime).
-type C = TypeConfig;
+/// The benchmark's type configuration.
+type C = BenchTypes;
 
-/// A handle to one openraft node whose state machine is a memstore state machine.
-type MemRaft = Raft<C, Arc<MemStateMachine>>;
+/// Node ids of the benchmark cluster.
+type MemNodeId = u64;
+
+/// A handle to one openraft node.
+type MemRaft = Raft<C, StateMachine>;
 
 /// Number of voters in the benchmark cluster.
 const CLUSTER_SIZE: u64 = 3;
 
 /// Upper bound on every wait for cluster state during setup and completion.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Length in bytes of the value carried by each proposal.
-const VALUE_LEN: usize = 16;
 
 /// The Raft configuration used by the benchmark.
 ///
@@ -146,7 +142,7 @@ fn unreachable<E: std::error::Error + 'static>(e: E) -> RPCError<C> {
 }
 
 impl RaftNetworkV2<C> for InProcessNetwork {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -201,13 +197,11 @@ impl RaftNetworkV2<C> for InProcessNetwork {
     }
 }
 
-/// Runs `total` small proposals (16-byte values) through a 3-node openraft cluster in one process
-/// (openraft-memstore storage, an in-process network that calls the target node's Raft handle
-/// directly, no serialization), with `proposers` concurrent tasks each issuing `client_write`
-/// sequentially until `total` are done; returns after the leader has applied all of them.
-///
-/// Must be called from within a tokio runtime (the proposers are spawned tasks). Every node is
-/// shut down before returning, so consecutive runs do not share background work.
+/// Runs `total` empty proposals through a 3-node openraft cluster in one process (the store of
+/// [`crate::openraft_store`], an in-process network that calls the target node's Raft handle
+/// directly), with `proposers` concurrent tasks on the client runtime each issuing
+/// `client_write` sequentially until `total` are done; returns after the leader has applied all
+/// of them. The nodes run on the server runtime and are shut down before returning.
 ///
 /// `elapsed` in the report spans from the first proposal to the leader having applied the last;
 /// cluster setup and leader election are not included. `latencies_us` holds one entry per
@@ -219,32 +213,41 @@ impl RaftNetworkV2<C> for InProcessNetwork {
 /// Fails if `proposers` is 0, if a node cannot be started, initialized or shut down, if no
 /// leader is established within 30 s, or if any `client_write` fails (e.g. the leadership moves
 /// during the run: proposals are not retried).
-pub async fn run(proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
+pub fn run(rt: &Runtimes, proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(proposers > 0, "at least one proposer is needed");
 
-    let router = Router::default();
-    let config = bench_config()?;
+    let nodes = rt.server.block_on(async {
+        let router = Router::default();
+        let config = bench_config()?;
+        let mut nodes = Vec::new();
+        for id in 0..CLUSTER_SIZE {
+            let raft =
+                Raft::new(id, config.clone(), router.clone(), LogStore::default(), StateMachine::default())
+                    .await
+                    .with_context(|| format!("starting openraft node {id}"))?;
+            router.register(id, raft.clone())?;
+            nodes.push(raft);
+        }
+        anyhow::Ok(nodes)
+    })?;
 
-    let mut nodes = Vec::new();
-    for id in 0..CLUSTER_SIZE {
-        let (log_store, state_machine) = openraft_memstore::new_mem_store();
-        let raft = Raft::new(id, config.clone(), router.clone(), log_store, state_machine)
-            .await
-            .with_context(|| format!("starting openraft node {id}"))?;
-        router.register(id, raft.clone())?;
-        nodes.push(raft);
-    }
+    let result = rt
+        .server
+        .block_on(elect(&nodes))
+        .and_then(|leader| rt.client.block_on(bench_on_leader(leader, proposers, total)));
 
-    let result = bench_on_cluster(&nodes, proposers, total).await;
-
-    for raft in &nodes {
-        raft.shutdown().await.context("shutting down openraft node")?;
-    }
+    rt.server.block_on(async {
+        for raft in &nodes {
+            raft.shutdown().await.context("shutting down openraft node")?;
+        }
+        anyhow::Ok(())
+    })?;
     result
 }
 
-/// Initializes the started (pristine) `nodes` as one cluster and runs the workload on its leader.
-async fn bench_on_cluster(nodes: &[MemRaft], proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
+/// Initializes the started (pristine) `nodes` as one cluster and returns its leader once every
+/// node has applied the leader's first entry.
+async fn elect(nodes: &[MemRaft]) -> anyhow::Result<MemRaft> {
     let first = nodes.first().context("no node started")?;
     let members: BTreeSet<MemNodeId> = (0..CLUSTER_SIZE).collect();
     first.initialize(members).await.context("initializing the cluster")?;
@@ -273,15 +276,19 @@ async fn bench_on_cluster(nodes: &[MemRaft], proposers: usize, total: usize) -> 
             .await
             .context("waiting for the initial logs to be applied")?;
     }
+    Ok(leader)
+}
 
+/// Runs the workload on `leader` from `proposers` tasks of the current runtime.
+async fn bench_on_leader(leader: MemRaft, proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
 
     let mut tasks = Vec::with_capacity(proposers);
-    for p in 0..proposers {
+    for _ in 0..proposers {
         let leader = leader.clone();
         let next = next.clone();
-        tasks.push(tokio::spawn(propose_loop(leader, p, proposers, next, total)));
+        tasks.push(tokio::spawn(propose_loop(leader, proposers, next, total)));
     }
 
     let mut latencies_us = Vec::with_capacity(total);
@@ -324,17 +331,14 @@ struct ProposerOutput {
     last_index: Option<u64>,
 }
 
-/// Proposer `proposer` of `proposers`: issues `client_write`s one after the other, each claiming the next of `total` slots from
+/// A proposer: issues `client_write`s one after the other, each claiming the next of `total` slots from
 /// `next`, until all slots are claimed. On error, stops the other proposers and returns it.
 async fn propose_loop(
     leader: MemRaft,
-    proposer: usize,
     proposers: usize,
     next: Arc<AtomicUsize>,
     total: usize,
 ) -> anyhow::Result<ProposerOutput> {
-    // One key per proposer, so the state machine stays small and its snapshots cheap.
-    let client = format!("proposer-{proposer}");
     let mut out =
         ProposerOutput { latencies_us: Vec::with_capacity(total.div_ceil(proposers)), last_index: None };
     loop {
@@ -342,14 +346,8 @@ async fn propose_loop(
         if serial >= total {
             return Ok(out);
         }
-        let request = ClientRequest {
-            client: client.clone(),
-            serial: serial as u64,
-            status: format!("{serial:0VALUE_LEN$x}"),
-        };
-
         let t0 = Instant::now();
-        let res = leader.client_write(request).await;
+        let res = leader.client_write(Request).await;
         let latency = t0.elapsed();
 
         match res {

@@ -1,13 +1,22 @@
 //! The benchmark workloads run end to end at a small size (correctness only; speed is measured
 //! by `cargo xtask bench core`, never asserted here).
 
-use raft_bench::core_cluster;
+use raft_bench::{core_cluster, openraft_cluster, Runtimes};
 use raft_core::ReadMode;
 
+#[test]
+fn both_systems_complete_the_write_workload() {
+    let rt = Runtimes::new(2, 1).expect("runtimes");
+    for proposers in [1, 64] {
+        let ours = core_cluster::run(&rt, proposers, 300).expect("raft-core proposals");
+        assert_eq!(ours.latencies_us.len(), 300);
+        let theirs = openraft_cluster::run(&rt, proposers, 300).expect("openraft proposals");
+        assert_eq!(theirs.latencies_us.len(), 300);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proposals_and_both_read_modes_complete() {
-    let report = core_cluster::run(8, 500).await.expect("proposals");
-    assert_eq!(report.latencies_us.len(), 500);
+async fn both_read_modes_complete() {
     for mode in [ReadMode::ReadIndex, ReadMode::Lease] {
         let report = core_cluster::run_reads(mode, 8, 500).await.expect("reads");
         assert_eq!(report.latencies_us.len(), 500, "{mode:?}");

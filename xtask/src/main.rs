@@ -10,7 +10,9 @@
 //! - `bench [http] OPTIONS` (or `bench-http`): HTTP load against a local `raft-node` cluster
 //!   and, when installed, etcd, side by side; `--failover` kills leaders under load (see
 //!   `bench_http`).
-//! - `bench core`: raft-core against openraft on the same workload, same run (release build).
+//! - `bench core [--openraft DIR]`: raft-core against openraft on the same workload, same run
+//!   (release build); with a checkout of openraft's repository, its own `benchmarks/minimal`
+//!   too (see `bench_core.rs`).
 //! - `cluster up|down|status|kill N|restart N`: a local cluster of `raft-node` processes
 //!   under `target/cluster/` (see `cluster.rs`).
 //! - `chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic] ...`: a Jepsen-style
@@ -19,6 +21,7 @@
 //! - `ci`: what `.ci/run` runs: `test`, then `chaos` runs (seed 1): 60 s in a network
 //!   namespace (root), 30 s rootless.
 
+mod bench_core;
 mod bench_http;
 mod chaos;
 mod cluster;
@@ -52,7 +55,7 @@ fn run() -> Result<()> {
         Some("test") => test_all(),
         Some("ci") => ci(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
-            Some("core") => cargo(&["bench", "-p", "raft-bench", "--bench", "core"]),
+            Some("core") => bench_core::bench_core(&workspace_root()?, &args[2..]),
             Some("http") => bench_http::bench_http(&workspace_root()?, &args[2..]),
             Some("scale") => {
                 // 1,000,000 keys of 1 KiB (about 1 GB of state), etcd beside raft-node when it is
@@ -79,7 +82,7 @@ fn run() -> Result<()> {
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench scale [OPTIONS] | bench core | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench scale [OPTIONS] | bench core [--openraft DIR] | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }

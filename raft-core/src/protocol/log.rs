@@ -190,24 +190,35 @@ impl RaftLog {
     /// Up to `max_entries` entries from `from`, stopping before `max_bytes` is passed (at
     /// least one entry if any exists).
     pub(crate) fn slice(&self, from: Index, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
+        let Some(start) = self.position(from) else { return Vec::new() };
+        let held = self.entries.range(start..);
+        let mut out = Vec::with_capacity(held.len().min(max_entries));
         let mut bytes = 0usize;
-        let mut index = from;
-        while out.len() < max_entries {
-            let Some(e) = self.get(index) else { break };
+        for e in held.take(max_entries) {
             bytes += e.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
             out.push(e.clone());
-            index += 1;
         }
         out
     }
 
-    /// Entries `from..=to`, cloned.
+    /// Entries `from..=to` that the log holds, cloned (one allocation of the exact size: this
+    /// runs for every ready's new and committed entries).
     pub(crate) fn range(&self, from: Index, to: Index) -> Vec<Entry> {
-        (from..=to).filter_map(|i| self.get(i).cloned()).collect()
+        let from = from.max(self.base.index + 1);
+        let to = to.min(self.last_index());
+        match (self.position(from), self.position(to)) {
+            (Some(start), Some(end)) if start <= end => self.entries.range(start..=end).cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Where the entry at `index` sits in `entries`, if the log holds it.
+    fn position(&self, index: Index) -> Option<usize> {
+        let offset = index.checked_sub(self.base.index + 1)?;
+        usize::try_from(offset).ok().filter(|&i| i < self.entries.len())
     }
 
     /// Number of entries after `index` that are in the log.
