@@ -170,6 +170,42 @@ async fn a_voter_whose_data_dir_is_damaged_is_repaired_from_the_cluster() {
     cluster.shutdown().await;
 }
 
+/// A voter whose snapshot file fails its checksum (one flipped byte in the middle) is repaired
+/// from the cluster at start, like damaged table files: the file is checked when the store
+/// opens, not first met by the restore (which would stop the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_snapshot_file_is_damaged_is_repaired_from_the_cluster() {
+    let mut cluster = TestCluster::start_with(3, StorageKind::Rocks, snapshot_often).await;
+    let client = cluster.client();
+    for i in 0..120 {
+        client.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
+    }
+    cluster.wait_registered().await;
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.snapshot_index > 0), "snapshots were taken: {statuses:?}");
+    let victim = cluster.follower().await;
+    cluster.stop(victim).await;
+    let snapshots = cluster.data_dir(victim).join("snapshots");
+    let file = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .expect("a snapshot file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    cluster.restart(victim).await;
+    let aside = std::fs::read_dir(cluster.data_dir(victim))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX));
+    assert!(aside, "the damaged dir was not kept aside");
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.keys == 120), "{statuses:?}");
+    cluster.shutdown().await;
+}
+
 /// The same damage while another voter is away: refused, and the damaged dir left in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_data_dir_is_left_alone_while_another_voter_is_away() {

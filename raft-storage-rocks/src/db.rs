@@ -219,7 +219,10 @@ fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, Op
 }
 
 /// Refuses a store whose snapshot reference names a file that is not there (removed by
-/// hand, or lost with a damaged file system): the store is damaged, not empty.
+/// hand, or lost with a damaged file system) or that fails its checksums, length or end: the
+/// store is damaged, not empty, and a node repairs it from the cluster before it starts
+/// (found only by the restore, the damage would stop the node instead). Each file is read
+/// once through, a chunk at a time.
 fn check_snapshot_files(db: &DB, dir: &Path) -> Result<(), OpenError> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
     for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
@@ -238,6 +241,12 @@ fn check_snapshot_files(db: &DB, dir: &Path) -> Result<(), OpenError> {
                 reference.last
             )));
         }
+        crate::snapshot_file::verify(&crate::snapshot_file::dir_of(dir), &reference).map_err(
+            |e| match e {
+                StorageError::Corrupt(why) => OpenError::Corrupt(why),
+                other => OpenError::Io(other.to_string()),
+            },
+        )?;
     }
     Ok(())
 }

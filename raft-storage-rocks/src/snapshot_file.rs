@@ -252,6 +252,20 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Reads and checks the snapshot file `reference` names in `dir`: every frame, the trailer,
 /// and the length and checksum the database recorded. Blocking.
 pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotData, StorageError> {
+    let mut chunks = Vec::new();
+    walk(dir, reference, |chunk| chunks.push(Bytes::from(chunk)))?;
+    Ok(SnapshotData::from_chunks(chunks))
+}
+
+/// Reads the whole file of `reference` and checks every checksum, its length and its end,
+/// keeping nothing (one chunk in memory at a time): at open, so that a damaged file is
+/// repaired from the cluster before the node starts rather than found by the restore.
+pub(crate) fn verify(dir: &Path, reference: &SnapshotFileRef) -> Result<(), StorageError> {
+    walk(dir, reference, drop)
+}
+
+/// Reads the file of `reference`, handing each checked chunk to `each`; fails on any damage.
+fn walk(dir: &Path, reference: &SnapshotFileRef, mut each: impl FnMut(Vec<u8>)) -> Result<(), StorageError> {
     let path = dir.join(&reference.name);
     let corrupt = |what: String| StorageError::Corrupt(format!("snapshot file {}: {what}", path.display()));
     let file = File::open(&path).map_err(|e| match e.kind() {
@@ -270,7 +284,6 @@ pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotDa
     if &magic != MAGIC {
         return Err(corrupt("not a snapshot file".into()));
     }
-    let mut chunks = Vec::new();
     let (mut total, mut crc) = (0u64, 0u32);
     loop {
         let mut head = [0u8; 8];
@@ -291,7 +304,7 @@ pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotDa
         }
         crc = crc32c::crc32c_append(crc, &chunk);
         total += u64::from(len);
-        chunks.push(Bytes::from(chunk));
+        each(chunk);
     }
     let mut trailer = [0u8; 16];
     read_exact(&mut trailer)?;
@@ -310,7 +323,7 @@ pub(crate) fn read(dir: &Path, reference: &SnapshotFileRef) -> Result<SnapshotDa
     if read_exact(&mut extra).is_ok() {
         return Err(corrupt("bytes after the trailer".into()));
     }
-    Ok(SnapshotData::from_chunks(chunks))
+    Ok(())
 }
 
 /// Removes every snapshot file of `group` in `dir` other than `keep`, and temporary files of

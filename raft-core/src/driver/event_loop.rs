@@ -550,10 +550,14 @@ impl Driver {
                         FsmError::Failed("apply returned the wrong number of responses".into()).into()
                     );
                 }
+                // Published only while someone subscribes (asked once per ready: a send locks the
+                // stream even with no receiver, and showed in the profile of a busy leader). A
+                // subscriber that arrives during this ready starts with the next one.
+                let publish = self.committed.receiver_count() > 0;
                 for (entry, response) in ready.committed.iter().zip(responses) {
                     self.applied = entry.log_id();
                     self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
-                    if let EntryPayload::Command(command) = &entry.payload {
+                    if let (true, EntryPayload::Command(command)) = (publish, &entry.payload) {
                         let _ = self.committed.send(CommittedEntry {
                             index: entry.index,
                             term: entry.term,
