@@ -222,31 +222,33 @@ fn open_db(dir: &Path, options: &Options, rocks: &RocksOptions) -> Result<DB, Op
 /// hand, or lost with a damaged file system) or that fails its checksums, length or end: the
 /// store is damaged, not empty, and a node repairs it from the cluster before it starts
 /// (found only by the restore, the damage would stop the node instead). Each file is read
-/// once through, a chunk at a time.
-fn check_snapshot_files(db: &DB, dir: &Path) -> Result<(), OpenError> {
+/// once through, a chunk at a time (with `verify_on_open`; otherwise only its presence is
+/// checked).
+fn check_snapshot_files(db: &DB, dir: &Path, read_through: bool) -> Result<(), OpenError> {
+    let shown = dir.display().to_string();
     let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
     for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-        let (key, value) = item.map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        let (key, value) = item.map_err(|e| open_error(&shown, &e))?;
         if key.len() != 8 + b"snapshot_file".len() || !key.ends_with(b"snapshot_file") {
             continue;
         }
         let reference: crate::snapshot_file::SnapshotFileRef =
             codec::decode(&value, &|| "the snapshot file reference".into())
                 .map_err(|e| OpenError::Corrupt(e.to_string()))?;
-        let path = crate::snapshot_file::dir_of(dir).join(&reference.name);
-        if !path.is_file() {
-            return Err(OpenError::Corrupt(format!(
-                "the snapshot file {} of {} is missing",
-                path.display(),
-                reference.last
-            )));
-        }
-        crate::snapshot_file::verify(&crate::snapshot_file::dir_of(dir), &reference).map_err(
-            |e| match e {
-                StorageError::Corrupt(why) => OpenError::Corrupt(why),
-                other => OpenError::Io(other.to_string()),
-            },
-        )?;
+        let snapshots = crate::snapshot_file::dir_of(dir);
+        // Not `is_file` (false on any error reading the metadata: an unreadable directory
+        // would read as a missing file, and a whole store be fetched again for nothing).
+        let checked = if read_through {
+            crate::snapshot_file::verify(&snapshots, &reference)
+        } else {
+            crate::snapshot_file::exists(&snapshots, &reference)
+        };
+        checked.map_err(|e| match e {
+            StorageError::Corrupt(why) => {
+                OpenError::Corrupt(format!("{why} (the snapshot of {})", reference.last))
+            }
+            other => OpenError::Io(other.to_string()),
+        })?;
     }
     Ok(())
 }
@@ -310,7 +312,7 @@ impl RocksDb {
         if options.verify_on_open {
             verify_all(&db)?;
         }
-        check_snapshot_files(&db, &dir)?;
+        check_snapshot_files(&db, &dir, options.verify_on_open)?;
         remove_snapshot_leftovers(&db, &dir);
         let (record_file, record) = if options.durability_record {
             let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {

@@ -264,6 +264,23 @@ pub(crate) fn verify(dir: &Path, reference: &SnapshotFileRef) -> Result<(), Stor
     walk(dir, reference, drop)
 }
 
+/// Fails with `Corrupt` if the file of `reference` is not there, `Io` if that cannot be told.
+pub(crate) fn exists(dir: &Path, reference: &SnapshotFileRef) -> Result<(), StorageError> {
+    let path = dir.join(&reference.name);
+    match fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(StorageError::Corrupt(format!("snapshot file {}: not a file", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StorageError::Corrupt(format!("snapshot file {}: missing", path.display())))
+        }
+        Err(e) => Err(io_error("reading", &path, &e)),
+    }
+}
+
+/// EIO from reading a file's data: the disk or the file system (btrfs and ZFS check their own
+/// checksums) could not return those bytes, which is damage to repair, not a passing fault.
+const EIO: i32 = 5;
+
 /// Reads the file of `reference`, handing each checked chunk to `each`; fails on any damage.
 fn walk(dir: &Path, reference: &SnapshotFileRef, mut each: impl FnMut(Vec<u8>)) -> Result<(), StorageError> {
     let path = dir.join(&reference.name);
@@ -276,6 +293,7 @@ fn walk(dir: &Path, reference: &SnapshotFileRef, mut each: impl FnMut(Vec<u8>)) 
     let mut read_exact = |buf: &mut [u8]| -> Result<(), StorageError> {
         input.read_exact(buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => corrupt("cut short".into()),
+            _ if e.raw_os_error() == Some(EIO) => corrupt(format!("unreadable ({e})")),
             _ => io_error("reading", &path, &e),
         })
     };

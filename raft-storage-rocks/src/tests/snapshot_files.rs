@@ -79,8 +79,14 @@ async fn a_damaged_snapshot_file_is_refused_never_taken_as_valid() {
     for (what, damage) in damages {
         let dir = tempfile::tempdir().expect("tempdir");
         store_with_snapshot(dir.path()).await;
+        // Damaged while the store is open: loading it fails.
+        let db = crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         damage(&only_file(dir.path()).clone());
-        // Found at open already (the node then repairs its dir from the cluster).
+        let loaded = db.log(0).load_snapshot().await;
+        assert!(matches!(loaded, Err(StorageError::Corrupt(_))), "{what}: {loaded:?}");
+        drop(db);
+        // And found at open (the node then repairs its dir from the cluster).
         match crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()) {
             Err(crate::OpenError::Corrupt(m)) => assert!(m.contains("snapshot file"), "{what}: {m}"),
             Err(e) => panic!("{what}: {e}"),
