@@ -7,7 +7,7 @@
 //! and the protocol's limits (`max_uncommitted_entries`, `max_pending_forwards`,
 //! `max_pending_reads`, one membership change and one transfer at a time).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
@@ -80,6 +80,76 @@ impl Hasher for IdHasher {
 /// The hasher of the id-keyed maps.
 type IdHash = BuildHasherDefault<IdHasher>;
 
+/// Placed proposals waiting for their entry to be applied. On a leader they are placed in
+/// index order: those go to a queue (pushed at the back, answered from the front, no search
+/// and no allocation per proposal: this is on every write's path). One placed at or below an
+/// index already waiting (after a change of leader, several can wait on one index; the one
+/// whose term the applied entry has wins) goes to an ordered map.
+#[derive(Default)]
+struct Placed {
+    in_order: VecDeque<(LogId, Millis, Reply<Applied>)>,
+    others: BTreeMap<(Index, ProposalId), (Term, Millis, Reply<Applied>)>,
+}
+
+impl Placed {
+    fn insert(&mut self, at: LogId, id: ProposalId, deadline: Millis, reply: Reply<Applied>) {
+        if self.in_order.back().is_none_or(|(last, _, _)| last.index < at.index) {
+            self.in_order.push_back((at, deadline, reply));
+        } else {
+            self.others.insert((at.index, id), (at.term, deadline, reply));
+        }
+    }
+
+    /// Removes one waiting proposal placed at or below `index`, the lowest first.
+    fn pop_through(&mut self, index: Index) -> Option<(Index, Term, Reply<Applied>)> {
+        let queued = self.in_order.front().map(|(at, _, _)| at.index).filter(|&i| i <= index);
+        let mapped = self.others.first_key_value().map(|((i, _), _)| *i).filter(|&i| i <= index);
+        match (queued, mapped) {
+            (Some(q), Some(m)) if m < q => self.pop_mapped(),
+            (Some(_), _) => self.in_order.pop_front().map(|(at, _, reply)| (at.index, at.term, reply)),
+            (None, Some(_)) => self.pop_mapped(),
+            (None, None) => None,
+        }
+    }
+
+    fn pop_mapped(&mut self) -> Option<(Index, Term, Reply<Applied>)> {
+        self.others.pop_first().map(|((index, _), (term, _, reply))| (index, term, reply))
+    }
+
+    /// Answers `OutcomeUnknown` to those whose deadline passed; returns the earliest left.
+    fn expire(&mut self, now: Millis) -> Option<Millis> {
+        let mut earliest: Option<Millis> = None;
+        let mut keep = |deadline: Millis| {
+            let keep = deadline > now;
+            if keep {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+            keep
+        };
+        for (at, deadline, reply) in std::mem::take(&mut self.in_order) {
+            if keep(deadline) {
+                self.in_order.push_back((at, deadline, reply));
+            } else {
+                let _ = reply.send(Err(RaftError::OutcomeUnknown));
+            }
+        }
+        for (key, (term, deadline, reply)) in std::mem::take(&mut self.others) {
+            if keep(deadline) {
+                self.others.insert(key, (term, deadline, reply));
+            } else {
+                let _ = reply.send(Err(RaftError::OutcomeUnknown));
+            }
+        }
+        earliest
+    }
+
+    /// Every waiting proposal's reply.
+    fn into_replies(self) -> impl Iterator<Item = Reply<Applied>> {
+        let queued = self.in_order.into_iter().map(|(_, _, reply)| reply);
+        queued.chain(self.others.into_values().map(|(_, _, reply)| reply))
+    }
+}
+
 /// Every caller the driver owes an answer.
 #[derive(Default)]
 pub(super) struct Waiters {
@@ -89,7 +159,7 @@ pub(super) struct Waiters {
     /// one index after a leadership change; the one whose term the applied entry has wins, the
     /// others were dropped). Nothing is decided before the entry at that index is applied.
     /// One map entry per proposal, no allocation of its own: this is on every write's path.
-    applies: BTreeMap<(Index, ProposalId), (Term, Millis, Reply<Applied>)>,
+    applies: Placed,
     /// The earliest deadline among `applies`.
     applies_deadline: Option<Millis>,
     /// Reads waiting for the protocol's read index.
@@ -120,7 +190,7 @@ impl Waiters {
                 let _ = reply.send(Err(RaftError::OutcomeUnknown));
             }
             Ok(log_id) => {
-                self.applies.insert((log_id.index, outcome.id), (log_id.term, deadline, reply));
+                self.applies.insert(log_id, outcome.id, deadline, reply);
                 self.applies_deadline = Some(self.applies_deadline.map_or(deadline, |d| d.min(deadline)));
             }
             Err(ProposalRejection::ForwardTimeout | ProposalRejection::ForwardRefused { .. }) => {
@@ -183,16 +253,7 @@ impl Waiters {
         if self.applies_deadline.is_none_or(|d| now < d) {
             return;
         }
-        let mut earliest: Option<Millis> = None;
-        for (key, (term, deadline, reply)) in std::mem::take(&mut self.applies) {
-            if deadline <= now {
-                let _ = reply.send(Err(RaftError::OutcomeUnknown));
-            } else {
-                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-                self.applies.insert(key, (term, deadline, reply));
-            }
-        }
-        self.applies_deadline = earliest;
+        self.applies_deadline = self.applies.expire(now);
     }
 
     /// Fails the parked reads whose deadline passed.
@@ -235,11 +296,7 @@ impl Waiters {
     /// `entry` was applied with `response`: answer the proposal and the membership change
     /// waiting on it.
     pub(super) fn on_applied(&mut self, entry: &Entry, response: Bytes) {
-        while let Some(waiting) = self.applies.first_entry() {
-            if waiting.key().0 > entry.index {
-                break;
-            }
-            let ((index, _), (term, _, reply)) = waiting.remove_entry();
+        while let Some((index, term, reply)) = self.applies.pop_through(entry.index) {
             if index < entry.index {
                 // Not reachable (entries are applied in order and a proposal placed at or
                 // below the applied index is answered at once); answered rather than kept.
@@ -291,8 +348,7 @@ impl Waiters {
     /// A snapshot from the leader ending at `last` with `membership` replaced the state
     /// machine: entries at or below `last` will not be applied here.
     pub(super) fn on_snapshot_installed(&mut self, last: LogId, membership: &Membership) {
-        let waiting = self.applies.split_off(&(last.index + 1, 0));
-        for (_, _, reply) in std::mem::replace(&mut self.applies, waiting).into_values() {
+        while let Some((_, _, reply)) = self.applies.pop_through(last.index) {
             let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
         let mut i = 0;
@@ -372,7 +428,7 @@ impl Waiters {
         for (_, reply) in std::mem::take(&mut self.outcomes) {
             let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
-        for (_, _, reply) in std::mem::take(&mut self.applies).into_values() {
+        for reply in std::mem::take(&mut self.applies).into_replies() {
             let _ = reply.send(Err(RaftError::OutcomeUnknown));
         }
         self.applies_deadline = None;
