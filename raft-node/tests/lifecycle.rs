@@ -145,6 +145,15 @@ async fn a_voter_that_lost_its_data_dir_recovers_by_itself() {
     cluster.shutdown().await;
 }
 
+/// Checks that a repair moved the damaged files of `dir` aside (kept for inspection).
+fn assert_moved_aside(dir: &std::path::Path) {
+    let aside = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX));
+    assert!(aside, "the damaged dir was not kept aside");
+}
+
 /// A voter whose data dir is damaged (checksums fail) is repaired from the cluster: the dir is
 /// renamed aside and the node recovers as one that lost its data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,11 +169,7 @@ async fn a_voter_whose_data_dir_is_damaged_is_repaired_from_the_cluster() {
     let dir = cluster.data_dir(victim);
     damage_table_files(&dir);
     cluster.restart(victim).await;
-    let aside = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX));
-    assert!(aside, "the damaged dir was not kept aside");
+    assert_moved_aside(&dir);
     let statuses = cluster.wait_converged().await;
     assert!(statuses.iter().all(|s| s.keys == 20), "{statuses:?}");
     cluster.shutdown().await;
@@ -196,11 +201,7 @@ async fn a_voter_whose_snapshot_file_is_damaged_is_repaired_from_the_cluster() {
     bytes[middle] ^= 0x40;
     std::fs::write(&file, bytes).unwrap();
     cluster.restart(victim).await;
-    let aside = std::fs::read_dir(cluster.data_dir(victim))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX));
-    assert!(aside, "the damaged dir was not kept aside");
+    assert_moved_aside(&cluster.data_dir(victim));
     let statuses = cluster.wait_converged().await;
     assert!(statuses.iter().all(|s| s.keys == 120), "{statuses:?}");
     cluster.shutdown().await;
