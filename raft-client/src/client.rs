@@ -17,7 +17,7 @@ use crate::api::{
     KeyValue, LeaderView, LogView, MembersView, NodeDownRequest, PutRequest, Service, ServiceList,
     ServiceSpec, StatusView, TransferRequest, WriteResult, CLIENT_ID_HEADER, SEQ_HEADER,
 };
-use crate::endpoint::{truncate_for_message, Endpoint};
+use crate::endpoint::{truncate_for_message, Endpoint, Scheme};
 use crate::error::{code_for_status, ClientError};
 use crate::options::{random_seed, splitmix64, ClientOptions};
 use crate::snapshot::SnapshotDownload;
@@ -71,6 +71,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     http: reqwest::Client,
+    /// `https` with [`ClientOptions::tls`], else `http`: every endpoint, redirect and hint.
+    scheme: Scheme,
     endpoints: Vec<Endpoint>,
     options: ClientOptions,
     /// The last node known to lead (it answered a write, or a node named it).
@@ -178,9 +180,10 @@ impl Client {
         S: AsRef<str>,
     {
         options.validate()?;
+        let scheme = if options.tls.is_some() { Scheme::Https } else { Scheme::Http };
         let mut parsed: Vec<Endpoint> = Vec::new();
         for e in endpoints {
-            let endpoint = Endpoint::parse(e.as_ref())?;
+            let endpoint = Endpoint::parse_as(e.as_ref(), scheme)?;
             if !parsed.contains(&endpoint) {
                 if parsed.len() == ENDPOINTS_MAX {
                     return Err(ClientError::InvalidOptions("more than 256 endpoints"));
@@ -191,7 +194,13 @@ impl Client {
         if parsed.is_empty() {
             return Err(ClientError::NoEndpoint);
         }
-        let http = reqwest::Client::builder()
+        let builder = match &options.tls {
+            Some(tls) => {
+                reqwest::Client::builder().tls_backend_preconfigured(tls.rustls_config()?).https_only(true)
+            }
+            None => reqwest::Client::builder().tls_backend_preconfigured(crate::tls::trusting_nothing()?),
+        };
+        let http = builder
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(options.request_timeout)
@@ -205,6 +214,7 @@ impl Client {
         let client_id = options.client_id.unwrap_or_else(|| nonzero_random(seed));
         let shared = Shared {
             http,
+            scheme,
             endpoints: parsed,
             options,
             leader: Mutex::new(None),
@@ -224,6 +234,11 @@ impl Client {
     /// The session's client id, sent with every write.
     pub fn client_id(&self) -> u64 {
         self.session.client_id.load(Ordering::Relaxed)
+    }
+
+    /// The scheme this client speaks to every node (`https` with [`ClientOptions::tls`]).
+    pub fn scheme(&self) -> Scheme {
+        self.shared.scheme
     }
 
     /// The endpoints, normalized, in the order they are tried.
@@ -329,6 +344,12 @@ impl Client {
         self.read(Call::new(Method::GET, &["v1", "status"])).await
     }
 
+    /// Every member's status as one node sees it (`GET /v1/cluster`: the node asks the others
+    /// with this client's token).
+    pub async fn cluster(&self) -> Result<crate::api::ClusterView, ClientError> {
+        self.read(Call::new(Method::GET, &["v1", "cluster"])).await
+    }
+
     /// The status of one node, asked once, without retries or redirects.
     pub async fn status_of(&self, endpoint: &Endpoint) -> Result<StatusView, ClientError> {
         let call = Call::new(Method::GET, &["v1", "status"]);
@@ -349,7 +370,9 @@ impl Client {
     /// its address is known.
     pub async fn leader(&self) -> Result<LeaderView, ClientError> {
         let view: LeaderView = self.read(Call::new(Method::GET, &["v1", "leader"])).await?;
-        if let Some(endpoint) = view.client_addr.as_deref().and_then(|a| Endpoint::parse(a).ok()) {
+        if let Some(endpoint) =
+            view.client_addr.as_deref().and_then(|a| Endpoint::parse_as(a, self.shared.scheme).ok())
+        {
             self.shared.set_leader(Some(endpoint));
         }
         Ok(view)
@@ -407,7 +430,8 @@ impl Client {
     pub async fn transfer_leader(&self, to: Option<u64>) -> Result<LeaderView, ClientError> {
         let call = Call::new(Method::POST, &["v1", "transfer-leader"]).json(&TransferRequest { to })?;
         let view: LeaderView = self.admin_write(call).await?;
-        let endpoint = view.client_addr.as_deref().and_then(|a| Endpoint::parse(a).ok());
+        let endpoint =
+            view.client_addr.as_deref().and_then(|a| Endpoint::parse_as(a, self.shared.scheme).ok());
         self.shared.set_leader(endpoint);
         Ok(view)
     }
@@ -677,7 +701,7 @@ impl Shared {
         }
         if status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::PERMANENT_REDIRECT {
             let error = api_error(status, ErrorCode::NotLeader, "redirected");
-            return match location.as_deref().map(|l| Endpoint::from_location(l, &url)) {
+            return match location.as_deref().map(|l| Endpoint::from_location(l, &url, self.scheme)) {
                 Some(Ok(to)) if &to != target => Attempt::Redirect { to, error },
                 _ => Attempt::Retry(error),
             };
@@ -685,7 +709,7 @@ impl Shared {
         let error = parse_api_error(status, &body);
         if error.code == ErrorCode::NotLeader {
             let hint = error.leader.as_ref().and_then(|l| l.client_addr.as_deref());
-            let to = hint.and_then(|addr| Endpoint::parse(addr).ok());
+            let to = hint.and_then(|addr| Endpoint::parse_as(addr, self.scheme).ok());
             let error = ClientError::Api { status: status.as_u16(), error: Box::new(error) };
             return match to {
                 Some(to) if &to != target => Attempt::Redirect { to, error },

@@ -1,4 +1,5 @@
-//! Node endpoints: `127.0.0.1:8081`, `http://node1:8081` or `http://proxy/raft/` normalized to
+//! Node endpoints: `127.0.0.1:8081`, `http://node1:8081`, `https://node1:8081` or
+//! `http://proxy/raft/` normalized to
 //! one base URL each, so that the same node given two ways compares equal.
 
 use std::fmt;
@@ -13,7 +14,7 @@ pub const ENDPOINT_BYTES_MAX: usize = 2048;
 
 /// The base URL of one node's HTTP API.
 ///
-/// Parsed from `host:port` (plain HTTP is assumed) or from an `http://` URL, optionally with a
+/// Parsed from `host:port` (the client's scheme is assumed) or from an `http://` or `https://` URL, optionally with a
 /// path prefix (for a node behind a reverse proxy). Normalized: lower-case scheme and host, no
 /// default port, a path that ends with `/`, no query or fragment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,13 +22,41 @@ pub struct Endpoint {
     base: Url,
 }
 
+/// The scheme a client speaks to every node: plain HTTP, or HTTPS when it has TLS options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `http://`.
+    Http,
+    /// `https://`.
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 impl Endpoint {
-    /// Parses and normalizes an endpoint.
+    /// Parses and normalizes an endpoint; a bare `host:port` is plain HTTP.
     ///
-    /// Refused: an empty string, a scheme other than `http` (`https` needs a TLS-enabled
-    /// build, which this one is not), user names or passwords, queries and fragments, and
-    /// anything over [`ENDPOINT_BYTES_MAX`].
+    /// Refused: an empty string, a scheme other than `http` and `https`, user names or
+    /// passwords, queries and fragments, and anything over [`ENDPOINT_BYTES_MAX`].
     pub fn parse(input: &str) -> Result<Self, ClientError> {
+        Self::parse_with(input, Scheme::Http, false)
+    }
+
+    /// Parses an endpoint of a client that speaks `scheme`: a bare `host:port` gets it, and an
+    /// endpoint that names the other scheme is refused (a client with TLS never sends its
+    /// token in clear, not even after a redirect or a leader hint).
+    pub fn parse_as(input: &str, scheme: Scheme) -> Result<Self, ClientError> {
+        Self::parse_with(input, scheme, true)
+    }
+
+    fn parse_with(input: &str, default: Scheme, only_default: bool) -> Result<Self, ClientError> {
         let invalid = |reason: &'static str| ClientError::InvalidEndpoint {
             endpoint: truncate_for_message(input),
             reason,
@@ -39,13 +68,22 @@ impl Endpoint {
         if trimmed.len() > ENDPOINT_BYTES_MAX {
             return Err(invalid("too long"));
         }
-        let with_scheme =
-            if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
-        let mut url = Url::parse(&with_scheme).map_err(|_| invalid("not a host:port or http:// URL"))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => return Err(invalid("https is not supported by this build (no TLS)")),
-            _ => return Err(invalid("the scheme must be http")),
+        let with_scheme = if trimmed.contains("://") {
+            trimmed.to_owned()
+        } else {
+            format!("{}://{trimmed}", default.as_str())
+        };
+        let mut url = Url::parse(&with_scheme).map_err(|_| invalid("not a host:port or http(s):// URL"))?;
+        let scheme = match url.scheme() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            _ => return Err(invalid("the scheme must be http or https")),
+        };
+        if only_default && scheme != default {
+            return Err(invalid(match default {
+                Scheme::Https => "plain http, but this client speaks https (it has a CA certificate)",
+                Scheme::Http => "https needs a CA certificate (ClientOptions::tls, or raftctl --cacert)",
+            }));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid("no host"));
@@ -61,6 +99,15 @@ impl Endpoint {
             url.set_path(&path);
         }
         Ok(Self { base: url })
+    }
+
+    /// The scheme of this endpoint.
+    pub fn scheme(&self) -> Scheme {
+        if self.base.scheme() == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
     }
 
     /// Whether the host is this machine's loopback (`localhost`, `127.0.0.0/8`, `::1`).
@@ -90,7 +137,7 @@ impl Endpoint {
 
     /// The endpoint a `Location` header (absolute or relative to `request`) points at: its
     /// scheme, host and port (the path is not kept: the request is rebuilt for the new node).
-    pub(crate) fn from_location(location: &str, request: &Url) -> Result<Self, ClientError> {
+    pub(crate) fn from_location(location: &str, request: &Url, scheme: Scheme) -> Result<Self, ClientError> {
         let target = request.join(location).map_err(|_| ClientError::InvalidEndpoint {
             endpoint: truncate_for_message(location),
             reason: "the redirect location is not a URL",
@@ -102,7 +149,7 @@ impl Endpoint {
                 reason: "the redirect location has no host",
             });
         }
-        Self::parse(&origin.ascii_serialization())
+        Self::parse_as(&origin.ascii_serialization(), scheme)
     }
 }
 
@@ -162,11 +209,27 @@ mod tests {
     }
 
     #[test]
+    fn a_client_speaks_one_scheme_to_every_node() {
+        let https = Endpoint::parse_as("127.0.0.1:8081", Scheme::Https).unwrap();
+        assert_eq!(https.to_string(), "https://127.0.0.1:8081");
+        assert_eq!(https.scheme(), Scheme::Https);
+        assert_eq!(https, Endpoint::parse("https://127.0.0.1:8081").unwrap());
+        // A TLS client never downgrades; a plain one cannot verify a server.
+        assert!(Endpoint::parse_as("http://127.0.0.1:8081", Scheme::Https).is_err());
+        assert!(Endpoint::parse_as("https://127.0.0.1:8081", Scheme::Http).is_err());
+        let request = Url::parse("https://a:1/v1/kv/k").unwrap();
+        assert!(Endpoint::from_location("http://b:2/v1/kv/k", &request, Scheme::Https).is_err());
+        assert_eq!(
+            Endpoint::from_location("/v1/kv/k", &request, Scheme::Https).unwrap().to_string(),
+            "https://a:1"
+        );
+    }
+
+    #[test]
     fn refuses_what_it_cannot_reach() {
         for bad in [
             "",
             "   ",
-            "https://node1:8081",
             "ftp://node1",
             "http://",
             "http://u:p@node1:1",
@@ -196,10 +259,10 @@ mod tests {
     #[test]
     fn redirect_locations_give_the_origin() {
         let request = Url::parse("http://127.0.0.1:8081/v1/kv/a").unwrap();
-        let abs = Endpoint::from_location("http://127.0.0.1:8082/v1/kv/a", &request).unwrap();
+        let abs = Endpoint::from_location("http://127.0.0.1:8082/v1/kv/a", &request, Scheme::Http).unwrap();
         assert_eq!(abs.to_string(), "http://127.0.0.1:8082");
-        let rel = Endpoint::from_location("/v1/kv/a", &request).unwrap();
+        let rel = Endpoint::from_location("/v1/kv/a", &request, Scheme::Http).unwrap();
         assert_eq!(rel.to_string(), "http://127.0.0.1:8081");
-        assert!(Endpoint::from_location("https://127.0.0.1:8082/", &request).is_err());
+        assert!(Endpoint::from_location("https://127.0.0.1:8082/", &request, Scheme::Http).is_err());
     }
 }

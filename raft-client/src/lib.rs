@@ -47,11 +47,13 @@ mod error;
 mod options;
 mod snapshot;
 pub mod sse;
+mod tls;
 mod watch;
 
 pub use client::{Client, ENDPOINTS_MAX};
-pub use endpoint::{Endpoint, ENDPOINT_BYTES_MAX};
+pub use endpoint::{Endpoint, Scheme, ENDPOINT_BYTES_MAX};
 pub use error::{error_code_name, ClientError};
 pub use options::{Backoff, ClientOptions, MAX_RETRIES_MAX, RESPONSE_BYTES_MAX_MIN};
 pub use snapshot::SnapshotDownload;
+pub use tls::ClientTls;
 pub use watch::{WatchStream, WATCH_ERROR_EVENT};

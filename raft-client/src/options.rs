@@ -28,6 +28,9 @@ pub struct ClientOptions {
     /// The bearer token sent with every request (`Authorization: Bearer ...`), for a cluster
     /// with client authentication (`[auth]`); `None` sends none.
     pub token: Option<String>,
+    /// HTTPS: the CA to trust and the client's certificate. With it, every endpoint (and
+    /// every redirect and leader hint) is `https`; without it, every one is plain `http`.
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("response_bytes_max", &self.response_bytes_max)
             .field("watch_idle_timeout", &self.watch_idle_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -56,6 +60,7 @@ impl Default for ClientOptions {
             response_bytes_max: 32 << 20,
             watch_idle_timeout: Some(Duration::from_secs(60)),
             token: None,
+            tls: None,
         }
     }
 }

@@ -31,4 +31,4 @@ mod node;
 pub mod recent;
 
 pub use http::{hash_token, new_token};
-pub use node::{discovery, Node, StartError};
+pub use node::{discovery, Node, ReloadError, Reloaded, StartError};

@@ -165,7 +165,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, overrides } => {
-            let config = match NodeConfig::load(&config, &overrides) {
+            let config_path = config;
+            let config = match NodeConfig::load(&config_path, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(serve(node)) {
+            match runtime.block_on(serve(node, &config_path, &overrides)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -224,20 +225,37 @@ async fn accept_loss(config: &NodeConfig) -> anyhow::Result<String> {
     })
 }
 
-/// Serves until SIGINT or SIGTERM, then shuts the node down.
-async fn serve(node: Node) -> anyhow::Result<()> {
-    wait_for_signal().await?;
+/// Serves until SIGINT or SIGTERM, then shuts the node down. SIGHUP reloads the credentials
+/// from the config file (see [`Node::reload`]).
+async fn serve(node: Node, path: &std::path::Path, overrides: &[String]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; break; }
+            _ = term.recv() => break,
+            _ = hangup.recv() => reload(&node, path, overrides),
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGHUP: reads the config file again and reloads the credentials; a bad file is logged and
+/// changes nothing.
+fn reload(node: &Node, path: &std::path::Path, overrides: &[String]) {
+    let outcome = NodeConfig::load(path, overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|config| node.reload(&config).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(done) => {
+            tracing::info!(applied = ?done.applied, "SIGHUP: credentials reloaded");
+            if !done.needs_restart.is_empty() {
+                tracing::warn!(keys = ?done.needs_restart, "SIGHUP: these keys changed and take effect at the next start");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the node keeps its credentials"),
     }
-    Ok(())
 }

@@ -18,7 +18,7 @@ use raft_client::ClientError;
 use raft_node::config::StorageKind;
 
 fn raw() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    common::plain_http().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 async fn api_error(response: reqwest::Response) -> (u16, ApiError) {
@@ -476,7 +476,9 @@ async fn the_state_quota_refuses_growth_on_every_node_and_the_alarm_clears_below
     }
     let refused = client.put("k10", "x").await.unwrap_err();
     assert_eq!(code(&refused), Some(ErrorCode::NoSpace), "{refused}");
-    let status = reqwest::Client::new()
+    let status = common::plain_http()
+        .build()
+        .unwrap()
         .put(format!("http://{}/v1/kv/k11", cluster.endpoint(cluster.leader().await)))
         .body(r#"{"value": "x"}"#)
         .send()
@@ -545,7 +547,7 @@ async fn a_listing_pages_by_start_after_within_a_byte_bound() {
         client.put(&format!("c/{i}"), &"\u{1}".repeat(100)).await.unwrap();
     }
     let url = format!("http://{}/v1/kv?prefix=c/", cluster.endpoint(1));
-    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let body = common::plain_http().build().unwrap().get(url).send().await.unwrap().bytes().await.unwrap();
     assert!(body.len() < 2 * 350 + 1_000, "a page of {} bytes sent for a 350-byte bound", body.len());
     cluster.shutdown().await;
 }

@@ -282,3 +282,96 @@ fn a_plaintext_peer_gets_nowhere_with_the_default_set_up() {
         terminate(child);
     }
 }
+
+/// `raft-node ctl` over HTTPS, trusting `ca`, presenting `token`.
+fn ctl_https(ca: &Path, token: &str, endpoints: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(["ctl", "--endpoints", &endpoints.join(",")])
+        .args(args)
+        .env_remove("RAFT_TOKEN_FILE")
+        .env("RAFT_TOKEN", token)
+        .env("RAFT_CACERT", ca)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn hangup(child: &Child) {
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn the_api_serves_https_and_sighup_rotates_the_token_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, endpoints) = write_configs(dir.path());
+    let certs = dir.path().join("certs");
+    for (i, file) in files.iter().enumerate() {
+        let id = i + 1;
+        let mut text = std::fs::read_to_string(file).unwrap();
+        text = text.replacen(
+            "[tls]",
+            &format!(
+                "[api_tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[tls]",
+                certs.join(format!("api-{id}.pem")).display(),
+                certs.join(format!("api-{id}-key.pem")).display()
+            ),
+            1,
+        );
+        std::fs::write(file, text).unwrap();
+    }
+    let ca = certs.join("ca.pem");
+    let mut children = Nodes::start(&files);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = ctl_https(&ca, TOKEN, &endpoints, &["put", "k", "v1"]);
+        if ok {
+            break;
+        }
+        let log = std::fs::read_to_string(files[0].with_extension("log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the HTTPS cluster did not become ready: {err}\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Plain HTTP gets nowhere (ctl without a CA speaks http).
+    let (ok, _, err) = ctl_as(Some(TOKEN), &endpoints, &["get", "k"]);
+    assert!(!ok && err.contains("transport"), "plain http was answered: {err}");
+
+    // A broken file on SIGHUP changes nothing and stops nothing.
+    let saved: Vec<String> = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    std::fs::write(&files[0], saved[0].replace("api-1.pem", "api-missing.pem")).unwrap();
+    hangup(&children.0[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(matches!(children.0[0].try_wait(), Ok(None)), "a bad reload stopped the node");
+    let (ok, out, err) = ctl_https(&ca, TOKEN, &endpoints[..1], &["get", "k"]);
+    assert!(ok && out.contains("v1"), "{err}");
+
+    // A new token in every file (and in the nodes' own token file), then SIGHUP.
+    const NEW: &str = "binary-test-rotated-admin-token";
+    for (file, text) in files.iter().zip(&saved) {
+        std::fs::write(file, text.replace(&raft_node::hash_token(TOKEN), &raft_node::hash_token(NEW)))
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("admin.token"), format!("{NEW}\n")).unwrap();
+    for child in &children.0 {
+        hangup(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (old_ok, _, old_err) = ctl_https(&ca, TOKEN, &endpoints, &["get", "k"]);
+        let (new_ok, _, _) = ctl_https(&ca, NEW, &endpoints, &["put", "k", "v2"]);
+        if !old_ok && old_err.contains("unauthenticated") && new_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token was not rotated: old ok={old_ok} ({old_err}), new ok={new_ok}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for child in &mut children.0 {
+        assert!(terminate(child).success());
+    }
+}

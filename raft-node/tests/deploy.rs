@@ -121,7 +121,12 @@ impl Pods {
             .unwrap();
         let said = text(&check);
         assert!(check.status.success(), "{name}'s config is refused: {said}\n{config}");
-        assert!(!said.contains("INSECURE"), "the rendered config is insecure: {said}");
+        // Peers and clients authenticate; the API itself is plain HTTP inside the pod network
+        // (API certificates would have to name pod addresses that change), which the node
+        // says: that warning, and no other.
+        let insecure: Vec<&str> =
+            said.lines().filter(|l| l.contains("INSECURE") && !l.contains("no [api_tls]")).collect();
+        assert!(insecure.is_empty(), "the rendered config is insecure: {said}");
         said
     }
 }

@@ -38,7 +38,16 @@ fn newcomer(cluster: &TestCluster, group: Option<SocketAddr>) -> (MemberConfig, 
 }
 
 async fn metrics_of(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+    common::plain_http()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 fn discovery_count(metrics: &str, outcome: &str) -> u64 {

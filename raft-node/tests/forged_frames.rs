@@ -36,7 +36,7 @@ async fn pose_as(addr: std::net::SocketAddr, claimed: u64) -> TcpStream {
 
 async fn dropped_messages(cluster: &TestCluster, id: u64) -> u64 {
     let url = format!("http://{}/metrics", cluster.endpoint(id));
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let text = common::plain_http().build().unwrap().get(url).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find(|l| l.starts_with("raft_protocol_dropped_messages "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())

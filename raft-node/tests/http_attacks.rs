@@ -145,11 +145,12 @@ async fn saturated_request_slots_answer_busy_instead_of_hanging() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = format!("http://{endpoint}/v1/kv/other");
-    let answer = reqwest::Client::new().get(&url).send().await.unwrap();
+    let answer = common::plain_http().build().unwrap().get(&url).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 503);
     let body: raft_client::api::ApiError = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
     assert_eq!(body.code, ErrorCode::Busy);
-    let ready = reqwest::Client::new().get(format!("http://{endpoint}/ready")).send().await.unwrap();
+    let ready =
+        common::plain_http().build().unwrap().get(format!("http://{endpoint}/ready")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 503, "not ready while saturated");
     assert!(ready.text().await.unwrap().contains("saturated"));
     let _ = holder.await;

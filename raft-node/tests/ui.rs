@@ -126,7 +126,8 @@ async fn stop_a_follower(cluster: &mut TestCluster) -> (u64, u64, u64, String) {
 
 /// `GET /v1/cluster` from node `id`.
 async fn cluster_view(cluster: &TestCluster, id: u64, token: Option<&str>) -> ClusterView {
-    let mut request = reqwest::Client::new().get(format!("http://{}/v1/cluster", cluster.endpoint(id)));
+    let mut request =
+        common::plain_http().build().unwrap().get(format!("http://{}/v1/cluster", cluster.endpoint(id)));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -148,7 +149,7 @@ async fn the_cluster_page_shows_every_member_and_follows_a_new_leader() {
     let follower = cluster.follower().await;
 
     // The page's files need no token and forbid inline script and other origins; its data does.
-    let http = reqwest::Client::new();
+    let http = common::plain_http().build().unwrap();
     let base = format!("http://{}", cluster.endpoint(follower));
     let index = http.get(format!("{base}/ui")).send().await.unwrap();
     assert_eq!(index.status(), 200);

@@ -123,15 +123,42 @@ impl DevCa {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<(String, String), CertError> {
-        let mut params = CertificateParams::new(vec![identity.to_owned()])?;
+        // Nodes are servers and clients of each other.
+        let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(&[identity.to_owned()], usages, not_before, not_after)
+    }
+
+    /// Issues a certificate of an HTTPS server of the client API for `names` (host names, or
+    /// IP addresses such as `127.0.0.1`), valid for a year: `(cert_pem, key_pem)`. It can also
+    /// serve as the node's client certificate towards the other members' APIs.
+    pub fn issue_server(&self, names: &[String]) -> Result<(String, String), CertError> {
+        let now = OffsetDateTime::now_utc();
+        let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(names, usages, now - Duration::days(1), now + Duration::days(365))
+    }
+
+    /// Issues a client certificate named `name` (a DNS name: the name `[[auth.certificates]]`
+    /// gives a role), valid for a year: `(cert_pem, key_pem)`.
+    pub fn issue_client(&self, name: &str) -> Result<(String, String), CertError> {
+        let now = OffsetDateTime::now_utc();
+        let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(&[name.to_owned()], usages, now - Duration::days(1), now + Duration::days(365))
+    }
+
+    fn sign(
+        &self,
+        names: &[String],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, String), CertError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, identity);
+        name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("raft"));
         params.distinguished_name = name;
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        // Nodes are servers and clients of each other.
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages;
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate()?;
@@ -151,6 +178,9 @@ pub struct DevCerts {
     pub ca_key_pem: String,
     /// Per node, its certificate and private key.
     pub nodes: BTreeMap<NodeId, (String, String)>,
+    /// Per node, the certificate and key of its HTTPS client API, for a cluster on this
+    /// machine: names `localhost`, `127.0.0.1` and `::1`.
+    pub api: BTreeMap<NodeId, (String, String)>,
 }
 
 impl std::fmt::Debug for DevCerts {
@@ -169,14 +199,18 @@ pub fn generate_dev_certs(
 ) -> Result<DevCerts, CertError> {
     let ca = DevCa::new(cluster_id)?;
     let mut nodes = BTreeMap::new();
+    let mut api = BTreeMap::new();
+    let local = ["localhost", "127.0.0.1", "::1"].map(str::to_owned);
     for id in node_ids {
         nodes.insert(id, ca.issue(id)?);
+        api.insert(id, ca.issue_server(&local)?);
     }
     Ok(DevCerts {
         cluster_id: cluster_id.to_owned(),
         ca_cert_pem: ca.cert_pem(),
         ca_key_pem: ca.key_pem(),
         nodes,
+        api,
     })
 }
 
@@ -188,7 +222,8 @@ impl DevCerts {
         Some(crate::TlsConfig { ca_cert_pem: self.ca_cert_pem.clone(), cert_pem, key_pem })
     }
 
-    /// Writes `ca.pem`, `ca-key.pem`, and `node-<id>.pem` / `node-<id>-key.pem` per node into
+    /// Writes `ca.pem`, `ca-key.pem`, and `node-<id>.pem` / `node-<id>-key.pem` and
+    /// `api-<id>.pem` / `api-<id>-key.pem` per node into
     /// `dir` (created if missing). Key files are readable by the owner only on Unix.
     pub fn write_dev_certs(&self, dir: &Path) -> Result<(), CertError> {
         let write = |name: String, contents: &str, secret: bool| -> Result<(), CertError> {
@@ -211,6 +246,10 @@ impl DevCerts {
         for (id, (cert, key)) in &self.nodes {
             write(format!("node-{id}.pem"), cert, false)?;
             write(format!("node-{id}-key.pem"), key, true)?;
+        }
+        for (id, (cert, key)) in &self.api {
+            write(format!("api-{id}.pem"), cert, false)?;
+            write(format!("api-{id}-key.pem"), key, true)?;
         }
         Ok(())
     }
@@ -238,7 +277,7 @@ mod tests {
         assert!(certs.ca_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let dir = tempfile::tempdir().expect("tempdir");
         certs.write_dev_certs(dir.path()).expect("write");
-        for name in ["ca.pem", "ca-key.pem", "node-1.pem", "node-2-key.pem"] {
+        for name in ["ca.pem", "ca-key.pem", "node-1.pem", "node-2-key.pem", "api-1.pem", "api-2-key.pem"] {
             assert!(dir.path().join(name).exists(), "{name}");
         }
     }

@@ -40,11 +40,11 @@ pub struct TlsError {
     pub reason: String,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn error<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TlsError {
+pub(crate) fn error<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TlsError {
     move |e| TlsError { what, reason: e.to_string() }
 }
 

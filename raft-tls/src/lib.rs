@@ -8,6 +8,9 @@
 //! verified certificate ([`node_id_from_chain`]) and compares it with the peer list and the
 //! `Hello`.
 //!
+//! The client API's HTTPS uses the same crate: [`api_server_config`] (optionally requiring
+//! client certificates) and [`certificate_names`].
+//!
 //! [`TlsConfig`] holds a node's PEM files; [`rustls_configs`] turns it into rustls server and
 //! client configurations. [`generate_dev_certs`] makes a CA and node certificates for tests
 //! and development clusters (`cargo xtask certs`).
@@ -25,8 +28,11 @@
 //! # }
 //! ```
 
+mod api;
 mod certs;
 mod config;
+
+pub use api::{api_server_config, certificate_names, ApiServerTls, API_ALPN};
 
 pub use certs::{
     generate_dev_certs, is_valid_cluster_id, node_identity, parse_node_identity, CertError, DevCa, DevCerts,

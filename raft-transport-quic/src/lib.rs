@@ -134,6 +134,10 @@ impl From<TlsError> for QuicError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: QuicConfig,
+    /// The client side of new connections (replaced by [`QuicTransport::reload_tls`]).
+    pub(crate) client_config: std::sync::RwLock<quinn::ClientConfig>,
+    /// The QUIC transport settings both sides' configurations carry.
+    transport_config: Arc<quinn::TransportConfig>,
     pub(crate) counters: Counters,
     pub(crate) peers: PeerTable<PeerOutbound>,
     span: tracing::Span,
@@ -185,7 +189,8 @@ impl QuicTransport {
             cert_pem: config.cert_pem.clone(),
             key_pem: config.key_pem.clone(),
         };
-        let (server, client) = tls::configs(&tls, Arc::new(transport))?;
+        let transport_config = Arc::new(transport);
+        let (server, client) = tls::configs(&tls, transport_config.clone())?;
         let listen = config.listen;
         let socket = bind(listen).await?;
         let mut endpoint = quinn::Endpoint::new(
@@ -195,7 +200,7 @@ impl QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|source| QuicError::Listen { addr: listen, source })?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let local_addr =
             endpoint.local_addr().map_err(|source| QuicError::Listen { addr: listen, source })?;
         let span = tracing::info_span!("quic_transport", node = config.node_id, %local_addr);
@@ -203,6 +208,8 @@ impl QuicTransport {
         let peers = config.peers.clone();
         let shared = Arc::new(Shared {
             config,
+            client_config: std::sync::RwLock::new(client),
+            transport_config,
             counters: Counters::default(),
             peers: PeerTable::default(),
             span,
@@ -232,6 +239,19 @@ impl QuicTransport {
     /// The transport's counters.
     pub fn stats(&self) -> QuicStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Replaces the TLS material (rotated certificates, key or CA) for every connection made
+    /// or accepted from now on; open connections keep their session.
+    pub fn reload_tls(&self, tls: &TlsConfig) -> Result<(), QuicError> {
+        let (server, client) = tls::configs(tls, self.shared.transport_config.clone())?;
+        if let Some(endpoint) =
+            self.endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
+        {
+            endpoint.set_server_config(Some(server));
+        }
+        *self.shared.client_config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
     }
 }
 

@@ -165,7 +165,8 @@ pub(crate) async fn connect(
 ) -> Result<quinn::Connection, ConnectError> {
     let config = &shared.config;
     let deadline = Instant::now() + config.handshake_timeout;
-    let connecting = endpoint.connect(addr, &node_identity(&config.cluster_id, peer))?;
+    let client = shared.client_config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let connecting = endpoint.connect_with(client, addr, &node_identity(&config.cluster_id, peer))?;
     let connection = tokio::time::timeout_at(deadline, connecting)
         .await
         .map_err(|_| ConnectError::Hello(ConnectHelloError::Timeout))??;

@@ -218,6 +218,16 @@ impl TcpTransport {
     pub fn stats(&self) -> TcpStats {
         self.shared.counters.snapshot()
     }
+
+    /// Replaces the TLS material (rotated certificates, key or CA) for every connection made
+    /// or accepted from now on; open connections keep their session. Refused with
+    /// [`TcpError::InvalidConfig`] on a transport started without TLS.
+    pub fn reload_tls(&self, tls: &TlsConfig) -> Result<(), TcpError> {
+        match &self.shared.tls {
+            Some(current) => Ok(current.replace(tls)?),
+            None => Err(TcpError::InvalidConfig("the transport was started without TLS")),
+        }
+    }
 }
 
 #[async_trait]

@@ -21,11 +21,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// A boxed [`Stream`].
 pub(crate) type BoxStream = Box<dyn Stream>;
 
-/// A node's TLS acceptor and connector.
-#[derive(Clone)]
+/// A node's TLS acceptor and connector; a reload replaces both for new connections.
 pub(crate) struct Tls {
-    acceptor: TlsAcceptor,
-    connector: TlsConnector,
+    current: std::sync::RwLock<(TlsAcceptor, TlsConnector)>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -59,11 +57,27 @@ pub(crate) enum TlsAcceptError {
 
 impl Tls {
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, TlsError> {
+        Ok(Self { current: std::sync::RwLock::new(Self::pair(config)?) })
+    }
+
+    fn pair(config: &TlsConfig) -> Result<(TlsAcceptor, TlsConnector), TlsError> {
         let (server, client) = rustls_configs(config, TLS_ALPN)?;
-        Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            connector: TlsConnector::from(Arc::new(client)),
-        })
+        Ok((TlsAcceptor::from(Arc::new(server)), TlsConnector::from(Arc::new(client))))
+    }
+
+    /// Uses `config` for every connection from now on (open ones keep their session).
+    pub(crate) fn replace(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let pair = Self::pair(config)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = pair;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone()
+    }
+
+    fn connector(&self) -> TlsConnector {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).1.clone()
     }
 
     /// Runs the server side of the handshake; returns the stream and the node id that the
@@ -73,7 +87,7 @@ impl Tls {
         stream: TcpStream,
         cluster_id: &str,
     ) -> Result<(BoxStream, NodeId), TlsAcceptError> {
-        let stream = self.acceptor.accept(stream).await.map_err(TlsAcceptError::Handshake)?;
+        let stream = self.acceptor().accept(stream).await.map_err(TlsAcceptError::Handshake)?;
         let chain = stream.get_ref().1.peer_certificates().ok_or(IdentityError::NoCertificate)?;
         let peer = node_id_from_chain(chain, cluster_id)?;
         Ok((Box::new(stream), peer))
@@ -90,7 +104,8 @@ impl Tls {
         let name = node_identity(cluster_id, peer);
         let server_name =
             ServerName::try_from(name.clone()).map_err(|_| TlsConnectError::ServerName(name))?;
-        let stream = self.connector.connect(server_name, stream).await.map_err(TlsConnectError::Handshake)?;
+        let stream =
+            self.connector().connect(server_name, stream).await.map_err(TlsConnectError::Handshake)?;
         Ok(Box::new(stream))
     }
 }

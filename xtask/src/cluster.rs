@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use raft_client::api::{RoleView, StatusView};
-use raft_client::{Client, ClientOptions};
+use raft_client::{Client, ClientOptions, ClientTls};
 
 use crate::procs::{self, Children};
 
@@ -177,6 +177,7 @@ pub fn cluster(root: &Path, args: &[String]) -> Result<()> {
     // A running cluster's clients present its admin token (an open cluster has none).
     let token = std::fs::read_to_string(layout.dir.join("admin.token")).ok();
     use_token(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+    use_tls(ClientTls::from_files(&layout.dir.join(API_CA_FILE), None).ok());
     match args.first().map(String::as_str) {
         Some("up") => up(root, &layout, &parse_options(&args[1..])?),
         Some("down") => down(&layout, args.iter().any(|a| a == "--clean")),
@@ -200,9 +201,12 @@ fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
         "\ncluster \"local\" is up: {} nodes ({}, {}), leader: node {leader}",
         o.nodes, o.transport, o.storage
     );
+    let api_ca = layout.dir.join(API_CA_FILE);
+    let https = api_ca.exists();
+    let scheme = if https { "https" } else { "http" };
     for id in 1..=o.nodes {
         println!(
-            "  node {id}: http://{}  raft {}  log {}",
+            "  node {id}: {scheme}://{}  raft {}  log {}",
             layout.client_addr(id),
             layout.raft_addr(id),
             layout.log_file(id).display()
@@ -215,8 +219,9 @@ fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
     } else {
         format!(" -H \"Authorization: Bearer $(cat {})\"", layout.dir.join("admin.token").display())
     };
+    let cacert = if https { format!(" --cacert {}", api_ca.display()) } else { String::new() };
     println!(
-        "  curl -s{auth} http://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
+        "  curl -s{cacert}{auth} {scheme}://{}/v1/status\n  cargo xtask cluster kill 1 | restart 1 | status | down",
         layout.client_addr(1)
     );
     let token = if o.open_api {
@@ -224,9 +229,16 @@ fn up(root: &Path, layout: &Layout, o: &ClusterOptions) -> Result<()> {
     } else {
         format!(" (it asks for a token: the one in {})", layout.dir.join("admin.token").display())
     };
+    let trust = if https {
+        format!(
+            "\n  (the browser does not know the dev CA: import {} or accept the warning)",
+            api_ca.display()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "
-the cluster page, live, from any node: http://{}/ui{token}",
+        "\nthe cluster page, live, from any node: {scheme}://{}/ui{token}{trust}",
         layout.client_addr(1)
     );
     Ok(())
@@ -302,11 +314,27 @@ impl LocalCluster {
             );
             Some(file)
         };
+        // HTTPS whenever clients present a token, so that it never travels in clear.
+        let api_tls = tls_dir.is_some() && token_file.is_some();
+        let api_ca = dir.join(API_CA_FILE);
+        let _ = std::fs::remove_file(&api_ca);
+        match &tls_dir {
+            Some(certs) if api_tls => {
+                std::fs::copy(certs.join("ca.pem"), &api_ca)?;
+                use_tls(Some(ClientTls::from_files(&api_ca, None).map_err(anyhow::Error::msg)?));
+                println!("client API: HTTPS, certificates signed by the dev CA {}", api_ca.display());
+            }
+            _ => {
+                use_tls(None);
+                println!("client API: plain HTTP");
+            }
+        }
         let common = ConfigCommon {
             cluster: "local".into(),
             transport: o.transport.clone(),
             storage: o.storage.clone(),
             tls_dir,
+            api_tls,
             token_file,
             extra_toml: String::new(),
             written_by: "cargo xtask cluster".into(),
@@ -462,6 +490,8 @@ pub struct ConfigCommon {
     /// Dev certificates (`ca.pem`, `node-<id>.pem`, `node-<id>-key.pem`) for mutual TLS
     /// between peers; `None` writes `insecure_plaintext_peers = true`.
     pub tls_dir: Option<PathBuf>,
+    /// HTTPS on the client API with the dev certificates of `tls_dir` (`api-<id>.pem`).
+    pub api_tls: bool,
     /// The admin token's file (see [`write_admin_token`]): client authentication with it as
     /// the only token, and each node's own token for joining; `None` writes
     /// `insecure_open_client_api = true`.
@@ -524,6 +554,13 @@ impl ConfigCommon {
                 certs.join(format!("node-{}-key.pem", node.id)).display()
             ));
         }
+        if let (true, Some(certs)) = (self.api_tls, &self.tls_dir) {
+            text.push_str(&format!(
+                "[api_tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                certs.join(format!("api-{}.pem", node.id)).display(),
+                certs.join(format!("api-{}-key.pem", node.id)).display()
+            ));
+        }
         if let Some(file) = &self.token_file {
             let token = std::fs::read_to_string(file).unwrap_or_default();
             text.push_str(&format!(
@@ -541,9 +578,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The token that xtask's own clients present to the cluster it started (none for an open
-/// API).
-static CLUSTER_TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// What xtask's own clients present to the cluster it started: its token (none for an open
+/// API) and, for an HTTPS API, the CA that signs the nodes' API certificates.
+static CLUSTER_ACCESS: std::sync::Mutex<(Option<String>, Option<ClientTls>)> =
+    std::sync::Mutex::new((None, None));
+
+/// The copy of the dev CA that an HTTPS local cluster's clients trust (`raft-node ctl` finds
+/// it, as it finds `admin.token`); absent for a plain HTTP cluster.
+pub const API_CA_FILE: &str = "api-ca.pem";
 
 /// Writes a new random admin token to `dir/admin.token` (readable by its owner only) and
 /// makes xtask's clients present it. Returns the file.
@@ -568,13 +610,18 @@ pub fn write_admin_token(dir: &Path) -> Result<PathBuf> {
 
 /// Makes xtask's clients present `token` (or none).
 pub fn use_token(token: Option<String>) {
-    *CLUSTER_TOKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    CLUSTER_ACCESS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = token;
 }
 
-/// `options` with the token of the cluster xtask started.
-pub fn with_token(options: ClientOptions) -> ClientOptions {
-    let token = CLUSTER_TOKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    ClientOptions { token, ..options }
+/// Makes xtask's clients speak HTTPS with `tls` (or plain HTTP with `None`).
+pub fn use_tls(tls: Option<ClientTls>) {
+    CLUSTER_ACCESS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = tls;
+}
+
+/// `options` with the token and TLS of the cluster xtask started.
+pub fn with_credentials(options: ClientOptions) -> ClientOptions {
+    let (token, tls) = CLUSTER_ACCESS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    ClientOptions { token, tls, ..options }
 }
 
 /// Starts `raft-node run --config CONFIG` through `command` (the binary itself, or a wrapper
@@ -606,7 +653,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub(crate) fn status_client(endpoints: &[String]) -> Result<Client> {
     let options =
         ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    Ok(Client::new(endpoints, with_token(options))?)
+    Ok(Client::new(endpoints, with_credentials(options))?)
 }
 
 /// The leader's status, if one of the nodes answers as a leader that has committed an entry
@@ -742,6 +789,7 @@ mod tests {
             transport: "tcp".into(),
             storage: "mem".into(),
             tls_dir: None,
+            api_tls: false,
             token_file: None,
             extra_toml: String::new(),
             written_by: "test".into(),

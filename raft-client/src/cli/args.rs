@@ -17,7 +17,8 @@ pub const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Parser)]
 #[command(name = "raftctl", version, about = "Operate a raft-node cluster through its HTTP API")]
 pub struct Cli {
-    /// Node HTTP endpoints, comma-separated (`host:port` or `http://host:port`).
+    /// Node HTTP endpoints, comma-separated (`host:port`, `http://host:port` or
+    /// `https://host:port`; a bare `host:port` is https with a CA certificate).
     #[arg(long, env = "RAFT_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINTS, global = true)]
     pub endpoints: Vec<String>,
     /// Print the API's JSON instead of tables.
@@ -34,6 +35,17 @@ pub struct Cli {
     /// (written by `cargo xtask cluster up`) is used when it exists.
     #[arg(long, env = "RAFT_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// HTTPS: the CA certificate (PEM) that signs the nodes' API certificates. Without it,
+    /// `target/cluster/api-ca.pem` (written by `cargo xtask cluster up`) is used for local
+    /// endpoints when it exists.
+    #[arg(long, env = "RAFT_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for nodes that require one (`[api_tls].client_ca`).
+    #[arg(long = "cert", env = "RAFT_CERT", global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "key", env = "RAFT_KEY", global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

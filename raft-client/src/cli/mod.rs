@@ -74,7 +74,14 @@ pub async fn execute(
             return Ok(EXIT_USAGE);
         }
     };
-    let options = ClientOptions { request_timeout: cli.timeout, token, ..ClientOptions::default() };
+    let tls = match tls_of(cli) {
+        Ok(tls) => tls,
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let options = ClientOptions { request_timeout: cli.timeout, token, tls, ..ClientOptions::default() };
     let client = match Client::new(&cli.endpoints, options) {
         Ok(client) => client,
         Err(e) => return report(err, &e),
@@ -109,6 +116,32 @@ fn token_of(cli: &Cli) -> Result<Option<String>, String> {
         Err(e) if explicit => Err(format!("cannot read the token file {}: {e}", path.display())),
         _ => Ok(None),
     }
+}
+
+/// The local cluster's API CA (written by `cargo xtask cluster up` for an HTTPS cluster),
+/// relative to the working directory.
+pub const LOCAL_CLUSTER_CA_FILE: &str = "target/cluster/api-ca.pem";
+
+/// The TLS of the command: `--cacert` (with `--cert`/`--key`), else the local cluster's CA for
+/// loopback endpoints that name no scheme, else none (plain HTTP).
+fn tls_of(cli: &Cli) -> Result<Option<crate::ClientTls>, String> {
+    let identity = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
+    if let Some(ca) = &cli.cacert {
+        return crate::ClientTls::from_files(ca, identity).map(Some);
+    }
+    let local = Path::new(LOCAL_CLUSTER_CA_FILE);
+    let bare_local = cli.endpoints.iter().all(|e| !e.contains("://") && is_loopback_endpoint(e));
+    if bare_local && local.exists() {
+        return crate::ClientTls::from_files(local, identity).map(Some);
+    }
+    if identity.is_some() {
+        return Err("--cert and --key need --cacert (the CA of the nodes' API certificates)".into());
+    }
+    let https = cli.endpoints.iter().any(|e| e.trim_start().to_ascii_lowercase().starts_with("https://"));
+    if https {
+        return Err("an https endpoint needs --cacert (the CA of the nodes' API certificates)".into());
+    }
+    Ok(None)
 }
 
 /// Whether `endpoint` parses and names this machine's loopback.

@@ -340,11 +340,25 @@ fn error_lines() {
 
 #[tokio::test]
 async fn bad_endpoints_and_usage_give_exit_codes() {
-    let cli = Cli::try_parse_from(["raftctl", "--endpoints", "https://x:1", "status"]).unwrap();
+    let cli = Cli::try_parse_from(["raftctl", "--endpoints", "ftp://x:1", "status"]).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     assert_eq!(execute(&cli, &mut out, &mut err).await.unwrap(), EXIT_FAILURE);
     let err = String::from_utf8(err).unwrap();
     assert!(err.starts_with("error: invalid_endpoint: "), "{err}");
+    // https without a CA to check the server with is a usage error, before any connection.
+    let cli = Cli::try_parse_from(["raftctl", "--endpoints", "https://x:1", "status"]).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(execute(&cli, &mut out, &mut err).await.unwrap(), EXIT_USAGE);
+    assert!(String::from_utf8(err).unwrap().contains("--cacert"));
+    let cli = Cli::try_parse_from(["raftctl", "--cacert", "/nonexistent/ca.pem", "status"]).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(execute(&cli, &mut out, &mut err).await.unwrap(), EXIT_USAGE);
+    assert!(String::from_utf8(err).unwrap().contains("cannot read /nonexistent/ca.pem"));
+    assert_eq!(
+        run(["raftctl", "--cert", "c.pem", "status"]).await.unwrap(),
+        EXIT_USAGE,
+        "--cert needs --key"
+    );
     assert_eq!(run(["raftctl", "nonsense"]).await.unwrap(), EXIT_USAGE);
     assert_eq!(run(["raftctl", "--help"]).await.unwrap(), 0);
 }
@@ -371,4 +385,15 @@ fn the_local_cluster_token_goes_only_to_local_endpoints() {
     for remote in ["10.0.0.7:8081", "http://example.com:80", "127.0.0.1.example.com:1"] {
         assert!(!is_loopback_endpoint(remote), "{remote}");
     }
+    // The local cluster's CA: https for bare local endpoints once `cluster up` wrote it.
+    let tls = |endpoints: &str| {
+        let mut cli = parse(&["status"]);
+        cli.endpoints = endpoints.split(',').map(str::to_owned).collect();
+        tls_of(&cli).unwrap().map(|t| t.ca_cert_pem)
+    };
+    assert_eq!(tls("127.0.0.1:8081"), None, "no CA file: plain http");
+    std::fs::write(repo.path().join(LOCAL_CLUSTER_CA_FILE), "local-ca-pem").unwrap();
+    assert_eq!(tls("127.0.0.1:8081,localhost:8082").as_deref(), Some("local-ca-pem"));
+    assert_eq!(tls("http://127.0.0.1:8081"), None, "an explicit scheme is kept");
+    assert_eq!(tls("127.0.0.1:8081,10.0.0.7:8081"), None, "a remote endpoint is not assumed local");
 }

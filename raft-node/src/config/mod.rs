@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,28 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// HTTPS on the client API (PEM files). `cargo xtask certs` writes dev ones (`api-<id>.pem`,
+/// names `localhost`, `127.0.0.1` and `::1`). Certificates, keys and CAs are read again on
+/// SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// The API's certificate chain: its names are what clients connect to.
+    pub cert: PathBuf,
+    /// The API's private key.
+    pub key: PathBuf,
+    /// The CA of the other members' API certificates, which this node trusts when it calls
+    /// them (the lost-data check, joining, the cluster page). Unset: `[tls].ca_cert`.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Require a client certificate signed by this CA from every client (mutual TLS). The
+    /// certificate's name gets a role through `[[auth.certificates]]`; a client whose
+    /// certificate has none still needs a token. This node presents `cert` to the other
+    /// members.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
 /// What a client token may do. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,13 +120,29 @@ pub struct TokenConfig {
     pub sha256: String,
 }
 
-/// Client authentication: bearer tokens with roles. Required unless
-/// `insecure_open_client_api` is set.
+/// A role for the holders of a client certificate (with `[api_tls].client_ca`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRoleConfig {
+    /// The certificate's name: one of its DNS subject alternative names, or its common name
+    /// when it has none.
+    pub name: String,
+    /// What its holder may do without a token.
+    pub role: ClientRole,
+}
+
+/// Client authentication: bearer tokens with roles, and client certificates with roles.
+/// Required unless `insecure_open_client_api` is set. Re-read on SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The tokens the client API accepts.
+    #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Roles of client certificates (needs `[api_tls].client_ca`). A request with a token is
+    /// judged by the token.
+    #[serde(default)]
+    pub certificates: Vec<CertificateRoleConfig>,
     /// Serve `/health`, `/ready` and `/metrics` without a token (for probes and scrapers).
     #[serde(default = "default_true")]
     pub open_ops: bool,
@@ -378,6 +417,10 @@ pub struct NodeConfig {
     /// `/v1/status`.
     #[serde(default)]
     pub insecure_plaintext_peers: bool,
+    /// HTTPS on the client API (optionally requiring client certificates). Unset: plain HTTP,
+    /// so tokens travel in clear (the node warns unless `client_addr` is loopback).
+    #[serde(default)]
+    pub api_tls: Option<ApiTlsConfig>,
     /// Client authentication (bearer tokens with roles). Required unless
     /// `insecure_open_client_api` is set.
     #[serde(default)]
@@ -596,8 +639,24 @@ impl NodeConfig {
             _ => {}
         }
         if let Some(auth) = &self.auth {
-            if auth.tokens.is_empty() {
+            if auth.tokens.is_empty() && auth.certificates.is_empty() {
                 bad("auth.tokens", "list at least one token (name, role, sha256)".into());
+            }
+            let client_ca = self.api_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            if !auth.certificates.is_empty() && !client_ca {
+                bad(
+                    "auth.certificates",
+                    "certificate roles need client certificates: set [api_tls] client_ca".into(),
+                );
+            }
+            let mut cert_names = BTreeSet::new();
+            for (i, c) in auth.certificates.iter().enumerate() {
+                let key = format!("auth.certificates[{i}].name");
+                if c.name.trim().is_empty() || c.name.len() > 253 {
+                    bad(&key, "must be 1 to 253 characters".into());
+                } else if !cert_names.insert(c.name.as_str()) {
+                    bad(&key, format!("the name {:?} appears twice", c.name));
+                }
             }
             let mut names = BTreeSet::new();
             let mut hashes = BTreeSet::new();
@@ -685,6 +744,23 @@ impl NodeConfig {
                 if let Err(e) = raft_tls::check_own_material(&material, &self.cluster, self.id) {
                     bad("tls", e.to_string());
                 }
+            }
+        }
+        if let Some(api) = &self.api_tls {
+            if let Err(e) = self.api_server_tls() {
+                bad("api_tls", e);
+            }
+            let talks_to_members =
+                self.peers().next().is_some() || !self.join.is_empty() || self.discovery.enabled;
+            if api.ca_cert.is_none() && self.tls.is_none() && talks_to_members {
+                bad(
+                    "api_tls.ca_cert",
+                    "name the CA of the other members' API certificates (this node calls them), or \
+                     configure [tls], whose CA is used then"
+                        .into(),
+                );
+            } else if let Err(e) = self.member_client_tls() {
+                bad("api_tls.ca_cert", e);
             }
         }
         if let Err(e) = self.raft.validate() {
@@ -793,6 +869,12 @@ impl NodeConfig {
                 self.raft_addr
             ));
         }
+        if self.auth.is_some() && self.api_tls.is_none() && !self.client_addr.ip().is_loopback() {
+            warnings.push(format!(
+                "no [api_tls]: client tokens reach {} over plain HTTP, readable by anyone on the path",
+                self.client_addr
+            ));
+        }
         if self.auth.is_none() {
             warnings.push(format!(
                 "insecure_open_client_api: the client API on {} is not authenticated; anyone who \
@@ -808,6 +890,57 @@ impl NodeConfig {
         let path = self.auth.as_ref()?.token_file.as_ref()?;
         let text = std::fs::read_to_string(path).ok()?;
         Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    }
+
+    /// The HTTPS material of the client API (read from the files now), or `None` for plain
+    /// HTTP; `Err` says which file or certificate is unusable.
+    pub fn api_server_tls(&self) -> Result<Option<raft_tls::ApiServerTls>, String> {
+        let Some(api) = &self.api_tls else { return Ok(None) };
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+        };
+        let tls = raft_tls::ApiServerTls {
+            cert_pem: read("api_tls.cert", &api.cert)?,
+            key_pem: read("api_tls.key", &api.key)?,
+            client_ca_pem: api.client_ca.as_deref().map(|p| read("api_tls.client_ca", p)).transpose()?,
+        };
+        raft_tls::api_server_config(&tls).map_err(|e| e.to_string())?;
+        Ok(Some(tls))
+    }
+
+    /// The TLS of this node's own calls to the other members' APIs: their CA
+    /// (`api_tls.ca_cert`, else `tls.ca_cert`) and, when they require client certificates,
+    /// this node's API certificate. `None` with plain HTTP.
+    pub fn member_client_tls(&self) -> Result<Option<raft_client::ClientTls>, String> {
+        let Some(api) = &self.api_tls else { return Ok(None) };
+        let Some(ca) = api.ca_cert.as_ref().or(self.tls.as_ref().map(|t| &t.ca_cert)) else {
+            return Err("no CA for the other members' API certificates (api_tls.ca_cert)".into());
+        };
+        let identity = api.client_ca.as_ref().map(|_| (api.cert.as_path(), api.key.as_path()));
+        let tls = raft_client::ClientTls::from_files(ca, identity)?;
+        tls.validate().map_err(|e| format!("api_tls: {e}"))?;
+        Ok(Some(tls))
+    }
+
+    /// Options of this node's own calls to the other members' APIs: its token
+    /// (`auth.token_file`) and TLS ([`Self::member_client_tls`]; an unreadable file is logged
+    /// and the calls then fail).
+    pub fn member_client_options(
+        &self,
+        request_timeout: Duration,
+        max_retries: u32,
+    ) -> raft_client::ClientOptions {
+        let tls = self.member_client_tls().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the TLS material of calls to the other members is unusable");
+            None
+        });
+        raft_client::ClientOptions {
+            request_timeout,
+            max_retries,
+            token: self.own_token(),
+            tls,
+            ..raft_client::ClientOptions::default()
+        }
     }
 
     /// The address other nodes dial for this node's Raft transport: `raft_advertise_addr`,

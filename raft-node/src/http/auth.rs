@@ -1,13 +1,15 @@
 //! Client authentication: every request but the open operational ones presents a bearer token
-//! (`Authorization: Bearer ...`) whose SHA-256 is configured in `[auth]`, with a role that
-//! allows the request. Refusals are JSON: 401 `unauthenticated` (no token, or an unknown one)
-//! and 403 `forbidden` (the role is too low). Requests that need `admin` are logged with the
-//! token's name.
+//! (`Authorization: Bearer ...`) whose SHA-256 is configured in `[auth]`, or comes over HTTPS
+//! with a client certificate whose name `[[auth.certificates]]` lists, with a role that allows
+//! the request (a request with a token is judged by the token). Refusals are JSON: 401
+//! `unauthenticated` (no token, or an unknown one) and 403 `forbidden` (the role is too low).
+//! Requests that need `admin` are logged with the token's or certificate's name. A reload
+//! (SIGHUP) replaces the whole set at once.
 //!
 //! The check runs before the body is read and before a request slot is taken, so an
 //! unauthenticated client costs the node no slot and no body buffer.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -15,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft_client::api::ErrorCode;
 
+use super::server::ClientCertificate;
 use super::HttpError;
 use crate::config::{AuthConfig, ClientRole};
 
@@ -25,22 +28,29 @@ struct Known {
     digest: [u8; 32],
 }
 
-/// The tokens the API accepts.
+/// The tokens and certificate names the API accepts, replaced whole on reload.
 pub(crate) struct Auth {
+    current: RwLock<Arc<Accepted>>,
+}
+
+/// One configuration's tokens and certificate roles.
+struct Accepted {
     tokens: Vec<Known>,
+    certificates: Vec<(String, ClientRole)>,
     open_ops: bool,
 }
 
-impl Auth {
+impl Accepted {
     /// From a validated `[auth]` (hashes that do not parse are left out: validation refuses
-    /// them before the node starts).
-    pub(crate) fn new(config: &AuthConfig) -> Self {
+    /// them before the node starts or reloads).
+    fn new(config: &AuthConfig) -> Self {
         let tokens = config
             .tokens
             .iter()
             .filter_map(|t| Some(Known { name: t.name.clone(), role: t.role, digest: parse_hex(&t.sha256)? }))
             .collect();
-        Self { tokens, open_ops: config.open_ops }
+        let certificates = config.certificates.iter().map(|c| (c.name.clone(), c.role)).collect();
+        Self { tokens, certificates, open_ops: config.open_ops }
     }
 
     /// The configured token `token` is, if any. Every configured digest is compared in full,
@@ -55,6 +65,32 @@ impl Auth {
             }
         }
         found
+    }
+
+    /// The highest role any name of a verified client certificate has, with that name.
+    fn certificate_role(&self, certificate: &ClientCertificate) -> Option<(&str, ClientRole)> {
+        self.certificates
+            .iter()
+            .filter(|(name, _)| certificate.names.iter().any(|n| n == name))
+            .map(|(name, role)| (name.as_str(), *role))
+            .max_by_key(|(_, role)| *role)
+    }
+}
+
+impl Auth {
+    /// From a validated `[auth]`.
+    pub(crate) fn new(config: &AuthConfig) -> Self {
+        Self { current: RwLock::new(Arc::new(Accepted::new(config))) }
+    }
+
+    /// Accepts the tokens and certificates of `config` from now on, and no others.
+    pub(crate) fn replace(&self, config: &AuthConfig) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Accepted::new(config));
+    }
+
+    fn accepted(&self) -> Arc<Accepted> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -124,11 +160,19 @@ pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// The middleware: answers 401/403 or passes the request on.
 pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
-    let Some(needed) = required_role(request.method(), request.uri().path(), auth.open_ops) else {
+    let accepted = auth.accepted();
+    let Some(needed) = required_role(request.method(), request.uri().path(), accepted.open_ops) else {
         return next.run(request).await;
     };
     let presented = bearer_token(request.headers());
-    let Some(holder) = presented.and_then(|token| auth.holder(token)) else {
+    let certificate = request.extensions().get::<ClientCertificate>();
+    let holder = match presented {
+        Some(token) => accepted.holder(token).map(|k| (Holder::Token(k.name.as_str()), k.role)),
+        None => certificate
+            .and_then(|c| accepted.certificate_role(c))
+            .map(|(name, role)| (Holder::Certificate(name), role)),
+    };
+    let Some((holder, role)) = holder else {
         let message = match presented {
             None => "this API needs a token: send `Authorization: Bearer <token>`",
             Some(_) => "the token is not one this node accepts",
@@ -137,20 +181,41 @@ pub(crate) async fn authorize(State(auth): State<Arc<Auth>>, request: Request, n
         answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return answer;
     };
-    if holder.role < needed {
+    if role < needed {
         let message = format!(
-            "the token {:?} has the role {}; {} {} needs {needed}",
-            holder.name,
-            holder.role,
+            "the {holder} has the role {role}; {} {} needs {needed}",
             request.method(),
             request.uri().path()
         );
         return HttpError::new(ErrorCode::Forbidden, message).into_response();
     }
     if needed == ClientRole::Admin {
-        tracing::info!(token = %holder.name, method = %request.method(), path = %request.uri().path(), "admin request");
+        match holder {
+            Holder::Token(name) => {
+                tracing::info!(token = %name, method = %request.method(), path = %request.uri().path(), "admin request")
+            }
+            Holder::Certificate(name) => {
+                tracing::info!(certificate = %name, method = %request.method(), path = %request.uri().path(), "admin request")
+            }
+        }
     }
     next.run(request).await
+}
+
+/// Who a request was authenticated as.
+#[derive(Debug, Clone, Copy)]
+enum Holder<'a> {
+    Token(&'a str),
+    Certificate(&'a str),
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Token(name) => write!(f, "token {name:?}"),
+            Holder::Certificate(name) => write!(f, "client certificate {name:?}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,10 +272,11 @@ mod tests {
                 role: ClientRole::Admin,
                 sha256: hash_token(token),
             }],
+            certificates: Vec::new(),
             open_ops: true,
             token_file: None,
         };
-        let auth = Auth::new(&config);
+        let auth = Auth::new(&config).accepted();
         assert_eq!(auth.holder(token).map(|k| k.name.as_str()), Some("ops"));
         assert!(auth.holder("s3cret-tokeN").is_none());
         assert!(auth.holder(&hash_token(token)).is_none(), "the hash itself is not a token");
@@ -218,5 +284,28 @@ mod tests {
         let fresh = new_token().expect("random");
         assert_eq!(fresh.len(), 64);
         assert_ne!(fresh, new_token().expect("random"));
+    }
+
+    #[test]
+    fn a_certificate_gets_the_highest_role_of_its_names_and_a_reload_replaces_everything() {
+        let role = |name: &str, role| crate::config::CertificateRoleConfig { name: name.into(), role };
+        let config = AuthConfig {
+            tokens: Vec::new(),
+            certificates: vec![role("backup", ClientRole::Read), role("ops", ClientRole::Admin)],
+            open_ops: true,
+            token_file: None,
+        };
+        let auth = Auth::new(&config);
+        let cert =
+            |names: &[&str]| ClientCertificate { names: names.iter().map(|n| (*n).to_owned()).collect() };
+        let accepted = auth.accepted();
+        assert_eq!(accepted.certificate_role(&cert(&["backup", "ops"])), Some(("ops", ClientRole::Admin)));
+        assert_eq!(accepted.certificate_role(&cert(&["backup"])), Some(("backup", ClientRole::Read)));
+        assert_eq!(accepted.certificate_role(&cert(&["Ops", "ops.example"])), None, "names match exactly");
+        assert_eq!(accepted.certificate_role(&cert(&[])), None);
+        auth.replace(&AuthConfig { certificates: vec![role("backup", ClientRole::Write)], ..config });
+        let accepted = auth.accepted();
+        assert_eq!(accepted.certificate_role(&cert(&["ops"])), None, "a removed name is refused at once");
+        assert_eq!(accepted.certificate_role(&cert(&["backup"])), Some(("backup", ClientRole::Write)));
     }
 }

@@ -43,10 +43,11 @@ use raft_kv::{Command, InvalidCommand, Op, Response as KvResponse, Session};
 use tokio::sync::Semaphore;
 
 use crate::node::Shared;
+pub(crate) use auth::Auth;
 pub use auth::{hash_token, new_token};
 pub(crate) use error::HttpError;
 pub(crate) use overview::CachedView;
-pub(crate) use server::{connection_cap, open_file_limit, serve, ServerLimits};
+pub(crate) use server::{connection_cap, open_file_limit, serve, ApiTls, ServerLimits};
 pub(crate) use snapshot::SNAPSHOT_DOWNLOADS_MAX;
 pub(crate) use watch::EncodedEvents;
 
@@ -93,10 +94,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .fallback(|| async { HttpError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit));
     // Outside the request slots and the body read: an unauthenticated request costs neither.
-    let routes = match &shared.config.auth {
-        Some(config) => {
-            routes.layer(middleware::from_fn_with_state(Arc::new(auth::Auth::new(config)), auth::authorize))
-        }
+    let routes = match &shared.auth {
+        Some(auth) => routes.layer(middleware::from_fn_with_state(auth.clone(), auth::authorize)),
         None => routes,
     };
     routes.layer(middleware::from_fn(json_errors)).with_state(shared)
@@ -297,7 +296,8 @@ pub(crate) async fn write(
         let mut e = HttpError::not_leader(Some(leader.clone()));
         if let Some(addr) = leader.client_addr {
             let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            e.redirect = Some(format!("http://{addr}{path}"));
+            let scheme = if shared.api_tls.is_some() { "https" } else { "http" };
+            e.redirect = Some(format!("{scheme}://{addr}{path}"));
         }
         return Err(e);
     }

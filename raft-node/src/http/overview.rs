@@ -50,12 +50,10 @@ async fn gather(shared: &Shared, token: Option<String>) -> ClusterView {
     let client = if addresses.is_empty() {
         None
     } else {
-        let options = ClientOptions {
-            request_timeout: MEMBER_STATUS_TIMEOUT,
-            max_retries: 0,
-            token,
-            ..ClientOptions::default()
-        };
+        // The caller's token, this node's TLS (its CA, and its certificate where the members
+        // require one).
+        let options =
+            ClientOptions { token, ..shared.config.member_client_options(MEMBER_STATUS_TIMEOUT, 0) };
         Some(Client::new(addresses, options))
     };
     let asks = others.iter().map(|member| {
@@ -65,7 +63,7 @@ async fn gather(shared: &Shared, token: Option<String>) -> ClusterView {
             let answer: Result<StatusView, String> = match (&member.client_addr, client) {
                 (None, _) => Err("its HTTP address is unknown".into()),
                 (Some(_), Some(Err(e))) => Err(format!("no client: {e}")),
-                (Some(addr), Some(Ok(client))) => match Endpoint::parse(addr) {
+                (Some(addr), Some(Ok(client))) => match Endpoint::parse_as(addr, client.scheme()) {
                     Ok(endpoint) => client.status_of(&endpoint).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 },

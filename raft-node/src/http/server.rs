@@ -1,20 +1,25 @@
 //! The HTTP server's connection handling: a bounded number of open connections (inside the
-//! process's file-descriptor budget), a deadline for each request's headers (slowloris) that
-//! also closes idle keep-alive connections, and a graceful stop.
+//! process's file-descriptor budget), HTTPS when configured (the TLS handshake within the
+//! header deadline, the client certificate's names handed to each request as a
+//! [`ClientCertificate`]), a deadline for each request's headers (slowloris) that also closes
+//! idle keep-alive connections, and a graceful stop.
 //!
 //! `axum::serve` sets no timer and no connection limit: 2,000 half-sent headers stayed open
 //! for good, and 1,100 idle connections exhausted `ulimit -n 1024`, so that the Raft transport
 //! could no longer accept its peers.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tower::Service;
 
 /// File descriptors kept for everything but client connections (Raft peers, storage files,
 /// the listener sockets).
@@ -30,6 +35,38 @@ pub(crate) struct ServerLimits {
     pub(crate) header_read_timeout: Duration,
     /// How long a stopping server lets requests in progress finish (watch streams never do).
     pub(crate) stop_grace: Duration,
+}
+
+/// The HTTPS configuration of the client API; a reload replaces it for new connections.
+pub(crate) struct ApiTls {
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ApiTls {
+    /// From the node's material.
+    pub(crate) fn new(material: &raft_tls::ApiServerTls) -> Result<Self, raft_tls::TlsError> {
+        Ok(Self { current: RwLock::new(Arc::new(raft_tls::api_server_config(material)?)) })
+    }
+
+    /// Serves new connections with `material` (connections already open keep theirs).
+    pub(crate) fn replace(&self, material: &raft_tls::ApiServerTls) -> Result<(), raft_tls::TlsError> {
+        let config = Arc::new(raft_tls::api_server_config(material)?);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+}
+
+/// The names of the verified certificate a client presented over HTTPS (empty without one),
+/// in every request's extensions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientCertificate {
+    /// Its DNS names, or its common name ([`raft_tls::certificate_names`]).
+    pub(crate) names: Arc<[String]>,
 }
 
 /// The open-file limit of this process (soft), if it can be read.
@@ -54,6 +91,7 @@ pub(crate) fn connection_cap(configured: usize, nofile: Option<u64>) -> usize {
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<ApiTls>>,
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -82,14 +120,11 @@ pub(crate) async fn serve(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let router = router.clone();
+        let watcher = graceful.watcher();
         connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "client connection ended");
-            }
+            serve_one(stream, acceptor, router, limits.header_read_timeout, watcher).await;
             drop(permit);
         });
         // Reap finished connection tasks so the set stays as small as the open connections.
@@ -100,6 +135,53 @@ pub(crate) async fn serve(
         tracing::warn!("client connections still open after the grace period; closing them");
     }
     connections.abort_all();
+}
+
+/// Serves one connection: the TLS handshake first with HTTPS (within the header deadline, so
+/// that a client that never finishes it holds its slot no longer than a slow header).
+async fn serve_one(
+    stream: TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    header_read_timeout: Duration,
+    watcher: Watcher,
+) {
+    let Some(acceptor) = acceptor else {
+        return serve_http(stream, ClientCertificate::default(), router, header_read_timeout, watcher).await;
+    };
+    let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "client TLS handshake failed"),
+        Err(_) => return tracing::debug!("client TLS handshake timed out"),
+    };
+    let names = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(raft_tls::certificate_names);
+    let certificate = ClientCertificate { names: names.unwrap_or_default().into() };
+    serve_http(stream, certificate, router, header_read_timeout, watcher).await;
+}
+
+/// HTTP/1.1 on an established stream, every request carrying the client's certificate names.
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    certificate: ClientCertificate,
+    router: Router,
+    header_read_timeout: Duration,
+    watcher: Watcher,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(certificate.clone());
+        router.clone().call(request)
+    });
+    let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "client connection ended");
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

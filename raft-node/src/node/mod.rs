@@ -11,6 +11,9 @@
 pub mod discovery;
 mod peers;
 mod probe;
+mod reload;
+
+pub use reload::{ReloadError, Reloaded};
 mod startup;
 
 use std::collections::BTreeMap;
@@ -55,6 +58,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The client API's HTTPS material is unusable.
+    #[error("cannot serve HTTPS on the client API: {0}")]
+    ApiTls(String),
     /// The transport could not start.
     #[error("cannot start the {kind} transport: {message}")]
     Transport {
@@ -143,12 +149,17 @@ pub enum StartError {
 /// What the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
+    /// The client API's tokens and certificate roles (`None`: an open API); reloadable.
+    pub(crate) auth: Option<Arc<crate::http::Auth>>,
+    /// The client API's HTTPS configuration (`None`: plain HTTP); reloadable.
+    pub(crate) api_tls: Option<Arc<crate::http::ApiTls>>,
     pub(crate) raft: RaftNode,
     pub(crate) kv: KvStore,
     pub(crate) balancer: Balancer,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) transport_stats: Box<dyn Fn() -> TransportCounters + Send + Sync>,
+    pub(crate) peer_tls_reload: PeerTlsReload,
     pub(crate) metrics: Metrics,
     /// Bounds the number of open watch streams.
     pub(crate) watchers: Arc<Semaphore>,
@@ -239,6 +250,12 @@ impl Node {
             .await
             .map_err(|source| StartError::Bind { what: "client_addr", addr: config.client_addr, source })?;
         startup::check_raft_addr_free(&config)?;
+        let api_tls = match config.api_server_tls().map_err(StartError::ApiTls)? {
+            Some(material) => Some(Arc::new(
+                crate::http::ApiTls::new(&material).map_err(|e| StartError::ApiTls(e.to_string()))?,
+            )),
+            None => None,
+        };
         let discovery = match (config.discovery.enabled, channel) {
             (false, _) => None,
             (true, Some(channel)) => Some(channel),
@@ -278,6 +295,7 @@ impl Node {
                         let answering = probe::StartingServer::start(
                             &http_listener,
                             &config,
+                            api_tls.clone(),
                             raft_client::api::StartingView::HadData,
                         )
                         .map_err(|source| StartError::Bind {
@@ -309,9 +327,9 @@ impl Node {
                     raft_client::api::StartingView::Empty
                 };
                 let answering =
-                    probe::StartingServer::start(&http_listener, &config, holds).map_err(|source| {
-                        StartError::Bind { what: "client_addr", addr: config.client_addr, source }
-                    })?;
+                    probe::StartingServer::start(&http_listener, &config, api_tls.clone(), holds).map_err(
+                        |source| StartError::Bind { what: "client_addr", addr: config.client_addr, source },
+                    )?;
                 let known = startup::check_if_known(&config, had_data).await;
                 answering.stop().await;
                 known?
@@ -381,7 +399,8 @@ impl Node {
             tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
 
-        let (transport, transport_stats) = build_transport(&config, plan.peers.clone()).await?;
+        let (transport, transport_stats, peer_tls_reload) =
+            build_transport(&config, plan.peers.clone()).await?;
         let kv_options = KvOptions {
             max_sessions: config.limits.max_sessions,
             watch_history: config.limits.watch_history,
@@ -411,7 +430,10 @@ impl Node {
         let max_connections = crate::http::connection_cap(config.limits.max_connections, nofile);
         // Watch streams never end: at most half the connections, so the rest stay usable.
         let max_watchers = config.limits.max_watchers.min((max_connections / 2).max(1));
+        let auth = config.auth.as_ref().map(|a| Arc::new(crate::http::Auth::new(a)));
         let shared = Arc::new(Shared {
+            auth,
+            api_tls,
             balancer: Balancer::new(kv.clone(), seed),
             watchers: Arc::new(Semaphore::new(max_watchers)),
             request_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
@@ -422,6 +444,7 @@ impl Node {
             storage,
             transport,
             transport_stats,
+            peer_tls_reload,
             metrics,
             stopping,
             encoded_events: crate::http::EncodedEvents::default(),
@@ -458,7 +481,13 @@ impl Node {
             header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
             stop_grace: Duration::from_millis(limits.request_timeout_ms),
         };
-        let http = tokio::spawn(crate::http::serve(http_listener, router, server_limits, stop_rx));
+        let http = tokio::spawn(crate::http::serve(
+            http_listener,
+            router,
+            shared.api_tls.clone(),
+            server_limits,
+            stop_rx,
+        ));
         tracing::info!(id = shared.config.id, %client_addr, raft_addr = %shared.config.raft_addr, peers = ?shared.config.peer_security(), "node started");
         for warning in shared.config.warnings() {
             tracing::warn!("INSECURE: {warning}");
@@ -557,10 +586,16 @@ impl Node {
 }
 
 /// Builds the transport the config names, with a way to read its counters.
+/// Replaces the peer transport's TLS material (a reload).
+pub(crate) type PeerTlsReload = Box<dyn Fn(&raft_tls::TlsConfig) -> Result<(), String> + Send + Sync>;
+
+/// The transport, a way to read its counters, and one to replace its TLS material.
+type BuiltTransport = (Arc<dyn Transport>, Box<dyn Fn() -> TransportCounters + Send + Sync>, PeerTlsReload);
+
 async fn build_transport(
     config: &NodeConfig,
     peers: BTreeMap<NodeId, SocketAddr>,
-) -> Result<(Arc<dyn Transport>, Box<dyn Fn() -> TransportCounters + Send + Sync>), StartError> {
+) -> Result<BuiltTransport, StartError> {
     let tls = match &config.tls {
         Some(tls) => Some(startup::read_tls(tls)?),
         None => None,
@@ -584,7 +619,12 @@ async fn build_transport(
                 .map_err(|e| StartError::Transport { kind: "tcp", message: e.to_string() })?;
             let t = Arc::new(t);
             let stats_of = t.clone();
-            Ok((t, Box::new(move || counters(&stats_of.stats()))))
+            let reload_of = t.clone();
+            Ok((
+                t,
+                Box::new(move || counters(&stats_of.stats())),
+                Box::new(move |tls| reload_of.reload_tls(tls).map_err(|e| e.to_string())),
+            ))
         }
         TransportKind::Quic => {
             let tls = tls
@@ -607,7 +647,12 @@ async fn build_transport(
                 .map_err(|e| StartError::Transport { kind: "quic", message: e.to_string() })?;
             let t = Arc::new(t);
             let stats_of = t.clone();
-            Ok((t, Box::new(move || counters(&stats_of.stats()))))
+            let reload_of = t.clone();
+            Ok((
+                t,
+                Box::new(move || counters(&stats_of.stats())),
+                Box::new(move |tls| reload_of.reload_tls(tls).map_err(|e| e.to_string())),
+            ))
         }
     }
 }

@@ -143,12 +143,7 @@ async fn report_moved(shared: &Shared, own: &(String, String), voter: bool) -> R
             endpoints.push(m.client_addr);
         }
     }
-    let options = raft_client::ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        max_retries: 3,
-        token: c.own_token(),
-        ..raft_client::ClientOptions::default()
-    };
+    let options = c.member_client_options(Duration::from_secs(2), 3);
     let client = raft_client::Client::new(endpoints, options).map_err(|e| e.to_string())?;
     let request = raft_client::api::AddMemberRequest {
         id: c.id,

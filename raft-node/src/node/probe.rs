@@ -45,6 +45,7 @@ impl StartingServer {
     pub(super) fn start(
         listener: &tokio::net::TcpListener,
         config: &NodeConfig,
+        tls: Option<std::sync::Arc<crate::http::ApiTls>>,
         holds: StartingView,
     ) -> std::io::Result<Self> {
         let socket = socket2::SockRef::from(listener).try_clone()?;
@@ -57,7 +58,7 @@ impl StartingServer {
             stop_grace: Duration::from_millis(200),
         };
         let (stop, stopping) = watch::channel(false);
-        let task = tokio::spawn(crate::http::serve(clone, router, limits, stopping));
+        let task = tokio::spawn(crate::http::serve(clone, router, tls, limits, stopping));
         Ok(Self { stop, task })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_client::api::{AddMemberRequest, MemberRole, MembersView};
-use raft_client::{Client, ClientError, ClientOptions};
+use raft_client::{Client, ClientError};
 use raft_core::{HardState, LogId, Membership, NodeId};
 
 use super::probe::{self, Probed};
@@ -68,19 +68,14 @@ pub(super) fn seed(id: NodeId) -> u64 {
     raft_core::fresh_seed() ^ id.rotate_left(32)
 }
 
-/// A client of the other members' APIs, presenting this node's own token (`auth.token_file`).
+/// A client of the other members' APIs, presenting this node's own token (`auth.token_file`)
+/// over HTTPS when the API has `[api_tls]`.
 pub(super) fn probe_client(
     config: &NodeConfig,
     endpoints: Vec<String>,
     timeout: Duration,
 ) -> Result<Client, ClientError> {
-    let options = ClientOptions {
-        request_timeout: timeout,
-        max_retries: 1,
-        token: config.own_token(),
-        ..ClientOptions::default()
-    };
-    Client::new(endpoints, options)
+    Client::new(endpoints, config.member_client_options(timeout, 1))
 }
 
 /// A node of the configured members starting with an empty data dir asks the other members

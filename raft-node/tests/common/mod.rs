@@ -149,14 +149,26 @@ impl TestCluster {
         self.configs[0].own_token()
     }
 
+    /// The TLS the nodes use towards each other's APIs (with `[api_tls]`), which the test's
+    /// clients use too; `None` with plain HTTP.
+    pub fn client_tls(&self) -> Option<raft_client::ClientTls> {
+        self.configs[0].member_client_tls().unwrap()
+    }
+
     pub fn client(&self) -> Client {
-        let options = ClientOptions { token: self.token(), ..ClientOptions::default() };
+        let options =
+            ClientOptions { token: self.token(), tls: self.client_tls(), ..ClientOptions::default() };
         Client::new(self.endpoints(), options).unwrap()
     }
 
     /// A client that only talks to node `id`.
     pub fn client_of(&self, id: u64) -> Client {
-        let options = ClientOptions { max_retries: 0, token: self.token(), ..ClientOptions::default() };
+        let options = ClientOptions {
+            max_retries: 0,
+            token: self.token(),
+            tls: self.client_tls(),
+            ..ClientOptions::default()
+        };
         Client::new([self.endpoint(id)], options).unwrap()
     }
 
@@ -295,7 +307,21 @@ pub fn auth_config(dir: &Path, tokens: &[(&str, ClientRole, &str)], open_ops: bo
                 sha256: raft_node::hash_token(token),
             })
             .collect(),
+        certificates: Vec::new(),
         open_ops,
         token_file: Some(token_file),
     }
+}
+
+/// A plain-HTTP reqwest client for raw API calls. reqwest is built with
+/// `rustls-no-provider` (raft-client gives it ring explicitly), so its default constructors
+/// would find no TLS provider: this one gets a ring configuration that trusts nothing.
+pub fn plain_http() -> reqwest::ClientBuilder {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
 }

@@ -354,7 +354,7 @@ impl Env {
 fn quick_options() -> ClientOptions {
     let options =
         ClientOptions { request_timeout: Duration::from_millis(500), max_retries: 0, ..Default::default() };
-    crate::cluster::with_token(options)
+    crate::cluster::with_credentials(options)
 }
 
 fn inner(root: &Path, o: &Options, binary: PathBuf) -> Result<()> {
@@ -424,6 +424,7 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
         transport: o.transport.clone(),
         storage: "rocks".into(),
         tls_dir,
+        api_tls: false,
         token_file,
         // Snapshots every 2000 entries, so that restarted and rejoining nodes also catch up by
         // snapshot; requests time out before the clients give up on them.
@@ -435,7 +436,7 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     let tmpfs_mib = if o.rootless { None } else { Some(256) };
     let nodes = Nodes::new(binary, common, &specs, out, tmpfs_mib)?;
     let endpoints: Vec<String> = specs.iter().map(|s| s.client_addr.clone()).collect();
-    let admin_options = crate::cluster::with_token(ClientOptions {
+    let admin_options = crate::cluster::with_credentials(ClientOptions {
         request_timeout: Duration::from_secs(3),
         max_retries: 5,
         ..Default::default()
@@ -562,7 +563,7 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     // Final reads of every key, recorded in the history too.
     let final_client = Client::new(
         &endpoints,
-        crate::cluster::with_token(ClientOptions {
+        crate::cluster::with_credentials(ClientOptions {
             request_timeout: Duration::from_secs(3),
             max_retries: 10,
             ..Default::default()

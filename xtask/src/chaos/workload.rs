@@ -41,7 +41,7 @@ pub struct Workload {
 }
 
 fn client_options() -> ClientOptions {
-    crate::cluster::with_token(ClientOptions {
+    crate::cluster::with_credentials(ClientOptions {
         request_timeout: Duration::from_millis(1500),
         max_retries: 3,
         consistency: Consistency::Linearizable,
