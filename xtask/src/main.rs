@@ -199,8 +199,9 @@ pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
     }
 }
 
-/// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA and one certificate per node
-/// (identity `node-<id>.<cluster>`), for a secure (QUIC, mutual TLS) cluster without openssl.
+/// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA, one certificate per node
+/// (identity `node-<id>.<cluster>`) and one HTTPS API certificate per node (names `localhost`,
+/// `127.0.0.1`, `::1`), for a secure cluster without openssl.
 fn certs(args: &[String]) -> Result<()> {
     let nodes: u64 = flag(args, "--nodes")?.unwrap_or(3);
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -212,7 +213,11 @@ fn certs(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
     let certs = raft_tls::generate_dev_certs(&cluster, 1..=nodes)?;
     certs.write_dev_certs(std::path::Path::new(&out))?;
-    println!("wrote a CA (ca.pem, ca-key.pem) and {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) for cluster {cluster:?} to {out}");
+    println!(
+        "wrote a CA (ca.pem, ca-key.pem), {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) \
+         and {nodes} API certificates for localhost ([api_tls]: api-<id>.pem, api-<id>-key.pem) for cluster \
+         {cluster:?} to {out}"
+    );
     Ok(())
 }
 
