@@ -191,6 +191,33 @@ async fn every_refusal_is_json_with_a_stable_code() {
     cluster.shutdown().await;
 }
 
+/// Requests hyper cannot parse never reach the router: its own 400, 414 and 431 answers get
+/// the same JSON body with a stable code as every other refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_http_parser_refuses_get_json_too() {
+    let cluster = TestCluster::start(1, StorageKind::Mem).await;
+    let addr = cluster.endpoint(1);
+    let long_uri = format!("GET /v1/kv/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let huge_header = format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(600_000));
+    let cases = [
+        ("GET /v1/status HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_owned(), "400", "bad_request"),
+        ("G\u{1}T / HTTP/1.1\r\n\r\n".to_owned(), "400", "bad_request"),
+        (long_uri, "414", "too_large"),
+        (huge_header, "431", "too_large"),
+    ];
+    for (request, status, code) in cases {
+        let mut stream = send_raw(&addr, &request).await;
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("answered");
+        let shown: String = answer.chars().take(300).collect();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{shown}");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{shown}");
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{shown}");
+    }
+    // The node serves on.
+    cluster.client().put("after", "1").await.unwrap();
+    cluster.shutdown().await;
+}
+
 /// A chunked body that breaks the chunk framing is a bad request; one that grows past the
 /// body limit is too large.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

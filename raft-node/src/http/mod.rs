@@ -22,6 +22,7 @@ mod error;
 mod kv;
 mod ops;
 mod overview;
+mod parse_errors;
 mod server;
 mod services;
 mod snapshot;

@@ -178,6 +178,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         request.extensions_mut().insert(certificate.clone());
         router.clone().call(request)
     });
+    let stream = super::parse_errors::JsonParseErrors::new(stream);
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "client connection ended");
