@@ -175,16 +175,38 @@ fn main() -> ExitCode {
             };
             init_logging(&config);
             let id = config.id;
+            // Before the start, which can wait long for the other members: a SIGHUP meanwhile
+            // (a fleet-wide rotation) must not kill the node with the default action.
+            let signals = match runtime.block_on(async { Signals::install() }) {
+                Ok(signals) => signals,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             // A refusal at start (a taken port, a read-only or foreign data dir, a member that
             // lost its data) exits 2 with its message once, as an invalid config does.
-            let node = match runtime.block_on(Node::start(config)) {
-                Ok(node) => node,
-                Err(e) => {
+            // SIGTERM or SIGINT while it starts (it may wait for the other members) stops it.
+            let mut signals = signals;
+            let started = runtime.block_on(async {
+                tokio::select! {
+                    started = Node::start(config) => Some(started),
+                    _ = signals.term.recv() => None,
+                    _ = tokio::signal::ctrl_c() => None,
+                }
+            });
+            let node = match started {
+                Some(Ok(node)) => node,
+                Some(Err(e)) => {
                     eprintln!("error: node {id} cannot start: {e}");
                     return ExitCode::from(2);
                 }
+                None => {
+                    eprintln!("node {id}: stopped while starting");
+                    return ExitCode::SUCCESS;
+                }
             };
-            match runtime.block_on(serve(node, &config_path, &overrides)) {
+            match runtime.block_on(serve(node, signals, &config_path, &overrides)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -225,17 +247,37 @@ async fn accept_loss(config: &NodeConfig) -> anyhow::Result<String> {
     })
 }
 
+/// The signals a running node answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (from then on SIGTERM and SIGHUP are queued, not fatal).
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
 /// Serves until SIGINT or SIGTERM, then shuts the node down. SIGHUP reloads the credentials
-/// from the config file (see [`Node::reload`]).
-async fn serve(node: Node, path: &std::path::Path, overrides: &[String]) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+/// from the config file (see [`Node::reload`]); one received while the node started is
+/// handled once it runs.
+async fn serve(
+    node: Node,
+    mut signals: Signals,
+    path: &std::path::Path,
+    overrides: &[String],
+) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; break; }
-            _ = term.recv() => break,
-            _ = hangup.recv() => reload(&node, path, overrides),
+            _ = signals.term.recv() => break,
+            _ = signals.hangup.recv() => reload(&node, path, overrides),
         }
     }
     tracing::info!("shutting down");

@@ -305,7 +305,7 @@ fn hangup(child: &Child) {
 }
 
 #[test]
-fn the_api_serves_https_and_sighup_rotates_the_token_without_a_restart() {
+fn the_api_serves_https_and_sighup_rotates_the_token_and_every_certificate_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (files, endpoints) = write_configs(dir.path());
     let certs = dir.path().join("certs");
@@ -371,7 +371,47 @@ fn the_api_serves_https_and_sighup_rotates_the_token_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Every certificate, key and the CA replaced in place by a new CA's, then SIGHUP: the API
+    // presents the new certificate, the old CA no longer verifies it, and writes go on.
+    let old_ca = dir.path().join("old-ca.pem");
+    std::fs::copy(&ca, &old_ca).unwrap();
+    raft_tls::generate_dev_certs("bin", 1..=3).unwrap().write_dev_certs(&certs).unwrap();
+    for child in &children.0 {
+        hangup(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (old_ok, _, _) = ctl_https(&old_ca, NEW, &endpoints, &["get", "k"]);
+        let (new_ok, out, new_err) = ctl_https(&ca, NEW, &endpoints, &["put", "k", "v3"]);
+        if !old_ok && new_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the certificates were not rotated: old CA ok={old_ok}, new: {out} {new_err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for child in &mut children.0 {
         assert!(terminate(child).success());
     }
+}
+
+#[test]
+fn a_sighup_while_the_node_is_still_starting_does_not_kill_it_and_sigterm_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_configs(dir.path());
+    // Alone, node 1 waits for nodes 2 and 3 to answer before it starts.
+    let mut nodes = Nodes::start(&files[..1]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(matches!(nodes.0[0].try_wait(), Ok(None)), "the node should still be starting");
+    hangup(&nodes.0[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        matches!(nodes.0[0].try_wait(), Ok(None)),
+        "SIGHUP killed a starting node: {:?}",
+        nodes.0[0].try_wait()
+    );
+    assert!(terminate(&mut nodes.0[0]).success(), "SIGTERM stops a starting node cleanly");
 }

@@ -53,6 +53,7 @@ fn secure(c: &mut NodeConfig, certs: &Path, token_dir: &Path, client_ca: bool) {
         key: certs.join(format!("api-{id}-key.pem")),
         ca_cert: None,
         client_ca: client_ca.then(|| certs.join("ca.pem")),
+        require_client_certificate: false,
     });
     c.insecure_open_client_api = false;
     let mut auth = common::auth_config(token_dir, &[("ops", ClientRole::Admin, ADMIN)], true);
@@ -135,12 +136,13 @@ async fn clients_that_trust_the_ca_read_and_write_over_https_and_nothing_else_ge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_are_required_and_carry_their_roles() {
+async fn client_certificates_carry_their_roles_and_can_be_required() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let ca = write_ca(&certs);
     let token_dir = dir.path().to_path_buf();
-    let cluster = TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, true)).await;
+    let mut cluster =
+        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, true)).await;
     // The nodes reach each other's APIs with their own certificates (the start-up check ran).
     let leader = cluster.leader().await;
     let endpoints = cluster.endpoints();
@@ -157,25 +159,118 @@ async fn client_certificates_are_required_and_carry_their_roles() {
     assert_eq!(reader.get("k", None).await.unwrap().map(|kv| kv.value), Some("v".to_owned()));
     assert_eq!(code_of(reader.put("k", "w").await), "forbidden");
     client(endpoints.clone(), Some(ADMIN), backup).put("k", "w").await.unwrap();
+    let wrong_token = client(endpoints.clone(), Some("wrong-token-000000"), ops.clone());
+    assert_eq!(code_of(wrong_token.put("k", "x").await), "unauthenticated");
+    // A certificate the CA signed but no role names is as anonymous as no certificate: a JSON
+    // 401, and a token still works without a certificate (certificates are optional).
+    assert_eq!(code_of(client(endpoints.clone(), None, nobody).get("k", None).await), "unauthenticated");
     assert_eq!(
-        code_of(client(endpoints.clone(), Some("wrong-token-000000"), ops).put("k", "x").await),
+        code_of(client(endpoints.clone(), None, trusting(&ca, None)).get("k", None).await),
         "unauthenticated"
     );
-    // A certificate the CA signed but no role names is as anonymous as no certificate.
-    assert_eq!(code_of(client(endpoints.clone(), None, nobody).get("k", None).await), "unauthenticated");
-    // Without a certificate, or with another CA's, the handshake itself fails.
-    assert_eq!(
-        code_of(client(endpoints.clone(), Some(ADMIN), trusting(&ca, None)).get("k", None).await),
-        "transport"
-    );
+    client(endpoints.clone(), Some(ADMIN), trusting(&ca, None)).put("k", "y").await.unwrap();
+    // A certificate of another CA fails the handshake itself.
     let stranger = DevCa::new("test").unwrap();
     let forged = Some(ClientTls {
         ca_cert_pem: ca.cert_pem(),
         identity: Some(stranger.issue_client("ops-console").unwrap()),
     });
-    assert_eq!(code_of(client(endpoints, Some(ADMIN), forged).get("k", None).await), "transport");
+    assert_eq!(code_of(client(endpoints.clone(), Some(ADMIN), forged).get("k", None).await), "transport");
     let answer = plaintext_answer(&cluster.endpoint(leader)).await;
     assert!(!answer.contains("200 OK"), "plaintext got {answer:?}");
+
+    // Required: no certificate, no connection (the nodes still reach each other with theirs).
+    for (i, config) in cluster.configs.iter_mut().enumerate() {
+        config.api_tls.as_mut().unwrap().require_client_certificate = true;
+        cluster.nodes[i].as_ref().unwrap().reload(config).unwrap();
+    }
+    let bare = client(endpoints.clone(), Some(ADMIN), trusting(&ca, None));
+    assert_eq!(code_of(bare.get("k", None).await), "transport");
+    // (The cluster page asks the members with the caller's token, never with the node's
+    // authority: a caller known by its certificate alone sees the others refuse.)
+    let view = client(vec![cluster.endpoint(leader)], Some(ADMIN), ops).cluster().await.unwrap();
+    assert!(view.members.iter().all(|m| m.status.is_some()), "{view:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_ca_ends_the_authority_of_the_old_ones_certificates_on_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let old_ca = write_ca(&certs);
+    let token_dir = dir.path().to_path_buf();
+    let cluster = TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, true)).await;
+    let leader = cluster.leader().await;
+    // One node, one kept-alive connection, authenticated by its certificate alone.
+    let admin = client(
+        vec![cluster.endpoint(leader)],
+        None,
+        trusting(&old_ca, Some(old_ca.issue_client("ops-console").unwrap())),
+    );
+    admin.put("k", "v").await.unwrap();
+    rotate_files(&certs);
+    for (i, config) in cluster.configs.iter().enumerate() {
+        cluster.nodes[i].as_ref().unwrap().reload(config).unwrap();
+    }
+    let after = admin.get("k", Some(raft_client::api::Consistency::Local)).await;
+    assert!(after.is_err(), "an old-CA certificate still authenticated: {after:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_on_client_certificates_by_reload_keeps_the_nodes_calls_to_each_other_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = write_ca(&certs);
+    let token_dir = dir.path().to_path_buf();
+    let cluster =
+        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, false)).await;
+    let leader = cluster.leader().await;
+    for i in 0..3 {
+        let mut new = cluster.configs[i].clone();
+        secure(&mut new, &certs, &token_dir, true);
+        new.api_tls.as_mut().unwrap().require_client_certificate = true;
+        cluster.nodes[i].as_ref().unwrap().reload(&new).unwrap();
+    }
+    let ops = trusting(&ca, Some(ca.issue_client("ops-console").unwrap()));
+    let view = client(vec![cluster.endpoint(leader)], Some(ADMIN), ops).cluster().await.unwrap();
+    assert!(view.members.iter().all(|m| m.status.is_some()), "{view:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_never_sends_a_token_in_clear_when_its_tls_files_are_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = write_ca(&certs);
+    let token_dir = dir.path().to_path_buf();
+    let mut cluster =
+        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, false)).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower().await;
+    cluster.stop(follower).await;
+    // Something listens where the stopped member was: whatever the leader sends it, we see.
+    let listener = tokio::net::TcpListener::bind(cluster.endpoint(follower)).await.unwrap();
+    // The CA file mid-rotation.
+    std::fs::write(certs.join("ca.pem"), "rotation in progress").unwrap();
+    let asker = client(vec![cluster.endpoint(leader)], Some(ADMIN), trusting(&ca, None));
+    let asking = tokio::spawn(async move { asker.cluster().await });
+    if let Ok(Ok((mut stream, _))) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!seen.contains(ADMIN), "a token went out in clear: {seen:?}");
+    }
+    let view = asking.await.unwrap().unwrap();
+    let row = view.members.iter().find(|m| m.id == follower).unwrap();
+    assert!(
+        row.status.is_none() && row.error.as_deref().is_some_and(|e| e.contains("TLS material")),
+        "{row:?}"
+    );
     cluster.shutdown().await;
 }
 

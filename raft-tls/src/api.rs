@@ -27,9 +27,12 @@ pub struct ApiServerTls {
     pub cert_pem: String,
     /// The server's private key.
     pub key_pem: String,
-    /// With a client CA, every client must present a certificate it signed; `None` accepts
-    /// clients without certificates (they authenticate with tokens).
+    /// With a client CA, a certificate a client presents must be signed by it (its names then
+    /// identify the client); `None` asks for no client certificate.
     pub client_ca_pem: Option<String>,
+    /// With a client CA: refuse clients that present no certificate (else they connect and
+    /// authenticate otherwise, with tokens).
+    pub require_client_cert: bool,
 }
 
 impl std::fmt::Debug for ApiServerTls {
@@ -67,7 +70,8 @@ fn chain_and_key(
 }
 
 /// The rustls configuration of a node's HTTPS server: TLS 1.2 and 1.3 (browsers and curl),
-/// ALPN `http/1.1`, client certificates required when `tls` names a client CA.
+/// ALPN `http/1.1`; with a client CA, presented client certificates are verified against it
+/// (and required with `require_client_cert`).
 pub fn api_server_config(tls: &ApiServerTls) -> Result<rustls::ServerConfig, TlsError> {
     let (chain, key) = chain_and_key(&tls.cert_pem, &tls.key_pem, "API certificate")?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -75,9 +79,9 @@ pub fn api_server_config(tls: &ApiServerTls) -> Result<rustls::ServerConfig, Tls
         .map_err(error("API server config"))?;
     let builder = match &tls.client_ca_pem {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca, "client CA")?, provider())
-                .build()
-                .map_err(error("client CA"))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca, "client CA")?, provider());
+            let verifier = if tls.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+            let verifier = verifier.build().map_err(error("client CA"))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -98,24 +102,65 @@ pub fn certificate_names(leaf: &CertificateDer<'_>) -> Vec<String> {
     common_name(leaf).into_iter().collect()
 }
 
-/// The subject common name of a DER certificate (a UTF8String or PrintableString), found by
-/// walking the subject's DER: `id-at-commonName` (2.5.4.3) and the string that follows it.
+/// The subject common name of a DER certificate (a UTF8String, PrintableString or
+/// IA5String), read by walking the subject `Name` as DER: a sequence of sets of
+/// (type, value) pairs. `None` when the subject has no common name, more than one, or does
+/// not parse: a name is never read out of another attribute's bytes.
 fn common_name(leaf: &CertificateDer<'_>) -> Option<String> {
+    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else { return None };
-    let subject = cert.subject();
-    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let at = subject.windows(CN_OID.len()).rposition(|w| w == CN_OID)?;
-    let rest = subject.get(at + CN_OID.len()..)?;
-    let (&tag, rest) = rest.split_first()?;
-    if tag != 0x0c && tag != 0x13 {
-        return None;
+    // `subject()` is the contents of the Name SEQUENCE: its RelativeDistinguishedName SETs.
+    let mut names = Vec::new();
+    let mut sets = cert.subject();
+    while !sets.is_empty() {
+        let (tag, set, rest) = tlv(sets)?;
+        sets = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        let mut attributes = set;
+        while !attributes.is_empty() {
+            let (tag, attribute, rest) = tlv(attributes)?;
+            attributes = rest;
+            if tag != 0x30 {
+                return None;
+            }
+            let (oid_tag, oid, value) = tlv(attribute)?;
+            let (value_tag, value, trailing) = tlv(value)?;
+            if oid_tag != 0x06 || !trailing.is_empty() {
+                return None;
+            }
+            if oid == CN_OID {
+                if !matches!(value_tag, 0x0c | 0x13 | 0x16) {
+                    return None;
+                }
+                names.push(String::from_utf8(value.to_vec()).ok()?);
+            }
+        }
     }
-    let (&len, rest) = rest.split_first()?;
-    let len = usize::from(len);
-    if len >= 0x80 {
-        return None;
+    match names.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
     }
-    String::from_utf8(rest.get(..len)?.to_vec()).ok()
+}
+
+/// One DER element of `input`: its tag, its contents and what follows it (definite lengths
+/// only, at most four length bytes).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, after) = (rest.get(..count)?, rest.get(count..)?);
+        rest = after;
+        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
 }
 
 #[cfg(test)]
@@ -127,7 +172,12 @@ mod tests {
     fn server_and_client_configs_build_from_dev_material() {
         let ca = DevCa::new("test").expect("ca");
         let (cert, key) = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).expect("server");
-        let server = ApiServerTls { cert_pem: cert.clone(), key_pem: key.clone(), client_ca_pem: None };
+        let server = ApiServerTls {
+            cert_pem: cert.clone(),
+            key_pem: key.clone(),
+            client_ca_pem: None,
+            require_client_cert: false,
+        };
         assert_eq!(api_server_config(&server).expect("server").alpn_protocols, vec![API_ALPN.to_vec()]);
         let mutual = ApiServerTls { client_ca_pem: Some(ca.cert_pem()), ..server.clone() };
         api_server_config(&mutual).expect("server with client CA");
@@ -159,5 +209,29 @@ mod tests {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(certificate_names(cert.der()), vec!["backup-job".to_owned()]);
+    }
+
+    fn named(attributes: &[(rcgen::DnType, &str)]) -> Vec<String> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        let mut name = rcgen::DistinguishedName::new();
+        for (kind, value) in attributes {
+            name.push(kind.clone(), *value);
+        }
+        params.distinguished_name = name;
+        let key = rcgen::KeyPair::generate().expect("key");
+        certificate_names(params.self_signed(&key).expect("cert").der())
+    }
+
+    #[test]
+    fn a_common_name_is_never_read_out_of_another_attributes_value() {
+        // The bytes of a CN attribute smuggled inside an organizational unit's value.
+        let smuggled = "\u{6}\u{3}U\u{4}\u{3}\u{c}\u{b}ops-console";
+        let ou = rcgen::DnType::OrganizationalUnitName;
+        assert_eq!(
+            named(&[(rcgen::DnType::CommonName, "contractor-7"), (ou.clone(), smuggled)]),
+            vec!["contractor-7"]
+        );
+        assert!(named(&[(ou, smuggled)]).is_empty(), "no common name: no name");
+        assert!(named(&[]).is_empty());
     }
 }

@@ -40,6 +40,10 @@ pub struct Cli {
     /// endpoints when it exists.
     #[arg(long, env = "RAFT_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
+    /// Send the token over plain HTTP to endpoints off this machine (refused otherwise: the
+    /// token would cross the network in clear). For a network you trust only.
+    #[arg(long, global = true)]
+    pub insecure_plain_http: bool,
     /// A client certificate (PEM) for nodes that require one (`[api_tls].client_ca`).
     #[arg(long = "cert", env = "RAFT_CERT", global = true, requires = "client_key")]
     pub client_cert: Option<PathBuf>,

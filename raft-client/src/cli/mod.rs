@@ -81,6 +81,16 @@ pub async fn execute(
             return Ok(EXIT_USAGE);
         }
     };
+    if let (Some(_), None, false) = (&token, &tls, cli.insecure_plain_http) {
+        if let Some(remote) = cli.endpoints.iter().find(|e| !is_loopback_endpoint(e)) {
+            writeln!(
+                err,
+                "error: the token would cross the network in clear to {remote}: use https (--cacert), \
+                 or --insecure-plain-http on a network you trust"
+            )?;
+            return Ok(EXIT_USAGE);
+        }
+    }
     let options = ClientOptions { request_timeout: cli.timeout, token, tls, ..ClientOptions::default() };
     let client = match Client::new(&cli.endpoints, options) {
         Ok(client) => client,

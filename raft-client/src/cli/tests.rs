@@ -359,6 +359,30 @@ async fn bad_endpoints_and_usage_give_exit_codes() {
         EXIT_USAGE,
         "--cert needs --key"
     );
+    // A token never goes to another machine in clear unless asked for.
+    let cli =
+        Cli::try_parse_from(["raftctl", "--endpoints", "10.9.9.9:1", "--token", "t0ken", "status"]).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(execute(&cli, &mut out, &mut err).await.unwrap(), EXIT_USAGE);
+    assert!(String::from_utf8(err).unwrap().contains("in clear"));
+    let cli = Cli::try_parse_from([
+        "raftctl",
+        "--endpoints",
+        "10.9.9.9:1",
+        "--token",
+        "t0ken",
+        "--insecure-plain-http",
+        "--timeout",
+        "200ms",
+        "status",
+    ])
+    .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        execute(&cli, &mut out, &mut err).await.unwrap(),
+        EXIT_FAILURE,
+        "sent (and failed to connect)"
+    );
     assert_eq!(run(["raftctl", "nonsense"]).await.unwrap(), EXIT_USAGE);
     assert_eq!(run(["raftctl", "--help"]).await.unwrap(), 0);
 }

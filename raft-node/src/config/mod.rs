@@ -77,12 +77,17 @@ pub struct ApiTlsConfig {
     /// them (the lost-data check, joining, the cluster page). Unset: `[tls].ca_cert`.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
-    /// Require a client certificate signed by this CA from every client (mutual TLS). The
-    /// certificate's name gets a role through `[[auth.certificates]]`; a client whose
-    /// certificate has none still needs a token. This node presents `cert` to the other
-    /// members.
+    /// Verify client certificates against this CA: a client that presents one signed by it
+    /// gets the role `[[auth.certificates]]` gives its name; one signed by another CA is
+    /// refused at the handshake. Clients without a certificate still connect and present
+    /// tokens (and `/health`, `/ready`, `/metrics` stay open to probes) unless
+    /// `require_client_certificate` is set. This node presents `cert` to the other members.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse, at the TLS handshake, every client without a certificate
+    /// from it (probes then need one too). Default `false`.
+    #[serde(default)]
+    pub require_client_certificate: bool,
 }
 
 /// What a client token may do. Each role includes the ones before it.
@@ -639,10 +644,19 @@ impl NodeConfig {
             _ => {}
         }
         if let Some(auth) = &self.auth {
-            if auth.tokens.is_empty() && auth.certificates.is_empty() {
-                bad("auth.tokens", "list at least one token (name, role, sha256)".into());
+            if auth.tokens.is_empty() {
+                bad(
+                    "auth.tokens",
+                    "list at least one token (name, role, sha256): the nodes present theirs \
+                     (token_file) to each other, also where clients use certificates"
+                        .into(),
+                );
             }
             let client_ca = self.api_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let require = self.api_tls.as_ref().is_some_and(|t| t.require_client_certificate);
+            if require && !client_ca {
+                bad("api_tls.require_client_certificate", "needs api_tls.client_ca".into());
+            }
             if !auth.certificates.is_empty() && !client_ca {
                 bad(
                     "auth.certificates",
@@ -652,8 +666,17 @@ impl NodeConfig {
             let mut cert_names = BTreeSet::new();
             for (i, c) in auth.certificates.iter().enumerate() {
                 let key = format!("auth.certificates[{i}].name");
-                if c.name.trim().is_empty() || c.name.len() > 253 {
-                    bad(&key, "must be 1 to 253 characters".into());
+                if c.name.trim().is_empty() || c.name.len() > 253 || c.name.trim() != c.name {
+                    bad(&key, "must be 1 to 253 characters, without surrounding spaces".into());
+                } else if raft_tls::parse_node_identity(&self.cluster, &c.name).is_some() {
+                    bad(
+                        &key,
+                        format!(
+                            "{:?} is a node identity of this cluster (peer certificates carry it): \
+                             give clients names of their own",
+                            c.name
+                        ),
+                    );
                 } else if !cert_names.insert(c.name.as_str()) {
                     bad(&key, format!("the name {:?} appears twice", c.name));
                 }
@@ -903,6 +926,7 @@ impl NodeConfig {
             cert_pem: read("api_tls.cert", &api.cert)?,
             key_pem: read("api_tls.key", &api.key)?,
             client_ca_pem: api.client_ca.as_deref().map(|p| read("api_tls.client_ca", p)).transpose()?,
+            require_client_cert: api.require_client_certificate,
         };
         raft_tls::api_server_config(&tls).map_err(|e| e.to_string())?;
         Ok(Some(tls))
@@ -923,24 +947,22 @@ impl NodeConfig {
     }
 
     /// Options of this node's own calls to the other members' APIs: its token
-    /// (`auth.token_file`) and TLS ([`Self::member_client_tls`]; an unreadable file is logged
-    /// and the calls then fail).
+    /// (`auth.token_file`) and TLS ([`Self::member_client_tls`]). With `[api_tls]` and
+    /// material that cannot be used (a file mid-rotation), `Err`: the call is not made, never
+    /// made in plain HTTP with the token in clear.
     pub fn member_client_options(
         &self,
         request_timeout: Duration,
         max_retries: u32,
-    ) -> raft_client::ClientOptions {
-        let tls = self.member_client_tls().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the TLS material of calls to the other members is unusable");
-            None
-        });
-        raft_client::ClientOptions {
+    ) -> Result<raft_client::ClientOptions, String> {
+        let tls = self.member_client_tls()?;
+        Ok(raft_client::ClientOptions {
             request_timeout,
             max_retries,
             token: self.own_token(),
             tls,
             ..raft_client::ClientOptions::default()
-        }
+        })
     }
 
     /// The address other nodes dial for this node's Raft transport: `raft_advertise_addr`,

@@ -302,3 +302,57 @@ fn limits_past_what_the_runtime_allows_are_refused() {
     assert!(keys.contains(&"limits.max_concurrent_requests"), "{problems:?}");
     assert!(keys.contains(&"limits.request_timeout_ms"), "{problems:?}");
 }
+
+#[test]
+fn https_and_certificate_roles_are_checked_before_the_node_starts() {
+    let base = NodeConfig::parse(example(), "node.example.toml", &[]).expect("valid");
+    let certs = base.tls.as_ref().expect("[tls]").ca_cert.parent().expect("dir").to_path_buf();
+    let api = ApiTlsConfig {
+        cert: certs.join("api-1.pem"),
+        key: certs.join("api-1-key.pem"),
+        ca_cert: None,
+        client_ca: None,
+        require_client_certificate: false,
+    };
+    let with = |tweak: &dyn Fn(&mut NodeConfig)| {
+        let mut c = base.clone();
+        c.api_tls = Some(api.clone());
+        tweak(&mut c);
+        c.problems().into_iter().map(|p| p.key).collect::<Vec<_>>()
+    };
+    assert!(with(&|_| {}).is_empty(), "HTTPS with the dev API certificate");
+    assert_eq!(with(&|c| c.api_tls.as_mut().unwrap().key = certs.join("api-2-key.pem")), vec!["api_tls"]);
+    assert_eq!(with(&|c| c.api_tls.as_mut().unwrap().cert = certs.join("missing.pem")), vec!["api_tls"]);
+    assert_eq!(
+        with(&|c| c.api_tls.as_mut().unwrap().require_client_certificate = true),
+        vec!["api_tls.require_client_certificate"]
+    );
+    let role = |name: &str| CertificateRoleConfig { name: name.into(), role: ClientRole::Admin };
+    assert_eq!(
+        with(&|c| c.auth.as_mut().unwrap().certificates = vec![role("ops")]),
+        vec!["auth.certificates"]
+    );
+    let client_ca = |c: &mut NodeConfig| c.api_tls.as_mut().unwrap().client_ca = Some(certs.join("ca.pem"));
+    assert!(with(&|c| {
+        client_ca(c);
+        c.auth.as_mut().unwrap().certificates = vec![role("ops")];
+    })
+    .is_empty());
+    // Names of node identities, padded names; certificates do not replace the nodes' tokens.
+    assert_eq!(
+        with(&|c| {
+            client_ca(c);
+            c.auth.as_mut().unwrap().certificates = vec![role("node-2.dev"), role(" ops")];
+        }),
+        vec!["auth.certificates[0].name", "auth.certificates[1].name"]
+    );
+    assert_eq!(
+        with(&|c| {
+            client_ca(c);
+            let auth = c.auth.as_mut().unwrap();
+            auth.certificates = vec![role("ops")];
+            auth.tokens.clear();
+        }),
+        vec!["auth.tokens"]
+    );
+}

@@ -71,7 +71,7 @@ impl Accepted {
     fn certificate_role(&self, certificate: &ClientCertificate) -> Option<(&str, ClientRole)> {
         self.certificates
             .iter()
-            .filter(|(name, _)| certificate.names.iter().any(|n| n == name))
+            .filter(|(name, _)| certificate.trusted_names().iter().any(|n| n == name))
             .map(|(name, role)| (name.as_str(), *role))
             .max_by_key(|(_, role)| *role)
     }
@@ -296,13 +296,18 @@ mod tests {
             token_file: None,
         };
         let auth = Auth::new(&config);
-        let cert =
-            |names: &[&str]| ClientCertificate { names: names.iter().map(|n| (*n).to_owned()).collect() };
+        let cert = |names: &[&str]| ClientCertificate {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            trusted: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        };
         let accepted = auth.accepted();
         assert_eq!(accepted.certificate_role(&cert(&["backup", "ops"])), Some(("ops", ClientRole::Admin)));
         assert_eq!(accepted.certificate_role(&cert(&["backup"])), Some(("backup", ClientRole::Read)));
         assert_eq!(accepted.certificate_role(&cert(&["Ops", "ops.example"])), None, "names match exactly");
         assert_eq!(accepted.certificate_role(&cert(&[])), None);
+        let revoked = cert(&["ops"]);
+        revoked.trusted.store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(accepted.certificate_role(&revoked), None, "a replaced client CA's certificates");
         auth.replace(&AuthConfig { certificates: vec![role("backup", ClientRole::Write)], ..config });
         let accepted = auth.accepted();
         assert_eq!(accepted.certificate_role(&cert(&["ops"])), None, "a removed name is refused at once");

@@ -52,9 +52,13 @@ async fn gather(shared: &Shared, token: Option<String>) -> ClusterView {
     } else {
         // The caller's token, this node's TLS (its CA, and its certificate where the members
         // require one).
-        let options =
-            ClientOptions { token, ..shared.config.member_client_options(MEMBER_STATUS_TIMEOUT, 0) };
-        Some(Client::new(addresses, options))
+        let options = shared.member_client_options(MEMBER_STATUS_TIMEOUT, 0).map_err(|e| {
+            tracing::warn!(error = %e, "this node's TLS material for calling the members is unusable");
+            raft_client::ClientError::InvalidOptions(
+                "this node's TLS material for calling the members is unusable",
+            )
+        });
+        Some(options.and_then(|options| Client::new(addresses, ClientOptions { token, ..options })))
     };
     let asks = others.iter().map(|member| {
         let client = &client;

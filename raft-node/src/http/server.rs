@@ -8,6 +8,7 @@
 //! for good, and 1,100 idle connections exhausted `ulimit -n 1024`, so that the Raft transport
 //! could no longer accept its peers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,25 +40,47 @@ pub(crate) struct ServerLimits {
 
 /// The HTTPS configuration of the client API; a reload replaces it for new connections.
 pub(crate) struct ApiTls {
-    current: RwLock<Arc<rustls::ServerConfig>>,
+    current: RwLock<Current>,
+}
+
+struct Current {
+    config: Arc<rustls::ServerConfig>,
+    /// The client CA's PEM the config verifies against.
+    client_ca: Option<String>,
+    /// Cleared when the client CA changes: certificates it verified no longer authenticate,
+    /// even on connections that stay open.
+    trusted: Arc<AtomicBool>,
 }
 
 impl ApiTls {
     /// From the node's material.
     pub(crate) fn new(material: &raft_tls::ApiServerTls) -> Result<Self, raft_tls::TlsError> {
-        Ok(Self { current: RwLock::new(Arc::new(raft_tls::api_server_config(material)?)) })
+        let current = Current {
+            config: Arc::new(raft_tls::api_server_config(material)?),
+            client_ca: material.client_ca_pem.clone(),
+            trusted: Arc::new(AtomicBool::new(true)),
+        };
+        Ok(Self { current: RwLock::new(current) })
     }
 
-    /// Serves new connections with `material` (connections already open keep theirs).
+    /// Serves new connections with `material` (connections already open keep their
+    /// session). A new client CA also ends the authority of the certificates the old one
+    /// verified on connections still open.
     pub(crate) fn replace(&self, material: &raft_tls::ApiServerTls) -> Result<(), raft_tls::TlsError> {
         let config = Arc::new(raft_tls::api_server_config(material)?);
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.client_ca != material.client_ca_pem {
+            current.trusted.store(false, Ordering::Release);
+            current.trusted = Arc::new(AtomicBool::new(true));
+            current.client_ca = material.client_ca_pem.clone();
+        }
+        current.config = config;
         Ok(())
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let config = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        tokio_rustls::TlsAcceptor::from(config)
+    fn acceptor(&self) -> (tokio_rustls::TlsAcceptor, Arc<AtomicBool>) {
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (tokio_rustls::TlsAcceptor::from(current.config.clone()), current.trusted.clone())
     }
 }
 
@@ -67,6 +90,20 @@ impl ApiTls {
 pub(crate) struct ClientCertificate {
     /// Its DNS names, or its common name ([`raft_tls::certificate_names`]).
     pub(crate) names: Arc<[String]>,
+    /// Whether the client CA that verified it is still the configured one.
+    pub(crate) trusted: Arc<AtomicBool>,
+}
+
+impl ClientCertificate {
+    /// The names, while the CA that verified them is still trusted; none after a reload
+    /// replaced it.
+    pub(crate) fn trusted_names(&self) -> &[String] {
+        if self.trusted.load(Ordering::Acquire) {
+            &self.names
+        } else {
+            &[]
+        }
+    }
 }
 
 /// The open-file limit of this process (soft), if it can be read.
@@ -141,12 +178,12 @@ pub(crate) async fn serve(
 /// that a client that never finishes it holds its slot no longer than a slow header).
 async fn serve_one(
     stream: TcpStream,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<(tokio_rustls::TlsAcceptor, Arc<AtomicBool>)>,
     router: Router,
     header_read_timeout: Duration,
     watcher: Watcher,
 ) {
-    let Some(acceptor) = acceptor else {
+    let Some((acceptor, trusted)) = acceptor else {
         return serve_http(stream, ClientCertificate::default(), router, header_read_timeout, watcher).await;
     };
     let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
@@ -160,7 +197,7 @@ async fn serve_one(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(raft_tls::certificate_names);
-    let certificate = ClientCertificate { names: names.unwrap_or_default().into() };
+    let certificate = ClientCertificate { names: names.unwrap_or_default().into(), trusted };
     serve_http(stream, certificate, router, header_read_timeout, watcher).await;
 }
 

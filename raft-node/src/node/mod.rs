@@ -12,6 +12,7 @@ pub mod discovery;
 mod peers;
 mod probe;
 mod reload;
+mod runtime;
 
 pub use reload::{ReloadError, Reloaded};
 mod startup;
@@ -58,6 +59,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The runtime of the driver and the transport could not start (or stopped during start).
+    #[error("cannot start the Raft runtime: {0}")]
+    Runtime(String),
     /// The client API's HTTPS material is unusable.
     #[error("cannot serve HTTPS on the client API: {0}")]
     ApiTls(String),
@@ -149,6 +153,11 @@ pub enum StartError {
 /// What the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
+    /// The config of the credentials now in effect (`config` until a reload): this node's own
+    /// calls to the members read their TLS files and token file from it.
+    pub(crate) credentials: std::sync::RwLock<Arc<NodeConfig>>,
+    /// One reload at a time.
+    pub(crate) reloading: std::sync::Mutex<()>,
     /// The client API's tokens and certificate roles (`None`: an open API); reloadable.
     pub(crate) auth: Option<Arc<crate::http::Auth>>,
     /// The client API's HTTPS configuration (`None`: plain HTTP); reloadable.
@@ -178,6 +187,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Options of this node's own calls to the other members (its token and TLS, as last
+    /// reloaded); `Err` when its TLS material is unusable (the call is then not made).
+    pub(crate) fn member_client_options(
+        &self,
+        request_timeout: Duration,
+        max_retries: u32,
+    ) -> Result<raft_client::ClientOptions, String> {
+        let credentials = self.credentials.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        credentials.member_client_options(request_timeout, max_retries)
+    }
+
     /// The client (HTTP) address of `id`: from the replicated address book, else the config.
     pub(crate) fn client_addr_of(&self, id: NodeId) -> Option<String> {
         self.kv
@@ -211,6 +231,8 @@ pub struct Node {
     http: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     rocks: Option<RocksDb>,
+    /// Where the driver and the transport run; stopped last.
+    raft_runtime: runtime::RaftRuntime,
 }
 
 impl std::fmt::Debug for Node {
@@ -399,8 +421,15 @@ impl Node {
             tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
 
-        let (transport, transport_stats, peer_tls_reload) =
-            build_transport(&config, plan.peers.clone()).await?;
+        // The transport and the driver run on the Raft runtime, apart from client work.
+        let raft_runtime =
+            runtime::RaftRuntime::start(config.id).map_err(|e| StartError::Runtime(e.to_string()))?;
+        let transport_config = config.clone();
+        let peers = plan.peers.clone();
+        let (transport, transport_stats, peer_tls_reload) = raft_runtime
+            .run(async move { build_transport(&transport_config, peers).await })
+            .await
+            .ok_or_else(|| StartError::Runtime("it stopped during start".into()))??;
         let kv_options = KvOptions {
             max_sessions: config.limits.max_sessions,
             watch_history: config.limits.watch_history,
@@ -414,16 +443,18 @@ impl Node {
         // API forwards a write or answers with a redirect to the leader.
         let raft_config = raft_core::Config { auto_forward: true, ..config.raft.clone() };
         let seed = startup::seed(config.id);
-        let raft = RaftNode::start(
-            config.id,
-            raft_config,
-            plan.membership,
-            storage.clone(),
-            transport.clone(),
-            Box::new(fsm),
-            seed,
-        )
-        .await?;
+        let raft = raft_runtime
+            .run(RaftNode::start(
+                config.id,
+                raft_config,
+                plan.membership,
+                storage.clone(),
+                transport.clone(),
+                Box::new(fsm),
+                seed,
+            ))
+            .await
+            .ok_or_else(|| StartError::Runtime("it stopped during start".into()))??;
 
         let (stop, stopping) = watch::channel(false);
         let nofile = crate::http::open_file_limit();
@@ -432,6 +463,8 @@ impl Node {
         let max_watchers = config.limits.max_watchers.min((max_connections / 2).max(1));
         let auth = config.auth.as_ref().map(|a| Arc::new(crate::http::Auth::new(a)));
         let shared = Arc::new(Shared {
+            credentials: std::sync::RwLock::new(Arc::new(config.clone())),
+            reloading: std::sync::Mutex::new(()),
             auth,
             api_tls,
             balancer: Balancer::new(kv.clone(), seed),
@@ -492,7 +525,7 @@ impl Node {
         for warning in shared.config.warnings() {
             tracing::warn!("INSECURE: {warning}");
         }
-        Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks })
+        Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks, raft_runtime })
     }
 
     /// The address the HTTP API listens on.
@@ -582,16 +615,19 @@ impl Node {
             }
         }
         tracing::info!(id = self.shared.config.id, "node stopped");
+        // Last: the runtime the driver and the transport ran on.
+        drop(self.raft_runtime);
     }
 }
 
-/// Builds the transport the config names, with a way to read its counters.
 /// Replaces the peer transport's TLS material (a reload).
 pub(crate) type PeerTlsReload = Box<dyn Fn(&raft_tls::TlsConfig) -> Result<(), String> + Send + Sync>;
 
 /// The transport, a way to read its counters, and one to replace its TLS material.
 type BuiltTransport = (Arc<dyn Transport>, Box<dyn Fn() -> TransportCounters + Send + Sync>, PeerTlsReload);
 
+/// Builds the transport the config names, with a way to read its counters and one to reload
+/// its TLS material.
 async fn build_transport(
     config: &NodeConfig,
     peers: BTreeMap<NodeId, SocketAddr>,

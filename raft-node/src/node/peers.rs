@@ -143,7 +143,7 @@ async fn report_moved(shared: &Shared, own: &(String, String), voter: bool) -> R
             endpoints.push(m.client_addr);
         }
     }
-    let options = c.member_client_options(Duration::from_secs(2), 3);
+    let options = shared.member_client_options(Duration::from_secs(2), 3)?;
     let client = raft_client::Client::new(endpoints, options).map_err(|e| e.to_string())?;
     let request = raft_client::api::AddMemberRequest {
         id: c.id,

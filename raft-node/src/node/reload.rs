@@ -6,8 +6,11 @@
 //!
 //! Anything else in the file (addresses, members, limits, turning `[auth]`, `[tls]` or
 //! `[api_tls]` on or off) takes effect at the next start; the reload says which keys differ.
-//! Certificate files that a node reads for its own calls to the other members (the CA, its
-//! token file) are read at each call, so files rotated in place are used at once.
+//! The node's own calls to the other members (the lost-data check, joining, the cluster
+//! page) take their token file and TLS files from the last reloaded config, read at each
+//! call; with unusable TLS material such a call fails rather than go out in plain HTTP.
+
+use std::sync::Arc;
 
 use super::{startup, Node};
 use crate::config::NodeConfig;
@@ -17,7 +20,7 @@ use crate::config::NodeConfig;
 pub struct Reloaded {
     /// The sections now in effect with their new contents (`auth`, `api_tls`, `tls`).
     pub applied: Vec<&'static str>,
-    /// Keys that differ from the running configuration and wait for a restart.
+    /// Keys that differ from the configuration the node started with and wait for a restart.
     pub needs_restart: Vec<&'static str>,
 }
 
@@ -45,7 +48,13 @@ impl Node {
     /// [module docs](self).
     pub fn reload(&self, new: &NodeConfig) -> Result<Reloaded, ReloadError> {
         let shared = &self.shared;
-        let old = &shared.config;
+        let _one_at_a_time = shared.reloading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = shared.credentials.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let problems = new.problems();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.key, p.reason)).collect();
+            return Err(ReloadError::Material(list.join("; ")));
+        }
         if new.id != old.id || new.cluster != old.cluster {
             return Err(ReloadError::OtherNode { id: new.id, cluster: new.cluster.clone() });
         }
@@ -69,6 +78,7 @@ impl Node {
             None => None,
         };
         let api_tls = new.api_server_tls().map_err(ReloadError::Material)?;
+        new.member_client_tls().map_err(ReloadError::Material)?;
 
         let mut applied = Vec::new();
         if let Some(material) = &peer_tls {
@@ -83,7 +93,10 @@ impl Node {
             current.replace(config);
             applied.push("auth");
         }
-        Ok(Reloaded { applied, needs_restart: differences(old, new) })
+        // This node's own calls to the members use the new token file and TLS files from now.
+        *shared.credentials.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(new.clone());
+        Ok(Reloaded { applied, needs_restart: differences(&shared.config, new) })
     }
 }
 
@@ -111,15 +124,5 @@ fn differences(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
     differs("limits", old.limits == new.limits);
     differs("log", old.log == new.log);
     differs("discovery", old.discovery == new.discovery);
-    // File paths of the reloaded sections are read at each reload, but the node's own calls
-    // to the members use the paths it started with.
-    differs(
-        "auth.token_file",
-        old.auth.as_ref().map(|a| &a.token_file) == new.auth.as_ref().map(|a| &a.token_file),
-    );
-    differs(
-        "api_tls.ca_cert",
-        old.api_tls.as_ref().map(|a| &a.ca_cert) == new.api_tls.as_ref().map(|a| &a.ca_cert),
-    );
     out
 }

@@ -75,7 +75,13 @@ pub(super) fn probe_client(
     endpoints: Vec<String>,
     timeout: Duration,
 ) -> Result<Client, ClientError> {
-    Client::new(endpoints, config.member_client_options(timeout, 1))
+    let options = config.member_client_options(timeout, 1).map_err(|e| {
+        tracing::warn!(error = %e, "this node's TLS material for calling the members is unusable");
+        ClientError::InvalidOptions(
+            "this node's TLS material for calling the members is unusable (see the log)",
+        )
+    })?;
+    Client::new(endpoints, options)
 }
 
 /// A node of the configured members starting with an empty data dir asks the other members
