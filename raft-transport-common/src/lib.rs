@@ -39,6 +39,7 @@
 //! without touching the protocol crate. It is not meant for applications: it is the
 //! transports' shared implementation, published as a crate only so both can use it.
 
+pub mod admission;
 pub mod handshake;
 pub mod inbox;
 pub mod io;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use raft_core::NodeId;
+use raft_transport_common::admission::{Admission, Handshake};
 use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPolicy};
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
 use raft_transport_common::peers::Superseded;
 use raft_transport_common::{Counters, REFUSALS_LOGGED};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -18,38 +18,33 @@ use crate::{close_codes, Shared};
 
 /// Accepts connections until the task is aborted; dropping it aborts every connection task.
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, inbox: InboxSenders) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_inbound_connections));
+    let admission = Admission::new(shared.config.max_inbound_connections);
     let mut connections = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         while connections.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Counters::add(&shared.counters.rejected_connections, 1);
-            if let Some(suppressed) = REFUSALS_LOGGED.admit() {
-                warn!(
-                    peer_addr = %incoming.remote_address(),
-                    limit = shared.config.max_inbound_connections,
-                    suppressed,
-                    "connection limit reached; refusing"
-                );
+        let addr = incoming.remote_address();
+        // A peer restarting behind its known address gets in however many strangers connect.
+        let peer_host = shared.peers.addrs().values().any(|known| known.ip() == addr.ip());
+        let handshake = match admission.admit(addr.ip(), peer_host) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                Counters::add(&shared.counters.rejected_connections, 1);
+                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                    warn!(peer_addr = %addr, %refusal, suppressed, "connection refused");
+                }
+                incoming.refuse();
+                continue;
             }
-            incoming.refuse();
-            continue;
         };
         let shared = shared.clone();
         let inbox = inbox.clone();
-        let span = tracing::debug_span!("inbound", peer_addr = %incoming.remote_address());
-        connections.spawn(
-            async move {
-                serve(incoming, shared, inbox).await;
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        let span = tracing::debug_span!("inbound", peer_addr = %addr);
+        connections.spawn(serve(incoming, shared, inbox, handshake).instrument(span));
     }
 }
 
 /// Runs one inbound connection to its end.
-async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSenders) {
+async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSenders, handshake: Handshake) {
     let config = &shared.config;
     let counters = &shared.counters;
     let addr = incoming.remote_address();
@@ -78,6 +73,11 @@ async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSende
     if !hello(&shared, &connection, peer, deadline).await {
         return;
     }
+    let Some(_link) = handshake.establish() else {
+        Counters::add(&counters.rejected_connections, 1);
+        connection.close(close_codes::REFUSED.into(), b"connection limit");
+        return;
+    };
     // A newer connection from the same node supersedes this one.
     let Some(mut registration) = shared.peers.register_inbound(peer) else {
         connection.close(close_codes::BAD_IDENTITY.into(), b"not a peer");

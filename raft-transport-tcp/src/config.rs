@@ -45,7 +45,9 @@ pub struct TcpConfig {
     pub frame_timeout: Duration,
     /// How long one coalesced write may take before the connection is dropped.
     pub write_timeout: Duration,
-    /// The most inbound connections kept open; more are closed at once.
+    /// The most established inbound connections, and the most handshakes in progress from
+    /// addresses that are not peers' hosts; more are closed at once. Handshakes from one
+    /// address are bounded too (see `raft_transport_common::admission`).
     pub max_inbound_connections: usize,
     /// How often the connecting side sends a keep-alive frame (answered by the acceptor), and
     /// the idle time and interval of the kernel's TCP keep-alive probes.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use raft_core::wire::WireMessage;
 use raft_core::NodeId;
+use raft_transport_common::admission::{Admission, Handshake};
 use raft_transport_common::handshake::{accept_hello, AcceptHelloError, AcceptPolicy};
 use raft_transport_common::inbox::{InboundPeer, InboxSenders, StreamEnd};
 use raft_transport_common::io::write_frame;
@@ -13,7 +14,7 @@ use raft_transport_common::peers::Superseded;
 use raft_transport_common::{Counters, REFUSALS_LOGGED};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -23,7 +24,7 @@ use crate::Shared;
 
 /// Accepts connections until the task is aborted; dropping it aborts every connection task.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: InboxSenders) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_inbound_connections));
+    let admission = Admission::new(shared.config.max_inbound_connections);
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -36,30 +37,35 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbo
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Counters::add(&shared.counters.rejected_connections, 1);
-            if let Some(suppressed) = REFUSALS_LOGGED.admit() {
-                let limit = shared.config.max_inbound_connections;
-                warn!(peer_addr = %addr, limit, suppressed, "connection limit reached; closing");
+        // A peer restarting behind its known address gets in however many strangers connect.
+        let peer_host = shared.peers.addrs().values().any(|known| known.ip() == addr.ip());
+        let handshake = match admission.admit(addr.ip(), peer_host) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                Counters::add(&shared.counters.rejected_connections, 1);
+                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                    warn!(peer_addr = %addr, %refusal, suppressed, "connection refused; closing");
+                }
+                drop(stream);
+                continue;
             }
-            drop(stream);
-            continue;
         };
         let shared = shared.clone();
         let inbox = inbox.clone();
         let span = tracing::debug_span!("inbound", peer_addr = %addr);
-        connections.spawn(
-            async move {
-                serve(stream, addr, &shared, &inbox).await;
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        connections.spawn(serve(stream, addr, shared, inbox, handshake).instrument(span));
     }
 }
 
 /// Runs one inbound connection to its end.
-async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &InboxSenders) {
+async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    inbox: InboxSenders,
+    handshake: Handshake,
+) {
+    let (shared, inbox) = (&*shared, &inbox);
     let config = &shared.config;
     let counters = &shared.counters;
     if let Err(error) =
@@ -112,6 +118,15 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: &Shared, inbox: &Inb
             let _ = tokio::time::timeout_at(deadline, writer.shutdown()).await;
             return;
         }
+    };
+    let Some(_link) = handshake.establish() else {
+        Counters::add(&counters.rejected_connections, 1);
+        if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+            let limit = config.max_inbound_connections;
+            warn!(peer_addr = %addr, peer, limit, suppressed, "established-connection limit reached; closing");
+        }
+        let _ = tokio::time::timeout_at(deadline, writer.shutdown()).await;
+        return;
     };
     // A newer connection from the same node supersedes this one: a peer that restarted
     // behind a half-open connection must not leave it holding a connection slot forever.

@@ -751,3 +751,62 @@ async fn snapshot_transfer_head_of_line_blocks_small_messages() {
     let inbound = (defaults.snapshot_queue_max + 2) * snapshot_interference::CHUNK_BYTES;
     assert!(seen.max_overtaken_bytes <= inbound, "a small message passed chunks still on the wire: {seen}");
 }
+
+/// A connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::from((from, 0))).ok()?;
+    socket.connect(to).await.ok()
+}
+
+/// Strangers that connect and never finish a handshake, from many addresses, re-opened as they
+/// are closed, cannot keep a peer that restarts behind its known address from connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_strangers_does_not_keep_a_restarting_peer_out() {
+    let addrs = transport_suite::free_loopback_addrs(2);
+    // A long handshake deadline: the flood's connections hold their slots for the whole test.
+    let long = |id| TcpConfig {
+        handshake_timeout: Duration::from_secs(20),
+        max_inbound_connections: 16,
+        ..TcpFactory::config(id, &addrs)
+    };
+    let one = TcpTransport::start(long(1)).await.expect("node 1");
+    let target = addrs[&1];
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            for last in 2..=40u8 {
+                if held.len() < 400 {
+                    if let Some(stream) = connect_from(std::net::Ipv4Addr::new(127, 0, 1, last), target).await
+                    {
+                        held.push(stream);
+                    }
+                }
+            }
+            // Drop what the node closed; keep the rest open.
+            let mut open = Vec::new();
+            for mut stream in held.drain(..) {
+                let mut byte = [0u8; 1];
+                match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await {
+                    Ok(_) => {}
+                    Err(_) => open.push(stream),
+                }
+            }
+            held = open;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    wait_until("the flood is refused", || one.stats().rejected_connections > 0).await;
+    // Node 2 (re)starts behind its known address and sends to node 1 through node 1's port.
+    let two = TcpTransport::start(long(2)).await.expect("node 2");
+    for seq in 0..5 {
+        two.send(numbered(2, 1, seq)).expect("queued");
+    }
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), recv_exactly(&one, 5)).await;
+    flood.abort();
+    assert!(got.is_ok(), "node 2 could not reach node 1 through the flood within 10 s");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    one.shutdown().await;
+    two.shutdown().await;
+}

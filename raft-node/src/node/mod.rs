@@ -12,7 +12,6 @@ pub mod discovery;
 mod peers;
 mod probe;
 mod reload;
-mod runtime;
 
 pub use reload::{ReloadError, Reloaded};
 mod startup;
@@ -59,9 +58,6 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The runtime of the driver and the transport could not start (or stopped during start).
-    #[error("cannot start the Raft runtime: {0}")]
-    Runtime(String),
     /// The client API's HTTPS material is unusable.
     #[error("cannot serve HTTPS on the client API: {0}")]
     ApiTls(String),
@@ -231,8 +227,6 @@ pub struct Node {
     http: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     rocks: Option<RocksDb>,
-    /// Where the driver and the transport run; stopped last.
-    raft_runtime: runtime::RaftRuntime,
 }
 
 impl std::fmt::Debug for Node {
@@ -421,15 +415,8 @@ impl Node {
             tracing::info!(id = config.id, cluster = %config.cluster, join = !plan.join_through.is_empty(), "starting with an empty data dir");
         }
 
-        // The transport and the driver run on the Raft runtime, apart from client work.
-        let raft_runtime =
-            runtime::RaftRuntime::start(config.id).map_err(|e| StartError::Runtime(e.to_string()))?;
-        let transport_config = config.clone();
-        let peers = plan.peers.clone();
-        let (transport, transport_stats, peer_tls_reload) = raft_runtime
-            .run(async move { build_transport(&transport_config, peers).await })
-            .await
-            .ok_or_else(|| StartError::Runtime("it stopped during start".into()))??;
+        let (transport, transport_stats, peer_tls_reload) =
+            build_transport(&config, plan.peers.clone()).await?;
         let kv_options = KvOptions {
             max_sessions: config.limits.max_sessions,
             watch_history: config.limits.watch_history,
@@ -443,18 +430,16 @@ impl Node {
         // API forwards a write or answers with a redirect to the leader.
         let raft_config = raft_core::Config { auto_forward: true, ..config.raft.clone() };
         let seed = startup::seed(config.id);
-        let raft = raft_runtime
-            .run(RaftNode::start(
-                config.id,
-                raft_config,
-                plan.membership,
-                storage.clone(),
-                transport.clone(),
-                Box::new(fsm),
-                seed,
-            ))
-            .await
-            .ok_or_else(|| StartError::Runtime("it stopped during start".into()))??;
+        let raft = RaftNode::start(
+            config.id,
+            raft_config,
+            plan.membership,
+            storage.clone(),
+            transport.clone(),
+            Box::new(fsm),
+            seed,
+        )
+        .await?;
 
         let (stop, stopping) = watch::channel(false);
         let nofile = crate::http::open_file_limit();
@@ -525,7 +510,7 @@ impl Node {
         for warning in shared.config.warnings() {
             tracing::warn!("INSECURE: {warning}");
         }
-        Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks, raft_runtime })
+        Ok(Self { shared, client_addr, stop, http: Some(http), background, rocks })
     }
 
     /// The address the HTTP API listens on.
@@ -615,8 +600,6 @@ impl Node {
             }
         }
         tracing::info!(id = self.shared.config.id, "node stopped");
-        // Last: the runtime the driver and the transport ran on.
-        drop(self.raft_runtime);
     }
 }
 
