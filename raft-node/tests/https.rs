@@ -66,6 +66,20 @@ fn secure(c: &mut NodeConfig, certs: &Path, token_dir: &Path, client_ca: bool) {
     c.auth = Some(auth);
 }
 
+/// A 3-node cluster on `storage` with [`secure`]'s set-up under a new temporary directory:
+/// the directory (kept alive with the cluster), the certificates' directory and their CA.
+async fn secure_cluster(
+    storage: StorageKind,
+    client_ca: bool,
+) -> (tempfile::TempDir, PathBuf, DevCa, TestCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = write_ca(&certs);
+    let token_dir = dir.path().to_path_buf();
+    let cluster = TestCluster::start_with(3, storage, |c| secure(c, &certs, &token_dir, client_ca)).await;
+    (dir, certs, ca, cluster)
+}
+
 fn client(endpoints: Vec<String>, token: Option<&str>, tls: Option<ClientTls>) -> Client {
     let options = ClientOptions {
         token: token.map(str::to_owned),
@@ -100,12 +114,7 @@ async fn plaintext_answer(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_trust_the_ca_read_and_write_over_https_and_nothing_else_gets_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = write_ca(&certs);
-    let token_dir = dir.path().to_path_buf();
-    let cluster =
-        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, false)).await;
+    let (_dir, _certs, ca, cluster) = secure_cluster(StorageKind::Mem, false).await;
     // Through every node, followers included: leader hints and forwarding stay on https.
     let good = client(cluster.endpoints(), Some(ADMIN), trusting(&ca, None));
     good.put("k", "v1").await.unwrap();
@@ -137,12 +146,7 @@ async fn clients_that_trust_the_ca_read_and_write_over_https_and_nothing_else_ge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_carry_their_roles_and_can_be_required() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = write_ca(&certs);
-    let token_dir = dir.path().to_path_buf();
-    let mut cluster =
-        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, true)).await;
+    let (_dir, _certs, ca, mut cluster) = secure_cluster(StorageKind::Mem, true).await;
     // The nodes reach each other's APIs with their own certificates (the start-up check ran).
     let leader = cluster.leader().await;
     let endpoints = cluster.endpoints();
@@ -195,11 +199,7 @@ async fn client_certificates_carry_their_roles_and_can_be_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_client_ca_ends_the_authority_of_the_old_ones_certificates_on_open_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let old_ca = write_ca(&certs);
-    let token_dir = dir.path().to_path_buf();
-    let cluster = TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, true)).await;
+    let (_dir, certs, old_ca, cluster) = secure_cluster(StorageKind::Mem, true).await;
     let leader = cluster.leader().await;
     // One node, one kept-alive connection, authenticated by its certificate alone.
     let admin = client(
@@ -219,12 +219,8 @@ async fn a_new_client_ca_ends_the_authority_of_the_old_ones_certificates_on_open
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_on_client_certificates_by_reload_keeps_the_nodes_calls_to_each_other_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = write_ca(&certs);
+    let (dir, certs, ca, cluster) = secure_cluster(StorageKind::Mem, false).await;
     let token_dir = dir.path().to_path_buf();
-    let cluster =
-        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, false)).await;
     let leader = cluster.leader().await;
     for i in 0..3 {
         let mut new = cluster.configs[i].clone();
@@ -240,12 +236,7 @@ async fn turning_on_client_certificates_by_reload_keeps_the_nodes_calls_to_each_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_never_sends_a_token_in_clear_when_its_tls_files_are_unusable() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = write_ca(&certs);
-    let token_dir = dir.path().to_path_buf();
-    let mut cluster =
-        TestCluster::start_with(3, StorageKind::Mem, |c| secure(c, &certs, &token_dir, false)).await;
+    let (_dir, certs, ca, mut cluster) = secure_cluster(StorageKind::Mem, false).await;
     let leader = cluster.leader().await;
     let follower = cluster.follower().await;
     cluster.stop(follower).await;
@@ -281,12 +272,8 @@ fn rotate_files(certs: &Path) -> DevCa {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_rotates_tokens_the_api_certificate_and_the_peer_certificates_of_a_running_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs: PathBuf = dir.path().join("certs");
-    let old_ca = write_ca(&certs);
+    let (dir, certs, old_ca, mut cluster) = secure_cluster(StorageKind::Rocks, false).await;
     let token_dir = dir.path().to_path_buf();
-    let mut cluster =
-        TestCluster::start_with(3, StorageKind::Rocks, |c| secure(c, &certs, &token_dir, false)).await;
     let endpoints = cluster.endpoints();
     client(endpoints.clone(), Some(ADMIN), trusting(&old_ca, None)).put("k", "before").await.unwrap();
 

@@ -8,15 +8,25 @@
 //! total: strangers share a pool of their own, so that however many of them connect, a peer
 //! restarting behind its known address still gets through. Established links are bounded by
 //! the transport's `max_inbound_connections` (a few per peer; a newer one from the same node
-//! supersedes the older). An attacker on the same host as a peer shares that host's
-//! per-source bound with it: only a network that keeps strangers off the peers' hosts helps
-//! there.
+//! supersedes the older). Sources are compared in canonical form (an IPv4 peer reaching a
+//! dual-stack listener is its IPv4 address). QUIC counts a source only once it answered a
+//! stateless retry, so forged Initial packets cannot take a peer's slots.
+//!
+//! Limits: an attacker on the same host as a peer shares that host's per-source bound with it;
+//! a peer whose connections leave from another address than the one in the peer table (NAT,
+//! a proxy, a wildcard listen address on a multi-homed host) is a stranger here; and a proxy
+//! in front of the Raft port gives every connection its address, so eight silent connections
+//! through it hold that address's bound. Keep the Raft ports on routes that show peers'
+//! addresses.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::peers::PeerTable;
+use crate::{Counters, REFUSALS_LOGGED};
 
 /// Most handshakes in progress from one source address.
 pub const HANDSHAKES_PER_SOURCE_MAX: usize = 8;
@@ -75,6 +85,29 @@ impl Admission {
         }
         *count += 1;
         Ok(Handshake { admission: self.clone(), source, _stranger: stranger })
+    }
+
+    /// Admits a connection from `addr` to a transport whose peers are `peers` (a peer's host
+    /// needs no stranger slot); a refusal is counted and logged (through the refusal gate).
+    pub fn admit_connection<O>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peers: &PeerTable<O>,
+        counters: &Counters,
+    ) -> Option<Handshake> {
+        // An IPv4 peer reaching a dual-stack listener arrives as `::ffff:a.b.c.d`.
+        let source = addr.ip().to_canonical();
+        let peer_host = peers.addrs().values().any(|known| known.ip().to_canonical() == source);
+        match self.admit(source, peer_host) {
+            Ok(handshake) => Some(handshake),
+            Err(refusal) => {
+                Counters::add(&counters.rejected_connections, 1);
+                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
+                    tracing::warn!(peer_addr = %addr, %refusal, suppressed, "connection refused");
+                }
+                None
+            }
+        }
     }
 
     /// Handshakes in progress from `source`.

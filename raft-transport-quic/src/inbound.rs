@@ -23,18 +23,24 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, 
     while let Some(incoming) = endpoint.accept().await {
         while connections.try_join_next().is_some() {}
         let addr = incoming.remote_address();
-        // A peer restarting behind its known address gets in however many strangers connect.
-        let peer_host = shared.peers.addrs().values().any(|known| known.ip() == addr.ip());
-        let handshake = match admission.admit(addr.ip(), peer_host) {
-            Ok(handshake) => handshake,
-            Err(refusal) => {
-                Counters::add(&shared.counters.rejected_connections, 1);
-                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
-                    warn!(peer_addr = %addr, %refusal, suppressed, "connection refused");
+        // One Initial packet proves nothing about its source address (UDP is spoofed for
+        // free): a stateless retry first, so that only a source that answered it is counted
+        // against its address's bound (else a forger could hold a peer's slots with a few
+        // packets it never sees the answers to).
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().refuse();
                 }
+            } else {
                 incoming.refuse();
-                continue;
             }
+            continue;
+        }
+        // A peer restarting behind its known address gets in however many strangers connect.
+        let Some(handshake) = admission.admit_connection(addr, &shared.peers, &shared.counters) else {
+            incoming.refuse();
+            continue;
         };
         let shared = shared.clone();
         let inbox = inbox.clone();

@@ -38,17 +38,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbo
             }
         };
         // A peer restarting behind its known address gets in however many strangers connect.
-        let peer_host = shared.peers.addrs().values().any(|known| known.ip() == addr.ip());
-        let handshake = match admission.admit(addr.ip(), peer_host) {
-            Ok(handshake) => handshake,
-            Err(refusal) => {
-                Counters::add(&shared.counters.rejected_connections, 1);
-                if let Some(suppressed) = REFUSALS_LOGGED.admit() {
-                    warn!(peer_addr = %addr, %refusal, suppressed, "connection refused; closing");
-                }
-                drop(stream);
-                continue;
-            }
+        let Some(handshake) = admission.admit_connection(addr, &shared.peers, &shared.counters) else {
+            drop(stream);
+            continue;
         };
         let shared = shared.clone();
         let inbox = inbox.clone();

@@ -763,6 +763,16 @@ async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> Option<TcpStr
 /// are closed, cannot keep a peer that restarts behind its known address from connecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_strangers_does_not_keep_a_restarting_peer_out() {
+    flood_then_restart_a_peer(false).await;
+}
+
+/// The same on a dual-stack listener (`[::]`), where an IPv4 peer arrives as `::ffff:a.b.c.d`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_does_not_keep_a_peer_out_of_a_dual_stack_listener() {
+    flood_then_restart_a_peer(true).await;
+}
+
+async fn flood_then_restart_a_peer(dual_stack: bool) {
     let addrs = transport_suite::free_loopback_addrs(2);
     // A long handshake deadline: the flood's connections hold their slots for the whole test.
     let long = |id| TcpConfig {
@@ -770,7 +780,11 @@ async fn a_flood_of_strangers_does_not_keep_a_restarting_peer_out() {
         max_inbound_connections: 16,
         ..TcpFactory::config(id, &addrs)
     };
-    let one = TcpTransport::start(long(1)).await.expect("node 1");
+    let mut first = long(1);
+    if dual_stack {
+        first.listen = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addrs[&1].port()));
+    }
+    let one = TcpTransport::start(first).await.expect("node 1");
     let target = addrs[&1];
     let flood = tokio::spawn(async move {
         let mut held = Vec::new();
