@@ -181,6 +181,8 @@ pub struct DevCerts {
     /// Per node, the certificate and key of its HTTPS client API, for a cluster on this
     /// machine: names `localhost`, `127.0.0.1` and `::1`.
     pub api: BTreeMap<NodeId, (String, String)>,
+    /// Client certificates by name (for `[[auth.certificates]]`), if any were asked for.
+    pub clients: BTreeMap<String, (String, String)>,
 }
 
 impl std::fmt::Debug for DevCerts {
@@ -197,6 +199,16 @@ pub fn generate_dev_certs(
     cluster_id: &str,
     node_ids: impl IntoIterator<Item = NodeId>,
 ) -> Result<DevCerts, CertError> {
+    generate_dev_certs_with_clients(cluster_id, node_ids, std::iter::empty::<&str>())
+}
+
+/// Like [`generate_dev_certs`], with a client certificate (client authentication only) for
+/// each of `client_names`, signed by the same CA.
+pub fn generate_dev_certs_with_clients<S: AsRef<str>>(
+    cluster_id: &str,
+    node_ids: impl IntoIterator<Item = NodeId>,
+    client_names: impl IntoIterator<Item = S>,
+) -> Result<DevCerts, CertError> {
     let ca = DevCa::new(cluster_id)?;
     let mut nodes = BTreeMap::new();
     let mut api = BTreeMap::new();
@@ -205,12 +217,17 @@ pub fn generate_dev_certs(
         nodes.insert(id, ca.issue(id)?);
         api.insert(id, ca.issue_server(&local)?);
     }
+    let mut clients = BTreeMap::new();
+    for name in client_names {
+        clients.insert(name.as_ref().to_owned(), ca.issue_client(name.as_ref())?);
+    }
     Ok(DevCerts {
         cluster_id: cluster_id.to_owned(),
         ca_cert_pem: ca.cert_pem(),
         ca_key_pem: ca.key_pem(),
         nodes,
         api,
+        clients,
     })
 }
 
@@ -222,8 +239,9 @@ impl DevCerts {
         Some(crate::TlsConfig { ca_cert_pem: self.ca_cert_pem.clone(), cert_pem, key_pem })
     }
 
-    /// Writes `ca.pem`, `ca-key.pem`, and `node-<id>.pem` / `node-<id>-key.pem` and
-    /// `api-<id>.pem` / `api-<id>-key.pem` per node into
+    /// Writes `ca.pem`, `ca-key.pem`, `node-<id>.pem` / `node-<id>-key.pem` and
+    /// `api-<id>.pem` / `api-<id>-key.pem` per node, and `client-<name>.pem` /
+    /// `client-<name>-key.pem` per client, into
     /// `dir` (created if missing). Key files are readable by the owner only on Unix.
     pub fn write_dev_certs(&self, dir: &Path) -> Result<(), CertError> {
         let write = |name: String, contents: &str, secret: bool| -> Result<(), CertError> {
@@ -251,6 +269,10 @@ impl DevCerts {
             write(format!("api-{id}.pem"), cert, false)?;
             write(format!("api-{id}-key.pem"), key, true)?;
         }
+        for (name, (cert, key)) in &self.clients {
+            write(format!("client-{name}.pem"), cert, false)?;
+            write(format!("client-{name}-key.pem"), key, true)?;
+        }
         Ok(())
     }
 }
@@ -272,12 +294,21 @@ mod tests {
 
     #[test]
     fn generates_and_writes() {
-        let certs = generate_dev_certs("test", [1, 2]).expect("certs");
+        let certs = generate_dev_certs_with_clients("test", [1, 2], ["ops"]).expect("certs");
         assert_eq!(certs.nodes.len(), 2);
         assert!(certs.ca_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let dir = tempfile::tempdir().expect("tempdir");
         certs.write_dev_certs(dir.path()).expect("write");
-        for name in ["ca.pem", "ca-key.pem", "node-1.pem", "node-2-key.pem", "api-1.pem", "api-2-key.pem"] {
+        for name in [
+            "ca.pem",
+            "ca-key.pem",
+            "node-1.pem",
+            "node-2-key.pem",
+            "api-1.pem",
+            "api-2-key.pem",
+            "client-ops.pem",
+            "client-ops-key.pem",
+        ] {
             assert!(dir.path().join(name).exists(), "{name}");
         }
     }

@@ -35,7 +35,8 @@ mod config;
 pub use api::{api_server_config, certificate_names, ApiServerTls, API_ALPN};
 
 pub use certs::{
-    generate_dev_certs, is_valid_cluster_id, node_identity, parse_node_identity, CertError, DevCa, DevCerts,
+    generate_dev_certs, generate_dev_certs_with_clients, is_valid_cluster_id, node_identity,
+    parse_node_identity, CertError, DevCa, DevCerts,
 };
 pub use config::{
     check_own_material, node_id_from_chain, rustls_configs, IdentityError, TlsConfig, TlsError,

@@ -82,7 +82,7 @@ fn run() -> Result<()> {
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),
         _ => bail!(
-            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench scale [OPTIONS] | bench core [--openraft DIR] | certs [--nodes N] [--cluster ID] --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
+            "usage: cargo xtask setup [--ci] | sim --seeds N [--start S] [--protocol|--node] | sim --seed S [--protocol|--node] | tidy | test | ci [--chaos-seed S] [--no-chaos] | bench [http] OPTIONS | bench scale [OPTIONS] | bench core [--openraft DIR] | certs [--nodes N] [--cluster ID] [--client NAME]... --out DIR | cluster up|down|status|kill N|restart N | chaos [--duration SECS] [--seed S] [--nodes N] [--transport tcp|quic]"
         ),
     }
 }
@@ -201,7 +201,8 @@ pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
 
 /// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA, one certificate per node
 /// (identity `node-<id>.<cluster>`) and one HTTPS API certificate per node (names `localhost`,
-/// `127.0.0.1`, `::1`), for a secure cluster without openssl.
+/// `127.0.0.1`, `::1`), and with `--client NAME` a client certificate per name, for a secure
+/// cluster without openssl.
 fn certs(args: &[String]) -> Result<()> {
     let nodes: u64 = flag(args, "--nodes")?.unwrap_or(3);
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -210,14 +211,23 @@ fn certs(args: &[String]) -> Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    // `--client NAME` (repeatable): a client certificate for `[[auth.certificates]]`.
+    let clients: Vec<String> = args.windows(2).filter(|w| w[0] == "--client").map(|w| w[1].clone()).collect();
+    if let Some(bad) = clients.iter().find(|name| !raft_tls::is_valid_cluster_id(name)) {
+        bail!("--client {bad:?}: a client name is a DNS name (lowercase letters, digits, '-' and '.')");
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
-    let certs = raft_tls::generate_dev_certs(&cluster, 1..=nodes)?;
+    let certs = raft_tls::generate_dev_certs_with_clients(&cluster, 1..=nodes, &clients)?;
     certs.write_dev_certs(std::path::Path::new(&out))?;
+
     println!(
         "wrote a CA (ca.pem, ca-key.pem), {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) \
          and {nodes} API certificates for localhost ([api_tls]: api-<id>.pem, api-<id>-key.pem) for cluster \
          {cluster:?} to {out}"
     );
+    for name in &clients {
+        println!("wrote the client certificate client-{name}.pem (and its key) for [[auth.certificates]] name = {name:?}");
+    }
     Ok(())
 }
 
