@@ -91,6 +91,43 @@ pub fn api_server_config(tls: &ApiServerTls) -> Result<rustls::ServerConfig, Tls
     Ok(server)
 }
 
+/// Checks that the API certificate of `tls` is valid now, is meant for a server, and chains
+/// to `ca_pem` (the CA the other members verify it with), so that an expired or foreign
+/// certificate is refused at start or reload rather than failing every client's handshake.
+pub fn check_api_certificate(tls: &ApiServerTls, ca_pem: &str) -> Result<(), TlsError> {
+    let (chain, _) = chain_and_key(&tls.cert_pem, &tls.key_pem, "API certificate")?;
+    let cas = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error("API CA certificate"))?;
+    let anchors = cas
+        .iter()
+        .map(|ca| webpki::anchor_from_trusted_cert(ca))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error("API CA certificate"))?;
+    if anchors.is_empty() {
+        return Err(TlsError { what: "API CA certificate", reason: "no certificate in PEM".to_owned() });
+    }
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(TlsError { what: "API certificate", reason: "no certificate".to_owned() })?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(error("API certificate"))?;
+    let algorithms = provider().signature_verification_algorithms.all;
+    cert.verify_for_usage(
+        algorithms,
+        &anchors,
+        intermediates,
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| TlsError {
+        what: "API certificate",
+        reason: format!("not usable now with the members' CA (expired, not yet valid, not for a server, or signed by another CA): {e}"),
+    })
+}
+
 /// The names a verified client certificate carries: its DNS subject alternative names, or
 /// its subject's common name when it has none. Empty for an unparsable certificate.
 pub fn certificate_names(leaf: &CertificateDer<'_>) -> Vec<String> {
@@ -185,6 +222,25 @@ mod tests {
         assert_eq!(api_server_config(&bad).map(|_| ()).map_err(|e| e.what), Err("API certificate"));
         let no_ca = ApiServerTls { client_ca_pem: Some(String::new()), ..mutual };
         assert_eq!(api_server_config(&no_ca).map(|_| ()).map_err(|e| e.what), Err("client CA"));
+    }
+
+    #[test]
+    fn an_expired_or_foreign_api_certificate_is_refused_before_use() {
+        let ca = DevCa::new("test").expect("ca");
+        let (cert, key) = ca.issue_server(&["localhost".into()]).expect("server");
+        let good =
+            ApiServerTls { cert_pem: cert, key_pem: key, client_ca_pem: None, require_client_cert: false };
+        check_api_certificate(&good, &ca.cert_pem()).expect("valid");
+        let other = DevCa::new("test").expect("ca");
+        assert!(check_api_certificate(&good, &other.cert_pem()).is_err(), "another CA");
+        let past = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+        let (cert, key) =
+            ca.issue_with_validity("localhost", past - time::Duration::days(1), past).expect("expired");
+        let expired = ApiServerTls { cert_pem: cert, key_pem: key, ..good.clone() };
+        assert!(check_api_certificate(&expired, &ca.cert_pem()).is_err(), "expired");
+        let (cert, key) = ca.issue_client("ops").expect("client");
+        let client_only = ApiServerTls { cert_pem: cert, key_pem: key, ..good };
+        assert!(check_api_certificate(&client_only, &ca.cert_pem()).is_err(), "a client certificate");
     }
 
     #[test]

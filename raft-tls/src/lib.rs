@@ -32,7 +32,7 @@ mod api;
 mod certs;
 mod config;
 
-pub use api::{api_server_config, certificate_names, ApiServerTls, API_ALPN};
+pub use api::{api_server_config, certificate_names, check_api_certificate, ApiServerTls, API_ALPN};
 
 pub use certs::{
     generate_dev_certs, generate_dev_certs_with_clients, is_valid_cluster_id, node_identity,

@@ -929,6 +929,11 @@ impl NodeConfig {
             require_client_cert: api.require_client_certificate,
         };
         raft_tls::api_server_config(&tls).map_err(|e| e.to_string())?;
+        // Checked against the CA the members verify it with, when there is one.
+        if let Some(ca) = api.ca_cert.as_ref().or(self.tls.as_ref().map(|t| &t.ca_cert)) {
+            let ca_pem = read("api_tls.ca_cert", ca)?;
+            raft_tls::check_api_certificate(&tls, &ca_pem).map_err(|e| e.to_string())?;
+        }
         Ok(Some(tls))
     }
 

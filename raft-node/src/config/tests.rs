@@ -356,3 +356,43 @@ fn https_and_certificate_roles_are_checked_before_the_node_starts() {
         vec!["auth.tokens"]
     );
 }
+
+#[test]
+fn an_expired_or_foreign_api_certificate_is_refused_before_the_node_starts() {
+    let base = NodeConfig::parse(example(), "node.example.toml", &[]).expect("valid");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = raft_tls::DevCa::new("dev").expect("ca");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("written");
+        path
+    };
+    let ca_file = write("api-ca.pem", &ca.cert_pem());
+    let (cert, key) = ca.issue_server(&["localhost".into()]).expect("server");
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    let (old_cert, old_key) =
+        ca.issue_with_validity("localhost", past - time::Duration::days(1), past).expect("expired");
+    let (foreign_cert, foreign_key) =
+        raft_tls::DevCa::new("dev").expect("ca").issue_server(&["localhost".into()]).expect("server");
+    let problems = |cert: &str, key: &str| {
+        let mut c = base.clone();
+        c.api_tls = Some(ApiTlsConfig {
+            cert: write("api.pem", cert),
+            key: write("api-key.pem", key),
+            ca_cert: Some(ca_file.clone()),
+            client_ca: None,
+            require_client_certificate: false,
+        });
+        c.problems().into_iter().map(|p| (p.key, p.reason)).collect::<Vec<_>>()
+    };
+    assert!(problems(&cert, &key).is_empty(), "{:?}", problems(&cert, &key));
+    for (what, (cert, key)) in
+        [("expired", (&old_cert, &old_key)), ("foreign", (&foreign_cert, &foreign_key))]
+    {
+        let found = problems(cert, key);
+        assert!(
+            found.iter().any(|(k, reason)| k == "api_tls" && reason.contains("members' CA")),
+            "{what}: {found:?}"
+        );
+    }
+}
