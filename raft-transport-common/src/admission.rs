@@ -132,6 +132,16 @@ impl Handshake {
         drop(self);
         admission.established.clone().try_acquire_owned().ok()
     }
+
+    /// Like [`establish`](Self::establish), but waits for a slot until `deadline`: a peer
+    /// that reconnects supersedes its older connection first, whose slot is then freed as
+    /// that connection ends.
+    pub async fn establish_by(self, deadline: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
+        let admission = self.admission.clone();
+        drop(self);
+        let slot = admission.established.clone().acquire_owned();
+        tokio::time::timeout_at(deadline, slot).await.ok()?.ok()
+    }
 }
 
 impl Drop for Handshake {

@@ -79,15 +79,16 @@ async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, inbox: InboxSende
     if !hello(&shared, &connection, peer, deadline).await {
         return;
     }
-    let Some(_link) = handshake.establish() else {
-        Counters::add(&counters.rejected_connections, 1);
-        connection.close(close_codes::REFUSED.into(), b"connection limit");
-        return;
-    };
-    // A newer connection from the same node supersedes this one.
+    // A newer connection from the same node supersedes this one (registered first, so that
+    // the older connection gives its slot up for this one).
     let Some(mut registration) = shared.peers.register_inbound(peer) else {
         connection.close(close_codes::BAD_IDENTITY.into(), b"not a peer");
         return; // removed meanwhile
+    };
+    let Some(_link) = handshake.establish_by(deadline).await else {
+        Counters::add(&counters.rejected_connections, 1);
+        connection.close(close_codes::REFUSED.into(), b"connection limit");
+        return;
     };
     debug!(peer, generation = registration.generation(), "inbound connection established");
     let mut streams = JoinSet::new();

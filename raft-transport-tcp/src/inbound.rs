@@ -111,7 +111,13 @@ async fn serve(
             return;
         }
     };
-    let Some(_link) = handshake.establish() else {
+    // A newer connection from the same node supersedes this one: a peer that restarted
+    // behind a half-open connection must not leave it holding a connection slot forever.
+    // Registered first, so that the older connection gives its slot up for this one.
+    let Some(mut registration) = shared.peers.register_inbound(peer) else {
+        return; // removed meanwhile
+    };
+    let Some(_link) = handshake.establish_by(deadline).await else {
         Counters::add(&counters.rejected_connections, 1);
         if let Some(suppressed) = REFUSALS_LOGGED.admit() {
             let limit = config.max_inbound_connections;
@@ -119,11 +125,6 @@ async fn serve(
         }
         let _ = tokio::time::timeout_at(deadline, writer.shutdown()).await;
         return;
-    };
-    // A newer connection from the same node supersedes this one: a peer that restarted
-    // behind a half-open connection must not leave it holding a connection slot forever.
-    let Some(mut registration) = shared.peers.register_inbound(peer) else {
-        return; // removed meanwhile
     };
     debug!(peer, generation = registration.generation(), "inbound connection established");
     let mut messages = InboundPeer::new(peer, config.node_id, counters, inbox);

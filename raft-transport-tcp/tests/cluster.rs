@@ -824,3 +824,34 @@ async fn flood_then_restart_a_peer(dual_stack: bool) {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// With every established slot taken, a peer that reconnects supersedes its own older
+/// connection and gets that slot, instead of being refused until the old one times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_peer_takes_over_the_slot_of_its_older_connection() {
+    let addrs = transport_suite::free_loopback_addrs(2);
+    let tight = |id| TcpConfig {
+        max_inbound_connections: 1,
+        idle_timeout: Duration::from_secs(60),
+        keep_alive: Duration::from_secs(20),
+        ..TcpFactory::config(id, &addrs)
+    };
+    let one = TcpTransport::start(tight(1)).await.expect("node 1");
+    // An old connection of node 2 (a half-open one after its restart): it said Hello, then
+    // nothing, and holds node 1's only established slot.
+    let mut stale = TcpStream::connect(addrs[&1]).await.expect("connect");
+    write_frame(
+        &mut stale,
+        &WireMessage::Hello { version: WIRE_VERSION, cluster_id: CLUSTER_ID.into(), node_id: 2 },
+    )
+    .await;
+    assert!(matches!(read_frame(&mut stale).await, Some(WireMessage::HelloAck { .. })));
+    let two = TcpTransport::start(tight(2)).await.expect("node 2");
+    for seq in 0..3 {
+        two.send(numbered(2, 1, seq)).expect("queued");
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), recv_exactly(&one, 3)).await;
+    assert!(got.is_ok(), "node 2's new connection waited for the stale one's idle timeout");
+    one.shutdown().await;
+    two.shutdown().await;
+}
