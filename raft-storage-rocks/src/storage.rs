@@ -157,30 +157,97 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// A log that does not continue the snapshot after a lost or cut write-ahead log (the
-    /// column families reach their table files independently) is dropped, and the log starts
-    /// after the snapshot: one that ends before the snapshot (the log lost its newest writes
-    /// while the snapshot's reference had reached a table file) holds only entries the
-    /// snapshot covers; one that starts past the entry after the snapshot (found by chaos: a
-    /// snapshot at 26454, a log from 26457 after a cut WAL) has a gap no replay can fill. What
-    /// the log lost is reported by the durability record, and the node recovers it.
-    async fn drop_log_behind_snapshot(&self) -> Result<(), StorageError> {
+    /// Keeps the one run of contiguous entries that continues the snapshot and drops the rest
+    /// of the log, after a lost or damaged write-ahead log left it another shape (the column
+    /// families reach their table files independently, and RocksDB replays the WAL files it
+    /// can read):
+    /// - a log that ends before the snapshot (its newest writes lost while the snapshot's
+    ///   reference had reached a table file) holds only entries the snapshot covers;
+    /// - one that starts past the entry after the snapshot (found by chaos: a snapshot at 26454,
+    ///   a log from 26457 after a cut WAL) has a gap no replay can fill;
+    /// - one with a hole inside (found by chaos: an older WAL file cut short while a newer one
+    ///   was whole; entry 2188 missing, later ones there) cannot be read past the hole.
+    ///
+    /// `scan`: look for holes inside the log (reads every key: done once, at open); without
+    /// it only the bounds are compared. Returns the last entry dropped past the run kept: the
+    /// node may have acknowledged it, so it is lost data.
+    async fn repair_log_shape(&self, scan: bool) -> Result<Option<LogId>, StorageError> {
         let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;
-        let holds_entries = b.last >= b.first;
-        let ends_before = b.snapshot.index > 0 && b.last < b.snapshot.index;
-        let gap = b.first > b.snapshot.index + 1;
-        if !holds_entries || !(ends_before || gap) {
-            return Ok(());
+        if b.last < b.first {
+            return Ok(None);
         }
+        let target = b.snapshot.index + 1;
+        let (kept, dropped_last) = self.with_db(|db| {
+            let kept = if scan {
+                self.run_continuing(db, b.first, target)?
+            } else {
+                Some((b.first, b.last)).filter(|&(first, last)| first <= target && target <= last + 1)
+            };
+            let dropped_past = kept.map_or(b.snapshot.index, |(_, last)| last);
+            let dropped_last = if b.last > dropped_past { Some(self.stored_last(db, b)?) } else { None };
+            Ok((kept, dropped_last))
+        })?;
+        if kept == Some((b.first, b.last)) {
+            return Ok(None);
+        }
+        let (first, last) = kept.unwrap_or((target, b.snapshot.index));
         tracing::warn!(
             log_start = b.first,
             log_end = b.last,
+            kept_start = first,
+            kept_end = last,
             snapshot = %b.snapshot,
-            "the log does not continue the snapshot: dropping it, the node recovers the entries from the cluster"
+            "the log does not continue the snapshot as one run of entries: keeping the run that does, the node recovers the rest from the cluster"
         );
-        let after = Bounds { first: b.snapshot.index + 1, last: b.snapshot.index, snapshot: b.snapshot };
-        self.write(vec![self.log_range(0)], after, None).await
+        let mut ops = Vec::new();
+        if first > b.first {
+            ops.push(Op::DeleteRange(
+                Cf::Log,
+                log_key(self.group, b.first).to_vec(),
+                log_key(self.group, first).to_vec(),
+            ));
+        }
+        if last < b.last {
+            ops.push(self.log_range(last + 1));
+        }
+        let after = Bounds { first, last, snapshot: b.snapshot };
+        let new_last =
+            if last >= first { self.with_db(|db| self.log_id_at(db, after, last))? } else { b.snapshot };
+        if let Some(dropped) = dropped_last {
+            // Before the write: the durability record keeps it as data the log misses.
+            self.db.set_floor(self.group, dropped);
+        }
+        self.write(ops, after, Some(new_last)).await?;
+        Ok(dropped_last)
+    }
+
+    /// The run of contiguous entries, from `from` on, that holds entry `target` or ends just
+    /// before it (`None`: no run does).
+    fn run_continuing(
+        &self,
+        db: &DB,
+        from: Index,
+        target: Index,
+    ) -> Result<Option<(Index, Index)>, StorageError> {
+        let cf = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
+        let start = log_key(self.group, from);
+        let mut run: Option<(Index, Index)> = None;
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item.map_err(|e| storage_error(&e))?;
+            let Some(index) = index_of(self.group, &key) else { break };
+            run = match run {
+                Some((first, last)) if index == last + 1 => Some((first, index)),
+                Some((first, last)) if first <= target && target <= last + 1 => {
+                    return Ok(Some((first, last)))
+                }
+                _ => Some((index, index)),
+            };
+            if index > target && run.is_some_and(|(first, _)| first > target) {
+                return Ok(None);
+            }
+        }
+        Ok(run.filter(|&(first, last)| first <= target && target <= last + 1))
     }
 
     /// Accepts the loss of the data this log was found to miss at open (see
@@ -426,7 +493,8 @@ impl Storage for RocksStorage {
     /// recorded last entry, or a hard state older than the recorded one, is reported in
     /// `lost` (and the recorded hard state is written back and returned).
     async fn initial_state(&self) -> Result<InitialState, StorageError> {
-        self.drop_log_behind_snapshot().await?;
+        let at_open = self.db.recorded_at_open(self.group).is_some();
+        let dropped = self.repair_log_shape(at_open).await?;
         let (mut initial, found_last) = self.with_db(|db| {
             let hard_state = match Self::get_meta(db, &meta_key(self.group, "hard_state"))? {
                 None => HardState::default(),
@@ -455,8 +523,10 @@ impl Storage for RocksStorage {
         // between a WAL sync and its record leaves the record behind what the node will now
         // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
         let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
-        let lost = recorded.filter(|r| rolled_back || r.last > found_last).map(|r| DataLoss {
-            recorded_last: r.last.max(found_last),
+        // Entries dropped past a hole count as recorded: the node may have acknowledged them.
+        let recorded_last = recorded.map(|r| r.last).into_iter().chain(dropped).max();
+        let lost = recorded_last.filter(|&last| rolled_back || last > found_last).map(|last| DataLoss {
+            recorded_last: last.max(found_last),
             found_last,
             rolled_back_hard_state: rolled_back.then_some(found),
         });
