@@ -83,8 +83,9 @@ pub enum Fault {
     /// it from the cluster by itself (else it is removed and joined again by hand, a problem
     /// unless a voter was away).
     Corrupt(u64),
-    /// SIGKILL a node, then cut its largest RocksDB WAL file short (an older one when several are kept: a hole in the middle of the history) by this many bytes (`None`:
-    /// delete every WAL file); restart it after the hold. It must start, report the loss and
+    /// SIGKILL a node, then cut its largest RocksDB WAL file short by this many bytes (an
+    /// older file when several are kept: a hole in the middle of the history; `None`: delete
+    /// every WAL file); restart it after the hold. It must start, report the loss and
     /// recover by itself from the leader (no remove-and-rejoin).
     LoseWal {
         node: u64,
