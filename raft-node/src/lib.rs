@@ -7,6 +7,7 @@
 //! - [`discovery`]: announcements on the local network (UDP multicast) and join candidates
 //!   found in them.
 //! - `http`: the HTTP/JSON API (paths and bodies in [`raft_client::api`]).
+//! - [`recover`]: offline repairs of a stopped node's data dir (`raft-node recover`).
 //!
 //! The binary is a thin `main` around [`Node`]; a program can run a node the same way:
 //!
@@ -29,6 +30,7 @@ mod http;
 pub mod metrics;
 mod node;
 pub mod recent;
+pub mod recover;
 
 pub use http::{hash_token, new_token};
 pub use node::{discovery, Node, ReloadError, Reloaded, StartError};

@@ -44,11 +44,10 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Offline repair of a stopped node's data dir. `--accept-data-loss`: the store lost
-    /// entries it had made durable (a cut or deleted write-ahead log) and no member holds them
-    /// any more (a one-node cluster, or every replica damaged at once): accept the loss so the
-    /// node votes and campaigns with the log it has. While a member still holds the entries,
-    /// do not: the node recovers them from the leader by itself.
+    /// Offline repair of a stopped node's data dir, for what the cluster cannot repair by
+    /// itself (no member holds the data any more). Say which, exactly one of:
+    /// `--accept-data-loss`, `--force-new-cluster`, `--seed-snapshot FILE`.
+    #[command(group(clap::ArgGroup::new("repair").required(true).args(["accept_data_loss", "force_new_cluster", "seed_snapshot"])))]
     Recover {
         /// The node's TOML config file.
         #[arg(long, short)]
@@ -56,10 +55,22 @@ enum Command {
         /// Overrides one key (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
-        /// Accept the loss of the entries the store no longer holds (required: this is the
-        /// only repair so far).
+        /// The store lost entries it had made durable (a cut or deleted write-ahead log) and
+        /// no member holds them any more (a one-node cluster, or every replica damaged at
+        /// once): accept the loss, so that the node votes and campaigns with the log it has.
+        /// While a member still holds the entries, do not: the node recovers them by itself.
         #[arg(long)]
         accept_data_loss: bool,
+        /// A majority of the voters is gone for good: make this node, the most up-to-date
+        /// survivor, the only voter, keeping every entry it holds. Then start it and add the
+        /// others back with empty data dirs (`join`); never start a removed member on its old
+        /// data dir.
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// Every member is gone: start a new one-voter cluster from this snapshot backup
+        /// (`raftctl snapshot save`), in an empty data dir.
+        #[arg(long, value_name = "FILE")]
+        seed_snapshot: Option<PathBuf>,
     },
     /// Prints a new random client token and the `[[auth.tokens]]` entry (its SHA-256) that
     /// lets a node accept it.
@@ -112,7 +123,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Recover { config, overrides, accept_data_loss } => {
+        Command::Recover { config, overrides, accept_data_loss, force_new_cluster, seed_snapshot } => {
             let config = match NodeConfig::load(&config, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
@@ -120,17 +131,29 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if !accept_data_loss {
-                eprintln!("error: say what to repair: --accept-data-loss");
-                return ExitCode::from(2);
-            }
-            match runtime.block_on(accept_loss(&config)) {
+            let outcome = runtime.block_on(async {
+                use raft_node::recover;
+                if let Some(file) = &seed_snapshot {
+                    recover::seed_from_snapshot(&config, file).await.map(|s| s.to_string())
+                } else if force_new_cluster {
+                    recover::force_new_cluster(&config).await.map(|f| f.to_string())
+                } else {
+                    debug_assert!(accept_data_loss, "clap requires one repair");
+                    recover::accept_data_loss(&config).await.map(|lost| match lost {
+                        Some(lost) => {
+                            format!("accepted: {lost}. The node now votes and campaigns with the log it has.")
+                        }
+                        None => "nothing was lost; nothing changed".to_owned(),
+                    })
+                }
+            });
+            match outcome {
                 Ok(message) => {
-                    println!("{message}");
+                    println!("node {}: {message}", config.id);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: node {}: {e}", config.id);
                     ExitCode::FAILURE
                 }
             }
@@ -229,22 +252,6 @@ fn init_logging(config: &NodeConfig) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// `recover --accept-data-loss` on the node's RocksDB data dir (the node must be stopped: the
-/// store refuses a second process).
-async fn accept_loss(config: &NodeConfig) -> anyhow::Result<String> {
-    use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
-    let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
-    let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())
-        .with_context(|| format!("opening {}", config.data_dir.display()))?;
-    let accepted = db.log(0).accept_data_loss().await.context("accepting the loss")?;
-    Ok(match accepted {
-        Some(lost) => {
-            format!("node {}: accepted: {lost}. It now votes and campaigns with the log it has.", config.id)
-        }
-        None => format!("node {}: nothing was lost; nothing changed", config.id),
-    })
 }
 
 /// The signals a running node answers.

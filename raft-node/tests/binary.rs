@@ -178,6 +178,46 @@ fn three_processes_from_config_files_serve_ctl_and_stop_gracefully() {
     }
 }
 
+/// The documented way out of a lost majority, as an operator runs it: `recover` says which
+/// repairs exist, refuses a running node's data dir, then makes the stopped survivor the only
+/// voter; it starts alone (its config still lists three members) and serves its data.
+#[test]
+fn recover_force_new_cluster_makes_the_stopped_survivor_serve_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, endpoints) = write_configs(dir.path());
+    let recover = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(["recover", "--config"]).arg(&files[0]).args(args);
+        command.output().unwrap()
+    };
+    let out = recover(&[]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--force-new-cluster") && err.contains("--seed-snapshot"), "{err}");
+
+    let mut children = Nodes::start(&files);
+    wait_ready(&endpoints);
+    let (ok, _, err) = ctl(&endpoints, &["put", "color", "blue"]);
+    assert!(ok, "{err}");
+    let out = recover(&["--force-new-cluster"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("in use"), "a running node's dir was changed: {err}");
+    for child in &mut children.0 {
+        terminate(child);
+    }
+    for id in [2, 3] {
+        std::fs::remove_dir_all(dir.path().join(format!("data{id}"))).unwrap();
+    }
+    let out = recover(&["--force-new-cluster"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("only this node"), "{said}");
+    let _alone = Nodes::start(&files[..1]);
+    wait_ready(&endpoints[..1]);
+    let (ok, out, err) = ctl(&endpoints[..1], &["get", "color"]);
+    assert!(ok && out.contains("blue"), "{out} {err}");
+}
+
 #[test]
 fn a_broken_config_is_refused_with_every_problem_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();

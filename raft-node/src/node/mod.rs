@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{Membership, NodeId, RaftError, RaftNode, Storage, Transport};
-use raft_kv::{Balancer, KvOptions, KvStore};
+use raft_kv::{Balancer, KvStore};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -417,15 +417,7 @@ impl Node {
 
         let (transport, transport_stats, peer_tls_reload) =
             build_transport(&config, plan.peers.clone()).await?;
-        let kv_options = KvOptions {
-            max_sessions: config.limits.max_sessions,
-            watch_history: config.limits.watch_history,
-            max_list: config.limits.max_list,
-            max_state_bytes: config.limits.max_state_bytes,
-            max_session_bytes: config.limits.max_session_bytes,
-            ..KvOptions::default()
-        };
-        let (kv, fsm) = KvStore::new(kv_options)?;
+        let (kv, fsm) = KvStore::new(crate::recover::kv_options(&config))?;
         // Forwarding between nodes is always on; `raft.auto_forward` decides whether the HTTP
         // API forwards a write or answers with a redirect to the leader.
         let raft_config = raft_core::Config { auto_forward: true, ..config.raft.clone() };

@@ -1,0 +1,282 @@
+//! Offline repairs of a stopped node's data dir (`raft-node recover`), for what the cluster
+//! cannot repair by itself because no member holds the data any more:
+//!
+//! - [`accept_data_loss`]: the store lost entries it had made durable and nobody has them.
+//! - [`force_new_cluster`]: a majority of the voters is gone for good; the most up-to-date
+//!   survivor becomes the only voter of the cluster, keeping every entry it holds, and the
+//!   others join it again with empty data dirs (as etcd's `--force-new-cluster` and Consul's
+//!   `peers.json` do).
+//! - [`seed_from_snapshot`]: every member is gone; a new cluster starts from a snapshot backup
+//!   (`raftctl snapshot save`) in an empty data dir (as `etcdutl snapshot restore` does).
+//!
+//! Each runs on a stopped node (RocksDB's lock refuses a second process) and changes nothing
+//! when it refuses.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{
+    DataLoss, Entry, EntryPayload, Fsm, FsmError, HardState, Index, LogId, Membership, SnapshotMeta,
+    SnapshotReader, SnapshotSource, Storage, StorageError,
+};
+use raft_kv::{KvOptions, KvStore};
+use raft_storage_rocks::{Identity, OpenError, RocksDb, RocksOptions, RocksStorage};
+
+use crate::config::{NodeConfig, StorageKind};
+
+/// Why an offline repair refused or failed. Nothing was changed unless it says so.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The node keeps its state in memory: there is nothing on disk to repair.
+    #[error("storage = \"mem\" keeps nothing on disk: there is nothing to recover")]
+    InMemory,
+    /// The data dir cannot be opened (another process holds it: stop the node first).
+    #[error("cannot open the data dir {dir}: {source}")]
+    Open {
+        /// The data dir.
+        dir: PathBuf,
+        /// Why.
+        source: OpenError,
+    },
+    /// Reading or writing the store failed.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// `--force-new-cluster` on a data dir that holds nothing: it must run on a survivor.
+    #[error("the data dir {0} holds no Raft state: run this on the survivor that holds the data")]
+    NothingToKeep(PathBuf),
+    /// `--seed-snapshot` into a data dir that already holds Raft state.
+    #[error(
+        "the data dir {0} already holds Raft state: seed a new cluster into an empty data dir (move this one aside)"
+    )]
+    NotEmpty(PathBuf),
+    /// The snapshot file cannot be read.
+    #[error("cannot read the snapshot file {file}: {source}")]
+    SnapshotFile {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The snapshot file is not a whole, valid snapshot of this state machine.
+    #[error("the snapshot file {file} is not a valid snapshot: {reason}")]
+    BadSnapshot {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What [`force_new_cluster`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedCluster {
+    /// The loss of data the store had found and that was accepted on the way, if any.
+    pub accepted_loss: Option<DataLoss>,
+    /// The last entry kept (every entry up to it commits in the new cluster).
+    pub kept_last: LogId,
+    /// The configuration the log held before.
+    pub previous: Membership,
+    /// The entry that makes this node the only voter, and the term it starts in.
+    pub membership_entry: LogId,
+}
+
+impl std::fmt::Display for ForcedCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(lost) = &self.accepted_loss {
+            writeln!(f, "accepted the loss found in the store: {lost}")?;
+        }
+        write!(
+            f,
+            "kept every entry up to {} (they commit when the node starts); the voters were {:?}, \
+             now only this node (entry {}). Start the node, then add the others back with empty \
+             data dirs (join); never start a removed member on its old data dir.",
+            self.kept_last,
+            self.previous.voters.union(&self.previous.outgoing_voters).collect::<Vec<_>>(),
+            self.membership_entry
+        )
+    }
+}
+
+/// What [`seed_from_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeded {
+    /// The entry the snapshot ends at (the backup's applied index, in term 1).
+    pub snapshot: LogId,
+    /// The snapshot's size in bytes.
+    pub bytes: u64,
+    /// Keys in the restored state.
+    pub keys: usize,
+}
+
+impl std::fmt::Display for Seeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seeded a new one-voter cluster from the snapshot: {} keys, {} bytes, ending at {}. \
+             Start the node, then add the others with empty data dirs (join).",
+            self.keys, self.bytes, self.snapshot
+        )
+    }
+}
+
+/// Opens the node's RocksDB store (which must not be in use).
+fn open(config: &NodeConfig) -> Result<(RocksDb, RocksStorage), RecoverError> {
+    if matches!(config.storage, StorageKind::Mem) {
+        return Err(RecoverError::InMemory);
+    }
+    let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
+    let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())
+        .map_err(|source| RecoverError::Open { dir: config.data_dir.clone(), source })?;
+    let log = db.log(0);
+    Ok((db, log))
+}
+
+/// `recover --accept-data-loss`: the store lost entries it had made durable (a cut or deleted
+/// write-ahead log) and no member holds them any more; the node then votes and campaigns with
+/// the log it has. Returns the loss accepted (`None`: nothing was missing).
+pub async fn accept_data_loss(config: &NodeConfig) -> Result<Option<DataLoss>, RecoverError> {
+    let (_db, log) = open(config)?;
+    Ok(log.accept_data_loss().await?)
+}
+
+/// `recover --force-new-cluster`: makes this node the only voter of its cluster, keeping its
+/// whole log (entries it holds past the old commit index commit too, as with etcd). A loss the
+/// store found is accepted on the way. The term goes up by one and the new configuration is
+/// appended as an entry of that term, so it wins over any entry another old member holds at
+/// the same index.
+pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, RecoverError> {
+    let (_db, log) = open(config)?;
+    let accepted_loss = log.accept_data_loss().await?;
+    let state = log.initial_state().await?;
+    let kept_last = if state.last_index >= state.first_index {
+        LogId::new(log.term(state.last_index).await?, state.last_index)
+    } else {
+        state.snapshot.as_ref().map_or(LogId::default(), |s| s.last_log_id)
+    };
+    if kept_last == LogId::default() && state.hard_state.current_term == 0 {
+        return Err(RecoverError::NothingToKeep(config.data_dir.clone()));
+    }
+    let previous = latest_membership(&log, &state).await?;
+    let term = state.hard_state.current_term.max(kept_last.term).checked_add(1).ok_or_else(|| {
+        StorageError::Corrupt(format!("the term {} cannot grow", state.hard_state.current_term))
+    })?;
+    let membership_entry = LogId::new(term, kept_last.index + 1);
+    // The term first: an entry of a term the hard state has not reached is never stored.
+    log.save_hard_state(HardState { current_term: term, voted_for: Some(config.id) }).await?;
+    log.append(&[Entry {
+        term,
+        index: membership_entry.index,
+        payload: EntryPayload::Membership(Membership::with_voters([config.id])),
+    }])
+    .await?;
+    tracing::warn!(id = config.id, kept = %kept_last, voters = ?previous.voters, "forced a new one-voter cluster");
+    Ok(ForcedCluster { accepted_loss, kept_last, previous, membership_entry })
+}
+
+/// Entries read at a time when looking for the latest configuration.
+const SCAN_BATCH: Index = 1024;
+
+/// The configuration in effect: the log's newest membership entry, else the snapshot's.
+async fn latest_membership(
+    log: &RocksStorage,
+    state: &raft_core::InitialState,
+) -> Result<Membership, RecoverError> {
+    let mut to = state.last_index + 1;
+    while to > state.first_index {
+        let from = to.saturating_sub(SCAN_BATCH).max(state.first_index);
+        let entries = log.entries(from, to).await?;
+        if let Some(m) = entries.iter().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        }) {
+            return Ok(m);
+        }
+        to = from;
+    }
+    Ok(state.snapshot.as_ref().map(|s| s.membership.clone()).unwrap_or_default())
+}
+
+/// Bytes read from the backup at a time.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// `recover --seed-snapshot FILE`: starts a new cluster, with this node as its only voter, from
+/// a snapshot backup, in an empty data dir. The file is checked whole first (it is restored
+/// into a state machine with this node's limits, which verifies its state hash), then copied
+/// into the store part by part. The snapshot keeps the backup's applied index (keys keep
+/// their revisions), in term 1.
+pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seeded, RecoverError> {
+    let (_db, log) = open(config)?;
+    let state = log.initial_state().await?;
+    let empty = state.hard_state == HardState::default() && state.snapshot.is_none() && state.last_index == 0;
+    if !empty {
+        return Err(RecoverError::NotEmpty(config.data_dir.clone()));
+    }
+    let file_error = |source| RecoverError::SnapshotFile { file: file.to_path_buf(), source };
+    let (kv, mut fsm) = KvStore::new(kv_options(config)).map_err(|e| RecoverError::BadSnapshot {
+        file: file.to_path_buf(),
+        reason: format!("this node's limits do not make a state machine: {e}"),
+    })?;
+    let mut reader = FileChunks::open(file).map_err(file_error)?;
+    fsm.restore(&mut reader)
+        .await
+        .map_err(|e| RecoverError::BadSnapshot { file: file.to_path_buf(), reason: e.to_string() })?;
+    let applied = kv.applied_index();
+    if applied == 0 {
+        return Err(RecoverError::BadSnapshot {
+            file: file.to_path_buf(),
+            reason: "it ends at index 0 (no entry applied)".into(),
+        });
+    }
+    let snapshot = LogId::new(1, applied);
+    let meta = SnapshotMeta { last_log_id: snapshot, membership: Membership::with_voters([config.id]) };
+    let source = FileChunks::open(file).map_err(file_error)?;
+    let bytes = log.save_snapshot_from(meta, Box::new(source), CHUNK_BYTES).await?;
+    log.save_hard_state(HardState { current_term: 1, voted_for: None }).await?;
+    tracing::warn!(id = config.id, %snapshot, bytes, "seeded a new cluster from a snapshot backup");
+    Ok(Seeded { snapshot, bytes, keys: kv.len() })
+}
+
+/// The state machine's limits from the node's config (as the node builds it).
+pub(crate) fn kv_options(config: &NodeConfig) -> KvOptions {
+    KvOptions {
+        max_sessions: config.limits.max_sessions,
+        watch_history: config.limits.watch_history,
+        max_list: config.limits.max_list,
+        max_state_bytes: config.limits.max_state_bytes,
+        max_session_bytes: config.limits.max_session_bytes,
+        ..KvOptions::default()
+    }
+}
+
+/// A snapshot file read in chunks, both as a [`SnapshotReader`] (to check it) and as a
+/// [`SnapshotSource`] (to store it). Blocking reads: an offline tool.
+struct FileChunks {
+    file: std::fs::File,
+}
+
+impl FileChunks {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self { file: std::fs::File::open(path)? })
+    }
+
+    fn read(&mut self, max: usize) -> std::io::Result<Option<Bytes>> {
+        let mut buf = Vec::with_capacity(max);
+        (&mut self.file).take(max as u64).read_to_end(&mut buf)?;
+        Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
+    }
+}
+
+#[async_trait]
+impl SnapshotReader for FileChunks {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FsmError> {
+        self.read(CHUNK_BYTES).map_err(|e| FsmError::BadSnapshot(format!("reading the file: {e}")))
+    }
+}
+
+impl SnapshotSource for FileChunks {
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>, FsmError> {
+        self.read(max_bytes.max(1)).map_err(|e| FsmError::BadSnapshot(format!("reading the file: {e}")))
+    }
+}
