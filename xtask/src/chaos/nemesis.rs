@@ -79,10 +79,14 @@ pub enum Fault {
     },
     /// Fill a node's data dir (a tmpfs) until writes fail with ENOSPC.
     DiskFull(u64),
-    /// Stop a node, flip bytes in its RocksDB WAL: it must refuse the damaged store and repair
-    /// it from the cluster by itself (else it is removed and joined again by hand, a problem
-    /// unless a voter was away).
-    Corrupt(u64),
+    /// Stop a node, flip bytes in its RocksDB WAL or (`snapshot`) in its newest snapshot file
+    /// (the WAL when it has none): it must refuse the damaged store and repair it from the
+    /// cluster by itself (else it is removed and joined again by hand, a problem unless a
+    /// voter was away).
+    Corrupt {
+        node: u64,
+        snapshot: bool,
+    },
     /// SIGKILL a node, then cut its largest RocksDB WAL file short by this many bytes (an
     /// older file when several are kept: a hole in the middle of the history; `None`: delete
     /// every WAL file); restart it after the hold. It must start, report the loss and
@@ -127,8 +131,9 @@ impl fmt::Display for Fault {
             Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
             Fault::StallDisk(None) => write!(f, "stall the leader's fsyncs"),
             Fault::StallDisk(Some(n)) => write!(f, "stall node {n}'s fsyncs"),
-            Fault::Corrupt(n) => {
-                write!(f, "corrupt node {n}'s WAL offline (expect self-repair from the cluster)")
+            Fault::Corrupt { node, snapshot } => {
+                let what = if *snapshot { "snapshot file" } else { "WAL" };
+                write!(f, "corrupt node {node}'s {what} offline (expect self-repair from the cluster)")
             }
             Fault::LoseWal { node, cut: Some(bytes) } => {
                 write!(
@@ -271,7 +276,7 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
             },
             "disk" => Fault::DiskFull(pick(&mut rng, ids)),
             "stall" => Fault::StallDisk((rng.range(0, 3) == 0).then(|| pick(&mut rng, ids))),
-            "corrupt" => Fault::Corrupt(pick(&mut rng, ids)),
+            "corrupt" => Fault::Corrupt { node: pick(&mut rng, ids), snapshot: rng.range(0, 2) == 0 },
             "lose" => Fault::LoseWal {
                 node: pick(&mut rng, ids),
                 cut: match rng.range(0, 3) {
@@ -432,8 +437,8 @@ impl Env {
                 let written = self.fill_disk(*node)?;
                 (format!("node {node}'s tmpfs filled ({written} MiB of ballast)"), Heal::Disk(*node))
             }
-            Fault::Corrupt(node) => {
-                let what = self.corrupt_and_repair(*node).await?;
+            Fault::Corrupt { node, snapshot } => {
+                let what = self.corrupt_and_repair(*node, *snapshot).await?;
                 (what, Heal::Nothing)
             }
             Fault::LoseWal { node, cut } => {
@@ -670,23 +675,45 @@ impl Env {
         }
     }
 
-    async fn corrupt_and_repair(&mut self, node: u64) -> Result<String> {
-        self.nodes.kill(node)?;
-        let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
-        let mut wal: Option<(std::path::PathBuf, u64)> = None;
-        for entry in std::fs::read_dir(&dir)? {
+    /// The largest file of `dir` whose name `wanted` accepts, with its length.
+    fn largest_file(
+        dir: &std::path::Path,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Option<(std::path::PathBuf, u64)>> {
+        let mut found: Option<(std::path::PathBuf, u64)> = None;
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+        for entry in entries {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            let is_wal =
-                name.ends_with(".log") && name.trim_end_matches(".log").chars().all(|c| c.is_ascii_digit());
             let len = entry.metadata()?.len();
-            if is_wal && wal.as_ref().is_none_or(|(_, l)| len > *l) {
-                wal = Some((entry.path(), len));
+            if wanted(&entry.file_name().to_string_lossy()) && found.as_ref().is_none_or(|(_, l)| len > *l) {
+                found = Some((entry.path(), len));
             }
         }
-        let Some((path, len)) = wal.filter(|(_, len)| *len >= 4096) else {
+        Ok(found)
+    }
+
+    async fn corrupt_and_repair(&mut self, node: u64, snapshot: bool) -> Result<String> {
+        self.nodes.kill(node)?;
+        let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
+        let is_wal = |name: &str| {
+            name.ends_with(".log") && name.trim_end_matches(".log").chars().all(|c| c.is_ascii_digit())
+        };
+        // The snapshot files live in `snapshots/` (`g<group>-<index>-<term>.snap`).
+        let snapshot_file = if snapshot {
+            Self::largest_file(&dir.join("snapshots"), |name| name.ends_with(".snap"))?
+        } else {
+            None
+        };
+        // A WAL of a few records only may hold nothing the node needs; any snapshot file does.
+        let target = match snapshot_file.filter(|(_, len)| *len >= 64) {
+            Some(file) => Some(file),
+            None => Self::largest_file(&dir, is_wal)?.filter(|(_, len)| *len >= 4096),
+        };
+        let Some((path, len)) = target else {
             self.nodes.start(node)?;
-            return Ok(format!("node {node}: no WAL of 4 KiB or more to corrupt; restarted"));
+            return Ok(format!(
+                "node {node}: no WAL or snapshot file of 4 KiB or more to corrupt; restarted"
+            ));
         };
         let mut bytes = std::fs::read(&path)?;
         for at in [len / 4, len / 2, 3 * len / 4] {
@@ -695,6 +722,7 @@ impl Env {
             }
         }
         std::fs::write(&path, &bytes)?;
+        let what = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         const REPAIRED: &str = "the data dir is damaged: moved aside";
         let repairs_before = self.nodes.log_tail(node, usize::MAX).matches(REPAIRED).count();
         self.nodes.start(node)?;
@@ -730,14 +758,14 @@ impl Env {
                         let _ = std::fs::remove_dir_all(entry.path());
                     }
                 }
-                Ok(format!("node {node} refused its corrupted WAL and repaired itself from the cluster"))
+                Ok(format!("node {node} refused its corrupted {what} and repaired itself from the cluster"))
             }
             Ok(()) => {
                 self.problem(format!(
-                    "node {node} started on a WAL with flipped bytes ({} at 3 places) without noticing",
+                    "node {node} started on a file with flipped bytes ({} at 3 places) without noticing",
                     path.display()
                 ));
-                Ok(format!("node {node} did NOT notice its corrupted WAL"))
+                Ok(format!("node {node} did NOT notice its corrupted {what}"))
             }
             Err(status) => {
                 let reason = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
@@ -748,7 +776,7 @@ impl Env {
                     ));
                 } else {
                     self.problem(format!(
-                        "node {node} exited ({status}) on its corrupted WAL instead of repairing it: {}",
+                        "node {node} exited ({status}) on its corrupted {what} instead of repairing it: {}",
                         shorten(&reason, 200)
                     ));
                 }
