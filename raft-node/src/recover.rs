@@ -43,9 +43,21 @@ pub enum RecoverError {
     /// Reading or writing the store failed.
     #[error("storage failed: {0}")]
     Storage(#[from] StorageError),
-    /// `--force-new-cluster` on a data dir that holds nothing: it must run on a survivor.
-    #[error("the data dir {0} holds no Raft state: run this on the survivor that holds the data")]
+    /// `--force-new-cluster` on a data dir that holds no entry: it must run on a survivor.
+    #[error(
+        "the data dir {0} holds no log entry and no snapshot: run this on the survivor that holds the data"
+    )]
     NothingToKeep(PathBuf),
+    /// `--force-new-cluster` on a node that was not a voter: it may lack committed entries.
+    #[error(
+        "node {id} is not a voter of the configuration its log holds (voters {voters:?}): it may lack committed entries; force the most up-to-date voter instead"
+    )]
+    NotAVoter {
+        /// This node.
+        id: u64,
+        /// The voters of the configuration in its log.
+        voters: Vec<u64>,
+    },
     /// `--seed-snapshot` into a data dir that already holds Raft state.
     #[error(
         "the data dir {0} already holds Raft state: seed a new cluster into an empty data dir (move this one aside)"
@@ -102,7 +114,7 @@ impl std::fmt::Display for ForcedCluster {
 /// What [`seed_from_snapshot`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seeded {
-    /// The entry the snapshot ends at (the backup's applied index, in term 1).
+    /// The entry the snapshot ends at (the backup's applied index, in a random term).
     pub snapshot: LogId,
     /// The snapshot's size in bytes.
     pub bytes: u64,
@@ -142,24 +154,33 @@ pub async fn accept_data_loss(config: &NodeConfig) -> Result<Option<DataLoss>, R
 }
 
 /// `recover --force-new-cluster`: makes this node the only voter of its cluster, keeping its
-/// whole log (entries it holds past the old commit index commit too, as with etcd). A loss the
-/// store found is accepted on the way. The term goes up by one and the new configuration is
-/// appended as an entry of that term, so it wins over any entry another old member holds at
-/// the same index.
+/// whole log (entries it holds past the old commit index commit too, as with etcd). The new
+/// configuration is appended as an entry of a new term, raised by a random amount (1 to
+/// 65,536): forced on two survivors by mistake, the two clusters' entries do not share ids,
+/// so joining them fails loudly instead of merging different entries under equal ids. A loss
+/// the store found is accepted by that same append (it is past anything recorded), so a
+/// crash before it leaves the node recovering, as before, never voting on a lost log.
 pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, RecoverError> {
+    if !matches!(config.storage, StorageKind::Mem) && !config.data_dir.join("CURRENT").exists() {
+        return Err(RecoverError::NothingToKeep(config.data_dir.clone()));
+    }
     let (_db, log) = open(config)?;
-    let accepted_loss = log.accept_data_loss().await?;
     let state = log.initial_state().await?;
     let kept_last = if state.last_index >= state.first_index {
         LogId::new(log.term(state.last_index).await?, state.last_index)
     } else {
         state.snapshot.as_ref().map_or(LogId::default(), |s| s.last_log_id)
     };
-    if kept_last == LogId::default() && state.hard_state.current_term == 0 {
+    if kept_last == LogId::default() {
         return Err(RecoverError::NothingToKeep(config.data_dir.clone()));
     }
-    let previous = latest_membership(&log, &state).await?;
-    let term = state.hard_state.current_term.max(kept_last.term).checked_add(1).ok_or_else(|| {
+    let previous = latest_membership(config, &log, &state).await?;
+    if !previous.is_voter(config.id) {
+        let voters = previous.voters.union(&previous.outgoing_voters).copied().collect();
+        return Err(RecoverError::NotAVoter { id: config.id, voters });
+    }
+    let bump = 1 + raft_core::fresh_seed() % TERM_SPREAD;
+    let term = state.hard_state.current_term.max(kept_last.term).checked_add(bump).ok_or_else(|| {
         StorageError::Corrupt(format!("the term {} cannot grow", state.hard_state.current_term))
     })?;
     let membership_entry = LogId::new(term, kept_last.index + 1);
@@ -172,14 +193,20 @@ pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, Rec
     }])
     .await?;
     tracing::warn!(id = config.id, kept = %kept_last, voters = ?previous.voters, "forced a new one-voter cluster");
-    Ok(ForcedCluster { accepted_loss, kept_last, previous, membership_entry })
+    Ok(ForcedCluster { accepted_loss: state.lost, kept_last, previous, membership_entry })
 }
+
+/// The spread of the random terms a forced or seeded cluster starts in (far below
+/// [`raft_core::TERM_LIMIT`]).
+const TERM_SPREAD: u64 = 1 << 16;
 
 /// Entries read at a time when looking for the latest configuration.
 const SCAN_BATCH: Index = 1024;
 
-/// The configuration in effect: the log's newest membership entry, else the snapshot's.
+/// The configuration in effect: the log's newest membership entry, else the snapshot's, else
+/// the config's members.
 async fn latest_membership(
+    config: &NodeConfig,
     log: &RocksStorage,
     state: &raft_core::InitialState,
 ) -> Result<Membership, RecoverError> {
@@ -195,7 +222,13 @@ async fn latest_membership(
         }
         to = from;
     }
-    Ok(state.snapshot.as_ref().map(|s| s.membership.clone()).unwrap_or_default())
+    // Neither: the configuration the cluster started with, the config's members (as the
+    // node itself starts).
+    Ok(state
+        .snapshot
+        .as_ref()
+        .map(|s| s.membership.clone())
+        .unwrap_or_else(|| Membership::with_voters(config.members.iter().map(|m| m.id))))
 }
 
 /// Bytes read from the backup at a time.
@@ -205,12 +238,16 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// a snapshot backup, in an empty data dir. The file is checked whole first (it is restored
 /// into a state machine with this node's limits, which verifies its state hash), then copied
 /// into the store part by part. The snapshot keeps the backup's applied index (keys keep
-/// their revisions), in term 1.
+/// their revisions), in a random term of 1 to 65,536. Seed one node only: the others join it.
 pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seeded, RecoverError> {
     let (_db, log) = open(config)?;
     let state = log.initial_state().await?;
     let empty = state.hard_state == HardState::default() && state.snapshot.is_none() && state.last_index == 0;
-    if !empty {
+    // A seed interrupted between storing the snapshot and its term: done again.
+    let interrupted = state.hard_state == HardState::default()
+        && state.last_index < state.first_index
+        && state.snapshot.as_ref().is_some_and(|s| s.membership == Membership::with_voters([config.id]));
+    if !empty && !interrupted {
         return Err(RecoverError::NotEmpty(config.data_dir.clone()));
     }
     let file_error = |source| RecoverError::SnapshotFile { file: file.to_path_buf(), source };
@@ -229,11 +266,14 @@ pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seed
             reason: "it ends at index 0 (no entry applied)".into(),
         });
     }
-    let snapshot = LogId::new(1, applied);
+    // A random term: seeded on two nodes by mistake, the two clusters' ids differ, and
+    // joining them fails loudly instead of merging different entries under equal ids.
+    let term = 1 + raft_core::fresh_seed() % TERM_SPREAD;
+    let snapshot = LogId::new(term, applied);
     let meta = SnapshotMeta { last_log_id: snapshot, membership: Membership::with_voters([config.id]) };
     let source = FileChunks::open(file).map_err(file_error)?;
     let bytes = log.save_snapshot_from(meta, Box::new(source), CHUNK_BYTES).await?;
-    log.save_hard_state(HardState { current_term: 1, voted_for: None }).await?;
+    log.save_hard_state(HardState { current_term: term, voted_for: None }).await?;
     tracing::warn!(id = config.id, %snapshot, bytes, "seeded a new cluster from a snapshot backup");
     Ok(Seeded { snapshot, bytes, keys: kv.len() })
 }

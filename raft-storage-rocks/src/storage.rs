@@ -180,7 +180,10 @@ impl RocksStorage {
         let target = b.snapshot.index + 1;
         let (kept, dropped_last) = self.with_db(|db| {
             let kept = if scan {
-                self.run_continuing(db, b.first, target)?
+                match self.run_continuing(db, b.first, target)? {
+                    Some(run) => Some(self.trim_by_terms(db, run, b.snapshot)?),
+                    None => None,
+                }
             } else {
                 Some((b.first, b.last)).filter(|&(first, last)| first <= target && target <= last + 1)
             };
@@ -220,6 +223,49 @@ impl RocksStorage {
         }
         self.write(ops, after, Some(new_last)).await?;
         Ok(dropped_last)
+    }
+
+    /// Trims a run of contiguous entries to what can continue the snapshot, after a lost
+    /// deletion (found by review: a snapshot whose entry did not match deleted the log in the
+    /// batch that stored it, a newer WAL file held the entries after it, and the older one was
+    /// cut: the snapshot stayed, the deletion did not):
+    /// - an entry at the snapshot's index of another term: the entries up to it go (the
+    ///   snapshot covers them; they are another history);
+    /// - terms never go down along a log, and the first entry after the snapshot is of its
+    ///   term or later: the run ends before the first entry that breaks this (a lost
+    ///   truncation left an older suffix after newer entries).
+    ///
+    /// Returns the run kept (empty when nothing continues the snapshot).
+    fn trim_by_terms(
+        &self,
+        db: &DB,
+        (first, last): (Index, Index),
+        snapshot: LogId,
+    ) -> Result<(Index, Index), StorageError> {
+        let target = snapshot.index + 1;
+        let mut first = first;
+        if first <= snapshot.index
+            && self.read_entry(db, snapshot.index)?.map(|e| e.term) != Some(snapshot.term)
+        {
+            first = target;
+        }
+        let cf = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
+        let start = log_key(self.group, target);
+        let (mut previous, mut end) = (snapshot.term, snapshot.index);
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| storage_error(&e))?;
+            let Some(index) = index_of(self.group, &key) else { break };
+            if index > last {
+                break;
+            }
+            let entry: Entry = codec::decode(&value, &|| format!("log entry {index}"))?;
+            if entry.term < previous {
+                break;
+            }
+            previous = entry.term;
+            end = index;
+        }
+        Ok((first, end))
     }
 
     /// The run of contiguous entries, from `from` on, that holds entry `target` or ends just

@@ -1115,7 +1115,9 @@ impl Raft {
         read_seq: u64,
     ) {
         let term = self.term();
-        self.accept_leader(from);
+        if !self.accept_leader(from) {
+            return;
+        }
         let reply = |result| Payload::AppendEntriesResponse { result, read_seq };
         let (prev, entries) = if prev.index < self.log.committed {
             // Everything up to the commit index matches every leader's log (it may be compacted
@@ -1166,15 +1168,31 @@ impl Raft {
         self.send(from, term, reply(AppendResult::Success { match_index: last_new }));
     }
 
-    /// A valid AppendEntries or InstallSnapshot from `from`, the leader of this term.
-    fn accept_leader(&mut self, from: NodeId) {
+    /// A valid AppendEntries or InstallSnapshot from `from`, the leader of this term. Returns
+    /// false, dropping the message, when this node leads the same term: two leaders of one
+    /// term break Raft's election safety, which only separate clusters under one id can do
+    /// (a forced recovery or a seeded backup run on two nodes and then joined). Stepping down
+    /// would merge their logs, whose equal (term, index) ids hold different entries, and the
+    /// replicas would diverge silently; refusing keeps each whole and says so.
+    fn accept_leader(&mut self, from: NodeId) -> bool {
         let term = self.term();
+        if self.role == Role::Leader {
+            self.dropped_messages += 1;
+            tracing::error!(
+                node = self.id,
+                other = from,
+                term,
+                "another node leads this node's term: two clusters under one id (a forced recovery or a seeded backup run on more than one node?); its messages are refused"
+            );
+            return false;
+        }
         if self.role != Role::Follower {
             self.become_follower(term, Some(from));
         }
         self.leader = Some(from);
         self.leader_contact = Some(self.now);
         self.reset_election_timer();
+        true
     }
 
     fn handle_append_response(&mut self, from: NodeId, result: AppendResult, read_seq: u64) {

@@ -193,7 +193,9 @@ impl Raft {
         done: bool,
     ) {
         let term = self.term();
-        self.accept_leader(from);
+        if !self.accept_leader(from) {
+            return;
+        }
         let last = meta.last_log_id;
         let reply = |next_offset: u64, done: bool| Payload::InstallSnapshotResponse {
             snapshot: last,

@@ -1690,3 +1690,28 @@ fn entries_of_a_later_term_end_the_recovery() {
     let _ = deliver(&mut n, msg(1, 2, 3, append((2, 3), vec![entry(3, 4)], 3)));
     assert_eq!(n.status().recovering_to, None);
 }
+
+/// Found by review: seeding a backup (or forcing a new cluster) on two nodes made two
+/// leaders of one term under one cluster id; joining them made one step down on the other's
+/// AppendEntries and keep its own entries under the same ids: silent divergence. A leader
+/// refuses an AppendEntries or InstallSnapshot of its own term, keeps leading, and counts it.
+#[test]
+fn a_leader_refuses_another_leader_of_its_own_term() {
+    let mut n = node(1, 1, None, &[1, 1]);
+    elect(&mut n);
+    let term = n.term();
+    let last = n.last_log_id();
+    let dropped = n.status().dropped_messages;
+    let ready = deliver(&mut n, msg(2, 1, term, append((1, 2), vec![entry(term, 3)], 3)));
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    let meta =
+        crate::SnapshotMeta { last_log_id: LogId::new(term, 9), membership: Membership::with_voters([2]) };
+    let install = Payload::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"x"), done: true };
+    deliver(&mut n, msg(2, 1, term, install));
+    assert_eq!(n.role(), Role::Leader);
+    assert_eq!(n.last_log_id(), last, "the other leader's entries were taken");
+    assert_eq!(n.status().dropped_messages, dropped + 2);
+    // A later term still wins, as Raft says.
+    deliver(&mut n, msg(2, 1, term + 1, append((1, 2), Vec::new(), 0)));
+    assert_eq!(n.role(), Role::Follower);
+}

@@ -384,3 +384,70 @@ async fn an_older_wal_cut_short_is_reported_as_lost_entries() {
         count
     );
 }
+
+fn entry_of(term: u64, index: u64) -> raft_core::Entry {
+    raft_core::Entry { term, index, payload: raft_core::EntryPayload::Blank }
+}
+
+/// Found by review: a follower with a diverged log (1..=40 of term 1) installs the leader's
+/// snapshot at 30@2, which deletes its log in the batch that stores it; the leader's 31..=35
+/// of term 2 go to a newer WAL file and the older one is cut. The snapshot's metadata was in
+/// a table file, its deletion was not: the log held 30@1 at the snapshot's index and 36..=40
+/// of term 1 after 35@2, and the node could never start again. Now the entries of another
+/// history go, and only the run that continues the snapshot is kept.
+#[tokio::test]
+async fn a_lost_deletion_under_a_snapshot_keeps_only_the_entries_that_continue_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        log.initial_state().await.expect("state");
+        log.save_hard_state(HardState { current_term: 1, voted_for: Some(1) }).await.expect("hs");
+        log.append(&(1..=10).map(|i| entry_of(1, i)).collect::<Vec<_>>()).await.expect("append");
+        db.flush().expect("flush");
+        for i in 11..=40 {
+            log.append(&[entry_of(1, i)]).await.expect("append");
+        }
+        log.save_hard_state(HardState { current_term: 2, voted_for: None }).await.expect("hs");
+        let mut snapshot = snapshot_of(30);
+        snapshot.meta.last_log_id = LogId::new(2, 30);
+        log.save_snapshot(snapshot).await.expect("snapshot (its reference is flushed: a new WAL)");
+        for i in 31..=35 {
+            log.append(&[entry_of(2, i)]).await.expect("append");
+        }
+    }
+    let files = wals(dir.path());
+    assert!(files.len() >= 2, "the test needs two WAL files: {files:?}");
+    let older = &files[files.len() - 2];
+    let len = std::fs::metadata(older).expect("metadata").len();
+    std::fs::OpenOptions::new().write(true).open(older).expect("open").set_len(len - 60).expect("cut");
+    let log = open(dir.path()).log(0);
+    let state = log.initial_state().await.expect("state");
+    assert_eq!(state.snapshot.as_ref().map(|s| s.last_log_id), Some(LogId::new(2, 30)));
+    assert_eq!((state.first_index, state.last_index), (31, 35), "{state:?}");
+    let entries = log.entries(31, 36).await.expect("entries");
+    assert!(entries.iter().all(|e| e.term == 2), "{entries:?}");
+    assert_eq!(state.lost, None, "35@2, the last entry acknowledged, is there");
+}
+
+/// A lost truncation (the older suffix of term 1 after newer entries of term 2) is cut where
+/// the terms go down, and what went is reported lost when it may have been acknowledged.
+#[tokio::test]
+async fn a_log_whose_terms_go_down_is_cut_where_they_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        log.initial_state().await.expect("state");
+        log.save_hard_state(HardState { current_term: 2, voted_for: None }).await.expect("hs");
+        let mut entries: Vec<_> = (1..=40).map(|i| entry_of(1, i)).collect();
+        for e in &mut entries[29..35] {
+            e.term = 2;
+        }
+        log.append(&entries).await.expect("append");
+    }
+    let log = open(dir.path()).log(0);
+    let state = log.initial_state().await.expect("state");
+    assert_eq!((state.first_index, state.last_index), (1, 35), "{state:?}");
+    assert_eq!(state.lost, None, "the record's last entry, 40@1, is older than 35@2");
+}
