@@ -19,6 +19,15 @@ fn wals(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Cuts `bytes` off the second newest write-ahead log file of the store in `dir`.
+fn cut_the_older_wal(dir: &Path, bytes: u64) {
+    let files = wals(dir);
+    assert!(files.len() >= 2, "the test needs two WAL files: {files:?}");
+    let older = &files[files.len() - 2];
+    let len = std::fs::metadata(older).expect("metadata").len();
+    std::fs::OpenOptions::new().write(true).open(older).expect("open").set_len(len - bytes).expect("cut");
+}
+
 const TERM_BEFORE_FLUSH: HardState = HardState { current_term: 2, voted_for: Some(2) };
 const TERM_AFTER_FLUSH: HardState = HardState { current_term: 3, voted_for: Some(1) };
 
@@ -367,11 +376,7 @@ async fn an_older_wal_cut_short_is_reported_as_lost_entries() {
             log.append(&[expected_entry(i)]).await.expect("append");
         }
     }
-    let files = wals(dir.path());
-    assert!(files.len() >= 2, "the test needs two WAL files: {files:?}");
-    let older = &files[files.len() - 2];
-    let len = std::fs::metadata(older).expect("metadata").len();
-    std::fs::OpenOptions::new().write(true).open(older).expect("open").set_len(len - 100).expect("cut");
+    cut_the_older_wal(dir.path(), 100);
     let log = open(dir.path()).log(0);
     let state = log.initial_state().await.expect("state");
     assert!(state.last_index < 60, "nothing was cut: {state:?}");
@@ -416,11 +421,7 @@ async fn a_lost_deletion_under_a_snapshot_keeps_only_the_entries_that_continue_i
             log.append(&[entry_of(2, i)]).await.expect("append");
         }
     }
-    let files = wals(dir.path());
-    assert!(files.len() >= 2, "the test needs two WAL files: {files:?}");
-    let older = &files[files.len() - 2];
-    let len = std::fs::metadata(older).expect("metadata").len();
-    std::fs::OpenOptions::new().write(true).open(older).expect("open").set_len(len - 60).expect("cut");
+    cut_the_older_wal(dir.path(), 60);
     let log = open(dir.path()).log(0);
     let state = log.initial_state().await.expect("state");
     assert_eq!(state.snapshot.as_ref().map(|s| s.last_log_id), Some(LogId::new(2, 30)));
