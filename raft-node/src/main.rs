@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         force_new_cluster: bool,
         /// Every member is gone: start a new one-voter cluster from this snapshot backup
-        /// (`raftctl snapshot save`), in an empty data dir.
+        /// (`raftctl snapshot-save`), in an empty data dir.
         #[arg(long, value_name = "FILE")]
         seed_snapshot: Option<PathBuf>,
     },

@@ -7,10 +7,10 @@
 //!   others join it again with empty data dirs (as etcd's `--force-new-cluster` and Consul's
 //!   `peers.json` do).
 //! - [`seed_from_snapshot`]: every member is gone; a new cluster starts from a snapshot backup
-//!   (`raftctl snapshot save`) in an empty data dir (as `etcdutl snapshot restore` does).
+//!   (`raftctl snapshot-save`) in an empty data dir (as `etcdutl snapshot restore` does).
 //!
-//! Each runs on a stopped node (RocksDB's lock refuses a second process) and changes nothing
-//! when it refuses.
+//! Each runs on a stopped node (RocksDB's lock refuses a second process). A refusal changes
+//! no Raft state; a refused seed may leave an empty store in the data dir it was given.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
