@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
     DataLoss, Entry, EntryPayload, Fsm, FsmError, HardState, Index, LogId, Membership, SnapshotMeta,
-    SnapshotReader, SnapshotSource, Storage, StorageError,
+    SnapshotReader, Storage, StorageError,
 };
-use raft_kv::{KvOptions, KvStore};
+use raft_kv::{Command, KvOptions, KvStore, Op};
 use raft_storage_rocks::{Identity, OpenError, RocksDb, RocksOptions, RocksStorage};
 
 use crate::config::{NodeConfig, StorageKind};
@@ -114,7 +114,8 @@ impl std::fmt::Display for ForcedCluster {
 /// What [`seed_from_snapshot`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seeded {
-    /// The entry the snapshot ends at (the backup's applied index, in a random term).
+    /// The entry the snapshot ends at: the backup's applied index plus one entry per old
+    /// member address removed, in a random term.
     pub snapshot: LogId,
     /// The snapshot's size in bytes.
     pub bytes: u64,
@@ -236,9 +237,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 
 /// `recover --seed-snapshot FILE`: starts a new cluster, with this node as its only voter, from
 /// a snapshot backup, in an empty data dir. The file is checked whole first (it is restored
-/// into a state machine with this node's limits, which verifies its state hash), then copied
-/// into the store part by part. The snapshot keeps the backup's applied index (keys keep
-/// their revisions), in a random term of 1 to 65,536. Seed one node only: the others join it.
+/// into a state machine with this node's limits, which verifies its state hash); the old
+/// members' addresses are removed from it (one entry each, after the backup's index); it is
+/// then stored from that state part by part. Keys keep their revisions; the snapshot is in a
+/// random term of 1 to 65,536. Seed one node only: the others join it.
 pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seeded, RecoverError> {
     let (_db, log) = open(config)?;
     let state = log.initial_state().await?;
@@ -269,10 +271,26 @@ pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seed
     // A random term: seeded on two nodes by mistake, the two clusters' ids differ, and
     // joining them fails loudly instead of merging different entries under equal ids.
     let term = 1 + raft_core::fresh_seed() % TERM_SPREAD;
-    let snapshot = LogId::new(term, applied);
+    // The old members' addresses go, through the state machine's own command (one entry
+    // each, after the backup's index): a member joining the new cluster would otherwise be
+    // sent the seeded node's old address, and could hear its leader but never answer it.
+    let stale: Vec<u64> = kv.member_addresses().iter().map(|m| m.id).collect();
+    let removals: Vec<Entry> = stale
+        .iter()
+        .zip(applied + 1..)
+        .map(|(&id, index)| Entry {
+            term,
+            index,
+            payload: EntryPayload::Command(Command::new(Op::RemoveMemberAddress { id }).encode()),
+        })
+        .collect();
+    let bad = |reason: String| RecoverError::BadSnapshot { file: file.to_path_buf(), reason };
+    fsm.apply(&removals).await.map_err(|e| bad(format!("removing the old members' addresses: {e}")))?;
+    let snapshot = LogId::new(term, kv.applied_index());
     let meta = SnapshotMeta { last_log_id: snapshot, membership: Membership::with_voters([config.id]) };
-    let source = FileChunks::open(file).map_err(file_error)?;
-    let bytes = log.save_snapshot_from(meta, Box::new(source), CHUNK_BYTES).await?;
+    // Encoded again from the restored state (which the removals changed), part by part.
+    let source = fsm.snapshot().await.map_err(|e| bad(format!("encoding the state: {e}")))?;
+    let bytes = log.save_snapshot_from(meta, source, CHUNK_BYTES).await?;
     log.save_hard_state(HardState { current_term: term, voted_for: None }).await?;
     tracing::warn!(id = config.id, %snapshot, bytes, "seeded a new cluster from a snapshot backup");
     Ok(Seeded { snapshot, bytes, keys: kv.len() })
@@ -290,8 +308,7 @@ pub(crate) fn kv_options(config: &NodeConfig) -> KvOptions {
     }
 }
 
-/// A snapshot file read in chunks, both as a [`SnapshotReader`] (to check it) and as a
-/// [`SnapshotSource`] (to store it). Blocking reads: an offline tool.
+/// A snapshot file read in chunks, as a [`SnapshotReader`]. Blocking reads: an offline tool.
 struct FileChunks {
     file: std::fs::File,
 }
@@ -312,11 +329,5 @@ impl FileChunks {
 impl SnapshotReader for FileChunks {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FsmError> {
         self.read(CHUNK_BYTES).map_err(|e| FsmError::BadSnapshot(format!("reading the file: {e}")))
-    }
-}
-
-impl SnapshotSource for FileChunks {
-    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>, FsmError> {
-        self.read(max_bytes.max(1)).map_err(|e| FsmError::BadSnapshot(format!("reading the file: {e}")))
     }
 }

@@ -171,9 +171,10 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
     }
 
     let seeded = recover::seed_from_snapshot(&config, &backup).await.unwrap();
-    assert_eq!(seeded.snapshot.index, download.index);
+    // One entry after the backup's index per old member address removed (three).
+    assert_eq!(seeded.snapshot.index, download.index + 3, "{seeded:?}");
     assert_eq!(seeded.keys, in_backup.iter().filter(|&&b| b).count());
-    assert_eq!(seeded.bytes, bytes.len() as u64);
+    assert!(seeded.bytes > 0);
     // A seed interrupted after the snapshot, before its term was saved, is done again.
     {
         use raft_core::Storage as _;
@@ -198,18 +199,9 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
     let after = one.get("k7", Some(Consistency::Linearizable)).await.unwrap().unwrap();
     assert!(after.mod_index > seeded.snapshot.index, "{after:?} after {seeded:?}");
 
-    // A second member joins the seeded cluster and receives the state, once node 1's new
-    // addresses replaced the old cluster's in the address book the backup carried (a join
-    // before that can be sent the old addresses: see the issue note).
-    eventually("node 1 to register its new addresses", || async {
-        let raft_addr = config.raft_addr.to_string();
-        one.members().await.is_ok_and(|m| {
-            m.members
-                .iter()
-                .any(|m| m.id == 1 && m.registered && m.raft_addr.as_deref() == Some(raft_addr.as_str()))
-        })
-    })
-    .await;
+    // A second member joins the seeded cluster at once and receives the state. (With the
+    // backup's address book, node 1's old address was given to it, which it could never
+    // answer: the seed removes the old members' addresses.)
     let config2 = rejoining(
         &config_for(&second, Vec::new(), dir.path(), StorageKind::Rocks),
         config.client_addr.to_string(),
@@ -228,6 +220,13 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
         };
         assert_eq!(got, expected, "k{i}");
     }
+    let registered = one.members().await.unwrap();
+    let addresses: Vec<_> =
+        registered.members.iter().map(|m| (m.id, m.registered, m.raft_addr.clone())).collect();
+    assert_eq!(
+        addresses,
+        vec![(1, true, Some(config.raft_addr.to_string())), (2, true, Some(config2.raft_addr.to_string()))]
+    );
     node2.shutdown().await;
     node1.shutdown().await;
 }
