@@ -52,6 +52,10 @@ pub(super) struct LostDir {
 }
 /// How long a joining node tries to reach the cluster.
 const JOIN_FOR: Duration = Duration::from_secs(30);
+/// How long a node with `join` that already holds Raft state (a restart, or a node forced or
+/// seeded by `raft-node recover`) tries: its stored state and address book are enough to
+/// start, so it does not wait out `JOIN_FOR` on members that are down.
+const JOIN_WITH_STATE_FOR: Duration = Duration::from_secs(3);
 
 /// Refuses a Raft address that is taken (binding it for a moment).
 pub(super) fn check_raft_addr_free(config: &NodeConfig) -> Result<(), StartError> {
@@ -230,7 +234,7 @@ pub(super) async fn plan_join(
     let through = join_through.join(", ");
     let client = probe_client(config, join_through.clone(), Duration::from_secs(2))
         .map_err(|_| StartError::Join { through: through.clone(), message: "invalid join address".into() })?;
-    let deadline = tokio::time::Instant::now() + JOIN_FOR;
+    let deadline = tokio::time::Instant::now() + if fresh { JOIN_FOR } else { JOIN_WITH_STATE_FOR };
     let view: MembersView = loop {
         match client.members().await {
             Ok(view) => break view,
