@@ -182,6 +182,10 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
         let db = raft_storage_rocks::RocksDb::open(&config.data_dir, &identity, Default::default()).unwrap();
         db.log(0).save_hard_state(raft_core::HardState::default()).await.unwrap();
     }
+    match Node::start(config.clone()).await {
+        Err(raft_node::StartError::InterruptedSeed(_)) => {}
+        other => panic!("a node started on an interrupted seed: {:?}", other.map(|_| "started")),
+    }
     let again = recover::seed_from_snapshot(&config, &backup).await.unwrap();
     assert_eq!(again.snapshot.index, seeded.snapshot.index);
     let seeded = again;

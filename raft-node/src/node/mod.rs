@@ -97,6 +97,12 @@ pub enum StartError {
         /// What the cluster reported.
         evidence: String,
     },
+    /// The data dir holds a snapshot but no term: `raft-node recover --seed-snapshot` stopped
+    /// between storing the snapshot and its term.
+    #[error(
+        "the data dir {0} holds a snapshot but no term: a `raft-node recover --seed-snapshot` was          interrupted; run it again (it finishes the seed)"
+    )]
+    InterruptedSeed(String),
     /// A member refused this node's token (`auth.token_file`) while it checked whether the
     /// cluster already knows it: that check keeps a node that lost its data from voting, so
     /// the node does not start without it.
@@ -331,6 +337,12 @@ impl Node {
             StorageKind::Mem => (Arc::new(raft_storage_mem::MemStorage::default()), None),
         };
         let initial = storage.initial_state().await?;
+        if initial.hard_state == raft_core::HardState::default()
+            && initial.snapshot.as_ref().is_some_and(|s| s.membership == Membership::with_voters([config.id]))
+            && initial.last_index < initial.first_index
+        {
+            return Err(StartError::InterruptedSeed(config.data_dir.display().to_string()));
+        }
         let fresh =
             initial.hard_state.current_term == 0 && initial.snapshot.is_none() && initial.last_index == 0;
 
