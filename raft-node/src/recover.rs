@@ -10,7 +10,7 @@
 //!   (`raftctl snapshot-save`) in an empty data dir (as `etcdutl snapshot restore` does).
 //!
 //! Each runs on a stopped node (RocksDB's lock refuses a second process). A refusal changes
-//! no Raft state; a refused seed may leave an empty store in the data dir it was given.
+//! no Raft state; a backup refused by a seed leaves no store behind.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,21 @@ pub enum RecoverError {
         id: u64,
         /// The voters of the configuration in its log.
         voters: Vec<u64>,
+    },
+    /// The term would pass what the protocol accepts from a message ([`raft_core::TERM_LIMIT`]).
+    #[error("the stored term {0} leaves no room for a new cluster's term below the protocol's limit")]
+    TermExhausted(u64),
+    /// A seed of another backup was interrupted in this data dir.
+    #[error(
+        "the data dir {dir} holds an interrupted seed of another backup (a snapshot ending at index {stored},          this backup at {requested}): move it aside and seed into an empty data dir"
+    )]
+    OtherInterruptedSeed {
+        /// The data dir.
+        dir: PathBuf,
+        /// The stored snapshot's index.
+        stored: Index,
+        /// This backup's.
+        requested: Index,
     },
     /// `--seed-snapshot` into a data dir that already holds Raft state.
     #[error(
@@ -175,15 +190,18 @@ pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, Rec
     if kept_last == LogId::default() {
         return Err(RecoverError::NothingToKeep(config.data_dir.clone()));
     }
-    let previous = latest_membership(config, &log, &state).await?;
-    if !previous.is_voter(config.id) {
+    let (previous, before) = latest_memberships(config, &log, &state).await?;
+    // A voter of the newest configuration, or of the one before it: the newest may never have
+    // committed (a leader removing itself campaigns on the older one, as raft-core allows).
+    if !previous.is_voter(config.id) && !before.as_ref().is_some_and(|b| b.is_voter(config.id)) {
         let voters = previous.voters.union(&previous.outgoing_voters).copied().collect();
         return Err(RecoverError::NotAVoter { id: config.id, voters });
     }
-    let bump = 1 + raft_core::fresh_seed() % TERM_SPREAD;
-    let term = state.hard_state.current_term.max(kept_last.term).checked_add(bump).ok_or_else(|| {
-        StorageError::Corrupt(format!("the term {} cannot grow", state.hard_state.current_term))
-    })?;
+    let base = state.hard_state.current_term.max(kept_last.term);
+    if base > raft_core::TERM_LIMIT - TERM_SPREAD {
+        return Err(RecoverError::TermExhausted(base));
+    }
+    let term = base + 1 + raft_core::fresh_seed() % TERM_SPREAD;
     let membership_entry = LogId::new(term, kept_last.index + 1);
     // The term first: an entry of a term the hard state has not reached is never stored.
     log.save_hard_state(HardState { current_term: term, voted_for: Some(config.id) }).await?;
@@ -204,32 +222,41 @@ const TERM_SPREAD: u64 = 1 << 16;
 /// Entries read at a time when looking for the latest configuration.
 const SCAN_BATCH: Index = 1024;
 
-/// The configuration in effect: the log's newest membership entry, else the snapshot's, else
-/// the config's members.
-async fn latest_membership(
+/// The configuration in effect and the one before it (`None`: unknown): the log's newest
+/// membership entries, then the snapshot's, then the config's members.
+async fn latest_memberships(
     config: &NodeConfig,
     log: &RocksStorage,
     state: &raft_core::InitialState,
-) -> Result<Membership, RecoverError> {
+) -> Result<(Membership, Option<Membership>), RecoverError> {
+    let mut found = Vec::new();
     let mut to = state.last_index + 1;
-    while to > state.first_index {
+    while to > state.first_index && found.len() < 2 {
         let from = to.saturating_sub(SCAN_BATCH).max(state.first_index);
         let entries = log.entries(from, to).await?;
-        if let Some(m) = entries.iter().rev().find_map(|e| match &e.payload {
-            EntryPayload::Membership(m) => Some(m.clone()),
-            _ => None,
-        }) {
-            return Ok(m);
-        }
+        found.extend(
+            entries
+                .iter()
+                .rev()
+                .filter_map(|e| match &e.payload {
+                    EntryPayload::Membership(m) => Some(m.clone()),
+                    _ => None,
+                })
+                .take(2 - found.len()),
+        );
         to = from;
     }
-    // Neither: the configuration the cluster started with, the config's members (as the
-    // node itself starts).
-    Ok(state
+    // Then the snapshot's, else the configuration the cluster started with (the config's
+    // members, as the node itself starts).
+    let initial = state
         .snapshot
         .as_ref()
         .map(|s| s.membership.clone())
-        .unwrap_or_else(|| Membership::with_voters(config.members.iter().map(|m| m.id))))
+        .unwrap_or_else(|| Membership::with_voters(config.members.iter().map(|m| m.id)));
+    found.push(initial);
+    let mut found = found.into_iter();
+    let newest = found.next().unwrap_or_default();
+    Ok((newest, found.next()))
 }
 
 /// Bytes read from the backup at a time.
@@ -242,16 +269,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// then stored from that state part by part. Keys keep their revisions; the snapshot is in a
 /// random term of 1 to 65,536. Seed one node only: the others join it.
 pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seeded, RecoverError> {
-    let (_db, log) = open(config)?;
-    let state = log.initial_state().await?;
-    let empty = state.hard_state == HardState::default() && state.snapshot.is_none() && state.last_index == 0;
-    // A seed interrupted between storing the snapshot and its term: done again.
-    let interrupted = state.hard_state == HardState::default()
-        && state.last_index < state.first_index
-        && state.snapshot.as_ref().is_some_and(|s| s.membership == Membership::with_voters([config.id]));
-    if !empty && !interrupted {
-        return Err(RecoverError::NotEmpty(config.data_dir.clone()));
+    if matches!(config.storage, StorageKind::Mem) {
+        return Err(RecoverError::InMemory);
     }
+    // The file first: a refused backup leaves no store behind.
     let file_error = |source| RecoverError::SnapshotFile { file: file.to_path_buf(), source };
     let (kv, mut fsm) = KvStore::new(kv_options(config)).map_err(|e| RecoverError::BadSnapshot {
         file: file.to_path_buf(),
@@ -268,12 +289,8 @@ pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seed
             reason: "it ends at index 0 (no entry applied)".into(),
         });
     }
-    // A random term: seeded on two nodes by mistake, the two clusters' ids differ, and
-    // joining them fails loudly instead of merging different entries under equal ids.
+    // A random term: seeded on two nodes by mistake, the two clusters' ids differ.
     let term = 1 + raft_core::fresh_seed() % TERM_SPREAD;
-    // The old members' addresses go, through the state machine's own command (one entry
-    // each, after the backup's index): a member joining the new cluster would otherwise be
-    // sent the seeded node's old address, and could hear its leader but never answer it.
     let stale: Vec<u64> = kv.member_addresses().iter().map(|m| m.id).collect();
     let removals: Vec<Entry> = stale
         .iter()
@@ -287,10 +304,33 @@ pub async fn seed_from_snapshot(config: &NodeConfig, file: &Path) -> Result<Seed
     let bad = |reason: String| RecoverError::BadSnapshot { file: file.to_path_buf(), reason };
     fsm.apply(&removals).await.map_err(|e| bad(format!("removing the old members' addresses: {e}")))?;
     let snapshot = LogId::new(term, kv.applied_index());
+    let (_db, log) = open(config)?;
+    let state = log.initial_state().await?;
+    let empty = state.hard_state == HardState::default() && state.snapshot.is_none() && state.last_index == 0;
+    // A seed interrupted between storing the snapshot and its term: done again, from the
+    // same backup only (a snapshot of another index would be kept, or would go back).
+    let interrupted = state.hard_state == HardState::default()
+        && state.last_index < state.first_index
+        && state.snapshot.as_ref().is_some_and(|s| s.membership == Membership::with_voters([config.id]));
+    if !empty && !interrupted {
+        return Err(RecoverError::NotEmpty(config.data_dir.clone()));
+    }
+    if let Some(stored) =
+        state.snapshot.as_ref().map(|s| s.last_log_id.index).filter(|&i| i != snapshot.index)
+    {
+        return Err(RecoverError::OtherInterruptedSeed {
+            dir: config.data_dir.clone(),
+            stored,
+            requested: snapshot.index,
+        });
+    }
     let meta = SnapshotMeta { last_log_id: snapshot, membership: Membership::with_voters([config.id]) };
     // Encoded again from the restored state (which the removals changed), part by part.
     let source = fsm.snapshot().await.map_err(|e| bad(format!("encoding the state: {e}")))?;
     let bytes = log.save_snapshot_from(meta, source, CHUNK_BYTES).await?;
+    if bytes == 0 {
+        return Err(StorageError::Io("the store kept a newer snapshot than the seed's".into()).into());
+    }
     log.save_hard_state(HardState { current_term: term, voted_for: None }).await?;
     tracing::warn!(id = config.id, %snapshot, bytes, "seeded a new cluster from a snapshot backup");
     Ok(Seeded { snapshot, bytes, keys: kv.len() })

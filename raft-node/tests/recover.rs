@@ -161,6 +161,7 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
         Err(RecoverError::BadSnapshot { .. }) => {}
         other => panic!("a truncated backup was seeded: {other:?}"),
     }
+    assert!(!config.data_dir.exists(), "a refused backup left a store behind");
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x5A;
@@ -185,6 +186,32 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
     match Node::start(config.clone()).await {
         Err(raft_node::StartError::InterruptedSeed(_)) => {}
         other => panic!("a node started on an interrupted seed: {:?}", other.map(|_| "started")),
+    }
+    // Redone from another backup, it is refused (its snapshot would be kept, or would go
+    // back): found by review.
+    let smaller = dir.path().join("smaller.snap");
+    {
+        let (kv, mut fsm) = raft_kv::KvStore::new(Default::default()).unwrap();
+        use raft_core::Fsm as _;
+        let put = |i: u64| raft_core::Entry {
+            term: 1,
+            index: i,
+            payload: raft_core::EntryPayload::Command(
+                raft_kv::Command::new(raft_kv::Op::Put { key: format!("s{i}"), value: "v".into() }).encode(),
+            ),
+        };
+        fsm.apply(&(1..=5).map(put).collect::<Vec<_>>()).await.unwrap();
+        let mut source = fsm.snapshot().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = source.next_chunk(1 << 16).unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        assert_eq!(kv.applied_index(), 5);
+        std::fs::write(&smaller, out).unwrap();
+    }
+    match recover::seed_from_snapshot(&config, &smaller).await {
+        Err(RecoverError::OtherInterruptedSeed { .. }) => {}
+        other => panic!("an interrupted seed was redone from another backup: {other:?}"),
     }
     let again = recover::seed_from_snapshot(&config, &backup).await.unwrap();
     assert_eq!(again.snapshot.index, seeded.snapshot.index);
@@ -233,4 +260,75 @@ async fn a_new_cluster_is_seeded_from_a_snapshot_backup() {
     );
     node2.shutdown().await;
     node1.shutdown().await;
+}
+
+/// A store for node 1 whose log holds `payloads` from index 1, in term 1 (hard state term 1).
+async fn store_with(config: &NodeConfig, payloads: Vec<raft_core::EntryPayload>, term: u64) {
+    use raft_core::Storage as _;
+    let identity = raft_storage_rocks::Identity { cluster_id: config.cluster.clone(), node_id: config.id };
+    let db = raft_storage_rocks::RocksDb::open(&config.data_dir, &identity, Default::default()).unwrap();
+    let log = db.log(0);
+    log.initial_state().await.unwrap();
+    log.save_hard_state(raft_core::HardState { current_term: term, voted_for: None }).await.unwrap();
+    let entries: Vec<_> = payloads
+        .into_iter()
+        .zip(1..)
+        .map(|(payload, index)| raft_core::Entry { term: 1, index, payload })
+        .collect();
+    log.append(&entries).await.unwrap();
+}
+
+/// Found by review: leader 1 removed itself ({1,2,3} -> joint -> {2,3}, the last uncommitted)
+/// and then 2 and 3 were lost; raft-core lets node 1 campaign on the older configuration, and
+/// force refused it as a non-voter. A voter of the configuration before the newest is taken;
+/// a node in neither is refused.
+#[tokio::test]
+async fn force_takes_a_voter_of_the_configuration_before_the_newest() {
+    use raft_core::{EntryPayload, Membership};
+    let dir = tempfile::tempdir().unwrap();
+    let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    let mut joint = Membership::with_voters([2, 3]);
+    joint.outgoing_voters = [1, 2, 3].into_iter().collect();
+    store_with(
+        &config,
+        vec![
+            EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
+            EntryPayload::Blank,
+            EntryPayload::Membership(joint),
+            EntryPayload::Membership(Membership::with_voters([2, 3])),
+        ],
+        1,
+    )
+    .await;
+    let forced = recover::force_new_cluster(&config).await.unwrap();
+    assert_eq!(forced.kept_last.index, 4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    let payloads = vec![
+        EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
+        EntryPayload::Membership(Membership::with_voters([2, 3])),
+        EntryPayload::Membership(Membership::with_voters([2, 3, 4])),
+    ];
+    store_with(&config, payloads, 1).await;
+    match recover::force_new_cluster(&config).await {
+        Err(RecoverError::NotAVoter { id: 1, .. }) => {}
+        other => panic!("a node out of the last two configurations was forced: {other:?}"),
+    }
+}
+
+/// Found by review: a stored term near the protocol's limit (raft-core adopts terms up to
+/// it) gave a forced term past it, which every peer then dropped. Refused instead.
+#[tokio::test]
+async fn force_refuses_a_term_the_protocol_would_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    let payloads = vec![raft_core::EntryPayload::Membership(raft_core::Membership::with_voters([1]))];
+    store_with(&config, payloads, raft_core::TERM_LIMIT).await;
+    match recover::force_new_cluster(&config).await {
+        Err(RecoverError::TermExhausted(t)) => assert_eq!(t, raft_core::TERM_LIMIT),
+        other => panic!("a term past the limit was made: {other:?}"),
+    }
 }
