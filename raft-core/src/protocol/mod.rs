@@ -1121,7 +1121,14 @@ impl Raft {
         let reply = |result| Payload::AppendEntriesResponse { result, read_seq };
         let (prev, entries) = if prev.index < self.log.committed {
             // Everything up to the commit index matches every leader's log (it may be compacted
-            // here): continue from the commit index with the entries after it.
+            // here): continue from the commit index with the entries after it. A leader whose
+            // entries differ from this node's committed ones is of another history (two
+            // clusters under one id): acknowledging it would count entries this node does not
+            // hold (found by review), so it is refused.
+            if let Some(index) = self.conflict_with_committed(prev, &entries) {
+                self.refuse_foreign_leader(from, index);
+                return;
+            }
             let committed = self.log.committed;
             let Some(committed_term) = self.log.term_at(committed) else {
                 tracing::error!(node = self.id, committed, "commit index is not in the log");
@@ -1166,6 +1173,29 @@ impl Raft {
             self.log.committed = new_commit;
         }
         self.send(from, term, reply(AppendResult::Success { match_index: last_new }));
+    }
+
+    /// The first index at or below the commit index where `prev` or `entries` name another
+    /// term than this node's log holds (entries compacted here cannot be compared).
+    fn conflict_with_committed(&self, prev: LogId, entries: &[Entry]) -> Option<Index> {
+        let committed = self.log.committed;
+        std::iter::once(prev)
+            .chain(entries.iter().map(Entry::log_id))
+            .filter(|id| id.index > 0 && id.index <= committed)
+            .find(|id| self.log.term_at(id.index).is_some_and(|t| t != id.term))
+            .map(|id| id.index)
+    }
+
+    /// Drops a message of a leader whose log contradicts this node's committed entries.
+    pub(super) fn refuse_foreign_leader(&mut self, from: NodeId, index: Index) {
+        self.dropped_messages += 1;
+        tracing::error!(
+            node = self.id,
+            leader = from,
+            index,
+            committed = self.log.committed,
+            "the leader's log contradicts this node's committed entry: two clusters under one id (a forced recovery or a seeded backup beside the old members?); its messages are refused"
+        );
     }
 
     /// A valid AppendEntries or InstallSnapshot from `from`, the leader of this term. Returns

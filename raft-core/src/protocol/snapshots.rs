@@ -203,7 +203,11 @@ impl Raft {
             done,
         };
         if last.index <= self.log.committed {
-            // Everything it covers is committed here already.
+            // Everything it covers is committed here already, unless it is another history.
+            if self.log.term_at(last.index).is_some_and(|t| t != last.term) {
+                self.refuse_foreign_leader(from, last.index);
+                return;
+            }
             self.abandon_incoming();
             self.send(from, term, reply(0, true));
             return;

@@ -1715,3 +1715,39 @@ fn a_leader_refuses_another_leader_of_its_own_term() {
     deliver(&mut n, msg(2, 1, term + 1, append((1, 2), Vec::new(), 0)));
     assert_eq!(n.role(), Role::Follower);
 }
+
+/// Found by review: a forced survivor (another history under the same cluster id) deposed by
+/// the old cluster's leader in a later term acknowledged entries at and below its commit
+/// index that it did not hold (the committed prefix is taken as matching, and the incoming
+/// entries there were skipped). A leader whose entries or snapshot contradict this node's
+/// committed ones is refused: no answer, nothing changes, the message is counted.
+#[test]
+fn a_leader_contradicting_committed_entries_is_refused() {
+    let mut n = node(2, 1, None, &[]);
+    deliver(&mut n, msg(1, 2, 1, append((0, 0), log_of(&[1, 1, 1]), 3)));
+    assert_eq!(n.status().commit_index, 3);
+    let dropped = n.status().dropped_messages;
+    // Another history: its entries 2..=4 are of term 5, prev 1@1 matches.
+    let ready = deliver(&mut n, msg(3, 2, 5, append((1, 1), vec![entry(5, 2), entry(5, 3), entry(5, 4)], 4)));
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    assert_eq!(n.last_log_id(), LogId::new(1, 3), "the other history's entries were taken");
+    // Its prev below the commit index names another term.
+    let ready = deliver(&mut n, msg(3, 2, 5, append((5, 2), vec![entry(5, 3)], 3)));
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    // A snapshot at a committed index of another term.
+    let meta =
+        crate::SnapshotMeta { last_log_id: LogId::new(5, 3), membership: Membership::with_voters([3]) };
+    let install = Payload::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"x"), done: true };
+    let ready = deliver(&mut n, msg(3, 2, 5, install));
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+    assert_eq!(n.status().dropped_messages, dropped + 3);
+    // The same history below the commit index is still taken as matching.
+    let ready = deliver(&mut n, msg(3, 2, 6, append((1, 1), vec![entry(1, 2), entry(1, 3), entry(6, 4)], 4)));
+    assert!(
+        matches!(
+            only_response(&ready).payload,
+            Payload::AppendEntriesResponse { result: AppendResult::Success { match_index: 4 }, .. }
+        ),
+        "{ready:?}"
+    );
+}
