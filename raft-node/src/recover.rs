@@ -172,8 +172,9 @@ pub async fn accept_data_loss(config: &NodeConfig) -> Result<Option<DataLoss>, R
 /// `recover --force-new-cluster`: makes this node the only voter of its cluster, keeping its
 /// whole log (entries it holds past the old commit index commit too, as with etcd). The new
 /// configuration is appended as an entry of a new term, raised by a random amount (1 to
-/// 65,536): forced on two survivors by mistake, the two clusters' entries do not share ids,
-/// so joining them fails loudly instead of merging different entries under equal ids. A loss
+/// 65,536): forced on two survivors by mistake, the two clusters' entries are unlikely to
+/// share ids, and raft-core refuses (with an error) a leader whose log contradicts a node's
+/// committed entries or a second leader of one term, rather than merging them. A loss
 /// the store found is accepted by that same append (it is past anything recorded), so a
 /// crash before it leaves the node recovering, as before, never voting on a lost log.
 pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, RecoverError> {
