@@ -21,9 +21,17 @@
 # (RAFT_REPLICAS), RAFT_PORT (7000), CLIENT_PORT (8080), STATE_DIR (/var/lib/raft-node: the
 # volume), DATA_DIR (STATE_DIR/data), TLS_DIR (/etc/raft-node/tls), AUTH_DIR
 # (/etc/raft-node/auth: admin.token, the node's own token, and tokens.toml, the
-# [[auth.tokens]] entries, the hash of admin.token's among them), EXTRA_CONFIG
-# (/etc/raft-node/extra/extra.toml: more tables), CLUSTER_DOMAIN (cluster.local),
-# RESOLVE_TIMEOUT_S (600), RESOLVE_GRACE_S (30), RAFT_NODE (raft-node).
+# [[auth.tokens]] entries, the hash of admin.token's among them), API_CA_DIR
+# (/etc/raft-node/api-ca: api-ca.pem and api-ca-key.pem, from `cargo xtask certs --api-ca`),
+# RAFT_CLIENT_SERVICE (raft-node), EXTRA_CONFIG (/etc/raft-node/extra/extra.toml: more
+# tables), CLUSTER_DOMAIN (cluster.local), RESOLVE_TIMEOUT_S (600), RESOLVE_GRACE_S (30),
+# RAFT_NODE (raft-node), RAFT_INSECURE_PLAIN_API (unset).
+#
+# The client API serves HTTPS: at each start the pod issues its API certificate (for its
+# address of the moment, its name under the headless service, the client service's names and
+# localhost) from the API CA, into the directory of CONFIG. Without the API CA the pod refuses
+# to start, unless RAFT_INSECURE_PLAIN_API=true (tokens then travel in clear, and the node
+# says so).
 set -eu
 
 mode="${1:-run}"
@@ -40,6 +48,9 @@ STATE_DIR="${STATE_DIR:-/var/lib/raft-node}"
 DATA_DIR="${DATA_DIR:-$STATE_DIR/data}"
 TLS_DIR="${TLS_DIR:-/etc/raft-node/tls}"
 AUTH_DIR="${AUTH_DIR:-/etc/raft-node/auth}"
+API_CA_DIR="${API_CA_DIR:-/etc/raft-node/api-ca}"
+RAFT_CLIENT_SERVICE="${RAFT_CLIENT_SERVICE:-raft-node}"
+RAFT_INSECURE_PLAIN_API="${RAFT_INSECURE_PLAIN_API:-}"
 EXTRA_CONFIG="${EXTRA_CONFIG:-/etc/raft-node/extra/extra.toml}"
 CLUSTER_DOMAIN="${CLUSTER_DOMAIN:-cluster.local}"
 RESOLVE_TIMEOUT_S="${RESOLVE_TIMEOUT_S:-600}"
@@ -142,6 +153,33 @@ join_as_voter = true
 "
 fi
 
+# The API certificate, issued now for the names this pod is reached by.
+run_dir="$(dirname "$CONFIG")"
+api_tls=""
+if [ -f "$API_CA_DIR/api-ca-key.pem" ] && [ -f "$API_CA_DIR/api-ca.pem" ]; then
+  mkdir -p "$run_dir"
+  domain="$POD_NAMESPACE.svc.$CLUSTER_DOMAIN"
+  if ! "$RAFT_NODE" issue-api-cert --cluster "$RAFT_CLUSTER" --ca-key "$API_CA_DIR/api-ca-key.pem" \
+    --name "$POD_IP" --name "$POD_NAME.$RAFT_SERVICE.$domain" \
+    --name "$RAFT_CLIENT_SERVICE.$domain" --name "$RAFT_CLIENT_SERVICE.$POD_NAMESPACE" \
+    --name "$RAFT_CLIENT_SERVICE" --name localhost --name 127.0.0.1 \
+    --cert "$run_dir/api.pem" --key "$run_dir/api-key.pem"; then
+    say "cannot issue the API certificate from $API_CA_DIR"
+    exit 1
+  fi
+  api_tls="
+[api_tls]
+cert = \"$run_dir/api.pem\"
+key = \"$run_dir/api-key.pem\"
+ca_cert = \"$API_CA_DIR/api-ca.pem\"
+"
+elif [ "$RAFT_INSECURE_PLAIN_API" = "true" ]; then
+  say "no API CA in $API_CA_DIR: the client API serves plain HTTP (RAFT_INSECURE_PLAIN_API=true)"
+else
+  say "no API CA in $API_CA_DIR (api-ca.pem, api-ca-key.pem: cargo xtask certs --api-ca): refusing to serve the client API in clear; set RAFT_INSECURE_PLAIN_API=true to do so anyway"
+  exit 2
+fi
+
 render() {
   cat <<TOML
 # Rendered by deploy/entrypoint.sh for pod $POD_NAME; see raft-node/node.example.toml.
@@ -158,7 +196,7 @@ key = "$TLS_DIR/node-$id-key.pem"
 
 [auth]
 token_file = "$AUTH_DIR/admin.token"
-
+$api_tls
 TOML
   if [ -f "$AUTH_DIR/tokens.toml" ]; then
     cat "$AUTH_DIR/tokens.toml"

@@ -72,6 +72,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         seed_snapshot: Option<PathBuf>,
     },
+    /// Issues this node's client-API (HTTPS) certificate for the names it is reached by, from
+    /// an API CA made by `cargo xtask certs --api-ca` (its key: keep it only where nodes
+    /// issue their own certificates, e.g. in the pods of a StatefulSet whose addresses change
+    /// at each start; it cannot issue peer certificates). Writes `--cert` and `--key` (0600).
+    IssueApiCert {
+        /// The cluster id (the API CA is the one of `api.<cluster>`).
+        #[arg(long)]
+        cluster: String,
+        /// The API CA's private key (`api-ca-key.pem`).
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// A name the node is reached by: an IP address or a DNS name (repeatable).
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Where to write the certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Where to write its private key (PEM, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
     /// Prints a new random client token and the `[[auth.tokens]]` entry (its SHA-256) that
     /// lets a node accept it.
     NewToken {
@@ -155,6 +176,15 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: node {}: {e}", config.id);
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::IssueApiCert { cluster, ca_key, names, cert, key } => {
+            match issue_api_cert(&cluster, &ca_key, &names, &cert, &key) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
                 }
             }
         }
@@ -252,6 +282,34 @@ fn init_logging(config: &NodeConfig) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// `issue-api-cert`: an API certificate for `names` from the API CA of `api.<cluster>`.
+fn issue_api_cert(
+    cluster: &str,
+    ca_key: &std::path::Path,
+    names: &[String],
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let ca_key_pem = std::fs::read_to_string(ca_key)
+        .with_context(|| format!("reading the API CA key {}", ca_key.display()))?;
+    let ca = raft_tls::DevCa::from_key_pem(&format!("api.{cluster}"), &ca_key_pem)
+        .with_context(|| format!("using the API CA key {}", ca_key.display()))?;
+    let (cert_pem, key_pem) = ca.issue_server(names).context("issuing the certificate")?;
+    // The key is written to a new file of mode 0600 (replacing an older one).
+    let _ = std::fs::remove_file(key);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key)
+        .with_context(|| format!("creating {}", key.display()))?;
+    file.write_all(key_pem.as_bytes()).with_context(|| format!("writing {}", key.display()))?;
+    std::fs::write(cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
+    Ok(())
 }
 
 /// The signals a running node answers.

@@ -54,6 +54,11 @@ impl Pods {
         let tls = dir.path().join("tls");
         std::fs::create_dir_all(&tls).unwrap();
         raft_tls::generate_dev_certs("prod", 1..=replicas).unwrap().write_dev_certs(&tls).unwrap();
+        let api_ca = dir.path().join("api-ca");
+        std::fs::create_dir_all(&api_ca).unwrap();
+        let ca = raft_tls::DevCa::new("api.prod").unwrap();
+        std::fs::write(api_ca.join("api-ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(api_ca.join("api-ca-key.pem"), ca.key_pem()).unwrap();
         let auth = dir.path().join("auth");
         std::fs::create_dir_all(&auth).unwrap();
         let token = "deploy-test-admin-token-0000000000001";
@@ -105,6 +110,9 @@ impl Pods {
             .env("STATE_DIR", &state)
             .env("TLS_DIR", self.dir.path().join("tls"))
             .env("AUTH_DIR", self.dir.path().join("auth"))
+            .env("API_CA_DIR", self.dir.path().join("api-ca"))
+            .env("CONFIG", self.dir.path().join(format!("run-{pod}")).join("node.toml"))
+            .env("RAFT_NODE", env!("CARGO_BIN_EXE_raft-node"))
             .env("EXTRA_CONFIG", repo().join("deploy").join("k8s").join("extra.toml"));
         command
     }
@@ -121,11 +129,9 @@ impl Pods {
             .unwrap();
         let said = text(&check);
         assert!(check.status.success(), "{name}'s config is refused: {said}\n{config}");
-        // Peers and clients authenticate; the API itself is plain HTTP inside the pod network
-        // (API certificates would have to name pod addresses that change), which the node
-        // says: that warning, and no other.
-        let insecure: Vec<&str> =
-            said.lines().filter(|l| l.contains("INSECURE") && !l.contains("no [api_tls]")).collect();
+        // Peers and clients authenticate, and the API serves HTTPS with a certificate the pod
+        // issued for its address of the moment: the node has no warning to give.
+        let insecure: Vec<&str> = said.lines().filter(|l| l.contains("INSECURE")).collect();
         assert!(insecure.is_empty(), "the rendered config is insecure: {said}");
         said
     }
@@ -147,6 +153,17 @@ fn the_entrypoint_renders_a_config_check_config_accepts_for_every_pod() {
                 assert!(config.contains(&format!("client_addr = \"10.1.0.{member}:8080\"")), "{config}");
             }
             assert!(config.contains(&format!("node-{id}-key.pem")), "{config}");
+            assert!(config.contains("[api_tls]"), "{config}");
+            // The certificate names the pod's address and its name under the headless service.
+            let cert =
+                std::fs::read_to_string(pods.dir.path().join(format!("run-raft-node-{ordinal}/api.pem")))
+                    .unwrap();
+            let der = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+                cert.as_bytes(),
+            )
+            .unwrap();
+            let names = raft_tls::certificate_names(&der);
+            assert!(names.contains(&pod_name(ordinal)), "{names:?}");
             let said = pods.check(&format!("pod-{ordinal}"), &config);
             assert!(
                 said.contains(&format!("ok (node {id} of cluster \"prod\", {replicas} members)")),
@@ -154,6 +171,30 @@ fn the_entrypoint_renders_a_config_check_config_accepts_for_every_pod() {
             );
         }
     }
+}
+
+/// Secure by default: without the API CA a pod refuses to serve its API in clear, unless told
+/// to; an API CA key that is not one refuses too.
+#[test]
+fn a_pod_without_the_api_ca_refuses_unless_told_to_serve_plain_http() {
+    let pods = Pods::new(3);
+    std::fs::remove_dir_all(pods.dir.path().join("api-ca")).unwrap();
+    let output = pods.entrypoint("raft-node-0", "10.1.0.1", 3).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("RAFT_INSECURE_PLAIN_API"), "{}", text(&output));
+    let output = pods
+        .entrypoint("raft-node-0", "10.1.0.1", 3)
+        .env("RAFT_INSECURE_PLAIN_API", "true")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("[api_tls]"));
+    let api_ca = pods.dir.path().join("api-ca");
+    std::fs::create_dir_all(&api_ca).unwrap();
+    std::fs::write(api_ca.join("api-ca.pem"), "x").unwrap();
+    std::fs::write(api_ca.join("api-ca-key.pem"), "not a key").unwrap();
+    let output = pods.entrypoint("raft-node-0", "10.1.0.1", 3).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
 }
 
 #[test]

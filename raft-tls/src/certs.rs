@@ -78,6 +78,19 @@ impl std::fmt::Debug for DevCa {
 impl DevCa {
     /// A new self-signed CA for `cluster_id`, valid for ten years.
     pub fn new(cluster_id: &str) -> Result<Self, CertError> {
+        Self::with_key(cluster_id, KeyPair::generate()?)
+    }
+
+    /// The CA of `cluster_id` made earlier by [`DevCa::new`] (and written out with
+    /// [`key_pem`](Self::key_pem)), from its private key: the certificates it issues chain to
+    /// the CA certificate written then (same subject, same key). For issuing certificates on
+    /// the machine that runs a node, such as a pod's API certificate for its address of the
+    /// moment. Only for CAs made here: another CA's subject would not match.
+    pub fn from_key_pem(cluster_id: &str, key_pem: &str) -> Result<Self, CertError> {
+        Self::with_key(cluster_id, KeyPair::from_pem(key_pem)?)
+    }
+
+    fn with_key(cluster_id: &str, key: KeyPair) -> Result<Self, CertError> {
         if !is_valid_cluster_id(cluster_id) {
             return Err(CertError::BadClusterId(cluster_id.to_owned()));
         }
@@ -90,7 +103,6 @@ impl DevCa {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);
-        let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Self { cluster_id: cluster_id.to_owned(), cert, key })
     }
@@ -290,6 +302,21 @@ mod tests {
         assert!(is_valid_cluster_id("a-b.c1"));
         assert!(!is_valid_cluster_id("Prod"));
         assert!(!is_valid_cluster_id(""));
+    }
+
+    /// A CA rebuilt from its key issues certificates that chain to the CA certificate made
+    /// with it; another CA's key does not.
+    #[test]
+    fn a_ca_from_its_key_issues_certificates_of_the_original() {
+        let ca = DevCa::new("api.prod").expect("ca");
+        let again = DevCa::from_key_pem("api.prod", &ca.key_pem()).expect("from key");
+        let (cert_pem, key_pem) =
+            again.issue_server(&["10.1.0.7".into(), "pod-0.svc".into()]).expect("issue");
+        let tls = crate::ApiServerTls { cert_pem, key_pem, client_ca_pem: None, require_client_cert: false };
+        crate::check_api_certificate(&tls, &ca.cert_pem()).expect("chains to the original CA");
+        let other = DevCa::new("api.prod").expect("other ca");
+        assert!(crate::check_api_certificate(&tls, &other.cert_pem()).is_err(), "chains to another CA");
+        assert!(DevCa::from_key_pem("api.prod", "not a key").is_err());
     }
 
     #[test]

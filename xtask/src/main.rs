@@ -201,8 +201,9 @@ pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
 
 /// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA, one certificate per node
 /// (identity `node-<id>.<cluster>`) and one HTTPS API certificate per node (names `localhost`,
-/// `127.0.0.1`, `::1`), and with `--client NAME` a client certificate per name, for a secure
-/// cluster without openssl.
+/// `127.0.0.1`, `::1`), with `--client NAME` a client certificate per name, and with
+/// `--api-ca` a separate CA for API certificates issued where the nodes run (Kubernetes),
+/// for a secure cluster without openssl.
 fn certs(args: &[String]) -> Result<()> {
     let nodes: u64 = flag(args, "--nodes")?.unwrap_or(3);
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -227,6 +228,20 @@ fn certs(args: &[String]) -> Result<()> {
     );
     for name in &clients {
         println!("wrote the client certificate client-{name}.pem (and its key) for [[auth.certificates]] name = {name:?}");
+    }
+    if args.iter().any(|a| a == "--api-ca") {
+        // A CA of its own for API certificates issued where the nodes run (`raft-node
+        // issue-api-cert`): its key cannot issue peer certificates.
+        let ca = raft_tls::DevCa::new(&format!("api.{cluster}"))?;
+        let dir = std::path::Path::new(&out);
+        std::fs::write(dir.join("api-ca.pem"), ca.cert_pem()).context("writing api-ca.pem")?;
+        let key = dir.join("api-ca-key.pem");
+        std::fs::write(&key, ca.key_pem()).context("writing api-ca-key.pem")?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        println!(
+            "wrote an API CA (api-ca.pem, api-ca-key.pem) for `raft-node issue-api-cert --cluster {cluster}`: \
+             the nodes' HTTPS certificates, issued where they run"
+        );
     }
     Ok(())
 }
