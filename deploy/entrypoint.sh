@@ -2,7 +2,7 @@
 # Renders the config of one raft-node pod of a StatefulSet, then runs the node.
 #
 #   entrypoint.sh [run]     render /run/raft-node/node.toml and exec `raft-node run`
-#   entrypoint.sh render    render it to stdout only
+#   entrypoint.sh render    render it to stdout (the API certificate goes to a temporary directory)
 #
 # The pod's node id is its ordinal + 1 (raft-node-0 is node 1). The first RAFT_INITIAL_REPLICAS
 # pods are the members of the cluster created at the first start, reached through the
@@ -29,7 +29,8 @@
 #
 # The client API serves HTTPS: at each start the pod issues its API certificate (for its
 # address of the moment, its name under the headless service, the client service's names and
-# localhost) from the API CA, into the directory of CONFIG. Without the API CA the pod refuses
+# localhost) from the API CA, into the directory of CONFIG. The members dial each other's
+# APIs by address, so the certificate must name an address known only at start. Without the API CA the pod refuses
 # to start, unless RAFT_INSECURE_PLAIN_API=true (tokens then travel in clear, and the node
 # says so).
 set -eu
@@ -153,26 +154,39 @@ join_as_voter = true
 "
 fi
 
-# The API certificate, issued now for the names this pod is reached by.
-run_dir="$(dirname "$CONFIG")"
+# The API certificate, issued for the names this pod is reached by: by `run` into the
+# config's directory; by `render` (which must not touch a running node's files) into a
+# temporary directory, named in what it prints.
+if [ "$mode" = run ]; then
+  cert_dir="$(dirname "$CONFIG")"
+else
+  cert_dir="$(mktemp -d)"
+fi
 api_tls=""
-if [ -f "$API_CA_DIR/api-ca-key.pem" ] && [ -f "$API_CA_DIR/api-ca.pem" ]; then
-  mkdir -p "$run_dir"
+have_key=""; have_cert=""
+[ -f "$API_CA_DIR/api-ca-key.pem" ] && have_key=yes
+[ -f "$API_CA_DIR/api-ca.pem" ] && have_cert=yes
+if [ -n "$have_key" ] && [ -n "$have_cert" ]; then
+  mkdir -p "$cert_dir"
   domain="$POD_NAMESPACE.svc.$CLUSTER_DOMAIN"
-  if ! "$RAFT_NODE" issue-api-cert --cluster "$RAFT_CLUSTER" --ca-key "$API_CA_DIR/api-ca-key.pem" \
-    --name "$POD_IP" --name "$POD_NAME.$RAFT_SERVICE.$domain" \
-    --name "$RAFT_CLIENT_SERVICE.$domain" --name "$RAFT_CLIENT_SERVICE.$POD_NAMESPACE" \
-    --name "$RAFT_CLIENT_SERVICE" --name localhost --name 127.0.0.1 \
-    --cert "$run_dir/api.pem" --key "$run_dir/api-key.pem"; then
+  if ! "$RAFT_NODE" issue-api-cert --cluster "$RAFT_CLUSTER" \
+    --ca-key "$API_CA_DIR/api-ca-key.pem" --ca-cert "$API_CA_DIR/api-ca.pem" --peer-ca "$TLS_DIR/ca.pem" \
+    --name "$POD_IP" --name "$POD_NAME.$RAFT_SERVICE.$domain" --name "$POD_NAME.$RAFT_SERVICE" \
+    --name "$RAFT_CLIENT_SERVICE.$domain" --name "$RAFT_CLIENT_SERVICE.$POD_NAMESPACE.svc" \
+    --name "$RAFT_CLIENT_SERVICE.$POD_NAMESPACE" --name "$RAFT_CLIENT_SERVICE" \
+    --name localhost --name 127.0.0.1 --name ::1 \
+    --cert "$cert_dir/api.pem" --key "$cert_dir/api-key.pem"; then
     say "cannot issue the API certificate from $API_CA_DIR"
     exit 1
   fi
-  api_tls="
-[api_tls]
-cert = \"$run_dir/api.pem\"
-key = \"$run_dir/api-key.pem\"
+  api_tls="[api_tls]
+cert = \"$cert_dir/api.pem\"
+key = \"$cert_dir/api-key.pem\"
 ca_cert = \"$API_CA_DIR/api-ca.pem\"
 "
+elif [ -n "$have_key$have_cert" ]; then
+  say "$API_CA_DIR holds only one of api-ca.pem and api-ca-key.pem: refusing to start"
+  exit 2
 elif [ "$RAFT_INSECURE_PLAIN_API" = "true" ]; then
   say "no API CA in $API_CA_DIR: the client API serves plain HTTP (RAFT_INSECURE_PLAIN_API=true)"
 else
@@ -194,9 +208,10 @@ ca_cert = "$TLS_DIR/ca.pem"
 cert = "$TLS_DIR/node-$id.pem"
 key = "$TLS_DIR/node-$id-key.pem"
 
+$api_tls
 [auth]
 token_file = "$AUTH_DIR/admin.token"
-$api_tls
+
 TOML
   if [ -f "$AUTH_DIR/tokens.toml" ]; then
     cat "$AUTH_DIR/tokens.toml"

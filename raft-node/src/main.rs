@@ -83,6 +83,14 @@ enum Command {
         /// The API CA's private key (`api-ca-key.pem`).
         #[arg(long, value_name = "FILE")]
         ca_key: PathBuf,
+        /// The API CA's certificate (`api-ca.pem`, or a bundle during a rotation): the issued
+        /// certificate must chain to it.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// The peers' CA (`[tls].ca_cert`): refused as the API CA (its key must not be in the
+        /// pods).
+        #[arg(long, value_name = "FILE")]
+        peer_ca: Option<PathBuf>,
         /// A name the node is reached by: an IP address or a DNS name (repeatable).
         #[arg(long = "name", value_name = "NAME", required = true)]
         names: Vec<String>,
@@ -179,8 +187,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::IssueApiCert { cluster, ca_key, names, cert, key } => {
-            match issue_api_cert(&cluster, &ca_key, &names, &cert, &key) {
+        Command::IssueApiCert { cluster, ca_key, ca_cert, peer_ca, names, cert, key } => {
+            let files = ApiCertFiles { ca_key, ca_cert, peer_ca, cert, key };
+            match issue_api_cert(&cluster, &files, &names) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -284,31 +293,63 @@ fn init_logging(config: &NodeConfig) {
     }
 }
 
-/// `issue-api-cert`: an API certificate for `names` from the API CA of `api.<cluster>`.
-fn issue_api_cert(
-    cluster: &str,
-    ca_key: &std::path::Path,
-    names: &[String],
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<()> {
+/// The files `issue-api-cert` reads and writes.
+struct ApiCertFiles {
+    ca_key: PathBuf,
+    ca_cert: PathBuf,
+    peer_ca: Option<PathBuf>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// `issue-api-cert`: an API certificate for `names` from the API CA of `api.<cluster>`,
+/// checked to chain to the API CA's certificate before anything is written.
+fn issue_api_cert(cluster: &str, files: &ApiCertFiles, names: &[String]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let ca_key_pem = std::fs::read_to_string(ca_key)
-        .with_context(|| format!("reading the API CA key {}", ca_key.display()))?;
-    let ca = raft_tls::DevCa::from_key_pem(&format!("api.{cluster}"), &ca_key_pem)
-        .with_context(|| format!("using the API CA key {}", ca_key.display()))?;
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    if let Some(bad) =
+        names.iter().find(|n| n.is_empty() || n.contains('*') || n.contains(char::is_whitespace))
+    {
+        anyhow::bail!("--name {bad:?}: a name is an IP address or a DNS name (no wildcard)");
+    }
+    let ca_cert_pem = read(&files.ca_cert, "API CA certificate")?;
+    if let Some(peer_ca) = &files.peer_ca {
+        if read(peer_ca, "peers' CA certificate")?.trim() == ca_cert_pem.trim() {
+            anyhow::bail!(
+                "the API CA is the peers' CA ({}): its key would let a pod issue peer certificates; make a CA of its own (cargo xtask certs --api-ca-only)",
+                peer_ca.display()
+            );
+        }
+    }
+    let ca = raft_tls::DevCa::from_key_pem(&format!("api.{cluster}"), &read(&files.ca_key, "API CA key")?)
+        .with_context(|| format!("using the API CA key {}", files.ca_key.display()))?;
     let (cert_pem, key_pem) = ca.issue_server(names).context("issuing the certificate")?;
+    let tls = raft_tls::ApiServerTls {
+        cert_pem: cert_pem.clone(),
+        key_pem: key_pem.clone(),
+        client_ca_pem: None,
+        require_client_cert: false,
+    };
+    raft_tls::check_api_certificate(&tls, &ca_cert_pem).with_context(|| {
+        format!(
+            "the key {} is not the one of {} for cluster {cluster:?} (another CA, or another --cluster)",
+            files.ca_key.display(),
+            files.ca_cert.display()
+        )
+    })?;
     // The key is written to a new file of mode 0600 (replacing an older one).
-    let _ = std::fs::remove_file(key);
+    let _ = std::fs::remove_file(&files.key);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(key)
-        .with_context(|| format!("creating {}", key.display()))?;
-    file.write_all(key_pem.as_bytes()).with_context(|| format!("writing {}", key.display()))?;
-    std::fs::write(cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
+        .open(&files.key)
+        .with_context(|| format!("creating {}", files.key.display()))?;
+    file.write_all(key_pem.as_bytes()).with_context(|| format!("writing {}", files.key.display()))?;
+    std::fs::write(&files.cert, cert_pem).with_context(|| format!("writing {}", files.cert.display()))?;
     Ok(())
 }
 

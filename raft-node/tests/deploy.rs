@@ -66,7 +66,9 @@ impl Pods {
         std::fs::write(
             auth.join("tokens.toml"),
             format!(
-                "[[auth.tokens]]\nname = \"admin\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+                // A bare `[auth]` key first: it must land in `[auth]` (found by review: it
+                // landed in `[api_tls]` when that came between them).
+                "open_ops = false\n\n[[auth.tokens]]\nname = \"admin\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
                 raft_node::hash_token(token)
             ),
         )
@@ -113,6 +115,7 @@ impl Pods {
             .env("API_CA_DIR", self.dir.path().join("api-ca"))
             .env("CONFIG", self.dir.path().join(format!("run-{pod}")).join("node.toml"))
             .env("RAFT_NODE", env!("CARGO_BIN_EXE_raft-node"))
+            .env("TMPDIR", self.dir.path())
             .env("EXTRA_CONFIG", repo().join("deploy").join("k8s").join("extra.toml"));
         command
     }
@@ -155,9 +158,13 @@ fn the_entrypoint_renders_a_config_check_config_accepts_for_every_pod() {
             assert!(config.contains(&format!("node-{id}-key.pem")), "{config}");
             assert!(config.contains("[api_tls]"), "{config}");
             // The certificate names the pod's address and its name under the headless service.
-            let cert =
-                std::fs::read_to_string(pods.dir.path().join(format!("run-raft-node-{ordinal}/api.pem")))
-                    .unwrap();
+            // `render` issues it into a temporary directory, named in the config.
+            let cert_path = config
+                .lines()
+                .find_map(|l| l.strip_prefix("cert = \"").filter(|p| p.ends_with("api.pem\"")))
+                .map(|p| p.trim_end_matches('"').to_owned())
+                .unwrap();
+            let cert = std::fs::read_to_string(&cert_path).unwrap();
             let der = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
                 cert.as_bytes(),
             )
@@ -191,8 +198,28 @@ fn a_pod_without_the_api_ca_refuses_unless_told_to_serve_plain_http() {
     assert!(!String::from_utf8_lossy(&output.stdout).contains("[api_tls]"));
     let api_ca = pods.dir.path().join("api-ca");
     std::fs::create_dir_all(&api_ca).unwrap();
+    // Half a secret (a misnamed key) is refused even with the override.
     std::fs::write(api_ca.join("api-ca.pem"), "x").unwrap();
+    let output = pods
+        .entrypoint("raft-node-0", "10.1.0.1", 3)
+        .env("RAFT_INSECURE_PLAIN_API", "true")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     std::fs::write(api_ca.join("api-ca-key.pem"), "not a key").unwrap();
+    let output = pods.entrypoint("raft-node-0", "10.1.0.1", 3).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    // The peers' CA put in the API CA's secret: refused (its key must not be in the pods).
+    let tls = pods.dir.path().join("tls");
+    std::fs::copy(tls.join("ca.pem"), api_ca.join("api-ca.pem")).unwrap();
+    std::fs::copy(tls.join("ca-key.pem"), api_ca.join("api-ca-key.pem")).unwrap();
+    let output = pods.entrypoint("raft-node-0", "10.1.0.1", 3).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("peers' CA"), "{}", text(&output));
+    // Another cluster's API CA: the issued certificate would not chain; refused.
+    let other = raft_tls::DevCa::new("api.other").unwrap();
+    std::fs::write(api_ca.join("api-ca.pem"), other.cert_pem()).unwrap();
+    std::fs::write(api_ca.join("api-ca-key.pem"), other.key_pem()).unwrap();
     let output = pods.entrypoint("raft-node-0", "10.1.0.1", 3).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
 }

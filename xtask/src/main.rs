@@ -202,8 +202,9 @@ pub(crate) fn flag(args: &[String], name: &str) -> Result<Option<u64>> {
 /// `cargo xtask certs --nodes 3 --cluster dev --out DIR`: a dev CA, one certificate per node
 /// (identity `node-<id>.<cluster>`) and one HTTPS API certificate per node (names `localhost`,
 /// `127.0.0.1`, `::1`), with `--client NAME` a client certificate per name, and with
-/// `--api-ca` a separate CA for API certificates issued where the nodes run (Kubernetes),
-/// for a secure cluster without openssl.
+/// `--api-ca` a separate CA for API certificates issued where the nodes run (Kubernetes;
+/// `--api-ca-only` writes only that), for a secure cluster without openssl. An existing CA in
+/// `--out` is never replaced without `--force`.
 fn certs(args: &[String]) -> Result<()> {
     let nodes: u64 = flag(args, "--nodes")?.unwrap_or(3);
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -217,9 +218,24 @@ fn certs(args: &[String]) -> Result<()> {
     if let Some(bad) = clients.iter().find(|name| !raft_tls::is_valid_cluster_id(name)) {
         bail!("--client {bad:?}: a client name is a DNS name (lowercase letters, digits, '-' and '.')");
     }
+    let api_ca_only = args.iter().any(|a| a == "--api-ca-only");
+    let dir = std::path::Path::new(&out);
+    // Never over an existing CA: its key may be the only one of a running cluster.
+    let existing: Vec<&str> =
+        if api_ca_only { &["api-ca.pem", "api-ca-key.pem"][..] } else { &["ca.pem", "ca-key.pem"][..] }
+            .iter()
+            .copied()
+            .filter(|name| dir.join(name).exists())
+            .collect();
+    if !existing.is_empty() && !args.iter().any(|a| a == "--force") {
+        bail!("{out} already holds {existing:?}: refusing to replace a CA (--force does; --api-ca-only writes only the API CA)");
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
+    if api_ca_only {
+        return write_api_ca(dir, &cluster);
+    }
     let certs = raft_tls::generate_dev_certs_with_clients(&cluster, 1..=nodes, &clients)?;
-    certs.write_dev_certs(std::path::Path::new(&out))?;
+    certs.write_dev_certs(dir)?;
 
     println!(
         "wrote a CA (ca.pem, ca-key.pem), {nodes} node certificates (node-<id>.pem, node-<id>-key.pem) \
@@ -230,19 +246,23 @@ fn certs(args: &[String]) -> Result<()> {
         println!("wrote the client certificate client-{name}.pem (and its key) for [[auth.certificates]] name = {name:?}");
     }
     if args.iter().any(|a| a == "--api-ca") {
-        // A CA of its own for API certificates issued where the nodes run (`raft-node
-        // issue-api-cert`): its key cannot issue peer certificates.
-        let ca = raft_tls::DevCa::new(&format!("api.{cluster}"))?;
-        let dir = std::path::Path::new(&out);
-        std::fs::write(dir.join("api-ca.pem"), ca.cert_pem()).context("writing api-ca.pem")?;
-        let key = dir.join("api-ca-key.pem");
-        std::fs::write(&key, ca.key_pem()).context("writing api-ca-key.pem")?;
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        println!(
-            "wrote an API CA (api-ca.pem, api-ca-key.pem) for `raft-node issue-api-cert --cluster {cluster}`: \
-             the nodes' HTTPS certificates, issued where they run"
-        );
+        write_api_ca(dir, &cluster)?;
     }
+    Ok(())
+}
+
+/// A CA of its own for API certificates issued where the nodes run (`raft-node
+/// issue-api-cert`): its key cannot issue peer certificates.
+fn write_api_ca(dir: &Path, cluster: &str) -> Result<()> {
+    let ca = raft_tls::DevCa::new(&format!("api.{cluster}"))?;
+    std::fs::write(dir.join("api-ca.pem"), ca.cert_pem()).context("writing api-ca.pem")?;
+    let key = dir.join("api-ca-key.pem");
+    std::fs::write(&key, ca.key_pem()).context("writing api-ca-key.pem")?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    println!(
+        "wrote an API CA (api-ca.pem, api-ca-key.pem) for `raft-node issue-api-cert --cluster {cluster}`: \
+         the nodes' HTTPS certificates, issued where they run"
+    );
     Ok(())
 }
 
