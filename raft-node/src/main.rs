@@ -372,23 +372,44 @@ impl Signals {
 
 /// Serves until SIGINT or SIGTERM, then shuts the node down. SIGHUP reloads the credentials
 /// from the config file (see [`Node::reload`]); one received while the node started is
-/// handled once it runs.
+/// handled once it runs. When Raft stops on a fatal error (a failed fsync: what the disk holds
+/// is unknown until the store is opened again), the node shuts down and the process exits 1,
+/// so that its supervisor (systemd's `Restart=on-failure`, Kubernetes) starts it again on
+/// what is really on disk; a refusal at that start exits 2 and is not restarted.
 async fn serve(
     node: Node,
     mut signals: Signals,
     path: &std::path::Path,
     overrides: &[String],
 ) -> anyhow::Result<()> {
+    let mut status = node.raft().watch_status();
+    let stopped = async move {
+        match status.wait_for(|s| s.fatal.is_some()).await {
+            Ok(s) => s.fatal.clone().unwrap_or_default(),
+            // The driver is gone without saying why: treated the same.
+            Err(_) => "the Raft driver ended".to_owned(),
+        }
+    };
+    tokio::pin!(stopped);
+    let mut fatal = None;
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; break; }
             _ = signals.term.recv() => break,
             _ = signals.hangup.recv() => reload(&node, path, overrides),
+            why = &mut stopped => {
+                tracing::error!(error = %why, "Raft stopped on a fatal error: shutting down so that the node is started again on what the disk holds");
+                fatal = Some(why);
+                break;
+            }
         }
     }
     tracing::info!("shutting down");
     node.shutdown().await;
-    Ok(())
+    match fatal {
+        Some(why) => Err(anyhow::anyhow!("Raft stopped: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// SIGHUP: reads the config file again and reloads the credentials; a bad file is logged and

@@ -467,12 +467,14 @@ async fn run(o: &Options, binary: PathBuf, out: &Path) -> Result<bool> {
     if o.nodes < 3 {
         faults.retain(|f| !["membership", "corrupt", "lose"].contains(f));
     }
-    if faults.contains(&"stall") {
+    if faults.contains(&"stall") || faults.contains(&"eio") {
         match nodes::build_stall_shim(out) {
             Ok(shim) => env.nodes.stall_shim = Some(shim),
             Err(e) => {
-                faults.retain(|f| *f != "stall");
-                env.note(format!("no stalled-disk fault: the fsync shim cannot be built ({e:#})"));
+                faults.retain(|f| *f != "stall" && *f != "eio");
+                env.note(format!(
+                    "no stalled- or failing-disk faults: the fsync shim cannot be built ({e:#})"
+                ));
             }
         }
     }

@@ -98,6 +98,10 @@ pub enum Fault {
     /// Stall a node's fsyncs for the hold (the leader's when `None`): a leader must give way
     /// to a node with a healthy disk.
     StallDisk(Option<u64>),
+    /// Make a node's fsyncs fail with EIO for the hold (the leader's when `None`): it must
+    /// acknowledge nothing it could not sync, and serve again after the disk heals (restarted
+    /// if it stopped).
+    DiskErrors(Option<u64>),
 }
 
 impl fmt::Display for Fault {
@@ -131,6 +135,8 @@ impl fmt::Display for Fault {
             Fault::DiskFull(n) => write!(f, "disk full on node {n}"),
             Fault::StallDisk(None) => write!(f, "stall the leader's fsyncs"),
             Fault::StallDisk(Some(n)) => write!(f, "stall node {n}'s fsyncs"),
+            Fault::DiskErrors(None) => write!(f, "fail the leader's fsyncs with EIO"),
+            Fault::DiskErrors(Some(n)) => write!(f, "fail node {n}'s fsyncs with EIO"),
             Fault::Corrupt { node, snapshot } => {
                 let what = if *snapshot { "snapshot file" } else { "WAL" };
                 write!(f, "corrupt node {node}'s {what} offline (expect self-repair from the cluster)")
@@ -174,6 +180,7 @@ pub const KINDS: &[&str] = &[
     "corrupt",
     "lose",
     "stall",
+    "eio",
 ];
 
 fn pick(rng: &mut SeededRng, ids: &[u64]) -> u64 {
@@ -276,6 +283,7 @@ pub fn schedule(seed: u64, duration: Duration, ids: &[u64], kinds: &[&str]) -> V
             },
             "disk" => Fault::DiskFull(pick(&mut rng, ids)),
             "stall" => Fault::StallDisk((rng.range(0, 3) == 0).then(|| pick(&mut rng, ids))),
+            "eio" => Fault::DiskErrors((rng.range(0, 2) == 0).then(|| pick(&mut rng, ids))),
             "corrupt" => Fault::Corrupt { node: pick(&mut rng, ids), snapshot: rng.range(0, 2) == 0 },
             "lose" => Fault::LoseWal {
                 node: pick(&mut rng, ids),
@@ -460,6 +468,17 @@ impl Env {
                     Heal::Stall { node, was_leader: Some(node) == leader },
                 )
             }
+            Fault::DiskErrors(who) => {
+                if self.nodes.stall_shim.is_none() {
+                    return Ok(("skipped: the failing-disk shim was not built".into(), Heal::Nothing));
+                }
+                let Some(node) = who.or(leader) else {
+                    return Ok(("skipped: no leader whose disk to fail".into(), Heal::Nothing));
+                };
+                std::fs::write(self.nodes.eio_flag(node), b"")?;
+                let role = if Some(node) == leader { "the leader" } else { "a follower" };
+                (format!("node {node} ({role})'s fsyncs fail with EIO"), Heal::DiskErrors(node))
+            }
         })
     }
 
@@ -565,6 +584,26 @@ impl Env {
                 self.nodes.start(node)?;
             }
             Heal::Lost(node) => self.restart_after_loss(node).await?,
+            Heal::DiskErrors(node) => {
+                std::fs::remove_file(self.nodes.eio_flag(node))?;
+                // A node whose sync failed stops and exits 1 (it acknowledges nothing it could
+                // not sync, and what the disk holds is unknown until the store is opened
+                // again): its supervisor's restart, done here now that the disk works.
+                let outcome = match (self.nodes.poll(node), self.status_of(node).await) {
+                    (Err(status), _) => format!("exited ({status})"),
+                    (Ok(_), Some(s)) if s.fatal.is_none() => "kept running".to_owned(),
+                    (Ok(_), Some(s)) => format!("stopped ({})", s.fatal.unwrap_or_default()),
+                    (Ok(_), None) => "did not answer".to_owned(),
+                };
+                if outcome != "kept running" {
+                    self.nodes.kill(node)?;
+                    self.nodes.start(node)?;
+                }
+                self.note(format!(
+                    "node {node} with failing fsyncs {outcome}{}",
+                    if outcome == "kept running" { "" } else { "; restarted" }
+                ));
+            }
             Heal::Stall { node, was_leader } => {
                 if was_leader {
                     let now = self.leader().await;
@@ -824,6 +863,8 @@ pub enum Heal {
     Disk(u64),
     /// Restart a node whose WAL was damaged; it must recover by itself.
     Lost(u64),
+    /// Let a node's fsyncs succeed again (restarting it if it stopped).
+    DiskErrors(u64),
     /// Let a node's fsyncs go on (saying whether a stalled leader gave way first).
     Stall {
         node: u64,

@@ -33,7 +33,8 @@ pub struct Nodes {
     pub nodes: BTreeMap<u64, Node>,
     /// Each data dir is a tmpfs of this many MiB (root mode), else a plain directory.
     tmpfs_mib: Option<u64>,
-    /// The stalled-disk shim ([`build_stall_shim`]), preloaded into every node when built.
+    /// The stalled- or failing-disk shim ([`build_stall_shim`]), preloaded into every node
+    /// when built.
     pub stall_shim: Option<PathBuf>,
     /// Where the flag files that stall a node's fsyncs go.
     dir: PathBuf,
@@ -98,6 +99,11 @@ impl Nodes {
         self.dir.join(format!("stall-node{id}"))
     }
 
+    /// While this file exists, node `id`'s fsyncs fail with EIO (see `stall_fsync.c`).
+    pub fn eio_flag(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("eio-node{id}"))
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
     }
@@ -118,6 +124,7 @@ impl Nodes {
         if let Some(shim) = &self.stall_shim {
             preload.push(shim.display().to_string());
             command.env("RAFT_CHAOS_STALL_FLAG", self.stall_flag(id));
+            command.env("RAFT_CHAOS_EIO_FLAG", self.eio_flag(id));
         }
         let node = self.nodes.get_mut(&id).with_context(|| format!("no node {id}"))?;
         if let Some(spec) = &node.faketime {
