@@ -261,7 +261,8 @@ fn main() -> ExitCode {
                 Some(Ok(node)) => node,
                 Some(Err(e)) => {
                     eprintln!("error: node {id} cannot start: {e}");
-                    return ExitCode::from(2);
+                    // A failing or full disk may come back: the supervisor tries again (1).
+                    return if e.is_transient() { ExitCode::FAILURE } else { ExitCode::from(2) };
                 }
                 None => {
                     eprintln!("node {id}: stopped while starting");
@@ -370,6 +371,9 @@ impl Signals {
     }
 }
 
+/// The longest the shutdown after a fatal error may take before the process exits anyway.
+const FATAL_SHUTDOWN_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Serves until SIGINT or SIGTERM, then shuts the node down. SIGHUP reloads the credentials
 /// from the config file (see [`Node::reload`]); one received while the node started is
 /// handled once it runs. When Raft stops on a fatal error (a failed fsync: what the disk holds
@@ -399,6 +403,14 @@ async fn serve(
             _ = signals.hangup.recv() => reload(&node, path, overrides),
             why = &mut stopped => {
                 tracing::error!(error = %why, "Raft stopped on a fatal error: shutting down so that the node is started again on what the disk holds");
+                // The shutdown flushes the store, which may block on the disk that just failed
+                // (found by review: hung in fdatasync, HTTP already down): the process exits 1
+                // after a bound whatever happens.
+                std::thread::spawn(|| {
+                    std::thread::sleep(FATAL_SHUTDOWN_MAX);
+                    eprintln!("error: the shutdown after a fatal error did not end within {FATAL_SHUTDOWN_MAX:?}; exiting");
+                    std::process::exit(1);
+                });
                 fatal = Some(why);
                 break;
             }

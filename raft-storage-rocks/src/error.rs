@@ -67,6 +67,15 @@ impl From<OpenError> for StorageError {
 }
 
 /// Whether an IO error message says the device is full.
+impl OpenError {
+    /// Whether opening may succeed later without anyone changing anything: the disk failed
+    /// (EIO) or is full. A supervisor tries such a start again; every other refusal needs an
+    /// operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Io(m) if is_no_space(m) || m.contains("Input/output error"))
+    }
+}
+
 pub(crate) fn is_no_space(message: &str) -> bool {
     message.contains("No space left") || message.contains("NoSpace") || message.contains("ENOSPC")
 }

@@ -37,6 +37,11 @@ pub struct RocksStorage {
     /// writes that may run concurrently (a snapshot saved in the background beside appends)
     /// each start from the bounds the other left.
     bounds_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held through a snapshot's whole commit (its batch, the flush that puts its reference
+    /// in a table file, the removal of older files), so that two commits never interleave
+    /// (one removing the other's file before its reference is flushed); appends take only
+    /// `bounds_lock`, which a commit releases before its flush.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// Snapshot files open for sending (newest first, at most `OPEN_SNAPSHOTS_MAX`).
     open_snapshots: Arc<Mutex<Vec<Arc<snapshot_file::OpenSnapshot>>>>,
     /// The snapshot being received from the leader, written to a file as its parts come.
@@ -118,6 +123,7 @@ impl RocksStorage {
             db,
             group,
             bounds_lock: Arc::default(),
+            snapshot_lock: Arc::default(),
             open_snapshots: Arc::default(),
             staging: Arc::default(),
         }
@@ -378,7 +384,8 @@ impl RocksStorage {
         reference: SnapshotFileRef,
     ) -> Result<(), StorageError> {
         let last = meta.last_log_id;
-        let _bounds = self.bounds_lock.lock().await;
+        let _commit = self.snapshot_lock.lock().await;
+        let bounds = self.bounds_lock.lock().await;
         let (b, matches) = self.with_db(|db| {
             let b = self.bounds(db)?;
             let matches = last.index >= b.first
@@ -398,6 +405,10 @@ impl RocksStorage {
             (Bounds { first: last.index + 1, last: last.index, snapshot: last }, Some(last))
         };
         self.write(ops, after, new_last).await?;
+        // Appends go on while the flush runs (found by review: with both column families
+        // flushed together, holding the bounds through the flush stalled appends behind the
+        // whole log memtable's flush, past the leader's disk-stall bound on a slow disk).
+        drop(bounds);
         // The reference into a table file before the older files go: if the write-ahead log
         // were lost later, the store would otherwise point at a snapshot file removed here.
         let db = self.db.clone();

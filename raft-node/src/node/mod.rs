@@ -152,6 +152,23 @@ pub enum StartError {
     Raft(#[from] RaftError),
 }
 
+impl StartError {
+    /// Whether the same start may succeed later without anyone changing anything: the disk
+    /// failed (EIO) or is full. The binary exits 1 for these (its supervisor tries again) and
+    /// 2 for every other refusal, which needs an operator.
+    pub fn is_transient(&self) -> bool {
+        let transient_io = |m: &str| m.contains("Input/output error") || m.contains("No space left");
+        match self {
+            Self::Storage(e) => e.is_transient(),
+            Self::StoredState(raft_core::StorageError::Io(m)) => transient_io(m),
+            Self::StoredState(raft_core::StorageError::Full) => true,
+            Self::Raft(RaftError::Storage(raft_core::StorageError::Io(m))) => transient_io(m),
+            Self::Raft(RaftError::Storage(raft_core::StorageError::Full)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
@@ -602,6 +619,7 @@ impl Node {
             if let Err(e) = db.flush() {
                 tracing::warn!(error = %e, "flushing storage failed (the WAL still holds every acknowledged write)");
             }
+            db.stop_background_work();
         }
         tracing::info!(id = self.shared.config.id, "node stopped");
     }
