@@ -72,8 +72,14 @@ impl OpenError {
     /// (EIO) or is full. A supervisor tries such a start again; every other refusal needs an
     /// operator.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Io(m) if is_no_space(m) || m.contains("Input/output error"))
+        matches!(self, Self::Io(m) if is_disk_failure(m))
     }
+}
+
+/// Whether an I/O error's message (of this store, also as [`StorageError::Io`]) says the disk
+/// failed (EIO) or is full: something that may pass without anyone changing anything.
+pub fn is_disk_failure(message: &str) -> bool {
+    is_no_space(message) || message.contains("Input/output error")
 }
 
 pub(crate) fn is_no_space(message: &str) -> bool {

@@ -41,7 +41,7 @@ mod snapshot_file;
 mod storage;
 
 pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION};
-pub use error::OpenError;
+pub use error::{is_disk_failure, OpenError};
 pub use storage::RocksStorage;
 
 #[cfg(test)]

@@ -157,12 +157,12 @@ impl StartError {
     /// failed (EIO) or is full. The binary exits 1 for these (its supervisor tries again) and
     /// 2 for every other refusal, which needs an operator.
     pub fn is_transient(&self) -> bool {
-        let transient_io = |m: &str| m.contains("Input/output error") || m.contains("No space left");
+        use raft_storage_rocks::is_disk_failure;
         match self {
             Self::Storage(e) => e.is_transient(),
-            Self::StoredState(raft_core::StorageError::Io(m)) => transient_io(m),
+            Self::StoredState(raft_core::StorageError::Io(m)) => is_disk_failure(m),
             Self::StoredState(raft_core::StorageError::Full) => true,
-            Self::Raft(RaftError::Storage(raft_core::StorageError::Io(m))) => transient_io(m),
+            Self::Raft(RaftError::Storage(raft_core::StorageError::Io(m))) => is_disk_failure(m),
             Self::Raft(RaftError::Storage(raft_core::StorageError::Full)) => true,
             _ => false,
         }
