@@ -27,7 +27,8 @@ pub trait SnapshotSource: Send + 'static {
 }
 
 /// A snapshot given as one buffer, handed out in chunks: for state machines whose state is
-/// small enough to encode at once (it is encoded when the view is taken, on the event loop).
+/// small enough to encode at once (it is encoded when the view is taken, on the applier task,
+/// which applies nothing meanwhile).
 #[derive(Debug, Clone)]
 pub struct BufferSource {
     data: Bytes,
@@ -79,12 +80,15 @@ pub async fn read_to_end(reader: &mut dyn SnapshotReader, limit: usize) -> Resul
 /// - Applying must be deterministic: the same entries give the same state and responses on
 ///   every node. A command that is invalid for the application gets an error *response*
 ///   (encoded in the bytes), never an `Err`.
+/// - The driver calls every method from one task of its own (the applier), one call at a
+///   time, in log order; its event loop (heartbeats, messages) goes on meanwhile. A slow
+///   `apply` or `restore` delays the answers to proposals and reads, not the cluster.
 /// - [`snapshot`](Fsm::snapshot) returns a view of the state *as it is now*: entries applied
-///   after it returns must not show in what the view writes out. It runs on the driver's event
-///   loop, so it must be cheap (O(1) with a persistent or copy-on-write structure); the view is
-///   serialized in a background task while the node goes on applying.
+///   after it returns must not show in what the view writes out. Nothing is applied while it
+///   runs, so it should be cheap (O(1) with a persistent or copy-on-write structure); the view
+///   is serialized in a background task while the node goes on applying.
 /// - [`restore`](Fsm::restore) replaces the whole state with the snapshot's, atomically: on an
-///   error the state is unchanged.
+///   error the state is unchanged. A panic in any method stops the node, as an error does.
 #[async_trait]
 pub trait Fsm: Send + Sync {
     /// Applies committed entries and returns one response per entry.

@@ -26,6 +26,44 @@ struct Node {
     fsm: CounterFsm,
 }
 
+/// Holds a node's state machine back: while set, its applies (or restores) wait.
+#[derive(Debug, Default, Clone)]
+struct Gate {
+    apply_held: Arc<AtomicBool>,
+    restore_held: Arc<AtomicBool>,
+}
+
+impl Gate {
+    async fn pass(held: &AtomicBool) {
+        while held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A [`CounterFsm`] behind a [`Gate`].
+struct GatedFsm {
+    inner: CounterFsm,
+    gate: Gate,
+}
+
+#[async_trait]
+impl Fsm for GatedFsm {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
+        Gate::pass(&self.gate.apply_held).await;
+        self.inner.apply(entries).await
+    }
+
+    async fn snapshot(&mut self) -> Result<Box<dyn raft_core::SnapshotSource>, FsmError> {
+        self.inner.snapshot().await
+    }
+
+    async fn restore(&mut self, snapshot: &mut dyn raft_core::SnapshotReader) -> Result<(), FsmError> {
+        Gate::pass(&self.gate.restore_held).await;
+        self.inner.restore(snapshot).await
+    }
+}
+
 /// An in-process cluster whose nodes can be stopped and restarted with their storage.
 struct Cluster {
     network: LocalNetwork,
@@ -34,6 +72,8 @@ struct Cluster {
     initial: Membership,
     storages: BTreeMap<NodeId, Arc<MemStorage>>,
     nodes: BTreeMap<NodeId, Node>,
+    /// Each node's gate, kept across restarts.
+    gates: BTreeMap<NodeId, Gate>,
 }
 
 impl Cluster {
@@ -45,6 +85,7 @@ impl Cluster {
             initial: Membership::with_voters(1..=n),
             storages: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            gates: BTreeMap::new(),
         };
         for id in 1..=n {
             cluster.start(id, Arc::new(MemStorage::default())).await;
@@ -57,13 +98,14 @@ impl Cluster {
     async fn start(&mut self, id: NodeId, storage: Arc<MemStorage>) {
         assert!(!self.nodes.contains_key(&id), "node {id} is running");
         let fsm = CounterFsm::default();
+        let gate = self.gates.entry(id).or_default().clone();
         let raft = RaftNode::start(
             id,
             self.config.clone(),
             self.initial.clone(),
             storage.clone(),
             Arc::new(self.network.transport(id, 4_096)),
-            Box::new(fsm.clone()),
+            Box::new(GatedFsm { inner: fsm.clone(), gate }),
             raft_core::fresh_seed(),
         )
         .await
@@ -90,6 +132,11 @@ impl Cluster {
 
     fn fsm(&self, id: NodeId) -> &CounterFsm {
         &self.nodes[&id].fsm
+    }
+
+    /// Node `id`'s gate (the node need not run).
+    fn gate(&mut self, id: NodeId) -> Gate {
+        self.gates.entry(id).or_default().clone()
     }
 
     fn storage(&self, id: NodeId) -> &MemStorage {
@@ -329,6 +376,80 @@ async fn a_stopped_follower_catches_up_by_snapshot_with_old_or_fresh_storage() {
         assert_eq!(applied.response, Bytes::from((expected + 1).to_string()));
         c.stop(follower).await;
     }
+    c.shutdown().await;
+}
+
+/// The leader's state machine takes its time over an entry (longer than several election
+/// timeouts). It runs beside the event loop, so the leader keeps heartbeating: no election,
+/// the entry commits meanwhile, and its caller is answered once it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_state_machine_is_slow_keeps_leading() {
+    let mut c = Cluster::new(3, Config::default()).await;
+    let leader = c.wait_for_leader().await;
+    c.wait_applied(propose_many(c.node(leader), 1).await).await;
+    let term = c.node(leader).status().protocol.term;
+    let gate = c.gate(leader);
+    gate.apply_held.store(true, Ordering::SeqCst);
+    let node = c.nodes[&leader].raft.clone();
+    let proposal = tokio::spawn(async move { node.propose(Bytes::from_static(b"slow")).await });
+    let follower = c.other_than(leader);
+    let fsm = c.fsm(follower).clone();
+    wait_until("a follower applies the entry the leader is still applying", || fsm.count() == 2).await;
+    // Four maximum election timeouts with the leader's state machine held.
+    tokio::time::sleep(Duration::from_millis(4 * c.config.election_timeout_max_ms)).await;
+    for id in c.running() {
+        let status = c.node(id).status().protocol;
+        assert_eq!(
+            (status.term, status.leader),
+            (term, Some(leader)),
+            "node {id}: the leader's slow state machine cost it its leadership"
+        );
+    }
+    assert!(!proposal.is_finished(), "answered before the leader applied it");
+    assert_eq!(c.node(leader).status().protocol.applied_index, 2, "the status counts only what is applied");
+    gate.apply_held.store(false, Ordering::SeqCst);
+    let applied = proposal.await.expect("joined").expect("applied once the state machine goes on");
+    assert_eq!(applied.response, Bytes::from_static(b"2"));
+    c.shutdown().await;
+}
+
+/// A follower restores a snapshot from the leader, slowly. The restore runs beside its event
+/// loop: meanwhile it appends and acknowledges the leader's new entries, so with the other
+/// follower down the leader still commits, and the follower applies them after the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restoring_a_snapshot_keeps_acknowledging_the_leader() {
+    let mut c = Cluster::new(3, snapshot_config()).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    let other = c.running().into_iter().find(|id| *id != leader && *id != follower).expect("a third node");
+    c.wait_applied(propose_many(c.node(leader), 1).await).await;
+    c.stop(follower).await;
+    propose_many(c.node(leader), 120).await;
+    let gate = c.gate(follower);
+    gate.restore_held.store(true, Ordering::SeqCst);
+    c.start(follower, Arc::new(MemStorage::default())).await;
+    // Once the snapshot is installed (the protocol counts it as applied), the state machine
+    // is still waiting to restore it.
+    let restarted = c.nodes[&follower].raft.clone();
+    let snapshot = c.node(leader).status().protocol.snapshot.index;
+    wait_until("the follower takes the leader's snapshot", || {
+        restarted.status().protocol.commit_index >= snapshot
+    })
+    .await;
+    c.stop(other).await;
+    let applied = c
+        .node(leader)
+        .propose(Bytes::from_static(b"while restoring"))
+        .await
+        .expect("committed with the restoring follower's acknowledgement (the other follower is down)");
+    let fsm = c.fsm(follower).clone();
+    assert_eq!(fsm.restored(), 0, "the restore was held all along");
+    assert!(restarted.status().protocol.applied_index < snapshot, "the status counts only what is applied");
+    gate.restore_held.store(false, Ordering::SeqCst);
+    let expected = c.fsm(leader).count();
+    wait_until("the follower restores and then applies the new entry", || fsm.count() == expected).await;
+    assert!(fsm.restored() > 0);
+    c.wait_applied(applied.log_id.index).await;
     c.shutdown().await;
 }
 

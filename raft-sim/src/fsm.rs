@@ -54,11 +54,41 @@ pub(crate) struct SimFsm {
     pub(crate) installs: Arc<Mutex<u64>>,
     /// Set once the node started: a restore after that is an install.
     pub(crate) started: Arc<Mutex<bool>>,
+    /// Draws which batches and restores are slow (the state machine runs on a task of its
+    /// own: the driver must go on, and keep its ordering rules, while it takes its time).
+    pub(crate) slowness: u64,
+}
+
+/// One incarnation in this many has slow apply batches.
+const SLOW_INCARNATION_ONE_IN: u64 = 3;
+/// In such an incarnation, one apply batch in this many (on average) takes simulated time.
+const SLOW_BATCH_ONE_IN: u64 = 16;
+/// The longest a slow batch takes (ms), about an election timeout.
+const SLOW_BATCH_MAX_MS: u64 = 300;
+/// The longest a restore takes (ms), several election timeouts.
+const SLOW_RESTORE_MAX_MS: u64 = 1_000;
+
+impl SimFsm {
+    /// How long (simulated ms) the work identified by `what` takes: a deterministic draw.
+    fn delay_ms(&self, what: (&str, Index), one_in: u64, max_ms: u64) -> u64 {
+        let h = stable_hash(&(self.slowness, what));
+        if h.is_multiple_of(one_in) {
+            (h >> 16) % (max_ms + 1)
+        } else {
+            0
+        }
+    }
 }
 
 #[async_trait]
 impl Fsm for SimFsm {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
+        let first = entries.first().map_or(0, |e| e.index);
+        let slow = self.slowness.is_multiple_of(SLOW_INCARNATION_ONE_IN);
+        let delay = self.delay_ms(("apply", first), SLOW_BATCH_ONE_IN, SLOW_BATCH_MAX_MS);
+        if slow && delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let mut state = lock(&self.state);
         let mut checks = lock(&self.checks);
         let disk = lock(&self.disk);
@@ -112,6 +142,11 @@ impl Fsm for SimFsm {
 
     async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {
         let snapshot = read_to_end(snapshot, 1 << 30).await?;
+        let restoring = lock(&self.state).index;
+        let delay = self.delay_ms(("restore", restoring), 1, SLOW_RESTORE_MAX_MS);
+        if delay > 0 && *lock(&self.started) {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let restored: KvState =
             postcard::from_bytes(&snapshot).map_err(|e| FsmError::BadSnapshot(e.to_string()))?;
         let how = if *lock(&self.started) {

@@ -290,6 +290,7 @@ impl Sim {
         let disk = self.disks[id as usize - 1].clone();
         let state = Arc::new(Mutex::new(KvState::default()));
         let started = Arc::new(Mutex::new(false));
+        let seed = self.rng.next_u64();
         let fsm = SimFsm {
             node: id,
             state: state.clone(),
@@ -297,11 +298,11 @@ impl Sim {
             disk: disk.clone(),
             installs: self.installs.clone(),
             started: started.clone(),
+            slowness: seed,
         };
         let storage = Arc::new(SimStorage::new(disk, self.checks.clone()));
         let transport = Arc::new(SimTransport::new(id, self.net.clone()));
         let membership = Membership::with_voters(1..=self.voters as NodeId);
-        let seed = self.rng.next_u64();
         // Each process's clock runs at its own rate; any two stay within the configured drift
         // bound of each other (each within half of it of tokio's).
         let half = (self.config.max_clock_drift_percent * 10_000 / 2) as i64;

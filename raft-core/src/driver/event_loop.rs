@@ -7,13 +7,14 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::apply::{Applier, ApplyDone};
 use super::clock::Clock;
 use super::persist::{LogWriter, Persisted, ReadyWrites};
 use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask, Staged, StoredSnapshotReader};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
 use crate::config::Config;
-use crate::fsm::{Fsm, FsmError};
+use crate::fsm::Fsm;
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{Message, ProposalId, ReadId};
 use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
@@ -51,6 +52,8 @@ enum Woke {
     SnapshotWritten(Result<crate::storage::Snapshot, RaftError>),
     /// The log writer completed a write.
     Persisted(Result<Persisted, RaftError>),
+    /// The applier completed a batch, a view or a restore.
+    Applied(Result<ApplyDone, RaftError>),
 }
 
 /// What the driver works with besides the protocol.
@@ -75,7 +78,8 @@ pub(super) struct Driver {
     pub(super) config: Config,
     pub(super) storage: Arc<dyn Storage>,
     transport: Arc<dyn Transport>,
-    pub(super) fsm: Box<dyn Fsm>,
+    /// The task that owns the state machine: applies batches, takes views, restores.
+    pub(super) applier: Applier,
     requests: mpsc::Receiver<Request>,
     status: Arc<watch::Sender<NodeStatus>>,
     committed: broadcast::Sender<CommittedEntry>,
@@ -83,7 +87,8 @@ pub(super) struct Driver {
     next_proposal_id: ProposalId,
     next_read_id: ReadId,
     pub(super) waiters: Waiters,
-    /// The last entry applied to the state machine (or the snapshot it was restored from).
+    /// The last entry the state machine has applied (or the snapshot it was restored from):
+    /// behind the protocol's applied index while the applier has work queued.
     pub(super) applied: LogId,
     /// Payload bytes applied since the latest snapshot was started (entries re-applied after a
     /// restart count again, so the count survives restarts).
@@ -158,12 +163,13 @@ impl Driver {
         let snapshot_schedule =
             SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
         let writer = LogWriter::start(parts.storage.clone(), |h| parts.background.register(h));
+        let applier = Applier::start(parts.fsm, applied, |h| parts.background.register(h));
         let driver = Self {
             raft,
             config,
             storage: parts.storage,
             transport: parts.transport,
-            fsm: parts.fsm,
+            applier,
             requests: parts.requests,
             status: Arc::new(status_tx),
             committed: parts.committed,
@@ -187,6 +193,14 @@ impl Driver {
 
     fn now_ms(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    /// The protocol's status, with the index the state machine has applied (the protocol's
+    /// counts what was handed to the applier).
+    fn protocol_status(&self) -> crate::protocol::ProtocolStatus {
+        let mut status = self.raft.status();
+        status.applied_index = self.applied.index;
+        status
     }
 
     /// Set while the log writer waits for space on a full disk.
@@ -254,6 +268,7 @@ impl Driver {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
+                    done = self.applier.next_done() => Woke::Applied(done),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     () = std::future::ready(()) => Woke::Timer,
                 }
@@ -262,6 +277,7 @@ impl Driver {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
+                    done = self.applier.next_done() => Woke::Applied(done),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -273,6 +289,7 @@ impl Driver {
                     // the compaction it brings.
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
+                    done = self.applier.next_done() => Woke::Applied(done),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -309,6 +326,12 @@ impl Driver {
                     self.raft.step(now, event);
                 }
                 Woke::Persisted(Err(e)) => break Some(e),
+                Woke::Applied(Ok(done)) => {
+                    if let Err(e) = self.on_apply_done(done) {
+                        break Some(e);
+                    }
+                }
+                Woke::Applied(Err(e)) => break Some(e),
             }
             match self.after_step().await {
                 Ok(()) => {}
@@ -324,7 +347,7 @@ impl Driver {
         if let Some(e) = &fatal {
             tracing::error!(error = %e, "node stopped after a fatal error");
             let _ = self.status.send(NodeStatus {
-                protocol: self.raft.status(),
+                protocol: self.protocol_status(),
                 fatal: Some(e.to_string()),
                 storage_full: false,
             });
@@ -344,6 +367,21 @@ impl Driver {
         if !failed && !disk_full {
             let _ = self.drain_writes().await;
         }
+        // Batches already queued are applied, so their callers get their answers (a view
+        // asked for is dropped: no snapshot starts now).
+        if !failed {
+            while self.applier.busy() {
+                match self.applier.next_done().await {
+                    Ok(ApplyDone::View { .. }) => {}
+                    Ok(done) => {
+                        if self.on_apply_done(done).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         self.waiters.fail_all(&error);
         // A snapshot still being written finishes (storage sees no write cut short); its
         // outcome no longer matters.
@@ -351,6 +389,7 @@ impl Driver {
             let _ = (&mut task.done).await;
         }
         self.writer.close().await;
+        self.applier.close().await;
         self.transport.shutdown().await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
@@ -364,7 +403,7 @@ impl Driver {
         self.maybe_snapshot().await?;
         // Compaction may leave work (a follower now needs the snapshot).
         self.process_ready().await?;
-        let status = self.raft.status();
+        let status = self.protocol_status();
         let node = NodeView {
             id: status.id,
             now: self.now_ms(),
@@ -469,7 +508,13 @@ impl Driver {
     /// are durable; a ready with a received snapshot is carried out here, after every queued
     /// write.
     async fn process_ready(&mut self) -> Result<(), RaftError> {
-        while self.raft.has_ready() {
+        loop {
+            // A full apply queue holds committed entries back in the protocol (the event loop
+            // does not wait for the state machine); they are handed out once it has room.
+            self.raft.hold_apply(self.applier.is_full());
+            if !self.raft.has_ready() {
+                break;
+            }
             let mut ready = self.raft.take_ready();
             if ready.discard_staged_snapshot {
                 self.discard_staged_snapshot().await?;
@@ -541,31 +586,10 @@ impl Driver {
                 self.waiters.on_proposal_outcome(outcome, self.applied.index, apply_deadline);
             }
             if let Some(snapshot) = ready.snapshot {
-                self.restore_received_snapshot(snapshot).await?;
+                self.restore_received_snapshot(snapshot)?;
             }
             if !ready.committed.is_empty() {
-                let responses = self.fsm.apply(&ready.committed).await?;
-                if responses.len() != ready.committed.len() {
-                    return Err(
-                        FsmError::Failed("apply returned the wrong number of responses".into()).into()
-                    );
-                }
-                // Published only while someone subscribes (asked once per ready: a send locks the
-                // stream even with no receiver, and showed in the profile of a busy leader). A
-                // subscriber that arrives during this ready starts with the next one.
-                let publish = self.committed.receiver_count() > 0;
-                for (entry, response) in ready.committed.iter().zip(responses) {
-                    self.applied = entry.log_id();
-                    self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
-                    if let (true, EntryPayload::Command(command)) = (publish, &entry.payload) {
-                        let _ = self.committed.send(CommittedEntry {
-                            index: entry.index,
-                            term: entry.term,
-                            command: command.clone(),
-                        });
-                    }
-                    self.waiters.on_applied(entry, response);
-                }
+                self.applier.apply(std::mem::take(&mut ready.committed))?;
             }
             let read_deadline = self.now_ms() + self.config.rpc_timeout_ms;
             for outcome in ready.reads {
@@ -583,6 +607,41 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Takes in what the applier completed: answers the applied entries' callers and the reads
+    /// that waited for them, starts writing a view out, or ends a restore.
+    pub(super) fn on_apply_done(&mut self, done: ApplyDone) -> Result<(), RaftError> {
+        match done {
+            ApplyDone::Entries { entries, responses } => {
+                // Published only while someone subscribes (asked once per batch: a send locks
+                // the stream even with no receiver, and showed in the profile of a busy
+                // leader). A subscriber that arrives during this batch starts with the next.
+                let publish = self.committed.receiver_count() > 0;
+                for (entry, response) in entries.iter().zip(responses) {
+                    self.applied = entry.log_id();
+                    self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
+                    if let (true, EntryPayload::Command(command)) = (publish, &entry.payload) {
+                        let _ = self.committed.send(CommittedEntry {
+                            index: entry.index,
+                            term: entry.term,
+                            command: command.clone(),
+                        });
+                    }
+                    self.waiters.on_applied(entry, response);
+                }
+                self.waiters.release_reads(self.applied.index);
+                Ok(())
+            }
+            ApplyDone::View { last, source } => self.write_view_out(last, source),
+            ApplyDone::Restored { meta } => {
+                self.applied = meta.last_log_id;
+                self.applied_bytes_since_snapshot = 0;
+                self.waiters.on_snapshot_installed(meta.last_log_id, &meta.membership);
+                tracing::debug!(snapshot = %meta.last_log_id, "state machine restored from the received snapshot");
+                Ok(())
+            }
+        }
     }
 
     /// Records a completed write: sends the messages it releases, and returns the event that

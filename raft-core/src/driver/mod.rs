@@ -4,14 +4,19 @@
 //!
 //! Storage writes run on a task of their own while the driver task keeps stepping the
 //! protocol; writes queued meanwhile are merged into one append and one sync (group commit).
+//! The state machine runs on another: a large apply batch or the restore of a received
+//! snapshot does not stop heartbeats.
 //!
 //! - `event_loop.rs`: the driver task (requests, messages, timers, carrying out readies);
 //! - `persist.rs`: the log writer task (the readies' storage writes, in order, off the
 //!   driver task);
+//! - `apply.rs`: the applier task (owns the state machine: applies committed entries, takes
+//!   snapshot views, restores received snapshots, in order, off the driver task);
 //! - `snapshots.rs`: automatic snapshots and compaction, installing the leader's snapshot;
 //! - `waiters.rs`: callers parked until their request completes (proposals, reads,
 //!   membership changes, leadership transfers).
 
+mod apply;
 mod clock;
 mod event_loop;
 mod persist;
@@ -97,6 +102,15 @@ pub struct CommittedEntry {
     pub term: Term,
     /// The command.
     pub command: Bytes,
+}
+
+/// The message a panic carried (`"a panic"` when it carried none).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// What a node reports about itself.
@@ -225,11 +239,7 @@ impl RaftNode {
             // (health checks see it) and every caller gets an answer, instead of a node that
             // looks alive and answers nothing.
             if let Err(panic) = std::panic::AssertUnwindSafe(driver.run()).catch_unwind().await {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".to_string());
+                let what = panic_message(panic.as_ref());
                 tracing::error!(error = %what, "the driver panicked; the node has stopped");
                 status_tx.send_modify(|s| s.fatal = Some(format!("the driver panicked: {what}")));
             }

@@ -148,10 +148,13 @@ async fn write_out(
 }
 
 impl Driver {
-    /// Starts a snapshot in the background when enough was applied since the latest one and
-    /// none is being written. Called between readies only.
+    /// Asks the applier for a view of the state when enough was applied since the latest
+    /// snapshot and none is being taken or written. Called between readies only.
     pub(super) async fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        if self.snapshot_task.is_some() || self.clock.now_ms() < self.snapshots_paused_until_ms {
+        if self.snapshot_task.is_some()
+            || self.applier.view_pending()
+            || self.clock.now_ms() < self.snapshots_paused_until_ms
+        {
             return Ok(());
         }
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
@@ -159,8 +162,21 @@ impl Driver {
         if !self.snapshot_schedule.due(since, self.applied_bytes_since_snapshot, last_bytes) {
             return Ok(());
         }
-        let last = self.applied;
-        let source = self.fsm.snapshot().await?;
+        self.applier.request_view()
+    }
+
+    /// The applier handed back a view of the state up to `last`: it is written out in the
+    /// background. A view no newer than the latest snapshot (one received from the leader
+    /// while the view was asked for) is dropped.
+    pub(super) fn write_view_out(
+        &mut self,
+        last: LogId,
+        source: Box<dyn crate::fsm::SnapshotSource>,
+    ) -> Result<(), RaftError> {
+        if last.index <= self.raft.snapshot_last().index {
+            tracing::debug!(view = %last, snapshot = %self.raft.snapshot_last(), "a view older than the latest snapshot is dropped");
+            return Ok(());
+        }
         let meta = SnapshotMeta { last_log_id: last, membership: self.raft.membership_at(last.index) };
         let (tx, done) = oneshot::channel();
         let task = write_out(source, meta, self.config.snapshot_chunk_bytes, self.storage.clone());
@@ -378,6 +394,14 @@ impl Driver {
     pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         // A received snapshot lies past the commit index, so past any snapshot of this node's.
         self.wait_snapshot_task().await?;
+        // The state machine may still be reading the previous received snapshot, which this
+        // one replaces in storage: its restore ends first (rare: two snapshots in a row).
+        while self.applier.restoring() {
+            let done = self.applier.next_done().await?;
+            self.on_apply_done(done)?;
+        }
+        // A view the applier handed back meanwhile started a write, which ends first too.
+        self.wait_snapshot_task().await?;
         let (meta, len) = (snapshot.meta.clone(), snapshot.data.len());
         let last = meta.last_log_id;
         match std::mem::replace(&mut self.staged, Staged::Nothing) {
@@ -413,24 +437,22 @@ impl Driver {
         }
     }
 
-    /// Restores the state machine from a snapshot received from the leader (apply step):
-    /// entries at or below its index will not be applied here, so their waiters learn that
-    /// the outcome is unknown. The bytes are read from storage part by part (or from memory,
-    /// for a store without staging).
-    pub(super) async fn restore_received_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
+    /// Queues the state machine's restore from a snapshot received from the leader (apply
+    /// step), after the batches queued before it; the applier reads the bytes from storage
+    /// part by part (or from memory, for a store without staging) while the event loop goes
+    /// on. Once it is done, entries at or below its index will not be applied here, so their
+    /// waiters learn that the outcome is unknown (see [`Driver::on_apply_done`]).
+    pub(super) fn restore_received_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
         let last = snapshot.meta.last_log_id;
-        match std::mem::replace(&mut self.staged, Staged::Nothing) {
-            Staged::Received(data) => self.fsm.restore(&mut data.reader()).await?,
-            _ => {
-                let (len, chunk) = (snapshot.data.len(), self.config.snapshot_chunk_bytes);
-                let mut reader = StoredSnapshotReader::new(self.storage.clone(), last, len, chunk);
-                self.fsm.restore(&mut reader).await?;
-            }
-        }
-        self.applied = last;
-        self.applied_bytes_since_snapshot = 0;
-        self.waiters.on_snapshot_installed(last, &snapshot.meta.membership);
-        Ok(())
+        let reader: Box<dyn crate::fsm::SnapshotReader> =
+            match std::mem::replace(&mut self.staged, Staged::Nothing) {
+                Staged::Received(data) => Box::new(data.reader()),
+                _ => {
+                    let (len, chunk) = (snapshot.data.len(), self.config.snapshot_chunk_bytes);
+                    Box::new(StoredSnapshotReader::new(self.storage.clone(), last, len, chunk))
+                }
+            };
+        self.applier.restore(snapshot.meta, reader)
     }
 }
 

@@ -266,6 +266,8 @@ pub struct Raft {
     unsaved_hard_state: Option<u64>,
     /// Recovering from lost data (see [`ProtocolStatus::recovering_to`]).
     recovering_to: Option<LogId>,
+    /// Committed entries are held back from the readies (see [`Raft::hold_apply`]).
+    apply_held: bool,
 }
 
 impl Raft {
@@ -368,6 +370,7 @@ impl Raft {
             truncated_from: None,
             unsaved_from: None,
             awaiting_advance: false,
+            apply_held: false,
             dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
@@ -535,7 +538,7 @@ impl Raft {
             || self.hard_state_dirty
             || self.unsaved_from.is_some()
             || self.truncated_from.is_some()
-            || self.log.applied < self.log.committed.min(self.log.persisted)
+            || (!self.apply_held && self.log.applied < self.log.committed.min(self.log.persisted))
             || (self.role == Role::Leader && (self.read_round_needed || self.leader_has_sends()))
     }
 
@@ -574,12 +577,20 @@ impl Raft {
         }
         ready.persist_through = self.log.last_log_id();
         let apply_to = self.log.committed.min(self.log.persisted);
-        if apply_to > self.log.applied {
+        if !self.apply_held && apply_to > self.log.applied {
             ready.committed = self.log.range(self.log.applied + 1, apply_to);
             self.log.applied = apply_to;
         }
         self.awaiting_advance = true;
         ready
+    }
+
+    /// Holds committed entries back from the readies (`true`) or lets them through again: for
+    /// a driver that applies in the background, while its apply queue is full. Held entries
+    /// are handed out by the first ready taken after the hold ends. A received snapshot
+    /// still installs meanwhile (the entries it covers are then never handed out).
+    pub fn hold_apply(&mut self, hold: bool) {
+        self.apply_held = hold;
     }
 
     /// Tells the protocol that everything in the last [`Ready`] was carried out: its writes are

@@ -34,6 +34,12 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId};
 /// new hard state is not reported durable, later readies carry no early `messages` either. `committed` then holds only entries
 /// reported durable. A ready with a `snapshot` is carried out whole, after every queued write,
 /// and ends with `advance`.
+///
+/// A driver may also apply in the background: step 4's restore and applies are queued to a
+/// task that carries them out in order, and proposals and reads are answered when it reports
+/// their index applied (the protocol counts entries as handed out, not as applied). While its
+/// queue is full it calls [`Raft::hold_apply`](crate::Raft::hold_apply), so that readies stop
+/// handing out committed entries instead of the driver waiting.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Messages that can be sent at once.

@@ -360,6 +360,38 @@ fn a_durable_report_for_an_overwritten_entry_counts_nothing() {
 }
 
 #[test]
+fn held_committed_entries_wait_for_the_hold_to_end_and_a_snapshot_still_installs() {
+    let mut n = node(2, 1, None, &[]);
+    n.hold_apply(true);
+    let ready = deliver(&mut n, msg(1, 2, 1, append((0, 0), vec![entry(1, 1), entry(1, 2)], 2)));
+    assert!(ready.committed.is_empty(), "handed out {:?} while held", ready.committed);
+    assert!(!n.has_ready(), "a held node has nothing else to do (the driver would spin)");
+    assert_eq!(n.status().applied_index, 0);
+    n.hold_apply(false);
+    assert!(n.has_ready());
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(ready.committed, vec![entry(1, 1), entry(1, 2)]);
+    // Held again, a snapshot past the held entries installs; the entries it covers are never
+    // handed out, the ones after it are once the hold ends.
+    n.hold_apply(true);
+    deliver(&mut n, msg(1, 2, 1, append((1, 2), vec![entry(1, 3)], 3)));
+    let meta = crate::storage::SnapshotMeta {
+        last_log_id: LogId::new(1, 5),
+        membership: Membership::with_voters([1, 2, 3]),
+    };
+    let snapshot = Payload::InstallSnapshot { meta, offset: 0, data: Bytes::from_static(b"s"), done: true };
+    let ready = deliver(&mut n, msg(1, 2, 1, snapshot));
+    assert!(ready.snapshot.is_some(), "the snapshot installs while entries are held");
+    assert!(ready.committed.is_empty());
+    deliver(&mut n, msg(1, 2, 1, append((1, 5), vec![entry(1, 6)], 6)));
+    n.hold_apply(false);
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(ready.committed, vec![entry(1, 6)], "entry 3 is covered by the snapshot");
+}
+
+#[test]
 fn proposals_on_a_follower_are_refused_or_forwarded() {
     let mut n = node(2, 1, None, &[]);
     deliver(&mut n, msg(1, 2, 1, append((0, 0), vec![], 0)));

@@ -1,0 +1,218 @@
+//! The applier: a task of its own that owns the state machine and carries out, in the order
+//! they were queued, the driver's apply batches, snapshot views and restores from a received
+//! snapshot. The driver task keeps stepping the protocol (heartbeats, messages, reads) while a
+//! large batch is applied or a snapshot of gigabytes is restored.
+//!
+//! Order is the contract: a view is taken after every batch queued before it (so it covers
+//! exactly the entries applied so far), and a restore replaces the state after them; batches
+//! queued after a restore apply on the restored state.
+//!
+//! Bounds: at most [`APPLY_BATCHES_MAX`] batches or [`APPLY_BYTES_MAX`] bytes of entries are
+//! queued or under way; past either, the driver holds committed entries back in the protocol
+//! ([`Raft::hold_apply`](crate::Raft::hold_apply)) instead of waiting, so a slow state machine
+//! never stops the event loop. On top of the batches, at most one view and one restore are
+//! queued (the driver asks for a view only when none is pending, and waits for a restore
+//! before it stores the next received snapshot).
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::RaftError;
+use crate::fsm::{Fsm, FsmError, SnapshotReader, SnapshotSource};
+use crate::storage::SnapshotMeta;
+use crate::types::{Entry, LogId};
+
+/// Most apply batches queued or under way.
+pub(super) const APPLY_BATCHES_MAX: usize = 64;
+/// Most bytes ([`Entry::size_bytes`]) of entries queued or under way.
+pub(super) const APPLY_BYTES_MAX: usize = 64 << 20;
+
+/// Work for the applier.
+enum Job {
+    Apply(Vec<Entry>),
+    View,
+    Restore { meta: SnapshotMeta, reader: Box<dyn SnapshotReader> },
+}
+
+/// Work the applier completed, in the order it was queued.
+pub(super) enum ApplyDone {
+    /// A batch was applied: the entries and one response each.
+    Entries { entries: Vec<Entry>, responses: Vec<Bytes> },
+    /// A view of the state covering every entry up to `last` (see [`Fsm::snapshot`]).
+    View { last: LogId, source: Box<dyn SnapshotSource> },
+    /// The state was replaced by the snapshot of `meta`.
+    Restored { meta: SnapshotMeta },
+}
+
+/// The driver's end of the applier.
+pub(super) struct Applier {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Result<ApplyDone, RaftError>>,
+    /// Batches queued or under way, and their bytes.
+    batches: usize,
+    bytes: usize,
+    /// A view was asked for and has not been handed back.
+    view_pending: bool,
+    /// A restore is queued or under way.
+    restoring: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The error when the applier task is gone (it stopped after a failure, or was aborted).
+fn stopped() -> RaftError {
+    RaftError::Fsm(FsmError::Failed("the applier stopped".into()))
+}
+
+impl Applier {
+    /// Starts the applier task on `fsm`, whose state covers the entries up to `applied`;
+    /// `register` gets its abort handle (a crash ends it with the driver).
+    pub(super) fn start(
+        fsm: Box<dyn Fsm>,
+        applied: LogId,
+        register: impl FnOnce(tokio::task::AbortHandle),
+    ) -> Self {
+        // The batches, one view and one restore.
+        let capacity = APPLY_BATCHES_MAX + 2;
+        let (jobs, rx) = mpsc::channel(capacity);
+        let (done_tx, done) = mpsc::channel(capacity);
+        let task = tokio::spawn(apply_loop(fsm, applied, rx, done_tx));
+        register(task.abort_handle());
+        Self { jobs, done, batches: 0, bytes: 0, view_pending: false, restoring: false, task }
+    }
+
+    /// Whether the batches queued reach a bound: committed entries are then held back.
+    pub(super) fn is_full(&self) -> bool {
+        self.batches >= APPLY_BATCHES_MAX || self.bytes >= APPLY_BYTES_MAX
+    }
+
+    /// Whether any work is queued or under way.
+    pub(super) fn busy(&self) -> bool {
+        self.batches > 0 || self.view_pending || self.restoring
+    }
+
+    /// Whether a restore is queued or under way.
+    pub(super) fn restoring(&self) -> bool {
+        self.restoring
+    }
+
+    /// Whether a view was asked for and not yet handed back.
+    pub(super) fn view_pending(&self) -> bool {
+        self.view_pending
+    }
+
+    fn send(&self, job: Job) -> Result<(), RaftError> {
+        self.jobs.try_send(job).map_err(|_| stopped())
+    }
+
+    /// Queues a batch of committed entries (the caller keeps within the bounds, see
+    /// [`is_full`](Self::is_full): one batch may overshoot the byte bound).
+    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+        self.send(Job::Apply(entries))?;
+        self.batches += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Asks for a view of the state once the batches queued so far are applied.
+    pub(super) fn request_view(&mut self) -> Result<(), RaftError> {
+        debug_assert!(!self.view_pending, "one view at a time");
+        self.send(Job::View)?;
+        self.view_pending = true;
+        Ok(())
+    }
+
+    /// Queues a restore from `reader` (the snapshot of `meta`), after the batches queued so
+    /// far. The snapshot's bytes must stay readable until it is [`Restored`](ApplyDone::Restored).
+    pub(super) fn restore(
+        &mut self,
+        meta: SnapshotMeta,
+        reader: Box<dyn SnapshotReader>,
+    ) -> Result<(), RaftError> {
+        debug_assert!(!self.restoring, "one restore at a time");
+        self.send(Job::Restore { meta, reader })?;
+        self.restoring = true;
+        Ok(())
+    }
+
+    /// The next completed piece of work (pending forever when none is queued: for a
+    /// `select!` branch). An error is fatal: the task has stopped.
+    pub(super) async fn next_done(&mut self) -> Result<ApplyDone, RaftError> {
+        if !self.busy() {
+            return std::future::pending().await;
+        }
+        let done = self.done.recv().await.unwrap_or_else(|| Err(stopped()))?;
+        match &done {
+            ApplyDone::Entries { entries, .. } => {
+                let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+                self.batches = self.batches.saturating_sub(1);
+                self.bytes = self.bytes.saturating_sub(bytes);
+            }
+            ApplyDone::View { .. } => self.view_pending = false,
+            ApplyDone::Restored { .. } => self.restoring = false,
+        }
+        Ok(done)
+    }
+
+    /// Ends the task once it has carried out what is queued, and waits for it.
+    pub(super) async fn close(self) {
+        let Self { jobs, done, task, .. } = self;
+        drop(jobs);
+        drop(done);
+        let _ = task.await;
+    }
+}
+
+/// The applier task: carries the jobs out in order; stops at the first failure (the node
+/// stops: applying is deterministic, so a failure here would recur on every node).
+async fn apply_loop(
+    mut fsm: Box<dyn Fsm>,
+    mut applied: LogId,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Result<ApplyDone, RaftError>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        // A panic in the state machine (a bug) stops the node like a failure, saying why.
+        let work = std::panic::AssertUnwindSafe(carry_out(fsm.as_mut(), &mut applied, job));
+        let outcome = futures_util::FutureExt::catch_unwind(work).await.unwrap_or_else(|panic| {
+            let what = super::panic_message(panic.as_ref());
+            Err(FsmError::Failed(format!("the state machine panicked: {what}")).into())
+        });
+        let failed = outcome.is_err();
+        if done.send(outcome).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Carries one job out on `fsm`, whose state covers the entries up to `applied`.
+async fn carry_out(fsm: &mut dyn Fsm, applied: &mut LogId, job: Job) -> Result<ApplyDone, RaftError> {
+    match job {
+        Job::Apply(entries) => match fsm.apply(&entries).await {
+            Ok(responses) if responses.len() == entries.len() => {
+                if let Some(last) = entries.last() {
+                    *applied = last.log_id();
+                }
+                Ok(ApplyDone::Entries { entries, responses })
+            }
+            Ok(responses) => Err(FsmError::Failed(format!(
+                "apply returned {} responses for {} entries",
+                responses.len(),
+                entries.len()
+            ))
+            .into()),
+            Err(e) => Err(e.into()),
+        },
+        Job::View => {
+            let source = fsm.snapshot().await?;
+            Ok(ApplyDone::View { last: *applied, source })
+        }
+        Job::Restore { meta, mut reader } => match fsm.restore(reader.as_mut()).await {
+            Ok(()) => {
+                *applied = meta.last_log_id;
+                Ok(ApplyDone::Restored { meta })
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
