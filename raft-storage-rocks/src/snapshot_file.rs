@@ -114,6 +114,13 @@ pub(crate) struct PendingFile {
     synced: u64,
     /// The trailer is written and the file synced (a rename that failed is tried again).
     finished: bool,
+    /// A sync of the file failed. The kernel may then have dropped the pages it could not
+    /// write and marked them clean, so a later sync would succeed over lost data: the file is
+    /// never written to or committed again (its writer starts over on a new file).
+    sync_failed: Option<String>,
+    /// Tests: the next sync fails with this OS error number.
+    #[cfg(test)]
+    fail_next_sync: Option<i32>,
 }
 
 impl PendingFile {
@@ -146,12 +153,43 @@ impl PendingFile {
             len: 0,
             synced: 0,
             finished: false,
+            sync_failed: None,
+            #[cfg(test)]
+            fail_next_sync: None,
         })
     }
 
     /// The snapshot's bytes written so far.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Syncs the file's data (`all`: and its metadata); a failure is remembered for good.
+    fn sync(&mut self, all: bool) -> Result<(), StorageError> {
+        #[cfg(test)]
+        let injected = self.fail_next_sync.take().map(std::io::Error::from_raw_os_error);
+        #[cfg(not(test))]
+        let injected: Option<std::io::Error> = None;
+        let outcome = match injected {
+            Some(e) => Err(e),
+            None if all => self.out.sync_all(),
+            None => self.out.sync_data(),
+        };
+        outcome.map_err(|e| {
+            self.sync_failed = Some(e.to_string());
+            io_error("syncing", &self.tmp, &e)
+        })
+    }
+
+    /// Refuses to go on with a file whose sync failed (see `sync_failed`).
+    fn check_not_failed(&self) -> Result<(), StorageError> {
+        match &self.sync_failed {
+            None => Ok(()),
+            Some(e) => Err(StorageError::Io(format!(
+                "an earlier sync of {} failed ({e}): what it held may be lost, so it is not used",
+                self.tmp.display()
+            ))),
+        }
     }
 
     /// Writes `bytes` at the end, or (on an error) cuts the file back to where it ended.
@@ -177,6 +215,7 @@ impl PendingFile {
 
     /// Appends `chunk` as one or more frames. Blocking. On an error nothing of `chunk` stays.
     pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.check_not_failed()?;
         let (pos, crc) = (self.pos, self.crc);
         let written = (|| {
             // A chunk over the frame limit is written as several frames.
@@ -198,7 +237,8 @@ impl PendingFile {
         }
         self.len += chunk.len() as u64;
         if self.len - self.synced >= SYNC_EVERY_BYTES {
-            self.out.sync_data().map_err(|e| io_error("syncing", &self.tmp, &e))?;
+            // The chunk stays written (its frames are whole), but the file is not used again.
+            self.sync(false)?;
             self.synced = self.len;
         }
         Ok(())
@@ -207,8 +247,9 @@ impl PendingFile {
     /// Writes the trailer, syncs the file, renames it to its final name and syncs the
     /// directory; the file is then complete but not yet the log's snapshot (the database
     /// records that). Blocking. On an error the file is as it was, to commit again (or
-    /// discard).
+    /// discard), but after a failed sync: then every later call fails with `Io`.
     pub(crate) fn commit(&mut self) -> Result<SnapshotFileRef, StorageError> {
+        self.check_not_failed()?;
         if !self.finished {
             let pos = self.pos;
             if let Err(e) = self.finish() {
@@ -236,7 +277,7 @@ impl PendingFile {
         end.extend_from_slice(&trailer);
         end.extend_from_slice(&crc32c::crc32c(&trailer).to_le_bytes());
         self.append(&end)?;
-        self.out.sync_all().map_err(|e| io_error("syncing", &self.tmp, &e))
+        self.sync(true)
     }
 
     /// Removes the temporary file (a write that failed or was given up). Blocking.
@@ -527,5 +568,55 @@ impl OpenSnapshot {
         let from = (offset - frame.start) as usize;
         let to = buf.len().min(from.saturating_add(max));
         Ok(Bytes::from(buf).slice(from..to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENOSPC: i32 = 28;
+    const EIO: i32 = 5;
+
+    fn pending(dir: &Path) -> PendingFile {
+        PendingFile::create(dir, 0, LogId::new(1, 10), "recv-").expect("created")
+    }
+
+    /// A sync that failed with ENOSPC or EIO may have dropped what it was to write: a commit
+    /// tried again must not rename that file into place as a valid snapshot.
+    #[test]
+    fn a_commit_whose_sync_failed_is_never_made_good_by_trying_again() {
+        for errno in [ENOSPC, EIO] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut file = pending(dir.path());
+            file.write(b"part one").expect("written");
+            file.fail_next_sync = Some(errno);
+            let first = file.commit().expect_err("the sync failed");
+            if errno == ENOSPC {
+                assert_eq!(first, StorageError::Full, "a full disk is reported as such");
+            }
+            let again = file.commit().expect_err("committed over a failed sync");
+            assert!(matches!(again, StorageError::Io(ref m) if m.contains("earlier sync")), "{again:?}");
+            assert!(file.write(b"more").is_err(), "written to after a failed sync");
+            assert!(!dir.path().join(&file.name).exists(), "the file was renamed into place");
+        }
+    }
+
+    /// The intermediate sync of a long write fails: the next part is refused too.
+    #[test]
+    fn a_failed_intermediate_sync_refuses_the_parts_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut file = pending(dir.path());
+        file.fail_next_sync = Some(ENOSPC);
+        let big = vec![7u8; SYNC_EVERY_BYTES as usize];
+        assert_eq!(file.write(&big), Err(StorageError::Full));
+        assert!(file.write(b"next part").is_err());
+        assert!(file.commit().is_err());
+        // Without a failure the same steps commit.
+        let mut fine = pending(dir.path());
+        fine.write(&big).expect("written");
+        fine.write(b"next part").expect("written");
+        let reference = fine.commit().expect("committed");
+        verify(dir.path(), &reference).expect("a valid file");
     }
 }
