@@ -29,13 +29,21 @@ pub struct Config {
     pub max_bytes_per_append: usize,
     /// Most AppendEntries messages in flight to one follower (the pipelining window).
     pub max_in_flight_appends: usize,
-    /// Most entries the leader holds appended but not yet committed; proposals past it are
-    /// refused with `Busy` (back-pressure instead of unbounded memory).
+    /// Most entries the leader holds appended but not yet committed, or committed but not yet
+    /// handed to its state machine (whose queue is full); proposals past it are refused with
+    /// `Busy` (back-pressure instead of unbounded memory).
     pub max_uncommitted_entries: usize,
     /// Most bytes (payloads plus a small per-entry header) the leader holds appended but not
-    /// yet committed; a proposal that would pass it is refused with `Busy`, unless nothing is
-    /// uncommitted.
+    /// yet committed or handed to its state machine; a proposal that would pass it is refused
+    /// with `Busy`, unless there are none.
     pub max_uncommitted_bytes: u64,
+    /// Payload bytes of the log's tail kept in memory (a cache). Older entries that are applied
+    /// and durable keep only their index and term; when a follower needs them, the leader
+    /// reads them from storage (`Storage::entries`), a message's worth at a time. Entries not
+    /// yet applied or durable are always held. Larger: fewer reads for followers that lag;
+    /// smaller: less memory between snapshots (the log since the last snapshot can be a
+    /// quarter of the state, see `snapshot_threshold_entries`).
+    pub log_cache_bytes: u64,
     /// Most forwarded proposals a follower waits on at once.
     pub max_pending_forwards: usize,
     /// Run a pre-vote round before a real election (a partitioned node cannot bump the term).
@@ -100,6 +108,7 @@ impl Default for Config {
             max_in_flight_appends: 8,
             max_uncommitted_entries: 100_000,
             max_uncommitted_bytes: 64 * 1024 * 1024,
+            log_cache_bytes: 64 * 1024 * 1024,
             max_pending_forwards: 10_000,
             pre_vote: true,
             check_quorum: true,

@@ -42,9 +42,9 @@ pub use fsm::{read_to_end, BufferSource, Fsm, FsmError, SnapshotReader, Snapshot
 pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 pub use protocol::{
-    Event, FollowerStatus, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode, ReadOutcome,
-    Ready, ReplicationMode, RestoreError, RestoredState, SnapshotPart, SnapshotRead, TransferError,
-    STALLED_TRANSFER_TIMEOUTS, TERM_LIMIT,
+    Event, FollowerStatus, LogRead, ProposalOutcome, ProposalRejection, ProtocolStatus, Raft, ReadMode,
+    ReadOutcome, Ready, ReplicationMode, RestoreError, RestoredState, SnapshotPart, SnapshotRead,
+    TransferError, STALLED_TRANSFER_TIMEOUTS, TERM_LIMIT,
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{

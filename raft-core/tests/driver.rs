@@ -453,6 +453,31 @@ async fn a_follower_restoring_a_snapshot_keeps_acknowledging_the_leader() {
     c.shutdown().await;
 }
 
+/// With no log cache (payloads of applied, durable entries are dropped at once) and no
+/// snapshots, a follower that was down catches up from entries the leader reads from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_from_entries_read_from_the_leaders_storage() {
+    let config = Config {
+        log_cache_bytes: 0,
+        snapshot_threshold_entries: 0,
+        snapshot_threshold_bytes: 0,
+        ..Config::default()
+    };
+    let mut c = Cluster::new(3, config).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.other_than(leader);
+    c.wait_applied(propose_many(c.node(leader), 1).await).await;
+    c.stop(follower).await;
+    let last = propose_many(c.node(leader), 300).await;
+    assert!(c.node(leader).status().protocol.snapshot.index == 0, "no snapshot was taken");
+    c.restart(follower).await;
+    c.wait_applied(last).await;
+    let (expected, fsm) = (c.fsm(leader).count(), c.fsm(follower).clone());
+    wait_until("the follower's count reaches the leader's", || fsm.count() == expected).await;
+    assert_eq!(fsm.restored(), 0, "caught up from the log, not a snapshot");
+    c.shutdown().await;
+}
+
 /// Writes on the leader, then reads on the leader and on a follower: each read index covers
 /// the acknowledged write and the local state machine has applied it.
 async fn check_reads(config: Config, mode: ReadMode) {

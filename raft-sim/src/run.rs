@@ -242,6 +242,9 @@ impl Sim {
             max_in_flight_appends: rng.range(1, 8) as usize,
             max_uncommitted_entries: rng.range(8, 1_000) as usize,
             max_uncommitted_bytes: rng.range(512, 1 << 20),
+            // Often a cache of a few entries: followers that lag are sent entries read from
+            // the simulated disk (`Storage::entries`).
+            log_cache_bytes: if rng.chance(2, 3) { rng.range(0, 2_048) } else { u64::MAX },
             ..Config::default()
         };
         let latency = rng.range(1, 9);

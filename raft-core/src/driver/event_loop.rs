@@ -529,7 +529,8 @@ impl Driver {
                 ready.messages.retain(|m| !acknowledges_a_part(m));
                 ready.persisted_messages.retain(|m| !acknowledges_a_part(m));
             }
-            let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
+            let mut chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
+            chunks.extend(self.read_log_entries(&ready.log_reads).await);
             for m in std::mem::take(&mut ready.messages) {
                 self.send(m);
             }
@@ -662,6 +663,24 @@ impl Driver {
             events.push(self.release(&done));
         }
         Ok(events)
+    }
+
+    /// Reads the log entries before the protocol's cache that it needs for followers (a
+    /// message's worth each). Entries that cannot be read are answered `None` (the protocol
+    /// then sends the snapshot, or tries again later).
+    async fn read_log_entries(&self, reads: &[crate::protocol::LogRead]) -> Vec<Event> {
+        let mut events = Vec::with_capacity(reads.len());
+        for r in reads {
+            let entries = match self.storage.entries(r.from, r.last.saturating_add(1)).await {
+                Ok(entries) => Some(entries),
+                Err(e) => {
+                    tracing::warn!(error = %e, from = r.from, last = r.last, to = r.to, "reading log entries to send");
+                    None
+                }
+            };
+            events.push(Event::LogEntries { to: r.to, from: r.from, entries });
+        }
+        events
     }
 
     /// Reads the parts of this node's snapshot the protocol asked for. A part that cannot be

@@ -1,13 +1,16 @@
-//! The protocol's view of the log: every entry after the compaction point, in memory, with the
-//! durable, committed and handed-to-apply positions.
+//! The protocol's view of the log: every entry after the compaction point, with the durable,
+//! committed and handed-to-apply positions. The index, term and size of every entry are held;
+//! payloads only from `cached_from` on (a bounded cache of the log's tail): the older entries
+//! are read from storage when a follower needs them (`Ready::log_reads`).
 //!
 //! Architecture invariant: `applied <= committed`, and every index in `(base.index,
 //! last_index]` is present exactly once. `base` is the last compacted entry (at or before the
-//! latest snapshot's last entry); its term is still known for the consistency check.
+//! latest snapshot's last entry); its term is still known for the consistency check. Entries
+//! before `cached_from` are applied and durable (only those lose their payload).
 
 use std::collections::VecDeque;
 
-use crate::types::{Entry, Index, LogId, Term};
+use crate::types::{Entry, EntryPayload, Index, LogId, Term};
 
 /// The in-memory log of one node.
 #[derive(Debug, Clone)]
@@ -27,6 +30,10 @@ pub(crate) struct RaftLog {
     pub(crate) committed: Index,
     /// The last index handed to the driver for applying.
     pub(crate) applied: Index,
+    /// The first entry whose payload is held; entries before it are stubs (index and term).
+    cached_from: Index,
+    /// Payload bytes of the cached entries past which applied, durable ones are dropped.
+    cache_bytes: u64,
 }
 
 impl RaftLog {
@@ -55,6 +62,60 @@ impl RaftLog {
             persisted: last.max(start),
             committed: start,
             applied: start,
+            cached_from: base.index + 1,
+            cache_bytes: u64::MAX,
+        }
+    }
+
+    /// Keeps the payloads of at most about `bytes` of the log's tail (see [`evict`](Self::evict)).
+    pub(crate) fn set_cache_bytes(&mut self, bytes: u64) {
+        self.cache_bytes = bytes;
+    }
+
+    /// The first index whose entry is held whole (entries before it must be read from storage).
+    pub(crate) fn cached_from(&self) -> Index {
+        self.cached_from.max(self.base.index + 1)
+    }
+
+    /// Drops the payloads of the oldest cached entries while the cache holds more than its
+    /// bound, never of an entry not yet applied (handed out) or not yet durable.
+    pub(crate) fn evict(&mut self) {
+        let evictable_to = self.applied.min(self.persisted).min(self.last_index());
+        let mut from = self.cached_from();
+        while from <= evictable_to && self.bytes_after(from - 1) > self.cache_bytes {
+            if let Some(e) = self.position(from).and_then(|i| self.entries.get_mut(i)) {
+                e.payload = EntryPayload::Blank;
+            }
+            from += 1;
+        }
+        self.cached_from = from;
+    }
+
+    /// The last index of a read from storage starting at `from` (before the cache) that keeps
+    /// within `max_entries` and `max_bytes` (at least one entry) and stops before the cache.
+    pub(crate) fn read_end(&self, from: Index, max_entries: usize, max_bytes: usize) -> Index {
+        let cached = self.cached_from();
+        debug_assert!(from > self.base.index && from < cached);
+        let mut last = from;
+        let start = self.bytes_before(from);
+        while last + 1 < cached
+            && last + 1 < from.saturating_add(max_entries as u64)
+            && self.bytes_before(last + 2) - start <= max_bytes as u64
+        {
+            last += 1;
+        }
+        last
+    }
+
+    /// The bytes of the entries held before `index` (from the counting origin).
+    fn bytes_before(&self, index: Index) -> u64 {
+        match index.checked_sub(self.base.index + 2) {
+            None => self.base_end,
+            Some(i) => self
+                .ends
+                .get(i as usize)
+                .copied()
+                .unwrap_or_else(|| self.ends.back().copied().unwrap_or(self.base_end)),
         }
     }
 
@@ -127,14 +188,15 @@ impl RaftLog {
         if index == self.base.index {
             return Some(self.base.term);
         }
-        self.get(index).map(|e| e.term)
+        self.position(index).and_then(|i| self.entries.get(i)).map(|e| e.term)
     }
 
+    /// The entry at `index`, if the log holds it whole (not before the cache).
     pub(crate) fn get(&self, index: Index) -> Option<&Entry> {
-        if index <= self.base.index {
+        if index < self.cached_from() {
             return None;
         }
-        self.entries.get((index - self.base.index - 1) as usize)
+        self.position(index).and_then(|i| self.entries.get(i))
     }
 
     /// Whether the log has an entry `id` (same index, same term).
@@ -189,7 +251,11 @@ impl RaftLog {
 
     /// Up to `max_entries` entries from `from`, stopping before `max_bytes` is passed (at
     /// least one entry if any exists).
+    /// Nothing when `from` is before the cache.
     pub(crate) fn slice(&self, from: Index, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
+        if from < self.cached_from() {
+            return Vec::new();
+        }
         let Some(start) = self.position(from) else { return Vec::new() };
         let held = self.entries.range(start..);
         let mut out = Vec::with_capacity(held.len().min(max_entries));
@@ -207,7 +273,8 @@ impl RaftLog {
     /// Entries `from..=to` that the log holds, cloned (one allocation of the exact size: this
     /// runs for every ready's new and committed entries).
     pub(crate) fn range(&self, from: Index, to: Index) -> Vec<Entry> {
-        let from = from.max(self.base.index + 1);
+        debug_assert!(from >= self.cached_from() || from > to, "range {from}..={to} before the cache");
+        let from = from.max(self.cached_from());
         let to = to.min(self.last_index());
         match (self.position(from), self.position(to)) {
             (Some(start), Some(end)) if start <= end => self.entries.range(start..=end).cloned().collect(),
@@ -306,6 +373,37 @@ mod tests {
         assert_eq!(log.bytes_after(0), 0, "a snapshot the log does not hold replaces it");
         log.push(command(3, 11, 5));
         assert_eq!(log.bytes_after(10), sum(&[5]));
+    }
+
+    #[test]
+    fn the_cache_drops_only_applied_durable_payloads_and_keeps_every_term() {
+        let entries = (1..=5).map(|i| command(1, i, 100)).collect();
+        let mut log = RaftLog::restore(LogId::default(), entries, 0);
+        log.set_cache_bytes(250);
+        (log.committed, log.applied, log.persisted) = (5, 1, 5);
+        log.evict();
+        assert_eq!(log.cached_from(), 2, "entry 2 is not handed to the state machine yet");
+        log.applied = 5;
+        log.persisted = 3;
+        log.evict();
+        assert_eq!(log.cached_from(), 4, "entry 4 is not durable yet");
+        log.persisted = 5;
+        log.evict();
+        assert_eq!(log.cached_from(), 4, "two entries (248 bytes) fit in 250");
+        assert!(log.get(3).is_none() && log.slice(3, 10, usize::MAX).is_empty());
+        assert_eq!(log.term_at(1), Some(1));
+        assert!(matches!(log.get(4).map(|e| &e.payload), Some(EntryPayload::Command(c)) if c.len() == 100));
+        assert_eq!(log.slice(4, 10, usize::MAX).len(), 2);
+        // A read before the cache stops at it, and keeps to the limits (at least one entry).
+        assert_eq!(log.read_end(1, 100, usize::MAX), 3);
+        assert_eq!(log.read_end(1, 2, usize::MAX), 2);
+        assert_eq!(log.read_end(1, 100, 250), 2);
+        assert_eq!(log.read_end(2, 100, 1), 2);
+        // A snapshot that replaces the log, and new entries: all held.
+        log.install_snapshot(LogId::new(2, 9));
+        log.push(command(2, 10, 1));
+        assert_eq!(log.cached_from(), 10);
+        assert!(log.get(10).is_some());
     }
 
     #[test]

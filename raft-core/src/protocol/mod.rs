@@ -19,8 +19,8 @@ use bytes::Bytes;
 pub use progress::ReplicationMode;
 pub use reads::ReadMode;
 pub use ready::{
-    ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, SnapshotPart, SnapshotRead,
-    TransferError,
+    LogRead, ProposalOutcome, ProposalRejection, ReadOutcome, Ready, RestoreError, SnapshotPart,
+    SnapshotRead, TransferError,
 };
 pub use snapshots::STALLED_TRANSFER_TIMEOUTS;
 
@@ -75,6 +75,16 @@ pub enum Event {
         offset: u64,
         /// The bytes.
         data: Option<Bytes>,
+    },
+    /// Log entries read from storage, answering a [`LogRead`](crate::LogRead): `from..=last`
+    /// in order, or `None` when storage no longer holds them (or could not read them).
+    LogEntries {
+        /// The follower they are for.
+        to: NodeId,
+        /// The read's first index.
+        from: Index,
+        /// The entries.
+        entries: Option<Vec<Entry>>,
     },
     /// The writes of every ready up to number `seq` handed over with
     /// [`advance_unpersisted`](Raft::advance_unpersisted) are durable: for a driver that
@@ -320,7 +330,8 @@ impl Raft {
             }
         }
         let membership = configs.values().next_back().cloned().unwrap_or_default();
-        let log = RaftLog::restore(base, entries, snapshot_last.index);
+        let mut log = RaftLog::restore(base, entries, snapshot_last.index);
+        log.set_cache_bytes(config.log_cache_bytes);
         let recovering_to = restored.recorded_last.filter(|recorded| *recorded > log.last_log_id());
         if let Some(recorded) = recovering_to {
             tracing::warn!(
@@ -510,6 +521,7 @@ impl Raft {
             Event::SnapshotChunk { to, snapshot, offset, data } => {
                 self.on_snapshot_chunk(to, snapshot, offset, data)
             }
+            Event::LogEntries { to, from, entries } => self.on_log_entries(to, from, entries),
             Event::Persisted { last, seq } => self.on_persisted(last, seq),
             Event::SnapshotStagingFailed { retry_in_ms } => {
                 self.abandon_incoming();
@@ -581,6 +593,8 @@ impl Raft {
             ready.committed = self.log.range(self.log.applied + 1, apply_to);
             self.log.applied = apply_to;
         }
+        // Entries handed out and durable may leave the cache (the ready holds its own copies).
+        self.log.evict();
         self.awaiting_advance = true;
         ready
     }
@@ -1357,12 +1371,14 @@ impl Raft {
         if self.transfer.is_some() {
             return Err(ProposalRejection::LeadershipTransferInProgress);
         }
-        let committed = self.log.committed;
-        if self.log.len_after(committed) >= self.config.max_uncommitted_entries as u64 {
+        // Counted from what was handed to the state machine: a leader whose applier is full
+        // (`hold_apply`) takes no more than the same bound either.
+        let handed = self.log.applied;
+        if self.log.len_after(handed) >= self.config.max_uncommitted_entries as u64 {
             return Err(ProposalRejection::Busy);
         }
         // In bytes too (a proposal alone is always taken: its size is bounded by the caller).
-        let uncommitted = self.log.bytes_after(committed);
+        let uncommitted = self.log.bytes_after(handed);
         if uncommitted > 0
             && uncommitted.saturating_add(command.len() as u64) > self.config.max_uncommitted_bytes
         {
@@ -1433,7 +1449,8 @@ impl Raft {
     /// commit index, or a probe is due, and its flow control allows one more message.
     fn wants_send(&self, to: NodeId) -> bool {
         let Some(p) = self.progress.get(&to) else { return false };
-        p.can_send(self.config.max_in_flight_appends)
+        p.log_read.is_none()
+            && p.can_send(self.config.max_in_flight_appends)
             && (p.next_index <= self.log.last_index()
                 || p.mode == ReplicationMode::Probe
                 || p.commit_sent < self.log.committed.min(p.next_index - 1))
@@ -1467,9 +1484,9 @@ impl Raft {
     }
 
     /// Sends one AppendEntries at the follower's `next_index`, with entries if `with_entries`.
-    /// Returns `false` if nothing could be sent (the follower needs a snapshot instead).
+    /// Returns `false` if nothing could be sent (the follower needs a snapshot instead, or the
+    /// entries are being read from storage).
     fn send_append(&mut self, to: NodeId, with_entries: bool) -> bool {
-        let term = self.term();
         let committed = self.log.committed;
         let Some(p) = self.progress.get(&to) else { return false };
         let prev_index = p.next_index - 1;
@@ -1478,11 +1495,103 @@ impl Raft {
             self.start_snapshot_transfer(to);
             return false;
         };
+        let from = p.next_index;
+        if with_entries && from <= self.log.last_index() && from < self.log.cached_from() {
+            // Before the cache: read from storage; sent when they come (`on_log_entries`).
+            let last =
+                self.log.read_end(from, self.config.max_entries_per_append, self.config.max_bytes_per_append);
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.log_read = Some(from);
+            }
+            self.out.log_reads.push(LogRead { to, from, last });
+            return false;
+        }
         let entries = if with_entries {
-            self.log.slice(p.next_index, self.config.max_entries_per_append, self.config.max_bytes_per_append)
+            self.log.slice(from, self.config.max_entries_per_append, self.config.max_bytes_per_append)
         } else {
             Vec::new()
         };
+        self.send_entries(to, prev_term, prev_index, entries, committed);
+        true
+    }
+
+    /// Entries read from storage for `to` (see [`send_append`](Self::send_append)): sent if
+    /// they are still what it needs, and sending goes on from after them. A read that failed
+    /// (storage compacted them meanwhile, or an error) sends the snapshot when there is one,
+    /// and otherwise tries again at the next heartbeat.
+    fn on_log_entries(&mut self, to: NodeId, from: Index, entries: Option<Vec<Entry>>) {
+        let window = self.config.max_in_flight_appends;
+        let Some(p) = self.progress.get_mut(&to) else { return };
+        if p.log_read != Some(from) {
+            return;
+        }
+        p.log_read = None;
+        if self.role != Role::Leader {
+            return;
+        }
+        let still_wanted = p.next_index == from && p.mode != ReplicationMode::Snapshot && p.can_send(window);
+        let Some(entries) = entries.filter(|e| !e.is_empty()) else {
+            tracing::warn!(
+                node = self.id,
+                to,
+                from,
+                "log entries for a follower could not be read from storage"
+            );
+            if self.snapshot.is_some() {
+                self.start_snapshot_transfer(to);
+                self.send_appends_to(to);
+            } else if let Some(p) = self.progress.get_mut(&to) {
+                // Tried again when the next heartbeat clears the probe.
+                p.become_probe();
+                p.probe_sent = true;
+            }
+            return;
+        };
+        if !still_wanted {
+            // It moved on (an answer reset it) or has no room: sending resumes from where it is.
+            self.send_appends_to(to);
+            return;
+        }
+        // What storage returned must be this log's entries `from..`: same indexes and terms.
+        let genuine = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == from + i as Index && self.log.term_at(e.index) == Some(e.term));
+        let Some(prev_term) = self.log.term_at(from - 1).filter(|_| genuine) else {
+            tracing::error!(node = self.id, to, from, "storage returned entries that are not the log's");
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.become_probe();
+                p.probe_sent = true;
+            }
+            return;
+        };
+        let mut entries = entries;
+        let mut bytes = 0usize;
+        let keep = entries
+            .iter()
+            .take(self.config.max_entries_per_append)
+            .take_while(|e| {
+                bytes += e.size_bytes();
+                bytes <= self.config.max_bytes_per_append
+            })
+            .count()
+            .max(1);
+        entries.truncate(keep);
+        let committed = self.log.committed;
+        self.send_entries(to, prev_term, from - 1, entries, committed);
+        self.send_appends_to(to);
+    }
+
+    /// Sends `entries` (after `prev_index` of `prev_term`) to `to` and records them as sent.
+    fn send_entries(
+        &mut self,
+        to: NodeId,
+        prev_term: Term,
+        prev_index: Index,
+        entries: Vec<Entry>,
+        committed: Index,
+    ) {
+        let term = self.term();
         let last_sent = entries.last().map(|e| e.index);
         let leader_commit = committed.min(last_sent.unwrap_or(prev_index));
         if let Some(p) = self.progress.get_mut(&to) {
@@ -1500,7 +1609,6 @@ impl Raft {
                 read_seq,
             },
         );
-        true
     }
 
     /// Starts a heartbeat round: every follower gets a message that carries the new

@@ -58,6 +58,9 @@ pub(crate) struct Progress {
     pub(crate) snapshot: Option<SnapshotTransfer>,
     /// The highest heartbeat round (`read_seq`) the follower answered in this term.
     pub(crate) acked_read_seq: u64,
+    /// Entries from this index are being read from storage for the follower (they are before
+    /// the log's cache): nothing more is sent to it but heartbeats until they come.
+    pub(crate) log_read: Option<Index>,
 }
 
 impl Progress {
@@ -73,6 +76,7 @@ impl Progress {
             commit_sent: 0,
             snapshot: None,
             acked_read_seq: 0,
+            log_read: None,
         }
     }
 

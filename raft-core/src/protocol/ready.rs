@@ -64,6 +64,11 @@ pub struct Ready {
     /// (at any point of the order above) and hand it back with
     /// [`Event::SnapshotChunk`](crate::Event::SnapshotChunk) after `advance`.
     pub snapshot_reads: Vec<SnapshotRead>,
+    /// Log entries a follower needs that are before the log's cache (see
+    /// [`Config::log_cache_bytes`](crate::Config::log_cache_bytes)): read each from storage (at
+    /// any point of the order above) and hand it back with
+    /// [`Event::LogEntries`](crate::Event::LogEntries) after `advance`.
+    pub log_reads: Vec<LogRead>,
     /// Parts of a snapshot the leader is sending, in order: stage each
     /// ([`Storage::stage_snapshot_part`](crate::Storage::stage_snapshot_part)) before
     /// anything else of this ready. A part at offset 0 starts a snapshot over. When the last
@@ -108,6 +113,17 @@ pub struct SnapshotRead {
     pub max: usize,
 }
 
+/// Log entries the protocol needs from storage in order to send them to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRead {
+    /// The follower they are for.
+    pub to: NodeId,
+    /// The first index.
+    pub from: Index,
+    /// The last index (inclusive).
+    pub last: Index,
+}
+
 impl Ready {
     /// Whether there is anything to persist.
     pub fn must_persist(&self) -> bool {
@@ -126,6 +142,7 @@ impl Ready {
             && self.proposals.is_empty()
             && self.reads.is_empty()
             && self.snapshot_reads.is_empty()
+            && self.log_reads.is_empty()
             && self.snapshot_parts.is_empty()
             && !self.discard_staged_snapshot
     }

@@ -484,6 +484,86 @@ fn round_sent_to(ready: &Ready, to: NodeId) -> Option<u64> {
     })
 }
 
+/// A leader (cache of 0 bytes: every applied, durable entry keeps only its index and term)
+/// whose follower 3 has entries 1-2 only: 1-7 are committed and applied, node 3 answers.
+fn leader_with_an_empty_cache() -> Raft {
+    let mut n = node(1, 1, None, &[1, 1, 1, 1, 1, 1]);
+    n.log.set_cache_bytes(0);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(7, 0)));
+    assert_eq!(n.commit_index(), 7);
+    assert!(n.entry(3).is_none(), "applied, durable entries left the cache");
+    assert_eq!(n.term_at(3), Some(1), "their terms stay");
+    n
+}
+
+#[test]
+fn a_follower_behind_the_log_cache_is_sent_entries_read_from_storage() {
+    let mut n = leader_with_an_empty_cache();
+    let term = n.term();
+    let ready = deliver(&mut n, msg(3, 1, term, ack(2, 0)));
+    assert_eq!(ready.log_reads, vec![LogRead { to: 3, from: 3, last: 7 }]);
+    assert!(
+        !ready.messages.iter().any(|m| m.to == 3
+            && matches!(&m.payload, Payload::AppendEntries { entries, .. } if !entries.is_empty())),
+        "entries sent before they were read: {:?}",
+        ready.messages
+    );
+    assert!(!n.has_ready(), "nothing more for node 3 while its read is pending");
+    // A late answer to another read is ignored; this read's answer is sent.
+    let now = n.now;
+    n.step(now, Event::LogEntries { to: 3, from: 4, entries: Some(vec![entry(1, 4)]) });
+    let read: Vec<Entry> = (3..=6)
+        .map(|i| entry(1, i))
+        .chain([Entry { term: 2, index: 7, payload: EntryPayload::Blank }])
+        .collect();
+    n.step(now, Event::LogEntries { to: 3, from: 3, entries: Some(read.clone()) });
+    let ready = n.take_ready();
+    n.advance();
+    let sent: Vec<_> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Payload::AppendEntries { prev_log_id, entries, .. } if m.to == 3 && !entries.is_empty() => {
+                Some((*prev_log_id, entries.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![(LogId::new(1, 2), read)], "one AppendEntries with what was read");
+}
+
+#[test]
+fn entries_storage_returns_wrong_or_not_at_all_are_never_sent() {
+    let mut n = leader_with_an_empty_cache();
+    let term = n.term();
+    let now = n.now;
+    let sends_entries_to_3 = |r: &Ready| {
+        r.messages.iter().any(|m| {
+            m.to == 3 && matches!(&m.payload, Payload::AppendEntries { entries, .. } if !entries.is_empty())
+        })
+    };
+    // Entries of another term than the log's at those indexes.
+    deliver(&mut n, msg(3, 1, term, ack(2, 0)));
+    n.step(now, Event::LogEntries { to: 3, from: 3, entries: Some(vec![entry(9, 3)]) });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(!sends_entries_to_3(&ready), "sent entries that are not the log's: {:?}", ready.messages);
+    // Unreadable, with no snapshot to fall back on: tried again after the next heartbeat.
+    n.step(n.now + n.config.heartbeat_interval_ms, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let read = ready.log_reads.first().cloned().expect("read again after a heartbeat");
+    n.step(now, Event::LogEntries { to: 3, from: read.from, entries: None });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(!sends_entries_to_3(&ready));
+    assert!(ready.log_reads.is_empty(), "a failing read is not tried again at once");
+}
+
 #[test]
 fn a_read_needs_a_quorum_round_sent_after_it_and_a_commit_of_the_term() {
     let mut n = node(1, 1, None, &[1, 1]);

@@ -228,8 +228,8 @@ impl History {
                         // entries it compacted are in its snapshot).
                         let first = raft.first_log_index();
                         for (index, (t, _)) in self.committed.range(first..) {
-                            match raft.entry(*index) {
-                                Some(e) if e.term == *t => {}
+                            match raft.term_at(*index) {
+                                Some(term) if term == *t => {}
                                 _ => {
                                     return Err(format!(
                                         "leader completeness violated: node {id}, leader of term {term}, lacks committed entry {index}@{t}"
@@ -247,7 +247,10 @@ impl History {
                 let first = raft.first_log_index();
                 let membership = raft.membership().clone();
                 for index in checked.max(first - 1) + 1..=commit {
-                    let Some(e) = raft.entry(index) else {
+                    // An entry out of the log's cache is on the node's disk (it is durable).
+                    let disk = disks.get(id as usize - 1).and_then(|d| d.get(index));
+                    let held = raft.entry(index).or(disk).filter(|e| raft.term_at(index) == Some(e.term));
+                    let Some(e) = held else {
                         return Err(format!("node {id} has commit index {commit} but no entry {index}"));
                     };
                     let (term, payload) = (e.term, e.payload.clone());

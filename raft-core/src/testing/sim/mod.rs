@@ -702,8 +702,8 @@ impl Cluster {
 
     /// Does what storage does with a ready's snapshot parts: stages the parts the leader
     /// sends and turns the received snapshot (which the protocol holds as stored) into the
-    /// staged bytes; reads the parts of the node's own snapshot it sends, answered after
-    /// `advance` (`None` when the disk no longer holds that snapshot).
+    /// staged bytes; reads the parts of the node's own snapshot and the log entries before the
+    /// cache it sends, answered after `advance` (`None` when the disk no longer holds them).
     fn stage_and_read_snapshots(node: &mut SimNode, ready: &mut Ready) -> Result<(), String> {
         if ready.discard_staged_snapshot {
             node.staged.clear();
@@ -721,6 +721,11 @@ impl Cluster {
                 .staged
                 .take(&snapshot.meta, snapshot.data.len())
                 .map_err(|e| format!("node {id}: received the snapshot of {last}: {e}"))?;
+        }
+        for read in ready.log_reads.drain(..) {
+            let entries: Option<Vec<Entry>> =
+                (read.from..=read.last).map(|i| node.disk.get(i).cloned()).collect();
+            node.inbox.push_back(Event::LogEntries { to: read.to, from: read.from, entries });
         }
         for read in ready.snapshot_reads.drain(..) {
             let held = node.disk.snapshot.as_ref().filter(|s| s.meta.last_log_id == read.snapshot);

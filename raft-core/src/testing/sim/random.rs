@@ -175,6 +175,8 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
         max_uncommitted_entries: rng.range(4, 1_000) as usize,
         max_uncommitted_bytes: rng.range(64, 64 * 1024),
         rpc_timeout_ms: 500,
+        // Often a cache of a few entries: followers that lag are sent entries read from disk.
+        log_cache_bytes: if rng.chance(2, 3) { rng.range(0, 2_048) } else { u64::MAX },
         ..Config::default()
     };
     let mut cluster = Cluster::with_spares(voters, spares, seed, config);
