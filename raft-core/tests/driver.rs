@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::testing::counter::CounterFsm;
+use raft_core::testing::gated::{Gate, GatedFsm};
 use raft_core::testing::local_transport::LocalNetwork;
 use raft_core::{
     Config, Entry, EntryPayload, Fsm, FsmError, Index, InvalidChange, Membership, NodeId, ProposalRejection,
@@ -24,44 +25,6 @@ const WAIT_MAX: Duration = Duration::from_secs(5);
 struct Node {
     raft: Arc<RaftNode>,
     fsm: CounterFsm,
-}
-
-/// Holds a node's state machine back: while set, its applies (or restores) wait.
-#[derive(Debug, Default, Clone)]
-struct Gate {
-    apply_held: Arc<AtomicBool>,
-    restore_held: Arc<AtomicBool>,
-}
-
-impl Gate {
-    async fn pass(held: &AtomicBool) {
-        while held.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// A [`CounterFsm`] behind a [`Gate`].
-struct GatedFsm {
-    inner: CounterFsm,
-    gate: Gate,
-}
-
-#[async_trait]
-impl Fsm for GatedFsm {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        Gate::pass(&self.gate.apply_held).await;
-        self.inner.apply(entries).await
-    }
-
-    async fn snapshot(&mut self) -> Result<Box<dyn raft_core::SnapshotSource>, FsmError> {
-        self.inner.snapshot().await
-    }
-
-    async fn restore(&mut self, snapshot: &mut dyn raft_core::SnapshotReader) -> Result<(), FsmError> {
-        Gate::pass(&self.gate.restore_held).await;
-        self.inner.restore(snapshot).await
-    }
 }
 
 /// An in-process cluster whose nodes can be stopped and restarted with their storage.

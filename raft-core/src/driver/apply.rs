@@ -7,6 +7,9 @@
 //! exactly the entries applied so far), and a restore replaces the state after them; batches
 //! queued after a restore apply on the restored state.
 //!
+//! On a multi-threaded runtime the applier runs on a thread of its own (tokio's blocking pool),
+//! so a state machine that computes without awaiting never delays the driver task.
+//!
 //! Bounds: at most [`APPLY_BATCHES_MAX`] batches or [`APPLY_BYTES_MAX`] bytes of entries are
 //! queued or under way; past either, the driver holds committed entries back in the protocol
 //! ([`Raft::hold_apply`](crate::Raft::hold_apply)) instead of waiting, so a slow state machine
@@ -75,7 +78,18 @@ impl Applier {
         let capacity = APPLY_BATCHES_MAX + 2;
         let (jobs, rx) = mpsc::channel(capacity);
         let (done_tx, done) = mpsc::channel(capacity);
-        let task = tokio::spawn(apply_loop(fsm, applied, rx, done_tx));
+        let work = apply_loop(fsm, applied, rx, done_tx);
+        let runtime = tokio::runtime::Handle::current();
+        let task = if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            // One thread runs everything (a simulation, a test): a task, which yields between
+            // jobs so that the driver gets its turns.
+            tokio::spawn(work)
+        } else {
+            // A thread of its own: a state machine that computes (no await) for long never
+            // holds a runtime worker, and so never the driver task, which tokio may have
+            // queued on that worker when the applier woke it.
+            tokio::task::spawn_blocking(move || runtime.block_on(work))
+        };
         register(task.abort_handle());
         Self { jobs, done, batches: 0, bytes: 0, view_pending: false, restoring: false, task }
     }
@@ -100,8 +114,20 @@ impl Applier {
         self.view_pending
     }
 
-    fn send(&self, job: Job) -> Result<(), RaftError> {
-        self.jobs.try_send(job).map_err(|_| stopped())
+    fn send(&mut self, job: Job) -> Result<(), RaftError> {
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(RaftError::Fsm(FsmError::Failed("the applier's queue is full (a bug)".into())))
+            }
+            // It stopped on a failure: that failure (a panic's message) is the reason.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                while let Ok(done) = self.done.try_recv() {
+                    done?;
+                }
+                Err(stopped())
+            }
+        }
     }
 
     /// Queues a batch of committed entries (the caller keeps within the bounds, see
@@ -182,6 +208,7 @@ async fn apply_loop(
         if done.send(outcome).await.is_err() || failed {
             return;
         }
+        tokio::task::yield_now().await;
     }
 }
 

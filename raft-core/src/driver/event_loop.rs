@@ -636,6 +636,7 @@ impl Driver {
             }
             ApplyDone::View { last, source } => self.write_view_out(last, source),
             ApplyDone::Restored { meta } => {
+                self.raft.hold_snapshot_install(false);
                 self.applied = meta.last_log_id;
                 self.applied_bytes_since_snapshot = 0;
                 self.waiters.on_snapshot_installed(meta.last_log_id, &meta.membership);

@@ -154,7 +154,8 @@ pub struct ProtocolStatus {
     pub leader: Option<NodeId>,
     /// Highest committed index known.
     pub commit_index: Index,
-    /// Last index handed to the state machine.
+    /// Last index handed to the state machine. In a [`RaftNode`](crate::RaftNode)'s status:
+    /// the last index the state machine has applied (it may lag what was handed to it).
     pub applied_index: Index,
     /// Last index that is durable locally.
     pub persisted_index: Index,
@@ -278,6 +279,8 @@ pub struct Raft {
     recovering_to: Option<LogId>,
     /// Committed entries are held back from the readies (see [`Raft::hold_apply`]).
     apply_held: bool,
+    /// A received snapshot's last part is refused for now (see [`Raft::hold_snapshot_install`]).
+    install_held: bool,
 }
 
 impl Raft {
@@ -382,6 +385,7 @@ impl Raft {
             unsaved_from: None,
             awaiting_advance: false,
             apply_held: false,
+            install_held: false,
             dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
@@ -605,6 +609,14 @@ impl Raft {
     /// still installs meanwhile (the entries it covers are then never handed out).
     pub fn hold_apply(&mut self, hold: bool) {
         self.apply_held = hold;
+    }
+
+    /// Holds back (or lets through) the install of a snapshot received from the leader: while
+    /// held, the last part of a snapshot is not taken (the earlier ones are) and the leader
+    /// sends it again later. For a driver whose state machine is still restoring the previous
+    /// received snapshot from storage, which the new one would replace there.
+    pub fn hold_snapshot_install(&mut self, hold: bool) {
+        self.install_held = hold;
     }
 
     /// Tells the protocol that everything in the last [`Ready`] was carried out: its writes are

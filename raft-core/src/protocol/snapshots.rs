@@ -239,6 +239,12 @@ impl Raft {
             self.send(from, term, reply(have, false));
             return;
         }
+        if done && self.install_held {
+            // The driver cannot install it yet: where we stand, without this part (the leader
+            // takes the answer as a repeat and sends the part again an election timeout later).
+            self.send(from, term, reply(have, false));
+            return;
+        }
         incoming.len = incoming.len.saturating_add(data.len() as u64);
         let have = incoming.len;
         // The driver stages the part (in storage) before anything of this ready is sent.

@@ -5,6 +5,7 @@
 
 pub mod cluster_suite;
 pub mod counter;
+pub mod gated;
 pub mod local_transport;
 pub mod sim;
 pub mod snapshot_interference;
