@@ -760,14 +760,26 @@ async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns()
     assert_eq!(state.last_index, after.log_id.index, "every acknowledged write is in storage");
 }
 
-/// A state machine with a bug: it panics on the first command it applies.
-struct PanickingFsm;
+/// A state machine with a bug: it panics on command number `panic_at` (after a short pause
+/// when that is not the first, so that the driver queues more batches meanwhile).
+struct PanickingFsm {
+    panic_at: u64,
+    commands: u64,
+}
 
 #[async_trait]
 impl Fsm for PanickingFsm {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
-        if entries.iter().any(|e| matches!(e.payload, EntryPayload::Command(_))) {
-            panic!("a bug in the state machine");
+        for e in entries {
+            if matches!(e.payload, EntryPayload::Command(_)) {
+                self.commands += 1;
+                if self.commands >= self.panic_at {
+                    if self.panic_at > 1 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    panic!("a bug in the state machine");
+                }
+            }
         }
         Ok(entries.iter().map(|_| Bytes::new()).collect())
     }
@@ -790,7 +802,7 @@ async fn a_panic_in_the_driver_stops_the_node_visibly_and_answers_its_callers() 
         Membership::with_voters([1]),
         Arc::new(MemStorage::default()),
         Arc::new(network.transport(1, 64)),
-        Box::new(PanickingFsm),
+        Box::new(PanickingFsm { panic_at: 1, commands: 0 }),
         1,
     )
     .await
@@ -808,6 +820,50 @@ async fn a_panic_in_the_driver_stops_the_node_visibly_and_answers_its_callers() 
     );
     let after = node.propose(Bytes::from_static(b"later")).await.expect_err("stopped");
     assert_eq!(after, RaftError::AlreadyShutdown);
+}
+
+/// The panic comes after many batches, while the driver queues more: its message must survive
+/// (the applier stops, and a job queued after it must not replace the reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_panic_is_always_reported_as_a_panic() {
+    let mut lost = Vec::new();
+    for round in 0..20 {
+        let network = LocalNetwork::default();
+        let node = Arc::new(
+            RaftNode::start(
+                1,
+                Config::default(),
+                Membership::with_voters([1]),
+                Arc::new(MemStorage::default()),
+                Arc::new(network.transport(1, 64)),
+                Box::new(PanickingFsm { panic_at: 50, commands: 0 }),
+                round,
+            )
+            .await
+            .expect("starts"),
+        );
+        wait_until("a single node elects itself", || node.status().protocol.role == Role::Leader).await;
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    if node.propose(Bytes::from(format!("{t}-{i}"))).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        wait_until("the node stops", || node.status().fatal.is_some()).await;
+        let fatal = node.status().fatal.unwrap_or_default();
+        if !fatal.contains("panicked") {
+            lost.push(format!("round {round}: {fatal}"));
+        }
+    }
+    assert!(lost.is_empty(), "the panic's reason was lost: {lost:#?}");
 }
 
 /// A follower (node 1, elections off) fed InstallSnapshot messages by hand from "leaders" 2
