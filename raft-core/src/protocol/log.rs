@@ -6,7 +6,7 @@
 //! Architecture invariant: `applied <= committed`, and every index in `(base.index,
 //! last_index]` is present exactly once. `base` is the last compacted entry (at or before the
 //! latest snapshot's last entry); its term is still known for the consistency check. Entries
-//! before `cached_from` are applied and durable (only those lose their payload).
+//! before `cached_from` are committed and durable (only those lose their payload).
 
 use std::collections::VecDeque;
 
@@ -72,15 +72,21 @@ impl RaftLog {
         self.cache_bytes = bytes;
     }
 
+    /// The bytes ([`Entry::size_bytes`]) of the entries held whole.
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.bytes_after(self.cached_from() - 1)
+    }
+
     /// The first index whose entry is held whole (entries before it must be read from storage).
     pub(crate) fn cached_from(&self) -> Index {
         self.cached_from.max(self.base.index + 1)
     }
 
     /// Drops the payloads of the oldest cached entries while the cache holds more than its
-    /// bound, never of an entry not yet applied (handed out) or not yet durable.
+    /// bound, never of an entry not yet committed or not yet durable. Committed entries not yet
+    /// handed out (applying is held) are dropped too, and read from storage when they are.
     pub(crate) fn evict(&mut self) {
-        let evictable_to = self.applied.min(self.persisted).min(self.last_index());
+        let evictable_to = self.committed.min(self.persisted).min(self.last_index());
         let mut from = self.cached_from();
         while from <= evictable_to && self.bytes_after(from - 1) > self.cache_bytes {
             if let Some(e) = self.position(from).and_then(|i| self.entries.get_mut(i)) {
@@ -376,14 +382,14 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_drops_only_applied_durable_payloads_and_keeps_every_term() {
+    fn the_cache_drops_only_committed_durable_payloads_and_keeps_every_term() {
         let entries = (1..=5).map(|i| command(1, i, 100)).collect();
         let mut log = RaftLog::restore(LogId::default(), entries, 0);
         log.set_cache_bytes(250);
-        (log.committed, log.applied, log.persisted) = (5, 1, 5);
+        (log.committed, log.applied, log.persisted) = (1, 1, 5);
         log.evict();
-        assert_eq!(log.cached_from(), 2, "entry 2 is not handed to the state machine yet");
-        log.applied = 5;
+        assert_eq!(log.cached_from(), 2, "entry 2 is not committed yet");
+        (log.committed, log.applied) = (5, 5);
         log.persisted = 3;
         log.evict();
         assert_eq!(log.cached_from(), 4, "entry 4 is not durable yet");

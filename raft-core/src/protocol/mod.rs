@@ -159,6 +159,9 @@ pub struct ProtocolStatus {
     pub applied_index: Index,
     /// Last index that is durable locally.
     pub persisted_index: Index,
+    /// Bytes (payloads plus a 24-byte header each) of the log entries whose payload is held in
+    /// memory: the cache (`log_cache_bytes`) plus what is not yet committed or durable.
+    pub log_cached_bytes: u64,
     /// Last entry of the log.
     pub last_log_id: LogId,
     /// The membership in force (the latest configuration in the log, committed or not).
@@ -281,6 +284,13 @@ pub struct Raft {
     apply_held: bool,
     /// A received snapshot's last part is refused for now (see [`Raft::hold_snapshot_install`]).
     install_held: bool,
+    /// Committed entries before the cache are being read from storage to be applied, from
+    /// this index (see [`Raft::take_ready`]); `None` when no read is pending.
+    apply_read: Option<Index>,
+    /// Entries read for applying, handed out by the next ready.
+    apply_entries: Vec<Entry>,
+    /// A read for applying failed: the next one waits for the next tick.
+    apply_read_failed: bool,
 }
 
 impl Raft {
@@ -386,6 +396,9 @@ impl Raft {
             awaiting_advance: false,
             apply_held: false,
             install_held: false,
+            apply_read: None,
+            apply_entries: Vec::new(),
+            apply_read_failed: false,
             dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
@@ -465,6 +478,7 @@ impl Raft {
             commit_index: self.log.committed,
             applied_index: self.log.applied,
             persisted_index: self.log.persisted,
+            log_cached_bytes: self.log.cached_bytes(),
             last_log_id: self.log.last_log_id(),
             membership: self.membership.clone(),
             followers: self
@@ -554,7 +568,7 @@ impl Raft {
             || self.hard_state_dirty
             || self.unsaved_from.is_some()
             || self.truncated_from.is_some()
-            || (!self.apply_held && self.log.applied < self.log.committed.min(self.log.persisted))
+            || (self.may_apply() && self.log.applied < self.log.committed.min(self.log.persisted))
             || (self.role == Role::Leader && (self.read_round_needed || self.leader_has_sends()))
     }
 
@@ -593,9 +607,25 @@ impl Raft {
         }
         ready.persist_through = self.log.last_log_id();
         let apply_to = self.log.committed.min(self.log.persisted);
-        if !self.apply_held && apply_to > self.log.applied {
-            ready.committed = self.log.range(self.log.applied + 1, apply_to);
-            self.log.applied = apply_to;
+        if self.may_apply() && apply_to > self.log.applied {
+            let from = self.log.applied + 1;
+            let read = std::mem::take(&mut self.apply_entries);
+            if read.first().is_some_and(|e| e.index == from) {
+                // Read from storage (they had left the cache while applying was held).
+                let read: Vec<Entry> = read.into_iter().take_while(|e| e.index <= apply_to).collect();
+                self.log.applied = read.last().map_or(self.log.applied, |e| e.index);
+                ready.committed = read;
+            } else if from >= self.log.cached_from() {
+                ready.committed = self.log.range(from, apply_to);
+                self.log.applied = apply_to;
+            } else {
+                let last = self
+                    .log
+                    .read_end(from, self.config.max_entries_per_append, self.config.max_bytes_per_append)
+                    .min(apply_to);
+                self.apply_read = Some(from);
+                ready.log_reads.push(LogRead { to: self.id, from, last });
+            }
         }
         // Entries handed out and durable may leave the cache (the ready holds its own copies).
         self.log.evict();
@@ -609,6 +639,44 @@ impl Raft {
     /// still installs meanwhile (the entries it covers are then never handed out).
     pub fn hold_apply(&mut self, hold: bool) {
         self.apply_held = hold;
+    }
+
+    /// Whether a ready may hand out committed entries now: not held, no read for them pending
+    /// or failed since the last tick.
+    fn may_apply(&self) -> bool {
+        !self.apply_held && self.apply_read.is_none() && !self.apply_read_failed
+    }
+
+    /// Entries read from storage to be applied (see [`take_ready`](Self::take_ready)): kept
+    /// for the next ready if they are this log's committed, durable entries right after what
+    /// was handed out. A read that failed is tried again after the next tick.
+    fn on_apply_read(&mut self, from: Index, entries: Option<Vec<Entry>>) {
+        if self.apply_read != Some(from) {
+            return;
+        }
+        self.apply_read = None;
+        let apply_to = self.log.committed.min(self.log.persisted);
+        let entries = entries.unwrap_or_default();
+        let genuine = !entries.is_empty()
+            && entries.iter().enumerate().all(|(i, e)| {
+                e.index == from + i as Index
+                    && e.index <= apply_to
+                    && self.log.term_at(e.index) == Some(e.term)
+            });
+        if from != self.log.applied + 1 {
+            // A snapshot installed meanwhile covers them.
+            return;
+        }
+        if genuine {
+            self.apply_entries = entries;
+        } else {
+            tracing::error!(
+                node = self.id,
+                from,
+                "committed entries to apply could not be read from storage"
+            );
+            self.apply_read_failed = true;
+        }
     }
 
     /// Holds back (or lets through) the install of a snapshot received from the leader: while
@@ -628,6 +696,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
+        self.log.evict();
         self.check_recovered();
     }
 
@@ -655,6 +724,7 @@ impl Raft {
             return;
         }
         self.log.persisted = last.index;
+        self.log.evict();
         if self.role == Role::Leader {
             self.maybe_commit();
             // A transfer waits for the leader's own log to be durable before TimeoutNow.
@@ -665,6 +735,7 @@ impl Raft {
     // ---- timers ----
 
     fn tick(&mut self) {
+        self.apply_read_failed = false;
         self.expire_forwards();
         self.expire_remote_reads();
         match self.role {
@@ -1532,6 +1603,10 @@ impl Raft {
     /// (storage compacted them meanwhile, or an error) sends the snapshot when there is one,
     /// and otherwise tries again at the next heartbeat.
     fn on_log_entries(&mut self, to: NodeId, from: Index, entries: Option<Vec<Entry>>) {
+        if to == self.id {
+            self.on_apply_read(from, entries);
+            return;
+        }
         let window = self.config.max_in_flight_appends;
         let Some(p) = self.progress.get_mut(&to) else { return };
         if p.log_read != Some(from) {

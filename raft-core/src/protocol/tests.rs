@@ -392,6 +392,44 @@ fn held_committed_entries_wait_for_the_hold_to_end_and_a_snapshot_still_installs
 }
 
 #[test]
+fn committed_entries_that_left_the_cache_while_held_are_read_back_to_be_applied() {
+    let mut n = node(2, 1, None, &[]);
+    n.log.set_cache_bytes(0);
+    n.hold_apply(true);
+    let all: Vec<Entry> = (1..=4).map(|i| entry(1, i)).collect();
+    deliver(&mut n, msg(1, 2, 1, append((0, 0), all.clone(), 4)));
+    // Committed, durable, held: their payloads left the (empty) cache.
+    assert!(n.entry(1).is_none() && n.term_at(4) == Some(1));
+    n.hold_apply(false);
+    let ready = n.take_ready();
+    n.advance();
+    assert!(ready.committed.is_empty(), "handed out stubs: {:?}", ready.committed);
+    let read = ready.log_reads.first().cloned().expect("a read of the entries to apply");
+    assert_eq!((read.to, read.from, read.last), (2, 1, 4));
+    assert!(!n.has_ready(), "nothing more while the read is pending");
+    // A read that failed is tried again after a tick, not at once.
+    n.step(n.now, Event::LogEntries { to: 2, from: 1, entries: None });
+    assert!(!n.has_ready(), "tried again at once");
+    n.step(n.now + 1, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let read = ready.log_reads.first().cloned().expect("read again after a tick");
+    // Entries of another term are not this log's: never applied.
+    n.step(n.now, Event::LogEntries { to: 2, from: read.from, entries: Some(vec![entry(7, 1)]) });
+    assert!(!n.has_ready() || n.take_ready().committed.is_empty());
+    n.advance();
+    n.step(n.now + 1, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let read = ready.log_reads.first().cloned().expect("read again");
+    n.step(n.now, Event::LogEntries { to: 2, from: read.from, entries: Some(all.clone()) });
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(ready.committed, all, "the entries read are applied, in order");
+    assert_eq!(n.status().applied_index, 4);
+}
+
+#[test]
 fn proposals_on_a_follower_are_refused_or_forwarded() {
     let mut n = node(2, 1, None, &[]);
     deliver(&mut n, msg(1, 2, 1, append((0, 0), vec![], 0)));

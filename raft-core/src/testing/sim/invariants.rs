@@ -131,16 +131,17 @@ impl History {
         Ok(())
     }
 
-    /// A node applies `entry`; `disks` are every node's disk (by id - 1), `membership` the
-    /// configuration in force on the node.
+    /// A node applies `entry`; `disks` are every node's disk (by id - 1), `memberships` the
+    /// configurations in force on the node since the entry was appended (one of them committed
+    /// it).
     pub(crate) fn on_apply(
         &mut self,
         id: NodeId,
         entry: &Entry,
         disks: &[&Disk],
-        membership: &Membership,
+        memberships: &[Membership],
     ) -> Result<(), String> {
-        self.record_committed(id, entry.index, entry.term, &entry.payload, disks, membership)
+        self.record_committed(id, entry.index, entry.term, &entry.payload, disks, memberships)
     }
 
     /// A node's state machine reached `index` with `digest` (by applying or restoring).
@@ -178,7 +179,7 @@ impl History {
         term: Term,
         payload: &EntryPayload,
         disks: &[&Disk],
-        membership: &Membership,
+        memberships: &[Membership],
     ) -> Result<(), String> {
         match self.committed.get(&index) {
             Some((t, p)) => {
@@ -194,10 +195,10 @@ impl History {
                 // fault, have it in its durability record).
                 let holds =
                     |n: NodeId| disks.get(n as usize - 1).is_some_and(|d| d.holds_or_recorded(index, term));
-                if !membership.is_quorum(holds) {
+                if !memberships.iter().any(|m| m.is_quorum(holds)) {
                     let holders: Vec<NodeId> = (1..=disks.len() as NodeId).filter(|n| holds(*n)).collect();
                     return Err(format!(
-                        "entry {index}@{term} is committed (seen on node {id}) but only nodes {holders:?} hold it durably; membership {membership:?}"
+                        "entry {index}@{term} is committed (seen on node {id}) but only nodes {holders:?} hold it durably; memberships {memberships:?}"
                     ));
                 }
                 self.committed.insert(index, (term, payload.clone()));
@@ -254,7 +255,14 @@ impl History {
                         return Err(format!("node {id} has commit index {commit} but no entry {index}"));
                     };
                     let (term, payload) = (e.term, e.payload.clone());
-                    self.record_committed(id, index, term, &payload, disks, &membership)?;
+                    self.record_committed(
+                        id,
+                        index,
+                        term,
+                        &payload,
+                        disks,
+                        std::slice::from_ref(&membership),
+                    )?;
                 }
                 self.commit_checked.insert(id, commit);
             } else if commit < checked {

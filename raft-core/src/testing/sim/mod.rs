@@ -135,6 +135,10 @@ pub struct Cluster {
     network: Network,
     /// Upper bound of the simulated time a disk write takes.
     pub disk_latency_max_ms: Millis,
+    /// When not 0, a node's ready holds committed entries back one time in this many
+    /// ([`Raft::hold_apply`], as a driver with a full apply queue does), so that entries
+    /// leave the log's cache before they are handed out and are read back from disk.
+    pub apply_hold_one_in: u64,
     history: History,
     proposals: BTreeMap<(NodeId, ProposalId), (Bytes, ProposalState)>,
     reads: BTreeMap<(NodeId, ReadId), ReadRecord>,
@@ -178,6 +182,7 @@ impl Cluster {
             nodes: Vec::new(),
             network: Network::new(NetworkFaults::RELIABLE),
             disk_latency_max_ms: 2,
+            apply_hold_one_in: 0,
             history: History::default(),
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -629,11 +634,13 @@ impl Cluster {
                 let status = self.node(id).raft.as_ref().map(|r| r.status());
                 self.fail(&format!("node {id} produced ready work 100000 times in a row: {status:?}"));
             }
+            let hold = self.apply_hold_one_in > 0 && self.rng.chance(1, self.apply_hold_one_in);
             let node = self.node_mut(id);
             if node.in_progress.is_some() {
                 return;
             }
             let Some(raft) = node.raft.as_mut() else { return };
+            raft.hold_apply(hold);
             if !raft.has_ready() {
                 return;
             }
@@ -784,9 +791,21 @@ impl Cluster {
         if entry.index != expected {
             self.fail(&format!("node {id} applied index {} but expected {expected}", entry.index));
         }
-        let membership = self.node(id).raft.as_ref().map(|r| r.membership().clone()).unwrap_or_default();
+        // The entry was committed under one of the configurations in force since it was
+        // appended (the one at its index, or a later one): a quorum of that one holds it. When
+        // applying was held back past a membership change, the latest alone may not.
+        let memberships: Vec<Membership> = self.node(id).raft.as_ref().map_or_else(Vec::new, |r| {
+            let mut all: Vec<Membership> = Vec::new();
+            for i in entry.index..=r.last_log_id().index.max(entry.index) {
+                let m = r.membership_at(i);
+                if all.last() != Some(&m) {
+                    all.push(m);
+                }
+            }
+            all
+        });
         let disks: Vec<&Disk> = self.nodes.iter().map(|n| &n.disk).collect();
-        if let Err(v) = self.history.on_apply(id, &entry, &disks, &membership) {
+        if let Err(v) = self.history.on_apply(id, &entry, &disks, &memberships) {
             self.fail(&v);
         }
         let node = self.node_mut(id);

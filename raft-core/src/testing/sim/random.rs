@@ -182,6 +182,9 @@ pub fn run(seed: u64, options: RandomRunOptions) -> RandomRunReport {
     let mut cluster = Cluster::with_spares(voters, spares, seed, config);
     cluster.ignore_durability_records = options.ignore_durability_records;
     cluster.disk_latency_max_ms = rng.range(0, 5);
+    if rng.chance(1, 2) {
+        cluster.apply_hold_one_in = rng.range(2, 5);
+    }
     if rng.chance(2, 3) {
         cluster.snapshot_policy = Some(SnapshotPolicy { threshold: rng.range(3, 60), keep: rng.range(0, 8) });
     }
