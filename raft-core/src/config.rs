@@ -37,10 +37,11 @@ pub struct Config {
     /// yet committed or handed to its state machine; a proposal that would pass it is refused
     /// with `Busy`, unless there are none.
     pub max_uncommitted_bytes: u64,
-    /// Payload bytes of the log's tail kept in memory (a cache). Older entries that are applied
-    /// and durable keep only their index and term; when a follower needs them, the leader
-    /// reads them from storage (`Storage::entries`), a message's worth at a time. Entries not
-    /// yet applied or durable are always held. Larger: fewer reads for followers that lag;
+    /// Payload bytes of the log's tail kept in memory (a cache). Older entries that are
+    /// committed and durable keep only their index and term; when a follower needs them, the
+    /// leader reads them from storage (`Storage::entries`), a message's worth at a time, and so
+    /// does a node whose state machine fell behind (its apply queue was full) when it hands
+    /// them out. Entries not yet committed or durable are always held. Larger: fewer reads for followers that lag;
     /// smaller: less memory between snapshots (the log since the last snapshot can be a
     /// quarter of the state, see `snapshot_threshold_entries`).
     pub log_cache_bytes: u64,
