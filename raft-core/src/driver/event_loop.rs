@@ -54,6 +54,8 @@ enum Woke {
     Persisted(Result<Persisted, RaftError>),
     /// The applier completed a batch, a view or a restore.
     Applied(Result<ApplyDone, RaftError>),
+    /// A read of log entries from storage ended (`None`: the task did not finish).
+    LogRead(Option<Event>),
 }
 
 /// What the driver works with besides the protocol.
@@ -110,6 +112,9 @@ pub(super) struct Driver {
     /// A received snapshot's install waits for space (counted in the writer's
     /// [`SpaceWaits`](super::persist::SpaceWaits)).
     pub(super) install_waits_for_space: bool,
+    /// Reads of log entries before the protocol's cache, run beside the event loop (at most
+    /// one per follower and one for applying: the protocol asks for no more).
+    log_reads: tokio::task::JoinSet<Event>,
 }
 
 impl Driver {
@@ -187,6 +192,7 @@ impl Driver {
             writer,
             stopping: parts.stopping,
             install_waits_for_space: false,
+            log_reads: tokio::task::JoinSet::new(),
         };
         Ok((driver, status))
     }
@@ -269,6 +275,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
+                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     () = std::future::ready(()) => Woke::Timer,
                 }
@@ -278,6 +285,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
+                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -290,6 +298,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
+                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -332,6 +341,17 @@ impl Driver {
                     }
                 }
                 Woke::Applied(Err(e)) => break Some(e),
+                Woke::LogRead(Some(event)) => {
+                    let now = self.now_ms();
+                    self.raft.step(now, event);
+                }
+                // A read task cannot fail but by a panic: the read is not answered, and the
+                // node stops like on any other bug.
+                Woke::LogRead(None) => {
+                    break Some(RaftError::Storage(crate::storage::StorageError::Io(
+                        "a read of log entries did not finish".into(),
+                    )))
+                }
             }
             match self.after_step().await {
                 Ok(()) => {}
@@ -529,8 +549,8 @@ impl Driver {
                 ready.messages.retain(|m| !acknowledges_a_part(m));
                 ready.persisted_messages.retain(|m| !acknowledges_a_part(m));
             }
-            let mut chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
-            chunks.extend(self.read_log_entries(&ready.log_reads).await);
+            let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
+            self.start_log_reads(&ready.log_reads);
             for m in std::mem::take(&mut ready.messages) {
                 self.send(m);
             }
@@ -666,22 +686,24 @@ impl Driver {
         Ok(events)
     }
 
-    /// Reads the log entries before the protocol's cache that it needs for followers (a
-    /// message's worth each). Entries that cannot be read are answered `None` (the protocol
-    /// then sends the snapshot, or tries again later).
-    async fn read_log_entries(&self, reads: &[crate::protocol::LogRead]) -> Vec<Event> {
-        let mut events = Vec::with_capacity(reads.len());
-        for r in reads {
-            let entries = match self.storage.entries(r.from, r.last.saturating_add(1)).await {
-                Ok(entries) => Some(entries),
-                Err(e) => {
-                    tracing::warn!(error = %e, from = r.from, last = r.last, to = r.to, "reading log entries to send");
-                    None
-                }
-            };
-            events.push(Event::LogEntries { to: r.to, from: r.from, entries });
+    /// Starts reading the log entries before the protocol's cache that it needs (for a
+    /// follower, or to apply them; a message's worth each) beside the event loop: a slow read
+    /// holds no heartbeat. Each answers with `Event::LogEntries`; entries that cannot be read
+    /// are answered `None` (the protocol then sends the snapshot, or tries again later).
+    fn start_log_reads(&mut self, reads: &[crate::protocol::LogRead]) {
+        for r in reads.iter().cloned() {
+            let storage = self.storage.clone();
+            self.log_reads.spawn(async move {
+                let entries = match storage.entries(r.from, r.last.saturating_add(1)).await {
+                    Ok(entries) => Some(entries),
+                    Err(e) => {
+                        tracing::debug!(error = %e, from = r.from, last = r.last, to = r.to, "reading log entries");
+                        None
+                    }
+                };
+                Event::LogEntries { to: r.to, from: r.from, entries }
+            });
         }
-        events
     }
 
     /// Reads the parts of this node's snapshot the protocol asked for. A part that cannot be

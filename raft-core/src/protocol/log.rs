@@ -102,9 +102,15 @@ impl RaftLog {
     pub(crate) fn read_end(&self, from: Index, max_entries: usize, max_bytes: usize) -> Index {
         let cached = self.cached_from();
         debug_assert!(from > self.base.index && from < cached);
+        self.span_end(from, cached - 1, max_entries, max_bytes)
+    }
+
+    /// The last index of a run of entries from `from` to at most `limit` (at least `from`)
+    /// that keeps within `max_entries` and `max_bytes` (at least one entry).
+    pub(crate) fn span_end(&self, from: Index, limit: Index, max_entries: usize, max_bytes: usize) -> Index {
         let mut last = from;
         let start = self.bytes_before(from);
-        while last + 1 < cached
+        while last < limit
             && last + 1 < from.saturating_add(max_entries as u64)
             && self.bytes_before(last + 2) - start <= max_bytes as u64
         {

@@ -36,6 +36,10 @@ use reads::PendingRead;
 use reconfig::Transfer;
 use snapshots::IncomingSnapshot;
 
+/// One ready hands out at most this many AppendEntries' worth of committed entries
+/// (`max_entries_per_append`, `max_bytes_per_append`) to apply.
+const APPLY_BATCH_APPENDS: usize = 16;
+
 /// How many forwarded proposals a leader remembers per term to recognise duplicates.
 const FORWARDS_REMEMBERED: usize = 65_536;
 
@@ -616,8 +620,17 @@ impl Raft {
                 self.log.applied = read.last().map_or(self.log.applied, |e| e.index);
                 ready.committed = read;
             } else if from >= self.log.cached_from() {
-                ready.committed = self.log.range(from, apply_to);
-                self.log.applied = apply_to;
+                // A bounded batch (a restarted node may have a long log to apply again): the
+                // rest goes in the next readies, which the driver holds back while its apply
+                // queue is full.
+                let to = self.log.span_end(
+                    from,
+                    apply_to,
+                    self.config.max_entries_per_append.saturating_mul(APPLY_BATCH_APPENDS),
+                    self.config.max_bytes_per_append.saturating_mul(APPLY_BATCH_APPENDS),
+                );
+                ready.committed = self.log.range(from, to);
+                self.log.applied = to;
             } else {
                 let last = self
                     .log
@@ -1618,13 +1631,23 @@ impl Raft {
         }
         let still_wanted = p.next_index == from && p.mode != ReplicationMode::Snapshot && p.can_send(window);
         let Some(entries) = entries.filter(|e| !e.is_empty()) else {
-            tracing::warn!(
-                node = self.id,
-                to,
-                from,
-                "log entries for a follower could not be read from storage"
-            );
-            if self.snapshot.is_some() {
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.log_read_failures = p.log_read_failures.saturating_add(1);
+                if p.log_read_failures.is_power_of_two() {
+                    tracing::warn!(
+                        node = self.id,
+                        to,
+                        from,
+                        failures = p.log_read_failures,
+                        "log entries for a follower could not be read from storage"
+                    );
+                }
+            }
+            // The snapshot helps only if it covers them (they were compacted meanwhile); sent
+            // to a follower that holds what it covers, it would be answered at once and the
+            // same read asked for again, once per round trip.
+            let covered = self.snapshot.as_ref().is_some_and(|s| from <= s.meta.last_log_id.index);
+            if covered {
                 self.start_snapshot_transfer(to);
                 self.send_appends_to(to);
             } else if let Some(p) = self.progress.get_mut(&to) {

@@ -61,6 +61,8 @@ pub(crate) struct Progress {
     /// Entries from this index are being read from storage for the follower (they are before
     /// the log's cache): nothing more is sent to it but heartbeats until they come.
     pub(crate) log_read: Option<Index>,
+    /// Reads of entries for the follower that failed (for logging them sparingly).
+    pub(crate) log_read_failures: u32,
 }
 
 impl Progress {
@@ -77,6 +79,7 @@ impl Progress {
             snapshot: None,
             acked_read_seq: 0,
             log_read: None,
+            log_read_failures: 0,
         }
     }
 
