@@ -49,7 +49,20 @@ async fn flushed_store(n: u64) -> tempfile::TempDir {
 fn wal_only_store() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = super::child::spawn("append", dir.path(), &[]).expect("spawn");
+    // Until the WAL holds a few KiB (a loaded machine may start the child slowly: a fixed
+    // 300 ms once left a WAL too small to damage).
+    let wal_bytes = || {
+        files_with(dir.path(), |n| n.ends_with(".log"))
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     std::thread::sleep(Duration::from_millis(300));
+    while wal_bytes() < 8 * 1024 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(super::durability::sigkill(child.id()));
     let _ = child.wait();
     dir
