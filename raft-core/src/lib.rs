@@ -52,4 +52,4 @@ pub use storage::{
     StorageError,
 };
 pub use transport::{PeerError, SendError, Transport, TransportClosed};
-pub use types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};
+pub use types::{Entry, EntryPayload, EntryStub, HardState, Index, LogId, Millis, NodeId, Role, Term};

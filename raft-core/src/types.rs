@@ -78,6 +78,30 @@ impl Entry {
     }
 }
 
+/// A log entry known by its position and size, its payload left in storage: how a restarted
+/// node hands the protocol the part of its log that does not fit the cache
+/// ([`Config::log_cache_bytes`](crate::Config::log_cache_bytes)). A configuration entry keeps
+/// its membership (the protocol knows every configuration in its log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryStub {
+    /// The entry's position.
+    pub log_id: LogId,
+    /// [`Entry::size_bytes`] of the whole entry.
+    pub size_bytes: u64,
+    /// The membership a configuration entry carries.
+    pub membership: Option<Box<Membership>>,
+}
+
+impl From<&Entry> for EntryStub {
+    fn from(e: &Entry) -> Self {
+        let membership = match &e.payload {
+            EntryPayload::Membership(m) => Some(Box::new(m.clone())),
+            _ => None,
+        };
+        Self { log_id: e.log_id(), size_bytes: e.size_bytes() as u64, membership }
+    }
+}
+
 /// The state every node persists before answering any RPC (the paper's Figure 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HardState {

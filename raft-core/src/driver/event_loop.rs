@@ -1,6 +1,7 @@
 //! The driver task: waits for client requests, inbound messages and timers, steps the
 //! protocol, and carries out every `Ready` in the order [`Ready`](crate::Ready) documents.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
 use crate::rng::SeededRng;
 use crate::storage::Storage;
 use crate::transport::Transport;
-use crate::types::{EntryPayload, Index, LogId, Millis, NodeId, Role};
+use crate::types::{Entry, EntryPayload, EntryStub, Index, LogId, Millis, NodeId, Role};
 
 /// How many maximum election timeouts a leadership transfer may take, from its start until
 /// this node sees a new leader, before the caller is told it timed out.
@@ -117,6 +118,40 @@ pub(super) struct Driver {
     log_reads: tokio::task::JoinSet<Event>,
 }
 
+/// Reads the stored log `range` for a restart, in reads of about `read_bytes` (at most
+/// `max_entries`; the number of entries per read follows the sizes of the last one): the tail
+/// that fits `cache_bytes` whole, the entries before it as stubs (their payloads stay in
+/// storage). At most the cache and one read are in memory at once.
+async fn read_log(
+    storage: &dyn Storage,
+    range: std::ops::RangeInclusive<Index>,
+    cache_bytes: u64,
+    read_bytes: usize,
+    max_entries: usize,
+) -> Result<(Vec<EntryStub>, Vec<Entry>), crate::storage::StorageError> {
+    let (mut stubs, mut whole, mut whole_bytes) = (Vec::new(), VecDeque::new(), 0u64);
+    let (mut from, last) = range.into_inner();
+    let mut count = 16u64;
+    while from <= last {
+        let to = last.min(from.saturating_add(count - 1));
+        let entries = storage.entries(from, to + 1).await?;
+        let read: u64 = entries.iter().map(|e| e.size_bytes() as u64).sum();
+        let average = read / (entries.len() as u64).max(1);
+        count = (read_bytes as u64 / average.max(1)).clamp(1, max_entries.max(1) as u64);
+        for e in entries {
+            whole_bytes += e.size_bytes() as u64;
+            whole.push_back(e);
+            while whole_bytes > cache_bytes {
+                let Some(old) = whole.pop_front() else { break };
+                whole_bytes -= old.size_bytes() as u64;
+                stubs.push(EntryStub::from(&old));
+            }
+        }
+        from = to + 1;
+    }
+    Ok((stubs, whole.into()))
+}
+
 impl Driver {
     /// Restores the protocol and the state machine from storage. Returns the driver and the
     /// status watch it publishes to.
@@ -132,11 +167,14 @@ impl Driver {
         if let Some(lost) = &initial.lost {
             tracing::warn!(node = id, %lost, "storage lost data it had made durable");
         }
-        let entries = if initial.last_index >= initial.first_index {
-            parts.storage.entries(initial.first_index, initial.last_index + 1).await?
-        } else {
-            Vec::new()
-        };
+        let (stubs, entries) = read_log(
+            parts.storage.as_ref(),
+            initial.first_index..=initial.last_index,
+            config.log_cache_bytes,
+            config.max_bytes_per_append,
+            config.max_entries_per_append,
+        )
+        .await?;
         // The state machine reads the snapshot from storage part by part, and the protocol
         // holds only its size: it reads the bytes from storage when it sends them.
         let mut snapshot = None;
@@ -153,6 +191,7 @@ impl Driver {
         let restored = RestoredState {
             hard_state: initial.hard_state,
             snapshot,
+            stubs,
             entries,
             membership: initial_membership,
             recorded_last: initial.lost.as_ref().map(|l| l.recorded_last),

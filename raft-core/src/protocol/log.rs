@@ -6,65 +6,78 @@
 //! Architecture invariant: `applied <= committed`, and every index in `(base.index,
 //! last_index]` is present exactly once. `base` is the last compacted entry (at or before the
 //! latest snapshot's last entry); its term is still known for the consistency check. Entries
-//! before `cached_from` are committed and durable (only those lose their payload).
+//! before `cached_from` are durable (only those lose their payload): each costs a 16-byte
+//! slot (its term and running size), less than the 24-byte header the cache accounts.
 
 use std::collections::VecDeque;
 
-use crate::types::{Entry, EntryPayload, Index, LogId, Term};
+use crate::types::{Entry, Index, LogId, Term};
+
+/// What the log holds of every entry, payload or not: 16 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    term: Term,
+    /// The bytes ([`Entry::size_bytes`]) of every entry up to and including this one, counted
+    /// from an arbitrary origin: the bytes between two indexes are one subtraction.
+    end: u64,
+}
 
 /// The in-memory log of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct RaftLog {
     /// The entry just before the first one held (index 0, term 0 when nothing was compacted).
     base: LogId,
-    /// Entries `base.index + 1 ..= last_index`.
-    entries: VecDeque<Entry>,
-    /// `ends[i]`: the bytes ([`Entry::size_bytes`]) of every entry up to and including
-    /// `entries[i]`, counted from an arbitrary origin; `base_end` is the count at `base`. The
-    /// bytes between two indexes are then one subtraction.
-    ends: VecDeque<u64>,
+    /// The byte count at `base` (see [`Slot::end`]).
     base_end: u64,
+    /// Entries `base.index + 1 ..= last_index`, by term and size.
+    slots: VecDeque<Slot>,
+    /// The last `cached.len()` entries, whole (the cache of the log's tail).
+    cached: VecDeque<Entry>,
     /// The last index that storage has made durable.
     pub(crate) persisted: Index,
     /// The highest index known to be committed.
     pub(crate) committed: Index,
     /// The last index handed to the driver for applying.
     pub(crate) applied: Index,
-    /// The first entry whose payload is held; entries before it are stubs (index and term).
-    cached_from: Index,
-    /// Payload bytes of the cached entries past which applied, durable ones are dropped.
+    /// Payload bytes of the cached entries past which durable ones are dropped.
     cache_bytes: u64,
 }
 
 impl RaftLog {
     /// A log restored from storage: the entry before the first one held, the (durable) entries
-    /// after it, and the last index the state machine already holds (the snapshot's).
-    pub(crate) fn restore(base: LogId, entries: Vec<Entry>, snapshot_index: Index) -> Self {
-        for (expected, e) in (base.index + 1..).zip(entries.iter()) {
-            assert_eq!(e.index, expected, "restored log has a hole or is out of order");
-        }
-        let mut end = 0u64;
-        let ends = entries
-            .iter()
-            .map(|e| {
-                end += e.size_bytes() as u64;
-                end
-            })
-            .collect();
-        let entries: VecDeque<Entry> = entries.into();
-        let last = entries.back().map_or(base.index, |e| e.index);
-        let start = snapshot_index.max(base.index);
-        Self {
+    /// after it known by term and size only (`stubs`, payloads left in storage), the entries
+    /// after those held whole, and the last index the state machine already holds (the
+    /// snapshot's). Indexes must follow `base` without a hole.
+    pub(crate) fn restore(
+        base: LogId,
+        stubs: impl IntoIterator<Item = (LogId, u64)>,
+        entries: Vec<Entry>,
+        snapshot_index: Index,
+    ) -> Self {
+        let mut log = Self {
             base,
-            entries,
-            ends,
             base_end: 0,
-            persisted: last.max(start),
-            committed: start,
-            applied: start,
-            cached_from: base.index + 1,
+            slots: VecDeque::new(),
+            cached: VecDeque::new(),
+            persisted: 0,
+            committed: 0,
+            applied: 0,
             cache_bytes: u64::MAX,
+        };
+        for (id, size) in stubs {
+            assert_eq!(id.index, log.last_index() + 1, "restored log has a hole or is out of order");
+            log.push_slot(id.term, size);
         }
+        for e in entries {
+            assert_eq!(e.index, log.last_index() + 1, "restored log has a hole or is out of order");
+            log.push_slot(e.term, e.size_bytes() as u64);
+            log.cached.push_back(e);
+        }
+        let start = snapshot_index.max(base.index);
+        log.persisted = log.last_index().max(start);
+        log.committed = start;
+        log.applied = start;
+        log
     }
 
     /// Keeps the payloads of at most about `bytes` of the log's tail (see [`evict`](Self::evict)).
@@ -79,22 +92,18 @@ impl RaftLog {
 
     /// The first index whose entry is held whole (entries before it must be read from storage).
     pub(crate) fn cached_from(&self) -> Index {
-        self.cached_from.max(self.base.index + 1)
+        self.last_index() + 1 - self.cached.len() as u64
     }
 
     /// Drops the payloads of the oldest cached entries while the cache holds more than its
-    /// bound, never of an entry not yet committed or not yet durable. Committed entries not yet
-    /// handed out (applying is held) are dropped too, and read from storage when they are.
+    /// bound, never of an entry not yet durable (storage could not give it back). Entries not
+    /// yet committed, or committed and not yet handed out (applying is held), are read from
+    /// storage when they are needed.
     pub(crate) fn evict(&mut self) {
-        let evictable_to = self.committed.min(self.persisted).min(self.last_index());
-        let mut from = self.cached_from();
-        while from <= evictable_to && self.bytes_after(from - 1) > self.cache_bytes {
-            if let Some(e) = self.position(from).and_then(|i| self.entries.get_mut(i)) {
-                e.payload = EntryPayload::Blank;
-            }
-            from += 1;
+        let evictable_to = self.persisted.min(self.last_index());
+        while self.cached_from() <= evictable_to && self.cached_bytes() > self.cache_bytes {
+            self.cached.pop_front();
         }
-        self.cached_from = from;
     }
 
     /// The last index of a read from storage starting at `from` (before the cache) that keeps
@@ -123,36 +132,34 @@ impl RaftLog {
     fn bytes_before(&self, index: Index) -> u64 {
         match index.checked_sub(self.base.index + 2) {
             None => self.base_end,
-            Some(i) => self
-                .ends
-                .get(i as usize)
-                .copied()
-                .unwrap_or_else(|| self.ends.back().copied().unwrap_or(self.base_end)),
+            Some(i) => self.slots.get(i as usize).or(self.slots.back()).map_or(self.base_end, |s| s.end),
         }
     }
 
-    /// Drops the first `n` entries (and their byte counts).
+    /// Drops the first `n` entries (their payloads too, when cached).
     fn drop_front(&mut self, n: usize) {
-        let n = n.min(self.entries.len());
+        let n = n.min(self.slots.len());
+        let dropped_to = self.base.index + n as u64;
+        let cached_dropped = (dropped_to + 1).saturating_sub(self.cached_from()) as usize;
+        self.cached.drain(..cached_dropped.min(self.cached.len()));
         if n > 0 {
-            self.base_end = self.ends[n - 1];
+            self.base_end = self.slots[n - 1].end;
         }
-        self.entries.drain(..n);
-        self.ends.drain(..n);
+        self.slots.drain(..n);
     }
 
     /// The bytes ([`Entry::size_bytes`]) of the entries held after `index`.
     pub(crate) fn bytes_after(&self, index: Index) -> u64 {
-        let Some(&last_end) = self.ends.back() else { return 0 };
+        let Some(last) = self.slots.back() else { return 0 };
         if index >= self.last_index() {
             return 0;
         }
         let from = if index <= self.base.index {
             self.base_end
         } else {
-            self.ends[(index - self.base.index - 1) as usize]
+            self.slots[(index - self.base.index - 1) as usize].end
         };
-        last_end - from
+        last.end - from
     }
 
     /// The entry before the first one held.
@@ -178,8 +185,8 @@ impl RaftLog {
         if self.matches(last) && last.index >= self.base.index {
             self.drop_front((last.index - self.base.index) as usize);
         } else {
-            self.entries.clear();
-            self.ends.clear();
+            self.slots.clear();
+            self.cached.clear();
         }
         self.base = last;
         self.committed = self.committed.max(last.index);
@@ -188,11 +195,11 @@ impl RaftLog {
     }
 
     pub(crate) fn last_index(&self) -> Index {
-        self.entries.back().map_or(self.base.index, |e| e.index)
+        self.base.index + self.slots.len() as u64
     }
 
     pub(crate) fn last_log_id(&self) -> LogId {
-        self.entries.back().map_or(self.base, Entry::log_id)
+        self.slots.back().map_or(self.base, |s| LogId::new(s.term, self.last_index()))
     }
 
     /// The term of the entry at `index`, if the log knows it (the snapshot boundary counts).
@@ -200,15 +207,13 @@ impl RaftLog {
         if index == self.base.index {
             return Some(self.base.term);
         }
-        self.position(index).and_then(|i| self.entries.get(i)).map(|e| e.term)
+        self.position(index).and_then(|i| self.slots.get(i)).map(|s| s.term)
     }
 
     /// The entry at `index`, if the log holds it whole (not before the cache).
     pub(crate) fn get(&self, index: Index) -> Option<&Entry> {
-        if index < self.cached_from() {
-            return None;
-        }
-        self.position(index).and_then(|i| self.entries.get(i))
+        let i = index.checked_sub(self.cached_from())?;
+        self.cached.get(usize::try_from(i).ok()?)
     }
 
     /// Whether the log has an entry `id` (same index, same term).
@@ -243,9 +248,13 @@ impl RaftLog {
     pub(crate) fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index() + 1, "append must extend the log");
         assert!(entry.term >= self.last_log_id().term, "log terms must not decrease");
-        let end = self.ends.back().copied().unwrap_or(self.base_end) + entry.size_bytes() as u64;
-        self.ends.push_back(end);
-        self.entries.push_back(entry);
+        self.push_slot(entry.term, entry.size_bytes() as u64);
+        self.cached.push_back(entry);
+    }
+
+    fn push_slot(&mut self, term: Term, size: u64) {
+        let end = self.slots.back().map_or(self.base_end, |s| s.end) + size;
+        self.slots.push_back(Slot { term, end });
     }
 
     /// Removes every entry at or after `index`. Committed entries are never removed.
@@ -255,9 +264,10 @@ impl RaftLog {
             "refusing to truncate committed entry {index} (committed {})",
             self.committed
         );
+        let removed = (self.last_index() + 1).saturating_sub(index.max(self.base.index + 1)) as usize;
+        self.cached.truncate(self.cached.len().saturating_sub(removed));
         let keep = index.saturating_sub(self.base.index + 1) as usize;
-        self.entries.truncate(keep);
-        self.ends.truncate(keep);
+        self.slots.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
     }
 
@@ -265,11 +275,8 @@ impl RaftLog {
     /// least one entry if any exists).
     /// Nothing when `from` is before the cache.
     pub(crate) fn slice(&self, from: Index, max_entries: usize, max_bytes: usize) -> Vec<Entry> {
-        if from < self.cached_from() {
-            return Vec::new();
-        }
-        let Some(start) = self.position(from) else { return Vec::new() };
-        let held = self.entries.range(start..);
+        let Some(start) = self.cached_position(from) else { return Vec::new() };
+        let held = self.cached.range(start..);
         let mut out = Vec::with_capacity(held.len().min(max_entries));
         let mut bytes = 0usize;
         for e in held.take(max_entries) {
@@ -288,22 +295,32 @@ impl RaftLog {
         debug_assert!(from >= self.cached_from() || from > to, "range {from}..={to} before the cache");
         let from = from.max(self.cached_from());
         let to = to.min(self.last_index());
-        match (self.position(from), self.position(to)) {
-            (Some(start), Some(end)) if start <= end => self.entries.range(start..=end).cloned().collect(),
+        match (self.cached_position(from), self.cached_position(to)) {
+            (Some(start), Some(end)) if start <= end => self.cached.range(start..=end).cloned().collect(),
             _ => Vec::new(),
         }
     }
 
-    /// Where the entry at `index` sits in `entries`, if the log holds it.
+    /// Where the entry at `index` sits in `slots`, if the log holds it.
     fn position(&self, index: Index) -> Option<usize> {
         let offset = index.checked_sub(self.base.index + 1)?;
-        usize::try_from(offset).ok().filter(|&i| i < self.entries.len())
+        usize::try_from(offset).ok().filter(|&i| i < self.slots.len())
+    }
+
+    /// Where the entry at `index` sits in `cached`, if it is held whole.
+    fn cached_position(&self, index: Index) -> Option<usize> {
+        let offset = index.checked_sub(self.cached_from())?;
+        usize::try_from(offset).ok().filter(|&i| i < self.cached.len())
     }
 
     /// Number of entries after `index` that are in the log.
     pub(crate) fn len_after(&self, index: Index) -> u64 {
         self.last_index().saturating_sub(index)
     }
+
+    /// The memory one entry out of the cache costs (its term and running size).
+    #[cfg(test)]
+    pub(crate) const STUB_BYTES: usize = std::mem::size_of::<Slot>();
 }
 
 #[cfg(test)]
@@ -317,7 +334,7 @@ mod tests {
 
     fn log_of(terms: &[Term]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| entry(*t, i as Index + 1)).collect();
-        RaftLog::restore(LogId::default(), entries, 0)
+        RaftLog::restore(LogId::default(), [], entries, 0)
     }
 
     #[test]
@@ -359,7 +376,7 @@ mod tests {
 
     #[test]
     fn bytes_after_an_index_follow_pushes_truncations_compactions_and_snapshots() {
-        let mut log = RaftLog::restore(LogId::default(), vec![command(1, 1, 10), command(1, 2, 20)], 0);
+        let mut log = RaftLog::restore(LogId::default(), [], vec![command(1, 1, 10), command(1, 2, 20)], 0);
         assert_eq!(log.bytes_after(0), sum(&[10, 20]));
         assert_eq!(log.bytes_after(1), sum(&[20]));
         assert_eq!(log.bytes_after(2), 0);
@@ -388,14 +405,10 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_drops_only_committed_durable_payloads_and_keeps_every_term() {
+    fn the_cache_drops_only_durable_payloads_and_keeps_every_term() {
         let entries = (1..=5).map(|i| command(1, i, 100)).collect();
-        let mut log = RaftLog::restore(LogId::default(), entries, 0);
+        let mut log = RaftLog::restore(LogId::default(), [], entries, 0);
         log.set_cache_bytes(250);
-        (log.committed, log.applied, log.persisted) = (1, 1, 5);
-        log.evict();
-        assert_eq!(log.cached_from(), 2, "entry 2 is not committed yet");
-        (log.committed, log.applied) = (5, 5);
         log.persisted = 3;
         log.evict();
         assert_eq!(log.cached_from(), 4, "entry 4 is not durable yet");
@@ -404,6 +417,7 @@ mod tests {
         assert_eq!(log.cached_from(), 4, "two entries (248 bytes) fit in 250");
         assert!(log.get(3).is_none() && log.slice(3, 10, usize::MAX).is_empty());
         assert_eq!(log.term_at(1), Some(1));
+        assert_eq!(log.bytes_after(0), 5 * 124, "sizes are kept for dropped payloads");
         assert!(matches!(log.get(4).map(|e| &e.payload), Some(EntryPayload::Command(c)) if c.len() == 100));
         assert_eq!(log.slice(4, 10, usize::MAX).len(), 2);
         // A read before the cache stops at it, and keeps to the limits (at least one entry).
@@ -411,11 +425,38 @@ mod tests {
         assert_eq!(log.read_end(1, 2, usize::MAX), 2);
         assert_eq!(log.read_end(1, 100, 250), 2);
         assert_eq!(log.read_end(2, 100, 1), 2);
+        // Truncating an uncommitted suffix that reaches before the cache: what follows is new
+        // and held whole.
+        log.truncate_from(3);
+        assert_eq!((log.cached_from(), log.last_index()), (3, 2));
+        log.push(command(2, 3, 1));
+        assert!(log.get(3).is_some() && log.get(2).is_none());
+        assert_eq!(log.range(3, 3).len(), 1);
         // A snapshot that replaces the log, and new entries: all held.
         log.install_snapshot(LogId::new(2, 9));
         log.push(command(2, 10, 1));
         assert_eq!(log.cached_from(), 10);
         assert!(log.get(10).is_some());
+    }
+
+    #[test]
+    fn a_restored_log_holds_stubs_then_whole_entries() {
+        let stubs = (1..=3).map(|i| (LogId::new(1, i), 124));
+        let mut log = RaftLog::restore(LogId::default(), stubs, vec![command(2, 4, 100)], 0);
+        assert_eq!((log.cached_from(), log.last_log_id()), (4, LogId::new(2, 4)));
+        assert_eq!(log.bytes_after(0), 4 * 124);
+        assert_eq!((log.term_at(3), log.get(3)), (Some(1), None));
+        (log.committed, log.applied) = (4, 4);
+        log.compact_to(2);
+        assert_eq!((log.base(), log.cached_from(), log.bytes_after(2)), (LogId::new(1, 2), 4, 2 * 124));
+        log.compact_to(4);
+        assert_eq!((log.cached_from(), log.get(4)), (5, None));
+    }
+
+    #[test]
+    fn a_stub_costs_no_more_than_the_header_the_cache_accounts() {
+        let accounted = Entry { term: 1, index: 1, payload: EntryPayload::Blank }.size_bytes();
+        assert!(RaftLog::STUB_BYTES <= accounted, "a stub costs {} bytes", RaftLog::STUB_BYTES);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::membership::Membership;
 use crate::message::{AppendResult, ConflictHint, ForwardRejection, Message, Payload, ProposalId, ReadId};
 use crate::rng::SeededRng;
 use crate::storage::Snapshot;
-use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Millis, NodeId, Role, Term};
+use crate::types::{Entry, EntryPayload, EntryStub, HardState, Index, LogId, Millis, NodeId, Role, Term};
 use log::RaftLog;
 use progress::Progress;
 use reads::PendingRead;
@@ -117,8 +117,13 @@ pub struct RestoredState {
     pub hard_state: HardState,
     /// The latest snapshot, if any; the state machine must already hold its state.
     pub snapshot: Option<Snapshot>,
-    /// The durable log entries, in order, from the first one storage keeps (it may start at or
-    /// before the snapshot's last entry).
+    /// The first durable log entries, known without their payloads (see [`EntryStub`]): a
+    /// restarted node reads into memory only the tail of its log that fits
+    /// [`Config::log_cache_bytes`], the protocol reads the rest from storage when it needs it.
+    /// The log is `stubs` then `entries`, in order and without a hole, from the first entry
+    /// storage keeps (it may start at or before the snapshot's last entry).
+    pub stubs: Vec<EntryStub>,
+    /// The durable log entries after `stubs`, whole.
     pub entries: Vec<Entry>,
     /// The membership of a new cluster, used when there is no snapshot (configuration entries
     /// in the log override it).
@@ -312,17 +317,22 @@ impl Raft {
             Some(s) => (s.meta.last_log_id, s.meta.membership.clone()),
             None => (LogId::default(), restored.membership.clone()),
         };
-        let mut entries = restored.entries;
-        check_restored_log(&restored.hard_state, &snapshot_last, &entries)?;
-        let base = match entries.first() {
+        let (mut stubs, mut entries) = (restored.stubs, restored.entries);
+        let ids = || stubs.iter().map(|s| s.log_id).chain(entries.iter().map(Entry::log_id));
+        check_restored_log(&restored.hard_state, &snapshot_last, ids())?;
+        let first = ids().next();
+        let base = match first {
             None => snapshot_last,
             Some(first) if first.index == snapshot_last.index + 1 => snapshot_last,
             Some(first) if first.index == 1 => LogId::default(),
             Some(first) if first.index <= snapshot_last.index => {
                 // The log keeps entries the snapshot covers: the first one becomes the base.
-                let base = first.log_id();
-                entries.remove(0);
-                base
+                if stubs.is_empty() {
+                    entries.remove(0);
+                } else {
+                    stubs.remove(0);
+                }
+                first
             }
             Some(first) => {
                 return Err(RestoreError::Inconsistent(format!(
@@ -331,24 +341,33 @@ impl Raft {
                 )))
             }
         };
-        if let Some(pair) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
-            return Err(RestoreError::Inconsistent(format!(
-                "the log has a hole after index {}",
-                pair[0].index
-            )));
+        let mut previous: Option<LogId> = None;
+        for id in stubs.iter().map(|s| s.log_id).chain(entries.iter().map(Entry::log_id)) {
+            if let Some(p) = previous.filter(|p| id.index != p.index + 1) {
+                return Err(RestoreError::Inconsistent(format!(
+                    "the log has a hole after index {}",
+                    p.index
+                )));
+            }
+            previous = Some(id);
         }
         let mut configs = BTreeMap::new();
         configs.insert(snapshot_last.index, base_membership);
-        for e in &entries {
-            if let EntryPayload::Membership(m) = &e.payload {
-                if e.index > snapshot_last.index {
-                    configs.insert(e.index, m.clone());
-                }
+        let stub_configs = stubs.iter().filter_map(|s| s.membership.as_deref().map(|m| (s.log_id.index, m)));
+        let entry_configs = entries.iter().filter_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some((e.index, m)),
+            _ => None,
+        });
+        for (index, m) in stub_configs.chain(entry_configs) {
+            if index > snapshot_last.index {
+                configs.insert(index, m.clone());
             }
         }
         let membership = configs.values().next_back().cloned().unwrap_or_default();
-        let mut log = RaftLog::restore(base, entries, snapshot_last.index);
+        let stubs = stubs.into_iter().map(|s| (s.log_id, s.size_bytes));
+        let mut log = RaftLog::restore(base, stubs, entries, snapshot_last.index);
         log.set_cache_bytes(config.log_cache_bytes);
+        log.evict();
         let recovering_to = restored.recorded_last.filter(|recorded| *recorded > log.last_log_id());
         if let Some(recorded) = recovering_to {
             tracing::warn!(
@@ -1790,17 +1809,16 @@ fn command_digest(command: &[u8]) -> u64 {
 fn check_restored_log(
     hard_state: &HardState,
     snapshot_last: &LogId,
-    entries: &[Entry],
+    ids: impl Iterator<Item = LogId> + Clone,
 ) -> Result<(), RestoreError> {
     let inconsistent = |what: String| Err(RestoreError::Inconsistent(what));
-    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+    if let (Some(first), Some(last)) = (ids.clone().next(), ids.clone().last()) {
         if snapshot_last.index > 0 && first.index <= snapshot_last.index {
-            match entries.get((snapshot_last.index - first.index) as usize) {
-                Some(e) if e.index == snapshot_last.index && e.term == snapshot_last.term => {}
+            match ids.clone().nth((snapshot_last.index - first.index) as usize) {
+                Some(e) if e == *snapshot_last => {}
                 Some(e) if e.index == snapshot_last.index => {
                     return inconsistent(format!(
-                        "the log holds {} at the snapshot's index but the snapshot ends at {snapshot_last}",
-                        e.log_id()
+                        "the log holds {e} at the snapshot's index but the snapshot ends at {snapshot_last}"
                     ))
                 }
                 _ => {
@@ -1814,8 +1832,7 @@ fn check_restored_log(
         if last.term > hard_state.current_term {
             return inconsistent(format!(
                 "the log ends at {} but the saved term is {}: the hard state was rolled back",
-                last.log_id(),
-                hard_state.current_term
+                last, hard_state.current_term
             ));
         }
     }

@@ -1361,15 +1361,27 @@ fn snapshot_at(term: Term, index: Index) -> Snapshot {
 
 #[test]
 fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it() {
+    // Each case is restored with the log whole, half as stubs and all stubs: same outcome.
     let restore = |term: Term, snapshot: Snapshot, entries: Vec<Entry>| {
-        let restored = RestoredState {
-            hard_state: HardState { current_term: term, voted_for: None },
-            snapshot: Some(snapshot),
-            entries,
-            membership: Membership::with_voters([1, 2, 3]),
-            recorded_last: None,
-        };
-        Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
+        let outcomes: Vec<Result<(), RestoreError>> = [0, entries.len() / 2, entries.len()]
+            .into_iter()
+            .map(|split| {
+                let mut entries = entries.clone();
+                let stubs = entries.drain(..split).map(|e| EntryStub::from(&e)).collect();
+                let restored = RestoredState {
+                    hard_state: HardState { current_term: term, voted_for: None },
+                    snapshot: Some(snapshot.clone()),
+                    stubs,
+                    entries,
+                    membership: Membership::with_voters([1, 2, 3]),
+                    recorded_last: None,
+                };
+                Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
+            })
+            .collect();
+        let first = format!("{:?}", outcomes[0]);
+        assert!(outcomes.iter().all(|o| format!("{o:?}") == first), "{outcomes:?}");
+        outcomes.into_iter().next().expect("three outcomes")
     };
     let ends_before = restore(1, snapshot_at(1, 100), log_of(&[1; 50]));
     assert!(matches!(ends_before, Err(RestoreError::Inconsistent(_))), "{ends_before:?}");

@@ -37,7 +37,7 @@ use crate::message::{Message, ProposalId, ReadId};
 use crate::protocol::{Event, Raft, ReadMode, Ready, RestoredState, TransferError};
 use crate::rng::SeededRng;
 use crate::storage::{Snapshot, SnapshotMeta, SnapshotStage};
-use crate::types::{Entry, EntryPayload, Index, LogId, Millis, NodeId, Role, Term};
+use crate::types::{Entry, EntryPayload, EntryStub, Index, LogId, Millis, NodeId, Role, Term};
 use disk::{CrashCut, Disk, PendingWrite};
 use fsm::SimFsm;
 use invariants::History;
@@ -345,10 +345,15 @@ impl Cluster {
         let node = self.node_mut(id);
         let snapshot = node.disk.snapshot.clone();
         let (hard_state, recorded_last) = node.disk.open(use_record);
+        // A restarted node may hold any prefix of its log as stubs (payloads left on disk).
+        let mut entries = node.disk.entries.clone();
+        let split = self.rng.range(0, entries.len() as u64 + 1) as usize;
+        let stubs = entries.drain(..split).map(|e| EntryStub::from(&e)).collect();
         let restored = RestoredState {
             hard_state,
             snapshot: snapshot.clone(),
-            entries: node.disk.entries.clone(),
+            stubs,
+            entries,
             membership,
             recorded_last,
         };
