@@ -152,6 +152,10 @@ async fn read_log(
     Ok((stubs, whole.into()))
 }
 
+/// The wakes past the timer's deadline in a row after which the timer fires whatever else is
+/// ready (each takes one batch of messages, of requests or one completion).
+const OVERDUE_WAKES_MAX: u32 = 8;
+
 impl Driver {
     /// Restores the protocol and the state machine from storage. Returns the driver and the
     /// status watch it publishes to.
@@ -264,6 +268,7 @@ impl Driver {
         let mut shutdown_reply = None;
         let mut clients_first = false;
         let mut was_stalled = false;
+        let mut overdue_wakes = 0u32;
         let fatal = loop {
             let mut deadline_ms = self.raft.next_deadline();
             if let Some(d) = self.waiters.next_deadline() {
@@ -306,9 +311,17 @@ impl Driver {
             // refused before they get here; reads, admin calls and shutdown must be answered).
             let disk_full = self.writer.disk_full();
             let take_requests = disk_full || !(self.writer.busy() && self.raft.role() == Role::Leader);
-            let woke = if Instant::now() >= deadline {
+            let overdue = Instant::now() >= deadline;
+            overdue_wakes = if overdue { overdue_wakes + 1 } else { 0 };
+            let woke = if overdue_wakes > OVERDUE_WAKES_MAX {
+                // Overdue for this many wakes: a stream of work that never ends (a flood of
+                // messages, say) must not keep the timer from firing.
+                overdue_wakes = 0;
+                Woke::Timer
+            } else if overdue {
                 // Overdue (the node was busy): take the messages that arrived meanwhile before
-                // the timer fires, so that a stall does not read as a silent leader or quorum.
+                // the timer fires, so that a stall does not read as a silent leader or quorum;
+                // then the clients, then the timer.
                 tokio::select! {
                     biased;
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
@@ -316,6 +329,7 @@ impl Driver {
                     done = self.applier.next_done() => Woke::Applied(done),
                     read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    request = self.requests.recv(), if take_requests => Woke::Request(request),
                     () = std::future::ready(()) => Woke::Timer,
                 }
             } else if clients_first {
