@@ -28,6 +28,8 @@ struct SlowReads {
     largest_read: AtomicU64,
     /// `entries` fails (a damaged log record) while set.
     fail_reads: std::sync::atomic::AtomicBool,
+    /// Delay of each `read_snapshot_chunk` call, in ms (0: none).
+    chunk_delay_ms: AtomicU64,
     /// Calls of `entries` and of `read_snapshot_chunk`.
     entries_calls: AtomicU64,
     chunk_calls: AtomicU64,
@@ -77,6 +79,10 @@ impl Storage for SlowReads {
         max: usize,
     ) -> Result<Option<Bytes>, StorageError> {
         self.chunk_calls.fetch_add(1, Ordering::Relaxed);
+        let delay = self.chunk_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         self.inner.read_snapshot_chunk(last, offset, max).await
     }
     async fn stage_snapshot_part(
@@ -315,5 +321,54 @@ async fn a_failing_log_read_resends_a_useless_snapshot_once_per_round_trip() {
         reads <= 2 * 1000 / config.heartbeat_interval_ms && chunks <= 10,
         "in one second the leader (still leading: {still_leader}) failed {reads} log reads and \
          read {chunks} parts of its snapshot to send again"
+    );
+}
+
+/// Parts of the snapshot a leader sends are read from storage beside the event loop: a part
+/// read that takes longer than an election timeout (here 400 ms, one byte per part) once held
+/// every proposal and heartbeat of the leader for as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_snapshot_part_reads_do_not_stall_the_leader() {
+    let config = Config {
+        // One snapshot (at about 250) before the follower restarts, none while it catches up
+        // (a snapshot the leader replaced is read no more, and the transfer starts over).
+        snapshot_threshold_entries: 250,
+        snapshot_threshold_bytes: 0,
+        snapshot_keep_entries: 5,
+        snapshot_chunk_bytes: 1,
+        ..Config::default()
+    };
+    let mut c = Cluster::new(3, config.clone()).await;
+    let leader = c.leader().await;
+    let lagging = *c.nodes.keys().find(|id| **id != leader).expect("a follower");
+    c.stop(lagging).await;
+    let last = propose_many(&c.nodes[&leader], 300, 16).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[&leader].status().protocol.snapshot.index < 200 {
+        assert!(Instant::now() < deadline, "the leader took no snapshot");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.storages[&leader].chunk_delay_ms.store(400, Ordering::Relaxed);
+    let chunks_before = c.storages[&leader].chunk_calls.load(Ordering::Relaxed);
+    c.start(lagging).await;
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let node = c.nodes[&leader].clone();
+    while started.elapsed() < Duration::from_secs(5)
+        && c.nodes[&lagging].status().protocol.commit_index < last
+    {
+        let t = Instant::now();
+        node.propose(Bytes::from_static(b"p")).await.expect("applied");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = c.nodes[&lagging].status().protocol.commit_index >= last;
+    let chunks = c.storages[&leader].chunk_calls.load(Ordering::Relaxed) - chunks_before;
+    c.storages[&leader].chunk_delay_ms.store(0, Ordering::Relaxed);
+    c.shutdown().await;
+    assert!(chunks > 0 && caught_up, "the follower caught up ({caught_up}) after {chunks} part reads");
+    assert!(
+        worst < Duration::from_millis(config.election_timeout_min_ms),
+        "while the leader read {chunks} snapshot parts at 400 ms each, a proposal took up to {worst:?}"
     );
 }

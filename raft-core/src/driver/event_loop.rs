@@ -55,8 +55,9 @@ enum Woke {
     Persisted(Result<Persisted, RaftError>),
     /// The applier completed a batch, a view or a restore.
     Applied(Result<ApplyDone, RaftError>),
-    /// A read of log entries from storage ended (`None`: the task did not finish).
-    LogRead(Option<Event>),
+    /// A read of log entries or of a snapshot part from storage ended (`None`: the task did
+    /// not finish).
+    Read(Option<Event>),
 }
 
 /// What the driver works with besides the protocol.
@@ -113,9 +114,11 @@ pub(super) struct Driver {
     /// A received snapshot's install waits for space (counted in the writer's
     /// [`SpaceWaits`](super::persist::SpaceWaits)).
     pub(super) install_waits_for_space: bool,
-    /// Reads of log entries before the protocol's cache, run beside the event loop (at most
-    /// one per follower and one for applying: the protocol asks for no more).
-    log_reads: tokio::task::JoinSet<Event>,
+    /// Reads from storage run beside the event loop: log entries before the protocol's cache
+    /// (at most one per follower and one for applying: the protocol asks for no more) and
+    /// parts of the snapshot being sent (one per follower in transfer, and one more per
+    /// resend after a timeout).
+    reads: tokio::task::JoinSet<Event>,
 }
 
 /// Reads the stored log `range` for a restart, in reads of about `read_bytes` (at most
@@ -235,7 +238,7 @@ impl Driver {
             writer,
             stopping: parts.stopping,
             install_waits_for_space: false,
-            log_reads: tokio::task::JoinSet::new(),
+            reads: tokio::task::JoinSet::new(),
         };
         Ok((driver, status))
     }
@@ -327,7 +330,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
-                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
+                    read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     () = std::future::ready(()) => Woke::Timer,
@@ -338,7 +341,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
-                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
+                    read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -351,7 +354,7 @@ impl Driver {
                     outcome = snapshot_done(&mut self.snapshot_task) => Woke::SnapshotWritten(outcome),
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
-                    read = self.log_reads.join_next(), if !self.log_reads.is_empty() => Woke::LogRead(read.and_then(Result::ok)),
+                    read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     request = self.requests.recv(), if take_requests => Woke::Request(request),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
@@ -394,15 +397,15 @@ impl Driver {
                     }
                 }
                 Woke::Applied(Err(e)) => break Some(e),
-                Woke::LogRead(Some(event)) => {
+                Woke::Read(Some(event)) => {
                     let now = self.now_ms();
                     self.raft.step(now, event);
                 }
                 // A read task cannot fail but by a panic: the read is not answered, and the
                 // node stops like on any other bug.
-                Woke::LogRead(None) => {
+                Woke::Read(None) => {
                     break Some(RaftError::Storage(crate::storage::StorageError::Io(
-                        "a read of log entries did not finish".into(),
+                        "a read from storage did not finish".into(),
                     )))
                 }
             }
@@ -602,7 +605,7 @@ impl Driver {
                 ready.messages.retain(|m| !acknowledges_a_part(m));
                 ready.persisted_messages.retain(|m| !acknowledges_a_part(m));
             }
-            let chunks = self.read_snapshot_parts(&ready.snapshot_reads).await;
+            self.start_snapshot_reads(&ready.snapshot_reads);
             self.start_log_reads(&ready.log_reads);
             for m in std::mem::take(&mut ready.messages) {
                 self.send(m);
@@ -676,7 +679,7 @@ impl Driver {
                 self.raft.advance();
             }
             let now = self.now_ms();
-            for event in persisted.into_iter().chain(chunks).chain(staging_failed) {
+            for event in persisted.into_iter().chain(staging_failed) {
                 self.raft.step(now, event);
             }
         }
@@ -746,7 +749,7 @@ impl Driver {
     fn start_log_reads(&mut self, reads: &[crate::protocol::LogRead]) {
         for r in reads.iter().cloned() {
             let storage = self.storage.clone();
-            self.log_reads.spawn(async move {
+            self.reads.spawn(async move {
                 let entries = match storage.entries(r.from, r.last.saturating_add(1)).await {
                     Ok(entries) => Some(entries),
                     Err(e) => {
@@ -759,21 +762,23 @@ impl Driver {
         }
     }
 
-    /// Reads the parts of this node's snapshot the protocol asked for. A part that cannot be
-    /// read is answered `None` (the protocol then sends its current snapshot): a damaged
-    /// snapshot file must not stop a leader that can still replicate its log.
-    async fn read_snapshot_parts(&self, reads: &[crate::protocol::SnapshotRead]) -> Vec<Event> {
-        let mut events = Vec::with_capacity(reads.len());
-        for r in reads {
-            let data = match self.storage.read_snapshot_chunk(r.snapshot, r.offset, r.max).await {
-                Ok(data) => data,
-                Err(e) => {
-                    tracing::error!(error = %e, snapshot = %r.snapshot, offset = r.offset, "reading the snapshot to send");
-                    None
-                }
-            };
-            events.push(Event::SnapshotChunk { to: r.to, snapshot: r.snapshot, offset: r.offset, data });
+    /// Starts reading the parts of this node's snapshot the protocol asked for, beside the
+    /// event loop (a slow disk must not hold heartbeats back). A part that cannot be read is
+    /// answered `None` (the protocol then sends its current snapshot): a damaged snapshot file
+    /// must not stop a leader that can still replicate its log.
+    fn start_snapshot_reads(&mut self, reads: &[crate::protocol::SnapshotRead]) {
+        for r in reads.iter().cloned() {
+            let storage = self.storage.clone();
+            self.reads.spawn(async move {
+                let data = match storage.read_snapshot_chunk(r.snapshot, r.offset, r.max).await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        tracing::error!(error = %e, snapshot = %r.snapshot, offset = r.offset, "reading the snapshot to send");
+                        None
+                    }
+                };
+                Event::SnapshotChunk { to: r.to, snapshot: r.snapshot, offset: r.offset, data }
+            });
         }
-        events
     }
 }

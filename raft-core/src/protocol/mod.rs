@@ -1383,7 +1383,7 @@ impl Raft {
         if let Some(t) = p.snapshot.as_mut() {
             // The follower answered a round sent after the outstanding chunk but not the chunk:
             // the chunk was most likely lost (the follower was down, or the link dropped it).
-            if t.in_flight && round_sent.is_some_and(|at| at > t.sent_at) {
+            if t.in_flight && !t.reading && round_sent.is_some_and(|at| at > t.sent_at) {
                 t.in_flight = false;
             }
         }
@@ -1771,7 +1771,10 @@ impl Raft {
                 ReplicationMode::Snapshot => {
                     if let Some(t) = p.snapshot.as_mut() {
                         // A chunk unanswered for an election timeout was lost: send it again.
-                        if t.in_flight && self.now >= t.sent_at + self.config.election_timeout_min_ms {
+                        if t.in_flight
+                            && !t.reading
+                            && self.now >= t.sent_at + self.config.election_timeout_min_ms
+                        {
                             t.in_flight = false;
                         }
                     }

@@ -36,6 +36,9 @@ pub(crate) struct SnapshotTransfer {
     pub(crate) in_flight: bool,
     /// When the outstanding chunk was sent.
     pub(crate) sent_at: Millis,
+    /// The outstanding chunk is being read from storage (not sent yet): a heartbeat round
+    /// answered meanwhile says nothing about it, and no second read is asked for.
+    pub(crate) reading: bool,
 }
 
 /// Replication state of one follower.
@@ -138,7 +141,14 @@ impl Progress {
         self.probe_sent = false;
         self.in_flight.clear();
         let last = snapshot.meta.last_log_id;
-        self.snapshot = Some(SnapshotTransfer { snapshot, last, offset: 0, in_flight: false, sent_at: 0 });
+        self.snapshot = Some(SnapshotTransfer {
+            snapshot,
+            last,
+            offset: 0,
+            in_flight: false,
+            sent_at: 0,
+            reading: false,
+        });
     }
 
     /// In snapshot mode, the follower matches up to an index the leader's log still holds

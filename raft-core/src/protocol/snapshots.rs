@@ -131,6 +131,7 @@ impl Raft {
         if data.is_stored() && offset < data.len() {
             // The bytes are in storage: the chunk goes out once the driver has read it.
             let read = SnapshotRead { to, snapshot: t.last, offset, max: chunk_max };
+            t.reading = true;
             self.out.snapshot_reads.push(read);
             return;
         }
@@ -160,11 +161,19 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
+        let now = self.now;
         let Some(p) = self.progress.get_mut(&to) else { return };
-        let Some(t) = p.snapshot.as_ref() else { return };
-        if p.mode != ReplicationMode::Snapshot || t.last != snapshot || t.offset != offset || !t.in_flight {
+        let Some(t) = p.snapshot.as_mut() else { return };
+        if p.mode != ReplicationMode::Snapshot
+            || t.last != snapshot
+            || t.offset != offset
+            || !t.in_flight
+            || !t.reading
+        {
             return; // stale: the transfer moved on
         }
+        t.reading = false;
+        t.sent_at = now;
         let total = t.snapshot.data.len();
         match data {
             Some(chunk) if !chunk.is_empty() && offset + chunk.len() as u64 <= total => {

@@ -1000,6 +1000,13 @@ fn a_stored_snapshot_is_sent_from_parts_the_driver_reads_and_a_vanished_one_is_r
         },
         read_seq: 0,
     };
+    let reject_round = |read_seq| Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 5,
+            hint: ConflictHint { conflict_term: None, index: 0 },
+        },
+        read_seq,
+    };
     let ready = deliver(&mut n, msg(2, 1, term, reject));
     assert!(installs(&ready).is_empty(), "nothing to send before the bytes are read");
     let read = SnapshotRead { to: 2, snapshot: LogId::new(1, 5), offset: 0, max: 6 };
@@ -1010,6 +1017,17 @@ fn a_stored_snapshot_is_sent_from_parts_the_driver_reads_and_a_vanished_one_is_r
         offset,
         data: data.map(Bytes::from_static),
     };
+    // While the part is read, answered heartbeat rounds (even an election timeout later) ask
+    // for no second read: the part was not sent, so it cannot have been lost.
+    for _ in 0..10 {
+        let later = n.now + n.config.heartbeat_interval_ms;
+        n.step(later, Event::Tick);
+        let ready = n.take_ready();
+        n.advance();
+        let round = round_sent_to(&ready, 2).expect("a heartbeat to 2");
+        let ready = deliver(&mut n, msg(2, 1, term, reject_round(round)));
+        assert!(ready.snapshot_reads.is_empty(), "a second read of a part still being read");
+    }
     // A part for an offset nobody waits for is dropped.
     n.step(n.now, chunk(4, Some(b"xx")));
     assert!(installs(&n.take_ready()).is_empty());
