@@ -17,7 +17,8 @@
 //!   index of that moment; MB/s = the snapshot it installed / that time (so it includes the
 //!   join, the transfer and the restore: a lower bound of the transfer's own speed); the
 //!   transfer alone is timed from the node logs (the leader's last `sending snapshot` to it
-//!   until its `installing snapshot`);
+//!   until its `installing snapshot`); meanwhile the clients use the two nodes that stay
+//!   members (the removed node's own clients would count its absence, not the cluster's);
 //! - **restart**: from a SIGKILLed follower's new start until its API answers, and until its
 //!   `/ready` says 200 (a leader known and every committed entry applied).
 
@@ -385,10 +386,17 @@ async fn catch_up(
     let leader = client.status().await?.leader.context("no leader")?;
     let node = (1..=o.nodes).find(|&id| id != leader).context("no follower")?;
     let stop = Arc::new(AtomicBool::new(false));
+    // The clients use the nodes that stay members (a removed node refuses them, and a killed
+    // one is not there): the failures counted are the cluster's, not a dead endpoint's.
+    let staying: Vec<String> = (1..=o.nodes)
+        .filter(|&id| id != node)
+        .map(|id| cluster.endpoints()[id as usize - 1].clone())
+        .collect();
     let during_phase = Phase {
         workload: overwrite,
         window: Window::UntilStopped,
         warmup: Duration::ZERO,
+        endpoints: staying,
         ..template.clone()
     };
     let load = tokio::spawn(load::run_phase(during_phase, stop.clone(), None));
