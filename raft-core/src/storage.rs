@@ -186,6 +186,10 @@ pub struct InitialState {
     /// Data the store had made durable and no longer finds (a truncated or deleted write-ahead
     /// log): `None` for a store that found everything, or that keeps no such record.
     pub lost: Option<DataLoss>,
+    /// A snapshot the leader was sending when the store was last closed (a crash, a stop),
+    /// with the bytes staged whole: the node resumes the reception from there. `None` for a
+    /// store whose staged parts do not survive a restart (they need not).
+    pub staged: Option<StagedSnapshot>,
 }
 
 /// What a store found missing when it opened: less than it had recorded as durable, in a
@@ -277,21 +281,39 @@ pub enum StorageError {
     Unsupported(&'static str),
 }
 
+/// A snapshot partly received from a leader, as a store found it staged when it opened (see
+/// [`InitialState::staged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedSnapshot {
+    /// The term of the leader that was sending it.
+    pub term: Term,
+    /// The snapshot.
+    pub meta: SnapshotMeta,
+    /// Its first bytes staged, whole.
+    pub len: u64,
+}
+
 /// The parts of a snapshot being received, kept in memory as they came: the staging of a
 /// store that keeps snapshots in memory (see [`Storage::stage_snapshot_part`]).
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotStage {
-    staged: Option<(SnapshotMeta, Vec<Bytes>, u64)>,
+    staged: Option<(Term, SnapshotMeta, Vec<Bytes>, u64)>,
 }
 
 impl SnapshotStage {
     /// Stages a part as [`Storage::stage_snapshot_part`] describes.
-    pub fn stage(&mut self, meta: &SnapshotMeta, offset: u64, data: Bytes) -> Result<(), StorageError> {
+    pub fn stage(
+        &mut self,
+        term: Term,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
         if offset == 0 {
-            self.staged = Some((meta.clone(), Vec::new(), 0));
+            self.staged = Some((term, meta.clone(), Vec::new(), 0));
         }
         match self.staged.as_mut() {
-            Some((m, chunks, len)) if m == meta && *len == offset => {
+            Some((t, m, chunks, len)) if *t == term && m == meta && *len == offset => {
                 *len += data.len() as u64;
                 chunks.push(data);
                 Ok(())
@@ -304,11 +326,31 @@ impl SnapshotStage {
     /// stays staged).
     pub fn take(&mut self, meta: &SnapshotMeta, len: u64) -> Result<SnapshotData, StorageError> {
         match self.staged.take() {
-            Some((m, chunks, l)) if m == *meta && l == len => Ok(SnapshotData::from_chunks(chunks)),
+            Some((_, m, chunks, l)) if m == *meta && l == len => Ok(SnapshotData::from_chunks(chunks)),
             other => {
                 let staged = Self::staged_of(other.as_ref(), meta);
                 self.staged = other;
                 Err(StorageError::NotStaged { offset: len, staged })
+            }
+        }
+    }
+
+    /// What is staged: the leader's term, the snapshot and the bytes staged.
+    pub fn staged(&self) -> Option<StagedSnapshot> {
+        self.staged.as_ref().map(|(term, meta, _, len)| StagedSnapshot {
+            term: *term,
+            meta: meta.clone(),
+            len: *len,
+        })
+    }
+
+    /// Drops the last `parts` parts staged (what a crash may cut from a staging file's end).
+    pub fn drop_last_parts(&mut self, parts: usize) {
+        if let Some((_, _, chunks, len)) = self.staged.as_mut() {
+            for _ in 0..parts.min(chunks.len()) {
+                if let Some(c) = chunks.pop() {
+                    *len -= c.len() as u64;
+                }
             }
         }
     }
@@ -318,8 +360,8 @@ impl SnapshotStage {
         self.staged = None;
     }
 
-    fn staged_of(staged: Option<&(SnapshotMeta, Vec<Bytes>, u64)>, meta: &SnapshotMeta) -> u64 {
-        staged.filter(|(m, _, _)| m == meta).map_or(0, |(_, _, len)| *len)
+    fn staged_of(staged: Option<&(Term, SnapshotMeta, Vec<Bytes>, u64)>, meta: &SnapshotMeta) -> u64 {
+        staged.filter(|(_, m, _, _)| m == meta).map_or(0, |(_, _, _, len)| *len)
     }
 }
 
@@ -343,11 +385,12 @@ impl SnapshotStage {
 ///   [`discard_staged_snapshot`](Storage::discard_staged_snapshot) and
 ///   [`read_snapshot_chunk`](Storage::read_snapshot_chunk) (which touch no log entry), and a
 ///   background task may run [`save_snapshot`](Storage::save_snapshot) /
-///   [`save_snapshot_from`](Storage::save_snapshot_from) of a snapshot the node took itself.
-///   `compact`, `save_staged_snapshot` and a received snapshot's save run only when no log
-///   write is under way. A snapshot of the node's own covers only applied (so committed)
-///   entries, which stay in the log; the store must keep concurrent calls correct
-///   (serializing them is enough).
+///   [`save_snapshot_from`](Storage::save_snapshot_from) of a snapshot the node took itself,
+///   and another [`compact`](Storage::compact) behind such a snapshot (at most one at a time).
+///   `save_staged_snapshot` and a received snapshot's save run only when no log write and no
+///   compaction is under way. A snapshot of the node's own, and a compaction, cover only
+///   applied (so committed) entries, which no log write touches; the store must keep
+///   concurrent calls correct (serializing them is enough).
 /// - A snapshot received from the leader arrives in parts
 ///   ([`stage_snapshot_part`](Storage::stage_snapshot_part)) and becomes the snapshot only with
 ///   [`save_staged_snapshot`](Storage::save_staged_snapshot); staged parts need not survive a
@@ -372,6 +415,29 @@ pub trait Storage: Send + Sync {
 
     /// Reads entries `from..to` (half-open); `OutOfRange` unless all of them are held.
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError>;
+
+    /// Reads entries from `from` to at most `to` (half-open) as [`entries`](Storage::entries)
+    /// does, stopping after the entry with which their [`Entry::size_bytes`] reach
+    /// `max_bytes` (so at least one): for reads that must stay bounded whatever the entries'
+    /// sizes (a restart reads its whole log this way). The default reads one entry per
+    /// [`entries`](Storage::entries) call; a store should read just what fits in one go.
+    async fn entries_within(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        let mut next = from;
+        while next < to && bytes < max_bytes {
+            let one = self.entries(next, next + 1).await?;
+            let Some(entry) = one.into_iter().next() else { break };
+            bytes = bytes.saturating_add(entry.size_bytes());
+            out.push(entry);
+            next += 1;
+        }
+        Ok(out)
+    }
 
     /// The term of the entry at `index` (the snapshot's last index included).
     async fn term(&self, index: Index) -> Result<Term, StorageError>;
@@ -428,20 +494,23 @@ pub trait Storage: Send + Sync {
     }
 
     /// Stages `data`, the bytes at `offset` of the snapshot `meta` describes that the leader
-    /// is sending: offset 0 starts a staged snapshot (dropping any other); a later part must
-    /// continue the staged snapshot of the same `meta` exactly at its end (else `NotStaged`).
-    /// Staged bytes are not a snapshot (`load_snapshot` does not see them) until
-    /// [`save_staged_snapshot`](Storage::save_staged_snapshot); they need not be durable. A
-    /// store that keeps snapshots on disk writes them to a file here, so that a received
-    /// snapshot is never whole in memory. The default answers `Unsupported`: the driver then
-    /// keeps the parts in memory and calls [`save_snapshot`](Storage::save_snapshot).
+    /// of `term` is sending: offset 0 starts a staged snapshot (dropping any other); a later
+    /// part must continue the staged snapshot of the same `term` and `meta` exactly at its end
+    /// (else `NotStaged`). Staged bytes are not a snapshot (`load_snapshot` does not see them)
+    /// until [`save_staged_snapshot`](Storage::save_staged_snapshot); they need not be durable.
+    /// A store that keeps them across a restart reports them in
+    /// [`InitialState::staged`] (only bytes it can vouch for: a part torn by a crash is not
+    /// counted). A store that keeps snapshots on disk writes them to a file here, so that a
+    /// received snapshot is never whole in memory. The default answers `Unsupported`: the
+    /// driver then keeps the parts in memory and calls [`save_snapshot`](Storage::save_snapshot).
     async fn stage_snapshot_part(
         &self,
+        term: Term,
         meta: &SnapshotMeta,
         offset: u64,
         data: Bytes,
     ) -> Result<(), StorageError> {
-        let _ = (meta, offset, data);
+        let _ = (term, meta, offset, data);
         Err(StorageError::Unsupported("staging snapshot parts"))
     }
 

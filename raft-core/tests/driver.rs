@@ -683,13 +683,14 @@ impl raft_core::Storage for FaultyStorage {
     }
     async fn stage_snapshot_part(
         &self,
+        term: raft_core::Term,
         meta: &raft_core::SnapshotMeta,
         offset: u64,
         data: Bytes,
     ) -> Result<(), StorageError> {
         self.snapshot_space()?;
         let end = offset + data.len() as u64;
-        self.inner.stage_snapshot_part(meta, offset, data).await?;
+        self.inner.stage_snapshot_part(term, meta, offset, data).await?;
         self.staged.store(end, Ordering::SeqCst);
         Ok(())
     }

@@ -41,6 +41,8 @@ pub(crate) struct Disk {
     in_progress: Option<Write>,
     /// A snapshot write in progress (concurrent with `in_progress`).
     snapshot_in_progress: Option<Write>,
+    /// A compaction in progress (concurrent with both).
+    compaction_in_progress: Option<Write>,
     /// The next write fails with this error (and changes nothing).
     pub(crate) fault: Option<StorageError>,
     rng: SeededRng,
@@ -48,6 +50,13 @@ pub(crate) struct Disk {
     pub(crate) latency_max_ms: u64,
     /// Snapshots saved (taken here or received).
     pub(crate) snapshots_saved: u64,
+    /// The parts of a snapshot being received (a staging file): they survive a crash but for
+    /// the last few, which the crash may cut (or all of them).
+    staged: SnapshotStage,
+    /// Restarts that resumed a staged reception.
+    pub(crate) staged_resumes: u64,
+    /// Set at a start with parts staged, until the next part is staged.
+    resuming: bool,
     /// A snapshot was saved and no compaction has completed since.
     uncompacted_snapshot: bool,
     /// Crashes that came after a snapshot was saved and before the log was compacted.
@@ -75,6 +84,10 @@ impl Disk {
             rng: SeededRng::new(seed),
             latency_max_ms,
             snapshots_saved: 0,
+            compaction_in_progress: None,
+            staged: SnapshotStage::default(),
+            staged_resumes: 0,
+            resuming: false,
             uncompacted_snapshot: false,
             crashes_before_compaction: 0,
             crashes_saving_snapshot: 0,
@@ -187,7 +200,17 @@ impl Disk {
                 self.apply(write);
             }
         }
+        if let Some(write) = self.compaction_in_progress.take() {
+            if self.rng.chance(1, 2) {
+                self.apply(write);
+            }
+        }
         let torn = self.crash_write();
+        let staged_cut = match self.rng.range(0, 4) {
+            0 => usize::MAX,
+            n => n as usize - 1,
+        };
+        self.staged.drop_last_parts(staged_cut);
         self.crashes_before_compaction += u64::from(self.uncompacted_snapshot);
         self.uncompacted_snapshot = false;
         torn
@@ -217,14 +240,11 @@ impl Disk {
 pub(crate) struct SimStorage {
     disk: Arc<Mutex<Disk>>,
     checks: Arc<Mutex<Checks>>,
-    /// The parts of a snapshot being received: volatile (a crash loses them, as a staging
-    /// file that was never synced).
-    staged: Mutex<SnapshotStage>,
 }
 
 impl SimStorage {
     pub(crate) fn new(disk: Arc<Mutex<Disk>>, checks: Arc<Mutex<Checks>>) -> Self {
-        Self { disk, checks, staged: Mutex::new(SnapshotStage::default()) }
+        Self { disk, checks }
     }
 
     fn disk(&self) -> MutexGuard<'_, Disk> {
@@ -234,15 +254,24 @@ impl SimStorage {
     /// Carries out `write` as a real disk would: in progress for a while, then durable.
     async fn write(&self, write: Write) -> Result<(), StorageError> {
         let snapshot = matches!(write, Write::Snapshot(_));
+        let compaction = matches!(write, Write::Compact(_));
         let latency = {
             let mut disk = self.disk();
             if let Some(e) = disk.fault.take() {
                 return Err(e);
             }
             let node = disk.node;
-            let slot = if snapshot { &mut disk.snapshot_in_progress } else { &mut disk.in_progress };
+            let slot = match (snapshot, compaction) {
+                (true, _) => &mut disk.snapshot_in_progress,
+                (_, true) => &mut disk.compaction_in_progress,
+                _ => &mut disk.in_progress,
+            };
             if slot.is_some() {
-                let what = if snapshot { "two snapshot writes" } else { "two log or hard-state writes" };
+                let what = match (snapshot, compaction) {
+                    (true, _) => "two snapshot writes",
+                    (_, true) => "two compactions",
+                    _ => "two log or hard-state writes",
+                };
                 lock(&self.checks).violation(format!("node {node}: {what} at once"));
             }
             *slot = Some(write);
@@ -255,7 +284,11 @@ impl SimStorage {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let mut disk = self.disk();
-        let slot = if snapshot { &mut disk.snapshot_in_progress } else { &mut disk.in_progress };
+        let slot = match (snapshot, compaction) {
+            (true, _) => &mut disk.snapshot_in_progress,
+            (_, true) => &mut disk.compaction_in_progress,
+            _ => &mut disk.in_progress,
+        };
         if let Some(write) = slot.take() {
             disk.apply(write);
             // Recorded before the write is reported done, as the RocksDB store does.
@@ -299,6 +332,11 @@ impl Storage for SimStorage {
             first_index: disk.first_index(),
             last_index: disk.last_index(),
             lost,
+            staged: {
+                let staged = disk.staged.staged();
+                disk.resuming = staged.is_some();
+                staged
+            },
         })
     }
 
@@ -358,6 +396,27 @@ impl Storage for SimStorage {
         Ok((from..to).filter_map(|i| disk.get(i).cloned()).collect())
     }
 
+    async fn entries_within(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let disk = self.disk();
+        let (first, last) = (disk.first_index(), disk.last_index());
+        if from < first || to > last + 1 || from > to {
+            return Err(StorageError::OutOfRange { from, to, first, last });
+        }
+        let mut bytes = 0usize;
+        Ok((from..to)
+            .map_while(|i| {
+                let e = disk.get(i).filter(|_| bytes < max_bytes)?;
+                bytes = bytes.saturating_add(e.size_bytes());
+                Some(e.clone())
+            })
+            .collect())
+    }
+
     async fn term(&self, index: Index) -> Result<Term, StorageError> {
         let disk = self.disk();
         if index == disk.snapshot_last().index {
@@ -381,23 +440,31 @@ impl Storage for SimStorage {
 
     async fn stage_snapshot_part(
         &self,
+        term: Term,
         meta: &SnapshotMeta,
         offset: u64,
         data: Bytes,
     ) -> Result<(), StorageError> {
-        if let Some(e) = self.disk().fault.take() {
+        let mut disk = self.disk();
+        if let Some(e) = disk.fault.take() {
             return Err(e);
         }
-        lock(&self.staged).stage(meta, offset, data)
+        if offset > 0 && disk.staged.staged().is_some_and(|s| s.len == offset && s.meta == *meta) {
+            // Counted at the first part staged after a restart.
+            if std::mem::take(&mut disk.resuming) {
+                disk.staged_resumes += 1;
+            }
+        }
+        disk.staged.stage(term, meta, offset, data)
     }
 
     async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
-        lock(&self.staged).clear();
+        self.disk().staged.clear();
         Ok(())
     }
 
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {
-        let data = lock(&self.staged).take(meta, len)?;
+        let data = self.disk().staged.take(meta, len)?;
         self.save_snapshot(Snapshot { meta: meta.clone(), data }).await
     }
 

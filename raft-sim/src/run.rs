@@ -51,6 +51,8 @@ pub struct Coverage {
     pub snapshots_saved: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Receptions of a snapshot resumed after a crash from the parts staged before it.
+    pub staged_resumes: u64,
     /// Membership changes that completed (joint ones included).
     pub membership_changes: u64,
     /// Voter changes (through a joint configuration) that completed.
@@ -87,6 +89,7 @@ impl Coverage {
         self.lease_reads_answered += o.lease_reads_answered;
         self.snapshots_saved += o.snapshots_saved;
         self.snapshots_installed += o.snapshots_installed;
+        self.staged_resumes += o.staged_resumes;
         self.membership_changes += o.membership_changes;
         self.joint_changes += o.joint_changes;
         self.leader_removals += o.leader_removals;
@@ -460,6 +463,7 @@ impl Sim {
         let mut coverage = w.coverage.clone();
         coverage.snapshots_saved = self.disks.iter().map(|d| lock(d).snapshots_saved).sum();
         coverage.snapshots_installed = *lock(&self.installs);
+        coverage.staged_resumes = self.disks.iter().map(|d| lock(d).staged_resumes).sum();
         coverage.crashes_before_compaction =
             self.disks.iter().map(|d| lock(d).crashes_before_compaction).sum();
         coverage.terms_led = lock(&self.checks).terms_led() as u64;

@@ -87,6 +87,8 @@ impl Storage for MemStorage {
             first_index: inner.first,
             last_index: inner.last_index(),
             lost: None,
+            // A node restarted on the same store resumes a reception where it stopped.
+            staged: inner.staged.staged(),
         })
     }
 
@@ -130,6 +132,29 @@ impl Storage for MemStorage {
         Ok(inner.entries[inner.offset(from)..inner.offset(to)].to_vec())
     }
 
+    async fn entries_within(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.lock()?;
+        if from < inner.first || to > inner.last_index() + 1 || from > to {
+            return Err(inner.out_of_range(from, to));
+        }
+        let mut bytes = 0usize;
+        let held = &inner.entries[inner.offset(from)..inner.offset(to)];
+        let n = held
+            .iter()
+            .take_while(|e| {
+                let under = bytes < max_bytes;
+                bytes = bytes.saturating_add(e.size_bytes());
+                under
+            })
+            .count();
+        Ok(held[..n].to_vec())
+    }
+
     async fn term(&self, index: Index) -> Result<Term, StorageError> {
         let inner = self.lock()?;
         let snap = inner.snapshot_last();
@@ -162,11 +187,12 @@ impl Storage for MemStorage {
 
     async fn stage_snapshot_part(
         &self,
+        term: Term,
         meta: &SnapshotMeta,
         offset: u64,
         data: Bytes,
     ) -> Result<(), StorageError> {
-        self.lock()?.staged.stage(meta, offset, data)
+        self.lock()?.staged.stage(term, meta, offset, data)
     }
 
     async fn save_staged_snapshot(&self, meta: &SnapshotMeta, len: u64) -> Result<(), StorageError> {

@@ -38,6 +38,7 @@ mod db;
 mod durability;
 mod error;
 mod snapshot_file;
+mod staging;
 mod storage;
 
 pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION};

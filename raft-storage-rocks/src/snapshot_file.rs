@@ -30,6 +30,9 @@ const TRAILER: u32 = u32::MAX;
 /// the WAL's own syncs (and so every acknowledged write) wait behind it.
 const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
+/// How the temporary files of received snapshots (and their records) start.
+pub(crate) const RECEIVED_PREFIX: &str = ".tmp-recv-";
+
 /// The subdirectory of the data directory that holds snapshot files.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
@@ -157,6 +160,71 @@ impl PendingFile {
             #[cfg(test)]
             fail_next_sync: None,
         })
+    }
+
+    /// Opens again the temporary file `create` made with the same arguments, to go on writing
+    /// it after a restart: keeps its whole frames that pass their checksums up to the first
+    /// one that does not (a crash may have cut or torn the last ones) and cuts the rest off.
+    /// Blocking. `Ok(None)` when there is no such file or it holds no snapshot file's start.
+    pub(crate) fn reopen(
+        dir: &Path,
+        group: u64,
+        last: LogId,
+        kind: &str,
+    ) -> Result<Option<Self>, StorageError> {
+        use std::io::Seek;
+        let name = file_name(group, last);
+        let tmp = dir.join(format!(".tmp-{kind}{name}"));
+        let mut out = match fs::OpenOptions::new().read(true).write(true).open(&tmp) {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("opening", &tmp, &e)),
+        };
+        let (mut pos, mut crc, mut len) = (0u64, 0u32, 0u64);
+        {
+            let mut input = BufReader::with_capacity(1 << 20, &mut out);
+            let mut magic = [0u8; 8];
+            if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
+                return Ok(None);
+            }
+            pos += MAGIC.len() as u64;
+            loop {
+                let mut head = [0u8; 8];
+                if input.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let frame_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+                if frame_len == 0 || frame_len > MAX_CHUNK_BYTES {
+                    break; // the trailer, zeros, or damage: the staged bytes end here
+                }
+                let sum = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                let mut chunk = vec![0u8; frame_len as usize];
+                if input.read_exact(&mut chunk).is_err() || crc32c::crc32c(&chunk) != sum {
+                    break;
+                }
+                crc = crc32c::crc32c_append(crc, &chunk);
+                len += u64::from(frame_len);
+                pos += 8 + u64::from(frame_len);
+            }
+        }
+        out.set_len(pos).map_err(|e| io_error("cutting", &tmp, &e))?;
+        out.seek(std::io::SeekFrom::Start(pos)).map_err(|e| io_error("seeking", &tmp, &e))?;
+        out.sync_all().map_err(|e| io_error("syncing", &tmp, &e))?;
+        Ok(Some(Self {
+            dir: dir.to_path_buf(),
+            tmp,
+            name,
+            last,
+            out,
+            pos,
+            crc,
+            len,
+            synced: len,
+            finished: false,
+            sync_failed: None,
+            #[cfg(test)]
+            fail_next_sync: None,
+        }))
     }
 
     /// The snapshot's bytes written so far.
@@ -434,7 +502,9 @@ pub(crate) fn remove_leftovers(dir: &Path, referenced: &dyn Fn(u64) -> Result<Op
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let leftover = if name.starts_with(".tmp-") {
+        let leftover = if name.starts_with(RECEIVED_PREFIX) {
+            false // a received snapshot's staging: its log's store resumes it or removes it
+        } else if name.starts_with(".tmp-") {
             true
         } else if let Some(group) = group_of(name) {
             referenced(group).is_ok_and(|r| r.as_deref() != Some(name))

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
     DataLoss, Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta,
-    SnapshotSource, Storage, StorageError, Term,
+    SnapshotSource, StagedSnapshot, Storage, StorageError, Term,
 };
 use rocksdb::{Direction, IteratorMode, DB};
 
@@ -51,6 +51,8 @@ pub struct RocksStorage {
 /// A received snapshot being staged.
 #[derive(Debug)]
 struct Staging {
+    /// The term of the leader sending it.
+    term: Term,
     meta: SnapshotMeta,
     file: StagedFile,
 }
@@ -118,6 +120,85 @@ async fn low_priority<T: Send + 'static>(
 }
 
 impl RocksStorage {
+    /// The hard state, snapshot and log bounds, compared with the durability record (see
+    /// [`initial_state`](Storage::initial_state)).
+    async fn initial_log_state(&self) -> Result<InitialState, StorageError> {
+        let at_open = self.db.recorded_at_open(self.group).is_some();
+        let dropped = self.repair_log_shape(at_open).await?;
+        let (mut initial, found_last) = self.with_db(|db| {
+            let hard_state = match Self::get_meta(db, &meta_key(self.group, "hard_state"))? {
+                None => HardState::default(),
+                Some(v) => codec::decode(&v, &|| "the hard state".into())?,
+            };
+            let snapshot = self.stored_snapshot_meta(db)?;
+            let b = self.bounds(db)?;
+            let found_last = self.stored_last(db, b)?;
+            let initial = InitialState {
+                hard_state,
+                snapshot,
+                first_index: b.first,
+                last_index: b.last,
+                lost: None,
+                staged: None,
+            };
+            Ok((initial, found_last))
+        })?;
+        let Some(recorded) = self.db.recorded_at_open(self.group) else {
+            initial.lost = self.db.unrecovered_loss(self.group);
+            return Ok(initial);
+        };
+        self.db.settle_record(self.group, found_last);
+        let found = initial.hard_state;
+        let rolled_back = recorded.is_some_and(|r| found.is_behind(&r.hard_state));
+        let mut ops = Vec::new();
+        if let Some(r) = recorded.filter(|_| rolled_back) {
+            ops.push(Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&r.hard_state)?));
+            initial.hard_state = r.hard_state;
+        }
+        // The record is brought up to what was found before anything is answered: a crash
+        // between a WAL sync and its record leaves the record behind what the node will now
+        // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
+        let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
+        // Entries dropped past a hole count as recorded: the node may have acknowledged them.
+        let recorded_last = recorded.map(|r| r.last).into_iter().chain(dropped).max();
+        let lost = recorded_last.filter(|&last| rolled_back || last > found_last).map(|last| DataLoss {
+            recorded_last: last.max(found_last),
+            found_last,
+            rolled_back_hard_state: rolled_back.then_some(found),
+        });
+        // A failed write-back leaves the log to be compared again by the next call: the loss
+        // must not hide behind a retry.
+        self.db.write(ops, Some(mark)).await?;
+        if let Some(lost) = &lost {
+            tracing::error!(group = self.group, %lost, "the store lost data it had made durable");
+            self.db.remember_loss(self.group, lost.clone());
+        }
+        self.db.compared_with_record(self.group);
+        initial.lost = lost;
+        Ok(initial)
+    }
+
+    /// The snapshot being received: the one staged now, or at the first call the one a
+    /// restart found (its file opened again to go on writing).
+    async fn resumed_reception(&self) -> Result<Option<StagedSnapshot>, StorageError> {
+        let (staging, dir, group) = (self.staging.clone(), snapshot_file::dir_of(self.db.dir()), self.group);
+        blocking(move || {
+            let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                if let Some((term, meta, file)) = crate::staging::resume(&dir, group) {
+                    tracing::info!(group, snapshot = %meta.last_log_id, bytes = file.len(), "resuming the reception of a snapshot");
+                    *slot = Some(Staging { term, meta, file: StagedFile::Writing(file) });
+                }
+            }
+            Ok(slot.as_ref().filter(|s| s.file.len() > 0).map(|s| StagedSnapshot {
+                term: s.term,
+                meta: s.meta.clone(),
+                len: s.file.len(),
+            }))
+        })
+        .await
+    }
+
     pub(crate) fn new(db: RocksDb, group: u64) -> Self {
         Self {
             db,
@@ -548,54 +629,11 @@ impl RocksStorage {
 impl Storage for RocksStorage {
     /// Also compares what it finds with the durability record: a log that ends before the
     /// recorded last entry, or a hard state older than the recorded one, is reported in
-    /// `lost` (and the recorded hard state is written back and returned).
+    /// `lost` (and the recorded hard state is written back and returned). A snapshot being
+    /// received when the store was last closed is reported in `staged`, to resume.
     async fn initial_state(&self) -> Result<InitialState, StorageError> {
-        let at_open = self.db.recorded_at_open(self.group).is_some();
-        let dropped = self.repair_log_shape(at_open).await?;
-        let (mut initial, found_last) = self.with_db(|db| {
-            let hard_state = match Self::get_meta(db, &meta_key(self.group, "hard_state"))? {
-                None => HardState::default(),
-                Some(v) => codec::decode(&v, &|| "the hard state".into())?,
-            };
-            let snapshot = self.stored_snapshot_meta(db)?;
-            let b = self.bounds(db)?;
-            let found_last = self.stored_last(db, b)?;
-            let initial =
-                InitialState { hard_state, snapshot, first_index: b.first, last_index: b.last, lost: None };
-            Ok((initial, found_last))
-        })?;
-        let Some(recorded) = self.db.recorded_at_open(self.group) else {
-            initial.lost = self.db.unrecovered_loss(self.group);
-            return Ok(initial);
-        };
-        self.db.settle_record(self.group, found_last);
-        let found = initial.hard_state;
-        let rolled_back = recorded.is_some_and(|r| found.is_behind(&r.hard_state));
-        let mut ops = Vec::new();
-        if let Some(r) = recorded.filter(|_| rolled_back) {
-            ops.push(Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&r.hard_state)?));
-            initial.hard_state = r.hard_state;
-        }
-        // The record is brought up to what was found before anything is answered: a crash
-        // between a WAL sync and its record leaves the record behind what the node will now
-        // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
-        let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
-        // Entries dropped past a hole count as recorded: the node may have acknowledged them.
-        let recorded_last = recorded.map(|r| r.last).into_iter().chain(dropped).max();
-        let lost = recorded_last.filter(|&last| rolled_back || last > found_last).map(|last| DataLoss {
-            recorded_last: last.max(found_last),
-            found_last,
-            rolled_back_hard_state: rolled_back.then_some(found),
-        });
-        // A failed write-back leaves the log to be compared again by the next call: the loss
-        // must not hide behind a retry.
-        self.db.write(ops, Some(mark)).await?;
-        if let Some(lost) = &lost {
-            tracing::error!(group = self.group, %lost, "the store lost data it had made durable");
-            self.db.remember_loss(self.group, lost.clone());
-        }
-        self.db.compared_with_record(self.group);
-        initial.lost = lost;
+        let mut initial = self.initial_log_state().await?;
+        initial.staged = self.resumed_reception().await?;
         Ok(initial)
     }
 
@@ -641,6 +679,16 @@ impl Storage for RocksStorage {
     }
 
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        self.entries_within(from, to, usize::MAX).await
+    }
+
+    /// Stops the iteration once the entries read reach `max_bytes`.
+    async fn entries_within(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         self.with_db(|db| {
             let b = self.bounds(db)?;
             if from < b.first || to > b.last + 1 || from > to {
@@ -648,10 +696,10 @@ impl Storage for RocksStorage {
             }
             let cf = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
             let start = log_key(self.group, from);
-            let mut out = Vec::with_capacity((to - from) as usize);
-            let mut expected = from;
+            let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
+            let (mut expected, mut bytes) = (from, 0usize);
             for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
-                if expected == to {
+                if expected == to || bytes >= max_bytes {
                     break;
                 }
                 let (key, value) = item.map_err(|e| storage_error(&e))?;
@@ -665,10 +713,11 @@ impl Storage for RocksStorage {
                         entry.index
                     )));
                 }
+                bytes = bytes.saturating_add(entry.size_bytes());
                 out.push(entry);
                 expected += 1;
             }
-            if expected != to {
+            if expected != to && bytes < max_bytes {
                 return Err(StorageError::Corrupt(format!("log entry {expected} is missing")));
             }
             Ok(out)
@@ -734,9 +783,11 @@ impl Storage for RocksStorage {
     }
 
     /// Writes the part to the received snapshot's temporary file (in the blocking pool): a
-    /// received snapshot is never whole in memory.
+    /// received snapshot is never whole in memory. The file and a record of what it is stay
+    /// across a restart, which resumes the reception (see [`crate::staging`]).
     async fn stage_snapshot_part(
         &self,
+        term: Term,
         meta: &SnapshotMeta,
         offset: u64,
         data: Bytes,
@@ -745,21 +796,21 @@ impl Storage for RocksStorage {
         let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
         blocking(move || {
             let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
-            let continues = slot.as_ref().is_some_and(|s| s.meta == meta && s.file.len() == offset);
+            let ours = |s: &Staging| s.term == term && s.meta == meta;
+            let continues = slot.as_ref().is_some_and(|s| ours(s) && s.file.len() == offset);
             if offset == 0 && !continues {
                 if let Some(old) = slot.take() {
                     old.file.discard();
                 }
-                let file = snapshot_file::PendingFile::create(&dir, group, meta.last_log_id, "recv-")?;
-                *slot = Some(Staging { meta: meta.clone(), file: StagedFile::Writing(file) });
+                let file = crate::staging::start(&dir, group, term, &meta)?;
+                *slot = Some(Staging { term, meta: meta.clone(), file: StagedFile::Writing(file) });
             }
             match slot.as_mut() {
                 // A write that fails leaves the file as it was: the part can be staged again.
-                Some(Staging { meta: m, file: StagedFile::Writing(file) })
-                    if *m == meta && file.len() == offset =>
-                {
-                    file.write(&data)
-                }
+                Some(s) if ours(s) && s.file.len() == offset => match &mut s.file {
+                    StagedFile::Writing(file) => file.write(&data),
+                    StagedFile::Written(_) => Err(StorageError::NotStaged { offset, staged: s.file.len() }),
+                },
                 Some(s) if s.meta == meta => Err(StorageError::NotStaged { offset, staged: s.file.len() }),
                 _ => Err(StorageError::NotStaged { offset, staged: 0 }),
             }
@@ -767,13 +818,15 @@ impl Storage for RocksStorage {
         .await
     }
 
-    /// Removes the received snapshot's temporary file.
+    /// Removes the received snapshot's temporary file and its record.
     async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
         let staging = self.staging.clone();
+        let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
         blocking(move || {
             if let Some(s) = staging.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 s.file.discard();
             }
+            crate::staging::forget(&dir, group);
             Ok(())
         })
         .await
@@ -788,7 +841,7 @@ impl Storage for RocksStorage {
         let staged = blocking(move || {
             let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
             match slot.take() {
-                Some(s) if s.meta == wanted && s.file.len() == len => Ok(s.file),
+                Some(s) if s.meta == wanted && s.file.len() == len => Ok((s.term, s.file)),
                 other => {
                     let staged = other.as_ref().filter(|s| s.meta == wanted).map_or(0, |s| s.file.len());
                     *slot = other;
@@ -797,9 +850,12 @@ impl Storage for RocksStorage {
             }
         })
         .await?;
+        let (term, staged) = staged;
+        let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
         if meta.last_log_id.index < self.with_db(|db| self.bounds(db))?.snapshot.index {
             blocking(move || {
                 staged.discard();
+                crate::staging::forget(&dir, group);
                 Ok(())
             })
             .await?;
@@ -808,7 +864,7 @@ impl Storage for RocksStorage {
         let put_back = |file: StagedFile| {
             let mut slot = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(Staging { meta: meta.clone(), file });
+                *slot = Some(Staging { term, meta: meta.clone(), file });
             }
         };
         let reference = match staged {
@@ -825,7 +881,11 @@ impl Storage for RocksStorage {
             put_back(StagedFile::Written(reference));
             return Err(e);
         }
-        Ok(())
+        blocking(move || {
+            crate::staging::forget(&dir, group);
+            Ok(())
+        })
+        .await
     }
 
     /// The metadata and the size the file reference records: no file is read.

@@ -179,10 +179,11 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         per_seed(t.operations),
     );
     println!(
-        "  snapshots saved {}, installed {} (seeds with an install: {}), membership changes {} (joint {}, removing the leader {}; seeds with a change: {}, removing the leader: {}), transfers {} (seeds: {})",
+        "  snapshots saved {}, installed {} (seeds with an install: {}; receptions resumed after a crash {}), membership changes {} (joint {}, removing the leader {}; seeds with a change: {}, removing the leader: {}), transfers {} (seeds: {})",
         c.snapshots_saved,
         c.snapshots_installed,
         t.seeds_installing,
+        c.staged_resumes,
         c.membership_changes,
         c.joint_changes,
         c.leader_removals,

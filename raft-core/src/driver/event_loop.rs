@@ -99,6 +99,8 @@ pub(super) struct Driver {
     pub(super) applied_bytes_since_snapshot: u64,
     /// The snapshot being written in the background, if any.
     pub(super) snapshot_task: Option<SnapshotTask>,
+    /// The compaction of the log behind the latest snapshot, while it runs.
+    pub(super) compaction: Option<super::snapshots::Compaction>,
     /// The thresholds of the next automatic snapshot.
     pub(super) snapshot_schedule: SnapshotSchedule,
     /// No snapshot starts before this time (ms): one failed on a full disk.
@@ -121,26 +123,23 @@ pub(super) struct Driver {
     reads: tokio::task::JoinSet<Event>,
 }
 
-/// Reads the stored log `range` for a restart, in reads of about `read_bytes` (at most
-/// `max_entries`; the number of entries per read follows the sizes of the last one): the tail
-/// that fits `cache_bytes` whole, the entries before it as stubs (their payloads stay in
-/// storage). At most the cache and one read are in memory at once.
+/// Reads the stored log `range` for a restart, in reads of about `read_bytes`
+/// ([`Storage::entries_within`]): the tail that fits `cache_bytes` whole, the entries before it
+/// as stubs (their payloads stay in storage). At most the cache and one read are in memory at
+/// once, besides a stub (32 bytes) per entry before the cache.
 async fn read_log(
     storage: &dyn Storage,
     range: std::ops::RangeInclusive<Index>,
     cache_bytes: u64,
     read_bytes: usize,
-    max_entries: usize,
 ) -> Result<(Vec<EntryStub>, Vec<Entry>), crate::storage::StorageError> {
     let (mut stubs, mut whole, mut whole_bytes) = (Vec::new(), VecDeque::new(), 0u64);
     let (mut from, last) = range.into_inner();
-    let mut count = 16u64;
     while from <= last {
-        let to = last.min(from.saturating_add(count - 1));
-        let entries = storage.entries(from, to + 1).await?;
-        let read: u64 = entries.iter().map(|e| e.size_bytes() as u64).sum();
-        let average = read / (entries.len() as u64).max(1);
-        count = (read_bytes as u64 / average.max(1)).clamp(1, max_entries.max(1) as u64);
+        let entries = storage.entries_within(from, last + 1, read_bytes.max(1)).await?;
+        let Some(read_to) = entries.last().map(|e| e.index) else {
+            return Err(crate::storage::StorageError::Corrupt(format!("log entry {from} could not be read")));
+        };
         for e in entries {
             whole_bytes += e.size_bytes() as u64;
             whole.push_back(e);
@@ -150,7 +149,7 @@ async fn read_log(
                 stubs.push(EntryStub::from(&old));
             }
         }
-        from = to + 1;
+        from = read_to + 1;
     }
     Ok((stubs, whole.into()))
 }
@@ -179,7 +178,6 @@ impl Driver {
             initial.first_index..=initial.last_index,
             config.log_cache_bytes,
             config.max_bytes_per_append,
-            config.max_entries_per_append,
         )
         .await?;
         // The state machine reads the snapshot from storage part by part, and the protocol
@@ -202,6 +200,7 @@ impl Driver {
             entries,
             membership: initial_membership,
             recorded_last: initial.lost.as_ref().map(|l| l.recorded_last),
+            staged: initial.staged.clone(),
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
         // Request ids start at a random point of the 64-bit space, so that ids of this
@@ -231,10 +230,12 @@ impl Driver {
             applied,
             applied_bytes_since_snapshot: 0,
             snapshot_task: None,
+            compaction: None,
             snapshot_schedule,
             snapshots_paused_until_ms: 0,
             background: parts.background,
-            staged: Staged::Nothing,
+            // What storage kept of a reception cut short stays staged: it resumes there.
+            staged: if initial.staged.is_some() { Staged::InStorage } else { Staged::Nothing },
             writer,
             stopping: parts.stopping,
             install_waits_for_space: false,
@@ -464,6 +465,7 @@ impl Driver {
         if let Some(mut task) = self.snapshot_task.take() {
             let _ = (&mut task.done).await;
         }
+        let _ = self.wait_compaction().await;
         self.writer.close().await;
         self.applier.close().await;
         self.transport.shutdown().await;
@@ -475,6 +477,7 @@ impl Driver {
     /// Carries out the readies, takes a snapshot if one is due, resolves waiters that depend
     /// on the node's role and publishes the status.
     async fn after_step(&mut self) -> Result<(), RaftError> {
+        self.check_compaction()?;
         self.process_ready().await?;
         self.maybe_snapshot().await?;
         // Compaction may leave work (a follower now needs the snapshot).

@@ -37,6 +37,10 @@ const JITTER_DIVISOR: u64 = 4;
 /// How long no snapshot is started after one failed on a full disk (ms).
 const SNAPSHOT_PAUSE_ON_FULL_MS: u64 = 5_000;
 
+/// The compaction of the log behind a snapshot, running beside the event loop (at most one):
+/// its outcome.
+pub(super) type Compaction = oneshot::Receiver<Result<(), StorageError>>;
+
 /// A snapshot being written out in the background.
 pub(super) struct SnapshotTask {
     /// The snapshot saved, or the error that stopped it.
@@ -217,16 +221,7 @@ impl Driver {
         // once it holds it: keep those entries, or it would need the new snapshot as well.
         let up_to =
             last.index.saturating_sub(self.config.snapshot_keep_entries).min(self.raft.compaction_floor());
-        // Storage is compacted with no log write under way (once per snapshot).
-        let now = self.clock.now_ms();
-        for event in self.drain_writes().await? {
-            self.raft.step(now, event);
-        }
-        let compacted_to = match self.compact_storage(up_to).await {
-            // Compaction only frees space; on a full disk it waits for the next snapshot.
-            Err(RaftError::Storage(StorageError::Full)) => 0,
-            other => other?,
-        };
+        let compacted_to = self.start_compaction(up_to)?;
         let took_ms = self.clock.now_ms().saturating_sub(started_ms);
         tracing::info!(snapshot = %last, bytes = snapshot.data.len(), took_ms, compacted_to, "snapshot taken");
         // The protocol reads the bytes from storage when it sends them.
@@ -245,8 +240,52 @@ impl Driver {
         outcome.map(drop)
     }
 
+    /// Starts compacting storage up to `up_to` (covered by the stored snapshot) beside the
+    /// event loop: a slow compaction holds no heartbeat, and log writes go on meanwhile (they
+    /// touch only entries past the commit index). Returns the index it compacts to: 0 while an
+    /// earlier compaction is not done (the next snapshot's covers this one's entries).
+    fn start_compaction(&mut self, up_to: Index) -> Result<Index, RaftError> {
+        self.check_compaction()?;
+        if up_to == 0 || self.compaction.is_some() {
+            return Ok(0);
+        }
+        let (tx, done) = oneshot::channel();
+        let storage = self.storage.clone();
+        let handle = tokio::spawn(async move {
+            let _ = tx.send(storage.compact(up_to).await);
+        });
+        self.background.register(handle.abort_handle());
+        self.compaction = Some(done);
+        Ok(up_to)
+    }
+
+    /// Takes the outcome of a compaction that ended: an error is fatal, as every storage
+    /// error is, but a full disk (compaction only frees space; the next one does it).
+    pub(super) fn check_compaction(&mut self) -> Result<(), RaftError> {
+        let Some(done) = self.compaction.as_mut() else { return Ok(()) };
+        let outcome = match done.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Err(StorageError::Io("the log compaction ended without an answer".into()))
+            }
+            Ok(outcome) => outcome,
+        };
+        self.compaction = None;
+        compaction_outcome(outcome)
+    }
+
+    /// Waits for the compaction under way, if any (see [`check_compaction`](Self::check_compaction)).
+    pub(super) async fn wait_compaction(&mut self) -> Result<(), RaftError> {
+        let Some(done) = self.compaction.take() else { return Ok(()) };
+        let outcome = done
+            .await
+            .unwrap_or_else(|_| Err(StorageError::Io("the log compaction ended without an answer".into())));
+        compaction_outcome(outcome)
+    }
+
     /// Compacts stored entries up to `up_to` (covered by the stored snapshot) if storage still
-    /// holds any of them. Returns the index compacted to, 0 when nothing was.
+    /// holds any of them, here (for a received snapshot, stored with no write under way).
+    /// Returns the index compacted to, 0 when nothing was.
     async fn compact_storage(&self, up_to: Index) -> Result<Index, RaftError> {
         let initial = self.storage.initial_state().await?;
         let holds_some = initial.last_index >= initial.first_index && up_to >= initial.first_index;
@@ -317,20 +356,26 @@ impl Driver {
         }
         match &mut self.staged {
             Staged::Nothing => {
-                match self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await {
+                match self
+                    .storage
+                    .stage_snapshot_part(part.term, &part.meta, part.offset, part.data.clone())
+                    .await
+                {
                     Ok(()) => self.staged = Staged::InStorage,
                     Err(StorageError::Unsupported(_)) => {
                         let mut stage = SnapshotStage::default();
-                        stage.stage(&part.meta, part.offset, part.data.clone())?;
+                        stage.stage(part.term, &part.meta, part.offset, part.data.clone())?;
                         self.staged = Staged::InMemory(stage);
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
             Staged::InStorage => {
-                self.storage.stage_snapshot_part(&part.meta, part.offset, part.data.clone()).await?
+                self.storage
+                    .stage_snapshot_part(part.term, &part.meta, part.offset, part.data.clone())
+                    .await?
             }
-            Staged::InMemory(stage) => stage.stage(&part.meta, part.offset, part.data.clone())?,
+            Staged::InMemory(stage) => stage.stage(part.term, &part.meta, part.offset, part.data.clone())?,
             Staged::Received(_) => {
                 return Err(StorageError::NotStaged { offset: part.offset, staged: 0 }.into())
             }
@@ -394,6 +439,8 @@ impl Driver {
     pub(super) async fn store_received_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         // A received snapshot lies past the commit index, so past any snapshot of this node's.
         self.wait_snapshot_task().await?;
+        // It replaces the log: no compaction runs meanwhile.
+        self.wait_compaction().await?;
         // The state machine may still be reading the previous received snapshot, which this
         // one replaces in storage: its restore ends first. Not expected: the protocol takes
         // no snapshot while a restore runs (`hold_snapshot_install`).
@@ -509,6 +556,17 @@ impl SnapshotReader for StoredSnapshotReader {
             })?;
         self.offset = self.offset.saturating_add(part.len() as u64);
         Ok(Some(part))
+    }
+}
+
+/// What a compaction's outcome means for the node (see [`Driver::check_compaction`]).
+fn compaction_outcome(outcome: Result<(), StorageError>) -> Result<(), RaftError> {
+    match outcome {
+        Err(StorageError::Full) => {
+            tracing::warn!("the disk is full: the log is compacted at the next snapshot");
+            Ok(())
+        }
+        other => other.map_err(RaftError::from),
     }
 }
 

@@ -128,6 +128,9 @@ pub struct RestoredState {
     /// The membership of a new cluster, used when there is no snapshot (configuration entries
     /// in the log override it).
     pub membership: Membership,
+    /// A snapshot the leader was sending, partly staged in storage before the restart (see
+    /// [`InitialState::staged`](crate::InitialState::staged)): its reception resumes there.
+    pub staged: Option<crate::storage::StagedSnapshot>,
     /// The last log entry storage had recorded as durable, when its log now ends before it
     /// (data went missing: see [`DataLoss`](crate::DataLoss)). This node may have acknowledged
     /// entries up to it, so until its log reaches it again it votes as if its log ended there
@@ -378,6 +381,16 @@ impl Raft {
                  for logs reaching the recorded entry) until the leader has sent them again"
             );
         }
+        // A reception cut short by the restart resumes where storage holds it whole (the
+        // leader of the same term asks where it stands and goes on from there).
+        let incoming = restored
+            .staged
+            .filter(|s| {
+                s.len > 0
+                    && s.meta.last_log_id.index > snapshot_last.index
+                    && s.term <= restored.hard_state.current_term
+            })
+            .map(|s| IncomingSnapshot::resumed(s.term, s.meta, s.len));
         let boot_quiet_until = now + config.election_timeout_min_ms;
         let mut raft = Self {
             id,
@@ -392,7 +405,7 @@ impl Raft {
             membership,
             configs,
             snapshot: restored.snapshot,
-            incoming: None,
+            incoming,
             incoming_refused_until: 0,
             transfer: None,
             lease_revoked: false,

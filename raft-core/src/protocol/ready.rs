@@ -6,7 +6,7 @@ use crate::message::{ForwardRejection, Message, ProposalId, ReadId};
 use bytes::Bytes;
 
 use crate::storage::{Snapshot, SnapshotMeta};
-use crate::types::{Entry, HardState, Index, LogId, NodeId};
+use crate::types::{Entry, HardState, Index, LogId, NodeId, Term};
 
 /// The work one [`Raft::take_ready`](crate::Raft::take_ready) hands to the driver. The driver
 /// carries it out in this order:
@@ -92,6 +92,8 @@ pub struct Ready {
 /// A part of a snapshot received from the leader, for the driver to stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotPart {
+    /// The term of the leader sending it.
+    pub term: Term,
     /// The snapshot it belongs to.
     pub meta: SnapshotMeta,
     /// Where its bytes go in the snapshot.

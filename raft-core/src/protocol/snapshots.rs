@@ -31,6 +31,11 @@ pub(crate) struct IncomingSnapshot {
 }
 
 impl IncomingSnapshot {
+    /// A reception of which storage still holds `len` bytes after a restart.
+    pub(super) fn resumed(term: Term, meta: SnapshotMeta, len: u64) -> Self {
+        Self { term, meta, len }
+    }
+
     /// Bytes received so far.
     pub(super) fn received_bytes(&self) -> u64 {
         self.len
@@ -257,7 +262,7 @@ impl Raft {
         incoming.len = incoming.len.saturating_add(data.len() as u64);
         let have = incoming.len;
         // The driver stages the part (in storage) before anything of this ready is sent.
-        self.out.snapshot_parts.push(SnapshotPart { meta: meta.clone(), offset, data });
+        self.out.snapshot_parts.push(SnapshotPart { term, meta: meta.clone(), offset, data });
         if !done {
             self.send(from, term, reply(have, false));
             return;

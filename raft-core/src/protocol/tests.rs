@@ -1393,6 +1393,7 @@ fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it()
                     entries,
                     membership: Membership::with_voters([1, 2, 3]),
                     recorded_last: None,
+                    staged: None,
                 };
                 Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
             })

@@ -9,7 +9,7 @@ use std::future::Future;
 use bytes::Bytes;
 
 use crate::membership::Membership;
-use crate::storage::{Snapshot, SnapshotMeta, Storage, StorageError};
+use crate::storage::{Snapshot, SnapshotMeta, StagedSnapshot, Storage, StorageError};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, Term};
 
 /// Runs every case of the suite against stores made by `build`.
@@ -22,6 +22,7 @@ where
     empty_store(&build().await).await;
     hard_state_round_trip(&build().await).await;
     append_and_read(&build().await).await;
+    reads_within_a_byte_bound(&build().await).await;
     append_refuses_holes(&build().await).await;
     append_replaces_suffix(&build().await).await;
     truncate_removes_suffix(&build().await).await;
@@ -81,6 +82,31 @@ async fn hard_state_round_trip(s: &impl Storage) {
         let got = s.initial_state().await.expect("hard_state_round_trip: load").hard_state;
         assert_eq!(got, hs, "hard_state_round_trip");
     }
+}
+
+/// `entries_within` stops after the entry with which the bytes read reach the bound (at least
+/// one entry), and reads like `entries` otherwise.
+async fn reads_within_a_byte_bound(s: &impl Storage) {
+    let mut log = entries(1, 1, 4);
+    log.push(Entry { term: 1, index: 5, payload: EntryPayload::Command(Bytes::from(vec![9u8; 10_000])) });
+    log.extend(entries(1, 6, 8));
+    s.append(&log).await.expect("within: append");
+    let sizes: Vec<usize> = log.iter().map(Entry::size_bytes).collect();
+    let read = |from: Index, to: Index, max: usize| async move {
+        s.entries_within(from, to, max)
+            .await
+            .expect("within: read")
+            .iter()
+            .map(|e| e.index)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(1, 9, usize::MAX).await, (1..=8).collect::<Vec<_>>(), "within: everything");
+    assert_eq!(read(1, 9, 1).await, vec![1], "within: at least one entry");
+    assert_eq!(read(1, 9, sizes[0] + 1).await, vec![1, 2], "within: up to the entry that reaches the bound");
+    assert_eq!(read(4, 9, sizes[3] + 1).await, vec![4, 5], "within: a large entry ends the read");
+    assert_eq!(read(6, 8, usize::MAX).await, vec![6, 7], "within: half-open");
+    let r = s.entries_within(7, 10, usize::MAX).await;
+    assert!(matches!(r, Err(StorageError::OutOfRange { .. })), "within: past the end: {r:?}");
 }
 
 async fn append_and_read(s: &impl Storage) {
@@ -240,26 +266,36 @@ async fn staged_parts_become_the_snapshot_only_when_saved(s: &impl Storage) {
     let meta = SnapshotMeta { last_log_id: LogId::new(2, 20), membership: Membership::with_voters([1, 2]) };
     let other = SnapshotMeta { last_log_id: LogId::new(2, 21), ..meta.clone() };
     let part = |b: &'static [u8]| Bytes::from_static(b);
-    match s.stage_snapshot_part(&meta, 0, part(b"abc")).await {
+    match s.stage_snapshot_part(3, &meta, 0, part(b"abc")).await {
         Err(StorageError::Unsupported(_)) => return,
         started => started.expect("staged: the first part"),
     }
-    s.stage_snapshot_part(&meta, 3, part(b"defg")).await.expect("staged: the second part");
+    s.stage_snapshot_part(3, &meta, 3, part(b"defg")).await.expect("staged: the second part");
     assert_eq!(s.load_snapshot().await, Ok(None), "staged: parts are not a snapshot");
     assert_eq!(bounds(s).await, (1, 10), "staged: the log is untouched");
-    let gap = s.stage_snapshot_part(&meta, 9, part(b"x")).await;
+    let staged = s.initial_state().await.expect("staged: initial state").staged;
+    assert!(
+        staged.is_none() || staged == Some(StagedSnapshot { term: 3, meta: meta.clone(), len: 7 }),
+        "staged: what a restart would resume from, if the store keeps it: {staged:?}"
+    );
+    let gap = s.stage_snapshot_part(3, &meta, 9, part(b"x")).await;
     assert!(
         matches!(gap, Err(StorageError::NotStaged { offset: 9, .. })),
         "staged: a gap is refused: {gap:?}"
     );
-    let foreign = s.stage_snapshot_part(&other, 7, part(b"x")).await;
+    let foreign = s.stage_snapshot_part(3, &other, 7, part(b"x")).await;
     assert!(
         matches!(foreign, Err(StorageError::NotStaged { .. })),
         "staged: another snapshot's part: {foreign:?}"
     );
+    let other_leader = s.stage_snapshot_part(4, &meta, 7, part(b"x")).await;
+    assert!(
+        matches!(other_leader, Err(StorageError::NotStaged { .. })),
+        "staged: a part of the same snapshot from another term's leader (its bytes may differ): {other_leader:?}"
+    );
     // The transfer starts over (a new leader): offset 0 drops what was staged.
-    s.stage_snapshot_part(&meta, 0, part(b"xyz")).await.expect("staged: start over");
-    s.stage_snapshot_part(&meta, 3, part(b"uvw")).await.expect("staged: continue");
+    s.stage_snapshot_part(4, &meta, 0, part(b"xyz")).await.expect("staged: start over");
+    s.stage_snapshot_part(4, &meta, 3, part(b"uvw")).await.expect("staged: continue");
     let short = s.save_staged_snapshot(&meta, 5).await;
     assert!(
         matches!(short, Err(StorageError::NotStaged { .. })),
@@ -276,6 +312,8 @@ async fn staged_parts_become_the_snapshot_only_when_saved(s: &impl Storage) {
         !part.is_empty() && b"zuv".starts_with(&part),
         "staged: served in parts like any snapshot: {part:?}"
     );
+    let staged = s.initial_state().await.expect("staged: initial state").staged;
+    assert_eq!(staged, None, "staged: nothing to resume after the save");
     let again = s.save_staged_snapshot(&meta, 6).await;
     assert!(
         matches!(again, Err(StorageError::NotStaged { .. })),

@@ -137,13 +137,13 @@ async fn staging_on_a_full_disk(dir: &Path) {
     let meta = SnapshotMeta { last_log_id: LogId::new(1, 9), membership: Membership::with_voters([1]) };
     let first = Bytes::from(vec![1u8; 1000]);
     let second = Bytes::from(vec![2u8; 256 * 1024]);
-    log.stage_snapshot_part(&meta, 0, first.clone()).await.expect("the first part");
+    log.stage_snapshot_part(1, &meta, 0, first.clone()).await.expect("the first part");
     let filler = dir.join("filler");
     fill_to_the_brim(&filler);
-    let refused = log.stage_snapshot_part(&meta, 1000, second.clone()).await;
+    let refused = log.stage_snapshot_part(1, &meta, 1000, second.clone()).await;
     assert_eq!(refused, Err(StorageError::Full), "a part that does not fit");
     std::fs::remove_file(&filler).expect("free space");
-    log.stage_snapshot_part(&meta, 1000, second.clone())
+    log.stage_snapshot_part(1, &meta, 1000, second.clone())
         .await
         .expect("the same part again, once space frees");
     // The commit on a full disk: whichever step fails (the trailer, the sync, RocksDB's

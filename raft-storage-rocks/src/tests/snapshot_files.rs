@@ -1,6 +1,7 @@
 //! Snapshot files: where they live, what survives a reopen, what a damaged or half-written
 //! file does, and stores written before snapshot files.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -192,39 +193,78 @@ async fn files_left_by_interrupted_writes_are_removed_when_the_store_opens() {
     assert_eq!(log.load_snapshot().await.expect("load"), Some(snapshot(10, &[b"first snapshot"])));
 }
 
+/// The name of log 0's file of a received snapshot ending at 20 (its nonce varies).
+fn received_file(dir: &Path) -> PathBuf {
+    let names = files(dir);
+    let name = names.iter().find(|n| n.starts_with(".tmp-recv-n") && n.ends_with("-g0-20-2.snap"));
+    dir.join(SNAPSHOT_DIR).join(name.unwrap_or_else(|| panic!("a received file among {names:?}")))
+}
+
 #[tokio::test]
-async fn a_received_snapshot_is_written_to_a_file_as_its_parts_come_and_a_crash_drops_it() {
+async fn a_received_snapshot_is_written_to_a_file_as_its_parts_come_and_a_restart_resumes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let meta = SnapshotMeta { last_log_id: LogId::new(2, 20), membership: Membership::with_voters([1]) };
+    let big = 3u64 << 20;
     {
         let log = open(dir.path()).log(0);
-        log.stage_snapshot_part(&meta, 0, Bytes::from_static(b"first part ")).await.expect("stage");
-        assert_eq!(files(dir.path()), vec![".tmp-recv-g0-20-2.snap".to_owned()], "the parts go to a file");
-        let before =
-            std::fs::metadata(dir.path().join(SNAPSHOT_DIR).join(".tmp-recv-g0-20-2.snap")).expect("stat");
-        log.stage_snapshot_part(&meta, 11, Bytes::from(vec![7u8; 3 << 20])).await.expect("stage");
-        let after =
-            std::fs::metadata(dir.path().join(SNAPSHOT_DIR).join(".tmp-recv-g0-20-2.snap")).expect("stat");
+        log.stage_snapshot_part(3, &meta, 0, Bytes::from_static(b"first part ")).await.expect("stage");
+        assert_eq!(
+            files(dir.path()).len(),
+            2,
+            "the parts go to a file, beside its record: {:?}",
+            files(dir.path())
+        );
+        let before = std::fs::metadata(received_file(dir.path())).expect("stat");
+        log.stage_snapshot_part(3, &meta, 11, Bytes::from(vec![7u8; big as usize])).await.expect("stage");
+        let after = std::fs::metadata(received_file(dir.path())).expect("stat");
         assert!(
-            after.len() >= before.len() + (3 << 20),
+            after.len() >= before.len() + big,
             "written as it comes: {} -> {}",
             before.len(),
             after.len()
         );
-        // The process dies here.
+        // The process dies here, with half a frame written after the last whole one.
     }
+    let mut torn = std::fs::OpenOptions::new().append(true).open(received_file(dir.path())).expect("open");
+    torn.write_all(&[5, 0, 0, 0, 1, 2, 3, 4, 9]).expect("a torn frame");
+    drop(torn);
     let log = open(dir.path()).log(0);
-    assert!(
-        files(dir.path()).is_empty(),
-        "the half-received file is removed at open: {:?}",
-        files(dir.path())
+    let staged = log.initial_state().await.expect("initial state").staged;
+    assert_eq!(
+        staged,
+        Some(raft_core::StagedSnapshot { term: 3, meta: meta.clone(), len: 11 + big }),
+        "the reception resumes after the last whole part (the torn one is cut off)"
     );
-    assert_eq!(log.load_snapshot().await.expect("load"), None);
-    let more = log.stage_snapshot_part(&meta, 11, Bytes::from_static(b"x")).await;
+    assert_eq!(log.load_snapshot().await.expect("load"), None, "staged parts are not a snapshot");
+    let other_leader = log.stage_snapshot_part(4, &meta, 11 + big, Bytes::from_static(b"x")).await;
+    assert!(matches!(other_leader, Err(StorageError::NotStaged { .. })), "{other_leader:?}");
+    log.stage_snapshot_part(3, &meta, 11 + big, Bytes::from_static(b" last part")).await.expect("resumed");
+    log.save_staged_snapshot(&meta, 11 + big + 10).await.expect("save");
+    let loaded = log.load_snapshot().await.expect("load").expect("a snapshot");
+    let mut expected = b"first part ".to_vec();
+    expected.extend(std::iter::repeat_n(7u8, big as usize));
+    expected.extend_from_slice(b" last part");
+    assert!(loaded.data.to_bytes() == expected, "the resumed snapshot is whole and in order");
+    assert_eq!(files(dir.path()), vec!["g0-20-2.snap".to_owned()], "no staging left after the save");
+    drop(log);
+    // A damaged record: the reception starts over, nothing of it is left.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open(dir.path()).log(0);
+        log.stage_snapshot_part(3, &meta, 0, Bytes::from_static(b"first part ")).await.expect("stage");
+    }
+    let record = dir.path().join(SNAPSHOT_DIR).join(".tmp-recv-g0.stage");
+    let mut bytes = std::fs::read(&record).expect("the record");
+    bytes[0] ^= 0xFF;
+    std::fs::write(&record, bytes).expect("damage it");
+    let log = open(dir.path()).log(0);
+    assert_eq!(log.initial_state().await.expect("initial state").staged, None);
+    assert!(files(dir.path()).is_empty(), "nothing left of it: {:?}", files(dir.path()));
+    let more = log.stage_snapshot_part(3, &meta, 11, Bytes::from_static(b"x")).await;
     assert!(matches!(more, Err(StorageError::NotStaged { staged: 0, .. })), "{more:?}");
     // Received again, whole: a checked file like any snapshot.
-    log.stage_snapshot_part(&meta, 0, Bytes::from_static(b"first part ")).await.expect("stage");
-    log.stage_snapshot_part(&meta, 11, Bytes::from_static(b"second part")).await.expect("stage");
+    log.stage_snapshot_part(3, &meta, 0, Bytes::from_static(b"first part ")).await.expect("stage");
+    log.stage_snapshot_part(3, &meta, 11, Bytes::from_static(b"second part")).await.expect("stage");
     log.save_staged_snapshot(&meta, 22).await.expect("save");
     assert_eq!(files(dir.path()), vec!["g0-20-2.snap".to_owned()]);
     drop(log);

@@ -287,6 +287,11 @@ impl Cluster {
     }
 
     fn crash_with(&mut self, id: NodeId, cut: CrashCut) {
+        // Staged snapshot parts survive, but for the last few the crash may cut (or all).
+        let staged_cut = match self.rng.range(0, 4) {
+            0 => usize::MAX,
+            n => n as usize - 1,
+        };
         let node = self.node_mut(id);
         if node.raft.take().is_none() {
             return;
@@ -295,7 +300,7 @@ impl Cluster {
             node.disk.apply(&p.write, Some(cut));
         }
         node.inbox.clear();
-        node.staged.clear();
+        node.staged.drop_last_parts(staged_cut);
         node.applied.clear();
         node.fsm = SimFsm::default();
         for ((from, _), (_, state)) in self.proposals.iter_mut() {
@@ -344,6 +349,7 @@ impl Cluster {
         let use_record = !self.ignore_durability_records;
         let node = self.node_mut(id);
         let snapshot = node.disk.snapshot.clone();
+        let staged = node.staged.staged();
         let (hard_state, recorded_last) = node.disk.open(use_record);
         // A restarted node may hold any prefix of its log as stubs (payloads left on disk).
         let mut entries = node.disk.entries.clone();
@@ -356,6 +362,7 @@ impl Cluster {
             entries,
             membership,
             recorded_last,
+            staged,
         };
         let raft = match Raft::new(id, config, restored, seed, now) {
             Ok(r) => r,
@@ -724,7 +731,7 @@ impl Cluster {
         for part in ready.snapshot_parts.drain(..) {
             let at = (part.meta.last_log_id, part.offset);
             node.staged
-                .stage(&part.meta, part.offset, part.data)
+                .stage(part.term, &part.meta, part.offset, part.data)
                 .map_err(|e| format!("node {id}: staging {at:?}: {e}"))?;
         }
         if let Some(snapshot) = ready.snapshot.as_mut().filter(|s| s.data.is_stored()) {
