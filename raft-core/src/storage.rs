@@ -429,7 +429,7 @@ pub trait Storage: Send + Sync {
     ) -> Result<Vec<Entry>, StorageError> {
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         let mut next = from;
-        while next < to && bytes < max_bytes {
+        while next < to && (bytes < max_bytes || out.is_empty()) {
             let one = self.entries(next, next + 1).await?;
             let Some(entry) = one.into_iter().next() else { break };
             bytes = bytes.saturating_add(entry.size_bytes());

@@ -1322,3 +1322,38 @@ async fn the_full_disk_state_holds_while_a_write_waits_and_shutdown_returns() {
         }
     }
 }
+
+/// A reception storage kept across a restart that the protocol does not resume (here a
+/// snapshot older than the one the node holds) is discarded at the start: its file may be
+/// large (the outside review found it kept until the next reception).
+#[tokio::test]
+async fn a_kept_reception_the_node_does_not_resume_is_discarded_at_start() {
+    let storage = Arc::new(MemStorage::default());
+    let membership = Membership::with_voters([1, 2, 3]);
+    let meta = |index| raft_core::SnapshotMeta {
+        last_log_id: raft_core::LogId::new(1, index),
+        membership: membership.clone(),
+    };
+    storage
+        .save_hard_state(raft_core::HardState { current_term: 1, voted_for: None })
+        .await
+        .expect("hard state");
+    let held = raft_core::Snapshot { meta: meta(100), data: Bytes::from_static(b"100").into() };
+    storage.save_snapshot(held).await.expect("snapshot");
+    storage.stage_snapshot_part(1, &meta(50), 0, Bytes::from_static(b"5")).await.expect("staged");
+    assert!(storage.initial_state().await.expect("state").staged.is_some());
+    let node = RaftNode::start(
+        1,
+        Config::default(),
+        membership.clone(),
+        storage.clone(),
+        Arc::new(LocalNetwork::default().transport(1, 64)),
+        Box::new(CounterFsm::default()),
+        7,
+    )
+    .await
+    .expect("node starts");
+    assert_eq!(node.status().protocol.incoming_snapshot, None);
+    assert_eq!(storage.initial_state().await.expect("state").staged, None, "the kept reception is dropped");
+    node.shutdown().await.expect("shutdown");
+}

@@ -410,7 +410,7 @@ impl Storage for SimStorage {
         let mut bytes = 0usize;
         Ok((from..to)
             .map_while(|i| {
-                let e = disk.get(i).filter(|_| bytes < max_bytes)?;
+                let e = disk.get(i).filter(|_| bytes < max_bytes || bytes == 0)?;
                 bytes = bytes.saturating_add(e.size_bytes());
                 Some(e.clone())
             })

@@ -147,7 +147,7 @@ impl Storage for MemStorage {
         let n = held
             .iter()
             .take_while(|e| {
-                let under = bytes < max_bytes;
+                let under = bytes < max_bytes || bytes == 0;
                 bytes = bytes.saturating_add(e.size_bytes());
                 under
             })

@@ -154,6 +154,9 @@ struct Shared {
     checked: Mutex<std::collections::HashSet<u64>>,
     /// The data each log was found to have lost at open.
     losses: Mutex<std::collections::HashMap<u64, raft_core::DataLoss>>,
+    /// The logs whose snapshot reception left by the last process was looked for (once per
+    /// open: later, a temporary file is a reception under way).
+    receptions_resumed: Mutex<std::collections::HashSet<u64>>,
 }
 
 struct Handle {
@@ -352,6 +355,7 @@ impl RocksDb {
             marks: Mutex::new(marks),
             checked: Mutex::default(),
             losses: Mutex::default(),
+            receptions_resumed: Mutex::default(),
         });
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -464,6 +468,12 @@ impl RocksDb {
     }
 
     /// Log `group` was compared with the record found at open and the outcome is durable.
+    /// Whether log `group`'s reception left by the last process is still to be looked for:
+    /// `true` once per open of the store, `false` afterwards.
+    pub(crate) fn claim_reception_resume(&self, group: u64) -> bool {
+        self.handle.shared.receptions_resumed.lock().is_ok_and(|mut claimed| claimed.insert(group))
+    }
+
     pub(crate) fn compared_with_record(&self, group: u64) {
         if let Ok(mut checked) = self.handle.shared.checked.lock() {
             checked.insert(group);

@@ -178,13 +178,16 @@ impl RocksStorage {
         Ok(initial)
     }
 
-    /// The snapshot being received: the one staged now, or at the first call the one a
-    /// restart found (its file opened again to go on writing).
+    /// The snapshot being received: the one staged now, or at the first call since the store
+    /// opened the one the last process left (its file opened again to go on writing). Never
+    /// later: a temporary file is then a reception under way (one being saved is out of the
+    /// slot while its file is finished).
     async fn resumed_reception(&self) -> Result<Option<StagedSnapshot>, StorageError> {
         let (staging, dir, group) = (self.staging.clone(), snapshot_file::dir_of(self.db.dir()), self.group);
+        let look_for_one = self.db.claim_reception_resume(group);
         blocking(move || {
             let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.is_none() {
+            if slot.is_none() && look_for_one {
                 if let Some((term, meta, file)) = crate::staging::resume(&dir, group) {
                     tracing::info!(group, snapshot = %meta.last_log_id, bytes = file.len(), "resuming the reception of a snapshot");
                     *slot = Some(Staging { term, meta, file: StagedFile::Writing(file) });
@@ -699,7 +702,7 @@ impl Storage for RocksStorage {
             let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
             let (mut expected, mut bytes) = (from, 0usize);
             for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
-                if expected == to || bytes >= max_bytes {
+                if expected == to || (bytes >= max_bytes && !out.is_empty()) {
                     break;
                 }
                 let (key, value) = item.map_err(|e| storage_error(&e))?;
@@ -717,7 +720,7 @@ impl Storage for RocksStorage {
                 out.push(entry);
                 expected += 1;
             }
-            if expected != to && bytes < max_bytes {
+            if expected != to && (bytes < max_bytes || out.is_empty()) {
                 return Err(StorageError::Corrupt(format!("log entry {expected} is missing")));
             }
             Ok(out)
@@ -794,6 +797,8 @@ impl Storage for RocksStorage {
     ) -> Result<(), StorageError> {
         let (staging, meta) = (self.staging.clone(), meta.clone());
         let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
+        // A reception under way is never taken for one the last process left.
+        let _ = self.db.claim_reception_resume(group);
         blocking(move || {
             let mut slot = staging.lock().unwrap_or_else(PoisonError::into_inner);
             let ours = |s: &Staging| s.term == term && s.meta == meta;
@@ -822,6 +827,7 @@ impl Storage for RocksStorage {
     async fn discard_staged_snapshot(&self) -> Result<(), StorageError> {
         let staging = self.staging.clone();
         let (dir, group) = (snapshot_file::dir_of(self.db.dir()), self.group);
+        let _ = self.db.claim_reception_resume(group);
         blocking(move || {
             if let Some(s) = staging.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 s.file.discard();

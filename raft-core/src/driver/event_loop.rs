@@ -203,6 +203,12 @@ impl Driver {
             staged: initial.staged.clone(),
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;
+        // A reception storage kept that the protocol does not resume (the snapshot is older
+        // than the one held, say) is dropped: its file may be large.
+        let resumed = raft.status().incoming_snapshot.is_some();
+        if initial.staged.is_some() && !resumed {
+            parts.storage.discard_staged_snapshot().await?;
+        }
         // Request ids start at a random point of the 64-bit space, so that ids of this
         // incarnation and of earlier ones (whose answers may still arrive) do not meet.
         let mut ids = SeededRng::new(seed ^ parts.id_entropy ^ 0x1D5E_ED0F_1D5E_ED0F);
@@ -235,7 +241,7 @@ impl Driver {
             snapshots_paused_until_ms: 0,
             background: parts.background,
             // What storage kept of a reception cut short stays staged: it resumes there.
-            staged: if initial.staged.is_some() { Staged::InStorage } else { Staged::Nothing },
+            staged: if resumed { Staged::InStorage } else { Staged::Nothing },
             writer,
             stopping: parts.stopping,
             install_waits_for_space: false,

@@ -102,6 +102,7 @@ async fn reads_within_a_byte_bound(s: &impl Storage) {
     };
     assert_eq!(read(1, 9, usize::MAX).await, (1..=8).collect::<Vec<_>>(), "within: everything");
     assert_eq!(read(1, 9, 1).await, vec![1], "within: at least one entry");
+    assert_eq!(read(1, 9, 0).await, vec![1], "within: at least one entry, even for a bound of 0");
     assert_eq!(read(1, 9, sizes[0] + 1).await, vec![1, 2], "within: up to the entry that reaches the bound");
     assert_eq!(read(4, 9, sizes[3] + 1).await, vec![4, 5], "within: a large entry ends the read");
     assert_eq!(read(6, 8, usize::MAX).await, vec![6, 7], "within: half-open");

@@ -9,6 +9,7 @@ mod cluster;
 mod corruption;
 pub(crate) mod durability;
 mod lost_data;
+mod reception_review;
 mod snapshot_files;
 
 use std::path::Path;

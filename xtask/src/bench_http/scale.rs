@@ -423,7 +423,9 @@ async fn catch_up(
             bail!("node {node} did not catch up within {CATCH_UP_WITHIN:?}");
         }
         if let Ok(s) = own.status().await {
-            if s.applied_index >= target && matches!(s.role, RoleView::Follower | RoleView::Learner) {
+            // Caught up whatever its role: it may have been elected meanwhile (counted among
+            // the elections).
+            if s.applied_index >= target && !matches!(s.role, RoleView::PreCandidate | RoleView::Candidate) {
                 break started.elapsed();
             }
         }
