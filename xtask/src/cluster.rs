@@ -400,6 +400,11 @@ impl LocalCluster {
         self.layout.log_file(id)
     }
 
+    /// The process id of running node `id`, from its pid file.
+    pub(crate) fn pid(&self, id: u64) -> Option<u32> {
+        std::fs::read_to_string(self.layout.pid_file(id)).ok()?.trim().parse().ok()
+    }
+
     /// SIGKILLs node `id`; returns the instant just before the signal.
     pub(crate) fn kill(&self, id: u64) -> Result<Instant> {
         let at = self.children.kill(&node_name(id))?;

@@ -155,8 +155,11 @@ async fn read_log(
 }
 
 /// The wakes past the timer's deadline in a row after which the timer fires whatever else is
-/// ready (each takes one batch of messages, of requests or one completion).
+/// ready (each takes one batch of messages, of requests or one completion), once the
+/// messages already there are taken (at most [`OVERDUE_INBOUND_BATCHES`] more wakes).
 const OVERDUE_WAKES_MAX: u32 = 8;
+/// Batches of messages taken, at most, before an overdue timer fires.
+const OVERDUE_INBOUND_BATCHES: u32 = 4;
 
 impl Driver {
     /// Restores the protocol and the state machine from storage. Returns the driver and the
@@ -323,11 +326,23 @@ impl Driver {
             let take_requests = disk_full || !(self.writer.busy() && self.raft.role() == Role::Leader);
             let overdue = Instant::now() >= deadline;
             overdue_wakes = if overdue { overdue_wakes + 1 } else { 0 };
-            let woke = if overdue_wakes > OVERDUE_WAKES_MAX {
+            let woke = if overdue_wakes > OVERDUE_WAKES_MAX + OVERDUE_INBOUND_BATCHES {
                 // Overdue for this many wakes: a stream of work that never ends (a flood of
                 // messages, say) must not keep the timer from firing.
                 overdue_wakes = 0;
                 Woke::Timer
+            } else if overdue_wakes > OVERDUE_WAKES_MAX {
+                // The timer fires next, but first the messages already there: the followers'
+                // answers must count before a quorum check (completions, taken first in the
+                // other branches, could otherwise fill every wake).
+                tokio::select! {
+                    biased;
+                    received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
+                    () = std::future::ready(()) => {
+                        overdue_wakes = 0;
+                        Woke::Timer
+                    }
+                }
             } else if overdue {
                 // Overdue (the node was busy): take the messages that arrived meanwhile before
                 // the timer fires, so that a stall does not read as a silent leader or quorum;

@@ -110,6 +110,10 @@ pub(crate) struct RestartReport {
     /// From the start of the process until `/ready` says 200 (leader known, every committed
     /// entry applied).
     ready_s: f64,
+    /// The restarted process's peak resident memory (`VmHWM`) when it was ready, in MiB.
+    peak_rss_mib: Option<f64>,
+    /// Its state size then, in MB.
+    state_mb: Option<f64>,
 }
 
 /// The whole run, as saved.
@@ -501,12 +505,27 @@ async fn restart(cluster: &LocalCluster, wiped: u64, o: &Options) -> Result<Rest
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let answering = answering.unwrap_or(ready);
+    // The new process's peak so far: reading the log and the snapshot, applying the log again.
+    let peak_rss_mib = cluster
+        .pid(node)
+        .and_then(|pid| report::memory_of("restarted", pid))
+        .map(|m| m.peak_rss_kib as f64 / 1024.0);
+    let own = status_client(std::slice::from_ref(&endpoint))?;
+    let state_mb = own.status().await.ok().map(|s| s.state_bytes as f64 / 1e6);
     println!(
-        "raft restart of node {node} (SIGKILL, whole state): API answering after {:.1} s, ready after {:.1} s",
+        "raft restart of node {node} (SIGKILL, whole state): API answering after {:.1} s, ready after {:.1} s; peak RSS {} MiB (state {} MB)",
         answering.as_secs_f64(),
-        ready.as_secs_f64()
+        ready.as_secs_f64(),
+        peak_rss_mib.map_or("?".into(), |m| format!("{m:.0}")),
+        state_mb.map_or("?".into(), |m| format!("{m:.0}")),
     );
-    Ok(RestartReport { node, answering_s: answering.as_secs_f64(), ready_s: ready.as_secs_f64() })
+    Ok(RestartReport {
+        node,
+        answering_s: answering.as_secs_f64(),
+        ready_s: ready.as_secs_f64(),
+        peak_rss_mib,
+        state_mb,
+    })
 }
 
 /// Seconds of the snapshot transfer to `node` that completed: from the leader's last
