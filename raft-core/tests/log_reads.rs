@@ -1,9 +1,10 @@
 //! The bounded log cache's reads from storage, attacked by an outside review, at the driver
 //! level: slow and failing reads for a lagging follower (they once ran inline on the event
-//! loop and stalled the leader), and the log read at a restart (once the whole log at once).
+//! loop and stalled the leader), and the log read at a restart (once the whole log at once);
+//! slow snapshot-part reads and compactions (once on the event loop too).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use bytes::Bytes;
 use raft_core::testing::counter::CounterFsm;
 use raft_core::testing::local_transport::LocalNetwork;
 use raft_core::{
-    Config, Entry, HardState, Index, InitialState, LogId, Membership, NodeId, RaftNode, Role, Snapshot,
-    SnapshotMeta, Storage, StorageError, Term,
+    Config, Entry, EntryPayload, HardState, Index, InitialState, LogId, Membership, NodeId, RaftNode, Role,
+    Snapshot, SnapshotMeta, Storage, StorageError, Term,
 };
 use raft_storage_mem::MemStorage;
 
@@ -30,6 +31,9 @@ struct SlowReads {
     fail_reads: std::sync::atomic::AtomicBool,
     /// Delay of each `read_snapshot_chunk` call, in ms (0: none).
     chunk_delay_ms: AtomicU64,
+    /// Delay of each `compact` call, in ms (0: none), and the calls.
+    compact_delay_ms: AtomicU64,
+    compact_calls: AtomicU64,
     /// Calls of `entries` and of `read_snapshot_chunk`.
     entries_calls: AtomicU64,
     chunk_calls: AtomicU64,
@@ -104,6 +108,11 @@ impl Storage for SlowReads {
         self.inner.snapshot_meta().await
     }
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
+        self.compact_calls.fetch_add(1, Ordering::Relaxed);
+        let delay = self.compact_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         self.inner.compact(up_to).await
     }
 }
@@ -372,5 +381,105 @@ async fn slow_snapshot_part_reads_do_not_stall_the_leader() {
     assert!(
         worst < Duration::from_millis(config.election_timeout_min_ms),
         "while the leader read {chunks} snapshot parts at 400 ms each, a proposal took up to {worst:?}"
+    );
+}
+
+fn sized_command(term: Term, index: Index, len: usize) -> Entry {
+    Entry { term, index, payload: EntryPayload::Command(Bytes::from(vec![b'x'; len])) }
+}
+
+/// Outside review: a restart's read sized by the previous read's entries (small ones, then
+/// 64 KiB ones) returned 64 MiB at once; reads are now bounded in bytes
+/// (`Storage::entries_within`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_read_after_small_entries_overshoots_the_read_bound() {
+    let config = Config {
+        log_cache_bytes: 1024 * 1024,
+        max_bytes_per_append: 1024 * 1024,
+        snapshot_threshold_entries: 0,
+        snapshot_threshold_bytes: 0,
+        ..Config::default()
+    };
+    let storage = Arc::new(SlowReads::default());
+    storage.save_hard_state(HardState { current_term: 1, voted_for: None }).await.expect("hard state");
+    // 16 tiny entries, then 1,024 entries of 64 KiB (64 MiB in all).
+    let mut entries: Vec<Entry> = (1..=16).map(|i| sized_command(1, i, 1)).collect();
+    entries.extend((17..=16 + 1024).map(|i| sized_command(1, i, 64 * 1024)));
+    storage.append(&entries).await.expect("append");
+    drop(entries);
+    storage.largest_read.store(0, Ordering::Relaxed);
+    let network = LocalNetwork::default();
+    let node = RaftNode::start(
+        1,
+        config.clone(),
+        Membership::with_voters([1, 2, 3]),
+        storage.clone(),
+        Arc::new(network.transport(1, 4_096)),
+        Box::new(CounterFsm::default()),
+        7,
+    )
+    .await
+    .expect("node starts");
+    let largest = storage.largest_read.load(Ordering::Relaxed);
+    node.shutdown().await.expect("shutdown");
+    let bound = 2 * config.max_bytes_per_append as u64 + 64 * 1024;
+    assert!(
+        largest <= bound,
+        "one restart read returned {largest} bytes ({} MiB); reads are meant to be about \
+         max_bytes_per_append = {} bytes (bound used: {bound})",
+        largest / (1024 * 1024),
+        config.max_bytes_per_append
+    );
+}
+
+/// Outside review: compaction after a snapshot ran on the event loop (after draining the log
+/// writer): a compaction of 600 ms held the leader's proposals for as long and cost an
+/// election. It now runs beside the loop, concurrently with log writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_compaction_after_a_snapshot_stalls_the_leader() {
+    let config = Config {
+        snapshot_threshold_entries: 200,
+        snapshot_threshold_bytes: 0,
+        snapshot_keep_entries: 10,
+        ..Config::default()
+    };
+    let mut c = Cluster::new(3, config.clone()).await;
+    let leader = c.leader().await;
+    let delay = 600;
+    c.storages[&leader].compact_delay_ms.store(delay, Ordering::Relaxed);
+    let follower = *c.nodes.keys().find(|id| **id != leader).expect("a follower");
+    let watcher = c.nodes[&follower].clone();
+    let watching = Arc::new(AtomicBool::new(true));
+    let watch = {
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut lost = false;
+            while watching.load(Ordering::Relaxed) {
+                lost |= watcher.status().protocol.leader != Some(leader);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lost
+        })
+    };
+    let node = c.nodes[&leader].clone();
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(4)
+        && c.storages[&leader].compact_calls.load(Ordering::Relaxed) < 2
+    {
+        let t = Instant::now();
+        let _ = node.propose(Bytes::from_static(b"p")).await;
+        worst = worst.max(t.elapsed());
+    }
+    watching.store(false, Ordering::Relaxed);
+    let lost = watch.await.expect("watcher");
+    let compactions = c.storages[&leader].compact_calls.load(Ordering::Relaxed);
+    let term = c.nodes[&leader].status().protocol.term;
+    c.shutdown().await;
+    assert!(compactions > 0, "no compaction happened on the leader");
+    assert!(
+        worst < Duration::from_millis(config.election_timeout_min_ms) && !lost,
+        "with a {delay} ms compaction on the leader ({compactions} compactions), a proposal took up \
+         to {worst:?}; the follower lost its leader: {lost} (leader's term now {term})"
     );
 }

@@ -144,22 +144,34 @@ impl PendingFile {
             let _ = fs::remove_file(&tmp);
             return Err(io_error("writing", &tmp, &e));
         }
-        let pos = MAGIC.len() as u64;
-        Ok(Self {
+        Ok(Self::at(dir, tmp, name, last, out, (MAGIC.len() as u64, 0, 0)))
+    }
+
+    /// A file open for writing at `pos`, holding `len` bytes of data whose crc32c is `crc`
+    /// (`(pos, crc, len)`), all of them synced.
+    fn at(
+        dir: &Path,
+        tmp: PathBuf,
+        name: String,
+        last: LogId,
+        out: File,
+        (pos, crc, len): (u64, u32, u64),
+    ) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             tmp,
             name,
             last,
             out,
             pos,
-            crc: 0,
-            len: 0,
-            synced: 0,
+            crc,
+            len,
+            synced: len,
             finished: false,
             sync_failed: None,
             #[cfg(test)]
             fail_next_sync: None,
-        })
+        }
     }
 
     /// Opens again the temporary file `create` made with the same arguments, to go on writing
@@ -210,21 +222,7 @@ impl PendingFile {
         out.set_len(pos).map_err(|e| io_error("cutting", &tmp, &e))?;
         out.seek(std::io::SeekFrom::Start(pos)).map_err(|e| io_error("seeking", &tmp, &e))?;
         out.sync_all().map_err(|e| io_error("syncing", &tmp, &e))?;
-        Ok(Some(Self {
-            dir: dir.to_path_buf(),
-            tmp,
-            name,
-            last,
-            out,
-            pos,
-            crc,
-            len,
-            synced: len,
-            finished: false,
-            sync_failed: None,
-            #[cfg(test)]
-            fail_next_sync: None,
-        }))
+        Ok(Some(Self::at(dir, tmp, name, last, out, (pos, crc, len))))
     }
 
     /// The snapshot's bytes written so far.
