@@ -4,8 +4,8 @@
 //!
 //! Each of `a_stuck_leader_...`, `a_second_snapshot_during_a_slow_restore_...` and
 //! `a_leader_whose_state_machine_computes_for_a_while_keeps_leading` failed on the first
-//! version of the applier; `a_stuck_follower_...` still fails (ignored: a known gap, see its
-//! doc). The others are probes that held.
+//! version of the applier, and `a_stuck_follower_...` on the first version of the log cache.
+//! The others are probes that held.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
