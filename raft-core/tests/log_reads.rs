@@ -199,6 +199,55 @@ async fn propose_many(node: &Arc<RaftNode>, n: u64, size: usize) -> Index {
     last
 }
 
+/// How the leader did while something went on: the longest a proposal took, and whether the
+/// watching follower lost sight of the leader meanwhile.
+struct LeaderProbe {
+    worst: Duration,
+    lost_leader: bool,
+}
+
+/// Proposes on `leader` one at a time, `pause` apart, while `go_on()` holds (at most
+/// `for_at_most`), with `watcher` (if any) checking every 2 ms that it still follows `leader`.
+/// A proposal that fails fails the test when `must_apply`.
+async fn probe_leader(
+    c: &Cluster,
+    leader: NodeId,
+    watcher: Option<NodeId>,
+    (pause, for_at_most, must_apply): (Duration, Duration, bool),
+    mut go_on: impl FnMut() -> bool,
+) -> LeaderProbe {
+    let watching = Arc::new(AtomicBool::new(true));
+    let watch = watcher.map(|id| {
+        let (watcher, watching) = (c.nodes[&id].clone(), watching.clone());
+        tokio::spawn(async move {
+            let mut lost = false;
+            while watching.load(Ordering::Relaxed) {
+                lost |= watcher.status().protocol.leader != Some(leader);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lost
+        })
+    });
+    let node = c.nodes[&leader].clone();
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < for_at_most && go_on() {
+        let t = Instant::now();
+        let outcome = node.propose(Bytes::from_static(b"p")).await;
+        if must_apply {
+            outcome.expect("applied");
+        }
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(pause).await;
+    }
+    watching.store(false, Ordering::Relaxed);
+    let lost_leader = match watch {
+        Some(w) => w.await.expect("watcher"),
+        None => false,
+    };
+    LeaderProbe { worst, lost_leader }
+}
+
 /// The leader reads a lagging follower's entries from storage inside its event loop, one
 /// awaited read per AppendEntries (up to the in-flight window at once), before it sends
 /// anything else of the ready. A read that takes 25 ms (a cold read on a busy disk; the
@@ -227,32 +276,12 @@ async fn slow_log_reads_for_a_lagging_follower_stall_the_leader() {
 
     // While the follower catches up: proposals on the leader, one at a time, and the healthy
     // follower's view of the leader.
-    let started = Instant::now();
-    let mut worst = Duration::ZERO;
-    let node = c.nodes[&leader].clone();
-    let watcher = c.nodes[&healthy].clone();
-    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let watch = {
-        let watching = watching.clone();
-        tokio::spawn(async move {
-            let mut lost = false;
-            while watching.load(Ordering::Relaxed) {
-                lost |= watcher.status().protocol.leader != Some(leader);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            lost
-        })
-    };
-    while started.elapsed() < Duration::from_secs(3)
-        && c.nodes[&lagging].status().protocol.commit_index < last
-    {
-        let t = Instant::now();
-        node.propose(Bytes::from_static(b"p")).await.expect("applied");
-        worst = worst.max(t.elapsed());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    watching.store(false, Ordering::Relaxed);
-    let lost_leader = watch.await.expect("watcher");
+    let lagging_node = c.nodes[&lagging].clone();
+    let probing = (Duration::from_millis(5), Duration::from_secs(3), true);
+    let LeaderProbe { worst, lost_leader } = probe_leader(&c, leader, Some(healthy), probing, || {
+        lagging_node.status().protocol.commit_index < last
+    })
+    .await;
     c.storages[&leader].delay_ms.store(0, Ordering::Relaxed);
     c.shutdown().await;
     assert!(
@@ -362,17 +391,10 @@ async fn slow_snapshot_part_reads_do_not_stall_the_leader() {
     c.storages[&leader].chunk_delay_ms.store(400, Ordering::Relaxed);
     let chunks_before = c.storages[&leader].chunk_calls.load(Ordering::Relaxed);
     c.start(lagging).await;
-    let started = Instant::now();
-    let mut worst = Duration::ZERO;
-    let node = c.nodes[&leader].clone();
-    while started.elapsed() < Duration::from_secs(5)
-        && c.nodes[&lagging].status().protocol.commit_index < last
-    {
-        let t = Instant::now();
-        node.propose(Bytes::from_static(b"p")).await.expect("applied");
-        worst = worst.max(t.elapsed());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lagging_node = c.nodes[&lagging].clone();
+    let probing = (Duration::from_millis(20), Duration::from_secs(5), true);
+    let LeaderProbe { worst, .. } =
+        probe_leader(&c, leader, None, probing, || lagging_node.status().protocol.commit_index < last).await;
     let caught_up = c.nodes[&lagging].status().protocol.commit_index >= last;
     let chunks = c.storages[&leader].chunk_calls.load(Ordering::Relaxed) - chunks_before;
     c.storages[&leader].chunk_delay_ms.store(0, Ordering::Relaxed);
@@ -448,31 +470,12 @@ async fn a_slow_compaction_after_a_snapshot_stalls_the_leader() {
     let delay = 600;
     c.storages[&leader].compact_delay_ms.store(delay, Ordering::Relaxed);
     let follower = *c.nodes.keys().find(|id| **id != leader).expect("a follower");
-    let watcher = c.nodes[&follower].clone();
-    let watching = Arc::new(AtomicBool::new(true));
-    let watch = {
-        let watching = watching.clone();
-        tokio::spawn(async move {
-            let mut lost = false;
-            while watching.load(Ordering::Relaxed) {
-                lost |= watcher.status().protocol.leader != Some(leader);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            lost
-        })
-    };
-    let node = c.nodes[&leader].clone();
-    let started = Instant::now();
-    let mut worst = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(4)
-        && c.storages[&leader].compact_calls.load(Ordering::Relaxed) < 2
-    {
-        let t = Instant::now();
-        let _ = node.propose(Bytes::from_static(b"p")).await;
-        worst = worst.max(t.elapsed());
-    }
-    watching.store(false, Ordering::Relaxed);
-    let lost = watch.await.expect("watcher");
+    let storage = c.storages[&leader].clone();
+    let probing = (Duration::ZERO, Duration::from_secs(4), false);
+    let LeaderProbe { worst, lost_leader: lost } = probe_leader(&c, leader, Some(follower), probing, || {
+        storage.compact_calls.load(Ordering::Relaxed) < 2
+    })
+    .await;
     let compactions = c.storages[&leader].compact_calls.load(Ordering::Relaxed);
     let term = c.nodes[&leader].status().protocol.term;
     c.shutdown().await;
