@@ -43,7 +43,8 @@ pub struct Config {
     /// does a node whose state machine fell behind (its apply queue was full) when it hands
     /// them out. Entries not yet committed or durable are always held. Larger: fewer reads for followers that lag;
     /// smaller: less memory between snapshots (the log since the last snapshot can be a
-    /// quarter of the state, see `snapshot_threshold_entries`).
+    /// quarter of the state, see `snapshot_threshold_entries`). A restarted node starts with
+    /// an empty cache: the log it holds stays in storage until read.
     pub log_cache_bytes: u64,
     /// Most forwarded proposals a follower waits on at once.
     pub max_pending_forwards: usize,

@@ -291,9 +291,9 @@ async fn slow_log_reads_for_a_lagging_follower_stall_the_leader() {
     );
 }
 
-/// A restart reads the log since the snapshot in bounded reads and holds the payloads of no
-/// more than `log_cache_bytes` of it (it was once one `Storage::entries` call of the whole log,
-/// all of it handed to the protocol).
+/// A restart reads the log since the snapshot in bounded reads and keeps its payloads in
+/// storage (it was once one `Storage::entries` call of the whole log, all of it handed to the
+/// protocol); the entries are read back to be applied, a bounded read at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reads_the_log_in_bounded_reads() {
     let config = Config {

@@ -23,7 +23,7 @@ use raft_core::{
 use rocksdb::{Direction, IteratorMode, DB};
 
 use crate::codec::{self, index_of, log_key, meta_key, CF_LOG, CF_META};
-use crate::db::{missing_cf, reopening, Bounds, Cf, Op, RocksDb};
+use crate::db::{missing_cf, reopening, scan_options, Bounds, Cf, Op, RocksDb};
 use crate::durability::Mark;
 use crate::error::storage_error;
 use crate::snapshot_file::{self, SnapshotFileRef};
@@ -342,7 +342,7 @@ impl RocksStorage {
         let cf = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
         let start = log_key(self.group, target);
         let (mut previous, mut end) = (snapshot.term, snapshot.index);
-        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        for item in db.iterator_cf_opt(cf, scan_options(), IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item.map_err(|e| storage_error(&e))?;
             let Some(index) = index_of(self.group, &key) else { break };
             if index > last {
@@ -369,7 +369,7 @@ impl RocksStorage {
         let cf = db.cf_handle(CF_LOG).ok_or_else(|| missing_cf(CF_LOG))?;
         let start = log_key(self.group, from);
         let mut run: Option<(Index, Index)> = None;
-        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        for item in db.iterator_cf_opt(cf, scan_options(), IteratorMode::From(&start, Direction::Forward)) {
             let (key, _) = item.map_err(|e| storage_error(&e))?;
             let Some(index) = index_of(self.group, &key) else { break };
             run = match run {
@@ -701,7 +701,8 @@ impl Storage for RocksStorage {
             let start = log_key(self.group, from);
             let mut out = Vec::with_capacity(((to - from) as usize).min(1024));
             let (mut expected, mut bytes) = (from, 0usize);
-            for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+            for item in db.iterator_cf_opt(cf, scan_options(), IteratorMode::From(&start, Direction::Forward))
+            {
                 if expected == to || (bytes >= max_bytes && !out.is_empty()) {
                     break;
                 }

@@ -1,7 +1,6 @@
 //! The driver task: waits for client requests, inbound messages and timers, steps the
 //! protocol, and carries out every `Ready` in the order [`Ready`](crate::Ready) documents.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use crate::protocol::{Event, ProposalRejection, Raft, ReadMode, RestoredState};
 use crate::rng::SeededRng;
 use crate::storage::Storage;
 use crate::transport::Transport;
-use crate::types::{Entry, EntryPayload, EntryStub, Index, LogId, Millis, NodeId, Role};
+use crate::types::{EntryPayload, EntryStub, Index, LogId, Millis, NodeId, Role};
 
 /// How many maximum election timeouts a leadership transfer may take, from its start until
 /// this node sees a new leader, before the caller is told it timed out.
@@ -124,34 +123,27 @@ pub(super) struct Driver {
 }
 
 /// Reads the stored log `range` for a restart, in reads of about `read_bytes`
-/// ([`Storage::entries_within`]): the tail that fits `cache_bytes` whole, the entries before it
-/// as stubs (their payloads stay in storage). At most the cache and one read are in memory at
-/// once, besides a stub (32 bytes) per entry before the cache.
+/// ([`Storage::entries_within`]), as stubs: the payloads stay in storage, and the protocol
+/// reads them back when it applies them again or sends them to a follower. The cache fills
+/// with the entries appended after the restart. A restart peaks at a state's worth of memory
+/// (the snapshot restored) plus what applying the log again holds, so it keeps no cache on top:
+/// at most one read is in memory at once, besides a stub per entry.
 async fn read_log(
     storage: &dyn Storage,
     range: std::ops::RangeInclusive<Index>,
-    cache_bytes: u64,
     read_bytes: usize,
-) -> Result<(Vec<EntryStub>, Vec<Entry>), crate::storage::StorageError> {
-    let (mut stubs, mut whole, mut whole_bytes) = (Vec::new(), VecDeque::new(), 0u64);
+) -> Result<Vec<EntryStub>, crate::storage::StorageError> {
+    let mut stubs = Vec::new();
     let (mut from, last) = range.into_inner();
     while from <= last {
         let entries = storage.entries_within(from, last + 1, read_bytes.max(1)).await?;
         let Some(read_to) = entries.last().map(|e| e.index) else {
             return Err(crate::storage::StorageError::Corrupt(format!("log entry {from} could not be read")));
         };
-        for e in entries {
-            whole_bytes += e.size_bytes() as u64;
-            whole.push_back(e);
-            while whole_bytes > cache_bytes {
-                let Some(old) = whole.pop_front() else { break };
-                whole_bytes -= old.size_bytes() as u64;
-                stubs.push(EntryStub::from(&old));
-            }
-        }
+        stubs.extend(entries.iter().map(EntryStub::from));
         from = read_to + 1;
     }
-    Ok((stubs, whole.into()))
+    Ok(stubs)
 }
 
 /// The wakes past the timer's deadline in a row after which the timer fires whatever else is
@@ -176,10 +168,9 @@ impl Driver {
         if let Some(lost) = &initial.lost {
             tracing::warn!(node = id, %lost, "storage lost data it had made durable");
         }
-        let (stubs, entries) = read_log(
+        let stubs = read_log(
             parts.storage.as_ref(),
             initial.first_index..=initial.last_index,
-            config.log_cache_bytes,
             config.max_bytes_per_append,
         )
         .await?;
@@ -200,7 +191,7 @@ impl Driver {
             hard_state: initial.hard_state,
             snapshot,
             stubs,
-            entries,
+            entries: Vec::new(),
             membership: initial_membership,
             recorded_last: initial.lost.as_ref().map(|l| l.recorded_last),
             staged: initial.staged.clone(),

@@ -622,6 +622,10 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
     assert_eq!(restore(&good, LIMITS).map(|s| s.state_hash()), Ok(r.hash()));
     let cases = [
         ("duplicate key", body(2, vec![kv("a", "1", 1, 1, 1), kv("a", "2", 1, 2, 2)], 0)),
+        (
+            "duplicate key at an even position after an odd one",
+            body(2, vec![kv("a", "1", 1, 1, 1), kv("b", "1", 1, 1, 1), kv("b", "2", 1, 2, 2)], 0),
+        ),
         ("version 0", body(1, vec![kv("a", "1", 0, 1, 1)], 0)),
         ("modified after the applied index", body(1, vec![kv("a", "1", 1, 1, 2)], 0)),
         ("modified before created", body(3, vec![kv("a", "1", 1, 2, 1)], 0)),
@@ -632,6 +636,57 @@ fn restore_refuses_well_formed_but_inconsistent_state() {
     }
     let wrong_hash = body(1, vec![kv("a", "1", 1, 1, 1)], r.hash() ^ 1);
     assert!(matches!(restore(&wrong_hash, LIMITS), Err(SnapshotError::HashMismatch { .. })));
+}
+
+/// A restore inserts keys a window at a time, in an order that fills the map's nodes: more
+/// keys than a window restore to the same state, listed in the same order, and a key listed
+/// twice is refused where the two copies fall in different windows too.
+#[test]
+fn a_restore_of_several_windows_holds_every_key_in_order_and_refuses_a_key_listed_twice() {
+    let keys = 2 * super::snapshot::RESTORE_WINDOW + 7;
+    let limits = Limits { max_keys: keys + 1, ..LIMITS };
+    let mut original = Replica::with(limits);
+    for i in (0..keys).rev() {
+        original.op(put(&format!("k{i:06}"), &i.to_string()));
+    }
+    let snapshot = original.state.snapshot();
+    let restored = restore(&snapshot, limits).expect("restores");
+    assert_eq!(restored.state_hash(), original.hash());
+    let listed = restored.list("", None, keys + 1, usize::MAX);
+    assert_eq!(listed, original.state.list("", None, keys + 1, usize::MAX));
+    assert_eq!(listed.len(), keys);
+    assert_eq!(restored.snapshot(), snapshot, "the same snapshot again");
+
+    // The same key at the end of one window and the start of the next.
+    let window = super::snapshot::RESTORE_WINDOW;
+    let mut pairs: Vec<KeyValue> = (0..window).map(|i| kv(&format!("k{i:06}"), "v", 1, 1, 1)).collect();
+    pairs.push(kv(&format!("k{:06}", window - 1), "w", 1, 1, 1));
+    let encoded = {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            applied_index: Index,
+            state_hash: u64,
+            no_space: bool,
+            kv: &'a [KeyValue],
+            services: Vec<u8>,
+            members: Vec<u8>,
+            sessions: Vec<u8>,
+        }
+        let body = Body {
+            applied_index: 1,
+            state_hash: 0,
+            no_space: false,
+            kv: &pairs,
+            services: vec![],
+            members: vec![],
+            sessions: vec![],
+        };
+        postcard::to_extend(&body, vec![SNAPSHOT_FORMAT_VERSION]).expect("encodes")
+    };
+    match restore(&encoded, limits) {
+        Err(SnapshotError::Invalid(what)) => assert!(what.contains("appears twice"), "{what}"),
+        other => panic!("a key listed twice across windows restored: {:?}", other.map(|s| s.state_hash())),
+    }
 }
 
 /// The quota: a write that would grow the state past it is refused with `NoSpace` and raises
