@@ -8,6 +8,7 @@
 //! item from any [`SnapshotReader`], so neither side holds the whole snapshot in one buffer.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -15,7 +16,7 @@ use raft_core::{FsmError, Index, SnapshotReader, SnapshotSource};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Hashed, Limits, Record, SessionRecord, State, SNAPSHOT_FORMAT_VERSION};
+use super::{Hashed, KeyMap, Limits, Record, SessionRecord, State, SNAPSHOT_FORMAT_VERSION};
 use crate::command::{check_key, check_value, KeyValue, Response};
 use crate::error::SnapshotError;
 use crate::service::{MemberAddress, Service, MAX_MEMBER_ADDRESSES};
@@ -35,12 +36,9 @@ pub(super) const RESTORE_WINDOW: usize = 4096;
 /// land between keys already placed and fill those nodes instead. Measured with `imbl` 7 and 1M
 /// keys of 1 KiB values: 201 bytes of tree per key inserted in order, 101 like this (random
 /// order: 141). What is restored is the same either way.
-fn insert_filling_nodes(
-    kv: &mut OrdMap<String, Record>,
-    window: &mut Vec<(String, Record)>,
-) -> Result<(), String> {
+fn insert_filling_nodes(kv: &mut KeyMap, window: &mut Vec<(String, Arc<Record>)>) -> Result<(), String> {
     let mut odd = Vec::with_capacity(window.len() / 2);
-    let mut insert_new = |key: String, record: Record| match kv.entry(key) {
+    let mut insert_new = |key: String, record: Arc<Record>| match kv.entry(key) {
         imbl::ordmap::Entry::Vacant(slot) => {
             slot.insert(record);
             Ok(())
@@ -101,7 +99,7 @@ pub(crate) struct StateView {
     applied_index: Index,
     state_hash: u64,
     no_space: bool,
-    kv: OrdMap<String, Record>,
+    kv: KeyMap,
     services: OrdMap<String, Hashed<Service>>,
     members: OrdMap<u64, Hashed<MemberAddress>>,
     sessions: OrdMap<u64, SessionRecord>,
@@ -210,7 +208,7 @@ impl State {
             let record = Record::new(&kv.key, kv.value, kv.version, kv.create_index, kv.mod_index);
             state.items_hash = state.items_hash.wrapping_add(record.hash);
             state.kv_bytes += (kv.key.len() + record.value.len()) as u64;
-            window.push((kv.key, record));
+            window.push((kv.key, Arc::new(record)));
             if window.len() == RESTORE_WINDOW || read + 1 == keys {
                 insert_filling_nodes(&mut state.kv, &mut window)
                     .map_err(|key| invalid(format!("key {key:?} appears twice")))?;

@@ -171,7 +171,9 @@ impl Sampler {
                     entry.sampled_peak_mib = entry.sampled_peak_mib.max(rss);
                     entry.peak_mib = m.peak_rss_kib as f64 / 1024.0;
                     entry.end_mib = rss;
-                    if let Some(state) = state_bytes.get(&name) {
+                    // Against the cluster's state: a node that restores a snapshot holds the
+                    // state before its own figure says so.
+                    if let Some(state) = state_bytes.values().max() {
                         let over = rss - *state as f64 / (1024.0 * 1024.0);
                         entry.over_state_peak_mib =
                             Some(entry.over_state_peak_mib.map_or(over, |o| o.max(over)));
@@ -249,7 +251,12 @@ fn print_grow(r: &GrowReport) {
         r.snapshots.largest_bytes as f64 / 1e6,
         r.snapshots.slowest_ms
     );
-    for m in &r.memory {
+    print_memory(&r.memory);
+}
+
+/// One line per process: its peak, sampled peak and last resident memory.
+fn print_memory(memory: &[ProcessMemory]) {
+    for m in memory {
         println!(
             "   {}: RSS peak {:.0} MiB (sampled {:.0}), end {:.0} MiB{}",
             m.name,
@@ -476,6 +483,7 @@ async fn catch_up(
         report.during.errors.values().sum::<u64>(),
         elections
     );
+    print_memory(&report.memory);
     Ok(report)
 }
 
