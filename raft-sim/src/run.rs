@@ -379,8 +379,10 @@ impl Sim {
             let Some(running) = self.running(id) else { continue };
             let status = running.raft.status();
             // A node stopped by a fatal error publishes its last in-memory state, which may be
-            // a leadership whose term it failed to save (and never acted on): not a leader.
-            if status.protocol.role == Role::Leader && status.fatal.is_none() {
+            // a leadership whose term it failed to save (and never acted on): not a leader. Nor
+            // is one whose term is not saved yet: the write may still fail.
+            if status.protocol.role == Role::Leader && status.fatal.is_none() && status.protocol.term_durable
+            {
                 lock(&self.checks).on_leader(id, status.protocol.term);
             }
             if let Some(fatal) = status.fatal {
@@ -794,8 +796,9 @@ async fn watch_status(
         {
             let s = status.borrow_and_update();
             // A node stopped by a fatal error publishes its last in-memory state, which may be
-            // a leadership whose term it failed to save (and never acted on): not a leader.
-            if s.protocol.role == Role::Leader && s.fatal.is_none() {
+            // a leadership whose term it failed to save (and never acted on): not a leader. Nor
+            // is one whose term is not saved yet (it is counted once it is).
+            if s.protocol.role == Role::Leader && s.fatal.is_none() && s.protocol.term_durable {
                 let mut c = lock(&checks);
                 c.on_leader_seen(id, s.protocol.term, Instant::now());
                 if let Some(ms) = s.protocol.last_lease_read_ms {

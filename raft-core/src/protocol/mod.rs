@@ -202,6 +202,10 @@ pub struct ProtocolStatus {
     /// data) and never campaigns; it follows a leader as usual and the state clears once its
     /// durable log reaches this entry.
     pub recovering_to: Option<LogId>,
+    /// Whether the current term and vote are durable. A node that has just elected itself
+    /// (alone as the only voter, in one step) leads before its term is saved; nothing it does
+    /// as leader leaves before the write, so if the write fails it led in name only.
+    pub term_durable: bool,
 }
 
 /// The largest term a node adopts from a message (2^48: a million elections a second would
@@ -301,8 +305,9 @@ pub struct Raft {
     apply_read: Option<Index>,
     /// Entries read for applying, handed out by the next ready.
     apply_entries: Vec<Entry>,
-    /// A read for applying failed: the next one waits for the next tick.
-    apply_read_failed: bool,
+    /// A read for applying failed: the next one waits until then (a heartbeat interval later;
+    /// a tick falls due then, whatever the role).
+    apply_read_retry_at: Option<Millis>,
 }
 
 impl Raft {
@@ -434,7 +439,7 @@ impl Raft {
             install_held: false,
             apply_read: None,
             apply_entries: Vec::new(),
-            apply_read_failed: false,
+            apply_read_retry_at: None,
             dropped_messages: 0,
             ready_seq: 0,
             unsaved_hard_state: None,
@@ -536,6 +541,7 @@ impl Raft {
             last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
             dropped_messages: self.dropped_messages,
             recovering_to: self.recovering_to,
+            term_durable: !self.hard_state_dirty && self.unsaved_hard_state.is_none(),
         }
     }
 
@@ -558,6 +564,9 @@ impl Raft {
             deadline = deadline.min(t.deadline);
         }
         if let Some(d) = self.next_read_deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.apply_read_retry_at {
             deadline = deadline.min(d);
         }
         deadline
@@ -687,14 +696,14 @@ impl Raft {
     }
 
     /// Whether a ready may hand out committed entries now: not held, no read for them pending
-    /// or failed since the last tick.
+    /// or failed less than a heartbeat interval ago.
     fn may_apply(&self) -> bool {
-        !self.apply_held && self.apply_read.is_none() && !self.apply_read_failed
+        !self.apply_held && self.apply_read.is_none() && self.apply_read_retry_at.is_none()
     }
 
     /// Entries read from storage to be applied (see [`take_ready`](Self::take_ready)): kept
     /// for the next ready if they are this log's committed, durable entries right after what
-    /// was handed out. A read that failed is tried again after the next tick.
+    /// was handed out. A read that failed is tried again a heartbeat interval later.
     fn on_apply_read(&mut self, from: Index, entries: Option<Vec<Entry>>) {
         if self.apply_read != Some(from) {
             return;
@@ -720,7 +729,7 @@ impl Raft {
                 from,
                 "committed entries to apply could not be read from storage"
             );
-            self.apply_read_failed = true;
+            self.apply_read_retry_at = Some(self.now.saturating_add(self.config.heartbeat_interval_ms));
         }
     }
 
@@ -780,7 +789,9 @@ impl Raft {
     // ---- timers ----
 
     fn tick(&mut self) {
-        self.apply_read_failed = false;
+        if self.apply_read_retry_at.is_some_and(|at| self.now >= at) {
+            self.apply_read_retry_at = None;
+        }
         self.expire_forwards();
         self.expire_remote_reads();
         match self.role {

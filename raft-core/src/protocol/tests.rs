@@ -407,18 +407,27 @@ fn committed_entries_that_left_the_cache_while_held_are_read_back_to_be_applied(
     let read = ready.log_reads.first().cloned().expect("a read of the entries to apply");
     assert_eq!((read.to, read.from, read.last), (2, 1, 4));
     assert!(!n.has_ready(), "nothing more while the read is pending");
-    // A read that failed is tried again after a tick, not at once.
+    // A read that failed is tried again a heartbeat interval later, not at once, and a tick
+    // falls due then even on a follower whose election deadline is further away (a follower
+    // hearing its leader never reaches that one).
+    let retry = Config::default().heartbeat_interval_ms;
+    let failed_at = n.now;
     n.step(n.now, Event::LogEntries { to: 2, from: 1, entries: None });
     assert!(!n.has_ready(), "tried again at once");
     n.step(n.now + 1, Event::Tick);
+    assert!(!n.has_ready() || n.take_ready().log_reads.is_empty(), "tried again before the interval");
+    n.advance();
+    assert!(n.next_deadline() <= failed_at + retry, "no tick due for the retry");
+    n.step(failed_at + retry, Event::Tick);
     let ready = n.take_ready();
     n.advance();
-    let read = ready.log_reads.first().cloned().expect("read again after a tick");
+    let read = ready.log_reads.first().cloned().expect("read again after the interval");
     // Entries of another term are not this log's: never applied.
+    let failed_at = n.now;
     n.step(n.now, Event::LogEntries { to: 2, from: read.from, entries: Some(vec![entry(7, 1)]) });
     assert!(!n.has_ready() || n.take_ready().committed.is_empty());
     n.advance();
-    n.step(n.now + 1, Event::Tick);
+    n.step(failed_at + retry, Event::Tick);
     let ready = n.take_ready();
     n.advance();
     let read = ready.log_reads.first().cloned().expect("read again");
@@ -1300,6 +1309,9 @@ fn a_one_voter_leader_sends_nothing_of_its_new_term_before_saving_it() {
             .any(|m| m.to == 2 && matches!(m.payload, Payload::AppendEntries { .. })),
         "the learner's AppendEntries waits for the write"
     );
+    assert!(!n.status().term_durable, "leading in name only until the term is saved");
+    n.advance();
+    assert!(n.status().term_durable);
 }
 
 #[test]
