@@ -111,15 +111,15 @@ impl Cluster {
 // Finding 1: committed entries that are not applied have no bound.
 // ---------------------------------------------------------------------------------------------
 
-/// The design bound of the apply queue (driver/apply.rs, APPLY_BYTES_MAX): 64 MiB.
-const APPLY_BYTES_MAX: u64 = 64 << 20;
+/// The design bound of the apply queue (driver/apply.rs, APPLY_BYTES_MAX): 16 MiB.
+const APPLY_BYTES_MAX: u64 = 16 << 20;
 
 /// The leader's state machine is stuck. The apply queue fills (64 batches), the rest is held
 /// back in the protocol (`hold_apply`), and the leader goes on accepting and committing
 /// proposals (`max_uncommitted_*` count from the commit index): nothing bounds the
 /// committed-but-unapplied entries it holds in memory (no snapshot can be taken either). Here
 /// 160 MiB of payload (as counted by `Entry::size_bytes`) pile up on a leader configured with
-/// 1 MiB of uncommitted bytes and a 64 MiB apply queue.
+/// 1 MiB of uncommitted bytes and a 16 MiB apply queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_leader_state_machine_does_not_let_unapplied_committed_entries_grow_without_bound() {
     const PAYLOAD: usize = 256 << 10;

@@ -27,8 +27,12 @@ use crate::types::{Entry, LogId};
 
 /// Most apply batches queued or under way.
 pub(super) const APPLY_BATCHES_MAX: usize = 64;
-/// Most bytes ([`Entry::size_bytes`]) of entries queued or under way.
-pub(super) const APPLY_BYTES_MAX: usize = 64 << 20;
+/// Most bytes ([`Entry::size_bytes`]) of entries queued or under way (one batch may pass it:
+/// a batch is at most 16 AppendEntries' worth). Enough to keep a state machine busy between
+/// two turns of the driver; a node catching up holds the rest in the log's cache or reads it
+/// back, so a larger queue would only add to its peak memory (a restored follower's queue
+/// used to fill while the restore ran, 64 MiB on top of the cache).
+pub(super) const APPLY_BYTES_MAX: usize = 16 << 20;
 
 /// Work for the applier.
 enum Job {
