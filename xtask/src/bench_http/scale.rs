@@ -34,7 +34,7 @@ use serde::Serialize;
 use super::load::{self, Api, Phase, Window, Workload};
 use super::report::{self, CpuUse, Figures};
 use super::{etcd, phase_template, raft_description, start_raft, Options};
-use crate::cluster::{status_client, LocalCluster};
+use crate::cluster::{leader_elected, status_client, LocalCluster};
 use crate::procs::{self, Children};
 
 /// etcd's quota and compaction for a state of this size (its 2 GiB default quota stops it).
@@ -47,6 +47,8 @@ const ETCD_ARGS: [&str; 3] = [
 const STEADY: Duration = Duration::from_secs(10);
 /// Longest wait for the wiped follower to catch up.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(300);
+/// How long a phase waits for a leader before it starts.
+const LEADER_WITHIN: Duration = Duration::from_secs(30);
 
 /// Memory of one server process over the run.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -394,7 +396,7 @@ async fn catch_up(
     );
 
     let client = status_client(&cluster.endpoints())?;
-    let leader = client.status().await?.leader.context("no leader")?;
+    let leader = leader_elected(&cluster.endpoints(), LEADER_WITHIN).await?;
     let node = (1..=o.nodes).find(|&id| id != leader).context("no follower")?;
     let stop = Arc::new(AtomicBool::new(false));
     // The clients use the nodes that stay members (a removed node refuses them, and a killed
@@ -490,8 +492,9 @@ async fn catch_up(
 /// SIGKILLs a follower other than `wiped` (no load running) and times its restart: until its
 /// API answers, and until `/ready` (every committed entry applied again, a leader known).
 async fn restart(cluster: &LocalCluster, wiped: u64, o: &Options) -> Result<RestartReport> {
-    let client = status_client(&cluster.endpoints())?;
-    let leader = client.status().await?.leader.context("no leader")?;
+    // Not the first status that answers: a node that just caught up may be in a pre-vote
+    // (it missed its leader for an election timeout) and know no leader for a moment.
+    let leader = leader_elected(&cluster.endpoints(), LEADER_WITHIN).await?;
     let node = (1..=o.nodes).find(|&id| id != leader && id != wiped).context("no other follower")?;
     cluster.kill(node)?;
     let started = Instant::now();
