@@ -59,6 +59,26 @@ enum Woke {
     Read(Option<Event>),
 }
 
+impl Woke {
+    /// What woke the loop, for the log.
+    fn name(&self) -> &'static str {
+        match self {
+            Woke::Request(_) => "a client request",
+            Woke::Inbound(_) => "messages",
+            Woke::Timer => "the timer",
+            Woke::SnapshotWritten(_) => "a snapshot written",
+            Woke::Persisted(_) => "a log write done",
+            Woke::Applied(_) => "an apply done",
+            Woke::Read(_) => "a storage read done",
+        }
+    }
+}
+
+/// A turn of the event loop (one wake: its step and what the step asked for) that takes
+/// longer than this is logged: timers and messages waited meanwhile, and a follower may miss
+/// its leader for that long.
+const SLOW_TURN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the driver works with besides the protocol.
 pub(super) struct Parts {
     pub(super) storage: Arc<dyn Storage>,
@@ -373,6 +393,7 @@ impl Driver {
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             };
+            let (turn_started, woke_by) = (Instant::now(), woke.name());
             match woke {
                 Woke::Request(None) | Woke::Inbound(false) => break None,
                 Woke::Request(Some(request)) => {
@@ -431,6 +452,14 @@ impl Driver {
                     break None
                 }
                 Err(e) => break Some(e),
+            }
+            let took = turn_started.elapsed();
+            if took > SLOW_TURN {
+                tracing::warn!(
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    woke_by,
+                    "a turn of the event loop took long"
+                );
             }
         };
         if let Some(e) = &fatal {

@@ -926,7 +926,8 @@ impl Raft {
     }
 
     fn become_pre_candidate(&mut self) {
-        tracing::debug!(node = self.id, term = self.term(), "starting pre-vote");
+        let since_leader_ms = self.leader_contact.map(|t| self.now.saturating_sub(t));
+        tracing::debug!(node = self.id, term = self.term(), ?since_leader_ms, "starting pre-vote");
         self.role = Role::PreCandidate;
         self.leader = None;
         self.leader_contact = None;
