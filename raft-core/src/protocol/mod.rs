@@ -1785,6 +1785,10 @@ impl Raft {
         for to in ids {
             let Some(p) = self.progress.get_mut(&to) else { continue };
             match p.mode {
+                // Its probe's entries are being read from storage: nothing else is sent until
+                // they come, and a slow read must not read as a silent leader (the follower
+                // would campaign; without pre-vote it would depose this leader).
+                ReplicationMode::Probe if p.log_read.is_some() => self.send_heartbeat_only(to),
                 // Re-send the probe (the last one may have been lost); it carries the round.
                 ReplicationMode::Probe if !for_read => p.probe_sent = false,
                 ReplicationMode::Probe => self.send_heartbeat_only(to),

@@ -1944,3 +1944,48 @@ fn a_leader_contradicting_committed_entries_is_refused() {
         "{ready:?}"
     );
 }
+
+/// A follower in probe mode whose next entries are before the cache hears from its leader
+/// while they are read: a read that takes longer than an election timeout must not read as a
+/// silent leader (it would (pre-)vote, and without pre-vote depose a healthy leader).
+#[test]
+fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
+    let mut n = leader_with_an_empty_cache();
+    let term = n.term();
+    // Node 3 rejects: its log ends at 2. The leader probes from 3, a read from storage.
+    let reject = Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 6,
+            hint: ConflictHint { conflict_term: None, index: 2 },
+        },
+        read_seq: 0,
+    };
+    let ready = deliver(&mut n, msg(3, 1, term, reject));
+    assert!(
+        ready.log_reads.iter().any(|r| r.to == 3),
+        "the probe's entries are read from storage: {:?}",
+        ready.log_reads
+    );
+    // The read never ends; the leader keeps ticking for two election timeouts.
+    let start = n.now;
+    let mut silent_since = start;
+    let mut longest_silence = 0;
+    let mut now = start;
+    while now < start + 2 * n.config.election_timeout_max_ms {
+        now += n.config.heartbeat_interval_ms;
+        // Node 2 answers every round: the leader keeps its quorum.
+        n.step(now, Event::Message(msg(2, 1, term, ack(7, 0))));
+        n.step(now, Event::Tick);
+        let ready = n.take_ready();
+        n.advance();
+        assert_eq!(n.role(), Role::Leader);
+        if ready.messages.iter().chain(ready.persisted_messages.iter()).any(|m| m.to == 3) {
+            silent_since = now;
+        }
+        longest_silence = longest_silence.max(now - silent_since);
+    }
+    assert!(
+        longest_silence < n.config.election_timeout_min_ms,
+        "node 3 heard nothing for {longest_silence} ms while its entries were read"
+    );
+}
