@@ -122,6 +122,10 @@ impl Progress {
             self.in_flight.pop_front();
         }
         match self.mode {
+            // While the probe's entries are read, a heartbeat's success (a match at the
+            // leader's base) is below the probe: replicating from there would drop the read
+            // under way and send again what the follower holds. The probe goes on.
+            ReplicationMode::Probe if self.log_read.is_some() && match_index + 1 < self.next_index => {}
             ReplicationMode::Probe => self.become_replicate(),
             ReplicationMode::Snapshot => {
                 // A late answer to an AppendEntries sent before the transfer started: keep

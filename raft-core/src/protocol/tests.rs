@@ -1989,3 +1989,48 @@ fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
         "node 3 heard nothing for {longest_silence} ms while its entries were read"
     );
 }
+
+/// The follower answers those heartbeats while its probe's entries are read: the answer
+/// (a match at the leader's base) must not drop the read and start over from there, and the
+/// entries read are sent when they come (found by the outside review of the test above).
+#[test]
+fn a_heartbeat_answered_while_a_probe_is_read_keeps_the_read() {
+    let mut n = leader_with_an_empty_cache();
+    let term = n.term();
+    let reject = Payload::AppendEntriesResponse {
+        result: AppendResult::Reject {
+            rejected_prev_index: 6,
+            hint: ConflictHint { conflict_term: None, index: 2 },
+        },
+        read_seq: 0,
+    };
+    let ready = deliver(&mut n, msg(3, 1, term, reject));
+    let read = ready.log_reads.iter().find(|r| r.to == 3).cloned().expect("the probe's entries are read");
+    assert_eq!(read.from, 3);
+    let now = n.now + n.config.heartbeat_interval_ms;
+    n.step(now, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let round = round_sent_to(&ready, 3).expect("a heartbeat for node 3 while its entries are read");
+    // Node 3 answers the heartbeat (a match at the base, 0 here).
+    let ready = deliver(&mut n, msg(3, 1, term, ack(0, round)));
+    assert!(ready.log_reads.is_empty(), "the answer started another read: {:?}", ready.log_reads);
+    // The read comes back: its entries go to node 3, after its entry 2.
+    let entries: Vec<Entry> = (read.from..=read.last)
+        .map(|i| match n.term_at(i) {
+            Some(1) => entry(1, i),
+            other => Entry { term: other.unwrap_or(0), index: i, payload: EntryPayload::Blank },
+        })
+        .collect();
+    n.step(now, Event::LogEntries { to: 3, from: read.from, entries: Some(entries) });
+    let ready = n.take_ready();
+    n.advance();
+    assert!(ready.log_reads.is_empty(), "read again: {:?}", ready.log_reads);
+    let sent = ready.messages.iter().find_map(|m| match &m.payload {
+        Payload::AppendEntries { prev_log_id, entries, .. } if m.to == 3 && !entries.is_empty() => {
+            Some((prev_log_id.index, entries.first().map(|e| e.index)))
+        }
+        _ => None,
+    });
+    assert_eq!(sent, Some((2, Some(3))), "the entries read are sent from 3: {:?}", ready.messages);
+}
