@@ -1945,14 +1945,11 @@ fn a_leader_contradicting_committed_entries_is_refused() {
     );
 }
 
-/// A follower in probe mode whose next entries are before the cache hears from its leader
-/// while they are read: a read that takes longer than an election timeout must not read as a
-/// silent leader (it would (pre-)vote, and without pre-vote depose a healthy leader).
-#[test]
-fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
+/// [`leader_with_an_empty_cache`] after node 3 rejected a probe (its log ends at 2): the
+/// leader probes it from 3, whose entries it reads from storage; that read, not answered.
+fn leader_probing_3_from_storage() -> (Raft, LogRead) {
     let mut n = leader_with_an_empty_cache();
     let term = n.term();
-    // Node 3 rejects: its log ends at 2. The leader probes from 3, a read from storage.
     let reject = Payload::AppendEntriesResponse {
         result: AppendResult::Reject {
             rejected_prev_index: 6,
@@ -1961,11 +1958,18 @@ fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
         read_seq: 0,
     };
     let ready = deliver(&mut n, msg(3, 1, term, reject));
-    assert!(
-        ready.log_reads.iter().any(|r| r.to == 3),
-        "the probe's entries are read from storage: {:?}",
-        ready.log_reads
-    );
+    let read = ready.log_reads.iter().find(|r| r.to == 3).cloned().expect("the probe's entries are read");
+    assert_eq!(read.from, 3);
+    (n, read)
+}
+
+/// A follower in probe mode whose next entries are before the cache hears from its leader
+/// while they are read: a read that takes longer than an election timeout must not read as a
+/// silent leader (it would (pre-)vote, and without pre-vote depose a healthy leader).
+#[test]
+fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
+    let (mut n, _read) = leader_probing_3_from_storage();
+    let term = n.term();
     // The read never ends; the leader keeps ticking for two election timeouts.
     let start = n.now;
     let mut silent_since = start;
@@ -1995,18 +1999,8 @@ fn a_probed_follower_hears_heartbeats_while_its_entries_are_read() {
 /// entries read are sent when they come (found by the outside review of the test above).
 #[test]
 fn a_heartbeat_answered_while_a_probe_is_read_keeps_the_read() {
-    let mut n = leader_with_an_empty_cache();
+    let (mut n, read) = leader_probing_3_from_storage();
     let term = n.term();
-    let reject = Payload::AppendEntriesResponse {
-        result: AppendResult::Reject {
-            rejected_prev_index: 6,
-            hint: ConflictHint { conflict_term: None, index: 2 },
-        },
-        read_seq: 0,
-    };
-    let ready = deliver(&mut n, msg(3, 1, term, reject));
-    let read = ready.log_reads.iter().find(|r| r.to == 3).cloned().expect("the probe's entries are read");
-    assert_eq!(read.from, 3);
     let now = n.now + n.config.heartbeat_interval_ms;
     n.step(now, Event::Tick);
     let ready = n.take_ready();
