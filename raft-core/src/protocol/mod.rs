@@ -1785,13 +1785,12 @@ impl Raft {
         for to in ids {
             let Some(p) = self.progress.get_mut(&to) else { continue };
             match p.mode {
-                // Its probe's entries are being read from storage: nothing else is sent until
-                // they come, and a slow read must not read as a silent leader (the follower
-                // would campaign; without pre-vote it would depose this leader).
-                ReplicationMode::Probe if p.log_read.is_some() => self.send_heartbeat_only(to),
+                // A round for reads, or the probe's entries are being read from storage (a
+                // slow read must not look like a silent leader: the follower would campaign,
+                // and without pre-vote depose this leader): a heartbeat, not a new probe.
+                ReplicationMode::Probe if for_read || p.log_read.is_some() => self.send_heartbeat_only(to),
                 // Re-send the probe (the last one may have been lost); it carries the round.
-                ReplicationMode::Probe if !for_read => p.probe_sent = false,
-                ReplicationMode::Probe => self.send_heartbeat_only(to),
+                ReplicationMode::Probe => p.probe_sent = false,
                 ReplicationMode::Replicate => {
                     // An empty AppendEntries at the tip: carries the commit index, and a
                     // rejection reveals lost in-flight messages.
