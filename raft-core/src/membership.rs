@@ -154,6 +154,14 @@ impl Membership {
             && (self.outgoing_voters.is_empty() || majority_of(&self.outgoing_voters, &yes))
     }
 
+    /// Whether the nodes for which `yes` holds share at least one node with every majority of
+    /// each voter set: the others are not a majority of either set. For a joint configuration
+    /// this is stronger than sharing a node with every quorum (a majority of both sets).
+    pub fn intersects_every_majority(&self, yes: impl Fn(NodeId) -> bool) -> bool {
+        let no = |id| !yes(id);
+        !majority_of(&self.voters, &no) && !majority_of(&self.outgoing_voters, &no)
+    }
+
     /// The highest index stored on a quorum, given each voter's match index.
     pub fn quorum_index(&self, match_index: impl Fn(NodeId) -> Index) -> Index {
         let incoming = quorum_index_of(&self.voters, &match_index);
@@ -230,5 +238,59 @@ mod tests {
         assert!(!m.is_quorum(|id| [1, 2, 3].contains(&id)));
         assert!(m.is_quorum(|id| [1, 2, 4, 5].contains(&id)));
         assert_eq!(m.quorum_index(|id| if id <= 3 { 9 } else { 4 }), 4);
+    }
+
+    /// Checked against its definition on every subset of small configurations, simple and
+    /// joint: a set intersects every majority of each voter set iff no such majority lies
+    /// wholly outside it.
+    #[test]
+    fn intersects_every_majority_matches_its_definition() {
+        let configs = [
+            Membership::with_voters([1]),
+            Membership::with_voters([1, 2]),
+            Membership::with_voters([1, 2, 3]),
+            Membership::with_voters([1, 2, 3, 4]),
+            Membership::with_voters([1, 2, 3, 4, 5]),
+            Membership {
+                voters: [1, 2].into(),
+                outgoing_voters: [1, 2, 3].into(),
+                learners: BTreeSet::new(),
+            },
+            Membership {
+                voters: [3, 4, 5].into(),
+                outgoing_voters: [1, 2, 3].into(),
+                learners: BTreeSet::new(),
+            },
+        ];
+        let in_set = |mask: u32, id: NodeId| mask & (1 << id) != 0;
+        for m in &configs {
+            for set in 0u32..64 {
+                let majority_outside = |voters: &BTreeSet<NodeId>| {
+                    (0u32..64)
+                        .filter(|q| {
+                            let inside = voters.iter().filter(|id| in_set(*q, **id)).count();
+                            !voters.is_empty() && inside > voters.len() / 2
+                        })
+                        .any(|q| voters.iter().all(|id| !(in_set(q, *id) && in_set(set, *id))))
+                };
+                assert_eq!(
+                    m.intersects_every_majority(|id| in_set(set, id)),
+                    !majority_outside(&m.voters) && !majority_outside(&m.outgoing_voters),
+                    "{m:?}, set {set:#b}"
+                );
+            }
+        }
+        // The recovering candidate's case: one other of two, two others of three.
+        assert!(Membership::with_voters([1, 2]).intersects_every_majority(|id| id == 2));
+        assert!(!Membership::with_voters([1, 2, 3]).intersects_every_majority(|id| id == 2));
+        assert!(Membership::with_voters([1, 2, 3]).intersects_every_majority(|id| id != 1));
+        // Joint: node 1 is in every quorum of {1, 2} / {1, 2, 3}, not in every majority of
+        // {1, 2, 3}.
+        let joint = Membership {
+            voters: [1, 2].into(),
+            outgoing_voters: [1, 2, 3].into(),
+            learners: BTreeSet::new(),
+        };
+        assert!(!joint.intersects_every_majority(|id| id == 1));
     }
 }

@@ -44,6 +44,13 @@ pub enum Payload {
         pre_vote: bool,
         /// Whether the vote was granted.
         granted: bool,
+        /// Whether the grant also vouches for the candidate's log. `false` from a voter that
+        /// is recovering lost data and whose recorded last entry the candidate's log does not
+        /// reach: it compared the candidate only with the log it still holds, so its grant
+        /// counts towards the quorum but not as evidence that the candidate holds every
+        /// entry it acknowledged (see [`ProtocolStatus::recovering_to`](crate::ProtocolStatus::recovering_to)).
+        /// `false` with every refusal.
+        vouches: bool,
     },
     /// AppendEntries: replicates entries and serves as heartbeat.
     AppendEntries {
@@ -192,8 +199,9 @@ mod properties {
             (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(pre_vote, t, i, lt)| {
                 Payload::RequestVote { pre_vote, last_log_id: LogId::new(t, i), leadership_transfer: lt }
             }),
-            (any::<bool>(), any::<bool>())
-                .prop_map(|(pre_vote, granted)| Payload::RequestVoteResponse { pre_vote, granted }),
+            (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted, vouches)| {
+                Payload::RequestVoteResponse { pre_vote, granted, vouches }
+            }),
             (any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..8), any::<u64>(), any::<u64>())
                 .prop_map(|(t, i, entries, leader_commit, read_seq)| Payload::AppendEntries {
                     prev_log_id: LogId::new(t, i),

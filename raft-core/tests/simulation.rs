@@ -378,6 +378,43 @@ fn randomized_seeds_without_durability_records_fail() {
     assert!(failed.is_some(), "400 seeds with data loss and no durability record found no violation");
 }
 
+/// The recovering node holds the only log the others would elect (node simulation seeds
+/// 303387 and 319577, there with a joint configuration that needed its vote): the leader of
+/// two voters appends entries its follower never gets, then loses the last of them from its
+/// disk. It refuses the follower (whose log is behind what it had recorded), so when it waited
+/// for a leader to send the lost entries again, none was ever elected. Now it campaigns; its
+/// own vote is no evidence for its log, but the follower's is (the follower is in every
+/// quorum of two), so it is elected and the cluster writes again.
+#[test]
+fn a_node_that_lost_entries_nobody_else_had_is_elected_by_the_others() {
+    for seed in [11u64, 12, 13, 14] {
+        let mut c = Cluster::new(2, seed);
+        let a = c.check_one_leader();
+        c.one(b"both have it", 2, true);
+        let b = 3 - a;
+        c.disconnect(b);
+        for i in 0..3 {
+            c.propose(a, format!("only on {a}: {i}").as_bytes(), false).expect("the leader runs");
+        }
+        c.run_for(200);
+        c.crash_losing_data(a, 1, false);
+        c.connect(b);
+        c.restart(a);
+        assert!(c.raft(a).is_some_and(|r| r.status().recovering_to.is_some()), "seed {seed}: not recovering");
+        let leader = c.check_one_leader();
+        assert_eq!(leader, a, "seed {seed}: only the longer log can be elected");
+        let after = c.propose(leader, b"after recovery", false).expect("the leader runs");
+        assert!(
+            c.run_until(5_000, |c| matches!(c.proposal(after), ProposalState::Applied(_))),
+            "seed {seed}: no write after the election"
+        );
+        assert!(
+            c.raft(a).is_some_and(|r| r.status().recovering_to.is_none()),
+            "seed {seed}: still recovering"
+        );
+    }
+}
+
 /// An idle cluster (found by review): a follower restarts having lost its last entries. The
 /// leader's heartbeats carry the old match index as `prev`; the follower refuses them, and the
 /// leader must take that as lost data (not as a stale answer) and send the entries again.
@@ -401,7 +438,8 @@ fn in_an_idle_cluster_a_follower_that_lost_entries_gets_them_back() {
 }
 
 /// A leadership transfer without a named target (found by review) does not pick a node that
-/// is recovering lost entries (it would ignore TimeoutNow): its match index was lowered.
+/// is recovering lost entries (its own vote is no evidence in the election TimeoutNow starts):
+/// its match index was lowered.
 #[test]
 fn an_automatic_transfer_does_not_pick_a_node_recovering_lost_entries() {
     let mut c = Cluster::new(3, 5);

@@ -142,7 +142,7 @@ impl Metrics {
         );
         r.register(
             "recovering",
-            "1 while the node recovers from data its storage lost (it neither campaigns nor votes for shorter logs)",
+            "1 while the node recovers from data its storage lost (its votes vouch only for logs reaching what it had)",
             metrics.recovering.clone(),
         );
         r.register("is_leader", "1 on the leader, else 0", metrics.is_leader.clone());

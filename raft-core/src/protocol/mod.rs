@@ -133,9 +133,25 @@ pub struct RestoredState {
     pub staged: Option<crate::storage::StagedSnapshot>,
     /// The last log entry storage had recorded as durable, when its log now ends before it
     /// (data went missing: see [`DataLoss`](crate::DataLoss)). This node may have acknowledged
-    /// entries up to it, so until its log reaches it again it votes as if its log ended there
-    /// and does not campaign (see [`ProtocolStatus::recovering_to`]).
+    /// entries up to it, so until its log reaches it again its votes vouch only for logs
+    /// reaching it (see [`ProtocolStatus::recovering_to`]).
     pub recorded_last: Option<LogId>,
+}
+
+/// A voter's answer to this node's (pre-)election (see [`Payload::RequestVoteResponse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ballot {
+    Refused,
+    /// Granted, and the voter's log (or its record of lost data) vouches for the candidate's.
+    Granted,
+    /// Granted by a node recovering lost data, comparing with the log it still holds only.
+    GrantedUnvouched,
+}
+
+impl Ballot {
+    fn granted(self) -> bool {
+        self != Ballot::Refused
+    }
 }
 
 /// A snapshot of one follower's replication state, as the leader sees it.
@@ -197,10 +213,13 @@ pub struct ProtocolStatus {
     /// a misaddressed message, a malformed AppendEntries.
     pub dropped_messages: u64,
     /// Set while this node is recovering from lost data: the last log entry it had recorded
-    /// as durable, which its log no longer reaches. Meanwhile it grants a vote only to a
-    /// candidate whose log is at least as up to date as this entry (as it would have with its
-    /// data) and never campaigns; it follows a leader as usual and the state clears once its
-    /// durable log reaches this entry.
+    /// as durable, which its log no longer reaches. Meanwhile its votes (its own as a
+    /// candidate included) vouch only for a log at least as up to date as this entry: it may
+    /// grant a vote to a log that reaches only what it still holds, which then counts towards
+    /// the quorum but not towards the vouching voters a candidate also needs (they must share
+    /// a node with every majority of each voter set; see
+    /// [`Payload::RequestVoteResponse`](crate::Payload::RequestVoteResponse)). It follows a leader as usual and the state clears once its
+    /// durable log reaches this entry (or a later term's, once it leads).
     pub recovering_to: Option<LogId>,
     /// Whether the current term and vote are durable. A node that has just elected itself
     /// (alone as the only voter, in one step) leads before its term is saved; nothing it does
@@ -266,7 +285,7 @@ pub struct Raft {
     /// When this node last heard from a leader of its term (for the pre-vote and vote leases).
     leader_contact: Option<Millis>,
     /// Votes received in the current (pre-)election.
-    votes: BTreeMap<NodeId, bool>,
+    votes: BTreeMap<NodeId, Ballot>,
     /// Whether this election timeout already campaigned again at once after a voter answered
     /// from a later term (see `campaign_again_in_later_term`).
     retried_in_later_term: bool,
@@ -382,8 +401,8 @@ impl Raft {
                 node = id,
                 recorded = %recorded,
                 found = %log.last_log_id(),
-                "storage lost entries it had made durable: recovering (no campaigning, votes only \
-                 for logs reaching the recorded entry) until the leader has sent them again"
+                "storage lost entries it had made durable: recovering (its votes vouch only for logs \
+                 reaching the recorded entry) until its log reaches that entry again"
             );
         }
         // A reception cut short by the restart resumes where storage holds it whole (the
@@ -869,17 +888,13 @@ impl Raft {
 
     /// Whether this node may start an election: it is a voter of the latest configuration in
     /// its log, or that configuration is not known to be committed and this node is a voter
-    /// of the one before it, and it is not recovering from lost data. The second case is the dissertation's leader that manages a
+    /// of the one before it. The second case is the dissertation's leader that manages a
     /// configuration without itself (§4.2.2): a leader removed by C_new that crashed or lost
     /// its quorum before anyone else stored C_new holds the most up-to-date log, so only it
     /// can win the election that commits C_new (then it steps down). Without it the cluster
     /// could stay leaderless for good. The election itself is counted in the latest
     /// configuration, as every decision is.
     pub(super) fn may_campaign(&self) -> bool {
-        if self.recovering_to.is_some() {
-            // It lacks entries it may have acknowledged: its election could lose them.
-            return false;
-        }
         if self.membership.is_voter(self.id) {
             return true;
         }
@@ -934,7 +949,7 @@ impl Raft {
         self.progress.clear();
         self.votes.clear();
         self.reset_election_timer();
-        self.record_vote(self.id, true);
+        self.record_own_vote();
         let term = self.term().saturating_add(1);
         self.request_votes(true, term, false);
     }
@@ -952,7 +967,7 @@ impl Raft {
         self.progress.clear();
         self.votes.clear();
         self.reset_election_timer();
-        self.record_vote(self.id, true);
+        self.record_own_vote();
         let term = self.term();
         self.request_votes(false, term, leadership_transfer);
     }
@@ -975,14 +990,39 @@ impl Raft {
         self.tally_votes();
     }
 
-    fn record_vote(&mut self, from: NodeId, granted: bool) {
-        self.votes.entry(from).or_insert(granted);
+    /// A candidate's vote for itself, which vouches for its log only when its log is whole.
+    fn record_own_vote(&mut self) {
+        let ballot = if self.recovering_to.is_some() { Ballot::GrantedUnvouched } else { Ballot::Granted };
+        self.record_vote(self.id, ballot);
     }
 
+    fn record_vote(&mut self, from: NodeId, ballot: Ballot) {
+        self.votes.entry(from).or_insert(ballot);
+    }
+
+    /// Counts the (pre-)votes: the grants must form a quorum, and those that vouch for the
+    /// candidate's log must share a node with every majority of each voter set. Every grant
+    /// vouches except one from a node recovering lost data whose recorded last entry the
+    /// candidate does not reach (including the candidate's own while it recovers): such a
+    /// node may have acknowledged entries the candidate lacks. An entry committed with that
+    /// lost acknowledgement is held by another member of the commit quorum, which is among
+    /// the vouching voters and refuses a log that lacks it. Without recovering nodes the
+    /// second condition follows from the first. Each voter set on its own, not only every
+    /// quorum of a joint configuration: a disk rolled back to an older state may hold a joint
+    /// configuration its leader never used, while the set before it did commit entries.
+    /// (Refusing such candidates outright, and never campaigning while recovering, left the
+    /// cluster leaderless for good when the recovering node held the only log the others
+    /// would elect, or its vote was needed for the only one it had to refuse: the node
+    /// simulation, seeds 303387, 319577 and 339292.)
     fn tally_votes(&mut self) {
         let votes = &self.votes;
-        let won = self.membership.is_quorum(|n| votes.get(&n) == Some(&true));
-        let lost = !self.membership.is_quorum(|n| votes.get(&n) != Some(&false));
+        let won = self.membership.is_quorum(|n| votes.get(&n).is_some_and(|b| b.granted()))
+            && self.membership.intersects_every_majority(|n| votes.get(&n) == Some(&Ballot::Granted));
+        // Lost once the answers still missing could not make it won.
+        let lost = !self.membership.is_quorum(|n| votes.get(&n) != Some(&Ballot::Refused))
+            || !self
+                .membership
+                .intersects_every_majority(|n| votes.get(&n).is_none_or(|b| *b == Ballot::Granted));
         if won {
             match self.role {
                 Role::PreCandidate => self.become_candidate(false),
@@ -1118,8 +1158,8 @@ impl Raft {
                         self.become_follower(m.term, None);
                     }
                 }
-                Payload::RequestVoteResponse { pre_vote: true, granted: true } => {}
-                Payload::RequestVoteResponse { pre_vote, granted: false }
+                Payload::RequestVoteResponse { pre_vote: true, granted: true, .. } => {}
+                Payload::RequestVoteResponse { pre_vote, granted: false, .. }
                     if self.may_campaign_again_in_later_term(*pre_vote) =>
                 {
                     self.campaign_again_in_later_term(m.from, m.term);
@@ -1157,7 +1197,9 @@ impl Raft {
                     // it next hears from it. The leader's next AppendEntries brings it back.
                     if !self.in_leader_lease() {
                         let pre_vote = *pre_vote;
-                        self.send(m.from, term, Payload::RequestVoteResponse { pre_vote, granted: false });
+                        let refusal =
+                            Payload::RequestVoteResponse { pre_vote, granted: false, vouches: false };
+                        self.send(m.from, term, refusal);
                     }
                     return;
                 }
@@ -1180,8 +1222,13 @@ impl Raft {
             Payload::RequestVote { pre_vote, last_log_id, leadership_transfer } => {
                 self.handle_vote_request(m.from, m.term, pre_vote, last_log_id, leadership_transfer)
             }
-            Payload::RequestVoteResponse { pre_vote, granted } => {
-                self.handle_vote_response(m.from, m.term, pre_vote, granted)
+            Payload::RequestVoteResponse { pre_vote, granted, vouches } => {
+                let ballot = match (granted, vouches) {
+                    (false, _) => Ballot::Refused,
+                    (true, false) => Ballot::GrantedUnvouched,
+                    (true, true) => Ballot::Granted,
+                };
+                self.handle_vote_response(m.from, m.term, pre_vote, ballot)
             }
             Payload::AppendEntries { prev_log_id, entries, leader_commit, read_seq } => {
                 self.handle_append(m.from, prev_log_id, entries, leader_commit, read_seq)
@@ -1222,9 +1269,10 @@ impl Raft {
         leadership_transfer: bool,
     ) {
         let term = self.term();
-        // A node recovering from lost data compares with the log it had, not the one it has.
-        let own_last = self.log.last_log_id().max(self.recovering_to.unwrap_or_default());
-        let up_to_date = last >= own_last;
+        let up_to_date = last >= self.log.last_log_id();
+        // A node recovering from lost data vouches only for a log at least as up to date as
+        // the one it had (see `tally_votes`).
+        let vouches = up_to_date && self.recovering_to.is_none_or(|recorded| last >= recorded);
         let granted = if pre_vote {
             // A pre-vote changes nothing here; it is granted only to a node with a log at least
             // as new, for a higher term, when this node has not heard from a leader lately.
@@ -1246,8 +1294,9 @@ impl Raft {
             self.reset_election_timer();
         }
         let reply_term = if granted && pre_vote { msg_term } else { term };
-        tracing::debug!(node = self.id, from, pre_vote, granted, term = reply_term, "vote request");
-        self.send(from, reply_term, Payload::RequestVoteResponse { pre_vote, granted });
+        let vouches = granted && vouches;
+        tracing::debug!(node = self.id, from, pre_vote, granted, vouches, term = reply_term, "vote request");
+        self.send(from, reply_term, Payload::RequestVoteResponse { pre_vote, granted, vouches });
     }
 
     fn heard_from_leader_recently(&self) -> bool {
@@ -1256,18 +1305,18 @@ impl Raft {
             || self.leader_contact.is_some_and(|t| self.now < t + self.config.election_timeout_min_ms)
     }
 
-    fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, granted: bool) {
+    fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, ballot: Ballot) {
         let expected = match (self.role, pre_vote) {
             (Role::PreCandidate, true) => self.term().saturating_add(1),
             (Role::Candidate, false) => self.term(),
             _ => return,
         };
         // A rejected pre-vote carries the voter's term, which may equal ours: count it.
-        let rejected_pre_vote = pre_vote && !granted;
+        let rejected_pre_vote = pre_vote && ballot == Ballot::Refused;
         if msg_term != expected && !rejected_pre_vote {
             return;
         }
-        self.record_vote(from, granted);
+        self.record_vote(from, ballot);
         self.tally_votes();
     }
 

@@ -61,9 +61,15 @@ fn elect(raft: &mut Raft) {
     let _ = raft.take_ready();
     raft.advance();
     let term = raft.term();
-    deliver(raft, msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: true, granted: true }));
+    deliver(
+        raft,
+        msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true }),
+    );
     assert_eq!(raft.role(), Role::Candidate);
-    deliver(raft, msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: false, granted: true }));
+    deliver(
+        raft,
+        msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }),
+    );
     assert_eq!(raft.role(), Role::Leader);
 }
 
@@ -99,18 +105,18 @@ fn one_vote_per_term_persisted_before_the_answer() {
     assert!(ready.messages.is_empty(), "a vote must wait for the hard state to be durable");
     assert_eq!(
         ready.persisted_messages[0].payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
     );
     let ready = deliver(&mut n, msg(3, 1, 2, req(3)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: false }
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }
     );
     // The same candidate asking again gets the same answer (a retransmission).
     let ready = deliver(&mut n, msg(2, 1, 2, req(2)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
     );
 }
 
@@ -123,7 +129,7 @@ fn a_restarted_node_remembers_its_vote() {
     let ready = deliver(&mut n, msg(3, 1, 2, req));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: false }
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }
     );
 }
 
@@ -140,7 +146,7 @@ fn up_to_date_check_compares_last_term_then_last_index() {
         let ready = deliver(&mut n, msg(2, 1, 3, req));
         assert_eq!(
             only_response(&ready).payload,
-            Payload::RequestVoteResponse { pre_vote: false, granted },
+            Payload::RequestVoteResponse { pre_vote: false, granted, vouches: granted },
             "candidate last log {index}@{term}"
         );
     }
@@ -155,7 +161,7 @@ fn pre_vote_changes_neither_term_nor_vote() {
     assert!(ready.hard_state.is_none());
     assert_eq!(n.hard_state(), HardState { current_term: 3, voted_for: Some(1) });
     let r = only_response(&ready);
-    assert_eq!(r.payload, Payload::RequestVoteResponse { pre_vote: true, granted: true });
+    assert_eq!(r.payload, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true });
     assert_eq!(r.term, 4, "a granted pre-vote carries the term asked for");
 }
 
@@ -699,7 +705,7 @@ fn voters_answer_a_transfer_election_even_while_they_hear_from_the_leader() {
     let ready = deliver(&mut n, msg(2, 3, 4, vote(true)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
     );
 }
 
@@ -1449,14 +1455,16 @@ fn a_vote_in_the_current_term_keeps_the_lease_promise_after_a_higher_term_answer
         )
     };
     let granted = |r: &Ready| {
-        r.persisted_messages
-            .iter()
-            .chain(&r.messages)
-            .any(|m| m.payload == Payload::RequestVoteResponse { pre_vote: false, granted: true })
+        r.persisted_messages.iter().chain(&r.messages).any(|m| {
+            m.payload == Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+        })
     };
     assert!(!granted(&deliver(&mut v, vote(3))), "ignored while the leader is heard");
     // An answer of node 3 to an old message raises node 2's term and clears its leader...
-    deliver(&mut v, msg(3, 2, 3, Payload::RequestVoteResponse { pre_vote: false, granted: false }));
+    deliver(
+        &mut v,
+        msg(3, 2, 3, Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }),
+    );
     assert_eq!(v.term(), 3);
     // ...but a vote request of that term, at the same instant, is still refused.
     assert!(!granted(&deliver(&mut v, vote(3))), "voted inside the lease of leader 1");
@@ -1498,7 +1506,7 @@ fn a_message_with_the_largest_term_is_dropped() {
 fn a_term_past_the_limit_is_dropped_and_counted_but_any_term_below_is_adopted() {
     let mut n = node(2, 1, None, &[1]);
     for forged in [TERM_LIMIT + 1, u64::MAX - 1, u64::MAX] {
-        let vote = Payload::RequestVoteResponse { pre_vote: false, granted: true };
+        let vote = Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true };
         let r = deliver(&mut n, msg(3, 2, forged, vote));
         assert_eq!(n.term(), 1, "term {forged} adopted");
         assert!(r.hard_state.is_none());
@@ -1610,7 +1618,7 @@ fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
     n.advance();
     assert_eq!(n.role(), Role::Candidate);
     assert_eq!(vote_requests(&first), vec![(2, 4, false), (3, 4, false)]);
-    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false };
+    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false };
     let again = deliver(&mut n, msg(2, 1, 9, refusal.clone()));
     assert_eq!(n.role(), Role::Candidate, "campaigns again without waiting for a timeout");
     assert_eq!(n.term(), 10);
@@ -1628,15 +1636,17 @@ fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
     let again = deliver(&mut n, msg(2, 1, 15, refusal));
     assert_eq!(vote_requests(&again), vec![(2, 16, false), (3, 16, false)]);
     // A refusal from the same term, or an answer to an older election, starts nothing.
-    let same =
-        deliver(&mut n, msg(3, 1, 16, Payload::RequestVoteResponse { pre_vote: false, granted: false }));
+    let same = deliver(
+        &mut n,
+        msg(3, 1, 16, Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }),
+    );
     assert!(vote_requests(&same).is_empty());
 }
 
 #[test]
 fn a_follower_does_not_campaign_on_a_late_refusal_from_a_later_term() {
     let mut n = node(1, 3, None, &[1]);
-    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false };
+    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false };
     let ready = deliver(&mut n, msg(2, 1, 7, refusal));
     assert_eq!(n.role(), Role::Follower);
     assert_eq!(n.term(), 7);
@@ -1653,15 +1663,21 @@ fn a_refused_pre_candidate_does_not_depose_the_leader_it_voted_for() {
     let _ = n.take_ready();
     n.advance();
     assert_eq!(n.role(), Role::PreCandidate);
-    deliver(&mut n, msg(3, 1, 5, Payload::RequestVoteResponse { pre_vote: true, granted: false }));
+    deliver(
+        &mut n,
+        msg(3, 1, 5, Payload::RequestVoteResponse { pre_vote: true, granted: false, vouches: false }),
+    );
     let rv =
         Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(3, 3), leadership_transfer: false };
     let ready = deliver(&mut n, msg(2, 1, 5, rv));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
     );
-    deliver(&mut n, msg(2, 1, 6, Payload::RequestVoteResponse { pre_vote: true, granted: true }));
+    deliver(
+        &mut n,
+        msg(2, 1, 6, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true }),
+    );
     let ready = deliver(&mut n, msg(2, 1, 5, append((3, 3), vec![entry(5, 4)], 0)));
     let reply = only_response(&ready);
     assert_eq!(
@@ -1820,48 +1836,120 @@ fn vote_request(last: LogId, pre_vote: bool) -> Payload {
     Payload::RequestVote { pre_vote, last_log_id: last, leadership_transfer: false }
 }
 
-fn granted(ready: &Ready) -> bool {
-    matches!(only_response(ready).payload, Payload::RequestVoteResponse { granted: true, .. })
+/// The answer in `ready`: (granted, vouches).
+fn ballot(ready: &Ready) -> (bool, bool) {
+    match only_response(ready).payload {
+        Payload::RequestVoteResponse { granted, vouches, .. } => (granted, vouches),
+        ref other => panic!("not a vote's answer: {other:?}"),
+    }
 }
 
 #[test]
-fn a_node_that_lost_entries_votes_as_if_it_still_had_them() {
+fn a_node_that_lost_entries_vouches_only_for_logs_reaching_what_it_had() {
     let mut n = node_that_lost_entries();
     assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)));
     // Candidate 3's log (2, 5) is ahead of what this node holds (2, 3) but behind what it had
-    // stored (2, 6): with its data it would refuse, so it refuses now.
+    // stored (2, 6): it grants, but does not vouch for that log.
     let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), true)));
-    assert!(!granted(&ready), "pre-vote granted to a log behind the recorded one");
+    assert_eq!(ballot(&ready), (true, false), "pre-vote");
     let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), false)));
-    assert!(!granted(&ready), "vote granted to a log behind the recorded one");
-    // A candidate whose log reaches the recorded entry gets the vote.
-    let ready = deliver(&mut n, msg(1, 2, 4, vote_request(LogId::new(2, 6), false)));
-    assert!(granted(&ready), "vote refused to a log as up to date as the recorded one");
+    assert_eq!(ballot(&ready), (true, false), "vote");
+    // A log behind the one it holds is refused, as by any voter.
+    let ready = deliver(&mut n, msg(1, 2, 4, vote_request(LogId::new(2, 2), false)));
+    assert_eq!(ballot(&ready), (false, false));
+    // A candidate whose log reaches the recorded entry gets a vouching vote.
+    let ready = deliver(&mut n, msg(1, 2, 5, vote_request(LogId::new(2, 6), false)));
+    assert_eq!(ballot(&ready), (true, true), "a log as up to date as the recorded one");
+}
+
+/// Node 1 of {1, 2, 3}, pre-candidate in term 3 with a whole log.
+fn whole_pre_candidate() -> Raft {
+    let mut n = node(1, 2, None, &[1, 1, 2]);
+    tick_until_campaigning(&mut n);
+    assert_eq!(n.role(), Role::PreCandidate);
+    n
 }
 
 #[test]
-fn a_node_that_lost_entries_does_not_campaign_until_it_has_them_again() {
-    let mut n = node_that_lost_entries();
-    for t in [10_000, 20_000, 30_000] {
+fn a_grant_that_does_not_vouch_counts_for_the_quorum_only() {
+    let unvouched = Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: false };
+    // Its own vote and node 2's unvouched grant make a quorum, but the majority {2, 3} lies
+    // outside the vouching voters ({1}): not yet won.
+    let mut n = whole_pre_candidate();
+    let _ = deliver(&mut n, msg(2, 1, 3, unvouched.clone()));
+    assert_eq!(n.role(), Role::PreCandidate, "won with a majority outside the vouching voters");
+    // Node 3 vouches: no majority of {1, 2, 3} lies outside {1, 3}.
+    let _ = deliver(&mut n, msg(3, 1, 3, vote_response(true, true)));
+    assert_eq!(n.role(), Role::Candidate);
+    // Node 3 refusing instead leaves no way to win.
+    let mut n = whole_pre_candidate();
+    let _ = deliver(&mut n, msg(2, 1, 3, unvouched));
+    let _ = deliver(&mut n, msg(3, 1, 3, vote_response(true, false)));
+    assert_eq!(n.role(), Role::Follower, "lost: only node 1 vouches");
+}
+
+fn vote_response(pre_vote: bool, granted: bool) -> Payload {
+    Payload::RequestVoteResponse { pre_vote, granted, vouches: granted }
+}
+
+/// Ticks until the election timer fires.
+fn tick_until_campaigning(n: &mut Raft) {
+    for t in (10_000..).step_by(1_000).take(100) {
         n.step(t, Event::Tick);
-        let ready = n.take_ready();
+        let _ = n.take_ready();
         n.advance();
-        assert_eq!(n.role(), Role::Follower, "campaigned while recovering");
-        assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+        if n.role() != Role::Follower {
+            return;
+        }
     }
-    // TimeoutNow from its leader does not make it campaign either.
-    let _ = deliver(&mut n, msg(1, 2, 2, append((2, 3), vec![], 3)));
-    let _ = deliver(&mut n, msg(1, 2, 2, Payload::TimeoutNow));
-    assert_eq!(n.role(), Role::Follower, "campaigned on TimeoutNow while recovering");
-    // The leader sends the lost entries again: once they are durable, the node is whole.
+    panic!("never campaigned");
+}
+
+#[test]
+fn a_node_that_lost_entries_is_elected_only_by_the_others() {
+    let mut n = node_that_lost_entries();
+    tick_until_campaigning(&mut n);
+    assert_eq!(n.role(), Role::PreCandidate);
+    // One pre-vote besides its own would make a whole node a candidate; this one's own does
+    // not count.
+    let _ = deliver(&mut n, msg(1, 2, 3, vote_response(true, true)));
+    assert_eq!(n.role(), Role::PreCandidate, "its own pre-vote counted while recovering");
+    let _ = deliver(&mut n, msg(3, 2, 3, vote_response(true, true)));
+    assert_eq!(n.role(), Role::Candidate);
+    assert_eq!(n.term(), 3);
+    let _ = deliver(&mut n, msg(3, 2, 3, vote_response(false, true)));
+    assert_eq!(n.role(), Role::Candidate, "its own vote counted while recovering");
+    let _ = deliver(&mut n, msg(1, 2, 3, vote_response(false, true)));
+    assert_eq!(n.role(), Role::Leader, "a majority of the others elects it");
+    // Its first entry, of term 3, is more up to date than the recorded (2, 6): once durable
+    // (deliver advances as if persisted), it is whole.
+    assert_eq!(n.status().recovering_to, None);
+}
+
+#[test]
+fn a_node_that_lost_entries_loses_its_election_on_one_refusal_of_three() {
+    let mut n = node_that_lost_entries();
+    tick_until_campaigning(&mut n);
+    let _ = deliver(&mut n, msg(1, 2, 2, vote_response(true, false)));
+    assert_eq!(n.role(), Role::Follower, "one refusal leaves no majority without its own vote");
+    assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)));
+}
+
+#[test]
+fn a_node_that_lost_entries_recovers_from_its_leader() {
+    let mut n = node_that_lost_entries();
     let _ = deliver(&mut n, msg(1, 2, 2, append((2, 3), vec![entry(2, 4), entry(2, 5)], 3)));
     assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)), "recovered before reaching the record");
     let _ = deliver(&mut n, msg(1, 2, 2, append((2, 5), vec![entry(2, 6)], 3)));
     assert_eq!(n.status().recovering_to, None);
-    n.step(60_000, Event::Tick);
-    let _ = n.take_ready();
-    n.advance();
-    assert_eq!(n.role(), Role::PreCandidate, "a recovered node campaigns again");
+    // Whole again: its own pre-vote counts.
+    let mut n2 = n;
+    n2.step(60_000, Event::Tick);
+    let _ = n2.take_ready();
+    n2.advance();
+    assert_eq!(n2.role(), Role::PreCandidate);
+    let _ = deliver(&mut n2, msg(1, 2, 3, vote_response(true, true)));
+    assert_eq!(n2.role(), Role::Candidate, "a recovered node's own pre-vote counts");
 }
 
 #[test]

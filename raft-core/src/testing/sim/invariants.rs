@@ -118,7 +118,7 @@ impl History {
             let t = self.max_sent_term.entry(m.from).or_default();
             *t = (*t).max(m.term);
         }
-        if let Payload::RequestVoteResponse { pre_vote: false, granted: true } = m.payload {
+        if let Payload::RequestVoteResponse { pre_vote: false, granted: true, .. } = m.payload {
             if let Some(previous) = self.votes.insert((m.from, m.term), m.to) {
                 if previous != m.to {
                     return Err(format!(
