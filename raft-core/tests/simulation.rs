@@ -438,7 +438,7 @@ fn in_an_idle_cluster_a_follower_that_lost_entries_gets_them_back() {
 }
 
 /// A leadership transfer without a named target (found by review) does not pick a node that
-/// is recovering lost entries (its own vote is no evidence in the election TimeoutNow starts):
+/// is recovering lost entries (it ignores TimeoutNow):
 /// its match index was lowered.
 #[test]
 fn an_automatic_transfer_does_not_pick_a_node_recovering_lost_entries() {

@@ -468,6 +468,11 @@ impl Raft {
         Ok(raft)
     }
 
+    /// Whether the current term and vote are durable (see [`ProtocolStatus::term_durable`]).
+    pub fn term_durable(&self) -> bool {
+        !self.hard_state_dirty && self.unsaved_hard_state.is_none()
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
@@ -560,7 +565,7 @@ impl Raft {
             last_lease_read_ms: if self.role == Role::Leader { self.last_lease_read } else { None },
             dropped_messages: self.dropped_messages,
             recovering_to: self.recovering_to,
-            term_durable: !self.hard_state_dirty && self.unsaved_hard_state.is_none(),
+            term_durable: self.term_durable(),
         }
     }
 
@@ -1008,8 +1013,9 @@ impl Raft {
     /// lost acknowledgement is held by another member of the commit quorum, which is among
     /// the vouching voters and refuses a log that lacks it. Without recovering nodes the
     /// second condition follows from the first. Each voter set on its own, not only every
-    /// quorum of a joint configuration: a disk rolled back to an older state may hold a joint
-    /// configuration its leader never used, while the set before it did commit entries.
+    /// quorum of a joint configuration: a candidate holding an uncommitted joint configuration
+    /// could otherwise win on vouchers that miss every holder in the old set, which committed
+    /// the entries it lacks (tests/recovering_votes.rs).
     /// (Refusing such candidates outright, and never campaigning while recovering, left the
     /// cluster leaderless for good when the recovering node held the only log the others
     /// would elect, or its vote was needed for the only one it had to refuse: the node

@@ -236,7 +236,15 @@ impl Raft {
     }
 
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role != Role::Follower || self.leader != Some(from) || !self.may_campaign() {
+        // A node recovering lost data ignores it: voters take a transfer's term even under
+        // their lease, so the leader would be deposed for an election this node may not win
+        // (its own vote does not vouch for its log; found by review: the leader still counted
+        // the match index from before the loss).
+        if self.role != Role::Follower
+            || self.leader != Some(from)
+            || !self.may_campaign()
+            || self.recovering_to.is_some()
+        {
             tracing::debug!(node = self.id, from, "ignoring TimeoutNow");
             return;
         }

@@ -215,7 +215,12 @@ impl History {
     ) -> Result<(), String> {
         for raft in nodes {
             let id = raft.id();
-            if raft.role() == Role::Leader {
+            // A node leads for the checks once its term is durable, as the node simulation
+            // counts it: a one-voter node elects itself before its term is saved and does
+            // nothing as leader until it is (tests/term_durable.rs); a crash before the save
+            // loses that term, and another node may then lead it (found by review: seed
+            // 73085 of a sweep with unrestricted data loss).
+            if raft.role() == Role::Leader && raft.term_durable() {
                 let term = raft.term();
                 match self.leaders.insert(term, id) {
                     Some(other) if other != id => {
