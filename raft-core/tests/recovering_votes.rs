@@ -25,6 +25,36 @@ const ELECTION_MS: u64 = 1_000;
 // The aggressive randomized harness.
 // ---------------------------------------------------------------------------------------
 
+/// Each node's role, term, vote, last entry and recovery, for tracing a seed step by step.
+fn node_states(c: &Cluster) -> Vec<String> {
+    c.ids()
+        .iter()
+        .map(|id| {
+            c.raft(*id).map_or_else(
+                || "down".into(),
+                |r| {
+                    format!(
+                        "{:?}/{}/{:?}/{}/{:?}",
+                        r.role(),
+                        r.term(),
+                        r.hard_state().voted_for,
+                        r.last_log_id(),
+                        r.status().recovering_to
+                    )
+                },
+            )
+        })
+        .collect()
+}
+
+/// The message a caught panic carried.
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 fn current_leader(c: &Cluster) -> Option<NodeId> {
     c.leaders().into_iter().max_by_key(|(_, t)| *t).map(|(id, _)| id)
 }
@@ -144,43 +174,9 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
         if c.now() + wait >= fine_from {
             let end = c.now() + wait;
             while c.now() < end {
-                let before: Vec<String> = c
-                    .ids()
-                    .iter()
-                    .map(|id| {
-                        c.raft(*id)
-                            .map(|r| {
-                                format!(
-                                    "{:?}/{}/{:?}/{}/{:?}",
-                                    r.role(),
-                                    r.term(),
-                                    r.hard_state().voted_for,
-                                    r.last_log_id(),
-                                    r.status().recovering_to
-                                )
-                            })
-                            .unwrap_or("down".into())
-                    })
-                    .collect();
+                let before = node_states(&c);
                 c.step_until(end);
-                let after: Vec<String> = c
-                    .ids()
-                    .iter()
-                    .map(|id| {
-                        c.raft(*id)
-                            .map(|r| {
-                                format!(
-                                    "{:?}/{}/{:?}/{}/{:?}",
-                                    r.role(),
-                                    r.term(),
-                                    r.hard_state().voted_for,
-                                    r.last_log_id(),
-                                    r.status().recovering_to
-                                )
-                            })
-                            .unwrap_or("down".into())
-                    })
-                    .collect();
+                let after = node_states(&c);
                 if before != after {
                     eprintln!("FINE t={}: {:?}", c.now(), after);
                 }
@@ -367,11 +363,7 @@ fn sweep(liveness: bool) {
                 leaderless += u64::from(!leader);
             }
             Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
+                let msg = panic_message(e.as_ref());
                 eprintln!("SEED {seed} FAILED (liveness={liveness}): {}", msg.lines().next().unwrap_or(""));
                 failed.push(seed);
             }
@@ -450,12 +442,7 @@ fn one_voter_leader_in_name_only(seed: u64) -> Option<String> {
     });
     match outcome {
         Ok(_) => None,
-        Err(e) => Some(
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
+        Err(e) => Some(panic_message(e.as_ref())),
     }
 }
 
