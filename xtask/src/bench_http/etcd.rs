@@ -63,6 +63,18 @@ impl EtcdCluster {
         extra: &[&str],
         children: Children,
     ) -> Result<Self> {
+        Self::start_with(binary, dir, members, extra, None, children).await
+    }
+
+    /// [`start`](Self::start), with mutual TLS on the peer URLs when `peer_tls` is given.
+    pub(crate) async fn start_with(
+        binary: &Path,
+        dir: &Path,
+        members: u64,
+        extra: &[&str],
+        peer_tls: Option<&PeerTls>,
+        children: Children,
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -75,8 +87,9 @@ impl EtcdCluster {
                 }
             }
         }
+        let peer_scheme = if peer_tls.is_some() { "https" } else { "http" };
         let initial_cluster: Vec<String> =
-            (1..=members).map(|id| format!("m{id}=http://{}", peer_addr(id))).collect();
+            (1..=members).map(|id| format!("m{id}={peer_scheme}://{}", peer_addr(id))).collect();
         let cluster = Self { children, members };
         for id in 1..=members {
             let log = std::fs::File::create(dir.join(format!("m{id}.log")))?;
@@ -86,14 +99,15 @@ impl EtcdCluster {
                 .arg(format!("--data-dir={}", dir.join(format!("m{id}")).display()))
                 .arg(format!("--listen-client-urls=http://{}", client_addr(id)))
                 .arg(format!("--advertise-client-urls=http://{}", client_addr(id)))
-                .arg(format!("--listen-peer-urls=http://{}", peer_addr(id)))
-                .arg(format!("--initial-advertise-peer-urls=http://{}", peer_addr(id)))
+                .arg(format!("--listen-peer-urls={peer_scheme}://{}", peer_addr(id)))
+                .arg(format!("--initial-advertise-peer-urls={peer_scheme}://{}", peer_addr(id)))
                 .arg(format!("--initial-cluster={}", initial_cluster.join(",")))
                 .arg("--initial-cluster-token=bench-http")
                 .arg("--initial-cluster-state=new")
                 .arg("--logger=zap")
                 .arg("--log-outputs=stderr")
                 .args(extra)
+                .args(peer_tls.map(PeerTls::args).unwrap_or_default())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -161,5 +175,39 @@ async fn healthy(addr: &str) -> bool {
                 == Some(serde_json::Value::String("true".into()))
         }
         _ => false,
+    }
+}
+
+/// Peer certificates for an etcd cluster on this machine: one CA, one certificate for
+/// `127.0.0.1` and `localhost` that every member uses as server and as client.
+pub(crate) struct PeerTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl PeerTls {
+    /// Writes a new CA and the members' certificate under `dir/etcd-peer-certs`.
+    pub(crate) fn generate(dir: &Path) -> Result<Self> {
+        let dir = dir.join("etcd-peer-certs");
+        std::fs::create_dir_all(&dir)?;
+        let ca = raft_tls::DevCa::new("etcd-bench")?;
+        let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let (cert_pem, key_pem) = ca.issue_server(&names)?;
+        let tls = Self { ca: dir.join("ca.pem"), cert: dir.join("peer.pem"), key: dir.join("peer-key.pem") };
+        std::fs::write(&tls.ca, ca.cert_pem())?;
+        std::fs::write(&tls.cert, cert_pem)?;
+        std::fs::write(&tls.key, key_pem)?;
+        Ok(tls)
+    }
+
+    /// etcd's flags: TLS on the peer URLs, and peers must present a certificate of the CA.
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("--peer-cert-file={}", self.cert.display()),
+            format!("--peer-key-file={}", self.key.display()),
+            format!("--peer-trusted-ca-file={}", self.ca.display()),
+            "--peer-client-cert-auth=true".to_string(),
+        ]
     }
 }

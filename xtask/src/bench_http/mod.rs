@@ -36,7 +36,7 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--debug] \
+[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
 | bench watchers [--watchers N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
@@ -74,6 +74,9 @@ struct Options {
     request_timeout_ms: u64,
     storage: String,
     transport: String,
+    /// Mutual TLS between peers on both systems (raft-node over TCP, etcd's peer URLs); the
+    /// client APIs stay plain HTTP on both. Without it, TCP peers are plaintext on both.
+    peer_tls: bool,
     release: bool,
     failover: bool,
     kills: usize,
@@ -107,6 +110,7 @@ impl Default for Options {
             request_timeout_ms: 10_000,
             storage: "rocks".into(),
             transport: "tcp".into(),
+            peer_tls: false,
             release: true,
             failover: false,
             kills: 5,
@@ -164,6 +168,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--storage" => o.storage = value()?,
             "--transport" => o.transport = value()?,
+            "--peer-tls" => {
+                o.peer_tls = true;
+                takes_value = false;
+            }
             "--debug" => {
                 o.release = false;
                 takes_value = false;
@@ -222,8 +230,9 @@ fn cluster_options(o: &Options) -> ClusterOptions {
         storage: o.storage.clone(),
         release: o.release,
         clean: true,
-        // Plaintext peers, as the etcd it is compared with.
-        insecure: o.transport == "tcp",
+        // Plaintext peers, as the etcd it is compared with, unless both get TLS (QUIC has it
+        // always; the etcd side then gets none unless `--peer-tls`).
+        insecure: o.transport == "tcp" && !o.peer_tls,
         // The load generator sends no token (nor does it to etcd).
         open_api: true,
     }
@@ -324,18 +333,31 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
                 }
                 Some(binary) => {
                     let description = format!(
-                        "{} ({} member{}, WAL fsync on)",
+                        "{} ({} member{}, WAL fsync on, {})",
                         etcd::version(&binary),
                         o.nodes,
-                        if o.nodes == 1 { "" } else { "s" }
+                        if o.nodes == 1 { "" } else { "s" },
+                        if o.peer_tls { "mutual TLS between peers" } else { "plaintext peers" }
                     );
                     println!("\n{description}");
                     let children = Children::default();
                     procs::stop_on_ctrl_c(&children);
                     let dir = root.join("target").join("bench").join("etcd");
+                    let peer_tls = if o.peer_tls {
+                        Some(etcd::PeerTls::generate(&root.join("target").join("bench"))?)
+                    } else {
+                        None
+                    };
                     let target = runtime.block_on(async {
-                        let etcd =
-                            etcd::EtcdCluster::start(&binary, &dir, o.nodes, &[], children.clone()).await?;
+                        let etcd = etcd::EtcdCluster::start_with(
+                            &binary,
+                            &dir,
+                            o.nodes,
+                            &[],
+                            peer_tls.as_ref(),
+                            children.clone(),
+                        )
+                        .await?;
                         let mut target =
                             measure("etcd", description, Api::Etcd, etcd.endpoints(), &children, &o).await?;
                         target.memory = memory_of(&children, "m");
