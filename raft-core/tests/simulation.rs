@@ -312,6 +312,14 @@ fn randomized_seeds() {
     }
 }
 
+/// Seeds that once failed. 1057380: a leader of one voter committed an entry on its own
+/// write and appended a joint configuration in the same step; the checker judged the commit
+/// by the joint configuration alone (a false alarm of the checker, not of the protocol).
+#[test]
+fn randomized_seeds_that_once_failed_pass() {
+    random::run(1_057_380, Default::default());
+}
+
 /// The scenario in which a lost write-ahead log loses a committed entry: leader `a` commits
 /// an entry with `b`'s acknowledgement while `c` is cut off; `b` then loses that entry (and
 /// its term and vote) from its disk and `a` goes down. Without a durability record `b` would

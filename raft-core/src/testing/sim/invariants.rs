@@ -251,7 +251,6 @@ impl History {
             let commit = raft.commit_index();
             if commit > checked {
                 let first = raft.first_log_index();
-                let membership = raft.membership().clone();
                 for index in checked.max(first - 1) + 1..=commit {
                     // An entry out of the log's cache is on the node's disk (it is durable).
                     let disk = disks.get(id as usize - 1).and_then(|d| d.get(index));
@@ -260,14 +259,11 @@ impl History {
                         return Err(format!("node {id} has commit index {commit} but no entry {index}"));
                     };
                     let (term, payload) = (e.term, e.payload.clone());
-                    self.record_committed(
-                        id,
-                        index,
-                        term,
-                        &payload,
-                        disks,
-                        std::slice::from_ref(&membership),
-                    )?;
+                    // Not the latest configuration alone: a leader of one voter commits an entry on
+                    // its own write and may append a joint configuration in the same step, before
+                    // this check (found by the protocol simulation, seed 1057380).
+                    let memberships = memberships_since(raft, index);
+                    self.record_committed(id, index, term, &payload, disks, &memberships)?;
                 }
                 self.commit_checked.insert(id, commit);
             } else if commit < checked {
@@ -276,4 +272,18 @@ impl History {
         }
         Ok(())
     }
+}
+
+/// The configurations in force on `raft` since entry `index` was appended (the one at its
+/// index, then each later one, without repeats): an entry committed at some point in between
+/// was committed under one of them, and a quorum of that one holds it.
+pub(crate) fn memberships_since(raft: &Raft, index: Index) -> Vec<Membership> {
+    let mut all: Vec<Membership> = Vec::new();
+    for i in index..=raft.last_log_id().index.max(index) {
+        let m = raft.membership_at(i);
+        if all.last() != Some(&m) {
+            all.push(m);
+        }
+    }
+    all
 }

@@ -803,19 +803,13 @@ impl Cluster {
         if entry.index != expected {
             self.fail(&format!("node {id} applied index {} but expected {expected}", entry.index));
         }
-        // The entry was committed under one of the configurations in force since it was
-        // appended (the one at its index, or a later one): a quorum of that one holds it. When
-        // applying was held back past a membership change, the latest alone may not.
-        let memberships: Vec<Membership> = self.node(id).raft.as_ref().map_or_else(Vec::new, |r| {
-            let mut all: Vec<Membership> = Vec::new();
-            for i in entry.index..=r.last_log_id().index.max(entry.index) {
-                let m = r.membership_at(i);
-                if all.last() != Some(&m) {
-                    all.push(m);
-                }
-            }
-            all
-        });
+        // When applying was held back past a membership change, the latest configuration
+        // alone may not hold it.
+        let memberships: Vec<Membership> = self
+            .node(id)
+            .raft
+            .as_ref()
+            .map_or_else(Vec::new, |r| invariants::memberships_since(r, entry.index));
         let disks: Vec<&Disk> = self.nodes.iter().map(|n| &n.disk).collect();
         if let Err(v) = self.history.on_apply(id, &entry, &disks, &memberships) {
             self.fail(&v);
