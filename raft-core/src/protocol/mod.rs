@@ -218,8 +218,9 @@ pub struct ProtocolStatus {
     /// grant a vote to a log that reaches only what it still holds, which then counts towards
     /// the quorum but not towards the vouching voters a candidate also needs (they must share
     /// a node with every majority of each voter set; see
-    /// [`Payload::RequestVoteResponse`](crate::Payload::RequestVoteResponse)). It follows a leader as usual and the state clears once its
-    /// durable log reaches this entry (or a later term's, once it leads).
+    /// [`Payload::RequestVoteResponse`](crate::Payload::RequestVoteResponse)). It ignores
+    /// `TimeoutNow`, follows a leader as usual, and the state clears once its durable log
+    /// reaches this entry (or holds one of a later term, as when it leads).
     pub recovering_to: Option<LogId>,
     /// Whether the current term and vote are durable. A node that has just elected itself
     /// (alone as the only voter, in one step) leads before its term is saved; nothing it does
@@ -626,7 +627,7 @@ impl Raft {
         let persisted = self.log.persisted;
         let Some(term) = self.log.term_at(persisted) else { return };
         if LogId::new(term, persisted) >= recorded {
-            tracing::info!(node = self.id, recorded = %recorded, "recovered the lost entries; voting and campaigning again");
+            tracing::info!(node = self.id, recorded = %recorded, "recovered the lost entries: its votes vouch for logs again");
             self.recovering_to = None;
         }
     }
