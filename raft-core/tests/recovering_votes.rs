@@ -11,8 +11,10 @@
 //!   (the simulator's invariants are checked after every step); and a liveness variant in
 //!   which the nodes missing data never exceed half of any voter set.
 //!
-//! Seeds of the randomized harness: `REVIEW_SEEDS=N REVIEW_START=S cargo nextest run -p
-//! raft-core --test recovering_votes --run-ignored all aggressive`.
+//! The sweeps run `SWEEP_SEEDS` seeds (default 1,000 each in CI; the review ran 200,000 and
+//! 80,000) from `SWEEP_START`: `SWEEP_SEEDS=N SWEEP_START=S cargo nextest run --release -p
+//! raft-core --test recovering_votes aggressive`. One seed with a trace of every node:
+//! `SWEEP_SEEDS=1 SWEEP_START=S SWEEP_VERBOSE=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,34 +158,12 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
     let mut missing = Missing::default();
     let mut counter = 0u64;
     let end = c.now() + 6_000;
-    let verbose = std::env::var("REVIEW_VERBOSE").is_ok();
+    let verbose = std::env::var("SWEEP_VERBOSE").is_ok();
     while c.now() < end {
         if verbose {
-            for id in c.ids() {
-                if let Some(r) = c.raft(id) {
-                    let s = r.status();
-                    eprintln!("  t={} node {id}: {:?} term {} vote {:?} last {} commit {} recovering_to {:?} voters {:?}/{:?} durable_last {}", c.now(), r.role(), s.term, r.hard_state().voted_for, r.last_log_id(), r.commit_index(), s.recovering_to, r.membership().voters, r.membership().outgoing_voters, c.durable_last(id));
-                } else {
-                    eprintln!("  t={} node {id}: down, durable_last {}", c.now(), c.durable_last(id));
-                }
-            }
+            eprintln!("t={}: {:?}", c.now(), node_states(&c));
         }
-        let wait = rng.range(1, 60);
-        let fine_from: u64 =
-            std::env::var("REVIEW_FINE_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-        if c.now() + wait >= fine_from {
-            let end = c.now() + wait;
-            while c.now() < end {
-                let before = node_states(&c);
-                c.step_until(end);
-                let after = node_states(&c);
-                if before != after {
-                    eprintln!("FINE t={}: {:?}", c.now(), after);
-                }
-            }
-        } else {
-            c.run_for(wait);
-        }
+        c.run_for(rng.range(1, 60));
         missing.refresh(&c);
         let pick = |rng: &mut SeededRng| ids[rng.range(0, nodes as u64) as usize];
         match rng.range(0, 100) {
@@ -315,7 +295,7 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
     }
     if !liveness {
         c.run_for(4_000);
-        if std::env::var("REVIEW_VERBOSE").is_ok() {
+        if std::env::var("SWEEP_VERBOSE").is_ok() {
             eprintln!("seed {seed}: voters {voters} spares {spares} steps {} msgs {} losses {} acked {} leader {:?} now {}", c.steps(), c.messages_sent(), c.data_losses, c.acknowledged().len(), current_leader(&c), c.now());
         }
         return (c.data_losses, current_leader(&c).is_some());
@@ -345,9 +325,12 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
     ))
 }
 
+/// Seeds per sweep by default: about 3 s each in a debug build.
+const SWEEP_SEEDS: u64 = 1_000;
+
 fn seed_range() -> (u64, u64) {
-    let start = std::env::var("REVIEW_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let n = std::env::var("REVIEW_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let start = std::env::var("SWEEP_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let n = std::env::var("SWEEP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(SWEEP_SEEDS);
     (start, n)
 }
 
@@ -379,25 +362,14 @@ fn sweep(liveness: bool) {
 
 /// Safety only, under unrestricted data loss: no invariant may break, whatever was lost.
 #[test]
-#[ignore = "long; run with --run-ignored all and REVIEW_SEEDS / REVIEW_START"]
 fn aggressive_safety_sweep() {
     sweep(false);
 }
 
 /// Liveness when the nodes missing data are at most half of every voter set.
 #[test]
-#[ignore = "long; run with --run-ignored all and REVIEW_SEEDS / REVIEW_START"]
 fn aggressive_liveness_sweep() {
     sweep(true);
-}
-
-#[test]
-#[ignore = "replay one seed: REVIEW_START=S"]
-fn aggressive_replay() {
-    let (start, _) = seed_range();
-    let liveness = std::env::var("REVIEW_LIVENESS").is_ok();
-    let r = aggressive_run(start, liveness);
-    eprintln!("{r:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -695,6 +667,20 @@ fn the_tally_checks_each_voter_set_on_its_own() {
     let _ = LogId::default();
 }
 
+/// Three nodes after five writes; a follower `r` of leader `l` restarts having lost its last
+/// three entries, its term and its vote. Returns `(cluster, l, r)`.
+fn follower_restarted_without_its_last_entries(seed: u64) -> (Cluster, NodeId, NodeId) {
+    let mut c = Cluster::new(3, seed);
+    let l = c.check_one_leader();
+    for i in 0..5 {
+        c.one(format!("w{i}").as_bytes(), 3, true);
+    }
+    let r = (1..=3).find(|id| *id != l).expect("another node");
+    c.crash_losing_data(r, 3, true);
+    c.restart(r);
+    (c, l, r)
+}
+
 /// A named leadership transfer to a node that has just restarted having lost data. The
 /// leader still holds the target's match index from before the loss, takes it as caught up
 /// and sends TimeoutNow at once; the target, which has not heard from a leader since its
@@ -706,14 +692,7 @@ fn the_tally_checks_each_voter_set_on_its_own() {
 fn a_named_transfer_to_a_node_that_lost_data() {
     let mut abandoned = 0;
     for seed in 51..=56u64 {
-        let mut c = Cluster::new(3, seed);
-        let l = c.check_one_leader();
-        for i in 0..5 {
-            c.one(format!("w{i}").as_bytes(), 3, true);
-        }
-        let r = (1..=3).find(|id| *id != l).expect("another node");
-        c.crash_losing_data(r, 3, true);
-        c.restart(r);
+        let (mut c, l, r) = follower_restarted_without_its_last_entries(seed);
         assert!(c.raft(r).expect("the node runs").status().recovering_to.is_some());
         let _ = c.transfer_leadership(l, Some(r));
         let done = c.run_until(1_000, |c| c.raft(r).is_some_and(|x| x.role() == raft_core::Role::Leader));
@@ -744,14 +723,7 @@ fn a_named_transfer_to_a_node_that_lost_data() {
 fn a_transfer_to_a_node_still_recovering_does_not_depose_the_leader() {
     let mut deposed = Vec::new();
     for seed in 60..70u64 {
-        let mut c = Cluster::new(3, seed);
-        let l = c.check_one_leader();
-        for i in 0..5 {
-            c.one(format!("w{i}").as_bytes(), 3, true);
-        }
-        let r = (1..=3).find(|id| *id != l).expect("another node");
-        c.crash_losing_data(r, 3, true);
-        c.restart(r);
+        let (mut c, l, r) = follower_restarted_without_its_last_entries(seed);
         let term0 = c.raft(l).expect("the node runs").term();
         c.run_until(1_000, |c| c.raft(r).is_some_and(|x| x.leader() == Some(l)));
         assert!(c.raft(r).expect("the node runs").status().recovering_to.is_some());

@@ -7,8 +7,11 @@
 //! Safety is checked after every step: one leader per term, every leader holds every entry
 //! any node ever knew committed, no two committed entries at one index.
 //!
-//! `REVIEW_SEEDS=N REVIEW_START=S cargo nextest run -p raft-core --test
-//! rollback_harness --run-ignored all`
+//! The sweep runs `SWEEP_SEEDS` seeds (500 in CI; the review ran 105,000) from `SWEEP_START`:
+//! `SWEEP_SEEDS=N SWEEP_START=S cargo nextest run --release -p raft-core --test
+//! rollback_harness`. `ROLLBACK_NO_RECORD=1` (or `ROLLBACK_NO_RECORDED_LAST=1`) ignores the
+//! durability record (or its last entry): about 46 % of seeds then fail, which shows the
+//! harness sees the bug the record prevents.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,7 +50,7 @@ impl Disk {
     }
 
     fn open(&mut self) -> (HardState, Option<LogId>) {
-        let Some((rhs, rlast)) = self.record.filter(|_| std::env::var("REVIEW_NO_RECORD").is_err()) else {
+        let Some((rhs, rlast)) = self.record.filter(|_| std::env::var("ROLLBACK_NO_RECORD").is_err()) else {
             return (self.hs, None);
         };
         if self.hs.is_behind(&rhs) {
@@ -56,7 +59,7 @@ impl Disk {
         let lost = (rlast > self.last()).then_some(rlast);
         self.floor = lost;
         // Control: the record's hard state only (no recovering state, no vouching).
-        let lost = lost.filter(|_| std::env::var("REVIEW_NO_RECORDED_LAST").is_err());
+        let lost = lost.filter(|_| std::env::var("ROLLBACK_NO_RECORDED_LAST").is_err());
         (self.hs, lost)
     }
 }
@@ -474,25 +477,12 @@ fn run(seed: u64) -> (u64, usize, usize, u64) {
 }
 
 fn seeds() -> (u64, u64) {
-    let start = std::env::var("REVIEW_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let n = std::env::var("REVIEW_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let start = std::env::var("SWEEP_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let n = std::env::var("SWEEP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
     (start, n)
 }
 
 #[test]
-fn rollback_harness_smoke() {
-    // A few seeds always run (fast).
-    for seed in 0..5 {
-        let (steps, terms, committed, _) = run(seed);
-        assert!(
-            steps > 0 && terms > 0,
-            "seed {seed}: nothing happened ({steps} steps, {terms} terms, {committed} committed)"
-        );
-    }
-}
-
-#[test]
-#[ignore = "long; REVIEW_SEEDS / REVIEW_START"]
 fn rollback_harness_sweep() {
     let (start, n) = seeds();
     let mut failed = Vec::new();
@@ -521,11 +511,6 @@ fn rollback_harness_sweep() {
         start + n
     );
     assert!(failed.is_empty(), "{failed:?}");
-}
-
-#[test]
-#[ignore = "replay one seed: REVIEW_START=S"]
-fn rollback_harness_replay() {
-    let (start, _) = seeds();
-    eprintln!("{:?}", run(start));
+    assert!(terms > 0 && committed > 0, "nothing happened: {terms} terms, {committed} committed");
+    assert!(nonprefix > 0, "no disk was rolled back to a state that is not a prefix of its log");
 }
