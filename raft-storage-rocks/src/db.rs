@@ -21,7 +21,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, Write
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, CF_LOG, CF_META, COLUMN_FAMILIES, KEY_CLUSTER_ID, KEY_FORMAT_VERSION, KEY_NODE_ID};
-use crate::durability::{LogRecord, Mark, Marks, RecordFile};
+use crate::durability::{Mark, Marks, RecordFile, RecordedLog};
 use crate::error::{open_error, storage_error, OpenError};
 use crate::RocksStorage;
 
@@ -106,12 +106,6 @@ struct Job {
     reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
-/// Batches whose WAL write succeeded, waiting for the durability record that covers them.
-struct Recorded {
-    jobs: Vec<Job>,
-    logs: std::collections::BTreeMap<u64, LogRecord>,
-}
-
 /// Counters of the write path, for tests and metrics.
 #[derive(Debug, Default)]
 struct Counters {
@@ -147,7 +141,7 @@ struct Shared {
     /// write fails): saves three reads per append.
     bounds: Mutex<std::collections::HashMap<u64, Bounds>>,
     /// The durability record as found at open (`None`: there was none).
-    recorded: Option<std::collections::BTreeMap<u64, LogRecord>>,
+    recorded: Option<std::collections::BTreeMap<u64, RecordedLog>>,
     /// The durability record as the writer keeps it.
     marks: Mutex<Marks>,
     /// The logs already compared with the record found at open.
@@ -342,7 +336,7 @@ impl RocksDb {
                  was removed): data lost before now cannot be detected; recording from now on"
             );
         }
-        let marks = Marks::from_record(record.clone().unwrap_or_default());
+        let marks = Marks::from_record(&record.clone().unwrap_or_default());
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
         let shared = Arc::new(Shared {
             dir,
@@ -461,7 +455,7 @@ impl RocksDb {
     /// What the durability record said of log `group` when the store was opened; `None` once
     /// the log was compared with it ([`RocksDb::compared_with_record`]): later calls would
     /// compare a log changed since with a stale record.
-    pub(crate) fn recorded_at_open(&self, group: u64) -> Option<Option<LogRecord>> {
+    pub(crate) fn recorded_at_open(&self, group: u64) -> Option<Option<RecordedLog>> {
         let shared = &self.handle.shared;
         let compared = shared.checked.lock().map(|checked| checked.contains(&group)).unwrap_or(true);
         (!compared).then(|| shared.recorded.as_ref().and_then(|r| r.get(&group).copied()))
@@ -628,44 +622,33 @@ fn verify_all(db: &DB) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Writes the durability record for batches whose WAL writes succeeded, then answers their
-/// jobs; batches queued meanwhile share one record write.
-fn recorder_loop(mut file: RecordFile, batches: &std::sync::mpsc::Receiver<Recorded>) {
-    while let Ok(first) = batches.recv() {
-        let mut done = vec![first];
-        while let Ok(more) = batches.try_recv() {
-            done.push(more);
-        }
-        let result = match done.last() {
-            Some(latest) => file.write(&latest.logs),
-            None => Ok(()),
-        };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "the durability record could not be written; the writes it covers are refused");
-        }
-        for job in done.into_iter().flat_map(|r| r.jobs) {
-            let _ = job.reply.send(result.clone());
-        }
-    }
-}
+/// How long writes pause before the writer makes the durability record exact (see
+/// `durability.rs`): both states of every log become what the WAL synced.
+const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
-fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: Option<RecordFile>) {
-    // At most this many batches wait for their record: the writer then waits too.
-    let (recorded_tx, recorded_rx) = std::sync::mpsc::sync_channel::<Recorded>(64);
-    let recorder = record.map(|record| {
-        std::thread::Builder::new()
-            .name("raft-rocks-record".into())
-            .spawn(move || recorder_loop(record, &recorded_rx))
-    });
-    let recorder = match recorder {
-        Some(Ok(handle)) => Some(handle),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot start the durability record thread; refusing writes");
-            None
-        }
-        None => None,
-    };
-    while let Some(first) = jobs.blocking_recv() {
+fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Option<RecordFile>) {
+    let recording = shared.options.durability_record;
+    // Only for waiting on the queue with a timeout.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    // Whether batches were written since the record was last made exact.
+    let mut unsettled = false;
+    loop {
+        let first = match &timer {
+            Ok(timer) if unsettled => {
+                match timer.block_on(async { tokio::time::timeout(SETTLE_AFTER, jobs.recv()).await }) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(_) => {
+                        unsettled = !settle_record(shared, record.as_mut(), false);
+                        continue;
+                    }
+                }
+            }
+            _ => match jobs.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < shared.options.max_jobs_per_batch.max(1) {
             match jobs.try_recv() {
@@ -673,8 +656,37 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: Option<R
                 Err(_) => break,
             }
         }
-        let result = write_batch(shared, &batch);
+        if recording {
+            // The slot covering this batch, made durable by the batch's own WAL sync.
+            let written = match (record.as_mut(), shared.marks.lock()) {
+                (Some(file), Ok(marks)) => {
+                    let possible = marks.preview(batch.iter().filter_map(|j| j.mark.as_ref()));
+                    let slot = marks.slot(&possible);
+                    drop(marks);
+                    file.write_beside_wal(&slot)
+                }
+                (None, _) => Err(StorageError::Io("the durability record is not open".into())),
+                (_, Err(_)) => Err(StorageError::Poisoned),
+            };
+            if let Err(e) = written {
+                tracing::error!(error = %e, "the durability record could not be written; the writes it covers are refused");
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+            unsettled = true;
+        }
+        let mut result = write_batch(shared, &batch);
         let count = batch.len() as u64;
+        if result.is_ok() && recording {
+            match shared.marks.lock() {
+                Ok(mut marks) => {
+                    batch.iter().filter_map(|j| j.mark.as_ref()).for_each(|mark| marks.apply(mark))
+                }
+                Err(_) => result = Err(StorageError::Poisoned),
+            }
+        }
         if result.is_ok() {
             shared.counters.acked_jobs.fetch_add(count, Ordering::SeqCst);
             if shared.options.sync {
@@ -682,40 +694,34 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, record: Option<R
                 shared.counters.acked_jobs_synced.fetch_add(count, Ordering::SeqCst);
             }
         }
-        if result.is_ok() && recorder.is_some() && shared.options.durability_record {
-            let logs = match shared.marks.lock() {
-                Ok(mut marks) => {
-                    for mark in batch.iter().filter_map(|j| j.mark.as_ref()) {
-                        marks.apply(mark);
-                    }
-                    Some(marks.logs().clone())
-                }
-                Err(_) => None,
-            };
-            if let Some(logs) = logs {
-                // Answered by the recorder once the record covering them is synced.
-                match recorded_tx.send(Recorded { jobs: batch, logs }) {
-                    Ok(()) => continue,
-                    Err(std::sync::mpsc::SendError(r)) => batch = r.jobs,
-                }
-            }
-            for job in batch {
-                let _ = job.reply.send(Err(StorageError::Io("the durability record is not kept".into())));
-            }
-            continue;
-        }
-        let result = if recorder.is_none() && result.is_ok() && shared.options.durability_record {
-            Err(StorageError::Io("the durability record thread did not start".into()))
-        } else {
-            result
-        };
         for job in batch {
             let _ = job.reply.send(result.clone());
         }
     }
-    drop(recorded_tx);
-    if let Some(recorder) = recorder {
-        let _ = recorder.join();
+    // The store is closing: it stops with an exact record.
+    if unsettled {
+        settle_record(shared, record.as_mut(), true);
+    }
+}
+
+/// Writes a slot in which every log is what its WAL synced: the latest WAL write has returned,
+/// so nothing is in flight (a log not yet read since open keeps its record). Unsynced with
+/// direct IO, like a batch's slot: a SIGKILL does not lose it, the next WAL sync or the close
+/// makes it durable, and a power loss before that leaves the batch's slot, which covers as
+/// much. Synced when `closing`. Returns whether it was written.
+fn settle_record(shared: &Shared, record: Option<&mut RecordFile>, closing: bool) -> bool {
+    let (Some(file), Ok(marks)) = (record, shared.marks.lock()) else {
+        return false;
+    };
+    let slot = marks.slot(marks.logs());
+    drop(marks);
+    let written = if closing { file.write(&slot) } else { file.write_beside_wal(&slot) };
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "the durability record could not be made exact");
+            false
+        }
     }
 }
 

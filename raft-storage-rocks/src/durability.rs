@@ -2,22 +2,46 @@
 //! truncated or deleted write-ahead log cannot roll it back silently.
 //!
 //! The record is a small file, `durability.rec`, beside the database: two slots of equal size
-//! (at least [`SLOT_BYTES`]; the file is always exactly two slots long), written alternately, each holding a sequence number, every log's hard
-//! state and last log id, and a crc32c. A write goes to the slot the previous one did not use
-//! and is synced before the writes it describes are acknowledged; a write torn by a crash
-//! damages only its own slot, and the other slot (older, and covering everything acknowledged)
-//! is read instead.
+//! (at least [`SLOT_BYTES`]; the file is always exactly two slots long), written alternately,
+//! each holding a sequence number, two states of every log (hard state and last log id) and a
+//! crc32c. A write goes to the slot the previous one did not use; a write torn by a crash
+//! damages only its own slot, and the other slot is read instead.
 //!
-//! **Why a file of its own, synced after each WAL sync.** RocksDB's WAL recovery cannot tell a
-//! tail cut at a record boundary, or a deleted WAL, from a clean one; only something outside
-//! the WAL can. The record is synced after the WAL sync of the batches it covers and before
-//! their writers are answered, by a thread of its own: while the record of batch k syncs, the
-//! WAL write of batch k+1 proceeds, so the throughput of synced batches is unchanged and each
-//! acknowledgement waits for one more small sync. Because the record is written only after
-//! the WAL sync, it never claims more than the WAL had (a crash between the two leaves the
-//! record behind, with nothing acknowledged past it); because it is synced before the answer,
-//! it never claims less than anything acknowledged. A store written before the record existed
-//! starts one at its first open (what it had lost before cannot be known).
+//! **Why a file of its own.** RocksDB's WAL recovery cannot tell a tail cut at a record
+//! boundary, or a deleted WAL, from a clean one; only something outside the WAL can.
+//!
+//! **No extra sync per batch.** Each slot holds, for every log:
+//! - `synced`: what the log held after the last WAL write that had returned (synced) when the
+//!   slot was written; it never claims more than the WAL had;
+//! - `possible`: what the log holds once the batch written after it is synced too; it never
+//!   claims less than anything acknowledged.
+//!
+//! The writer thread writes batch k's slot with direct IO (`O_DIRECT`: the write reaches the
+//! device, possibly only its volatile cache, before it returns), then batch k's synced WAL
+//! write, whose `fdatasync` flushes the device's cache and the slot with it; then it answers
+//! batch k's writers. The record costs one small write per batch, no sync. This needs the
+//! record and the WAL on one file system (both are in the data directory) whose `fdatasync`
+//! flushes the device cache, as Linux file systems do unless mounted without barriers (where
+//! no sync is durable). Where direct IO is refused (tmpfs, some FUSE file systems) the slot is
+//! synced before the WAL write instead, and a warning says so.
+//!
+//! Once writes pause for a moment (and when the store closes) the writer writes and syncs one
+//! more slot in which both states are what the WAL synced: the record of a store at rest is
+//! exact.
+//!
+//! **What a crash can hide.** At open, a log that ends before `synced` (or holds an older hard
+//! state) lost data: reported as [`DataLoss`](raft_core::DataLoss) up to `possible`. A log that
+//! ends between `synced` and `possible` is *ambiguous*: either the batch in flight at the
+//! crash never finished its WAL sync (nothing of it was acknowledged: the usual case, and no
+//! loss), or the disk lost data it had reported synced (its writers may have been answered).
+//! It is taken as the first: the store logs a warning and reports no loss, and adopts the
+//! recorded hard state (a vote it may have cast is kept; keeping one it never cast is safe).
+//! So a disk that loses exactly the batch synced last before a crash, no earlier one, goes
+//! unnoticed, as it would in every Raft store without a record; a loss reaching any earlier
+//! batch, a deleted WAL, or a cut of a store at rest (the extra exact slot) is reported.
+//! A store written before the record existed starts one at its first open (what it had lost
+//! before cannot be known); a record of the first format (one state per log, written after
+//! the WAL sync) is read as `synced` = `possible`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -34,7 +58,10 @@ pub(crate) const FILE_NAME: &str = "durability.rec";
 pub(crate) const SLOT_BYTES: usize = 4096;
 /// The largest slot: 64 MiB (about a million logs).
 const SLOT_BYTES_MAX: usize = 64 << 20;
-const MAGIC: &[u8; 8] = b"RAFTDUR1";
+/// A slot of the first format: one state per log, written after the WAL sync it covers.
+const MAGIC_V1: &[u8; 8] = b"RAFTDUR1";
+/// A slot of this format: [`RecordedLog`] per log.
+const MAGIC: &[u8; 8] = b"RAFTDUR2";
 /// Magic, sequence number, payload length.
 const HEADER_BYTES: usize = 8 + 8 + 4;
 const CRC_BYTES: usize = 4;
@@ -47,6 +74,50 @@ pub(crate) struct LogRecord {
     /// The log's last entry (or its snapshot's) as of the latest recorded write, or the floor
     /// of data found missing while the log has not reached it again.
     pub(crate) last: LogId,
+}
+
+/// What one slot holds for one log (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecordedLog {
+    /// What the log holds once the batch written beside the slot is synced: covers every
+    /// acknowledgement the log gave.
+    pub(crate) possible: LogRecord,
+    /// What the log held after the last WAL write that had returned when the slot was
+    /// written: never more than the WAL had synced.
+    pub(crate) synced: LogRecord,
+}
+
+impl RecordedLog {
+    /// A slot in which the log is exactly `record` (nothing in flight).
+    pub(crate) fn exact(record: LogRecord) -> Self {
+        Self { possible: record, synced: record }
+    }
+
+    /// Whether a log found ending at `found` holds everything the WAL had synced: it reaches
+    /// `synced`, or it is exactly `possible` (the batch in flight was a truncation, and it
+    /// synced). Anything else is lost data.
+    pub(crate) fn is_whole(&self, found: LogId) -> bool {
+        found >= self.synced.last || found == self.possible.last
+    }
+
+    /// The last entry the log may have acknowledged.
+    pub(crate) fn may_have_acked(&self) -> LogId {
+        self.possible.last.max(self.synced.last)
+    }
+}
+
+/// The slot contents for every log: `possible` from `possible`, `synced` from `synced` (a log
+/// not yet in `synced` had nothing synced; one not in `possible` has nothing in flight).
+pub(crate) fn slot_of(
+    possible: &BTreeMap<u64, LogRecord>,
+    synced: &BTreeMap<u64, LogRecord>,
+) -> BTreeMap<u64, RecordedLog> {
+    let mut out: BTreeMap<u64, RecordedLog> =
+        synced.iter().map(|(g, r)| (*g, RecordedLog::exact(*r))).collect();
+    for (group, record) in possible {
+        out.entry(*group).or_default().possible = *record;
+    }
+    out
 }
 
 /// A change one write job makes to its log's record.
@@ -66,14 +137,28 @@ pub(crate) struct Mark {
 pub(crate) struct Marks {
     logs: BTreeMap<u64, LogRecord>,
     floors: BTreeMap<u64, LogId>,
+    /// The record read at open of each log not yet settled (its `synced` state is written
+    /// back unchanged until then).
+    at_open: BTreeMap<u64, RecordedLog>,
 }
 
 impl Marks {
-    /// The marks as a record read at open left them: every recorded last entry is a floor
+    /// The marks as a record read at open left them: every `possible` last entry is a floor
     /// until [`Marks::settle`] (at the log's first read) or a write reaches it.
-    pub(crate) fn from_record(logs: BTreeMap<u64, LogRecord>) -> Self {
-        let floors = logs.iter().map(|(group, r)| (*group, r.last)).collect();
-        Self { logs, floors }
+    pub(crate) fn from_record(record: &BTreeMap<u64, RecordedLog>) -> Self {
+        let logs = record.iter().map(|(group, r)| (*group, r.possible)).collect();
+        let floors = record.iter().map(|(group, r)| (*group, r.may_have_acked())).collect();
+        Self { logs, floors, at_open: record.clone() }
+    }
+
+    /// Each log's record once `marks` are applied too, without applying them.
+    pub(crate) fn preview<'a>(&self, marks: impl IntoIterator<Item = &'a Mark>) -> BTreeMap<u64, LogRecord> {
+        let mut after =
+            Self { logs: self.logs.clone(), floors: self.floors.clone(), at_open: BTreeMap::new() };
+        for mark in marks {
+            after.apply(mark);
+        }
+        after.logs
     }
 
     /// Applies one job's change.
@@ -95,9 +180,13 @@ impl Marks {
     }
 
     /// The log `group` was found to end at `found`: a floor it reaches is dropped (nothing was
-    /// missing); one it does not reach stays until a write reaches it.
+    /// missing), and so is one of a record it is whole against ([`RecordedLog::is_whole`]:
+    /// the batch in flight at the crash did not reach the disk, see the module docs); one it
+    /// does not reach stays until a write reaches it.
     pub(crate) fn settle(&mut self, group: u64, found: LogId) {
-        if self.floors.get(&group).is_some_and(|floor| found >= *floor) {
+        let at_open = self.at_open.remove(&group);
+        let reached = |floor: &LogId| found >= *floor || at_open.is_some_and(|r| r.is_whole(found));
+        if self.floors.get(&group).is_some_and(reached) {
             self.floors.remove(&group);
             if let Some(record) = self.logs.get_mut(&group) {
                 record.last = found;
@@ -121,6 +210,19 @@ impl Marks {
         self.floors.contains_key(&group)
     }
 
+    /// The slot to write before a batch that leads to `possible` (from [`Marks::preview`]):
+    /// `synced` is each log now, except a log not yet settled since open, whose record read
+    /// at open is kept (what its WAL holds is not known yet).
+    pub(crate) fn slot(&self, possible: &BTreeMap<u64, LogRecord>) -> BTreeMap<u64, RecordedLog> {
+        let mut slot = slot_of(possible, &self.logs);
+        for (group, at_open) in &self.at_open {
+            if let Some(recorded) = slot.get_mut(group) {
+                recorded.synced = at_open.synced;
+            }
+        }
+        slot
+    }
+
     /// Each log's record.
     pub(crate) fn logs(&self) -> &BTreeMap<u64, LogRecord> {
         &self.logs
@@ -131,6 +233,11 @@ impl Marks {
 #[derive(Debug)]
 pub(crate) struct RecordFile {
     file: File,
+    /// The same file opened for direct IO (`O_DIRECT`), which every write then goes through;
+    /// `None` where the file system refuses direct IO.
+    direct: Option<File>,
+    /// Room for one slot at an address aligned for direct IO.
+    buffer: Vec<u8>,
     path: PathBuf,
     /// The sequence number of the latest slot written.
     seq: u64,
@@ -139,13 +246,51 @@ pub(crate) struct RecordFile {
     sync: bool,
 }
 
+/// The alignment direct IO needs (of the buffer, the offset and the length): a page, which
+/// covers devices of 512-byte and 4 KiB logical blocks.
+const DIRECT_ALIGN: usize = 4096;
+
+/// The file systems on which a direct overwrite of an allocated block lands in place, so that
+/// a later `fdatasync` of another file (the WAL) flushes it to stable storage: ext4 and XFS.
+/// Elsewhere it may not (btrfs writes a new extent that only its next transaction commits;
+/// ZFS before 2.3 and encrypted ext4 turn it into a buffered write).
+const DIRECT_FILE_SYSTEMS: [u64; 2] = [0xEF53, 0x5846_5342];
+
+/// Opens `path` for direct IO where that makes a slot durable with the WAL's sync; `None`
+/// elsewhere (the slot is then synced on its own).
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = |why: String| {
+        tracing::warn!(path = %path.display(), why, "the durability record is synced on its own here: each WAL batch waits for one more sync");
+        None
+    };
+    match rustix::fs::statfs(path) {
+        Ok(fs) if DIRECT_FILE_SYSTEMS.contains(&(fs.f_type as u64)) => {}
+        Ok(fs) => return refused(format!("file system type {:#x} is not ext4 or XFS", fs.f_type)),
+        Err(e) => return refused(format!("statfs: {e}")),
+    }
+    let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match OpenOptions::new().write(true).custom_flags(flags).open(path) {
+        Ok(file) => Some(file),
+        Err(e) => refused(format!("direct IO: {e}")),
+    }
+}
+
+/// Whether a direct write failed because the file system does not do direct IO (then every
+/// later slot is synced on its own).
+fn direct_io_refused(e: &std::io::Error) -> bool {
+    [rustix::io::Errno::INVAL, rustix::io::Errno::OPNOTSUPP]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
 /// What [`RecordFile::open`] found.
 #[derive(Debug)]
 pub(crate) struct Opened {
     pub(crate) file: RecordFile,
     /// The record read, or `None` when there was none (a new store, or one written before the
     /// record existed).
-    pub(crate) record: Option<BTreeMap<u64, LogRecord>>,
+    pub(crate) record: Option<BTreeMap<u64, RecordedLog>>,
 }
 
 fn corrupt(path: &Path, what: &str) -> StorageError {
@@ -160,8 +305,8 @@ fn io(path: &Path, e: &std::io::Error) -> StorageError {
 }
 
 /// Decodes one slot: `None` when it holds no valid record (never written, or torn).
-fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, LogRecord>)> {
-    if slot.len() < HEADER_BYTES + CRC_BYTES || &slot[..8] != MAGIC {
+fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, RecordedLog>)> {
+    if slot.len() < HEADER_BYTES + CRC_BYTES || (&slot[..8] != MAGIC && &slot[..8] != MAGIC_V1) {
         return None;
     }
     let seq = u64::from_le_bytes(slot[8..16].try_into().ok()?);
@@ -174,14 +319,20 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, LogRecord>)> {
     if crc32c::crc32c(&slot[..end]) != crc {
         return None;
     }
-    let logs = postcard::from_bytes(&slot[HEADER_BYTES..end]).ok()?;
+    let payload = &slot[HEADER_BYTES..end];
+    let logs = if &slot[..8] == MAGIC_V1 {
+        let v1: BTreeMap<u64, LogRecord> = postcard::from_bytes(payload).ok()?;
+        v1.into_iter().map(|(group, r)| (group, RecordedLog::exact(r))).collect()
+    } else {
+        postcard::from_bytes(payload).ok()?
+    };
     Some((seq, logs))
 }
 
 /// Encodes a slot of `slot_bytes` (`None` when the record does not fit in it).
 fn encode_slot(
     seq: u64,
-    logs: &BTreeMap<u64, LogRecord>,
+    logs: &BTreeMap<u64, RecordedLog>,
     slot_bytes: usize,
     path: &Path,
 ) -> Result<Option<Vec<u8>>, StorageError> {
@@ -229,7 +380,8 @@ impl RecordFile {
             None if !existed || never_written => (0, None),
             None => return Err(corrupt(&path, "both slots are damaged")),
         };
-        let mut opened = Self { file, path, seq, slot_bytes, sync };
+        let direct = open_direct(&path);
+        let mut opened = Self { file, direct, buffer: Vec::new(), path, seq, slot_bytes, sync };
         if !existed {
             // The file itself must survive a crash: sync it and its directory entry.
             opened.write(&record.clone().unwrap_or_default())?;
@@ -242,16 +394,53 @@ impl RecordFile {
 
     /// Writes `logs` to the slot the latest write did not use, and syncs it; a record that
     /// outgrew its slot moves to a file of larger slots first.
-    pub(crate) fn write(&mut self, logs: &BTreeMap<u64, LogRecord>) -> Result<(), StorageError> {
+    pub(crate) fn write(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
+        self.write_slot(logs, self.sync)
+    }
+
+    /// Writes `logs` like [`RecordFile::write`], durable once the WAL write that follows
+    /// returns: a direct write reaches the device before the WAL write starts, and the WAL's
+    /// `fdatasync` flushes the device's cache, this slot with it (the record and the WAL share
+    /// the data directory's file system). Where direct IO is refused the slot is synced here:
+    /// one more sync per batch.
+    pub(crate) fn write_beside_wal(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
+        let sync = self.sync && self.direct.is_none();
+        self.write_slot(logs, sync)
+    }
+
+    fn write_slot(&mut self, logs: &BTreeMap<u64, RecordedLog>, sync: bool) -> Result<(), StorageError> {
         let seq = self.seq + 1;
         let slot = match encode_slot(seq, logs, self.slot_bytes, &self.path)? {
             Some(slot) => slot,
             None => return self.grow(seq, logs),
         };
         let offset = (seq % 2) * self.slot_bytes as u64;
-        self.file.write_all_at(&slot, offset).map_err(|e| io(&self.path, &e))?;
-        if self.sync {
-            self.file.sync_data().map_err(|e| io(&self.path, &e))?;
+        let direct_result = self.direct.as_ref().map(|direct| {
+            self.buffer.clear();
+            self.buffer.resize(slot.len() + DIRECT_ALIGN, 0);
+            let at = self.buffer.as_ptr().align_offset(DIRECT_ALIGN);
+            self.buffer[at..at + slot.len()].copy_from_slice(&slot);
+            direct.write_all_at(&self.buffer[at..at + slot.len()], offset).and_then(|()| match sync {
+                true => direct.sync_data(),
+                false => Ok(()),
+            })
+        });
+        match direct_result {
+            Some(Ok(())) => {}
+            // A file system that opened the file for direct IO but refuses the write: from
+            // now on every slot is written through the page cache and synced.
+            Some(Err(e)) if direct_io_refused(&e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "the durability record cannot use direct IO here: each WAL batch waits for one more sync");
+                self.direct = None;
+                return self.write_slot(logs, self.sync);
+            }
+            Some(Err(e)) => return Err(io(&self.path, &e)),
+            None => {
+                self.file.write_all_at(&slot, offset).map_err(|e| io(&self.path, &e))?;
+                if sync {
+                    self.file.sync_data().map_err(|e| io(&self.path, &e))?;
+                }
+            }
         }
         self.seq = seq;
         Ok(())
@@ -259,7 +448,7 @@ impl RecordFile {
 
     /// Writes `logs` as record `seq` into a new file of slots large enough for it, then
     /// renames that over the record: a crash leaves the old file or the new one, whole.
-    fn grow(&mut self, seq: u64, logs: &BTreeMap<u64, LogRecord>) -> Result<(), StorageError> {
+    fn grow(&mut self, seq: u64, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
         let mut slot_bytes = self.slot_bytes;
         let slot = loop {
             slot_bytes = slot_bytes.saturating_mul(2);
@@ -289,6 +478,7 @@ impl RecordFile {
             File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, &e))?;
         }
         self.file = file;
+        self.direct = self.direct.take().and_then(|_| open_direct(&self.path));
         self.slot_bytes = slot_bytes;
         self.seq = seq;
         tracing::info!(path = %self.path.display(), slot_bytes, logs = logs.len(), "durability record grown");
@@ -300,12 +490,15 @@ impl RecordFile {
 mod tests {
     use super::*;
 
-    fn logs(term: u64, last: u64) -> BTreeMap<u64, LogRecord> {
-        let record = LogRecord {
+    fn log(term: u64, last: u64) -> LogRecord {
+        LogRecord {
             hard_state: HardState { current_term: term, voted_for: Some(1) },
             last: LogId::new(term, last),
-        };
-        BTreeMap::from([(0, record)])
+        }
+    }
+
+    fn logs(term: u64, last: u64) -> BTreeMap<u64, RecordedLog> {
+        BTreeMap::from([(0, RecordedLog::exact(log(term, last)))])
     }
 
     #[test]
@@ -332,11 +525,12 @@ mod tests {
     fn a_record_of_many_logs_grows_its_slots_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = RecordFile::open(dir.path(), true).unwrap().file;
-        let record = |n: u64| -> BTreeMap<u64, LogRecord> {
+        let record = |n: u64| -> BTreeMap<u64, RecordedLog> {
             (0..n)
                 .map(|g| {
                     let hs = HardState { current_term: u64::MAX - g, voted_for: Some(u64::MAX) };
-                    (u64::MAX - g, LogRecord { hard_state: hs, last: LogId::new(u64::MAX, u64::MAX) })
+                    let possible = LogRecord { hard_state: hs, last: LogId::new(u64::MAX, u64::MAX) };
+                    (u64::MAX - g, RecordedLog { possible, synced: LogRecord::default() })
                 })
                 .collect()
         };
@@ -352,7 +546,7 @@ mod tests {
 
     #[test]
     fn floors_stay_until_a_write_or_the_found_log_reaches_them() {
-        let mut marks = Marks::from_record(logs(2, 10));
+        let mut marks = Marks::from_record(&logs(2, 10));
         // The log was found at 7: the floor stays, and a write that ends below it keeps it.
         marks.settle(0, LogId::new(2, 7));
         marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 8)) });
@@ -363,9 +557,60 @@ mod tests {
         marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(3, 5)) });
         assert_eq!(marks.logs()[&0].last, LogId::new(3, 5));
         // A log found whole drops its floor at once.
-        let mut marks = Marks::from_record(logs(2, 10));
+        let mut marks = Marks::from_record(&logs(2, 10));
         marks.settle(0, LogId::new(2, 10));
         marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 4)) });
         assert_eq!(marks.logs()[&0].last, LogId::new(2, 4));
+    }
+
+    #[test]
+    fn a_log_between_synced_and_possible_settles_and_one_below_synced_keeps_its_floor() {
+        let record = BTreeMap::from([(0, RecordedLog { possible: log(2, 10), synced: log(2, 8) })]);
+        // Found at 9: the batch in flight (9..=10) never finished its sync; no floor.
+        let mut marks = Marks::from_record(&record);
+        marks.settle(0, LogId::new(2, 9));
+        assert!(!marks.has_floor(0));
+        assert_eq!(marks.logs()[&0].last, LogId::new(2, 9));
+        // Found at 7: lost for sure, and the floor is what may have been acknowledged (10).
+        let mut marks = Marks::from_record(&record);
+        marks.settle(0, LogId::new(2, 7));
+        assert!(marks.has_floor(0));
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 9)) });
+        assert_eq!(marks.logs()[&0].last, LogId::new(2, 10));
+    }
+
+    #[test]
+    fn a_slot_of_the_first_format_reads_as_synced_and_possible_alike() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let payload = postcard::to_allocvec(&BTreeMap::from([(0u64, log(3, 20))])).expect("encode");
+        let mut slot = Vec::new();
+        slot.extend_from_slice(MAGIC_V1);
+        slot.extend_from_slice(&5u64.to_le_bytes());
+        slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        slot.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&slot);
+        slot.extend_from_slice(&crc.to_le_bytes());
+        slot.resize(SLOT_BYTES, 0);
+        let mut bytes = vec![0u8; 2 * SLOT_BYTES];
+        bytes[SLOT_BYTES..].copy_from_slice(&slot);
+        std::fs::write(dir.path().join(FILE_NAME), &bytes).expect("write");
+        let opened = RecordFile::open(dir.path(), true).expect("open");
+        assert_eq!(opened.record, Some(logs(3, 20)));
+        // The next write (seq 6) goes to the other slot, in this format, and wins.
+        let mut file = opened.file;
+        let next = BTreeMap::from([(0, RecordedLog { possible: log(3, 22), synced: log(3, 21) })]);
+        file.write(&next).expect("write");
+        drop(file);
+        assert_eq!(RecordFile::open(dir.path(), true).expect("open").record, Some(next));
+    }
+
+    #[test]
+    fn a_slot_takes_possible_and_synced_from_each_side() {
+        let possible = BTreeMap::from([(0, log(2, 10)), (1, log(1, 5))]);
+        let synced = BTreeMap::from([(0, log(2, 8)), (2, log(4, 4))]);
+        let slot = slot_of(&possible, &synced);
+        assert_eq!(slot[&0], RecordedLog { possible: log(2, 10), synced: log(2, 8) });
+        assert_eq!(slot[&1], RecordedLog { possible: log(1, 5), synced: LogRecord::default() });
+        assert_eq!(slot[&2], RecordedLog::exact(log(4, 4)));
     }
 }

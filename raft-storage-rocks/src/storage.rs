@@ -149,18 +149,39 @@ impl RocksStorage {
         };
         self.db.settle_record(self.group, found_last);
         let found = initial.hard_state;
-        let rolled_back = recorded.is_some_and(|r| found.is_behind(&r.hard_state));
+        // Lost for sure: less than the WAL had synced when the record was written. Past that,
+        // up to what the batch then in flight would add, the WAL sync may never have finished
+        // (see `durability.rs`, "What a crash can hide").
+        let rolled_back = recorded.is_some_and(|r| found.is_behind(&r.synced.hard_state));
+        let cut = recorded.is_some_and(|r| !r.is_whole(found_last));
         let mut ops = Vec::new();
-        if let Some(r) = recorded.filter(|_| rolled_back) {
-            ops.push(Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&r.hard_state)?));
-            initial.hard_state = r.hard_state;
+        // The recorded hard state is kept when the WAL misses it, lost or never synced: a vote
+        // the node may have cast stays cast.
+        if let Some(r) = recorded.filter(|r| found.is_behind(&r.possible.hard_state)) {
+            ops.push(Op::Put(
+                Cf::Meta,
+                meta_key(self.group, "hard_state"),
+                codec::encode(&r.possible.hard_state)?,
+            ));
+            initial.hard_state = r.possible.hard_state;
+        }
+        if let Some(r) = recorded
+            .filter(|r| !rolled_back && !cut && (found_last < r.possible.last || found != initial.hard_state))
+        {
+            tracing::warn!(
+                group = self.group,
+                found_last = %found_last,
+                possible_last = %r.possible.last,
+                "the batch in flight at the last crash is missing from the log: its WAL sync did not finish (or the disk lost it); its writers were not answered unless the disk lost it"
+            );
         }
         // The record is brought up to what was found before anything is answered: a crash
         // between a WAL sync and its record leaves the record behind what the node will now
         // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
         let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
         // Entries dropped past a hole count as recorded: the node may have acknowledged them.
-        let recorded_last = recorded.map(|r| r.last).into_iter().chain(dropped).max();
+        let possibly_acked = recorded.filter(|_| rolled_back || cut).map(|r| r.may_have_acked());
+        let recorded_last = possibly_acked.into_iter().chain(dropped).max();
         let lost = recorded_last.filter(|&last| rolled_back || last > found_last).map(|last| DataLoss {
             recorded_last: last.max(found_last),
             found_last,

@@ -10,6 +10,8 @@ mod corruption;
 pub(crate) mod durability;
 mod lost_data;
 mod reception_review;
+mod record_in_flight;
+mod record_review;
 mod snapshot_files;
 
 use std::path::Path;
