@@ -17,6 +17,8 @@ pub(crate) const COLUMN_FAMILIES: [&str; 2] = [CF_LOG, CF_META];
 pub(crate) const KEY_FORMAT_VERSION: &[u8] = b"\xffformat_version";
 pub(crate) const KEY_CLUSTER_ID: &[u8] = b"\xffcluster_id";
 pub(crate) const KEY_NODE_ID: &[u8] = b"\xffnode_id";
+/// Present while the store keeps a durability record: a record missing then is damage.
+pub(crate) const KEY_RECORD_KEPT: &[u8] = b"\xffdurability_record_kept";
 
 /// The key of entry `index` of log `group`.
 pub(crate) fn log_key(group: u64, index: u64) -> [u8; 16] {

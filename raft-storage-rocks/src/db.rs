@@ -329,12 +329,31 @@ impl RocksDb {
             tracing::warn!(dir = %shown, "durability record off: a lost or cut write-ahead log will go unnoticed");
             (None, None)
         };
-        if record.is_none() && !create && options.durability_record {
-            tracing::warn!(
-                dir = %shown,
-                "the store has no durability record (written by an older version, or the record \
-                 was removed): data lost before now cannot be detected; recording from now on"
-            );
+        match (record.is_some(), record_kept(&db, &shown)?, options.durability_record) {
+            // Kept, and found.
+            (true, true, true) => {}
+            (false, true, true) => {
+                return Err(OpenError::Corrupt(format!(
+                    "{shown}: the durability record ({}) is missing or empty although this store keeps one: \
+                     what the store had made durable cannot be checked",
+                    crate::durability::FILE_NAME
+                )))
+            }
+            (found, false, true) => {
+                if !found && !create {
+                    tracing::warn!(
+                        dir = %shown,
+                        "the store has no durability record (written by an older version, or by one with \
+                         the record off): data lost before now cannot be detected; recording from now on"
+                    );
+                }
+                set_record_kept(&db, &shown, true)?;
+            }
+            (_, kept, false) => {
+                if kept {
+                    set_record_kept(&db, &shown, false)?;
+                }
+            }
         }
         let marks = Marks::from_record(&record.clone().unwrap_or_default());
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
@@ -541,6 +560,29 @@ pub(crate) fn missing_cf(name: &str) -> StorageError {
     StorageError::Corrupt(format!("column family {name:?} is missing"))
 }
 
+/// Whether the store says it keeps a durability record.
+fn record_kept(db: &DB, dir: &str) -> Result<bool, OpenError> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
+    Ok(db.get_cf(cf, codec::KEY_RECORD_KEPT).map_err(|e| open_error(dir, &e))?.is_some())
+}
+
+/// Marks the store as keeping a durability record (or not), synced and flushed to a table
+/// file at once: a lost write-ahead log must not take the mark with it.
+fn set_record_kept(db: &DB, dir: &str, kept: bool) -> Result<(), OpenError> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
+    let mut batch = WriteBatch::default();
+    if kept {
+        let value = codec::encode(&true).map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        batch.put_cf(cf, codec::KEY_RECORD_KEPT, value);
+    } else {
+        batch.delete_cf(cf, codec::KEY_RECORD_KEPT);
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).map_err(|e| open_error(dir, &e))?;
+    db.flush_cf(cf).map_err(|e| open_error(dir, &e))
+}
+
 fn check_identity(db: &DB, identity: &Identity, created: bool, dir: &str) -> Result<(), OpenError> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
     if db.cf_handle(CF_LOG).is_none() {
@@ -622,33 +664,9 @@ fn verify_all(db: &DB) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// How long writes pause before the writer makes the durability record exact (see
-/// `durability.rs`): both states of every log become what the WAL synced.
-const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
-
 fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Option<RecordFile>) {
     let recording = shared.options.durability_record;
-    // Only for waiting on the queue with a timeout.
-    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
-    // Whether batches were written since the record was last made exact.
-    let mut unsettled = false;
-    loop {
-        let first = match &timer {
-            Ok(timer) if unsettled => {
-                match timer.block_on(async { tokio::time::timeout(SETTLE_AFTER, jobs.recv()).await }) {
-                    Ok(Some(job)) => job,
-                    Ok(None) => break,
-                    Err(_) => {
-                        unsettled = !settle_record(shared, record.as_mut(), false);
-                        continue;
-                    }
-                }
-            }
-            _ => match jobs.blocking_recv() {
-                Some(job) => job,
-                None => break,
-            },
-        };
+    while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < shared.options.max_jobs_per_batch.max(1) {
             match jobs.try_recv() {
@@ -675,17 +693,20 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
                 }
                 continue;
             }
-            unsettled = true;
         }
         let mut result = write_batch(shared, &batch);
         let count = batch.len() as u64;
-        if result.is_ok() && recording {
-            match shared.marks.lock() {
-                Ok(mut marks) => {
-                    batch.iter().filter_map(|j| j.mark.as_ref()).for_each(|mark| marks.apply(mark))
+        if recording {
+            if result.is_ok() {
+                match shared.marks.lock() {
+                    Ok(mut marks) => {
+                        batch.iter().filter_map(|j| j.mark.as_ref()).for_each(|mark| marks.apply(mark))
+                    }
+                    Err(_) => result = Err(StorageError::Poisoned),
                 }
-                Err(_) => result = Err(StorageError::Poisoned),
             }
+            // Before the answers: a crash of the process after them finds this slot.
+            settle_record(shared, record.as_mut(), false);
         }
         if result.is_ok() {
             shared.counters.acked_jobs.fetch_add(count, Ordering::SeqCst);
@@ -698,30 +719,28 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
             let _ = job.reply.send(result.clone());
         }
     }
-    // The store is closing: it stops with an exact record.
-    if unsettled {
+    // The store is closing: it stops with an exact record, synced.
+    if recording {
         settle_record(shared, record.as_mut(), true);
     }
 }
 
-/// Writes a slot in which every log is what its WAL synced: the latest WAL write has returned,
-/// so nothing is in flight (a log not yet read since open keeps its record). Unsynced with
-/// direct IO, like a batch's slot: a SIGKILL does not lose it, the next WAL sync or the close
-/// makes it durable, and a power loss before that leaves the batch's slot, which covers as
-/// much. Synced when `closing`. Returns whether it was written.
-fn settle_record(shared: &Shared, record: Option<&mut RecordFile>, closing: bool) -> bool {
+/// Writes a slot in which every log is what its WAL synced, after a batch's WAL write returned
+/// (or failed): nothing is in flight (a log not yet read since open keeps its record). It
+/// replaces the batch's own slot in place, unsynced unless `closing`: the write survives a
+/// crash of the process (a direct write is on the device, a buffered one in the page cache)
+/// and the next WAL sync makes it durable; a power loss before that leaves the batch's own
+/// slot, whose `synced` state is one batch behind (see `durability.rs`, "What a crash can
+/// hide"), or tears it, leaving the other slot, which covers every batch answered before.
+fn settle_record(shared: &Shared, record: Option<&mut RecordFile>, closing: bool) {
     let (Some(file), Ok(marks)) = (record, shared.marks.lock()) else {
-        return false;
+        return;
     };
     let slot = marks.slot(marks.logs());
     drop(marks);
-    let written = if closing { file.write(&slot) } else { file.write_beside_wal(&slot) };
-    match written {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "the durability record could not be made exact");
-            false
-        }
+    let written = if closing { file.write(&slot) } else { file.rewrite_latest(&slot) };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "the durability record could not be made exact");
     }
 }
 

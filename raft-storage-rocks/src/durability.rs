@@ -18,30 +18,43 @@
 //!
 //! The writer thread writes batch k's slot with direct IO (`O_DIRECT`: the write reaches the
 //! device, possibly only its volatile cache, before it returns), then batch k's synced WAL
-//! write, whose `fdatasync` flushes the device's cache and the slot with it; then it answers
-//! batch k's writers. The record costs one small write per batch, no sync. This needs the
-//! record and the WAL on one file system (both are in the data directory) whose `fdatasync`
-//! flushes the device cache, as Linux file systems do unless mounted without barriers (where
-//! no sync is durable). Where direct IO is refused (tmpfs, some FUSE file systems) the slot is
-//! synced before the WAL write instead, and a warning says so.
+//! write, whose `fdatasync` flushes the device's cache and the slot with it. Then it rewrites
+//! the same slot in place (same sequence number, direct IO, no sync) with both states equal
+//! to what the WAL now holds, and only then answers batch k's writers. The record costs two
+//! small writes per batch and no sync. This needs the record and the WAL on one file system
+//! (both are in the data directory) on which a direct overwrite lands in place and
+//! `fdatasync` flushes the device cache: ext4 and XFS, unless mounted without barriers (where
+//! no sync is durable). Elsewhere (tmpfs, btrfs, ZFS, FUSE; checked with `statfs`), or where
+//! direct IO is refused, the first write is synced on its own (one more sync per batch, with
+//! a warning) and the second goes through the page cache. The store syncs one last exact
+//! slot when it closes.
 //!
-//! Once writes pause for a moment (and when the store closes) the writer writes and syncs one
-//! more slot in which both states are what the WAL synced: the record of a store at rest is
-//! exact.
+//! Rewriting in place keeps the two-slot rule: the other slot, untouched, covers every batch
+//! answered before batch k; a power loss that tears the rewrite falls back to it, and batch
+//! k, whose writers were not answered yet, needs no cover.
 //!
 //! **What a crash can hide.** At open, a log that ends before `synced` (or holds an older hard
-//! state) lost data: reported as [`DataLoss`](raft_core::DataLoss) up to `possible`. A log that
-//! ends between `synced` and `possible` is *ambiguous*: either the batch in flight at the
-//! crash never finished its WAL sync (nothing of it was acknowledged: the usual case, and no
-//! loss), or the disk lost data it had reported synced (its writers may have been answered).
-//! It is taken as the first: the store logs a warning and reports no loss, and adopts the
-//! recorded hard state (a vote it may have cast is kept; keeping one it never cast is safe).
-//! So a disk that loses exactly the batch synced last before a crash, no earlier one, goes
-//! unnoticed, as it would in every Raft store without a record; a loss reaching any earlier
-//! batch, a deleted WAL, or a cut of a store at rest (the extra exact slot) is reported.
+//! state) lost data: reported as [`DataLoss`](raft_core::DataLoss) up to the later of
+//! `possible` and `synced` ([`RecordedLog::is_whole`]). A log that ends between `synced` and
+//! `possible` is *ambiguous*, and only the newest slot can be so: either the batch in flight
+//! at the crash never finished its WAL sync (nothing of it was answered, no loss), or the
+//! disk lost that batch after reporting it synced (its writers may have been answered). It is
+//! taken as the first: the store logs a warning and reports no loss, and adopts the recorded
+//! hard state (a vote it may have cast is kept; keeping one it never cast is safe).
+//! - After a crash of the *process* (SIGKILL, OOM, panic) nothing is ambiguous: the rewrite
+//!   survives it, so the newest slot is ambiguous only if the WAL write had not returned. A
+//!   WAL cut or deleted afterwards is always reported.
+//! - After a *power loss* or kernel crash the rewrite may be lost: a disk that then also lost
+//!   exactly the batch it synced last, and nothing earlier, goes unnoticed, as it would in
+//!   every Raft store without a record. Any earlier loss is reported. Counting the batch in
+//!   flight as lost instead would leave a cluster that lost power as a whole without a
+//!   leader: each node's record would name a batch none of their logs holds.
+//!
 //! A store written before the record existed starts one at its first open (what it had lost
 //! before cannot be known); a record of the first format (one state per log, written after
-//! the WAL sync) is read as `synced` = `possible`.
+//! the WAL sync) is read as `synced` = `possible`. A store that keeps a record marks so in
+//! RocksDB (flushed to a table file), and refuses to open if the record is then missing,
+//! empty or zeroed.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -406,6 +419,23 @@ impl RecordFile {
     pub(crate) fn write_beside_wal(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
         let sync = self.sync && self.direct.is_none();
         self.write_slot(logs, sync)
+    }
+
+    /// Writes `logs` over the latest slot, with its sequence number, without syncing it: a
+    /// crash of the process does not lose it (a direct write is on the device, a buffered one
+    /// in the page cache); a power loss may, or may tear that slot. Only for a state that
+    /// covers everything the latest slot covered: the other slot, untouched, still covers
+    /// everything answered before the latest slot was written.
+    pub(crate) fn rewrite_latest(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
+        if self.seq == 0 {
+            return self.write_slot(logs, false);
+        }
+        self.seq -= 1;
+        let written = self.write_slot(logs, false);
+        if written.is_err() {
+            self.seq += 1;
+        }
+        written
     }
 
     fn write_slot(&mut self, logs: &BTreeMap<u64, RecordedLog>, sync: bool) -> Result<(), StorageError> {

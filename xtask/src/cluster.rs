@@ -440,8 +440,15 @@ fn node_name(id: u64) -> String {
     format!("node{id}")
 }
 
-/// Builds `raft-node` (release or debug) and returns the binary's path.
+/// Builds `raft-node` (release or debug) and returns the binary's path; with `RAFT_NODE_BINARY`
+/// set, returns that binary instead, unbuilt (to measure two builds one after the other:
+/// `RAFT_NODE_BINARY=/tmp/a/raft-node cargo xtask bench ...`).
 pub fn build_raft_node(root: &Path, release: bool) -> Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("RAFT_NODE_BINARY").map(PathBuf::from) {
+        anyhow::ensure!(binary.is_file(), "RAFT_NODE_BINARY={} is not a file", binary.display());
+        println!("raft-node: {} (RAFT_NODE_BINARY, not built)", binary.display());
+        return Ok(binary);
+    }
     crate::setup::ensure(crate::setup::Needs::Build)?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));

@@ -114,3 +114,38 @@ async fn every_answered_write_is_covered_by_the_record_on_disk() {
         assert_eq!(at_rest[&group].possible, at_rest[&group].synced);
     }
 }
+
+/// A store that keeps a record refuses to open without it (deleted, emptied or zeroed: the
+/// outside review's case, where a deleted WAL then went unreported); a store whose record was
+/// turned off, or one written before records existed, starts a record instead.
+#[tokio::test]
+async fn a_store_that_keeps_a_record_refuses_to_open_without_it() {
+    let path = |dir: &Path| dir.join(crate::durability::FILE_NAME);
+    type Damage = (&'static str, fn(&Path));
+    let damages: [Damage; 3] = [
+        ("deleted", |p| std::fs::remove_file(p).expect("remove")),
+        ("emptied", |p| std::fs::write(p, b"").expect("empty")),
+        ("zeroed", |p| {
+            let len = std::fs::metadata(p).expect("metadata").len() as usize;
+            std::fs::write(p, vec![0u8; len]).expect("zero");
+        }),
+    ];
+    for (what, damage) in damages {
+        let dir = store_with_record(RecordedLog::exact(log(SAVED, 10))).await;
+        damage(&path(dir.path()));
+        match crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()) {
+            Err(crate::OpenError::Corrupt(message)) => {
+                assert!(message.contains("durability record"), "{what}: {message}")
+            }
+            other => panic!("{what}: a store without its record opened: {:?}", other.map(|_| ())),
+        }
+    }
+    // Turned off, then on again: recording starts over, nothing is refused.
+    let dir = store_with_record(RecordedLog::exact(log(SAVED, 10))).await;
+    let off = crate::RocksOptions { durability_record: false, ..crate::RocksOptions::default() };
+    drop(crate::RocksDb::open(dir.path(), &super::identity(), off).expect("open without a record"));
+    assert!(!path(dir.path()).exists(), "a record left behind would go stale");
+    let state = open(dir.path()).log(0).initial_state().await.expect("state");
+    assert_eq!((state.last_index, state.lost), (10, None));
+    assert!(path(dir.path()).exists());
+}
