@@ -666,32 +666,21 @@ fn verify_all(db: &DB) -> Result<(), OpenError> {
 
 fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Option<RecordFile>) {
     let recording = shared.options.durability_record;
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < shared.options.max_jobs_per_batch.max(1) {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut next: Vec<Job> = Vec::new();
+    loop {
+        // The next batch: the jobs gathered while the last one was written, or the next to come.
+        let mut batch = std::mem::take(&mut next);
+        if batch.is_empty() {
+            match jobs.blocking_recv() {
+                Some(first) => batch.push(first),
+                None => break,
             }
-        }
-        if recording {
-            // The slot covering this batch, made durable by the batch's own WAL sync.
-            let written = match (record.as_mut(), shared.marks.lock()) {
-                (Some(file), Ok(marks)) => {
-                    let possible = marks.preview(batch.iter().filter_map(|j| j.mark.as_ref()));
-                    let slot = marks.slot(&possible);
-                    drop(marks);
-                    file.write_beside_wal(&slot)
-                }
-                (None, _) => Err(StorageError::Io("the durability record is not open".into())),
-                (_, Err(_)) => Err(StorageError::Poisoned),
-            };
-            if let Err(e) = written {
-                tracing::error!(error = %e, "the durability record could not be written; the writes it covers are refused");
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-                continue;
+            gather(shared, jobs, &mut batch);
+            if recording {
+                batch = match write_intent(shared, record.as_mut(), batch) {
+                    Some(batch) => batch,
+                    None => continue,
+                };
             }
         }
         let mut result = write_batch(shared, &batch);
@@ -705,8 +694,17 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
                     Err(_) => result = Err(StorageError::Poisoned),
                 }
             }
-            // Before the answers: a crash of the process after them finds this slot.
-            settle_record(shared, record.as_mut(), false);
+            // Before the answers, the record says this batch's WAL write returned, so that a
+            // crash of the process after them cannot leave it looking in flight: the slot of
+            // the jobs queued meanwhile says so (one write for both), or, with none queued,
+            // this batch's slot rewritten in place.
+            gather(shared, jobs, &mut next);
+            if !next.is_empty() {
+                next = write_intent(shared, record.as_mut(), std::mem::take(&mut next)).unwrap_or_default();
+            }
+            if next.is_empty() {
+                settle_record(shared, record.as_mut(), false);
+            }
         }
         if result.is_ok() {
             shared.counters.acked_jobs.fetch_add(count, Ordering::SeqCst);
@@ -722,6 +720,42 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
     // The store is closing: it stops with an exact record, synced.
     if recording {
         settle_record(shared, record.as_mut(), true);
+    }
+}
+
+/// Adds the jobs already queued to `batch`, up to `max_jobs_per_batch`.
+fn gather(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < shared.options.max_jobs_per_batch.max(1) {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes the record slot covering `batch` (`possible`: every log once the batch is written;
+/// `synced`: every log now), made durable by the batch's own WAL sync. Returns the batch, or
+/// `None` after failing its jobs when the slot could not be written.
+fn write_intent(shared: &Shared, record: Option<&mut RecordFile>, batch: Vec<Job>) -> Option<Vec<Job>> {
+    let written = match (record, shared.marks.lock()) {
+        (Some(file), Ok(marks)) => {
+            let possible = marks.preview(batch.iter().filter_map(|j| j.mark.as_ref()));
+            let slot = marks.slot(&possible);
+            drop(marks);
+            file.write_beside_wal(&slot)
+        }
+        (None, _) => Err(StorageError::Io("the durability record is not open".into())),
+        (_, Err(_)) => Err(StorageError::Poisoned),
+    };
+    match written {
+        Ok(()) => Some(batch),
+        Err(e) => {
+            tracing::error!(error = %e, "the durability record could not be written; the writes it covers are refused");
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            None
+        }
     }
 }
 

@@ -18,16 +18,17 @@
 //!
 //! The writer thread writes batch k's slot with direct IO (`O_DIRECT`: the write reaches the
 //! device, possibly only its volatile cache, before it returns), then batch k's synced WAL
-//! write, whose `fdatasync` flushes the device's cache and the slot with it. Then it rewrites
-//! the same slot in place (same sequence number, direct IO, no sync) with both states equal
-//! to what the WAL now holds, and only then answers batch k's writers. The record costs two
-//! small writes per batch and no sync. This needs the record and the WAL on one file system
-//! (both are in the data directory) on which a direct overwrite lands in place and
-//! `fdatasync` flushes the device cache: ext4 and XFS, unless mounted without barriers (where
-//! no sync is durable). Elsewhere (tmpfs, btrfs, ZFS, FUSE; checked with `statfs`), or where
-//! direct IO is refused, the first write is synced on its own (one more sync per batch, with
-//! a warning) and the second goes through the page cache. The store syncs one last exact
-//! slot when it closes.
+//! write, whose `fdatasync` flushes the device's cache and the slot with it. Before answering
+//! batch k's writers it records that the WAL write returned: the slot of batch k+1 (the jobs
+//! queued meanwhile) says so in its `synced` state, and with nothing queued batch k's slot is
+//! rewritten in place (same sequence number, direct IO, no sync) with both states equal to
+//! what the WAL now holds. Under load that is one small write per batch, idle two, and never
+//! a sync of its own. This needs the record and the WAL on one file system (both are in the
+//! data directory) on which a direct overwrite lands in place and `fdatasync` flushes the
+//! device cache: ext4 and XFS, unless mounted without barriers (where no sync is durable).
+//! Elsewhere (tmpfs, btrfs, ZFS, FUSE; checked with `statfs`), or where direct IO is refused,
+//! a batch's slot is synced on its own (one more sync per batch, with a warning) and the
+//! rewrite goes through the page cache. The store syncs one last exact slot when it closes.
 //!
 //! Rewriting in place keeps the two-slot rule: the other slot, untouched, covers every batch
 //! answered before batch k; a power loss that tears the rewrite falls back to it, and batch
@@ -41,10 +42,10 @@
 //! disk lost that batch after reporting it synced (its writers may have been answered). It is
 //! taken as the first: the store logs a warning and reports no loss, and adopts the recorded
 //! hard state (a vote it may have cast is kept; keeping one it never cast is safe).
-//! - After a crash of the *process* (SIGKILL, OOM, panic) nothing is ambiguous: the rewrite
-//!   survives it, so the newest slot is ambiguous only if the WAL write had not returned. A
-//!   WAL cut or deleted afterwards is always reported.
-//! - After a *power loss* or kernel crash the rewrite may be lost: a disk that then also lost
+//! - After a crash of the *process* (SIGKILL, OOM, panic) nothing is ambiguous: the write
+//!   made before the answers survives it, so the newest slot is ambiguous only if the WAL
+//!   write had not returned. A WAL cut or deleted afterwards is always reported.
+//! - After a *power loss* or kernel crash that write may be lost: a disk that then also lost
 //!   exactly the batch it synced last, and nothing earlier, goes unnoticed, as it would in
 //!   every Raft store without a record. Any earlier loss is reported. Counting the batch in
 //!   flight as lost instead would leave a cluster that lost power as a whole without a
