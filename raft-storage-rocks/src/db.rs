@@ -324,8 +324,6 @@ impl RocksDb {
             })?;
             (Some(opened.file), opened.record)
         } else {
-            // A record left behind would claim what this run no longer keeps up to date.
-            let _ = std::fs::remove_file(dir.join(crate::durability::FILE_NAME));
             tracing::warn!(dir = %shown, "durability record off: a lost or cut write-ahead log will go unnoticed");
             (None, None)
         };
@@ -352,6 +350,14 @@ impl RocksDb {
             (_, kept, false) => {
                 if kept {
                     set_record_kept(&db, &shown, false)?;
+                }
+                // A record left behind would claim what this run no longer keeps up to date
+                // (removed after the mark: a crash between the two leaves a store that opens).
+                match std::fs::remove_file(dir.join(crate::durability::FILE_NAME)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(OpenError::Io(format!("{shown}: removing the durability record: {e}")))
+                    }
+                    _ => {}
                 }
             }
         }
@@ -687,6 +693,9 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
         let count = batch.len() as u64;
         if recording {
             if result.is_ok() {
+                if let Some(file) = record.as_mut() {
+                    file.wal_synced();
+                }
                 match shared.marks.lock() {
                     Ok(mut marks) => {
                         batch.iter().filter_map(|j| j.mark.as_ref()).for_each(|mark| marks.apply(mark))
@@ -697,13 +706,16 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
             // Before the answers, the record says this batch's WAL write returned, so that a
             // crash of the process after them cannot leave it looking in flight: the slot of
             // the jobs queued meanwhile says so (one write for both), or, with none queued,
-            // this batch's slot rewritten in place.
+            // one more slot holding what the WAL now holds.
             gather(shared, jobs, &mut next);
             if !next.is_empty() {
                 next = write_intent(shared, record.as_mut(), std::mem::take(&mut next)).unwrap_or_default();
             }
             if next.is_empty() {
-                settle_record(shared, record.as_mut(), false);
+                if let Err(e) = settle_record(shared, record.as_mut(), false) {
+                    // A killed process would leave the batch looking in flight: refused.
+                    result = result.and(Err(e));
+                }
             }
         }
         if result.is_ok() {
@@ -719,7 +731,7 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
     }
     // The store is closing: it stops with an exact record, synced.
     if recording {
-        settle_record(shared, record.as_mut(), true);
+        let _ = settle_record(shared, record.as_mut(), true);
     }
 }
 
@@ -760,22 +772,26 @@ fn write_intent(shared: &Shared, record: Option<&mut RecordFile>, batch: Vec<Job
 }
 
 /// Writes a slot in which every log is what its WAL synced, after a batch's WAL write returned
-/// (or failed): nothing is in flight (a log not yet read since open keeps its record). It
-/// replaces the batch's own slot in place, unsynced unless `closing`: the write survives a
-/// crash of the process (a direct write is on the device, a buffered one in the page cache)
-/// and the next WAL sync makes it durable; a power loss before that leaves the batch's own
-/// slot, whose `synced` state is one batch behind (see `durability.rs`, "What a crash can
-/// hide"), or tears it, leaving the other slot, which covers every batch answered before.
-fn settle_record(shared: &Shared, record: Option<&mut RecordFile>, closing: bool) {
-    let (Some(file), Ok(marks)) = (record, shared.marks.lock()) else {
-        return;
-    };
+/// (or failed): nothing is in flight (a log not yet read since open keeps its record).
+/// Unsynced unless `closing`, into the slot not holding the newest flushed state: the write
+/// survives a crash of the process (a direct write is on the device, a buffered one in the
+/// page cache) and the next WAL sync makes it durable; a power loss before that loses or
+/// tears it and leaves the flushed slot, whose `synced` state is one batch behind (see
+/// `durability.rs`, "What a crash can hide").
+fn settle_record(
+    shared: &Shared,
+    record: Option<&mut RecordFile>,
+    closing: bool,
+) -> Result<(), StorageError> {
+    let file = record.ok_or_else(|| StorageError::Io("the durability record is not open".into()))?;
+    let marks = shared.marks.lock().map_err(|_| StorageError::Poisoned)?;
     let slot = marks.slot(marks.logs());
     drop(marks);
-    let written = if closing { file.write(&slot) } else { file.rewrite_latest(&slot) };
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "the durability record could not be made exact");
+    let written = if closing { file.write(&slot) } else { file.write_unsynced(&slot) };
+    if let Err(e) = &written {
+        tracing::error!(error = %e, "the durability record could not be written after a batch; its writes are refused");
     }
+    written
 }
 
 /// Writes every job's ops as one batch with one (synced) WAL write.

@@ -2,10 +2,11 @@
 //! truncated or deleted write-ahead log cannot roll it back silently.
 //!
 //! The record is a small file, `durability.rec`, beside the database: two slots of equal size
-//! (at least [`SLOT_BYTES`]; the file is always exactly two slots long), written alternately,
-//! each holding a sequence number, two states of every log (hard state and last log id) and a
-//! crc32c. A write goes to the slot the previous one did not use; a write torn by a crash
-//! damages only its own slot, and the other slot is read instead.
+//! (at least [`SLOT_BYTES`]; the file is always exactly two slots long), each holding a
+//! sequence number, two states of every log (hard state and last log id) and a crc32c. The
+//! newest intact slot is the record. A write never goes over the slot holding the newest
+//! state known to be on stable storage (synced, or flushed by a later WAL sync): a write torn
+//! by a crash damages only the other slot, and that one is read instead.
 //!
 //! **Why a file of its own.** RocksDB's WAL recovery cannot tell a tail cut at a record
 //! boundary, or a deleted WAL, from a clean one; only something outside the WAL can.
@@ -20,19 +21,20 @@
 //! device, possibly only its volatile cache, before it returns), then batch k's synced WAL
 //! write, whose `fdatasync` flushes the device's cache and the slot with it. Before answering
 //! batch k's writers it records that the WAL write returned: the slot of batch k+1 (the jobs
-//! queued meanwhile) says so in its `synced` state, and with nothing queued batch k's slot is
-//! rewritten in place (same sequence number, direct IO, no sync) with both states equal to
-//! what the WAL now holds. Under load that is one small write per batch, idle two, and never
-//! a sync of its own. This needs the record and the WAL on one file system (both are in the
+//! queued meanwhile) says so in its `synced` state, and with nothing queued one more slot
+//! (direct IO, no sync) holds both states equal to what the WAL now holds. Under load that
+//! is one small write per batch, idle two, and never a sync of its own. This needs the record and the WAL on one file system (both are in the
 //! data directory) on which a direct overwrite lands in place and `fdatasync` flushes the
 //! device cache: ext4 and XFS, unless mounted without barriers (where no sync is durable).
 //! Elsewhere (tmpfs, btrfs, ZFS, FUSE; checked with `statfs`), or where direct IO is refused,
 //! a batch's slot is synced on its own (one more sync per batch, with a warning) and the
-//! rewrite goes through the page cache. The store syncs one last exact slot when it closes.
+//! second write goes through the page cache. The store syncs one last exact slot when it
+//! closes, and syncs the file once at open (what a killed process wrote is then on stable
+//! storage).
 //!
-//! Rewriting in place keeps the two-slot rule: the other slot, untouched, covers every batch
-//! answered before batch k; a power loss that tears the rewrite falls back to it, and batch
-//! k, whose writers were not answered yet, needs no cover.
+//! The flushed slot is the one batch k's own slot went to once batch k's WAL write returned:
+//! it covers every answer so far, and the writes after it (the exact slot, the next batch's
+//! slot) go to the other slot until the next WAL sync flushes them.
 //!
 //! **What a crash can hide.** At open, a log that ends before `synced` (or holds an older hard
 //! state) lost data: reported as [`DataLoss`](raft_core::DataLoss) up to the later of
@@ -175,8 +177,9 @@ impl Marks {
         after.logs
     }
 
-    /// Applies one job's change.
+    /// Applies one job's change, once its WAL write returned.
     pub(crate) fn apply(&mut self, mark: &Mark) {
+        self.at_open.remove(&mark.group);
         let record = self.logs.entry(mark.group).or_default();
         if let Some(hs) = mark.hard_state {
             record.hard_state = hs;
@@ -198,7 +201,9 @@ impl Marks {
     /// the batch in flight at the crash did not reach the disk, see the module docs); one it
     /// does not reach stays until a write reaches it.
     pub(crate) fn settle(&mut self, group: u64, found: LogId) {
-        let at_open = self.at_open.remove(&group);
+        // The record read at open stays the log's `synced` state until the write-back of what
+        // was found has returned from the WAL (`apply`): until then the WAL holds no more.
+        let at_open = self.at_open.get(&group).copied();
         let reached = |floor: &LogId| found >= *floor || at_open.is_some_and(|r| r.is_whole(found));
         if self.floors.get(&group).is_some_and(reached) {
             self.floors.remove(&group);
@@ -255,6 +260,11 @@ pub(crate) struct RecordFile {
     path: PathBuf,
     /// The sequence number of the latest slot written.
     seq: u64,
+    /// The slot (0 or 1) written last.
+    latest: usize,
+    /// The slot holding the newest state known to be on stable storage (synced, or flushed
+    /// by a WAL sync after it was written): never overwritten until the other slot is too.
+    flushed: usize,
     /// The size of each of the two slots.
     slot_bytes: usize,
     sync: bool,
@@ -387,15 +397,25 @@ impl RecordFile {
         std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io(&path, &e))?;
         let slot_bytes = slot_bytes_of(bytes.len());
         let slots: Vec<_> = bytes.chunks(slot_bytes).take(2).map(decode_slot).collect();
-        let newest = slots.into_iter().flatten().max_by_key(|(seq, _)| *seq);
+        let newest = slots
+            .into_iter()
+            .enumerate()
+            .filter_map(|(at, slot)| Some((at, slot?)))
+            .max_by_key(|(_, (seq, _))| *seq);
         let never_written = bytes.iter().all(|b| *b == 0);
-        let (seq, record) = match newest {
-            Some((seq, logs)) => (seq, Some(logs)),
-            None if !existed || never_written => (0, None),
+        let (latest, seq, record) = match newest {
+            Some((at, (seq, logs))) => (at, seq, Some(logs)),
+            None if !existed || never_written => (1, 0, None),
             None => return Err(corrupt(&path, "both slots are damaged")),
         };
+        // What a killed process wrote without a sync is in the file but maybe not on stable
+        // storage: one sync makes the newest slot the flushed one.
+        if existed && sync {
+            file.sync_data().map_err(|e| io(&path, &e))?;
+        }
         let direct = open_direct(&path);
-        let mut opened = Self { file, direct, buffer: Vec::new(), path, seq, slot_bytes, sync };
+        let mut opened =
+            Self { file, direct, buffer: Vec::new(), path, seq, latest, flushed: latest, slot_bytes, sync };
         if !existed {
             // The file itself must survive a crash: sync it and its directory entry.
             opened.write(&record.clone().unwrap_or_default())?;
@@ -406,37 +426,35 @@ impl RecordFile {
         Ok(Opened { file: opened, record })
     }
 
-    /// Writes `logs` to the slot the latest write did not use, and syncs it; a record that
-    /// outgrew its slot moves to a file of larger slots first.
+    /// Writes `logs` to the slot not holding the newest flushed state, and syncs it; a record
+    /// that outgrew its slot moves to a file of larger slots first.
     pub(crate) fn write(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
         self.write_slot(logs, self.sync)
     }
 
     /// Writes `logs` like [`RecordFile::write`], durable once the WAL write that follows
-    /// returns: a direct write reaches the device before the WAL write starts, and the WAL's
-    /// `fdatasync` flushes the device's cache, this slot with it (the record and the WAL share
-    /// the data directory's file system). Where direct IO is refused the slot is synced here:
-    /// one more sync per batch.
+    /// returns ([`RecordFile::wal_synced`]): a direct write reaches the device before the WAL
+    /// write starts, and the WAL's `fdatasync` flushes the device's cache, this slot with it
+    /// (the record and the WAL share the data directory's file system). Where direct IO is
+    /// not used the slot is synced here: one more sync per batch.
     pub(crate) fn write_beside_wal(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
         let sync = self.sync && self.direct.is_none();
         self.write_slot(logs, sync)
     }
 
-    /// Writes `logs` over the latest slot, with its sequence number, without syncing it: a
-    /// crash of the process does not lose it (a direct write is on the device, a buffered one
-    /// in the page cache); a power loss may, or may tear that slot. Only for a state that
-    /// covers everything the latest slot covered: the other slot, untouched, still covers
-    /// everything answered before the latest slot was written.
-    pub(crate) fn rewrite_latest(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
-        if self.seq == 0 {
-            return self.write_slot(logs, false);
+    /// Writes `logs` like [`RecordFile::write`] without syncing it: a crash of the process does
+    /// not lose it (a direct write is on the device, a buffered one in the page cache); a
+    /// power loss may, or may tear it, which leaves the flushed slot.
+    pub(crate) fn write_unsynced(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
+        self.write_slot(logs, false)
+    }
+
+    /// A WAL write that began after the latest slot was written returned `Ok`: with direct IO
+    /// its `fdatasync` flushed that slot too.
+    pub(crate) fn wal_synced(&mut self) {
+        if self.direct.is_some() {
+            self.flushed = self.latest;
         }
-        self.seq -= 1;
-        let written = self.write_slot(logs, false);
-        if written.is_err() {
-            self.seq += 1;
-        }
-        written
     }
 
     fn write_slot(&mut self, logs: &BTreeMap<u64, RecordedLog>, sync: bool) -> Result<(), StorageError> {
@@ -445,7 +463,9 @@ impl RecordFile {
             Some(slot) => slot,
             None => return self.grow(seq, logs),
         };
-        let offset = (seq % 2) * self.slot_bytes as u64;
+        // Never over the newest flushed state: a torn write must leave it.
+        let at = 1 - self.flushed;
+        let offset = (at * self.slot_bytes) as u64;
         let direct_result = self.direct.as_ref().map(|direct| {
             self.buffer.clear();
             self.buffer.resize(slot.len() + DIRECT_ALIGN, 0);
@@ -474,6 +494,10 @@ impl RecordFile {
             }
         }
         self.seq = seq;
+        self.latest = at;
+        if sync {
+            self.flushed = at;
+        }
         Ok(())
     }
 
@@ -496,9 +520,11 @@ impl RecordFile {
         };
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let fresh = dir.join(format!("{FILE_NAME}.new"));
+        // Both slots hold the record (the first as `seq - 1`): a torn later write leaves one.
+        let older = encode_slot(seq.saturating_sub(1), logs, slot_bytes, &self.path)?.unwrap_or_default();
         let mut bytes = vec![0u8; 2 * slot_bytes];
-        let at = (seq % 2) as usize * slot_bytes;
-        bytes[at..at + slot_bytes].copy_from_slice(&slot);
+        bytes[..older.len()].copy_from_slice(&older);
+        bytes[slot_bytes..2 * slot_bytes].copy_from_slice(&slot);
         std::fs::write(&fresh, &bytes).map_err(|e| io(&fresh, &e))?;
         let file = OpenOptions::new().read(true).write(true).open(&fresh).map_err(|e| io(&fresh, &e))?;
         if self.sync {
@@ -512,6 +538,8 @@ impl RecordFile {
         self.direct = self.direct.take().and_then(|_| open_direct(&self.path));
         self.slot_bytes = slot_bytes;
         self.seq = seq;
+        self.latest = 1;
+        self.flushed = 1;
         tracing::info!(path = %self.path.display(), slot_bytes, logs = logs.len(), "durability record grown");
         Ok(())
     }
@@ -540,14 +568,15 @@ mod tests {
         file.write(&logs(3, 20)).unwrap();
         drop(file);
         assert_eq!(RecordFile::open(dir.path(), true).unwrap().record, Some(logs(3, 20)));
-        // Tear the newest slot (seq 3 went to slot 1): the older one is read.
+        // Tear the newest slot (seq 1 went to slot 0 at creation, seq 3 too): the older one is
+        // read.
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[SLOT_BYTES + 30] ^= 0xFF;
+        bytes[30] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(RecordFile::open(dir.path(), true).unwrap().record, Some(logs(2, 10)));
         // Both damaged: refused, never read as "nothing recorded".
-        bytes[30] ^= 0xFF;
+        bytes[SLOT_BYTES + 30] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(RecordFile::open(dir.path(), true), Err(StorageError::Corrupt(_))));
     }
@@ -643,5 +672,25 @@ mod tests {
         assert_eq!(slot[&0], RecordedLog { possible: log(2, 10), synced: log(2, 8) });
         assert_eq!(slot[&1], RecordedLog { possible: log(1, 5), synced: LogRecord::default() });
         assert_eq!(slot[&2], RecordedLog::exact(log(4, 4)));
+    }
+
+    #[test]
+    fn unsynced_writes_never_overwrite_the_newest_flushed_slot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut file = RecordFile::open(dir.path(), true).expect("open").file;
+        file.write(&logs(2, 10)).expect("synced write");
+        let flushed = file.flushed;
+        // Two unsynced writes in a row (a batch's slot, then the one after its WAL write)
+        // both go to the other slot.
+        file.write_unsynced(&logs(2, 11)).expect("write");
+        file.write_unsynced(&logs(2, 12)).expect("write");
+        assert_eq!((file.latest, file.flushed), (1 - flushed, flushed));
+        drop(file);
+        // A power loss tears the unflushed slot: the flushed one is read, never nothing.
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[(1 - flushed) * SLOT_BYTES + 30] ^= 0xFF;
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(RecordFile::open(dir.path(), true).expect("open").record, Some(logs(2, 10)));
     }
 }

@@ -12,6 +12,7 @@ mod lost_data;
 mod reception_review;
 mod record_in_flight;
 mod record_review;
+mod record_review2;
 mod snapshot_files;
 
 use std::path::Path;
