@@ -11,15 +11,15 @@ use crate::durability::{LogRecord, RecordFile, RecordedLog};
 use crate::{RocksDb, RocksOptions};
 
 /// Opens the store with the durability record on, whatever the default says.
-fn open(dir: &Path) -> RocksDb {
+pub(super) fn open(dir: &Path) -> RocksDb {
     RocksDb::open(dir, &identity(), RocksOptions { durability_record: true, ..RocksOptions::default() })
         .expect("open")
 }
 
-const SAVED: HardState = HardState { current_term: 2, voted_for: Some(1) };
-const IN_FLIGHT: HardState = HardState { current_term: 3, voted_for: Some(2) };
+pub(super) const SAVED: HardState = HardState { current_term: 2, voted_for: Some(1) };
+pub(super) const IN_FLIGHT: HardState = HardState { current_term: 3, voted_for: Some(2) };
 
-fn log(hard_state: HardState, last: u64) -> LogRecord {
+pub(super) fn log(hard_state: HardState, last: u64) -> LogRecord {
     LogRecord { hard_state, last: LogId::new(1, last) }
 }
 
@@ -29,7 +29,10 @@ fn record(dir: &Path) -> BTreeMap<u64, RecordedLog> {
 
 /// A closed store whose logs `groups` each hold entries 1..=10 and `SAVED`; its record is
 /// then replaced by `slot`.
-async fn store_with_record(groups: &[u64], slot: BTreeMap<u64, RecordedLog>) -> tempfile::TempDir {
+pub(super) async fn store_with_record(
+    groups: &[u64],
+    slot: &BTreeMap<u64, RecordedLog>,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let db = open(dir.path());
@@ -41,7 +44,7 @@ async fn store_with_record(groups: &[u64], slot: BTreeMap<u64, RecordedLog>) -> 
         }
     }
     let mut file = RecordFile::open(dir.path(), true).expect("record").file;
-    file.write(&slot).expect("write the record");
+    file.write(slot).expect("write the record");
     dir
 }
 
@@ -56,7 +59,7 @@ async fn an_unread_log_keeps_its_in_flight_batch_ambiguous_across_restarts() {
         (0, RecordedLog::exact(log(SAVED, 10))),
         (1, RecordedLog { possible: log(IN_FLIGHT, 12), synced: log(SAVED, 10) }),
     ]);
-    let dir = store_with_record(&[0, 1], slot).await;
+    let dir = store_with_record(&[0, 1], &slot).await;
     {
         let db = open(dir.path());
         let log0 = db.log(0);
@@ -76,7 +79,7 @@ async fn an_unread_log_keeps_its_in_flight_batch_ambiguous_across_restarts() {
 #[tokio::test]
 async fn a_loss_below_synced_under_a_truncation_in_flight_is_reported() {
     let slot = BTreeMap::from([(0, RecordedLog { possible: log(SAVED, 5), synced: log(SAVED, 12) })]);
-    let dir = store_with_record(&[0], slot).await;
+    let dir = store_with_record(&[0], &slot).await;
     let state = open(dir.path()).log(0).initial_state().await.expect("state");
     assert_eq!(state.last_index, 10);
     let lost = state.lost.expect("synced entries 11..=12 are gone and nothing was reported");

@@ -7,39 +7,9 @@ use std::path::Path;
 
 use raft_core::{HardState, LogId, Storage};
 
-use super::{expected_entry, identity};
-use crate::durability::{LogRecord, Mark, Marks, RecordFile, RecordedLog};
-use crate::{RocksDb, RocksOptions};
-
-fn open(dir: &Path) -> RocksDb {
-    RocksDb::open(dir, &identity(), RocksOptions { durability_record: true, ..RocksOptions::default() })
-        .expect("open")
-}
-
-const SAVED: HardState = HardState { current_term: 2, voted_for: Some(1) };
-const IN_FLIGHT: HardState = HardState { current_term: 3, voted_for: Some(2) };
-
-fn log(hard_state: HardState, last: u64) -> LogRecord {
-    LogRecord { hard_state, last: LogId::new(1, last) }
-}
-
-/// A closed store whose logs `groups` each hold entries 1..=10 and `SAVED`; its record is then
-/// replaced by `slot` (what a crash leaves).
-async fn store_with_record(groups: &[u64], slot: &BTreeMap<u64, RecordedLog>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let db = open(dir.path());
-        for group in groups {
-            let log = db.log(*group);
-            log.initial_state().await.expect("state");
-            log.append(&(1..=10).map(expected_entry).collect::<Vec<_>>()).await.expect("append");
-            log.save_hard_state(SAVED).await.expect("hard state");
-        }
-    }
-    let mut file = RecordFile::open(dir.path(), true).expect("record").file;
-    file.write(slot).expect("write the record");
-    dir
-}
+use super::expected_entry;
+use super::record_review::{log, open, store_with_record, IN_FLIGHT, SAVED};
+use crate::durability::{Mark, Marks, RecordFile, RecordedLog};
 
 /// What a SIGKILL leaves of a live store: every file as it is now (the WAL is synced after
 /// each answered write, the record's slots were written with direct IO or to the page cache).
@@ -61,6 +31,29 @@ fn crash_image(from: &Path) -> tempfile::TempDir {
     image
 }
 
+/// Log 0's state at open after the window: a two-log store whose record gives log 0 `log0`
+/// (log 1 exact at 10) is opened; log 1 is read and writes; log 0 is settled as found at 10
+/// (the first step of its `initial_log_state`) and, before its write-back, log 1 writes again;
+/// the process is killed then. Returns log 0's state at the next open, and at an open of the
+/// crash taken while log 0 was still unread (the control).
+async fn log0_after_a_crash_between_settle_and_write_back(
+    log0: RecordedLog,
+) -> (raft_core::InitialState, raft_core::InitialState) {
+    let slot = BTreeMap::from([(0, log0), (1, RecordedLog::exact(log(SAVED, 10)))]);
+    let dir = store_with_record(&[0, 1], &slot).await;
+    let db = open(dir.path());
+    let log1 = db.log(1);
+    assert_eq!(log1.initial_state().await.expect("log 1").lost, None);
+    log1.append(&[expected_entry(11)]).await.expect("log 1 writes");
+    let before = crash_image(dir.path());
+    let control = open(before.path()).log(0).initial_state().await.expect("state");
+    db.settle_record(0, LogId::new(1, 10));
+    log1.append(&[expected_entry(12)]).await.expect("log 1 writes");
+    let image = crash_image(dir.path());
+    drop(db);
+    (open(image.path()).log(0).initial_state().await.expect("state"), control)
+}
+
 /// A restart of a two-log store whose log 0 ends inside the batch in flight at the last crash
 /// (its vote of term 3 never synced). Opening log 0 settles it (`settle_record`, the first step
 /// of `initial_log_state`) and, before its write-back of the vote is written, log 1 writes: the
@@ -70,24 +63,9 @@ fn crash_image(from: &Path) -> tempfile::TempDir {
 /// the next test.)
 #[tokio::test]
 async fn a_crash_before_the_write_back_of_an_in_flight_vote_is_no_false_alarm() {
-    let slot = BTreeMap::from([
-        (0, RecordedLog { possible: log(IN_FLIGHT, 12), synced: log(SAVED, 10) }),
-        (1, RecordedLog::exact(log(SAVED, 10))),
-    ]);
-    let dir = store_with_record(&[0, 1], &slot).await;
-    let db = open(dir.path());
-    let log1 = db.log(1);
-    assert_eq!(log1.initial_state().await.expect("log 1").lost, None);
-    // Control: a crash while log 0 is still unread is no alarm.
-    log1.append(&[expected_entry(11)]).await.expect("log 1 writes");
-    let before = crash_image(dir.path());
-    assert_eq!(open(before.path()).log(0).initial_state().await.expect("state").lost, None, "control");
-    // Log 0's `initial_log_state` has settled, its write-back is not written yet.
-    db.settle_record(0, LogId::new(1, 10));
-    log1.append(&[expected_entry(12)]).await.expect("log 1 writes");
-    let image = crash_image(dir.path());
-    drop(db);
-    let state = open(image.path()).log(0).initial_state().await.expect("state");
+    let log0 = RecordedLog { possible: log(IN_FLIGHT, 12), synced: log(SAVED, 10) };
+    let (state, control) = log0_after_a_crash_between_settle_and_write_back(log0).await;
+    assert_eq!(control.lost, None, "control: a crash while log 0 is still unread is no alarm");
     assert_eq!(
         state.lost, None,
         "false alarm: a vote that never synced is reported as a rolled-back hard state"
@@ -101,24 +79,9 @@ async fn a_crash_before_the_write_back_of_an_in_flight_vote_is_no_false_alarm() 
 /// before the write-back lands, and the next open finds 10 >= 5: whole, nothing reported.
 #[tokio::test]
 async fn a_crash_before_the_write_back_of_a_found_loss_keeps_the_loss() {
-    let slot = BTreeMap::from([
-        (0, RecordedLog { possible: log(SAVED, 5), synced: log(SAVED, 12) }),
-        (1, RecordedLog::exact(log(SAVED, 10))),
-    ]);
-    let dir = store_with_record(&[0, 1], &slot).await;
-    let db = open(dir.path());
-    let log1 = db.log(1);
-    assert_eq!(log1.initial_state().await.expect("log 1").lost, None);
-    // Control: a crash while log 0 is still unread keeps the loss.
-    log1.append(&[expected_entry(11)]).await.expect("log 1 writes");
-    let before = crash_image(dir.path());
-    let control = open(before.path()).log(0).initial_state().await.expect("state");
-    assert!(control.lost.is_some(), "control");
-    db.settle_record(0, LogId::new(1, 10));
-    log1.append(&[expected_entry(12)]).await.expect("log 1 writes");
-    let image = crash_image(dir.path());
-    drop(db);
-    let state = open(image.path()).log(0).initial_state().await.expect("state");
+    let log0 = RecordedLog { possible: log(SAVED, 5), synced: log(SAVED, 12) };
+    let (state, control) = log0_after_a_crash_between_settle_and_write_back(log0).await;
+    assert!(control.lost.is_some(), "control: a crash while log 0 is still unread keeps the loss");
     assert_eq!(state.last_index, 10);
     let lost = state.lost.expect("synced, acknowledged entries 11..=12 are gone and nothing was reported");
     assert!(lost.recorded_last >= LogId::new(1, 12), "{lost}");
