@@ -71,20 +71,26 @@ pub(crate) fn sigkill(pid: u32) -> bool {
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success())
 }
 
-async fn check_after_crash(dir: &Path, acked: &Acked, round: u64) {
-    let log = open(dir).log(0);
-    let state = log.initial_state().await.expect("initial state after a crash");
-    assert_eq!(state.lost, None, "round {round}: a crash alone was reported as lost data");
+/// The acknowledged entries and term are still there (`what` says what happened before).
+fn assert_keeps_acknowledged(state: &raft_core::InitialState, acked: &Acked, what: &str) {
     assert!(
         state.last_index >= acked.last_index,
-        "round {round}: entry {} was acknowledged but the log ends at {}",
+        "{what}: entry {} was acknowledged but the log ends at {} and no loss was reported",
         acked.last_index,
         state.last_index
     );
     assert!(
         state.hard_state.current_term >= acked.term,
-        "round {round}: an acknowledged hard state was lost"
+        "{what}: term {} was acknowledged and lost without a report",
+        acked.term
     );
+}
+
+async fn check_after_crash(dir: &Path, acked: &Acked, round: u64) {
+    let log = open(dir).log(0);
+    let state = log.initial_state().await.expect("initial state after a crash");
+    assert_eq!(state.lost, None, "round {round}: a crash alone was reported as lost data");
+    assert_keeps_acknowledged(&state, acked, &format!("round {round}"));
     if let Some(snapshot) = &state.snapshot {
         assert!(
             snapshot.last_log_id.index >= acked.snapshot,
@@ -311,17 +317,7 @@ async fn a_wal_cut_after_sigkill_never_loses_an_acknowledged_write_silently() {
             continue;
         }
         silent_cuts += 1;
-        assert!(
-            state.last_index >= acked.last_index,
-            "round {round}: {cut} bytes cut, entry {} was acknowledged, the log ends at {} and no loss was reported",
-            acked.last_index,
-            state.last_index
-        );
-        assert!(
-            state.hard_state.current_term >= acked.term,
-            "round {round}: {cut} bytes cut, term {} was acknowledged and lost without a report",
-            acked.term
-        );
+        assert_keeps_acknowledged(&state, &acked, &format!("round {round}, {cut} bytes cut"));
     }
     eprintln!(
         "{rounds} rounds: {reported} losses reported, {silent_cuts} cuts that lost nothing acknowledged"
