@@ -48,8 +48,8 @@ pub use protocol::{
 };
 pub use rng::{fresh_seed, SeededRng};
 pub use storage::{
-    DataLoss, InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta, SnapshotStage,
-    StagedSnapshot, Storage, StorageError,
+    ConfigPosition, DataLoss, InitialState, Snapshot, SnapshotData, SnapshotDataReader, SnapshotMeta,
+    SnapshotStage, StagedSnapshot, Storage, StorageError,
 };
 pub use transport::{PeerError, SendError, Transport, TransportClosed};
 pub use types::{Entry, EntryPayload, EntryStub, HardState, Index, LogId, Millis, NodeId, Role, Term};

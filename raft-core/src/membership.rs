@@ -162,6 +162,29 @@ impl Membership {
         !majority_of(&self.voters, &no) && !majority_of(&self.outgoing_voters, &no)
     }
 
+    /// [`intersects_every_majority`](Self::intersects_every_majority), except that a voter set
+    /// that is one voter `r` alone is also met when `witnesses(r)` names a non-empty set whose
+    /// every majority shares a node with those for which `yes` holds (`r` names the voters a
+    /// majority of whom holds what it lost; see `Raft::tally_votes`).
+    pub fn vouched_by<'a>(
+        &self,
+        yes: impl Fn(NodeId) -> bool,
+        witnesses: impl Fn(NodeId) -> Option<&'a BTreeSet<NodeId>>,
+    ) -> bool {
+        let no = |id| !yes(id);
+        let met = |set: &BTreeSet<NodeId>| {
+            if !majority_of(set, &no) {
+                return true;
+            }
+            let mut members = set.iter();
+            match (members.next(), members.next()) {
+                (Some(only), None) => witnesses(*only).is_some_and(|w| !w.is_empty() && !majority_of(w, &no)),
+                _ => false,
+            }
+        };
+        met(&self.voters) && met(&self.outgoing_voters)
+    }
+
     /// The highest index stored on a quorum, given each voter's match index.
     pub fn quorum_index(&self, match_index: impl Fn(NodeId) -> Index) -> Index {
         let incoming = quorum_index_of(&self.voters, &match_index);
@@ -292,5 +315,33 @@ mod tests {
             learners: BTreeSet::new(),
         };
         assert!(!joint.intersects_every_majority(|id| id == 1));
+    }
+
+    #[test]
+    fn a_set_of_one_voter_is_met_by_the_witnesses_it_names_and_nothing_else_is() {
+        let joint = |incoming: &[NodeId], outgoing: &[NodeId]| Membership {
+            voters: incoming.iter().copied().collect(),
+            outgoing_voters: outgoing.iter().copied().collect(),
+            learners: BTreeSet::new(),
+        };
+        let named = BTreeSet::from([1, 2, 3]);
+        let witnesses = |id: NodeId| (id == 3).then_some(&named);
+        let none = |_: NodeId| None;
+        let m = joint(&[3], &[1, 2, 3]);
+        // {3} met through node 3's witnesses when {1, 2} vouch; {1, 2, 3} met by {1, 2}.
+        assert!(m.vouched_by(|id| id == 1 || id == 2, witnesses));
+        assert!(!m.vouched_by(|id| id == 1 || id == 2, none));
+        assert!(!m.vouched_by(|id| id == 2, witnesses), "one witness of three vouching");
+        // The same set outgoing.
+        assert!(joint(&[1, 2, 3], &[3]).vouched_by(|id| id == 1 || id == 2, witnesses));
+        // Witnesses stand in only for a set of that voter alone: not for {2, 3} (node 2 must
+        // vouch), nor for a set of another voter alone.
+        assert!(!joint(&[2, 3], &[1, 2, 3]).vouched_by(|id| id == 1, witnesses));
+        assert!(!joint(&[4], &[1, 2, 3]).vouched_by(|id| id == 1 || id == 2, witnesses));
+        // Without witnesses it is `intersects_every_majority`.
+        for set in 0u32..16 {
+            let yes = |id: NodeId| set & (1 << id) != 0;
+            assert_eq!(m.vouched_by(yes, none), m.intersects_every_majority(yes), "{set:#b}");
+        }
     }
 }

@@ -51,6 +51,12 @@ pub enum Payload {
         /// entry it acknowledged (see [`ProtocolStatus::recovering_to`](crate::ProtocolStatus::recovering_to)).
         /// `false` with every refusal.
         vouches: bool,
+        /// With a grant that does not vouch: voters a majority of whom holds every committed
+        /// entry this voter lost (the incoming voters of the configuration it held when it
+        /// lost them, known only when no configuration was lost with them). A candidate may
+        /// count the vouching grants of such a majority in place of this voter's, where it
+        /// alone is a voter set (see `Raft::tally_votes`). `None` otherwise.
+        witnesses: Option<std::collections::BTreeSet<NodeId>>,
     },
     /// AppendEntries: replicates entries and serves as heartbeat.
     AppendEntries {
@@ -199,9 +205,15 @@ mod properties {
             (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(pre_vote, t, i, lt)| {
                 Payload::RequestVote { pre_vote, last_log_id: LogId::new(t, i), leadership_transfer: lt }
             }),
-            (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(pre_vote, granted, vouches)| {
-                Payload::RequestVoteResponse { pre_vote, granted, vouches }
-            }),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                proptest::option::of(proptest::collection::btree_set(any::<u64>(), 0..8))
+            )
+                .prop_map(|(pre_vote, granted, vouches, witnesses)| {
+                    Payload::RequestVoteResponse { pre_vote, granted, vouches, witnesses }
+                }),
             (any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..8), any::<u64>(), any::<u64>())
                 .prop_map(|(t, i, entries, leader_commit, read_seq)| Payload::AppendEntries {
                     prev_log_id: LogId::new(t, i),

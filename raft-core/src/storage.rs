@@ -202,10 +202,59 @@ pub struct DataLoss {
     pub recorded_last: LogId,
     /// The last log entry found (the snapshot's when the log is empty).
     pub found_last: LogId,
+    /// Where the newest configuration stood in the log the record describes: the id of its
+    /// entry, or the snapshot's last entry when the snapshot carried it. `None` when the
+    /// store does not know (it keeps no such record, or the log changed since data went
+    /// missing). When the log found has its newest configuration at the same place, no
+    /// configuration was lost, and the node can name the voters that hold every committed
+    /// entry it lost (see [`RestoredState::recorded_config`](crate::RestoredState::recorded_config)).
+    pub recorded_config: Option<LogId>,
     /// The hard state found, when it was older than the one recorded (a term or a vote went
     /// missing). The store returns the recorded one in [`InitialState::hard_state`] and has
     /// written it back.
     pub rolled_back_hard_state: Option<HardState>,
+}
+
+/// Where a log's newest configuration stands, as a store's durability record follows it from
+/// the writes it makes (see [`DataLoss::recorded_config`]): the id of the configuration's
+/// entry, or the snapshot's last entry when no entry after the snapshot carries one. `None`
+/// when unknown: a write removed the entry it named, or data went missing and the log has
+/// not caught up since (a store keeps it unknown then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigPosition(pub Option<LogId>);
+
+impl ConfigPosition {
+    /// A new, empty log: its configuration is the initial one, at the empty log's id.
+    pub fn new_log() -> Self {
+        Self(Some(LogId::default()))
+    }
+
+    /// After `entries` were appended, replacing what the log held from the first one's index.
+    pub fn after_append(self, entries: &[Entry]) -> Self {
+        let Some(first) = entries.first() else { return self };
+        let newest =
+            entries.iter().rev().find(|e| matches!(e.payload, crate::types::EntryPayload::Membership(_)));
+        match newest {
+            Some(e) => Self(Some(e.log_id())),
+            None => Self(self.0.filter(|at| at.index < first.index)),
+        }
+    }
+
+    /// After the entries from `from` on were removed.
+    pub fn after_truncate(self, from: Index) -> Self {
+        Self(self.0.filter(|at| at.index < from))
+    }
+
+    /// After a snapshot ending at `last` was stored: `log_kept` when the log held `last` and
+    /// was kept past it (else it was discarded, and the snapshot's configuration is the newest).
+    pub fn after_snapshot(self, last: LogId, log_kept: bool) -> Self {
+        match self.0 {
+            Some(at) if log_kept && at.index > last.index => self,
+            Some(_) => Self(Some(last)),
+            None if !log_kept => Self(Some(last)),
+            None => self,
+        }
+    }
 }
 
 impl std::fmt::Display for DataLoss {

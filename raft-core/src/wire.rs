@@ -20,8 +20,9 @@ use crate::message::Message;
 use crate::types::NodeId;
 
 /// The wire protocol version this build speaks (2: keep-alive frames; 3: a vote's answer says
-/// whether it vouches for the candidate's log).
-pub const WIRE_VERSION: u16 = 3;
+/// whether it vouches for the candidate's log; 4: and which voters witness what a recovering
+/// voter lost).
+pub const WIRE_VERSION: u16 = 4;
 
 /// The default hard maximum of a frame's body, in bytes (16 MiB). Snapshot chunks (512 KiB by
 /// default) and large AppendEntries batches fit well under it.

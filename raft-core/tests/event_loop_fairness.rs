@@ -30,7 +30,12 @@ impl Flood {
                 from: 99,
                 to: 1,
                 term: 0,
-                payload: Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false },
+                payload: Payload::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: false,
+                    vouches: false,
+                    witnesses: None,
+                },
             };
             while tx.send(stale.clone()).await.is_ok() {}
         });

@@ -125,8 +125,9 @@ fn random_change(c: &Cluster, rng: &mut SeededRng, leader: NodeId) -> Option<Mem
 
 /// One aggressive run. With `liveness`, data loss is injected only while the nodes missing
 /// data stay at most half of every voter set, and after healing a write must commit.
-/// Returns the number of data-loss faults injected and whether the run ended with a leader.
-pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
+/// Returns the number of data-loss faults injected, whether the run ended with a leader, and
+/// the grants that named witnesses.
+pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool, u64) {
     let mut rng = SeededRng::new(seed ^ 0x5EED_0F4E_71E4);
     let voters = [2usize, 2, 3, 3, 4, 5, 5][rng.range(0, 7) as usize];
     let spares = rng.range(0, 3) as usize;
@@ -298,7 +299,7 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
         if std::env::var("SWEEP_VERBOSE").is_ok() {
             eprintln!("seed {seed}: voters {voters} spares {spares} steps {} msgs {} losses {} acked {} leader {:?} now {}", c.steps(), c.messages_sent(), c.data_losses, c.acknowledged().len(), current_leader(&c), c.now());
         }
-        return (c.data_losses, current_leader(&c).is_some());
+        return (c.data_losses, current_leader(&c).is_some(), c.witnessed_grants());
     }
     // Liveness: a write commits after healing.
     let deadline = c.now() + 15_000;
@@ -309,7 +310,7 @@ pub fn aggressive_run(seed: u64, liveness: bool) -> (u64, bool) {
                     !matches!(c.proposal(h), ProposalState::Pending | ProposalState::Appended(_))
                 });
                 if matches!(c.proposal(h), ProposalState::Applied(_)) {
-                    return (c.data_losses, true);
+                    return (c.data_losses, true, c.witnessed_grants());
                 }
             }
             c.run_for(20);
@@ -339,11 +340,13 @@ fn sweep(liveness: bool) {
     let mut failed = Vec::new();
     let mut losses = 0;
     let mut leaderless = 0;
+    let mut witnessed = 0;
     for seed in start..start + n {
         match std::panic::catch_unwind(|| aggressive_run(seed, liveness)) {
-            Ok((l, leader)) => {
+            Ok((l, leader, w)) => {
                 losses += l;
                 leaderless += u64::from(!leader);
+                witnessed += w;
             }
             Err(e) => {
                 let msg = panic_message(e.as_ref());
@@ -353,7 +356,7 @@ fn sweep(liveness: bool) {
         }
     }
     eprintln!(
-        "aggressive sweep liveness={liveness}: seeds {start}..{}: {} data losses injected, {leaderless} ended leaderless, failed: {failed:?}",
+        "aggressive sweep liveness={liveness}: seeds {start}..{}: {} data losses injected, {leaderless} ended leaderless, {witnessed} grants naming witnesses, failed: {failed:?}",
         start + n,
         losses
     );
@@ -646,7 +649,12 @@ fn the_tally_checks_each_voter_set_on_its_own() {
             from,
             to: 1,
             term,
-            payload: Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches },
+            payload: Payload::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+                vouches,
+                witnesses: None,
+            },
         };
         n.step(100_000, Event::Message(m));
         let _ = n.take_ready();

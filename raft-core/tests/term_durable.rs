@@ -112,7 +112,12 @@ fn a_candidate_asks_for_votes_only_after_its_term_is_durable() {
                 from,
                 to: 1,
                 term,
-                payload: Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true },
+                payload: Payload::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                    vouches: true,
+                    witnesses: None,
+                },
             }),
         );
     }

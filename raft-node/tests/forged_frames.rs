@@ -85,7 +85,8 @@ async fn forged_frames_are_dropped_or_taken_as_raft_allows_and_the_cluster_serve
 
     // To the leader, posing as a follower: votes with absurd terms (one with u64::MAX once
     // made the leader adopt it and panic at its next election).
-    let vote = Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true };
+    let vote =
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None };
     for forged in [u64::MAX, u64::MAX - 1, TERM_LIMIT + 1_000_000] {
         send_until_dropped(
             &cluster,

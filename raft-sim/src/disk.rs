@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, Index, InitialState, LogId, SeededRng, Snapshot, SnapshotMeta, SnapshotStage, Storage,
-    StorageError, Term,
+    ConfigPosition, Entry, HardState, Index, InitialState, LogId, SeededRng, Snapshot, SnapshotMeta,
+    SnapshotStage, Storage, StorageError, Term,
 };
 
 use crate::checks::Checks;
@@ -69,6 +69,11 @@ pub(crate) struct Disk {
     record: Option<(HardState, LogId)>,
     /// The floor of data found missing at the latest start, until the log reaches it.
     lost_floor: Option<LogId>,
+    /// Where the newest configuration stands, followed from the writes as the RocksDB store
+    /// follows it (unknown from a start that found data missing until a write names it
+    /// again), and as the record holds it.
+    config: ConfigPosition,
+    recorded_config: ConfigPosition,
 }
 
 impl Disk {
@@ -93,6 +98,8 @@ impl Disk {
             crashes_saving_snapshot: 0,
             record: None,
             lost_floor: None,
+            config: ConfigPosition::new_log(),
+            recorded_config: ConfigPosition::new_log(),
         }
     }
 
@@ -107,6 +114,10 @@ impl Disk {
             self.lost_floor = None;
         }
         self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
+        if self.lost_floor.is_some() {
+            self.config = ConfigPosition(None);
+        }
+        self.recorded_config = self.config;
     }
 
     /// A data-loss fault (a write-ahead log cut short or deleted): the last `n` log entries
@@ -156,6 +167,7 @@ impl Disk {
         match write {
             Write::HardState(hs) => self.hard_state = hs,
             Write::Append(entries) => {
+                self.config = self.config.after_append(&entries);
                 for e in entries {
                     let at = (e.index - self.first_index()) as usize;
                     self.entries.truncate(at);
@@ -166,15 +178,18 @@ impl Disk {
                 if from <= self.last_index() {
                     self.entries.truncate((from - self.first_index()) as usize);
                 }
+                self.config = self.config.after_truncate(from);
             }
             Write::Snapshot(s) => {
                 let last = s.meta.last_log_id;
                 if last.index <= self.snapshot_last().index {
                     return;
                 }
-                if self.get(last.index).is_none_or(|e| e.term != last.term) {
+                let kept = self.get(last.index).is_some_and(|e| e.term == last.term);
+                if !kept {
                     self.entries.clear();
                 }
+                self.config = self.config.after_snapshot(last, kept);
                 self.snapshot = Some(s);
                 self.snapshots_saved += 1;
                 self.uncompacted_snapshot = true;
@@ -318,10 +333,14 @@ impl Storage for SimStorage {
                 disk.hard_state = recorded_hs;
             }
             disk.lost_floor = (recorded_last > found_last).then_some(recorded_last);
+            if disk.lost_floor.is_some() {
+                disk.config = ConfigPosition(None);
+            }
             if rolled_back || recorded_last > found_last {
                 lost = Some(raft_core::DataLoss {
                     recorded_last: recorded_last.max(found_last),
                     found_last,
+                    recorded_config: disk.recorded_config.0,
                     rolled_back_hard_state: rolled_back.then_some(found),
                 });
             }

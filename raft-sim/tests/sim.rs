@@ -33,39 +33,20 @@ fn seeds_pass_and_exercise_the_node() {
 /// its last durable entries held the only log the others would elect, or its vote was needed
 /// by the only node it had to refuse; it neither campaigned nor voted, and no leader was ever
 /// elected again (raft-core now counts a recovering node's grant towards the quorum without
-/// taking it as evidence for the candidate's log). A change to the simulator's schedule may
-/// make a seed exercise something else; the data-loss check says whether it still loses data.
+/// taking it as evidence for the candidate's log). 627994: node 3 led term 4 and lost its only
+/// entry of that term, (4, 45); node 2 holds (3, 50) and the joint configuration {3} /
+/// {1, 2, 3}, whose new voter set is node 3 alone, so no grant could ever vouch for it (node 3
+/// now names the voters of its configuration {1, 2, 3} as witnesses of what it lost, and
+/// node 2 wins with both of them vouching). A change to the simulator's schedule may make a
+/// seed exercise something else; the data-loss check says whether it still loses data.
 #[test]
 fn seeds_that_once_failed_pass() {
     let mut failures = Vec::new();
-    for seed in [303_387, 319_577, 339_292] {
+    for seed in [303_387, 319_577, 339_292, 627_994] {
         match run(seed, Options::default()) {
             Ok(report) => assert!(report.coverage.data_losses > 0, "seed {seed} no longer loses data"),
             Err(f) => failures.push(f.to_string()),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// A gap still open (issue 15): seed 627994 ends with no leader, but safe. Node 3 led term 4
-/// and lost its only entry of that term, (4, 45); node 2 holds (3, 50) and the joint
-/// configuration {3} / {1, 2, 3}, so it needs node 3's vote, which cannot vouch for a log
-/// behind (4, 45). Nobody else ever held an entry of term 4, so (4, 45) was never committed
-/// and electing node 2 would be safe, but node 3 cannot tell that from its own state: it would
-/// need the other voters' logs, reported in a term after 4 (a protocol-aware-recovery query).
-/// The test pins what holds today: every check passes but liveness. When the gap is closed it
-/// fails; move the seed to `seeds_that_once_failed_pass` then.
-#[test]
-fn a_recovering_node_whose_vote_is_needed_by_a_log_behind_its_record_stays_safe() {
-    let failure = match run(627_994, Options::default()) {
-        Ok(_) => panic!("seed 627994 passes: the gap is closed, move it to seeds_that_once_failed_pass"),
-        Err(f) => f,
-    };
-    assert!(
-        failure.problems.iter().all(|p| p.starts_with("liveness: no write was applied")),
-        "seed 627994 fails on more than liveness: {failure}"
-    );
-    let recovering =
-        failure.problems.iter().any(|p| p.contains("recovering_to: Some(LogId { term: 4, index: 45 })"));
-    assert!(recovering, "seed 627994 no longer ends on the recovering node's record (4, 45): {failure}");
 }

@@ -536,6 +536,13 @@ impl RocksDb {
         }
     }
 
+    /// Where the record now places log `group`'s newest configuration (for tests).
+    #[cfg(test)]
+    pub(crate) fn recorded_position(&self, group: u64) -> raft_core::ConfigPosition {
+        let marks = self.handle.shared.marks.lock().expect("marks");
+        marks.logs().get(&group).map(|r| r.config).unwrap_or_default()
+    }
+
     /// Log `group` was found to end at `found` (see [`Marks::settle`]).
     pub(crate) fn settle_record(&self, group: u64, found: raft_core::LogId) {
         if let Ok(mut marks) = self.handle.shared.marks.lock() {

@@ -53,9 +53,18 @@
 //!   flight as lost instead would leave a cluster that lost power as a whole without a
 //!   leader: each node's record would name a batch none of their logs holds.
 //!
+//! **Where the newest configuration stands.** Each state also holds the log's
+//! [`ConfigPosition`], followed from the writes (an append that carries a configuration
+//! names it; a truncation or an overwrite that removes it makes it unknown; a snapshot past
+//! it names the snapshot). At open a loss reports the `possible` one
+//! ([`DataLoss::recorded_config`](raft_core::DataLoss::recorded_config)); from then on, while
+//! the log has not reached what it lost, it is unknown (a second loss cannot be judged by the
+//! first one's configuration), and stays so until a write names one again.
+//!
 //! A store written before the record existed starts one at its first open (what it had lost
 //! before cannot be known); a record of the first format (one state per log, written after
-//! the WAL sync) is read as `synced` = `possible`. A store that keeps a record marks so in
+//! the WAL sync) is read as `synced` = `possible`, and records of the first two formats hold
+//! no configuration position (unknown). A store that keeps a record marks so in
 //! RocksDB (flushed to a table file), and refuses to open if the record is then missing,
 //! empty or zeroed.
 
@@ -64,7 +73,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use raft_core::{HardState, LogId, StorageError};
+use raft_core::{ConfigPosition, HardState, Index, LogId, StorageError};
 use serde::{Deserialize, Serialize};
 
 /// The record file's name in the data directory.
@@ -76,8 +85,10 @@ pub(crate) const SLOT_BYTES: usize = 4096;
 const SLOT_BYTES_MAX: usize = 64 << 20;
 /// A slot of the first format: one state per log, written after the WAL sync it covers.
 const MAGIC_V1: &[u8; 8] = b"RAFTDUR1";
+/// A slot of the second format: two states per log, without the configuration's position.
+const MAGIC_V2: &[u8; 8] = b"RAFTDUR2";
 /// A slot of this format: [`RecordedLog`] per log.
-const MAGIC: &[u8; 8] = b"RAFTDUR2";
+const MAGIC: &[u8; 8] = b"RAFTDUR3";
 /// Magic, sequence number, payload length.
 const HEADER_BYTES: usize = 8 + 8 + 4;
 const CRC_BYTES: usize = 4;
@@ -90,6 +101,21 @@ pub(crate) struct LogRecord {
     /// The log's last entry (or its snapshot's) as of the latest recorded write, or the floor
     /// of data found missing while the log has not reached it again.
     pub(crate) last: LogId,
+    /// Where the log's newest configuration stands (see the module docs).
+    pub(crate) config: ConfigPosition,
+}
+
+/// [`LogRecord`] as the first two formats hold it.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct LogRecordV2 {
+    hard_state: HardState,
+    last: LogId,
+}
+
+impl From<LogRecordV2> for LogRecord {
+    fn from(old: LogRecordV2) -> Self {
+        Self { hard_state: old.hard_state, last: old.last, config: ConfigPosition(None) }
+    }
 }
 
 /// What one slot holds for one log (see the module docs).
@@ -145,6 +171,45 @@ pub(crate) struct Mark {
     pub(crate) hard_state: Option<HardState>,
     /// The log's last entry after the job, if the job changes it.
     pub(crate) last: Option<LogId>,
+    /// How the job moves the log's newest configuration, if it may.
+    pub(crate) config: Option<ConfigWrite>,
+}
+
+/// What a write job does to where the log's newest configuration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConfigWrite {
+    /// Entries from `first` on were written, replacing what the log held there; `newest`
+    /// names the newest configuration among them.
+    Appended {
+        /// The first index written.
+        first: Index,
+        /// The newest configuration entry written.
+        newest: Option<LogId>,
+    },
+    /// The entries from this index on were removed.
+    Truncated(Index),
+    /// A snapshot ending at `last` was stored; `log_kept` when the log past it was kept.
+    Snapshot {
+        /// The snapshot's last entry.
+        last: LogId,
+        /// Whether the log was kept.
+        log_kept: bool,
+    },
+    /// The position is this one (a new, empty log).
+    Known(ConfigPosition),
+}
+
+impl ConfigWrite {
+    /// The position after the job, from `before`.
+    pub(crate) fn after(self, before: ConfigPosition) -> ConfigPosition {
+        match self {
+            ConfigWrite::Appended { newest: Some(at), .. } => ConfigPosition(Some(at)),
+            ConfigWrite::Appended { first, newest: None } => before.after_truncate(first),
+            ConfigWrite::Truncated(from) => before.after_truncate(from),
+            ConfigWrite::Snapshot { last, log_kept } => before.after_snapshot(last, log_kept),
+            ConfigWrite::Known(at) => at,
+        }
+    }
 }
 
 /// The record as the writer keeps it: each log's latest state, and the floors of data found
@@ -184,6 +249,9 @@ impl Marks {
         if let Some(hs) = mark.hard_state {
             record.hard_state = hs;
         }
+        if let Some(write) = mark.config {
+            record.config = write.after(record.config);
+        }
         if let Some(last) = mark.last {
             match self.floors.get(&mark.group) {
                 Some(floor) if last < *floor => record.last = *floor,
@@ -193,6 +261,11 @@ impl Marks {
                 }
                 None => record.last = last,
             }
+        }
+        // While the log misses what it lost, a write cannot tell where the configuration of
+        // what was lost stood: unknown until a write names one again.
+        if self.floors.contains_key(&mark.group) {
+            record.config = ConfigPosition(None);
         }
     }
 
@@ -330,7 +403,8 @@ fn io(path: &Path, e: &std::io::Error) -> StorageError {
 
 /// Decodes one slot: `None` when it holds no valid record (never written, or torn).
 fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, RecordedLog>)> {
-    if slot.len() < HEADER_BYTES + CRC_BYTES || (&slot[..8] != MAGIC && &slot[..8] != MAGIC_V1) {
+    let magic = slot.get(..8)?;
+    if slot.len() < HEADER_BYTES + CRC_BYTES || (magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_V1) {
         return None;
     }
     let seq = u64::from_le_bytes(slot[8..16].try_into().ok()?);
@@ -344,9 +418,19 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, RecordedLog>)> {
         return None;
     }
     let payload = &slot[HEADER_BYTES..end];
-    let logs = if &slot[..8] == MAGIC_V1 {
-        let v1: BTreeMap<u64, LogRecord> = postcard::from_bytes(payload).ok()?;
-        v1.into_iter().map(|(group, r)| (group, RecordedLog::exact(r))).collect()
+    let logs = if magic == MAGIC_V1 {
+        let v1: BTreeMap<u64, LogRecordV2> = postcard::from_bytes(payload).ok()?;
+        v1.into_iter().map(|(group, r)| (group, RecordedLog::exact(r.into()))).collect()
+    } else if magic == MAGIC_V2 {
+        #[derive(Deserialize)]
+        struct RecordedLogV2 {
+            possible: LogRecordV2,
+            synced: LogRecordV2,
+        }
+        let v2: BTreeMap<u64, RecordedLogV2> = postcard::from_bytes(payload).ok()?;
+        v2.into_iter()
+            .map(|(group, r)| (group, RecordedLog { possible: r.possible.into(), synced: r.synced.into() }))
+            .collect()
     } else {
         postcard::from_bytes(payload).ok()?
     };
@@ -553,6 +637,7 @@ mod tests {
         LogRecord {
             hard_state: HardState { current_term: term, voted_for: Some(1) },
             last: LogId::new(term, last),
+            config: ConfigPosition::default(),
         }
     }
 
@@ -589,7 +674,11 @@ mod tests {
             (0..n)
                 .map(|g| {
                     let hs = HardState { current_term: u64::MAX - g, voted_for: Some(u64::MAX) };
-                    let possible = LogRecord { hard_state: hs, last: LogId::new(u64::MAX, u64::MAX) };
+                    let possible = LogRecord {
+                        hard_state: hs,
+                        last: LogId::new(u64::MAX, u64::MAX),
+                        config: ConfigPosition(Some(LogId::new(u64::MAX, u64::MAX))),
+                    };
                     (u64::MAX - g, RecordedLog { possible, synced: LogRecord::default() })
                 })
                 .collect()
@@ -609,17 +698,17 @@ mod tests {
         let mut marks = Marks::from_record(&logs(2, 10));
         // The log was found at 7: the floor stays, and a write that ends below it keeps it.
         marks.settle(0, LogId::new(2, 7));
-        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 8)) });
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 8)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(2, 10));
-        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(3, 9)) });
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(3, 9)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(3, 9));
         // From now on a truncation lowers it.
-        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(3, 5)) });
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(3, 5)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(3, 5));
         // A log found whole drops its floor at once.
         let mut marks = Marks::from_record(&logs(2, 10));
         marks.settle(0, LogId::new(2, 10));
-        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 4)) });
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 4)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(2, 4));
     }
 
@@ -635,7 +724,7 @@ mod tests {
         let mut marks = Marks::from_record(&record);
         marks.settle(0, LogId::new(2, 7));
         assert!(marks.has_floor(0));
-        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 9)) });
+        marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 9)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(2, 10));
     }
 
@@ -662,6 +751,41 @@ mod tests {
         file.write(&next).expect("write");
         drop(file);
         assert_eq!(RecordFile::open(dir.path(), true).expect("open").record, Some(next));
+    }
+
+    #[test]
+    fn a_slot_of_the_second_format_reads_with_the_configuration_position_unknown() {
+        #[derive(Serialize)]
+        struct V2 {
+            hard_state: HardState,
+            last: LogId,
+        }
+        #[derive(Serialize)]
+        struct RecordedV2 {
+            possible: V2,
+            synced: V2,
+        }
+        let hs = HardState { current_term: 3, voted_for: Some(1) };
+        let v2 = RecordedV2 {
+            possible: V2 { hard_state: hs, last: LogId::new(3, 22) },
+            synced: V2 { hard_state: hs, last: LogId::new(3, 21) },
+        };
+        let payload = postcard::to_allocvec(&BTreeMap::from([(0u64, v2)])).expect("encode");
+        let mut slot = Vec::new();
+        slot.extend_from_slice(MAGIC_V2);
+        slot.extend_from_slice(&5u64.to_le_bytes());
+        slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        slot.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&slot);
+        slot.extend_from_slice(&crc.to_le_bytes());
+        let (seq, logs) = decode_slot(&slot).expect("a valid slot");
+        assert_eq!(seq, 5);
+        let unknown = ConfigPosition(None);
+        let expected = RecordedLog {
+            possible: LogRecord { hard_state: hs, last: LogId::new(3, 22), config: unknown },
+            synced: LogRecord { hard_state: hs, last: LogId::new(3, 21), config: unknown },
+        };
+        assert_eq!(logs, BTreeMap::from([(0, expected)]));
     }
 
     #[test]

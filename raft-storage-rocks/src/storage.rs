@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    DataLoss, Entry, HardState, Index, InitialState, LogId, Snapshot, SnapshotData, SnapshotMeta,
-    SnapshotSource, StagedSnapshot, Storage, StorageError, Term,
+    ConfigPosition, DataLoss, Entry, EntryPayload, HardState, Index, InitialState, LogId, Snapshot,
+    SnapshotData, SnapshotMeta, SnapshotSource, StagedSnapshot, Storage, StorageError, Term,
 };
 use rocksdb::{Direction, IteratorMode, DB};
 
 use crate::codec::{self, index_of, log_key, meta_key, CF_LOG, CF_META};
 use crate::db::{missing_cf, reopening, scan_options, Bounds, Cf, Op, RocksDb};
-use crate::durability::Mark;
+use crate::durability::{ConfigWrite, Mark};
 use crate::error::storage_error;
 use crate::snapshot_file::{self, SnapshotFileRef};
 
@@ -178,7 +178,11 @@ impl RocksStorage {
         // The record is brought up to what was found before anything is answered: a crash
         // between a WAL sync and its record leaves the record behind what the node will now
         // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
-        let mark = Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last) };
+        // A new, empty log holds the initial configuration, at the empty log's id.
+        let new_log = recorded.is_none() && found_last == LogId::default() && initial.snapshot.is_none();
+        let config = new_log.then_some(ConfigWrite::Known(ConfigPosition::new_log()));
+        let mark =
+            Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last), config };
         // Entries dropped past a hole count as recorded: the node may have acknowledged them.
         let possibly_acked = recorded.filter(|_| rolled_back || cut).map(|r| r.may_have_acked());
         let recorded_last = possibly_acked.into_iter().chain(dropped).max();
@@ -186,6 +190,7 @@ impl RocksStorage {
             recorded_last: last.max(found_last),
             found_last,
             rolled_back_hard_state: rolled_back.then_some(found),
+            recorded_config: recorded.and_then(|r| r.possible.config.0),
         });
         // A failed write-back leaves the log to be compared again by the next call: the loss
         // must not hide behind a retry.
@@ -258,10 +263,12 @@ impl RocksStorage {
         };
         self.db.set_floor(self.group, recorded_last);
         let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
-        let mark = Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last) };
+        let mark =
+            Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last), config: None };
         self.db.write(vec![op], Some(mark)).await?;
         if recorded_last > found_last {
-            let lost = DataLoss { recorded_last, found_last, rolled_back_hard_state: None };
+            let lost =
+                DataLoss { recorded_last, found_last, rolled_back_hard_state: None, recorded_config: None };
             tracing::error!(group = self.group, %lost, "the node lost its data (learned from its cluster)");
             self.db.remember_loss(self.group, lost);
         }
@@ -332,7 +339,8 @@ impl RocksStorage {
             // Before the write: the durability record keeps it as data the log misses.
             self.db.set_floor(self.group, dropped);
         }
-        self.write(ops, after, Some(new_last)).await?;
+        let cut = (last < b.last).then_some(ConfigWrite::Truncated(last + 1));
+        self.write(ops, after, Some(new_last), cut).await?;
         Ok(dropped_last)
     }
 
@@ -418,7 +426,7 @@ impl RocksStorage {
         let state = self.initial_state().await?;
         let Some(lost) = state.lost else { return Ok(None) };
         self.db.forget_floor(self.group);
-        let mark = Mark { group: self.group, hard_state: None, last: Some(lost.found_last) };
+        let mark = Mark { group: self.group, hard_state: None, last: Some(lost.found_last), config: None };
         self.db.write(Vec::new(), Some(mark)).await?;
         tracing::warn!(group = self.group, %lost, "the operator accepted the loss");
         Ok(Some(lost))
@@ -476,7 +484,7 @@ impl RocksStorage {
             Op::Put(Cf::Meta, meta_key(self.group, "snapshot_file"), codec::encode(&reference)?),
             self.delete_legacy_snapshot(),
         ];
-        self.write(ops, b, None).await?;
+        self.write(ops, b, None, None).await?;
         tracing::info!(snapshot = %last, "moved the snapshot from the database to a file");
         Ok(())
     }
@@ -509,7 +517,8 @@ impl RocksStorage {
             ops.push(self.log_range(0));
             (Bounds { first: last.index + 1, last: last.index, snapshot: last }, Some(last))
         };
-        self.write(ops, after, new_last).await?;
+        let config = ConfigWrite::Snapshot { last, log_kept: matches };
+        self.write(ops, after, new_last, Some(config)).await?;
         // Appends go on while the flush runs (found by review: with both column families
         // flushed together, holding the bounds through the flush stalled appends behind the
         // whole log memtable's flush, past the leader's disk-stall bound on a slow disk).
@@ -624,14 +633,16 @@ impl RocksStorage {
 
     /// Carries out a write and then records the bounds it leads to; after a failure the
     /// bounds are read again from RocksDB. `last`: the log's last entry after the write, when
-    /// the write changes it (for the durability record).
+    /// the write changes it, and `config` how it moves the newest configuration (for the
+    /// durability record).
     pub(crate) async fn write(
         &self,
         ops: Vec<Op>,
         after: Bounds,
         last: Option<LogId>,
+        config: Option<ConfigWrite>,
     ) -> Result<(), StorageError> {
-        let mark = Mark { group: self.group, hard_state: None, last };
+        let mark = Mark { group: self.group, hard_state: None, last, config };
         match self.db.write(ops, Some(mark)).await {
             Ok(()) => {
                 self.db.cache_bounds(self.group, after);
@@ -663,7 +674,7 @@ impl Storage for RocksStorage {
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
         let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
-        let mark = Mark { group: self.group, hard_state: Some(hard_state), last: None };
+        let mark = Mark { group: self.group, hard_state: Some(hard_state), last: None, config: None };
         self.db.write(vec![op], Some(mark)).await
     }
 
@@ -686,7 +697,9 @@ impl Storage for RocksStorage {
             ops.push(Op::Put(Cf::Log, log_key(self.group, e.index).to_vec(), codec::encode(e)?));
             last = e.log_id();
         }
-        self.write(ops, Bounds { last: last.index, ..b }, Some(last)).await
+        let newest = entries.iter().rev().find(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        let config = ConfigWrite::Appended { first: first.index, newest: newest.map(Entry::log_id) };
+        self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {
@@ -699,7 +712,9 @@ impl Storage for RocksStorage {
             return Ok(());
         }
         let new_last = self.with_db(|db| self.log_id_at(db, b, from - 1))?;
-        self.write(vec![self.log_range(from)], Bounds { last: from - 1, ..b }, Some(new_last)).await
+        let after = Bounds { last: from - 1, ..b };
+        self.write(vec![self.log_range(from)], after, Some(new_last), Some(ConfigWrite::Truncated(from)))
+            .await
     }
 
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
@@ -1035,6 +1050,6 @@ impl Storage for RocksStorage {
             log_key(self.group, up_to + 1).to_vec(),
         );
         let after = Bounds { first: up_to + 1, last: b.last.max(up_to), snapshot: b.snapshot };
-        self.write(vec![op], after, None).await
+        self.write(vec![op], after, None, None).await
     }
 }

@@ -214,6 +214,7 @@ impl Driver {
             entries: Vec::new(),
             membership: initial_membership,
             recorded_last: initial.lost.as_ref().map(|l| l.recorded_last),
+            recorded_config: initial.lost.as_ref().and_then(|l| l.recorded_config),
             staged: initial.staged.clone(),
         };
         let raft = Raft::new(id, config.clone(), restored, seed, 0)?;

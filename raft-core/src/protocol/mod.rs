@@ -136,6 +136,33 @@ pub struct RestoredState {
     /// entries up to it, so until its log reaches it again its votes vouch only for logs
     /// reaching it (see [`ProtocolStatus::recovering_to`]).
     pub recorded_last: Option<LogId>,
+    /// With `recorded_last`: where the newest configuration stood in the log storage recorded
+    /// (see [`DataLoss::recorded_config`](crate::DataLoss::recorded_config)). When the restored
+    /// log has its newest configuration at the same place, every committed entry this node
+    /// lost is also held by a majority of that configuration's (incoming) voters, whom its
+    /// votes name as witnesses (see [`Payload::RequestVoteResponse`]).
+    pub recorded_config: Option<LogId>,
+}
+
+/// The witnesses a node recovering lost data names (see [`RestoredState::recorded_config`]):
+/// the incoming voters of its newest configuration, when storage recorded that configuration
+/// at the place the restored log holds it (so none was lost). Every entry it lost came after
+/// that configuration's entry, and was first committed under it or under the next one (a
+/// leader appends a configuration only once the one before is committed, so a log holds at
+/// most one uncommitted configuration); both need a majority of these voters. `None` when
+/// the storage does not know, when a configuration was lost, or when the node alone would be
+/// its own witness.
+fn recovery_witnesses_of(
+    id: NodeId,
+    membership: &Membership,
+    config_at: LogId,
+    recorded_config: Option<LogId>,
+) -> Option<BTreeSet<NodeId>> {
+    if recorded_config != Some(config_at) {
+        return None;
+    }
+    let voters = &membership.voters;
+    (voters.iter().any(|v| *v != id)).then(|| voters.clone())
 }
 
 /// A voter's answer to this node's (pre-)election (see [`Payload::RequestVoteResponse`]).
@@ -316,6 +343,11 @@ pub struct Raft {
     unsaved_hard_state: Option<u64>,
     /// Recovering from lost data (see [`ProtocolStatus::recovering_to`]).
     recovering_to: Option<LogId>,
+    /// While recovering: voters a majority of whom holds every committed entry this node lost
+    /// (see [`RestoredState::recorded_config`]), named in its grants that do not vouch.
+    recovery_witnesses: Option<BTreeSet<NodeId>>,
+    /// The witnesses named by the voters whose grants in this election do not vouch.
+    witnesses: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Committed entries are held back from the readies (see [`Raft::hold_apply`]).
     apply_held: bool,
     /// A received snapshot's last part is refused for now (see [`Raft::hold_snapshot_install`]).
@@ -392,6 +424,20 @@ impl Raft {
             }
         }
         let membership = configs.values().next_back().cloned().unwrap_or_default();
+        // Where the newest configuration stands: its entry, or the log's base (the snapshot's
+        // last entry, or the empty log's) when no entry past the base carries one.
+        let config_at = stubs
+            .iter()
+            .filter(|s| s.membership.is_some())
+            .map(|s| s.log_id)
+            .chain(
+                entries
+                    .iter()
+                    .filter(|e| matches!(e.payload, EntryPayload::Membership(_)))
+                    .map(Entry::log_id),
+            )
+            .rfind(|id| id.index > snapshot_last.index)
+            .unwrap_or(snapshot_last);
         let stubs = stubs.into_iter().map(|s| (s.log_id, s.size_bytes));
         let mut log = RaftLog::restore(base, stubs, entries, snapshot_last.index);
         log.set_cache_bytes(config.log_cache_bytes);
@@ -406,6 +452,8 @@ impl Raft {
                  reaching the recorded entry) until its log reaches that entry again"
             );
         }
+        let recovery_witnesses = recovering_to
+            .and_then(|_| recovery_witnesses_of(id, &membership, config_at, restored.recorded_config));
         // A reception cut short by the restart resumes where storage holds it whole (the
         // leader of the same term asks where it stands and goes on from there).
         let incoming = restored
@@ -464,6 +512,8 @@ impl Raft {
             ready_seq: 0,
             unsaved_hard_state: None,
             recovering_to,
+            recovery_witnesses,
+            witnesses: BTreeMap::new(),
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -629,6 +679,7 @@ impl Raft {
         if LogId::new(term, persisted) >= recorded {
             tracing::info!(node = self.id, recorded = %recorded, "recovered the lost entries: its votes vouch for logs again");
             self.recovering_to = None;
+            self.recovery_witnesses = None;
         }
     }
 
@@ -954,6 +1005,7 @@ impl Raft {
         self.leader_contact = None;
         self.progress.clear();
         self.votes.clear();
+        self.witnesses.clear();
         self.reset_election_timer();
         self.record_own_vote();
         let term = self.term().saturating_add(1);
@@ -972,6 +1024,7 @@ impl Raft {
         self.leader_contact = None;
         self.progress.clear();
         self.votes.clear();
+        self.witnesses.clear();
         self.reset_election_timer();
         self.record_own_vote();
         let term = self.term();
@@ -999,6 +1052,9 @@ impl Raft {
     /// A candidate's vote for itself, which vouches for its log only when its log is whole.
     fn record_own_vote(&mut self) {
         let ballot = if self.recovering_to.is_some() { Ballot::GrantedUnvouched } else { Ballot::Granted };
+        if let Some(w) = self.recovery_witnesses.clone() {
+            self.witnesses.insert(self.id, w);
+        }
         self.record_vote(self.id, ballot);
     }
 
@@ -1021,15 +1077,23 @@ impl Raft {
     /// cluster leaderless for good when the recovering node held the only log the others
     /// would elect, or its vote was needed for the only one it had to refuse: the node
     /// simulation, seeds 303387, 319577 and 339292.)
+    ///
+    /// A voter set that is one recovering voter alone can never meet the second condition
+    /// through that voter. When it named witnesses (a majority of whom holds every committed
+    /// entry it lost, see [`RestoredState::recorded_config`]), the vouching grants may meet
+    /// every majority of the witnesses instead: then one of them holds each such entry and
+    /// refused a log lacking it (seed 627994 of the node simulation: the new voter set of a
+    /// joint configuration was the recovering node alone, and no leader could be elected).
     fn tally_votes(&mut self) {
         let votes = &self.votes;
+        let witnesses = &self.witnesses;
         let won = self.membership.is_quorum(|n| votes.get(&n).is_some_and(|b| b.granted()))
-            && self.membership.intersects_every_majority(|n| votes.get(&n) == Some(&Ballot::Granted));
+            && self.membership.vouched_by(|n| votes.get(&n) == Some(&Ballot::Granted), |n| witnesses.get(&n));
         // Lost once the answers still missing could not make it won.
         let lost = !self.membership.is_quorum(|n| votes.get(&n) != Some(&Ballot::Refused))
             || !self
                 .membership
-                .intersects_every_majority(|n| votes.get(&n).is_none_or(|b| *b == Ballot::Granted));
+                .vouched_by(|n| votes.get(&n).is_none_or(|b| *b == Ballot::Granted), |n| witnesses.get(&n));
         if won {
             match self.role {
                 Role::PreCandidate => self.become_candidate(false),
@@ -1062,6 +1126,7 @@ impl Raft {
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
+        self.witnesses.clear();
     }
 
     fn become_leader(&mut self) {
@@ -1071,6 +1136,7 @@ impl Raft {
         self.forwarded_order.clear();
         self.leader = Some(self.id);
         self.votes.clear();
+        self.witnesses.clear();
         let next = self.log.last_index() + 1;
         self.progress = self
             .membership
@@ -1204,8 +1270,12 @@ impl Raft {
                     // it next hears from it. The leader's next AppendEntries brings it back.
                     if !self.in_leader_lease() {
                         let pre_vote = *pre_vote;
-                        let refusal =
-                            Payload::RequestVoteResponse { pre_vote, granted: false, vouches: false };
+                        let refusal = Payload::RequestVoteResponse {
+                            pre_vote,
+                            granted: false,
+                            vouches: false,
+                            witnesses: None,
+                        };
                         self.send(m.from, term, refusal);
                     }
                     return;
@@ -1229,7 +1299,12 @@ impl Raft {
             Payload::RequestVote { pre_vote, last_log_id, leadership_transfer } => {
                 self.handle_vote_request(m.from, m.term, pre_vote, last_log_id, leadership_transfer)
             }
-            Payload::RequestVoteResponse { pre_vote, granted, vouches } => {
+            Payload::RequestVoteResponse { pre_vote, granted, vouches, witnesses } => {
+                if granted && !vouches {
+                    if let Some(w) = witnesses.filter(|w| !w.is_empty()) {
+                        self.witnesses.insert(m.from, w);
+                    }
+                }
                 let ballot = match (granted, vouches) {
                     (false, _) => Ballot::Refused,
                     (true, false) => Ballot::GrantedUnvouched,
@@ -1302,8 +1377,18 @@ impl Raft {
         }
         let reply_term = if granted && pre_vote { msg_term } else { term };
         let vouches = granted && vouches;
-        tracing::debug!(node = self.id, from, pre_vote, granted, vouches, term = reply_term, "vote request");
-        self.send(from, reply_term, Payload::RequestVoteResponse { pre_vote, granted, vouches });
+        let witnesses = if granted && !vouches { self.recovery_witnesses.clone() } else { None };
+        tracing::debug!(
+            node = self.id,
+            from,
+            pre_vote,
+            granted,
+            vouches,
+            ?witnesses,
+            term = reply_term,
+            "vote request"
+        );
+        self.send(from, reply_term, Payload::RequestVoteResponse { pre_vote, granted, vouches, witnesses });
     }
 
     fn heard_from_leader_recently(&self) -> bool {

@@ -63,12 +63,22 @@ fn elect(raft: &mut Raft) {
     let term = raft.term();
     deliver(
         raft,
-        msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true }),
+        msg(
+            2,
+            1,
+            term + 1,
+            Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true, witnesses: None },
+        ),
     );
     assert_eq!(raft.role(), Role::Candidate);
     deliver(
         raft,
-        msg(2, 1, term + 1, Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }),
+        msg(
+            2,
+            1,
+            term + 1,
+            Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None },
+        ),
     );
     assert_eq!(raft.role(), Role::Leader);
 }
@@ -105,18 +115,18 @@ fn one_vote_per_term_persisted_before_the_answer() {
     assert!(ready.messages.is_empty(), "a vote must wait for the hard state to be durable");
     assert_eq!(
         ready.persisted_messages[0].payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None }
     );
     let ready = deliver(&mut n, msg(3, 1, 2, req(3)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None }
     );
     // The same candidate asking again gets the same answer (a retransmission).
     let ready = deliver(&mut n, msg(2, 1, 2, req(2)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None }
     );
 }
 
@@ -129,7 +139,7 @@ fn a_restarted_node_remembers_its_vote() {
     let ready = deliver(&mut n, msg(3, 1, 2, req));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None }
     );
 }
 
@@ -146,7 +156,7 @@ fn up_to_date_check_compares_last_term_then_last_index() {
         let ready = deliver(&mut n, msg(2, 1, 3, req));
         assert_eq!(
             only_response(&ready).payload,
-            Payload::RequestVoteResponse { pre_vote: false, granted, vouches: granted },
+            Payload::RequestVoteResponse { pre_vote: false, granted, vouches: granted, witnesses: None },
             "candidate last log {index}@{term}"
         );
     }
@@ -161,7 +171,10 @@ fn pre_vote_changes_neither_term_nor_vote() {
     assert!(ready.hard_state.is_none());
     assert_eq!(n.hard_state(), HardState { current_term: 3, voted_for: Some(1) });
     let r = only_response(&ready);
-    assert_eq!(r.payload, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true });
+    assert_eq!(
+        r.payload,
+        Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true, witnesses: None }
+    );
     assert_eq!(r.term, 4, "a granted pre-vote carries the term asked for");
 }
 
@@ -705,7 +718,7 @@ fn voters_answer_a_transfer_election_even_while_they_hear_from_the_leader() {
     let ready = deliver(&mut n, msg(2, 3, 4, vote(true)));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None }
     );
 }
 
@@ -1411,6 +1424,7 @@ fn restore_refuses_a_log_that_does_not_reach_the_snapshot_or_disagrees_with_it()
                     entries,
                     membership: Membership::with_voters([1, 2, 3]),
                     recorded_last: None,
+                    recorded_config: None,
                     staged: None,
                 };
                 Raft::new(1, Config::default(), restored, 1, 0).map(|_| ())
@@ -1456,14 +1470,25 @@ fn a_vote_in_the_current_term_keeps_the_lease_promise_after_a_higher_term_answer
     };
     let granted = |r: &Ready| {
         r.persisted_messages.iter().chain(&r.messages).any(|m| {
-            m.payload == Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+            m.payload
+                == Payload::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                    vouches: true,
+                    witnesses: None,
+                }
         })
     };
     assert!(!granted(&deliver(&mut v, vote(3))), "ignored while the leader is heard");
     // An answer of node 3 to an old message raises node 2's term and clears its leader...
     deliver(
         &mut v,
-        msg(3, 2, 3, Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }),
+        msg(
+            3,
+            2,
+            3,
+            Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None },
+        ),
     );
     assert_eq!(v.term(), 3);
     // ...but a vote request of that term, at the same instant, is still refused.
@@ -1506,7 +1531,8 @@ fn a_message_with_the_largest_term_is_dropped() {
 fn a_term_past_the_limit_is_dropped_and_counted_but_any_term_below_is_adopted() {
     let mut n = node(2, 1, None, &[1]);
     for forged in [TERM_LIMIT + 1, u64::MAX - 1, u64::MAX] {
-        let vote = Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true };
+        let vote =
+            Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None };
         let r = deliver(&mut n, msg(3, 2, forged, vote));
         assert_eq!(n.term(), 1, "term {forged} adopted");
         assert!(r.hard_state.is_none());
@@ -1618,7 +1644,8 @@ fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
     n.advance();
     assert_eq!(n.role(), Role::Candidate);
     assert_eq!(vote_requests(&first), vec![(2, 4, false), (3, 4, false)]);
-    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false };
+    let refusal =
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None };
     let again = deliver(&mut n, msg(2, 1, 9, refusal.clone()));
     assert_eq!(n.role(), Role::Candidate, "campaigns again without waiting for a timeout");
     assert_eq!(n.term(), 10);
@@ -1638,7 +1665,12 @@ fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
     // A refusal from the same term, or an answer to an older election, starts nothing.
     let same = deliver(
         &mut n,
-        msg(3, 1, 16, Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false }),
+        msg(
+            3,
+            1,
+            16,
+            Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None },
+        ),
     );
     assert!(vote_requests(&same).is_empty());
 }
@@ -1646,7 +1678,8 @@ fn a_refusal_from_a_later_term_starts_one_more_election_at_once() {
 #[test]
 fn a_follower_does_not_campaign_on_a_late_refusal_from_a_later_term() {
     let mut n = node(1, 3, None, &[1]);
-    let refusal = Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false };
+    let refusal =
+        Payload::RequestVoteResponse { pre_vote: false, granted: false, vouches: false, witnesses: None };
     let ready = deliver(&mut n, msg(2, 1, 7, refusal));
     assert_eq!(n.role(), Role::Follower);
     assert_eq!(n.term(), 7);
@@ -1665,18 +1698,28 @@ fn a_refused_pre_candidate_does_not_depose_the_leader_it_voted_for() {
     assert_eq!(n.role(), Role::PreCandidate);
     deliver(
         &mut n,
-        msg(3, 1, 5, Payload::RequestVoteResponse { pre_vote: true, granted: false, vouches: false }),
+        msg(
+            3,
+            1,
+            5,
+            Payload::RequestVoteResponse { pre_vote: true, granted: false, vouches: false, witnesses: None },
+        ),
     );
     let rv =
         Payload::RequestVote { pre_vote: false, last_log_id: LogId::new(3, 3), leadership_transfer: false };
     let ready = deliver(&mut n, msg(2, 1, 5, rv));
     assert_eq!(
         only_response(&ready).payload,
-        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true }
+        Payload::RequestVoteResponse { pre_vote: false, granted: true, vouches: true, witnesses: None }
     );
     deliver(
         &mut n,
-        msg(2, 1, 6, Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true }),
+        msg(
+            2,
+            1,
+            6,
+            Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: true, witnesses: None },
+        ),
     );
     let ready = deliver(&mut n, msg(2, 1, 5, append((3, 3), vec![entry(5, 4)], 0)));
     let reply = only_response(&ready);
@@ -1872,7 +1915,8 @@ fn whole_pre_candidate() -> Raft {
 
 #[test]
 fn a_grant_that_does_not_vouch_counts_for_the_quorum_only() {
-    let unvouched = Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: false };
+    let unvouched =
+        Payload::RequestVoteResponse { pre_vote: true, granted: true, vouches: false, witnesses: None };
     // Its own vote and node 2's unvouched grant make a quorum, but the majority {2, 3} lies
     // outside the vouching voters ({1}): not yet won.
     let mut n = whole_pre_candidate();
@@ -1889,7 +1933,7 @@ fn a_grant_that_does_not_vouch_counts_for_the_quorum_only() {
 }
 
 fn vote_response(pre_vote: bool, granted: bool) -> Payload {
-    Payload::RequestVoteResponse { pre_vote, granted, vouches: granted }
+    Payload::RequestVoteResponse { pre_vote, granted, vouches: granted, witnesses: None }
 }
 
 /// Ticks until the election timer fires.
@@ -1933,6 +1977,111 @@ fn a_node_that_lost_entries_loses_its_election_on_one_refusal_of_three() {
     let _ = deliver(&mut n, msg(1, 2, 2, vote_response(true, false)));
     assert_eq!(n.role(), Role::Follower, "one refusal leaves no majority without its own vote");
     assert_eq!(n.status().recovering_to, Some(LogId::new(2, 6)));
+}
+
+/// A node like [`node_that_lost_entries`] whose storage recorded its newest configuration at
+/// `recorded_config` (its restored log holds none: the initial one, at the empty log's id).
+fn node_that_lost_entries_recording(recorded_config: Option<LogId>) -> Raft {
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 2, voted_for: Some(1) },
+        entries: log_of(&[1, 1, 2]),
+        membership: Membership::with_voters([1, 2, 3]),
+        recorded_last: Some(LogId::new(2, 6)),
+        recorded_config,
+        ..RestoredState::default()
+    };
+    let mut raft = Raft::new(2, Config::default(), restored, 1, 0).expect("valid config");
+    raft.boot_quiet_until = 0;
+    raft
+}
+
+/// The witnesses named in `ready`'s only message, a vote's answer.
+fn witnesses_in(ready: &Ready) -> Option<BTreeSet<NodeId>> {
+    match &only_response(ready).payload {
+        Payload::RequestVoteResponse { witnesses, .. } => witnesses.clone(),
+        other => panic!("not a vote's answer: {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_that_lost_entries_names_its_voters_as_witnesses_only_when_no_configuration_was_lost() {
+    // Recorded where the restored log has it: the voters {1, 2, 3} are named with a grant
+    // that does not vouch.
+    let mut n = node_that_lost_entries_recording(Some(LogId::default()));
+    let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), true)));
+    assert_eq!(ballot(&ready), (true, false));
+    assert_eq!(witnesses_in(&ready), Some(BTreeSet::from([1, 2, 3])));
+    // Not with a grant that vouches, nor with a refusal.
+    let ready = deliver(&mut n, msg(1, 2, 5, vote_request(LogId::new(2, 6), false)));
+    assert_eq!((ballot(&ready), witnesses_in(&ready)), ((true, true), None));
+    let ready = deliver(&mut n, msg(3, 2, 5, vote_request(LogId::new(2, 2), true)));
+    assert_eq!((ballot(&ready), witnesses_in(&ready)), ((false, false), None));
+    // A configuration recorded elsewhere (entry 5, lost), or not known: no witnesses.
+    for recorded in [Some(LogId::new(2, 5)), None] {
+        let mut n = node_that_lost_entries_recording(recorded);
+        let ready = deliver(&mut n, msg(3, 2, 3, vote_request(LogId::new(2, 5), true)));
+        assert_eq!((ballot(&ready), witnesses_in(&ready)), ((true, false), None), "{recorded:?}");
+    }
+    // Once recovered, its grants vouch again and name nobody.
+    let mut n = node_that_lost_entries_recording(Some(LogId::default()));
+    let _ = deliver(&mut n, msg(1, 2, 2, append((2, 3), vec![entry(2, 4), entry(2, 5), entry(2, 6)], 3)));
+    assert_eq!(n.status().recovering_to, None);
+}
+
+/// Node 2, whole, pre-candidate in term 3 under the joint configuration whose new voter set
+/// is node 3 alone ({3} / {1, 2, 3}): the shape of node-simulation seed 627994.
+fn pre_candidate_needing_node_3_alone() -> Raft {
+    let joint = Membership {
+        voters: BTreeSet::from([3]),
+        outgoing_voters: BTreeSet::from([1, 2, 3]),
+        learners: BTreeSet::new(),
+    };
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 2, voted_for: None },
+        entries: log_of(&[1, 1, 2]),
+        membership: joint,
+        ..RestoredState::default()
+    };
+    let mut n = Raft::new(2, Config::default(), restored, 1, 0).expect("valid config");
+    n.boot_quiet_until = 0;
+    tick_until_campaigning(&mut n);
+    assert_eq!(n.role(), Role::PreCandidate);
+    n
+}
+
+#[test]
+fn a_voter_set_of_one_recovering_voter_is_met_by_the_witnesses_it_names() {
+    let unvouched = |witnesses: Option<BTreeSet<NodeId>>| Payload::RequestVoteResponse {
+        pre_vote: true,
+        granted: true,
+        vouches: false,
+        witnesses,
+    };
+    let all = Some(BTreeSet::from([1, 2, 3]));
+    // Node 3 grants without vouching and names {1, 2, 3}; with node 1 vouching, every
+    // majority of {1, 2, 3} meets the vouching voters {1, 2}: won.
+    let mut n = pre_candidate_needing_node_3_alone();
+    let _ = deliver(&mut n, msg(3, 2, 3, unvouched(all.clone())));
+    assert_eq!(n.role(), Role::PreCandidate, "won before a majority of the witnesses vouched");
+    let _ = deliver(&mut n, msg(1, 2, 3, vote_response(true, true)));
+    assert_eq!(n.role(), Role::Candidate, "the witnesses met the set {{3}}");
+    // Node 1 refusing: the witnesses' majority {1, 3} holds no vouching voter: lost.
+    let mut n = pre_candidate_needing_node_3_alone();
+    let _ = deliver(&mut n, msg(3, 2, 3, unvouched(all)));
+    let _ = deliver(&mut n, msg(1, 2, 3, vote_response(true, false)));
+    assert_eq!(n.role(), Role::Follower, "won on one vouching witness of three");
+    // Node 1 granting without vouching (it lost data too): not won either.
+    let mut n = pre_candidate_needing_node_3_alone();
+    let _ = deliver(&mut n, msg(3, 2, 3, unvouched(Some(BTreeSet::from([1, 2, 3])))));
+    let _ = deliver(&mut n, msg(1, 2, 3, unvouched(None)));
+    assert_eq!(n.role(), Role::Follower, "won on a witness that does not vouch");
+    // No witnesses named, or only itself: the set {3} cannot be met.
+    for named in [None, Some(BTreeSet::from([3])), Some(BTreeSet::new())] {
+        let mut n = pre_candidate_needing_node_3_alone();
+        let _ = deliver(&mut n, msg(3, 2, 3, unvouched(named.clone())));
+        let _ = deliver(&mut n, msg(1, 2, 3, vote_response(true, true)));
+        assert_eq!(n.role(), Role::Follower, "won on node 3's grant naming {named:?}");
+    }
 }
 
 #[test]

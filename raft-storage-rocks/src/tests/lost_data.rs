@@ -93,6 +93,8 @@ async fn a_deleted_wal_is_reported_and_the_vote_comes_back() {
             recorded_last: LogId::new(1, 50),
             found_last: LogId::new(1, 20),
             rolled_back_hard_state: Some(TERM_BEFORE_FLUSH),
+            // No configuration entry was ever written: the initial one, at the empty log's id.
+            recorded_config: Some(LogId::default()),
         })
     );
     assert_eq!(state.hard_state, TERM_AFTER_FLUSH, "the recorded term and vote were not restored");

@@ -10,6 +10,7 @@ mod corruption;
 pub(crate) mod durability;
 mod lost_data;
 mod reception_review;
+mod record_config;
 mod record_in_flight;
 mod record_review;
 mod record_review2;

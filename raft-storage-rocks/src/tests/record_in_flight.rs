@@ -14,7 +14,7 @@ const SAVED: HardState = HardState { current_term: 2, voted_for: Some(1) };
 const IN_FLIGHT: HardState = HardState { current_term: 3, voted_for: Some(2) };
 
 fn log(hard_state: HardState, last: u64) -> LogRecord {
-    LogRecord { hard_state, last: LogId::new(1, last) }
+    LogRecord { hard_state, last: LogId::new(1, last), config: raft_core::ConfigPosition::new_log() }
 }
 
 /// A closed store holding entries 1..=10 and `SAVED`, whose record is then replaced by `slot`

@@ -20,7 +20,7 @@ pub(super) const SAVED: HardState = HardState { current_term: 2, voted_for: Some
 pub(super) const IN_FLIGHT: HardState = HardState { current_term: 3, voted_for: Some(2) };
 
 pub(super) fn log(hard_state: HardState, last: u64) -> LogRecord {
-    LogRecord { hard_state, last: LogId::new(1, last) }
+    LogRecord { hard_state, last: LogId::new(1, last), config: raft_core::ConfigPosition::new_log() }
 }
 
 fn record(dir: &Path) -> BTreeMap<u64, RecordedLog> {

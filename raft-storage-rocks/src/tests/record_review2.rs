@@ -103,7 +103,7 @@ async fn the_write_back_intent_slot_claims_only_what_the_wal_holds() {
         let mut marks = Marks::from_record(&record);
         marks.settle(0, found);
         // `initial_log_state`'s mark, and the slot `write_intent` writes before its WAL write.
-        let mark = Mark { group: 0, hard_state: Some(write_back), last: Some(found) };
+        let mark = Mark { group: 0, hard_state: Some(write_back), last: Some(found), config: None };
         let slot = marks.slot(&marks.preview([&mark]));
         let dir = store_with_record(&[0], &slot).await;
         let state = open(dir.path()).log(0).initial_state().await.expect("state");

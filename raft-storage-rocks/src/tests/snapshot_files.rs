@@ -128,7 +128,7 @@ async fn a_store_with_its_snapshot_in_the_database_reads_it_and_moves_it_to_a_fi
             codec::encode(&(old.meta.last_log_id, old.data.to_bytes())).expect("encode"),
         ),
     ];
-    log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }, None)
+    log.write(ops, crate::db::Bounds { snapshot: old.meta.last_log_id, ..bounds }, None, None)
         .await
         .expect("write");
     drop(log);

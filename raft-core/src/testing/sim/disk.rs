@@ -2,7 +2,7 @@
 //! would change, so a crash can lose unsynced writes or leave a torn tail.
 
 use crate::protocol::Ready;
-use crate::storage::Snapshot;
+use crate::storage::{ConfigPosition, Snapshot};
 use crate::types::{Entry, HardState, Index, LogId};
 
 /// The durable state of one node.
@@ -23,6 +23,11 @@ pub(crate) struct Disk {
     pub(crate) lost_floor: Option<LogId>,
     /// The entries the latest data-loss fault took, while the record still covers them.
     lost_entries: Vec<LogId>,
+    /// Where the newest configuration stands, followed from the writes as the RocksDB store
+    /// follows it (`None`, unknown, from a start that found data missing until a write names
+    /// it again), and as the record holds it.
+    config: ConfigPosition,
+    pub(crate) recorded_config: ConfigPosition,
 }
 
 /// The writes of one [`Ready`], waiting to become durable.
@@ -58,6 +63,11 @@ impl PendingWrite {
 }
 
 impl Disk {
+    /// A new node's empty disk.
+    pub(crate) fn fresh() -> Self {
+        Self { config: ConfigPosition::new_log(), ..Self::default() }
+    }
+
     fn snapshot_last(&self) -> LogId {
         self.snapshot.as_ref().map_or(LogId::default(), |s| s.meta.last_log_id)
     }
@@ -100,12 +110,14 @@ impl Disk {
         if last.index <= self.snapshot_last().index {
             return;
         }
-        if self.get(last.index).is_some_and(|e| e.term == last.term) {
+        let kept = self.get(last.index).is_some_and(|e| e.term == last.term);
+        if kept {
             let first = self.first_index();
             self.entries.drain(..(last.index + 1 - first) as usize);
         } else {
             self.entries.clear();
         }
+        self.config = self.config.after_snapshot(last, kept);
         self.snapshot = Some(snapshot);
     }
 
@@ -117,6 +129,7 @@ impl Disk {
             let drop = ((up_to + 1 - first) as usize).min(self.entries.len());
             self.entries.drain(..drop);
         }
+        self.config = self.config.after_snapshot(snapshot.meta.last_log_id, true);
         self.snapshot = Some(snapshot);
         self.write_record();
     }
@@ -130,6 +143,10 @@ impl Disk {
             self.lost_entries.clear();
         }
         self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
+        if self.lost_floor.is_some() {
+            self.config = ConfigPosition(None);
+        }
+        self.recorded_config = self.config;
     }
 
     /// A data-loss fault: the last `n` log entries (never the snapshot) vanish, and with
@@ -149,9 +166,11 @@ impl Disk {
     /// recorded one, written back, if the one found is older) and, when the log ends before
     /// the recorded last entry, that entry (see `RestoredState::recorded_last`). Without
     /// `use_record` the loss goes unnoticed, as it did before stores kept a record.
-    pub(crate) fn open(&mut self, use_record: bool) -> (HardState, Option<LogId>) {
+    /// The third value is where the record says the newest configuration stood (see
+    /// `DataLoss::recorded_config`), with a loss only.
+    pub(crate) fn open(&mut self, use_record: bool) -> (HardState, Option<LogId>, Option<LogId>) {
         let Some((recorded_hs, recorded_last)) = self.record.filter(|_| use_record) else {
-            return (self.hard_state, None);
+            return (self.hard_state, None, None);
         };
         let found = self.hard_state;
         let rolled_back = found.is_behind(&recorded_hs);
@@ -160,7 +179,11 @@ impl Disk {
         }
         let lost = (recorded_last > self.last_log_id()).then_some(recorded_last);
         self.lost_floor = lost;
-        (self.hard_state, lost)
+        let recorded_config = lost.and(self.recorded_config.0);
+        if lost.is_some() {
+            self.config = ConfigPosition(None);
+        }
+        (self.hard_state, lost, recorded_config)
     }
 
     /// Makes `write` durable, whole or (after a crash) in part. Storage writes the hard state
@@ -182,6 +205,7 @@ impl Disk {
             let first = self.first_index();
             assert!(from > self.snapshot_last().index, "simulated disk: truncation into the snapshot");
             self.entries.truncate(from.saturating_sub(first) as usize);
+            self.config = self.config.after_truncate(from);
         }
         let take = match cut {
             Some(CrashCut::Prefix(n)) => n.min(write.entries.len()),
@@ -195,6 +219,7 @@ impl Disk {
             self.entries.truncate(at);
             self.entries.push(e.clone());
         }
+        self.config = self.config.after_append(&write.entries[..take]);
         if cut.is_none() {
             self.write_record();
         }

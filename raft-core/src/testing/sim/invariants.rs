@@ -42,6 +42,8 @@ pub(crate) struct History {
     /// there sets it; every other node, by applying or by restoring a snapshot, must match).
     fsm_digests: BTreeMap<Index, u64>,
     pending_violation: Option<String>,
+    /// Grants sent by recovering voters naming witnesses (for reports).
+    pub(crate) witnessed_grants: u64,
 }
 
 impl History {
@@ -117,6 +119,9 @@ impl History {
         if !pre_vote_grant {
             let t = self.max_sent_term.entry(m.from).or_default();
             *t = (*t).max(m.term);
+        }
+        if let Payload::RequestVoteResponse { granted: true, witnesses: Some(_), .. } = &m.payload {
+            self.witnessed_grants += 1;
         }
         if let Payload::RequestVoteResponse { pre_vote: false, granted: true, .. } = m.payload {
             if let Some(previous) = self.votes.insert((m.from, m.term), m.to) {

@@ -158,6 +158,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Grants that named witnesses of lost data (see `RestoredState::recorded_config`), sent
+    /// so far.
+    pub fn witnessed_grants(&self) -> u64 {
+        self.history.witnessed_grants
+    }
+
     /// A cluster of `n` voters (ids `1..=n`) with the default config, on a reliable network.
     pub fn new(n: usize, seed: u64) -> Self {
         Self::with_config(n, seed, Config::default())
@@ -197,7 +203,7 @@ impl Cluster {
             cluster.nodes.push(SimNode {
                 id,
                 raft: None,
-                disk: Disk::default(),
+                disk: Disk::fresh(),
                 in_progress: None,
                 inbox: VecDeque::new(),
                 applied: Vec::new(),
@@ -350,7 +356,7 @@ impl Cluster {
         let node = self.node_mut(id);
         let snapshot = node.disk.snapshot.clone();
         let staged = node.staged.staged();
-        let (hard_state, recorded_last) = node.disk.open(use_record);
+        let (hard_state, recorded_last, recorded_config) = node.disk.open(use_record);
         // A restarted node may hold any prefix of its log as stubs (payloads left on disk).
         let mut entries = node.disk.entries.clone();
         let split = self.rng.range(0, entries.len() as u64 + 1) as usize;
@@ -362,6 +368,7 @@ impl Cluster {
             entries,
             membership,
             recorded_last,
+            recorded_config,
             staged,
         };
         let raft = match Raft::new(id, config, restored, seed, now) {
