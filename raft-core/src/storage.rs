@@ -589,4 +589,21 @@ pub trait Storage: Send + Sync {
     /// Durably removes entries up to and including `up_to`, which must be covered by the
     /// latest snapshot (else `OutOfRange`).
     async fn compact(&self, up_to: Index) -> Result<(), StorageError>;
+
+    /// A write failed with [`StorageError::Full`]: frees the room the store keeps reserved on
+    /// its disk, if it keeps any, so that the writes the node needs to go on (its log, a
+    /// received snapshot, the store's own flushes and compactions) can finish. Returns whether
+    /// it freed any (the driver then tries the write again at once). The default reserves
+    /// nothing.
+    fn release_headroom(&self) -> bool {
+        false
+    }
+
+    /// Whether the store runs on its released headroom (see
+    /// [`release_headroom`](Storage::release_headroom)) until it could reserve it again: the
+    /// node refuses new proposals meanwhile, as while a write waits for space, so that clients
+    /// cannot take that room. Called on every proposal: keep it cheap. The default: never.
+    fn headroom_in_use(&self) -> bool {
+        false
+    }
 }

@@ -629,6 +629,10 @@ struct FaultyStorage {
     refused_snapshot_write: AtomicBool,
     /// Bytes staged of the snapshot being received.
     staged: std::sync::atomic::AtomicU64,
+    /// Headroom is reserved: releasing it ends `full`.
+    headroom_held: AtomicBool,
+    /// The headroom was released and not reserved again.
+    headroom_in_use: AtomicBool,
 }
 
 impl FaultyStorage {
@@ -723,6 +727,17 @@ impl raft_core::Storage for FaultyStorage {
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
         self.inner.compact(up_to).await
     }
+    fn release_headroom(&self) -> bool {
+        if !self.headroom_held.swap(false, Ordering::SeqCst) {
+            return false;
+        }
+        self.headroom_in_use.store(true, Ordering::SeqCst);
+        self.full.store(false, Ordering::SeqCst);
+        true
+    }
+    fn headroom_in_use(&self) -> bool {
+        self.headroom_in_use.load(Ordering::SeqCst)
+    }
 }
 
 /// A one-voter node on [`FaultyStorage`] (faults off), once it leads.
@@ -767,6 +782,31 @@ async fn a_full_disk_refuses_proposals_and_the_node_goes_on_when_space_returns()
     assert!(during.log_id.index > before.log_id.index);
     wait_until("the full-disk state to clear", || !node.status().storage_full).await;
     let after = node.propose(Bytes::from_static(b"after")).await.expect("writes go on");
+    let state = storage.initial_state().await.expect("state");
+    assert_eq!(state.last_index, after.log_id.index, "every acknowledged write is in storage");
+}
+
+/// A store that keeps headroom: the write that hit the full disk goes through at once in the
+/// freed room, and new proposals are refused (`Storage(Full)`, `storage_full` in the status)
+/// until the store has reserved its headroom again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_uses_the_stores_headroom_and_refuses_proposals_until_it_is_reserved_again() {
+    let (storage, node) = single_node_on_faulty_storage().await;
+    storage.headroom_held.store(true, Ordering::SeqCst);
+    storage.full.store(true, Ordering::SeqCst);
+    let during = tokio::time::timeout(Duration::from_secs(10), node.propose(Bytes::from_static(b"during")))
+        .await
+        .expect("the write went on in the headroom without waiting for space")
+        .expect("applied");
+    assert!(storage.headroom_in_use.load(Ordering::SeqCst), "the headroom was not released");
+    assert!(node.status().storage_full, "the status does not say the node runs on its headroom");
+    let refused = node.propose(Bytes::from_static(b"refused")).await;
+    assert_eq!(refused.map(|_| ()), Err(RaftError::Storage(StorageError::Full)));
+    // Space returns and the store reserves its headroom again: proposals go on.
+    storage.headroom_in_use.store(false, Ordering::SeqCst);
+    wait_until("the full-disk state to clear", || !node.status().storage_full).await;
+    let after = node.propose(Bytes::from_static(b"after")).await.expect("writes go on");
+    assert!(after.log_id.index > during.log_id.index);
     let state = storage.initial_state().await.expect("state");
     assert_eq!(state.last_index, after.log_id.index, "every acknowledged write is in storage");
 }

@@ -28,6 +28,10 @@ use crate::RocksStorage;
 /// Entries of a data dir whose names start with this are damaged files a repair moved aside
 /// (`raft-node` moves a damaged store into `damaged-<unix seconds>/`); the store ignores them.
 pub const DAMAGED_PREFIX: &str = "damaged-";
+/// The file holding the headroom the store reserves on its disk
+/// ([`RocksOptions::headroom_bytes`]): not part of the store's data (a repair leaves it where
+/// it is).
+pub const HEADROOM_FILE: &str = crate::headroom::FILE_NAME;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -68,6 +72,11 @@ pub struct RocksOptions {
     /// or cut write-ahead log go unnoticed (a forgotten vote, acknowledged entries gone); it
     /// exists to measure the record's cost.
     pub durability_record: bool,
+    /// Room kept free on the data directory's file system (a file allocated at open), given
+    /// up when a write fails on a full disk so that flushes, compactions, snapshots and
+    /// catch-up can finish; new proposals are refused while it is in use (see the crate
+    /// docs). 0: none.
+    pub headroom_bytes: u64,
 }
 
 impl Default for RocksOptions {
@@ -80,6 +89,7 @@ impl Default for RocksOptions {
             memtable_budget_bytes: 32 << 20,
             max_open_files: 128,
             durability_record: true,
+            headroom_bytes: 64 << 20,
         }
     }
 }
@@ -151,6 +161,8 @@ struct Shared {
     /// The logs whose snapshot reception left by the last process was looked for (once per
     /// open: later, a temporary file is a reception under way).
     receptions_resumed: Mutex<std::collections::HashSet<u64>>,
+    /// The headroom reserved on the disk.
+    headroom: crate::headroom::Headroom,
 }
 
 struct Handle {
@@ -288,13 +300,16 @@ impl RocksDb {
     ) -> Result<Self, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let shown = dir.display().to_string();
-        // Damaged files a repair moved aside, and a fresh file system's lost+found, do not
-        // count: such a directory is a new store's.
+        // Damaged files a repair moved aside, a fresh file system's lost+found and the
+        // headroom reserve do not count: such a directory is a new store's.
         let exists_non_empty = std::fs::read_dir(&dir)
             .map(|d| {
                 d.filter_map(Result::ok).any(|e| {
                     let name = e.file_name().to_string_lossy().to_string();
-                    !name.starts_with(DAMAGED_PREFIX) && name != "lost+found"
+                    !name.starts_with(DAMAGED_PREFIX)
+                        && name != "lost+found"
+                        && name != HEADROOM_FILE
+                        && name != format!("{HEADROOM_FILE}.tmp")
                 })
             })
             .unwrap_or(false);
@@ -363,7 +378,9 @@ impl RocksDb {
         }
         let marks = Marks::from_record(&record.clone().unwrap_or_default());
         let (tx, mut rx) = mpsc::channel(options.queue_max.max(1));
+        let headroom = crate::headroom::Headroom::open(&dir, options.headroom_bytes);
         let shared = Arc::new(Shared {
+            headroom,
             dir,
             options,
             db_options: db_opts,
@@ -541,6 +558,16 @@ impl RocksDb {
     pub(crate) fn recorded_position(&self, group: u64) -> raft_core::ConfigPosition {
         let marks = self.handle.shared.marks.lock().expect("marks");
         marks.logs().get(&group).map(|r| r.config).unwrap_or_default()
+    }
+
+    /// Frees the headroom reserved on the disk (see `headroom.rs`); whether it freed any.
+    pub(crate) fn release_headroom(&self) -> bool {
+        self.handle.shared.headroom.release()
+    }
+
+    /// Whether the headroom reserved on the disk is in use (see `headroom.rs`).
+    pub(crate) fn headroom_in_use(&self) -> bool {
+        self.handle.shared.headroom.in_use()
     }
 
     /// Log `group` was found to end at `found` (see [`Marks::settle`]).

@@ -12,7 +12,10 @@
 //!   refused with a typed [`OpenError`].
 //! - **Faults**: a full disk is [`StorageError::Full`](raft_core::StorageError::Full); after any
 //!   failed write the store reopens RocksDB before the next one, so writes work again once
-//!   space is freed, and nothing acknowledged is lost.
+//!   space is freed, and nothing acknowledged is lost. The store keeps headroom allocated on
+//!   its disk ([`RocksOptions::headroom_bytes`], 64 MiB) and frees it when the driver asks after
+//!   a write failed on a full disk, so that the writes needed to go on can finish; new proposals
+//!   are refused until it is allocated again.
 //!
 //! **With `RaftNode`.** `Arc::new(db.log(0))` is the `storage` argument of
 //! [`raft_core::RaftNode::start`]; restarting on the same directory resumes the node. The
@@ -37,11 +40,12 @@ mod codec;
 mod db;
 mod durability;
 mod error;
+mod headroom;
 mod snapshot_file;
 mod staging;
 mod storage;
 
-pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION};
+pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION, HEADROOM_FILE};
 pub use error::{is_disk_failure, OpenError};
 pub use storage::RocksStorage;
 

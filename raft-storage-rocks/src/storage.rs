@@ -1035,6 +1035,14 @@ impl Storage for RocksStorage {
         Ok(Some(Snapshot { meta, data }))
     }
 
+    fn release_headroom(&self) -> bool {
+        self.db.release_headroom()
+    }
+
+    fn headroom_in_use(&self) -> bool {
+        self.db.headroom_in_use()
+    }
+
     async fn compact(&self, up_to: Index) -> Result<(), StorageError> {
         let _bounds = self.bounds_lock.lock().await;
         let b = self.with_db(|db| self.bounds(db))?;

@@ -126,7 +126,7 @@ impl LogWriter {
         let (writes, rx) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
         // One answer per storage call, and there are never more calls than readies queued.
         let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
-        let full = Arc::new(SpaceWaits::default());
+        let full = Arc::new(SpaceWaits::new(storage.clone()));
         let task = tokio::spawn(write_loop(storage, rx, done_tx, full.clone()));
         register(task.abort_handle());
         Self {
@@ -237,25 +237,38 @@ impl LogWriter {
 }
 
 /// The writes waiting for space on a full disk (the log writer's and a received snapshot's
-/// install): the node reports a full disk while any waits. Each waiter counts itself once,
-/// so one that is done cannot clear another's wait.
-#[derive(Debug, Default)]
-pub(super) struct SpaceWaits(AtomicUsize);
+/// install): the node reports a full disk while any waits, or while storage runs on its
+/// released headroom ([`Storage::headroom_in_use`]). Each waiter counts itself once, so one
+/// that is done cannot clear another's wait.
+pub(super) struct SpaceWaits {
+    waits: AtomicUsize,
+    storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for SpaceWaits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpaceWaits").field("waits", &self.waits).finish_non_exhaustive()
+    }
+}
 
 impl SpaceWaits {
-    /// Whether a write waits for space now.
+    pub(super) fn new(storage: Arc<dyn Storage>) -> Self {
+        Self { waits: AtomicUsize::new(0), storage }
+    }
+
+    /// Whether a write waits for space now, or storage runs on its released headroom.
     pub(super) fn any(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.waits.load(Ordering::SeqCst) > 0 || self.storage.headroom_in_use()
     }
 
     /// A write starts waiting.
     pub(super) fn begin(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.waits.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A write stops waiting (it succeeded, failed otherwise or was given up).
     pub(super) fn end(&self) {
-        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let _ = self.waits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
 
@@ -264,8 +277,9 @@ pub(super) const FULL_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between tries.
 pub(super) const FULL_RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// Carries `write` out; on a full disk, tries again (with growing waits, `full` set meanwhile)
-/// until space returns or the driver is gone. A failed write left nothing visible (the
+/// Carries `write` out; on a full disk, tries again at once if storage could free its
+/// headroom, else with growing waits (`full` set meanwhile) until space returns or the driver
+/// is gone. A failed write left nothing visible (the
 /// `Storage` contract) and each of its steps is idempotent, so trying it again is safe.
 async fn carry_out_waiting_for_space(
     write: &Write,
@@ -278,6 +292,9 @@ async fn carry_out_waiting_for_space(
     loop {
         match write.carry_out(storage).await {
             Err(RaftError::Storage(StorageError::Full)) if !done.is_closed() => {
+                if storage.release_headroom() {
+                    continue;
+                }
                 if !waiting {
                     waiting = true;
                     full.begin();

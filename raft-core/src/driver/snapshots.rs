@@ -207,8 +207,14 @@ impl Driver {
     ) -> Result<(), RaftError> {
         let started_ms = self.snapshot_task.take().map_or(0, |t| t.started_ms);
         if let Err(RaftError::Storage(StorageError::Full)) = outcome {
-            tracing::warn!("the disk is full: snapshot not saved; trying again later");
-            self.snapshots_paused_until_ms = self.clock.now_ms() + SNAPSHOT_PAUSE_ON_FULL_MS;
+            // A snapshot lets the log be compacted, which frees room: storage's headroom, if
+            // it could free it, lets the next try go at once.
+            if self.storage.release_headroom() {
+                tracing::warn!("the disk is full: snapshot not saved; trying again in the freed headroom");
+            } else {
+                tracing::warn!("the disk is full: snapshot not saved; trying again later");
+                self.snapshots_paused_until_ms = self.clock.now_ms() + SNAPSHOT_PAUSE_ON_FULL_MS;
+            }
             return Ok(());
         }
         let snapshot = outcome?;
@@ -389,6 +395,10 @@ impl Driver {
     pub(super) async fn wait_for_space(&mut self, wait: &mut Duration) -> Result<(), RaftError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(RaftError::AlreadyShutdown);
+        }
+        if self.storage.release_headroom() {
+            // Freed room: the write is tried again at once.
+            return Ok(());
         }
         if !self.install_waits_for_space {
             self.install_waits_for_space = true;

@@ -121,10 +121,12 @@ pub(super) async fn check_if_known(
     }
 }
 
-/// The entries of `dir` a repair leaves alone: damaged files moved aside earlier and a file
-/// system's `lost+found`.
+/// The entries of `dir` a repair leaves alone: damaged files moved aside earlier, a file
+/// system's `lost+found`, and the store's headroom reserve (not data).
 fn kept_in_place(name: &str) -> bool {
-    name.starts_with(raft_storage_rocks::DAMAGED_PREFIX) || name == "lost+found"
+    name.starts_with(raft_storage_rocks::DAMAGED_PREFIX)
+        || name == "lost+found"
+        || name.starts_with(raft_storage_rocks::HEADROOM_FILE)
 }
 
 /// Whether the data dir holds damaged files a repair moved aside (this node had data).
