@@ -107,14 +107,17 @@ impl Disk {
         self.entries.last().map_or(self.snapshot_last(), Entry::log_id)
     }
 
-    /// Updates the durability record after a completed write.
-    fn write_record(&mut self) {
+    /// Updates the durability record after a completed write (`log_changed`: not a hard state
+    /// alone). While data is missing the place of the configuration stays as recorded until a
+    /// write changes the log, as in the RocksDB store.
+    fn write_record(&mut self, log_changed: bool) {
+        let missing_data = self.lost_floor.is_some();
         let last = self.last_log_id();
         if self.lost_floor.is_some_and(|floor| last >= floor) {
             self.lost_floor = None;
         }
         self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
-        if self.lost_floor.is_some() {
+        if missing_data && log_changed {
             self.config = ConfigPosition(None);
         }
         self.recorded_config = self.config;
@@ -305,9 +308,10 @@ impl SimStorage {
             _ => &mut disk.in_progress,
         };
         if let Some(write) = slot.take() {
+            let log_changed = !matches!(write, Write::HardState(_));
             disk.apply(write);
             // Recorded before the write is reported done, as the RocksDB store does.
-            disk.write_record();
+            disk.write_record(log_changed);
         }
         Ok(())
     }
@@ -333,9 +337,6 @@ impl Storage for SimStorage {
                 disk.hard_state = recorded_hs;
             }
             disk.lost_floor = (recorded_last > found_last).then_some(recorded_last);
-            if disk.lost_floor.is_some() {
-                disk.config = ConfigPosition(None);
-            }
             if rolled_back || recorded_last > found_last {
                 lost = Some(raft_core::DataLoss {
                     recorded_last: recorded_last.max(found_last),

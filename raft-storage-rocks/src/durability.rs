@@ -57,9 +57,11 @@
 //! [`ConfigPosition`], followed from the writes (an append that carries a configuration
 //! names it; a truncation or an overwrite that removes it makes it unknown; a snapshot past
 //! it names the snapshot). At open a loss reports the `possible` one
-//! ([`DataLoss::recorded_config`](raft_core::DataLoss::recorded_config)); from then on, while
-//! the log has not reached what it lost, it is unknown (a second loss cannot be judged by the
-//! first one's configuration), and stays so until a write names one again.
+//! ([`DataLoss::recorded_config`](raft_core::DataLoss::recorded_config)). While the log has
+//! not reached what it lost, it stays as it was through writes that leave the log alone (a
+//! restart while recovering reports it again), and becomes unknown at the first write that
+//! changes the log (a later loss cannot be judged by the first one's configuration), until a
+//! write names one again.
 //!
 //! A store written before the record existed starts one at its first open (what it had lost
 //! before cannot be known); a record of the first format (one state per log, written after
@@ -245,6 +247,7 @@ impl Marks {
     /// Applies one job's change, once its WAL write returned.
     pub(crate) fn apply(&mut self, mark: &Mark) {
         self.at_open.remove(&mark.group);
+        let missing_data = self.floors.contains_key(&mark.group);
         let record = self.logs.entry(mark.group).or_default();
         if let Some(hs) = mark.hard_state {
             record.hard_state = hs;
@@ -262,9 +265,13 @@ impl Marks {
                 None => record.last = last,
             }
         }
-        // While the log misses what it lost, a write cannot tell where the configuration of
-        // what was lost stood: unknown until a write names one again.
-        if self.floors.contains_key(&mark.group) {
+        // While the log misses what it lost, a write that changes the log (the one that reaches
+        // the floor included) leaves the recorded place of the configuration of what was lost
+        // behind (entries acknowledged since may have been appended under another, in a log
+        // that went back to an older state): unknown until a later write names one. Writes
+        // that leave the log as it is (a hard state, the write-back at open) keep it, so that
+        // a restart while recovering still names the same witnesses.
+        if missing_data && mark.config.is_some() {
             record.config = ConfigPosition(None);
         }
     }

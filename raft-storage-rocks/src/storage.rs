@@ -263,8 +263,10 @@ impl RocksStorage {
         };
         self.db.set_floor(self.group, recorded_last);
         let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
+        // What the lost data held is unknown, its configuration included.
+        let unknown = Some(ConfigWrite::Known(ConfigPosition(None)));
         let mark =
-            Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last), config: None };
+            Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last), config: unknown };
         self.db.write(vec![op], Some(mark)).await?;
         if recorded_last > found_last {
             let lost =
@@ -426,7 +428,9 @@ impl RocksStorage {
         let state = self.initial_state().await?;
         let Some(lost) = state.lost else { return Ok(None) };
         self.db.forget_floor(self.group);
-        let mark = Mark { group: self.group, hard_state: None, last: Some(lost.found_last), config: None };
+        // The log is taken as it is now: where its configuration stood before is no guide.
+        let unknown = Some(ConfigWrite::Known(ConfigPosition(None)));
+        let mark = Mark { group: self.group, hard_state: None, last: Some(lost.found_last), config: unknown };
         self.db.write(Vec::new(), Some(mark)).await?;
         tracing::warn!(group = self.group, %lost, "the operator accepted the loss");
         Ok(Some(lost))

@@ -144,6 +144,10 @@ pub struct RestoredState {
     pub recorded_config: Option<LogId>,
 }
 
+/// Most witnesses a vote's answer may name to be counted (a voter set is far smaller): a
+/// larger set from a faulty peer is ignored rather than kept and scanned at every count.
+const WITNESSES_MAX: usize = 1_024;
+
 /// The witnesses a node recovering lost data names (see [`RestoredState::recorded_config`]):
 /// the incoming voters of its newest configuration, when storage recorded that configuration
 /// at the place the restored log holds it (so none was lost). Every entry it lost came after
@@ -1300,17 +1304,12 @@ impl Raft {
                 self.handle_vote_request(m.from, m.term, pre_vote, last_log_id, leadership_transfer)
             }
             Payload::RequestVoteResponse { pre_vote, granted, vouches, witnesses } => {
-                if granted && !vouches {
-                    if let Some(w) = witnesses.filter(|w| !w.is_empty()) {
-                        self.witnesses.insert(m.from, w);
-                    }
-                }
                 let ballot = match (granted, vouches) {
                     (false, _) => Ballot::Refused,
                     (true, false) => Ballot::GrantedUnvouched,
                     (true, true) => Ballot::Granted,
                 };
-                self.handle_vote_response(m.from, m.term, pre_vote, ballot)
+                self.handle_vote_response(m.from, m.term, pre_vote, ballot, witnesses)
             }
             Payload::AppendEntries { prev_log_id, entries, leader_commit, read_seq } => {
                 self.handle_append(m.from, prev_log_id, entries, leader_commit, read_seq)
@@ -1397,7 +1396,16 @@ impl Raft {
             || self.leader_contact.is_some_and(|t| self.now < t + self.config.election_timeout_min_ms)
     }
 
-    fn handle_vote_response(&mut self, from: NodeId, msg_term: Term, pre_vote: bool, ballot: Ballot) {
+    /// `witnesses` count only with the ballot they came with (a grant that does not vouch), and
+    /// only when that ballot is the one recorded for the voter in this (pre-)election.
+    fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        ballot: Ballot,
+        witnesses: Option<BTreeSet<NodeId>>,
+    ) {
         let expected = match (self.role, pre_vote) {
             (Role::PreCandidate, true) => self.term().saturating_add(1),
             (Role::Candidate, false) => self.term(),
@@ -1407,6 +1415,11 @@ impl Raft {
         let rejected_pre_vote = pre_vote && ballot == Ballot::Refused;
         if msg_term != expected && !rejected_pre_vote {
             return;
+        }
+        if ballot == Ballot::GrantedUnvouched && !self.votes.contains_key(&from) {
+            if let Some(w) = witnesses.filter(|w| !w.is_empty() && w.len() <= WITNESSES_MAX) {
+                self.witnesses.insert(from, w);
+            }
         }
         self.record_vote(from, ballot);
         self.tally_votes();

@@ -136,3 +136,39 @@ async fn truncations_overwrites_and_snapshots_move_the_position() {
 fn recorded_position_of(db: &crate::RocksDb) -> ConfigPosition {
     db.recorded_position(0)
 }
+
+#[tokio::test]
+async fn a_hard_state_write_while_missing_data_keeps_the_position_and_an_accepted_loss_forgets_it() {
+    let dir = store_that_lost_its_wal_tail(&[10]).await;
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        assert!(log.initial_state().await.expect("state").lost.is_some());
+        let vote = raft_core::HardState { current_term: 9, voted_for: Some(2) };
+        log.save_hard_state(vote).await.expect("hard state");
+    }
+    let db = open(dir.path());
+    let log = db.log(0);
+    let lost = log.initial_state().await.expect("state").lost.expect("still missing");
+    assert_eq!(lost.recorded_config, Some(LogId::new(1, 10)), "a vote does not change the log");
+    // The operator accepts the loss: the log is taken as it is, the old place is no guide.
+    assert!(log.accept_data_loss().await.expect("accept").is_some());
+    assert_eq!(db.recorded_position(0), ConfigPosition(None));
+}
+
+#[tokio::test]
+async fn data_lost_whole_has_no_known_configuration_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let log = db.log(0);
+    log.initial_state().await.expect("state");
+    assert_eq!(db.recorded_position(0), ConfigPosition::new_log());
+    // The cluster says this node had entries up to 40 (its data dir was lost whole).
+    let hs = raft_core::HardState { current_term: 3, voted_for: None };
+    log.record_lost_data(hs, LogId::new(3, 40)).await.expect("record");
+    assert_eq!(db.recorded_position(0), ConfigPosition(None));
+    drop(log);
+    drop(db);
+    let lost = open(dir.path()).log(0).initial_state().await.expect("state").lost.expect("a loss");
+    assert_eq!(lost.recorded_config, None);
+}

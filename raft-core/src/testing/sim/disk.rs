@@ -131,19 +131,22 @@ impl Disk {
         }
         self.config = self.config.after_snapshot(snapshot.meta.last_log_id, true);
         self.snapshot = Some(snapshot);
-        self.write_record();
+        self.write_record(true);
     }
 
-    /// Updates the durability record after a completed write: the floor of lost data stays
-    /// in it until the log reaches the floor.
-    fn write_record(&mut self) {
+    /// Updates the durability record after a completed write (`log_changed`: it appended,
+    /// truncated or stored a snapshot): the floor of lost data stays in it until the log
+    /// reaches the floor, and so does the place of the configuration until a write changes
+    /// the log (as the RocksDB store keeps it).
+    fn write_record(&mut self, log_changed: bool) {
+        let missing_data = self.lost_floor.is_some();
         let last = self.last_log_id();
         if self.lost_floor.is_some_and(|floor| last >= floor) {
             self.lost_floor = None;
             self.lost_entries.clear();
         }
         self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
-        if self.lost_floor.is_some() {
+        if missing_data && log_changed {
             self.config = ConfigPosition(None);
         }
         self.recorded_config = self.config;
@@ -180,9 +183,6 @@ impl Disk {
         let lost = (recorded_last > self.last_log_id()).then_some(recorded_last);
         self.lost_floor = lost;
         let recorded_config = lost.and(self.recorded_config.0);
-        if lost.is_some() {
-            self.config = ConfigPosition(None);
-        }
         (self.hard_state, lost, recorded_config)
     }
 
@@ -221,7 +221,9 @@ impl Disk {
         }
         self.config = self.config.after_append(&write.entries[..take]);
         if cut.is_none() {
-            self.write_record();
+            let log_changed =
+                write.snapshot.is_some() || write.truncate_from.is_some() || !write.entries.is_empty();
+            self.write_record(log_changed);
         }
     }
 }

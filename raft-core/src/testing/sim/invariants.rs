@@ -30,8 +30,9 @@ pub(crate) struct History {
     leaders: BTreeMap<Term, NodeId>,
     /// For each (index, term) ever appended anywhere: the payload and the previous entry's term.
     entries: BTreeMap<LogId, (EntryPayload, Term)>,
-    /// Committed entries (index → term, payload).
-    committed: BTreeMap<Index, (Term, EntryPayload)>,
+    /// Committed entries (index → term, payload, and a term the entry was committed in or
+    /// before: the lowest term of a node seen with it in its commit index).
+    committed: BTreeMap<Index, (Term, EntryPayload, Term)>,
     /// Highest index each running node has had checked as committed.
     commit_checked: BTreeMap<NodeId, Index>,
     /// Highest term each node put on a message that left it.
@@ -146,7 +147,8 @@ impl History {
         disks: &[&Disk],
         memberships: &[Membership],
     ) -> Result<(), String> {
-        self.record_committed(id, entry.index, entry.term, &entry.payload, disks, memberships)
+        // No bound on the term it was committed in here: the cluster checks give one.
+        self.record_committed(id, entry.index, entry.term, &entry.payload, Term::MAX, disks, memberships)
     }
 
     /// A node's state machine reached `index` with `digest` (by applying or restoring).
@@ -173,21 +175,25 @@ impl History {
     pub(crate) fn committed_prefix(&self, up_to: Index) -> Vec<Entry> {
         self.committed
             .range(1..=up_to)
-            .map(|(index, (term, payload))| Entry { term: *term, index: *index, payload: payload.clone() })
+            .map(|(index, (term, payload, _))| Entry { term: *term, index: *index, payload: payload.clone() })
             .collect()
     }
 
+    /// `by`: a term the entry was committed in or before.
+    #[allow(clippy::too_many_arguments)]
     fn record_committed(
         &mut self,
         id: NodeId,
         index: Index,
         term: Term,
         payload: &EntryPayload,
+        by: Term,
         disks: &[&Disk],
         memberships: &[Membership],
     ) -> Result<(), String> {
-        match self.committed.get(&index) {
-            Some((t, p)) => {
+        match self.committed.get_mut(&index) {
+            Some((t, p, committed_by)) => {
+                *committed_by = (*committed_by).min(by);
                 if *t != term || p != payload {
                     return Err(format!(
                         "state machine safety violated: node {id} has {index}@{term} committed, but {index}@{t} was committed before"
@@ -206,7 +212,7 @@ impl History {
                         "entry {index}@{term} is committed (seen on node {id}) but only nodes {holders:?} hold it durably; memberships {memberships:?}"
                     ));
                 }
-                self.committed.insert(index, (term, payload.clone()));
+                self.committed.insert(index, (term, payload.clone(), by));
             }
         }
         Ok(())
@@ -235,10 +241,14 @@ impl History {
                     }
                     Some(_) => {}
                     None => {
-                        // A new leader: it must hold every committed entry (leader completeness;
-                        // entries it compacted are in its snapshot).
+                        // A new leader: it must hold every entry committed in an earlier term
+                        // (leader completeness; entries it compacted are in its snapshot). One
+                        // committed in its term or later need not be there: a candidate of an
+                        // older term may win late, on votes delayed past a later term's commit
+                        // (found by the review harness, seed 1185325), and can commit nothing.
                         let first = raft.first_log_index();
-                        for (index, (t, _)) in self.committed.range(first..) {
+                        let earlier = self.committed.range(first..).filter(|(_, (_, _, by))| *by < term);
+                        for (index, (t, _, _)) in earlier {
                             match raft.term_at(*index) {
                                 Some(term) if term == *t => {}
                                 _ => {
@@ -268,7 +278,7 @@ impl History {
                     // its own write and may append a joint configuration in the same step, before
                     // this check (found by the protocol simulation, seed 1057380).
                     let memberships = memberships_since(raft, index);
-                    self.record_committed(id, index, term, &payload, disks, &memberships)?;
+                    self.record_committed(id, index, term, &payload, raft.term(), disks, &memberships)?;
                 }
                 self.commit_checked.insert(id, commit);
             } else if commit < checked {
