@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod joint_node;
+
 use raft_core::testing::sim::{Cluster, NetworkFaults, ProposalState};
 use raft_core::{Config, Membership, MembershipChange, NodeId, SeededRng};
 
@@ -621,39 +623,13 @@ fn a_removed_node_that_forgets_its_removal_neither_wins_nor_disrupts() {
 /// outside them. Not elected; with 2 vouching instead of 3 granting, elected.
 #[test]
 fn the_tally_checks_each_voter_set_on_its_own() {
-    use raft_core::{
-        Entry, EntryPayload, Event, HardState, LogId, Message, Payload, Raft, RestoredState, Role,
-    };
+    use raft_core::{Event, LogId, Message, Payload, Raft, Role};
     let joint = Membership {
         voters: [1, 2, 3, 4].into(),
         outgoing_voters: [1, 2, 3].into(),
         learners: BTreeSet::new(),
     };
-    let node = || {
-        let entries = vec![
-            Entry { term: 1, index: 1, payload: EntryPayload::Blank },
-            Entry { term: 1, index: 2, payload: EntryPayload::Membership(joint.clone()) },
-        ];
-        let restored = RestoredState {
-            hard_state: HardState { current_term: 1, voted_for: Some(1) },
-            entries,
-            membership: Membership::with_voters([1, 2, 3]),
-            ..RestoredState::default()
-        };
-        let mut n = Raft::new(1, Config { pre_vote: false, ..Config::default() }, restored, 1, 0)
-            .expect("valid config");
-        for t in (1_000..).step_by(100).take(100) {
-            n.step(t, Event::Tick);
-            let _ = n.take_ready();
-            n.advance();
-            if n.role() == Role::Candidate {
-                break;
-            }
-        }
-        assert_eq!(n.role(), Role::Candidate);
-        assert_eq!(n.membership(), &joint);
-        n
-    };
+    let node = || joint_node::campaigning_under(&joint, false);
     let vote = |n: &mut Raft, from: NodeId, vouches: bool| {
         let term = n.term();
         let m = Message {

@@ -9,6 +9,8 @@
 //! knew where the configuration stood, `r` named no witnesses, and no leader was ever
 //! elected again (fixed: writes that leave the log alone keep the recorded place).
 
+mod joint_node;
+
 use raft_core::testing::sim::Cluster;
 use raft_core::{Config, LogId, MembershipChange, NodeId, Role};
 
@@ -110,38 +112,13 @@ fn a_restart_while_recovering_still_lets_the_witnesses_elect_a_leader() {
 mod stale_witnesses {
     use std::collections::BTreeSet;
 
-    use raft_core::{
-        Config, Entry, EntryPayload, Event, HardState, Membership, Message, NodeId, Payload, Raft,
-        RestoredState, Role,
-    };
+    use raft_core::{Event, Membership, Message, NodeId, Payload, Raft, Role};
 
     /// Node 1 holding the joint configuration {3} / {1, 2, 3}, campaigning with pre-vote.
     fn pre_candidate() -> Raft {
         let joint =
             Membership { voters: [3].into(), outgoing_voters: [1, 2, 3].into(), learners: BTreeSet::new() };
-        let entries = vec![
-            Entry { term: 1, index: 1, payload: EntryPayload::Blank },
-            Entry { term: 1, index: 2, payload: EntryPayload::Membership(joint.clone()) },
-        ];
-        let restored = RestoredState {
-            hard_state: HardState { current_term: 1, voted_for: Some(1) },
-            entries,
-            membership: Membership::with_voters([1, 2, 3]),
-            ..RestoredState::default()
-        };
-        let mut n = Raft::new(1, Config { pre_vote: true, ..Config::default() }, restored, 1, 0)
-            .expect("valid config");
-        for t in (1_000..).step_by(100).take(100) {
-            n.step(t, Event::Tick);
-            let _ = n.take_ready();
-            n.advance();
-            if n.role() == Role::PreCandidate {
-                break;
-            }
-        }
-        assert_eq!(n.role(), Role::PreCandidate);
-        assert_eq!(n.membership(), &joint);
-        n
+        super::joint_node::campaigning_under(&joint, true)
     }
 
     fn answer(

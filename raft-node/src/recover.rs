@@ -22,7 +22,7 @@ use raft_core::{
     SnapshotReader, Storage, StorageError,
 };
 use raft_kv::{Command, KvOptions, KvStore, Op};
-use raft_storage_rocks::{Identity, OpenError, RocksDb, RocksOptions, RocksStorage};
+use raft_storage_rocks::{Identity, OpenError, RocksDb, RocksStorage};
 
 use crate::config::{NodeConfig, StorageKind};
 
@@ -155,7 +155,7 @@ fn open(config: &NodeConfig) -> Result<(RocksDb, RocksStorage), RecoverError> {
         return Err(RecoverError::InMemory);
     }
     let identity = Identity { cluster_id: config.cluster.clone(), node_id: config.id };
-    let db = RocksDb::open(&config.data_dir, &identity, RocksOptions::default())
+    let db = RocksDb::open(&config.data_dir, &identity, config.rocks_options())
         .map_err(|source| RecoverError::Open { dir: config.data_dir.clone(), source })?;
     let log = db.log(0);
     Ok((db, log))

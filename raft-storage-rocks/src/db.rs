@@ -325,7 +325,18 @@ impl RocksDb {
                 .map_err(|e| open_error(&shown, &e))?;
             check_identity(&read_only, identity, false, &shown)?;
         }
-        let db = open_db(&dir, &db_opts, &options)?;
+        let db = match open_db(&dir, &db_opts, &options) {
+            // Replaying the write-ahead log writes a table file: on a full disk the headroom
+            // is what lets the store open (found by the outside review: a node restarted on a
+            // full disk could not start although its reserve was in its own directory).
+            Err(OpenError::Io(m)) if crate::error::is_no_space(&m) && dir.join(HEADROOM_FILE).exists() => {
+                tracing::warn!(dir = %shown, "the disk is full: the store's headroom is given up to open it");
+                std::fs::remove_file(dir.join(HEADROOM_FILE))
+                    .map_err(|e| OpenError::Io(format!("{shown}: removing the headroom: {e}")))?;
+                open_db(&dir, &db_opts, &options)?
+            }
+            other => other?,
+        };
         check_identity(&db, identity, create, &shown)?;
         if options.verify_on_open {
             verify_all(&db)?;

@@ -277,7 +277,7 @@ impl Driver {
             Ok(outcome) => outcome,
         };
         self.compaction = None;
-        compaction_outcome(outcome)
+        compaction_outcome(outcome, self.storage.as_ref())
     }
 
     /// Waits for the compaction under way, if any (see [`check_compaction`](Self::check_compaction)).
@@ -286,7 +286,7 @@ impl Driver {
         let outcome = done
             .await
             .unwrap_or_else(|_| Err(StorageError::Io("the log compaction ended without an answer".into())));
-        compaction_outcome(outcome)
+        compaction_outcome(outcome, self.storage.as_ref())
     }
 
     /// Compacts stored entries up to `up_to` (covered by the stored snapshot) if storage still
@@ -328,6 +328,10 @@ impl Driver {
                     Err(RaftError::Storage(StorageError::Full)) if installs => {
                         self.wait_for_space(&mut wait).await?;
                     }
+                    // Catching up by snapshot is what the store's headroom is for (found by
+                    // the outside review: a reception of several parts gave up with the
+                    // headroom unused, and the follower stayed behind).
+                    Err(RaftError::Storage(StorageError::Full)) if self.storage.release_headroom() => {}
                     Err(RaftError::Storage(StorageError::Full)) => {
                         tracing::warn!(
                             snapshot = %part.meta.last_log_id,
@@ -570,10 +574,12 @@ impl SnapshotReader for StoredSnapshotReader {
 }
 
 /// What a compaction's outcome means for the node (see [`Driver::check_compaction`]).
-fn compaction_outcome(outcome: Result<(), StorageError>) -> Result<(), RaftError> {
+fn compaction_outcome(outcome: Result<(), StorageError>, storage: &dyn Storage) -> Result<(), RaftError> {
     match outcome {
         Err(StorageError::Full) => {
-            tracing::warn!("the disk is full: the log is compacted at the next snapshot");
+            // A compaction frees room: the next one gets the store's headroom, if it has some.
+            let released = storage.release_headroom();
+            tracing::warn!(released, "the disk is full: the log is compacted at the next snapshot");
             Ok(())
         }
         other => other.map_err(RaftError::from),

@@ -441,6 +441,12 @@ pub struct NodeConfig {
     /// with `false`). Needs `members`.
     #[serde(default = "default_true")]
     pub repair_damaged_data_dir: bool,
+    /// MiB kept allocated in the data dir (`headroom.reserve`): given up when the disk fills so
+    /// that replication, snapshots, log compaction and RocksDB's flushes can finish, while new
+    /// proposals are refused (507 `no_space`) until it can be allocated again. 0: none (a full
+    /// disk then only waits for space). Default 64.
+    #[serde(default = "default_headroom_mb")]
+    pub headroom_mb: u64,
     /// Protocol tunables (elections, heartbeats, batching, snapshots, reads).
     #[serde(default)]
     pub raft: raft_core::Config,
@@ -456,6 +462,10 @@ pub struct NodeConfig {
     /// Discovery of peers on the local network (off by default).
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+}
+
+fn default_headroom_mb() -> u64 {
+    64
 }
 
 fn default_true() -> bool {
@@ -504,6 +514,14 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
+    /// The RocksDB store's options this configuration asks for.
+    pub fn rocks_options(&self) -> raft_storage_rocks::RocksOptions {
+        raft_storage_rocks::RocksOptions {
+            headroom_bytes: self.headroom_mb.saturating_mul(1 << 20),
+            ..raft_storage_rocks::RocksOptions::default()
+        }
+    }
+
     /// Reads `path`, applies `overrides` (`key.path=value`, after the `RAFT_NODE__*`
     /// environment variables) and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {

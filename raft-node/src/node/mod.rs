@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use raft_core::{Membership, NodeId, RaftError, RaftNode, Storage, Transport};
 use raft_kv::{Balancer, KvStore};
-use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
+use raft_storage_rocks::{Identity, RocksDb};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -323,7 +323,7 @@ impl Node {
                         why: format!("cannot finish moving the damaged files aside: {e}"),
                     });
                 }
-                let db = match RocksDb::open(&config.data_dir, &identity, RocksOptions::default()) {
+                let db = match RocksDb::open(&config.data_dir, &identity, config.rocks_options()) {
                     Ok(db) => db,
                     // Damage (checksums, a torn MANIFEST, a WAL damaged mid-file): repaired from
                     // the cluster when it can say what this node had.
@@ -345,7 +345,7 @@ impl Node {
                         let moved = startup::move_damaged_dir_aside(&config, &reason).await;
                         answering.stop().await;
                         moved?;
-                        RocksDb::open(&config.data_dir, &identity, RocksOptions::default())?
+                        RocksDb::open(&config.data_dir, &identity, config.rocks_options())?
                     }
                     Err(e) => return Err(e.into()),
                 };

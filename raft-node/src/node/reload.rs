@@ -119,6 +119,7 @@ fn differences(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
     differs("insecure_plaintext_peers", old.insecure_plaintext_peers == new.insecure_plaintext_peers);
     differs("insecure_open_client_api", old.insecure_open_client_api == new.insecure_open_client_api);
     differs("repair_damaged_data_dir", old.repair_damaged_data_dir == new.repair_damaged_data_dir);
+    differs("headroom_mb", old.headroom_mb == new.headroom_mb);
     differs("raft", old.raft == new.raft);
     differs("network", old.network == new.network);
     differs("limits", old.limits == new.limits);
