@@ -20,6 +20,16 @@ fn entry(index: u64) -> Entry {
     Entry { term: 1, index, payload: EntryPayload::Command(Bytes::from(payload)) }
 }
 
+/// A store in `<dir>/data` with entries 1..=10, opened with the default options.
+async fn store_with_ten_entries(dir: &Path) -> (PathBuf, RocksDb, raft_storage_rocks::RocksStorage) {
+    let data = dir.join("data");
+    let db = RocksDb::open(&data, &identity(), RocksOptions::default()).expect("open");
+    let log = db.log(0);
+    log.initial_state().await.expect("state");
+    log.append(&(1..=10).map(entry).collect::<Vec<_>>()).await.expect("append");
+    (data, db, log)
+}
+
 /// A file system mounted on a temporary directory, unmounted (and its image removed) on drop.
 struct Mounted {
     dir: tempfile::TempDir,
@@ -132,11 +142,7 @@ async fn after_a_full_disk_the_headroom_is_reserved_again_without_a_restart() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let data = disk.path().join("data");
-    let db = RocksDb::open(&data, &identity(), RocksOptions::default()).expect("open");
-    let log = db.log(0);
-    log.initial_state().await.expect("state");
-    log.append(&(1..=10).map(entry).collect::<Vec<_>>()).await.expect("append");
+    let (data, db, log) = store_with_ten_entries(disk.path()).await;
     assert!(!log.headroom_in_use(), "the headroom is reserved at open");
     let free_before = free_mib(disk.path());
     let filler = disk.path().join("filler");
@@ -171,11 +177,7 @@ async fn a_file_system_without_fallocate_does_not_refuse_proposals_for_ever() {
         eprintln!("skipped: mounting a loop device needs root and mkfs.ext4");
         return;
     };
-    let data = disk.path().join("data");
-    let db = RocksDb::open(&data, &identity(), RocksOptions::default()).expect("open");
-    let log = db.log(0);
-    log.initial_state().await.expect("state");
-    log.append(&(1..=10).map(entry).collect::<Vec<_>>()).await.expect("append");
+    let (_, db, log) = store_with_ten_entries(disk.path()).await;
     let free = free_mib(disk.path());
     let usable = wait_not_in_use(&log, Duration::from_secs(3)).await;
     drop(log);

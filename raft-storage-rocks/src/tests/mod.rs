@@ -8,7 +8,6 @@ mod child;
 mod cluster;
 mod corruption;
 pub(crate) mod durability;
-mod headroom_full_disk;
 mod lost_data;
 mod reception_review;
 mod record_config;
