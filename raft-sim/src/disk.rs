@@ -103,6 +103,18 @@ impl Disk {
         }
     }
 
+    /// Where the newest configuration stands in the log as it is.
+    fn newest_config_position(&self) -> ConfigPosition {
+        let snapshot = self.snapshot_last();
+        let newest = self
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.index > snapshot.index)
+            .find(|e| matches!(e.payload, raft_core::EntryPayload::Membership(_)));
+        ConfigPosition(Some(newest.map_or(snapshot, Entry::log_id)))
+    }
+
     fn last_log_id(&self) -> LogId {
         self.entries.last().map_or(self.snapshot_last(), Entry::log_id)
     }
@@ -337,6 +349,11 @@ impl Storage for SimStorage {
                 disk.hard_state = recorded_hs;
             }
             disk.lost_floor = (recorded_last > found_last).then_some(recorded_last);
+            if disk.lost_floor.is_none() {
+                // As the RocksDB store does when its record does not place it: the log, whole,
+                // is looked through.
+                disk.config = disk.newest_config_position();
+            }
             if rolled_back || recorded_last > found_last {
                 lost = Some(raft_core::DataLoss {
                     recorded_last: recorded_last.max(found_last),

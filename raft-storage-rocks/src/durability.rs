@@ -61,7 +61,8 @@
 //! not reached what it lost, it stays as it was through writes that leave the log alone (a
 //! restart while recovering reports it again), and becomes unknown at the first write that
 //! changes the log (a later loss cannot be judged by the first one's configuration), until a
-//! write names one again.
+//! write names one again or a start finds the log whole and reads where it stands (see
+//! `RocksStorage::newest_config_position`).
 //!
 //! A store written before the record existed starts one at its first open (what it had lost
 //! before cannot be known); a record of the first format (one state per log, written after

@@ -178,9 +178,21 @@ impl RocksStorage {
         // The record is brought up to what was found before anything is answered: a crash
         // between a WAL sync and its record leaves the record behind what the node will now
         // acknowledge (entries, a vote it repeats). The record keeps a floor the log misses.
-        // A new, empty log holds the initial configuration, at the empty log's id.
+        // A new, empty log holds the initial configuration, at the empty log's id. A log found
+        // whole whose record does not place its configuration (a record of an older format,
+        // one made unknown by a recovery, or a batch in flight at the crash that is missing) is
+        // looked through once: what it holds now is all there is to place.
         let new_log = recorded.is_none() && found_last == LogId::default() && initial.snapshot.is_none();
-        let config = new_log.then_some(ConfigWrite::Known(ConfigPosition::new_log()));
+        let whole = !rolled_back && !cut && dropped.is_none();
+        let unplaced =
+            recorded.is_none_or(|r| r.possible.config.0.is_none() || found_last != r.possible.last);
+        let config = if new_log {
+            Some(ConfigWrite::Known(ConfigPosition::new_log()))
+        } else if whole && unplaced {
+            Some(ConfigWrite::Known(self.with_db(|db| self.newest_config_position(db))?))
+        } else {
+            None
+        };
         let mark =
             Mark { group: self.group, hard_state: Some(initial.hard_state), last: Some(found_last), config };
         // Entries dropped past a hole count as recorded: the node may have acknowledged them.
@@ -606,6 +618,24 @@ impl RocksStorage {
             )));
         }
         Ok(Some(entry))
+    }
+
+    /// Where the log's newest configuration stands, read from the log: the newest entry past
+    /// the snapshot that carries one, else the snapshot's last entry (reads the log back from
+    /// its end; done at open, only when the record does not say).
+    fn newest_config_position(&self, db: &DB) -> Result<ConfigPosition, StorageError> {
+        let b = self.bounds(db)?;
+        let lowest = b.first.max(b.snapshot.index + 1);
+        let mut index = b.last;
+        while index >= lowest && index > 0 {
+            if let Some(e) = self.read_entry(db, index)? {
+                if matches!(e.payload, EntryPayload::Membership(_)) {
+                    return Ok(ConfigPosition(Some(e.log_id())));
+                }
+            }
+            index -= 1;
+        }
+        Ok(ConfigPosition(Some(b.snapshot)))
     }
 
     /// The id of the entry at `index` (the snapshot's last entry included; index 0 is the

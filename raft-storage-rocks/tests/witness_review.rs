@@ -3,7 +3,8 @@
 //! node that restarted once more while it recovered (nothing more lost) reported it unknown
 //! and named no witnesses (fixed: writes that leave the log alone keep it). After a recovery
 //! the position stays unknown until a configuration entry or a snapshot that discards the log
-//! is written (kept so, conservatively; pinned below).
+//! is written, or a start finds the log whole and reads it (kept so, conservatively; a loss
+//! before either is pinned below).
 
 use raft_core::{Entry, EntryPayload, LogId, Membership, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};

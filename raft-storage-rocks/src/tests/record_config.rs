@@ -172,3 +172,21 @@ async fn data_lost_whole_has_no_known_configuration_position() {
     let lost = open(dir.path()).log(0).initial_state().await.expect("state").lost.expect("a loss");
     assert_eq!(lost.recorded_config, None);
 }
+
+#[tokio::test]
+async fn a_start_that_finds_the_log_whole_places_an_unknown_configuration_by_reading_the_log() {
+    let dir = store_that_lost_its_wal_tail(&[10]).await;
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        assert!(log.initial_state().await.expect("state").lost.is_some());
+        // Caught up past what was lost: the write that did it leaves the place unknown.
+        log.append(&entries(21..=60, &[])).await.expect("append");
+        assert_eq!(db.recorded_position(0), ConfigPosition(None));
+    }
+    // The next start finds the log whole and reads where its newest configuration stands.
+    let db = open(dir.path());
+    let log = db.log(0);
+    assert_eq!(log.initial_state().await.expect("state").lost, None);
+    assert_eq!(db.recorded_position(0), ConfigPosition(Some(LogId::new(1, 10))));
+}

@@ -63,6 +63,18 @@ impl PendingWrite {
 }
 
 impl Disk {
+    /// Where the newest configuration stands in the log as it is.
+    fn newest_config_position(&self) -> ConfigPosition {
+        let snapshot = self.snapshot_last();
+        let newest = self
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.index > snapshot.index)
+            .find(|e| matches!(e.payload, crate::types::EntryPayload::Membership(_)));
+        ConfigPosition(Some(newest.map_or(snapshot, Entry::log_id)))
+    }
+
     /// A new node's empty disk.
     pub(crate) fn fresh() -> Self {
         Self { config: ConfigPosition::new_log(), ..Self::default() }
@@ -183,6 +195,11 @@ impl Disk {
         let lost = (recorded_last > self.last_log_id()).then_some(recorded_last);
         self.lost_floor = lost;
         let recorded_config = lost.and(self.recorded_config.0);
+        if lost.is_none() {
+            // As the RocksDB store does when its record does not place it: the log, whole, is
+            // looked through.
+            self.config = self.newest_config_position();
+        }
         (self.hard_state, lost, recorded_config)
     }
 
