@@ -232,12 +232,27 @@ impl ConfigPosition {
     /// After `entries` were appended, replacing what the log held from the first one's index.
     pub fn after_append(self, entries: &[Entry]) -> Self {
         let Some(first) = entries.first() else { return self };
-        let newest =
-            entries.iter().rev().find(|e| matches!(e.payload, crate::types::EntryPayload::Membership(_)));
-        match newest {
-            Some(e) => Self(Some(e.log_id())),
+        match Self::newest_entry(entries) {
+            Some(at) => Self(Some(at)),
             None => Self(self.0.filter(|at| at.index < first.index)),
         }
+    }
+
+    /// The id of the newest entry of `entries` that carries a configuration.
+    pub fn newest_entry(entries: &[Entry]) -> Option<LogId> {
+        entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.payload, crate::types::EntryPayload::Membership(_)))
+            .map(Entry::log_id)
+    }
+
+    /// The place in a log of `entries` (in order) after a snapshot ending at `snapshot` (the
+    /// empty log's id without one): the newest entry past the snapshot that carries a
+    /// configuration, else the snapshot's last entry.
+    pub fn of_log(entries: &[Entry], snapshot: LogId) -> Self {
+        let past = entries.partition_point(|e| e.index <= snapshot.index);
+        Self(Some(Self::newest_entry(&entries[past..]).unwrap_or(snapshot)))
     }
 
     /// After the entries from `from` on were removed.

@@ -105,14 +105,7 @@ impl Disk {
 
     /// Where the newest configuration stands in the log as it is.
     fn newest_config_position(&self) -> ConfigPosition {
-        let snapshot = self.snapshot_last();
-        let newest = self
-            .entries
-            .iter()
-            .rev()
-            .take_while(|e| e.index > snapshot.index)
-            .find(|e| matches!(e.payload, raft_core::EntryPayload::Membership(_)));
-        ConfigPosition(Some(newest.map_or(snapshot, Entry::log_id)))
+        ConfigPosition::of_log(&self.entries, self.snapshot_last())
     }
 
     fn last_log_id(&self) -> LogId {

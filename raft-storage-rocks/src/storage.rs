@@ -731,8 +731,8 @@ impl Storage for RocksStorage {
             ops.push(Op::Put(Cf::Log, log_key(self.group, e.index).to_vec(), codec::encode(e)?));
             last = e.log_id();
         }
-        let newest = entries.iter().rev().find(|e| matches!(e.payload, EntryPayload::Membership(_)));
-        let config = ConfigWrite::Appended { first: first.index, newest: newest.map(Entry::log_id) };
+        let config =
+            ConfigWrite::Appended { first: first.index, newest: ConfigPosition::newest_entry(entries) };
         self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await
     }
 
