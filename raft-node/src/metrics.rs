@@ -75,6 +75,8 @@ pub struct Metrics {
     dropped_messages: Gauge,
     /// 1 while the node recovers from data its storage lost.
     recovering: Gauge,
+    /// 1 while writes are refused for lack of disk space.
+    storage_full: Gauge,
     proposal_seconds: Family<OpLabel, Histogram>,
     read_seconds: Family<OpLabel, Histogram>,
     request_errors: Family<OpLabel, Counter>,
@@ -126,6 +128,7 @@ impl Metrics {
             transport_bad_frames: Gauge::default(),
             dropped_messages: Gauge::default(),
             recovering: Gauge::default(),
+            storage_full: Gauge::default(),
             proposal_seconds: Family::new_with_constructor(latency_histogram),
             read_seconds: Family::new_with_constructor(latency_histogram),
             request_errors: Family::default(),
@@ -144,6 +147,12 @@ impl Metrics {
             "recovering",
             "1 while the node recovers from data its storage lost (its votes vouch only for logs reaching what it had)",
             metrics.recovering.clone(),
+        );
+        r.register(
+            "storage_full",
+            "1 while the disk is full: proposals are refused and the headroom reserve is released \
+             (cleared by itself once space returns and the reserve is taken again)",
+            metrics.storage_full.clone(),
         );
         r.register("is_leader", "1 on the leader, else 0", metrics.is_leader.clone());
         r.register("role", "Role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader", metrics.role.clone());
@@ -250,6 +259,7 @@ impl Metrics {
         self.term.set(clamp(p.term));
         self.dropped_messages.set(clamp(p.dropped_messages));
         self.recovering.set(i64::from(p.recovering_to.is_some()));
+        self.storage_full.set(i64::from(status.storage_full));
         let leader = p.role == Role::Leader;
         self.is_leader.set(i64::from(leader));
         self.role.set(role_number(p.role));

@@ -78,6 +78,7 @@ fn run() -> Result<()> {
             _ => bench_http::bench_http(&workspace_root()?, &args[1..]),
         },
         Some("bench-http") => bench_http::bench_http(&workspace_root()?, &args[1..]),
+        Some(bench_http::WATCH_READERS_COMMAND) => bench_http::watch_readers(&args[1..]),
         Some("certs") => certs(&args[1..]),
         Some("cluster") => cluster::cluster(&workspace_root()?, &args[1..]),
         Some("chaos") => chaos::chaos(&workspace_root()?, &args[1..]),

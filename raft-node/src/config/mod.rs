@@ -188,6 +188,12 @@ pub struct LimitsConfig {
     /// Most watch streams open at once.
     /// (At most half the client connections allowed, so that watchers cannot take them all.)
     pub max_watchers: usize,
+    /// How much lower than the node's the priority of the threads that send watch streams is,
+    /// as a nice increment (0 to 19; the result is at most 19): a connection whose first
+    /// request is a watch is served on threads of their own, so that a flood of watch events
+    /// gets only the CPU time the Raft path leaves. 0: the node's own priority (the streams
+    /// still have threads of their own).
+    pub watch_nice: i32,
     /// Most client sessions (idempotent writers) the state machine remembers.
     pub max_sessions: usize,
     /// Committed changes kept for watches that resume from an index.
@@ -221,6 +227,7 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             max_watchers: 1_024,
+            watch_nice: 10,
             max_sessions: 100_000,
             watch_history: 10_000,
             max_state_bytes: raft_kv::DEFAULT_MAX_STATE_BYTES,
@@ -866,6 +873,13 @@ impl NodeConfig {
             if v > max {
                 bad(key, format!("must be at most {max}"));
             }
+        }
+        if !(0..=19).contains(&l.watch_nice) {
+            bad(
+                "limits.watch_nice",
+                "must be from 0 to 19 (a nice increment: a priority lower than the node's, or its own)"
+                    .into(),
+            );
         }
         for (key, ms) in [
             ("limits.request_timeout_ms", l.request_timeout_ms),

@@ -304,6 +304,16 @@ fn limits_past_what_the_runtime_allows_are_refused() {
 }
 
 #[test]
+fn a_watch_nice_increment_outside_0_to_19_is_refused() {
+    for bad in ["-1", "20"] {
+        let problems = problems_of(example(), &[&format!("limits.watch_nice={bad}")]);
+        assert!(keys(&problems).contains(&"limits.watch_nice"), "{bad}: {problems:?}");
+    }
+    let zero = NodeConfig::parse(example(), "test.toml", &["limits.watch_nice=0".to_string()]);
+    assert_eq!(zero.expect("valid").limits.watch_nice, 0);
+}
+
+#[test]
 fn https_and_certificate_roles_are_checked_before_the_node_starts() {
     let base = NodeConfig::parse(example(), "node.example.toml", &[]).expect("valid");
     let certs = base.tls.as_ref().expect("[tls]").ca_cert.parent().expect("dir").to_path_buf();

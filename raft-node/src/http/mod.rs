@@ -28,6 +28,7 @@ mod services;
 mod snapshot;
 mod ui;
 mod watch;
+mod watch_threads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

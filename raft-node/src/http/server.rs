@@ -22,6 +22,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::Service;
 
+use super::watch_threads::{ReadAhead, WatchThreads};
+
 /// File descriptors kept for everything but client connections (Raft peers, storage files,
 /// the listener sockets).
 pub(crate) const DESCRIPTORS_RESERVED: u64 = 256;
@@ -36,6 +38,9 @@ pub(crate) struct ServerLimits {
     pub(crate) header_read_timeout: Duration,
     /// How long a stopping server lets requests in progress finish (watch streams never do).
     pub(crate) stop_grace: Duration,
+    /// The nice value of the threads that serve watch streams ([`WatchThreads`]); `None`
+    /// serves them on the caller's runtime like any other request.
+    pub(crate) watch_nice: Option<i32>,
 }
 
 /// The HTTPS configuration of the client API; a reload replaces it for new connections.
@@ -133,6 +138,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let watch_threads = limits.watch_nice.and_then(WatchThreads::start).map(Arc::new);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {
@@ -160,8 +166,9 @@ pub(crate) async fn serve(
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         let router = router.clone();
         let watcher = graceful.watcher();
+        let watch_threads = watch_threads.clone();
         connections.spawn(async move {
-            serve_one(stream, acceptor, router, limits.header_read_timeout, watcher).await;
+            serve_one(stream, acceptor, router, limits.header_read_timeout, watcher, watch_threads).await;
             drop(permit);
         });
         // Reap finished connection tasks so the set stays as small as the open connections.
@@ -182,9 +189,11 @@ async fn serve_one(
     router: Router,
     header_read_timeout: Duration,
     watcher: Watcher,
+    watch_threads: Option<Arc<WatchThreads>>,
 ) {
     let Some((acceptor, trusted)) = acceptor else {
-        return serve_http(stream, ClientCertificate::default(), router, header_read_timeout, watcher).await;
+        let certificate = ClientCertificate::default();
+        return route(stream, certificate, router, header_read_timeout, watcher, watch_threads).await;
     };
     let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -198,7 +207,36 @@ async fn serve_one(
         .and_then(|chain| chain.first())
         .map(raft_tls::certificate_names);
     let certificate = ClientCertificate { names: names.unwrap_or_default().into(), trusted };
-    serve_http(stream, certificate, router, header_read_timeout, watcher).await;
+    route(stream, certificate, router, header_read_timeout, watcher, watch_threads).await;
+}
+
+/// Serves a connection whose first request is a watch on the watch threads, any other on
+/// this runtime.
+async fn route<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    certificate: ClientCertificate,
+    router: Router,
+    header_read_timeout: Duration,
+    watcher: Watcher,
+    watch_threads: Option<Arc<WatchThreads>>,
+) {
+    let Some(threads) = watch_threads else {
+        return serve_http(stream, certificate, router, header_read_timeout, watcher).await;
+    };
+    let started = tokio::time::Instant::now();
+    let Some((stream, watch)) = ReadAhead::classify(stream, header_read_timeout).await else {
+        return tracing::debug!("client sent no request line before the header deadline");
+    };
+    // The time spent reading ahead counts against the first request's header deadline (and
+    // shortens the connection's idle deadline by as much: microseconds, for any real client).
+    let header_read_timeout =
+        header_read_timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    let connection = serve_http(stream, certificate, router, header_read_timeout, watcher);
+    if watch {
+        threads.serve(connection).await;
+    } else {
+        connection.await;
+    }
 }
 
 /// HTTP/1.1 on an established stream, every request carrying the client's certificate names.

@@ -519,6 +519,7 @@ impl Node {
             max_connections,
             header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
             stop_grace: Duration::from_millis(limits.request_timeout_ms),
+            watch_nice: Some(limits.watch_nice),
         };
         let http = tokio::spawn(crate::http::serve(
             http_listener,

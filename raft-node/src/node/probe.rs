@@ -56,6 +56,7 @@ impl StartingServer {
             max_connections: 64,
             header_read_timeout: Duration::from_secs(2),
             stop_grace: Duration::from_millis(200),
+            watch_nice: None,
         };
         let (stop, stopping) = watch::channel(false);
         let task = tokio::spawn(crate::http::serve(clone, router, tls, limits, stopping));

@@ -16,6 +16,8 @@ mod report;
 mod scale;
 mod watchers;
 
+pub(crate) use watchers::{readers as watch_readers, READERS_COMMAND as WATCH_READERS_COMMAND};
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -39,7 +41,7 @@ const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [-
 [--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
-| bench watchers [--watchers N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
+| bench watchers [--watchers N] [--watchers-nice N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
 
 /// Which servers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,6 +88,8 @@ struct Options {
     watchers_bench: bool,
     /// Watch streams of every key opened on the leader.
     watchers: usize,
+    /// The nice value of the watcher process (`--watchers-nice`, default 10).
+    watchers_nice: i32,
     /// Writes per second.
     rate: f64,
 }
@@ -117,6 +121,7 @@ impl Default for Options {
             scale: false,
             watchers_bench: false,
             watchers: 1000,
+            watchers_nice: 10,
             rate: 100.0,
         }
     }
@@ -161,6 +166,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--timeout-ms" => o.request_timeout_ms = number(value()?)? as u64,
             "--kills" => o.kills = number(value()?)? as usize,
             "--watchers" => o.watchers = number(value()?)? as usize,
+            "--watchers-nice" => o.watchers_nice = number(value()?)? as i32,
             "--rate" => o.rate = number(value()?)?,
             "--watchers-bench" => {
                 o.watchers_bench = true;

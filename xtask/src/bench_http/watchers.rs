@@ -5,7 +5,10 @@
 //! The writes are open-loop: write `i` is due at `i / rate` seconds and its latency counts
 //! from then (a write held up by a slow one before it counts the wait), through a pool of
 //! keep-alive connections. Each watcher is a raw TCP connection reading its stream; the events
-//! it received are counted (an event ends with a blank line).
+//! it received are counted (an event ends with a blank line). The watchers run in a process of
+//! their own ([`readers`]), at nice value 10 by default (`--watchers-nice`): on this one
+//! machine they stand for clients on other machines, and in the load generator's runtime
+//! their 100,000 reads a second delayed the very writes it timed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::histogram::Histogram;
 use super::load::{Api, Connection, Requests};
@@ -96,13 +99,84 @@ async fn open_watchers(
     Ok((tasks, counters))
 }
 
+/// The hidden subcommand that reads the watch streams in a process of its own.
+pub(crate) const READERS_COMMAND: &str = "bench-watch-readers";
+
+/// `xtask bench-watch-readers ADDR N NICE`: the watchers of a round, in a process of their own
+/// at nice value `NICE` (so that their reading competes with the servers as the operating
+/// system decides, not inside the load generator's runtime, where it delayed the writes it
+/// measures). Prints `ready` once every stream is open, then, when its standard input
+/// closes, the events each watcher received as one JSON line.
+pub(crate) fn readers(args: &[String]) -> Result<()> {
+    let [addr, n, nice] = args else { bail!("usage: {READERS_COMMAND} ADDR WATCHERS NICE") };
+    let n: usize = n.parse().context("WATCHERS")?;
+    let nice: i32 = nice.parse().context("NICE")?;
+    if nice != 0 {
+        // Before the runtime starts: its threads inherit this thread's nice value.
+        rustix::process::setpriority_process(None, nice).context("setting the readers' nice value")?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (tasks, counters) = open_watchers(addr, n).await?;
+        println!("ready");
+        tokio::task::spawn_blocking(|| std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()))
+            .await??;
+        let events: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        for task in tasks {
+            task.abort();
+        }
+        println!("{}", serde_json::to_string(&events)?);
+        Ok(())
+    })
+}
+
+/// The watchers of a round in their own process ([`readers`]).
+struct Readers {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Readers {
+    /// Starts `n` watchers of `addr` at nice value `nice` and waits until they are open.
+    async fn start(addr: &str, n: usize, nice: i32) -> Result<Self> {
+        let exe = std::env::current_exe().context("this program's path")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([READERS_COMMAND, addr, &n.to_string(), &nice.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the watcher process")?;
+        let stdout = child.stdout.take().context("the watcher process's output")?;
+        let mut stdout = tokio::io::BufReader::new(stdout).lines();
+        match tokio::time::timeout(Duration::from_secs(60), stdout.next_line()).await {
+            Ok(Ok(Some(line))) if line == "ready" => Ok(Self { child, stdout }),
+            other => bail!("the watcher process did not open its streams: {other:?}"),
+        }
+    }
+
+    /// Ends the watchers and returns how many events each received.
+    async fn finish(mut self) -> Result<Vec<u64>> {
+        drop(self.child.stdin.take());
+        let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+            .await
+            .context("the watcher process did not report")??
+            .context("the watcher process ended without a report")?;
+        self.child.wait().await?;
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
 /// One round: `watchers` streams on the leader, then `rate` writes/s for `duration`.
 async fn round(cluster: &LocalCluster, o: &Options, watchers: usize, first_key: u64) -> Result<Round> {
     let endpoints = cluster.endpoints();
     let status = status_client(&endpoints)?;
     let before = find_leader(&status).await.context("no leader before the round")?;
     let addr = endpoints[(before.id - 1) as usize].clone();
-    let (tasks, counters) = open_watchers(&addr, watchers).await?;
+    let readers = match watchers {
+        0 => None,
+        n => Some(Readers::start(&addr, n, o.watchers_nice).await?),
+    };
     // The pool: a connection is taken from the channel for a write and given back after it.
     let (give_back, take) = tokio::sync::mpsc::channel::<Connection>(WRITE_CONNECTIONS);
     for _ in 0..WRITE_CONNECTIONS {
@@ -139,10 +213,10 @@ async fn round(cluster: &LocalCluster, o: &Options, watchers: usize, first_key: 
     }
     // Let the last events reach the watchers before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let events: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    for task in tasks {
-        task.abort();
-    }
+    let events = match readers {
+        Some(readers) => readers.finish().await?,
+        None => Vec::new(),
+    };
     let after = find_leader(&status).await;
     let ms = |ns: u64| ns as f64 / 1e6;
     Ok(Round {
