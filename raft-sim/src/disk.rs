@@ -115,6 +115,7 @@ impl Disk {
     /// Updates the durability record after a completed write (`log_changed`: not a hard state
     /// alone). While data is missing the place of the configuration stays as recorded until a
     /// write changes the log, as in the RocksDB store.
+    /// The write that reaches the floor places it again by reading the log back.
     fn write_record(&mut self, log_changed: bool) {
         let missing_data = self.lost_floor.is_some();
         let last = self.last_log_id();
@@ -123,7 +124,12 @@ impl Disk {
         }
         self.record = Some((self.hard_state, last.max(self.lost_floor.unwrap_or_default())));
         if missing_data && log_changed {
-            self.config = ConfigPosition(None);
+            // Unknown while data is still missing; read back from the log, whole again, once
+            // the write reached the floor.
+            self.config = match self.lost_floor {
+                Some(_) => ConfigPosition(None),
+                None => self.newest_config_position(),
+            };
         }
         self.recorded_config = self.config;
     }

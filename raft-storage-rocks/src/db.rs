@@ -547,6 +547,11 @@ impl RocksDb {
         losses.get(&group).cloned()
     }
 
+    /// Whether log `group` still misses data it lost (it has not reached its floor).
+    pub(crate) fn misses_data(&self, group: u64) -> bool {
+        self.handle.shared.marks.lock().is_ok_and(|marks| marks.has_floor(group))
+    }
+
     /// Sets a floor of data log `group` lost (see [`Marks::set_floor`]).
     pub(crate) fn set_floor(&self, group: u64, floor: raft_core::LogId) {
         if let Ok(mut marks) = self.handle.shared.marks.lock() {

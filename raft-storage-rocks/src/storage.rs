@@ -620,6 +620,28 @@ impl RocksStorage {
         Ok(Some(entry))
     }
 
+    /// Records where the log's newest configuration stands, read back from the log, once an
+    /// append reached everything the log had lost (called with `bounds_lock` held). That
+    /// append made the place unknown ([`crate::durability`]'s `Marks::apply`: the log may have
+    /// gone back to an older state meanwhile); the log is whole again, so what it holds is all
+    /// there is to place, as at an open that finds the log whole. Without it, a second loss
+    /// before the next configuration entry or snapshot would name no witnesses. Once per
+    /// recovery; a failure only leaves the place unknown (conservative), and is logged.
+    async fn place_configuration(&self) {
+        let placed = match self.with_db(|db| self.newest_config_position(db)) {
+            Ok(position) => {
+                let config = Some(ConfigWrite::Known(position));
+                self.db
+                    .write(Vec::new(), Some(Mark { group: self.group, hard_state: None, last: None, config }))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = placed {
+            tracing::warn!(group = self.group, error = %e, "the newest configuration's place stays unknown after the recovery");
+        }
+    }
+
     /// Where the log's newest configuration stands, read from the log: the newest entry past
     /// the snapshot that carries one, else the snapshot's last entry (reads the log back from
     /// its end; done at open, only when the record does not say).
@@ -733,7 +755,12 @@ impl Storage for RocksStorage {
         }
         let config =
             ConfigWrite::Appended { first: first.index, newest: ConfigPosition::newest_entry(entries) };
-        self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await
+        let recovering = self.db.misses_data(self.group);
+        self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await?;
+        if recovering && !self.db.misses_data(self.group) {
+            self.place_configuration().await;
+        }
+        Ok(())
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {

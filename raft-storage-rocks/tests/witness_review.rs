@@ -1,10 +1,10 @@
 //! From the outside review of 079d0af: where the record says the newest configuration stood
 //! (`DataLoss::recorded_config`) was forgotten by the store's own write-back at open, so a
 //! node that restarted once more while it recovered (nothing more lost) reported it unknown
-//! and named no witnesses (fixed: writes that leave the log alone keep it). After a recovery
-//! the position stays unknown until a configuration entry or a snapshot that discards the log
-//! is written, or a start finds the log whole and reads it (kept so, conservatively; a loss
-//! before either is pinned below).
+//! and named no witnesses (fixed: writes that leave the log alone keep it). The write that
+//! reaches what was lost makes the position unknown; the store then reads the log, whole
+//! again, back to place it, so that a second loss after the recovery names witnesses too
+//! (before, it stayed unknown until a configuration entry or a snapshot was written).
 
 use raft_core::{Entry, EntryPayload, LogId, Membership, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
@@ -70,7 +70,7 @@ async fn a_plain_reopen_while_recovering_keeps_the_configuration_position() {
 }
 
 #[tokio::test]
-async fn after_recovering_a_later_loss_reports_no_configuration_position_until_one_is_written() {
+async fn after_recovering_a_later_loss_reports_where_the_configuration_stands() {
     let dir = tempfile::tempdir().expect("tempdir");
     lost_wal_tail(dir.path()).await;
     {
@@ -90,10 +90,29 @@ async fn after_recovering_a_later_loss_reports_no_configuration_position_until_o
     let db = open(dir.path());
     let lost = db.log(0).initial_state().await.expect("state").lost.expect("a second, later loss");
     assert_eq!(lost.found_last, LogId::new(1, 60));
-    // A known gap, kept conservative: the write that reached what was lost made the place
-    // unknown (the log may have gone back to an older state under another configuration), and
-    // no configuration entry or snapshot that discards the log was written since. Such a loss
-    // names no witnesses (safe; only a voter set of this node alone then waits for an
-    // operator).
-    assert_eq!(lost.recorded_config, None);
+    // The write that reached what was lost made the place unknown; the store read the whole
+    // log back (its newest configuration entry is at 10) to place it again.
+    assert_eq!(lost.recorded_config, Some(LogId::new(1, 10)));
+}
+
+#[tokio::test]
+async fn a_configuration_appended_by_the_write_that_ends_the_recovery_is_the_one_placed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lost_wal_tail(dir.path()).await;
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        assert!(log.initial_state().await.expect("state").lost.is_some());
+        // The recovery overwrites 15.. (a new leader's log) with a configuration at 40.
+        let rest: Vec<Entry> = (15..=55).map(|i| Entry { term: 2, ..entry(i, i == 40) }).collect();
+        log.append(&rest).await.expect("append");
+        assert_eq!(log.initial_state().await.expect("state").lost, None, "whole again");
+        db.flush().expect("flush");
+        log.append(&[Entry { term: 2, ..entry(56, false) }]).await.expect("append");
+    }
+    delete_wal(dir.path());
+    let db = open(dir.path());
+    let lost = db.log(0).initial_state().await.expect("state").lost.expect("a second loss");
+    assert_eq!(lost.found_last, LogId::new(2, 55));
+    assert_eq!(lost.recorded_config, Some(LogId::new(2, 40)));
 }

@@ -180,8 +180,14 @@ async fn a_start_that_finds_the_log_whole_places_an_unknown_configuration_by_rea
         let db = open(dir.path());
         let log = db.log(0);
         assert!(log.initial_state().await.expect("state").lost.is_some());
-        // Caught up past what was lost: the write that did it leaves the place unknown.
+        // Caught up past what was lost: the append that did it made the place unknown, then
+        // read the log back to place it again.
         log.append(&entries(21..=60, &[])).await.expect("append");
+        assert_eq!(db.recorded_position(0), ConfigPosition(Some(LogId::new(1, 10))));
+        // A crash between that append and the placement leaves the place unknown.
+        let config = Some(crate::durability::ConfigWrite::Known(ConfigPosition(None)));
+        let mark = crate::durability::Mark { group: 0, hard_state: None, last: None, config };
+        db.write(Vec::new(), Some(mark)).await.expect("write");
         assert_eq!(db.recorded_position(0), ConfigPosition(None));
     }
     // The next start finds the log whole and reads where its newest configuration stands.
