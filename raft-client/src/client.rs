@@ -71,6 +71,11 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     http: reqwest::Client,
+    /// For streams (watches, snapshot downloads): keeps no idle connection, so that each
+    /// stream opens a connection of its own. A node serves a connection whose first request is
+    /// a watch on threads of lower priority than its Raft path; one reused from the pool
+    /// would stream at the Raft path's priority.
+    streams: reqwest::Client,
     /// `https` with [`ClientOptions::tls`], else `http`: every endpoint, redirect and hint.
     scheme: Scheme,
     endpoints: Vec<Endpoint>,
@@ -194,26 +199,31 @@ impl Client {
         if parsed.is_empty() {
             return Err(ClientError::NoEndpoint);
         }
-        let builder = match &options.tls {
-            Some(tls) => {
-                reqwest::Client::builder().tls_backend_preconfigured(tls.rustls_config()?).https_only(true)
-            }
-            None => reqwest::Client::builder().tls_backend_preconfigured(crate::tls::trusting_nothing()?),
+        let build = |idle_per_node: usize| {
+            let builder = match &options.tls {
+                Some(tls) => reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls.rustls_config()?)
+                    .https_only(true),
+                None => reqwest::Client::builder().tls_backend_preconfigured(crate::tls::trusting_nothing()?),
+            };
+            builder
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .connect_timeout(options.request_timeout)
+                .pool_max_idle_per_host(idle_per_node)
+                .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+                .tcp_nodelay(true)
+                .user_agent(concat!("raft-client/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|_| ClientError::InvalidOptions("the HTTP client could not be built"))
         };
-        let http = builder
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(options.request_timeout)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_NODE_MAX)
-            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
-            .tcp_nodelay(true)
-            .user_agent(concat!("raft-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|_| ClientError::InvalidOptions("the HTTP client could not be built"))?;
+        let http = build(IDLE_CONNECTIONS_PER_NODE_MAX)?;
+        let streams = build(0)?;
         let seed = random_seed();
         let client_id = options.client_id.unwrap_or_else(|| nonzero_random(seed));
         let shared = Shared {
             http,
+            streams,
             scheme,
             endpoints: parsed,
             options,
@@ -733,7 +743,8 @@ impl Shared {
         url: Url,
         call: &Call,
     ) -> Result<Result<reqwest::Response, (StatusCode, Option<String>, Bytes)>, ExchangeError> {
-        let mut request = self.http.request(call.method.clone(), url);
+        let http = if call.streaming { &self.streams } else { &self.http };
+        let mut request = http.request(call.method.clone(), url);
         request = request.header(
             ACCEPT,
             HeaderValue::from_static(if call.streaming { "text/event-stream" } else { "application/json" }),

@@ -552,6 +552,14 @@ impl RocksDb {
         self.handle.shared.marks.lock().is_ok_and(|marks| marks.has_floor(group))
     }
 
+    /// Sets where the newest configuration of log `group`, which misses data, stands in the
+    /// log as it is (see [`Marks::set_shadow`]).
+    pub(crate) fn set_config_shadow(&self, group: u64, position: raft_core::ConfigPosition) {
+        if let Ok(mut marks) = self.handle.shared.marks.lock() {
+            marks.set_shadow(group, position);
+        }
+    }
+
     /// Sets a floor of data log `group` lost (see [`Marks::set_floor`]).
     pub(crate) fn set_floor(&self, group: u64, floor: raft_core::LogId) {
         if let Ok(mut marks) = self.handle.shared.marks.lock() {

@@ -224,6 +224,12 @@ pub(crate) struct Marks {
     /// The record read at open of each log not yet settled (its `synced` state is written
     /// back unchanged until then).
     at_open: BTreeMap<u64, RecordedLog>,
+    /// Of each log that misses data: where the newest configuration of the log *as it is*
+    /// stands (read from the log when the loss was found, then followed through the writes
+    /// that change the log). The record's own place stays that of what was lost; the write
+    /// that reaches the floor adopts this one, so that a later loss names witnesses again
+    /// without the log being read back on the write path.
+    shadows: BTreeMap<u64, ConfigPosition>,
 }
 
 impl Marks {
@@ -232,13 +238,17 @@ impl Marks {
     pub(crate) fn from_record(record: &BTreeMap<u64, RecordedLog>) -> Self {
         let logs = record.iter().map(|(group, r)| (*group, r.possible)).collect();
         let floors = record.iter().map(|(group, r)| (*group, r.may_have_acked())).collect();
-        Self { logs, floors, at_open: record.clone() }
+        Self { logs, floors, at_open: record.clone(), shadows: BTreeMap::new() }
     }
 
     /// Each log's record once `marks` are applied too, without applying them.
     pub(crate) fn preview<'a>(&self, marks: impl IntoIterator<Item = &'a Mark>) -> BTreeMap<u64, LogRecord> {
-        let mut after =
-            Self { logs: self.logs.clone(), floors: self.floors.clone(), at_open: BTreeMap::new() };
+        let mut after = Self {
+            logs: self.logs.clone(),
+            floors: self.floors.clone(),
+            at_open: BTreeMap::new(),
+            shadows: self.shadows.clone(),
+        };
         for mark in marks {
             after.apply(mark);
         }
@@ -255,6 +265,12 @@ impl Marks {
         }
         if let Some(write) = mark.config {
             record.config = write.after(record.config);
+            // `Known` states the record's place (a new log, a loss), not a change of the log.
+            if missing_data && !matches!(write, ConfigWrite::Known(_)) {
+                if let Some(shadow) = self.shadows.get_mut(&mark.group) {
+                    *shadow = write.after(*shadow);
+                }
+            }
         }
         if let Some(last) = mark.last {
             match self.floors.get(&mark.group) {
@@ -266,14 +282,22 @@ impl Marks {
                 None => record.last = last,
             }
         }
-        // While the log misses what it lost, a write that changes the log (the one that reaches
-        // the floor included) leaves the recorded place of the configuration of what was lost
-        // behind (entries acknowledged since may have been appended under another, in a log
-        // that went back to an older state): unknown until a later write names one. Writes
-        // that leave the log as it is (a hard state, the write-back at open) keep it, so that
-        // a restart while recovering still names the same witnesses.
+        // While the log misses what it lost, a write that changes the log leaves the recorded
+        // place of the configuration of what was lost behind (entries acknowledged since may
+        // have been appended under another, in a log that went back to an older state):
+        // unknown until a later write names one. Writes that leave the log as it is (a hard
+        // state, the write-back at open) keep it, so that a restart while recovering still
+        // names the same witnesses. The write that reaches the floor leaves a log that holds
+        // everything it may have acknowledged: its place is that of the log as it is (the
+        // shadow; unknown when a truncation removed the entry the shadow named).
         if missing_data && mark.config.is_some() {
-            record.config = ConfigPosition(None);
+            record.config = match self.floors.contains_key(&mark.group) {
+                true => ConfigPosition(None),
+                false => self.shadows.remove(&mark.group).unwrap_or(ConfigPosition(None)),
+            };
+        }
+        if !self.floors.contains_key(&mark.group) {
+            self.shadows.remove(&mark.group);
         }
     }
 
@@ -288,6 +312,7 @@ impl Marks {
         let reached = |floor: &LogId| found >= *floor || at_open.is_some_and(|r| r.is_whole(found));
         if self.floors.get(&group).is_some_and(reached) {
             self.floors.remove(&group);
+            self.shadows.remove(&group);
             if let Some(record) = self.logs.get_mut(&group) {
                 record.last = found;
             }
@@ -300,8 +325,17 @@ impl Marks {
         *current = (*current).max(floor);
     }
 
+    /// Sets where the newest configuration of log `group` as it is stands, while it misses
+    /// data (see `shadows`); read from the log.
+    pub(crate) fn set_shadow(&mut self, group: u64, position: ConfigPosition) {
+        if self.floors.contains_key(&group) {
+            self.shadows.insert(group, position);
+        }
+    }
+
     /// Drops the floor of log `group`: its next write records what the log holds.
     pub(crate) fn forget_floor(&mut self, group: u64) {
+        self.shadows.remove(&group);
         self.floors.remove(&group);
     }
 
@@ -718,6 +752,49 @@ mod tests {
         marks.settle(0, LogId::new(2, 10));
         marks.apply(&Mark { group: 0, hard_state: None, last: Some(LogId::new(2, 4)), config: None });
         assert_eq!(marks.logs()[&0].last, LogId::new(2, 4));
+    }
+
+    #[test]
+    fn the_write_that_reaches_the_floor_adopts_the_place_the_log_itself_has() {
+        let write = |last: u64, config: ConfigWrite| Mark {
+            group: 0,
+            hard_state: None,
+            last: Some(LogId::new(2, last)),
+            config: Some(config),
+        };
+        let appended = |first, newest: Option<u64>| ConfigWrite::Appended {
+            first,
+            newest: newest.map(|i| LogId::new(2, i)),
+        };
+        // Found at 7 with its newest configuration at 3; the floor is 10.
+        let mut marks = Marks::from_record(&logs(2, 10));
+        marks.settle(0, LogId::new(2, 7));
+        marks.set_shadow(0, ConfigPosition(Some(LogId::new(2, 3))));
+        marks.apply(&write(8, appended(8, None)));
+        assert_eq!(marks.logs()[&0].config, ConfigPosition(None), "unknown while data is missing");
+        marks.apply(&write(12, appended(9, None)));
+        assert_eq!(marks.logs()[&0].config, ConfigPosition(Some(LogId::new(2, 3))), "reached: the log's own");
+        // A configuration appended meanwhile is the one adopted.
+        let mut marks = Marks::from_record(&logs(2, 10));
+        marks.settle(0, LogId::new(2, 7));
+        marks.set_shadow(0, ConfigPosition(Some(LogId::new(2, 3))));
+        marks.apply(&write(9, appended(8, Some(9))));
+        marks.apply(&write(10, appended(10, None)));
+        assert_eq!(marks.logs()[&0].config, ConfigPosition(Some(LogId::new(2, 9))));
+        // A truncation that removes the entry it named: unknown, even once reached.
+        let mut marks = Marks::from_record(&logs(2, 10));
+        marks.settle(0, LogId::new(2, 7));
+        marks.set_shadow(0, ConfigPosition(Some(LogId::new(2, 3))));
+        marks.apply(&write(2, ConfigWrite::Truncated(3)));
+        marks.apply(&write(10, appended(3, None)));
+        assert_eq!(marks.logs()[&0].config, ConfigPosition(None));
+        // A `Known` write states the record's place, not the log's: the shadow stays.
+        let mut marks = Marks::from_record(&logs(2, 10));
+        marks.settle(0, LogId::new(2, 7));
+        marks.set_shadow(0, ConfigPosition(Some(LogId::new(2, 3))));
+        marks.apply(&write(7, ConfigWrite::Known(ConfigPosition(None))));
+        marks.apply(&write(10, appended(8, None)));
+        assert_eq!(marks.logs()[&0].config, ConfigPosition(Some(LogId::new(2, 3))));
     }
 
     #[test]

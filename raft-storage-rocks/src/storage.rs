@@ -207,6 +207,10 @@ impl RocksStorage {
         // A failed write-back leaves the log to be compared again by the next call: the loss
         // must not hide behind a retry.
         self.db.write(ops, Some(mark)).await?;
+        if self.db.misses_data(self.group) {
+            // Read once here, where the log is read back anyway, and followed from now on.
+            self.db.set_config_shadow(self.group, self.with_db(|db| self.newest_config_position(db))?);
+        }
         if let Some(lost) = &lost {
             tracing::error!(group = self.group, %lost, "the store lost data it had made durable");
             self.db.remember_loss(self.group, lost.clone());
@@ -274,6 +278,7 @@ impl RocksStorage {
             })?,
         };
         self.db.set_floor(self.group, recorded_last);
+        self.db.set_config_shadow(self.group, self.with_db(|db| self.newest_config_position(db))?);
         let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
         // What the lost data held is unknown, its configuration included.
         let unknown = Some(ConfigWrite::Known(ConfigPosition(None)));
@@ -620,31 +625,10 @@ impl RocksStorage {
         Ok(Some(entry))
     }
 
-    /// Records where the log's newest configuration stands, read back from the log, once an
-    /// append reached everything the log had lost (called with `bounds_lock` held). That
-    /// append made the place unknown ([`crate::durability`]'s `Marks::apply`: the log may have
-    /// gone back to an older state meanwhile); the log is whole again, so what it holds is all
-    /// there is to place, as at an open that finds the log whole. Without it, a second loss
-    /// before the next configuration entry or snapshot would name no witnesses. Once per
-    /// recovery; a failure only leaves the place unknown (conservative), and is logged.
-    async fn place_configuration(&self) {
-        let placed = match self.with_db(|db| self.newest_config_position(db)) {
-            Ok(position) => {
-                let config = Some(ConfigWrite::Known(position));
-                self.db
-                    .write(Vec::new(), Some(Mark { group: self.group, hard_state: None, last: None, config }))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = placed {
-            tracing::warn!(group = self.group, error = %e, "the newest configuration's place stays unknown after the recovery");
-        }
-    }
-
     /// Where the log's newest configuration stands, read from the log: the newest entry past
     /// the snapshot that carries one, else the snapshot's last entry (reads the log back from
-    /// its end; done at open, only when the record does not say).
+    /// its end; done at open, when the record does not say or when the log misses data, and
+    /// when a lost data dir is recorded).
     fn newest_config_position(&self, db: &DB) -> Result<ConfigPosition, StorageError> {
         let b = self.bounds(db)?;
         let lowest = b.first.max(b.snapshot.index + 1);
@@ -755,12 +739,7 @@ impl Storage for RocksStorage {
         }
         let config =
             ConfigWrite::Appended { first: first.index, newest: ConfigPosition::newest_entry(entries) };
-        let recovering = self.db.misses_data(self.group);
-        self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await?;
-        if recovering && !self.db.misses_data(self.group) {
-            self.place_configuration().await;
-        }
-        Ok(())
+        self.write(ops, Bounds { last: last.index, ..b }, Some(last), Some(config)).await
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {

@@ -6,7 +6,7 @@
 //! again, back to place it, so that a second loss after the recovery names witnesses too
 //! (before, it stayed unknown until a configuration entry or a snapshot was written).
 
-use raft_core::{Entry, EntryPayload, LogId, Membership, Storage};
+use raft_core::{Entry, EntryPayload, LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 
 fn open(dir: &std::path::Path) -> RocksDb {
@@ -115,4 +115,32 @@ async fn a_configuration_appended_by_the_write_that_ends_the_recovery_is_the_one
     let lost = db.log(0).initial_state().await.expect("state").lost.expect("a second loss");
     assert_eq!(lost.found_last, LogId::new(2, 55));
     assert_eq!(lost.recorded_config, Some(LogId::new(2, 40)));
+}
+
+/// From the review of b694cdf: a recovery that a received snapshot ends (the leader had
+/// compacted past what the node had) never reached the placement, which only an append did.
+/// Now the writes followed the log's own place while data was missing, whatever they were.
+#[tokio::test]
+async fn a_recovery_that_a_snapshot_ends_places_the_configuration_at_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lost_wal_tail(dir.path()).await;
+    {
+        let db = open(dir.path());
+        let log = db.log(0);
+        assert!(log.initial_state().await.expect("state").lost.is_some());
+        let meta =
+            SnapshotMeta { last_log_id: LogId::new(2, 60), membership: Membership::with_voters([1, 2, 3]) };
+        let data = SnapshotData::from_bytes(bytes::Bytes::from_static(b"state"));
+        log.save_snapshot(Snapshot { meta, data }).await.expect("snapshot");
+        assert_eq!(log.initial_state().await.expect("state").lost, None, "whole again");
+        let next: Vec<Entry> = (61..=65).map(|i| Entry { term: 2, ..entry(i, false) }).collect();
+        log.append(&next).await.expect("append");
+        db.flush().expect("flush");
+        log.append(&[Entry { term: 2, ..entry(66, false) }]).await.expect("append");
+    }
+    delete_wal(dir.path());
+    let db = open(dir.path());
+    let lost = db.log(0).initial_state().await.expect("state").lost.expect("a second loss");
+    assert_eq!(lost.found_last, LogId::new(2, 65));
+    assert_eq!(lost.recorded_config, Some(LogId::new(2, 60)));
 }

@@ -220,42 +220,89 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     watcher: Watcher,
     watch_threads: Option<Arc<WatchThreads>>,
 ) {
+    let served = Served { certificate, router, header_read_timeout, watcher };
     let Some(threads) = watch_threads else {
-        return serve_http(stream, certificate, router, header_read_timeout, watcher).await;
+        return serve_http(stream, served, None).await;
     };
-    let started = tokio::time::Instant::now();
+    let first_request_by = tokio::time::Instant::now() + header_read_timeout;
     let Some((stream, watch)) = ReadAhead::classify(stream, header_read_timeout).await else {
         return tracing::debug!("client sent no request line before the header deadline");
     };
-    // The time spent reading ahead counts against the first request's header deadline (and
-    // shortens the connection's idle deadline by as much: microseconds, for any real client).
-    let header_read_timeout =
-        header_read_timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-    let connection = serve_http(stream, certificate, router, header_read_timeout, watcher);
+    let kind = Some(Routed { first_request_by, watch_connection: watch });
     if watch {
-        threads.serve(connection).await;
+        threads.serve(serve_http(stream, served, kind)).await;
     } else {
-        connection.await;
+        serve_http(stream, served, kind).await;
     }
+}
+
+/// What every connection is served with.
+struct Served {
+    certificate: ClientCertificate,
+    router: Router,
+    header_read_timeout: Duration,
+    watcher: Watcher,
+}
+
+/// How a connection read ahead ([`route`]) was placed.
+struct Routed {
+    /// Its first request's head must have arrived by then (the time spent reading ahead counts
+    /// against the header deadline; later requests get the whole deadline, as idle time too).
+    first_request_by: tokio::time::Instant,
+    /// Served on the watch threads: every answer but an open watch stream closes the
+    /// connection, so that a client's pool never sends its other requests down it.
+    watch_connection: bool,
 }
 
 /// HTTP/1.1 on an established stream, every request carrying the client's certificate names.
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
-    certificate: ClientCertificate,
-    router: Router,
-    header_read_timeout: Duration,
-    watcher: Watcher,
+    served: Served,
+    routed: Option<Routed>,
 ) {
+    let Served { certificate, router, header_read_timeout, watcher } = served;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let watch_connection = routed.as_ref().is_some_and(|r| r.watch_connection);
+    let first_seen = Arc::new(AtomicBool::new(false));
+    let seen = first_seen.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(certificate.clone());
-        router.clone().call(request)
+        let answer = router.clone().call(request);
+        async move {
+            let mut response = answer.await?;
+            if watch_connection && !is_event_stream(&response) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let stream = super::parse_errors::JsonParseErrors::new(stream);
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-    if let Err(e) = connection.await {
+    tokio::pin!(connection);
+    if let Some(routed) = routed {
+        tokio::select! {
+            ended = &mut connection => return log_end(ended),
+            () = tokio::time::sleep_until(routed.first_request_by) => {
+                if !first_seen.load(Ordering::Relaxed) {
+                    return tracing::debug!("client sent no request head before the header deadline");
+                }
+            }
+        }
+    }
+    log_end(connection.await);
+}
+
+/// Whether `response` opens a watch stream.
+fn is_event_stream(response: &axum::response::Response) -> bool {
+    response.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|t| t.as_bytes() == b"text/event-stream")
+}
+
+fn log_end(ended: Result<(), hyper::Error>) {
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "client connection ended");
     }
 }

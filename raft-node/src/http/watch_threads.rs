@@ -36,10 +36,14 @@ impl WatchThreads {
         // Half the cores: however many events there are to send, the other half never runs
         // the fan-out, so a write's next step finds a core without waiting for a preemption.
         let threads = std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1));
+        // One value for every thread, set as it is (a thread of the runtime's blocking pool is
+        // started by a worker that already has it: adding again would lower it twice).
+        let node = rustix::process::getpriority_process(None).unwrap_or(0);
+        let target = node.saturating_add(nice).min(19);
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("watch-streams")
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || lower_priority(node, target))
             .enable_all()
             .build();
         match built {
@@ -80,17 +84,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Raises the calling thread's nice value by `increment`, up to 19 (on Linux, the nice value
-/// is a thread's own). Relative, so that a node started at a lower priority never has its
-/// watch threads above it.
-fn lower_priority(increment: i32) {
-    if increment == 0 {
+/// Sets the calling thread's nice value to `target` (on Linux, the nice value is a thread's
+/// own) when it is above the node's `node` value: computed from the node's value at start,
+/// so that a node started at a lower priority never has its watch threads above it.
+fn lower_priority(node: i32, target: i32) {
+    if target <= node {
         return;
     }
-    let lowered = rustix::process::getpriority_process(None)
-        .and_then(|nice| rustix::process::setpriority_process(None, nice.saturating_add(increment).min(19)));
-    if let Err(e) = lowered {
-        tracing::warn!(error = %e, increment, "a watch-stream thread keeps the node's priority");
+    if let Err(e) = rustix::process::setpriority_process(None, target) {
+        tracing::warn!(error = %e, target, "a watch-stream thread keeps the node's priority");
     }
 }
 
@@ -224,6 +226,23 @@ mod tests {
         assert!(other.ends_with(&format!(" {node_nice}")), "{other}");
         stop.send(true).expect("stop");
         server.await.expect("server");
+    }
+
+    /// Found by review: a thread of the runtime's blocking pool, started by a worker already
+    /// lowered, was lowered a second time.
+    #[test]
+    fn the_blocking_pool_of_the_watch_threads_is_lowered_once() {
+        let node = rustix::process::getpriority_process(None).expect("nice");
+        let threads = WatchThreads::start(5).expect("runtime");
+        let runtime = threads.runtime.as_ref().expect("runtime");
+        let nice = || rustix::process::getpriority_process(None).expect("nice");
+        let (worker, blocking) = runtime.block_on(async move {
+            let worker = tokio::spawn(async move { nice() }).await.expect("worker");
+            let blocking = tokio::task::spawn_blocking(nice).await.expect("blocking");
+            (worker, blocking)
+        });
+        let expected = (node + 5).min(19);
+        assert_eq!((worker, blocking), (expected, expected));
     }
 
     async fn classify(sent: &[&[u8]]) -> (bool, Vec<u8>) {

@@ -289,6 +289,14 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         );
         let report = runtime.block_on(watchers::run(&cluster, &o))?;
         println!("median p99 with watchers / without: {:.2}x", report.p99_ratio);
+        println!(
+            "every watcher received every acknowledged write: {}",
+            if report.every_event_delivered {
+                "yes"
+            } else {
+                "NO (some watchers missed events: the ratio does not count)"
+            }
+        );
         drop(cluster);
         return save_report(root, "watchers", started_at, args, &o, &report);
     }

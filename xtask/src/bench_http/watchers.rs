@@ -42,7 +42,7 @@ pub(crate) struct Round {
     /// Terms started during the round (elections), and whether the leader changed.
     pub(crate) elections: u64,
     pub(crate) leader_changed: bool,
-    /// Events received per watcher: the fewest and the mean.
+    /// Events received per watcher (lines `id: `): the fewest and the mean.
     pub(crate) events_min: u64,
     pub(crate) events_mean: f64,
 }
@@ -53,6 +53,9 @@ pub(crate) struct WatchersReport {
     pub(crate) rounds: Vec<Round>,
     /// Median p99 with watchers / median p99 without.
     pub(crate) p99_ratio: f64,
+    /// Every watcher received an event for every write answered 200, in every round with
+    /// watchers (a watcher cut off for lagging would not).
+    pub(crate) every_event_delivered: bool,
 }
 
 /// Opens `n` watch streams of every key on `addr` and counts their events; each counter is
@@ -78,25 +81,45 @@ async fn open_watchers(
         let count = counter.clone();
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
-            let mut last = 0u8;
+            let mut lines = DataLines::default();
             loop {
                 let Ok(n) = stream.read(&mut buf).await else { return };
                 if n == 0 {
                     return;
                 }
-                let mut events = 0;
-                for &b in &buf[..n] {
-                    if b == b'\n' && last == b'\n' {
-                        events += 1;
-                    }
-                    last = b;
-                }
-                count.fetch_add(events, Ordering::Relaxed);
+                count.fetch_add(lines.count(&buf[..n]), Ordering::Relaxed);
             }
         }));
         counters.push(counter);
     }
     Ok((tasks, counters))
+}
+
+/// Counts the events of a stream read in pieces: the lines that start with `id: ` (each
+/// change event has one; keep-alive comments and the error event that ends a stream do not).
+#[derive(Default)]
+struct DataLines {
+    /// Bytes of `id: ` matched at the start of the current line (`None`: not at a line start).
+    matched: Option<usize>,
+}
+
+impl DataLines {
+    const PREFIX: &'static [u8] = b"id: ";
+
+    fn count(&mut self, piece: &[u8]) -> u64 {
+        let mut events = 0;
+        for &b in piece {
+            self.matched = match self.matched {
+                _ if b == b'\n' => Some(0),
+                Some(n) if n < Self::PREFIX.len() && Self::PREFIX[n] == b => {
+                    events += u64::from(n + 1 == Self::PREFIX.len());
+                    Some(n + 1)
+                }
+                _ => None,
+            };
+        }
+        events
+    }
 }
 
 /// The hidden subcommand that reads the watch streams in a process of its own.
@@ -112,8 +135,11 @@ pub(crate) fn readers(args: &[String]) -> Result<()> {
     let n: usize = n.parse().context("WATCHERS")?;
     let nice: i32 = nice.parse().context("NICE")?;
     if nice != 0 {
-        // Before the runtime starts: its threads inherit this thread's nice value.
-        rustix::process::setpriority_process(None, nice).context("setting the readers' nice value")?;
+        // Before the runtime starts: its threads inherit this thread's nice value. Relative to
+        // this process's own (raising it needs no privilege).
+        let own = rustix::process::getpriority_process(None).context("this process's nice value")?;
+        rustix::process::setpriority_process(None, own.saturating_add(nice).min(19))
+            .context("setting the readers' nice value")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -279,5 +305,23 @@ pub(crate) async fn run(cluster: &LocalCluster, o: &Options) -> Result<WatchersR
         }
     };
     let p99_ratio = if median(false) > 0.0 { median(true) / median(false) } else { 0.0 };
-    Ok(WatchersReport { rounds, p99_ratio })
+    let every_event_delivered = rounds.iter().filter(|r| r.watchers > 0).all(|r| r.events_min >= r.ok);
+    Ok(WatchersReport { rounds, p99_ratio, every_event_delivered })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataLines;
+
+    #[test]
+    fn events_are_counted_by_their_id_lines_whatever_the_pieces() {
+        let stream: &[u8] =
+            b"4a\r\nid: 1\ndata: {\"key\":\"a\"}\n\nid: 2\ndata: {\"v\":\"id: 3\"}\n\n\r\n3\r\n:\n\n\r\n\
+            20\r\nevent: error\ndata: {\"code\":\"compacted\"}\n\n\r\n";
+        for size in [1, 2, 3, 5, 7, stream.len()] {
+            let mut lines = DataLines::default();
+            let counted: u64 = stream.chunks(size).map(|piece| lines.count(piece)).sum();
+            assert_eq!(counted, 2, "pieces of {size} bytes");
+        }
+    }
 }
