@@ -101,13 +101,16 @@ async fn a_late_first_request_does_not_shorten_the_idle_timeout_of_the_connectio
     cluster.shutdown().await;
 }
 
-/// Control for the measure used below: a watch opened on a fresh connection is served on
-/// the watch threads (they wake for its events).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_on_a_fresh_connection_is_served_on_the_watch_threads() {
+/// Watches every key on a one-node cluster (after one write of the same client when
+/// `call_first`), streams 50 writes of another client, and returns how many times the watch
+/// threads woke meanwhile.
+async fn watch_thread_wakes_for_50_events(call_first: bool) -> u64 {
     let cluster = TestCluster::start(1, StorageKind::Mem).await;
     let watching = cluster.client_of(1);
     let writer = cluster.client_of(1);
+    if call_first {
+        watching.put("first", "a call before the watch").await.expect("put");
+    }
     let (threads, before) = watch_thread_switches();
     assert!(threads > 0, "no watch-streams thread");
     let mut events = watching.watch("", None).await.expect("watch");
@@ -122,8 +125,16 @@ async fn a_watch_on_a_fresh_connection_is_served_on_the_watch_threads() {
             .expect("ok");
     }
     let (_, after) = watch_thread_switches();
-    assert!(after - before >= 5, "watch threads woke {} times", after - before);
     cluster.shutdown().await;
+    after - before
+}
+
+/// Control for the measure used below: a watch opened on a fresh connection is served on
+/// the watch threads (they wake for its events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_fresh_connection_is_served_on_the_watch_threads() {
+    let wakes = watch_thread_wakes_for_50_events(false).await;
+    assert!(wakes >= 5, "watch threads woke {wakes} times");
 }
 
 /// raft-client kept one connection pool for every call, so its watch went out on a
@@ -133,30 +144,11 @@ async fn a_watch_on_a_fresh_connection_is_served_on_the_watch_threads() {
 /// connection of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_of_the_client_library_after_another_call_is_served_on_the_watch_threads() {
-    let cluster = TestCluster::start(1, StorageKind::Mem).await;
-    let watching = cluster.client_of(1);
-    let writer = cluster.client_of(1);
-    watching.put("first", "a call before the watch").await.expect("put");
-    let (threads, before) = watch_thread_switches();
-    assert!(threads > 0, "no watch-streams thread");
-    let mut events = watching.watch("", None).await.expect("watch");
-    for i in 0..50 {
-        writer.put(&format!("k{i}"), "v").await.expect("put");
-    }
-    for _ in 0..50 {
-        tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .expect("in time")
-            .expect("event")
-            .expect("ok");
-    }
-    let (_, after) = watch_thread_switches();
+    let wakes = watch_thread_wakes_for_50_events(true).await;
     assert!(
-        after - before >= 5,
-        "50 events streamed but the watch threads woke {} times: the watch ran on the Raft path's runtime",
-        after - before
+        wakes >= 5,
+        "50 events streamed but the watch threads woke {wakes} times: the watch ran on the Raft path's runtime"
     );
-    cluster.shutdown().await;
 }
 
 /// The reverse: a watch answered with an error (here `compacted`; `busy` past max_watchers
