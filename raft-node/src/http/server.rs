@@ -38,8 +38,8 @@ pub(crate) struct ServerLimits {
     pub(crate) header_read_timeout: Duration,
     /// How long a stopping server lets requests in progress finish (watch streams never do).
     pub(crate) stop_grace: Duration,
-    /// The nice value of the threads that serve watch streams ([`WatchThreads`]); `None`
-    /// serves them on the caller's runtime like any other request.
+    /// How much higher than the node's the nice value of the threads that serve watch streams
+    /// is ([`WatchThreads`]); `None` serves them on the caller's runtime like any other request.
     pub(crate) watch_nice: Option<i32>,
 }
 

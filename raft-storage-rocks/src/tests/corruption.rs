@@ -47,25 +47,33 @@ async fn flushed_store(n: u64) -> tempfile::TempDir {
 /// A store whose entries are only in the WAL: a child wrote them and was killed (a clean
 /// close may flush the WAL into SST files).
 fn wal_only_store() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = super::child::spawn("append", dir.path(), &[]).expect("spawn");
-    // Until the WAL holds a few KiB (a loaded machine may start the child slowly: a fixed
-    // 300 ms once left a WAL too small to damage).
-    let wal_bytes = || {
-        files_with(dir.path(), |n| n.ends_with(".log"))
-            .iter()
-            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-            .max()
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    std::thread::sleep(Duration::from_millis(300));
-    while wal_bytes() < 8 * 1024 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // The WAL that held 8 KiB when the child was killed can still be rotated out by a flush
+    // between the check and the kill (it failed once in CI: the newest WAL held 0 bytes), so
+    // the set-up is made again until the largest WAL left is big enough to damage.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = super::child::spawn("append", dir.path(), &[]).expect("spawn");
+        // Until the WAL holds a few KiB (a loaded machine may start the child slowly: a fixed
+        // 300 ms once left a WAL too small to damage).
+        let wal_bytes = || {
+            files_with(dir.path(), |n| n.ends_with(".log"))
+                .iter()
+                .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        std::thread::sleep(Duration::from_millis(300));
+        while wal_bytes() < 8 * 1024 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(super::durability::sigkill(child.id()));
+        let _ = child.wait();
+        if wal_bytes() >= 8 * 1024 {
+            return dir;
+        }
     }
-    assert!(super::durability::sigkill(child.id()));
-    let _ = child.wait();
-    dir
+    panic!("no WAL of 8 KiB after five tries");
 }
 
 fn open_err(dir: &Path) -> OpenError {
