@@ -662,13 +662,21 @@ fn stale_read_is_caught(
     match check(&history, &options()) {
         Verdict::NotLinearizable(violation) => {
             prop_assert_eq!(&violation.key, &history[target].key);
-            prop_assert!(violation.explanation.contains("shrunk"), "{}", violation);
             let again = check(&violation.operations, &options());
             prop_assert!(
                 matches!(again, Verdict::NotLinearizable(_)),
                 "the window alone must fail: {}",
                 again
             );
+            // A shrink may stop at its budget of time or of states, as documented (the case of
+            // seed 4_658_020_840_191_361_515, drawn in CI and kept in the regressions file,
+            // does at once): the window then still fails alone, but it is not minimal, and the
+            // checks of a minimal window below do not apply.
+            if !violation.explanation.contains("shrunk") {
+                prop_assert!(violation.explanation.contains("shrinking stopped"), "{}", violation);
+                prop_assert_eq!(check_no_phantom_reads(&history), Ok(()));
+                return Ok(());
+            }
             // The culprit is what makes the window fail (with the writes it marks relaxed
             // taken as unknown).
             let culprit = culprit_position(&violation);
