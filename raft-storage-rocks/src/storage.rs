@@ -95,12 +95,14 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Io(format!("a file task failed: {e}")))?
 }
 
-/// The nice value of the thread that writes the node's own snapshots.
-const SNAPSHOT_WRITER_NICE: i32 = 10;
+/// How much the thread that writes the node's own snapshots lowers its CPU priority: its nice
+/// value is its creator's plus this, at most 19.
+const SNAPSHOT_WRITER_NICE_INCREMENT: i32 = 10;
 
-/// Runs `f` on a thread of its own at a lower CPU priority (nice +10; best effort): encoding a
-/// large snapshot is background work that must leave the cores to the event loops answering
-/// heartbeats (three nodes encoding at once on two cores starved them into an election).
+/// Runs `f` on a thread of its own at a lower CPU priority (nice +10 over the caller's; best
+/// effort): encoding a large snapshot is background work that must leave the cores to the event
+/// loops answering heartbeats (three nodes encoding at once on two cores starved them into an
+/// election).
 async fn low_priority<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -109,14 +111,31 @@ async fn low_priority<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            // On Linux this changes the calling thread only.
-            if let Err(e) = rustix::process::setpriority_process(None, SNAPSHOT_WRITER_NICE) {
-                tracing::debug!(error = %e, "could not lower the snapshot writer's priority");
-            }
+            lower_this_thread(SNAPSHOT_WRITER_NICE_INCREMENT);
             let _ = tx.send(f());
         })
         .map_err(|e| StorageError::Io(format!("starting the {name} thread: {e}")))?;
     rx.await.map_err(|_| StorageError::Io(format!("the {name} thread ended without an answer")))?
+}
+
+/// Raises the calling thread's nice value (on Linux, a thread's own) by `increment`, at most to
+/// 19, and never lowers it: a node started at nice 15 gets a writer at 19, not one at 10 above
+/// its own priority (which root could set).
+fn lower_this_thread(increment: i32) {
+    let own = match rustix::process::getpriority_process(None) {
+        Ok(own) => own,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the snapshot writer's priority");
+            return;
+        }
+    };
+    let target = own.saturating_add(increment).min(19);
+    if target <= own {
+        return;
+    }
+    if let Err(e) = rustix::process::setpriority_process(None, target) {
+        tracing::debug!(error = %e, "could not lower the snapshot writer's priority");
+    }
 }
 
 impl RocksStorage {
@@ -1099,5 +1118,30 @@ impl Storage for RocksStorage {
         );
         let after = Bounds { first: up_to + 1, last: b.last.max(up_to), snapshot: b.snapshot };
         self.write(vec![op], after, None, None).await
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::*;
+
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).expect("this thread's nice value")
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_writer_is_lowered_relative_to_its_creator_never_raised() {
+        // A node started at nice 15 (raising one's own nice value needs no privilege).
+        rustix::process::setpriority_process(None, 15).expect("lower this thread");
+        let writer = low_priority("test-writer", || Ok(nice())).await.expect("the writer runs");
+        assert_eq!(writer, 19, "15 + 10, capped at 19; an absolute 10 would run above the node");
+        assert_eq!(nice(), 15, "the creating thread keeps its own value");
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_writer_of_a_node_at_nice_zero_runs_at_ten() {
+        let own = nice();
+        let writer = low_priority("test-writer", || Ok(nice())).await.expect("the writer runs");
+        assert_eq!(writer, (own + SNAPSHOT_WRITER_NICE_INCREMENT).min(19));
     }
 }
