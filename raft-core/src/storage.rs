@@ -345,6 +345,15 @@ pub enum StorageError {
     Unsupported(&'static str),
 }
 
+impl StorageError {
+    /// Whether a read failing this way means the stored copy is damaged (it failed a check,
+    /// or the device could not read it) rather than that the caller asked for what is not
+    /// there.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StorageError::Corrupt(_) | StorageError::Io(_))
+    }
+}
+
 /// A snapshot partly received from a leader, as a store found it staged when it opened (see
 /// [`InitialState::staged`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,7 +63,7 @@ pub enum RecoverError {
     TermExhausted(u64),
     /// A seed of another backup was interrupted in this data dir.
     #[error(
-        "the data dir {dir} holds an interrupted seed of another backup (a snapshot ending at index {stored},          this backup at {requested}): move it aside and seed into an empty data dir"
+        "the data dir {dir} holds an interrupted seed of another backup (a snapshot ending at index {stored}, this backup at {requested}): move it aside and seed into an empty data dir"
     )]
     OtherInterruptedSeed {
         /// The data dir.

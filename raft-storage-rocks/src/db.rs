@@ -314,6 +314,13 @@ impl RocksDb {
             })
             .unwrap_or(false);
         if exists_non_empty && !dir.join("CURRENT").exists() {
+            // This store's own record beside the files: a raft store that lost its `CURRENT`,
+            // damage to repair like any other (a foreign directory has no record).
+            if dir.join(crate::durability::FILE_NAME).exists() {
+                return Err(OpenError::Corrupt(format!(
+                    "{shown}: the RocksDB CURRENT file is missing, though the store's durability record is there"
+                )));
+            }
             return Err(OpenError::MissingCurrent(shown));
         }
         let create = !exists_non_empty;

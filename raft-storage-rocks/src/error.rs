@@ -14,8 +14,10 @@ pub enum OpenError {
         /// RocksDB's message.
         detail: String,
     },
-    /// The directory holds files but no RocksDB `CURRENT` file: a damaged or foreign store.
-    /// It is never re-initialized over.
+    /// The directory holds files but neither a RocksDB `CURRENT` file nor this store's
+    /// durability record: a foreign directory (or a damaged store that kept no record). It is
+    /// never re-initialized over. A store that lost `CURRENT` but kept its record is
+    /// [`Corrupt`](Self::Corrupt).
     #[error(
         "data directory {0} is not empty but holds no RocksDB CURRENT file (damaged or not a raft store)"
     )]
@@ -107,6 +109,11 @@ pub(crate) fn open_error(dir: &str, e: &rocksdb::Error) -> OpenError {
     }
     match e.kind() {
         rocksdb::ErrorKind::Corruption => OpenError::Corrupt(message),
+        // A file the store names is gone (a deleted MANIFEST, table or log file): damage, not
+        // a passing error.
+        rocksdb::ErrorKind::IOError if message.contains("No such file or directory") => {
+            OpenError::Corrupt(message)
+        }
         rocksdb::ErrorKind::InvalidArgument if message.contains("does not exist") => {
             OpenError::MissingCurrent(dir.to_string())
         }

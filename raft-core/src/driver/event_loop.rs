@@ -56,7 +56,25 @@ enum Woke {
     Applied(Result<ApplyDone, RaftError>),
     /// A read of log entries or of a snapshot part from storage ended (`None`: the task did
     /// not finish).
-    Read(Option<Event>),
+    Read(Option<ReadDone>),
+}
+
+/// A read from storage beside the event loop ended: the event to step, and whether it found
+/// this node's own copy damaged.
+pub(super) struct ReadDone {
+    event: Event,
+    damaged: Option<OwnDamage>,
+}
+
+/// A copy of data this node holds that a read found unreadable (a checksum failure or an IO
+/// error): another node that needs it would wait for it for ever, so a new snapshot of the
+/// state machine is taken to send instead (see [`Driver::note_own_damage`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OwnDamage {
+    /// The stored snapshot of this id.
+    Snapshot(LogId),
+    /// Log entries from this index.
+    Entries { from: Index },
 }
 
 impl Woke {
@@ -139,7 +157,10 @@ pub(super) struct Driver {
     /// (at most one per follower and one for applying: the protocol asks for no more) and
     /// parts of the snapshot being sent (one per follower in transfer, and one more per
     /// resend after a timeout).
-    reads: tokio::task::JoinSet<Event>,
+    reads: tokio::task::JoinSet<ReadDone>,
+    /// A read found this node's snapshot, or committed entries after it, damaged: the next
+    /// snapshot is due at once (see [`Driver::note_own_damage`]).
+    pub(super) refresh_snapshot: bool,
 }
 
 /// Reads the stored log `range` for a restart, in reads of about `read_bytes`
@@ -261,6 +282,7 @@ impl Driver {
             stopping: parts.stopping,
             install_waits_for_space: false,
             reads: tokio::task::JoinSet::new(),
+            refresh_snapshot: false,
         };
         Ok((driver, status))
     }
@@ -432,9 +454,12 @@ impl Driver {
                     }
                 }
                 Woke::Applied(Err(e)) => break Some(e),
-                Woke::Read(Some(event)) => {
+                Woke::Read(Some(done)) => {
+                    if let Some(damage) = done.damaged {
+                        self.note_own_damage(damage);
+                    }
                     let now = self.now_ms();
-                    self.raft.step(now, event);
+                    self.raft.step(now, done.event);
                 }
                 // A read task cannot fail but by a panic: the read is not answered, and the
                 // node stops like on any other bug.
@@ -795,14 +820,14 @@ impl Driver {
         for r in reads.iter().cloned() {
             let storage = self.storage.clone();
             self.reads.spawn(async move {
-                let entries = match storage.entries(r.from, r.last.saturating_add(1)).await {
-                    Ok(entries) => Some(entries),
+                let (entries, damaged) = match storage.entries(r.from, r.last.saturating_add(1)).await {
+                    Ok(entries) => (Some(entries), None),
                     Err(e) => {
                         tracing::debug!(error = %e, from = r.from, last = r.last, to = r.to, "reading log entries");
-                        None
+                        (None, e.is_damage().then_some(OwnDamage::Entries { from: r.from }))
                     }
                 };
-                Event::LogEntries { to: r.to, from: r.from, entries }
+                ReadDone { event: Event::LogEntries { to: r.to, from: r.from, entries }, damaged }
             });
         }
     }
@@ -815,14 +840,14 @@ impl Driver {
         for r in reads.iter().cloned() {
             let storage = self.storage.clone();
             self.reads.spawn(async move {
-                let data = match storage.read_snapshot_chunk(r.snapshot, r.offset, r.max).await {
-                    Ok(data) => data,
+                let (data, damaged) = match storage.read_snapshot_chunk(r.snapshot, r.offset, r.max).await {
+                    Ok(data) => (data, None),
                     Err(e) => {
                         tracing::error!(error = %e, snapshot = %r.snapshot, offset = r.offset, "reading the snapshot to send");
-                        None
+                        (None, e.is_damage().then_some(OwnDamage::Snapshot(r.snapshot)))
                     }
                 };
-                Event::SnapshotChunk { to: r.to, snapshot: r.snapshot, offset: r.offset, data }
+                ReadDone { event: Event::SnapshotChunk { to: r.to, snapshot: r.snapshot, offset: r.offset, data }, damaged }
             });
         }
     }

@@ -162,6 +162,20 @@ impl Driver {
             return Ok(());
         }
         let since = self.applied.index.saturating_sub(self.raft.snapshot_last().index);
+        if self.refresh_snapshot {
+            if since > 0 {
+                return self.applier.request_view();
+            }
+            // Nothing applied since the damaged snapshot: a leader appends a blank entry, whose
+            // application lets the new snapshot be taken (a follower sends no snapshot; it
+            // takes the new one with the next entry applied).
+            if self.raft.last_log_id().index == self.applied.index {
+                if let Some(blank) = self.raft.append_blank() {
+                    tracing::info!(%blank, "a blank entry appended: the snapshot is taken again once it is applied");
+                }
+            }
+            return Ok(());
+        }
         let last_bytes = self.raft.snapshot().map_or(0, |s| s.data.len());
         if !self.snapshot_schedule.due(since, self.applied_bytes_since_snapshot, last_bytes) {
             return Ok(());
@@ -181,6 +195,7 @@ impl Driver {
             tracing::debug!(view = %last, snapshot = %self.raft.snapshot_last(), "a view older than the latest snapshot is dropped");
             return Ok(());
         }
+        self.refresh_snapshot = false;
         let meta = SnapshotMeta { last_log_id: last, membership: self.raft.membership_at(last.index) };
         let (tx, done) = oneshot::channel();
         let task = write_out(source, meta, self.config.snapshot_chunk_bytes, self.storage.clone());
@@ -195,6 +210,30 @@ impl Driver {
         self.snapshot_schedule
             .draw(self.config.snapshot_threshold_entries, self.config.snapshot_threshold_bytes);
         Ok(())
+    }
+
+    /// A read found this node's own copy of something others need damaged. When it is the
+    /// latest snapshot, or committed entries after it that the state machine holds, a new
+    /// snapshot is taken at once (and the entries after it are sent from the log, the rest as
+    /// the new snapshot): a follower is never left waiting on a copy that cannot be read. The
+    /// damaged files stay until the store replaces them (a snapshot) or a restart's checks
+    /// find them.
+    pub(super) fn note_own_damage(&mut self, damage: super::event_loop::OwnDamage) {
+        use super::event_loop::OwnDamage;
+        let snapshot = self.raft.snapshot_last();
+        let covered_by_a_new_snapshot = match damage {
+            OwnDamage::Snapshot(id) => id == snapshot,
+            OwnDamage::Entries { from } => from > snapshot.index && from <= self.applied.index,
+        };
+        if covered_by_a_new_snapshot && !self.refresh_snapshot {
+            tracing::error!(
+                ?damage,
+                %snapshot,
+                applied = %self.applied,
+                "this node's stored copy cannot be read: taking a new snapshot of the state machine to send instead"
+            );
+            self.refresh_snapshot = true;
+        }
     }
 
     /// The background snapshot ended: on success compacts storage behind it (keeping

@@ -821,6 +821,17 @@ impl Raft {
         self.install_held = hold;
     }
 
+    /// Appends a blank entry of the current term, as a new leader does, when this node leads,
+    /// transfers no leadership and is within its uncommitted bounds; returns its id. It
+    /// commits like any entry and is applied as nothing. The driver uses it to move the
+    /// applied index past a snapshot it must take again (its stored copy was found damaged).
+    pub fn append_blank(&mut self) -> Option<LogId> {
+        let appended = self.append_entry(EntryPayload::Blank).ok();
+        // A leader with no peers commits on its own write.
+        self.maybe_commit();
+        appended
+    }
+
     /// Tells the protocol that everything in the last [`Ready`] was carried out: its writes are
     /// durable and its committed entries applied.
     pub fn advance(&mut self) {
@@ -1620,7 +1631,7 @@ impl Raft {
             }
             None => {}
         }
-        let result = match self.append_proposal(command) {
+        let result = match self.append_entry(EntryPayload::Command(command)) {
             Ok(log_id) => {
                 if self.forwarded_order.len() >= FORWARDS_REMEMBERED {
                     if let Some(old) = self.forwarded_order.pop_front() {
@@ -1642,7 +1653,7 @@ impl Raft {
     // ---- proposals ----
 
     fn propose(&mut self, id: ProposalId, command: Bytes, forward: bool) {
-        match self.append_proposal(command.clone()) {
+        match self.append_entry(EntryPayload::Command(command.clone())) {
             Ok(log_id) => self.out.proposals.push(ProposalOutcome { id, result: Ok(log_id) }),
             Err(ProposalRejection::NotLeader { leader_hint: Some(leader) })
                 if forward && self.forwards.len() < self.config.max_pending_forwards =>
@@ -1658,7 +1669,9 @@ impl Raft {
         }
     }
 
-    fn append_proposal(&mut self, command: Bytes) -> Result<LogId, ProposalRejection> {
+    /// Appends an entry of the current term when this node leads, transfers no leadership
+    /// and is within its uncommitted bounds.
+    fn append_entry(&mut self, payload: EntryPayload) -> Result<LogId, ProposalRejection> {
         if self.role != Role::Leader {
             return Err(ProposalRejection::NotLeader { leader_hint: self.leader });
         }
@@ -1673,17 +1686,15 @@ impl Raft {
         }
         // In bytes too (a proposal alone is always taken: its size is bounded by the caller).
         let uncommitted = self.log.bytes_after(handed);
-        if uncommitted > 0
-            && uncommitted.saturating_add(command.len() as u64) > self.config.max_uncommitted_bytes
-        {
+        let bytes = match &payload {
+            EntryPayload::Command(command) => command.len() as u64,
+            _ => 0,
+        };
+        if uncommitted > 0 && uncommitted.saturating_add(bytes) > self.config.max_uncommitted_bytes {
             return Err(ProposalRejection::Busy);
         }
         let log_id = LogId::new(self.term(), self.log.last_index() + 1);
-        self.append_local(Entry {
-            term: log_id.term,
-            index: log_id.index,
-            payload: EntryPayload::Command(command),
-        });
+        self.append_local(Entry { term: log_id.term, index: log_id.index, payload });
         Ok(log_id)
     }
 

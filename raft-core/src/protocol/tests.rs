@@ -495,6 +495,27 @@ fn leader_refuses_proposals_past_the_uncommitted_limit() {
 }
 
 #[test]
+fn only_a_leader_appends_a_blank_entry_and_only_within_its_bounds() {
+    let mut follower = node(1, 1, None, &[1]);
+    assert_eq!(follower.append_blank(), None, "a follower appends nothing");
+    assert_eq!(follower.last_log_id(), LogId::new(1, 1));
+    let restored =
+        RestoredState { membership: Membership::with_voters([1, 2, 3]), ..RestoredState::default() };
+    let config = Config { max_uncommitted_entries: 2, ..Config::default() };
+    let mut n = Raft::new(1, config, restored, 1, 0).expect("config");
+    elect(&mut n);
+    let _ = n.take_ready();
+    n.advance();
+    let blank = n.append_blank().expect("a leader appends");
+    assert_eq!(blank, LogId::new(n.term(), 2), "after the new leader's own blank entry");
+    assert_eq!(n.entry(2).map(|e| e.payload.clone()), Some(EntryPayload::Blank));
+    let ready = n.take_ready();
+    assert!(ready.entries.iter().any(|e| e.index == 2), "written like any entry");
+    n.advance();
+    assert_eq!(n.append_blank(), None, "past max_uncommitted_entries it is refused like a proposal");
+}
+
+#[test]
 fn leader_refuses_proposals_past_the_uncommitted_bytes_but_always_takes_one() {
     let restored =
         RestoredState { membership: Membership::with_voters([1, 2, 3]), ..RestoredState::default() };

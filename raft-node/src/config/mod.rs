@@ -581,13 +581,31 @@ impl NodeConfig {
             bad("client_addr", "must differ from raft_addr".into());
         }
         if let Some(advertised) = self.raft_advertise_addr {
-            if advertised.ip().is_unspecified() || advertised.port() == 0 {
-                bad(
-                    "raft_advertise_addr",
-                    "must be an address other nodes can dial (no 0.0.0.0, no port 0)".into(),
-                );
+            if let Some(why) = undialable(advertised) {
+                bad("raft_advertise_addr", format!("{advertised} {why}: other nodes dial this address"));
             } else if advertised == self.client_addr {
                 bad("raft_advertise_addr", "must differ from client_addr".into());
+            }
+        }
+        // A node that joins or is discovered sends its own addresses to the cluster, which
+        // records them as its member entry (with `[[members]]` that entry is checked below).
+        if self.members.is_empty() {
+            if self.raft_advertise_addr.is_none() {
+                if let Some(why) = undialable(self.raft_addr) {
+                    bad(
+                        "raft_addr",
+                        format!(
+                            "{} {why}: other nodes dial this address (set raft_advertise_addr to listen here)",
+                            self.raft_addr
+                        ),
+                    );
+                }
+            }
+            if let Some(why) = undialable(self.client_addr) {
+                bad(
+                    "client_addr",
+                    format!("{} {why}: other nodes and clients dial this address", self.client_addr),
+                );
             }
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -1024,7 +1042,12 @@ fn undialable(addr: SocketAddr) -> Option<&'static str> {
     if addr.port() == 0 {
         return Some("has port 0");
     }
-    match addr.ip() {
+    // An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4 address it maps.
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
         ip if ip.is_unspecified() => Some("is a wildcard address (0.0.0.0 or ::)"),
         ip if ip.is_multicast() => Some("is a multicast address"),
         IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address"),

@@ -100,7 +100,7 @@ pub enum StartError {
     /// The data dir holds a snapshot but no term: `raft-node recover --seed-snapshot` stopped
     /// between storing the snapshot and its term.
     #[error(
-        "the data dir {0} holds a snapshot but no term: a `raft-node recover --seed-snapshot` was          interrupted; run it again (it finishes the seed)"
+        "the data dir {0} holds a snapshot but no term: a `raft-node recover --seed-snapshot` was interrupted; run it again (it finishes the seed)"
     )]
     InterruptedSeed(String),
     /// A member refused this node's token (`auth.token_file`) while it checked whether the

@@ -137,7 +137,25 @@ async fn a_truncated_wal_tail_opens_to_an_intact_prefix() {
 async fn a_missing_current_file_is_refused_not_reinitialized() {
     let dir = flushed_store(10).await;
     std::fs::remove_file(dir.path().join("CURRENT")).expect("remove CURRENT");
-    assert!(matches!(open_err(dir.path()), OpenError::MissingCurrent(_)));
+    // Beside the store's own record: damage, which raft-node repairs from the cluster.
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(_)), "{:?}", open_err(dir.path()));
+    // Without it nothing says whose files these are: refused as a foreign directory.
+    std::fs::remove_file(dir.path().join(crate::durability::FILE_NAME)).expect("remove the record");
+    assert!(matches!(open_err(dir.path()), OpenError::MissingCurrent(_)), "{:?}", open_err(dir.path()));
+}
+
+#[tokio::test]
+async fn a_missing_manifest_is_damage_not_a_passing_io_error() {
+    let dir = flushed_store(10).await;
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir.path()).expect("read dir").filter_map(Result::ok) {
+        if e.file_name().to_string_lossy().starts_with("MANIFEST-") {
+            std::fs::remove_file(e.path()).expect("remove the manifest");
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "the store had a manifest");
+    assert!(matches!(open_err(dir.path()), OpenError::Corrupt(_)), "{:?}", open_err(dir.path()));
 }
 
 #[test]
