@@ -332,3 +332,40 @@ async fn force_refuses_a_term_the_protocol_would_drop() {
         other => panic!("a term past the limit was made: {other:?}"),
     }
 }
+
+/// A one-voter cluster whose store lost entries it had acknowledged can elect nobody (no other
+/// member holds them): the node stays up, and `/ready` says what happened and what the
+/// operator can do, instead of only "no leader is known".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_data_nobody_else_holds_says_why_it_is_not_ready() {
+    use raft_core::{EntryPayload, Membership};
+    let dir = tempfile::tempdir().unwrap();
+    let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
+    let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
+    store_with(&config, vec![EntryPayload::Membership(Membership::with_voters([1])), EntryPayload::Blank], 1)
+        .await;
+    {
+        let identity = raft_storage_rocks::Identity { cluster_id: config.cluster.clone(), node_id: 1 };
+        let db = raft_storage_rocks::RocksDb::open(&config.data_dir, &identity, Default::default()).unwrap();
+        let hard_state = raft_core::HardState { current_term: 1, voted_for: Some(1) };
+        db.log(0).record_lost_data(hard_state, raft_core::LogId::new(1, 10)).await.unwrap();
+    }
+    let node = Node::start(config.clone()).await.unwrap();
+    let url = format!("http://{}/ready", config.client_addr);
+    let http = common::plain_http().build().unwrap();
+    let mut last = String::new();
+    for _ in 0..50 {
+        let answer = http.get(&url).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 503, "a node that cannot elect a leader is not ready");
+        last = answer.text().await.unwrap();
+        if last.contains("lost data") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        last.contains("lost data it had acknowledged (up to 10@1)") && last.contains("--force-new-cluster"),
+        "{last}"
+    );
+    node.shutdown().await;
+}

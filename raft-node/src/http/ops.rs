@@ -27,6 +27,13 @@ pub(crate) async fn ready(State(shared): State<AppState>) -> impl IntoResponse {
         Some(format!("stopped: {fatal}"))
     } else if status.storage_full {
         Some("the disk is full: writes wait for space".to_string())
+    } else if let (None, Some(lost)) = (p.leader, p.recovering_to) {
+        Some(format!(
+            "no leader is known, and this node lost data it had acknowledged (up to {lost}): its vote \
+             counts only for a log that holds them. If a majority of the voters lost data at once, no \
+             leader can be elected: see `raft-node recover --help` (--accept-data-loss, \
+             --force-new-cluster) and README, \"Durable storage on RocksDB\""
+        ))
     } else if p.leader.is_none() {
         Some("no leader is known".to_string())
     } else if applied < p.commit_index {
