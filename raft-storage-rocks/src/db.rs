@@ -77,6 +77,12 @@ pub struct RocksOptions {
     /// catch-up can finish; new proposals are refused while it is in use (see the crate
     /// docs). 0: none.
     pub headroom_bytes: u64,
+    /// Write-ahead log files kept to be written over again instead of deleted (RocksDB's
+    /// `recycle_log_file_num`), with the durability record on. A sync of a recycled file
+    /// changes no file size and allocates no block, so the file system syncs the data and
+    /// flushes the device, with no journal commit of its own (see the crate docs). 0: every
+    /// WAL is a new file, and damage in the middle of one is refused as corruption.
+    pub recycle_wal_files: usize,
 }
 
 impl Default for RocksOptions {
@@ -90,6 +96,7 @@ impl Default for RocksOptions {
             max_open_files: 128,
             durability_record: true,
             headroom_bytes: 64 << 20,
+            recycle_wal_files: 4,
         }
     }
 }
@@ -197,7 +204,7 @@ impl std::fmt::Debug for RocksDb {
     }
 }
 
-fn db_options(create: bool, options: &RocksOptions) -> Options {
+fn db_options(dir: &Path, create: bool, options: &RocksOptions) -> Options {
     let mut o = Options::default();
     // RocksDB's default memtables (64 MiB per column family, two of them) would make most of
     // a node's memory; the log is read back from them rarely (followers catching up).
@@ -206,15 +213,37 @@ fn db_options(create: bool, options: &RocksOptions) -> Options {
     o.create_missing_column_families(create);
     // Check everything RocksDB can check, and stop on damage instead of serving around it.
     o.set_paranoid_checks(true);
-    // A record cut off at the very end of the WAL can only come from a write that never
-    // returned (a crash mid-write): it was not acknowledged, so dropping it loses nothing.
-    // Damage anywhere else is reported as corruption.
-    o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    // A store written with the record may hold WAL files in RocksDB's recyclable format
+    // (whatever `recycle_wal_files` says now): in the tolerant mode below, RocksDB takes a
+    // checksum failure in such a file for its end and replays the next file whole, a hole
+    // nothing could see (found by review). So it is replayed in point-in-time mode, always.
+    let recorded = options.durability_record || dir.join(crate::durability::FILE_NAME).exists();
+    if recorded {
+        // Replay stops at the first record that does not follow: the end of a recycled file's
+        // new records (its older records carry another file's number) or damage, and skips
+        // every later file; the writes before it are kept. What that drops is found by the
+        // durability record, which says what the WAL had synced and answered: acknowledged
+        // entries or a vote gone are reported as lost data (`InitialState::lost`), never
+        // taken silently, and the node recovers them from the cluster. (Opened with the
+        // record off, such a store is a consistent earlier point in time, taken silently: the
+        // risk that option documents.)
+        o.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        if options.durability_record {
+            o.set_recycle_log_file_num(options.recycle_wal_files);
+        }
+    } else {
+        // A record cut off at the very end of the WAL can only come from a write that never
+        // returned (a crash mid-write): it was not acknowledged, so dropping it loses
+        // nothing. Damage anywhere else is reported as corruption.
+        o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    }
     // Every flush takes both column families (RocksDB picks every one with unflushed data),
-    // so a WAL file is obsolete once a newer one exists: an older WAL never still holds log
-    // writes that a newer one follows. With independent flushes it did, and an older WAL cut
-    // short was replayed up to the cut and then the newer one whole: a log with a hole, or
-    // with entries of a replaced history under newer ones (found by chaos and by review).
+    // so once a flush ends, every WAL before the newest is obsolete. With independent flushes
+    // an older WAL could hold log writes that a newer one follows for good, and one cut short
+    // was replayed up to the cut and then the newer one whole: a log with a hole, or with
+    // entries of a replaced history under newer ones (found by chaos and by review). Between a
+    // memtable switch and the end of its flush (a crash, a flush that cannot run) two WALs are
+    // live; point-in-time replay, above, stops at damage in the older one and skips the newer.
     o.set_atomic_flush(true);
     o.set_compression_type(rocksdb::DBCompressionType::None);
     o.enable_statistics();
@@ -324,7 +353,7 @@ impl RocksDb {
             return Err(OpenError::MissingCurrent(shown));
         }
         let create = !exists_non_empty;
-        let db_opts = db_options(create, &options);
+        let db_opts = db_options(&dir, create, &options);
         if !create {
             // Whose store it is, read-only first: a store of another cluster or node (or no
             // raft store at all) is refused before RocksDB writes anything into it.
@@ -903,7 +932,7 @@ fn reopen(shared: &Shared) -> Result<(), StorageError> {
     if db.is_some() {
         return Ok(());
     }
-    match open_db(&shared.dir, &db_options(false, &shared.options), &shared.options) {
+    match open_db(&shared.dir, &db_options(&shared.dir, false, &shared.options), &shared.options) {
         Ok(opened) => {
             tracing::info!(dir = %shared.dir.display(), "store reopened after a failed write");
             if let Ok(mut bounds) = shared.bounds.lock() {
