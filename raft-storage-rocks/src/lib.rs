@@ -6,8 +6,9 @@
 //!   while a sync is in progress share the next one (group commit, see [`RocksDb`]).
 //! - **Recycled WAL files** ([`RocksOptions::recycle_wal_files`], 4): a finished WAL is written
 //!   over again rather than deleted, so a sync changes no file size and allocates no block and
-//!   ext4 has no journal commit to make (about a third more writes per second for a 3-node
-//!   raft-node cluster on one virtual disk; README, "The service path today").
+//!   ext4 has no journal commit to make (for a 3-node raft-node cluster on one virtual disk,
+//!   about 8 % more writes per second and a fifth lower p99; README, "The service path
+//!   today").
 //!   Replay stops at the end of the new records, or at damage (RocksDB's point-in-time
 //!   recovery); what that drops of the acknowledged log or hard state is reported by the
 //!   durability record as lost data, never taken silently.

@@ -325,7 +325,7 @@ impl Node {
                 }
                 let db = match RocksDb::open(&config.data_dir, &identity, config.rocks_options()) {
                     Ok(db) => db,
-                    // Damage (checksums, a torn MANIFEST, a WAL damaged mid-file): repaired from
+                    // Damage (checksums, a torn or missing MANIFEST, a lost CURRENT): repaired from
                     // the cluster when it can say what this node had.
                     Err(raft_storage_rocks::OpenError::Corrupt(reason))
                         if config.repair_damaged_data_dir

@@ -38,7 +38,7 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--debug] \
+[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
 | bench watchers [--watchers N] [--watchers-nice N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
@@ -79,6 +79,10 @@ struct Options {
     /// Mutual TLS between peers on both systems (raft-node over TCP, etcd's peer URLs); the
     /// client APIs stay plain HTTP on both. Without it, TCP peers are plaintext on both.
     peer_tls: bool,
+    /// Writes each of the `keys` once before the first phase, untimed (a state of `keys` ×
+    /// `value-bytes` that the measured writes then overwrite); etcd gets the large-state
+    /// benchmark's quota and compaction so that the state fits.
+    preload: bool,
     release: bool,
     failover: bool,
     kills: usize,
@@ -115,6 +119,7 @@ impl Default for Options {
             storage: "rocks".into(),
             transport: "tcp".into(),
             peer_tls: false,
+            preload: false,
             release: true,
             failover: false,
             kills: 5,
@@ -184,6 +189,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--scale" => {
                 o.scale = true;
+                takes_value = false;
+            }
+            "--preload" => {
+                o.preload = true;
                 takes_value = false;
             }
             "--failover" => {
@@ -347,11 +356,12 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
                 }
                 Some(binary) => {
                     let description = format!(
-                        "{} ({} member{}, WAL fsync on, {})",
+                        "{} ({} member{}, WAL fsync on, {}{})",
                         etcd::version(&binary),
                         o.nodes,
                         if o.nodes == 1 { "" } else { "s" },
-                        if o.peer_tls { "mutual TLS between peers" } else { "plaintext peers" }
+                        if o.peer_tls { "mutual TLS between peers" } else { "plaintext peers" },
+                        if o.preload { format!(", {}", scale::ETCD_ARGS.join(" ")) } else { String::new() }
                     );
                     println!("\n{description}");
                     let children = Children::default();
@@ -363,11 +373,12 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
                         None
                     };
                     let target = runtime.block_on(async {
+                        let extra: &[&str] = if o.preload { &scale::ETCD_ARGS } else { &[] };
                         let etcd = etcd::EtcdCluster::start_with(
                             &binary,
                             &dir,
                             o.nodes,
-                            &[],
+                            extra,
                             peer_tls.as_ref(),
                             children.clone(),
                         )
@@ -516,8 +527,9 @@ async fn measure(
     let mut phases = Vec::new();
     let mut filled = false;
     for spec in &o.phases {
-        if spec.read_ratio > 0.0 && !filled {
-            // Reads of missing keys would be errors for raft-node and empty answers for etcd.
+        if (spec.read_ratio > 0.0 || o.preload) && !filled {
+            // Reads of missing keys would be errors for raft-node and empty answers for etcd;
+            // with `--preload`, the writes overwrite a state of every key.
             let began = Instant::now();
             let fill = Phase { fill: true, ..template.clone() };
             let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;

@@ -38,7 +38,7 @@ use crate::cluster::{leader_elected, status_client, LocalCluster};
 use crate::procs::{self, Children};
 
 /// etcd's quota and compaction for a state of this size (its 2 GiB default quota stops it).
-const ETCD_ARGS: [&str; 3] = [
+pub(super) const ETCD_ARGS: [&str; 3] = [
     "--quota-backend-bytes=8589934592",
     "--auto-compaction-mode=revision",
     "--auto-compaction-retention=10000",
