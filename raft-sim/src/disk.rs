@@ -3,7 +3,8 @@
 //! A write is recorded as in progress, takes a random simulated time, then becomes durable.
 //! A crash while it is in progress keeps a random part of it: nothing or all of an atomic
 //! write (hard state, snapshot, truncation, compaction), a prefix of an append (a torn tail).
-//! An injected fault makes the next write fail without changing anything.
+//! An injected fault makes the next write fail without changing anything; an injected read
+//! fault makes the next reads of log entries fail as unreadable.
 //!
 //! Snapshot writes have a slot of their own: the driver writes its own snapshots in the
 //! background, concurrently with appends and hard-state writes.
@@ -45,6 +46,11 @@ pub(crate) struct Disk {
     compaction_in_progress: Option<Write>,
     /// The next write fails with this error (and changes nothing).
     pub(crate) fault: Option<StorageError>,
+    /// This many next reads of log entries (`Storage::entries`: for a follower, or to apply
+    /// again) fail as unreadable (`Corrupt`), as a rotted block would; the data stays.
+    pub(crate) read_faults: u32,
+    /// Reads that failed so.
+    pub(crate) reads_failed: u64,
     rng: SeededRng,
     /// Upper bound of a write's simulated duration.
     pub(crate) latency_max_ms: u64,
@@ -86,6 +92,8 @@ impl Disk {
             in_progress: None,
             snapshot_in_progress: None,
             fault: None,
+            read_faults: 0,
+            reads_failed: 0,
             rng: SeededRng::new(seed),
             latency_max_ms,
             snapshots_saved: 0,
@@ -424,7 +432,12 @@ impl Storage for SimStorage {
     }
 
     async fn entries(&self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
-        let disk = self.disk();
+        let mut disk = self.disk();
+        if disk.read_faults > 0 {
+            disk.read_faults -= 1;
+            disk.reads_failed += 1;
+            return Err(StorageError::Corrupt(format!("injected: entries {from}..{to} cannot be read")));
+        }
         let (first, last) = (disk.first_index(), disk.last_index());
         if from < first || to > last + 1 || from > to {
             return Err(StorageError::OutOfRange { from, to, first, last });

@@ -9,7 +9,8 @@
 //!   any shape and one-way links; messages to a node that is down may reach its next
 //!   incarnation, as a peer's TCP queue would deliver them;
 //! - simulated disks (`disk`) with a crash model: a write in progress survives in part (a torn
-//!   append) or not at all; injected EIO and disk-full errors stop the node;
+//!   append) or not at all; injected EIO and disk-full errors stop the node; injected read
+//!   faults make a leader's next reads of log entries fail as unreadable (a rotted block);
 //! - crashes abort the driver task ([`raft_core::RaftNode::abort`]) and a restart builds a
 //!   new one from the disk: a new incarnation with a new seed, as a real process restart;
 //! - clients propose writes (each with a unique value and a (client, sequence) pair, so that a

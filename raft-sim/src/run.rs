@@ -69,6 +69,11 @@ pub struct Coverage {
     pub torn_writes: u64,
     /// Injected storage errors (EIO, disk full), each stopping its node.
     pub storage_errors: u64,
+    /// Injected read faults: the leader's next reads of log entries fail as unreadable (its
+    /// copy rotted), and it must catch its followers up another way (a new snapshot).
+    pub read_faults: u64,
+    /// Reads of log entries that failed so.
+    pub reads_failed: u64,
     /// Crashes while a snapshot was being received from the leader or written to disk.
     pub installs_interrupted: u64,
     /// Crashes after a snapshot was saved and before the log was compacted up to it.
@@ -98,6 +103,8 @@ impl Coverage {
         self.data_losses += o.data_losses;
         self.torn_writes += o.torn_writes;
         self.storage_errors += o.storage_errors;
+        self.read_faults += o.read_faults;
+        self.reads_failed += o.reads_failed;
         self.installs_interrupted += o.installs_interrupted;
         self.crashes_before_compaction += o.crashes_before_compaction;
         self.pauses += o.pauses;
@@ -464,6 +471,7 @@ impl Sim {
         let mut w = lock(&self.world);
         let mut coverage = w.coverage.clone();
         coverage.snapshots_saved = self.disks.iter().map(|d| lock(d).snapshots_saved).sum();
+        coverage.reads_failed = self.disks.iter().map(|d| lock(d).reads_failed).sum();
         coverage.snapshots_installed = *lock(&self.installs);
         coverage.staged_resumes = self.disks.iter().map(|d| lock(d).staged_resumes).sum();
         coverage.crashes_before_compaction =
@@ -609,6 +617,13 @@ impl Sim {
                 };
                 lock(&self.disks[id as usize - 1]).fault = Some(error);
                 lock(&self.world).coverage.storage_errors += 1;
+            }
+            71 => {
+                // No draw from the schedule's generator: the leader, three reads.
+                if let Some((id, _)) = self.leader() {
+                    lock(&self.disks[id as usize - 1]).read_faults = 3;
+                    lock(&self.world).coverage.read_faults += 1;
+                }
             }
             _ => {}
         }

@@ -193,7 +193,7 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         t.seeds_transferring,
     );
     println!(
-        "  crashes {} (interrupting a snapshot install or save {}, between a snapshot and its compaction {}), torn appends {}, disks that lost durable data {}, process pauses {}, storage errors {}, terms with a leader {}; trace {:016x}",
+        "  crashes {} (interrupting a snapshot install or save {}, between a snapshot and its compaction {}), torn appends {}, disks that lost durable data {}, process pauses {}, storage errors {}, unreadable entries on the leader {} ({} reads failed), terms with a leader {}; trace {:016x}",
         c.crashes,
         c.installs_interrupted,
         c.crashes_before_compaction,
@@ -201,6 +201,8 @@ fn node_sim(start: u64, count: u64) -> Vec<u64> {
         c.data_losses,
         c.pauses,
         c.storage_errors,
+        c.read_faults,
+        c.reads_failed,
         c.terms_led,
         t.traces
     );
