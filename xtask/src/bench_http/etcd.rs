@@ -142,6 +142,27 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// The position in [`endpoints`](Self::endpoints) of the member that leads: the one whose
+    /// own id is the leader its status names (`POST /v3/maintenance/status`).
+    pub(crate) async fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            for (position, addr) in self.endpoints().iter().enumerate() {
+                if let Some(status) = status(addr).await {
+                    let own = status.pointer("/header/member_id").and_then(|v| v.as_str());
+                    let leader = status.get("leader").and_then(|v| v.as_str());
+                    if own.is_some() && own == leader {
+                        return Ok(position);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no etcd member says it leads after {HEALTHY_WITHIN:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The members' client addresses.
     pub(crate) fn endpoints(&self) -> Vec<String> {
         (1..=self.members).map(client_addr).collect()
@@ -175,6 +196,18 @@ async fn healthy(addr: &str) -> bool {
                 == Some(serde_json::Value::String("true".into()))
         }
         _ => false,
+    }
+}
+
+/// A member's status through the JSON gateway (ids are decimal strings there).
+async fn status(addr: &str) -> Option<serde_json::Value> {
+    let mut conn = Connection::open(addr).await.ok()?;
+    let body = bytes::Bytes::from_static(b"{}");
+    let answer =
+        tokio::time::timeout(Duration::from_secs(2), conn.send(Method::POST, "/v3/maintenance/status", body));
+    match answer.await {
+        Ok(Ok((StatusCode::OK, body))) => serde_json::from_slice(&body).ok(),
+        _ => None,
     }
 }
 

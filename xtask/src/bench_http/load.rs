@@ -1,5 +1,8 @@
-//! The load generator: `connections` workers, each with its own HTTP/1.1 keep-alive
-//! connection, each sending one request at a time (a closed loop) until the phase ends.
+//! The load generator: `connections` workers, each with its own keep-alive connection
+//! (HTTP/1.1, or HTTP/2 for etcd's gRPC API), each sending one request at a time until the
+//! phase ends: as soon as the last answer came (a closed loop), or, with a rate, when the
+//! request is due (an open loop whose latency counts from the due time when a request went
+//! out late, so that a stall shows in every request it delayed).
 //!
 //! A phase is a warm-up (requests sent, nothing counted) followed by a measured window that
 //! ends after a duration or a number of requests. A request counts in the window it completes
@@ -15,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::histogram::Histogram;
@@ -42,8 +45,12 @@ pub(crate) enum Api {
     /// (linearizable by default).
     Raft,
     /// etcd's v3 JSON gateway: `POST /v3/kv/put` and `POST /v3/kv/range` (linearizable by
-    /// default), keys and values in base64.
-    Etcd,
+    /// default), keys and values in base64. The gateway is a proxy inside etcd: it turns each
+    /// request into a gRPC call on a loopback connection to the same process.
+    EtcdJson,
+    /// etcd's gRPC API, as its own clients use it: `etcdserverpb.KV/Put` and `KV/Range`
+    /// (linearizable by default) over HTTP/2 without TLS.
+    EtcdGrpc,
 }
 
 /// The requests of a workload: which key, read or write, and the value written.
@@ -83,6 +90,9 @@ pub(crate) struct Phase {
     pub window: Window,
     /// Time limit of one request; a request over it is abandoned with its connection.
     pub request_timeout: Duration,
+    /// Requests per second of all workers together (an open loop); `None`: each worker sends
+    /// its next request as soon as the last was answered.
+    pub rate: Option<f64>,
 }
 
 /// What one phase measured.
@@ -219,7 +229,8 @@ impl RecoveryMark {
 #[derive(Debug)]
 pub(crate) struct Requests {
     api: Api,
-    /// The value, as sent: raft's whole PUT body, or etcd's base64 value.
+    /// The value, as sent: raft's whole PUT body, etcd's base64 value, or the raw bytes for
+    /// gRPC.
     value: Bytes,
 }
 
@@ -235,7 +246,8 @@ impl Requests {
                 body.extend_from_slice(b"\"}");
                 Bytes::from(body)
             }
-            Api::Etcd => Bytes::from(base64(&raw)),
+            Api::EtcdJson => Bytes::from(base64(&raw)),
+            Api::EtcdGrpc => Bytes::from(raw),
         };
         Self { api, value }
     }
@@ -249,7 +261,13 @@ impl Requests {
     pub(crate) fn put(&self, key: &str) -> (Method, String, Bytes) {
         match self.api {
             Api::Raft => (Method::PUT, format!("/v1/kv/{key}"), self.value.clone()),
-            Api::Etcd => {
+            // PutRequest { key = 1, value = 2 }.
+            Api::EtcdGrpc => (
+                Method::POST,
+                "/etcdserverpb.KV/Put".to_string(),
+                grpc_message(&[(1, key.as_bytes()), (2, &self.value)]),
+            ),
+            Api::EtcdJson => {
                 let mut body = format!("{{\"key\":\"{}\",\"value\":\"", base64(key.as_bytes())).into_bytes();
                 body.extend_from_slice(&self.value);
                 body.extend_from_slice(b"\"}");
@@ -262,7 +280,11 @@ impl Requests {
     pub(crate) fn get(&self, key: &str) -> (Method, String, Bytes) {
         match self.api {
             Api::Raft => (Method::GET, format!("/v1/kv/{key}"), Bytes::new()),
-            Api::Etcd => (
+            // RangeRequest { key = 1 }: `serializable` (7) left false, a linearizable read.
+            Api::EtcdGrpc => {
+                (Method::POST, "/etcdserverpb.KV/Range".to_string(), grpc_message(&[(1, key.as_bytes())]))
+            }
+            Api::EtcdJson => (
                 Method::POST,
                 "/v3/kv/range".to_string(),
                 Bytes::from(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
@@ -276,7 +298,7 @@ impl Requests {
         let detail = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| {
             let field = match self.api {
                 Api::Raft => "code",
-                Api::Etcd => "message",
+                Api::EtcdJson | Api::EtcdGrpc => "message",
             };
             v.get(field).and_then(|f| f.as_str()).map(str::to_string)
         });
@@ -284,6 +306,30 @@ impl Requests {
         kind.truncate(kind.char_indices().nth(ERROR_KIND_CHARS_MAX).map_or(kind.len(), |(i, _)| i));
         kind
     }
+}
+
+/// A gRPC message (uncompressed, its 5-byte length prefix first) of a protobuf message whose
+/// fields are all length-delimited (`bytes` or `string`): `(field number, value)` in order.
+pub(crate) fn grpc_message(fields: &[(u32, &[u8])]) -> Bytes {
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut message = Vec::new();
+    for (number, value) in fields {
+        // Wire type 2: length-delimited.
+        varint(&mut message, (u64::from(*number) << 3) | 2);
+        varint(&mut message, value.len() as u64);
+        message.extend_from_slice(value);
+    }
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(&message);
+    Bytes::from(framed)
 }
 
 /// Standard base64 with padding (etcd's JSON gateway wants keys and values so).
@@ -362,6 +408,124 @@ impl Connection {
     }
 }
 
+/// One HTTP/2 connection without TLS to a gRPC server (etcd), one call at a time on it; its
+/// driver task is aborted with it.
+pub(crate) struct GrpcConnection {
+    sender: http2::SendRequest<Full<Bytes>>,
+    /// `http://host:port`: HTTP/2 requests carry the scheme and authority.
+    base: String,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcConnection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl GrpcConnection {
+    /// Connects to `addr` (`host:port`) and opens HTTP/2 with prior knowledge.
+    pub(crate) async fn open(addr: &str) -> Result<Self, String> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
+            Err(_) => return Err("connect: timeout".to_string()),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { sender, base: format!("http://{addr}"), driver })
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with a framed message and reads the whole
+    /// answer. The outer error is the connection's (it should be dropped); the inner one a
+    /// call the server answered with a gRPC status other than OK (`grpc 14 leader changed`).
+    pub(crate) async fn call(&mut self, path: &str, message: Bytes) -> Result<Result<Bytes, String>, String> {
+        self.sender.ready().await.map_err(|e| hyper_kind(&e))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(message))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = self.sender.send_request(request).await.map_err(|e| hyper_kind(&e))?;
+        if response.status() != StatusCode::OK {
+            return Ok(Err(format!("grpc: HTTP {}", response.status().as_u16())));
+        }
+        // A call that fails at once answers its status in the headers alone.
+        let early = grpc_status(response.headers());
+        let collected = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| format!("io: {e}"))?;
+        let status = early.or_else(|| collected.trailers().and_then(grpc_status));
+        match status {
+            Some((0, _)) => Ok(Ok(collected.to_bytes())),
+            Some((code, message)) => {
+                let mut kind = format!("grpc {code} {message}");
+                kind.truncate(kind.char_indices().nth(ERROR_KIND_CHARS_MAX).map_or(kind.len(), |(i, _)| i));
+                Ok(Err(kind))
+            }
+            None => Ok(Err("grpc: no status".to_string())),
+        }
+    }
+}
+
+/// `grpc-status` and `grpc-message` of a header or trailer map, if the status is there.
+fn grpc_status(headers: &hyper::HeaderMap) -> Option<(u32, String)> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").to_string();
+    Some((code, message))
+}
+
+/// A worker's connection, of the kind its API wants.
+enum Link {
+    Http1(Connection),
+    Grpc(GrpcConnection),
+}
+
+/// How a request ended, when it did not succeed.
+enum Failure {
+    /// The server answered with an error: the connection stays.
+    Answer(String),
+    /// The connection failed: a new one is needed.
+    Connection(String),
+}
+
+impl Link {
+    async fn open(api: Api, addr: &str) -> Result<Self, String> {
+        match api {
+            Api::EtcdGrpc => GrpcConnection::open(addr).await.map(Link::Grpc),
+            Api::Raft | Api::EtcdJson => Connection::open(addr).await.map(Link::Http1),
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        requests: &Requests,
+        request: (Method, String, Bytes),
+    ) -> Result<(), Failure> {
+        let (method, path, body) = request;
+        match self {
+            Link::Http1(conn) => match conn.send(method, &path, body).await {
+                Ok((StatusCode::OK, _)) => Ok(()),
+                Ok((status, body)) => Err(Failure::Answer(requests.error_kind(status, &body))),
+                Err(kind) => Err(Failure::Connection(kind)),
+            },
+            Link::Grpc(conn) => match conn.call(&path, body).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kind)) => Err(Failure::Answer(kind)),
+                Err(kind) => Err(Failure::Connection(kind)),
+            },
+        }
+    }
+}
+
 fn hyper_kind(e: &hyper::Error) -> String {
     if e.is_incomplete_message() {
         "io: connection closed mid-answer".to_string()
@@ -385,6 +549,8 @@ fn unit(rng: &mut SeededRng) -> f64 {
 struct Shared {
     phase: Phase,
     requests: Requests,
+    /// When the phase began (its warm-up first).
+    started: Instant,
     measure_from: Instant,
     /// End of a timed window.
     measure_until: Option<Instant>,
@@ -434,6 +600,7 @@ pub(crate) async fn run_phase(
     let shared = Arc::new(Shared {
         requests: Requests::new(phase.api, phase.workload.value_bytes),
         phase,
+        started,
         measure_from,
         measure_until,
         budget: AtomicI64::new(budget),
@@ -458,23 +625,33 @@ pub(crate) async fn run_phase(
     Ok(result)
 }
 
-/// One closed-loop worker: returns what it counted and when its last counted request
-/// completed.
+/// One worker: returns what it counted and when its last counted request completed.
 async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
     let phase = &shared.phase;
     // A worker's key and read/write choices, seeded by its index so that runs draw the same.
     let mut rng = SeededRng::new(index as u64 ^ 0x5EED);
     let mut endpoint = index % phase.endpoints.len();
-    let mut connection: Option<Connection> = None;
+    let mut connection: Option<Link> = None;
     let mut result = PhaseResult::default();
     let mut last_counted = shared.measure_from;
+    // With a rate, this worker's requests are due every `connections / rate` seconds, the
+    // workers spread evenly over one interval.
+    let pace = phase.rate.filter(|r| *r > 0.0).map(|rate| {
+        let interval = Duration::from_secs_f64(phase.connections as f64 / rate);
+        (interval, shared.started + interval.mul_f64(index as f64 / phase.connections as f64))
+    });
+    let mut sent: u32 = 0;
     loop {
+        let due = pace.map(|(interval, first)| first + interval.saturating_mul(sent));
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let now = Instant::now();
         if !shared.may_send(now) {
             break;
         }
         if connection.is_none() {
-            match Connection::open(&phase.endpoints[endpoint]).await {
+            match Link::open(phase.api, &phase.endpoints[endpoint]).await {
                 Ok(conn) => connection = Some(conn),
                 Err(kind) => {
                     if shared.counts(Instant::now()) {
@@ -497,13 +674,21 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
             (unit(&mut rng) < phase.workload.read_ratio, rng.next_u64() % phase.workload.keys.max(1))
         };
         let key = Requests::key(key);
-        let (method, path, body) = if read { shared.requests.get(&key) } else { shared.requests.put(&key) };
-        let started = Instant::now();
-        let answer = tokio::time::timeout(phase.request_timeout, conn.send(method, &path, body)).await;
+        let request = if read { shared.requests.get(&key) } else { shared.requests.put(&key) };
+        let sent_at = Instant::now();
+        sent = sent.saturating_add(1);
+        // A request sent late (the previous one was slow) counts from when it was due; one that
+        // waited for its time, from when it went out (a timer wakes up to a millisecond late).
+        let started = match due {
+            Some(due) if due < now => due,
+            _ => sent_at,
+        };
+        let answer =
+            tokio::time::timeout(phase.request_timeout, conn.exchange(&shared.requests, request)).await;
         let finished = Instant::now();
         let counted = shared.counts(finished);
         let failure = match answer {
-            Ok(Ok((StatusCode::OK, _))) => {
+            Ok(Ok(())) => {
                 if counted {
                     let histogram = if read { &mut result.reads } else { &mut result.writes };
                     histogram.record_duration(finished - started);
@@ -526,8 +711,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
                 }
                 None
             }
-            Ok(Ok((status, body))) => Some(shared.requests.error_kind(status, &body)),
-            Ok(Err(kind)) => {
+            Ok(Err(Failure::Answer(kind))) => Some(kind),
+            Ok(Err(Failure::Connection(kind))) => {
                 connection = None;
                 Some(kind)
             }
@@ -574,7 +759,7 @@ mod tests {
             (Method::PUT, "/v1/kv/k", &b"{\"value\":\"abcd\"}"[..])
         );
         assert_eq!(raft.get("k").1, "/v1/kv/k");
-        let etcd = Requests::new(Api::Etcd, 3);
+        let etcd = Requests::new(Api::EtcdJson, 3);
         let (method, path, body) = etcd.put("k");
         assert_eq!(
             (method, path.as_str(), &body[..]),
@@ -588,11 +773,35 @@ mod tests {
         let raft = Requests::new(Api::Raft, 1);
         let body = br#"{"code":"no_leader","message":"no leader is known"}"#;
         assert_eq!(raft.error_kind(StatusCode::SERVICE_UNAVAILABLE, body), "503 no_leader");
-        let etcd = Requests::new(Api::Etcd, 1);
+        let etcd = Requests::new(Api::EtcdJson, 1);
         let body =
             br#"{"error":"etcdserver: leader changed","code":14,"message":"etcdserver: leader changed"}"#;
         assert_eq!(etcd.error_kind(StatusCode::SERVICE_UNAVAILABLE, body), "503 etcdserver: leader changed");
         assert_eq!(etcd.error_kind(StatusCode::BAD_GATEWAY, b"<html>"), "502 (no detail)");
+    }
+
+    #[test]
+    fn grpc_requests_are_etcds_protobuf_messages_behind_a_length_prefix() {
+        let etcd = Requests::new(Api::EtcdGrpc, 3);
+        let (method, path, body) = etcd.put("k");
+        // PutRequest: field 1 (key) "k", field 2 (value) "abc"; 8 bytes after the prefix.
+        assert_eq!(
+            (method, path.as_str(), &body[..]),
+            (
+                Method::POST,
+                "/etcdserverpb.KV/Put",
+                &[0, 0, 0, 0, 8, 0x0a, 1, b'k', 0x12, 3, b'a', b'b', b'c'][..]
+            )
+        );
+        let (_, path, body) = etcd.get("k");
+        assert_eq!(
+            (path.as_str(), &body[..]),
+            ("/etcdserverpb.KV/Range", &[0, 0, 0, 0, 3, 0x0a, 1, b'k'][..])
+        );
+        // A value of 300 bytes: its length is the two-byte varint 0xac 0x02.
+        let long = grpc_message(&[(2, &[7; 300])]);
+        assert_eq!(&long[..8], &[0, 0, 0, 1, 47, 0x12, 0xac, 0x02]);
+        assert_eq!(long.len(), 5 + 3 + 300);
     }
 
     #[test]

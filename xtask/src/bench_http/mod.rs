@@ -1,7 +1,8 @@
-//! `cargo xtask bench-http`: an HTTP load generator against a local cluster — `raft-node`
-//! (started like `cargo xtask cluster up`: release build, RocksDB, TCP, empty data) and, when
-//! an `etcd` binary is installed, a 3-member etcd on loopback with the same workload through
-//! its v3 JSON gateway — side by side with their ratio; or a failover run (`--failover`).
+//! `cargo xtask bench-http`: a load generator against local clusters — `raft-node` (started
+//! like `cargo xtask cluster up`: release build, RocksDB, TCP, empty data) and, when an
+//! `etcd` binary is installed, a 3-member etcd on loopback with the same workload through its
+//! gRPC API (as its clients use it) or its v3 JSON gateway — all up at once and measured in
+//! turns, side by side with their ratios; or a failover run (`--failover`).
 //!
 //! Everything runs on this machine: the load generator shares the cores with the servers.
 //! Every process started is stopped at the end, on error and on Ctrl-C. Figures are printed
@@ -12,6 +13,7 @@ mod etcd;
 mod failover;
 mod histogram;
 mod load;
+mod probe;
 mod report;
 mod scale;
 mod watchers;
@@ -38,7 +40,7 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
+[--read-ratio R] [--runs N] [--rate R] [--etcd-api grpc|json|both] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
 | bench watchers [--watchers N] [--watchers-nice N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
@@ -96,6 +98,21 @@ struct Options {
     watchers_nice: i32,
     /// Writes per second.
     rate: f64,
+    /// `--rate` outside the watcher benchmark: requests per second of all connections
+    /// together, sent when due (an open loop) instead of each after the last answer.
+    open_loop_rate: Option<f64>,
+    /// How the load reaches etcd: gRPC (as its clients do), its JSON gateway, or both as
+    /// two targets.
+    etcd_api: EtcdApi,
+}
+
+/// How the load reaches etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum EtcdApi {
+    Grpc,
+    Json,
+    Both,
 }
 
 impl Default for Options {
@@ -128,6 +145,8 @@ impl Default for Options {
             watchers: 1000,
             watchers_nice: 10,
             rate: 100.0,
+            open_loop_rate: None,
+            etcd_api: EtcdApi::Grpc,
         }
     }
 }
@@ -172,7 +191,18 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--kills" => o.kills = number(value()?)? as usize,
             "--watchers" => o.watchers = number(value()?)? as usize,
             "--watchers-nice" => o.watchers_nice = number(value()?)? as i32,
-            "--rate" => o.rate = number(value()?)?,
+            "--rate" => {
+                o.rate = number(value()?)?;
+                o.open_loop_rate = Some(o.rate);
+            }
+            "--etcd-api" => {
+                o.etcd_api = match value()?.as_str() {
+                    "grpc" => EtcdApi::Grpc,
+                    "json" => EtcdApi::Json,
+                    "both" => EtcdApi::Both,
+                    other => bail!("--etcd-api grpc|json|both, not {other}"),
+                }
+            }
             "--watchers-bench" => {
                 o.watchers_bench = true;
                 takes_value = false;
@@ -263,6 +293,8 @@ struct RunReport<'a> {
     targets: &'a [TargetReport],
     skipped: &'a [String],
     failover: Option<&'a failover::FailoverReport>,
+    /// The machine's fdatasync and loopback round trip, measured with the systems up and idle.
+    floor: Option<probe::Floor>,
 }
 
 #[derive(Debug, Serialize)]
@@ -286,6 +318,7 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
     let mut targets = Vec::new();
     let mut skipped = Vec::new();
     let mut failover_report = None;
+    let mut floor = None;
     if o.scale {
         let result = scale::run(root, &o, &runtime)?;
         return save_report(root, "scale", started_at, args, &o, &result);
@@ -332,69 +365,14 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         });
         failover_report = Some(result);
     } else {
-        if o.against != Against::Etcd {
-            let (cluster, children) = start_raft(root, &o)?;
-            let mut target = runtime.block_on(measure(
-                "raft",
-                raft_description(&o),
-                Api::Raft,
-                cluster.endpoints(),
-                &children,
-                &o,
-            ))?;
-            target.memory = memory_of(&children, "node");
-            drop(cluster);
-            targets.push(target);
-        }
-        if o.against != Against::Raft {
-            match etcd::find_binary() {
-                None => {
-                    let note =
-                        "etcd: skipped, no `etcd` binary on PATH (Debian: apt-get install etcd-server)";
-                    println!("\n{note}");
-                    skipped.push(note.to_string());
-                }
-                Some(binary) => {
-                    let description = format!(
-                        "{} ({} member{}, WAL fsync on, {}{})",
-                        etcd::version(&binary),
-                        o.nodes,
-                        if o.nodes == 1 { "" } else { "s" },
-                        if o.peer_tls { "mutual TLS between peers" } else { "plaintext peers" },
-                        if o.preload { format!(", {}", scale::ETCD_ARGS.join(" ")) } else { String::new() }
-                    );
-                    println!("\n{description}");
-                    let children = Children::default();
-                    procs::stop_on_ctrl_c(&children);
-                    let dir = root.join("target").join("bench").join("etcd");
-                    let peer_tls = if o.peer_tls {
-                        Some(etcd::PeerTls::generate(&root.join("target").join("bench"))?)
-                    } else {
-                        None
-                    };
-                    let target = runtime.block_on(async {
-                        let extra: &[&str] = if o.preload { &scale::ETCD_ARGS } else { &[] };
-                        let etcd = etcd::EtcdCluster::start_with(
-                            &binary,
-                            &dir,
-                            o.nodes,
-                            extra,
-                            peer_tls.as_ref(),
-                            children.clone(),
-                        )
-                        .await?;
-                        let mut target =
-                            measure("etcd", description, Api::Etcd, etcd.endpoints(), &children, &o).await?;
-                        target.memory = memory_of(&children, "m");
-                        drop(etcd);
-                        anyhow::Ok(target)
-                    })?;
-                    targets.push(target);
-                }
-            }
-        }
+        let (measured, measured_floor) = measure_side_by_side(root, &o, &runtime, &mut skipped)?;
+        targets = measured;
+        floor = Some(measured_floor);
     }
     print_summary(&o, &targets, failover_report.as_ref());
+    if let Some(f) = &floor {
+        print_floor(f);
+    }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let timestamp = report::timestamp(started_at);
@@ -410,6 +388,7 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
         targets: &targets,
         skipped: &skipped,
         failover: failover_report.as_ref(),
+        floor,
     };
     std::fs::write(&path, serde_json::to_string_pretty(&run)?)?;
     println!("\nsaved {}", path.display());
@@ -511,60 +490,227 @@ fn phase_template(o: &Options, api: Api, endpoints: Vec<String>) -> Phase {
             None => Window::Duration(Duration::from_secs_f64(o.duration_s)),
         },
         request_timeout: Duration::from_millis(o.request_timeout_ms),
+        rate: o.open_loop_rate,
     }
 }
 
-/// Runs every phase `runs` times against one target.
-async fn measure(
-    target: &str,
+/// A system under test, up and serving, and how the load reaches it.
+struct Target {
+    /// `raft`, `etcd` (gRPC) or `etcd-json` (its JSON gateway).
+    name: &'static str,
+    /// The system it measures: targets of one system share its processes and its state.
+    system: &'static str,
     description: String,
     api: Api,
+    /// The leader's endpoint first, so that a single connection talks to the leader on
+    /// every system.
     endpoints: Vec<String>,
-    children: &Children,
+    children: Children,
+}
+
+/// Starts every system asked for, then runs each phase `runs` times on each target, the
+/// targets taking turns within a round and the order rotating from round to round, so that
+/// drift on this shared machine falls on all of them alike. Systems not being measured sit
+/// idle (heartbeats only).
+fn measure_side_by_side(
+    root: &Path,
     o: &Options,
-) -> Result<TargetReport> {
-    let template = phase_template(o, api, endpoints);
-    let mut phases = Vec::new();
-    let mut filled = false;
-    for spec in &o.phases {
-        if (spec.read_ratio > 0.0 || o.preload) && !filled {
-            // Reads of missing keys would be errors for raft-node and empty answers for etcd;
-            // with `--preload`, the writes overwrite a state of every key.
-            let began = Instant::now();
-            let fill = Phase { fill: true, ..template.clone() };
-            let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;
-            println!(
-                "{target}: wrote each of the {} keys once in {:.0} ms ({} errors)",
-                o.keys,
-                began.elapsed().as_secs_f64() * 1e3,
-                result.error_count()
-            );
-            filled = true;
-        }
-        let mut runs = Vec::new();
-        for run in 1..=o.runs {
-            let phase = Phase {
-                workload: Workload { read_ratio: spec.read_ratio, ..template.workload.clone() },
-                ..template.clone()
-            };
-            let (result, cpu) = measure_cpu(children, phase).await?;
-            let figures = Figures::of(&result, cpu);
-            println!(
-                "{target} {} run {run}/{}: {:.0} writes/s, {:.0} reads/s, write p99 {:.2} ms, read p99 {:.2} ms, {} errors",
-                spec.name,
-                o.runs,
-                figures.writes_per_s,
-                figures.reads_per_s,
-                figures.write.p99_ms,
-                figures.read.p99_ms,
-                result.error_count()
-            );
-            runs.push(figures);
-        }
-        let median = Figures::median(&runs);
-        phases.push(PhaseReport { phase: spec.name.clone(), read_ratio: spec.read_ratio, runs, median });
+    runtime: &tokio::runtime::Runtime,
+    skipped: &mut Vec<String>,
+) -> Result<(Vec<TargetReport>, probe::Floor)> {
+    let mut targets = Vec::new();
+    let mut raft_cluster = None;
+    if o.against != Against::Etcd {
+        let (cluster, children) = start_raft(root, o)?;
+        let leader = runtime
+            .block_on(crate::cluster::leader_elected(&cluster.endpoints(), Duration::from_secs(30)))?;
+        targets.push(Target {
+            name: "raft",
+            system: "raft",
+            description: raft_description(o),
+            api: Api::Raft,
+            endpoints: leader_first(cluster.endpoints(), leader as usize - 1),
+            children,
+        });
+        raft_cluster = Some(cluster);
     }
-    Ok(TargetReport { target: target.to_string(), description, phases, memory: Vec::new() })
+    let mut etcd_cluster = None;
+    if o.against != Against::Raft {
+        match etcd::find_binary() {
+            None => {
+                let note = "etcd: skipped, no `etcd` binary on PATH (Debian: apt-get install etcd-server)";
+                println!("\n{note}");
+                skipped.push(note.to_string());
+            }
+            Some(binary) => {
+                let description = format!(
+                    "{} ({} member{}, WAL fsync on, {}{})",
+                    etcd::version(&binary),
+                    o.nodes,
+                    if o.nodes == 1 { "" } else { "s" },
+                    if o.peer_tls { "mutual TLS between peers" } else { "plaintext peers" },
+                    if o.preload { format!(", {}", scale::ETCD_ARGS.join(" ")) } else { String::new() }
+                );
+                println!("\n{description}");
+                let children = Children::default();
+                procs::stop_on_ctrl_c(&children);
+                let dir = root.join("target").join("bench").join("etcd");
+                let peer_tls = if o.peer_tls {
+                    Some(etcd::PeerTls::generate(&root.join("target").join("bench"))?)
+                } else {
+                    None
+                };
+                let extra: &[&str] = if o.preload { &scale::ETCD_ARGS } else { &[] };
+                let etcd = runtime.block_on(etcd::EtcdCluster::start_with(
+                    &binary,
+                    &dir,
+                    o.nodes,
+                    extra,
+                    peer_tls.as_ref(),
+                    children.clone(),
+                ))?;
+                let leader = runtime.block_on(etcd.leader())?;
+                println!("etcd cluster up under {}, leader: m{}", dir.display(), leader + 1);
+                let endpoints = leader_first(etcd.endpoints(), leader);
+                for (name, api, via) in [
+                    ("etcd", Api::EtcdGrpc, "gRPC over HTTP/2, as its clients use it"),
+                    ("etcd-json", Api::EtcdJson, "its JSON gateway, a proxy to its gRPC API inside etcd"),
+                ] {
+                    let wanted = match o.etcd_api {
+                        EtcdApi::Grpc => api == Api::EtcdGrpc,
+                        EtcdApi::Json => api == Api::EtcdJson,
+                        EtcdApi::Both => true,
+                    };
+                    if wanted {
+                        targets.push(Target {
+                            name,
+                            system: "etcd",
+                            description: format!("{description}, through {via}"),
+                            api,
+                            endpoints: endpoints.clone(),
+                            children: children.clone(),
+                        });
+                    }
+                }
+                etcd_cluster = Some(etcd);
+            }
+        }
+    }
+    let floor = probe::measure(&root.join("target").join("bench").join("probe"))?;
+    print_floor(&floor);
+    let reports = runtime.block_on(measure(&targets, o))?;
+    let reports = targets
+        .iter()
+        .zip(reports)
+        .map(|(target, mut report)| {
+            let prefix = if target.system == "raft" { "node" } else { "m" };
+            report.memory = memory_of(&target.children, prefix);
+            report
+        })
+        .collect();
+    drop(raft_cluster);
+    drop(etcd_cluster);
+    Ok((reports, floor))
+}
+
+fn print_floor(f: &probe::Floor) {
+    println!(
+        "\nthis machine, measured in this run with the systems idle: 4 KiB write + fdatasync p50 {:.0} µs (p99 {:.0}), \
+         loopback TCP round trip p50 {:.0} µs (p99 {:.0}); one-connection target 2 × (sum of the medians) = {:.2} ms",
+        f.fdatasync_p50_us,
+        f.fdatasync_p99_us,
+        f.loopback_rtt_p50_us,
+        f.loopback_rtt_p99_us,
+        f.one_connection_target_ms()
+    );
+}
+
+/// `endpoints` with the one at `leader` first, the others in their order after it.
+fn leader_first(mut endpoints: Vec<String>, leader: usize) -> Vec<String> {
+    if leader < endpoints.len() {
+        endpoints.rotate_left(leader);
+    }
+    endpoints
+}
+
+/// Runs every phase `runs` times on every target, taking turns (see
+/// [`measure_side_by_side`]).
+async fn measure(targets: &[Target], o: &Options) -> Result<Vec<TargetReport>> {
+    let mut phases: Vec<Vec<PhaseReport>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut filled: Vec<&str> = Vec::new();
+    for spec in &o.phases {
+        if spec.read_ratio > 0.0 || o.preload {
+            // Reads of missing keys would be errors for raft-node and empty answers for etcd;
+            // with `--preload`, the writes overwrite a state of every key. Once per system.
+            for target in targets {
+                if filled.contains(&target.system) {
+                    continue;
+                }
+                let began = Instant::now();
+                let fill = Phase {
+                    fill: true,
+                    rate: None,
+                    ..phase_template(o, target.api, target.endpoints.clone())
+                };
+                let result = load::run_phase(fill, Arc::new(AtomicBool::new(false)), None).await?;
+                println!(
+                    "{}: wrote each of the {} keys once in {:.0} ms ({} errors)",
+                    target.system,
+                    o.keys,
+                    began.elapsed().as_secs_f64() * 1e3,
+                    result.error_count()
+                );
+                filled.push(target.system);
+            }
+        }
+        let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
+        for run in 0..o.runs {
+            for turn in 0..targets.len() {
+                let which = (run + turn) % targets.len();
+                let target = &targets[which];
+                let template = phase_template(o, target.api, target.endpoints.clone());
+                let phase = Phase {
+                    workload: Workload { read_ratio: spec.read_ratio, ..template.workload.clone() },
+                    ..template
+                };
+                let (result, cpu) = measure_cpu(&target.children, phase).await?;
+                let figures = Figures::of(&result, cpu);
+                println!(
+                    "{} {} run {}/{}: {:.0} writes/s, {:.0} reads/s, write p99 {:.2} ms, read p99 {:.2} ms, {:.0} µs server CPU per request, {} errors",
+                    target.name,
+                    spec.name,
+                    run + 1,
+                    o.runs,
+                    figures.writes_per_s,
+                    figures.reads_per_s,
+                    figures.write.p99_ms,
+                    figures.read.p99_ms,
+                    figures.server_cpu_us_per_request(),
+                    result.error_count()
+                );
+                runs[which].push(figures);
+            }
+        }
+        for (which, runs) in runs.into_iter().enumerate() {
+            let median = Figures::median(&runs);
+            phases[which].push(PhaseReport {
+                phase: spec.name.clone(),
+                read_ratio: spec.read_ratio,
+                runs,
+                median,
+            });
+        }
+    }
+    Ok(targets
+        .iter()
+        .zip(phases)
+        .map(|(target, phases)| TargetReport {
+            target: target.name.to_string(),
+            description: target.description.clone(),
+            phases,
+            memory: Vec::new(),
+        })
+        .collect())
 }
 
 /// Runs a phase and measures the CPU time of the servers and of this process over its
@@ -603,8 +749,14 @@ fn print_summary(o: &Options, targets: &[TargetReport], failover: Option<&failov
             o.connections, o.value_bytes, o.keys
         );
     } else {
+        let pacing = match o.open_loop_rate {
+            Some(rate) => format!(
+                "open loop at {rate} requests/s, latency from each request's due time when it went out late"
+            ),
+            None => "closed loop".to_string(),
+        };
         println!(
-            "\n== bench-http: {} connections (closed loop, keep-alive), {}-byte values, {} keys, {} s warm-up + {window}, {}",
+            "\n== bench-http: {} connections ({pacing}, keep-alive), {}-byte values, {} keys, {} s warm-up + {window}, {}, targets taking turns",
             o.connections,
             o.value_bytes,
             o.keys,
@@ -623,10 +775,10 @@ fn print_summary(o: &Options, targets: &[TargetReport], failover: Option<&failov
     if targets.iter().any(|t| !t.phases.is_empty()) {
         println!("\n{}", report::figures_table(targets));
     }
-    if let (Some(raft), Some(etcd)) =
-        (targets.iter().find(|t| t.target == "raft"), targets.iter().find(|t| t.target == "etcd"))
-    {
-        println!("raft vs etcd (medians):\n{}", report::ratio_table(raft, etcd));
+    if let Some(raft) = targets.iter().find(|t| t.target == "raft") {
+        for other in targets.iter().filter(|t| t.target != "raft") {
+            println!("raft vs {} (medians):\n{}", other.target, report::ratio_table(raft, other));
+        }
     }
     if let Some(f) = failover {
         println!(

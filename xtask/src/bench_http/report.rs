@@ -110,6 +110,15 @@ impl Figures {
         }
     }
 
+    /// The servers' CPU time per successful request, in µs (0 when none succeeded).
+    pub(crate) fn server_cpu_us_per_request(&self) -> f64 {
+        let per_s = self.writes_per_s + self.reads_per_s;
+        if per_s <= 0.0 {
+            return 0.0;
+        }
+        self.cpu.servers_percent / 100.0 * 1e6 / per_s
+    }
+
     /// The median of each figure over several runs (errors: the sum over all runs).
     pub(crate) fn median(runs: &[Figures]) -> Figures {
         let m = |f: &dyn Fn(&Figures) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
@@ -259,7 +268,7 @@ pub(crate) fn figures_table(targets: &[TargetReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<7} {:<5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:<9} {:<7} {:<5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>11}",
         "target",
         "phase",
         "op",
@@ -270,7 +279,8 @@ pub(crate) fn figures_table(targets: &[TargetReport]) -> String {
         "max ms",
         "errors",
         "srv CPU",
-        "cli CPU"
+        "cli CPU",
+        "srv us/req"
     );
     for target in targets {
         for phase in &target.phases {
@@ -280,7 +290,7 @@ pub(crate) fn figures_table(targets: &[TargetReport]) -> String {
             for (op, rate, latency) in rows.into_iter().filter(|(_, _, l)| l.count > 0) {
                 let _ = writeln!(
                     out,
-                    "{:<6} {:<7} {:<5} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7} {:>8.0}% {:>8.0}%",
+                    "{:<9} {:<7} {:<5} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>7} {:>8.0}% {:>8.0}% {:>11.0}",
                     target.target,
                     phase.phase,
                     op,
@@ -291,7 +301,8 @@ pub(crate) fn figures_table(targets: &[TargetReport]) -> String {
                     latency.max_ms,
                     errors,
                     m.cpu.servers_percent,
-                    m.cpu.client_percent
+                    m.cpu.client_percent,
+                    m.server_cpu_us_per_request()
                 );
             }
             for (kind, count) in &m.errors {
@@ -302,17 +313,29 @@ pub(crate) fn figures_table(targets: &[TargetReport]) -> String {
     out
 }
 
-/// raft against etcd for every phase and kind of request both have.
-pub(crate) fn ratio_table(raft: &TargetReport, etcd: &TargetReport) -> String {
+/// raft against another target (etcd) for every phase and kind of request both have: the
+/// medians' ratios, the failed requests of all runs, and the servers' CPU per request (of
+/// the phase: a mixed phase's CPU is shared by its reads and writes).
+pub(crate) fn ratio_table(raft: &TargetReport, other: &TargetReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<7} {:<5} {:>12} {:>12} {:>8} {:>11} {:>11} {:>8}",
-        "phase", "op", "raft ops/s", "etcd ops/s", "ratio", "raft p99 ms", "etcd p99 ms", "ratio"
+        "{:<7} {:<5} {:>12} {:>15} {:>8} {:>11} {:>11} {:>8} {:>13} {:>16}",
+        "phase",
+        "op",
+        "raft ops/s",
+        format!("{} ops/s", other.target),
+        "ratio",
+        "raft p99 ms",
+        "its p99 ms",
+        "ratio",
+        "errors r/o",
+        "srv us/req r/o"
     );
+    let errors = |p: &PhaseReport| -> u64 { p.runs.iter().flat_map(|r| r.errors.values()).sum() };
     for phase in &raft.phases {
-        let Some(other) = etcd.phases.iter().find(|p| p.phase == phase.phase) else { continue };
-        let (a, b) = (&phase.median, &other.median);
+        let Some(theirs) = other.phases.iter().find(|p| p.phase == phase.phase) else { continue };
+        let (a, b) = (&phase.median, &theirs.median);
         for (op, rates, latencies) in [
             ("write", (a.writes_per_s, b.writes_per_s), (&a.write, &b.write)),
             ("read", (a.reads_per_s, b.reads_per_s), (&a.read, &b.read)),
@@ -322,7 +345,7 @@ pub(crate) fn ratio_table(raft: &TargetReport, etcd: &TargetReport) -> String {
             }
             let _ = writeln!(
                 out,
-                "{:<7} {:<5} {:>12} {:>12} {:>7.2}x {:>11.2} {:>11.2} {:>7.2}x",
+                "{:<7} {:<5} {:>12} {:>15} {:>7.2}x {:>11.2} {:>11.2} {:>7.2}x {:>13} {:>16}",
                 phase.phase,
                 op,
                 thousands(rates.0),
@@ -330,7 +353,9 @@ pub(crate) fn ratio_table(raft: &TargetReport, etcd: &TargetReport) -> String {
                 rates.0 / rates.1.max(1e-9),
                 latencies.0.p99_ms,
                 latencies.1.p99_ms,
-                latencies.0.p99_ms / latencies.1.p99_ms.max(1e-9)
+                latencies.0.p99_ms / latencies.1.p99_ms.max(1e-9),
+                format!("{}/{}", errors(phase), errors(theirs)),
+                format!("{:.0}/{:.0}", a.server_cpu_us_per_request(), b.server_cpu_us_per_request())
             );
         }
     }
@@ -342,14 +367,14 @@ pub(crate) fn memory_table(targets: &[TargetReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<8} {:>8} {:>9} {:>14}",
+        "{:<9} {:<8} {:>8} {:>9} {:>14}",
         "target", "process", "pid", "RSS MiB", "peak RSS MiB"
     );
     for target in targets {
         for p in &target.memory {
             let _ = writeln!(
                 out,
-                "{:<6} {:<8} {:>8} {:>9.1} {:>14.1}",
+                "{:<9} {:<8} {:>8} {:>9.1} {:>14.1}",
                 target.target,
                 p.name,
                 p.pid,

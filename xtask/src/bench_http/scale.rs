@@ -324,7 +324,7 @@ pub(crate) fn run(
             }
             Some(binary) => {
                 let description = format!(
-                    "{} ({} members, WAL fsync on, {})",
+                    "{} ({} members, WAL fsync on, {}, through gRPC as its clients use it)",
                     etcd::version(&binary),
                     o.nodes,
                     ETCD_ARGS.join(" ")
@@ -337,7 +337,7 @@ pub(crate) fn run(
                     let etcd = etcd::EtcdCluster::start(&binary, &dir, o.nodes, &ETCD_ARGS, children.clone())
                         .await?;
                     let endpoints = etcd.endpoints();
-                    let template = phase_template(o, Api::Etcd, endpoints.clone());
+                    let template = phase_template(o, Api::EtcdGrpc, endpoints.clone());
                     let before = etcd_leader_changes(&endpoints[0]).await;
                     let sampler = Sampler::start(&children, "m", Vec::new());
                     let (figures, seconds) = grow(&template).await?;
