@@ -118,7 +118,7 @@ const CI_CHAOS_SEED: u64 = 1;
 /// `cargo xtask ci [--chaos-seed S] [--no-chaos]`: what `.ci/run` runs: everything of `test`,
 /// then a 60 s chaos run of real processes in a network namespace of its own (root mode,
 /// nft partitions) and a 30 s one on the host's loopback (rootless mode, partitions by the
-/// proxy), so that both paths stay covered. Not root: only the rootless run. `--no-chaos`
+/// proxy), so that both paths stay covered, then the benchmark's smoke runs. Not root: only the rootless run. `--no-chaos`
 /// leaves the chaos runs out and says so; they are never skipped silently.
 fn ci(args: &[String]) -> Result<()> {
     let began = Instant::now();
@@ -155,8 +155,32 @@ fn ci(args: &[String]) -> Result<()> {
             println!("ci: not root: the chaos run in a network namespace of its own is left out");
         }
         chaos::chaos(&root, &args(&["--duration", "30", "--rootless"]))?;
+        bench_smoke(&binary)?;
     }
     println!("ci: passed in {:.0?}", began.elapsed());
+    Ok(())
+}
+
+/// The HTTP benchmark, smoke-tested on the tests' debug `raft-node` (no release build, no
+/// figures): against raft-node and etcd (gRPC and JSON gateway), every phase kind, then an
+/// open loop. It fails unless every target answered without a failure.
+fn bench_smoke(binary: &Path) -> Result<()> {
+    let runs: [&[&str]; 2] = [
+        &["--against", "both", "--etcd-api", "both", "--workload", "write,read,mixed", "--connections", "4"],
+        &["--against", "raft", "--workload", "write", "--connections", "4", "--rate", "200"],
+    ];
+    for extra in runs {
+        let mut command = std::process::Command::new(std::env::current_exe().context("this program's path")?);
+        command.args(["bench", "--smoke", "--runs", "1", "--duration", "1", "--warmup", "0.5"]).args(extra);
+        if binary.is_file() {
+            command.env("RAFT_NODE_BINARY", binary);
+        }
+        println!("ci: bench smoke run: {}", extra.join(" "));
+        let status = command.status().context("running the bench smoke run")?;
+        if !status.success() {
+            bail!("the bench smoke run failed ({status})");
+        }
+    }
     Ok(())
 }
 

@@ -46,9 +46,14 @@ const TEST: &[Requirement] = &[
 /// Python tools the tests run, from PyPI: (command, package).
 const TEST_PIP: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];
 
-/// What the chaos runs of `cargo xtask ci` need besides: partitions, a network namespace and
-/// clock skew.
+/// What the chaos runs and the benchmark smoke run of `cargo xtask ci` need besides:
+/// partitions, a network namespace, clock skew, and etcd to compare with.
 const CHAOS: &[Requirement] = &[
+    Requirement {
+        why: "the benchmark's comparison with etcd (smoke-tested by `cargo xtask ci`)",
+        packages: &["etcd-server"],
+        present: || on_path("etcd"),
+    },
     Requirement { why: "chaos partitions (nft)", packages: &["nftables"], present: || on_path("nft") },
     Requirement {
         why: "the chaos run's network namespace (ip)",

@@ -40,7 +40,7 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--rate R] [--etcd-api grpc|json|both] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
+[--read-ratio R] [--runs N] [--rate R] [--smoke] [--etcd-api grpc|json|both] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
 | bench watchers [--watchers N] [--watchers-nice N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
@@ -90,6 +90,10 @@ struct Options {
     kills: usize,
     /// The large-state benchmark (`cargo xtask bench scale`).
     scale: bool,
+    /// `--smoke`: a short run of whatever binaries are at hand (debug ones in CI) that proves
+    /// the benchmark still runs: no release build, no figures worth reading, and an error
+    /// unless every target answered every phase without a failure.
+    smoke: bool,
     /// The watcher benchmark (`cargo xtask bench watchers`): watchers on the leader.
     watchers_bench: bool,
     /// Watch streams of every key opened on the leader.
@@ -141,6 +145,7 @@ impl Default for Options {
             failover: false,
             kills: 5,
             scale: false,
+            smoke: false,
             watchers_bench: false,
             watchers: 1000,
             watchers_nice: 10,
@@ -219,6 +224,11 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--scale" => {
                 o.scale = true;
+                takes_value = false;
+            }
+            "--smoke" => {
+                o.smoke = true;
+                o.release = false;
                 takes_value = false;
             }
             "--preload" => {
@@ -306,7 +316,7 @@ struct Machine {
 /// Runs `cargo xtask bench-http` with these arguments.
 pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
     let o = parse_options(args)?;
-    if cfg!(debug_assertions) {
+    if cfg!(debug_assertions) && !o.smoke {
         return rerun_in_release(args);
     }
     let started_at = SystemTime::now();
@@ -372,6 +382,9 @@ pub fn bench_http(root: &Path, args: &[String]) -> Result<()> {
     print_summary(&o, &targets, failover_report.as_ref());
     if let Some(f) = &floor {
         print_floor(f);
+    }
+    if o.smoke {
+        smoke_check(&targets)?;
     }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -611,6 +624,29 @@ fn measure_side_by_side(
     drop(raft_cluster);
     drop(etcd_cluster);
     Ok((reports, floor))
+}
+
+/// A smoke run passes when every target answered requests in every phase and none failed.
+fn smoke_check(targets: &[TargetReport]) -> Result<()> {
+    if targets.is_empty() {
+        bail!("bench smoke: nothing was measured");
+    }
+    for target in targets {
+        for phase in &target.phases {
+            let answered: u64 = phase.runs.iter().map(|r| r.write.count + r.read.count).sum();
+            let failed: u64 = phase.runs.iter().flat_map(|r| r.errors.values()).sum();
+            if answered == 0 || failed > 0 {
+                bail!(
+                    "bench smoke: {} {}: {answered} requests answered, {failed} failed ({:?})",
+                    target.target,
+                    phase.phase,
+                    phase.runs.iter().map(|r| &r.errors).collect::<Vec<_>>()
+                );
+            }
+        }
+        println!("bench smoke: {} answered every phase without a failure", target.target);
+    }
+    Ok(())
 }
 
 fn print_floor(f: &probe::Floor) {
