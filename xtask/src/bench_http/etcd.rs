@@ -145,22 +145,7 @@ impl EtcdCluster {
     /// The position in [`endpoints`](Self::endpoints) of the member that leads: the one whose
     /// own id is the leader its status names (`POST /v3/maintenance/status`).
     pub(crate) async fn leader(&self) -> Result<usize> {
-        let deadline = Instant::now() + HEALTHY_WITHIN;
-        loop {
-            for (position, addr) in self.endpoints().iter().enumerate() {
-                if let Some(status) = status(addr).await {
-                    let own = status.pointer("/header/member_id").and_then(|v| v.as_str());
-                    let leader = status.get("leader").and_then(|v| v.as_str());
-                    if own.is_some() && own == leader {
-                        return Ok(position);
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no etcd member says it leads after {HEALTHY_WITHIN:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        leader_among(&self.endpoints(), HEALTHY_WITHIN).await
     }
 
     /// The members' client addresses.
@@ -196,6 +181,27 @@ async fn healthy(addr: &str) -> bool {
                 == Some(serde_json::Value::String("true".into()))
         }
         _ => false,
+    }
+}
+
+/// The position in `endpoints` of the etcd member that leads: the one whose own id is the
+/// leader its status names (`POST /v3/maintenance/status`), waiting up to `within` for one.
+pub(crate) async fn leader_among(endpoints: &[String], within: Duration) -> Result<usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        for (position, addr) in endpoints.iter().enumerate() {
+            if let Some(status) = status(addr).await {
+                let own = status.pointer("/header/member_id").and_then(|v| v.as_str());
+                let leader = status.get("leader").and_then(|v| v.as_str());
+                if own.is_some() && own == leader {
+                    return Ok(position);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no etcd member says it leads after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

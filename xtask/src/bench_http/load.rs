@@ -107,6 +107,9 @@ pub(crate) struct PhaseResult {
     pub reads: Histogram,
     /// Failed requests by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Failed requests outside the measured window (warm-up, or answered after it ended):
+    /// not in the figures, but a smoke run must see them.
+    pub errors_outside: u64,
     /// The window second by second (for the timeline chart).
     pub seconds: Vec<SecondResult>,
 }
@@ -159,6 +162,7 @@ impl PhaseResult {
     }
 
     fn merge(&mut self, other: &PhaseResult) {
+        self.errors_outside += other.errors_outside;
         self.writes.merge(&other.writes);
         self.reads.merge(&other.reads);
         for (kind, count) in &other.errors {
@@ -535,7 +539,7 @@ fn hyper_kind(e: &hyper::Error) -> String {
         "io: bad HTTP answer".to_string()
     } else {
         let mut kind = format!("io: {e}");
-        kind.truncate(ERROR_KIND_CHARS_MAX);
+        kind.truncate(kind.char_indices().nth(ERROR_KIND_CHARS_MAX).map_or(kind.len(), |(i, _)| i));
         kind
     }
 }
@@ -579,6 +583,12 @@ impl Shared {
 
     fn counts(&self, finished: Instant) -> bool {
         finished >= self.measure_from && self.measure_until.is_none_or(|until| finished <= until)
+    }
+
+    /// Whether a paced request due at `due` is in the window: counted by when it was due,
+    /// whenever it was answered, so that a stall at the window's end is not left out.
+    fn counts_due(&self, due: Instant) -> bool {
+        due >= self.measure_from && self.measure_until.is_none_or(|until| due < until)
     }
 }
 
@@ -643,11 +653,20 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
     let mut sent: u32 = 0;
     loop {
         let due = pace.map(|(interval, first)| first + interval.saturating_mul(sent));
+        // Whether this request is late (the one before was slow): decided before waiting, since
+        // a timer never fires early and rounds up to the next millisecond.
+        let mut late = false;
         if let Some(due) = due {
-            tokio::time::sleep_until(due.into()).await;
+            if shared.measure_until.is_some_and(|until| due >= until) && !phase.fill {
+                break; // every request due in the window was sent
+            }
+            late = Instant::now() > due;
+            if !late {
+                tokio::time::sleep_until(due.into()).await;
+            }
         }
         let now = Instant::now();
-        if !shared.may_send(now) {
+        if !shared.may_send(due.unwrap_or(now)) {
             break;
         }
         if connection.is_none() {
@@ -656,6 +675,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
                 Err(kind) => {
                     if shared.counts(Instant::now()) {
                         count_error(&mut result.errors, kind, 1);
+                    } else {
+                        result.errors_outside += 1;
                     }
                     endpoint = (endpoint + 1) % phase.endpoints.len();
                     tokio::time::sleep(ERROR_PAUSE).await;
@@ -678,15 +699,18 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
         let sent_at = Instant::now();
         sent = sent.saturating_add(1);
         // A request sent late (the previous one was slow) counts from when it was due; one that
-        // waited for its time, from when it went out (a timer wakes up to a millisecond late).
+        // waited for its time, from when it went out.
         let started = match due {
-            Some(due) if due < now => due,
+            Some(due) if late => due,
             _ => sent_at,
         };
         let answer =
             tokio::time::timeout(phase.request_timeout, conn.exchange(&shared.requests, request)).await;
         let finished = Instant::now();
-        let counted = shared.counts(finished);
+        let counted = match due {
+            Some(due) => shared.counts_due(due),
+            None => shared.counts(finished),
+        };
         let failure = match answer {
             Ok(Ok(())) => {
                 if counted {
@@ -729,6 +753,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (PhaseResult, Instant) {
                 if let Some(second) = second_of(&mut result.seconds, shared.measure_from, finished) {
                     second.errors += 1;
                 }
+            } else {
+                result.errors_outside += 1;
             }
             tokio::time::sleep(ERROR_PAUSE).await;
         }

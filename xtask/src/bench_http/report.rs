@@ -46,6 +46,9 @@ pub(crate) struct CpuUse {
     pub servers_percent: f64,
     /// The load generator (this process).
     pub client_percent: f64,
+    /// The other systems, up but not under load meanwhile (heartbeats, background flushes and
+    /// compactions left from their own turns): CPU the measured system could not use.
+    pub idle_systems_percent: f64,
 }
 
 /// What one run of one phase measured.
@@ -57,6 +60,8 @@ pub(crate) struct Figures {
     pub write: Latency,
     pub read: Latency,
     pub errors: BTreeMap<String, u64>,
+    /// Failed requests outside the window (warm-up, or answered after it).
+    pub errors_outside: u64,
     pub cpu: CpuUse,
     /// Latency of successful writes at [`crate::plot::QUANTILES`]: (quantile, ms).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -106,6 +111,7 @@ impl Figures {
             write: Latency::of(&result.writes),
             read: Latency::of(&result.reads),
             errors: result.errors.clone(),
+            errors_outside: result.errors_outside,
             cpu,
         }
     }
@@ -146,7 +152,9 @@ impl Figures {
             cpu: CpuUse {
                 servers_percent: m(&|r| r.cpu.servers_percent),
                 client_percent: m(&|r| r.cpu.client_percent),
+                idle_systems_percent: m(&|r| r.cpu.idle_systems_percent),
             },
+            errors_outside: runs.iter().map(|r| r.errors_outside).sum(),
             // Curves are not medians of anything: the charts show each run's own.
             write_percentiles_ms: Vec::new(),
             read_percentiles_ms: Vec::new(),
@@ -196,6 +204,8 @@ pub(crate) struct TargetReport {
     pub description: String,
     pub phases: Vec<PhaseReport>,
     pub memory: Vec<ProcessMemory>,
+    /// Failed writes while each key was written once before the phases (0 when none ran).
+    pub fill_errors: u64,
 }
 
 /// Reads `VmRSS` and `VmHWM` of a process.
