@@ -354,6 +354,18 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A TCP connection to `addr` (`host:port`) without Nagle's delay; the error is a kind such
+/// as `connect: ConnectionRefused`.
+async fn connect(addr: &str) -> Result<TcpStream, String> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
+        Err(_) => return Err("connect: timeout".to_string()),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// One HTTP/1.1 keep-alive connection; its driver task is aborted with it.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
@@ -371,12 +383,7 @@ impl Connection {
     /// Connects to `addr` (`host:port`); the error is a kind such as
     /// `connect: ConnectionRefused`.
     pub(crate) async fn open(addr: &str) -> Result<Self, String> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
-            Err(_) => return Err("connect: timeout".to_string()),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
@@ -430,12 +437,7 @@ impl Drop for GrpcConnection {
 impl GrpcConnection {
     /// Connects to `addr` (`host:port`) and opens HTTP/2 with prior knowledge.
     pub(crate) async fn open(addr: &str) -> Result<Self, String> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(format!("connect: {:?}", e.kind())),
-            Err(_) => return Err("connect: timeout".to_string()),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr).await?;
         let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
