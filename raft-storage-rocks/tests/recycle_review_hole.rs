@@ -12,6 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::wals;
 use raft_core::{Entry, EntryPayload, HardState, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 
@@ -28,16 +31,6 @@ fn entry(term: u64, index: u64, bytes: usize) -> Entry {
     let mut data = format!("t{term}-i{index}-").into_bytes();
     data.resize(bytes.max(data.len()), b'x');
     Entry { term, index, payload: EntryPayload::Command(bytes::Bytes::from(data)) }
-}
-
-fn wals(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    out.sort();
-    out
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -6,6 +6,8 @@
 //! again, back to place it, so that a second loss after the recovery names witnesses too
 //! (before, it stayed unknown until a configuration entry or a snapshot was written).
 
+mod common;
+
 use raft_core::{Entry, EntryPayload, LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 
@@ -24,11 +26,8 @@ fn entry(index: u64, config: bool) -> Entry {
 }
 
 fn delete_wal(dir: &std::path::Path) {
-    for e in std::fs::read_dir(dir).expect("read dir") {
-        let path = e.expect("entry").path();
-        if path.extension().is_some_and(|x| x == "log") {
-            std::fs::remove_file(path).expect("remove the WAL");
-        }
+    for wal in common::wals(dir) {
+        std::fs::remove_file(wal).expect("remove the WAL");
     }
 }
 

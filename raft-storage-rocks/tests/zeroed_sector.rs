@@ -4,6 +4,8 @@
 //! a stretch of acknowledged writes out with nothing said. Whatever RocksDB does, the store
 //! must not open silently on less than it acknowledged: it reports the loss, or refuses.
 
+mod common;
+
 use raft_core::{Entry, EntryPayload, HardState, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 
@@ -22,13 +24,7 @@ fn entry(index: u64) -> Entry {
 
 /// The newest WAL file of the store.
 fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut wals: Vec<_> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    wals.sort();
-    wals.pop().expect("a WAL")
+    common::wals(dir).pop().expect("a WAL")
 }
 
 /// Entries 1..=300 of 1 KB, each acknowledged on its own (about 300 KB of WAL, ten 32 KiB

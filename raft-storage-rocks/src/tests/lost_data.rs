@@ -2,22 +2,11 @@
 //! writes were acknowledged is found by comparing the store with its durability record, and
 //! the recorded hard state comes back.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use raft_core::{DataLoss, HardState, LogId, Storage};
 
-use super::{expected_entry, open};
-
-/// The write-ahead log files of the store in `dir`.
-fn wals(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    out.sort();
-    out
-}
+use super::{expected_entry, open, wals};
 
 /// Writes `entries` into the log column family of log 0 directly and deletes `deleted`, as
 /// damage or a lost write would leave them (the store's own writes cannot).

@@ -23,6 +23,17 @@ use raft_core::{Entry, EntryPayload, Index};
 
 use crate::{Identity, RocksDb, RocksOptions};
 
+/// The write-ahead log files of the store in `dir`, oldest first.
+pub(crate) fn wals(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    out.sort();
+    out
+}
+
 pub(crate) fn identity() -> Identity {
     Identity { cluster_id: "test-cluster".into(), node_id: 1 }
 }

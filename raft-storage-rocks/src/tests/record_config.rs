@@ -40,11 +40,8 @@ async fn store_that_lost_its_wal_tail(configs: &[u64]) -> tempfile::TempDir {
             log.append(&[e]).await.expect("append");
         }
     }
-    for entry in std::fs::read_dir(dir.path()).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|x| x == "log") {
-            std::fs::remove_file(path).expect("remove the WAL");
-        }
+    for wal in super::wals(dir.path()) {
+        std::fs::remove_file(wal).expect("remove the WAL");
     }
     dir
 }

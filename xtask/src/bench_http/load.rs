@@ -366,17 +366,30 @@ async fn connect(addr: &str) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
+/// The task that drives a hyper client connection: aborted when dropped, with the
+/// connection that owns it.
+struct DriverTask(tokio::task::JoinHandle<()>);
+
+impl DriverTask {
+    /// Runs `connection` (its errors show in the request under way).
+    fn spawn<F: std::future::Future + Send + 'static>(connection: F) -> Self {
+        Self(tokio::spawn(async move {
+            let _ = connection.await;
+        }))
+    }
+}
+
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One HTTP/1.1 keep-alive connection; its driver task is aborted with it.
 pub(crate) struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
     host: HeaderValue,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
+    _driver: DriverTask,
 }
 
 impl Connection {
@@ -387,12 +400,8 @@ impl Connection {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
-        let driver = tokio::spawn(async move {
-            // Its errors show in the request that was under way.
-            let _ = connection.await;
-        });
         let host = HeaderValue::from_str(addr).map_err(|_| format!("bad address {addr}"))?;
-        Ok(Self { sender, host, driver })
+        Ok(Self { sender, host, _driver: DriverTask::spawn(connection) })
     }
 
     /// Sends one request and reads the whole answer.
@@ -425,13 +434,7 @@ pub(crate) struct GrpcConnection {
     sender: http2::SendRequest<Full<Bytes>>,
     /// `http://host:port`: HTTP/2 requests carry the scheme and authority.
     base: String,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GrpcConnection {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
+    _driver: DriverTask,
 }
 
 impl GrpcConnection {
@@ -441,10 +444,7 @@ impl GrpcConnection {
         let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .map_err(|e| format!("connect: {}", hyper_kind(&e)))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Self { sender, base: format!("http://{addr}"), driver })
+        Ok(Self { sender, base: format!("http://{addr}"), _driver: DriverTask::spawn(connection) })
     }
 
     /// Calls `path` (`/package.Service/Method`) with a framed message and reads the whole
