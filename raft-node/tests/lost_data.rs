@@ -122,6 +122,8 @@ async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
     let dir = cluster.data_dir(victim);
     let aside = dir.join(format!("{}123", raft_storage_rocks::DAMAGED_PREFIX));
     std::fs::create_dir(&aside).unwrap();
+    // The repair's marker: its directory is still being filled.
+    std::fs::write(aside.join("MOVING"), b"").unwrap();
     std::fs::rename(dir.join("CURRENT"), aside.join("CURRENT")).unwrap();
     cluster.restart(victim).await;
     let status = cluster.client_of(victim).status().await.unwrap();
@@ -134,6 +136,7 @@ async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
         left.iter().any(|n| n.ends_with(".sst") || n == "durability.rec"),
         "the rest was moved too: {left:?}"
     );
+    assert!(!left.iter().any(|n| n == "MOVING"), "the repair is marked finished: {left:?}");
     let statuses = cluster.wait_converged().await;
     assert!(statuses.iter().all(|s| s.keys == 80), "{statuses:?}");
     cluster.shutdown().await;

@@ -170,6 +170,10 @@ struct Shared {
     receptions_resumed: Mutex<std::collections::HashSet<u64>>,
     /// The headroom reserved on the disk.
     headroom: crate::headroom::Headroom,
+    /// Every slot written before a batch's WAL write (for tests of what a crash between the
+    /// two leaves).
+    #[cfg(test)]
+    intents: Mutex<Vec<std::collections::BTreeMap<u64, RecordedLog>>>,
 }
 
 struct Handle {
@@ -436,6 +440,8 @@ impl RocksDb {
             bounds: Mutex::new(std::collections::HashMap::new()),
             recorded: record,
             marks: Mutex::new(marks),
+            #[cfg(test)]
+            intents: Mutex::default(),
             checked: Mutex::default(),
             losses: Mutex::default(),
             receptions_resumed: Mutex::default(),
@@ -611,6 +617,12 @@ impl RocksDb {
         if let Ok(mut losses) = self.handle.shared.losses.lock() {
             losses.remove(&group);
         }
+    }
+
+    /// Every slot written so far before a batch's WAL write (for tests).
+    #[cfg(test)]
+    pub(crate) fn intents(&self) -> Vec<std::collections::BTreeMap<u64, RecordedLog>> {
+        self.handle.shared.intents.lock().expect("intents").clone()
     }
 
     /// Where the record now places log `group`'s newest configuration (for tests).
@@ -848,6 +860,10 @@ fn write_intent(shared: &Shared, record: Option<&mut RecordFile>, batch: Vec<Job
             let possible = marks.preview(batch.iter().filter_map(|j| j.mark.as_ref()));
             let slot = marks.slot(&possible);
             drop(marks);
+            #[cfg(test)]
+            if let Ok(mut intents) = shared.intents.lock() {
+                intents.push(slot.clone());
+            }
             file.write_beside_wal(&slot)
         }
         (None, _) => Err(StorageError::Io("the durability record is not open".into())),

@@ -298,9 +298,20 @@ impl RocksStorage {
         };
         self.db.set_floor(self.group, recorded_last);
         self.db.set_config_shadow(self.group, self.with_db(|db| self.newest_config_position(db))?);
-        let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
         // What the lost data held is unknown, its configuration included.
         let unknown = Some(ConfigWrite::Known(ConfigPosition(None)));
+        // Two writes. The record's slot of a batch goes to disk before the batch's WAL write;
+        // a crash between them keeps the slot's hard state (a vote the node may have cast) but
+        // not its new last entry (the batch never synced). So the floor is made durable first,
+        // with the hard state the log has: a crash then leaves the node as it was (a fresh term
+        // 0 for a lost data dir: it asks the cluster again). Only then is the cluster's hard
+        // state stored, in a batch whose slot already holds the floor as synced: a crash
+        // before its WAL write leaves the raised term *and* the loss.
+        let floor_first =
+            Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&state.hard_state)?);
+        let mark = Mark { group: self.group, hard_state: None, last: Some(found_last), config: unknown };
+        self.db.write(vec![floor_first], Some(mark)).await?;
+        let op = Op::Put(Cf::Meta, meta_key(self.group, "hard_state"), codec::encode(&hard_state)?);
         let mark =
             Mark { group: self.group, hard_state: Some(hard_state), last: Some(found_last), config: unknown };
         self.db.write(vec![op], Some(mark)).await?;

@@ -137,32 +137,49 @@ pub(super) fn repaired_before(config: &NodeConfig) -> bool {
     })
 }
 
+/// The file a repair keeps in its `damaged-*` directory while it moves files into it: a
+/// directory without it holds a finished repair's files.
+const MOVING_MARKER: &str = "MOVING";
+
 /// Finishes a repair a crash interrupted: the store's `CURRENT` was moved aside first, so a data
-/// dir with a `damaged-*` directory, other files and no `CURRENT` is one whose remaining files
-/// go after it (into the newest such directory).
+/// dir whose `damaged-*` directory still holds the [`MOVING_MARKER`], with other files and no
+/// `CURRENT`, is one whose remaining files go after it. Without the marker the `damaged-*`
+/// directories are finished repairs, kept for inspection: a store that lost its `CURRENT` since
+/// is new damage, repaired from the cluster like the first (found by the final outside review:
+/// such a store's files were moved into the old directory, over its files of the same names,
+/// and the node stayed down).
 pub(super) fn finish_interrupted_repair(config: &NodeConfig) -> std::io::Result<()> {
     let Ok(entries) = std::fs::read_dir(&config.data_dir) else { return Ok(()) };
-    let mut newest: Option<std::path::PathBuf> = None;
+    let mut interrupted: Option<std::path::PathBuf> = None;
     let mut rest = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with(raft_storage_rocks::DAMAGED_PREFIX) {
-            if newest.as_ref().is_none_or(|n| entry.path() > *n) {
-                newest = Some(entry.path());
+            if entry.path().join(MOVING_MARKER).exists()
+                && interrupted.as_ref().is_none_or(|n| entry.path() > *n)
+            {
+                interrupted = Some(entry.path());
             }
         } else if !kept_in_place(&name) {
             rest.push(entry);
         }
     }
-    let Some(aside) = newest else { return Ok(()) };
-    if rest.is_empty() || config.data_dir.join("CURRENT").exists() {
-        return Ok(());
+    let Some(aside) = interrupted else { return Ok(()) };
+    if !config.data_dir.join("CURRENT").exists() {
+        for entry in rest {
+            std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
+        }
+        tracing::warn!(aside = %aside.display(), "finished moving a damaged data dir aside (a crash interrupted it)");
     }
-    for entry in rest {
-        std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
-    }
-    tracing::warn!(aside = %aside.display(), "finished moving a damaged data dir aside (a crash interrupted it)");
-    Ok(())
+    finish_moving(&config.data_dir, &aside)
+}
+
+/// Ends a move into `aside`: the data dir's entries are synced, then the marker goes.
+fn finish_moving(data_dir: &std::path::Path, aside: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(data_dir)?.sync_all()?;
+    std::fs::File::open(aside)?.sync_all()?;
+    std::fs::remove_file(aside.join(MOVING_MARKER))?;
+    std::fs::File::open(aside)?.sync_all()
 }
 
 /// A node whose data dir is damaged (RocksDB or a checksum refused it) and whose cluster can
@@ -201,6 +218,9 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
     let aside = config.data_dir.join(format!("{}{nanos}", raft_storage_rocks::DAMAGED_PREFIX));
     let moved = (|| -> std::io::Result<()> {
         std::fs::create_dir(&aside)?;
+        std::fs::File::create(aside.join(MOVING_MARKER))?.sync_all()?;
+        std::fs::File::open(&aside)?.sync_all()?;
+        std::fs::File::open(&config.data_dir)?.sync_all()?;
         let current = config.data_dir.join("CURRENT");
         if current.exists() {
             std::fs::rename(&current, aside.join("CURRENT"))?;
@@ -213,7 +233,7 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
             }
             std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
         }
-        std::fs::File::open(&config.data_dir)?.sync_all()
+        finish_moving(&config.data_dir, &aside)
     })();
     moved.map_err(|e| refuse(format!("cannot move it aside into {}: {e}", aside.display())))?;
     tracing::error!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use raft_core::Storage;
 
-use super::{expected_entry, identity, open};
+use super::{copy_dir, expected_entry, identity, open};
 use crate::codec::{self, KEY_FORMAT_VERSION};
 use crate::{Identity, OpenError, RocksDb, RocksOptions};
 
@@ -29,19 +29,6 @@ fn flip_middle(file: &Path) {
         *b ^= 0xA5;
     }
     std::fs::write(file, bytes).expect("write file");
-}
-
-/// Copies the files of `from` (and of its subdirectories) into `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).expect("create dir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// A store with `n` entries flushed to SST files, closed.

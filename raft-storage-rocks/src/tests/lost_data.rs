@@ -6,7 +6,8 @@ use std::path::Path;
 
 use raft_core::{DataLoss, HardState, LogId, Storage};
 
-use super::{expected_entry, open, wals};
+use super::{copy_dir, expected_entry, open, wals};
+use crate::durability::RecordFile;
 
 /// Writes `entries` into the log column family of log 0 directly and deletes `deleted`, as
 /// damage or a lost write would leave them (the store's own writes cannot).
@@ -450,4 +451,43 @@ async fn a_log_whose_terms_go_down_is_cut_where_they_do() {
     let state = log.initial_state().await.expect("state");
     assert_eq!((state.first_index, state.last_index), (1, 35), "{state:?}");
     assert_eq!(state.lost, None, "the record's last entry, 40@1, is older than 35@2");
+}
+
+/// A crash between any slot `record_lost_data` writes and its batch's WAL write (the slot goes
+/// first, on purpose) leaves a store either as it was (term 0 and nothing lost: the node is
+/// fresh and asks its cluster again) or holding the cluster's term *with* the loss; never the
+/// raised term without the loss, an empty log that votes as if whole (the final outside
+/// review of issue 15: one batch held both, and a crash kept the term and dropped the floor).
+#[tokio::test]
+async fn a_crash_inside_record_lost_data_never_keeps_the_term_without_the_loss() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (live, before) = (root.path().join("live"), root.path().join("before"));
+    for dir in [&live, &before] {
+        std::fs::create_dir_all(dir).expect("dir");
+    }
+    open(&live).log(0).initial_state().await.expect("state");
+    copy_dir(&live, &before);
+    let (hs, floor) = (HardState { current_term: 7, voted_for: Some(1) }, LogId::new(3, 500));
+    let intents = {
+        let db = open(&live);
+        let log = db.log(0);
+        log.initial_state().await.expect("state");
+        let earlier = db.intents().len();
+        log.record_lost_data(hs, floor).await.expect("record");
+        db.intents()[earlier..].to_vec()
+    };
+    assert!(intents.len() >= 2, "the floor first, then the hard state: {intents:?}");
+    for (i, slot) in intents.iter().enumerate() {
+        let crashed = root.path().join(format!("crash-{i}"));
+        std::fs::create_dir_all(&crashed).expect("dir");
+        // The WAL holds nothing of the batch (the first one only rewrote the hard state the
+        // store had, so the store before it stands for the store before either).
+        copy_dir(&before, &crashed);
+        RecordFile::open(&crashed, true).expect("record").file.write(slot).expect("write the slot");
+        let state = open(&crashed).log(0).initial_state().await.expect("state");
+        let fresh = state.hard_state == HardState::default() && state.last_index == 0 && state.lost.is_none();
+        let recovering =
+            state.hard_state == hs && state.lost.as_ref().map(|l| l.recorded_last) == Some(floor);
+        assert!(fresh || recovering, "a crash before the WAL write of slot {i} ({slot:?}) left {state:?}");
+    }
 }

@@ -34,6 +34,19 @@ pub(crate) fn wals(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Copies the files of `from` (and of its subdirectories) into `to`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("create dir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 pub(crate) fn identity() -> Identity {
     Identity { cluster_id: "test-cluster".into(), node_id: 1 }
 }

@@ -167,6 +167,17 @@ pub struct Step {
 /// Between the restarts of the nodes one fault killed.
 const RESTART_GAP: Duration = Duration::from_millis(400);
 
+/// How long a node restarted on damaged or lost data has to serve again (know a leader and
+/// miss nothing) by itself; past it the run fails.
+const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(60);
+
+/// What following a restarted node found: how long until it served again (`None`: not within
+/// [`SERVING_AGAIN_WITHIN`]) and the index it reported recovering to, if it did.
+struct Serving {
+    after: Option<Duration>,
+    recovering_to: Option<u64>,
+}
+
 /// The kinds of faults, as `--faults` names them.
 pub const KINDS: &[&str] = &[
     "kill",
@@ -521,34 +532,53 @@ impl Env {
         }
     }
 
-    /// Restarts a node whose WAL was damaged and checks that it runs (it must not refuse):
-    /// notes whether it reported recovering lost data.
+    /// Follows a node just started until it serves again: it knows a leader and misses no
+    /// data. `Err` with its exit status when the process exited first.
+    async fn until_serving(&mut self, node: u64) -> Result<Serving, std::process::ExitStatus> {
+        let started = tokio::time::Instant::now();
+        let mut recovering_to = None;
+        loop {
+            self.nodes.poll(node)?;
+            if let Some(status) = self.status_of(node).await {
+                recovering_to = recovering_to.or(status.recovering_to_index);
+                if status.recovering_to_index.is_none() && status.leader.is_some() {
+                    return Ok(Serving { after: Some(started.elapsed()), recovering_to });
+                }
+            }
+            if started.elapsed() > SERVING_AGAIN_WITHIN {
+                return Ok(Serving { after: None, recovering_to });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Restarts a node whose WAL was damaged and checks that it serves again by itself (it must
+    /// not refuse, nor stay recovering): notes whether it reported lost data, and how long it
+    /// took.
     async fn restart_after_loss(&mut self, node: u64) -> Result<()> {
         self.nodes.start(node)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut recovering = None;
-        while tokio::time::Instant::now() < deadline {
-            if let Err(status) = self.nodes.poll(node) {
+        match self.until_serving(node).await {
+            Err(status) => {
                 let tail = self.nodes.log_tail(node, 3);
                 self.problem(format!(
                     "node {node} exited ({status}) after losing part of its WAL instead of recovering: {}",
                     shorten(tail.trim(), 300)
                 ));
                 self.nodes.start(node)?;
-                return Ok(());
             }
-            if let Some(status) = self.status_of(node).await {
-                recovering = recovering.or(status.recovering_to_index);
-                if status.recovering_to_index.is_none() && status.leader.is_some() {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Serving { after: None, recovering_to }) => self.problem(format!(
+                "node {node} did not serve again within {} s of its restart after the WAL damage (recovering to {recovering_to:?})",
+                SERVING_AGAIN_WITHIN.as_secs()
+            )),
+            Ok(Serving { after: Some(after), recovering_to: Some(index) }) => self.note(format!(
+                "node {node} reported lost data up to index {index}, recovered it and served again {:.1} s after its restart",
+                after.as_secs_f64()
+            )),
+            Ok(Serving { after: Some(after), recovering_to: None }) => self.note(format!(
+                "node {node} restarted after the WAL damage and served again after {:.1} s; its status never showed missing data (nothing acknowledged was cut, or it recovered before the first poll)",
+                after.as_secs_f64()
+            )),
         }
-        self.note(match recovering {
-            Some(index) => format!("node {node} reported lost data up to index {index} and recovered it"),
-            None => format!("node {node} restarted after the WAL damage; its status never showed missing data (nothing acknowledged was cut, or it recovered before the first poll)"),
-        });
         Ok(())
     }
 
@@ -773,35 +803,45 @@ impl Env {
         let before = self.nodes.log_tail(node, usize::MAX);
         let (repairs_before, losses_before) =
             (before.matches(REPAIRED).count(), before.matches(LOST).count());
-        self.nodes.start(node)?;
         // The node must refuse its damaged store and repair it from the cluster by itself
-        // (moving the damaged files aside); only when the cluster could not say what it had
-        // (a voter away) does it refuse to start, and then it is rejoined by hand.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut reported_lost = None;
+        // (moving the damaged files aside). When the cluster cannot say what it had (a voter
+        // away or itself recovering) it refuses to start, and the nemesis starts it again as
+        // a supervisor would, until it repairs itself; by hand only past the deadline.
+        let started = tokio::time::Instant::now();
+        let mut refusals = 0;
         let outcome = loop {
-            match self.nodes.poll(node) {
-                Err(status) => break Err(status),
-                Ok(_) => {
-                    if let Some(status) = self.status_of(node).await {
-                        reported_lost = reported_lost.or(status.recovering_to_index);
-                        if status.leader.is_some() && status.recovering_to_index.is_none() {
-                            break Ok(());
-                        }
+            self.nodes.start(node)?;
+            match self.until_serving(node).await {
+                Err(status) => {
+                    let log = self.nodes.log_tail(node, 5);
+                    let refused_for_now = log.contains("cannot be repaired from the cluster");
+                    if refused_for_now && started.elapsed() < SERVING_AGAIN_WITHIN {
+                        refusals += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
                     }
-                    if tokio::time::Instant::now() > deadline {
-                        break Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break Err(status);
                 }
+                Ok(serving) => break Ok(serving),
             }
+        };
+        let took = started.elapsed().as_secs_f64();
+        let retried = match refusals {
+            0 => String::new(),
+            n => format!(" (refused {n} time(s) first: the cluster could not say what it had yet)"),
         };
         let log = self.nodes.log_tail(node, usize::MAX);
         let repaired = log.matches(REPAIRED).count() > repairs_before;
-        let reported_lost =
-            reported_lost.or_else(|| (log.matches(LOST).count() > losses_before).then_some(0));
+        let found_lost = log.matches(LOST).count() > losses_before;
         match outcome {
-            Ok(()) if repaired => {
+            Ok(Serving { after: None, recovering_to }) => {
+                self.problem(format!(
+                    "node {node} did not serve again within {} s of its restart on its corrupted {what} (repaired: {repaired}, recovering to {recovering_to:?})",
+                    SERVING_AGAIN_WITHIN.as_secs()
+                ));
+                Ok(format!("node {node} did NOT serve again after its corrupted {what}"))
+            }
+            Ok(_) if repaired => {
                 // The damaged copy is kept by the node; the tmpfs is small.
                 let dir = self.nodes.nodes.get(&node).context("no such node")?.spec.data_dir.clone();
                 for entry in std::fs::read_dir(&dir)? {
@@ -810,14 +850,16 @@ impl Env {
                         let _ = std::fs::remove_dir_all(entry.path());
                     }
                 }
-                Ok(format!("node {node} refused its corrupted {what} and repaired itself from the cluster"))
+                Ok(format!(
+                    "node {node} refused its corrupted {what}, repaired itself from the cluster and served again after {took:.1} s{retried}"
+                ))
             }
             // Replay of a recycled WAL stops at the damage; the durability record finds the
             // acknowledged entries that dropped, and the node recovers them from the cluster.
-            Ok(()) if reported_lost.is_some() => Ok(format!(
-                "node {node} reported the entries after the damage in {what} lost and recovered them from the cluster"
+            Ok(serving) if serving.recovering_to.is_some() || found_lost => Ok(format!(
+                "node {node} reported the entries after the damage in {what} lost, recovered them from the cluster and served again after {took:.1} s"
             )),
-            Ok(()) => {
+            Ok(_) => {
                 self.problem(format!(
                     "node {node} started on a file with flipped bytes ({} at 3 places) without noticing",
                     path.display()
@@ -826,17 +868,12 @@ impl Env {
             }
             Err(status) => {
                 let reason = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
-                if reason.contains("cannot be repaired from the cluster") {
-                    self.note(format!(
-                        "node {node}: damaged store not repairable now ({})",
-                        shorten(&reason, 200)
-                    ));
-                } else {
-                    self.problem(format!(
-                        "node {node} exited ({status}) on its corrupted {what} instead of repairing it: {}",
-                        shorten(&reason, 200)
-                    ));
-                }
+                self.problem(format!(
+                    "node {node} exited ({status}) on its corrupted {what} instead of repairing it within {} s{retried}: {}",
+                    SERVING_AGAIN_WITHIN.as_secs(),
+                    shorten(&reason, 200)
+                ));
+                // The run goes on: by hand, as an operator would (a problem already).
                 self.rejoin(node).await.with_context(|| format!("repairing node {node}"))?;
                 Ok(format!("node {node} refused to start ({status}); rejoined by hand"))
             }
