@@ -80,9 +80,11 @@ pub async fn read_to_end(reader: &mut dyn SnapshotReader, limit: usize) -> Resul
 /// - Applying must be deterministic: the same entries give the same state and responses on
 ///   every node. A command that is invalid for the application gets an error *response*
 ///   (encoded in the bytes), never an `Err`.
-/// - The driver calls every method from one task of its own (the applier), one call at a
-///   time, in log order; its event loop (heartbeats, messages) goes on meanwhile. A slow
-///   `apply` or `restore` delays the answers to proposals and reads, not the cluster.
+/// - The driver calls every method one call at a time, in log order, from one task of its own
+///   (the applier), whose work its event loop (heartbeats, messages) does not wait for. A slow
+///   `apply` or `restore` delays the answers to proposals and reads, not the cluster. The one
+///   exception is a state machine that asks for small batches on the driver's task
+///   ([`inline_apply_bytes`](Fsm::inline_apply_bytes)): those run there, still in order.
 /// - [`snapshot`](Fsm::snapshot) returns a view of the state *as it is now*: entries applied
 ///   after it returns must not show in what the view writes out. Nothing is applied while it
 ///   runs, so it should be cheap (O(1) with a persistent or copy-on-write structure); the view
@@ -99,4 +101,15 @@ pub trait Fsm: Send + Sync {
 
     /// Replaces the state with the snapshot read from `snapshot`.
     async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError>;
+
+    /// The largest batch, in [`Entry::size_bytes`], that the driver may apply on its own task
+    /// instead of handing it to the applier, when the applier has nothing queued or under way
+    /// (0, the default: never). Applying on the driver task saves two hand-offs between threads
+    /// per batch (the applier runs on a thread of its own), which is most of a small write's
+    /// latency with an in-memory state machine; but the event loop (heartbeats, messages) waits
+    /// meanwhile. Return more than 0 only when [`apply`](Fsm::apply) of such a batch takes
+    /// microseconds and never waits for IO or a timer. Read once, when the node starts.
+    fn inline_apply_bytes(&self) -> usize {
+        0
+    }
 }

@@ -101,6 +101,6 @@ pub use service::{
 };
 pub use store::{
     KvFsm, KvOptions, KvStats, KvStore, ListPage, DEFAULT_MAX_SESSION_BYTES, DEFAULT_MAX_STATE_BYTES,
-    MAX_WATCH_CHANNEL_CAPACITY, MAX_WATCH_HISTORY,
+    INLINE_APPLY_BYTES, MAX_WATCH_CHANNEL_CAPACITY, MAX_WATCH_HISTORY,
 };
 pub use watch::{Change, ChangeEvent, Watcher};

@@ -69,6 +69,18 @@ const SLOW_BATCH_MAX_MS: u64 = 300;
 const SLOW_RESTORE_MAX_MS: u64 = 1_000;
 
 impl SimFsm {
+    /// The batches this incarnation asks the driver to apply on its own task
+    /// ([`Fsm::inline_apply_bytes`]), drawn from its slowness seed: none in a third of the
+    /// incarnations, small ones in a third, nearly all in the rest. A batch it asks for is
+    /// never slow (the driver's event loop would wait for it).
+    fn inline_bytes(&self) -> usize {
+        match stable_hash(&(self.slowness, "inline")) % 3 {
+            0 => 0,
+            1 => 256,
+            _ => 1 << 20,
+        }
+    }
+
     /// How long (simulated ms) the work identified by `what` takes: a deterministic draw.
     fn delay_ms(&self, what: (&str, Index), one_in: u64, max_ms: u64) -> u64 {
         let h = stable_hash(&(self.slowness, what));
@@ -84,7 +96,8 @@ impl SimFsm {
 impl Fsm for SimFsm {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, FsmError> {
         let first = entries.first().map_or(0, |e| e.index);
-        let slow = self.slowness.is_multiple_of(SLOW_INCARNATION_ONE_IN);
+        let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+        let slow = self.slowness.is_multiple_of(SLOW_INCARNATION_ONE_IN) && bytes > self.inline_bytes();
         let delay = self.delay_ms(("apply", first), SLOW_BATCH_ONE_IN, SLOW_BATCH_MAX_MS);
         if slow && delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -138,6 +151,10 @@ impl Fsm for SimFsm {
         let state = lock(&self.state).clone();
         let encoded = postcard::to_stdvec(&state).map_err(|e| FsmError::Failed(e.to_string()))?;
         Ok(Box::new(BufferSource::new(encoded)))
+    }
+
+    fn inline_apply_bytes(&self) -> usize {
+        self.inline_bytes()
     }
 
     async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), FsmError> {

@@ -10,6 +10,13 @@
 //! On a multi-threaded runtime the applier runs on a thread of its own (tokio's blocking pool),
 //! so a state machine that computes without awaiting never delays the driver task.
 //!
+//! A state machine that applies small batches in microseconds may ask for them on the driver
+//! task ([`Fsm::inline_apply_bytes`]): a batch within that size is applied there when the
+//! applier has nothing queued or under way, so order holds, and the batch saves the two
+//! hand-offs between threads (to the applier and back) that dominate a small write's latency.
+//! The state machine and the last entry it holds are shared by both under one lock
+//! ([`Machine`]), which the applier holds only while it carries a job out.
+//!
 //! Bounds: at most [`APPLY_BATCHES_MAX`] batches or [`APPLY_BYTES_MAX`] bytes of entries are
 //! queued or under way; past either, the driver holds committed entries back in the protocol
 //! ([`Raft::hold_apply`](crate::Raft::hold_apply)) instead of waiting, so a slow state machine
@@ -17,8 +24,10 @@
 //! queued (the driver asks for a view only when none is pending, and waits for a restore
 //! before it stores the next received snapshot).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex};
 
 use super::RaftError;
 use crate::fsm::{Fsm, FsmError, SnapshotReader, SnapshotSource};
@@ -51,6 +60,13 @@ pub(super) enum ApplyDone {
     Restored { meta: SnapshotMeta },
 }
 
+/// The state machine and the last entry its state covers: moved by the applier, and by the
+/// driver task for a batch it applies itself.
+struct Machine {
+    fsm: Box<dyn Fsm>,
+    applied: LogId,
+}
+
 /// The driver's end of the applier.
 pub(super) struct Applier {
     jobs: mpsc::Sender<Job>,
@@ -63,6 +79,10 @@ pub(super) struct Applier {
     /// A restore is queued or under way.
     restoring: bool,
     task: tokio::task::JoinHandle<()>,
+    /// The state machine, shared with the applier task.
+    machine: Arc<Mutex<Machine>>,
+    /// The largest batch applied on the driver task ([`Fsm::inline_apply_bytes`]).
+    inline_bytes: usize,
 }
 
 /// The error when the applier task is gone (it stopped after a failure, or was aborted).
@@ -82,7 +102,9 @@ impl Applier {
         let capacity = APPLY_BATCHES_MAX + 2;
         let (jobs, rx) = mpsc::channel(capacity);
         let (done_tx, done) = mpsc::channel(capacity);
-        let work = apply_loop(fsm, applied, rx, done_tx);
+        let inline_bytes = fsm.inline_apply_bytes();
+        let machine = Arc::new(Mutex::new(Machine { fsm, applied }));
+        let work = apply_loop(machine.clone(), rx, done_tx);
         let runtime = tokio::runtime::Handle::current();
         let task = if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
             // One thread runs everything (a simulation, a test): a task, which yields between
@@ -95,7 +117,17 @@ impl Applier {
             tokio::task::spawn_blocking(move || runtime.block_on(work))
         };
         register(task.abort_handle());
-        Self { jobs, done, batches: 0, bytes: 0, view_pending: false, restoring: false, task }
+        Self {
+            jobs,
+            done,
+            batches: 0,
+            bytes: 0,
+            view_pending: false,
+            restoring: false,
+            task,
+            machine,
+            inline_bytes,
+        }
     }
 
     /// Whether the batches queued reach a bound: committed entries are then held back.
@@ -136,12 +168,33 @@ impl Applier {
 
     /// Queues a batch of committed entries (the caller keeps within the bounds, see
     /// [`is_full`](Self::is_full): one batch may overshoot the byte bound).
-    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
         self.send(Job::Apply(entries))?;
         self.batches += 1;
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// Applies `entries` on the caller's task and returns what was done, when the applier has
+    /// nothing queued or under way and the batch is within [`Fsm::inline_apply_bytes`];
+    /// otherwise queues them (see [`apply`](Self::apply)) and returns `None`. An error is
+    /// fatal, as the applier's are.
+    pub(super) async fn apply_here_or_queue(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Option<ApplyDone>, RaftError> {
+        if self.inline_bytes > 0 && !self.busy() {
+            let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
+            if bytes <= self.inline_bytes {
+                // Free unless the applier is between handing its last job back and letting go.
+                if let Ok(mut machine) = self.machine.try_lock() {
+                    return carry_out_caught(&mut machine, Job::Apply(entries)).await.map(Some);
+                }
+            }
+        }
+        self.apply(entries)?;
+        Ok(None)
     }
 
     /// Asks for a view of the state once the batches queued so far are applied.
@@ -196,24 +249,30 @@ impl Applier {
 /// The applier task: carries the jobs out in order; stops at the first failure (the node
 /// stops: applying is deterministic, so a failure here would recur on every node).
 async fn apply_loop(
-    mut fsm: Box<dyn Fsm>,
-    mut applied: LogId,
+    machine: Arc<Mutex<Machine>>,
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Result<ApplyDone, RaftError>>,
 ) {
     while let Some(job) = jobs.recv().await {
-        // A panic in the state machine (a bug) stops the node like a failure, saying why.
-        let work = std::panic::AssertUnwindSafe(carry_out(fsm.as_mut(), &mut applied, job));
-        let outcome = futures_util::FutureExt::catch_unwind(work).await.unwrap_or_else(|panic| {
-            let what = super::panic_message(panic.as_ref());
-            Err(FsmError::Failed(format!("the state machine panicked: {what}")).into())
-        });
+        // Let go before handing the outcome back: the driver may then apply on its own task.
+        let outcome = carry_out_caught(&mut *machine.lock().await, job).await;
         let failed = outcome.is_err();
         if done.send(outcome).await.is_err() || failed {
             return;
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Carries one job out on `machine`; a panic in the state machine (a bug) stops the node like
+/// a failure, saying why.
+async fn carry_out_caught(machine: &mut Machine, job: Job) -> Result<ApplyDone, RaftError> {
+    let Machine { fsm, applied } = machine;
+    let work = std::panic::AssertUnwindSafe(carry_out(fsm.as_mut(), applied, job));
+    futures_util::FutureExt::catch_unwind(work).await.unwrap_or_else(|panic| {
+        let what = super::panic_message(panic.as_ref());
+        Err(FsmError::Failed(format!("the state machine panicked: {what}")).into())
+    })
 }
 
 /// Carries one job out on `fsm`, whose state covers the entries up to `applied`.

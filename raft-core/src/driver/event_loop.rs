@@ -736,7 +736,10 @@ impl Driver {
                 self.restore_received_snapshot(snapshot)?;
             }
             if !ready.committed.is_empty() {
-                self.applier.apply(std::mem::take(&mut ready.committed))?;
+                let committed = std::mem::take(&mut ready.committed);
+                if let Some(done) = self.applier.apply_here_or_queue(committed).await? {
+                    self.on_apply_done(done)?;
+                }
             }
             let read_deadline = self.now_ms() + self.config.rpc_timeout_ms;
             for outcome in ready.reads {
