@@ -142,6 +142,44 @@ async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
     cluster.shutdown().await;
 }
 
+/// A repair an older version began (no marker) and a crash interrupted after it moved
+/// `CURRENT` and the durability record: the rest goes into a directory of its own (nothing
+/// kept is overwritten) and the node recovers (found by the final outside review: the marker
+/// alone left such a node refused for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_an_older_version_began_is_finished_and_the_node_recovers() {
+    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
+    base(&cluster).await;
+    let victim = cluster.follower().await;
+    let term = cluster.statuses().await.iter().map(|s| s.term).max().unwrap();
+    cluster.stop(victim).await;
+    let dir = cluster.data_dir(victim);
+    let old = dir.join(format!("{}123", raft_storage_rocks::DAMAGED_PREFIX));
+    std::fs::create_dir(&old).unwrap();
+    std::fs::rename(dir.join("CURRENT"), old.join("CURRENT")).unwrap();
+    let record = raft_storage_rocks::DURABILITY_FILE;
+    std::fs::rename(dir.join(record), old.join(record)).unwrap();
+    cluster.restart(victim).await;
+    let status = cluster.client_of(victim).status().await.unwrap();
+    assert!(status.term >= term, "the term it may have voted in came back: {status:?}");
+    let names = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect()
+    };
+    let mut kept = names(&old);
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec!["CURRENT".to_string(), record.to_string()],
+        "the older directory is left as it was"
+    );
+    let asides: Vec<String> =
+        names(&dir).into_iter().filter(|n| n.starts_with(raft_storage_rocks::DAMAGED_PREFIX)).collect();
+    assert_eq!(asides.len(), 2, "the rest went into a directory of its own: {asides:?}");
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.keys == 80), "{statuses:?}");
+    cluster.shutdown().await;
+}
+
 /// The damaged-dir refusal says what happened (nothing nested about an empty dir).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_damaged_dir_refusal_says_what_happened() {

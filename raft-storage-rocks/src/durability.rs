@@ -80,7 +80,7 @@ use raft_core::{ConfigPosition, HardState, Index, LogId, StorageError};
 use serde::{Deserialize, Serialize};
 
 /// The record file's name in the data directory.
-pub(crate) const FILE_NAME: &str = "durability.rec";
+pub const FILE_NAME: &str = "durability.rec";
 /// The smallest slot. A record that outgrows its slot (a store with many logs) is moved to a
 /// file with slots twice as large, written aside and renamed over the old one.
 pub(crate) const SLOT_BYTES: usize = 4096;

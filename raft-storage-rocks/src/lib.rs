@@ -54,6 +54,7 @@ mod staging;
 mod storage;
 
 pub use db::{Identity, RocksDb, RocksOptions, DAMAGED_PREFIX, FORMAT_VERSION, HEADROOM_FILE};
+pub use durability::FILE_NAME as DURABILITY_FILE;
 pub use error::{is_disk_failure, OpenError};
 pub use storage::RocksStorage;
 

@@ -187,7 +187,8 @@ impl Applier {
         if self.inline_bytes > 0 && !self.busy() {
             let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
             if bytes <= self.inline_bytes {
-                // Free unless the applier is between handing its last job back and letting go.
+                // Free: the applier lets go before it hands a job back, and nothing is queued.
+                // (Queued otherwise, as a second guard of the order.)
                 if let Ok(mut machine) = self.machine.try_lock() {
                     return carry_out_caught(&mut machine, Job::Apply(entries)).await.map(Some);
                 }

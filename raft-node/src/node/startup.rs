@@ -164,7 +164,22 @@ pub(super) fn finish_interrupted_repair(config: &NodeConfig) -> std::io::Result<
             rest.push(entry);
         }
     }
-    let Some(aside) = interrupted else { return Ok(()) };
+    let Some(aside) = interrupted else {
+        // A repair the code before the marker began and a crash interrupted: `CURRENT` and
+        // perhaps `durability.rec` in an unmarked `damaged-*` directory, the rest of the store
+        // still here without either (a store that lost only `CURRENT` keeps its record and is
+        // repaired as damage). Finished into a directory of its own, so nothing kept is
+        // overwritten; the emptied node then recovers as one that lost its data dir.
+        let legacy = !rest.is_empty()
+            && !config.data_dir.join("CURRENT").exists()
+            && !config.data_dir.join(raft_storage_rocks::DURABILITY_FILE).exists()
+            && unmarked_repairs_hold_a_store(&config.data_dir);
+        if legacy {
+            let aside = move_aside(&config.data_dir)?;
+            tracing::warn!(aside = %aside.display(), "finished moving aside a damaged data dir whose repair an older version began (a crash interrupted it)");
+        }
+        return Ok(());
+    };
     if !config.data_dir.join("CURRENT").exists() {
         for entry in rest {
             std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
@@ -172,6 +187,44 @@ pub(super) fn finish_interrupted_repair(config: &NodeConfig) -> std::io::Result<
         tracing::warn!(aside = %aside.display(), "finished moving a damaged data dir aside (a crash interrupted it)");
     }
     finish_moving(&config.data_dir, &aside)
+}
+
+/// Whether an unmarked `damaged-*` directory of `data_dir` holds a store's `CURRENT`.
+fn unmarked_repairs_hold_a_store(data_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(data_dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            e.file_name().to_string_lossy().starts_with(raft_storage_rocks::DAMAGED_PREFIX)
+                && !e.path().join(MOVING_MARKER).exists()
+                && e.path().join("CURRENT").exists()
+        })
+    })
+}
+
+/// Moves the store's files into a new `damaged-<nanos>` subdirectory of `data_dir` (the data
+/// dir itself may be a mount point), `CURRENT` first, the directory marked [`MOVING_MARKER`]
+/// until every entry is moved and synced; returns the directory.
+fn move_aside(data_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let aside = data_dir.join(format!("{}{nanos}", raft_storage_rocks::DAMAGED_PREFIX));
+    std::fs::create_dir(&aside)?;
+    std::fs::File::create(aside.join(MOVING_MARKER))?.sync_all()?;
+    std::fs::File::open(&aside)?.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    let current = data_dir.join("CURRENT");
+    if current.exists() {
+        std::fs::rename(&current, aside.join("CURRENT"))?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+    }
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if kept_in_place(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
+    }
+    finish_moving(data_dir, &aside)?;
+    Ok(aside)
 }
 
 /// Ends a move into `aside`: the data dir's entries are synced, then the marker goes.
@@ -212,30 +265,8 @@ pub(super) async fn move_damaged_dir_aside(config: &NodeConfig, reason: &str) ->
         Err(StartError::LostData { evidence, .. }) => return Err(refuse(evidence)),
         Err(e) => return Err(refuse(e.to_string())),
     }
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    // Into a subdirectory, file by file: the data dir itself may be a mount point.
-    let aside = config.data_dir.join(format!("{}{nanos}", raft_storage_rocks::DAMAGED_PREFIX));
-    let moved = (|| -> std::io::Result<()> {
-        std::fs::create_dir(&aside)?;
-        std::fs::File::create(aside.join(MOVING_MARKER))?.sync_all()?;
-        std::fs::File::open(&aside)?.sync_all()?;
-        std::fs::File::open(&config.data_dir)?.sync_all()?;
-        let current = config.data_dir.join("CURRENT");
-        if current.exists() {
-            std::fs::rename(&current, aside.join("CURRENT"))?;
-            std::fs::File::open(&config.data_dir)?.sync_all()?;
-        }
-        for entry in std::fs::read_dir(&config.data_dir)? {
-            let entry = entry?;
-            if kept_in_place(&entry.file_name().to_string_lossy()) {
-                continue;
-            }
-            std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
-        }
-        finish_moving(&config.data_dir, &aside)
-    })();
-    moved.map_err(|e| refuse(format!("cannot move it aside into {}: {e}", aside.display())))?;
+    let aside = move_aside(&config.data_dir)
+        .map_err(|e| refuse(format!("cannot move it aside into a damaged-* directory: {e}")))?;
     tracing::error!(
         dir = %config.data_dir.display(),
         aside = %aside.display(),

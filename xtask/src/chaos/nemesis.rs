@@ -810,11 +810,19 @@ impl Env {
         let started = tokio::time::Instant::now();
         let mut refusals = 0;
         let outcome = loop {
+            // Only what this start logged (a node's log file grows across its starts).
+            let logged_before = self.nodes.log_tail(node, usize::MAX).len();
             self.nodes.start(node)?;
             match self.until_serving(node).await {
                 Err(status) => {
-                    let log = self.nodes.log_tail(node, 5);
-                    let refused_for_now = log.contains("cannot be repaired from the cluster");
+                    let log = self.nodes.log_tail(node, usize::MAX);
+                    let this_start = log.get(logged_before..).unwrap_or_default();
+                    // Refusals while the cluster cannot say what the node had (a voter away or
+                    // recovering), before or after the damaged files were moved aside; not a
+                    // local failure to move them.
+                    let refused_for_now = !this_start.contains("cannot finish moving")
+                        && (this_start.contains("cannot be repaired from the cluster")
+                            || this_start.contains("Start it again once every other voter is reachable"));
                     if refused_for_now && started.elapsed() < SERVING_AGAIN_WITHIN {
                         refusals += 1;
                         tokio::time::sleep(Duration::from_secs(1)).await;
