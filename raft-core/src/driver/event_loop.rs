@@ -254,7 +254,7 @@ impl Driver {
             watch::channel(NodeStatus { protocol: raft.status(), fatal: None, storage_full: false });
         let snapshot_schedule =
             SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
-        let writer = LogWriter::start(parts.storage.clone(), |h| parts.background.register(h));
+        let writer = LogWriter::new(parts.storage.clone());
         let applier = Applier::start(parts.fsm, applied, |h| parts.background.register(h));
         let driver = Self {
             raft,

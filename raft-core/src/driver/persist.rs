@@ -1,8 +1,11 @@
-//! The log writer: a task of its own that carries out the readies' storage writes (hard
-//! state, truncation, appended entries) in the order the readies were taken, so that the
-//! driver task keeps sending heartbeats and handling messages while a write and its sync are
-//! in flight. Writes queued while one is under way are merged into the next storage call
-//! (one sync for all of them: group commit).
+//! The log writer: carries out the readies' storage writes (hard state, truncation, appended
+//! entries) in the order the readies were taken, one storage call at a time, beside the
+//! driver's event loop: the driver polls the call under way in its `select!` (its IO runs on
+//! the store's own thread, or wherever the `Storage` puts it), so it keeps sending heartbeats
+//! and handling messages while a write and its sync are in flight, and the store's answer
+//! wakes the driver itself (no task in between: two thread hand-offs fewer per write). Writes
+//! queued while one is under way are merged into the next storage call (one sync for all of
+//! them: group commit).
 //!
 //! A full disk does not stop the node: the write waits and is tried again until space returns
 //! (the driver refuses new proposals meanwhile; see `RaftNode::propose`).
@@ -12,11 +15,11 @@
 //! most [`MERGED_BYTES_MAX`] bytes of entries (past it, writes are not merged).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::mpsc;
 
 use super::RaftError;
 use crate::message::Message;
@@ -99,10 +102,17 @@ pub(super) struct Persisted {
     pub(super) last: LogId,
 }
 
-/// The driver's end of the log writer.
+/// A storage call under way.
+type Call = Pin<Box<dyn Future<Output = Result<Persisted, RaftError>> + Send>>;
+
+/// The log writer (see the module docs).
 pub(super) struct LogWriter {
-    writes: mpsc::Sender<Write>,
-    done: mpsc::Receiver<Result<Persisted, RaftError>>,
+    storage: Arc<dyn Storage>,
+    /// Writes queued behind the call under way, oldest first; merged when the next starts.
+    waiting: VecDeque<Write>,
+    /// The storage call under way (in a mutex only to be `Sync`, as the driver must be: it
+    /// is reached through `&mut` alone, never locked).
+    call: Option<std::sync::Mutex<Call>>,
     /// The number of the latest ready queued.
     queued: u64,
     /// Every ready up to this number is durable.
@@ -114,31 +124,27 @@ pub(super) struct LogWriter {
     pending: VecDeque<(u64, u64)>,
     /// Messages dropped because `HELD_MESSAGES_MAX` were held.
     dropped: u64,
-    /// The writes waiting for space on a full disk (see `write_loop`).
+    /// The writes waiting for space on a full disk (see `carry_out_waiting_for_space`).
     full: Arc<SpaceWaits>,
-    task: tokio::task::JoinHandle<()>,
+    /// Set once the node closes: a write waiting for space gives up.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LogWriter {
-    /// Starts the writer task on `storage`; `register` gets its abort handle (a crash ends
-    /// it with the driver).
-    pub(super) fn start(storage: Arc<dyn Storage>, register: impl FnOnce(tokio::task::AbortHandle)) -> Self {
-        let (writes, rx) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
-        // One answer per storage call, and there are never more calls than readies queued.
-        let (done_tx, done) = mpsc::channel(WRITES_IN_FLIGHT_MAX);
+    /// A writer on `storage`, with nothing queued.
+    pub(super) fn new(storage: Arc<dyn Storage>) -> Self {
         let full = Arc::new(SpaceWaits::new(storage.clone()));
-        let task = tokio::spawn(write_loop(storage, rx, done_tx, full.clone()));
-        register(task.abort_handle());
         Self {
-            writes,
-            done,
+            storage,
+            waiting: VecDeque::new(),
+            call: None,
             queued: 0,
             durable: 0,
             held: VecDeque::new(),
             pending: VecDeque::new(),
             dropped: 0,
             full,
-            task,
+            closing: Arc::default(),
         }
     }
 
@@ -152,13 +158,15 @@ impl LogWriter {
         self.full.any()
     }
 
-    /// Ends the writer task once it has carried out what is queued, and waits for it: it
-    /// holds the store, which a node started again on the same files must be able to open.
-    pub(super) async fn close(self) {
-        let Self { writes, done, task, .. } = self;
-        drop(writes);
-        drop(done);
-        let _ = task.await;
+    /// Carries out what is queued (up to a failure) and lets go of the store, which a node
+    /// started again on the same files must be able to open.
+    pub(super) async fn close(mut self) {
+        self.closing.store(true, Ordering::SeqCst);
+        while self.call.is_some() {
+            if self.next_done().await.is_err() {
+                break;
+            }
+        }
     }
 
     /// Whether writes are queued or under way.
@@ -183,10 +191,30 @@ impl LogWriter {
         self.queued = seq;
         self.pending.push_back((seq, now_ms));
         let ReadyWrites { hard_state, truncate_from, entries, last } = write;
-        let write = Write { seq, hard_state, truncate_from, entries, last };
-        self.writes
-            .try_send(write)
-            .map_err(|_| RaftError::Storage(StorageError::Io("the log writer stopped".into())))
+        self.waiting.push_back(Write { seq, hard_state, truncate_from, entries, last });
+        if self.call.is_none() {
+            self.start_next();
+        }
+        Ok(())
+    }
+
+    /// Starts the next storage call: the oldest waiting write, with what follows it merged in.
+    /// Like any future, it runs once polled ([`next_done`](Self::next_done)).
+    fn start_next(&mut self) {
+        let Some(mut write) = self.waiting.pop_front() else { return };
+        let mut bytes = write.bytes();
+        while let Some(next) = self.waiting.pop_front() {
+            if let Err(next) = write.absorb(next, &mut bytes) {
+                self.waiting.push_front(next);
+                break;
+            }
+        }
+        let (storage, full, closing) = (self.storage.clone(), self.full.clone(), self.closing.clone());
+        let call: Call = Box::pin(async move {
+            carry_out_waiting_for_space(&write, storage.as_ref(), &full, &closing).await?;
+            Ok(Persisted { seq: write.seq, last: write.last })
+        });
+        self.call = Some(std::sync::Mutex::new(call));
     }
 
     /// Holds `messages` until every ready queued so far is durable; returns them at once when
@@ -209,15 +237,19 @@ impl LogWriter {
         Vec::new()
     }
 
-    /// The next completed write (pending forever when none is queued: for a `select!` branch).
+    /// The next completed write (pending forever when none is under way: for a `select!`
+    /// branch; cancel-safe: the call stays under way when this future is dropped). After a
+    /// success the next call starts; an error is fatal.
     pub(super) async fn next_done(&mut self) -> Result<Persisted, RaftError> {
-        if !self.busy() {
+        let Some(call) = self.call.as_mut() else {
             return std::future::pending().await;
+        };
+        let outcome = call.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).await;
+        self.call = None;
+        if outcome.is_ok() {
+            self.start_next();
         }
-        self.done
-            .recv()
-            .await
-            .unwrap_or_else(|| Err(RaftError::Storage(StorageError::Io("the log writer stopped".into()))))
+        outcome
     }
 
     /// Records a completed write; returns the messages it releases.
@@ -278,72 +310,47 @@ pub(super) const FULL_RETRY_FIRST: Duration = Duration::from_millis(50);
 pub(super) const FULL_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Carries `write` out; on a full disk, tries again at once if storage could free its
-/// headroom, else with growing waits (`full` set meanwhile) until space returns or the driver
-/// is gone. A failed write left nothing visible (the
-/// `Storage` contract) and each of its steps is idempotent, so trying it again is safe.
+/// headroom, else with growing waits (`full` set meanwhile) until space returns or the node
+/// closes (`closing`; a driver that is gone drops the call). A failed write left nothing
+/// visible (the `Storage` contract) and each of its steps is idempotent, so trying it again
+/// is safe.
 async fn carry_out_waiting_for_space(
     write: &Write,
     storage: &dyn Storage,
-    done: &mpsc::Sender<Result<Persisted, RaftError>>,
     full: &SpaceWaits,
+    closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), RaftError> {
+    // Counted until this call ends, however it ends (a dropped call included).
+    struct Waiting<'a>(Option<&'a SpaceWaits>);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            if let Some(full) = self.0 {
+                full.end();
+            }
+        }
+    }
     let mut wait = FULL_RETRY_FIRST;
-    let mut waiting = false;
+    let mut waiting = Waiting(None);
     loop {
         match write.carry_out(storage).await {
-            Err(RaftError::Storage(StorageError::Full)) if !done.is_closed() => {
+            Err(RaftError::Storage(StorageError::Full)) if !closing.load(Ordering::SeqCst) => {
                 if storage.release_headroom() {
                     continue;
                 }
-                if !waiting {
-                    waiting = true;
+                if waiting.0.is_none() {
                     full.begin();
+                    waiting.0 = Some(full);
                     tracing::warn!("the disk is full: writes wait for space (new proposals are refused)");
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(FULL_RETRY_MAX);
             }
             outcome => {
-                if waiting {
-                    full.end();
-                    if outcome.is_ok() {
-                        tracing::info!("space returned: writes go on");
-                    }
+                if waiting.0.is_some() && outcome.is_ok() {
+                    tracing::info!("space returned: writes go on");
                 }
                 return outcome;
             }
-        }
-    }
-}
-
-/// The writer task: takes the queued writes in order, merging what is queued behind the first.
-async fn write_loop(
-    storage: Arc<dyn Storage>,
-    mut writes: mpsc::Receiver<Write>,
-    done: mpsc::Sender<Result<Persisted, RaftError>>,
-    full: Arc<SpaceWaits>,
-) {
-    let mut next: Option<Write> = None;
-    loop {
-        let mut write = match next.take() {
-            Some(w) => w,
-            None => match writes.recv().await {
-                Some(w) => w,
-                None => return,
-            },
-        };
-        let mut bytes = write.bytes();
-        while let Ok(queued) = writes.try_recv() {
-            if let Err(queued) = write.absorb(queued, &mut bytes) {
-                next = Some(queued);
-                break;
-            }
-        }
-        let outcome = carry_out_waiting_for_space(&write, storage.as_ref(), &done, &full).await;
-        let failed = outcome.is_err();
-        let answer = outcome.map(|()| Persisted { seq: write.seq, last: write.last });
-        if done.send(answer).await.is_err() || failed {
-            return;
         }
     }
 }
