@@ -452,8 +452,11 @@ impl SnapshotStage {
 /// - [`truncate`](Storage::truncate) and [`compact`](Storage::compact) are crash-atomic.
 /// - An error leaves the stored state as it was before the call; after an IO error the store
 ///   may refuse all further writes ([`StorageError::Poisoned`]).
-/// - One driver owns the store. Its log writer task calls `save_hard_state`, `truncate` and
-///   `append` one at a time, in order; meanwhile the driver task itself may call
+/// - One driver owns the store. Its log writer calls `save_hard_state`, `truncate` and
+///   `append` one at a time, in order (their futures are polled by the driver's event loop:
+///   a call in flight is polled again only when the driver gets back to it, so a store must
+///   not make another call wait for a log write to finish, e.g. through one async lock held
+///   across a write and taken by the calls below); meanwhile the driver itself may call
 ///   [`stage_snapshot_part`](Storage::stage_snapshot_part),
 ///   [`discard_staged_snapshot`](Storage::discard_staged_snapshot) and
 ///   [`read_snapshot_chunk`](Storage::read_snapshot_chunk) (which touch no log entry), and a

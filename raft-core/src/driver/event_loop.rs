@@ -146,7 +146,7 @@ pub(super) struct Driver {
     pub(super) background: super::snapshots::Background,
     /// Where the parts of the snapshot being received are.
     pub(super) staged: Staged,
-    /// The task that carries out the readies' log and hard-state writes.
+    /// Carries out the readies' log and hard-state writes (polled in the event loop).
     writer: LogWriter,
     /// Set once a shutdown was asked for: a write waiting for space is given up.
     pub(super) stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -527,13 +527,16 @@ impl Driver {
             }
         }
         self.waiters.fail_all(&error);
+        // The log write under way ends first: it runs only while polled, and the snapshot
+        // task or the compaction may wait for a lock it holds in the store (found by the
+        // outside review: a shutdown on a full disk waited for the snapshot task for good).
+        self.writer.close().await;
         // A snapshot still being written finishes (storage sees no write cut short); its
         // outcome no longer matters.
         if let Some(mut task) = self.snapshot_task.take() {
             let _ = (&mut task.done).await;
         }
         let _ = self.wait_compaction().await;
-        self.writer.close().await;
         self.applier.close().await;
         self.transport.shutdown().await;
         if let Some(reply) = shutdown_reply {

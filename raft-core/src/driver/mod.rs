@@ -2,14 +2,15 @@
 //! [`Storage`], [`Transport`] and [`Fsm`], feeds it events (client requests, messages, timer
 //! ticks) and carries out each [`Ready`](crate::Ready) in the required order.
 //!
-//! Storage writes run on a task of their own while the driver task keeps stepping the
-//! protocol; writes queued meanwhile are merged into one append and one sync (group commit).
+//! Storage writes run beside the driver's event loop (the call under way is a future it polls;
+//! the store does the IO on its own thread) while the driver keeps stepping the protocol;
+//! writes queued meanwhile are merged into one append and one sync (group commit).
 //! The state machine runs on another: a large apply batch or the restore of a received
 //! snapshot does not stop heartbeats.
 //!
 //! - `event_loop.rs`: the driver task (requests, messages, timers, carrying out readies);
-//! - `persist.rs`: the log writer task (the readies' storage writes, in order, off the
-//!   driver task);
+//! - `persist.rs`: the log writer (the readies' storage writes, in order, one call at a time,
+//!   polled beside the event loop);
 //! - `apply.rs`: the applier task (owns the state machine: applies committed entries, takes
 //!   snapshot views, restores received snapshots, in order, off the driver task);
 //! - `snapshots.rs`: automatic snapshots and compaction, installing the leader's snapshot;

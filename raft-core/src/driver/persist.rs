@@ -158,9 +158,8 @@ impl LogWriter {
         self.full.any()
     }
 
-    /// Carries out what is queued (up to a failure) and lets go of the store, which a node
-    /// started again on the same files must be able to open.
-    pub(super) async fn close(mut self) {
+    /// Carries out what is queued (up to a failure; a write waiting for space gives up).
+    pub(super) async fn close(&mut self) {
         self.closing.store(true, Ordering::SeqCst);
         while self.call.is_some() {
             if self.next_done().await.is_err() {
