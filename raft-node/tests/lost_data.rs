@@ -110,10 +110,9 @@ async fn a_second_wiped_voter_is_refused_while_another_is_recovering() {
     cluster.shutdown().await;
 }
 
-/// A repair a crash interrupted (only `CURRENT` moved aside yet) is finished at the next start,
-/// and the node, which certainly had data, recovers it from the cluster: its term comes back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
+/// A cluster of 3 after `base`, with a follower stopped: the follower, the highest term, its
+/// data dir and an empty `damaged-123` directory made in it.
+async fn stopped_with_a_damaged_dir() -> (TestCluster, u64, u64, std::path::PathBuf, std::path::PathBuf) {
     let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
     base(&cluster).await;
     let victim = cluster.follower().await;
@@ -122,6 +121,14 @@ async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
     let dir = cluster.data_dir(victim);
     let aside = dir.join(format!("{}123", raft_storage_rocks::DAMAGED_PREFIX));
     std::fs::create_dir(&aside).unwrap();
+    (cluster, victim, term, dir, aside)
+}
+
+/// A repair a crash interrupted (only `CURRENT` moved aside yet) is finished at the next start,
+/// and the node, which certainly had data, recovers it from the cluster: its term comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
+    let (mut cluster, victim, term, dir, aside) = stopped_with_a_damaged_dir().await;
     // The repair's marker: its directory is still being filled.
     std::fs::write(aside.join("MOVING"), b"").unwrap();
     std::fs::rename(dir.join("CURRENT"), aside.join("CURRENT")).unwrap();
@@ -148,14 +155,7 @@ async fn an_interrupted_repair_is_finished_and_the_node_recovers() {
 /// alone left such a node refused for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_an_older_version_began_is_finished_and_the_node_recovers() {
-    let mut cluster = TestCluster::start(3, StorageKind::Rocks).await;
-    base(&cluster).await;
-    let victim = cluster.follower().await;
-    let term = cluster.statuses().await.iter().map(|s| s.term).max().unwrap();
-    cluster.stop(victim).await;
-    let dir = cluster.data_dir(victim);
-    let old = dir.join(format!("{}123", raft_storage_rocks::DAMAGED_PREFIX));
-    std::fs::create_dir(&old).unwrap();
+    let (mut cluster, victim, term, dir, old) = stopped_with_a_damaged_dir().await;
     std::fs::rename(dir.join("CURRENT"), old.join("CURRENT")).unwrap();
     let record = raft_storage_rocks::DURABILITY_FILE;
     std::fs::rename(dir.join(record), old.join(record)).unwrap();

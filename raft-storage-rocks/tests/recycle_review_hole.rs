@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::wals;
+use common::{copy_dir, wals};
 use raft_core::{Entry, EntryPayload, HardState, Storage};
 use raft_storage_rocks::{Identity, RocksDb, RocksOptions};
 
@@ -31,18 +31,6 @@ fn entry(term: u64, index: u64, bytes: usize) -> Entry {
     let mut data = format!("t{term}-i{index}-").into_bytes();
     data.resize(bytes.max(data.len()), b'x');
     Entry { term, index, payload: EntryPayload::Command(bytes::Bytes::from(data)) }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).expect("create dir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Log 1..=10 (term 1); then, with background work stopped, a leader of term 2 replaces 5..=7

@@ -12,3 +12,17 @@ pub fn wals(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Copies the files of `from` (and of its subdirectories) into `to`.
+#[allow(dead_code)] // not every test file copies a store
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("create dir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
