@@ -23,29 +23,10 @@ use raft_core::{Entry, EntryPayload, Index};
 
 use crate::{Identity, RocksDb, RocksOptions};
 
-/// The write-ahead log files of the store in `dir`, oldest first.
-pub(crate) fn wals(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    out.sort();
-    out
-}
-
-/// Copies the files of `from` (and of its subdirectories) into `to`.
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).expect("create dir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
+/// The helpers the integration tests share (`wals`, `copy_dir`), shared with these.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+pub(crate) use common::{copy_dir, wals};
 
 pub(crate) fn identity() -> Identity {
     Identity { cluster_id: "test-cluster".into(), node_id: 1 }
