@@ -301,12 +301,13 @@ pub struct Raft {
     read_seq_sent_at: VecDeque<(u64, Millis)>,
     /// When this leader last answered a read by its lease (this term).
     last_lease_read: Option<Millis>,
-    /// A read arrived: the next `take_ready` starts a heartbeat round.
+    /// A read arrived: a `take_ready` starts a heartbeat round once no earlier round is
+    /// waiting for its quorum (see [`Raft::read_round_due`]).
     read_round_needed: bool,
     /// Reads waiting for a heartbeat round (leader), in arrival order.
     pending_reads: VecDeque<PendingRead>,
-    /// Reads sent to the leader by this follower, with their deadlines.
-    remote_reads: BTreeMap<ReadId, Millis>,
+    /// Reads this follower asks the leader to confirm (one request out at a time).
+    remote_reads: reads::RemoteReads,
     /// Until this time the node grants no vote and no pre-vote to a disruptor: a node that just
     /// started may have been following a leader whose lease still runs.
     boot_quiet_until: Millis,
@@ -491,7 +492,7 @@ impl Raft {
             last_lease_read: None,
             read_round_needed: false,
             pending_reads: VecDeque::new(),
-            remote_reads: BTreeMap::new(),
+            remote_reads: reads::RemoteReads::default(),
             boot_quiet_until,
             election_deadline: now,
             heartbeat_deadline: now,
@@ -636,8 +637,11 @@ impl Raft {
             }
             _ => self.election_deadline,
         };
-        if let Some(d) = self.forwards.values().chain(self.remote_reads.values()).min() {
+        if let Some(d) = self.forwards.values().min() {
             deadline = deadline.min(*d);
+        }
+        if let Some(d) = self.next_remote_read_deadline() {
+            deadline = deadline.min(d);
         }
         if let Some(t) = &self.transfer {
             deadline = deadline.min(t.deadline);
@@ -670,6 +674,7 @@ impl Raft {
                 self.incoming_refused_until = self.now.saturating_add(retry_in_ms);
             }
         }
+        self.send_remote_reads();
         self.check_recovered();
     }
 
@@ -694,7 +699,7 @@ impl Raft {
             || self.unsaved_from.is_some()
             || self.truncated_from.is_some()
             || (self.may_apply() && self.log.applied < self.log.committed.min(self.log.persisted))
-            || (self.role == Role::Leader && (self.read_round_needed || self.leader_has_sends()))
+            || (self.role == Role::Leader && (self.read_round_due() || self.leader_has_sends()))
     }
 
     /// Collects the work produced since the last call; see [`Ready`] for the order in which
@@ -702,7 +707,7 @@ impl Raft {
     pub fn take_ready(&mut self) -> Ready {
         debug_assert!(!self.awaiting_advance, "take_ready twice without advance");
         if self.role == Role::Leader {
-            if self.read_round_needed {
+            if self.read_round_due() {
                 self.read_round_needed = false;
                 self.heartbeat_round(true);
             }

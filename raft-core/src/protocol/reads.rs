@@ -14,6 +14,8 @@
 //! [`Config::lease_ms`]: crate::Config::lease_ms
 //! [`Config::lease_read`]: crate::Config::lease_read
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use super::{ProposalRejection, Raft, ReadOutcome};
@@ -61,16 +63,56 @@ impl Raft {
             self.leader_read(ReadOrigin::Local(id), mode);
             return;
         }
-        let Some(leader) = self.leader else {
+        if self.leader.is_none() {
             let result = Err(ProposalRejection::NotLeader { leader_hint: None });
             self.out.reads.push(ReadOutcome { id, result });
             return;
-        };
+        }
         if self.remote_reads.len() >= self.config.max_pending_reads {
             self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::Busy) });
             return;
         }
-        self.remote_reads.insert(id, self.now + self.config.rpc_timeout_ms);
+        // Sent by `send_remote_reads` at the end of the step: at once if no request is out.
+        self.remote_reads.waiting.push_back((id, self.now + self.config.rpc_timeout_ms));
+    }
+
+    /// Asks the leader to confirm the waiting reads, unless a request is out already: one
+    /// request confirms every read that arrived before it was sent, so a follower sends one per
+    /// round trip however many reads arrive (as the leader sends one heartbeat round).
+    ///
+    /// A request out for a heartbeat interval, or sent to a node that is no longer the leader
+    /// this follower knows, is given up for a new one that covers its reads as well (an answer
+    /// to a later request confirms earlier reads too). A node that became leader confirms the
+    /// reads itself.
+    pub(super) fn send_remote_reads(&mut self) {
+        if let Some(out) = &self.remote_reads.out {
+            let stale = self.now >= out.sent_at.saturating_add(self.config.heartbeat_interval_ms)
+                || self.leader != Some(out.to);
+            if !stale {
+                return;
+            }
+            if let Some(out) = self.remote_reads.out.take() {
+                for read in out.reads.into_iter().rev() {
+                    self.remote_reads.waiting.push_front(read);
+                }
+            }
+        }
+        if self.remote_reads.waiting.is_empty() {
+            return;
+        }
+        if self.role == Role::Leader {
+            for (id, _) in std::mem::take(&mut self.remote_reads.waiting) {
+                self.leader_read(ReadOrigin::Local(id), ReadMode::ReadIndex);
+            }
+            return;
+        }
+        let Some(leader) = self.leader else { return };
+        let reads: Vec<(ReadId, Millis)> = self.remote_reads.waiting.drain(..).collect();
+        // The newest read's id: an answer to any request of that id confirms a request sent
+        // after that read arrived, so after every read this one covers (a request given up
+        // and sent again with no new read keeps its id, and an answer to either will do).
+        let Some(&(id, _)) = reads.last() else { return };
+        self.remote_reads.out = Some(ReadRequest { id, to: leader, sent_at: self.now, reads });
         let term = self.term();
         self.send(leader, term, Payload::ReadIndexRequest { id });
     }
@@ -125,6 +167,17 @@ impl Raft {
         let seq = self.quorum_read_seq();
         let lease = self.config.lease_ms();
         self.read_seq_sent_at.iter().find(|(s, _)| *s == seq).is_some_and(|(_, sent)| self.now < sent + lease)
+    }
+
+    /// Whether reads wait for a round and no earlier round is still waiting for its quorum.
+    ///
+    /// One round at a time: the reads that arrive while a round is out wait for the next one,
+    /// sent as soon as a quorum answered (or by the heartbeat timer, if the round was lost).
+    /// Under load one round confirms every read of a round trip instead of one round per
+    /// turn of the driver, which cost the followers nearly as much CPU as the leader spent
+    /// serving the reads.
+    pub(super) fn read_round_due(&self) -> bool {
+        self.read_round_needed && (self.progress.is_empty() || self.quorum_read_seq() >= self.read_seq)
     }
 
     /// The highest round a quorum has answered (the leader answers its own rounds).
@@ -220,14 +273,81 @@ impl Raft {
     }
 
     pub(super) fn handle_read_index_response(&mut self, id: ReadId, result: Result<Index, ForwardRejection>) {
-        if self.remote_reads.remove(&id).is_some() {
-            self.out.reads.push(ReadOutcome { id, result: result.map_err(ProposalRejection::from) });
+        if self.remote_reads.out.as_ref().is_none_or(|out| out.id != id) {
+            return; // a request given up for a later one, or an answer from before a restart
+        }
+        let Some(out) = self.remote_reads.out.take() else { return };
+        let result = result.map_err(ProposalRejection::from);
+        for (read, _) in out.reads {
+            self.out.reads.push(ReadOutcome { id: read, result });
         }
     }
 
+    /// Fails the forwarded reads whose deadline passed.
     pub(super) fn expire_remote_reads(&mut self) {
-        for id in super::take_expired(&mut self.remote_reads, self.now) {
+        let now = self.now;
+        let mut expired = Vec::new();
+        if let Some(out) = self.remote_reads.out.as_mut() {
+            out.reads.retain(|&(id, deadline)| {
+                let keep = deadline > now;
+                if !keep {
+                    expired.push(id);
+                }
+                keep
+            });
+            if out.reads.is_empty() {
+                self.remote_reads.out = None;
+            }
+        }
+        while self.remote_reads.waiting.front().is_some_and(|&(_, deadline)| deadline <= now) {
+            if let Some((id, _)) = self.remote_reads.waiting.pop_front() {
+                expired.push(id);
+            }
+        }
+        for id in expired {
             self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
         }
     }
+
+    /// When the forwarded reads next need a tick: the oldest read's deadline, or the time at
+    /// which the request out is given up for a new one.
+    pub(super) fn next_remote_read_deadline(&self) -> Option<Millis> {
+        let waiting = self.remote_reads.waiting.front().map(|&(_, deadline)| deadline);
+        let out = self.remote_reads.out.as_ref().map(|out| {
+            let oldest = out.reads.first().map_or(Millis::MAX, |&(_, deadline)| deadline);
+            oldest.min(out.sent_at.saturating_add(self.config.heartbeat_interval_ms))
+        });
+        match (waiting, out) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The reads a follower forwards to the leader.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteReads {
+    /// The request out, if any.
+    out: Option<ReadRequest>,
+    /// Reads that arrived since it was sent, with their deadlines, in arrival order.
+    waiting: VecDeque<(ReadId, Millis)>,
+}
+
+impl RemoteReads {
+    /// Reads forwarded and not answered yet.
+    fn len(&self) -> usize {
+        self.out.as_ref().map_or(0, |out| out.reads.len()) + self.waiting.len()
+    }
+}
+
+/// A `ReadIndexRequest` out: its answer confirms `reads`, which all arrived before it was sent.
+#[derive(Debug)]
+struct ReadRequest {
+    /// The request's id: its newest read's id.
+    id: ReadId,
+    /// The leader it was sent to.
+    to: NodeId,
+    sent_at: Millis,
+    /// The reads it confirms, with their deadlines, in arrival order.
+    reads: Vec<(ReadId, Millis)>,
 }

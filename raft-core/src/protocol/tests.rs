@@ -676,6 +676,191 @@ fn a_read_needs_a_quorum_round_sent_after_it_and_a_commit_of_the_term() {
 }
 
 #[test]
+fn reads_that_arrive_while_a_round_is_out_wait_for_one_next_round() {
+    let mut n = node(1, 1, None, &[1, 1]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    // The term's no-op is committed; the election's rounds are answered.
+    let seq = n.read_seq;
+    let _ = deliver(&mut n, msg(2, 1, term, ack(3, seq)));
+    let now = n.now;
+    n.step(now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    let first = round_sent_to(&ready, 2).expect("the first read starts a round");
+    assert!(first > seq);
+    // Reads while that round is out: no round each, and no busy turns.
+    for id in 2..=5 {
+        n.step(now, Event::Read { id, mode: ReadMode::ReadIndex });
+        assert!(!n.has_ready(), "read {id}: a turn with nothing to do");
+        let ready = n.take_ready();
+        n.advance();
+        assert_eq!(round_sent_to(&ready, 2), None, "read {id} started a round while one is out");
+    }
+    // The quorum answers the first round: the first read, and one round for the other four.
+    let ready = deliver(&mut n, msg(3, 1, term, ack(3, first)));
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 1, result: Ok(3) }]);
+    let mut next = round_sent_to(&ready, 2);
+    if next.is_none() {
+        let ready = n.take_ready();
+        n.advance();
+        next = round_sent_to(&ready, 2);
+    }
+    let next = next.expect("the waiting reads get a round once the first is answered");
+    assert_eq!(next, first + 1, "one round for the reads that waited");
+    let ready = deliver(&mut n, msg(2, 1, term, ack(3, next)));
+    let answered: Vec<u64> = ready.reads.iter().map(|r| r.id).collect();
+    assert_eq!(answered, vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn a_lost_read_round_is_replaced_by_the_next_heartbeat() {
+    let mut n = node(1, 1, None, &[1, 1]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let seq = n.read_seq;
+    let _ = deliver(&mut n, msg(2, 1, term, ack(3, seq)));
+    let now = n.now;
+    n.step(now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let _lost = n.take_ready();
+    n.advance();
+    n.step(now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
+    let _ = n.take_ready();
+    n.advance();
+    // Nothing answers; the heartbeat timer sends a round that confirms both reads.
+    let later = now + n.config.heartbeat_interval_ms;
+    assert!(n.next_deadline() <= later);
+    n.step(later, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    let round = round_sent_to(&ready, 2).expect("a heartbeat round");
+    let ready = deliver(&mut n, msg(3, 1, term, ack(3, round)));
+    let answered: Vec<u64> = ready.reads.iter().map(|r| r.id).collect();
+    assert_eq!(answered, vec![1, 2]);
+}
+
+/// Node 2, following leader 1 in term 1 (log of two entries, both committed).
+fn follower_of_1() -> Raft {
+    let mut n = node(2, 1, None, &[1, 1]);
+    let ready = deliver(&mut n, msg(1, 2, 1, append((1, 2), vec![], 2)));
+    assert!(ready.messages.iter().chain(&ready.persisted_messages).any(|m| m.to == 1), "answered the leader");
+    assert_eq!(n.leader, Some(1));
+    n
+}
+
+/// The ids of the `ReadIndexRequest`s in `ready`, with their addressees.
+fn read_requests(ready: &Ready) -> Vec<(NodeId, ReadId)> {
+    ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .filter_map(|m| match m.payload {
+            Payload::ReadIndexRequest { id } => Some((m.to, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn step_read(n: &mut Raft, now: Millis, id: ReadId) -> Ready {
+    n.step(now, Event::Read { id, mode: ReadMode::ReadIndex });
+    let ready = n.take_ready();
+    n.advance();
+    ready
+}
+
+fn read_answer(id: ReadId, index: Index) -> Payload {
+    Payload::ReadIndexResponse { id, result: Ok(index) }
+}
+
+fn read_ids(ready: &Ready) -> Vec<ReadId> {
+    ready.reads.iter().map(|r| r.id).collect()
+}
+
+#[test]
+fn a_follower_has_one_read_request_out_and_sends_one_for_the_reads_that_waited() {
+    let mut n = follower_of_1();
+    let now = n.now;
+    assert_eq!(read_requests(&step_read(&mut n, now, 10)), vec![(1, 10)], "sent at once when none is out");
+    for id in 11..=13 {
+        let ready = step_read(&mut n, now, id);
+        assert!(read_requests(&ready).is_empty(), "read {id}: a second request while one is out");
+    }
+    // The answer confirms the read sent with it only, then one request goes for the others.
+    let ready = deliver(&mut n, msg(1, 2, 1, read_answer(10, 2)));
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 10, result: Ok(2) }]);
+    assert_eq!(read_requests(&ready), vec![(1, 13)], "one request named after its newest read");
+    let ready = deliver(&mut n, msg(1, 2, 1, read_answer(13, 2)));
+    assert_eq!(read_ids(&ready), vec![11, 12, 13]);
+    assert!(read_requests(&ready).is_empty());
+}
+
+#[test]
+fn an_answer_to_a_request_given_up_never_confirms_reads_that_arrived_after_it() {
+    let mut n = follower_of_1();
+    let now = n.now;
+    let _ = step_read(&mut n, now, 20);
+    let _ = step_read(&mut n, now, 21);
+    // Unanswered for a heartbeat interval: a new request covers both reads.
+    let later = now + n.config.heartbeat_interval_ms;
+    assert!(n.next_deadline() <= later, "the request out is a timer");
+    n.step(later, Event::Tick);
+    let ready = n.take_ready();
+    n.advance();
+    assert_eq!(read_requests(&ready), vec![(1, 21)]);
+    // The first request's answer arrives late: read 21 arrived after it was sent.
+    let ready = deliver(&mut n, msg(1, 2, 1, read_answer(20, 2)));
+    assert!(ready.reads.is_empty(), "confirmed by a request sent before the read: {:?}", ready.reads);
+    let ready = deliver(&mut n, msg(1, 2, 1, read_answer(21, 2)));
+    assert_eq!(read_ids(&ready), vec![20, 21]);
+}
+
+#[test]
+fn forwarded_reads_follow_a_new_leader_and_time_out_on_their_own_deadlines() {
+    let mut n = follower_of_1();
+    let now = n.now;
+    let _ = step_read(&mut n, now, 30);
+    let _ = step_read(&mut n, now + 1, 31);
+    // Node 3 leads term 2: the reads are asked of it at once.
+    let ready = deliver(&mut n, msg(3, 2, 2, append((1, 2), vec![], 2)));
+    assert_eq!(read_requests(&ready), vec![(3, 31)]);
+    // Never answered: each read fails at its own deadline.
+    let first = now + n.config.rpc_timeout_ms;
+    let mut failed = Vec::new();
+    for _ in 0..100 {
+        if failed.len() == 2 {
+            break;
+        }
+        let t = n.next_deadline();
+        assert!(t <= first + 1, "no timer before the second read's deadline");
+        n.step(t, Event::Tick);
+        let ready = n.take_ready();
+        n.advance();
+        failed.extend(ready.reads.iter().map(|r| (r.id, r.result, n.now)));
+    }
+    assert_eq!(
+        failed.iter().map(|(id, result, _)| (*id, *result)).collect::<Vec<_>>(),
+        vec![(30, Err(ProposalRejection::ForwardTimeout)), (31, Err(ProposalRejection::ForwardTimeout))]
+    );
+    assert!(failed.iter().all(|(_, _, at)| *at >= first), "a read failed before its deadline: {failed:?}");
+    assert!(failed[0].2 < failed[1].2, "read 31 failed with read 30, before its own deadline");
+}
+
+#[test]
+fn a_follower_with_more_reads_out_than_allowed_is_busy() {
+    let mut n = follower_of_1();
+    n.config.max_pending_reads = 2;
+    let now = n.now;
+    let _ = step_read(&mut n, now, 40);
+    let _ = step_read(&mut n, now, 41);
+    let ready = step_read(&mut n, now, 42);
+    assert_eq!(ready.reads, vec![ReadOutcome { id: 42, result: Err(ProposalRejection::Busy) }]);
+}
+
+#[test]
 fn a_new_leader_answers_reads_only_after_committing_an_entry_of_its_term() {
     let mut n = node(1, 1, None, &[1, 1]);
     elect(&mut n);
