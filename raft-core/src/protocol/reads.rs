@@ -59,8 +59,9 @@ pub(crate) struct PendingRead {
 
 impl Raft {
     pub(super) fn read(&mut self, id: ReadId, mode: ReadMode) {
+        let deadline = self.now + self.config.rpc_timeout_ms;
         if self.role == Role::Leader {
-            self.leader_read(ReadOrigin::Local(id), mode);
+            self.leader_read(ReadOrigin::Local(id), mode, deadline);
             return;
         }
         if self.leader.is_none() {
@@ -68,51 +69,67 @@ impl Raft {
             self.out.reads.push(ReadOutcome { id, result });
             return;
         }
-        if self.remote_reads.len() >= self.config.max_pending_reads {
+        if self.remote_reads.reads.len() >= self.config.max_pending_reads {
             self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::Busy) });
             return;
         }
-        // Sent by `send_remote_reads` at the end of the step: at once if no request is out.
-        self.remote_reads.waiting.push_back((id, self.now + self.config.rpc_timeout_ms));
+        // Asked of the leader by `send_remote_reads` at the end of the step.
+        let seq = self.remote_reads.next_seq;
+        self.remote_reads.next_seq += 1;
+        self.remote_reads.reads.push_back(RemoteRead { seq, id, deadline });
     }
 
-    /// Asks the leader to confirm the waiting reads, unless a request is out already: one
-    /// request confirms every read that arrived before it was sent, so a follower sends one per
-    /// round trip however many reads arrive (as the leader sends one heartbeat round).
+    /// Asks the leader to confirm the forwarded reads: one request confirms every read that
+    /// arrived before it was sent, so while the latest request to the leader is less than a
+    /// heartbeat interval old, reads that arrive wait for its answer and then share one
+    /// request (a follower sends about one per round trip however many reads arrive, as the
+    /// leader sends one heartbeat round).
     ///
-    /// A request out for a heartbeat interval, or sent to a node that is no longer the leader
-    /// this follower knows, is given up for a new one that covers its reads as well (an answer
-    /// to a later request confirms earlier reads too). A node that became leader confirms the
-    /// reads itself.
+    /// A request unanswered for a heartbeat interval, or sent to a node that is no longer the
+    /// leader this follower knows, is followed by a new one covering every read not answered
+    /// yet. The older requests stay out: an answer to any of them still confirms the reads it
+    /// covered (a slow leader answers every request late, and each answer counts). A node that
+    /// became leader confirms the reads itself, each by its own deadline.
     pub(super) fn send_remote_reads(&mut self) {
-        if let Some(out) = &self.remote_reads.out {
-            let stale = self.now >= out.sent_at.saturating_add(self.config.heartbeat_interval_ms)
-                || self.leader != Some(out.to);
-            if !stale {
-                return;
-            }
-            if let Some(out) = self.remote_reads.out.take() {
-                for read in out.reads.into_iter().rev() {
-                    self.remote_reads.waiting.push_front(read);
-                }
-            }
-        }
-        if self.remote_reads.waiting.is_empty() {
-            return;
-        }
+        let Some(newest) = self.remote_reads.reads.back().map(|r| (r.seq, r.id)) else { return };
         if self.role == Role::Leader {
-            for (id, _) in std::mem::take(&mut self.remote_reads.waiting) {
-                self.leader_read(ReadOrigin::Local(id), ReadMode::ReadIndex);
+            self.remote_reads.requests.clear();
+            let now = self.now;
+            for read in std::mem::take(&mut self.remote_reads.reads) {
+                if read.deadline <= now {
+                    let result = Err(ProposalRejection::ForwardTimeout);
+                    self.out.reads.push(ReadOutcome { id: read.id, result });
+                } else {
+                    self.leader_read(ReadOrigin::Local(read.id), ReadMode::ReadIndex, read.deadline);
+                }
             }
             return;
         }
         let Some(leader) = self.leader else { return };
-        let reads: Vec<(ReadId, Millis)> = self.remote_reads.waiting.drain(..).collect();
-        // The newest read's id: an answer to any request of that id confirms a request sent
-        // after that read arrived, so after every read this one covers (a request given up
-        // and sent again with no new read keeps its id, and an answer to either will do).
-        let Some(&(id, _)) = reads.last() else { return };
-        self.remote_reads.out = Some(ReadRequest { id, to: leader, sent_at: self.now, reads });
+        let interval = self.config.heartbeat_interval_ms;
+        if let Some(latest) = self.remote_reads.requests.back() {
+            if latest.to == leader && self.now < latest.sent_at.saturating_add(interval) {
+                return;
+            }
+        }
+        // Named after the newest read it covers: an answer to any request of that name
+        // confirms a request sent after that read arrived, so after every read it covers.
+        let (upto, id) = newest;
+        let requests = &mut self.remote_reads.requests;
+        match requests.back_mut() {
+            // The same reads, asked again (of a new leader, or after a heartbeat interval).
+            Some(latest) if latest.upto == upto => {
+                latest.to = leader;
+                latest.sent_at = self.now;
+            }
+            _ => {
+                requests.push_back(ReadRequest { id, to: leader, sent_at: self.now, upto });
+                if requests.len() > REQUESTS_OUT_MAX {
+                    // Its reads are covered by the later requests.
+                    requests.pop_front();
+                }
+            }
+        }
         let term = self.term();
         self.send(leader, term, Payload::ReadIndexRequest { id });
     }
@@ -123,7 +140,7 @@ impl Raft {
         self.log.term_at(self.log.committed) == Some(self.term())
     }
 
-    fn leader_read(&mut self, origin: ReadOrigin, mode: ReadMode) {
+    fn leader_read(&mut self, origin: ReadOrigin, mode: ReadMode, deadline: Millis) {
         if self.pending_reads.len() >= self.config.max_pending_reads {
             self.finish_read(origin, Err(ProposalRejection::Busy));
             return;
@@ -136,7 +153,6 @@ impl Raft {
             return;
         }
         let index = ready.then_some(self.log.committed);
-        let deadline = self.now + self.config.rpc_timeout_ms;
         self.pending_reads.push_back(PendingRead {
             origin,
             required_seq: self.read_seq + 1,
@@ -264,7 +280,8 @@ impl Raft {
 
     pub(super) fn handle_read_index_request(&mut self, from: NodeId, id: ReadId) {
         if self.role == Role::Leader {
-            self.leader_read(ReadOrigin::Remote(from, id), ReadMode::ReadIndex);
+            let deadline = self.now + self.config.rpc_timeout_ms;
+            self.leader_read(ReadOrigin::Remote(from, id), ReadMode::ReadIndex, deadline);
         } else {
             let term = self.term();
             let result = Err(ForwardRejection::NotLeader { leader_hint: self.leader });
@@ -273,81 +290,87 @@ impl Raft {
     }
 
     pub(super) fn handle_read_index_response(&mut self, id: ReadId, result: Result<Index, ForwardRejection>) {
-        if self.remote_reads.out.as_ref().is_none_or(|out| out.id != id) {
-            return; // a request given up for a later one, or an answer from before a restart
+        // A request given up for good, or an answer from before a restart: nothing to do.
+        let Some(upto) = self.remote_reads.requests.iter().find(|r| r.id == id).map(|r| r.upto) else {
+            return;
+        };
+        let requests = &mut self.remote_reads.requests;
+        while requests.front().is_some_and(|r| r.upto <= upto) {
+            requests.pop_front();
         }
-        let Some(out) = self.remote_reads.out.take() else { return };
         let result = result.map_err(ProposalRejection::from);
-        for (read, _) in out.reads {
-            self.out.reads.push(ReadOutcome { id: read, result });
+        while self.remote_reads.reads.front().is_some_and(|r| r.seq <= upto) {
+            if let Some(read) = self.remote_reads.reads.pop_front() {
+                self.out.reads.push(ReadOutcome { id: read.id, result });
+            }
         }
     }
 
-    /// Fails the forwarded reads whose deadline passed.
+    /// Fails the forwarded reads whose deadline passed (they arrived in deadline order).
     pub(super) fn expire_remote_reads(&mut self) {
         let now = self.now;
-        let mut expired = Vec::new();
-        if let Some(out) = self.remote_reads.out.as_mut() {
-            out.reads.retain(|&(id, deadline)| {
-                let keep = deadline > now;
-                if !keep {
-                    expired.push(id);
-                }
-                keep
-            });
-            if out.reads.is_empty() {
-                self.remote_reads.out = None;
+        while self.remote_reads.reads.front().is_some_and(|r| r.deadline <= now) {
+            if let Some(read) = self.remote_reads.reads.pop_front() {
+                let result = Err(ProposalRejection::ForwardTimeout);
+                self.out.reads.push(ReadOutcome { id: read.id, result });
             }
         }
-        while self.remote_reads.waiting.front().is_some_and(|&(_, deadline)| deadline <= now) {
-            if let Some((id, _)) = self.remote_reads.waiting.pop_front() {
-                expired.push(id);
-            }
-        }
-        for id in expired {
-            self.out.reads.push(ReadOutcome { id, result: Err(ProposalRejection::ForwardTimeout) });
+        // Requests whose reads are all settled.
+        let oldest = self.remote_reads.reads.front().map_or(u64::MAX, |r| r.seq);
+        let requests = &mut self.remote_reads.requests;
+        while requests.front().is_some_and(|r| r.upto < oldest) {
+            requests.pop_front();
         }
     }
 
     /// When the forwarded reads next need a tick: the oldest read's deadline, or the time at
-    /// which the request out is given up for a new one.
+    /// which the latest request is followed by a new one.
     pub(super) fn next_remote_read_deadline(&self) -> Option<Millis> {
-        let waiting = self.remote_reads.waiting.front().map(|&(_, deadline)| deadline);
-        let out = self.remote_reads.out.as_ref().map(|out| {
-            let oldest = out.reads.first().map_or(Millis::MAX, |&(_, deadline)| deadline);
-            oldest.min(out.sent_at.saturating_add(self.config.heartbeat_interval_ms))
-        });
-        match (waiting, out) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let oldest = self.remote_reads.reads.front()?.deadline;
+        if self.leader.is_none() || self.role == Role::Leader {
+            return Some(oldest); // nobody to ask: the reads wait for a leader or their deadline
         }
+        let again = self
+            .remote_reads
+            .requests
+            .back()
+            .map_or(oldest, |latest| latest.sent_at.saturating_add(self.config.heartbeat_interval_ms));
+        Some(oldest.min(again))
     }
 }
+
+/// Most requests a follower keeps out for its forwarded reads; past it, the oldest is
+/// forgotten (the later ones cover its reads).
+const REQUESTS_OUT_MAX: usize = 8;
 
 /// The reads a follower forwards to the leader.
 #[derive(Debug, Default)]
 pub(crate) struct RemoteReads {
-    /// The request out, if any.
-    out: Option<ReadRequest>,
-    /// Reads that arrived since it was sent, with their deadlines, in arrival order.
-    waiting: VecDeque<(ReadId, Millis)>,
+    /// The reads not answered yet, in arrival (so deadline) order.
+    reads: VecDeque<RemoteRead>,
+    /// The requests out, oldest first (their `upto` never goes down).
+    requests: VecDeque<ReadRequest>,
+    /// The number of the next read to arrive.
+    next_seq: u64,
 }
 
-impl RemoteReads {
-    /// Reads forwarded and not answered yet.
-    fn len(&self) -> usize {
-        self.out.as_ref().map_or(0, |out| out.reads.len()) + self.waiting.len()
-    }
+/// A read forwarded to the leader.
+#[derive(Debug)]
+struct RemoteRead {
+    /// Its number in arrival order on this node.
+    seq: u64,
+    id: ReadId,
+    deadline: Millis,
 }
 
-/// A `ReadIndexRequest` out: its answer confirms `reads`, which all arrived before it was sent.
+/// A `ReadIndexRequest` out: its answer confirms the reads numbered up to `upto`, which all
+/// arrived before it was sent.
 #[derive(Debug)]
 struct ReadRequest {
-    /// The request's id: its newest read's id.
+    /// The request's id: the id of read `upto`.
     id: ReadId,
     /// The leader it was sent to.
     to: NodeId,
     sent_at: Millis,
-    /// The reads it confirms, with their deadlines, in arrival order.
-    reads: Vec<(ReadId, Millis)>,
+    upto: u64,
 }

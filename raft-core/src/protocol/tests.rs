@@ -799,7 +799,7 @@ fn a_follower_has_one_read_request_out_and_sends_one_for_the_reads_that_waited()
 }
 
 #[test]
-fn an_answer_to_a_request_given_up_never_confirms_reads_that_arrived_after_it() {
+fn an_answer_to_an_earlier_request_confirms_only_the_reads_that_arrived_before_it() {
     let mut n = follower_of_1();
     let now = n.now;
     let _ = step_read(&mut n, now, 20);
@@ -811,11 +811,15 @@ fn an_answer_to_a_request_given_up_never_confirms_reads_that_arrived_after_it() 
     let ready = n.take_ready();
     n.advance();
     assert_eq!(read_requests(&ready), vec![(1, 21)]);
-    // The first request's answer arrives late: read 21 arrived after it was sent.
+    // The first request's answer arrives late: it confirms read 20, not read 21, which
+    // arrived after it was sent.
     let ready = deliver(&mut n, msg(1, 2, 1, read_answer(20, 2)));
-    assert!(ready.reads.is_empty(), "confirmed by a request sent before the read: {:?}", ready.reads);
+    assert_eq!(read_ids(&ready), vec![20]);
     let ready = deliver(&mut n, msg(1, 2, 1, read_answer(21, 2)));
-    assert_eq!(read_ids(&ready), vec![20, 21]);
+    assert_eq!(read_ids(&ready), vec![21]);
+    // Answers to requests already settled are ignored.
+    let ready = deliver(&mut n, msg(1, 2, 1, read_answer(20, 2)));
+    assert!(ready.reads.is_empty());
 }
 
 #[test]
@@ -830,7 +834,7 @@ fn forwarded_reads_follow_a_new_leader_and_time_out_on_their_own_deadlines() {
     // Never answered: each read fails at its own deadline.
     let first = now + n.config.rpc_timeout_ms;
     let mut failed = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..10_000 {
         if failed.len() == 2 {
             break;
         }
@@ -2470,4 +2474,266 @@ fn a_heartbeat_answered_while_a_probe_is_read_keeps_the_read() {
         _ => None,
     });
     assert_eq!(sent, Some((2, Some(3))), "the entries read are sent from 3: {:?}", ready.messages);
+}
+
+// ---- forwarded reads and read rounds under delay (from the outside review of batching) ----
+
+fn turn(n: &mut Raft, now: Millis, event: Event) -> Ready {
+    n.step(now, event);
+    let ready = n.take_ready();
+    n.advance();
+    ready
+}
+
+/// Follower 2 of leader 1 gets a ReadIndex read every 4 ms for `run_ms`; the leader (played
+/// by the test) answers every ReadIndexRequest `latency_ms` after it was sent, with index 2,
+/// and sends a heartbeat every heartbeat interval. Returns (reads answered Ok, reads failed).
+fn forwarded_reads_with_leader_latency(latency_ms: Millis, run_ms: Millis) -> (usize, usize) {
+    let mut n = follower_of_1();
+    let hb = n.config.heartbeat_interval_ms;
+    let start = n.now;
+    let mut answers: VecDeque<(Millis, ReadId)> = VecDeque::new();
+    let (mut ok, mut failed) = (0, 0);
+    let mut next_id: ReadId = 1;
+    for t in start..start + run_ms {
+        let mut readies = Vec::new();
+        while answers.front().is_some_and(|(at, _)| *at <= t) {
+            let Some((_, id)) = answers.pop_front() else { break };
+            let answer = Payload::ReadIndexResponse { id, result: Ok(2) };
+            readies.push(turn(&mut n, t, Event::Message(msg(1, 2, 1, answer))));
+        }
+        if (t - start).is_multiple_of(hb) {
+            readies.push(turn(&mut n, t, Event::Message(msg(1, 2, 1, append((1, 2), vec![], 2)))));
+        }
+        if (t - start).is_multiple_of(4) {
+            readies.push(turn(&mut n, t, Event::Read { id: next_id, mode: ReadMode::ReadIndex }));
+            next_id += 1;
+        }
+        if n.next_deadline() <= t {
+            readies.push(turn(&mut n, t, Event::Tick));
+        }
+        for ready in readies {
+            for (to, id) in read_requests(&ready) {
+                assert_eq!(to, 1);
+                answers.push_back((t + latency_ms, id));
+            }
+            for r in &ready.reads {
+                match r.result {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Control: a leader that answers within a heartbeat interval serves the forwarded reads.
+#[test]
+fn forwarded_reads_are_served_when_the_leader_answers_within_a_heartbeat() {
+    let hb = Config::default().heartbeat_interval_ms;
+    let (ok, failed) = forwarded_reads_with_leader_latency(hb - 5, 6_000);
+    eprintln!("leader latency {} ms: {ok} reads answered, {failed} failed", hb - 5);
+    assert!(ok > 1_000 && failed == 0, "ok {ok} failed {failed}");
+}
+
+/// Liveness: a leader that answers every request in 25 ms (heartbeat interval 20 ms,
+/// rpc_timeout 2 s) while reads keep arriving. The outside review found that a request given
+/// up after a heartbeat interval had its answer dropped, so that no forwarded read was ever
+/// answered; the answers to earlier requests now still count.
+#[test]
+fn forwarded_reads_are_served_when_the_leader_answers_slower_than_a_heartbeat() {
+    let hb = Config::default().heartbeat_interval_ms;
+    let (ok, failed) = forwarded_reads_with_leader_latency(hb + 5, 6_000);
+    eprintln!("leader latency {} ms: {ok} reads answered, {failed} failed", hb + 5);
+    assert!(ok > 0, "no forwarded read answered in 6 s ({failed} failed) though the leader answered every request in {} ms", hb + 5);
+}
+
+/// Runs the cluster simulator (3 nodes, no fault, a fixed one-way delay of `delay_ms`) with a
+/// ReadIndex read on a follower every 3 ms for 5 s; returns how many of the reads started in
+/// the first 2.5 s (all settled, by answer or by their 2 s deadline, while the load still
+/// runs) were served, and how many failed.
+fn sim_forwarded_reads(delay_ms: Millis) -> (usize, usize, String) {
+    use crate::testing::sim::{Cluster, NetworkFaults, ReadState};
+    let mut c = Cluster::new(3, 7);
+    c.set_network_faults(NetworkFaults {
+        delay_min_ms: delay_ms,
+        delay_max_ms: delay_ms,
+        ..NetworkFaults::RELIABLE
+    });
+    let leader = c.check_one_leader();
+    let _ = c.one(b"k=v", 3, true);
+    let follower = leader % 3 + 1;
+    let mut handles = Vec::new();
+    for _ in 0..(5_000 / 3) {
+        if let Some(h) = c.read(follower, b"k", ReadMode::ReadIndex) {
+            handles.push(h);
+        }
+        c.run_for(3);
+    }
+    let early = &handles[..handles.len() / 2];
+    let served = early.iter().filter(|h| matches!(c.read_state(**h), ReadState::Served { .. })).count();
+    let mut reasons = std::collections::BTreeMap::new();
+    for h in early {
+        if let ReadState::Failed(why) = c.read_state(*h) {
+            *reasons.entry(why).or_insert(0) += 1;
+        }
+    }
+    let failed = reasons.values().sum();
+    (served, failed, format!("{reasons:?}"))
+}
+
+/// The same in the cluster simulator, with no fault but a one-way network delay of up to
+/// 6 ms (RTT 12 ms; heartbeat 20 ms): the leader's latency (a request waits for the round
+/// out, then for a round of its own) exceeds the heartbeat interval.
+#[test]
+fn forwarded_reads_are_served_on_a_network_slower_than_a_heartbeat() {
+    for delay in [1, 2, 3, 4, 5, 6] {
+        let (served, failed, why) = sim_forwarded_reads(delay);
+        eprintln!("one-way delay {delay} ms: {served} served, {failed} failed {why}");
+    }
+    let (served, failed, why) = sim_forwarded_reads(6);
+    assert!(served > failed, "one-way delay 6 ms: {served} served, {failed} failed: {why}");
+}
+
+/// Deadline: forwarded reads waiting when their follower becomes leader become the leader's
+/// own reads with the deadline they had (the outside review found them given a new one, up
+/// to another `rpc_timeout_ms`).
+#[test]
+fn a_forwarded_read_keeps_its_deadline_when_its_follower_becomes_leader() {
+    let mut n = follower_of_1();
+    let rpc = n.config.rpc_timeout_ms;
+    let t0 = n.now;
+    let ready = turn(&mut n, t0, Event::Read { id: 7, mode: ReadMode::ReadIndex });
+    assert_eq!(read_requests(&ready), vec![(1, 7)]);
+    // Node 1 is silent; just before the read's deadline node 2 campaigns and wins (node 3
+    // grants the pre-vote and the vote).
+    let t = t0 + rpc - 10;
+    let _ = turn(&mut n, t, Event::Tick);
+    assert_eq!(n.role(), Role::PreCandidate);
+    let grant =
+        |pre_vote| Payload::RequestVoteResponse { pre_vote, granted: true, vouches: true, witnesses: None };
+    let _ = deliver(&mut n, msg(3, 2, 2, grant(true)));
+    let ready = deliver(&mut n, msg(3, 2, 2, grant(false)));
+    assert_eq!(n.role(), Role::Leader);
+    // Node 3 answers every AppendEntries (it has not stored the no-op yet: match 2).
+    let mut outbox: Vec<Message> = ready.messages.into_iter().chain(ready.persisted_messages).collect();
+    let mut outcome = None;
+    let mut now = n.now;
+    while outcome.is_none() && now < t0 + 3 * rpc {
+        let mut readies = Vec::new();
+        for m in std::mem::take(&mut outbox) {
+            if let (3, Payload::AppendEntries { read_seq, .. }) = (m.to, &m.payload) {
+                readies.push(deliver(&mut n, msg(3, 2, 2, ack(2, *read_seq))));
+            }
+        }
+        now = n.next_deadline().max(now + 1);
+        readies.push(turn(&mut n, now, Event::Tick));
+        for ready in readies {
+            if let Some(r) = ready.reads.iter().find(|r| r.id == 7) {
+                outcome = Some((r.result, n.now));
+            }
+            outbox.extend(ready.messages.into_iter().chain(ready.persisted_messages));
+        }
+    }
+    let (result, at) = outcome.expect("read 7 settled");
+    eprintln!("read 7 (deadline {}) settled at {at}: {result:?}", t0 + rpc);
+    assert!(at <= t0 + rpc, "read 7 settled at {at}, past its deadline {}: {result:?}", t0 + rpc);
+}
+
+/// A request out to leader 1 is moved to leader 3 when 3 is heard from (same id when no
+/// read came meanwhile, the newest read's id otherwise). The deposed leader's late answer
+/// confirms the reads its request covered, all of which arrived before it was sent, and never
+/// a read that arrived later.
+#[test]
+fn a_deposed_leaders_late_answer_confirms_only_the_reads_sent_to_it() {
+    // No read meanwhile: the same id, and the deposed leader's answer to it will do.
+    let mut n = follower_of_1();
+    let now = n.now;
+    let _ = turn(&mut n, now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let ready = deliver(&mut n, msg(3, 2, 2, append((1, 2), vec![], 2)));
+    assert_eq!(read_requests(&ready), vec![(3, 1)]);
+    let ready = turn(&mut n, now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
+    assert!(read_requests(&ready).is_empty());
+    let ready = deliver(&mut n, msg(1, 2, 1, Payload::ReadIndexResponse { id: 1, result: Ok(2) }));
+    assert_eq!(read_ids(&ready), vec![1], "read 2 arrived after request 1 was sent");
+    assert_eq!(read_requests(&ready), vec![(3, 2)]);
+    // A read meanwhile: a new id; the deposed leader's answer to the old one confirms the
+    // read it covered, not those that arrived after it was sent.
+    let mut n = follower_of_1();
+    let _ = turn(&mut n, now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let _ = turn(&mut n, now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
+    let ready = deliver(&mut n, msg(3, 2, 2, append((1, 2), vec![], 2)));
+    assert_eq!(read_requests(&ready), vec![(3, 2)]);
+    let _ = turn(&mut n, now, Event::Read { id: 3, mode: ReadMode::ReadIndex });
+    let ready = deliver(&mut n, msg(1, 2, 1, Payload::ReadIndexResponse { id: 1, result: Ok(2) }));
+    assert_eq!(read_ids(&ready), vec![1]);
+    let ready = deliver(&mut n, msg(3, 2, 2, Payload::ReadIndexResponse { id: 2, result: Ok(2) }));
+    assert_eq!(read_ids(&ready), vec![2]);
+    assert_eq!(read_requests(&ready), vec![(3, 3)]);
+}
+
+/// Joint configuration C_old {1,2,3} -> C_new {2,3} (the leader is not a new voter): a round
+/// answered by 2 only is not a quorum of C_new; no round starts meanwhile and there is no busy
+/// turn; 3's answer confirms the first read and starts one round for the reads that waited.
+#[test]
+fn one_read_round_at_a_time_in_a_joint_configuration_without_the_leader() {
+    let mut n = node(1, 1, None, &[]);
+    elect(&mut n);
+    let term = n.term();
+    let _ = n.take_ready();
+    n.advance();
+    let _ = deliver(&mut n, msg(2, 1, term, ack(1, 0)));
+    let _ = deliver(&mut n, msg(3, 1, term, ack(1, 0)));
+    let now = n.now;
+    let change = crate::membership::MembershipChange::SetVoters([2, 3].into());
+    let _ = n.propose_membership_change(now, &change, true).expect("accepted");
+    assert!(n.membership().is_joint());
+    let _ = n.take_ready();
+    n.advance();
+    let seq = n.read_seq;
+    let _ = deliver(&mut n, msg(2, 1, term, ack(2, seq)));
+    let _ = deliver(&mut n, msg(3, 1, term, ack(2, seq)));
+    let ready = turn(&mut n, now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    let r1 = round_sent_to(&ready, 2).expect("a round");
+    let ready = deliver(&mut n, msg(2, 1, term, ack(2, r1)));
+    assert!(ready.reads.is_empty(), "C_new {{2,3}} needs 3 too");
+    let ready = turn(&mut n, now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
+    assert_eq!(round_sent_to(&ready, 2), None);
+    assert!(!n.has_ready(), "a busy turn");
+    let ready = deliver(&mut n, msg(3, 1, term, ack(2, r1)));
+    assert_eq!(read_ids(&ready), vec![1]);
+    let r2 = round_sent_to(&ready, 2).expect("the next round at once");
+    assert_eq!(r2, r1 + 1);
+}
+
+/// One voter and a learner: the voter confirms its own rounds; a read is answered in the
+/// turn it arrives, and a learner's forwarded request too.
+#[test]
+fn a_single_voter_with_a_learner_answers_reads_at_once() {
+    let restored = RestoredState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        entries: log_of(&[1]),
+        membership: Membership::with_voters([1]),
+        ..RestoredState::default()
+    };
+    let mut n = Raft::new(1, Config::default(), restored, 1, 0).expect("valid");
+    n.boot_quiet_until = 0;
+    n.step(10_000, Event::Tick);
+    let _ = n.take_ready();
+    n.advance();
+    assert_eq!(n.role(), Role::Leader);
+    let now = n.now;
+    let _ = n.propose_membership_change(now, &crate::membership::MembershipChange::AddLearner(4), true);
+    let _ = n.take_ready();
+    n.advance();
+    assert!(!n.progress.is_empty());
+    let ready = turn(&mut n, now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
+    assert_eq!(read_ids(&ready), vec![1]);
+    let ready = deliver(&mut n, msg(4, 1, 1, Payload::ReadIndexRequest { id: 77 }));
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.to == 4 && matches!(m.payload, Payload::ReadIndexResponse { id: 77, result: Ok(_) })));
+    assert!(!n.has_ready());
 }
