@@ -675,20 +675,25 @@ fn a_read_needs_a_quorum_round_sent_after_it_and_a_commit_of_the_term() {
     assert_eq!(ready.reads, vec![ReadOutcome { id: 9, result: Ok(3) }]);
 }
 
-#[test]
-fn reads_that_arrive_while_a_round_is_out_wait_for_one_next_round() {
+/// Leader 1 of term 2 (log of three entries): the term's no-op is committed and the
+/// election's rounds are answered. Returns the node and the latest round.
+fn leader_with_rounds_answered() -> (Raft, u64) {
     let mut n = node(1, 1, None, &[1, 1]);
     elect(&mut n);
     let term = n.term();
     let _ = n.take_ready();
     n.advance();
-    // The term's no-op is committed; the election's rounds are answered.
     let seq = n.read_seq;
     let _ = deliver(&mut n, msg(2, 1, term, ack(3, seq)));
+    (n, seq)
+}
+
+#[test]
+fn reads_that_arrive_while_a_round_is_out_wait_for_one_next_round() {
+    let (mut n, seq) = leader_with_rounds_answered();
+    let term = n.term();
     let now = n.now;
-    n.step(now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
-    let ready = n.take_ready();
-    n.advance();
+    let ready = step_read(&mut n, now, 1);
     let first = round_sent_to(&ready, 2).expect("the first read starts a round");
     assert!(first > seq);
     // Reads while that round is out: no round each, and no busy turns.
@@ -711,26 +716,16 @@ fn reads_that_arrive_while_a_round_is_out_wait_for_one_next_round() {
     let next = next.expect("the waiting reads get a round once the first is answered");
     assert_eq!(next, first + 1, "one round for the reads that waited");
     let ready = deliver(&mut n, msg(2, 1, term, ack(3, next)));
-    let answered: Vec<u64> = ready.reads.iter().map(|r| r.id).collect();
-    assert_eq!(answered, vec![2, 3, 4, 5]);
+    assert_eq!(read_ids(&ready), vec![2, 3, 4, 5]);
 }
 
 #[test]
 fn a_lost_read_round_is_replaced_by_the_next_heartbeat() {
-    let mut n = node(1, 1, None, &[1, 1]);
-    elect(&mut n);
+    let (mut n, _) = leader_with_rounds_answered();
     let term = n.term();
-    let _ = n.take_ready();
-    n.advance();
-    let seq = n.read_seq;
-    let _ = deliver(&mut n, msg(2, 1, term, ack(3, seq)));
     let now = n.now;
-    n.step(now, Event::Read { id: 1, mode: ReadMode::ReadIndex });
-    let _lost = n.take_ready();
-    n.advance();
-    n.step(now, Event::Read { id: 2, mode: ReadMode::ReadIndex });
-    let _ = n.take_ready();
-    n.advance();
+    let _lost = step_read(&mut n, now, 1);
+    let _ = step_read(&mut n, now, 2);
     // Nothing answers; the heartbeat timer sends a round that confirms both reads.
     let later = now + n.config.heartbeat_interval_ms;
     assert!(n.next_deadline() <= later);
@@ -739,8 +734,7 @@ fn a_lost_read_round_is_replaced_by_the_next_heartbeat() {
     n.advance();
     let round = round_sent_to(&ready, 2).expect("a heartbeat round");
     let ready = deliver(&mut n, msg(3, 1, term, ack(3, round)));
-    let answered: Vec<u64> = ready.reads.iter().map(|r| r.id).collect();
-    assert_eq!(answered, vec![1, 2]);
+    assert_eq!(read_ids(&ready), vec![1, 2]);
 }
 
 /// Node 2, following leader 1 in term 1 (log of two entries, both committed).
