@@ -1341,7 +1341,7 @@ impl Raft {
             }
             Payload::TimeoutNow => self.handle_timeout_now(m.from),
             Payload::ReadIndexRequest { id } => self.handle_read_index_request(m.from, id),
-            Payload::ReadIndexResponse { id, result } => self.handle_read_index_response(id, result),
+            Payload::ReadIndexResponse { id, result } => self.handle_read_index_response(m.from, id, result),
             Payload::ForwardProposal { id, command } => self.handle_forward(m.from, id, command),
             Payload::ForwardProposalResponse { id, result } => {
                 if self.forwards.remove(&id).is_some() {

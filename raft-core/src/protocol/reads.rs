@@ -116,19 +116,20 @@ impl Raft {
         // confirms a request sent after that read arrived, so after every read it covers.
         let (upto, id) = newest;
         let requests = &mut self.remote_reads.requests;
+        let full = requests.len() >= REQUESTS_OUT_MAX;
         match requests.back_mut() {
             // The same reads, asked again (of a new leader, or after a heartbeat interval).
             Some(latest) if latest.upto == upto => {
                 latest.to = leader;
                 latest.sent_at = self.now;
             }
-            _ => {
-                requests.push_back(ReadRequest { id, to: leader, sent_at: self.now, upto });
-                if requests.len() > REQUESTS_OUT_MAX {
-                    // Its reads are covered by the later requests.
-                    requests.pop_front();
-                }
+            // As many requests out as kept: the newest is replaced, so that the older ones
+            // still count when their answers come (dropping the oldest instead starved every
+            // read behind a leader slower than that many heartbeat intervals).
+            Some(latest) if full => {
+                *latest = ReadRequest { id, to: leader, sent_at: self.now, upto };
             }
+            _ => requests.push_back(ReadRequest { id, to: leader, sent_at: self.now, upto }),
         }
         let term = self.term();
         self.send(leader, term, Payload::ReadIndexRequest { id });
@@ -289,11 +290,21 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_read_index_response(&mut self, id: ReadId, result: Result<Index, ForwardRejection>) {
-        // A request given up for good, or an answer from before a restart: nothing to do.
-        let Some(upto) = self.remote_reads.requests.iter().find(|r| r.id == id).map(|r| r.upto) else {
+    pub(super) fn handle_read_index_response(
+        &mut self,
+        from: NodeId,
+        id: ReadId,
+        result: Result<Index, ForwardRejection>,
+    ) {
+        // A request replaced, or an answer from before a restart: nothing to do.
+        let Some(request) = self.remote_reads.requests.iter().find(|r| r.id == id) else { return };
+        // A refusal from a node the request has since been asked again of another (a deposed
+        // leader's `NotLeader`) does not fail reads the new leader may confirm; a
+        // confirmation counts from whoever sends it (it took a quorum round).
+        if result.is_err() && request.to != from {
             return;
-        };
+        }
+        let upto = request.upto;
         let requests = &mut self.remote_reads.requests;
         while requests.front().is_some_and(|r| r.upto <= upto) {
             requests.pop_front();
@@ -339,8 +350,8 @@ impl Raft {
     }
 }
 
-/// Most requests a follower keeps out for its forwarded reads; past it, the oldest is
-/// forgotten (the later ones cover its reads).
+/// Most requests a follower keeps out for its forwarded reads; at the limit, the newest is
+/// replaced by the next.
 const REQUESTS_OUT_MAX: usize = 8;
 
 /// The reads a follower forwards to the leader.
