@@ -39,10 +39,15 @@ fn seeds_pass_and_exercise_the_node() {
 /// now names the voters of its configuration {1, 2, 3} as witnesses of what it lost, and
 /// node 2 wins with both of them vouching). A change to the simulator's schedule may make a
 /// seed exercise something else; the data-loss check says whether it still loses data.
+/// 319577 and 627994 stopped losing data when reads began to batch (fewer read rounds and
+/// requests change the schedule) and were dropped; their rules are pinned in raft-core by
+/// `protocol::tests::a_grant_that_does_not_vouch_counts_for_the_quorum_only` and
+/// `protocol::tests::a_voter_set_of_one_recovering_voter_is_met_by_the_witnesses_it_names`
+/// (and 627994 rebuilt by hand in `raft-core/tests/witness_review.rs`).
 #[test]
 fn seeds_that_once_failed_pass() {
     let mut failures = Vec::new();
-    for seed in [303_387, 319_577, 339_292, 627_994] {
+    for seed in [303_387, 339_292] {
         match run(seed, Options::default()) {
             Ok(report) => assert!(report.coverage.data_losses > 0, "seed {seed} no longer loses data"),
             Err(f) => failures.push(f.to_string()),
