@@ -306,7 +306,7 @@ pub struct Raft {
     read_round_needed: bool,
     /// Reads waiting for a heartbeat round (leader), in arrival order.
     pending_reads: VecDeque<PendingRead>,
-    /// Reads this follower asks the leader to confirm (one request out at a time).
+    /// Reads this follower asks the leader to confirm (about one request per round trip).
     remote_reads: reads::RemoteReads,
     /// Until this time the node grants no vote and no pre-vote to a disruptor: a node that just
     /// started may have been following a leader whose lease still runs.

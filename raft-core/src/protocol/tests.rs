@@ -759,11 +759,16 @@ fn read_requests(ready: &Ready) -> Vec<(NodeId, ReadId)> {
         .collect()
 }
 
-fn step_read(n: &mut Raft, now: Millis, id: ReadId) -> Ready {
-    n.step(now, Event::Read { id, mode: ReadMode::ReadIndex });
+/// Steps `event` at `now` and returns the resulting ready (already advanced).
+fn turn(n: &mut Raft, now: Millis, event: Event) -> Ready {
+    n.step(now, event);
     let ready = n.take_ready();
     n.advance();
     ready
+}
+
+fn step_read(n: &mut Raft, now: Millis, id: ReadId) -> Ready {
+    turn(n, now, Event::Read { id, mode: ReadMode::ReadIndex })
 }
 
 fn read_answer(id: ReadId, index: Index) -> Payload {
@@ -2471,13 +2476,6 @@ fn a_heartbeat_answered_while_a_probe_is_read_keeps_the_read() {
 }
 
 // ---- forwarded reads and read rounds under delay (from the outside review of batching) ----
-
-fn turn(n: &mut Raft, now: Millis, event: Event) -> Ready {
-    n.step(now, event);
-    let ready = n.take_ready();
-    n.advance();
-    ready
-}
 
 /// Follower 2 of leader 1 gets a read
 /// every 4 ms; the leader (the test) answers every ReadIndexRequest `latency_ms` after it was
