@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use raft_bench::report::{summarize, Summary};
-use raft_bench::{core_cluster, openraft_cluster, openraft_own, Runtimes};
+use raft_bench::{core_cluster, floor, openraft_cluster, openraft_own, Runtimes};
 use raft_core::ReadMode;
 
 const ROUNDS: usize = 5;
@@ -46,34 +46,43 @@ fn main() -> anyhow::Result<()> {
     println!(
         "raft-core: its defaults (heartbeat 20 ms, election 150-300 ms, 8 appends in flight per follower, \
          a snapshot every 10 000 entries), 16-byte proposals, in-memory storage, channel transport; \
-         each proposal timed (two clock reads)"
+         one proposal in 8 timed (two clock reads)"
     );
     println!(
         "openraft (glue): openraft-rt-tokio, benchmarks/minimal's config (heartbeat 50 ms, election \
          200-2000 ms, max_payload_entries and purge_batch_size 1024, one AppendEntries in flight, a \
          snapshot every 5 000 entries), empty proposals, log and state machine as Rust values, \
-         direct calls; each proposal timed"
+         direct calls; one proposal in 8 timed"
     );
     println!(
         "openraft (own binary): benchmarks/minimal as built from openraft's repository (its own \
          version and features), empty proposals, nothing timed per proposal"
     );
+    println!(
+        "floor: the thread hand-offs of one replicated proposal alone (proposer -> leader task -> two \
+         follower tasks -> leader -> proposer, bounded tokio channels, batched, 8 batches in flight), no \
+         Raft: a system whose proposals take these hand-offs, as both above do, cannot beat it on these \
+         threads; one proposal in 8 timed"
+    );
     println!();
     println!(
         "| proposers | total | raft-core ops/s | p50 us | p99 us | spread | openraft (glue) ops/s | p50 us | p99 us | \
-         spread | openraft (own binary) ops/s | spread | raft-core / openraft glue | raft-core / openraft own |"
+         spread | openraft (own binary) ops/s | spread | floor ops/s | raft-core / openraft glue | raft-core / openraft own | \
+         raft-core / floor | openraft own / floor |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (proposers, total) in [(1usize, 20_000usize), (256, 400_000), (4096, 800_000)] {
         let mut ours = Vec::new();
         let mut glue = Vec::new();
         let mut own = Vec::new();
+        let mut floors = Vec::new();
         for round in 0..ROUNDS {
             // Each round starts with another system, so that no system always runs first.
-            for turn in 0..3 {
-                match (round + turn) % 3 {
+            for turn in 0..4 {
+                match (round + turn) % 4 {
                     0 => ours.push(summarize(&core_cluster::run(&rt, proposers, total)?)),
                     1 => glue.push(summarize(&openraft_cluster::run(&rt, proposers, total)?)),
+                    2 => floors.push(summarize(&floor::run(&rt, proposers, total)?).ops_per_sec),
                     _ => {
                         if let Some(bin) = &own_bin {
                             own.push(openraft_own::run(
@@ -91,24 +100,30 @@ fn main() -> anyhow::Result<()> {
         let ours_spread = spread(&ours.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
         let glue_spread = spread(&glue.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
         let (a, b) = (median(ours), median(glue));
-        let (own_cell, own_spread, own_ratio) = if own.is_empty() {
-            ("not run".to_string(), "-".to_string(), "-".to_string())
+        let floor = median_of(&floors);
+        let (own_cell, own_spread, own_ratio, own_floor) = if own.is_empty() {
+            ("not run".to_string(), "-".to_string(), "-".to_string(), "-".to_string())
         } else {
-            let mut sorted = own.clone();
-            sorted.sort_by(f64::total_cmp);
-            let m = sorted[sorted.len() / 2];
-            (format!("{m:.0}"), format!("{:.0} %", spread(&own)), format!("{:.2}", a.ops_per_sec / m))
+            let m = median_of(&own);
+            (
+                format!("{m:.0}"),
+                format!("{:.0} %", spread(&own)),
+                format!("{:.2}", a.ops_per_sec / m),
+                format!("{:.2}", m / floor),
+            )
         };
         println!(
             "| {proposers} | {total} | {:.0} | {} | {} | {ours_spread:.0} % | {:.0} | {} | {} | {glue_spread:.0} % | \
-             {own_cell} | {own_spread} | {:.2} | {own_ratio} |",
+             {own_cell} | {own_spread} | {floor:.0} ({:.0} %) | {:.2} | {own_ratio} | {:.2} | {own_floor} |",
             a.ops_per_sec,
             a.p50_us,
             a.p99_us,
             b.ops_per_sec,
             b.p50_us,
             b.p99_us,
-            a.ops_per_sec / b.ops_per_sec
+            spread(&floors),
+            a.ops_per_sec / b.ops_per_sec,
+            a.ops_per_sec / floor
         );
     }
     let runtime = &rt.server;
@@ -167,6 +182,13 @@ fn main() -> anyhow::Result<()> {
         s.as_secs_f64() / l.as_secs_f64()
     );
     Ok(())
+}
+
+/// The median of `xs` (the upper one of an even count).
+fn median_of(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn median_duration(mut xs: Vec<Duration>) -> Duration {

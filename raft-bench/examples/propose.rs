@@ -1,8 +1,8 @@
 //! One system, one configuration, for profilers: `cargo run -p raft-bench --release --example
-//! propose -- [core|openraft] PROPOSERS TOTAL ROUNDS` (defaults: core 256 400000 3).
+//! propose -- [core|openraft|floor] PROPOSERS TOTAL ROUNDS` (defaults: core 256 400000 3).
 
 use raft_bench::report::summarize;
-use raft_bench::{core_cluster, openraft_cluster, Runtimes};
+use raft_bench::{core_cluster, floor, openraft_cluster, Runtimes};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         let report = match system.as_str() {
             "openraft" => openraft_cluster::run(&rt, proposers, total)?,
+            "floor" => floor::run(&rt, proposers, total)?,
             _ => core_cluster::run(&rt, proposers, total)?,
         };
         let s = summarize(&report);

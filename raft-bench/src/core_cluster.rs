@@ -3,7 +3,6 @@
 //! Proposals, linearizable reads (ReadIndex and lease), and the catch-up of a follower that is
 //! far behind (by snapshot, or by log replay when snapshots are off).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,31 +150,11 @@ async fn propose_concurrently(
     proposers: usize,
     total: usize,
 ) -> anyhow::Result<BenchReport> {
-    let claimed = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..proposers {
-        let leader = leader.clone();
-        let claimed = claimed.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while claimed.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                leader.propose(Bytes::from_static(&[7u8; 16])).await?;
-                latencies.push(t.elapsed().as_micros() as u64);
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies_us = Vec::with_capacity(total);
-    for t in tasks {
-        latencies_us.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
-    if latencies_us.len() != total {
-        bail!("{} of {total} proposals completed", latencies_us.len());
-    }
-    Ok(BenchReport { ops: total, elapsed, latencies_us })
+    crate::run_concurrently(proposers, total, leader.clone(), |leader| async move {
+        leader.propose(Bytes::from_static(&[7u8; 16])).await?;
+        Ok(leader)
+    })
+    .await
 }
 
 /// Runs `total` linearizable reads on the leader from `readers` concurrent tasks, in `mode`
@@ -189,34 +168,15 @@ pub async fn run_reads(mode: ReadMode, readers: usize, total: usize) -> anyhow::
     }
     let leader = wait_for_leader(&nodes).await?;
     leader.propose(Bytes::from_static(b"first")).await?;
-    let claimed = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..readers {
-        let leader = leader.clone();
-        let claimed = claimed.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while claimed.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                leader.read_index(mode).await?;
-                latencies.push(t.elapsed().as_micros() as u64);
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies_us = Vec::with_capacity(total);
-    for t in tasks {
-        latencies_us.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
+    let report = crate::run_concurrently(readers, total, (leader, mode), |(leader, mode)| async move {
+        leader.read_index(mode).await?;
+        Ok((leader, mode))
+    })
+    .await;
     for n in &nodes {
         n.shutdown().await?;
     }
-    if latencies_us.len() != total {
-        bail!("{} of {total} reads completed", latencies_us.len());
-    }
-    Ok(BenchReport { ops: total, elapsed, latencies_us })
+    report
 }
 
 /// What [`catch_up`] measured.

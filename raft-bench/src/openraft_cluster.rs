@@ -17,12 +17,11 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::Context;
 use openraft::alias::SnapshotOf;
@@ -203,10 +202,10 @@ impl RaftNetworkV2<C> for InProcessNetwork {
 /// `client_write` sequentially until `total` are done; returns after the leader has applied all
 /// of them. The nodes run on the server runtime and are shut down before returning.
 ///
-/// `elapsed` in the report spans from the first proposal to the leader having applied the last;
-/// cluster setup and leader election are not included. `latencies_us` holds one entry per
-/// proposal, the time from calling `client_write` to its return, in the order the proposers
-/// finished (not sorted).
+/// `elapsed` in the report spans from the first proposal to the return of the last (once the
+/// leader applied it); cluster setup and leader election are not included. `latencies_us`
+/// holds the time from calling `client_write` to its return of one proposal in
+/// [`TIMED_EVERY`](crate::TIMED_EVERY), as for raft-core.
 ///
 /// # Errors
 ///
@@ -279,86 +278,23 @@ async fn elect(nodes: &[MemRaft]) -> anyhow::Result<MemRaft> {
     Ok(leader)
 }
 
-/// Runs the workload on `leader` from `proposers` tasks of the current runtime.
+/// Runs the workload on `leader` from `proposers` tasks of the current runtime (timed as
+/// raft-core's: [`crate::run_concurrently`]).
 async fn bench_on_leader(leader: MemRaft, proposers: usize, total: usize) -> anyhow::Result<BenchReport> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-
-    let mut tasks = Vec::with_capacity(proposers);
-    for _ in 0..proposers {
-        let leader = leader.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(propose_loop(leader, proposers, next, total)));
-    }
-
-    let mut latencies_us = Vec::with_capacity(total);
-    let mut last_index = None;
-    let mut first_err = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok(out)) => {
-                latencies_us.extend(out.latencies_us);
-                last_index = last_index.max(out.last_index);
-            }
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(join) => {
-                first_err.get_or_insert(anyhow::Error::new(join).context("proposer task failed"));
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-
+    let last_index = Arc::new(AtomicU64::new(0));
+    let state = (leader.clone(), last_index.clone());
+    let report = crate::run_concurrently(proposers, total, state, |(leader, last)| async move {
+        let written = leader.client_write(Request).await.context("client_write failed")?;
+        last.fetch_max(written.log_id.index(), Ordering::Relaxed);
+        Ok((leader, last))
+    })
+    .await?;
     // `client_write` returns once the entry is applied on the leader, so this holds already; the
     // wait makes the guarantee explicit rather than relying on that detail.
     leader
         .wait(Some(WAIT_TIMEOUT))
-        .applied_index_at_least(last_index, "all proposals applied")
+        .applied_index_at_least(Some(last_index.load(Ordering::Relaxed)), "all proposals applied")
         .await
         .context("waiting for the leader to apply every proposal")?;
-    let elapsed = start.elapsed();
-
-    Ok(BenchReport { ops: latencies_us.len(), elapsed, latencies_us })
-}
-
-/// What one proposer task reports back.
-struct ProposerOutput {
-    latencies_us: Vec<u64>,
-    /// Highest log index among this proposer's applied writes.
-    last_index: Option<u64>,
-}
-
-/// A proposer: issues `client_write`s one after the other, each claiming the next of `total` slots from
-/// `next`, until all slots are claimed. On error, stops the other proposers and returns it.
-async fn propose_loop(
-    leader: MemRaft,
-    proposers: usize,
-    next: Arc<AtomicUsize>,
-    total: usize,
-) -> anyhow::Result<ProposerOutput> {
-    let mut out =
-        ProposerOutput { latencies_us: Vec::with_capacity(total.div_ceil(proposers)), last_index: None };
-    loop {
-        let serial = next.fetch_add(1, Ordering::Relaxed);
-        if serial >= total {
-            return Ok(out);
-        }
-        let t0 = Instant::now();
-        let res = leader.client_write(Request).await;
-        let latency = t0.elapsed();
-
-        match res {
-            Ok(resp) => {
-                out.latencies_us.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-                out.last_index = out.last_index.max(Some(resp.log_id.index()));
-            }
-            Err(e) => {
-                next.store(total, Ordering::Relaxed);
-                return Err(anyhow::Error::new(e).context(format!("client_write #{serial} failed")));
-            }
-        }
-    }
+    Ok(report)
 }

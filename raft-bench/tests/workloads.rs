@@ -1,7 +1,7 @@
 //! The benchmark workloads run end to end at a small size (correctness only; speed is measured
 //! by `cargo xtask bench core`, never asserted here).
 
-use raft_bench::{core_cluster, openraft_cluster, Runtimes};
+use raft_bench::{core_cluster, floor, openraft_cluster, Runtimes};
 use raft_core::ReadMode;
 
 #[test]
@@ -9,17 +9,23 @@ fn both_systems_complete_the_write_workload() {
     let rt = Runtimes::new(2, 1).expect("runtimes");
     for proposers in [1, 64] {
         let ours = core_cluster::run(&rt, proposers, 300).expect("raft-core proposals");
-        assert_eq!(ours.latencies_us.len(), 300);
+        assert_eq!(ours.ops, 300);
+        assert!(ours.latencies_us.len() >= 300 / raft_bench::TIMED_EVERY);
         let theirs = openraft_cluster::run(&rt, proposers, 300).expect("openraft proposals");
-        assert_eq!(theirs.latencies_us.len(), 300);
+        assert_eq!(theirs.ops, 300);
+        let hand_offs = floor::run(&rt, proposers, 300).expect("the floor's hand-offs");
+        assert_eq!(hand_offs.ops, 300);
     }
+    // More proposers than a batch and than the request queue: batching and its bounds.
+    let hand_offs = floor::run(&rt, 5_000, 20_000).expect("the floor's hand-offs");
+    assert_eq!(hand_offs.ops, 20_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_read_modes_complete() {
     for mode in [ReadMode::ReadIndex, ReadMode::Lease] {
         let report = core_cluster::run_reads(mode, 8, 500).await.expect("reads");
-        assert_eq!(report.latencies_us.len(), 500, "{mode:?}");
+        assert_eq!(report.ops, 500, "{mode:?}");
     }
 }
 
