@@ -134,14 +134,30 @@ pub fn run(rt: &Runtimes, proposers: usize, total: usize) -> anyhow::Result<Benc
         let leader = wait_for_leader(&nodes).await?;
         anyhow::Ok((nodes, leader))
     })?;
+    let before = leader.status().protocol.last_log_id.index;
     let report = rt.client.block_on(propose_concurrently(&leader, proposers, total));
+    // The status is published after the turn that answered the last proposal.
+    let after = rt.server.block_on(async {
+        let mut status = leader.watch_status();
+        let applied = status.wait_for(|s| s.protocol.applied_index >= s.protocol.last_log_id.index);
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), applied).await {
+            Ok(Ok(s)) => Ok(s.protocol.clone()),
+            _ => Err(anyhow::anyhow!("the leader did not apply its log within 10 s")),
+        };
+        outcome
+    })?;
     rt.server.block_on(async {
         for n in &nodes {
             n.shutdown().await?;
         }
         anyhow::Ok(())
     })?;
-    report
+    let report = report?;
+    // Every proposal answered was placed in the log once (nothing else was proposed; a change
+    // of leader would have failed a proposal), and all of it was applied.
+    let placed = after.last_log_id.index - before;
+    anyhow::ensure!(placed == total as u64, "{placed} entries placed for {total} proposals");
+    Ok(report)
 }
 
 /// `total` proposals from `proposers` tasks on `leader`, with each one's latency.
