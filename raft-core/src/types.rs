@@ -45,8 +45,10 @@ pub enum EntryPayload {
     /// An opaque client command, applied by the [`Fsm`](crate::Fsm).
     Command(Bytes),
     /// A cluster configuration. It takes effect on a node as soon as it is appended to that
-    /// node's log (Raft §4.1), committed or not.
-    Membership(Membership),
+    /// node's log (Raft §4.1), committed or not. Boxed: configurations are rare, and unboxed
+    /// they made every entry 88 bytes instead of 56 (each entry is moved and cloned several
+    /// times on its way through a node).
+    Membership(Box<Membership>),
 }
 
 /// One entry of the replicated log.
@@ -95,7 +97,7 @@ pub struct EntryStub {
 impl From<&Entry> for EntryStub {
     fn from(e: &Entry) -> Self {
         let membership = match &e.payload {
-            EntryPayload::Membership(m) => Some(Box::new(m.clone())),
+            EntryPayload::Membership(m) => Some(m.clone()),
             _ => None,
         };
         Self { log_id: e.log_id(), size_bytes: e.size_bytes() as u64, membership }
@@ -144,5 +146,18 @@ impl std::fmt::Display for Role {
             Role::Leader => "leader",
         };
         f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Entry, EntryPayload};
+
+    /// Every entry is moved and cloned several times per node: a configuration inline (72
+    /// bytes) made all of them 88 bytes; boxed, a command's `Bytes` is the largest payload.
+    #[test]
+    fn an_entry_is_no_larger_than_its_command() {
+        assert_eq!(std::mem::size_of::<EntryPayload>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
     }
 }

@@ -209,7 +209,7 @@ pub async fn force_new_cluster(config: &NodeConfig) -> Result<ForcedCluster, Rec
     log.append(&[Entry {
         term,
         index: membership_entry.index,
-        payload: EntryPayload::Membership(Membership::with_voters([config.id])),
+        payload: EntryPayload::Membership(Box::new(Membership::with_voters([config.id]))),
     }])
     .await?;
     tracing::warn!(id = config.id, kept = %kept_last, voters = ?previous.voters, "forced a new one-voter cluster");
@@ -240,7 +240,7 @@ async fn latest_memberships(
                 .iter()
                 .rev()
                 .filter_map(|e| match &e.payload {
-                    EntryPayload::Membership(m) => Some(m.clone()),
+                    EntryPayload::Membership(m) => Some(Membership::clone(m)),
                     _ => None,
                 })
                 .take(2 - found.len()),

@@ -293,10 +293,10 @@ async fn force_takes_a_voter_of_the_configuration_before_the_newest() {
     store_with(
         &config,
         vec![
-            EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
+            EntryPayload::Membership(Box::new(Membership::with_voters([1, 2, 3]))),
             EntryPayload::Blank,
-            EntryPayload::Membership(joint),
-            EntryPayload::Membership(Membership::with_voters([2, 3])),
+            EntryPayload::Membership(Box::new(joint)),
+            EntryPayload::Membership(Box::new(Membership::with_voters([2, 3]))),
         ],
         1,
     )
@@ -307,9 +307,9 @@ async fn force_takes_a_voter_of_the_configuration_before_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
     let payloads = vec![
-        EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
-        EntryPayload::Membership(Membership::with_voters([2, 3])),
-        EntryPayload::Membership(Membership::with_voters([2, 3, 4])),
+        EntryPayload::Membership(Box::new(Membership::with_voters([1, 2, 3]))),
+        EntryPayload::Membership(Box::new(Membership::with_voters([2, 3]))),
+        EntryPayload::Membership(Box::new(Membership::with_voters([2, 3, 4]))),
     ];
     store_with(&config, payloads, 1).await;
     match recover::force_new_cluster(&config).await {
@@ -325,7 +325,8 @@ async fn force_refuses_a_term_the_protocol_would_drop() {
     let dir = tempfile::tempdir().unwrap();
     let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
     let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
-    let payloads = vec![raft_core::EntryPayload::Membership(raft_core::Membership::with_voters([1]))];
+    let payloads =
+        vec![raft_core::EntryPayload::Membership(Box::new(raft_core::Membership::with_voters([1])))];
     store_with(&config, payloads, raft_core::TERM_LIMIT).await;
     match recover::force_new_cluster(&config).await {
         Err(RecoverError::TermExhausted(t)) => assert_eq!(t, raft_core::TERM_LIMIT),
@@ -342,8 +343,12 @@ async fn a_node_that_lost_data_nobody_else_holds_says_why_it_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let me = MemberConfig { id: 1, raft_addr: free_addr(), client_addr: free_addr() };
     let config = config_for(&me, vec![me.clone()], dir.path(), StorageKind::Rocks);
-    store_with(&config, vec![EntryPayload::Membership(Membership::with_voters([1])), EntryPayload::Blank], 1)
-        .await;
+    store_with(
+        &config,
+        vec![EntryPayload::Membership(Box::new(Membership::with_voters([1]))), EntryPayload::Blank],
+        1,
+    )
+    .await;
     {
         let identity = raft_storage_rocks::Identity { cluster_id: config.cluster.clone(), node_id: 1 };
         let db = raft_storage_rocks::RocksDb::open(&config.data_dir, &identity, Default::default()).unwrap();

@@ -18,7 +18,7 @@ fn open(dir: &std::path::Path) -> RocksDb {
 
 fn entry(index: u64, config: bool) -> Entry {
     let payload = if config {
-        EntryPayload::Membership(Membership::with_voters([1, 2, 3]))
+        EntryPayload::Membership(Box::new(Membership::with_voters([1, 2, 3])))
     } else {
         EntryPayload::Command(bytes::Bytes::from(format!("e{index}")))
     };

@@ -314,7 +314,7 @@ impl Waiters {
             return;
         }
         let config = match &entry.payload {
-            EntryPayload::Membership(m) => Some(m),
+            EntryPayload::Membership(m) => Some(&**m),
             _ => None,
         };
         let mut i = 0;
@@ -455,7 +455,7 @@ mod tests {
     use crate::protocol::ProposalRejection;
 
     fn config_entry(term: Term, index: Index, membership: Membership) -> Entry {
-        Entry { term, index, payload: EntryPayload::Membership(membership) }
+        Entry { term, index, payload: EntryPayload::Membership(Box::new(membership)) }
     }
 
     fn joint() -> Membership {

@@ -420,7 +420,7 @@ impl Raft {
         configs.insert(snapshot_last.index, base_membership);
         let stub_configs = stubs.iter().filter_map(|s| s.membership.as_deref().map(|m| (s.log_id.index, m)));
         let entry_configs = entries.iter().filter_map(|e| match &e.payload {
-            EntryPayload::Membership(m) => Some((e.index, m)),
+            EntryPayload::Membership(m) => Some((e.index, &**m)),
             _ => None,
         });
         for (index, m) in stub_configs.chain(entry_configs) {
@@ -1708,7 +1708,7 @@ impl Raft {
     fn append_local(&mut self, entry: Entry) {
         let index = entry.index;
         let config = match &entry.payload {
-            EntryPayload::Membership(m) => Some(m.clone()),
+            EntryPayload::Membership(m) => Some(Membership::clone(m)),
             _ => None,
         };
         self.log.push(entry);

@@ -100,7 +100,7 @@ impl Raft {
         self.append_local(Entry {
             term: log_id.term,
             index: log_id.index,
-            payload: EntryPayload::Membership(membership),
+            payload: EntryPayload::Membership(Box::new(membership)),
         });
         log_id
     }

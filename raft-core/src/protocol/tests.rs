@@ -1050,7 +1050,7 @@ fn a_configuration_takes_effect_when_appended_and_reverts_when_truncated() {
         outgoing_voters: [1, 2, 3].into(),
         learners: Default::default(),
     };
-    let config = Entry { term: 1, index: 2, payload: EntryPayload::Membership(joint.clone()) };
+    let config = Entry { term: 1, index: 2, payload: EntryPayload::Membership(Box::new(joint.clone())) };
     deliver(&mut n, msg(1, 2, 1, append((1, 1), vec![config], 1)));
     assert_eq!(n.membership(), &joint, "in force before it commits");
     // A new leader overwrites the uncommitted configuration.
@@ -1095,7 +1095,7 @@ fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it(
     assert!(ready
         .entries
         .iter()
-        .any(|e| e.payload == EntryPayload::Membership(Membership::with_voters([1, 4, 5]))));
+        .any(|e| e.payload == EntryPayload::Membership(Box::new(Membership::with_voters([1, 4, 5])))));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use raft_core::{Config, Entry, EntryPayload, Event, HardState, Membership, Raft,
 pub fn campaigning_under(joint: &Membership, pre_vote: bool) -> Raft {
     let entries = vec![
         Entry { term: 1, index: 1, payload: EntryPayload::Blank },
-        Entry { term: 1, index: 2, payload: EntryPayload::Membership(joint.clone()) },
+        Entry { term: 1, index: 2, payload: EntryPayload::Membership(Box::new(joint.clone())) },
     ];
     let restored = RestoredState {
         hard_state: HardState { current_term: 1, voted_for: Some(1) },

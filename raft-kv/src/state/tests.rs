@@ -252,7 +252,7 @@ fn undecodable_commands_are_rejected_and_blank_and_membership_entries_answer_emp
     assert!(matches!(r.raw(&[0xff, 0xff, 0xff]), Response::Rejected(reason) if reason.contains("decode")));
     let (bytes, event) = r.entry(EntryPayload::Blank);
     assert!(bytes.is_empty() && event.is_none());
-    let (bytes, event) = r.entry(EntryPayload::Membership(Membership::with_voters([1, 2, 3])));
+    let (bytes, event) = r.entry(EntryPayload::Membership(Box::new(Membership::with_voters([1, 2, 3]))));
     assert!(bytes.is_empty() && event.is_none());
     assert_eq!(r.state.applied_index(), 3);
 }

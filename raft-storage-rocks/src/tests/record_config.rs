@@ -12,7 +12,7 @@ use super::{expected_entry, open};
 use crate::durability::RecordFile;
 
 fn config_entry(term: u64, index: u64) -> Entry {
-    Entry { term, index, payload: EntryPayload::Membership(Membership::with_voters([1, 2, 3])) }
+    Entry { term, index, payload: EntryPayload::Membership(Box::new(Membership::with_voters([1, 2, 3]))) }
 }
 
 /// Entries 1..=50 of term 1, with `configs` (indexes) carrying a configuration.

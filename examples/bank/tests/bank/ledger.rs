@@ -130,7 +130,11 @@ async fn the_fsm_answers_every_entry_and_restores_snapshots() {
         command(3, &Command::Open { account: "bob".into() }),
         command(4, &deposit("alice", 10)),
         command(5, &transfer("alice", "bob", 11)),
-        Entry { term: 1, index: 6, payload: EntryPayload::Membership(Membership::with_voters([1, 2])) },
+        Entry {
+            term: 1,
+            index: 6,
+            payload: EntryPayload::Membership(Box::new(Membership::with_voters([1, 2]))),
+        },
         Entry { term: 1, index: 7, payload: EntryPayload::Command(Bytes::from_static(b"\xff")) },
         command(8, &transfer("alice", "bob", 10)),
     ];
