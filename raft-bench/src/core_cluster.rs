@@ -184,9 +184,9 @@ pub async fn run_reads(mode: ReadMode, readers: usize, total: usize) -> anyhow::
     }
     let leader = wait_for_leader(&nodes).await?;
     leader.propose(Bytes::from_static(b"first")).await?;
-    let report = crate::run_concurrently(readers, total, (leader, mode), |(leader, mode)| async move {
+    let report = crate::run_concurrently(readers, total, leader, move |leader| async move {
         leader.read_index(mode).await?;
-        Ok((leader, mode))
+        Ok(leader)
     })
     .await;
     for n in &nodes {

@@ -3,8 +3,8 @@
 //!
 //! A proposer on the client runtime sends a request (with a `oneshot` for the answer) to a
 //! "leader" task on the server runtime; the leader sends each batch of requests to two
-//! "follower" tasks (bounded inboxes), and answers the batch once one of them has acknowledged it (two of three, counting
-//! itself). At most [`BATCHES_IN_FLIGHT`] batches are out that neither follower has
+//! "follower" tasks (bounded inboxes), and answers the batch once one of them has acknowledged
+//! it (two of three, counting itself). At most [`BATCHES_IN_FLIGHT`] batches are out that neither follower has
 //! acknowledged. No log, no state machine, no protocol.
 //!
 //! At one proposer each batch is one request and the chain is exactly the four hand-offs
