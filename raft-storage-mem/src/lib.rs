@@ -15,6 +15,7 @@
 //! # });
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -36,7 +37,8 @@ struct Inner {
     snapshot: Option<Snapshot>,
     /// The index of `entries[0]`.
     first: Index,
-    entries: Vec<Entry>,
+    /// A ring: compaction drops the front without moving what stays.
+    entries: VecDeque<Entry>,
     /// The parts of a snapshot being received, kept as they came.
     staged: SnapshotStage,
 }
@@ -47,7 +49,7 @@ impl Default for Inner {
             hard_state: HardState::default(),
             snapshot: None,
             first: 1,
-            entries: Vec::new(),
+            entries: VecDeque::new(),
             staged: SnapshotStage::default(),
         }
     }
@@ -108,7 +110,7 @@ impl Storage for MemStorage {
         }
         let keep = inner.offset(first.index);
         inner.entries.truncate(keep);
-        inner.entries.extend_from_slice(entries);
+        inner.entries.extend(entries.iter().cloned());
         Ok(())
     }
 
@@ -129,7 +131,7 @@ impl Storage for MemStorage {
         if from < inner.first || to > inner.last_index() + 1 || from > to {
             return Err(inner.out_of_range(from, to));
         }
-        Ok(inner.entries[inner.offset(from)..inner.offset(to)].to_vec())
+        Ok(inner.entries.range(inner.offset(from)..inner.offset(to)).cloned().collect())
     }
 
     async fn entries_within(
@@ -143,16 +145,15 @@ impl Storage for MemStorage {
             return Err(inner.out_of_range(from, to));
         }
         let mut bytes = 0usize;
-        let held = &inner.entries[inner.offset(from)..inner.offset(to)];
-        let n = held
-            .iter()
+        let held = inner.entries.range(inner.offset(from)..inner.offset(to));
+        Ok(held
             .take_while(|e| {
                 let under = bytes < max_bytes || bytes == 0;
                 bytes = bytes.saturating_add(e.size_bytes());
                 under
             })
-            .count();
-        Ok(held[..n].to_vec())
+            .cloned()
+            .collect())
     }
 
     async fn term(&self, index: Index) -> Result<Term, StorageError> {

@@ -552,17 +552,26 @@ impl Driver {
         self.maybe_snapshot().await?;
         // Compaction may leave work (a follower now needs the snapshot).
         self.process_ready().await?;
-        let status = self.protocol_status();
-        let node = NodeView {
-            id: status.id,
-            now: self.now_ms(),
-            role: status.role,
-            leader: status.leader,
-            transfer: status.leadership_transfer,
-        };
+        let now = self.now_ms();
+        let mut node = None;
         // Publish first: a caller answered below sees a status at least as new as the answer.
-        let _ = self.status.send(NodeStatus { protocol: status, fatal: None, storage_full: false });
-        self.waiters.on_step(node, self.config.rpc_timeout_ms);
+        // Updated in place: what did not change is not cloned again.
+        self.status.send_modify(|published| {
+            let status = &mut published.protocol;
+            self.raft.refresh_status(status);
+            status.applied_index = self.applied.index;
+            (published.fatal, published.storage_full) = (None, false);
+            node = Some(NodeView {
+                id: status.id,
+                now,
+                role: status.role,
+                leader: status.leader,
+                transfer: status.leadership_transfer,
+            });
+        });
+        if let Some(node) = node {
+            self.waiters.on_step(node, self.config.rpc_timeout_ms);
+        }
         Ok(())
     }
 

@@ -591,6 +591,32 @@ impl Raft {
 
     /// A full status snapshot.
     pub fn status(&self) -> ProtocolStatus {
+        self.status_with(self.membership.clone(), Vec::new())
+    }
+
+    /// Brings `status` up to date, reusing what it holds: the membership is cloned only when
+    /// it changed, the followers' vector is refilled (a driver publishes its status after
+    /// every turn, and the clones showed in the profile of a busy leader).
+    pub(crate) fn refresh_status(&self, status: &mut ProtocolStatus) {
+        let membership = if status.membership == self.membership {
+            std::mem::take(&mut status.membership)
+        } else {
+            self.membership.clone()
+        };
+        let followers = std::mem::take(&mut status.followers);
+        *status = self.status_with(membership, followers);
+    }
+
+    /// The status, with `membership` (the one in force) and `followers` (refilled) given.
+    fn status_with(&self, membership: Membership, mut followers: Vec<FollowerStatus>) -> ProtocolStatus {
+        followers.clear();
+        followers.extend(self.progress.iter().map(|(id, p)| FollowerStatus {
+            id: *id,
+            next_index: p.next_index,
+            match_index: p.match_index,
+            mode: p.mode,
+            last_contact_ago_ms: p.last_contact.map(|t| self.now.saturating_sub(t)),
+        }));
         ProtocolStatus {
             id: self.id,
             term: self.hard_state.current_term,
@@ -601,18 +627,8 @@ impl Raft {
             persisted_index: self.log.persisted,
             log_cached_bytes: self.log.cached_bytes(),
             last_log_id: self.log.last_log_id(),
-            membership: self.membership.clone(),
-            followers: self
-                .progress
-                .iter()
-                .map(|(id, p)| FollowerStatus {
-                    id: *id,
-                    next_index: p.next_index,
-                    match_index: p.match_index,
-                    mode: p.mode,
-                    last_contact_ago_ms: p.last_contact.map(|t| self.now.saturating_sub(t)),
-                })
-                .collect(),
+            membership,
+            followers,
             snapshot: self.snapshot_last(),
             snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.data.len()),
             first_log_index: self.log.base().index + 1,
@@ -1658,20 +1674,20 @@ impl Raft {
     // ---- proposals ----
 
     fn propose(&mut self, id: ProposalId, command: Bytes, forward: bool) {
-        match self.append_entry(EntryPayload::Command(command.clone())) {
-            Ok(log_id) => self.out.proposals.push(ProposalOutcome { id, result: Ok(log_id) }),
-            Err(ProposalRejection::NotLeader { leader_hint: Some(leader) })
-                if forward && self.forwards.len() < self.config.max_pending_forwards =>
-            {
+        // Only a node that does not lead forwards: the command is moved into the log or into
+        // the forward, never cloned (this is on every write's path).
+        let result = match (self.role, self.leader) {
+            (Role::Leader, _) => self.append_entry(EntryPayload::Command(command)),
+            (_, Some(leader)) if forward && self.forwards.len() < self.config.max_pending_forwards => {
                 self.forwards.insert(id, self.now + self.config.rpc_timeout_ms);
                 let term = self.term();
                 self.send(leader, term, Payload::ForwardProposal { id, command });
+                return;
             }
-            Err(ProposalRejection::NotLeader { leader_hint: Some(_) }) if forward => {
-                self.out.proposals.push(ProposalOutcome { id, result: Err(ProposalRejection::Busy) })
-            }
-            Err(e) => self.out.proposals.push(ProposalOutcome { id, result: Err(e) }),
-        }
+            (_, Some(_)) if forward => Err(ProposalRejection::Busy),
+            (_, leader_hint) => Err(ProposalRejection::NotLeader { leader_hint }),
+        };
+        self.out.proposals.push(ProposalOutcome { id, result });
     }
 
     /// Appends an entry of the current term when this node leads, transfers no leadership
