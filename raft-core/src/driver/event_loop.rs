@@ -44,7 +44,8 @@ fn refuse(request: Request) {
 
 /// What woke the driver task.
 enum Woke {
-    Request(Option<Request>),
+    /// Requests were taken into the batch (`false`: the request queue is closed).
+    Requests(bool),
     /// `false`: the transport is closed.
     Inbound(bool),
     Timer,
@@ -81,7 +82,7 @@ impl Woke {
     /// What woke the loop, for the log.
     fn name(&self) -> &'static str {
         match self {
-            Woke::Request(_) => "a client request",
+            Woke::Requests(_) => "client requests",
             Woke::Inbound(_) => "messages",
             Woke::Timer => "the timer",
             Woke::SnapshotWritten(_) => "a snapshot written",
@@ -312,6 +313,9 @@ impl Driver {
     /// The driver task's body: runs until shutdown, a closed transport or a fatal error.
     pub(super) async fn run(mut self) {
         let mut inbound: Vec<Message> = Vec::with_capacity(INBOUND_BATCH_MAX);
+        // Requests are taken together, as many as are queued (the queue's permits are given
+        // back once per batch, not once per request).
+        let mut requests: Vec<Request> = Vec::new();
         let mut shutdown_reply = None;
         let mut clients_first = false;
         let mut was_stalled = false;
@@ -388,7 +392,7 @@ impl Driver {
                     done = self.applier.next_done() => Woke::Applied(done),
                     read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
-                    request = self.requests.recv(), if take_requests => Woke::Request(request),
+                    taken = self.requests.recv_many(&mut requests, REQUEST_QUEUE_MAX), if take_requests => Woke::Requests(taken > 0),
                     () = std::future::ready(()) => Woke::Timer,
                 }
             } else if clients_first {
@@ -398,7 +402,7 @@ impl Driver {
                     done = self.writer.next_done() => Woke::Persisted(done),
                     done = self.applier.next_done() => Woke::Applied(done),
                     read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
-                    request = self.requests.recv(), if take_requests => Woke::Request(request),
+                    taken = self.requests.recv_many(&mut requests, REQUEST_QUEUE_MAX), if take_requests => Woke::Requests(taken > 0),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
@@ -412,15 +416,15 @@ impl Driver {
                     done = self.applier.next_done() => Woke::Applied(done),
                     read = self.reads.join_next(), if !self.reads.is_empty() => Woke::Read(read.and_then(Result::ok)),
                     received = self.transport.recv(&mut inbound, INBOUND_BATCH_MAX) => Woke::Inbound(received.is_ok()),
-                    request = self.requests.recv(), if take_requests => Woke::Request(request),
+                    taken = self.requests.recv_many(&mut requests, REQUEST_QUEUE_MAX), if take_requests => Woke::Requests(taken > 0),
                     _ = tokio::time::sleep_until(deadline) => Woke::Timer,
                 }
             };
             let (turn_started, woke_by) = (Instant::now(), woke.name());
             match woke {
-                Woke::Request(None) | Woke::Inbound(false) => break None,
-                Woke::Request(Some(request)) => {
-                    if let Some(reply) = self.handle_requests(request) {
+                Woke::Requests(false) | Woke::Inbound(false) => break None,
+                Woke::Requests(true) => {
+                    if let Some(reply) = self.handle_requests(&mut requests) {
                         shutdown_reply = Some(reply);
                         break None;
                     }
@@ -575,15 +579,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Handles `first` and whatever else is queued (batched into one step). Returns the reply
-    /// of a shutdown request, which ends the batch.
-    fn handle_requests(&mut self, first: Request) -> Option<oneshot::Sender<()>> {
-        let mut next = Some(first);
+    /// Handles the batch of requests taken (emptying `requests`). Returns the reply of a
+    /// shutdown request, which ends the batch: the requests after it are refused.
+    fn handle_requests(&mut self, requests: &mut Vec<Request>) -> Option<oneshot::Sender<()>> {
         // One clock reading for the batch's proposals (a clock read per proposal showed in the
         // profile of a busy leader; a proposal's time only dates its forwarding deadline).
         let now = self.now_ms();
-        for _ in 0..REQUEST_QUEUE_MAX {
-            let Some(request) = next.take().or_else(|| self.requests.try_recv().ok()) else { break };
+        let mut batch = requests.drain(..);
+        while let Some(request) = batch.next() {
             match request {
                 Request::Propose { command, reply } => self.propose(now, command, reply),
                 // A read is judged against a fresh reading: a lease read must never be
@@ -596,7 +599,10 @@ impl Driver {
                     self.change_membership(&change, force, reply)
                 }
                 Request::TransferLeadership { to, reply } => self.transfer_leadership(to, reply),
-                Request::Shutdown { reply } => return Some(reply),
+                Request::Shutdown { reply } => {
+                    batch.for_each(refuse);
+                    return Some(reply);
+                }
             }
         }
         None
