@@ -591,24 +591,29 @@ impl Raft {
 
     /// A full status snapshot.
     pub fn status(&self) -> ProtocolStatus {
-        self.status_with(self.membership.clone(), Vec::new())
+        let mut status = self.status_with(self.membership.clone());
+        self.fill_followers(&mut status.followers);
+        status
     }
 
     /// Brings `status` up to date, reusing what it holds: the membership is cloned only when
     /// it changed, the followers' vector is refilled (a driver publishes its status after
-    /// every turn, and the clones showed in the profile of a busy leader).
+    /// every turn, and the clones showed in the profile of a busy leader). Everything is read
+    /// before `status` is touched.
     pub(crate) fn refresh_status(&self, status: &mut ProtocolStatus) {
-        let membership = if status.membership == self.membership {
-            std::mem::take(&mut status.membership)
+        let mut fresh = self.status_with(Membership::default());
+        if status.membership == self.membership {
+            std::mem::swap(&mut fresh.membership, &mut status.membership);
         } else {
-            self.membership.clone()
-        };
-        let followers = std::mem::take(&mut status.followers);
-        *status = self.status_with(membership, followers);
+            fresh.membership = self.membership.clone();
+        }
+        std::mem::swap(&mut fresh.followers, &mut status.followers);
+        self.fill_followers(&mut fresh.followers);
+        *status = fresh;
     }
 
-    /// The status, with `membership` (the one in force) and `followers` (refilled) given.
-    fn status_with(&self, membership: Membership, mut followers: Vec<FollowerStatus>) -> ProtocolStatus {
+    /// Refills `followers` with the replication state of each follower.
+    fn fill_followers(&self, followers: &mut Vec<FollowerStatus>) {
         followers.clear();
         followers.extend(self.progress.iter().map(|(id, p)| FollowerStatus {
             id: *id,
@@ -617,6 +622,10 @@ impl Raft {
             mode: p.mode,
             last_contact_ago_ms: p.last_contact.map(|t| self.now.saturating_sub(t)),
         }));
+    }
+
+    /// The status with `membership` (the one in force) and no followers.
+    fn status_with(&self, membership: Membership) -> ProtocolStatus {
         ProtocolStatus {
             id: self.id,
             term: self.hard_state.current_term,
@@ -628,7 +637,7 @@ impl Raft {
             log_cached_bytes: self.log.cached_bytes(),
             last_log_id: self.log.last_log_id(),
             membership,
-            followers,
+            followers: Vec::new(),
             snapshot: self.snapshot_last(),
             snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.data.len()),
             first_log_index: self.log.base().index + 1,

@@ -2905,3 +2905,23 @@ impl Raft {
         format!("{:?}", self.remote_reads).matches("ReadRequest {").count()
     }
 }
+
+#[test]
+fn a_status_refreshed_in_place_equals_a_fresh_one() {
+    let mut published = node(1, 1, None, &[1, 1]).status();
+    let mut check = |n: &Raft, what: &str| {
+        n.refresh_status(&mut published);
+        assert_eq!(published, n.status(), "after {what}");
+    };
+    let (mut n, _) = leader_with_a_commit();
+    check(&n, "an election and a commit (followers appear)");
+    let now = n.now;
+    n.propose_membership_change(now, &MembershipChange::AddLearner(4), false).expect("a learner");
+    check(&n, "a learner added (membership and followers change)");
+    let _ = n.take_ready();
+    n.advance();
+    let term = n.term();
+    deliver(&mut n, msg(2, 1, term + 1, append((0, 0), Vec::new(), 0)));
+    assert_eq!(n.role(), Role::Follower);
+    check(&n, "a newer leader (no followers)");
+}
