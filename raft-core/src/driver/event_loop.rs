@@ -322,7 +322,8 @@ impl Driver {
         let mut overdue_wakes = 0u32;
         // One timer for the task's life, moved when the deadline moves (a timer made afresh
         // each turn registered and removed an entry in tokio's timer wheel every turn, and
-        // showed in the profile at one proposer). `armed` is false once it fired.
+        // showed in the profile at one proposer). `armed` is false once a `Woke::Timer` was
+        // taken: the next turn sets it again, even to the same deadline.
         let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
         let mut armed = false;
         let fatal = loop {
@@ -502,6 +503,9 @@ impl Driver {
                 );
             }
         };
+        // No timer stays registered while the shutdown below awaits (a simulation's paused
+        // clock would jump to its deadline).
+        drop(timer);
         if let Some(e) = &fatal {
             tracing::error!(error = %e, "node stopped after a fatal error");
             let _ = self.status.send(NodeStatus {
