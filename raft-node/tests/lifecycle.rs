@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, damage_table_files, eventually, free_addr, TestCluster};
-use raft_client::api::{MemberRole, RoleView};
+use raft_client::api::{AddMemberRequest, MemberRole, RoleView};
 use raft_node::config::{MemberConfig, StorageKind};
 use raft_node::{Node, StartError};
 
@@ -89,6 +89,54 @@ async fn a_node_joins_a_running_cluster_and_catches_up_by_snapshot() {
     })
     .await;
     joined.shutdown().await;
+    cluster.shutdown().await;
+}
+
+/// Nodes that join at once (a cluster brought up with `join` everywhere, or a recovered
+/// survivor taking the others back) ask for their promotions at the same moment: each waits
+/// for the membership change in progress instead of being refused with `conflict` and staying
+/// a learner for good (found by CI in `recover`'s survivor test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_promoted_at_the_same_moment_all_become_voters() {
+    let cluster = TestCluster::start(1, StorageKind::Mem).await;
+    let client = cluster.client();
+    client.put("before", "joins").await.unwrap();
+    let mut learners = Vec::new();
+    let mut requests = Vec::new();
+    for id in 2..=4 {
+        let me = MemberConfig { id, raft_addr: free_addr(), client_addr: free_addr() };
+        let mut config = config_for(&me, Vec::new(), cluster.dir.path(), StorageKind::Mem);
+        config.join = vec![cluster.endpoint(1)];
+        config.join_as_voter = false;
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        learners.push(Node::start(config).await.unwrap());
+        requests.push(AddMemberRequest {
+            id,
+            raft_addr: me.raft_addr.to_string(),
+            client_addr: me.client_addr.to_string(),
+            role: MemberRole::Voter,
+        });
+    }
+    eventually("nodes 2 to 4 to be learners", || async {
+        let members = client.members().await.unwrap();
+        members.members.iter().filter(|m| m.role == MemberRole::Learner && m.lag == Some(0)).count() == 3
+    })
+    .await;
+    // The three promotions reach the leader together; the first one's joint configuration is
+    // in progress when the others ask.
+    let answers = futures_util::future::join_all(requests.iter().map(|r| client.add_member(r))).await;
+    for (request, answer) in requests.iter().zip(answers) {
+        assert!(answer.is_ok(), "node {} was not promoted: {answer:?}", request.id);
+    }
+    let members = client.members().await.unwrap();
+    let voters: Vec<u64> =
+        members.members.iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4], "{members:?}");
+    assert!(!members.joint, "{members:?}");
+    drop(client);
+    for node in learners {
+        node.shutdown().await;
+    }
     cluster.shutdown().await;
 }
 

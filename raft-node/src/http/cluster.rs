@@ -10,7 +10,7 @@ use raft_client::api::{
     AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
     RoleView, StatusView, TransferRequest,
 };
-use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, Role};
+use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, ProposalRejection, Role};
 use raft_kv::{Command, Op};
 use serde::Deserialize;
 
@@ -18,7 +18,8 @@ use super::kv::json_body;
 use super::{AppState, HttpError};
 use crate::node::Shared;
 
-/// How long `add member` waits for a new voter to catch up before promoting it.
+/// How long `add member` waits for a new voter to catch up, and for another membership change
+/// in progress to end, before it answers with the error.
 const CATCH_UP_FOR: Duration = Duration::from_secs(30);
 /// Most log entries one log view returns.
 const LOG_VIEW_MAX: u64 = 1_000;
@@ -142,9 +143,9 @@ fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
 }
 
 /// `POST /v1/members`: records the new member's addresses in the replicated address book,
-/// adds it as a learner, and for a voter waits until it has caught up and promotes it.
-/// Idempotent: asking again for a member that is already there (with the same role) answers
-/// the membership.
+/// adds it as a learner, and for a voter waits until it has caught up and promotes it. A
+/// membership change in progress (another node joining) is waited for. Idempotent: asking
+/// again for a member that is already there (with the same role) answers the membership.
 pub(crate) async fn add_member(
     State(shared): State<AppState>,
     query: ForceParam,
@@ -188,31 +189,50 @@ pub(crate) async fn add_member(
         )
         .await?;
     }
-    let membership = shared.raft.membership();
-    if !membership.contains(request.id) {
-        with_timeout(&shared, "adding the learner", shared.raft.add_learner(request.id)).await?;
-        tracing::info!(member = request.id, "added a learner");
+    // Another node may be joining at the same time: its change is waited for, not answered
+    // with a conflict that would leave this node a learner for good.
+    let deadline = Instant::now() + CATCH_UP_FOR;
+    while !shared.raft.membership().contains(request.id) {
+        let added = shared.raft.add_learner(request.id);
+        if propose_change(&shared, "adding the learner", deadline, added).await?.is_some() {
+            tracing::info!(member = request.id, "added a learner");
+            break;
+        }
     }
-    if request.role == MemberRole::Voter && !shared.raft.membership().is_voter(request.id) {
-        let deadline = Instant::now() + CATCH_UP_FOR;
-        loop {
+    if request.role == MemberRole::Voter {
+        while !shared.raft.membership().is_voter(request.id) {
             wait_caught_up(&shared, request.id).await?;
             // The leader checks again against its commit index of now, which may have moved on.
-            match with_timeout(&shared, "promoting the learner", shared.raft.promote_learner(request.id))
-                .await
-            {
-                Err(e) if e.body.code == ErrorCode::NotCaughtUp && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                other => {
-                    other?;
-                    break;
-                }
+            let promoted = shared.raft.promote_learner(request.id);
+            if propose_change(&shared, "promoting the learner", deadline, promoted).await?.is_some() {
+                tracing::info!(member = request.id, "promoted a learner to voter");
+                break;
             }
         }
-        tracing::info!(member = request.id, "promoted a learner to voter");
     }
     Ok(Json(members_of(&shared)))
+}
+
+/// Proposes one membership change. `None` when the leader refused it for a reason that passes
+/// by itself (another change in progress, as when two nodes join at once, or a learner that has
+/// not caught up yet) and `deadline` is still ahead: the caller looks again and asks again.
+async fn propose_change(
+    shared: &Shared,
+    what: &str,
+    deadline: Instant,
+    change: impl std::future::Future<Output = Result<Membership, raft_core::RaftError>>,
+) -> Result<Option<Membership>, HttpError> {
+    match tokio::time::timeout(shared.request_timeout(), change).await {
+        Ok(Ok(membership)) => Ok(Some(membership)),
+        Ok(Err(raft_core::RaftError::Rejected(
+            ProposalRejection::MembershipChangeInProgress | ProposalRejection::NotCaughtUp { .. },
+        ))) if Instant::now() < deadline => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(None)
+        }
+        Ok(Err(e)) => Err(shared.raft_error(e)),
+        Err(_) => Err(HttpError::timeout(what)),
+    }
 }
 
 /// Waits until `id`'s match index reaches the leader's commit index as it was when the wait
