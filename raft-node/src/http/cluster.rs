@@ -10,7 +10,9 @@ use raft_client::api::{
     AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
     RoleView, StatusView, TransferRequest,
 };
-use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, ProposalRejection, Role};
+use raft_core::{
+    Entry, EntryPayload, InvalidChange, Membership, MembershipChange, NodeId, ProposalRejection, Role,
+};
 use raft_kv::{Command, Op};
 use serde::Deserialize;
 
@@ -189,57 +191,97 @@ pub(crate) async fn add_member(
         )
         .await?;
     }
-    // Another node may be joining at the same time: its change is waited for, not answered
-    // with a conflict that would leave this node a learner for good.
+    // One change at a time: a change in progress (another node joining, say) is waited for,
+    // not answered with a conflict that would leave a joining node a learner for good. Only
+    // the leader's answer says that this node is where it was asked to be: the membership seen
+    // here may be an uncommitted configuration, lost if the leader is.
     let deadline = Instant::now() + CATCH_UP_FOR;
-    while !shared.raft.membership().contains(request.id) {
-        let added = shared.raft.add_learner(request.id);
-        if propose_change(&shared, "adding the learner", deadline, added).await?.is_some() {
-            tracing::info!(member = request.id, "added a learner");
-            break;
+    let id = request.id;
+    loop {
+        let already = |c: &InvalidChange| matches!(c, InvalidChange::AlreadyMember(_));
+        match propose_change(&shared, deadline, already, shared.raft.add_learner(id)).await? {
+            Proposed::Changed => {
+                tracing::info!(member = id, "added a learner");
+                break;
+            }
+            Proposed::AlreadyThere => break,
+            Proposed::AskAgain => {}
         }
     }
     if request.role == MemberRole::Voter {
-        while !shared.raft.membership().is_voter(request.id) {
-            wait_caught_up(&shared, request.id).await?;
+        loop {
+            if !shared.raft.membership().is_voter(id) {
+                wait_caught_up(&shared, id, deadline).await?;
+            }
             // The leader checks again against its commit index of now, which may have moved on.
-            let promoted = shared.raft.promote_learner(request.id);
-            if propose_change(&shared, "promoting the learner", deadline, promoted).await?.is_some() {
-                tracing::info!(member = request.id, "promoted a learner to voter");
-                break;
+            let already = |c: &InvalidChange| {
+                matches!(c, InvalidChange::NotALearner(_)) && shared.raft.membership().is_voter(id)
+            };
+            match propose_change(&shared, deadline, already, shared.raft.promote_learner(id)).await? {
+                Proposed::Changed => {
+                    tracing::info!(member = id, "promoted a learner to voter");
+                    break;
+                }
+                Proposed::AlreadyThere => break,
+                Proposed::AskAgain => {}
             }
         }
     }
     Ok(Json(members_of(&shared)))
 }
 
-/// Proposes one membership change. `None` when the leader refused it for a reason that passes
-/// by itself (another change in progress, as when two nodes join at once, or a learner that has
-/// not caught up yet) and `deadline` is still ahead: the caller looks again and asks again.
+/// What became of one membership change [`propose_change`] proposed.
+enum Proposed {
+    /// Committed.
+    Changed,
+    /// Refused because the membership, committed and not joint, already is what was asked.
+    AlreadyThere,
+    /// Refused for a reason that passes by itself; the caller asks again.
+    AskAgain,
+}
+
+/// Proposes one membership change. A refusal that passes by itself (another change in
+/// progress, as when two nodes join at once; a new voter not caught up yet; too few voters
+/// answering for a moment) is waited for until `deadline` ([`Proposed::AskAgain`], after a
+/// pause). The leader refuses an invalid change only when no other change is in progress, so
+/// a refusal that `already` accepts means the membership, committed, is as asked.
 async fn propose_change(
     shared: &Shared,
-    what: &str,
     deadline: Instant,
+    already: impl Fn(&InvalidChange) -> bool,
     change: impl std::future::Future<Output = Result<Membership, raft_core::RaftError>>,
-) -> Result<Option<Membership>, HttpError> {
+) -> Result<Proposed, HttpError> {
+    use raft_core::RaftError::Rejected;
+    let waiting = Instant::now() < deadline;
     match tokio::time::timeout(shared.request_timeout(), change).await {
-        Ok(Ok(membership)) => Ok(Some(membership)),
-        Ok(Err(raft_core::RaftError::Rejected(
-            ProposalRejection::MembershipChangeInProgress | ProposalRejection::NotCaughtUp { .. },
-        ))) if Instant::now() < deadline => {
+        Ok(Ok(_)) => Ok(Proposed::Changed),
+        Ok(Err(Rejected(ProposalRejection::InvalidMembershipChange(c)))) if already(&c) => {
+            Ok(Proposed::AlreadyThere)
+        }
+        Ok(Err(Rejected(ProposalRejection::MembershipChangeInProgress))) if !waiting => Err(HttpError::new(
+            ErrorCode::Timeout,
+            format!(
+                "another membership change has been in progress for {} s; ask again",
+                CATCH_UP_FOR.as_secs()
+            ),
+        )),
+        Ok(Err(Rejected(
+            ProposalRejection::MembershipChangeInProgress
+            | ProposalRejection::NotCaughtUp { .. }
+            | ProposalRejection::NoLiveQuorum { .. },
+        ))) if waiting => {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(None)
+            Ok(Proposed::AskAgain)
         }
         Ok(Err(e)) => Err(shared.raft_error(e)),
-        Err(_) => Err(HttpError::timeout(what)),
+        Err(_) => Err(HttpError::timeout("the membership change")),
     }
 }
 
 /// Waits until `id`'s match index reaches the leader's commit index as it was when the wait
-/// began (so a new voter does not stall commits while it catches up).
-async fn wait_caught_up(shared: &Shared, id: NodeId) -> Result<(), HttpError> {
+/// began (so a new voter does not stall commits while it catches up), until `deadline`.
+async fn wait_caught_up(shared: &Shared, id: NodeId, deadline: Instant) -> Result<(), HttpError> {
     let target = shared.raft.status().protocol.commit_index;
-    let deadline = Instant::now() + CATCH_UP_FOR;
     loop {
         let status = shared.raft.status().protocol;
         if status.role != Role::Leader {
