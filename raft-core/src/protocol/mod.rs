@@ -225,6 +225,9 @@ pub struct ProtocolStatus {
     pub last_log_id: LogId,
     /// The membership in force (the latest configuration in the log, committed or not).
     pub membership: Membership,
+    /// Where that membership was appended: the index of its configuration entry (or of the
+    /// snapshot that carries it; 0 for none). It is committed once `commit_index` reaches it.
+    pub membership_index: Index,
     /// Per-follower replication state (leader only).
     pub followers: Vec<FollowerStatus>,
     /// The last entry covered by the latest snapshot (index 0 when there is none).
@@ -637,6 +640,7 @@ impl Raft {
             log_cached_bytes: self.log.cached_bytes(),
             last_log_id: self.log.last_log_id(),
             membership,
+            membership_index: self.latest_config_index(),
             followers: Vec::new(),
             snapshot: self.snapshot_last(),
             snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.data.len()),

@@ -1070,6 +1070,24 @@ fn leader_with_a_commit() -> (Raft, Term) {
 }
 
 #[test]
+fn the_status_says_where_the_membership_was_appended_so_whether_it_is_committed() {
+    let (mut n, term) = leader_with_a_commit();
+    let status = n.status();
+    assert!(status.membership_index <= status.commit_index, "{status:?}");
+    let now = n.now;
+    let at = n.propose_membership_change(now, &MembershipChange::AddLearner(4), false).expect("a learner");
+    let status = n.status();
+    assert_eq!(status.membership_index, at.index);
+    assert!(status.membership.contains(4) && status.membership_index > status.commit_index, "{status:?}");
+    let _ = n.take_ready();
+    n.advance();
+    deliver(&mut n, msg(2, 1, term, ack(at.index, 0)));
+    let status = n.status();
+    assert_eq!(status.membership_index, at.index);
+    assert!(status.commit_index >= status.membership_index, "{status:?}");
+}
+
+#[test]
 fn a_joint_configuration_commits_with_both_majorities_then_the_leader_leaves_it() {
     let (mut n, term) = leader_with_a_commit();
     assert_eq!(n.commit_index(), 1);

@@ -10,9 +10,7 @@ use raft_client::api::{
     AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
     RoleView, StatusView, TransferRequest,
 };
-use raft_core::{
-    Entry, EntryPayload, InvalidChange, Membership, MembershipChange, NodeId, ProposalRejection, Role,
-};
+use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, ProposalRejection, Role};
 use raft_kv::{Command, Op};
 use serde::Deserialize;
 
@@ -192,87 +190,85 @@ pub(crate) async fn add_member(
         .await?;
     }
     // One change at a time: a change in progress (another node joining, say) is waited for,
-    // not answered with a conflict that would leave a joining node a learner for good. Only
-    // the leader's answer says that this node is where it was asked to be: the membership seen
-    // here may be an uncommitted configuration, lost if the leader is.
+    // not answered with a conflict that would leave a joining node a learner for good. Only a
+    // committed membership that is not joint shows this node where it was asked to be: one
+    // that is not committed yet is lost if the leader is.
     let deadline = Instant::now() + CATCH_UP_FOR;
     let id = request.id;
-    loop {
-        let already = |c: &InvalidChange| matches!(c, InvalidChange::AlreadyMember(_));
-        match propose_change(&shared, deadline, already, shared.raft.add_learner(id)).await? {
-            Proposed::Changed => {
-                tracing::info!(member = id, "added a learner");
-                break;
-            }
-            Proposed::AlreadyThere => break,
-            Proposed::AskAgain => {}
+    let member = |m: &Membership| m.contains(id);
+    while !settled_as(&shared, member) {
+        if propose_change(&shared, deadline, member, shared.raft.add_learner(id)).await? {
+            tracing::info!(member = id, "added a learner");
+            break;
         }
     }
     if request.role == MemberRole::Voter {
-        loop {
+        let voter = |m: &Membership| m.is_voter(id);
+        while !settled_as(&shared, voter) {
             if !shared.raft.membership().is_voter(id) {
                 wait_caught_up(&shared, id, deadline).await?;
             }
             // The leader checks again against its commit index of now, which may have moved on.
-            let already = |c: &InvalidChange| {
-                matches!(c, InvalidChange::NotALearner(_)) && shared.raft.membership().is_voter(id)
-            };
-            match propose_change(&shared, deadline, already, shared.raft.promote_learner(id)).await? {
-                Proposed::Changed => {
-                    tracing::info!(member = id, "promoted a learner to voter");
-                    break;
-                }
-                Proposed::AlreadyThere => break,
-                Proposed::AskAgain => {}
+            if propose_change(&shared, deadline, voter, shared.raft.promote_learner(id)).await? {
+                tracing::info!(member = id, "promoted a learner to voter");
+                break;
             }
         }
     }
     Ok(Json(members_of(&shared)))
 }
 
-/// What became of one membership change [`propose_change`] proposed.
-enum Proposed {
-    /// Committed.
-    Changed,
-    /// Refused because the membership, committed and not joint, already is what was asked.
-    AlreadyThere,
-    /// Refused for a reason that passes by itself; the caller asks again.
-    AskAgain,
+/// Whether the membership in force is committed, not joint, and as `asked` wants it: then it
+/// holds whatever becomes of this leader.
+fn settled_as(shared: &Shared, asked: impl Fn(&Membership) -> bool) -> bool {
+    let status = shared.raft.status().protocol;
+    !status.membership.is_joint()
+        && status.membership_index <= status.commit_index
+        && asked(&status.membership)
 }
 
-/// Proposes one membership change. A refusal that passes by itself (another change in
-/// progress, as when two nodes join at once; a new voter not caught up yet; too few voters
-/// answering for a moment) is waited for until `deadline` ([`Proposed::AskAgain`], after a
-/// pause). The leader refuses an invalid change only when no other change is in progress, so
-/// a refusal that `already` accepts means the membership, committed, is as asked.
+/// Proposes one membership change: `true` once it is committed, `false` when the caller should
+/// look again and maybe ask again. A refusal that passes by itself (another change in progress,
+/// as when two nodes join at once; a new voter not caught up yet; too few voters answering for
+/// a moment) is waited for until `deadline`. The leader refuses an invalid change only while
+/// no other change is in progress: when the membership is already as `asked` wants, the
+/// caller sees it settled; otherwise the refusal is the answer.
 async fn propose_change(
     shared: &Shared,
     deadline: Instant,
-    already: impl Fn(&InvalidChange) -> bool,
+    asked: impl Fn(&Membership) -> bool,
     change: impl std::future::Future<Output = Result<Membership, raft_core::RaftError>>,
-) -> Result<Proposed, HttpError> {
+) -> Result<bool, HttpError> {
     use raft_core::RaftError::Rejected;
+    let pause = || tokio::time::sleep(Duration::from_millis(50));
     let waiting = Instant::now() < deadline;
     match tokio::time::timeout(shared.request_timeout(), change).await {
-        Ok(Ok(_)) => Ok(Proposed::Changed),
-        Ok(Err(Rejected(ProposalRejection::InvalidMembershipChange(c)))) if already(&c) => {
-            Ok(Proposed::AlreadyThere)
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e @ Rejected(ProposalRejection::InvalidMembershipChange(_)))) => {
+            if settled_as(shared, &asked) {
+                Ok(false)
+            } else if waiting && !settled_as(shared, |_| true) {
+                // The published status trails the leader by at most one turn.
+                pause().await;
+                Ok(false)
+            } else {
+                Err(shared.raft_error(e))
+            }
         }
-        Ok(Err(Rejected(ProposalRejection::MembershipChangeInProgress))) if !waiting => Err(HttpError::new(
-            ErrorCode::Timeout,
-            format!(
-                "another membership change has been in progress for {} s; ask again",
-                CATCH_UP_FOR.as_secs()
-            ),
-        )),
         Ok(Err(Rejected(
             ProposalRejection::MembershipChangeInProgress
             | ProposalRejection::NotCaughtUp { .. }
             | ProposalRejection::NoLiveQuorum { .. },
         ))) if waiting => {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(Proposed::AskAgain)
+            pause().await;
+            Ok(false)
         }
+        Ok(Err(Rejected(
+            r @ (ProposalRejection::MembershipChangeInProgress | ProposalRejection::NoLiveQuorum { .. }),
+        ))) => Err(HttpError::new(
+            ErrorCode::Timeout,
+            format!("{r} (waited {} s); ask again", CATCH_UP_FOR.as_secs()),
+        )),
         Ok(Err(e)) => Err(shared.raft_error(e)),
         Err(_) => Err(HttpError::timeout("the membership change")),
     }
