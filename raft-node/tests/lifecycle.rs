@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, damage_table_files, eventually, free_addr, TestCluster};
-use raft_client::api::{AddMemberRequest, MemberRole, RoleView};
+use raft_client::api::{AddMemberRequest, ErrorCode, MemberRole, RoleView};
 use raft_node::config::{MemberConfig, StorageKind};
 use raft_node::{Node, StartError};
 
@@ -140,6 +140,41 @@ async fn learners_promoted_at_the_same_moment_all_become_voters() {
     for node in learners {
         node.shutdown().await;
     }
+    cluster.shutdown().await;
+}
+
+/// A node removed while `add member` waits for it to catch up is refused at once with
+/// `conflict` (final for a joining node), not answered `timeout` after 30 s and added back
+/// when it asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_its_promotion_waits_is_refused_not_added_back() {
+    let cluster = TestCluster::start(1, StorageKind::Mem).await;
+    let client = cluster.client();
+    // Node 9 never runs: it is added as a learner and never catches up.
+    let request = AddMemberRequest {
+        id: 9,
+        raft_addr: free_addr().to_string(),
+        client_addr: free_addr().to_string(),
+        role: MemberRole::Voter,
+    };
+    let adding = {
+        let client = cluster.client();
+        tokio::spawn(async move { client.add_member(&request).await })
+    };
+    eventually("node 9 to be a learner", || async {
+        client.members().await.unwrap().members.iter().any(|m| m.id == 9 && m.role == MemberRole::Learner)
+    })
+    .await;
+    client.remove_member(9, false).await.unwrap();
+    match adding.await.unwrap() {
+        Err(raft_client::ClientError::Api { error, .. }) if error.code == ErrorCode::Conflict => {
+            assert!(error.message.contains("removed"), "{error:?}");
+        }
+        other => panic!("the removed node's promotion was answered {other:?}"),
+    }
+    let members = client.members().await.unwrap();
+    assert!(members.members.iter().all(|m| m.id != 9), "{members:?}");
+    drop(client);
     cluster.shutdown().await;
 }
 

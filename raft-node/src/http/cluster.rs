@@ -10,7 +10,9 @@ use raft_client::api::{
     AddMemberRequest, ErrorCode, LeaderView, LogEntryView, LogView, MemberRole, MemberView, MembersView,
     RoleView, StatusView, TransferRequest,
 };
-use raft_core::{Entry, EntryPayload, Membership, MembershipChange, NodeId, ProposalRejection, Role};
+use raft_core::{
+    Entry, EntryPayload, Membership, MembershipChange, NodeId, ProposalRejection, ProtocolStatus, Role,
+};
 use raft_kv::{Command, Op};
 use serde::Deserialize;
 
@@ -222,9 +224,12 @@ pub(crate) async fn add_member(
 /// holds whatever becomes of this leader.
 fn settled_as(shared: &Shared, asked: impl Fn(&Membership) -> bool) -> bool {
     let status = shared.raft.status().protocol;
-    !status.membership.is_joint()
-        && status.membership_index <= status.commit_index
-        && asked(&status.membership)
+    settled(&status) && asked(&status.membership)
+}
+
+/// Whether the membership in force is committed and not joint.
+fn settled(status: &ProtocolStatus) -> bool {
+    !status.membership.is_joint() && status.membership_index <= status.commit_index
 }
 
 /// Proposes one membership change: `true` once it is committed, `false` when the caller should
@@ -247,12 +252,17 @@ async fn propose_change(
         Ok(Err(e @ Rejected(ProposalRejection::InvalidMembershipChange(_)))) => {
             if settled_as(shared, &asked) {
                 Ok(false)
-            } else if waiting && !settled_as(shared, |_| true) {
-                // The published status trails the leader by at most one turn.
+            } else if settled_as(shared, |_| true) {
+                Err(shared.raft_error(e))
+            } else if waiting {
+                // Another change began since the refusal (the status is never older than it).
                 pause().await;
                 Ok(false)
             } else {
-                Err(shared.raft_error(e))
+                Err(HttpError::new(
+                    ErrorCode::Timeout,
+                    format!("other membership changes went on for {} s; ask again", CATCH_UP_FOR.as_secs()),
+                ))
             }
         }
         Ok(Err(Rejected(
@@ -285,6 +295,12 @@ async fn wait_caught_up(shared: &Shared, id: NodeId, deadline: Instant) -> Resul
         }
         if status.followers.iter().any(|f| f.id == id && f.match_index >= target) {
             return Ok(());
+        }
+        if settled(&status) && !status.membership.contains(id) {
+            return Err(HttpError::new(
+                ErrorCode::Conflict,
+                format!("node {id} was removed while it was being added"),
+            ));
         }
         if Instant::now() >= deadline {
             return Err(HttpError::new(
