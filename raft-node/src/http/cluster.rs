@@ -147,8 +147,7 @@ fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
 /// `POST /v1/members`: records the new member's addresses in the replicated address book,
 /// adds it as a learner, and for a voter waits until it has caught up and promotes it. A
 /// membership change in progress (another node joining) is waited for. Idempotent: asking
-/// again for a member that is already there answers the membership (a voter asked for as a
-/// learner stays a voter).
+/// again for a member that is already there (with the same role) answers the membership.
 pub(crate) async fn add_member(
     State(shared): State<AppState>,
     query: ForceParam,
@@ -347,12 +346,11 @@ pub(crate) async fn promote_member(
 ) -> Result<Json<MembersView>, HttpError> {
     let Query(ForceQuery { force }) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
     require_leader(&shared)?;
-    if !shared.raft.membership().contains(id) {
+    let membership = shared.raft.membership();
+    if !membership.contains(id) {
         return Err(HttpError::not_found(format!("node {id} is not a member")));
     }
-    // A voter of a configuration that is not committed yet (or joint) is not one for good:
-    // the leader is asked, and answers `conflict` while that change is in progress.
-    if !settled_as(&shared, |m| m.is_voter(id)) {
+    if !membership.is_voter(id) {
         let call = change_membership(&shared, MembershipChange::PromoteLearner(id), force);
         with_timeout(&shared, "promoting the learner", call).await?;
         tracing::info!(member = id, force, "promoted a learner to voter");
