@@ -147,7 +147,8 @@ fn parse_addr(what: &str, addr: &str) -> Result<SocketAddr, HttpError> {
 /// `POST /v1/members`: records the new member's addresses in the replicated address book,
 /// adds it as a learner, and for a voter waits until it has caught up and promotes it. A
 /// membership change in progress (another node joining) is waited for. Idempotent: asking
-/// again for a member that is already there (with the same role) answers the membership.
+/// again for a member that is already there answers the membership (a voter asked for as a
+/// learner stays a voter).
 pub(crate) async fn add_member(
     State(shared): State<AppState>,
     query: ForceParam,
