@@ -251,9 +251,10 @@ async fn propose_change(
     match tokio::time::timeout(shared.request_timeout(), change).await {
         Ok(Ok(_)) => Ok(true),
         Ok(Err(e @ Rejected(ProposalRejection::InvalidMembershipChange(_)))) => {
-            if settled_as(shared, &asked) {
+            let status = shared.raft.status().protocol;
+            if settled(&status) && asked(&status.membership) {
                 Ok(false)
-            } else if settled_as(shared, |_| true) {
+            } else if settled(&status) {
                 Err(shared.raft_error(e))
             } else if waiting {
                 // Another change began since the refusal (the status is never older than it).
