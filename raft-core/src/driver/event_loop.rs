@@ -734,6 +734,11 @@ impl Driver {
                 for m in self.writer.hold(std::mem::take(&mut ready.persisted_messages)) {
                     self.send(m);
                 }
+                // What the store completed at once is taken now: the messages it held leave in
+                // this turn, not the next.
+                while let Some(done) = self.writer.done_now().await {
+                    persisted.push(self.release(&done?));
+                }
             } else {
                 // The received snapshot replaces the log: every queued write goes first.
                 persisted = self.drain_writes().await?;

@@ -251,6 +251,21 @@ impl LogWriter {
         outcome
     }
 
+    /// The call under way if it is complete when polled now (a store that writes in memory
+    /// completes on its first poll): taken in the same turn of the driver as its queueing, its
+    /// held messages leave a turn earlier. `None` when it is still under way (it stays so, and
+    /// this task is woken when it completes) or none is. After a success the next call starts.
+    pub(super) async fn done_now(&mut self) -> Option<Result<Persisted, RaftError>> {
+        let call = self.call.as_mut()?.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outcome = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        let std::task::Poll::Ready(outcome) = outcome else { return None };
+        self.call = None;
+        if outcome.is_ok() {
+            self.start_next();
+        }
+        Some(outcome)
+    }
+
     /// Records a completed write; returns the messages it releases.
     pub(super) fn complete(&mut self, persisted: &Persisted) -> Vec<Message> {
         self.durable = self.durable.max(persisted.seq);

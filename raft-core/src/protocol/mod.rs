@@ -1602,7 +1602,10 @@ impl Raft {
             p.acked_read_seq = read_seq;
             self.advance_reads();
         }
-        let round_sent = self.read_seq_sent_at.iter().find(|(s, _)| *s == read_seq).map(|(_, at)| *at);
+        let round_sent = match self.progress.get(&from) {
+            Some(p) if p.snapshot.is_some() => self.round_sent_at(read_seq),
+            _ => None,
+        };
         let Some(p) = self.progress.get_mut(&from) else { return };
         if let Some(t) = p.snapshot.as_mut() {
             // The follower answered a round sent after the outstanding chunk but not the chunk:

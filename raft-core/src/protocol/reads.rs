@@ -183,7 +183,20 @@ impl Raft {
         }
         let seq = self.quorum_read_seq();
         let lease = self.config.lease_ms();
-        self.read_seq_sent_at.iter().find(|(s, _)| *s == seq).is_some_and(|(_, sent)| self.now < sent + lease)
+        self.round_sent_at(seq).is_some_and(|sent| self.now < sent + lease)
+    }
+
+    /// When heartbeat round `seq` was sent, if it is among the rounds remembered. Their
+    /// numbers are consecutive (each round takes the next), so the round is found by its
+    /// distance from the oldest: this runs for every answer a follower sends.
+    pub(super) fn round_sent_at(&self, seq: u64) -> Option<Millis> {
+        let oldest = self.read_seq_sent_at.front()?.0;
+        let at = usize::try_from(seq.checked_sub(oldest)?).ok()?;
+        match self.read_seq_sent_at.get(at) {
+            Some((s, sent)) if *s == seq => Some(*sent),
+            // Not consecutive after all: look for it.
+            _ => self.read_seq_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, sent)| *sent),
+        }
     }
 
     /// Whether reads wait for a round and no earlier round is still waiting for its quorum.

@@ -2943,3 +2943,33 @@ fn a_status_refreshed_in_place_equals_a_fresh_one() {
     assert_eq!(n.role(), Role::Follower);
     check(&n, "a newer leader (no followers)");
 }
+
+#[test]
+fn the_leader_finds_when_each_remembered_round_was_sent_and_forgets_older_ones() {
+    let (mut n, _) = leader_with_rounds_answered();
+    let first = n.read_seq + 1;
+    let rounds = reads::ROUNDS_REMEMBERED as u64 + 40;
+    let interval = n.config.heartbeat_interval_ms;
+    let term = n.term();
+    for i in 0..rounds {
+        // Each heartbeat starts the next round; node 2 answers it (the quorum stays).
+        let at = n.now + interval;
+        n.step(at, Event::Tick);
+        let _ = n.take_ready();
+        n.advance();
+        assert_eq!(n.read_seq, first + i);
+        assert_eq!(n.round_sent_at(first + i), Some(at), "round {i}");
+        let _ = deliver(&mut n, msg(2, 1, term, ack(3, first + i)));
+    }
+    assert_eq!(n.role(), Role::Leader);
+    let last = first + rounds - 1;
+    let oldest = last + 1 - reads::ROUNDS_REMEMBERED as u64;
+    let sent_last = n.now;
+    for seq in oldest..=last {
+        assert_eq!(n.round_sent_at(seq), Some(sent_last - interval * (last - seq)), "round {seq}");
+    }
+    assert_eq!(n.round_sent_at(oldest - 1), None, "forgotten");
+    assert_eq!(n.round_sent_at(0), None);
+    assert_eq!(n.round_sent_at(last + 1), None, "never sent");
+    assert_eq!(n.round_sent_at(u64::MAX), None, "never sent");
+}
