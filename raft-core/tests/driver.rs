@@ -622,6 +622,8 @@ struct FaultyStorage {
     inner: MemStorage,
     full: AtomicBool,
     hang_appends: AtomicBool,
+    /// Appends fail at once with an IO error (on their first poll).
+    fail_appends: AtomicBool,
     slow_hard_state: AtomicBool,
     /// Staging and storing snapshots fail with `Full`.
     full_for_snapshots: AtomicBool,
@@ -663,6 +665,9 @@ impl raft_core::Storage for FaultyStorage {
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         if self.hang_appends.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("the disk failed".into()));
         }
         if self.full.load(Ordering::SeqCst) {
             return Err(StorageError::Full);
@@ -1396,4 +1401,34 @@ async fn a_kept_reception_the_node_does_not_resume_is_discarded_at_start() {
     assert_eq!(node.status().protocol.incoming_snapshot, None);
     assert_eq!(storage.initial_state().await.expect("state").staged, None, "the kept reception is dropped");
     node.shutdown().await.expect("shutdown");
+}
+
+/// A follower whose store fails an append at once (on the write's first poll, in the turn
+/// that queued it) stops visibly, never acknowledges the entries it failed to write, and
+/// shuts down; the other two go on committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_at_once_is_fatal_and_acknowledges_nothing() {
+    let (storages, nodes, leader) = three_on_faulty_storage(Config::default()).await;
+    let failing = nodes.keys().copied().find(|id| *id != leader).expect("a follower");
+    storages[&failing].fail_appends.store(true, Ordering::SeqCst);
+    let before = nodes[&failing].status().protocol.last_log_id.index;
+    let last = propose_many(&nodes[&leader], 5).await;
+    assert!(last > before);
+    wait_until("the failing follower stops", || nodes[&failing].status().fatal.is_some()).await;
+    let fatal = nodes[&failing].status().fatal.unwrap_or_default();
+    assert!(fatal.contains("the disk failed"), "{fatal}");
+    let acknowledged = nodes[&leader]
+        .status()
+        .protocol
+        .followers
+        .iter()
+        .find(|f| f.id == failing)
+        .map(|f| f.match_index)
+        .expect("the leader tracks the follower");
+    assert!(acknowledged <= before, "acknowledged {acknowledged} though nothing after {before} was written");
+    let stored = storages[&failing].inner.initial_state().await.expect("readable").last_index;
+    assert!(stored <= before, "stored up to {stored}");
+    tokio::time::timeout(WAIT_MAX, nodes[&failing].shutdown()).await.expect("shutdown returns").ok();
+    let more = propose_many(&nodes[&leader], 3).await;
+    assert!(more > last, "the other two go on committing");
 }

@@ -3,9 +3,10 @@
 //! driver's event loop: the driver polls the call under way in its `select!` (its IO runs on
 //! the store's own thread, or wherever the `Storage` puts it), so it keeps sending heartbeats
 //! and handling messages while a write and its sync are in flight, and the store's answer
-//! wakes the driver itself (no task in between: two thread hand-offs fewer per write). Writes
-//! queued while one is under way are merged into the next storage call (one sync for all of
-//! them: group commit).
+//! wakes the driver itself (no task in between: two thread hand-offs fewer per write). The
+//! driver also polls a call once in the turn that queued it ([`LogWriter::done_now`]): a store
+//! that completes at once (in memory) is done within that turn. Writes queued while one is
+//! under way are merged into the next storage call (one sync for all of them: group commit).
 //!
 //! A full disk does not stop the node: the write waits and is tried again until space returns
 //! (the driver refuses new proposals meanwhile; see `RaftNode::propose`).
@@ -237,7 +238,7 @@ impl LogWriter {
     }
 
     /// The next completed write (pending forever when none is under way: for a `select!`
-    /// branch; cancel-safe: the call stays under way when this future is dropped). After a
+    /// branch, and beside [`done_now`](Self::done_now) in the turn that queues a write; cancel-safe: the call stays under way when this future is dropped). After a
     /// success the next call starts; an error is fatal.
     pub(super) async fn next_done(&mut self) -> Result<Persisted, RaftError> {
         let Some(call) = self.call.as_mut() else {
