@@ -53,5 +53,13 @@ fn seeds_that_once_failed_pass() {
             Err(f) => failures.push(f.to_string()),
         }
     }
+    // 4774: a reception replaced within one ready by a delayed copy of an older snapshot's
+    // first part, then given up on a new term; the replaced reception's last part was staged
+    // after the discard and stopped node 3 (a fatal storage error). The rule is pinned by
+    // `protocol::tests::parts_of_a_replaced_reception_are_not_staged_after_the_reception_is_given_up`;
+    // a schedule change may make this seed exercise something else.
+    if let Err(f) = run(4_774, Options::default()) {
+        failures.push(f.to_string());
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
