@@ -742,6 +742,8 @@ impl Raft {
             }
             self.flush_appends();
         }
+        #[cfg(debug_assertions)]
+        self.check_snapshot_parts();
         let mut ready = std::mem::take(&mut self.out);
         self.ready_seq += 1;
         ready.seq = self.ready_seq;

@@ -285,6 +285,55 @@ impl Raft {
         }
     }
 
+    /// Checks, in debug builds (tests and simulations), what the driver relies on when it
+    /// stages this ready's parts after the discard it asks for: the parts are one unbroken run
+    /// of one snapshot of one term, starting at byte 0 after a discard, and they are the parts
+    /// of the reception under way (ending where it stands) or of the snapshot this ready
+    /// installs.
+    #[cfg(debug_assertions)]
+    pub(super) fn check_snapshot_parts(&self) {
+        let parts = &self.out.snapshot_parts;
+        let (Some(first), Some(last)) = (parts.first(), parts.last()) else { return };
+        for pair in parts.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(
+                a.term == b.term && a.meta == b.meta && b.offset == a.offset + a.data.len() as u64,
+                "node {}: snapshot parts that do not follow each other: {} at {} then {} at {}",
+                self.id,
+                a.meta.last_log_id,
+                a.offset,
+                b.meta.last_log_id,
+                b.offset
+            );
+        }
+        assert!(
+            !self.out.discard_staged_snapshot || first.offset == 0,
+            "node {}: a part at byte {} staged after a discard",
+            self.id,
+            first.offset
+        );
+        let end = last.offset + last.data.len() as u64;
+        match (&self.incoming, &self.out.snapshot) {
+            (Some(i), None) => assert!(
+                i.meta == first.meta && i.len == end,
+                "node {}: parts of {} up to byte {} beside the reception of {} at byte {}",
+                self.id,
+                first.meta.last_log_id,
+                end,
+                i.meta.last_log_id,
+                i.len
+            ),
+            (None, Some(s)) => assert!(
+                s.meta == first.meta && s.data.len() == end,
+                "node {}: parts of {} beside the install of {}",
+                self.id,
+                first.meta.last_log_id,
+                s.meta.last_log_id
+            ),
+            _ => panic!("node {}: snapshot parts with no reception and no install", self.id),
+        }
+    }
+
     /// Drops every part this ready holds: they belong to the reception given up or replaced,
     /// or to ones it had replaced earlier in the ready. (Dropping only the current reception's
     /// parts left those of one it had replaced, which the driver then staged after discarding
