@@ -238,8 +238,9 @@ impl LogWriter {
     }
 
     /// The next completed write (pending forever when none is under way: for a `select!`
-    /// branch, and beside [`done_now`](Self::done_now) in the turn that queues a write; cancel-safe: the call stays under way when this future is dropped). After a
-    /// success the next call starts; an error is fatal.
+    /// branch, and beside [`done_now`](Self::done_now) in the turn that queues a write;
+    /// cancel-safe: the call stays under way when this future is dropped). After a success the
+    /// next call starts; an error is fatal.
     pub(super) async fn next_done(&mut self) -> Result<Persisted, RaftError> {
         let Some(call) = self.call.as_mut() else {
             return std::future::pending().await;

@@ -187,16 +187,14 @@ impl Raft {
     }
 
     /// When heartbeat round `seq` was sent, if it is among the rounds remembered. Their
-    /// numbers are consecutive (each round takes the next), so the round is found by its
-    /// distance from the oldest: this runs for every answer a follower sends.
+    /// numbers are consecutive (each round takes the next and is pushed at the back), so the
+    /// round is found by its distance from the oldest, with no scan for a `seq` a peer made up.
     pub(super) fn round_sent_at(&self, seq: u64) -> Option<Millis> {
         let oldest = self.read_seq_sent_at.front()?.0;
         let at = usize::try_from(seq.checked_sub(oldest)?).ok()?;
-        match self.read_seq_sent_at.get(at) {
-            Some((s, sent)) if *s == seq => Some(*sent),
-            // Not consecutive after all: look for it.
-            _ => self.read_seq_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, sent)| *sent),
-        }
+        let (found, sent) = self.read_seq_sent_at.get(at)?;
+        debug_assert_eq!(*found, seq, "rounds remembered out of order");
+        (*found == seq).then_some(*sent)
     }
 
     /// Whether reads wait for a round and no earlier round is still waiting for its quorum.
