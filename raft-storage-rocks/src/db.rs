@@ -333,8 +333,9 @@ impl RocksDb {
     ) -> Result<Self, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let shown = dir.display().to_string();
-        // Damaged files a repair moved aside, a fresh file system's lost+found and the
-        // headroom reserve do not count: such a directory is a new store's.
+        // Damaged files a repair moved aside, a fresh file system's lost+found, the headroom
+        // reserve and a durability confirmation left without its record (removed at the
+        // record's creation) do not count: such a directory is a new store's.
         let exists_non_empty = std::fs::read_dir(&dir)
             .map(|d| {
                 d.filter_map(Result::ok).any(|e| {
@@ -343,6 +344,7 @@ impl RocksDb {
                         && name != "lost+found"
                         && name != HEADROOM_FILE
                         && name != format!("{HEADROOM_FILE}.tmp")
+                        && name != crate::durability::CONFIRMATION_FILE_NAME
                 })
             })
             .unwrap_or(false);
@@ -419,11 +421,16 @@ impl RocksDb {
                 }
                 // A record left behind would claim what this run no longer keeps up to date
                 // (removed after the mark: a crash between the two leaves a store that opens).
-                match std::fs::remove_file(dir.join(crate::durability::FILE_NAME)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(OpenError::Io(format!("{shown}: removing the durability record: {e}")))
+                // Its confirmation first: one left alone is removed when a record starts again.
+                for name in [crate::durability::CONFIRMATION_FILE_NAME, crate::durability::FILE_NAME] {
+                    match std::fs::remove_file(dir.join(name)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(OpenError::Io(format!(
+                                "{shown}: removing the durability record: {e}"
+                            )))
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
         }
@@ -778,22 +785,19 @@ fn verify_all(db: &DB) -> Result<(), OpenError> {
 
 fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Option<RecordFile>) {
     let recording = shared.options.durability_record;
-    let mut next: Vec<Job> = Vec::new();
     loop {
-        // The next batch: the jobs gathered while the last one was written, or the next to come.
-        let mut batch = std::mem::take(&mut next);
-        if batch.is_empty() {
-            match jobs.blocking_recv() {
-                Some(first) => batch.push(first),
-                None => break,
-            }
-            gather(shared, jobs, &mut batch);
-            if recording {
-                batch = match write_intent(shared, record.as_mut(), batch) {
-                    Some(batch) => batch,
-                    None => continue,
-                };
-            }
+        // The next batch: the first job to come, and those queued behind it.
+        let mut batch = Vec::new();
+        match jobs.blocking_recv() {
+            Some(first) => batch.push(first),
+            None => break,
+        }
+        gather(shared, jobs, &mut batch);
+        if recording {
+            batch = match write_intent(shared, record.as_mut(), batch) {
+                Some(batch) => batch,
+                None => continue,
+            };
         }
         let mut result = write_batch(shared, &batch);
         let count = batch.len() as u64;
@@ -810,18 +814,11 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
                 }
             }
             // Before the answers, the record says this batch's WAL write returned, so that a
-            // crash of the process after them cannot leave it looking in flight: the slot of
-            // the jobs queued meanwhile says so (one write for both), or, with none queued,
-            // one more slot holding what the WAL now holds.
-            gather(shared, jobs, &mut next);
-            if !next.is_empty() {
-                next = write_intent(shared, record.as_mut(), std::mem::take(&mut next)).unwrap_or_default();
-            }
-            if next.is_empty() {
-                if let Err(e) = settle_record(shared, record.as_mut(), false) {
-                    // A killed process would leave the batch looking in flight: refused.
-                    result = result.and(Err(e));
-                }
+            // crash of the process after them cannot leave it looking in flight: the
+            // confirmation (through the page cache, no device IO) holds what the WAL now holds.
+            if let Err(e) = record_synced(shared, record.as_mut(), false) {
+                // A killed process would leave the batch looking in flight: refused.
+                result = result.and(Err(e));
             }
         }
         if result.is_ok() {
@@ -837,7 +834,7 @@ fn writer_loop(shared: &Shared, jobs: &mut mpsc::Receiver<Job>, mut record: Opti
     }
     // The store is closing: it stops with an exact record, synced.
     if recording {
-        let _ = settle_record(shared, record.as_mut(), true);
+        let _ = record_synced(shared, record.as_mut(), true);
     }
 }
 
@@ -881,14 +878,13 @@ fn write_intent(shared: &Shared, record: Option<&mut RecordFile>, batch: Vec<Job
     }
 }
 
-/// Writes a slot in which every log is what its WAL synced, after a batch's WAL write returned
-/// (or failed): nothing is in flight (a log not yet read since open keeps its record).
-/// Unsynced unless `closing`, into the slot not holding the newest flushed state: the write
-/// survives a crash of the process (a direct write is on the device, a buffered one in the
-/// page cache) and the next WAL sync makes it durable; a power loss before that loses or
-/// tears it and leaves the flushed slot, whose `synced` state is one batch behind (see
-/// `durability.rs`, "What a crash can hide").
-fn settle_record(
+/// Records every log as its WAL synced it, after a batch's WAL write returned (or failed):
+/// nothing in flight (a log not yet read since open keeps its record). While the store runs,
+/// as the confirmation, through the page cache: it survives a crash of the process, and a
+/// power loss that loses or tears it leaves the flushed slot, whose `synced` state is one
+/// batch behind (see `durability.rs`, "What a crash can hide"). As the store closes
+/// (`closing`), as a synced slot.
+fn record_synced(
     shared: &Shared,
     record: Option<&mut RecordFile>,
     closing: bool,
@@ -897,7 +893,7 @@ fn settle_record(
     let marks = shared.marks.lock().map_err(|_| StorageError::Poisoned)?;
     let slot = marks.slot(marks.logs());
     drop(marks);
-    let written = if closing { file.write(&slot) } else { file.write_unsynced(&slot) };
+    let written = if closing { file.write(&slot) } else { file.confirm(&slot) };
     if let Err(e) = &written {
         tracing::error!(error = %e, "the durability record could not be written after a batch; its writes are refused");
     }

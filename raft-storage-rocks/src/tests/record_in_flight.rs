@@ -77,7 +77,8 @@ async fn a_hard_state_older_than_the_synced_one_is_reported_rolled_back() {
     assert_eq!(state.hard_state, IN_FLIGHT);
 }
 
-/// Every answered write is covered by the record on disk at that moment (`possible`), while
+/// Every answered write is covered by the record on disk at that moment (`possible`, and
+/// `synced`: the confirmation written before the answer), while
 /// eight logs write concurrently (their batches are shared, and each batch's slot is written
 /// beside its WAL write); the record never claims as synced more than was written.
 #[tokio::test]
@@ -96,6 +97,11 @@ async fn every_answered_write_is_covered_by_the_record_on_disk() {
                 assert!(
                     on_disk.possible.last.index >= index,
                     "log {group}: entry {index} answered, record {on_disk:?}"
+                );
+                // Nothing answered is left looking in flight (the confirmation says it synced).
+                assert!(
+                    on_disk.synced.last.index >= index,
+                    "log {group}: entry {index} answered, not recorded as synced: {on_disk:?}"
                 );
                 assert!(
                     on_disk.synced.last.index <= index,
@@ -142,10 +148,19 @@ async fn a_store_that_keeps_a_record_refuses_to_open_without_it() {
     }
     // Turned off, then on again: recording starts over, nothing is refused.
     let dir = store_with_record(RecordedLog::exact(log(SAVED, 10))).await;
+    let confirmation = |dir: &Path| dir.join(crate::durability::CONFIRMATION_FILE_NAME);
+    assert!(confirmation(dir.path()).exists(), "the writes were confirmed");
     let off = crate::RocksOptions { durability_record: false, ..crate::RocksOptions::default() };
     drop(crate::RocksDb::open(dir.path(), &super::identity(), off).expect("open without a record"));
     assert!(!path(dir.path()).exists(), "a record left behind would go stale");
+    assert!(!confirmation(dir.path()).exists(), "its confirmation too");
     let state = open(dir.path()).log(0).initial_state().await.expect("state");
     assert_eq!((state.last_index, state.lost), (10, None));
     assert!(path(dir.path()).exists());
+    // A confirmation left alone (its directory emptied by hand) does not make the directory
+    // look like another program's: a new store starts there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(confirmation(dir.path()), vec![7u8; 4096]).expect("write");
+    let state = open(dir.path()).log(0).initial_state().await.expect("state");
+    assert_eq!((state.last_index, state.lost), (0, None));
 }
