@@ -386,6 +386,12 @@ impl RocksDb {
         check_snapshot_files(&db, &dir, options.verify_on_open)?;
         remove_snapshot_leftovers(&db, &dir);
         let (record_file, record) = if options.durability_record {
+            // A record this store keeps and that is gone is refused before anything is
+            // written: opening would create an empty record (and remove the confirmation),
+            // and the next open would take that for the store's own (found by review).
+            if !dir.join(crate::durability::FILE_NAME).exists() && record_kept(&db, &shown)? {
+                return Err(record_missing(&shown));
+            }
             let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {
                 StorageError::Corrupt(m) => OpenError::Corrupt(m),
                 other => OpenError::Io(other.to_string()),
@@ -398,13 +404,7 @@ impl RocksDb {
         match (record.is_some(), record_kept(&db, &shown)?, options.durability_record) {
             // Kept, and found.
             (true, true, true) => {}
-            (false, true, true) => {
-                return Err(OpenError::Corrupt(format!(
-                    "{shown}: the durability record ({}) is missing or empty although this store keeps one: \
-                     what the store had made durable cannot be checked",
-                    crate::durability::FILE_NAME
-                )))
-            }
+            (false, true, true) => return Err(record_missing(&shown)),
             (found, false, true) => {
                 if !found && !create {
                     tracing::warn!(
@@ -680,6 +680,16 @@ pub(crate) fn missing_cf(name: &str) -> StorageError {
 }
 
 /// Whether the store says it keeps a durability record.
+/// The error for a store that keeps a durability record and has none (missing, empty or
+/// zeroed).
+fn record_missing(dir: &str) -> OpenError {
+    OpenError::Corrupt(format!(
+        "{dir}: the durability record ({}) is missing or empty although this store keeps one: \
+         what the store had made durable cannot be checked",
+        crate::durability::FILE_NAME
+    ))
+}
+
 fn record_kept(db: &DB, dir: &str) -> Result<bool, OpenError> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
     Ok(db.get_cf(cf, codec::KEY_RECORD_KEPT).map_err(|e| open_error(dir, &e))?.is_some())

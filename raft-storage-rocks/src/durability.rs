@@ -21,10 +21,14 @@
 //! device, possibly only its volatile cache, before it returns), then batch k's synced WAL
 //! write, whose `fdatasync` flushes the device's cache and the slot with it. Before answering
 //! batch k's writers it records that the WAL write returned: the *confirmation*, a second
-//! small file (`durability.confirmed`, one slot of the same format) written through the page
-//! cache without a sync, holds both states of every log equal to what the WAL now holds,
-//! with a sequence number above every slot's. At open it is the record when it is intact and
-//! newer than both slots. That is one device write per batch (the slot), one page-cache write
+//! small file (`durability.confirmed`: the sequence number and crc of the slot it follows,
+//! then one record of the slots' format) written through the page cache without a sync,
+//! holds both states of every log equal to what the WAL now holds, with the sequence number
+//! after that slot's. At open it is the record when it is intact and follows the newest slot
+//! (same sequence number and crc): one that follows an older slot is older than that slot,
+//! and one of another record (left from a record since removed or replaced) is never taken
+//! for this one's. Its room (twice a slot) is allocated at open and when the slots grow, so
+//! a full disk never refuses a confirmation of a batch the WAL already synced. That is one device write per batch (the slot), one page-cache write
 //! and never a sync of its own. The confirmation costs the answers no device IO (a second
 //! direct slot write there cost about a tenth of an idle write's latency on a 3-node
 //! cluster), and it never touches a slot: a buffered write to a page that the next direct
@@ -394,6 +398,9 @@ pub(crate) struct RecordFile {
     /// The size of each of the two slots.
     slot_bytes: usize,
     sync: bool,
+    /// The slot written last (or the newest one read at open): what the next confirmation
+    /// follows.
+    latest_id: SlotId,
     /// The confirmation file, written through the page cache ([`RecordFile::confirm`]).
     confirmation: File,
     /// Where the confirmation is.
@@ -458,6 +465,20 @@ fn io(path: &Path, e: &std::io::Error) -> StorageError {
     StorageError::Io(format!("durability record {}: {e}", path.display()))
 }
 
+/// Extends `file` to at least `len` bytes with zeros written out (blocks allocated, not a
+/// hole), synced with its size when `sync`; what it holds is left as it is.
+fn allocate(file: &File, path: &Path, len: usize, sync: bool) -> Result<(), StorageError> {
+    let from = file.metadata().map_err(|e| io(path, &e))?.len();
+    let Some(missing) = (len as u64).checked_sub(from).filter(|m| *m > 0) else {
+        return Ok(());
+    };
+    file.write_all_at(&vec![0u8; missing as usize], from).map_err(|e| io(path, &e))?;
+    if sync {
+        file.sync_all().map_err(|e| io(path, &e))?;
+    }
+    Ok(())
+}
+
 /// Decodes one slot: `None` when it holds no valid record (never written, or torn).
 fn decode_slot(slot: &[u8]) -> Option<(u64, BTreeMap<u64, RecordedLog>)> {
     let magic = slot.get(..8)?;
@@ -501,19 +522,61 @@ fn encode_slot(
     slot_bytes: usize,
     path: &Path,
 ) -> Result<Option<Vec<u8>>, StorageError> {
-    let payload = postcard::to_allocvec(logs).map_err(|e| corrupt(path, &format!("cannot encode: {e}")))?;
-    if HEADER_BYTES + payload.len() + CRC_BYTES > slot_bytes {
+    let mut slot = encode_record(seq, logs, path)?;
+    if slot.len() > slot_bytes {
         return Ok(None);
     }
-    let mut slot = Vec::with_capacity(slot_bytes);
+    slot.resize(slot_bytes, 0);
+    Ok(Some(slot))
+}
+
+/// Encodes record `seq` without padding: magic, sequence number, length, payload, crc32c.
+fn encode_record(seq: u64, logs: &BTreeMap<u64, RecordedLog>, path: &Path) -> Result<Vec<u8>, StorageError> {
+    let payload = postcard::to_allocvec(logs).map_err(|e| corrupt(path, &format!("cannot encode: {e}")))?;
+    let mut slot = Vec::with_capacity(HEADER_BYTES + payload.len() + CRC_BYTES);
     slot.extend_from_slice(MAGIC);
     slot.extend_from_slice(&seq.to_le_bytes());
     slot.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     slot.extend_from_slice(&payload);
     let crc = crc32c::crc32c(&slot);
     slot.extend_from_slice(&crc.to_le_bytes());
-    slot.resize(slot_bytes, 0);
-    Ok(Some(slot))
+    Ok(slot)
+}
+
+/// What names one slot's contents: its sequence number and stored crc32c (a slot of another
+/// record with the same sequence number has another crc, but for a chance of 2^-32).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SlotId {
+    seq: u64,
+    crc: u32,
+}
+
+impl SlotId {
+    /// The id of an encoded slot (`None` if it is too short to hold one).
+    fn of(slot: &[u8]) -> Option<Self> {
+        let seq = u64::from_le_bytes(slot.get(8..16)?.try_into().ok()?);
+        let len = u32::from_le_bytes(slot.get(16..20)?.try_into().ok()?) as usize;
+        let end = HEADER_BYTES.checked_add(len)?;
+        let crc = u32::from_le_bytes(slot.get(end..end.checked_add(CRC_BYTES)?)?.try_into().ok()?);
+        Some(Self { seq, crc })
+    }
+}
+
+/// The confirmation's magic: it is followed by the [`SlotId`] of the slot it follows (8 + 4
+/// bytes), then by one record encoded like a slot.
+const CONFIRMATION_MAGIC: &[u8; 8] = b"RAFTCNF1";
+const CONFIRMATION_HEADER_BYTES: usize = 8 + 8 + 4;
+
+/// Decodes a confirmation: the slot it follows, and its record (`None` when it holds none, or
+/// a torn one).
+fn decode_confirmation(bytes: &[u8]) -> Option<(SlotId, u64, BTreeMap<u64, RecordedLog>)> {
+    if bytes.get(..8)? != CONFIRMATION_MAGIC {
+        return None;
+    }
+    let seq = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes.get(16..20)?.try_into().ok()?);
+    let (confirmed_seq, logs) = decode_slot(bytes.get(CONFIRMATION_HEADER_BYTES..)?)?;
+    Some((SlotId { seq, crc }, confirmed_seq, logs))
 }
 
 /// The slot size of a record file of `len` bytes (two equal slots).
@@ -565,16 +628,26 @@ impl RecordFile {
             None if !existed || never_written => (1, 0, None),
             None => return Err(corrupt(&path, "both slots are damaged")),
         };
-        // A confirmation newer than both slots is the record (a torn or older one is not: the
-        // slots then hold everything it could have confirmed, as `possible`).
+        let latest_id = match record {
+            Some(_) => bytes.chunks(slot_bytes).nth(latest).and_then(SlotId::of).unwrap_or_default(),
+            None => SlotId::default(),
+        };
+        // The confirmation is the record when it follows the newest slot (written after it,
+        // and about the same record). One that follows an older slot is older than the newest
+        // slot, or was written after a WAL write that failed, or belongs to a record since
+        // replaced: the slots then hold everything it could have confirmed, as `possible`.
+        // A torn one is not read.
         let mut confirmed = Vec::new();
         std::io::Read::read_to_end(&mut &confirmation, &mut confirmed)
             .map_err(|e| io(&confirmation_path, &e))?;
-        if let Some((confirmed_seq, logs)) = decode_slot(&confirmed).filter(|_| record.is_some()) {
-            if confirmed_seq > seq {
+        if let Some((follows, confirmed_seq, logs)) = decode_confirmation(&confirmed) {
+            if record.is_some() && follows == latest_id && confirmed_seq == latest_id.seq + 1 {
                 (seq, record) = (confirmed_seq, Some(logs));
             }
         }
+        // Room for the confirmation, allocated now: a full disk never refuses the write that
+        // confirms a batch its WAL already synced.
+        allocate(&confirmation, &confirmation_path, 2 * slot_bytes, sync)?;
         // What a killed process wrote without a sync is in the files but maybe not on stable
         // storage: one sync makes the newest slot the flushed one, and the confirmation
         // durable.
@@ -593,6 +666,7 @@ impl RecordFile {
             flushed: latest,
             slot_bytes,
             sync,
+            latest_id,
             confirmation,
             confirmation_path,
         };
@@ -629,21 +703,13 @@ impl RecordFile {
     /// or tear it; the slots then cover what it confirmed, as `possible`.
     pub(crate) fn confirm(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
         let seq = self.seq + 1;
-        let mut bytes = SLOT_BYTES;
-        let encoded = loop {
-            if let Some(encoded) = encode_slot(seq, logs, bytes, &self.confirmation_path)? {
-                break encoded;
-            }
-            if bytes >= SLOT_BYTES_MAX {
-                return Err(StorageError::Io(format!(
-                    "durability record {}: {} logs do not fit in {SLOT_BYTES_MAX} bytes",
-                    self.confirmation_path.display(),
-                    logs.len()
-                )));
-            }
-            bytes = bytes.saturating_mul(2);
-        };
-        self.confirmation.write_all_at(&encoded, 0).map_err(|e| io(&self.confirmation_path, &e))?;
+        let record = encode_record(seq, logs, &self.confirmation_path)?;
+        let mut bytes = Vec::with_capacity(CONFIRMATION_HEADER_BYTES + record.len());
+        bytes.extend_from_slice(CONFIRMATION_MAGIC);
+        bytes.extend_from_slice(&self.latest_id.seq.to_le_bytes());
+        bytes.extend_from_slice(&self.latest_id.crc.to_le_bytes());
+        bytes.extend_from_slice(&record);
+        self.confirmation.write_all_at(&bytes, 0).map_err(|e| io(&self.confirmation_path, &e))?;
         self.seq = seq;
         Ok(())
     }
@@ -702,6 +768,7 @@ impl RecordFile {
         }
         self.seq = seq;
         self.latest = at;
+        self.latest_id = SlotId::of(&slot).unwrap_or_default();
         if sync {
             self.flushed = at;
         }
@@ -747,6 +814,8 @@ impl RecordFile {
         self.seq = seq;
         self.latest = 1;
         self.flushed = 1;
+        self.latest_id = SlotId::of(&slot).unwrap_or_default();
+        allocate(&self.confirmation, &self.confirmation_path, 2 * slot_bytes, self.sync)?;
         tracing::info!(path = %self.path.display(), slot_bytes, logs = logs.len(), "durability record grown");
         Ok(())
     }
@@ -996,6 +1065,51 @@ mod tests {
         let mut file = reopen().file;
         file.write(&logs(1, 1)).expect("synced write");
         assert_eq!(reopen().record, Some(logs(1, 1)));
+    }
+
+    /// Found by review: a confirmation left from a record since replaced (a build that
+    /// removed only `durability.rec` when the record was turned off, a restore of that file
+    /// alone) had a sequence number above the new record's and was read as the record.
+    #[test]
+    fn a_confirmation_of_another_record_is_not_read_even_with_the_next_sequence_number() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let reopen = || RecordFile::open(dir.path(), true).expect("open");
+        let mut file = reopen().file;
+        file.write(&logs(2, 10)).expect("write");
+        file.write(&logs(2, 20)).expect("write");
+        file.confirm(&logs(2, 21)).expect("confirm");
+        drop(file);
+        let confirmation = dir.path().join(CONFIRMATION_FILE_NAME);
+        let stale = std::fs::read(&confirmation).expect("read");
+        // The record is replaced by one with as many slots written, then the old confirmation
+        // is put back: it has the sequence number that would follow the new newest slot.
+        std::fs::remove_file(dir.path().join(FILE_NAME)).expect("remove");
+        let mut file = reopen().file;
+        file.write(&logs(1, 1)).expect("write");
+        file.write(&logs(1, 2)).expect("write");
+        drop(file);
+        std::fs::write(&confirmation, &stale).expect("put back");
+        let (follows, seq, _) = decode_confirmation(&stale).expect("a confirmation");
+        assert_eq!((follows.seq, seq), (3, 4), "the stale confirmation follows a slot of the same number");
+        assert_eq!(reopen().record, Some(logs(1, 2)));
+    }
+
+    #[test]
+    fn the_confirmation_has_its_room_allocated_before_it_is_needed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut file = RecordFile::open(dir.path(), true).expect("open").file;
+        let len = || std::fs::metadata(dir.path().join(CONFIRMATION_FILE_NAME)).expect("metadata").len();
+        assert_eq!(len(), 2 * SLOT_BYTES as u64, "allocated at open");
+        // A record that outgrows its slots grows the confirmation's room with them.
+        let many: BTreeMap<u64, RecordedLog> =
+            (0..2_000).map(|g| (g, RecordedLog::exact(log(u64::MAX - g, u64::MAX - g)))).collect();
+        file.write(&many).expect("write");
+        assert!(file.slot_bytes > SLOT_BYTES);
+        assert_eq!(len(), 2 * file.slot_bytes as u64, "grown with the slots");
+        file.confirm(&many).expect("confirm");
+        assert_eq!(len(), 2 * file.slot_bytes as u64, "the confirmation fit in its room");
+        drop(file);
+        assert_eq!(RecordFile::open(dir.path(), true).expect("open").record, Some(many));
     }
 
     #[test]

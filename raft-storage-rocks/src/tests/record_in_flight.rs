@@ -136,19 +136,32 @@ async fn a_store_that_keeps_a_record_refuses_to_open_without_it() {
             std::fs::write(p, vec![0u8; len]).expect("zero");
         }),
     ];
+    let confirmation = |dir: &Path| dir.join(crate::durability::CONFIRMATION_FILE_NAME);
     for (what, damage) in damages {
         let dir = store_with_record(RecordedLog::exact(log(SAVED, 10))).await;
         damage(&path(dir.path()));
-        match crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()) {
-            Err(crate::OpenError::Corrupt(message)) => {
-                assert!(message.contains("durability record"), "{what}: {message}")
+        let confirmed = std::fs::read(confirmation(dir.path())).expect("the confirmation");
+        // Refused every time (found by review: the first refusal created an empty record,
+        // which the second open took for the store's own).
+        for attempt in 0..2 {
+            match crate::RocksDb::open(dir.path(), &super::identity(), crate::RocksOptions::default()) {
+                Err(crate::OpenError::Corrupt(message)) => {
+                    assert!(message.contains("durability record"), "{what}, open {attempt}: {message}")
+                }
+                other => panic!(
+                    "{what}, open {attempt}: a store without its record opened: {:?}",
+                    other.map(|_| ())
+                ),
             }
-            other => panic!("{what}: a store without its record opened: {:?}", other.map(|_| ())),
         }
+        assert_eq!(
+            std::fs::read(confirmation(dir.path())).ok(),
+            Some(confirmed),
+            "{what}: a refused open leaves the confirmation as it was"
+        );
     }
     // Turned off, then on again: recording starts over, nothing is refused.
     let dir = store_with_record(RecordedLog::exact(log(SAVED, 10))).await;
-    let confirmation = |dir: &Path| dir.join(crate::durability::CONFIRMATION_FILE_NAME);
     assert!(confirmation(dir.path()).exists(), "the writes were confirmed");
     let off = crate::RocksOptions { durability_record: false, ..crate::RocksOptions::default() };
     drop(crate::RocksDb::open(dir.path(), &super::identity(), off).expect("open without a record"));
