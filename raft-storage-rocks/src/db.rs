@@ -389,7 +389,12 @@ impl RocksDb {
             // A record this store keeps and that is gone is refused before anything is
             // written: opening would create an empty record (and remove the confirmation),
             // and the next open would take that for the store's own (found by review).
-            if !dir.join(crate::durability::FILE_NAME).exists() && record_kept(&db, &shown)? {
+            let record_path = dir.join(crate::durability::FILE_NAME);
+            // A failed look (EIO, ELOOP) is not a missing record: refused as transient IO.
+            let present = record_path
+                .try_exists()
+                .map_err(|e| OpenError::Io(format!("{}: {e}", record_path.display())))?;
+            if !present && record_kept(&db, &shown)? {
                 return Err(record_missing(&shown));
             }
             let opened = RecordFile::open(&dir, options.sync).map_err(|e| match e {

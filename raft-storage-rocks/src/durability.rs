@@ -28,7 +28,8 @@
 //! (same sequence number and crc): one that follows an older slot is older than that slot,
 //! and one of another record (left from a record since removed or replaced) is never taken
 //! for this one's. Its room (twice a slot) is allocated at open and when the slots grow, so
-//! a full disk never refuses a confirmation of a batch the WAL already synced. That is one device write per batch (the slot), one page-cache write
+//! that on ext4 and XFS a full disk does not refuse a confirmation of a batch the WAL
+//! already synced (a copy-on-write file system may still need room to overwrite). That is one device write per batch (the slot), one page-cache write
 //! and never a sync of its own. The confirmation costs the answers no device IO (a second
 //! direct slot write there cost about a tenth of an idle write's latency on a 3-node
 //! cluster), and it never touches a slot: a buffered write to a page that the next direct
@@ -634,9 +635,8 @@ impl RecordFile {
         };
         // The confirmation is the record when it follows the newest slot (written after it,
         // and about the same record). One that follows an older slot is older than the newest
-        // slot, or was written after a WAL write that failed, or belongs to a record since
-        // replaced: the slots then hold everything it could have confirmed, as `possible`.
-        // A torn one is not read.
+        // slot, or belongs to a record since replaced: the slots then hold everything it could
+        // have confirmed, as `possible`. A torn one is not read.
         let mut confirmed = Vec::new();
         std::io::Read::read_to_end(&mut &confirmation, &mut confirmed)
             .map_err(|e| io(&confirmation_path, &e))?;
@@ -647,7 +647,11 @@ impl RecordFile {
         }
         // Room for the confirmation, allocated now: a full disk never refuses the write that
         // confirms a batch its WAL already synced.
-        allocate(&confirmation, &confirmation_path, 2 * slot_bytes, sync)?;
+        // Best effort: a store opened on a full disk (its first open by a build before the
+        // confirmation, say) still opens; its confirmations then take the room as they go.
+        if let Err(e) = allocate(&confirmation, &confirmation_path, 2 * slot_bytes, sync) {
+            tracing::warn!(path = %confirmation_path.display(), error = %e, "no room allocated for the durability confirmation");
+        }
         // What a killed process wrote without a sync is in the files but maybe not on stable
         // storage: one sync makes the newest slot the flushed one, and the confirmation
         // durable.
@@ -702,6 +706,8 @@ impl RecordFile {
     /// a later direct write covers would cost that write one more IO). A power loss may lose
     /// or tear it; the slots then cover what it confirmed, as `possible`.
     pub(crate) fn confirm(&mut self, logs: &BTreeMap<u64, RecordedLog>) -> Result<(), StorageError> {
+        // A confirmation follows a slot: one after another would not be read at open.
+        debug_assert_eq!(self.seq, self.latest_id.seq, "a confirmation that follows no slot");
         let seq = self.seq + 1;
         let record = encode_record(seq, logs, &self.confirmation_path)?;
         let mut bytes = Vec::with_capacity(CONFIRMATION_HEADER_BYTES + record.len());

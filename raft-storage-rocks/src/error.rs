@@ -85,7 +85,10 @@ pub fn is_disk_failure(message: &str) -> bool {
 }
 
 pub(crate) fn is_no_space(message: &str) -> bool {
-    message.contains("No space left") || message.contains("NoSpace") || message.contains("ENOSPC")
+    // Case-blind: the OS says "No space left", `StorageError::Full` "no space left".
+    message.to_ascii_lowercase().contains("no space left")
+        || message.contains("NoSpace")
+        || message.contains("ENOSPC")
 }
 
 /// Maps a RocksDB error of a read or write onto the trait's error.
