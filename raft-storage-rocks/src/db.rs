@@ -430,9 +430,7 @@ impl RocksDb {
                 for name in [crate::durability::CONFIRMATION_FILE_NAME, crate::durability::FILE_NAME] {
                     match std::fs::remove_file(dir.join(name)) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(OpenError::Io(format!(
-                                "{shown}: removing the durability record: {e}"
-                            )))
+                            return Err(OpenError::Io(format!("{shown}: removing {name}: {e}")))
                         }
                         _ => {}
                     }
@@ -684,7 +682,6 @@ pub(crate) fn missing_cf(name: &str) -> StorageError {
     StorageError::Corrupt(format!("column family {name:?} is missing"))
 }
 
-/// Whether the store says it keeps a durability record.
 /// The error for a store that keeps a durability record and has none (missing, empty or
 /// zeroed).
 fn record_missing(dir: &str) -> OpenError {
@@ -695,6 +692,7 @@ fn record_missing(dir: &str) -> OpenError {
     ))
 }
 
+/// Whether the store says it keeps a durability record.
 fn record_kept(db: &DB, dir: &str) -> Result<bool, OpenError> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| OpenError::MissingColumnFamily(CF_META.into()))?;
     Ok(db.get_cf(cf, codec::KEY_RECORD_KEPT).map_err(|e| open_error(dir, &e))?.is_some())
