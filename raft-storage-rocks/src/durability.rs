@@ -466,6 +466,20 @@ fn io(path: &Path, e: &std::io::Error) -> StorageError {
     StorageError::Io(format!("durability record {}: {e}", path.display()))
 }
 
+/// Opens (creating it if missing) `path` for reading and writing, and reads it whole.
+fn open_and_read(path: &Path) -> Result<(File, Vec<u8>), StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io(path, &e))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io(path, &e))?;
+    Ok((file, bytes))
+}
+
 /// Extends `file` to at least `len` bytes with zeros written out (blocks allocated, not a
 /// hole), synced with its size when `sync`; what it holds is left as it is.
 fn allocate(file: &File, path: &Path, len: usize, sync: bool) -> Result<(), StorageError> {
@@ -600,22 +614,8 @@ impl RecordFile {
                 _ => {}
             }
         }
-        let confirmation = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&confirmation_path)
-            .map_err(|e| io(&confirmation_path, &e))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io(&path, &e))?;
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io(&path, &e))?;
+        let (confirmation, confirmed) = open_and_read(&confirmation_path)?;
+        let (file, bytes) = open_and_read(&path)?;
         let slot_bytes = slot_bytes_of(bytes.len());
         let slots: Vec<_> = bytes.chunks(slot_bytes).take(2).map(decode_slot).collect();
         let newest = slots
@@ -637,18 +637,15 @@ impl RecordFile {
         // and about the same record). One that follows an older slot is older than the newest
         // slot, or belongs to a record since replaced: the slots then hold everything it could
         // have confirmed, as `possible`. A torn one is not read.
-        let mut confirmed = Vec::new();
-        std::io::Read::read_to_end(&mut &confirmation, &mut confirmed)
-            .map_err(|e| io(&confirmation_path, &e))?;
         if let Some((follows, confirmed_seq, logs)) = decode_confirmation(&confirmed) {
             if record.is_some() && follows == latest_id && confirmed_seq == latest_id.seq + 1 {
                 (seq, record) = (confirmed_seq, Some(logs));
             }
         }
-        // Room for the confirmation, allocated now: a full disk never refuses the write that
-        // confirms a batch its WAL already synced.
-        // Best effort: a store opened on a full disk (its first open by a build before the
-        // confirmation, say) still opens; its confirmations then take the room as they go.
+        // Room for the confirmation, allocated now so that a full disk does not refuse the
+        // write that confirms a batch its WAL already synced. At best: a store opened on a
+        // full disk (first opened by a build before the confirmation, say) still opens, and
+        // its confirmations take the room as they go.
         if let Err(e) = allocate(&confirmation, &confirmation_path, 2 * slot_bytes, sync) {
             tracing::warn!(path = %confirmation_path.display(), error = %e, "no room allocated for the durability confirmation");
         }
