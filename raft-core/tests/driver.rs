@@ -1410,8 +1410,23 @@ async fn a_kept_reception_the_node_does_not_resume_is_discarded_at_start() {
 async fn a_write_that_fails_at_once_is_fatal_and_acknowledges_nothing() {
     let (storages, nodes, leader) = three_on_faulty_storage(Config::default()).await;
     let failing = nodes.keys().copied().find(|id| *id != leader).expect("a follower");
+    // The first proposal is committed by a majority, which may not include this follower:
+    // its write of that entry may still be under way (past the fault's check). Wait until the
+    // leader knows it holds the whole log, so that no write of it is in flight.
+    let leader_last = nodes[&leader].status().protocol.last_log_id.index;
+    wait_until("the follower to hold the whole log", || {
+        let matched = nodes[&leader]
+            .status()
+            .protocol
+            .followers
+            .iter()
+            .any(|f| f.id == failing && f.match_index == leader_last);
+        matched && nodes[&failing].status().protocol.last_log_id.index == leader_last
+    })
+    .await;
     storages[&failing].fail_appends.store(true, Ordering::SeqCst);
     let before = nodes[&failing].status().protocol.last_log_id.index;
+    assert_eq!(before, leader_last);
     let last = propose_many(&nodes[&leader], 5).await;
     assert!(last > before);
     wait_until("the failing follower stops", || nodes[&failing].status().fatal.is_some()).await;
