@@ -40,7 +40,7 @@ const HTTP_PORT_BASE: u16 = 18080;
 
 const USAGE: &str = "usage: cargo xtask bench-http [--against raft|etcd|both] [--nodes N] [--connections N] \
 [--duration S | --requests N] [--warmup S] [--keys N] [--value-bytes N] [--workload write,read,mixed] \
-[--read-ratio R] [--runs N] [--rate R] [--smoke] [--etcd-api grpc|json|both] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--debug] \
+[--read-ratio R] [--runs N] [--rate R] [--smoke] [--etcd-api grpc|json|both] [--client-threads N] [--timeout-ms N] [--storage rocks|mem] [--transport tcp|quic] [--peer-tls] [--preload] [--no-pause-idle] [--debug] \
 | bench-http --failover [--kills N] [--nodes N] [--connections N] \
 | bench scale [--keys N] [--value-bytes N] [--connections N] [--against raft|etcd|both] \
 | bench watchers [--watchers N] [--watchers-nice N] [--rate R] [--duration S] [--runs N] [--value-bytes N]";
@@ -85,6 +85,11 @@ struct Options {
     /// `value-bytes` that the measured writes then overwrite); etcd gets the large-state
     /// benchmark's quota and compaction so that the state fits.
     preload: bool,
+    /// Stops the systems not being measured (SIGSTOP) for each window and lets them go on
+    /// (SIGCONT) after it, so that one system's background work (etcd's compactions, a
+    /// snapshot of raft-node) never lands in another's window. On by default;
+    /// `--no-pause-idle` leaves them running.
+    pause_idle: bool,
     release: bool,
     failover: bool,
     kills: usize,
@@ -141,6 +146,7 @@ impl Default for Options {
             transport: "tcp".into(),
             peer_tls: false,
             preload: false,
+            pause_idle: true,
             release: true,
             failover: false,
             kills: 5,
@@ -233,6 +239,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--preload" => {
                 o.preload = true;
+                takes_value = false;
+            }
+            "--no-pause-idle" => {
+                o.pause_idle = false;
                 takes_value = false;
             }
             "--failover" => {
@@ -538,7 +548,61 @@ struct Target {
     children: Children,
 }
 
+/// The processes of the systems not being measured, stopped with SIGSTOP; they go on
+/// (SIGCONT) when this is dropped, also on error.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Stops every running process of the targets of other systems than `measured`. A
+    /// process that cannot be stopped is reported and left running.
+    fn all_but(targets: &[Target], measured: &str) -> Self {
+        let mut pids: Vec<u32> = Vec::new();
+        for target in targets.iter().filter(|t| t.system != measured) {
+            for (name, pid) in target.children.running() {
+                if pids.contains(&pid) {
+                    continue;
+                }
+                match procs::signal(pid, "-STOP") {
+                    Ok(()) => pids.push(pid),
+                    Err(e) => eprintln!("could not pause {name} ({pid}) of {}: {e:#}", target.system),
+                }
+            }
+        }
+        Self(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in self.0.drain(..) {
+            if let Err(e) = procs::signal(pid, "-CONT") {
+                eprintln!("could not let process {pid} go on: {e:#}");
+            }
+        }
+    }
+}
+
 impl Target {
+    /// Waits until the same leader is found twice, two seconds apart (at most 30 s), after
+    /// the system was stopped: it may hold an election on waking.
+    async fn settle(&self) {
+        let began = Instant::now();
+        let mut last = None;
+        while began.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = self.leader().await;
+            if now.is_some() && now == last {
+                return;
+            }
+            last = now;
+        }
+        eprintln!("{}: no steady leader within 30 s of going on", self.name);
+    }
+
     /// The position of the leader in `members`, looked up now (`None`: none found in 10 s).
     async fn leader(&self) -> Option<usize> {
         let within = Duration::from_secs(10);
@@ -553,8 +617,9 @@ impl Target {
 
 /// Starts every system asked for, then runs each phase `runs` times on each target, the
 /// targets taking turns within a round and the order rotating from round to round, so that
-/// drift on this shared machine falls on all of them alike. Systems not being measured sit
-/// idle (heartbeats only).
+/// drift on this shared machine falls on all of them alike. Systems not being measured are
+/// stopped through each window (see [`Paused`]; `--no-pause-idle`: they sit idle, and their
+/// background work shares the cores with the measured one).
 fn measure_side_by_side(
     root: &Path,
     o: &Options,
@@ -782,6 +847,13 @@ async fn measure(targets: &[Target], o: &Options) -> Result<Vec<TargetReport>> {
         for run in 0..o.runs {
             for which in turn_order(targets.len(), phase_index, run) {
                 let target = &targets[which];
+                if o.pause_idle && targets.iter().any(|t| t.system != target.system) {
+                    // It may have been stopped through the last window: its timers all fire
+                    // at once when it goes on, which can cost it an election.
+                    target.settle().await;
+                }
+                let paused =
+                    if o.pause_idle { Paused::all_but(targets, target.system) } else { Paused::none() };
                 let leader = target.leader().await;
                 let endpoints = leader_first(target.members.clone(), leader.unwrap_or(0));
                 let template = phase_template(o, target.api, endpoints);
@@ -793,6 +865,7 @@ async fn measure(targets: &[Target], o: &Options) -> Result<Vec<TargetReport>> {
                     targets.iter().filter(|t| t.system != target.system).map(|t| &t.children).collect();
                 let (result, cpu) = measure_cpu(&target.children, &idle, phase).await?;
                 let leader_after = target.leader().await;
+                drop(paused);
                 let figures = Figures::of(&result, cpu);
                 let member = |position: Option<usize>| {
                     position.map_or_else(|| "none".to_string(), |p| format!("member {}", p + 1))
