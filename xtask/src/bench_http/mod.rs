@@ -1036,6 +1036,41 @@ mod tests {
         assert_eq!(turn_order(0, 3, 5), Vec::<usize>::new());
     }
 
+    /// The state letter of a process (`T`: stopped) from `/proc/<pid>/stat`.
+    fn state_of(pid: u32) -> char {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after_name = stat.rfind(')').expect("a name in parentheses");
+        stat[after_name + 1..].trim_start().chars().next().expect("a state")
+    }
+
+    #[test]
+    fn the_other_systems_are_stopped_through_a_window_and_go_on_after_it() {
+        let target = |system: &'static str| {
+            let children = Children::default();
+            let child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep runs");
+            children.insert(system, child);
+            Target {
+                name: system,
+                system,
+                description: String::new(),
+                api: Api::Raft,
+                members: Vec::new(),
+                children,
+            }
+        };
+        let targets = [target("raft"), target("etcd")];
+        let pid = |which: usize| targets[which].children.running()[0].1;
+        let paused = Paused::all_but(&targets, "raft");
+        assert_eq!(state_of(pid(1)), 'T', "the system not measured is stopped");
+        assert_ne!(state_of(pid(0)), 'T', "the measured one runs");
+        drop(paused);
+        assert_ne!(state_of(pid(1)), 'T', "it goes on after the window");
+        assert!(Paused::none().0.is_empty());
+        for t in &targets {
+            t.children.stop_all();
+        }
+    }
+
     #[test]
     fn the_leader_goes_first_and_the_rest_keep_their_order() {
         let members = vec!["a".to_string(), "b".to_string(), "c".to_string()];
