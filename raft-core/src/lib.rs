@@ -36,7 +36,7 @@ pub mod wire;
 
 pub use config::{Config, ConfigError, SNAPSHOT_LOG_FRACTION};
 pub use driver::{
-    Applied, Clock, CommittedEntry, DriftingClock, NodeStatus, RaftError, RaftNode, TokioClock,
+    Applied, Clock, CommittedEntry, DriftingClock, LeaderView, NodeStatus, RaftError, RaftNode, TokioClock,
 };
 pub use fsm::{read_to_end, BufferSource, Fsm, FsmError, SnapshotReader, SnapshotSource};
 pub use membership::{InvalidChange, Membership, MembershipChange};

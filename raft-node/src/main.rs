@@ -386,10 +386,12 @@ async fn serve(
     path: &std::path::Path,
     overrides: &[String],
 ) -> anyhow::Result<()> {
-    let mut status = node.raft().watch_status();
+    // Not the status watch: it changes with every step, and this would wake the main thread
+    // for each (a wake-up per step for nothing, seen in a busy leader's context switches).
+    let mut fatal_watch = node.raft().watch_fatal();
     let stopped = async move {
-        match status.wait_for(|s| s.fatal.is_some()).await {
-            Ok(s) => s.fatal.clone().unwrap_or_default(),
+        match fatal_watch.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
             // The driver is gone without saying why: treated the same.
             Err(_) => "the Raft driver ended".to_owned(),
         }

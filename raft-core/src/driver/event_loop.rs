@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::apply::{Applier, ApplyDone};
 use super::clock::Clock;
 use super::persist::{LogWriter, Persisted, ReadyWrites};
+use super::published::{Publisher, Watches};
 use super::snapshots::{snapshot_done, SnapshotSchedule, SnapshotTask, Staged, StoredSnapshotReader};
 use super::waiters::{NodeView, Reply, Waiters};
 use super::{Applied, CommittedEntry, NodeStatus, RaftError, Request, INBOUND_BATCH_MAX, REQUEST_QUEUE_MAX};
@@ -123,7 +124,7 @@ pub(super) struct Driver {
     /// The task that owns the state machine: applies batches, takes views, restores.
     pub(super) applier: Applier,
     requests: mpsc::Receiver<Request>,
-    status: Arc<watch::Sender<NodeStatus>>,
+    published: Arc<Publisher>,
     committed: broadcast::Sender<CommittedEntry>,
     pub(super) clock: Arc<dyn Clock>,
     next_proposal_id: ProposalId,
@@ -197,14 +198,14 @@ const OVERDUE_INBOUND_BATCHES: u32 = 4;
 
 impl Driver {
     /// Restores the protocol and the state machine from storage. Returns the driver and the
-    /// status watch it publishes to.
+    /// watches it publishes to.
     pub(super) async fn restore(
         id: NodeId,
         config: Config,
         initial_membership: Membership,
         mut parts: Parts,
         seed: u64,
-    ) -> Result<(Self, watch::Receiver<NodeStatus>), RaftError> {
+    ) -> Result<(Self, Watches), RaftError> {
         config.validate()?;
         let initial = parts.storage.initial_state().await?;
         if let Some(lost) = &initial.lost {
@@ -251,8 +252,8 @@ impl Driver {
         let mut ids = SeededRng::new(seed ^ parts.id_entropy ^ 0x1D5E_ED0F_1D5E_ED0F);
         let (first_proposal_id, first_read_id) = (ids.next_u64(), ids.next_u64());
         debug_assert_eq!(raft.applied_index(), applied.index, "the protocol starts at the snapshot");
-        let (status_tx, status) =
-            watch::channel(NodeStatus { protocol: raft.status(), fatal: None, storage_full: false });
+        let (published, watches) =
+            Publisher::new(NodeStatus { protocol: raft.status(), fatal: None, storage_full: false });
         let snapshot_schedule =
             SnapshotSchedule::new(seed, config.snapshot_threshold_entries, config.snapshot_threshold_bytes);
         let writer = LogWriter::new(parts.storage.clone());
@@ -264,7 +265,7 @@ impl Driver {
             transport: parts.transport,
             applier,
             requests: parts.requests,
-            status: Arc::new(status_tx),
+            published,
             committed: parts.committed,
             clock: parts.clock,
             next_proposal_id: first_proposal_id,
@@ -285,7 +286,7 @@ impl Driver {
             reads: tokio::task::JoinSet::new(),
             refresh_snapshot: false,
         };
-        Ok((driver, status))
+        Ok((driver, watches))
     }
 
     fn now_ms(&self) -> Millis {
@@ -305,9 +306,9 @@ impl Driver {
         self.writer.full_flag()
     }
 
-    /// The sender of the node's status, for whoever must report that this task died.
-    pub(super) fn status_sender(&self) -> Arc<watch::Sender<NodeStatus>> {
-        self.status.clone()
+    /// What the driver publishes to, for whoever must report that this task died.
+    pub(super) fn publisher(&self) -> Arc<Publisher> {
+        self.published.clone()
     }
 
     /// The driver task's body: runs until shutdown, a closed transport or a fatal error.
@@ -508,10 +509,10 @@ impl Driver {
         drop(timer);
         if let Some(e) = &fatal {
             tracing::error!(error = %e, "node stopped after a fatal error");
-            let _ = self.status.send(NodeStatus {
-                protocol: self.protocol_status(),
-                fatal: Some(e.to_string()),
-                storage_full: false,
+            let protocol = self.protocol_status();
+            self.published.fail(e.to_string(), |status| {
+                status.protocol = protocol;
+                status.storage_full = false;
             });
         }
         let failed = fatal.is_some();
@@ -574,7 +575,7 @@ impl Driver {
         let mut node = None;
         // Publish first: a caller answered below sees a status at least as new as the answer.
         // Updated in place: what did not change is not cloned again.
-        self.status.send_modify(|published| {
+        self.published.step(|published| {
             let status = &mut published.protocol;
             self.raft.refresh_status(status);
             status.applied_index = self.applied.index;

@@ -21,6 +21,7 @@ mod apply;
 mod clock;
 mod event_loop;
 mod persist;
+mod published;
 mod snapshots;
 mod waiters;
 
@@ -40,6 +41,7 @@ use crate::transport::Transport;
 use crate::types::{Index, LogId, NodeId, Term};
 pub use clock::{Clock, DriftingClock, TokioClock};
 use event_loop::Driver;
+pub use published::LeaderView;
 use waiters::Reply;
 
 /// Most client requests queued for the driver; further calls wait (back-pressure).
@@ -149,6 +151,10 @@ pub struct RaftNode {
     id: NodeId,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<NodeStatus>,
+    /// Changes only with the term or the leader.
+    leader: watch::Receiver<LeaderView>,
+    /// Set once, when the node stops on a fatal error.
+    fatal: watch::Receiver<Option<String>>,
     committed: broadcast::Sender<CommittedEntry>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The driver's background tasks, aborted with it.
@@ -230,10 +236,10 @@ impl RaftNode {
             background: background.clone(),
             stopping: stopping.clone(),
         };
-        let (driver, status) = Driver::restore(id, config, initial_membership, parts, seed).await?;
+        let (driver, watches) = Driver::restore(id, config, initial_membership, parts, seed).await?;
         let storage_full = driver.storage_full_flag();
         let span = tracing::info_span!("raft", node = id);
-        let status_tx = driver.status_sender();
+        let publisher = driver.publisher();
         let run = async move {
             use futures_util::FutureExt;
             // A panic (a bug) stops the node like a fatal error: it says so in its status
@@ -242,14 +248,16 @@ impl RaftNode {
             if let Err(panic) = std::panic::AssertUnwindSafe(driver.run()).catch_unwind().await {
                 let what = panic_message(panic.as_ref());
                 tracing::error!(error = %what, "the driver panicked; the node has stopped");
-                status_tx.send_modify(|s| s.fatal = Some(format!("the driver panicked: {what}")));
+                publisher.fail(format!("the driver panicked: {what}"), |_| {});
             }
         };
         let task = tokio::spawn(tracing::Instrument::instrument(run, span));
         Ok(Self {
             id,
             requests,
-            status,
+            status: watches.status,
+            leader: watches.leader,
+            fatal: watches.fatal,
             committed,
             task: Mutex::new(Some(task)),
             background,
@@ -367,9 +375,23 @@ impl RaftNode {
         status
     }
 
-    /// A watch on the status, updated after every step.
+    /// A watch on the status, updated after every step: a busy node wakes its watchers
+    /// thousands of times a second. To wait for a change of leader or for a fatal error, use
+    /// [`Self::watch_leader`] or [`Self::watch_fatal`].
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
+    }
+
+    /// A watch on the term and the leader this node knows of, changed only when one of them
+    /// changes.
+    pub fn watch_leader(&self) -> watch::Receiver<LeaderView> {
+        self.leader.clone()
+    }
+
+    /// A watch on the fatal error that stopped the node (`None` while it runs), changed only
+    /// when it stops on one. The driver task's end without an error closes it.
+    pub fn watch_fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.clone()
     }
 
     /// A stream of committed commands `(index, term, command)`, in order.

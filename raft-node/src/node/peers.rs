@@ -172,14 +172,11 @@ pub(super) async fn track_snapshots(shared: Arc<Shared>) {
 /// Notes every change of term or leader the driver publishes (for `/v1/status` and the
 /// cluster page).
 pub(super) async fn track_leader_changes(shared: Arc<Shared>) {
-    let mut status = shared.raft.watch_status();
+    let mut view = shared.raft.watch_leader();
     loop {
-        let (term, leader) = {
-            let status = status.borrow_and_update();
-            (status.protocol.term, status.protocol.leader)
-        };
-        shared.leader_changes.observe(term, leader);
-        if status.changed().await.is_err() {
+        let seen = *view.borrow_and_update();
+        shared.leader_changes.observe(seen.term, seen.leader);
+        if view.changed().await.is_err() {
             return;
         }
     }
