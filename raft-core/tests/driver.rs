@@ -1425,7 +1425,7 @@ async fn a_write_that_fails_at_once_is_fatal_and_acknowledges_nothing() {
     })
     .await;
     storages[&failing].fail_appends.store(true, Ordering::SeqCst);
-    let before = nodes[&failing].status().protocol.last_log_id.index;
+    let before = storages[&failing].inner.initial_state().await.expect("readable").last_index;
     assert_eq!(before, leader_last);
     let last = propose_many(&nodes[&leader], 5).await;
     assert!(last > before);

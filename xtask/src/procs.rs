@@ -61,6 +61,9 @@ impl Children {
                 if let Err(e) = signal(child.id(), "-TERM") {
                     eprintln!("stopping {name}: {e:#}");
                 }
+                // A stopped process (the benchmark pauses idle systems) acts on SIGTERM only
+                // once it goes on; without this it would wait out the grace and be killed.
+                let _ = signal(child.id(), "-CONT");
             }
         }
         let deadline = Instant::now() + TERM_GRACE;

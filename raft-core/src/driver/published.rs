@@ -12,6 +12,7 @@ use crate::types::{NodeId, Term};
 
 /// Who leads, in which term, as this node last saw it. Published only when it changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderView {
     /// The node's current term.
     pub term: Term,
@@ -74,12 +75,18 @@ impl Publisher {
     }
 
     /// Reports the fatal error that stopped the node: in the status and on the fatal watch.
+    /// The first one reported stays (a panic in the cleanup after a fatal error does not
+    /// hide its cause).
     pub(super) fn fail(&self, why: String, update: impl FnOnce(&mut NodeStatus)) {
-        self.step(|status| {
+        let first = self.step(|status| {
             update(status);
-            status.fatal = Some(why.clone());
+            status.fatal.get_or_insert_with(|| why.clone()).clone()
         });
-        self.fatal.send_replace(Some(why));
+        self.fatal.send_if_modified(|published| {
+            let changed = published.is_none();
+            published.get_or_insert(first);
+            changed
+        });
     }
 }
 
@@ -116,6 +123,9 @@ mod tests {
         assert_eq!(*watches.leader.borrow_and_update(), LeaderView { term: 2, leader: Some(3) });
         publisher.fail("the disk failed".into(), |s| s.protocol.commit_index += 1);
         assert_eq!(watches.fatal.borrow_and_update().as_deref(), Some("the disk failed"));
+        assert_eq!(watches.status.borrow().fatal.as_deref(), Some("the disk failed"));
+        publisher.fail("the driver panicked: later".into(), |_| {});
+        assert!(!watches.fatal.has_changed().expect("open"), "the first cause stays");
         assert_eq!(watches.status.borrow().fatal.as_deref(), Some("the disk failed"));
     }
 }

@@ -1060,15 +1060,26 @@ mod tests {
         };
         let targets = [target("raft"), target("etcd")];
         let pid = |which: usize| targets[which].children.running()[0].1;
+        // The signal takes effect when the process next runs: wait for the state (at most 5 s).
+        let wait_for = |pid: u32, stopped: bool| {
+            let began = Instant::now();
+            while (state_of(pid) == 'T') != stopped && began.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            state_of(pid) == 'T'
+        };
         let paused = Paused::all_but(&targets, "raft");
-        assert_eq!(state_of(pid(1)), 'T', "the system not measured is stopped");
-        assert_ne!(state_of(pid(0)), 'T', "the measured one runs");
+        let stopped = wait_for(pid(1), true);
+        let measured_runs = state_of(pid(0)) != 'T';
         drop(paused);
-        assert_ne!(state_of(pid(1)), 'T', "it goes on after the window");
-        assert!(Paused::none().0.is_empty());
+        let resumed = !wait_for(pid(1), false);
         for t in &targets {
             t.children.stop_all();
         }
+        assert!(stopped, "the system not measured is stopped");
+        assert!(measured_runs, "the measured one runs");
+        assert!(resumed, "it goes on after the window");
+        assert!(Paused::none().0.is_empty());
     }
 
     #[test]
