@@ -56,11 +56,10 @@ impl Publisher {
 
     /// Updates the status in place (every status watcher is woken), then the leader's watch
     /// if the term or the leader changed.
-    pub(super) fn step<R>(&self, update: impl FnOnce(&mut NodeStatus) -> R) -> R {
-        let mut out = None;
+    pub(super) fn step(&self, update: impl FnOnce(&mut NodeStatus)) {
         let mut view = LeaderView::default();
         self.status.send_modify(|status| {
-            out = Some(update(status));
+            update(status);
             view = LeaderView::of(status);
         });
         self.leader.send_if_modified(|published| {
@@ -68,23 +67,20 @@ impl Publisher {
             *published = view;
             changed
         });
-        match out {
-            Some(out) => out,
-            None => unreachable!("send_modify runs the update"),
-        }
     }
 
     /// Reports the fatal error that stopped the node: in the status and on the fatal watch.
     /// The first one reported stays (a panic in the cleanup after a fatal error does not
     /// hide its cause).
     pub(super) fn fail(&self, why: String, update: impl FnOnce(&mut NodeStatus)) {
-        let first = self.step(|status| {
+        self.step(|status| {
             update(status);
-            status.fatal.get_or_insert_with(|| why.clone()).clone()
+            status.fatal.get_or_insert(why);
         });
+        let first = self.status.borrow().fatal.clone();
         self.fatal.send_if_modified(|published| {
             let changed = published.is_none();
-            published.get_or_insert(first);
+            *published = published.take().or(first);
             changed
         });
     }

@@ -820,6 +820,8 @@ async fn measure(targets: &[Target], o: &Options) -> Result<Vec<TargetReport>> {
     let mut phases: Vec<Vec<PhaseReport>> = targets.iter().map(|_| Vec::new()).collect();
     let mut fill_errors: Vec<u64> = targets.iter().map(|_| 0).collect();
     let mut filled: Vec<&str> = Vec::new();
+    // The system measured in the window before: the others were stopped through it.
+    let mut last_measured: Option<&str> = None;
     for (phase_index, spec) in o.phases.iter().enumerate() {
         if spec.read_ratio > 0.0 || o.preload {
             // Reads of missing keys would be errors for raft-node and empty answers for etcd;
@@ -847,11 +849,12 @@ async fn measure(targets: &[Target], o: &Options) -> Result<Vec<TargetReport>> {
         for run in 0..o.runs {
             for which in turn_order(targets.len(), phase_index, run) {
                 let target = &targets[which];
-                if o.pause_idle && targets.iter().any(|t| t.system != target.system) {
-                    // It may have been stopped through the last window: its timers all fire
-                    // at once when it goes on, which can cost it an election.
+                if o.pause_idle && last_measured.is_some_and(|system| system != target.system) {
+                    // It was stopped through the last window: its timers all fire at once when
+                    // it goes on, which can cost it an election.
                     target.settle().await;
                 }
+                last_measured = Some(target.system);
                 let paused =
                     if o.pause_idle { Paused::all_but(targets, target.system) } else { Paused::none() };
                 let leader = target.leader().await;
